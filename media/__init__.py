@@ -1,0 +1,1 @@
+"""Switchboard media layer."""
