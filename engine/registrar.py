@@ -1,0 +1,183 @@
+"""The registrar: REGISTER processing per RFC 3261 s10.3, sans-I/O.
+
+It holds the live bindings in memory (the hot path reads them for every
+call) and reports each change so that the caller writes it through to the
+store. Authentication happens before: :meth:`Registrar.register` receives
+the authenticated user name. Time is wall-clock seconds (``now``), because
+expiry times are stored and survive a restart.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass, field
+
+from engine.message import Address, ParseError, Request
+from provisioning.model import Binding
+
+MAX_CONTACTS_PER_AOR = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterResult:
+    """The response to send, and the binding changes to persist."""
+
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+    saved: tuple[Binding, ...] = ()
+    removed: tuple[Binding, ...] = ()
+
+
+@dataclass(slots=True)
+class Registrar:
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    bindings: dict[str, dict[str, Binding]] = field(default_factory=dict)
+
+    def load(self, bindings: list[Binding], now: float) -> None:
+        """Restore bindings read from the store (a restart), dropping expired ones."""
+        for b in bindings:
+            if b.expires_at > now:
+                self.bindings.setdefault(b.aor, {})[b.contact] = b
+
+    def lookup(self, aor: str, now: float) -> list[Binding]:
+        """Live contacts of ``aor``, highest q first (RFC 3261 s10.2.1.2)."""
+        found = [b for b in self.bindings.get(aor, {}).values() if b.expires_at > now]
+        found.sort(key=lambda b: -b.q)
+        return found
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.bindings.values())
+
+    def all(self) -> list[Binding]:
+        return [b for per in self.bindings.values() for b in per.values()]
+
+    def expire(self, now: float) -> list[Binding]:
+        """Remove and return bindings whose time is up."""
+        gone: list[Binding] = []
+        for aor in list(self.bindings):
+            per = self.bindings[aor]
+            for contact, b in list(per.items()):
+                if b.expires_at <= now:
+                    gone.append(b)
+                    del per[contact]
+            if not per:
+                del self.bindings[aor]
+        return gone
+
+    def register(self, req: Request, aor: str, source: str, now: float) -> RegisterResult:
+        """Apply a REGISTER for ``aor`` (already authenticated), atomically (s10.3 step 6-8)."""
+        try:
+            return self._register(req, aor, source, now)
+        except ParseError as exc:
+            return RegisterResult(400, "Bad Request", (("Warning", _warning(exc.reason)),))
+
+    def _register(self, req: Request, aor: str, source: str, now: float) -> RegisterResult:
+        call_id = req.call_id
+        cseq = req.cseq.number
+        current = dict(self.bindings.get(aor, {}))
+        header_expires = req.expires
+        saved: list[Binding] = []
+        removed: list[Binding] = []
+
+        if req.contact_star:
+            # s10.3 step 6: '*' only alone and with Expires: 0.
+            if len(req.get_all("contact")) != 1 or header_expires != 0:
+                return RegisterResult(400, "Bad Request", (
+                    ("Warning", _warning("Contact '*' needs Expires: 0 and no other Contact")),))
+            for contact, b in current.items():
+                if b.call_id == call_id and cseq <= b.cseq:
+                    return _out_of_order()
+                removed.append(b)
+            self.bindings.pop(aor, None)
+            return self._ok(aor, now, (), tuple(removed))
+
+        user_agent = req.get("user-agent") or ""
+        for addr in req.contacts:
+            expires = _contact_expires(addr, header_expires, self.default_expires)
+            if 0 < expires < self.min_expires:
+                return RegisterResult(423, "Interval Too Brief",
+                                      (("Min-Expires", str(self.min_expires)),))
+            expires = min(expires, self.max_expires)
+            key = _contact_key(addr)
+            old = current.get(key)
+            if old is not None and old.call_id == call_id and cseq <= old.cseq:
+                return _out_of_order()
+            if expires == 0:
+                if old is not None:
+                    removed.append(old)
+                    del current[key]
+                continue
+            q = _q_value(addr)
+            reg_id = addr.param("reg-id")
+            binding = Binding(
+                aor=aor, contact=key, expires_at=now + expires, q=q, call_id=call_id,
+                cseq=cseq, source=source, user_agent=user_agent,
+                instance=addr.param("+sip.instance") or "",
+                reg_id=int(reg_id) if reg_id and reg_id.isdigit() else None)
+            current[key] = binding
+            saved.append(binding)
+
+        if len(current) > MAX_CONTACTS_PER_AOR:
+            # Keep the newest registrations; the rest are dropped (a phone
+            # flood must not grow one AOR without bound).
+            ordered = sorted(current.values(), key=lambda b: b.expires_at, reverse=True)
+            for b in ordered[MAX_CONTACTS_PER_AOR:]:
+                removed.append(b)
+                del current[b.contact]
+            saved = [b for b in saved if b.contact in current]
+        if current:
+            self.bindings[aor] = current
+        else:
+            self.bindings.pop(aor, None)
+        return self._ok(aor, now, tuple(saved), tuple(removed))
+
+    def _ok(self, aor: str, now: float, saved: tuple[Binding, ...],
+            removed: tuple[Binding, ...]) -> RegisterResult:
+        headers: list[tuple[str, str]] = [
+            ("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}"
+             + (f";q={b.q:g}" if b.q != 1.0 else ""))
+            for b in self.lookup(aor, now)
+        ]
+        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        return RegisterResult(200, "OK", tuple(headers), saved, removed)
+
+
+def _out_of_order() -> RegisterResult:
+    return RegisterResult(500, "Server Internal Error", (
+        ("Warning", _warning("CSeq not higher than the binding's for the same Call-ID")),
+        ("Retry-After", "1")))
+
+
+def _warning(text: str) -> str:
+    safe = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'399 switchboard "{safe}"'
+
+
+def _contact_key(addr: Address) -> str:
+    """The binding's identity: the Contact URI as text (RFC 3261 s10.3 step 7)."""
+    return str(addr.uri)
+
+
+def _contact_expires(addr: Address, header: int | None, default: int) -> int:
+    value = addr.param("expires")
+    if value is not None:
+        if not value.isdigit():
+            raise ParseError(f"Contact expires {value[:20]!r}: not a number of seconds")
+        return min(int(value), 2**32 - 1)
+    return default if header is None else header
+
+
+def _q_value(addr: Address) -> float:
+    value = addr.param("q")
+    if value is None:
+        return 1.0
+    try:
+        q = float(value)
+    except ValueError:
+        raise ParseError(f"Contact q {value[:20]!r}: not a number from 0 to 1") from None
+    if not 0.0 <= q <= 1.0:
+        raise ParseError(f"Contact q {value[:20]!r}: not a number from 0 to 1")
+    return q
