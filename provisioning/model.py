@@ -1,0 +1,511 @@
+"""The provisioning data model: a whole phone system as immutable values.
+
+Everything here is a frozen, slotted dataclass built from tuples, so a
+``Directory`` can be shared freely between the engine, routing and the store
+as a snapshot.  Values are produced by :func:`provisioning.directory.parse_directory`,
+which validates them; constructing them by hand skips that validation
+(``Store.apply_directory`` re-validates what it is given).
+
+Keys and meanings follow the directory file contract
+(``shared/spec/directory.toml``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, get_args
+
+Status = Literal["available", "away", "dnd", "lunch", "business_trip"]
+Role = Literal["user", "receptionist", "department_admin", "manager", "owner"]
+Transport = Literal["udp", "tcp", "tls"]
+NumberType = Literal["toll_free", "inbound_only", "bidirectional"]
+Strategy = Literal["ring_all", "hunt"]
+RecordCalls = Literal["off", "external", "all"]
+Language = Literal["fr", "en"]
+ReadDatetime = Literal["none", "ampm", "24h"]
+VoicemailEmail = Literal["none", "notify", "attach", "attach_and_delete"]
+Codec = Literal["G722", "PCMU", "PCMA", "G729", "opus"]
+DestinationKind = Literal[
+    "voicemail",
+    "extension",
+    "mobile",
+    "external",
+    "ring_group",
+    "queue",
+    "ivr",
+    "busy",
+    "same_as_external",
+]
+
+STATUSES: tuple[Status, ...] = get_args(Status)
+ROLES: tuple[Role, ...] = get_args(Role)
+TRANSPORTS: tuple[Transport, ...] = get_args(Transport)
+NUMBER_TYPES: tuple[NumberType, ...] = get_args(NumberType)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+RECORD_CALLS: tuple[RecordCalls, ...] = get_args(RecordCalls)
+LANGUAGES: tuple[Language, ...] = get_args(Language)
+READ_DATETIMES: tuple[ReadDatetime, ...] = get_args(ReadDatetime)
+VOICEMAIL_EMAILS: tuple[VoicemailEmail, ...] = get_args(VoicemailEmail)
+CODECS: tuple[Codec, ...] = get_args(Codec)
+DESTINATION_KINDS: tuple[DestinationKind, ...] = get_args(DestinationKind)
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+#: Destinations that leave the system through a trunk; only these may carry
+#: ``rebound`` / ``deflect_302``.
+EXTERNAL_KINDS: frozenset[DestinationKind] = frozenset({"mobile", "external"})
+#: Destinations written as ``kind:target``.
+TARGETED_KINDS: frozenset[DestinationKind] = frozenset(
+    {"extension", "external", "ring_group", "queue", "ivr"}
+)
+
+PHONE_RE = re.compile(r"\+[1-9][0-9]{1,14}|[0-9]{2,20}")
+"""A dialable number: E.164 (``+15145550100``) or plain digits (``5550100``).
+All patterns here are meant for ``fullmatch``."""
+DIGITS_RE = re.compile(r"[0-9]+")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""Names used in ``kind:name`` destinations (ring groups, queues, IVRs, trunks)."""
+
+
+# --------------------------------------------------------------------------- destinations
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where a call goes.
+
+    ``target`` is the extension for ``extension``/``voicemail`` (empty for
+    the user's own voicemail), the number for ``external``, the name for
+    ``ring_group``/``queue``/``ivr`` and empty for the others.
+    """
+
+    kind: DestinationKind
+    target: str = ""
+    rebound: bool = False
+    deflect_302: bool = False
+
+    @property
+    def is_external(self) -> bool:
+        """True when the call leaves through a trunk (mobile or external number)."""
+        return self.kind in EXTERNAL_KINDS
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}" if self.target else self.kind
+
+    def to_value(self) -> str | dict[str, object]:
+        """The directory-file form: a string, or a table when a flag is set."""
+        if not self.rebound and not self.deflect_302:
+            return str(self)
+        table: dict[str, object] = {"to": str(self)}
+        if self.rebound:
+            table["rebound"] = True
+        if self.deflect_302:
+            table["deflect_302"] = True
+        return table
+
+
+class DestinationError(ValueError):
+    """A destination that does not parse; ``key`` names the sub-key of the
+    table form (``"to"``, ``"rebound"``...) or is empty for the value itself."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def parse_destination(value: object) -> Destination:
+    """Parse the string or table form of a destination (syntax only).
+
+    Raises :class:`DestinationError`.  References (does extension 102
+    exist? does the user have a mobile?) are checked by the directory
+    loader, which knows the whole system.
+    """
+    if isinstance(value, Mapping):
+        for key in value:
+            if key not in ("to", "rebound", "deflect_302"):
+                raise DestinationError(
+                    "unknown key (a destination table has to, rebound, deflect_302)", str(key)
+                )
+        if "to" not in value:
+            raise DestinationError("missing (a destination table needs 'to')", "to")
+        flags: dict[str, bool] = {}
+        for key in ("rebound", "deflect_302"):
+            flag = value.get(key, False)
+            if not isinstance(flag, bool):
+                raise DestinationError("must be true or false", key)
+            flags[key] = flag
+        to = value["to"]
+        if not isinstance(to, str):
+            raise DestinationError("must be a string like 'external:+15145550199'", "to")
+        try:
+            base = _parse_destination_string(to)
+        except DestinationError as exc:
+            raise DestinationError(exc.message, "to") from None
+        if (flags["rebound"] or flags["deflect_302"]) and not base.is_external:
+            flag_key = "rebound" if flags["rebound"] else "deflect_302"
+            raise DestinationError(
+                f"applies only to 'mobile' and 'external:' destinations, not '{base}'", flag_key
+            )
+        if flags["rebound"] and flags["deflect_302"]:
+            raise DestinationError(
+                "rebound and deflect_302 cannot both be true (a deflected call never comes back)"
+            )
+        return Destination(base.kind, base.target, flags["rebound"], flags["deflect_302"])
+    if isinstance(value, str):
+        return _parse_destination_string(value)
+    raise DestinationError(
+        "must be a destination string like 'voicemail', or a table "
+        "{ to = ..., rebound = ..., deflect_302 = ... }"
+    )
+
+
+def _parse_destination_string(text: str) -> Destination:
+    kind_text, sep, target = text.partition(":")
+    if kind_text not in DESTINATION_KINDS:
+        raise DestinationError(
+            f"unknown destination '{text}' (expected one of: {', '.join(DESTINATION_KINDS)})"
+        )
+    kind = DESTINATION_KINDS[DESTINATION_KINDS.index(kind_text)]  # typed as the Literal
+    if kind == "voicemail":
+        if sep and not _is_digits(target):
+            raise DestinationError(f"'{text}': voicemail:<extension> needs an extension in digits")
+        return Destination(kind, target)
+    if kind not in TARGETED_KINDS:
+        if sep:
+            raise DestinationError(f"'{text}': '{kind}' takes no target")
+        return Destination(kind)
+    if not target:
+        raise DestinationError(f"'{text}': '{kind}' needs a target, like '{kind}:{_example(kind)}'")
+    if kind == "extension" and not _is_digits(target):
+        raise DestinationError(f"'{text}': an extension is digits only")
+    if kind == "external" and not PHONE_RE.fullmatch(target):
+        raise DestinationError(
+            f"'{target}' is not a phone number (E.164 like +15145550199, or digits)"
+        )
+    if kind in ("ring_group", "queue", "ivr") and not NAME_RE.fullmatch(target):
+        raise DestinationError(f"'{text}': '{target}' is not a valid name (letters, digits, _ . -)")
+    return Destination(kind, target)
+
+
+def _is_digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts '²' and other scripts)."""
+    return DIGITS_RE.fullmatch(text) is not None
+
+
+def _example(kind: str) -> str:
+    return {"extension": "102", "external": "+15145550199"}.get(kind, "name")
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TimeRange:
+    """A daily interval in minutes since midnight, ``start < end <= 1440``."""
+
+    start: int
+    end: int
+
+    def contains(self, minute: int) -> bool:
+        return self.start <= minute < self.end
+
+    def __str__(self) -> str:
+        return f"{_hhmm(self.start)}-{_hhmm(self.end)}"
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class WeeklyHours:
+    """Intervals per weekday; a day with no interval is closed all day."""
+
+    mon: tuple[TimeRange, ...] = ()
+    tue: tuple[TimeRange, ...] = ()
+    wed: tuple[TimeRange, ...] = ()
+    thu: tuple[TimeRange, ...] = ()
+    fri: tuple[TimeRange, ...] = ()
+    sat: tuple[TimeRange, ...] = ()
+    sun: tuple[TimeRange, ...] = ()
+
+    def day(self, weekday: int) -> tuple[TimeRange, ...]:
+        """Intervals for ``weekday`` (0 = Monday, as ``date.weekday()``)."""
+        ranges: tuple[TimeRange, ...] = getattr(self, WEEKDAYS[weekday])
+        return ranges
+
+    def contains(self, when: dt.datetime) -> bool:
+        """Whether the local wall-clock time ``when`` falls in an interval."""
+        minute = when.hour * 60 + when.minute
+        return any(r.contains(minute) for r in self.day(when.weekday()))
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A user's schedule.  ``None`` hours mean "the department's"."""
+
+    office_hours: WeeklyHours | None = None
+    break_hours: WeeklyHours | None = None
+    auto_status: bool = False
+    block_outbound_outside_hours: bool = False
+
+
+# --------------------------------------------------------------------------- system tables
+
+
+@dataclass(frozen=True, slots=True)
+class Smtp:
+    host: str
+    port: int = 25
+    sender: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class System:
+    domain: str
+    extension_digits: int = 3
+    emergency_numbers: tuple[str, ...] = ("911", "112")
+    min_register_expires: int = 60
+    max_register_expires: int = 3600
+    hold_music: tuple[str, ...] = ()
+    voicemail_number: str = "999"
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 29999
+    smtp: Smtp | None = None
+
+    @property
+    def outbound_pin_prefix(self) -> str:
+        """``777`` for 3-digit systems, ``7777`` for 4-digit ones."""
+        return "7" * self.extension_digits
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    name: str
+    host: str
+    port: int = 5060
+    transport: Transport = "udp"
+    channels: int | None = None  # None: no limit
+    inbound_from: tuple[str, ...] = ()  # normalised CIDRs
+    supports_302: bool = False
+    register: bool = False
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Department:
+    name: str
+    caller_id: str
+    timezone: str = "UTC"
+    language: Language = "en"
+    holidays: tuple[dt.date, ...] = ()
+    office_hours: WeeklyHours | None = None  # None: none defined
+    break_hours: WeeklyHours = WeeklyHours()
+
+
+@dataclass(frozen=True, slots=True)
+class Number:
+    number: str
+    route_to: Destination
+    name: str = ""
+    type: NumberType = "bidirectional"
+    block_caller_id: bool = False
+    hold_music: tuple[str, ...] = ()
+    record_inbound: bool = False
+    record_outbound: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RingGroup:
+    name: str
+    extension: str
+    members: tuple[str, ...]
+    strategy: Strategy = "ring_all"
+    ring_seconds: int = 20
+    no_answer: Destination = Destination("busy")
+
+
+# --------------------------------------------------------------------------- users
+
+
+@dataclass(frozen=True, slots=True)
+class VoicemailSettings:
+    enabled: bool = True
+    language: Language = "en"
+    pin_required: bool = True
+    read_datetime: ReadDatetime = "24h"
+    announce_caller: bool = False
+    email: VoicemailEmail = "none"
+    max_seconds: int = 180
+    greeting: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTargets:
+    """Where a call goes, by who calls: external or internal callers."""
+
+    external: Destination
+    internal: Destination
+
+    def for_caller(self, external: bool) -> Destination:
+        """The destination, with ``same_as_external`` already resolved."""
+        if external or self.internal.kind == "same_as_external":
+            return self.external
+        return self.internal
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRules:
+    """Forwarding rules for one status (``users.forwarding.<status>``)."""
+
+    no_answer: RuleTargets
+    busy: RuleTargets
+    no_answer_seconds: int = 20  # 0: do not ring the user's devices at all
+    ring_mobile_simultaneously: bool = False
+    accept_ring_group_calls: bool = True
+    log_out_of_queues: bool = False
+    voicemail_outside_office_hours: bool = False
+    greeting: str = "default"
+
+    @staticmethod
+    def default(fallback: Destination) -> StatusRules:
+        """The product default: ring 20 s, then ``fallback`` for everyone."""
+        targets = RuleTargets(fallback, fallback)
+        return StatusRules(no_answer=targets, busy=targets)
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    available: StatusRules
+    away: StatusRules
+    dnd: StatusRules
+    lunch: StatusRules
+    business_trip: StatusRules
+
+    def for_status(self, status: Status) -> StatusRules:
+        rules: StatusRules = getattr(self, status)
+        return rules
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    extension: str
+    name: str
+    department: str
+    forwarding: Forwarding
+    password: str = ""
+    voicemail_pin: str = ""
+    email: str = ""
+    mobile: str = ""
+    role: Role = "user"
+    outbound_caller_id: str = ""  # empty: the department's caller ID
+    status: Status = "available"
+    accept_multiple_calls: bool = True
+    disabled: bool = False
+    external_calls: bool = True
+    outbound_pin_required: bool = False
+    codecs: tuple[Codec, ...] = ("G722", "PCMU", "PCMA")
+    record_calls: RecordCalls = "off"
+    voicemail: VoicemailSettings = VoicemailSettings()
+    schedule: Schedule = Schedule()
+
+    def rules(self, status: Status | None = None) -> StatusRules:
+        """Forwarding rules for ``status`` (default: the user's current status)."""
+        return self.forwarding.for_status(self.status if status is None else status)
+
+
+# --------------------------------------------------------------------------- the directory
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """The whole phone system.  Tables keep the order of the file."""
+
+    system: System
+    trunks: tuple[Trunk, ...] = ()
+    departments: tuple[Department, ...] = ()
+    numbers: tuple[Number, ...] = ()
+    ring_groups: tuple[RingGroup, ...] = ()
+    users: tuple[User, ...] = ()
+    users_by_extension: Mapping[str, User] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    ring_groups_by_extension: Mapping[str, RingGroup] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "users_by_extension", MappingProxyType({u.extension: u for u in self.users})
+        )
+        object.__setattr__(
+            self,
+            "ring_groups_by_extension",
+            MappingProxyType({g.extension: g for g in self.ring_groups}),
+        )
+
+    def user(self, extension: str) -> User | None:
+        return self.users_by_extension.get(extension)
+
+    def ring_group(self, name: str) -> RingGroup | None:
+        return next((g for g in self.ring_groups if g.name == name), None)
+
+    def department(self, name: str) -> Department | None:
+        return next((d for d in self.departments if d.name == name), None)
+
+    def trunk(self, name: str) -> Trunk | None:
+        return next((t for t in self.trunks if t.name == name), None)
+
+    def number(self, number: str) -> Number | None:
+        return next((n for n in self.numbers if n.number == number), None)
+
+    def office_hours_for(self, user: User) -> WeeklyHours | None:
+        """The user's own office hours, else the department's (``None``: none defined)."""
+        if user.schedule.office_hours is not None:
+            return user.schedule.office_hours
+        dept = self.department(user.department)
+        return dept.office_hours if dept is not None else None
+
+    def break_hours_for(self, user: User) -> WeeklyHours:
+        """The user's own break hours, else the department's."""
+        if user.schedule.break_hours is not None:
+            return user.schedule.break_hours
+        dept = self.department(user.department)
+        return dept.break_hours if dept is not None else WeeklyHours()
+
+    def caller_id_for(self, user: User) -> str:
+        """Outbound caller ID: the user's own, else the department's."""
+        if user.outbound_caller_id:
+            return user.outbound_caller_id
+        dept = self.department(user.department)
+        return dept.caller_id if dept is not None else ""
+
+
+# --------------------------------------------------------------------------- registrations
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Binding:
+    """A registrar contact binding (RFC 3261 s10, RFC 5626 instance/reg-id).
+
+    Keyword-only, so call sites read as the registrar's fields.
+    """
+
+    aor: str  # the extension
+    contact: str  # the Contact URI
+    expires_at: float  # epoch seconds
+    q: float = 1.0
+    call_id: str
+    cseq: int
+    source: str  # e.g. "udp:127.0.0.1:5062"
+    user_agent: str = ""
+    instance: str = ""  # +sip.instance, empty when absent
+    reg_id: int | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at <= now
