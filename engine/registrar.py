@@ -87,7 +87,7 @@ class Registrar:
             if len(req.get_all("contact")) != 1 or header_expires != 0:
                 return RegisterResult(400, "Bad Request", (
                     ("Warning", _warning("Contact '*' needs Expires: 0 and no other Contact")),))
-            for contact, b in current.items():
+            for b in current.values():
                 if b.call_id == call_id and cseq <= b.cseq:
                     return _out_of_order()
                 removed.append(b)

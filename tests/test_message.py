@@ -192,8 +192,8 @@ def test_every_torture_file_is_classified() -> None:
 
 # -- properties ---------------------------------------------------------------------
 
-_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~",
-                 min_size=1, max_size=12)
+_TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
+_token = st.text(alphabet=_TOKEN_CHARS, min_size=1, max_size=12)
 _value = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF,
                                         blacklist_characters="\r\n"),
                  max_size=40).map(lambda s: s.strip(" \t"))
@@ -240,3 +240,12 @@ def test_sip_shaped_noise_only_raises_parse_error(data: bytes) -> None:
             make_response(m, 400).to_bytes()
     except ParseError:
         pass
+
+
+def test_make_response_adds_tag_when_tag_text_is_only_inside_the_uri() -> None:
+    raw = (b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+           b"From: <sip:a@example.com>;tag=a\r\nTo: <sip:bob@example.com;tag=x>\r\n"
+           b"Call-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    req = parse(raw)
+    assert isinstance(req, Request) and req.to.tag is None
+    assert make_response(req, 200).to.tag is not None

@@ -401,7 +401,11 @@ def make_response(request: Request, status: int, reason: str | None = None,
             out.append(h)
         elif key == "to":
             value = h[2]
-            if status > 100 and ";tag=" not in value.replace(" ", "").lower():
+            try:
+                has_tag = request.to.tag is not None
+            except ParseError:
+                has_tag = ";tag=" in value.replace(" ", "").lower()
+            if status > 100 and not has_tag:
                 tag = to_tag or new_tag()
                 value = f"{value};tag={tag}"
                 out.append((key, "To", value, None))
