@@ -1,0 +1,50 @@
+# Two commands on a fresh Debian machine:
+#   make run   - set up and serve the example directory on the embedded store
+#   make test  - set up, install the test peers, run everything
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SIP    ?= 0.0.0.0:5060
+HTTP   ?= 127.0.0.1:8080
+
+.PHONY: run test venv peers lint typecheck unit bench clean
+
+$(BIN)/switchboard: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(BIN)/switchboard
+
+run: venv
+	$(BIN)/switchboard serve --directory examples/directory.toml --sip $(SIP) --http $(HTTP)
+
+# Real peers for the tests: SIPp, baresip, Kamailio (the benchmark baseline).
+peers:
+	@missing=""; \
+	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
+	command -v baresip >/dev/null || missing="$$missing baresip"; \
+	command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || missing="$$missing kamailio"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing test peers:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest -q
+
+test: venv peers lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: venv peers
+	$(BIN)/python benchmarks/parser.py
+	$(BIN)/python benchmarks/register_rate.py
+
+clean:
+	rm -rf $(VENV) switchboard-data *.egg-info

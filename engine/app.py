@@ -1,0 +1,281 @@
+"""The thin asyncio layer: sockets, one timer, the store, admin HTTP.
+
+Everything that decides is in :mod:`engine.core`; this module moves bytes
+between sockets and the engine, drives its timer, and writes binding
+changes through to the store in the background (never in the hot path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from engine.core import Engine, Outcome
+from engine.message import ParseError, StreamFramer
+from engine.transaction import Addr, Send
+from provisioning.model import Binding
+from provisioning.store import Store
+
+log = structlog.get_logger("switchboard.app")
+
+MAX_TCP_CONNECTIONS = 1024
+TCP_IDLE_SECONDS = 3600.0
+MAX_STREAM_MESSAGE = 256 * 1024
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """'HOST:PORT', 'HOST' or ':PORT' -> (host, port); IPv6 as '[::1]:5060'."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
+    if port and not port.isdigit():
+        raise ValueError(f"{text!r}: the port must be a number")
+    return host or "0.0.0.0", int(port) if port else default_port
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    sip_host: str = "0.0.0.0"
+    sip_port: int = 5060
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    data_dir: Path = Path("switchboard-data")
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.server.handle(data, (addr[0], addr[1]), "udp")
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error", error=str(exc))
+
+
+class Server:
+    """One running engine: UDP+TCP SIP on one port, admin HTTP, store write-through."""
+
+    def __init__(self, engine: Engine, store: Store, config: ServerConfig) -> None:
+        self.engine = engine
+        self.store = store
+        self.config = config
+        self.udp: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.base_events.Server | None = None
+        self.http: web.AppRunner | None = None
+        self.connections: dict[Addr, asyncio.StreamWriter] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._writes: asyncio.Queue[tuple[str, Binding]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stopped = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.sip_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        sock.bind((cfg.sip_host, cfg.sip_port))
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=sock)
+        self.udp = transport
+        bound_port = sock.getsockname()[1]
+        self.tcp = await asyncio.start_server(self._tcp_client, cfg.sip_host, bound_port,
+                                              reuse_address=True)
+        self.config.sip_port = bound_port
+        self.engine.port = bound_port
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/registrations", self._registrations)
+        self.http = web.AppRunner(app, access_log=None)
+        await self.http.setup()
+        site = web.TCPSite(self.http, cfg.http_host, cfg.http_port)
+        await site.start()
+        self._tasks.append(asyncio.create_task(self._writer()))
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        log.info("serving", sip=f"{cfg.sip_host}:{bound_port}", transports="udp,tcp",
+                 http=f"{cfg.http_host}:{cfg.http_port}",
+                 domain=self.engine.directory.system.domain,
+                 users=len(self.engine.directory.users),
+                 registrations=self.engine.registrar.count())
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.udp is not None:
+            self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()
+            for writer in list(self.connections.values()):
+                writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.tcp.wait_closed(), 2.0)
+        await self._writes.join()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.http is not None:
+            await self.http.cleanup()
+        log.info("stopped")
+        self.stopped.set()
+
+    # -- SIP input -------------------------------------------------------------
+    def handle(self, data: bytes, source: Addr, transport: str) -> None:
+        try:
+            outcome = self.engine.datagram(data, source, transport, time.monotonic())
+        except Exception:  # never let one message take the listener down
+            self.engine.metrics.errors.inc()
+            log.exception("message handling failed", source=f"{source[0]}:{source[1]}")
+            return
+        self._apply(outcome)
+
+    def _apply(self, outcome: Outcome) -> None:
+        for send in outcome.sends:
+            self._send(send)
+        for b in outcome.saved:
+            self._writes.put_nowait(("save", b))
+        for b in outcome.removed:
+            self._writes.put_nowait(("delete", b))
+        self._schedule()
+
+    def _send(self, send: Send) -> None:
+        if send.transport == "udp":
+            if self.udp is not None:
+                self.udp.sendto(send.data, send.addr)
+            return
+        writer = self.connections.get(send.addr)
+        if writer is None or writer.is_closing():
+            log.info("no connection for response", dest=f"{send.addr[0]}:{send.addr[1]}")
+            return
+        writer.write(send.data)
+
+    def _schedule(self) -> None:
+        wake = self.engine.transactions.next_wakeup()
+        if wake is None or (self._timer_at is not None and self._timer_at <= wake):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, wake - time.monotonic())
+        self._timer_at = wake
+        self._timer = loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            outcome = self.engine.timer(time.monotonic())
+        except Exception:
+            self.engine.metrics.errors.inc()
+            log.exception("timer handling failed")
+            outcome = Outcome()
+        self._apply(outcome)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        addr: Addr = (peer[0], peer[1])
+        if len(self.connections) >= MAX_TCP_CONNECTIONS:
+            log.warning("tcp connection refused: cap reached", source=f"{addr[0]}:{addr[1]}",
+                        cap=MAX_TCP_CONNECTIONS)
+            writer.close()
+            return
+        self.connections[addr] = writer
+        self.engine.metrics.tcp_connections.set(len(self.connections))
+        framer = StreamFramer(MAX_STREAM_MESSAGE)
+        try:
+            while True:
+                data = await asyncio.wait_for(reader.read(65536), TCP_IDLE_SECONDS)
+                if not data:
+                    break
+                try:
+                    items = framer.feed(data)
+                except ParseError as exc:
+                    self.engine.metrics.parse_errors.labels("tcp").inc()
+                    log.info("tcp stream unframeable, closing", source=f"{addr[0]}:{addr[1]}",
+                             reason=exc.reason)
+                    break
+                for item in items:
+                    if item == b"\r\n\r\n":
+                        writer.write(b"\r\n")  # RFC 5626 s3.5.1 keep-alive pong
+                    else:
+                        self.handle(item, addr, "tcp")
+                await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.connections.pop(addr, None)
+            self.engine.metrics.tcp_connections.set(len(self.connections))
+            writer.close()
+
+    # -- background work -----------------------------------------------------------
+    async def _writer(self) -> None:
+        """Write binding changes through to the store, in order, off the hot path."""
+        while True:
+            op, b = await self._writes.get()
+            try:
+                if op == "save":
+                    await self.store.save_binding(b)
+                else:
+                    await self.store.delete_binding(b.aor, b.contact)
+            except Exception:
+                log.exception("store write failed", op=op, aor=b.aor)
+            finally:
+                self._writes.task_done()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._apply(self.engine.expire(time.time()))
+
+    # -- admin HTTP ----------------------------------------------------------------------
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.engine.expire(time.time())
+        return web.Response(body=self.engine.metrics.render(),
+                            content_type="text/plain", charset="utf-8")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "registrations": self.engine.registrar.count(),
+                                  "transactions": len(self.engine.transactions)})
+
+    async def _registrations(self, request: web.Request) -> web.Response:
+        now = time.time()
+        rows = [binding_json(b, now) for b in self.engine.registrar.all()
+                if b.expires_at > now]
+        return web.Response(text=json.dumps(rows), content_type="application/json")
+
+
+def binding_json(b: Binding, now: float) -> dict[str, object]:
+    return {"extension": b.aor, "contact": b.contact, "expires_in": max(0, int(b.expires_at - now)),
+            "q": b.q, "source": b.source, "user_agent": b.user_agent}
+
+
+async def serve(engine: Engine, store: Store, config: ServerConfig) -> None:
+    """Run until SIGTERM/SIGINT, then shut down cleanly."""
+    server = Server(engine, store, config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

@@ -1,0 +1,212 @@
+"""The one command: ``switchboard``.
+
+    switchboard serve [--directory FILE] [--db URL] [--sip HOST:PORT] [--http HOST:PORT]
+    switchboard provision apply FILE
+    switchboard registrations [--json]
+    switchboard status set EXT STATUS
+
+Every command takes ``--data-dir DIR`` (default ``./switchboard-data``): the
+embedded SQLite store lives there, so two engines in two folders never mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from provisioning.directory import DirectoryError, load_directory
+from provisioning.store import Store, StoreError, open_store
+
+DEFAULT_DATA_DIR = "switchboard-data"
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    renderer: structlog.typing.Processor
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=os.environ.get("SWITCHBOARD_DATA_DIR", DEFAULT_DATA_DIR),
+                   help="folder for the embedded store, voicemail and recordings "
+                        f"(default ./{DEFAULT_DATA_DIR})")
+    p.add_argument("--db", default=os.environ.get("SWITCHBOARD_DB"),
+                   help="store URL: sqlite:///path or postgresql://... "
+                        "(default: SQLite in the data dir)")
+    p.add_argument("--log-format", choices=("console", "json"), default="console")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchboard",
+                                     description="asyncio SIP call-routing engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the engine")
+    _common(serve)
+    serve.add_argument("--directory", help="apply this directory file before serving")
+    serve.add_argument("--sip", default="0.0.0.0:5060", help="SIP UDP+TCP address")
+    serve.add_argument("--http", default="127.0.0.1:8080", help="admin HTTP address")
+    serve.add_argument("--digest-algorithms", default="SHA-256,MD5",
+                       help="digest challenges offered, in order (RFC 8760); phones that only "
+                            "read the first challenge and know only MD5 need 'MD5'")
+
+    prov = sub.add_parser("provision", help="load configuration")
+    psub = prov.add_subparsers(dest="action", required=True)
+    apply = psub.add_parser("apply", help="apply a directory file (all or nothing)")
+    _common(apply)
+    apply.add_argument("file")
+    check = psub.add_parser("check", help="validate a directory file without applying it")
+    _common(check)
+    check.add_argument("file")
+
+    regs = sub.add_parser("registrations", help="list live registrations")
+    _common(regs)
+    regs.add_argument("--json", action="store_true")
+
+    status = sub.add_parser("status", help="user status")
+    ssub = status.add_subparsers(dest="action", required=True)
+    sset = ssub.add_parser("set", help="set a user's status live")
+    _common(sset)
+    sset.add_argument("extension")
+    sset.add_argument("status", choices=("available", "away", "dnd", "lunch", "business_trip"))
+    return parser
+
+
+def _store(args: argparse.Namespace) -> Store:
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return open_store(args.db, data_dir)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
+
+    from engine.app import ServerConfig, parse_hostport, serve
+    from engine.core import Engine
+
+    sip_host, sip_port = parse_hostport(args.sip, 5060)
+    http_host, http_port = parse_hostport(args.http, 8080)
+    store = _store(args)
+    await store.open()
+    try:
+        if args.directory:
+            directory = load_directory(args.directory)
+            report = await store.apply_directory(directory)
+            structlog.get_logger("switchboard").info(
+                "directory applied", file=args.directory, changed=report.changed)
+        loaded = await store.load_directory()
+        if loaded is None:
+            print("switchboard: no directory in the store; run 'switchboard provision apply "
+                  "FILE' or pass --directory FILE", file=sys.stderr)
+            return 2
+        hosts = {"127.0.0.1", "localhost", sip_host}
+        algorithms = tuple(a.strip() for a in args.digest_algorithms.split(",") if a.strip())
+        engine = Engine(loaded, hosts, sip_port, digest_algorithms=algorithms)
+        engine.registrar.load(await store.load_bindings(), time.time())
+        config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
+        await serve(engine, store, config)
+    finally:
+        await store.close()
+    return 0
+
+
+async def _apply(args: argparse.Namespace) -> int:
+    from provisioning.apply import format_report
+
+    directory = load_directory(args.file)
+    store = _store(args)
+    await store.open()
+    try:
+        report = await store.apply_directory(directory)
+    finally:
+        await store.close()
+    print(format_report(report))
+    return 0
+
+
+async def _registrations(args: argparse.Namespace) -> int:
+    from engine.app import binding_json
+
+    store = _store(args)
+    await store.open()
+    try:
+        now = time.time()
+        rows = [binding_json(b, now) for b in await store.load_bindings() if b.expires_at > now]
+    finally:
+        await store.close()
+    rows.sort(key=lambda r: (str(r["extension"]), str(r["contact"])))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no live registrations")
+    else:
+        print(f"{'EXT':<8} {'EXPIRES':>7}  {'CONTACT':<50} SOURCE")
+        for r in rows:
+            print(f"{r['extension']!s:<8} {r['expires_in']!s:>7}  {r['contact']!s:<50} "
+                  f"{r['source']}")
+    return 0
+
+
+async def _status_set(args: argparse.Namespace) -> int:
+    store = _store(args)
+    await store.open()
+    try:
+        await store.set_user_status(args.extension, args.status)
+    finally:
+        await store.close()
+    print(f"{args.extension}: {args.status}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    try:
+        if args.command == "serve":
+            import uvloop
+            return uvloop.run(_serve(args))
+        if args.command == "provision" and args.action == "check":
+            load_directory(args.file)
+            print(f"{args.file}: valid")
+            return 0
+        runner = {"provision": _apply, "registrations": _registrations,
+                  "status": _status_set}[args.command]
+        return asyncio.run(runner(args))
+    except DirectoryError as exc:
+        print(f"switchboard: directory refused, nothing applied:\n{exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, StoreError, LookupError) as exc:
+        print(f"switchboard: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The engine's transaction user: what the engine does with each request.
+
+Sans-I/O like the layers below it: :meth:`Engine.datagram` and friends take
+bytes, the source and ``now`` and return :class:`Send` events (and binding
+changes for the store). ``engine.app`` owns the sockets, the clock and the
+store; this module owns the decisions, so it is tested without sockets.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from engine.auth import DigestAuthenticator, FailureLimiter
+from engine.message import (
+    ParseError,
+    Request,
+    Response,
+    check_request,
+    make_response,
+    parse,
+)
+from engine.metrics import Metrics
+from engine.registrar import Registrar
+from engine.transaction import (
+    Addr,
+    CancelRequest,
+    DeliverRequest,
+    DeliverResponse,
+    Send,
+    Terminated,
+    TimedOut,
+    Timers,
+    TransactionLayer,
+    TxKey,
+)
+from provisioning.model import Binding, Directory
+
+log = structlog.get_logger("switchboard.engine")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"
+ACCEPT = "application/sdp"
+SUPPORTED: tuple[str, ...] = ("path", "outbound")
+SERVER = "Switchboard/0.1"
+KNOWN_METHODS = frozenset((
+    "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"))
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What handling one input produced: datagrams/stream writes, and store writes."""
+
+    sends: list[Send] = field(default_factory=list)
+    saved: list[Binding] = field(default_factory=list)
+    removed: list[Binding] = field(default_factory=list)
+
+
+class Engine:
+    """The SIP core of one engine process: transactions, registrar, auth, OPTIONS."""
+
+    def __init__(self, directory: Directory, local_hosts: set[str], port: int,
+                 metrics: Metrics | None = None, timers: Timers | None = None,
+                 auth_key: bytes | None = None,
+                 limiter: FailureLimiter | None = None,
+                 wall_clock: Callable[[], float] = time.time,
+                 digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")) -> None:
+        self.metrics = metrics or Metrics()
+        self.transactions = TransactionLayer(timers or Timers())
+        self.limiter = limiter or FailureLimiter()
+        self.port = port
+        self.local_hosts = {h.lower() for h in local_hosts}
+        self.wall_clock = wall_clock
+        self._auth_key = auth_key or secrets.token_bytes(32)
+        self.digest_algorithms = digest_algorithms
+        self.directory = directory
+        self.registrar = Registrar()
+        self.auth = DigestAuthenticator(directory.system.domain, self._auth_key,
+                                        algorithms=digest_algorithms)
+        self.set_directory(directory)
+
+    # -- configuration ------------------------------------------------------
+    def set_directory(self, directory: Directory) -> None:
+        """Swap in a new snapshot; the next request sees it (no restart)."""
+        self.directory = directory
+        system = directory.system
+        self.local_hosts.add(system.domain.lower())
+        self.registrar.min_expires = system.min_register_expires
+        self.registrar.max_expires = system.max_register_expires
+        self.registrar.default_expires = min(3600, system.max_register_expires)
+        if self.auth.realm != system.domain:
+            self.auth = DigestAuthenticator(system.domain, self._auth_key,
+                                            algorithms=self.digest_algorithms)
+
+    def password_of(self, username: str) -> str | None:
+        user = self.directory.user(username)
+        if user is None or user.disabled or not user.password:
+            return None
+        return user.password
+
+    # -- input ----------------------------------------------------------------
+    def datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
+        """Handle one datagram (or one framed stream message)."""
+        out = Outcome()
+        try:
+            msg = parse(data, stream=transport != "udp")
+        except ParseError as exc:
+            self.metrics.parse_errors.labels(transport).inc()
+            partial = exc.partial
+            if isinstance(partial, Request) and partial.method != "ACK":
+                self._reply_malformed(partial, exc, source, transport, out)
+            else:
+                log.info("malformed message dropped", source=_fmt(source), reason=exc.reason)
+            return out
+        if isinstance(msg, Response):
+            self.metrics.messages_in.labels("response", _cseq_method(msg), str(msg.status)).inc()
+            try:
+                events = self.transactions.on_response(msg, now)
+            except ParseError as exc:
+                self.metrics.parse_errors.labels(transport).inc()
+                log.info("malformed response dropped", source=_fmt(source), reason=exc.reason)
+                return out
+            if not events:
+                self.metrics.responses_dropped.inc()
+            self._run(events, now, out)
+            return out
+        self.metrics.messages_in.labels("request", _method_label(msg.method), "").inc()
+        try:
+            check_request(msg)
+        except ParseError as exc:
+            self.metrics.parse_errors.labels(transport).inc()
+            if msg.method != "ACK":
+                self._reply_malformed(msg, exc, source, transport, out)
+            return out
+        msg = _stamp_via(msg, source)
+        events = self.transactions.on_request(msg, source, transport, now)
+        self._run(events, now, out)
+        return out
+
+    def timer(self, now: float) -> Outcome:
+        out = Outcome()
+        self._run(self.transactions.on_timer(now), now, out)
+        return out
+
+    def expire(self, now_wall: float) -> Outcome:
+        out = Outcome()
+        out.removed.extend(self.registrar.expire(now_wall))
+        self.metrics.registrations.set(self.registrar.count())
+        self.metrics.blocked_sources.set(self.limiter.blocked_count(now_wall))
+        for kind, n in self.transactions.counts().items():
+            self.metrics.transactions.labels(kind).set(n)
+        return out
+
+    # -- events from the transaction layer -------------------------------------
+    def _run(self, events: Sequence[object], now: float, out: Outcome) -> None:
+        for ev in events:
+            if isinstance(ev, Send):
+                self._count_out(ev.data)
+                out.sends.append(ev)
+            elif isinstance(ev, DeliverRequest):
+                if ev.key is None:
+                    continue  # ACK to a 2xx: no dialogs until the B2BUA lands
+                try:
+                    self._request(ev.request, ev.key, ev.source, ev.transport, now, out)
+                except Exception:
+                    self.metrics.errors.inc()
+                    log.exception("request handling failed", call_id=_safe_call_id(ev.request),
+                                  method=ev.request.method, source=_fmt(ev.source))
+                    self._respond(ev.key, make_response(ev.request, 500), now, out)
+            elif isinstance(ev, CancelRequest):
+                pass  # no INVITE is left pending by this engine yet (no B2BUA)
+            elif isinstance(ev, DeliverResponse | TimedOut | Terminated):
+                pass  # the engine sends no requests of its own yet
+
+    def _respond(self, key: TxKey, resp: Response, now: float, out: Outcome) -> None:
+        self._run(list(self.transactions.respond(key, resp, now)), now, out)
+
+    def _reply_malformed(self, req: Request, exc: ParseError, source: Addr, transport: str,
+                         out: Outcome) -> None:
+        """Answer a malformed request statelessly, at the address its Via names if readable."""
+        status = exc.status if 400 <= exc.status < 600 else 400
+        addr = source  # symmetric, as for every response (see _stamp_via)
+        try:
+            resp = make_response(req, status, headers=[("Warning", _warning(exc.reason)),
+                                                       ("Server", SERVER)])
+            data = resp.to_bytes()
+        except Exception:  # the headers to copy are too broken to answer at all
+            log.info("malformed request dropped", source=_fmt(source), reason=exc.reason)
+            return
+        log.info("malformed request", source=_fmt(source), status=status, reason=exc.reason)
+        self._count_out(data)
+        out.sends.append(Send(data, addr, transport))
+
+    def _count_out(self, data: bytes) -> None:
+        line = data[: data.find(b"\r\n")].decode("utf-8", "replace")
+        if line.startswith("SIP/"):
+            parts = line.split(" ", 2)
+            self.metrics.messages_out.labels("response", "", parts[1] if len(parts) > 1 else "")\
+                .inc()
+        else:
+            self.metrics.messages_out.labels("request", _method_label(line.split(" ", 1)[0]),
+                                             "").inc()
+
+    # -- the transaction user -------------------------------------------------
+    def _request(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
+                 out: Outcome) -> None:
+        def answer(status: int, headers: list[tuple[str, str]] | None = None,
+                   reason: str | None = None) -> None:
+            hs = [("Server", SERVER), *(headers or [])]
+            self._respond(key, make_response(req, status, reason, hs), now, out)
+            log.info("request", method=req.method, call_id=req.call_id, source=_fmt(source),
+                     transport=transport, status=status)
+
+        if req.method not in KNOWN_METHODS:
+            answer(501, [("Allow", ALLOW)])
+            return
+        # Loose routing (RFC 3261 s16.4): a Route naming us is ours to remove.
+        if req.has("route"):
+            routes = req.routes
+            if routes and self._is_local(routes[0].uri.host, routes[0].uri.port):
+                routes = routes[1:]
+            if routes:
+                answer(403, [("Warning", _warning("no relay: this engine routes no "
+                                                  "requests onwards yet"))])
+                return
+        unsupported = [o for o in req.get_all("proxy-require") + req.get_all("require")
+                       if o.strip().lower() not in SUPPORTED]
+        if unsupported and req.method not in ("CANCEL", "ACK"):
+            answer(420, [("Unsupported", ", ".join(unsupported))])
+            return
+        mf = req.max_forwards
+        if mf == 0 and req.method not in ("OPTIONS", "REGISTER"):
+            answer(483)
+            return
+        if req.method == "OPTIONS":
+            answer(200, [("Allow", ALLOW), ("Accept", ACCEPT),
+                         ("Supported", ", ".join(SUPPORTED))])
+        elif req.method == "REGISTER":
+            self._register(req, source, transport, now, answer, out)
+        elif req.method == "INVITE":
+            self._invite(req, answer)
+        elif req.method in ("BYE", "CANCEL"):
+            answer(481)
+        else:
+            answer(405, [("Allow", ALLOW)])
+
+    def _invite(self, req: Request, answer: Callable[..., None]) -> None:
+        ctype = (req.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if req.body and ctype and ctype != "application/sdp" and not ctype.startswith(
+                "multipart/"):
+            answer(415, [("Accept", ACCEPT)])
+            return
+        accept = [a.split(";", 1)[0].strip().lower() for a in req.get_all("accept")]
+        if accept and not any(a in ("application/sdp", "application/*", "*/*") for a in accept):
+            answer(406, [("Accept", ACCEPT)])
+            return
+        if req.uri.scheme not in ("sip", "sips", "tel"):
+            answer(416)
+            return
+        # Call routing (the B2BUA) is the next milestone; until then the engine
+        # says plainly that it cannot complete calls.
+        answer(480, [("Warning", _warning("call routing is not enabled in this build"))])
+
+    def _register(self, req: Request, source: Addr, transport: str, now: float,
+                  answer: Callable[..., None], out: Outcome) -> None:
+        ip = source[0]
+        wall = self.wall_clock()
+        if self.limiter.is_blocked(ip, wall):
+            answer(403, [("Warning", _warning("too many failed authentications; retry later"))])
+            return
+        credentials = [v for v in req.get_lines("authorization")
+                       if v.lstrip()[:6].lower() == "digest"]
+        if not credentials:
+            answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now)])
+            return
+        result = self.auth.verify("REGISTER", credentials[0], self.password_of, now)
+        if result.stale:
+            answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
+            return
+        if not result.ok:
+            self.metrics.auth_failures.labels("REGISTER").inc()
+            if self.limiter.failure(ip, wall):
+                self.metrics.auth_blocks.inc()
+                log.warning("source blocked after failed authentications", source=ip,
+                            username=result.username, block_seconds=self.limiter.block_seconds)
+            log.info("authentication failed", source=_fmt(source), username=result.username,
+                     reason=result.reason, call_id=req.call_id)
+            answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now)])
+            return
+        self.limiter.success(ip)
+        aor = req.to.uri.user or ""
+        if aor != result.username:
+            answer(403, [("Warning", _warning(
+                f"user {result.username!r} may not register {aor!r}"))])
+            return
+        outcome = self.registrar.register(req, aor, f"{transport}:{source[0]}:{source[1]}",
+                                          wall)
+        out.saved.extend(outcome.saved)
+        out.removed.extend(outcome.removed)
+        self.metrics.registrations.set(self.registrar.count())
+        answer(outcome.status, list(outcome.headers), outcome.reason)
+
+    def _is_local(self, host: str, port: int | None) -> bool:
+        return host.lower() in self.local_hosts and (port is None or port == self.port)
+
+
+def _stamp_via(req: Request, source: Addr) -> Request:
+    """Add received= and rport= to the top Via (RFC 3261 s18.2.1, RFC 3581 s4).
+
+    rport is stamped even when the client did not ask (Kamailio's
+    force_rport): phones behind NAT get their responses at the address and
+    port they sent from, which is what a business phone system must do.
+    """
+    via = req.top_via
+    params = [(k, v) for k, v in via.params if k not in ("received", "rport")]
+    params.append(("received", source[0]))
+    params.append(("rport", str(source[1])))
+    stamped = str(via._replace(params=tuple(params)))
+    values = req.get_all("via")
+    rest = values[1:]
+    new = req.remove_first_value("via").prepend("Via", stamped) if rest else req.replace(
+        "via", stamped)
+    assert isinstance(new, Request)
+    return new
+
+
+def _warning(text: str) -> str:
+    safe = text.replace("\\", "\\\\").replace('"', "'")
+    return f'399 switchboard "{safe}"'
+
+
+def _fmt(addr: Addr) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def _cseq_method(resp: Response) -> str:
+    try:
+        return _method_label(resp.cseq.method)
+    except ParseError:
+        return "other"
+
+
+def _safe_call_id(req: Request) -> str:
+    return req.get("call-id") or ""

@@ -1,0 +1,43 @@
+"""Prometheus metrics of one engine (its own registry, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages_in = Counter(
+            "switchboard_sip_messages_in", "SIP messages received",
+            ["kind", "method", "status"], registry=r)
+        self.messages_out = Counter(
+            "switchboard_sip_messages_out", "SIP messages sent",
+            ["kind", "method", "status"], registry=r)
+        self.parse_errors = Counter(
+            "switchboard_sip_parse_errors", "Messages that could not be parsed or were refused "
+            "as malformed", ["transport"], registry=r)
+        self.responses_dropped = Counter(
+            "switchboard_sip_responses_dropped", "Responses with no transaction to go to",
+            registry=r)
+        self.registrations = Gauge(
+            "switchboard_registrations_active", "Live registrar bindings", registry=r)
+        self.auth_failures = Counter(
+            "switchboard_auth_failures", "Digest authentications that failed",
+            ["method"], registry=r)
+        self.auth_blocks = Counter(
+            "switchboard_auth_blocks", "Sources blocked after repeated auth failures",
+            registry=r)
+        self.blocked_sources = Gauge(
+            "switchboard_blocked_sources", "Sources blocked right now", registry=r)
+        self.transactions = Gauge(
+            "switchboard_transactions_active", "Live SIP transactions", ["kind"], registry=r)
+        self.tcp_connections = Gauge(
+            "switchboard_tcp_connections", "Open SIP TCP connections", registry=r)
+        self.errors = Counter(
+            "switchboard_internal_errors", "Requests whose handling raised (logged, "
+            "answered 500)", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,165 @@
+"""Shared fixtures: a real ``switchboard serve`` process on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+EXAMPLE = ROOT / "examples" / "directory.toml"
+
+
+def switchboard_bin() -> str:
+    exe = Path(sys.executable).parent / "switchboard"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("switchboard")
+    if found is None:
+        raise RuntimeError("the switchboard console script is not installed (make venv)")
+    return found
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = int(t.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def bench_directory(users: dict[str, str], domain: str = "bench.test") -> str:
+    """A directory file text with the given extension -> password users."""
+    digits = len(next(iter(users)))
+    out = [f'[system]\ndomain = "{domain}"\nextension_digits = {digits}\n',
+           '[[departments]]\nname = "Bench"\ncaller_id = "+15145550100"\ntimezone = "UTC"\n']
+    for ext, pw in users.items():
+        out.append(f'[[users]]\nextension = "{ext}"\nname = "User {ext}"\npassword = "{pw}"\n'
+                   'department = "Bench"\n')
+    return "\n".join(out)
+
+
+class EngineProcess:
+    """``switchboard serve`` in a subprocess, with its own data dir and ports."""
+
+    def __init__(self, data_dir: Path, directory: Path, extra: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.directory = directory
+        self.extra = extra or []
+        self.port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"engine-{self.port}.log"
+
+    @property
+    def sip(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, with_directory: bool = True) -> EngineProcess:
+        cmd = [switchboard_bin(), "serve", "--data-dir", str(self.data_dir),
+               "--sip", self.target, "--http", f"127.0.0.1:{self.http_port}",
+               "--log-format", "json", *self.extra]
+        if with_directory:
+            cmd += ["--directory", str(self.directory)]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.data_dir)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"engine exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.health()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"engine did not come up:\n{self.log()}")
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise RuntimeError(f"engine ignored SIGTERM:\n{self.log()}") from None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def http_get(self, path: str) -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
+            data: bytes = r.read()
+            return data
+
+    def health(self) -> dict[str, object]:
+        result: dict[str, object] = json.loads(self.http_get("/healthz"))
+        return result
+
+    def metrics(self) -> dict[str, float]:
+        """Samples of /metrics as {'name{labels}': value}."""
+        out: dict[str, float] = {}
+        for line in self.http_get("/metrics").decode().splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([switchboard_bin(), *args, "--data-dir", str(self.data_dir)],
+                              capture_output=True, text=True, timeout=60, cwd=self.data_dir)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[EngineProcess]:
+    """The example office, served; MD5 first so SIPp-style clients work too."""
+    proc = EngineProcess(tmp_path, EXAMPLE).start()
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"engine did not shut down cleanly ({code}):\n{proc.log()}"
+
+
+def udp_exchange(target: tuple[str, int], data: bytes, timeout: float = 2.0,
+                 expect: int = 1) -> list[bytes]:
+    """Send one datagram from a fresh socket and collect up to ``expect`` answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(timeout)
+        s.sendto(data, target)
+        out: list[bytes] = []
+        try:
+            while len(out) < expect:
+                out.append(s.recv(65535))
+        except TimeoutError:
+            pass
+        return out
+
+
+def env_database_url() -> str:
+    return os.environ.get("DATABASE_URL", "postgresql://127.0.0.1:5432/test")
