@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--sip", default="0.0.0.0:5060", help="SIP UDP+TCP address")
     serve.add_argument("--http", default="127.0.0.1:8080", help="admin HTTP address")
     serve.add_argument("--digest-algorithms", default="SHA-256,MD5",
-                       help="digest challenges offered, in order (RFC 8760); phones that only "
-                            "read the first challenge and know only MD5 need 'MD5'")
+                       help="digest algorithms to challenge with; SHA-256 is always offered "
+                            "first when enabled (RFC 8760); clients that read only the first "
+                            "challenge and know only MD5 (SIPp 3.6) need 'MD5'")
 
     prov = sub.add_parser("provision", help="load configuration")
     psub = prov.add_subparsers(dest="action", required=True)

@@ -138,7 +138,7 @@ class EngineProcess:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[EngineProcess]:
-    """The example office, served; MD5 first so SIPp-style clients work too."""
+    """The example office, served with the default challenges (SHA-256, then MD5)."""
     proc = EngineProcess(tmp_path, EXAMPLE).start()
     yield proc
     code = proc.stop()
