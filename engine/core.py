@@ -114,7 +114,8 @@ class Engine:
             if isinstance(partial, Request) and partial.method != "ACK":
                 self._reply_malformed(partial, exc, source, transport, out)
             else:
-                log.info("malformed message dropped", source=_fmt(source), reason=exc.reason)
+                log.info("malformed message dropped", source=_fmt(source),
+                         reason=_short(exc.reason))
             return out
         if isinstance(msg, Response):
             self.metrics.messages_in.labels("response", _cseq_method(msg), str(msg.status)).inc()
@@ -122,7 +123,8 @@ class Engine:
                 events = self.transactions.on_response(msg, now)
             except ParseError as exc:
                 self.metrics.parse_errors.labels(transport).inc()
-                log.info("malformed response dropped", source=_fmt(source), reason=exc.reason)
+                log.info("malformed response dropped", source=_fmt(source),
+                         reason=_short(exc.reason))
                 return out
             if not events:
                 self.metrics.responses_dropped.inc()
@@ -189,9 +191,10 @@ class Engine:
                                                        ("Server", SERVER)])
             data = resp.to_bytes()
         except Exception:  # the headers to copy are too broken to answer at all
-            log.info("malformed request dropped", source=_fmt(source), reason=exc.reason)
+            log.info("malformed request dropped", source=_fmt(source), reason=_short(exc.reason))
             return
-        log.info("malformed request", source=_fmt(source), status=status, reason=exc.reason)
+        log.info("malformed request", source=_fmt(source), status=status,
+                 reason=_short(exc.reason))
         self._count_out(data)
         out.sends.append(Send(data, addr, transport))
 
@@ -328,8 +331,19 @@ def _stamp_via(req: Request, source: Addr) -> Request:
     return new
 
 
+WARNING_MAX = 160
+
+
+def _short(text: str) -> str:
+    """Printable ASCII, at most WARNING_MAX characters: a reply or log line about a
+    malformed request must never grow with it (no UDP amplification)."""
+    ascii_text = text.encode("ascii", "replace").decode("ascii")
+    safe = "".join(c if " " <= c <= "~" else "?" for c in ascii_text)
+    return safe if len(safe) <= WARNING_MAX else safe[: WARNING_MAX - 3] + "..."
+
+
 def _warning(text: str) -> str:
-    safe = text.replace("\\", "\\\\").replace('"', "'")
+    safe = _short(text).replace("\\", "\\\\").replace('"', "'")
     return f'399 switchboard "{safe}"'
 
 
