@@ -23,6 +23,8 @@ from engine.message import (
     check_request,
     make_response,
     parse,
+    short_text,
+    warning_value,
 )
 from engine.metrics import Metrics
 from engine.registrar import Registrar
@@ -115,7 +117,7 @@ class Engine:
                 self._reply_malformed(partial, exc, source, transport, out)
             else:
                 log.info("malformed message dropped", source=_fmt(source),
-                         reason=_short(exc.reason))
+                         reason=short_text(exc.reason))
             return out
         if isinstance(msg, Response):
             self.metrics.messages_in.labels("response", _cseq_method(msg), str(msg.status)).inc()
@@ -124,7 +126,7 @@ class Engine:
             except ParseError as exc:
                 self.metrics.parse_errors.labels(transport).inc()
                 log.info("malformed response dropped", source=_fmt(source),
-                         reason=_short(exc.reason))
+                         reason=short_text(exc.reason))
                 return out
             if not events:
                 self.metrics.responses_dropped.inc()
@@ -187,14 +189,15 @@ class Engine:
         status = exc.status if 400 <= exc.status < 600 else 400
         addr = source  # symmetric, as for every response (see _stamp_via)
         try:
-            resp = make_response(req, status, headers=[("Warning", _warning(exc.reason)),
+            resp = make_response(req, status, headers=[("Warning", warning_value(exc.reason)),
                                                        ("Server", SERVER)])
             data = resp.to_bytes()
         except Exception:  # the headers to copy are too broken to answer at all
-            log.info("malformed request dropped", source=_fmt(source), reason=_short(exc.reason))
+            log.info("malformed request dropped", source=_fmt(source),
+                     reason=short_text(exc.reason))
             return
         log.info("malformed request", source=_fmt(source), status=status,
-                 reason=_short(exc.reason))
+                 reason=short_text(exc.reason))
         self._count_out(data)
         out.sends.append(Send(data, addr, transport))
 
@@ -227,7 +230,7 @@ class Engine:
             if routes and self._is_local(routes[0].uri.host, routes[0].uri.port):
                 routes = routes[1:]
             if routes:
-                answer(403, [("Warning", _warning("no relay: this engine routes no "
+                answer(403, [("Warning", warning_value("no relay: this engine routes no "
                                                   "requests onwards yet"))])
                 return
         unsupported = [o for o in req.get_all("proxy-require") + req.get_all("require")
@@ -266,14 +269,15 @@ class Engine:
             return
         # Call routing (the B2BUA) is the next milestone; until then the engine
         # says plainly that it cannot complete calls.
-        answer(480, [("Warning", _warning("call routing is not enabled in this build"))])
+        answer(480, [("Warning", warning_value("call routing is not enabled in this build"))])
 
     def _register(self, req: Request, source: Addr, transport: str, now: float,
                   answer: Callable[..., None], out: Outcome) -> None:
         ip = source[0]
         wall = self.wall_clock()
         if self.limiter.is_blocked(ip, wall):
-            answer(403, [("Warning", _warning("too many failed authentications; retry later"))])
+            answer(403, [("Warning",
+                          warning_value("too many failed authentications; retry later"))])
             return
         credentials = [v for v in req.get_lines("authorization")
                        if v.lstrip()[:6].lower() == "digest"]
@@ -297,7 +301,7 @@ class Engine:
         self.limiter.success(ip)
         aor = req.to.uri.user or ""
         if aor != result.username:
-            answer(403, [("Warning", _warning(
+            answer(403, [("Warning", warning_value(
                 f"user {result.username!r} may not register {aor!r}"))])
             return
         outcome = self.registrar.register(req, aor, f"{transport}:{source[0]}:{source[1]}",
@@ -329,22 +333,6 @@ def _stamp_via(req: Request, source: Addr) -> Request:
         "via", stamped)
     assert isinstance(new, Request)
     return new
-
-
-WARNING_MAX = 160
-
-
-def _short(text: str) -> str:
-    """Printable ASCII, at most WARNING_MAX characters: a reply or log line about a
-    malformed request must never grow with it (no UDP amplification)."""
-    ascii_text = text.encode("ascii", "replace").decode("ascii")
-    safe = "".join(c if " " <= c <= "~" else "?" for c in ascii_text)
-    return safe if len(safe) <= WARNING_MAX else safe[: WARNING_MAX - 3] + "..."
-
-
-def _warning(text: str) -> str:
-    safe = _short(text).replace("\\", "\\\\").replace('"', "'")
-    return f'399 switchboard "{safe}"'
 
 
 def _fmt(addr: Addr) -> str:

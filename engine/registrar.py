@@ -12,7 +12,7 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass, field
 
-from engine.message import Address, ParseError, Request
+from engine.message import Address, ParseError, Request, warning_value
 from provisioning.model import Binding
 
 MAX_CONTACTS_PER_AOR = 10
@@ -72,7 +72,7 @@ class Registrar:
         try:
             return self._register(req, aor, source, now)
         except ParseError as exc:
-            return RegisterResult(400, "Bad Request", (("Warning", _warning(exc.reason)),))
+            return RegisterResult(400, "Bad Request", (("Warning", warning_value(exc.reason)),))
 
     def _register(self, req: Request, aor: str, source: str, now: float) -> RegisterResult:
         call_id = req.call_id
@@ -86,7 +86,8 @@ class Registrar:
             # s10.3 step 6: '*' only alone and with Expires: 0.
             if len(req.get_all("contact")) != 1 or header_expires != 0:
                 return RegisterResult(400, "Bad Request", (
-                    ("Warning", _warning("Contact '*' needs Expires: 0 and no other Contact")),))
+                    ("Warning",
+                     warning_value("Contact '*' needs Expires: 0 and no other Contact")),))
             for b in current.values():
                 if b.call_id == call_id and cseq <= b.cseq:
                     return _out_of_order()
@@ -147,13 +148,8 @@ class Registrar:
 
 def _out_of_order() -> RegisterResult:
     return RegisterResult(500, "Server Internal Error", (
-        ("Warning", _warning("CSeq not higher than the binding's for the same Call-ID")),
+        ("Warning", warning_value("CSeq not higher than the binding's for the same Call-ID")),
         ("Retry-After", "1")))
-
-
-def _warning(text: str) -> str:
-    safe = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'399 switchboard "{safe}"'
 
 
 def _contact_key(addr: Address) -> str:

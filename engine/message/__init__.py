@@ -11,6 +11,8 @@ from engine.message.core import (
     StreamFramer,
     make_response,
     parse,
+    short_text,
+    warning_value,
 )
 from engine.message.grammar import (
     URI,
@@ -47,6 +49,8 @@ __all__ = [
     "parse_params",
     "parse_uri",
     "parse_via",
+    "short_text",
     "split_commas",
     "unquote",
+    "warning_value",
 ]

@@ -382,6 +382,23 @@ REASONS = {
 }
 
 
+WARNING_MAX = 160
+
+
+def short_text(text: str) -> str:
+    """Printable ASCII, at most WARNING_MAX characters: a reply or log line about a
+    malformed request must never grow with it (no UDP amplification)."""
+    ascii_text = text.encode("ascii", "replace").decode("ascii")
+    safe = "".join(c if " " <= c <= "~" else "?" for c in ascii_text)
+    return safe if len(safe) <= WARNING_MAX else safe[: WARNING_MAX - 3] + "..."
+
+
+def warning_value(text: str) -> str:
+    """A Warning header value (RFC 3261 s20.43) carrying ``text``, capped and quoted."""
+    safe = short_text(text).replace("\\", "\\\\").replace('"', "'")
+    return f'399 switchboard "{safe}"'
+
+
 def new_tag() -> str:
     return secrets.token_hex(6)
 
