@@ -27,6 +27,7 @@ from provisioning.store import Store
 
 log = structlog.get_logger("switchboard.app")
 
+WRITE_BATCH = 500  # binding changes per store transaction
 MAX_TCP_CONNECTIONS = 1024
 TCP_IDLE_SECONDS = 3600.0
 MAX_STREAM_MESSAGE = 256 * 1024
@@ -228,18 +229,27 @@ class Server:
 
     # -- background work -----------------------------------------------------------
     async def _writer(self) -> None:
-        """Write binding changes through to the store, in order, off the hot path."""
+        """Write binding changes through to the store, in order, off the hot path.
+
+        Whatever piled up while the previous batch was written goes in one
+        transaction; for one (aor, contact) only the last change counts.
+        """
         while True:
-            op, b = await self._writes.get()
+            batch = [await self._writes.get()]
+            while not self._writes.empty() and len(batch) < WRITE_BATCH:
+                batch.append(self._writes.get_nowait())
+            latest: dict[tuple[str, str], tuple[str, Binding]] = {}
+            for op, b in batch:
+                latest[(b.aor, b.contact)] = (op, b)
+            saved = [b for op, b in latest.values() if op == "save"]
+            deleted = [key for key, (op, _) in latest.items() if op == "delete"]
             try:
-                if op == "save":
-                    await self.store.save_binding(b)
-                else:
-                    await self.store.delete_binding(b.aor, b.contact)
+                await self.store.write_bindings(saved, deleted)
             except Exception:
-                log.exception("store write failed", op=op, aor=b.aor)
+                log.exception("store write failed", saved=len(saved), deleted=len(deleted))
             finally:
-                self._writes.task_done()
+                for _ in batch:
+                    self._writes.task_done()
 
     async def _housekeeping(self) -> None:
         while True:

@@ -166,6 +166,19 @@ def _describe_char(value: str, i: int) -> str:
     return "end of input" if i >= len(value) else f"{value[i]!r} at position {i}"
 
 
+_TOKEN_RE = r"[A-Za-z0-9\-.!%*_+`'~]+"
+# The common shape, in one pass: ``Scheme k="v", k=v`` with no escapes, controls or
+# non-ASCII; anything else goes through the careful reader below, which names the fault.
+_FAST_AUTH: Final = re.compile(
+    rf"[ \t]*({_TOKEN_RE})[ \t]+"
+    rf"((?:{_TOKEN_RE}[ \t]*=[ \t]*(?:\"[\x20\x21\x23-\x5b\x5d-\x7e\t]*\"|{_TOKEN_RE})"
+    rf"[ \t]*(?:,[ \t]*(?!$)|$))+)"
+)
+_FAST_PARAM: Final = re.compile(
+    rf"({_TOKEN_RE})[ \t]*=[ \t]*(?:\"([\x20\x21\x23-\x5b\x5d-\x7e\t]*)\"|({_TOKEN_RE}))"
+)
+
+
 def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     """Parse a challenge/credentials header value into ``(scheme, params)``.
 
@@ -180,6 +193,17 @@ def parse_auth_params(value: str) -> tuple[str, dict[str, str]]:
     strings, control characters, stray characters, empty list elements or
     duplicate parameter names.  Messages give positions, never parameter values.
     """
+    fast = _FAST_AUTH.fullmatch(value) if len(value) <= MAX_HEADER_LENGTH else None
+    if fast is not None:
+        pairs = _FAST_PARAM.findall(fast[2])
+        params = {name.lower(): quoted or token for name, quoted, token in pairs}
+        if len(params) == len(pairs):  # else a duplicate: the careful reader names it
+            return fast[1], params
+    return _parse_auth_params_slow(value)
+
+
+def _parse_auth_params_slow(value: str) -> tuple[str, dict[str, str]]:
+    """The careful reader: every deviation is a ValueError naming its position."""
     if len(value) > MAX_HEADER_LENGTH:
         raise ValueError(f"auth header too long ({len(value)} > {MAX_HEADER_LENGTH} characters)")
     try:

@@ -120,7 +120,7 @@ class Engine:
                          reason=short_text(exc.reason))
             return out
         if isinstance(msg, Response):
-            self.metrics.messages_in.labels("response", _cseq_method(msg), str(msg.status)).inc()
+            self.metrics.count_in("response", _cseq_method(msg), str(msg.status))
             try:
                 events = self.transactions.on_response(msg, now)
             except ParseError as exc:
@@ -132,7 +132,7 @@ class Engine:
                 self.metrics.responses_dropped.inc()
             self._run(events, now, out)
             return out
-        self.metrics.messages_in.labels("request", _method_label(msg.method), "").inc()
+        self.metrics.count_in("request", _method_label(msg.method), "")
         try:
             check_request(msg)
         except ParseError as exc:
@@ -202,14 +202,11 @@ class Engine:
         out.sends.append(Send(data, addr, transport))
 
     def _count_out(self, data: bytes) -> None:
-        line = data[: data.find(b"\r\n")].decode("utf-8", "replace")
-        if line.startswith("SIP/"):
-            parts = line.split(" ", 2)
-            self.metrics.messages_out.labels("response", "", parts[1] if len(parts) > 1 else "")\
-                .inc()
+        if data.startswith(b"SIP/"):  # a status line: "SIP/2.0 200 OK"
+            self.metrics.count_out("response", "", data[8:11].decode("ascii", "replace"))
         else:
-            self.metrics.messages_out.labels("request", _method_label(line.split(" ", 1)[0]),
-                                             "").inc()
+            method = data[: data.find(b" ")].decode("ascii", "replace")
+            self.metrics.count_out("request", _method_label(method), "")
 
     # -- the transaction user -------------------------------------------------
     def _request(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
@@ -308,7 +305,6 @@ class Engine:
                                           wall)
         out.saved.extend(outcome.saved)
         out.removed.extend(outcome.removed)
-        self.metrics.registrations.set(self.registrar.count())
         answer(outcome.status, list(outcome.headers), outcome.reason)
 
     def _is_local(self, host: str, port: int | None) -> bool:

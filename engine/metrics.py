@@ -39,5 +39,24 @@ class Metrics:
             "switchboard_internal_errors", "Requests whose handling raised (logged, "
             "answered 500)", registry=r)
 
+        self._in: dict[tuple[str, str, str], Counter] = {}
+        self._out: dict[tuple[str, str, str], Counter] = {}
+
+    def count_in(self, kind: str, method: str, status: str) -> None:
+        """messages_in{kind, method, status} += 1, with the labelled child cached
+        (``labels()`` takes a lock and builds a key on every call: hot path)."""
+        key = (kind, method, status)
+        child = self._in.get(key)
+        if child is None:
+            child = self._in[key] = self.messages_in.labels(kind, method, status)
+        child.inc()
+
+    def count_out(self, kind: str, method: str, status: str) -> None:
+        key = (kind, method, status)
+        child = self._out.get(key)
+        if child is None:
+            child = self._out[key] = self.messages_out.labels(kind, method, status)
+        child.inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -107,6 +107,19 @@ _SCHEMA = (
 _BINDING_COLUMNS = (
     "aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id"
 )
+_UPSERT_BINDING = (
+    f"INSERT INTO bindings ({_BINDING_COLUMNS}) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+    "ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, "
+    "q = excluded.q, call_id = excluded.call_id, cseq = excluded.cseq, "
+    "source = excluded.source, user_agent = excluded.user_agent, "
+    "instance = excluded.instance, reg_id = excluded.reg_id"
+)
+
+
+def _binding_row(b: Binding) -> tuple[object, ...]:
+    return (b.aor, b.contact, float(b.expires_at), float(b.q), b.call_id, b.cseq, b.source,
+            b.user_agent, b.instance, b.reg_id)
 
 
 class StoreError(Exception):
@@ -204,11 +217,17 @@ class Store(abc.ABC):
         """Drop a live status (the directory's applies again); True if one was set."""
 
     @abc.abstractmethod
+    async def write_bindings(
+        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Upsert ``saved`` and delete the (aor, contact) pairs ``deleted``, atomically."""
+
     async def save_binding(self, binding: Binding) -> None:
         """Insert or replace the binding of (``aor``, ``contact``)."""
+        await self.write_bindings([binding])
 
-    @abc.abstractmethod
-    async def delete_binding(self, aor: str, contact: str) -> None: ...
+    async def delete_binding(self, aor: str, contact: str) -> None:
+        await self.write_bindings([], [(aor, contact)])
 
     @abc.abstractmethod
     async def delete_bindings(self, aor: str) -> None: ...
@@ -269,6 +288,8 @@ class _Tx(Protocol):
     """One transaction's statements.  SQL uses ``$1``-style parameters."""
 
     async def execute(self, sql: str, *args: object) -> None: ...
+
+    async def executemany(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None: ...
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]: ...
 
@@ -449,32 +470,27 @@ class _SQLStore(Store):
 
     # ------------------------------------------------------------------ bindings
 
-    async def save_binding(self, binding: Binding) -> None:
-        if not binding.aor or not binding.contact:
-            raise ValueError("a binding needs an aor and a contact")
-        async with self._transaction() as tx:
-            await tx.execute(
-                f"INSERT INTO bindings ({_BINDING_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-                "ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, "
-                "q = excluded.q, call_id = excluded.call_id, cseq = excluded.cseq, "
-                "source = excluded.source, user_agent = excluded.user_agent, "
-                "instance = excluded.instance, reg_id = excluded.reg_id",
-                binding.aor,
-                binding.contact,
-                float(binding.expires_at),
-                float(binding.q),
-                binding.call_id,
-                binding.cseq,
-                binding.source,
-                binding.user_agent,
-                binding.instance,
-                binding.reg_id,
-            )
+    async def write_bindings(
+        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Upsert ``saved`` and delete ``deleted`` (aor, contact) pairs in one transaction.
 
-    async def delete_binding(self, aor: str, contact: str) -> None:
+        The registrar's write-through batches what piled up while the last
+        batch was written: one commit per batch, not per REGISTER.
+        """
+        for binding in saved:
+            if not binding.aor or not binding.contact:
+                raise ValueError("a binding needs an aor and a contact")
+        if not saved and not deleted:
+            return
         async with self._transaction() as tx:
-            await tx.execute("DELETE FROM bindings WHERE aor = $1 AND contact = $2", aor, contact)
+            if deleted:
+                await tx.executemany(
+                    "DELETE FROM bindings WHERE aor = $1 AND contact = $2",
+                    [(aor, contact) for aor, contact in deleted],
+                )
+            if saved:
+                await tx.executemany(_UPSERT_BINDING, [_binding_row(b) for b in saved])
 
     async def delete_bindings(self, aor: str) -> None:
         async with self._transaction() as tx:
@@ -523,6 +539,9 @@ class _SQLiteTx:
 
     async def execute(self, sql: str, *args: object) -> None:
         await self.conn.execute(_DOLLAR_PARAM.sub(r"?\1", sql), args)
+
+    async def executemany(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        await self.conn.executemany(_DOLLAR_PARAM.sub(r"?\1", sql), rows)
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         rows = await self.conn.execute_fetchall(_DOLLAR_PARAM.sub(r"?\1", sql), args)
@@ -597,6 +616,9 @@ class _PostgresTx:
 
     async def execute(self, sql: str, *args: object) -> None:
         await self.conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+        await self.conn.executemany(sql, rows)
 
     async def fetch(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
         rows: Sequence[Any] = await self.conn.fetch(sql, *args)

@@ -766,3 +766,39 @@ def test_limiter_prefers_dropping_stale_sources() -> None:
 def test_limiter_rejects_bad_configuration(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         FailureLimiter(**kwargs)  # type: ignore[arg-type]
+
+
+# -- the one-pass reader of the common shape agrees with the careful one -------------
+_AUTH_PIECES = st.sampled_from([
+    "Digest", " ", "\t", ",", ", ", "=", " = ", '"', '\\"', "username", "realm", "nonce",
+    "uri", "response", "qop", "nc", "auth", "00000001", '"sip:101@pbx"', '"a,b=c"', '""',
+    "é", "\x01", "MD5", "algorithm", "Username",
+])
+
+
+def _outcome(fn: Callable[[str], object], value: str) -> object:
+    try:
+        return fn(value)
+    except ValueError:
+        return ValueError
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_AUTH_PIECES, max_size=14).map("".join))
+def test_fast_auth_parse_agrees_with_careful_reader(value: str) -> None:
+    from engine.auth import _parse_auth_params_slow
+
+    assert _outcome(parse_auth_params, value) == _outcome(_parse_auth_params_slow, value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[A-Za-z][a-z0-9-]{0,6}", fullmatch=True),
+                       st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                               max_size=12), min_size=1, max_size=6))
+def test_fast_auth_parse_reads_generated_credentials(params: dict[str, str]) -> None:
+    from engine.auth import _parse_auth_params_slow
+
+    value = "Digest " + ", ".join(
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in params.items())
+    assert _outcome(parse_auth_params, value) == _outcome(_parse_auth_params_slow, value)

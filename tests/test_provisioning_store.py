@@ -361,6 +361,22 @@ async def test_bindings_save_load_delete_purge(store: Store) -> None:
     assert await store.load_bindings() == [b1]
 
 
+async def test_write_bindings_is_one_atomic_batch(store: Store) -> None:
+    keep = _binding("101", "10.0.0.1", 1000.0)
+    gone = _binding("101", "10.0.0.2", 1000.0)
+    await store.write_bindings([keep, gone])
+    batch = [_binding("102", f"10.0.2.{i}", 2000.0 + i) for i in range(300)]
+    await store.write_bindings(batch, [("101", gone.contact)])
+    loaded = await store.load_bindings()
+    assert loaded[0] == keep and len(loaded) == 301
+    assert {b.contact for b in loaded[1:]} == {b.contact for b in batch}
+    # one bad binding refuses the whole batch: nothing of it is written
+    with pytest.raises(ValueError, match="aor and a contact"):
+        await store.write_bindings([_binding("103", "10.0.3.1", 10.0),
+                                    _binding("", "10.0.3.2", 10.0)], [("101", keep.contact)])
+    assert len(await store.load_bindings()) == 301
+
+
 async def test_binding_needs_aor_and_contact(store: Store) -> None:
     with pytest.raises(ValueError, match="aor and a contact"):
         await store.save_binding(_binding("", "10.0.0.1", 10.0))
