@@ -1,0 +1,235 @@
+"""Explain a plan: JSON for the admin API, text for ``switchboard route explain``.
+
+:func:`explain` builds the call facts of a what-if question ("what happens
+when +15145550199 calls +15145550100 at 18:30 if 101 is away?") and plans it.
+Assumptions, since a what-if has no live state:
+
+* a caller that is a user's extension makes a phone call; anything else is
+  an external call arriving on the first trunk of the directory;
+* an external caller whose callee is an extension (a user or a ring group)
+  rather than one of our numbers is routed as if a DID pointed straight at
+  it (external rules), so one can ask about a user without knowing a DID;
+* ``status`` forces the status of the callee user (the dialled extension,
+  or the user the DID routes to), as a live override would;
+* ``registered`` defaults to every user (devices assumed registered); nobody
+  is on a call and every trunk channel is free.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from provisioning.model import Destination, Directory, Status
+from routing.router import router_for
+from routing.steps import (
+    Busy,
+    CallFacts,
+    Deflect,
+    Device,
+    Diversion,
+    External,
+    LiveState,
+    MailboxAccess,
+    Plan,
+    Ring,
+    Step,
+    Target,
+    Voicemail,
+)
+
+__all__ = ["explain", "plan_to_json", "render_text", "step_to_json"]
+
+_OUTCOME_END = {"no answer": "480", "busy": "486", "failed": "480/503"}
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _target_to_json(target: Target) -> dict[str, Any]:
+    if isinstance(target, Device):
+        return {"type": "device", "extension": target.extension}
+    return {
+        "type": "external",
+        "number": target.number,
+        "trunk": target.trunk,
+        "caller_id": target.caller_id,
+        "privacy": target.privacy,
+        "rebound": target.rebound,
+        "mobile_of": target.mobile_of,
+    }
+
+
+def _diversion_to_json(chain: Iterable[Diversion]) -> list[dict[str, str]]:
+    return [{"extension": d.extension, "reason": d.reason} for d in chain]
+
+
+def step_to_json(index: int, step: Step) -> dict[str, Any]:
+    """One step as a JSON-safe dict (``index`` is 0-based, as in ``on_*``)."""
+    out: dict[str, Any] = {"index": index}
+    if isinstance(step, Ring):
+        out.update(
+            type="ring",
+            targets=[_target_to_json(t) for t in step.targets],
+            seconds=step.seconds,
+            next={
+                "no_answer": step.on_no_answer,
+                "busy": step.on_busy,
+                "failed": step.on_failed,
+            },
+            reason=step.reason,
+            diversion=_diversion_to_json(step.diversion),
+        )
+    elif isinstance(step, Deflect):
+        out.update(
+            type="deflect",
+            number=step.number,
+            trunk=step.trunk,
+            reason=step.reason,
+            diversion=_diversion_to_json(step.diversion),
+        )
+    elif isinstance(step, Voicemail):
+        out.update(
+            type="voicemail",
+            box=step.box,
+            greeting=step.greeting,
+            reason=step.reason,
+            diversion=_diversion_to_json(step.diversion),
+        )
+    elif isinstance(step, MailboxAccess):
+        out.update(type="mailbox_access", box=step.box, reason=step.reason)
+    elif isinstance(step, Busy):
+        out.update(type="busy", status=486, reason=step.reason)
+    else:
+        out.update(type="reject", status=step.status, text=step.text, reason=step.reason)
+    return out
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The plan as a JSON-safe dict: call facts, effective statuses, steps."""
+    call = plan.call
+    return {
+        "call": {
+            "caller": call.caller,
+            "callee": call.callee,
+            "source": call.source,
+            "at": call.at.isoformat(),
+            "trunk": call.trunk,
+            "caller_name": call.caller_name,
+        },
+        "callee_extension": plan.callee_extension or None,
+        "effective_status": plan.status_of_callee,
+        "statuses": dict(plan.statuses),
+        "steps": [step_to_json(i, s) for i, s in enumerate(plan.steps)],
+    }
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _target_text(target: Target) -> str:
+    if isinstance(target, Device):
+        return f"{target.extension} (desk phones)"
+    assert isinstance(target, External)
+    what = "mobile" if target.mobile_of else "external"
+    flags = [f"via {target.trunk}", f"caller ID {target.caller_id or '?'}"]
+    if target.privacy:
+        flags.append("private")
+    if target.rebound:
+        flags.append("rebound")
+    return f"{target.number} ({what} {', '.join(flags)})"
+
+
+def _next_text(label: str, index: int | None) -> str:
+    if index is None:
+        return f"{label} -> end ({_OUTCOME_END[label]})"
+    return f"{label} -> {index + 1}"
+
+
+def _step_text(step: Step) -> str:
+    if isinstance(step, Ring):
+        duration = f"for {step.seconds} s" if step.seconds is not None else "with no timer"
+        targets = " + ".join(_target_text(t) for t in step.targets)
+        return f"ring {targets} {duration}"
+    if isinstance(step, Deflect):
+        return f"deflect (302) to {step.number} through {step.trunk}"
+    if isinstance(step, Voicemail):
+        return f"voicemail of {step.box} (greeting {step.greeting})"
+    if isinstance(step, MailboxAccess):
+        return f"mailbox of {step.box}"
+    if isinstance(step, Busy):
+        return "busy (486)"
+    return f"reject {step.status} {step.text}"
+
+
+def render_text(plan: Plan) -> str:
+    """Numbered lines (1-based, as are the "-> N" references), one per step."""
+    call = plan.call
+    source = f"trunk {call.trunk}" if call.source == "trunk" and call.trunk else call.source
+    head = f"call {call.caller} -> {call.callee} ({source}) at {call.at.isoformat()}"
+    if plan.callee_extension and plan.status_of_callee is not None:
+        head += f"; {plan.callee_extension} is {plan.status_of_callee}"
+    lines = [head]
+    for i, step in enumerate(plan.steps):
+        lines.append(f"{i + 1}. {_step_text(step)}  — {step.reason}")
+        if isinstance(step, Ring):
+            lines.append(
+                "   "
+                + ", ".join(
+                    (
+                        _next_text("no answer", step.on_no_answer),
+                        _next_text("busy", step.on_busy),
+                        _next_text("failed", step.on_failed),
+                    )
+                )
+            )
+        chain = getattr(step, "diversion", ())
+        if chain:
+            lines.append(
+                "   diverted by " + ", ".join(f"{d.extension} ({d.reason})" for d in chain)
+            )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- what-if
+
+
+def explain(
+    directory: Directory,
+    caller: str,
+    callee: str,
+    at: dt.datetime,
+    status: Status | None = None,
+    registered: frozenset[str] | None = None,
+) -> Plan:
+    """Plan a what-if call (see the module docstring for the assumptions).
+
+    A naive ``at`` is taken as UTC.
+    """
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    router = router_for(directory)
+    users = directory.users_by_extension
+    route_to: Destination | None = None
+    if caller in users:
+        call = CallFacts(caller, callee, "phone", at)
+        callee_user = callee if callee in users else ""
+    else:
+        trunk = directory.trunks[0].name if directory.trunks else ""
+        call = CallFacts(caller, callee, "trunk", at, trunk=trunk)
+        callee_user = ""
+        number = router.number_for(callee)
+        if number is not None:
+            if number.route_to.kind == "extension":
+                callee_user = number.route_to.target
+        elif callee in users:
+            route_to = Destination("extension", callee)
+            callee_user = callee
+        elif callee in directory.ring_groups_by_extension:
+            route_to = Destination("ring_group", directory.ring_groups_by_extension[callee].name)
+    state = LiveState(
+        statuses={callee_user: status} if status is not None and callee_user else {},
+        registered=frozenset(users) if registered is None else registered,
+    )
+    return router.plan(call, state, route_to=route_to)

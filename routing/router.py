@@ -1,0 +1,1085 @@
+"""Call routing: call facts + directory + live state -> :class:`~routing.steps.Plan`.
+
+Pure: no I/O, no clock (``CallFacts.at`` is the time), no asyncio.  A
+:class:`Router` holds the indexes of one :class:`~provisioning.model.Directory`
+(built once); :func:`plan` finds or builds the router of a directory (a small
+cache keyed by identity: ``Directory`` has ``__slots__`` and no
+``__weakref__``, so the cache holds the last few directories strongly).
+
+How a plan is built
+-------------------
+Destinations are compiled depth first into a flat list.  A :class:`Ring`
+reserves its index, then compiles what follows each outcome after it, so
+every ``on_*`` index is greater than the step's own.  Each path carries the
+diversion chain, the users who forwarded the call (loop detection), the
+forward hop count, the ring groups entered and what has rung so far (a device
+or number never rings twice on one path).  A compiled destination either
+emits steps (and returns the index of the first) or emits nothing and returns
+``None``: "nothing more to try, the call ends with the outcome that led
+here".
+
+Decisions
+---------
+Where the contract (``shared/spec/directory.toml``) and the brief are silent:
+
+* **Effective status**: a live override wins; with ``auto_status`` a
+  department holiday is ``dnd``, break hours are ``away`` (checked before
+  office hours, as breaks normally sit inside them), office hours are
+  ``available``, anything else is ``dnd``; all in the department's time zone
+  (DST handled by ``zoneinfo``).  A user without office hours keeps the
+  configured status.  "Outside office hours" (for
+  ``voicemail_outside_office_hours`` and ``block_outbound_outside_hours``)
+  is: a department holiday, or office hours defined and not containing the
+  local time; no office hours at all means never outside.
+* **Order of a user's rules**: disabled (480) -> voicemail outside office
+  hours -> ``no_answer_seconds = 0`` -> busy condition (no device registered,
+  or on a call with ``accept_multiple_calls = false``) -> ring.  Zero seconds
+  comes before the busy condition because the devices are not rung at all:
+  someone on a business trip with the desk phone unplugged still wants the
+  forward, not the busy rule.
+* **Diversion reason** for ``no_answer_seconds = 0``: ``do-not-disturb`` in
+  dnd, ``away`` in away, ``unconditional`` otherwise.  A failure while ringing
+  a user follows the busy rule (same step as busy, reason ``user-busy``), so
+  the plan stays small.
+* **Skipped ring**: when everything a Ring would ring has already rung on the
+  path, the step is skipped as if nobody answered (the no-answer rule, or the
+  group's ``no_answer``).  A forward to a number that already rang, or to an
+  external number with no free channel, goes to the next step when there is
+  one (rebound: the voicemail), else ends (already rang: the call ends with
+  the outcome that led there; no channel: 503).  If nothing at all is left
+  for step 0, the plan is a single 480.
+* **Rebound**: the screening leg rings for ``REBOUND_SECONDS`` (30 s: the
+  announcement, about 10 s, plus time to press 1); refused, unanswered, busy
+  or failed, the call goes to the forwarding user's voicemail (Busy if
+  disabled).  A rebound forward that is not a user's rule (a DID's
+  ``route_to``, a ring group's ``no_answer``) comes back to the first user
+  who forwarded the call, if any; otherwise it just ends.
+* **Deflect** (302) goes back through the trunk the call came in on, needs no
+  free channel and ends our part of the call; it counts as ringing the number.
+* **Trunk choice** for outbound legs: the first trunk in directory order with
+  a free channel (``channels`` ``None`` = unlimited).  Emergency calls ignore
+  the channel limit (first trunk with a free channel, else the first trunk).
+* **Caller identity** on external legs: for a trunk caller, their number
+  (privacy when it is empty or ``anonymous``); for a phone caller,
+  ``Directory.caller_id_for`` with the privacy of the ``[[numbers]]`` entry
+  of that caller ID (digits compared), flipped by ``*82``.  ``*82`` may also
+  be dialled right after the PIN; each ``*82`` flips.
+* **PIN prefix**: ``777``/``7777`` is read as the PIN prefix when the caller
+  has ``outbound_pin_required``, or when the digits after it start with the
+  caller's PIN; otherwise a number starting with 777 is dialled as is.  A
+  required PIN that does not match is ``403 Wrong PIN``.  The PIN may
+  precede an extension or an emergency number too.
+* **Phone calls**: dialling one's own extension opens one's mailbox like
+  ``voicemail_number`` (403 when the caller's voicemail is disabled).  The
+  caller's own device is never rung (it is on this call: a ring group skips
+  it) and the caller counts as already in the forward chain, so a forward
+  back to the caller stops as a loop (the first forwarding user's
+  voicemail).  Outbound calls and emergency calls ring with no timer.  A
+  phone dialling one of our own DIDs goes out through the trunk like any
+  number (the spec's rule), it is not short-cut internally.
+* **Ring groups** enter the diversion chain (``Diversion(group extension,
+  "no-answer" | "unavailable")``) but not the loop/first-user logic; following
+  a ring group counts as a forward hop (not from a DID), and re-entering a
+  group already on the path is a loop.  ``ring_all``: busy and failed go to
+  ``no_answer`` too.  ``hunt``: any non-answer moves to the next member.  A
+  group's ``no_answer = "voicemail"`` (no user) or ``"mobile"`` is Busy.
+* **Loops and the hop cap** (``MAX_FORWARD_HOPS = 5`` extension or ring group
+  forwards): the step becomes the voicemail of the first user who forwarded
+  the call (Busy when disabled or when no user forwarded it).
+* **Hand-built directories** (no validation): an unknown extension is 404, a
+  ``mobile`` destination of a user without a mobile goes to that user's
+  voicemail, an unknown mailbox is Busy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from zoneinfo import ZoneInfo
+
+from provisioning.model import (
+    PHONE_RE,
+    Department,
+    Destination,
+    Directory,
+    Number,
+    RingGroup,
+    RuleTargets,
+    Status,
+    Trunk,
+    User,
+    WeeklyHours,
+)
+from routing.steps import (
+    Busy,
+    CallFacts,
+    Deflect,
+    Device,
+    Diversion,
+    DiversionReason,
+    External,
+    LiveState,
+    MailboxAccess,
+    Plan,
+    Reject,
+    Ring,
+    Step,
+    Target,
+    Voicemail,
+)
+
+__all__ = [
+    "MAX_FORWARD_HOPS",
+    "REBOUND_SECONDS",
+    "Router",
+    "effective_status",
+    "plan",
+    "router_for",
+]
+
+MAX_FORWARD_HOPS = 5
+"""Extension / ring group forwards followed on one path before stopping."""
+REBOUND_SECONDS = 30
+"""No-answer timer of a rebound (screened) external leg."""
+
+_UTC = ZoneInfo("UTC")
+_EMPTY_STATE = LiveState()
+_DIGITS = frozenset("0123456789")
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c in _DIGITS)
+
+
+def _number_key(number: str) -> str:
+    return "n:" + _digits(number)
+
+
+def _describe(dest: Destination) -> str:
+    text = str(dest)
+    if dest.rebound:
+        return text + " (rebound)"
+    if dest.deflect_302:
+        return text + " (deflect_302)"
+    return text
+
+
+def _rule(external: bool, name: str, targets: RuleTargets) -> str:
+    if external:
+        return f"external {name} rule"
+    if targets.internal.kind == "same_as_external":
+        return f"internal {name} rule (same_as_external)"
+    return f"internal {name} rule"
+
+
+# --------------------------------------------------------------------------- the router
+
+
+class Router:
+    """The routing indexes of one directory; :meth:`plan` decides a call."""
+
+    __slots__ = (
+        "_caller_ids",
+        "_departments",
+        "_devices",
+        "_groups",
+        "_holidays",
+        "_numbers",
+        "_numbers_by_digits",
+        "_trunks",
+        "_zones",
+        "directory",
+    )
+
+    def __init__(self, directory: Directory) -> None:
+        self.directory = directory
+        self._numbers: dict[str, Number] = {n.number: n for n in directory.numbers}
+        self._numbers_by_digits: dict[str, Number] = {}
+        for n in directory.numbers:
+            self._numbers_by_digits.setdefault(_digits(n.number), n)
+        self._groups: dict[str, RingGroup] = {g.name: g for g in directory.ring_groups}
+        self._departments: dict[str, Department] = {d.name: d for d in directory.departments}
+        self._trunks: dict[str, Trunk] = {t.name: t for t in directory.trunks}
+        self._caller_ids: dict[str, tuple[str, bool]] = {}
+        self._devices = {u.extension: Device(u.extension) for u in directory.users}
+        self._zones: dict[str, ZoneInfo] = {}
+        self._holidays: dict[str, frozenset[dt.date]] = {}
+        for d in directory.departments:
+            try:
+                self._zones[d.name] = ZoneInfo(d.timezone)
+            except Exception:  # a hand-built directory with a bad zone name: UTC
+                self._zones[d.name] = _UTC
+            self._holidays[d.name] = frozenset(d.holidays)
+
+    # ------------------------------------------------------------------ lookups
+
+    def number_for(self, dialled: str) -> Number | None:
+        """The ``[[numbers]]`` entry for a dialled DID: exact, else by digits only."""
+        found = self._numbers.get(dialled)
+        if found is None:
+            digits = _digits(dialled)
+            found = self._numbers_by_digits.get(digits) if digits else None
+        return found
+
+    def device(self, extension: str) -> Device:
+        """The (shared) ``Device`` target of ``extension``."""
+        found = self._devices.get(extension)
+        return found if found is not None else Device(extension)
+
+    def ring_group(self, name: str) -> RingGroup | None:
+        return self._groups.get(name)
+
+    def department(self, name: str) -> Department | None:
+        return self._departments.get(name)
+
+    def trunk(self, name: str) -> Trunk | None:
+        return self._trunks.get(name)
+
+    def zone(self, department: str) -> ZoneInfo:
+        return self._zones.get(department, _UTC)
+
+    def holidays(self, department: str) -> frozenset[dt.date]:
+        return self._holidays.get(department, frozenset())
+
+    def office_hours_for(self, user: User) -> WeeklyHours | None:
+        if user.schedule.office_hours is not None:
+            return user.schedule.office_hours
+        dept = self._departments.get(user.department)
+        return dept.office_hours if dept is not None else None
+
+    def break_hours_for(self, user: User) -> WeeklyHours:
+        if user.schedule.break_hours is not None:
+            return user.schedule.break_hours
+        dept = self._departments.get(user.department)
+        return dept.break_hours if dept is not None else WeeklyHours()
+
+    def caller_id_for(self, user: User) -> str:
+        if user.outbound_caller_id:
+            return user.outbound_caller_id
+        dept = self._departments.get(user.department)
+        return dept.caller_id if dept is not None else ""
+
+    def caller_identity(self, user: User) -> tuple[str, bool]:
+        """``(caller ID, privacy)`` of ``user``'s outbound calls (before ``*82``).
+
+        Privacy is the ``block_caller_id`` of the ``[[numbers]]`` entry of that
+        caller ID.  Cached per extension (the directory is immutable).
+        """
+        found = self._caller_ids.get(user.extension)
+        if found is None:
+            caller_id = self.caller_id_for(user)
+            number = self.number_for(caller_id) if caller_id else None
+            found = (caller_id, number.block_caller_id if number is not None else False)
+            self._caller_ids[user.extension] = found
+        return found
+
+    # ------------------------------------------------------------------ decisions
+
+    def status_of(
+        self, extension: str, at: dt.datetime, state: LiveState = _EMPTY_STATE
+    ) -> Status | None:
+        """The effective status of ``extension`` at ``at`` (``None``: not a user)."""
+        user = self.directory.users_by_extension.get(extension)
+        if user is None:
+            return None
+        return self.status_with_origin(user, at, state)[0]
+
+    def status_with_origin(
+        self, user: User, at: dt.datetime, state: LiveState = _EMPTY_STATE
+    ) -> tuple[Status, str]:
+        """The effective status and why, e.g. ``("dnd", "auto_status: holiday")``."""
+        return self._status(user, _Clock(self, at), state)
+
+    def outside_office_hours(self, user: User, at: dt.datetime) -> bool:
+        """A department holiday, or office hours defined and ``at`` not in them."""
+        return self._outside(user, _Clock(self, at))
+
+    def _status(self, user: User, clock: _Clock, state: LiveState) -> tuple[Status, str]:
+        live = state.statuses.get(user.extension)
+        if live is not None:
+            return live, "set live"
+        if not user.schedule.auto_status:
+            return user.status, ""
+        dept = user.department
+        if clock.holiday(dept):
+            return "dnd", "auto_status: holiday"
+        if clock.inside(dept, self.break_hours_for(user)):
+            return "away", "auto_status: break"
+        office = self.office_hours_for(user)
+        if office is None:
+            return user.status, ""
+        if clock.inside(dept, office):
+            return "available", "auto_status: office hours"
+        return "dnd", "auto_status: outside office hours"
+
+    def _outside(self, user: User, clock: _Clock) -> bool:
+        if clock.holiday(user.department):
+            return True
+        office = self.office_hours_for(user)
+        return office is not None and not clock.inside(user.department, office)
+
+    def plan(
+        self, call: CallFacts, state: LiveState = _EMPTY_STATE, route_to: Destination | None = None
+    ) -> Plan:
+        """Decide ``call``.
+
+        ``route_to`` (trunk calls only, for what-if explanations) replaces the
+        DID lookup: the call is routed as if its number pointed there.
+        """
+        builder = _Builder(self, call, state)
+        root = builder.phone() if call.source == "phone" else builder.trunk_call(route_to)
+        if root is None:
+            if builder.steps:  # pragma: no cover - compile invariant
+                raise AssertionError("routing emitted steps but returned no entry")
+            builder.emit(
+                Reject(480, "Temporarily Unavailable", "nothing left to try for this call")
+            )
+        elif root != 0:  # pragma: no cover - compile invariant
+            raise AssertionError(f"routing entry is step {root}, not 0")
+        steps: list[Step] = []
+        for step in builder.steps:
+            if step is None:  # pragma: no cover - compile invariant
+                raise AssertionError("routing left a reserved step empty")
+            steps.append(step)
+        callee = builder.callee_extension
+        callee_user = self.directory.users_by_extension.get(callee) if callee else None
+        if callee_user is not None:
+            builder.status(callee_user)  # reported even when the plan did not need it
+        statuses = {ext: s for ext, (s, _) in builder.statuses.items()}
+        return Plan(
+            call=call,
+            steps=tuple(steps),
+            status_of_callee=statuses.get(callee) if callee else None,
+            callee_extension=callee,
+            statuses=MappingProxyType(statuses),
+        )
+
+
+# --------------------------------------------------------------------------- local time
+
+
+class _Clock:
+    """``at`` seen from each department, computed once per department and call.
+
+    Most users share their department's ``WeeklyHours`` object, so "is it
+    inside these hours" is cached by (department, hours identity).
+    """
+
+    __slots__ = ("_holiday", "_inside", "_local", "at", "router")
+
+    def __init__(self, router: Router, at: dt.datetime) -> None:
+        self.router = router
+        self.at = at
+        self._local: dict[str, dt.datetime] = {}
+        self._holiday: dict[str, bool] = {}
+        self._inside: dict[tuple[str, int], bool] = {}
+
+    def local(self, department: str) -> dt.datetime:
+        found = self._local.get(department)
+        if found is None:
+            found = self.at.astimezone(self.router.zone(department))
+            self._local[department] = found
+        return found
+
+    def holiday(self, department: str) -> bool:
+        found = self._holiday.get(department)
+        if found is None:
+            found = self.local(department).date() in self.router.holidays(department)
+            self._holiday[department] = found
+        return found
+
+    def inside(self, department: str, hours: WeeklyHours) -> bool:
+        key = (department, id(hours))  # hours belong to the directory: ids are stable
+        found = self._inside.get(key)
+        if found is None:
+            found = hours.contains(self.local(department))
+            self._inside[key] = found
+        return found
+
+
+# --------------------------------------------------------------------------- one path
+
+
+class _Path:
+    """What one path through the plan has done so far (immutable by convention)."""
+
+    __slots__ = ("chain", "external", "first_user", "groups", "hops", "rung", "users")
+
+    def __init__(
+        self,
+        external: bool,
+        chain: tuple[Diversion, ...] = (),
+        users: frozenset[str] = frozenset(),
+        first_user: str = "",
+        rung: frozenset[str] = frozenset(),
+        hops: int = 0,
+        groups: frozenset[str] = frozenset(),
+    ) -> None:
+        self.external = external
+        self.chain = chain
+        self.users = users
+        self.first_user = first_user
+        self.rung = rung
+        self.hops = hops
+        self.groups = groups
+
+    def divert(self, extension: str, reason: DiversionReason) -> _Path:
+        """``extension`` (a user) forwards the call."""
+        return _Path(
+            self.external,
+            (*self.chain, Diversion(extension, reason)),
+            self.users | {extension},
+            self.first_user or extension,
+            self.rung,
+            self.hops,
+            self.groups,
+        )
+
+    def divert_group(self, group: RingGroup, reason: DiversionReason) -> _Path:
+        """A ring group sends the call to its ``no_answer`` destination."""
+        return _Path(
+            self.external,
+            (*self.chain, Diversion(group.extension, reason)),
+            self.users,
+            self.first_user,
+            self.rung,
+            self.hops,
+            self.groups | {group.name},
+        )
+
+    def rang(self, keys: Iterable[str]) -> _Path:
+        return _Path(
+            self.external,
+            self.chain,
+            self.users,
+            self.first_user,
+            self.rung.union(keys),
+            self.hops,
+            self.groups,
+        )
+
+    def hop(self) -> _Path:
+        return _Path(
+            self.external,
+            self.chain,
+            self.users,
+            self.first_user,
+            self.rung,
+            self.hops + 1,
+            self.groups,
+        )
+
+
+# --------------------------------------------------------------------------- the builder
+
+
+class _Builder:
+    """Compiles one call into steps."""
+
+    __slots__ = (
+        "call",
+        "callee_extension",
+        "caller_id",
+        "clock",
+        "directory",
+        "privacy",
+        "router",
+        "state",
+        "statuses",
+        "steps",
+        "trunk_checked",
+        "trunk_free",
+    )
+
+    def __init__(self, router: Router, call: CallFacts, state: LiveState) -> None:
+        self.router = router
+        self.directory = router.directory
+        self.call = call
+        self.clock = _Clock(router, call.at)
+        self.state = state
+        self.steps: list[Step | None] = []
+        self.statuses: dict[str, tuple[Status, str]] = {}
+        self.callee_extension = ""
+        self.caller_id = ""
+        self.privacy = False
+        self.trunk_checked = False
+        self.trunk_free: Trunk | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def emit(self, step: Step) -> int:
+        self.steps.append(step)
+        return len(self.steps) - 1
+
+    def reserve(self) -> int:
+        self.steps.append(None)
+        return len(self.steps) - 1
+
+    def status(self, user: User) -> tuple[Status, str]:
+        found = self.statuses.get(user.extension)
+        if found is None:
+            found = self.router._status(user, self.clock, self.state)
+            self.statuses[user.extension] = found
+        return found
+
+    def who(self, user: User) -> str:
+        """``"101 is dnd (auto_status: holiday)"``: the status and where it comes from."""
+        status, origin = self.status(user)
+        if origin:
+            return f"{user.extension} is {status} ({origin})"
+        return f"{user.extension} is {status}"
+
+    def free_trunk(self) -> Trunk | None:
+        if not self.trunk_checked:
+            self.trunk_checked = True
+            in_use = self.state.channels_in_use
+            for trunk in self.directory.trunks:
+                if trunk.channels is None or in_use.get(trunk.name, 0) < trunk.channels:
+                    self.trunk_free = trunk
+                    break
+        return self.trunk_free
+
+    # ------------------------------------------------------------------ entry points
+
+    def trunk_call(self, route_to: Destination | None) -> int | None:
+        call = self.call
+        self.caller_id = call.caller
+        self.privacy = call.caller.strip().lower() in ("", "anonymous")
+        path = _Path(external=True)
+        if route_to is not None:
+            why = f"what-if: external call from {call.caller} straight to {_describe(route_to)}"
+        else:
+            number = self.router.number_for(call.callee)
+            if number is None:
+                return self.emit(
+                    Reject(404, "Not Found", f"{call.callee} is not one of our numbers")
+                )
+            route_to = number.route_to
+            name = f" ({number.name})" if number.name else ""
+            why = (
+                f"call from {call.caller} to {number.number}{name}: "
+                f"route_to {_describe(route_to)}"
+            )
+        if route_to.kind == "extension":
+            self.callee_extension = route_to.target
+        return self.follow(route_to, None, path, why, hop=False)
+
+    def phone(self) -> int | None:
+        call, d = self.call, self.directory
+        user = d.users_by_extension.get(call.caller)
+        if user is None:
+            return self.emit(Reject(403, "Forbidden", f"{call.caller} is not a user"))
+        if user.disabled:
+            return self.emit(
+                Reject(403, "Extension Disabled", f"{call.caller} is disabled: no calls")
+            )
+        dialled, flip = _strip_82(call.callee, False)
+        self.caller_id, blocked = self.router.caller_identity(user)
+        self.privacy = blocked != flip
+        system = d.system
+        if dialled in system.emergency_numbers:
+            return self.emergency(user, dialled)
+        pin_ok = False
+        prefix = system.outbound_pin_prefix
+        pin = user.voicemail_pin
+        if dialled.startswith(prefix) and (
+            user.outbound_pin_required or (pin and dialled[len(prefix) :].startswith(pin))
+        ):
+            rest = dialled[len(prefix) :]
+            if not pin or not rest.startswith(pin):
+                return self.emit(
+                    Reject(
+                        403,
+                        "Wrong PIN",
+                        f"{user.extension} dialled {prefix} + a PIN that is not their "
+                        "voicemail PIN",
+                    )
+                )
+            rest, flip = _strip_82(rest[len(pin) :], flip)
+            self.privacy = blocked != flip
+            if not rest:
+                return self.emit(
+                    Reject(404, "Not Found", f"{user.extension} dialled nothing after the PIN")
+                )
+            dialled, pin_ok = rest, True
+            if dialled in system.emergency_numbers:
+                return self.emergency(user, dialled)
+        if dialled in (system.voicemail_number, user.extension):
+            what = "voicemail_number" if dialled == system.voicemail_number else "own extension"
+            if not user.voicemail.enabled:
+                return self.emit(
+                    Reject(
+                        403, "Voicemail Disabled", f"{user.extension} dialled {dialled} ({what}) "
+                        "but their voicemail is disabled"
+                    )
+                )
+            return self.emit(
+                MailboxAccess(
+                    user.extension, f"{user.extension} dialled {dialled} ({what}): own mailbox"
+                )
+            )
+        path = _Path(
+            external=False,
+            users=frozenset((user.extension,)),
+            rung=frozenset((user.extension,)),
+        )
+        if dialled in d.users_by_extension:
+            self.callee_extension = dialled
+            return self.user(dialled, path, f"internal call from {user.extension} to {dialled}")
+        group = d.ring_groups_by_extension.get(dialled)
+        if group is not None:
+            return self.group(
+                group,
+                path,
+                f"internal call from {user.extension} to ring group {group.name} "
+                f"({group.extension})",
+            )
+        if PHONE_RE.fullmatch(dialled):
+            return self.outbound(user, dialled, pin_ok)
+        return self.emit(
+            Reject(404, "Not Found", f"{user.extension} dialled {call.callee!r}: no such number")
+        )
+
+    def emergency(self, user: User, number: str) -> int:
+        dept = self.router.department(user.department)
+        caller_id = dept.caller_id if dept is not None else self.caller_id
+        trunk = self.free_trunk()
+        note = ""
+        if trunk is None and self.directory.trunks:
+            trunk = self.directory.trunks[0]
+            note = " (every channel is in use: emergency calls ignore the limit)"
+        if trunk is None:
+            return self.emit(
+                Reject(503, "No Trunk", f"emergency call from {user.extension}: no trunk")
+            )
+        target = External(number, trunk.name, caller_id, False)
+        return self.emit(
+            Ring(
+                (target,),
+                None,
+                f"emergency call from {user.extension} to {number}: always allowed, "
+                f"department caller ID {caller_id}, never private, via {trunk.name}{note}",
+            )
+        )
+
+    def outbound(self, user: User, number: str, pin_ok: bool) -> int:
+        who = f"{user.extension} calls {number}"
+        if not user.external_calls:
+            return self.emit(
+                Reject(403, "External Calls Not Allowed", f"{who}: external_calls = false")
+            )
+        if user.outbound_pin_required and not pin_ok:
+            prefix = self.directory.system.outbound_pin_prefix
+            return self.emit(
+                Reject(
+                    403,
+                    "PIN Required",
+                    f"{who}: outbound_pin_required (dial {prefix} + voicemail PIN + number)",
+                )
+            )
+        if user.schedule.block_outbound_outside_hours and self.router._outside(
+            user, self.clock
+        ):
+            return self.emit(
+                Reject(
+                    403,
+                    "Outside Office Hours",
+                    f"{who}: outside office hours (block_outbound_outside_hours)",
+                )
+            )
+        trunk = self.free_trunk()
+        if trunk is None:
+            return self.emit(Reject(503, "No Trunk Channel Free", f"{who}: no trunk channel free"))
+        source = (
+            "outbound_caller_id" if user.outbound_caller_id else f"department {user.department}"
+        )
+        private = ", private (caller ID withheld)" if self.privacy else ""
+        target = External(number, trunk.name, self.caller_id, self.privacy)
+        return self.emit(
+            Ring(
+                (target,),
+                None,
+                f"{who}: outbound via {trunk.name}, caller ID {self.caller_id} ({source})"
+                f"{private}",
+            )
+        )
+
+    # ------------------------------------------------------------------ destinations
+
+    def follow(
+        self, dest: Destination, owner: User | None, path: _Path, why: str, hop: bool = True
+    ) -> int | None:
+        """Compile ``dest`` reached by ``why``; ``owner`` is the user whose rule it is."""
+        kind = dest.kind
+        if kind == "voicemail":
+            box = dest.target or (owner.extension if owner is not None else "")
+            if not box:
+                return self.emit(Busy(f"{why}: no user, so no mailbox -> busy"))
+            return self.voicemail(box, path, why)
+        if kind == "extension":
+            if hop:
+                if dest.target in path.users:
+                    return self.stop(path, f"{why}: loop ({dest.target} is already in the chain)")
+                if path.hops >= MAX_FORWARD_HOPS:
+                    return self.stop(path, f"{why}: more than {MAX_FORWARD_HOPS} forwards")
+                path = path.hop()
+            return self.user(dest.target, path, why)
+        if kind == "ring_group":
+            group = self.router.ring_group(dest.target)
+            if group is None:
+                return self.emit(
+                    Reject(404, "Not Found", f"{why}: no ring group named {dest.target!r}")
+                )
+            if hop:
+                if group.name in path.groups:
+                    return self.stop(path, f"{why}: loop (ring group {group.name} already rang)")
+                if path.hops >= MAX_FORWARD_HOPS:
+                    return self.stop(path, f"{why}: more than {MAX_FORWARD_HOPS} forwards")
+                path = path.hop()
+            return self.group(group, path, why)
+        if kind == "mobile":
+            if owner is None:
+                return self.emit(Busy(f"{why}: 'mobile' of no user -> busy"))
+            if not owner.mobile:
+                return self.voicemail(
+                    owner.extension, path, f"{why}: {owner.extension} has no mobile -> voicemail"
+                )
+            return self.external(owner.mobile, dest, owner, path, why, owner.extension)
+        if kind == "external":
+            return self.external(dest.target, dest, owner, path, why, "")
+        if kind in ("queue", "ivr"):
+            return self.emit(
+                Reject(480, "Not Available In This Build", f"{why}: {kind}s are not available "
+                       "in this build")
+            )
+        if kind == "busy":
+            return self.emit(Busy(why))
+        # same_as_external is resolved by RuleTargets.for_caller; elsewhere it is invalid
+        return self.emit(Reject(404, "Not Found", f"{why}: {dest} is not a destination here"))
+
+    def stop(self, path: _Path, why: str) -> int:
+        """A loop or too many hops: the first forwarding user's voicemail, else busy."""
+        if path.first_user:
+            return self.voicemail(
+                path.first_user, path, f"{why} -> voicemail of {path.first_user}"
+            )
+        return self.emit(Busy(f"{why} -> busy"))
+
+    def voicemail(self, box: str, path: _Path, why: str) -> int:
+        owner = self.directory.users_by_extension.get(box)
+        if owner is None:
+            return self.emit(Busy(f"{why}; no mailbox {box} -> busy"))
+        if not owner.voicemail.enabled:
+            return self.emit(Busy(f"{why}; the voicemail of {box} is disabled -> busy"))
+        status, _ = self.status(owner)
+        greeting = owner.rules(status).greeting
+        if greeting == "default":
+            greeting = owner.voicemail.greeting
+        return self.emit(Voicemail(box, greeting, why, path.chain))
+
+    def user(self, extension: str, path: _Path, why: str) -> int | None:
+        user = self.directory.users_by_extension.get(extension)
+        if user is None:
+            return self.emit(Reject(404, "Not Found", f"{why}; {extension} is not a user"))
+        if user.disabled:
+            return self.emit(
+                Reject(480, "Extension Disabled", f"{why}; {extension} is disabled")
+            )
+        status, _ = self.status(user)
+        rules = user.rules(status)
+        who = self.who(user)
+        external = path.external
+        if rules.voicemail_outside_office_hours and self.router._outside(
+            user, self.clock
+        ):
+            return self.voicemail(
+                extension,
+                path.divert(extension, "time-of-day"),
+                f"{why}; {who}, outside office hours: voicemail_outside_office_hours -> voicemail",
+            )
+        if rules.no_answer_seconds == 0:
+            dest = rules.no_answer.for_caller(external)
+            token: DiversionReason = (
+                "do-not-disturb" if status == "dnd" else "away" if status == "away"
+                else "unconditional"
+            )
+            return self.follow(
+                dest,
+                user,
+                path.divert(extension, token),
+                f"{who}: no_answer_seconds = 0, {_rule(external, 'no-answer', rules.no_answer)}"
+                f" -> {_describe(dest)}",
+            )
+        unregistered = extension not in self.state.registered
+        if unregistered or (extension in self.state.busy and not user.accept_multiple_calls):
+            dest = rules.busy.for_caller(external)
+            condition = (
+                "no device registered"
+                if unregistered
+                else "on a call (accept_multiple_calls = false)"
+            )
+            return self.follow(
+                dest,
+                user,
+                path.divert(extension, "unavailable" if unregistered else "user-busy"),
+                f"{who}, {condition}: {_rule(external, 'busy', rules.busy)} -> {_describe(dest)}",
+            )
+        targets: list[Target] = []
+        keys: list[str] = []
+        if extension not in path.rung:  # devices are keyed by extension, numbers by "n:..."
+            targets.append(self.router.device(extension))
+            keys.append(extension)
+        note = ""
+        if rules.ring_mobile_simultaneously and user.mobile:
+            mobile_key = _number_key(user.mobile)
+            trunk = self.free_trunk()
+            if mobile_key in path.rung:
+                note = " (the mobile already rang)"
+            elif trunk is None:
+                note = " (mobile skipped: no trunk channel free)"
+            else:
+                targets.append(
+                    External(user.mobile, trunk.name, self.caller_id, self.privacy,
+                             mobile_of=extension)
+                )
+                keys.append(mobile_key)
+        no_answer = rules.no_answer.for_caller(external)
+        no_answer_rule = _rule(external, "no-answer", rules.no_answer)
+        if not targets:
+            return self.follow(
+                no_answer,
+                user,
+                path.divert(extension, "no-answer"),
+                f"{who}: already rang on this call, {no_answer_rule} -> {_describe(no_answer)}",
+            )
+        index = self.reserve()
+        rang = path.rang(keys)
+        on_no_answer = self.follow(
+            no_answer,
+            user,
+            rang.divert(extension, "no-answer"),
+            f"{who}: {no_answer_rule} -> {_describe(no_answer)}",
+        )
+        busy = rules.busy.for_caller(external)
+        on_busy = self.follow(
+            busy,
+            user,
+            rang.divert(extension, "user-busy"),
+            f"{who}: busy or failed, {_rule(external, 'busy', rules.busy)} -> {_describe(busy)}",
+        )
+        if len(targets) == 2:
+            what = "desk phones + mobile (ring_mobile_simultaneously)"
+        elif isinstance(targets[0], Device):
+            what = "desk phones"
+        else:
+            what = "mobile only (ring_mobile_simultaneously; desk phones already rang)"
+        self.steps[index] = Ring(
+            tuple(targets),
+            rules.no_answer_seconds,
+            f"{why}; {who}: ring {what} for {rules.no_answer_seconds} s{note}",
+            on_no_answer,
+            on_busy,
+            on_busy,
+            path.chain,
+        )
+        return index
+
+    def external(
+        self,
+        number: str,
+        dest: Destination,
+        owner: User | None,
+        path: _Path,
+        why: str,
+        mobile_of: str,
+    ) -> int | None:
+        key = _number_key(number)
+        note = ""
+        if dest.deflect_302:
+            trunk_in = self.router.trunk(self.call.trunk) if self.call.source == "trunk" else None
+            if trunk_in is not None and trunk_in.supports_302:
+                if key in path.rung:
+                    return None
+                return self.emit(
+                    Deflect(
+                        number,
+                        trunk_in.name,
+                        f"{why}: 302 to {number} through {trunk_in.name} (deflect_302)",
+                        path.chain,
+                    )
+                )
+            if self.call.source != "trunk":
+                note = " (deflect_302 needs a trunk call: forwarding instead)"
+            else:
+                note = f" (trunk {self.call.trunk or '?'} cannot 302: forwarding instead)"
+        back_to = ""
+        if dest.rebound:
+            back_to = owner.extension if owner is not None else path.first_user
+        if key in path.rung:
+            if back_to:
+                return self.voicemail(
+                    back_to, path, f"{why}: {number} already rang -> voicemail of {back_to}"
+                )
+            return None
+        trunk = self.free_trunk()
+        if trunk is None:
+            if back_to:
+                return self.voicemail(
+                    back_to, path, f"{why}: no trunk channel free -> voicemail of {back_to}"
+                )
+            return self.emit(
+                Reject(503, "No Trunk Channel Free", f"{why}: no trunk channel free")
+            )
+        target = External(
+            number, trunk.name, self.caller_id, self.privacy, dest.rebound, mobile_of
+        )
+        if not dest.rebound:
+            return self.emit(
+                Ring(
+                    (target,),
+                    None,
+                    f"{why}: forward to {number} via {trunk.name}{note}",
+                    diversion=path.chain,
+                )
+            )
+        index = self.reserve()
+        after: int | None = None
+        if back_to:
+            after = self.voicemail(
+                back_to,
+                path.rang((key,)),
+                f"{why}: rebound not accepted (refused, unanswered in {REBOUND_SECONDS} s, "
+                f"busy or failed) -> voicemail of {back_to}",
+            )
+        self.steps[index] = Ring(
+            (target,),
+            REBOUND_SECONDS,
+            f"{why}: rebound to {number} via {trunk.name}: the far end hears who calls and "
+            f"accepts or refuses within {REBOUND_SECONDS} s",
+            after,
+            after,
+            after,
+            path.chain,
+        )
+        return index
+
+    def group(self, group: RingGroup, path: _Path, why: str) -> int | None:
+        users = self.directory.users_by_extension
+        device = self.router.device
+        registered, busy = self.state.registered, self.state.busy
+        members: list[str] = []
+        skipped: list[str] = []
+        for member in group.members:
+            user = users.get(member)
+            if user is None or user.disabled:
+                skipped.append(f"{member} disabled")
+            elif member in path.rung:
+                skipped.append(f"{member} already rang")
+            elif member not in registered:
+                skipped.append(f"{member} not registered")
+            elif member in busy and not user.accept_multiple_calls:
+                skipped.append(f"{member} on a call")
+            else:
+                status, _ = self.status(user)
+                if user.rules(status).accept_ring_group_calls:
+                    members.append(member)
+                else:
+                    skipped.append(f"{member} is {status} (accept_ring_group_calls = false)")
+        label = f"ring group {group.name} ({group.extension})"
+        no_answer = group.no_answer
+        if not members:
+            return self.follow(
+                no_answer,
+                None,
+                path.divert_group(group, "unavailable"),
+                f"{why}; {label}: no member can take the call ({', '.join(skipped)}) "
+                f"-> no_answer {_describe(no_answer)}",
+            )
+        skipped_note = f" (skipped: {', '.join(skipped)})" if skipped else ""
+        seconds = group.ring_seconds
+        rang = path.rang(members)
+        if group.strategy == "ring_all":
+            index = self.reserve()
+            after = self.follow(
+                no_answer,
+                None,
+                rang.divert_group(group, "no-answer"),
+                f"{label}: nobody answered in {seconds} s -> no_answer {_describe(no_answer)}",
+            )
+            self.steps[index] = Ring(
+                tuple(device(m) for m in members),
+                seconds,
+                f"{why}; {label}: ring_all {', '.join(members)} for {seconds} s{skipped_note}",
+                after,
+                after,
+                after,
+                path.chain,
+            )
+            return index
+        first = len(self.steps)
+        for _ in members:
+            self.reserve()
+        after = self.follow(
+            no_answer,
+            None,
+            rang.divert_group(group, "no-answer"),
+            f"{label}: no member answered (hunt) -> no_answer {_describe(no_answer)}",
+        )
+        count = len(members)
+        for i, member in enumerate(members):
+            nxt = first + i + 1 if i + 1 < count else after
+            if i == 0:
+                reason = f"{why}; {label}: hunt, {member} first ({i + 1}/{count}) for {seconds} s"
+                reason += skipped_note
+            else:
+                reason = (
+                    f"{label}: hunt, {members[i - 1]} did not answer -> {member} "
+                    f"({i + 1}/{count}) for {seconds} s"
+                )
+            self.steps[first + i] = Ring(
+                (device(member),), seconds, reason, nxt, nxt, nxt, path.chain
+            )
+        return first
+
+
+def _strip_82(dialled: str, flip: bool) -> tuple[str, bool]:
+    while dialled.startswith("*82"):
+        dialled = dialled[3:]
+        flip = not flip
+    return dialled, flip
+
+
+# --------------------------------------------------------------------------- module API
+
+
+_CACHE: dict[int, tuple[Directory, Router]] = {}
+_CACHE_SIZE = 4
+
+
+def router_for(directory: Directory) -> Router:
+    """The :class:`Router` of ``directory``, built once and cached (by identity)."""
+    entry = _CACHE.get(id(directory))
+    if entry is not None and entry[0] is directory:
+        return entry[1]
+    router = Router(directory)
+    while len(_CACHE) >= _CACHE_SIZE:
+        del _CACHE[next(iter(_CACHE))]
+    _CACHE[id(directory)] = (directory, router)  # holds directory: its id stays unique
+    return router
+
+
+def plan(call: CallFacts, directory: Directory, state: LiveState = _EMPTY_STATE) -> Plan:
+    """Decide ``call`` against ``directory`` and the live ``state``."""
+    return router_for(directory).plan(call, state)
+
+
+def effective_status(
+    directory: Directory,
+    extension: str,
+    at: dt.datetime,
+    statuses: Mapping[str, Status] | None = None,
+) -> Status | None:
+    """The status routing uses for ``extension`` at ``at`` (``None``: not a user)."""
+    state = LiveState(statuses=statuses) if statuses else _EMPTY_STATE
+    return router_for(directory).status_of(extension, at, state)

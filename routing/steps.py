@@ -1,0 +1,227 @@
+"""The values routing takes and returns: call facts, live state, plan steps.
+
+Everything is a frozen, slotted dataclass: a :class:`Plan` can be logged,
+printed by ``route explain`` and handed to the B2BUA without copies.
+
+A plan is a flat table of steps.  Execution starts at step 0; a :class:`Ring`
+names, for each outcome, the index of the next step (always greater than its
+own index, so no plan can loop) or ``None`` when the call ends with that
+outcome (the engine answers no answer -> 480, busy -> 486, failed -> 480/503).
+Every other step is terminal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from provisioning.model import Status
+
+__all__ = [
+    "Busy",
+    "CallFacts",
+    "Deflect",
+    "Device",
+    "Diversion",
+    "DiversionReason",
+    "External",
+    "LiveState",
+    "MailboxAccess",
+    "Plan",
+    "Reject",
+    "Ring",
+    "Source",
+    "Step",
+    "Target",
+    "Voicemail",
+]
+
+Source = Literal["phone", "trunk"]
+
+DiversionReason = Literal[
+    "no-answer",
+    "user-busy",
+    "unavailable",
+    "unconditional",
+    "time-of-day",
+    "do-not-disturb",
+    "away",
+]
+"""RFC 5806 reason tokens (also used as History-Info causes by the engine)."""
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What the B2BUA knows about a new call.
+
+    ``source="phone"``: ``caller`` is the calling extension (authenticated by
+    digest) and ``callee`` what it dialled (the Request-URI user).
+    ``source="trunk"``: ``caller`` is the external caller number, ``callee``
+    the dialled DID and ``trunk`` the name of the trunk the call came in on.
+    ``at`` must be timezone-aware: office hours are evaluated in each
+    department's own time zone.
+    """
+
+    caller: str
+    callee: str
+    source: Source
+    at: dt.datetime
+    trunk: str = ""
+    caller_name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.at.tzinfo is None or self.at.utcoffset() is None:
+            raise ValueError("CallFacts.at must be a timezone-aware datetime")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """What changes between calls, kept up to date by the engine.
+
+    ``statuses``: live overrides (``switchboard status set``), winning over
+    the directory and over ``auto_status``.  ``registered``: extensions with
+    at least one registered device.  ``busy``: extensions on a call.
+    ``channels_in_use``: per trunk name, including the call being routed
+    when it came in on that trunk.
+    """
+
+    statuses: Mapping[str, Status] = field(default_factory=lambda: MappingProxyType({}))
+    registered: frozenset[str] = frozenset()
+    busy: frozenset[str] = frozenset()
+    channels_in_use: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """Every registered contact of ``extension`` (desk phones, softphones)."""
+
+    extension: str
+
+
+@dataclass(frozen=True, slots=True)
+class External:
+    """A number reached through ``trunk``.
+
+    ``caller_id`` is the identity presented (the original caller's);
+    ``privacy`` asks the trunk to withhold it.  ``rebound``: the far end
+    hears who calls and accepts or refuses (a refusal is a *failed*
+    outcome).  ``mobile_of``: the extension whose mobile this is.
+    """
+
+    number: str
+    trunk: str
+    caller_id: str
+    privacy: bool
+    rebound: bool = False
+    mobile_of: str = ""
+
+
+Target = Device | External
+
+
+@dataclass(frozen=True, slots=True)
+class Diversion:
+    """One forward: ``extension`` sent the call on, for ``reason``."""
+
+    extension: str
+    reason: DiversionReason
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    """Ring all ``targets`` in parallel; the first to answer takes the call.
+
+    ``seconds``: the no-answer timer (``None``: ring until the caller hangs
+    up).  ``on_*``: index of the next step for that outcome, or ``None``:
+    the call ends with it.  ``on_failed`` covers errors, rejections other
+    than 486/600 and, for a rebound target, a refusal.
+    """
+
+    targets: tuple[Target, ...]
+    seconds: int | None
+    reason: str
+    on_no_answer: int | None = None
+    on_busy: int | None = None
+    on_failed: int | None = None
+    diversion: tuple[Diversion, ...] = ()
+
+    @property
+    def next_steps(self) -> tuple[int | None, int | None, int | None]:
+        """``(on_no_answer, on_busy, on_failed)``."""
+        return (self.on_no_answer, self.on_busy, self.on_failed)
+
+
+@dataclass(frozen=True, slots=True)
+class Deflect:
+    """Answer the caller's INVITE with 302 to ``number``: the trunk carries the forward."""
+
+    number: str
+    trunk: str
+    reason: str
+    diversion: tuple[Diversion, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Voicemail:
+    """Let the caller leave a message in ``box`` after ``greeting``."""
+
+    box: str
+    greeting: str
+    reason: str
+    diversion: tuple[Diversion, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxAccess:
+    """The caller reaches their own mailbox (they dialled ``system.voicemail_number``)."""
+
+    box: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Answer 486 Busy Here."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Answer ``status`` with reason phrase ``text`` (e.g. 404 Not Found)."""
+
+    status: int
+    text: str
+    reason: str
+
+
+Step = Ring | Deflect | Voicemail | MailboxAccess | Busy | Reject
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do with one call: a flat table of steps, starting at step 0.
+
+    ``status_of_callee``: the effective status of the user the call is for
+    (the dialled extension, or the user a DID routes to), ``None`` when the
+    call is not for a user.  ``callee_extension``: that user's extension or
+    ``""``.  ``statuses``: the effective status of every user the plan
+    consulted, for ``route explain``.
+    """
+
+    call: CallFacts
+    steps: tuple[Step, ...]
+    status_of_callee: Status | None = None
+    callee_extension: str = ""
+    statuses: Mapping[str, Status] = field(default_factory=lambda: MappingProxyType({}))
