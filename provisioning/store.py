@@ -117,6 +117,13 @@ _UPSERT_BINDING = (
 )
 
 
+async def _bump_revision(tx: _Tx) -> None:
+    await tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('revision', '1') ON CONFLICT (key) DO UPDATE "
+        "SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)"
+    )
+
+
 def _binding_row(b: Binding) -> tuple[object, ...]:
     return (b.aor, b.contact, float(b.expires_at), float(b.q), b.call_id, b.cseq, b.source,
             b.user_agent, b.instance, b.reg_id)
@@ -215,6 +222,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def clear_user_status(self, extension: str) -> bool:
         """Drop a live status (the directory's applies again); True if one was set."""
+
+    @abc.abstractmethod
+    async def revision(self) -> int:
+        """A number that changes whenever the directory or a live status changes.
+
+        A running engine polls it (cheap) and reloads its snapshot when it moved,
+        so ``provision apply`` and ``status set`` take effect without a restart.
+        """
+
+    @abc.abstractmethod
+    async def load_status_overrides(self) -> dict[str, Status]:
+        """The live statuses set by ``status set`` (extension -> status)."""
 
     @abc.abstractmethod
     async def write_bindings(
@@ -420,7 +439,20 @@ class _SQLStore(Store):
                 "DELETE FROM status_overrides WHERE extension NOT IN "
                 "(SELECT key FROM directory_rows WHERE tbl = 'users')"
             )
+            if changes:
+                await _bump_revision(tx)
         return ApplyReport(tuple(changes))
+
+    async def revision(self) -> int:
+        async with self._transaction() as tx:
+            found = await tx.fetch("SELECT value FROM meta WHERE key = 'revision'")
+        return int(found[0][0]) if found else 0
+
+    async def load_status_overrides(self) -> dict[str, Status]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT extension, status FROM status_overrides")
+        return {str(ext): STATUSES[STATUSES.index(status)] for ext, status in rows
+                if status in STATUSES}
 
     async def load_directory(self) -> Directory | None:
         async with self._transaction() as tx:
@@ -460,12 +492,15 @@ class _SQLStore(Store):
                 status,
                 time.time(),
             )
+            await _bump_revision(tx)
 
     async def clear_user_status(self, extension: str) -> bool:
         async with self._transaction() as tx:
             gone = await tx.fetch(
                 "DELETE FROM status_overrides WHERE extension = $1 RETURNING extension", extension
             )
+            if gone:
+                await _bump_revision(tx)
         return bool(gone)
 
     # ------------------------------------------------------------------ bindings

@@ -361,6 +361,26 @@ async def test_bindings_save_load_delete_purge(store: Store) -> None:
     assert await store.load_bindings() == [b1]
 
 
+async def test_revision_moves_with_every_change_a_running_engine_must_see(
+    store: Store, directory: Directory
+) -> None:
+    assert await store.revision() == 0
+    await store.apply_directory(directory)
+    first = await store.revision()
+    assert first > 0
+    await store.apply_directory(directory)  # nothing changed: nothing to reload
+    assert await store.revision() == first
+    await store.set_user_status("102", "away")
+    second = await store.revision()
+    assert second > first
+    assert await store.load_status_overrides() == {"102": "away"}
+    assert not await store.clear_user_status("101")  # none set: no change
+    assert await store.revision() == second
+    assert await store.clear_user_status("102")
+    assert await store.revision() > second
+    assert await store.load_status_overrides() == {}
+
+
 async def test_write_bindings_is_one_atomic_batch(store: Store) -> None:
     keep = _binding("101", "10.0.0.1", 1000.0)
     gone = _binding("101", "10.0.0.2", 1000.0)
