@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import signal
 import socket
@@ -81,6 +82,7 @@ class Server:
         self._writes: asyncio.Queue[tuple[str, Binding]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
+        self._revision = 0
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -104,11 +106,16 @@ class Server:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/registrations", self._registrations)
+        app.router.add_get("/route/explain", self._explain)
+        app.router.add_get("/calls", self._calls)
         self.http = web.AppRunner(app, access_log=None)
         await self.http.setup()
         site = web.TCPSite(self.http, cfg.http_host, cfg.http_port)
         await site.start()
+        self._revision = await self.store.revision()
+        self.engine.set_statuses(await self.store.load_status_overrides())
         self._tasks.append(asyncio.create_task(self._writer()))
+        self._schedule()  # trunks that register start at once
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         log.info("serving", sip=f"{cfg.sip_host}:{bound_port}", transports="udp,tcp",
                  http=f"{cfg.http_host}:{cfg.http_port}",
@@ -117,6 +124,7 @@ class Server:
                  registrations=self.engine.registrar.count())
 
     async def stop(self) -> None:
+        self._apply(self.engine.shutdown(time.monotonic()))  # hang up live calls
         if self._timer is not None:
             self._timer.cancel()
         if self.udp is not None:
@@ -169,7 +177,7 @@ class Server:
         writer.write(send.data)
 
     def _schedule(self) -> None:
-        wake = self.engine.transactions.next_wakeup()
+        wake = self.engine.next_wakeup()
         if wake is None or (self._timer_at is not None and self._timer_at <= wake):
             return
         if self._timer is not None:
@@ -255,6 +263,26 @@ class Server:
         while True:
             await asyncio.sleep(1.0)
             self._apply(self.engine.expire(time.time()))
+            try:
+                await self._reload()
+            except Exception:
+                log.exception("directory reload failed; serving the previous snapshot")
+
+    async def _reload(self) -> None:
+        """A directory apply or a status change (another process) reaches the next call."""
+        revision = await self.store.revision()
+        if revision == self._revision:
+            return
+        directory = await self.store.load_directory()
+        statuses = await self.store.load_status_overrides()
+        self._revision = revision
+        if directory is None:
+            return
+        self.engine.set_directory(directory)
+        self.engine.set_statuses(statuses)
+        self._schedule()
+        log.info("directory reloaded", revision=revision, users=len(directory.users),
+                 live_statuses=len(statuses))
 
     # -- admin HTTP ----------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -271,6 +299,42 @@ class Server:
         rows = [binding_json(b, now) for b in self.engine.registrar.all()
                 if b.expires_at > now]
         return web.Response(text=json.dumps(rows), content_type="application/json")
+
+
+    async def _explain(self, request: web.Request) -> web.Response:
+        """``GET /route/explain?from=101&to=102[&at=ISO][&status=away]``: the plan as JSON,
+        against the live snapshot and registrations."""
+        from engine.cli import parse_when
+        from provisioning.model import STATUSES
+        from routing import explain, plan_to_json
+
+        q = request.query
+        caller, callee = q.get("from", ""), q.get("to", "")
+        if not caller or not callee:
+            return web.json_response({"error": "'from' and 'to' are required"}, status=400)
+        status_text = q.get("status") or None
+        status = None
+        if status_text is not None:
+            if status_text not in STATUSES:
+                return web.json_response({"error": f"unknown status '{status_text}'"},
+                                         status=400)
+            status = STATUSES[STATUSES.index(status_text)]
+        try:
+            at = parse_when(q["at"]) if q.get("at") else dt.datetime.now(dt.UTC)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        engine = self.engine
+        state = engine.b2bua.live_state(engine.directory, time.time())
+        plan = explain(engine.directory, caller, callee, at, status=status,
+                       registered=state.registered)
+        return web.json_response(plan_to_json(plan))
+
+    async def _calls(self, request: web.Request) -> web.Response:
+        now = time.monotonic()
+        rows = [{"call_id": c.id, "caller": c.facts.caller, "callee": c.facts.callee,
+                 "state": c.state, "step": c.step + 1, "seconds": round(now - c.started, 1)}
+                for c in self.engine.b2bua.calls.values()]
+        return web.json_response(rows)
 
 
 def binding_json(b: Binding, now: float) -> dict[str, object]:

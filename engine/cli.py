@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="digest algorithms to challenge with; SHA-256 is always offered "
                             "first when enabled (RFC 8760); clients that read only the first "
                             "challenge and know only MD5 (SIPp 3.6) need 'MD5'")
+    serve.add_argument("--advertise", default=None,
+                       help="host or IP the engine puts in Via and Contact of the calls it "
+                            "places (default: the --sip host, or 127.0.0.1 when that is 0.0.0.0)")
+    serve.add_argument("--route-clock", default=None, metavar="ISO-TIME",
+                       help="evaluate schedules as if the engine had started at this time "
+                            "(the clock then runs normally): for tests and demos")
 
     prov = sub.add_parser("provision", help="load configuration")
     psub = prov.add_subparsers(dest="action", required=True)
@@ -96,6 +103,28 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sset)
     sset.add_argument("extension")
     sset.add_argument("status", choices=("available", "away", "dnd", "lunch", "business_trip"))
+    sclear = ssub.add_parser("clear", help="drop a live status: the directory's (or the "
+                                           "schedule's) applies again")
+    _common(sclear)
+    sclear.add_argument("extension")
+
+    route = sub.add_parser("route", help="call routing")
+    rsub = route.add_subparsers(dest="action", required=True)
+    rexp = rsub.add_parser("explain", help="print the plan for a call that has not happened")
+    _common(rexp)
+    rexp.add_argument("--from", dest="caller", required=True,
+                      help="an extension (a call from a phone) or a number (from a trunk)")
+    rexp.add_argument("--to", dest="callee", required=True,
+                      help="what is dialled: an extension, a DID, a number")
+    rexp.add_argument("--at", default=None, metavar="ISO-TIME",
+                      help="when (default now; without a zone: UTC)")
+    rexp.add_argument("--status", default=None,
+                      choices=("available", "away", "dnd", "lunch", "business_trip"),
+                      help="force the called user's status")
+    rexp.add_argument("--live", action="store_true",
+                      help="use the registrations in the store (default: assume every user "
+                           "has a registered phone)")
+    rexp.add_argument("--json", action="store_true")
     return parser
 
 
@@ -126,9 +155,15 @@ async def _serve(args: argparse.Namespace) -> int:
             print("switchboard: no directory in the store; run 'switchboard provision apply "
                   "FILE' or pass --directory FILE", file=sys.stderr)
             return 2
-        hosts = {"127.0.0.1", "localhost", sip_host}
+        advertise = args.advertise or (sip_host if sip_host not in ("0.0.0.0", "::", "")
+                                       else "127.0.0.1")
+        hosts = {"127.0.0.1", "localhost", sip_host, advertise}
         algorithms = tuple(a.strip() for a in args.digest_algorithms.split(",") if a.strip())
-        engine = Engine(loaded, hosts, sip_port, digest_algorithms=algorithms)
+        offset = 0.0
+        if args.route_clock:
+            offset = parse_when(args.route_clock).timestamp() - time.time()
+        engine = Engine(loaded, hosts, sip_port, digest_algorithms=algorithms,
+                        advertise=advertise, route_clock_offset=offset)
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
         await serve(engine, store, config)
@@ -185,6 +220,55 @@ async def _status_set(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _status_clear(args: argparse.Namespace) -> int:
+    store = _store(args)
+    await store.open()
+    try:
+        cleared = await store.clear_user_status(args.extension)
+        directory = await store.load_directory()
+    finally:
+        await store.close()
+    user = directory.user(args.extension) if directory else None
+    if user is None:
+        raise LookupError(f"unknown extension '{args.extension}' (no such user)")
+    print(f"{args.extension}: {user.status}" + ("" if cleared else " (no live status was set)"))
+    return 0
+
+
+def parse_when(text: str) -> dt.datetime:
+    """An ISO 8601 time; without a zone it is UTC."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an ISO 8601 time like 2026-12-01T10:30:00-05:00")\
+            from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+async def _route_explain(args: argparse.Namespace) -> int:
+    from routing import explain, plan_to_json, render_text
+
+    store = _store(args)
+    await store.open()
+    try:
+        directory = await store.load_directory()
+        bindings = await store.load_bindings() if args.live else []
+    finally:
+        await store.close()
+    if directory is None:
+        raise LookupError("no directory in the store; run 'switchboard provision apply FILE'")
+    at = parse_when(args.at) if args.at else dt.datetime.now(dt.UTC)
+    now = time.time()
+    registered = frozenset(b.aor for b in bindings if b.expires_at > now) if args.live else None
+    plan = explain(directory, args.caller, args.callee, at, status=args.status,
+                   registered=registered)
+    if args.json:
+        print(json.dumps(plan_to_json(plan), indent=2))
+    else:
+        print(render_text(plan))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level)
@@ -196,8 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_directory(args.file)
             print(f"{args.file}: valid")
             return 0
-        runner = {"provision": _apply, "registrations": _registrations,
-                  "status": _status_set}[args.command]
+        runners = {("provision", "apply"): _apply, ("registrations", None): _registrations,
+                   ("status", "set"): _status_set, ("status", "clear"): _status_clear,
+                   ("route", "explain"): _route_explain}
+        runner = runners[(args.command, getattr(args, "action", None))]
         return asyncio.run(runner(args))
     except DirectoryError as exc:
         print(f"switchboard: directory refused, nothing applied:\n{exc}", file=sys.stderr)

@@ -8,6 +8,8 @@ store; this module owns the decisions, so it is tested without sockets.
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from engine.auth import DigestAuthenticator, FailureLimiter
+from engine.b2bua import B2BUA, Local
 from engine.message import (
     ParseError,
     Request,
@@ -40,11 +43,13 @@ from engine.transaction import (
     TransactionLayer,
     TxKey,
 )
-from provisioning.model import Binding, Directory
+from engine.trunkreg import TrunkRegistrar
+from provisioning.model import Binding, Directory, Status
+from routing import CallFacts, router_for
 
 log = structlog.get_logger("switchboard.engine")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO"
 ACCEPT = "application/sdp"
 SUPPORTED: tuple[str, ...] = ("path", "outbound")
 SERVER = "Switchboard/0.1"
@@ -70,9 +75,15 @@ class Engine:
                  auth_key: bytes | None = None,
                  limiter: FailureLimiter | None = None,
                  wall_clock: Callable[[], float] = time.time,
-                 digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")) -> None:
+                 digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
+                 advertise: str = "127.0.0.1", route_clock_offset: float = 0.0) -> None:
         self.metrics = metrics or Metrics()
         self.transactions = TransactionLayer(timers or Timers())
+        self.advertise = advertise
+        # Schedules are evaluated at wall clock + this offset (``serve --route-clock``).
+        self.route_clock_offset = route_clock_offset
+        self._trunk_nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int | None,
+                                     str]] = []
         self.limiter = limiter or FailureLimiter()
         self.port = port
         self.local_hosts = {h.lower() for h in local_hosts}
@@ -81,6 +92,8 @@ class Engine:
         self.digest_algorithms = digest_algorithms
         self.directory = directory
         self.registrar = Registrar()
+        self.b2bua = B2BUA(self.transactions, self.registrar, wall_clock, self.metrics)
+        self.trunkreg = TrunkRegistrar(self.transactions)
         self.auth = DigestAuthenticator(directory.system.domain, self._auth_key,
                                         algorithms=digest_algorithms)
         self.set_directory(directory)
@@ -97,6 +110,33 @@ class Engine:
         if self.auth.realm != system.domain:
             self.auth = DigestAuthenticator(system.domain, self._auth_key,
                                             algorithms=self.digest_algorithms)
+        self.b2bua.set_directory(directory)
+        self.trunkreg.set_trunks(directory.trunks, 0.0, self.advertise)
+        self._trunk_nets = [(ipaddress.ip_network(cidr, strict=False), trunk.inbound_port,
+                             trunk.name)
+                            for trunk in directory.trunks for cidr in trunk.inbound_from]
+
+    def set_statuses(self, statuses: dict[str, Status]) -> None:
+        """Live statuses (``switchboard status set``): they win over the directory."""
+        self.b2bua.statuses = dict(statuses)
+
+    @property
+    def local(self) -> Local:
+        return Local(self.advertise, self.port, self.directory.system.domain)
+
+    def next_wakeup(self) -> float | None:
+        wakes = [w for w in (self.transactions.next_wakeup(), self.b2bua.next_wakeup(),
+                             self.trunkreg.next_wakeup()) if w is not None]
+        return min(wakes) if wakes else None
+
+    def trunk_of(self, source: Addr) -> str | None:
+        """The trunk whose ``inbound_from`` (and ``inbound_port``) holds ``source``."""
+        try:
+            addr = ipaddress.ip_address(source[0])
+        except ValueError:
+            return None
+        return next((name for net, port, name in self._trunk_nets
+                     if addr in net and (port is None or port == source[1])), None)
 
     def password_of(self, username: str) -> str | None:
         user = self.directory.user(username)
@@ -148,6 +188,14 @@ class Engine:
     def timer(self, now: float) -> Outcome:
         out = Outcome()
         self._run(self.transactions.on_timer(now), now, out)
+        self._run(self.b2bua.on_timer(now, self.local), now, out)
+        self._run(self.trunkreg.on_timer(now, self.local), now, out)
+        return out
+
+    def shutdown(self, now: float) -> Outcome:
+        """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
+        out = Outcome()
+        self._run(self.b2bua.shutdown(now, self.local), now, out)
         return out
 
     def expire(self, now_wall: float) -> Outcome:
@@ -157,6 +205,10 @@ class Engine:
         self.metrics.blocked_sources.set(self.limiter.blocked_count(now_wall))
         for kind, n in self.transactions.counts().items():
             self.metrics.transactions.labels(kind).set(n)
+        self.metrics.calls_active.set(len(self.b2bua.calls))
+        for trunk in self.directory.trunks:
+            self.metrics.trunk_channels.labels(trunk.name).set(
+                self.b2bua.channels.get(trunk.name, 0))
         return out
 
     # -- events from the transaction layer -------------------------------------
@@ -166,8 +218,9 @@ class Engine:
                 self._count_out(ev.data)
                 out.sends.append(ev)
             elif isinstance(ev, DeliverRequest):
-                if ev.key is None:
-                    continue  # ACK to a 2xx: no dialogs until the B2BUA lands
+                if ev.key is None:  # an ACK to a 2xx: the call's business
+                    self._run(self.b2bua.on_ack(ev.request, now), now, out)
+                    continue
                 try:
                     self._request(ev.request, ev.key, ev.source, ev.transport, now, out)
                 except Exception:
@@ -176,9 +229,17 @@ class Engine:
                                   method=ev.request.method, source=_fmt(ev.source))
                     self._respond(ev.key, make_response(ev.request, 500), now, out)
             elif isinstance(ev, CancelRequest):
-                pass  # no INVITE is left pending by this engine yet (no B2BUA)
-            elif isinstance(ev, DeliverResponse | TimedOut | Terminated):
-                pass  # the engine sends no requests of its own yet
+                self._run(self.b2bua.on_cancel(ev.invite_key, now, self.local), now, out)
+            elif isinstance(ev, DeliverResponse):
+                answer = self.trunkreg.on_response(ev.key, ev.response, now, self.local)
+                if answer is None:
+                    answer = self.b2bua.on_response(ev.response, ev.key, now, self.local)
+                self._run(answer, now, out)
+            elif isinstance(ev, TimedOut):
+                if ev.key.side == "client" and not self.trunkreg.on_timed_out(ev.key, now):
+                    self._run(self.b2bua.on_timed_out(ev.key, now, self.local), now, out)
+            elif isinstance(ev, Terminated):
+                self.b2bua.on_terminated(ev.key)
 
     def _respond(self, key: TxKey, resp: Response, now: float, out: Outcome) -> None:
         self._run(list(self.transactions.respond(key, resp, now)), now, out)
@@ -239,19 +300,27 @@ class Engine:
         if mf == 0 and req.method not in ("OPTIONS", "REGISTER"):
             answer(483)
             return
+        if req.to.tag is not None and req.method not in ("REGISTER", "CANCEL"):
+            events = self.b2bua.in_dialog(req, key, source, transport, now, self.local)
+            if events is None:
+                answer(481)
+            else:
+                self._run(events, now, out)
+            return
         if req.method == "OPTIONS":
             answer(200, [("Allow", ALLOW), ("Accept", ACCEPT),
                          ("Supported", ", ".join(SUPPORTED))])
         elif req.method == "REGISTER":
             self._register(req, source, transport, now, answer, out)
         elif req.method == "INVITE":
-            self._invite(req, answer)
+            self._invite(req, key, source, transport, now, answer, out)
         elif req.method in ("BYE", "CANCEL"):
             answer(481)
         else:
             answer(405, [("Allow", ALLOW)])
 
-    def _invite(self, req: Request, answer: Callable[..., None]) -> None:
+    def _invite(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
+                answer: Callable[..., None], out: Outcome) -> None:
         ctype = (req.get("content-type") or "").split(";", 1)[0].strip().lower()
         if req.body and ctype and ctype != "application/sdp" and not ctype.startswith(
                 "multipart/"):
@@ -264,9 +333,72 @@ class Engine:
         if req.uri.scheme not in ("sip", "sips", "tel"):
             answer(416)
             return
-        # Call routing (the B2BUA) is the next milestone; until then the engine
-        # says plainly that it cannot complete calls.
-        answer(480, [("Warning", warning_value("call routing is not enabled in this build"))])
+        dialled = req.uri.user or ""
+        if req.uri.scheme == "tel":
+            dialled = req.uri.host
+        when = dt.datetime.fromtimestamp(self.wall_clock() + self.route_clock_offset, dt.UTC)
+        trunk = self.trunk_of(source)
+        if trunk is not None:
+            # IP-authenticated trunk (RFC 3261 s26.3.2.2 leaves trunk auth to policy).
+            # A carrier we register to sends calls to our Contact (the trunk's username):
+            # the DID is then in To.
+            router = router_for(self.directory)
+            to_user = req.to.uri.user or ""
+            if router.number_for(dialled) is None and router.number_for(to_user) is not None:
+                dialled = to_user
+            caller = req.from_.uri.user or "anonymous"
+            facts = CallFacts(caller=caller, callee=dialled, source="trunk", at=when,
+                              trunk=trunk, caller_name=req.from_.display or "")
+        else:
+            username = self._authenticate(req, "INVITE", source, now, answer)
+            if username is None:
+                return
+            user = self.directory.user(username)
+            facts = CallFacts(caller=username, callee=dialled, source="phone", at=when,
+                              caller_name=user.name if user else "")
+        events = self.b2bua.new_call(req, key, source, transport, facts, self.directory, now,
+                                     self.local)
+        self._run(events, now, out)
+
+    def _authenticate(self, req: Request, method: str, source: Addr, now: float,
+                      answer: Callable[..., None]) -> str | None:
+        """Digest (RFC 3261 s22.3 proxy auth, 407) for a request from a phone.
+
+        Returns the authenticated username, or None when the request was answered
+        (challenge, refusal, block).
+        """
+        ip = source[0]
+        wall = self.wall_clock()
+        if self.limiter.is_blocked(ip, wall):
+            answer(403, [("Warning",
+                          warning_value("too many failed authentications; retry later"))])
+            return None
+        credentials = [v for v in req.get_lines("proxy-authorization")
+                       if v.lstrip()[:6].lower() == "digest"]
+        if not credentials:
+            answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now)])
+            return None
+        result = self.auth.verify(method, credentials[0], self.password_of, now)
+        if result.stale:
+            answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
+            return None
+        if not result.ok:
+            self._auth_failed(req, result.username, result.reason, source, method)
+            answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now)])
+            return None
+        self.limiter.success(ip)
+        return result.username
+
+    def _auth_failed(self, req: Request, username: str, reason: str, source: Addr,
+                     method: str) -> None:
+        ip = source[0]
+        self.metrics.auth_failures.labels(method).inc()
+        if self.limiter.failure(ip, self.wall_clock()):
+            self.metrics.auth_blocks.inc()
+            log.warning("source blocked after failed authentications", source=ip,
+                        username=username, block_seconds=self.limiter.block_seconds)
+        log.info("authentication failed", source=_fmt(source), username=username,
+                 reason=reason, call_id=req.call_id, method=method)
 
     def _register(self, req: Request, source: Addr, transport: str, now: float,
                   answer: Callable[..., None], out: Outcome) -> None:
@@ -286,13 +418,7 @@ class Engine:
             answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
             return
         if not result.ok:
-            self.metrics.auth_failures.labels("REGISTER").inc()
-            if self.limiter.failure(ip, wall):
-                self.metrics.auth_blocks.inc()
-                log.warning("source blocked after failed authentications", source=ip,
-                            username=result.username, block_seconds=self.limiter.block_seconds)
-            log.info("authentication failed", source=_fmt(source), username=result.username,
-                     reason=result.reason, call_id=req.call_id)
+            self._auth_failed(req, result.username, result.reason, source, "REGISTER")
             answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now)])
             return
         self.limiter.success(ip)

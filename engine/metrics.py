@@ -39,6 +39,12 @@ class Metrics:
             "switchboard_internal_errors", "Requests whose handling raised (logged, "
             "answered 500)", registry=r)
 
+        self.calls_active = Gauge(
+            "switchboard_calls_active", "Calls being routed or answered", registry=r)
+        self.calls = Counter(
+            "switchboard_calls", "Calls by how they ended", ["outcome"], registry=r)
+        self.trunk_channels = Gauge(
+            "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
         self._in: dict[tuple[str, str, str], Counter] = {}
         self._out: dict[tuple[str, str, str], Counter] = {}
 

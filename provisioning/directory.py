@@ -120,6 +120,7 @@ TRUNK_KEYS = (
     "transport",
     "channels",
     "inbound_from",
+    "inbound_port",
     "supports_302",
     "register",
     "username",
@@ -558,6 +559,8 @@ class _Parser:
             transport=transport,
             channels=channels,
             inbound_from=tuple(inbound),
+            inbound_port=t.integer("inbound_port", lo=1, hi=65535) if t.has("inbound_port")
+            else None,
             supports_302=t.boolean("supports_302", False),
             register=register,
             username=t.string("username", None if register else "", nonempty=register),
@@ -875,18 +878,20 @@ class _Parser:
                 seen[name] = t.path
 
     def trunk_sources(self, trunks: Sequence[Trunk], tables: Sequence[_Table]) -> None:
-        networks: list[tuple[IPNetwork, str]] = []
+        networks: list[tuple[IPNetwork, str, int | None]] = []
         for trunk, t in zip(trunks, tables, strict=True):
             for i, cidr in enumerate(trunk.inbound_from):
                 net = ipaddress.ip_network(cidr)
-                other = next((o for n, o in networks if _overlaps(n, net)), None)
+                other = next((o for n, o, port in networks if _overlaps(n, net)
+                              and (port is None or trunk.inbound_port is None
+                                   or port == trunk.inbound_port)), None)
                 if other is not None:
                     self.errors.add(
                         f"{t.at('inbound_from')}[{i}]",
                         f"{cidr} overlaps a source of trunk '{other}' (a caller must identify "
                         "exactly one trunk)",
                     )
-                networks.append((net, trunk.name))
+                networks.append((net, trunk.name, trunk.inbound_port))
 
     def reserved_numbers(
         self,
@@ -1061,6 +1066,8 @@ def trunk_to_dict(t: Trunk) -> dict[str, Any]:
     }
     if t.channels is not None:
         out["channels"] = t.channels
+    if t.inbound_port is not None:
+        out["inbound_port"] = t.inbound_port
     return out
 
 

@@ -291,6 +291,8 @@ class Trunk:
     transport: Transport = "udp"
     channels: int | None = None  # None: no limit
     inbound_from: tuple[str, ...] = ()  # normalised CIDRs
+    # Only this source port counts (a carrier sharing an address with phones); None: any.
+    inbound_port: int | None = None
     supports_302: bool = False
     register: bool = False
     username: str = ""

@@ -344,11 +344,16 @@ def test_no_invite_answered_2xx_or_unexplained_5xx(protos_run: Run) -> None:
     bad = {c.number: [r.status for r in c.replies] for c in cases
            if any(not allowed(c, r.status) for r in c.replies)}
     assert not bad, f"{len(bad)} cases answered outside 1xx/4xx (case: statuses): {bad}"
-    # the one valid case (0) reaches the engine's INVITE handling (480: no routing yet)
-    assert cases[0].final == 480, cases[0].replies
+    # the one valid case (0) reaches the engine's call handling: a phone must authenticate
+    assert cases[0].final == 407, cases[0].replies
+    # An ACK is never answered. A CANCEL that matches the INVITE's transaction is answered
+    # 200 even when the INVITE was answered already (RFC 3261 s9.2): the drain may have
+    # given up on a slow final answer and sent CANCEL instead of ACK.
     bad_teardown = {c.number: [r.status for r in c.teardown_replies] for c in cases
-                    if any(200 <= r.status < 300 or r.status >= 500 for r in c.teardown_replies)}
-    assert not bad_teardown, f"teardowns answered 2xx/5xx: {bad_teardown}"
+                    if any(r.status >= 500 or (200 <= r.status < 300 and not (
+                        c.sent_teardown.startswith(b"CANCEL") and r.status == 200))
+                        for r in c.teardown_replies)}
+    assert not bad_teardown, f"teardowns answered 5xx or a 2xx to an ACK: {bad_teardown}"
     stray = [s for s in protos_run.stray
              if (st := status_of(s)) is None or not (100 <= st < 200 or 400 <= st < 500)]
     assert not stray, f"unattributed replies outside 1xx/4xx: {stray[:5]}"

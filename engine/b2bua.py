@@ -1,0 +1,843 @@
+"""The B2BUA: every call is one object with a caller leg and callee legs.
+
+Sans-I/O like the layers below: each entry point takes a message or event and
+``now`` (monotonic seconds) and returns transaction-layer events (``Send`` and
+friends) for the engine to run. Timers of calls (no-answer, 2xx
+retransmission) are kept here; :meth:`B2BUA.next_wakeup` says when to call
+:meth:`B2BUA.on_timer`.
+
+What a call does comes from ``routing`` as a :class:`routing.Plan`, a table
+of steps. The call runs a step, learns its outcome (answered, busy, no
+answer, failed) and goes to the step the plan names for it
+(ARCHITECTURE.md, "Plans, not callbacks").
+
+RFC notes:
+
+* Each leg is its own dialog (RFC 3261 s12, ``engine.dialog``); the callee
+  legs of one step ring in parallel (RFC 3261 s16.7-like forking, done by a
+  UA). The first 2xx wins; the other legs get CANCEL with
+  ``Reason: SIP;cause=200;text="Call completed elsewhere"`` (RFC 3326).
+  A second 2xx that crosses the CANCEL is ACKed and hung up (s13.2.2.4).
+* The 2xx to the caller is retransmitted by us, the UAS core, until its
+  ACK (s13.3.1.4; the transaction is in RFC 6026's Accepted state); we ACK
+  each callee 2xx ourselves at once (s13.2.2.4) and send the same ACK again
+  for a retransmitted 2xx.
+* CANCEL from the caller: 487 to the INVITE (s9.2), CANCEL to every leg.
+* BYE from either side ends both; re-INVITE, UPDATE, INFO and other
+  in-dialog requests are passed to the other leg and the answer back.
+* Forwarded calls keep the original caller: P-Asserted-Identity (RFC
+  3325), Diversion (RFC 5806) and History-Info (RFC 7044, causes of RFC
+  4458) name who forwarded and why.
+* 302 deflection answers the caller's INVITE with Contact and Diversion
+  (RFC 3261 s21.3.3, RFC 5806).
+
+Decisions (where no RFC or issue says):
+
+* A leg to a device is sent to the address its REGISTER came from (NAT,
+  like responses: see ``engine.core``), a leg to a trunk to the trunk's
+  host and port; in-dialog requests follow the same address.
+* Each callee leg has its own Call-ID: a phone sees a fresh call per leg.
+* Late offer (an INVITE without SDP, the SDP in the ACK) is not relayed:
+  the callee's answer is passed on and the caller's ACK absorbed.
+* Until the media issue lands, voicemail and mailbox access answer 480
+  with a Warning that says voicemail was chosen; the plan and logs show it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import heapq
+import itertools
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import structlog
+
+from engine.dialog import Dialog, new_branch, new_call_id, new_tag
+from engine.message import ParseError, Request, Response, make_response, warning_value
+from engine.transaction import Addr, Event, Send, TxKey
+from provisioning.model import Directory, Status
+from routing import (
+    Busy,
+    CallFacts,
+    Deflect,
+    Device,
+    Diversion,
+    External,
+    LiveState,
+    MailboxAccess,
+    Plan,
+    Reject,
+    Ring,
+    Voicemail,
+    plan,
+)
+from routing.explain import render_text
+
+if TYPE_CHECKING:
+    from engine.metrics import Metrics
+    from engine.registrar import Registrar
+    from engine.transaction import TransactionLayer
+
+log = structlog.get_logger("switchboard.call")
+
+Outcome = Literal["no_answer", "busy", "failed"]
+COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+# RFC 4458 causes for History-Info, by RFC 5806 diversion reason.
+_HI_CAUSE = {"no-answer": 408, "user-busy": 486, "unavailable": 480, "unconditional": 302,
+             "time-of-day": 302, "do-not-disturb": 480, "away": 302}
+_FINAL_OUTCOME = {302: "deflected", 480: "unanswered", 486: "busy", 487: "cancelled",
+                  503: "no_channel"}
+_COPY_TO_CALLEE = ("content-type", "allow", "supported", "session-expires", "min-se",
+                   "accept", "user-agent")
+
+
+@dataclass(slots=True, eq=False)
+class Leg:
+    """One callee leg: an INVITE we sent, its dialog(s) and what came back."""
+
+    call: Call
+    target: Device | External
+    label: str  # for logs: "101 sip:101@127.0.0.1:5062" or "+1514... via carrier"
+    invite: Request
+    dest: Addr
+    transport: str
+    key: TxKey
+    trunk: str = ""  # holds one channel of this trunk while alive
+    state: Literal["calling", "ringing", "answered", "done"] = "calling"
+    status: int = 0  # the final response's status
+    dialog: Dialog | None = None
+    ack: bytes | None = None
+    cancelled: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One call: the caller's leg (we are its UAS) and the legs of the current step."""
+
+    id: str  # the caller's Call-ID, for logs
+    invite: Request
+    key: TxKey  # the caller's INVITE server transaction
+    source: Addr
+    transport: str
+    facts: CallFacts
+    plan: Plan
+    tag: str  # our To tag toward the caller
+    step: int = -1
+    legs: list[Leg] = field(default_factory=list)
+    rung: set[str] = field(default_factory=set)  # each destination once per call
+    state: Literal["routing", "answered", "ended"] = "routing"
+    caller_dialog: Dialog | None = None
+    winner: Leg | None = None
+    ok: Response | None = None  # our 2xx to the caller, retransmitted until ACK
+    ok_interval: float = 0.0
+    ok_deadline: float = 0.0
+    trunk_in: str = ""  # the trunk the call came in on (holds a channel)
+    members: tuple[str, ...] = ()  # extensions on this call (busy tracking)
+    timers: dict[str, int] = field(default_factory=dict)  # name -> live token
+    started: float = 0.0
+    answered_at: float = 0.0
+    last_failure: int = 0
+    early_sent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """An in-dialog request passed to the other leg, waiting for its answer."""
+
+    call: Call
+    origin_key: TxKey  # the server transaction of the request we received
+    origin: Request
+    sent: Request
+    to_caller: bool  # True: we sent it to the caller (it came from the callee)
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """How we name ourselves in Via and Contact."""
+
+    host: str
+    port: int
+    domain: str
+
+
+class B2BUA:
+    """All calls of one engine."""
+
+    def __init__(self, transactions: TransactionLayer, registrar: Registrar,
+                 wall_clock: Callable[[], float], metrics: Metrics | None = None) -> None:
+        self.metrics = metrics
+        self.tx = transactions
+        self.registrar = registrar
+        self.wall_clock = wall_clock
+        self.calls: dict[tuple[str, str], Call] = {}  # (Call-ID, caller's From tag)
+        self._by_tag: dict[tuple[str, str], Call] = {}  # (Call-ID, our To tag)
+        self._legs: dict[TxKey, Leg] = {}  # callee INVITE client transactions
+        self._by_leg_call_id: dict[str, Leg] = {}
+        self._timers: list[tuple[float, int, tuple[str, str], str]] = []
+        self._seq = itertools.count()
+        self.channels: dict[str, int] = {}
+        self.on_call: dict[str, int] = {}  # extension -> calls it is on
+        self.statuses: dict[str, Status] = {}
+        self.completed = 0
+        self._relays: dict[TxKey, Relay] = {}
+        # Trunks by name: (host, port, transport) and channel limits (None: no limit).
+        self.trunk_addresses: dict[str, tuple[str, int, str]] = {}
+        self.trunk_limits: dict[str, int | None] = {}
+
+    def set_directory(self, directory: Directory) -> None:
+        self.trunk_addresses = {t.name: (t.host, t.port, t.transport) for t in directory.trunks}
+        self.trunk_limits = {t.name: t.channels for t in directory.trunks}
+
+    # ------------------------------------------------------------------ state
+    def live_state(self, directory: Directory, now_wall: float) -> LiveState:
+        registered = frozenset(aor for aor, per in self.registrar.bindings.items()
+                               if any(b.expires_at > now_wall for b in per.values()))
+        busy = frozenset(ext for ext, n in self.on_call.items() if n > 0)
+        return LiveState(statuses=dict(self.statuses), registered=registered, busy=busy,
+                         channels_in_use=dict(self.channels))
+
+    def next_wakeup(self) -> float | None:
+        return self._timers[0][0] if self._timers else None
+
+    def _arm(self, call: Call, name: str, when: float) -> None:
+        token = next(self._seq)
+        call.timers[name] = token
+        heapq.heappush(self._timers, (when, token, _call_key(call), name))
+
+    def _disarm(self, call: Call, name: str) -> None:
+        call.timers.pop(name, None)
+
+    def on_timer(self, now: float, local: Local) -> list[Event]:
+        events: list[Event] = []
+        while self._timers and self._timers[0][0] <= now:
+            _, token, key, name = heapq.heappop(self._timers)
+            call = self.calls.get(key)
+            if call is None or call.timers.get(name) != token:
+                continue
+            del call.timers[name]
+            events += self._guard(call, now, local,
+                                  functools.partial(self._fire, call, name, now, local))
+        return events
+
+    def _fire(self, call: Call, name: str, now: float, local: Local) -> list[Event]:
+        if name == "no_answer" and call.state == "routing":
+            log.info("no answer", call_id=call.id, step=call.step + 1)
+            events = self._cancel_legs(call, now, reason=None)
+            return events + self._outcome(call, "no_answer", now, local)
+        if name == "ok" and call.ok is not None and call.state == "answered":
+            if now >= call.ok_deadline:
+                log.warning("no ACK for our 2xx: ending the call", call_id=call.id)
+                return self._hangup(call, now, local, bye_caller=True)
+            call.ok_interval = min(call.ok_interval * 2, 4.0)
+            self._arm(call, "ok", now + call.ok_interval)
+            return self._respond_caller(call, call.ok, now)
+        return []
+
+    def _guard(self, call: Call, now: float, local: Local,
+               action: Callable[[], list[Event]]) -> list[Event]:
+        """Run ``action`` for ``call``; an exception ends this call only."""
+        try:
+            return action()
+        except Exception:
+            log.exception("call failed", call_id=call.id)
+            try:
+                return self._teardown(call, now, local, status=500)
+            except Exception:
+                log.exception("call teardown failed", call_id=call.id)
+                self._forget(call)
+                return []
+
+    # ------------------------------------------------------------------ new calls
+    def new_call(self, invite: Request, key: TxKey, source: Addr, transport: str,
+                 facts: CallFacts, directory: Directory, now: float,
+                 local: Local) -> list[Event]:
+        state = self.live_state(directory, self.wall_clock())
+        the_plan = plan(facts, directory, state)
+        call = Call(id=invite.call_id, invite=invite, key=key, source=source,
+                    transport=transport, facts=facts, plan=the_plan, tag=new_tag(),
+                    started=now, trunk_in=facts.trunk)
+        call_key = _call_key(call)
+        if call_key in self.calls:  # the same INVITE again with new credentials
+            return self._respond_caller(call, make_response(
+                invite, 482, headers=[("Warning", warning_value("call already in progress"))],
+                to_tag=call.tag), now)
+        self.calls[call_key] = call
+        self._by_tag[(call.id, call.tag)] = call
+        members = [facts.caller] if facts.source == "phone" else []
+        call.members = tuple(members)
+        for ext in members:
+            self.on_call[ext] = self.on_call.get(ext, 0) + 1
+        if facts.trunk:
+            self.channels[facts.trunk] = self.channels.get(facts.trunk, 0) + 1
+        log.info("call routed", call_id=call.id, caller=facts.caller, callee=facts.callee,
+                 source=facts.source, trunk=facts.trunk or None,
+                 status=the_plan.status_of_callee, plan=render_text(the_plan))
+        return self._guard(call, now, local, lambda: self._run_step(call, 0, now, local))
+
+    # ------------------------------------------------------------------ steps
+    def _run_step(self, call: Call, index: int, now: float, local: Local) -> list[Event]:
+        call.step = index
+        step = call.plan.steps[index]
+        log.info("step", call_id=call.id, step=index + 1, kind=type(step).__name__.lower(),
+                 reason=step.reason)
+        if isinstance(step, Ring):
+            return self._ring(call, step, now, local)
+        if isinstance(step, Deflect):
+            trunk = self.trunk_addresses.get(step.trunk)
+            host = f"{trunk[0]}:{trunk[1]}" if trunk else local.domain
+            headers = [("Contact", f"<sip:{step.number}@{host}>")]
+            headers += [("Diversion", v) for v in _diversion(step.diversion, local.domain)]
+            return self._final(call, 302, now, headers)
+        if isinstance(step, Voicemail | MailboxAccess):
+            what = (f"voicemail of {step.box} was chosen" if isinstance(step, Voicemail)
+                    else f"mailbox access for {step.box} was chosen")
+            return self._final(call, 480, now, [
+                ("Warning", warning_value(f"{what}; voicemail needs the media layer, "
+                                          "not in this build"))])
+        if isinstance(step, Busy):
+            return self._final(call, 486, now)
+        if isinstance(step, Reject):
+            return self._final(call, step.status, now, [("Warning", warning_value(step.reason))],
+                               reason=step.text)
+        raise TypeError(f"unknown step {step!r}")
+
+    def _ring(self, call: Call, step: Ring, now: float, local: Local) -> list[Event]:
+        events: list[Event] = []
+        call.legs = []
+        wall = self.wall_clock()
+        for target in step.targets:
+            if isinstance(target, Device):
+                for binding in self.registrar.lookup(target.extension, wall):
+                    if binding.contact in call.rung:
+                        continue
+                    dest = _binding_dest(binding.source)
+                    if dest is None:
+                        continue
+                    call.rung.add(binding.contact)
+                    uri = _contact_uri(binding.contact)
+                    events += self._start_leg(call, step, target, uri, dest[0], dest[1], "",
+                                              f"{target.extension} {uri}", now, local)
+            else:
+                if target.number in call.rung:
+                    continue
+                trunk = self.trunk_addresses.get(target.trunk)
+                limit = self.trunk_limits.get(target.trunk)
+                if trunk is None:
+                    continue
+                if limit is not None and self.channels.get(target.trunk, 0) >= limit:
+                    log.info("no channel free", call_id=call.id, trunk=target.trunk,
+                             number=target.number)
+                    call.last_failure = 503
+                    continue
+                call.rung.add(target.number)
+                host, port, transport = trunk
+                uri = f"sip:{target.number}@{host}:{port}"
+                events += self._start_leg(call, step, target, uri, (host, port), transport,
+                                          target.trunk, f"{target.number} via {target.trunk}",
+                                          now, local)
+        if not call.legs:
+            log.info("nothing to ring", call_id=call.id, step=call.step + 1)
+            return events + self._outcome(call, "failed" if call.last_failure else "busy",
+                                          now, local)
+        if step.seconds is not None:
+            self._arm(call, "no_answer", now + step.seconds)
+        return events
+
+    def _start_leg(self, call: Call, step: Ring, target: Device | External, uri: str,
+                   dest: Addr, transport: str, trunk: str, label: str, now: float,
+                   local: Local) -> list[Event]:
+        invite = self._callee_invite(call, step, target, uri, transport, local)
+        key, events = self.tx.send_request(invite, dest, transport, now)
+        leg = Leg(call=call, target=target, label=label, invite=invite, dest=dest,
+                  transport=transport, key=key, trunk=trunk)
+        if trunk:
+            self.channels[trunk] = self.channels.get(trunk, 0) + 1
+        call.legs.append(leg)
+        self._legs[key] = leg
+        self._by_leg_call_id[invite.call_id] = leg
+        log.info("ringing", call_id=call.id, leg=label)
+        return events
+
+    def _callee_invite(self, call: Call, step: Ring, target: Device | External, uri: str,
+                       transport: str, local: Local) -> Request:
+        caller = call.invite
+        facts = call.facts
+        domain = local.domain
+        display = facts.caller_name.replace('"', "")
+        if isinstance(target, External):
+            ident = target.caller_id or facts.caller
+            if target.privacy:
+                from_value = '"Anonymous" <sip:anonymous@anonymous.invalid>'
+            else:
+                from_value = f'"{display}" <sip:{ident}@{domain}>' if display else \
+                    f"<sip:{ident}@{domain}>"
+            pai = f"<sip:{ident}@{domain}>"
+        else:
+            from_value = f'"{display}" <sip:{facts.caller}@{domain}>' if display else \
+                f"<sip:{facts.caller}@{domain}>"
+            pai = f"<sip:{facts.caller}@{domain}>"
+        mf = caller.max_forwards
+        t = transport.upper() or "UDP"
+        contact = f"<sip:switchboard@{local.host}:{local.port}" + (
+            ";transport=tcp>" if t == "TCP" else ">")
+        headers: list[tuple[str, str]] = [
+            ("Via", f"SIP/2.0/{t} {local.host}:{local.port};branch={new_branch()};rport"),
+            ("Max-Forwards", str((mf if mf is not None else 70) - 1)),
+            ("From", f"{from_value};tag={new_tag()}"),
+            ("To", f"<{uri}>"),
+            ("Call-ID", new_call_id(local.host)),
+            ("CSeq", "1 INVITE"),
+            ("Contact", contact),
+            ("P-Asserted-Identity", pai),
+        ]
+        if isinstance(target, External) and target.privacy:
+            headers.append(("Privacy", "id"))
+        for value in _diversion(step.diversion, domain):
+            headers.append(("Diversion", value))
+        if step.diversion:
+            headers += [("History-Info", v) for v in _history_info(step.diversion, uri, domain)]
+        for h in caller.headers:
+            if h[0] in _COPY_TO_CALLEE:
+                headers.append((h[1], h[2]))
+        return Request.build("INVITE", uri, headers, caller.body)
+
+    # ------------------------------------------------------------------ outcomes
+    def _outcome(self, call: Call, outcome: Outcome, now: float, local: Local) -> list[Event]:
+        """The current step ended without an answer: go where the plan says."""
+        self._disarm(call, "no_answer")
+        step = call.plan.steps[call.step]
+        nxt = None
+        if isinstance(step, Ring):
+            nxt = {"no_answer": step.on_no_answer, "busy": step.on_busy,
+                   "failed": step.on_failed}[outcome]
+        log.info("step outcome", call_id=call.id, step=call.step + 1, outcome=outcome,
+                 next_step=None if nxt is None else nxt + 1)
+        if nxt is not None:
+            return self._run_step(call, nxt, now, local)
+        status = {"no_answer": 480, "busy": 486}.get(outcome) or call.last_failure or 480
+        return self._final(call, status, now)
+
+    def _final(self, call: Call, status: int, now: float,
+               headers: Iterable[tuple[str, str]] = (), reason: str | None = None) -> list[Event]:
+        """A final non-2xx answer to the caller: the call ends."""
+        resp = make_response(call.invite, status, reason, [("Server", "Switchboard/0.1"),
+                                                           *headers], to_tag=call.tag)
+        log.info("call ended", call_id=call.id, status=status, answered=False)
+        self._count(_FINAL_OUTCOME.get(status, "rejected" if status < 500 else "failed"))
+        events = self._respond_caller(call, resp, now)
+        self._forget(call)
+        return events
+
+    def _respond_caller(self, call: Call, resp: Response, now: float) -> list[Event]:
+        try:
+            return self.tx.respond(call.key, resp, now)
+        except ValueError:  # the transaction is gone (timed out): nothing to answer
+            return []
+
+    # ------------------------------------------------------------------ responses from legs
+    def on_response(self, resp: Response, key: TxKey, now: float, local: Local) -> list[Event]:
+        leg = self._legs.get(key)
+        if leg is not None:
+            return self._guard(leg.call, now, local,
+                               lambda: self._leg_response(leg, resp, now, local))
+        relay = self._relays.get(key)
+        if relay is not None:
+            if resp.status >= 200:
+                del self._relays[key]
+            return self._guard(relay.call, now, local,
+                               lambda: self._relay_response(relay, resp, now, local))
+        return []
+
+    def _leg_response(self, leg: Leg, resp: Response, now: float, local: Local) -> list[Event]:
+        call = leg.call
+        status = resp.status
+        if status < 200:
+            if status == 100 or leg.state == "done":
+                return []
+            leg.state = "ringing"
+            if call.state != "routing" or leg not in call.legs:
+                return []
+            headers = [("Server", "Switchboard/0.1")]
+            body = b""
+            if resp.body and status == 183:
+                body = resp.body
+                headers.append(("Content-Type", resp.get("content-type") or "application/sdp"))
+            elif status == 183:
+                return []
+            status_out = 180 if status in (180, 181, 182) else status
+            call.early_sent = True
+            out = make_response(call.invite, status_out, None, headers, body, to_tag=call.tag)
+            return self._respond_caller(call, out, now)
+        if status < 300:
+            return self._leg_answered(leg, resp, now, local)
+        # 300-699: the transaction ACKed it.
+        leg.state = "done"
+        leg.status = status
+        self._release_leg(leg)
+        if call.state != "routing" or leg not in call.legs:
+            return []
+        log.info("leg refused", call_id=call.id, leg=leg.label, status=status)
+        if status not in (486, 600, 487):
+            call.last_failure = 503 if status == 503 else call.last_failure
+        if any(other.state in ("calling", "ringing") for other in call.legs):
+            return []
+        statuses = [other.status for other in call.legs]
+        if all(s in (486, 600) for s in statuses):
+            return self._outcome(call, "busy", now, local)
+        if all(s == 487 for s in statuses):
+            return self._outcome(call, "no_answer", now, local)
+        return self._outcome(call, "failed", now, local)
+
+    def _leg_answered(self, leg: Leg, resp: Response, now: float, local: Local) -> list[Event]:
+        call = leg.call
+        if leg.ack is not None:  # a retransmitted 2xx: the same ACK again (s13.2.2.4)
+            return [Send(leg.ack, leg.dest, leg.transport)]
+        dialog = Dialog.uac(leg.invite, resp)
+        leg.dialog = dialog
+        leg.state = "answered"
+        ack = dialog.ack(leg.invite.cseq.number, via_host=local.host, via_port=local.port,
+                         transport=leg.transport.upper())
+        leg.ack = ack.to_bytes()
+        events: list[Event] = [Send(leg.ack, leg.dest, leg.transport)]
+        if call.state != "routing" or leg not in call.legs:
+            # Answered after another leg won, or after the step moved on: hang it up.
+            log.info("late answer hung up", call_id=call.id, leg=leg.label)
+            return events + self._bye_leg(leg, now, local)
+        call.state = "answered"
+        call.winner = leg
+        call.answered_at = now
+        self._disarm(call, "no_answer")
+        if isinstance(leg.target, Device):
+            self._join(call, leg.target.extension)
+        headers = [("Server", "Switchboard/0.1"),
+                   ("Contact", f"<sip:switchboard@{local.host}:{local.port}"
+                               + (";transport=tcp>" if call.transport == "tcp" else ">"))]
+        ctype = resp.get("content-type")
+        if ctype:
+            headers.append(("Content-Type", ctype))
+        ok = make_response(call.invite, 200, None, headers, resp.body, to_tag=call.tag)
+        call.ok = ok
+        call.caller_dialog = Dialog.uas(call.invite, call.tag, headers[1][1], confirmed=True)
+        if call.transport == "udp":
+            call.ok_interval = 0.5
+            call.ok_deadline = now + 32.0
+            self._arm(call, "ok", now + call.ok_interval)
+        log.info("call answered", call_id=call.id, leg=leg.label, step=call.step + 1)
+        events += self._respond_caller(call, ok, now)
+        for other in call.legs:
+            if other is not leg:
+                events += self._cancel_leg(other, now, COMPLETED_ELSEWHERE)
+        return events
+
+    def _join(self, call: Call, extension: str) -> None:
+        call.members = (*call.members, extension)
+        self.on_call[extension] = self.on_call.get(extension, 0) + 1
+
+    def _release_leg(self, leg: Leg) -> None:
+        if leg.trunk:
+            self.channels[leg.trunk] = max(0, self.channels.get(leg.trunk, 0) - 1)
+            leg.trunk = ""
+
+    # ------------------------------------------------------------------ cancelling
+    def _cancel_legs(self, call: Call, now: float, reason: str | None) -> list[Event]:
+        events: list[Event] = []
+        for leg in call.legs:
+            events += self._cancel_leg(leg, now, reason)
+        return events
+
+    def _cancel_leg(self, leg: Leg, now: float, reason: str | None) -> list[Event]:
+        if leg.state not in ("calling", "ringing") or leg.cancelled:
+            return []
+        leg.cancelled = True
+        if leg.state == "calling":
+            # s9.1: no provisional yet: a CANCEL may not be sent. The leg is
+            # given up; a late 2xx is hung up by _leg_answered, a final
+            # response closes the transaction.
+            leg.state = "done"
+            leg.status = 487
+            self._release_leg(leg)
+            return []
+        leg.state = "done"
+        leg.status = 487
+        self._release_leg(leg)
+        cancel = _build_cancel(leg.invite, reason)
+        try:
+            _, events = self.tx.send_request(cancel, leg.dest, leg.transport, now)
+        except ValueError:
+            return []
+        return events
+
+    def on_cancel(self, invite_key: TxKey, now: float, local: Local) -> list[Event]:
+        """The caller cancelled (the layer answered the CANCEL 200): 487 and CANCEL legs."""
+        call = next((c for c in self.calls.values() if c.key == invite_key), None)
+        if call is None or call.state != "routing":
+            return []
+        log.info("caller cancelled", call_id=call.id)
+        events = self._cancel_legs(call, now, None)
+        return events + self._final(call, 487, now)
+
+    # ------------------------------------------------------------------ in-dialog requests
+    def on_ack(self, ack: Request, now: float) -> list[Event]:
+        """An ACK for a 2xx (no transaction): stop retransmitting our 2xx."""
+        call = self._by_tag.get((ack.call_id, ack.to.tag or ""))
+        if call is not None and call.ok is not None:
+            call.ok = None
+            self._disarm(call, "ok")
+        return []
+
+    def in_dialog(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
+                  local: Local) -> list[Event] | None:
+        """A request with a To tag; None when it belongs to no call we know (481)."""
+        call = self._by_tag.get((req.call_id, req.to.tag or ""))
+        if call is not None:
+            if call.caller_dialog is None:
+                return None
+            return self._guard(call, now, local, lambda: self._from_caller(
+                call, req, key, now, local))
+        leg = self._by_leg_call_id.get(req.call_id)
+        if leg is not None and leg.dialog is not None and leg is leg.call.winner:
+            return self._guard(leg.call, now, local, lambda: self._from_callee(
+                leg, req, key, now, local))
+        return None
+
+    def _from_caller(self, call: Call, req: Request, key: TxKey, now: float,
+                     local: Local) -> list[Event]:
+        assert call.caller_dialog is not None
+        check = call.caller_dialog.on_request(req)
+        if check is not None:
+            return self.tx.respond(key, make_response(req, check), now)
+        leg = call.winner
+        if req.method == "BYE":
+            events = self.tx.respond(key, make_response(req, 200), now)
+            log.info("caller hung up", call_id=call.id)
+            if leg is not None:
+                events += self._bye_leg(leg, now, local)
+            self._end(call, now)
+            return events
+        if leg is None or leg.dialog is None:
+            return self.tx.respond(key, make_response(req, 481), now)
+        return self._relay_request(call, req, key, leg.dialog, leg.dest, leg.transport,
+                                   to_caller=False, now=now, local=local)
+
+    def _from_callee(self, leg: Leg, req: Request, key: TxKey, now: float,
+                     local: Local) -> list[Event]:
+        call = leg.call
+        assert leg.dialog is not None
+        check = leg.dialog.on_request(req)
+        if check is not None:
+            return self.tx.respond(key, make_response(req, check), now)
+        if req.method == "BYE":
+            events = self.tx.respond(key, make_response(req, 200), now)
+            log.info("callee hung up", call_id=call.id, leg=leg.label)
+            leg.state = "done"
+            self._release_leg(leg)
+            events += self._bye_caller(call, now, local)
+            self._end(call, now)
+            return events
+        if call.caller_dialog is None:
+            return self.tx.respond(key, make_response(req, 481), now)
+        return self._relay_request(call, req, key, call.caller_dialog, call.source,
+                                   call.transport, to_caller=True, now=now, local=local)
+
+    def _relay_request(self, call: Call, req: Request, key: TxKey, dialog: Dialog, dest: Addr,
+                       transport: str, *, to_caller: bool, now: float,
+                       local: Local) -> list[Event]:
+        """Pass an in-dialog request (re-INVITE, UPDATE, INFO...) to the other leg."""
+        headers = [(h[1], h[2]) for h in req.headers
+                   if h[0] in ("content-type", "event", "subscription-state", "info-package",
+                               "session-expires", "supported", "require")]
+        out = dialog.new_request(req.method, via_host=local.host, via_port=local.port,
+                                 transport=transport.upper(), headers=headers, body=req.body)
+        out_key, events = self.tx.send_request(out, dest, transport, now)
+        self._relays[out_key] = Relay(call, key, req, out, to_caller)
+        return events
+
+    def _relay_response(self, relay: Relay, resp: Response, now: float,
+                        local: Local) -> list[Event]:
+        """The other leg answered a relayed request: ACK a 2xx to INVITE, answer ours."""
+        if resp.status == 100:
+            return []
+        call, sent = relay.call, relay.sent
+        winner = call.winner
+        if relay.to_caller:
+            dialog, dest, transport = call.caller_dialog, call.source, call.transport
+        elif winner is not None:
+            dialog, dest, transport = winner.dialog, winner.dest, winner.transport
+        else:
+            return []
+        events: list[Event] = []
+        if dialog is not None:
+            dialog.on_response(sent.method, resp)
+            if sent.method == "INVITE" and 200 <= resp.status < 300:
+                ack = dialog.ack(sent.cseq.number, via_host=local.host, via_port=local.port,
+                                 transport=transport.upper())
+                events.append(Send(ack.to_bytes(), dest, transport))
+        headers = [(h[1], h[2]) for h in resp.headers
+                   if h[0] in ("content-type", "supported", "require", "session-expires")]
+        if sent.method == "INVITE" and 200 <= resp.status < 300:
+            headers.append(("Contact", f"<sip:switchboard@{local.host}:{local.port}>"))
+        out = make_response(relay.origin, resp.status, resp.reason, headers, resp.body)
+        with contextlib.suppress(ValueError):  # the request's transaction is over
+            events += self.tx.respond(relay.origin_key, out, now)
+        return events
+
+    # ------------------------------------------------------------------ hanging up
+    def _bye_leg(self, leg: Leg, now: float, local: Local) -> list[Event]:
+        if leg.dialog is None or leg.dialog.terminated:
+            return []
+        bye = leg.dialog.new_request("BYE", via_host=local.host, via_port=local.port,
+                                     transport=leg.transport.upper())
+        leg.dialog.terminate()
+        leg.state = "done"
+        self._release_leg(leg)
+        _, events = self.tx.send_request(bye, leg.dest, leg.transport, now)
+        return events
+
+    def _bye_caller(self, call: Call, now: float, local: Local) -> list[Event]:
+        dialog = call.caller_dialog
+        if dialog is None or dialog.terminated:
+            return []
+        bye = dialog.new_request("BYE", via_host=local.host, via_port=local.port,
+                                 transport=call.transport.upper())
+        dialog.terminate()
+        _, events = self.tx.send_request(bye, call.source, call.transport, now)
+        return events
+
+    def _hangup(self, call: Call, now: float, local: Local, bye_caller: bool) -> list[Event]:
+        events: list[Event] = []
+        if call.winner is not None:
+            events += self._bye_leg(call.winner, now, local)
+        if bye_caller:
+            events += self._bye_caller(call, now, local)
+        self._end(call, now)
+        return events
+
+    def _teardown(self, call: Call, now: float, local: Local, status: int) -> list[Event]:
+        """End a call whatever its state (an internal error, a shutdown)."""
+        if call.state == "routing":
+            events = self._cancel_legs(call, now, None)
+            return events + self._final(call, status, now)
+        return self._hangup(call, now, local, bye_caller=True)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.calls.labels(outcome).inc()
+
+    def _end(self, call: Call, now: float) -> None:
+        if call.state == "answered":
+            self._count("answered")
+            log.info("call ended", call_id=call.id, answered=True,
+                     seconds=round(now - call.answered_at, 1))
+        self._forget(call)
+
+    def _forget(self, call: Call) -> None:
+        if call.state == "ended":
+            return
+        call.state = "ended"
+        self.completed += 1
+        self.calls.pop(_call_key(call), None)
+        self._by_tag.pop((call.id, call.tag), None)
+        call.timers.clear()
+        for ext in call.members:
+            n = self.on_call.get(ext, 0) - 1
+            if n > 0:
+                self.on_call[ext] = n
+            else:
+                self.on_call.pop(ext, None)
+        call.members = ()
+        if call.trunk_in:
+            self.channels[call.trunk_in] = max(0, self.channels.get(call.trunk_in, 0) - 1)
+            call.trunk_in = ""
+        for leg in call.legs:
+            self._release_leg(leg)
+        if call.winner is not None:
+            self._by_leg_call_id.pop(call.winner.invite.call_id, None)
+
+    def on_terminated(self, key: TxKey) -> None:
+        """A client transaction ended: forget legs that are over."""
+        leg = self._legs.pop(key, None)
+        if leg is not None and leg is not leg.call.winner:
+            self._by_leg_call_id.pop(leg.invite.call_id, None)
+        self._relays.pop(key, None)
+
+    def on_timed_out(self, key: TxKey, now: float, local: Local) -> list[Event]:
+        leg = self._legs.get(key)
+        if leg is None:
+            return []
+        return self._guard(leg.call, now, local, lambda: self._leg_response(
+            leg, make_response(leg.invite, 408), now, local))
+
+    def shutdown(self, now: float, local: Local) -> list[Event]:
+        events: list[Event] = []
+        for call in list(self.calls.values()):
+            events += self._guard(call, now, local,
+                                  functools.partial(self._teardown, call, now, local, 503))
+        return events
+
+
+# ---------------------------------------------------------------------- helpers
+def _call_key(call: Call) -> tuple[str, str]:
+    return (call.id, call.invite.from_.tag or "")
+
+
+def _binding_dest(source: str) -> tuple[Addr, str] | None:
+    """``udp:127.0.0.1:5062`` -> ((host, port), transport)."""
+    transport, _, rest = source.partition(":")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return (host.strip("[]"), int(port)), transport
+
+
+def _contact_uri(contact: str) -> str:
+    text = contact.strip()
+    if text.startswith("<") and ">" in text:
+        return text[1:text.index(">")]
+    return text
+
+
+def _diversion(chain: tuple[Diversion, ...], domain: str) -> list[str]:
+    """Diversion values, most recent first (RFC 5806 s3)."""
+    return [f"<sip:{d.extension}@{domain}>;reason={d.reason};counter=1"
+            for d in reversed(chain)]
+
+
+def _history_info(chain: tuple[Diversion, ...], target: str, domain: str) -> list[str]:
+    """History-Info entries (RFC 7044): each diverting user, then the new target."""
+    out: list[str] = []
+    index = "1"
+    for i, d in enumerate(chain):
+        cause = _HI_CAUSE.get(d.reason, 480)
+        reason = urllib.parse.quote(f'SIP;cause={cause};text="{d.reason}"', safe="")
+        entry = f"<sip:{d.extension}@{domain}?Reason={reason}>;index={index}"
+        if i:
+            entry += ";rc=" + index.rsplit(".", 1)[0]
+        out.append(entry)
+        index += ".1"
+    last_cause = _HI_CAUSE.get(chain[-1].reason, 480)
+    out.append(f"<{target};cause={last_cause}>;index={index};mp={index.rsplit('.', 1)[0]}")
+    return out
+
+
+def _build_cancel(invite: Request, reason: str | None) -> Request:
+    """The CANCEL of a client INVITE (RFC 3261 s9.1), with a Reason (RFC 3326)."""
+    headers: list[tuple[str, str]] = [("Via", invite.get_all("via")[0])]
+    headers += [("Route", v) for v in invite.get_lines("route")]
+    headers += [("Max-Forwards", "70"), ("From", invite.get("from") or ""),
+                ("To", invite.get("to") or ""), ("Call-ID", invite.call_id),
+                ("CSeq", f"{invite.cseq.number} CANCEL")]
+    if reason:
+        headers.append(("Reason", reason))
+    return Request.build("CANCEL", invite.uri_text, headers)
+
+
+def local_datetime(wall: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(wall, dt.UTC)
+
+
+__all__ = ["B2BUA", "Call", "Leg", "Local", "ParseError", "local_datetime"]
