@@ -354,3 +354,11 @@ caller_id = "+15145550100"
         assert "carrier-secret" not in engine.log()
     finally:
         engine.stop()
+
+
+def test_unregistered_user_follows_the_busy_rule(small_pbx: EngineProcess, work: Path) -> None:
+    # 104 has no registered phone on this engine: the external busy rule (voicemail) applies.
+    ok(run_uac(work, small_pbx.target, caller="+15145550199", dialled="+15145550104",
+               expect=480, port=PORTS["trunkin"]))
+    routed = [line for line in log_events(small_pbx, "call routed") if "+15145550104" in line]
+    assert routed and "no device registered" in routed[-1], routed

@@ -53,30 +53,36 @@ def _invite(cseq: int, auth: bool) -> str:
 """
 
 
-def uac_scenario(work: Path, *, auth: bool, expect: int, hold_ms: int = 500) -> Path:
-    """One call: (407 dance), then ``expect``; a 200 is ACKed and hung up after ``hold_ms``."""
-    parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="uac">']
-    if auth:
-        parts.append(_invite(1, auth=False))
-        parts.append("""
-  <recv response="100" optional="true"/>
-  <recv response="407" auth="true"/>
-  <send>
+def _uac_request(method: str, cseq: int, *, in_dialog: bool, retrans: bool = False) -> str:
+    """A request of the caller: in the dialog (to [next_url], new branch) or, for the
+    ACK of a non-2xx, to the INVITE's target with the INVITE's Via (RFC 3261 s17.1.1.3)."""
+    uri = "[next_url]" if in_dialog else "sip:[service]@[remote_ip]:[remote_port]"
+    via = ("Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport"
+           if in_dialog else "[last_Via:]")
+    return f"""
+  <send{' retrans="500"' if retrans else ''}>
     <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      [last_Via:]
+      {method} {uri} SIP/2.0
+      {via}
       From: "[caller]" <sip:[caller]@[domain]>;tag=[pid]SIPpTag00[call_number]
       [last_To:]
       Call-ID: [call_id]
-      CSeq: 1 ACK
+      CSeq: {cseq} {method}
       Max-Forwards: 70
       Content-Length: 0
     ]]>
   </send>
-""")
-        parts.append(_invite(2, auth=True))
-    else:
-        parts.append(_invite(1, auth=False))
+"""
+
+
+def uac_scenario(work: Path, *, auth: bool, expect: int, hold_ms: int = 500) -> Path:
+    """One call: (407 dance), then ``expect``; a 200 is ACKed and hung up after ``hold_ms``."""
+    parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="uac">',
+             _invite(1, auth=False)]
+    if auth:
+        parts += ['  <recv response="100" optional="true"/>',
+                  '  <recv response="407" auth="true"/>',
+                  _uac_request("ACK", 1, in_dialog=False), _invite(2, auth=True)]
     cseq = 2 if auth else 1
     parts.append("""
   <recv response="100" optional="true"/>
@@ -85,51 +91,12 @@ def uac_scenario(work: Path, *, auth: bool, expect: int, hold_ms: int = 500) -> 
   <recv response="180" optional="true"/>
 """)
     if expect == 200:
-        parts.append(f"""
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "[caller]" <sip:[caller]@[domain]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: {cseq} ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <pause milliseconds="{hold_ms}"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
-      From: "[caller]" <sip:[caller]@[domain]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: {cseq + 1} BYE
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200"/>
-""")
+        parts += ['  <recv response="200" rrs="true"/>', _uac_request("ACK", cseq, in_dialog=True),
+                  f'  <pause milliseconds="{hold_ms}"/>',
+                  _uac_request("BYE", cseq + 1, in_dialog=True, retrans=True),
+                  '  <recv response="200"/>']
     else:
-        parts.append(f"""
-  <recv response="{expect}"/>
-  <send>
-    <![CDATA[
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      [last_Via:]
-      From: "[caller]" <sip:[caller]@[domain]>;tag=[pid]SIPpTag00[call_number]
-      [last_To:]
-      Call-ID: [call_id]
-      CSeq: {cseq} ACK
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-""")
+        parts += [f'  <recv response="{expect}"/>', _uac_request("ACK", cseq, in_dialog=False)]
     parts.append("</scenario>\n")
     path = work / f"uac_{'auth' if auth else 'trunk'}_{expect}.xml"
     path.write_text("\n".join(parts))
