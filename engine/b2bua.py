@@ -276,7 +276,7 @@ class B2BUA:
             self.channels[facts.trunk] = self.channels.get(facts.trunk, 0) + 1
         log.info("call routed", call_id=call.id, caller=facts.caller, callee=facts.callee,
                  source=facts.source, trunk=facts.trunk or None,
-                 status=the_plan.status_of_callee, plan=render_text(the_plan))
+                 status=the_plan.status_of_callee, plan=_PlanText(the_plan))
         return self._guard(call, now, local, lambda: self._run_step(call, 0, now, local))
 
     # ------------------------------------------------------------------ steps
@@ -781,6 +781,19 @@ class B2BUA:
 
 
 # ---------------------------------------------------------------------- helpers
+class _PlanText:
+    """The plan as text, rendered only if the log line is written (repr is what both
+    structlog renderers use for a value that is not a string)."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def __repr__(self) -> str:
+        return render_text(self.plan)
+
+
 def _call_key(call: Call) -> tuple[str, str]:
     return (call.id, call.invite.from_.tag or "")
 

@@ -25,6 +25,7 @@ Matching is exact and case-sensitive for Call-ID and tags (s19.3, s20.8).
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
@@ -97,8 +98,17 @@ def new_call_id(host: str = "") -> str:
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
+_TAG_PARAM = re.compile(r";[ \t]*tag[ \t]*=[ \t]*[^;\s]*", re.IGNORECASE)
+
+
 def _without_tag(value: str, what: str) -> str:
     """A From/To value without its tag parameter, as a name-addr (s12.1.1, s12.1.2)."""
+    gt = value.rfind(">")
+    if gt >= 0 and "<" in value[:gt]:
+        # name-addr: the header parameters follow the '>'; the text before is kept as is
+        # (hot path: every call leg builds two of these).
+        parse_address(value, what)  # still refuse what does not parse
+        return (value[: gt + 1] + _TAG_PARAM.sub("", value[gt + 1:])).strip()
     addr = parse_address(value, what)
     params = tuple(p for p in addr.params if p[0] != "tag")
     return str(Address(addr.uri, addr.display, params, True))
