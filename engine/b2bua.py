@@ -188,6 +188,7 @@ class B2BUA:
         # Trunks by name: (host, port, transport) and channel limits (None: no limit).
         self.trunk_addresses: dict[str, tuple[str, int, str]] = {}
         self.trunk_limits: dict[str, int | None] = {}
+        self.timers = transactions.timers
 
     def set_directory(self, directory: Directory) -> None:
         self.trunk_addresses = {t.name: (t.host, t.port, t.transport) for t in directory.trunks}
@@ -233,7 +234,7 @@ class B2BUA:
             if now >= call.ok_deadline:
                 log.warning("no ACK for our 2xx: ending the call", call_id=call.id)
                 return self._hangup(call, now, local, bye_caller=True)
-            call.ok_interval = min(call.ok_interval * 2, 4.0)
+            call.ok_interval = min(call.ok_interval * 2, self.timers.t2)
             self._arm(call, "ok", now + call.ok_interval)
             return self._respond_caller(call, call.ok, now)
         return []
@@ -523,9 +524,9 @@ class B2BUA:
         ok = make_response(call.invite, 200, None, headers, resp.body, to_tag=call.tag)
         call.ok = ok
         call.caller_dialog = Dialog.uas(call.invite, call.tag, headers[1][1], confirmed=True)
-        if call.transport == "udp":
-            call.ok_interval = 0.5
-            call.ok_deadline = now + 32.0
+        if call.transport == "udp":  # s13.3.1.4: T1 doubling to T2, for 64*T1
+            call.ok_interval = self.timers.t1
+            call.ok_deadline = now + self.timers.long
             self._arm(call, "ok", now + call.ok_interval)
         log.info("call answered", call_id=call.id, leg=leg.label, step=call.step + 1)
         events += self._respond_caller(call, ok, now)

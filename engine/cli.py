@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--advertise", default=None,
                        help="host or IP the engine puts in Via and Contact of the calls it "
                             "places (default: the --sip host, or 127.0.0.1 when that is 0.0.0.0)")
+    for name, default, what in (("t1", 500, "round-trip estimate"),
+                                ("t2", 4000, "maximum retransmit interval"),
+                                ("t4", 5000, "how long a message may stay in the network")):
+        serve.add_argument(f"--{name}-ms", type=int, default=default, metavar="MS",
+                           help=f"RFC 3261 {name.upper()}, {what} (default {default}); every "
+                                "transaction timer derives from T1, T2 and T4")
     serve.add_argument("--route-clock", default=None, metavar="ISO-TIME",
                        help="evaluate schedules as if the engine had started at this time "
                             "(the clock then runs normally): for tests and demos")
@@ -162,8 +168,11 @@ async def _serve(args: argparse.Namespace) -> int:
         offset = 0.0
         if args.route_clock:
             offset = parse_when(args.route_clock).timestamp() - time.time()
+        from engine.transaction import Timers
+
+        timers = Timers(t1=args.t1_ms / 1000, t2=args.t2_ms / 1000, t4=args.t4_ms / 1000)
         engine = Engine(loaded, hosts, sip_port, digest_algorithms=algorithms,
-                        advertise=advertise, route_clock_offset=offset)
+                        advertise=advertise, route_clock_offset=offset, timers=timers)
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
         await serve(engine, store, config)

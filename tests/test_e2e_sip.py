@@ -12,7 +12,7 @@ import pytest
 
 from engine.auth import build_authorization
 from engine.message import Response, parse
-from tests.conftest import SHARED, EngineProcess, bench_directory, udp_exchange
+from tests.conftest import EXAMPLE, SHARED, EngineProcess, bench_directory, udp_exchange
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sipp"))
 from sipp import auth_csv_line, run_sipp
@@ -221,3 +221,24 @@ def test_sipp_registers_200_users_and_wrong_passwords_are_blocked(tmp_path: Path
         assert again.successful == 0
     finally:
         assert proc.stop() == 0
+
+
+def test_t1_is_configurable(tmp_path: Path) -> None:
+    """An unacknowledged final answer is resent at T1, 2*T1, 4*T1... (s17.2.1, Timer G)."""
+    invite = (b"INVITE sip:102@pbx.example.test SIP/2.0\r\n"
+              b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKt1check;rport\r\n"
+              b"From: <sip:101@pbx.example.test>;tag=t1\r\nTo: <sip:102@pbx.example.test>\r\n"
+              b"Call-ID: t1-check\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n"
+              b"Contact: <sip:101@127.0.0.1:9>\r\nContent-Length: 0\r\n\r\n")
+    counts = {}
+    for t1 in (50, 500):
+        engine = EngineProcess(tmp_path / str(t1), EXAMPLE, [f"--t1-ms={t1}"])
+        (tmp_path / str(t1)).mkdir()
+        engine.start()
+        try:
+            replies = udp_exchange(engine.sip, invite, timeout=0.7, expect=20)
+        finally:
+            engine.stop()
+        counts[t1] = sum(1 for r in replies if r.startswith(b"SIP/2.0 407"))
+    # T1 = 50 ms: sent at 0, 50, 150, 350 ms (+ 750 ms); T1 = 500 ms: at 0 and 500 ms.
+    assert counts[50] >= 4 and counts[500] <= 2, counts
