@@ -275,6 +275,7 @@ AuthReason = Literal[
     "unsupported algorithm",
     "wrong realm",
     "bad nonce",
+    "uri mismatch",
 ]
 
 
@@ -285,13 +286,15 @@ class AuthResult:
     ``stale`` is True when the credentials were right but the nonce had
     expired (or its replay state was evicted): answer with a fresh challenge
     carrying ``stale=true`` and do not count it as a failed attempt.
-    ``username`` is the name the client claimed ("" if it could not be parsed).
+    ``username`` is the name the client claimed ("" if it could not be parsed);
+    ``uri`` the digest-uri it signed (set when ``ok``).
     """
 
     ok: bool
     username: str
     stale: bool
     reason: AuthReason
+    uri: str = ""
 
 
 _NONCE_TIME: Final = struct.Struct(">d")
@@ -525,7 +528,7 @@ class DigestAuthenticator:
             return _fail("replay", username)
         else:
             self._highest_nc[nonce] = nc_value
-        return AuthResult(ok=True, username=username, stale=False, reason="ok")
+        return AuthResult(ok=True, username=username, stale=False, reason="ok", uri=uri)
 
     def _track(self, nonce: str, issued: float, nc_value: int, now: float) -> None:
         heap = self._by_issue_time

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from engine.auth import DigestAuthenticator, FailureLimiter
+from engine.auth import AuthResult, DigestAuthenticator, FailureLimiter
 from engine.b2bua import B2BUA, Local
 from engine.message import (
     ParseError,
@@ -26,6 +26,7 @@ from engine.message import (
     check_request,
     make_response,
     parse,
+    parse_uri,
     short_text,
     warning_value,
 )
@@ -379,6 +380,8 @@ class Engine:
             answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now)])
             return None
         result = self.auth.verify(method, credentials[0], self.password_of, now)
+        if result.ok and not _same_target(result.uri, req):
+            result = _uri_mismatch(result)
         if result.stale:
             answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
             return None
@@ -414,6 +417,8 @@ class Engine:
             answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now)])
             return
         result = self.auth.verify("REGISTER", credentials[0], self.password_of, now)
+        if result.ok and not _same_target(result.uri, req):
+            result = _uri_mismatch(result)
         if result.stale:
             answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
             return
@@ -455,6 +460,21 @@ def _stamp_via(req: Request, source: Addr) -> Request:
         "via", stamped)
     assert isinstance(new, Request)
     return new
+
+
+def _same_target(digest_uri: str, req: Request) -> bool:
+    """The signed digest-uri names this request's target (RFC 2617 s3.2.2.5): same scheme,
+    user and host as the Request-URI (parameters and port may be written differently)."""
+    try:
+        signed, target = parse_uri(digest_uri), req.uri
+    except ParseError:
+        return False
+    return (signed.scheme == target.scheme and (signed.user or "") == (target.user or "")
+            and signed.host.lower() == target.host.lower())
+
+
+def _uri_mismatch(result: AuthResult) -> AuthResult:
+    return AuthResult(ok=False, username=result.username, stale=False, reason="uri mismatch")
 
 
 def _fmt(addr: Addr) -> str:

@@ -271,7 +271,8 @@ def test_round_trip(algorithm: str) -> None:
     header = answer(auth, 100.0, algorithm=algorithm)
     assert params_of(header)["algorithm"] == algorithm
     result = auth.verify("REGISTER", header, lookup, 101.0)
-    assert result == AuthResult(ok=True, username="alice", stale=False, reason="ok")
+    assert result == AuthResult(ok=True, username="alice", stale=False, reason="ok",
+                                uri="sip:switchboard.example")
 
 
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
@@ -288,7 +289,9 @@ def test_verify_against_independent_computation(algorithm: str) -> None:
         f"algorithm={algorithm.lower()},cnonce=xyz,qop=auth,nc=0000002a"
     )
     result = auth.verify("INVITE", header, lookup, 1.0)
-    assert result == AuthResult(ok=True, username="bob", stale=False, reason="ok")
+    assert result == AuthResult(ok=True, username="bob", stale=False, reason="ok",
+                                uri=result.uri)
+    assert result.uri.startswith("sip:")
     # The method is part of HA2: the same header for another method fails.
     other = auth.verify("BYE", header.replace("0000002a", "0000002b"), lookup, 1.0)
     assert other.reason == "bad credentials"
@@ -297,7 +300,8 @@ def test_verify_against_independent_computation(algorithm: str) -> None:
 def test_non_ascii_username_and_password_round_trip() -> None:
     auth = make_auth()
     header = answer(auth, 0.0, username="zoë", password="ünïcode pässword")
-    assert auth.verify("REGISTER", header, lookup, 0.5) == AuthResult(True, "zoë", False, "ok")
+    assert auth.verify("REGISTER", header, lookup, 0.5) == AuthResult(True, "zoë", False, "ok",
+                                                                     "sip:switchboard.example")
 
 
 def test_missing_algorithm_means_md5() -> None:
@@ -540,7 +544,7 @@ def test_auth_result_is_frozen_and_has_no_secrets() -> None:
         result.ok = True  # type: ignore[misc]
     assert not hasattr(result, "__dict__")  # slots
     assert repr(result) == (
-        "AuthResult(ok=False, username='alice', stale=False, reason='bad credentials')"
+        "AuthResult(ok=False, username='alice', stale=False, reason='bad credentials', uri='')"
     )
     auth = make_auth()
     header = answer(auth, 0.0)

@@ -660,3 +660,16 @@ def test_registered_trunk_call_to_our_contact_takes_the_did_from_to(net: Net) ->
     data = data.replace(b"INVITE sip:+15145550100@127.0.0.1", b"INVITE sip:acct42@127.0.0.1")
     net.send(data, TRUNK)
     assert net.requests(PHONES["101"], "INVITE")
+
+
+def test_credentials_signed_for_another_uri_are_refused(net: Net) -> None:
+    """A digest answer binds the Request-URI (RFC 2617 s3.2.2.5): one signed for a call to
+    102 cannot place a call to an external number."""
+    register(net, "101")
+    src = PHONES["101"]
+    net.send(invite("+15145550199", "101", src), src)
+    [challenge] = [r for r in net.responses(src) if r.status == 407]
+    auth = build_authorization(challenge.get("proxy-authenticate") or "", "INVITE",
+                               "sip:102@pbx.test", "101", "pw101", "cn")
+    net.send(invite("+15145550199", "101", src, auth=auth, cseq=2), src)
+    assert 407 in statuses(net.drain(src)) and net.drain(TRUNK) == []
