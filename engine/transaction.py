@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -333,6 +334,10 @@ _HeapEntry = tuple[float, int, TxKey, str]
 # --------------------------------------------------------------------------
 # The layer
 # --------------------------------------------------------------------------
+_ServerHandler = Callable[[_ServerTx, _Input, float], list[Event]]
+_ClientHandler = Callable[[_ClientTx, _Input, float], list[Event]]
+
+
 class TransactionLayer:
     """All client and server transactions of one SIP element."""
 
@@ -345,6 +350,27 @@ class TransactionLayer:
         self._heap: list[_HeapEntry] = []
         self._seq = 0
         self._live_timers = 0
+        # The state machines as tables: (INVITE?, state) -> the method for that state.
+        # Server: s17.2.1 (Figure 7, with RFC 6026 Accepted) and s17.2.2 (Figure 8).
+        self._server_table: dict[tuple[bool, State], _ServerHandler] = {
+            (True, State.PROCEEDING): self._ist_proceeding,
+            (True, State.COMPLETED): self._ist_completed,
+            (True, State.CONFIRMED): self._ist_confirmed,
+            (True, State.ACCEPTED): self._ist_accepted,
+            (False, State.TRYING): self._nist_trying,
+            (False, State.PROCEEDING): self._nist_proceeding,
+            (False, State.COMPLETED): self._nist_completed,
+        }
+        # Client: s17.1.1 (Figure 5, with RFC 6026 Accepted) and s17.1.2 (Figure 6).
+        self._client_table: dict[tuple[bool, State], _ClientHandler] = {
+            (True, State.CALLING): self._ict_calling,
+            (True, State.PROCEEDING): self._ict_proceeding,
+            (True, State.COMPLETED): self._ict_completed,
+            (True, State.ACCEPTED): self._ict_accepted,
+            (False, State.TRYING): self._nict_trying,
+            (False, State.PROCEEDING): self._nict_proceeding,
+            (False, State.COMPLETED): self._nict_completed,
+        }
 
     # -- inspection -----------------------------------------------------
     def __len__(self) -> int:
@@ -540,25 +566,8 @@ class TransactionLayer:
         return events
 
     def _server_step(self, tx: _ServerTx, inp: _Input, now: float) -> list[Event]:
-        if tx.invite:
-            match tx.state:
-                case State.PROCEEDING:
-                    return self._ist_proceeding(tx, inp, now)
-                case State.COMPLETED:
-                    return self._ist_completed(tx, inp, now)
-                case State.CONFIRMED:
-                    return self._ist_confirmed(tx, inp, now)
-                case State.ACCEPTED:
-                    return self._ist_accepted(tx, inp, now)
-        else:
-            match tx.state:
-                case State.TRYING:
-                    return self._nist_trying(tx, inp, now)
-                case State.PROCEEDING:
-                    return self._nist_proceeding(tx, inp, now)
-                case State.COMPLETED:
-                    return self._nist_completed(tx, inp, now)
-        return []
+        handler = self._server_table.get((tx.invite, tx.state))
+        return handler(tx, inp, now) if handler is not None else []
 
     def _send_response(self, tx: _ServerTx, response: Response) -> list[Event]:
         data = response.to_bytes()
@@ -723,25 +732,8 @@ class TransactionLayer:
         return self._client_step(tx, _Resp(response), now)
 
     def _client_step(self, tx: _ClientTx, inp: _Input, now: float) -> list[Event]:
-        if tx.invite:
-            match tx.state:
-                case State.CALLING:
-                    return self._ict_calling(tx, inp, now)
-                case State.PROCEEDING:
-                    return self._ict_proceeding(tx, inp, now)
-                case State.COMPLETED:
-                    return self._ict_completed(tx, inp, now)
-                case State.ACCEPTED:
-                    return self._ict_accepted(tx, inp, now)
-        else:
-            match tx.state:
-                case State.TRYING:
-                    return self._nict_trying(tx, inp, now)
-                case State.PROCEEDING:
-                    return self._nict_proceeding(tx, inp, now)
-                case State.COMPLETED:
-                    return self._nict_completed(tx, inp, now)
-        return []
+        handler = self._client_table.get((tx.invite, tx.state))
+        return handler(tx, inp, now) if handler is not None else []
 
     def _resend_request(self, tx: _ClientTx) -> list[Event]:
         return [Send(tx.data, tx.dest, tx.transport)]
