@@ -320,7 +320,8 @@ class Server:
                                          status=400)
             status = STATUSES[STATUSES.index(status_text)]
         try:
-            at = parse_when(q["at"]) if q.get("at") else dt.datetime.now(dt.UTC)
+            at = parse_when(q["at"]) if q.get("at") else dt.datetime.fromtimestamp(
+                time.time() + self.engine.route_clock_offset, dt.UTC)  # the routing clock
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         engine = self.engine

@@ -361,3 +361,26 @@ def test_unregistered_user_follows_the_busy_rule(small_pbx: EngineProcess, work:
                expect=480, port=PORTS["trunkin"]))
     routed = [line for line in log_events(small_pbx, "call routed") if "+15145550104" in line]
     assert routed and "no device registered" in routed[-1], routed
+
+
+def test_directory_change_reaches_the_running_engine(small_pbx: EngineProcess) -> None:
+    def first_step() -> dict[str, object]:
+        plan = json.loads(small_pbx.http_get("/route/explain?from=101&to=103"))
+        step: dict[str, object] = plan["steps"][0]
+        return step
+
+    assert first_step()["type"] == "voicemail"  # 103 has no phone on this engine
+    changed = small_pbx.data_dir / "changed.toml"
+    changed.write_text(directory_text(channels=1, supports_302=False).replace(
+        'name = "Chloe Roy"', 'name = "Chloe Roy"\ndisabled = true'))
+    before = small_pbx.log().count("directory reloaded")
+    result = small_pbx.cli("provision", "apply", str(changed))
+    assert result.returncode == 0, result.stderr
+    deadline = time.monotonic() + 5
+    while small_pbx.log().count("directory reloaded") == before:
+        assert time.monotonic() < deadline, "the engine did not reload the directory"
+        time.sleep(0.1)
+    assert first_step()["type"] == "reject"  # 103 is disabled now, no restart
+    restored = small_pbx.data_dir / "restored.toml"
+    restored.write_text(directory_text(channels=1, supports_302=False))
+    assert small_pbx.cli("provision", "apply", str(restored)).returncode == 0
