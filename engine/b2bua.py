@@ -176,6 +176,7 @@ class B2BUA:
         self.wall_clock = wall_clock
         self.calls: dict[tuple[str, str], Call] = {}  # (Call-ID, caller's From tag)
         self._by_tag: dict[tuple[str, str], Call] = {}  # (Call-ID, our To tag)
+        self._by_key: dict[TxKey, Call] = {}  # the caller's INVITE transaction
         self._legs: dict[TxKey, Leg] = {}  # callee INVITE client transactions
         self._by_leg_call_id: dict[str, Leg] = {}
         self._timers: list[tuple[float, int, tuple[str, str], str]] = []
@@ -269,6 +270,7 @@ class B2BUA:
                 to_tag=call.tag), now)
         self.calls[call_key] = call
         self._by_tag[(call.id, call.tag)] = call
+        self._by_key[key] = call
         members = [facts.caller] if facts.source == "phone" else []
         call.members = tuple(members)
         for ext in members:
@@ -575,7 +577,7 @@ class B2BUA:
 
     def on_cancel(self, invite_key: TxKey, now: float, local: Local) -> list[Event]:
         """The caller cancelled (the layer answered the CANCEL 200): 487 and CANCEL legs."""
-        call = next((c for c in self.calls.values() if c.key == invite_key), None)
+        call = self._by_key.get(invite_key)
         if call is None or call.state != "routing":
             return []
         log.info("caller cancelled", call_id=call.id)
@@ -743,6 +745,7 @@ class B2BUA:
         self.completed += 1
         self.calls.pop(_call_key(call), None)
         self._by_tag.pop((call.id, call.tag), None)
+        self._by_key.pop(call.key, None)
         call.timers.clear()
         for ext in call.members:
             n = self.on_call.get(ext, 0) - 1
