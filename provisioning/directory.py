@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 from provisioning.model import (
     CODECS,
+    DEFAULT_CODECS,
     DIGITS_RE,
     LANGUAGES,
     NAME_RE,
@@ -765,7 +766,7 @@ class _Parser:
         return greeting
 
     def codecs(self, t: _Table) -> tuple[Codec, ...]:
-        names = t.strings("codecs", ("G722", "PCMU", "PCMA"))
+        names = t.strings("codecs", DEFAULT_CODECS)
         codecs: list[Codec] = []
         by_lower = {c.lower(): c for c in CODECS}
         for i, name in enumerate(names):

@@ -52,6 +52,8 @@ READ_DATETIMES: tuple[ReadDatetime, ...] = get_args(ReadDatetime)
 VOICEMAIL_EMAILS: tuple[VoicemailEmail, ...] = get_args(VoicemailEmail)
 CODECS: tuple[Codec, ...] = get_args(Codec)
 DESTINATION_KINDS: tuple[DestinationKind, ...] = get_args(DestinationKind)
+#: The media issue's default codec priority (a user or device without a ``codecs`` list).
+DEFAULT_CODECS: tuple[Codec, ...] = ("G722", "PCMU", "PCMA", "G729")
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 #: Destinations that leave the system through a trunk; only these may carry
@@ -411,7 +413,7 @@ class User:
     disabled: bool = False
     external_calls: bool = True
     outbound_pin_required: bool = False
-    codecs: tuple[Codec, ...] = ("G722", "PCMU", "PCMA")
+    codecs: tuple[Codec, ...] = DEFAULT_CODECS
     record_calls: RecordCalls = "off"
     voicemail: VoicemailSettings = VoicemailSettings()
     schedule: Schedule = Schedule()
