@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=10_000)
     args = ap.parse_args()
     import structlog
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40), cache_logger_on_first_use=True)  # warnings+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40),  # warnings+
+                        cache_logger_on_first_use=True)
 
     wall = [1_790_000_000.0]
     engine = Engine(parse_directory(tomllib.loads(DIRECTORY), "<bench>"), {"127.0.0.1"}, 5060,
