@@ -35,6 +35,8 @@ from typing import Any, ClassVar, Literal, Protocol, cast
 import numpy as np
 import numpy.typing as npt
 
+from media import sdp
+
 FRAME_MS = 20
 """The packetization time the engine sends (RFC 3551 s4.5: 20 ms default for G.711/G.722)."""
 
@@ -46,10 +48,14 @@ TRANSCODED = ("PCMU", "PCMA", "G722")
 RELAYED = ("G729",)
 """Codecs the engine negotiates and relays but cannot encode or decode."""
 
-STATIC_PAYLOAD_TYPES: dict[str, int] = {"PCMU": 0, "PCMA": 8, "G722": 9, "G729": 18}
-"""RFC 3551 s6, table 4."""
+STATIC_PAYLOAD_TYPES: dict[str, int] = {
+    name: pt for pt, (name, _rate, _ch) in sdp.STATIC_PAYLOAD_TYPES.items()
+    if name in ("PCMU", "PCMA", "G722", "G729")}
+"""RFC 3551 s6, table 4 (from the one table in :mod:`media.sdp`)."""
 
-CLOCK_RATES: dict[str, int] = {"PCMU": 8000, "PCMA": 8000, "G722": 8000, "G729": 8000}
+CLOCK_RATES: dict[str, int] = {
+    name: rate for _pt, (name, rate, _ch) in sdp.STATIC_PAYLOAD_TYPES.items()
+    if name in STATIC_PAYLOAD_TYPES}
 """RTP clock rates, RFC 3551 table 4 (G722's 8000 is the s4.5.2 quirk)."""
 
 G729_REFUSAL = "G.729 is relayed, not transcoded: the engine cannot encode or decode it"
