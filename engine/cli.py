@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from provisioning.directory import DirectoryError, load_directory
-from provisioning.store import Store, StoreError, open_store
+from provisioning.store import ApplyReport, Store, StoreError, open_store
 
 DEFAULT_DATA_DIR = "switchboard-data"
 
@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sclear)
     sclear.add_argument("extension")
 
+    vm = sub.add_parser("voicemail", help="mailboxes")
+    vsub = vm.add_subparsers(dest="action", required=True)
+    vlist = vsub.add_parser("list", help="the messages of a mailbox")
+    _common(vlist)
+    vlist.add_argument("extension")
+    vlist.add_argument("--json", action="store_true",
+                       help="an array of {id, caller, time, duration, read, path}")
+    vdel = vsub.add_parser("delete", help="delete one message (its WAV file too)")
+    _common(vdel)
+    vdel.add_argument("extension")
+    vdel.add_argument("id")
+
     route = sub.add_parser("route", help="call routing")
     rsub = route.add_subparsers(dest="action", required=True)
     rexp = rsub.add_parser("explain", help="print the plan for a call that has not happened")
@@ -154,6 +166,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.directory:
             directory = load_directory(args.directory)
             report = await store.apply_directory(directory)
+            _drop_removed_mailboxes(args, report)
             structlog.get_logger("switchboard").info(
                 "directory applied", file=args.directory, changed=report.changed)
         loaded = await store.load_directory()
@@ -191,6 +204,7 @@ async def _apply(args: argparse.Namespace) -> int:
         report = await store.apply_directory(directory)
     finally:
         await store.close()
+    _drop_removed_mailboxes(args, report)
     print(format_report(report))
     return 0
 
@@ -244,6 +258,50 @@ async def _status_clear(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _voicemail_list(args: argparse.Namespace) -> int:
+    from provisioning.mailbox import dumps, format_messages
+
+    store = _store(args)
+    await store.open()
+    try:
+        await _known_user(store, args.extension)
+        messages = await store.list_voicemail(args.extension)
+    finally:
+        await store.close()
+    print(dumps(messages) if args.json else format_messages(messages))
+    return 0
+
+
+async def _voicemail_delete(args: argparse.Namespace) -> int:
+    store = _store(args)
+    await store.open()
+    try:
+        await _known_user(store, args.extension)
+        gone = await store.delete_voicemail(args.extension, args.id)
+    finally:
+        await store.close()
+    if gone is None:
+        raise LookupError(f"mailbox {args.extension} has no message '{args.id}'")
+    Path(gone.path).unlink(missing_ok=True)
+    print(f"{args.extension}: deleted {args.id}")
+    return 0
+
+
+async def _known_user(store: Store, extension: str) -> None:
+    directory = await store.load_directory()
+    if directory is None or directory.user(extension) is None:
+        raise LookupError(f"unknown extension '{extension}' (no such user)")
+
+
+def _drop_removed_mailboxes(args: argparse.Namespace, report: ApplyReport) -> None:
+    """Deleting a user deletes their voicemail (the admin guide's warning): the files."""
+    from provisioning.mailbox import remove_mailboxes
+
+    removed = report.removed("users")
+    if removed:
+        remove_mailboxes(Path(args.data_dir), removed)
+
+
 def parse_when(text: str) -> dt.datetime:
     """An ISO 8601 time; without a zone it is UTC."""
     try:
@@ -291,7 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         runners = {("provision", "apply"): _apply, ("registrations", None): _registrations,
                    ("status", "set"): _status_set, ("status", "clear"): _status_clear,
-                   ("route", "explain"): _route_explain}
+                   ("route", "explain"): _route_explain,
+                   ("voicemail", "list"): _voicemail_list,
+                   ("voicemail", "delete"): _voicemail_delete}
         runner = runners[(args.command, getattr(args, "action", None))]
         return asyncio.run(runner(args))
     except DirectoryError as exc:

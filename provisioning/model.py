@@ -513,3 +513,19 @@ class Binding:
 
     def expired(self, now: float) -> bool:
         return self.expires_at <= now
+
+
+# --------------------------------------------------------------------------- voicemail
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoicemailMessage:
+    """One message in a mailbox: who left it, when, how long, and its WAV file."""
+
+    id: str
+    box: str  # the extension
+    caller: str
+    time: float  # epoch seconds
+    duration: float  # seconds
+    path: str  # absolute path of the WAV (8 kHz, 16-bit, mono)
+    read: bool = False

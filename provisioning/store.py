@@ -58,7 +58,7 @@ from provisioning.directory import (
     table_rows,
     with_statuses,
 )
-from provisioning.model import STATUSES, Binding, Directory, Status
+from provisioning.model import STATUSES, Binding, Directory, Status, VoicemailMessage
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -102,6 +102,15 @@ _SCHEMA = (
         reg_id INTEGER,
         PRIMARY KEY (aor, contact))""",
     "CREATE INDEX IF NOT EXISTS bindings_expires_at ON bindings (expires_at)",
+    """CREATE TABLE IF NOT EXISTS voicemail (
+        id TEXT PRIMARY KEY,
+        box TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        time DOUBLE PRECISION NOT NULL,
+        duration DOUBLE PRECISION NOT NULL,
+        path TEXT NOT NULL,
+        is_read BOOLEAN NOT NULL DEFAULT FALSE)""",
+    "CREATE INDEX IF NOT EXISTS voicemail_box ON voicemail (box, time)",
 )
 
 _BINDING_COLUMNS = (
@@ -234,6 +243,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def load_status_overrides(self) -> dict[str, Status]:
         """The live statuses set by ``status set`` (extension -> status)."""
+
+    @abc.abstractmethod
+    async def save_voicemail(self, message: VoicemailMessage) -> None:
+        """Store a new message (its WAV is already written)."""
+
+    @abc.abstractmethod
+    async def list_voicemail(self, box: str) -> list[VoicemailMessage]:
+        """The messages of ``box``, oldest first."""
+
+    @abc.abstractmethod
+    async def delete_voicemail(self, box: str, message_id: str) -> VoicemailMessage | None:
+        """Remove one message; returns it (to delete its file), None if absent."""
+
+    @abc.abstractmethod
+    async def mark_voicemail_read(self, box: str, message_id: str) -> bool: ...
 
     @abc.abstractmethod
     async def write_bindings(
@@ -435,6 +459,8 @@ class _SQLStore(Store):
                 )
                 if table == "users":
                     await tx.execute("DELETE FROM bindings WHERE aor = $1", key)
+                    # the admin guide's warning: deleting a user deletes their voicemail
+                    await tx.execute("DELETE FROM voicemail WHERE box = $1", key)
             await tx.execute(
                 "DELETE FROM status_overrides WHERE extension NOT IN "
                 "(SELECT key FROM directory_rows WHERE tbl = 'users')"
@@ -442,6 +468,35 @@ class _SQLStore(Store):
             if changes:
                 await _bump_revision(tx)
         return ApplyReport(tuple(changes))
+
+    async def save_voicemail(self, message: VoicemailMessage) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO voicemail (id, box, caller, time, duration, path, is_read) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                message.id, message.box, message.caller, float(message.time),
+                float(message.duration), message.path, message.read)
+
+    async def list_voicemail(self, box: str) -> list[VoicemailMessage]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT id, box, caller, time, duration, path, is_read FROM voicemail "
+                "WHERE box = $1 ORDER BY time, id", box)
+        return [_voicemail(row) for row in rows]
+
+    async def delete_voicemail(self, box: str, message_id: str) -> VoicemailMessage | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "DELETE FROM voicemail WHERE box = $1 AND id = $2 "
+                "RETURNING id, box, caller, time, duration, path, is_read", box, message_id)
+        return _voicemail(rows[0]) if rows else None
+
+    async def mark_voicemail_read(self, box: str, message_id: str) -> bool:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE voicemail SET is_read = TRUE WHERE box = $1 AND id = $2 RETURNING id",
+                box, message_id)
+        return bool(rows)
 
     async def revision(self) -> int:
         async with self._transaction() as tx:
@@ -544,6 +599,12 @@ class _SQLStore(Store):
                 "DELETE FROM bindings WHERE expires_at <= $1 RETURNING aor", float(now)
             )
         return len(gone)
+
+
+def _voicemail(row: tuple[Any, ...]) -> VoicemailMessage:
+    id_, box, caller, when, duration, path, is_read = row
+    return VoicemailMessage(id=str(id_), box=str(box), caller=str(caller), time=float(when),
+                            duration=float(duration), path=str(path), read=bool(is_read))
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:

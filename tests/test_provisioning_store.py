@@ -496,3 +496,34 @@ async def test_unreachable_postgres_is_a_clear_error(tmp_path: Path) -> None:
     store = open_store("postgresql://nobody:secret@127.0.0.1:1/none", tmp_path)
     with pytest.raises(StoreError, match=r"cannot connect to PostgreSQL at .*nobody:\*\*\*@"):
         await store.open()
+
+
+# --------------------------------------------------------------------------- voicemail
+
+
+async def test_voicemail_save_list_read_delete_and_removed_user(
+    store: Store, directory: Directory
+) -> None:
+    from provisioning.model import VoicemailMessage
+
+    await store.apply_directory(directory)
+    first = VoicemailMessage(id="m1", box="101", caller="+15145550199", time=1000.5,
+                             duration=12.25, path="/data/voicemail/101/m1.wav")
+    second = VoicemailMessage(id="m2", box="101", caller="102", time=2000.0, duration=3.0,
+                              path="/data/voicemail/101/m2.wav")
+    other = VoicemailMessage(id="m3", box="203", caller="101", time=1500.0, duration=1.0,
+                             path="/data/voicemail/203/m3.wav")
+    for m in (second, first, other):
+        await store.save_voicemail(m)
+    assert await store.list_voicemail("101") == [first, second]  # oldest first
+    assert await store.mark_voicemail_read("101", "m1")
+    assert not await store.mark_voicemail_read("203", "m1")  # another box's id: no
+    assert (await store.list_voicemail("101"))[0].read
+    assert await store.delete_voicemail("101", "m2") == second
+    assert await store.delete_voicemail("101", "m2") is None
+    # removing user 203 from the directory removes their messages too
+    without_203 = dataclasses.replace(
+        directory, users=tuple(u for u in directory.users if u.extension != "203"))
+    await store.apply_directory(without_203)
+    assert await store.list_voicemail("203") == []
+    assert [m.id for m in await store.list_voicemail("101")] == ["m1"]
