@@ -14,20 +14,28 @@ import json
 import signal
 import socket
 import time
+import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from engine.b2bua import MediaAction, OpenMedia, StartVoicemail, StopMedia
 from engine.core import Engine, Outcome
 from engine.message import ParseError, StreamFramer
 from engine.transaction import Addr, Send
-from provisioning.model import Binding
+from media.endpoint import MediaEndpoint, MediaError
+from media.session import Clip, MediaService, Pcm, Recorder
+from media.tones import beep
+from provisioning.mailbox import mailbox_dir
+from provisioning.model import Binding, VoicemailMessage
 from provisioning.store import Store
 
 log = structlog.get_logger("switchboard.app")
 
+MIN_MESSAGE_SECONDS = 0.5  # shorter recordings (a hang-up at the beep) are not kept
 WRITE_BATCH = 500  # binding changes per store transaction
 MAX_TCP_CONNECTIONS = 1024
 TCP_IDLE_SECONDS = 3600.0
@@ -83,6 +91,12 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._revision = 0
+        system = engine.directory.system
+        self.media = MediaService(f"{system.rtp_port_min}-{system.rtp_port_max}",
+                                  host=config.sip_host or "0.0.0.0")
+        self._endpoints: dict[tuple[str, str], MediaEndpoint] = {}
+        self._recorders: dict[tuple[str, str], Recorder] = {}
+        self._media_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -136,6 +150,11 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.tcp.wait_closed(), 2.0)
         await self._writes.join()
+        for recorder in list(self._recorders.values()):
+            recorder.stop("hangup")  # messages being left are kept
+        if self._media_tasks:
+            await asyncio.wait(set(self._media_tasks), timeout=2.0)
+        await self.media.close_all()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -159,6 +178,8 @@ class Server:
     def _apply(self, outcome: Outcome) -> None:
         for send in outcome.sends:
             self._send(send)
+        for action in outcome.media:
+            self._media_action(action)
         for b in outcome.saved:
             self._writes.put_nowait(("save", b))
         for b in outcome.removed:
@@ -234,6 +255,74 @@ class Server:
             self.connections.pop(addr, None)
             self.engine.metrics.tcp_connections.set(len(self.connections))
             writer.close()
+
+    # -- media (voicemail) ---------------------------------------------------------
+    def _media_action(self, action: MediaAction) -> None:
+        if isinstance(action, OpenMedia):
+            self._spawn(self._open_media(action.call))
+        elif isinstance(action, StartVoicemail):
+            self._spawn(self._voicemail(action))
+        elif isinstance(action, StopMedia):
+            recorder = self._recorders.get(action.call)
+            if recorder is not None:
+                recorder.stop("hangup")  # the voicemail task saves and closes
+            else:
+                endpoint = self._endpoints.pop(action.call, None)
+                if endpoint is not None:
+                    endpoint.close()
+
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._media_tasks.add(task)
+        task.add_done_callback(self._media_tasks.discard)
+
+    async def _open_media(self, call: tuple[str, str]) -> None:
+        try:
+            endpoint = await self.media.open_endpoint()
+        except MediaError as exc:
+            self._apply(self.engine.media_failed(call, str(exc), time.monotonic()))
+            return
+        self._endpoints[call] = endpoint
+        self._apply(self.engine.media_ready(call, endpoint.rtp_port, time.monotonic()))
+
+    async def _voicemail(self, job: StartVoicemail) -> None:
+        """Greeting, beep, record; the message goes to the store; then hang up."""
+        endpoint = self._endpoints.get(job.call)
+        if endpoint is None:
+            return
+        try:
+            endpoint.configure(job.negotiated)
+            clips: list[Clip] = [] if job.greeting == "default" else [job.greeting]
+            clips.append(Pcm(beep()))
+            player = await self.media.play(endpoint, clips)
+            await player.wait()
+            if endpoint.closed:
+                return  # the caller hung up during the greeting
+            message_id = uuid.uuid4().hex
+            folder = mailbox_dir(self.config.data_dir, job.box)
+            folder.mkdir(parents=True, exist_ok=True)
+            recorder = self.media.record(endpoint, folder / f"{message_id}.wav",
+                                         max_seconds=job.max_seconds)
+            self._recorders[job.call] = recorder
+            recording = await recorder.wait()
+            if recording.duration >= MIN_MESSAGE_SECONDS:
+                await self.store.save_voicemail(VoicemailMessage(
+                    id=message_id, box=job.box, caller=job.caller, time=time.time(),
+                    duration=recording.duration, path=str(recording.path.resolve())))
+                log.info("voicemail left", call_id=job.call_id, box=job.box, id=message_id,
+                         seconds=round(recording.duration, 1), ended_by=recording.reason)
+            else:
+                recording.path.unlink(missing_ok=True)
+            if recording.reason != "hangup":
+                self._apply(self.engine.hangup(job.call, time.monotonic()))
+        except Exception:
+            log.exception("voicemail failed", call_id=job.call_id, box=job.box)
+            self._apply(self.engine.hangup(job.call, time.monotonic()))
+        finally:
+            self._recorders.pop(job.call, None)
+            gone = self._endpoints.pop(job.call, None)
+            if gone is not None:
+                gone.close()
 
     # -- background work -----------------------------------------------------------
     async def _writer(self) -> None:

@@ -60,7 +60,8 @@ import structlog
 from engine.dialog import Dialog, new_branch, new_call_id, new_tag
 from engine.message import ParseError, Request, Response, make_response, warning_value
 from engine.transaction import Addr, Event, Send, TxKey
-from provisioning.model import Directory, Status
+from media import sdp
+from provisioning.model import DEFAULT_CODECS, Directory, Status
 from routing import (
     Busy,
     CallFacts,
@@ -143,6 +144,8 @@ class Call:
     answered_at: float = 0.0
     last_failure: int = 0
     early_sent: bool = False
+    voicemail: Voicemail | None = None  # a voicemail step waiting for or holding media
+    media_open: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,38 @@ class Relay:
     origin: Request
     sent: Request
     to_caller: bool  # True: we sent it to the caller (it came from the callee)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMedia:
+    """Open an RTP endpoint for ``call``; answer with :meth:`B2BUA.media_ready`
+    (or :meth:`B2BUA.media_failed`)."""
+
+    call: tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StartVoicemail:
+    """The caller was answered: play the greeting and a beep, then record."""
+
+    call: tuple[str, str]
+    call_id: str
+    negotiated: sdp.Negotiated
+    box: str
+    greeting: str  # "default" or a WAV path
+    max_seconds: int
+    caller: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopMedia:
+    """The call ended: stop what plays or records, close the endpoint."""
+
+    call: tuple[str, str]
+
+
+MediaAction = OpenMedia | StartVoicemail | StopMedia
+DECODABLE = frozenset({"PCMU", "PCMA", "G722"})  # what the engine can play and record
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +221,15 @@ class B2BUA:
         self.statuses: dict[str, Status] = {}
         self.completed = 0
         self._relays: dict[TxKey, Relay] = {}
+        self.media_actions: list[MediaAction] = []
+        self.directory: Directory | None = None
         # Trunks by name: (host, port, transport) and channel limits (None: no limit).
         self.trunk_addresses: dict[str, tuple[str, int, str]] = {}
         self.trunk_limits: dict[str, int | None] = {}
         self.timers = transactions.timers
 
     def set_directory(self, directory: Directory) -> None:
+        self.directory = directory
         self.trunk_addresses = {t.name: (t.host, t.port, t.transport) for t in directory.trunks}
         self.trunk_limits = {t.name: t.channels for t in directory.trunks}
 
@@ -296,12 +334,18 @@ class B2BUA:
             headers = [("Contact", f"<sip:{step.number}@{host}>")]
             headers += [("Diversion", v) for v in _diversion(step.diversion, local.domain)]
             return self._final(call, 302, now, headers)
-        if isinstance(step, Voicemail | MailboxAccess):
-            what = (f"voicemail of {step.box} was chosen" if isinstance(step, Voicemail)
-                    else f"mailbox access for {step.box} was chosen")
-            return self._final(call, 480, now, [
-                ("Warning", warning_value(f"{what}; voicemail needs the media layer, "
-                                          "not in this build"))])
+        if isinstance(step, Voicemail):
+            if not call.invite.body:
+                return self._final(call, 480, now, [("Warning", warning_value(
+                    f"voicemail of {step.box} was chosen; it needs an SDP offer in the INVITE "
+                    "(late offer is not supported)"))])
+            call.voicemail = step
+            self.media_actions.append(OpenMedia(_call_key(call)))
+            return []
+        if isinstance(step, MailboxAccess):
+            return self._final(call, 480, now, [("Warning", warning_value(
+                f"mailbox access for {step.box} was chosen; listening to messages by phone "
+                "is not in this build (use 'switchboard voicemail list')"))])
         if isinstance(step, Busy):
             return self._final(call, 486, now)
         if isinstance(step, Reject):
@@ -584,6 +628,74 @@ class B2BUA:
         events = self._cancel_legs(call, now, None)
         return events + self._final(call, 487, now)
 
+    # ------------------------------------------------------------------ media (voicemail)
+    def take_media(self) -> list[MediaAction]:
+        actions, self.media_actions = self.media_actions, []
+        return actions
+
+    def media_ready(self, key: tuple[str, str], port: int, now: float,
+                    local: Local) -> list[Event]:
+        """The endpoint for a voicemail call is open on ``port``: answer the caller."""
+        call = self.calls.get(key)
+        if call is None or call.voicemail is None or call.state != "routing":
+            self.media_actions.append(StopMedia(key))  # the caller left meanwhile
+            return []
+        call.media_open = True
+        return self._guard(call, now, local, functools.partial(
+            self._answer_voicemail, call, call.voicemail, port, now, local))
+
+    def media_failed(self, key: tuple[str, str], reason: str, now: float) -> list[Event]:
+        call = self.calls.get(key)
+        if call is None or call.state != "routing":
+            return []
+        log.warning("no media for voicemail", call_id=call.id, reason=reason)
+        return self._final(call, 503, now, [("Warning", warning_value(reason))])
+
+    def hangup(self, key: tuple[str, str], now: float, local: Local) -> list[Event]:
+        """The engine's own endpoint is done (message recorded): BYE the caller."""
+        call = self.calls.get(key)
+        if call is None:
+            return []
+        return self._hangup(call, now, local, bye_caller=True)
+
+    def _answer_voicemail(self, call: Call, step: Voicemail, port: int, now: float,
+                          local: Local) -> list[Event]:
+        try:
+            offer = sdp.parse_sdp(call.invite.body)
+        except sdp.SdpError as exc:
+            return self._final(call, 488, now, [("Warning", warning_value(
+                f"unreadable SDP offer: {exc.message}"))])
+        owner = self.directory.user(step.box) if self.directory else None
+        caller = self.directory.user(call.facts.caller) if (
+            self.directory and call.facts.source == "phone") else None
+        # Where the engine itself answers, the caller's codec list (the media issue).
+        codecs = caller.codecs if caller is not None else DEFAULT_CODECS
+        answer = sdp.answer(offer, codecs, address=local.host, port=port,
+                            session_id=abs(hash(call.id)) % 10**9, can_decode=DECODABLE)
+        if isinstance(answer, sdp.AnswerRefused):
+            return self._final(call, answer.status, now, [("Warning", warning_value(
+                answer.reason))])
+        negotiated = sdp.negotiated(offer, answer)
+        contact = f"<sip:switchboard@{local.host}:{local.port}" + (
+            ";transport=tcp>" if call.transport == "tcp" else ">")
+        headers = [("Server", "Switchboard/0.1"), ("Contact", contact),
+                   ("Content-Type", "application/sdp")]
+        ok = make_response(call.invite, 200, None, headers, answer.to_bytes(), to_tag=call.tag)
+        call.state = "answered"
+        call.answered_at = now
+        call.ok = ok
+        call.caller_dialog = Dialog.uas(call.invite, call.tag, contact, confirmed=True)
+        if call.transport == "udp":
+            call.ok_interval = self.timers.t1
+            call.ok_deadline = now + self.timers.long
+            self._arm(call, "ok", now + call.ok_interval)
+        max_seconds = owner.voicemail.max_seconds if owner is not None else 180
+        self.media_actions.append(StartVoicemail(
+            _call_key(call), call.id, negotiated, step.box, step.greeting, max_seconds,
+            call.facts.caller))
+        log.info("voicemail answered", call_id=call.id, box=step.box, codec=negotiated.codec)
+        return self._respond_caller(call, ok, now)
+
     # ------------------------------------------------------------------ in-dialog requests
     def on_ack(self, ack: Request, now: float) -> list[Event]:
         """An ACK for a 2xx (no transaction): stop retransmitting our 2xx."""
@@ -743,6 +855,8 @@ class B2BUA:
             return
         call.state = "ended"
         self.completed += 1
+        if call.voicemail is not None and call.media_open:
+            self.media_actions.append(StopMedia(_call_key(call)))
         self.calls.pop(_call_key(call), None)
         self._by_tag.pop((call.id, call.tag), None)
         self._by_key.pop(call.key, None)

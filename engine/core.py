@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from engine.auth import AuthResult, DigestAuthenticator, FailureLimiter
-from engine.b2bua import B2BUA, Local
+from engine.b2bua import B2BUA, Local, MediaAction
 from engine.message import (
     ParseError,
     Request,
@@ -66,6 +66,7 @@ class Outcome:
     sends: list[Send] = field(default_factory=list)
     saved: list[Binding] = field(default_factory=list)
     removed: list[Binding] = field(default_factory=list)
+    media: list[MediaAction] = field(default_factory=list)  # for the media service
 
 
 class Engine:
@@ -148,6 +149,28 @@ class Engine:
     # -- input ----------------------------------------------------------------
     def datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
         """Handle one datagram (or one framed stream message)."""
+        out = self._datagram(data, source, transport, now)
+        if self.b2bua.media_actions:
+            out.media.extend(self.b2bua.take_media())
+        return out
+
+    # -- the media service's answers (voicemail) ------------------------------------
+    def media_ready(self, call: tuple[str, str], port: int, now: float) -> Outcome:
+        return self._media(self.b2bua.media_ready(call, port, now, self.local), now)
+
+    def media_failed(self, call: tuple[str, str], reason: str, now: float) -> Outcome:
+        return self._media(self.b2bua.media_failed(call, reason, now), now)
+
+    def hangup(self, call: tuple[str, str], now: float) -> Outcome:
+        return self._media(self.b2bua.hangup(call, now, self.local), now)
+
+    def _media(self, events: Sequence[object], now: float) -> Outcome:
+        out = Outcome()
+        self._run(events, now, out)
+        out.media.extend(self.b2bua.take_media())
+        return out
+
+    def _datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
         out = Outcome()
         try:
             msg = parse(data, stream=transport != "udp")
@@ -191,12 +214,14 @@ class Engine:
         self._run(self.transactions.on_timer(now), now, out)
         self._run(self.b2bua.on_timer(now, self.local), now, out)
         self._run(self.trunkreg.on_timer(now, self.local), now, out)
+        out.media.extend(self.b2bua.take_media())
         return out
 
     def shutdown(self, now: float) -> Outcome:
         """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
         out = Outcome()
         self._run(self.b2bua.shutdown(now, self.local), now, out)
+        out.media.extend(self.b2bua.take_media())
         return out
 
     def expire(self, now_wall: float) -> Outcome:

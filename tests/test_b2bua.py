@@ -120,8 +120,10 @@ class Net:
     engine: Engine
     clock: Clock
     inbox: dict[Addr, list[Request | Response]] = field(default_factory=dict)
+    media: list[object] = field(default_factory=list)
 
     def take(self, outcome: Outcome) -> None:
+        self.media.extend(outcome.media)
         for send in outcome.sends:
             self.inbox.setdefault(send.addr, []).append(parse(send.data))
 
@@ -427,15 +429,52 @@ def test_on_a_call_without_multiple_calls_is_busy(net: Net) -> None:
     assert "reason=user-busy" in (fwd.get("diversion") or "")
 
 
-def test_voicemail_is_chosen_and_said_until_media_lands(net: Net) -> None:
+def voicemail_answered(net: Net, src: Addr, box: str) -> Response:
+    """The media service opens an endpoint; the engine answers the caller with SDP."""
+    from engine.b2bua import OpenMedia, StartVoicemail
+
+    [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
+    net.take(net.engine.media_ready(opened.call, 30000, net.clock.now))
+    [start] = [m for m in net.media if isinstance(m, StartVoicemail)]
+    assert start.box == box and start.negotiated.codec in ("PCMU", "PCMA", "G722")
+    [ok] = [r for r in net.responses(src) if r.status == 200]
+    assert b"m=audio 30000 RTP/AVP" in ok.body
+    return ok
+
+
+def test_voicemail_answers_with_sdp_then_hangs_up_when_done(net: Net) -> None:
+    from engine.b2bua import OpenMedia, StopMedia
+
     register(net, "101", "102")
     src = phone_call(net, "101", "102")
     [inv] = net.requests(PHONES["102"], "INVITE")
     net.send(reply(inv, 180), PHONES["102"])
     net.tick(10.5)
-    final = [r for r in net.responses(src) if r.status >= 300]
-    assert final[0].status == 480
-    assert "voicemail of 102 was chosen" in (final[0].get("warning") or "")
+    ok = voicemail_answered(net, src, "102")
+    net.send(in_dialog("ACK", ok, src, cseq=2, call_id="call-1", branch="vmack"), src)
+    [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
+    net.take(net.engine.hangup(opened.call, net.clock.now))  # message recorded ('#')
+    assert net.requests(src, "BYE")
+    assert any(isinstance(m, StopMedia) for m in net.media) and net.engine.b2bua.calls == {}
+
+
+def test_voicemail_refuses_g729_only_with_488(net: Net) -> None:
+    from engine.b2bua import OpenMedia
+
+    register(net, "101")
+    net.engine.set_statuses({"101": "away"})
+    g729 = invite("+15145550100", "+15145550199", TRUNK, call_id="g729", host="127.0.0.1")
+    body = SDP.replace(b"RTP/AVP 0 8 101", b"RTP/AVP 18 101")
+    g729 = g729.replace(SDP, body).replace(b"Content-Length: %d" % len(SDP),
+                                           b"Content-Length: %d" % len(body))
+    net.send(g729, TRUNK)
+    net.drain(PHONES["101"])
+    net.tick(10.5)
+    [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
+    net.take(net.engine.media_ready(opened.call, 30002, net.clock.now))
+    final = [r for r in net.responses(TRUNK) if r.status >= 300]
+    assert final and final[0].status == 488
+    assert "G729" in (final[0].get("warning") or "")
 
 
 # ---------------------------------------------------------------------- trunks
@@ -469,7 +508,8 @@ def test_early_media_does_not_stop_the_no_answer_timer(net: Net) -> None:
     net.tick(10.5)
     msgs = net.drain(TRUNK)
     assert any(isinstance(m, Request) and m.method == "CANCEL" for m in msgs)
-    assert 480 in statuses(msgs)  # away, no answer -> voicemail (480 until media lands)
+    from engine.b2bua import OpenMedia
+    assert any(isinstance(m, OpenMedia) for m in net.media)  # away, no answer -> voicemail
 
 
 def test_deflection_302_to_a_trunk_that_supports_it(net: Net) -> None:
@@ -500,9 +540,7 @@ def test_rebound_refused_comes_back_to_voicemail(net: Net) -> None:
     mobile = next(m for m in net.drain(TRUNK) if isinstance(m, Request) and m.method == "INVITE")
     assert mobile.uri.user == "+15145550444"
     net.send(reply(mobile, 603, tag="mob"), TRUNK)
-    final = [r for r in net.responses(TRUNK) if r.status >= 300]
-    assert final and final[0].status == 480
-    assert "voicemail of 104" in (final[0].get("warning") or "")
+    voicemail_answered(net, TRUNK, "104")
 
 
 def test_channel_limit_gives_503_when_nothing_else_is_planned(net: Net) -> None:
