@@ -405,7 +405,7 @@ class Engine:
             answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now)])
             return None
         result = self.auth.verify(method, credentials[0], self.password_of, now)
-        if result.ok and not _same_target(result.uri, req):
+        if result.ok and not _same_target(result.uri, req, self.local_hosts):
             result = _uri_mismatch(result)
         if result.stale:
             answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
@@ -442,7 +442,7 @@ class Engine:
             answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now)])
             return
         result = self.auth.verify("REGISTER", credentials[0], self.password_of, now)
-        if result.ok and not _same_target(result.uri, req):
+        if result.ok and not _same_target(result.uri, req, self.local_hosts):
             result = _uri_mismatch(result)
         if result.stale:
             answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
@@ -487,15 +487,23 @@ def _stamp_via(req: Request, source: Addr) -> Request:
     return new
 
 
-def _same_target(digest_uri: str, req: Request) -> bool:
-    """The signed digest-uri names this request's target (RFC 2617 s3.2.2.5): same scheme,
-    user and host as the Request-URI (parameters and port may be written differently)."""
+def _same_target(digest_uri: str, req: Request, local_hosts: set[str]) -> bool:
+    """The signed digest-uri names this request's target (RFC 2617 s3.2.2.5).
+
+    Its user part, when it has one, must be the Request-URI's (a call signed for 102
+    cannot reach another number); its host the Request-URI's or one of this engine's
+    own names and addresses (SIPp, and some phones, sign the registrar's IP:port).
+    """
     try:
         signed, target = parse_uri(digest_uri), req.uri
     except ParseError:
         return False
-    return (signed.scheme == target.scheme and (signed.user or "") == (target.user or "")
-            and signed.host.lower() == target.host.lower())
+    if not signed.is_sip:
+        return False
+    if signed.user and signed.user != (target.user or ""):
+        return False
+    host = signed.host.lower()
+    return host == target.host.lower() or host in local_hosts
 
 
 def _uri_mismatch(result: AuthResult) -> AuthResult:

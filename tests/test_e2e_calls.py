@@ -258,11 +258,11 @@ def test_rebound_refused_comes_back_to_voicemail(pbx: EngineProcess, work: Path)
     desk = start_uas(work, "noanswer", PORTS["104"], pbx.target)
     mobile = start_uas(work, "refuse", PORTS["trunk"], pbx.target)
     time.sleep(0.3)
-    ok(run_uac(work, pbx.target, caller="+15145550199", dialled="+15145550104", expect=480,
-               port=PORTS["trunkin"]))
+    ok(run_uac(work, pbx.target, caller="+15145550199", dialled="+15145550104", expect=200,
+               port=PORTS["trunkin"]))  # voicemail answers
     ok(desk.result())
     ok(mobile.result())
-    assert any("voicemail" in line and "104" in line for line in log_events(pbx, "step"))
+    assert any('"box": "104"' in line for line in log_events(pbx, "voicemail answered"))
 
 
 def test_unregistered_internal_caller_cannot_reach_a_trunk(pbx: EngineProcess,
@@ -304,7 +304,7 @@ def small_pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProces
 def test_schedule_after_hours_goes_to_voicemail_without_ringing(small_pbx: EngineProcess,
                                                                 work: Path) -> None:
     ok(run_uac(work, small_pbx.target, caller="+15145550199", dialled="+15145550102",
-               expect=480, port=PORTS["trunkin"]))
+               expect=200, port=PORTS["trunkin"]))  # voicemail answers
     steps = log_events(small_pbx, "step")
     assert any("outside office hours" in line for line in steps), steps
     assert not log_events(small_pbx, "ringing")
@@ -358,7 +358,7 @@ caller_id = "+15145550100"
 def test_unregistered_user_follows_the_busy_rule(small_pbx: EngineProcess, work: Path) -> None:
     # 104 has no registered phone on this engine: the external busy rule (voicemail) applies.
     ok(run_uac(work, small_pbx.target, caller="+15145550199", dialled="+15145550104",
-               expect=480, port=PORTS["trunkin"]))
+               expect=200, port=PORTS["trunkin"]))  # voicemail answers
     routed = [line for line in log_events(small_pbx, "call routed") if "+15145550104" in line]
     assert routed and "no device registered" in routed[-1], routed
 

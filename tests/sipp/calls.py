@@ -32,6 +32,8 @@ a=rtpmap:101 telephone-event/8000
 
 
 def _invite(cseq: int, auth: bool) -> str:
+    # No blank line in the headers: SIPp would end the header block there.
+    auth_line = "\n      [authentication]" if auth else ""
     return f"""
   <send retrans="500">
     <![CDATA[
@@ -42,8 +44,7 @@ def _invite(cseq: int, auth: bool) -> str:
       Call-ID: [call_id]
       CSeq: {cseq} INVITE
       Contact: <sip:[caller]@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      {"[authentication]" if auth else ""}
+      Max-Forwards: 70{auth_line}
       Content-Type: application/sdp
       Content-Length: [len]
 
