@@ -9,33 +9,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.message import (
+    URI,
+    Address,
+    CSeq,
     ParseError,
     Request,
     Response,
     StreamFramer,
     check_request,
+    grammar,
     make_response,
     parse,
     parse_address,
     parse_uri,
     parse_via,
 )
+from tests.samples import PHONE_INVITE, PHONE_REGISTER, TRUNK_INVITE, trunk_invite
 
 TORTURE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance" / "rfc4475"
 
-INVITE = (
-    b"INVITE sip:+18195550100@pbx.example.test SIP/2.0\r\n"
-    b"Via: SIP/2.0/UDP 127.0.0.2:5060;branch=z9hG4bK776asdhds;rport\r\n"
-    b"Max-Forwards: 70\r\n"
-    b"To: <sip:+18195550100@pbx.example.test>\r\n"
-    b'From: "Carrier" <sip:+15145550199@127.0.0.2>;tag=1928301774\r\n'
-    b"Call-ID: a84b4c76e66710@pc33.example.test\r\n"
-    b"CSeq: 314159 INVITE\r\n"
-    b"Contact: <sip:+15145550199@127.0.0.2:5060>\r\n"
-    b"X-Custom:   odd   spacing kept  \r\n"
-    b"Content-Type: application/sdp\r\n"
-    b"Content-Length: 4\r\n\r\nv=0\r"
-)
+INVITE = trunk_invite(b"X-Custom:   odd   spacing kept  \r\n", body=b"v=0\r")
 
 
 def test_invite_fields() -> None:
@@ -249,3 +242,129 @@ def test_make_response_adds_tag_when_tag_text_is_only_inside_the_uri() -> None:
     req = parse(raw)
     assert isinstance(req, Request) and req.to.tag is None
     assert make_response(req, 200).to.tag is not None
+
+
+# -- the fast paths agree with the general ones ------------------------------------
+
+@pytest.mark.parametrize("data", [TRUNK_INVITE, PHONE_INVITE, PHONE_REGISTER])
+def test_samples_valid_and_byte_exact(data: bytes) -> None:
+    m = parse(data)
+    assert isinstance(m, Request)
+    check_request(m)
+    assert m.to_bytes() == data
+    assert m.get("content-length") == str(len(m.body))
+
+
+def test_header_line_without_colon_is_rejected() -> None:
+    # "Toa" once passed as a To header (its name taken as line[:-1])
+    raw = INVITE.replace(b"X-Custom:   odd   spacing kept  \r\n", b"Toa\r\n")
+    with pytest.raises(ParseError) as info:
+        parse(raw)
+    assert info.value.status == 400 and isinstance(info.value.partial, Request)
+    assert info.value.partial.get("x-custom") is None
+
+
+def _outcome(fn: object, *args: object) -> object:
+    try:
+        return ("ok", fn(*args))  # type: ignore[operator]
+    except ParseError as exc:
+        return ("error", exc.reason, exc.status)
+
+
+def _spliced(parts: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """Texts of the usual shape, sometimes with one odd piece spliced in."""
+    junk = st.sampled_from(["", "", "", " ", "\t", ";", "=", ":", "@", "<", ">", '"', ",", "?",
+                            "\\", "A", "-", ".", "\x00", "\r", "\n", "\xa0", "é", "9"])
+    return st.tuples(parts, st.integers(0, 80), junk).map(
+        lambda t: t[0][: t[1]] + t[2] + t[0][t[1]:])
+
+
+def _joined(*choices: list[str]) -> st.SearchStrategy[str]:
+    return st.tuples(*(st.sampled_from(c) for c in choices)).map("".join)
+
+
+_PARAMS = ["", ";lr", ";transport=udp", ";Transport=TCP", ";user=phone;lr", ";x=", ";a=b=c",
+           ";maddr=1.2.3.4;ttl=1;lr", ";tag=x"]
+_URIS = _spliced(_joined(["sip:", "sip:", "sips:", "SIP:", "tel:"],
+                         ["", "alice@", "+1819555@", "a;b=c@", "a:pw@", "%41@", "a@b@"],
+                         ["pbx.example.test", "127.0.0.2", "Pbx.example", "[2001:db8::1]", "a-",
+                          "x.y."],
+                         ["", "", ":5060", ":65535", ":65536", ":99999"], _PARAMS,
+                         ["", "", "?subject=x"]))
+_ADDRS = st.tuples(st.sampled_from(["", '"Carrier" ', '"Carrier"', '"a\\"b" ', "Tok Ens ",
+                                    "Tok\t", "Bell, A "]),
+                   _URIS,
+                   st.sampled_from(["", ";tag=1928301774", " ; tag=x", ";Tag=X", ";tag=a;q=0.5",
+                                    ";tag=a;q=1;x", ";x=\"q\"", ";tag="]),
+                   st.booleans()).map(lambda t: f"{t[0]}<{t[1]}>{t[2]}" if t[3] else t[1] + t[2])
+_VIAS = _spliced(_joined(["SIP/2.0/UDP ", "SIP/2.0/tcp ", "sip/2.0/UDP ", "SIP / 2.0 / UDP "],
+                         ["127.0.0.2", "h", "Host", "[2001:db8::1]", "[2001:DB8::1]"],
+                         ["", ":5060", ":65536"],
+                         ["", ";branch=z9hG4bK776", ";rport;branch=z9hG4bK1", ";Branch=X"],
+                         ["", ";rport", ";received=1.2.3.4;ttl=1", ";x=\"q\""]))
+_CSEQS = _spliced(_joined(["1", "314159", "2147483648", "007", "999999999", "1234567890", "x"],
+                          [" ", "  ", "\t"], ["INVITE", "Invite", "FOO", "ACK", "REGISTER"]))
+
+
+@given(uri=_URIS, addr=_ADDRS, via=_VIAS, cseq=_CSEQS)
+@settings(max_examples=1500, deadline=None)
+def test_quick_value_paths_match_general(uri: str, addr: str, via: str, cseq: str) -> None:
+    assert _outcome(parse_uri, uri) == _outcome(grammar._parse_uri_general, uri)
+    assert _outcome(parse_address, addr) == _outcome(grammar._parse_address_general, addr,
+                                                      "address")
+    assert _outcome(parse_via, via) == _outcome(grammar._parse_via_general, via)
+    assert _outcome(grammar.parse_cseq, cseq) == _outcome(grammar._parse_cseq_general, cseq)
+
+
+def test_quick_value_paths_build_plain_named_tuples() -> None:
+    a = parse_address('"Carrier" <sip:+1@127.0.0.2:5060;transport=udp;lr>;tag=9;x')
+    assert type(a) is Address and type(a.uri) is URI
+    assert a == Address(URI("sip", "+1", None, "127.0.0.2", 5060,
+                            (("transport", "udp"), ("lr", None))), '"Carrier"',
+                        (("tag", "9"), ("x", None)), True)
+    assert type(grammar.parse_cseq("2 INVITE")) is CSeq
+
+
+def _view(m: Request | Response) -> object:
+    out: list[object] = [type(m).__name__, m.start_line(), m.body, m.headers, list(m.names()),
+                         m.to_bytes()]
+    for name in ("via", "v", "From", "to", "call-id", "cseq", "content-length", "x-custom",
+                 "subject"):
+        out.append((m.get(name), m.get_lines(name), m.get_all(name), m.has(name),
+                    m.count(name)))
+    for prop in ("call_id", "cseq", "vias", "top_via", "from_", "to", "contacts", "routes",
+                 "max_forwards", "expires", "uri", "status"):
+        if hasattr(type(m), prop):
+            out.append(_outcome(getattr, m, prop))
+    return out
+
+
+def _parsed_slow(data: bytes) -> object:
+    from engine.message.core import _parse_slow
+
+    head, _, body = data.partition(b"\r\n\r\n")
+    return _parse_slow(head.decode("utf-8", "surrogateescape"), body, False)
+
+
+_HEADER_LINES = [
+    b"Via: SIP/2.0/UDP h;branch=z9hG4bK1", b"v: SIP/2.0/TCP h2:5070;branch=z9hG4bK2",
+    b"VIA: SIP/2.0/UDP h3", b"From: <sip:a@b>;tag=1", b"f: sip:x@y;tag=2", b"To: <sip:c@d>",
+    b"Call-ID: cid", b"i: cid2", b"CSeq: 1 OPTIONS", b"CSeq: 2 FOO", b"Max-Forwards: 70",
+    b"Max-Forwards: 300", b"Contact: <sip:a@h>;expires=5", b"Contact: *", b"Expires: 60",
+    b"Route: <sip:p;lr>", b"X-Custom:   odd  ", b"x-custom: 2", b"X-Custom : 3", b"Subject:",
+    b"Subject: a\nb", b"Subject: a\rb", b"X-Foo: a\rb", b"Bad Name: x", b": x", b"NoColon",
+    b"Toa", b" folded", b"\tfolded", b"Via: a\n b", b"l: 0", b"Content-Length: 3",
+    b"Content-Length: x", b"\xc3\xa9: y", b"Via\x00: z", b"", b"Allow: INVITE, ACK",
+]
+
+
+@given(start=st.sampled_from([b"OPTIONS sip:a@b SIP/2.0", b"INVITE sip:x@y SIP/2.0",
+                              b"FOO sip:a@b SIP/3.0", b"SIP/2.0 200 OK", b"bad line"]),
+       lines=st.lists(st.sampled_from(_HEADER_LINES), max_size=12),
+       body=st.sampled_from([b"", b"abc", b"abcdef"]))
+@settings(max_examples=1500, deadline=None)
+def test_fast_scan_matches_the_line_by_line_path(start: bytes, lines: list[bytes],
+                                                 body: bytes) -> None:
+    data = b"\r\n".join([start, *lines]) + b"\r\n\r\n" + body
+    assert _outcome(lambda: _view(parse(data))) == _outcome(  # type: ignore[arg-type]
+        lambda: _view(_parsed_slow(data)))  # type: ignore[arg-type]

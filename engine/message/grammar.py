@@ -48,6 +48,9 @@ _VIA_RE = re.compile(
 )
 _CSEQ_RE = re.compile(r"([0-9]{1,10})[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)$")
 
+# Request methods in common use: a CSeq naming one needs no token check.
+_METHODS = frozenset(("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK",
+                      "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"))
 SIP_SCHEMES = frozenset(("sip", "sips"))
 KNOWN_SCHEMES = frozenset(("sip", "sips", "tel"))
 
@@ -238,9 +241,64 @@ _SIP_URI_RE = re.compile(
 _PARAM_ITEM = r"[^\s<>\",=;]+(?:=[^\s<>\",=;]+)?"
 _PARAMS_PLAIN_RE = re.compile(f"{_PARAM_ITEM}(?:;{_PARAM_ITEM})*")
 
+# Quick paths for the common shapes of URI, name-addr and Via. Each quick
+# pattern accepts a strict subset of what the general code after it accepts,
+# and splits it the same way, so it yields the same value; anything else
+# (upper case, non-ASCII, escapes, more parameters...) takes the general path.
+# They are case-sensitive, use positive ASCII classes (bitmaps), and capture up
+# to two or three parameters in fixed groups, with lower-case names, so that
+# the parameter tuples are built without splitting or lowercasing:
+#   _Q_USER  printable ASCII but " : < > @           (a subset of [^:@\s<>"])
+#   _Q_UPAR  printable ASCII but " , ; < = > ? @     (URI parameter values)
+#   _Q_PVAL  printable ASCII but " , ; < = >         (header parameter values)
+#   _Q_PNAME a lower-case parameter name
+_Q_USER = r"[!#-9;=?A-Z\[-~]"
+_Q_UPAR = r"[!#-+\--:A-~]"
+_Q_PVAL = r"[!#-+\--:?-~]"
+_Q_PNAME = r"[a-z][a-z0-9\-]*"
+_Q_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]"
+_Q_HOST = r"[a-z0-9](?:[a-z0-9.\-]*[a-z0-9.]|)"
+# (Optional parts are written "(?:...|)", not "(?:...)?": the same match, but
+# sre runs a branch faster than a repeated group: a third off the Via match.)
+
+
+def _q_params(count: int, value: str, lead: str = ";") -> str:
+    """``count`` optional nested ``;name[=value]`` groups (2 groups each)."""
+    one = rf"(?:{lead}({_Q_PNAME})(?:=({value}+)|)"
+    return one + "".join(rf"(?:;({_Q_PNAME})(?:=({value}+)|)" for _ in range(count - 1)) + (
+        "|)" * count)
+
+
+_Q_URI = rf"(sips?):(?:({_Q_USER}+)@|)({_Q_HOST})(?::([0-9]{{1,5}})|){_q_params(2, _Q_UPAR)}"
+# groups: scheme, user, host, port, 2 x (name, value)
+_URI_QUICK_RE = re.compile(_Q_URI)
+# groups: display (quoted or tokens), the 8 of _Q_URI, 2 x (name, value)
+_ADDR_QUICK_RE = re.compile(
+    rf'(?:("[^"\\]*"|{_Q_TOKEN}+(?:[ \t]+{_Q_TOKEN}+)*)[ \t]*|)'
+    rf"<{_Q_URI}>" + _q_params(2, _Q_PVAL, r"[ \t]*;[ \t]*")
+)
+# groups: transport, host, port, 3 x (name, value)
+_VIA_QUICK_RE = re.compile(
+    rf"SIP/2\.0/([A-Z]+) ([a-z0-9.\-]+|\[[0-9a-f:.]+\])(?::([0-9]{{1,5}})|)"
+    rf"{_q_params(3, _Q_PVAL)}"
+)
+# Building a NamedTuple through tuple.__new__ skips its Python-level __new__.
+_new = tuple.__new__
+
 
 def parse_uri(text: str) -> URI:
     """Parse an absolute URI (RFC 3261 s19.1, RFC 3966 for tel)."""
+    m = _URI_QUICK_RE.fullmatch(text)
+    if m is not None:
+        scheme, user, host, port, n1, v1, n2, v2 = m.groups()
+        if port is None or len(port) < 5 or int(port) <= 65535:
+            return _new(URI, (scheme, user, None, host, None if port is None else int(port),
+                              () if n1 is None else ((n1, v1),) if n2 is None else
+                              ((n1, v1), (n2, v2)), "", None))
+    return _parse_uri_general(text)
+
+
+def _parse_uri_general(text: str) -> URI:
     m = _SIP_URI_RE.fullmatch(text)
     if m is not None:
         scheme, user, password, host, port, ptext, headers = m.groups()
@@ -337,7 +395,10 @@ class Address(NamedTuple):
 
     @property
     def tag(self) -> str | None:
-        return param(self.params, "tag")
+        for key, value in self.params:
+            if key == "tag":
+                return "" if value is None else value
+        return None
 
     def param(self, name: str) -> str | None:
         return param(self.params, name)
@@ -360,6 +421,19 @@ _ADDR_FAST_RE = re.compile(
 
 def parse_address(text: str, what: str = "address") -> Address:
     """Parse name-addr / addr-spec followed by ``;params`` (RFC 3261 s20.10, s25.1)."""
+    m = _ADDR_QUICK_RE.fullmatch(text)
+    if m is not None:
+        display, scheme, user, host, port, n1, v1, n2, v2, h1, w1, h2, w2 = m.groups()
+        if port is None or len(port) < 5 or int(port) <= 65535:
+            uri = _new(URI, (scheme, user, None, host, None if port is None else int(port),
+                             () if n1 is None else ((n1, v1),) if n2 is None else
+                             ((n1, v1), (n2, v2)), "", None))
+            return _new(Address, (uri, display, () if h1 is None else ((h1, w1),)
+                                  if h2 is None else ((h1, w1), (h2, w2)), True))
+    return _parse_address_general(text, what)
+
+
+def _parse_address_general(text: str, what: str) -> Address:
     m = _ADDR_FAST_RE.fullmatch(text)
     if m is not None:
         quoted, tokens, uri_text, ptext = m.groups()
@@ -432,7 +506,10 @@ class Via(NamedTuple):
 
     @property
     def branch(self) -> str | None:
-        return param(self.params, "branch")
+        for key, value in self.params:
+            if key == "branch":
+                return "" if value is None else value
+        return None
 
     @property
     def rport(self) -> str | None:
@@ -455,6 +532,18 @@ _VIA_FAST_RE = re.compile(
 
 
 def parse_via(text: str) -> Via:
+    m = _VIA_QUICK_RE.fullmatch(text)
+    if m is not None:
+        transport, host, port, n1, v1, n2, v2, n3, v3 = m.groups()
+        if port is None or len(port) < 5 or int(port) <= 65535:
+            return _new(Via, (transport, host, None if port is None else int(port),
+                              () if n1 is None else ((n1, v1),) if n2 is None else
+                              ((n1, v1), (n2, v2)) if n3 is None else
+                              ((n1, v1), (n2, v2), (n3, v3))))
+    return _parse_via_general(text)
+
+
+def _parse_via_general(text: str) -> Via:
     m = _VIA_FAST_RE.fullmatch(text)
     if m is not None:
         transport, host, port, ptext = m.groups()
@@ -483,6 +572,13 @@ class CSeq(NamedTuple):
 
 
 def parse_cseq(text: str) -> CSeq:
+    digits, _, name = text.partition(" ")  # the usual "1 INVITE"
+    if name in _METHODS and digits.isascii() and digits.isdigit() and len(digits) < 10:
+        return _new(CSeq, (int(digits), name))
+    return _parse_cseq_general(text)
+
+
+def _parse_cseq_general(text: str) -> CSeq:
     m = _CSEQ_RE.match(text.strip(" \t"))
     if m is None:
         raise ParseError(f"CSeq {text[:80]!r}: expected 'number METHOD'")
