@@ -127,27 +127,45 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def sip_probe(port: int, timeout: float = 0.5) -> str | None:
-    """Send one unauthenticated REGISTER; return the status line of any answer."""
+def sip_request(
+    method: str,
+    local_port: int,
+    ext: str = str(FIRST_EXTENSION),
+    *,
+    call_id: str,
+    cseq: int = 1,
+    expires: str = "0",
+    headers: Sequence[str] = (),
+) -> bytes:
+    """An out-of-dialog request from ``ext`` at HOST:``local_port`` to the domain, no body."""
+    lines = [
+        f"{method} sip:{DOMAIN} SIP/2.0",
+        f"Via: SIP/2.0/UDP {HOST}:{local_port};branch=z9hG4bK-probe{time.monotonic_ns()}",
+        "Max-Forwards: 70",
+        f"From: <sip:{ext}@{DOMAIN}>;tag=probe",
+        f"To: <sip:{ext}@{DOMAIN}>",
+        f"Call-ID: {call_id}",
+        f"CSeq: {cseq} {method}",
+        f"Contact: <sip:{ext}@{HOST}:{local_port}>",
+        f"Expires: {expires}",
+        *headers,
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
+
+
+def sip_probe(port: int, timeout: float = 0.5, method: str = "REGISTER") -> str | None:
+    """Send one unauthenticated request (REGISTER, OPTIONS); return the status line of any
+    answer."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((HOST, 0))
         s.settimeout(timeout)
         local = s.getsockname()[1]
-        ext = str(FIRST_EXTENSION)
-        msg = (
-            f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {HOST}:{local};branch=z9hG4bK-probe{time.monotonic_ns()}\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:{ext}@{DOMAIN}>;tag=probe\r\n"
-            f"To: <sip:{ext}@{DOMAIN}>\r\n"
-            f"Call-ID: probe-{time.monotonic_ns()}@{HOST}\r\n"
-            "CSeq: 1 REGISTER\r\n"
-            f"Contact: <sip:{ext}@{HOST}:{local}>\r\n"
-            "Expires: 0\r\n"
-            "Content-Length: 0\r\n\r\n"
-        )
+        msg = sip_request(method, local, call_id=f"probe-{time.monotonic_ns()}@{HOST}")
         try:
-            s.sendto(msg.encode(), (HOST, port))
+            s.sendto(msg, (HOST, port))
             data = s.recv(65535)
         except OSError:  # timeout, or ICMP port unreachable
             return None
@@ -175,6 +193,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     log_path: Path
     sip_port: int
+    probe_method: str = "REGISTER"
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -191,6 +210,15 @@ class Server:
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
+    def ready_or_stop(self, timeout: float) -> Server:
+        """:meth:`wait_ready`; stop the server if it is not ready, and raise."""
+        try:
+            self.wait_ready(timeout)
+        except TargetError:
+            self.stop()
+            raise
+        return self
+
     def wait_ready(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -199,17 +227,28 @@ class Server:
                     f"{self.name} exited with code {self.proc.returncode} during start-up; "
                     f"log {self.log_path}:\n{tail(self.log_path)}"
                 )
-            answer = sip_probe(self.sip_port)
+            answer = sip_probe(self.sip_port, method=self.probe_method)
             if answer:
                 return answer
             time.sleep(0.25)
         raise TargetError(
-            f"{self.name} did not answer a SIP REGISTER on {HOST}:{self.sip_port} within "
-            f"{timeout:g}s; log {self.log_path}:\n{tail(self.log_path)}"
+            f"{self.name} did not answer a SIP {self.probe_method} on {HOST}:{self.sip_port} "
+            f"within {timeout:g}s; log {self.log_path}:\n{tail(self.log_path)}"
         )
 
 
-def spawn(name: str, cmd: Sequence[str], log_path: Path, sip_port: int, cwd: Path) -> Server:
+def spawn(
+    name: str,
+    cmd: Sequence[str],
+    log_path: Path,
+    sip_port: int,
+    cwd: Path,
+    *,
+    env: dict[str, str] | None = None,
+    probe_method: str = "REGISTER",
+) -> Server:
+    """Start ``cmd`` in its own session, stdout and stderr to ``log_path``; ``env`` is added
+    to this process's environment."""
     log = log_path.open("wb")
     try:
         proc = subprocess.Popen(
@@ -219,12 +258,15 @@ def spawn(name: str, cmd: Sequence[str], log_path: Path, sip_port: int, cwd: Pat
             stderr=subprocess.STDOUT,
             cwd=cwd,
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     except OSError as exc:
         raise TargetError(f"cannot start {name}: {shlex_join(cmd)}: {exc}") from exc
     finally:
         log.close()
-    return Server(name=name, proc=proc, log_path=log_path, sip_port=sip_port)
+    return Server(
+        name=name, proc=proc, log_path=log_path, sip_port=sip_port, probe_method=probe_method
+    )
 
 
 def shlex_join(cmd: Sequence[str]) -> str:
@@ -233,12 +275,7 @@ def shlex_join(cmd: Sequence[str]) -> str:
 
 # --------------------------------------------------------------------------- Kamailio
 
-KAMAILIO_CFG = """#!KAMAILIO
-# Generated by benchmarks/register_rate.py: registrar-only Kamailio, usrloc in
-# memory, digest auth without a database (password = "pw" + From user).
-# Start with "-A WITH_AUTH" to challenge; without it every REGISTER is saved.
-
-debug=1
+KAMAILIO_GLOBALS = """debug=1
 log_stderror=yes
 children={children}
 maxbuffer=4194304
@@ -256,7 +293,26 @@ loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "maxfwd.so"
 loadmodule "textops.so"
-loadmodule "siputils.so"
+"""
+"""Kamailio's tuning (2 workers by default, 4 MiB socket buffers, no TCP, no DNS) and
+the modules every benchmark config loads; a template for :func:`launch_kamailio`."""
+
+KAMAILIO_ROUTE_START = """request_route {{
+    if (!mf_process_maxfwd_header("10")) {{
+        sl_send_reply("483", "Too Many Hops");
+        exit;
+    }}
+"""
+
+KAMAILIO_CFG = (
+    """#!KAMAILIO
+# Generated by benchmarks/register_rate.py: registrar-only Kamailio, usrloc in
+# memory, digest auth without a database (password = "pw" + From user).
+# Start with "-A WITH_AUTH" to challenge; without it every REGISTER is saved.
+
+"""
+    + KAMAILIO_GLOBALS
+    + """loadmodule "siputils.so"
 loadmodule "xlog.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
@@ -271,12 +327,9 @@ modparam("registrar", "max_expires", 3600)
 modparam("auth", "secret", "switchboard-bench-secret")
 #!endif
 
-request_route {{
-    if (!mf_process_maxfwd_header("10")) {{
-        sl_send_reply("483", "Too Many Hops");
-        exit;
-    }}
-    if (!is_method("REGISTER")) {{
+"""
+    + KAMAILIO_ROUTE_START
+    + """    if (!is_method("REGISTER")) {{
         sl_send_reply("405", "Method Not Allowed");
         exit;
     }}
@@ -298,6 +351,7 @@ request_route {{
     exit;
 }}
 """
+)
 
 KAMAILIO_MODULE_DIRS = (
     "/usr/lib/x86_64-linux-gnu/kamailio/modules",
@@ -319,24 +373,57 @@ def kamailio_version(binary: str) -> str:
 
 
 def start_kamailio(args: argparse.Namespace, work: Path, auth: bool) -> Server:
+    return launch_kamailio(
+        args,
+        work,
+        template=KAMAILIO_CFG,
+        stem=f"kamailio-{'auth' if auth else 'noauth'}",
+        name=f"kamailio{' (auth)' if auth else ''}",
+        defines=("WITH_AUTH",) if auth else (),
+    )
+
+
+def launch_kamailio(
+    args: argparse.Namespace,
+    work: Path,
+    *,
+    template: str,
+    stem: str,
+    name: str,
+    defines: Sequence[str] = (),
+    module: str = "registrar.so",
+    shm_mb: int = 256,
+    pkg_mb: int = 64,
+    fields: dict[str, Any] | None = None,
+    probe_method: str = "REGISTER",
+) -> Server:
+    """Start Kamailio (``args.kamailio_bin``, ``args.kamailio_children`` workers) from a
+    config ``template`` formatted with children, domain, host, port, mpath and ``fields``;
+    tlsf allocator, ``shm_mb``/``pkg_mb`` MiB of shared/private memory; wait until it answers.
+    """
     binary = shutil.which(args.kamailio_bin) or args.kamailio_bin
     if not os.path.isfile(binary):
         raise TargetError(
             f"kamailio not found ({args.kamailio_bin}); install it: apt-get install -y kamailio"
         )
-    mpath = next((d for d in KAMAILIO_MODULE_DIRS if os.path.isfile(f"{d}/registrar.so")), None)
+    mpath = next((d for d in KAMAILIO_MODULE_DIRS if os.path.isfile(f"{d}/{module}")), None)
     if mpath is None:
         raise TargetError(f"Kamailio modules not found in any of {KAMAILIO_MODULE_DIRS}")
     port = free_port()
-    cfg = work / f"kamailio-{'auth' if auth else 'noauth'}.cfg"
+    cfg = work / f"{stem}.cfg"
     cfg.write_text(
-        KAMAILIO_CFG.format(
-            children=args.kamailio_children, domain=DOMAIN, host=HOST, port=port, mpath=mpath
+        template.format(
+            children=args.kamailio_children,
+            domain=DOMAIN,
+            host=HOST,
+            port=port,
+            mpath=mpath,
+            **(fields or {}),
         )
     )
     base = [binary, "-f", str(cfg)]
-    if auth:
-        base += ["-A", "WITH_AUTH"]
+    for define in defines:
+        base += ["-A", define]
     check = subprocess.run([*base, "-c"], capture_output=True, text=True, timeout=30, check=False)
     if check.returncode != 0:
         raise TargetError(f"kamailio rejected {cfg}:\n{check.stdout}{check.stderr}")
@@ -347,25 +434,14 @@ def start_kamailio(args: argparse.Namespace, work: Path, auth: bool) -> Server:
         "-x",
         "tlsf",
         "-m",
-        "256",
+        str(shm_mb),
         "-M",
-        "64",
+        str(pkg_mb),
         "-P",
         str(work / f"kamailio-{port}.pid"),
     ]
-    server = spawn(
-        f"kamailio{' (auth)' if auth else ''}",
-        cmd,
-        work / f"kamailio-{'auth' if auth else 'noauth'}.log",
-        port,
-        work,
-    )
-    try:
-        server.wait_ready(args.start_timeout)
-    except TargetError:
-        server.stop()
-        raise
-    return server
+    server = spawn(name, cmd, work / f"{stem}.log", port, work, probe_method=probe_method)
+    return server.ready_or_stop(args.start_timeout)
 
 
 # --------------------------------------------------------------------------- engine
@@ -399,7 +475,14 @@ def engine_directory_toml(users: int, system_extra: Sequence[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def start_engine(args: argparse.Namespace, work: Path) -> Server:
+def start_engine(
+    args: argparse.Namespace,
+    work: Path,
+    directory_text: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> Server:
+    """``switchboard serve`` on a generated directory (``args.users`` users unless
+    ``directory_text`` is given); ``extra_args`` go before ``args.engine_arg``."""
     engine_cmd = args.engine_cmd
     if not (os.path.isfile(engine_cmd) or shutil.which(engine_cmd)):
         raise TargetError(
@@ -409,7 +492,9 @@ def start_engine(args: argparse.Namespace, work: Path) -> Server:
     data_dir = work / "engine-data"
     data_dir.mkdir(exist_ok=True)
     directory = data_dir / "directory.toml"
-    directory.write_text(engine_directory_toml(args.users, args.engine_system))
+    if directory_text is None:
+        directory_text = engine_directory_toml(args.users, args.engine_system)
+    directory.write_text(directory_text)
     sip_port = free_port()
     http_port = free_port(socket.SOCK_STREAM)
     cmd = [
@@ -428,15 +513,11 @@ def start_engine(args: argparse.Namespace, work: Path) -> Server:
             if args.engine_digest_algorithms
             else []
         ),
+        *extra_args,
         *args.engine_arg,
     ]
     server = spawn("engine", cmd, work / "engine.log", sip_port, work)
-    try:
-        server.wait_ready(args.engine_start_timeout)
-    except TargetError:
-        server.stop()
-        raise
-    return server
+    return server.ready_or_stop(args.engine_start_timeout)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -491,7 +572,14 @@ def wrong_csv_lines(users: int) -> list[str]:
     return [auth_csv_line(ext, "wrong-" + password_for(ext)) for ext in exts]
 
 
-def sipp_args(rate: float, sipp_port: int) -> list[str]:
+def sipp_args(
+    rate: float,
+    sipp_port: int,
+    default_behaviors: str = "all,-bye",
+    in_flight: int | None = None,
+) -> list[str]:
+    """UAC options: one UDP socket on ``sipp_port``, 4 MiB buffers, at most ``in_flight``
+    calls open (default: about one second of calls, at least 200)."""
     return [
         "-t",
         "u1",
@@ -500,9 +588,9 @@ def sipp_args(rate: float, sipp_port: int) -> list[str]:
         "-buff_size",
         BUFF_SIZE,
         "-l",
-        str(max(200, int(rate))),  # about one second of registrations in flight
+        str(in_flight if in_flight is not None else max(200, int(rate))),
         "-default_behaviors",
-        "all,-bye",  # never send BYE after an aborted REGISTER
+        default_behaviors,  # all,-bye: never send BYE after an aborted REGISTER
     ]
 
 
@@ -517,21 +605,30 @@ def measured_run(
     work: Path,
 ) -> tuple[SippResult, float, float]:
     """Run SIPp once; return the result and SIPp / server CPU use in % of one core."""
-    sipp_cpu0, server_cpu0, t0 = children_cpu(), proc_tree_cpu(server.proc.pid), time.monotonic()
-    result = run_sipp(
-        scenario,
-        (HOST, server.sip_port),
-        lines,
-        calls,
-        rate,
-        timeout,
-        sipp_args(rate, sipp_port),
-        keys={"domain": DOMAIN, "expires": "3600"},
-        workdir=work / "sipp",
+    return measure_cpu(
+        server.proc.pid,
+        lambda: run_sipp(
+            scenario,
+            (HOST, server.sip_port),
+            lines,
+            calls,
+            rate,
+            timeout,
+            sipp_args(rate, sipp_port),
+            keys={"domain": DOMAIN, "expires": "3600"},
+            workdir=work / "sipp",
+        ),
     )
+
+
+def measure_cpu(pid: int, run: Callable[[], SippResult]) -> tuple[SippResult, float, float]:
+    """``run()`` (one SIPp run, reaped); return its result, the CPU use of the reaped
+    children (SIPp) and of process tree ``pid`` (the server), in % of one core."""
+    sipp_cpu0, server_cpu0, t0 = children_cpu(), proc_tree_cpu(pid), time.monotonic()
+    result = run()
     wall = max(time.monotonic() - t0, 1e-6)
     sipp_pct = 100.0 * (children_cpu() - sipp_cpu0) / wall
-    server_pct = 100.0 * (proc_tree_cpu(server.proc.pid) - server_cpu0) / wall
+    server_pct = 100.0 * (proc_tree_cpu(pid) - server_cpu0) / wall
     return result, sipp_pct, server_pct
 
 
@@ -571,15 +668,48 @@ def ramp(
             raise TargetError(f"{what}: {check.describe()}")
         log(f"  {row.target}: wrong passwords refused (401/403): ok")
 
+    def run_step(calls: int, rate: float, timeout: float) -> tuple[SippResult, float, float]:
+        return measured_run(server, scenario, lines, calls, rate, timeout, sipp_port, work)
+
+    ramp_steps(
+        row,
+        server,
+        args,
+        work,
+        log,
+        run_step,
+        label=f"{row.target} {'auth' if row.auth else 'noauth'}",
+        started=started,
+    )
+
+
+StepRun = Callable[[int, float, float], tuple[SippResult, float, float]]
+"""One SIPp run: (calls, rate, timeout) -> (result, SIPp CPU %, server CPU %)."""
+
+
+def ramp_steps(
+    row: Row,
+    server: Server,
+    args: argparse.Namespace,
+    work: Path,
+    log: Callable[[str], None],
+    run_step: StepRun,
+    *,
+    label: str,
+    started: float,
+) -> None:
+    """The ramp itself: an optional warm-up at ``args.start_rate``, then steps of
+    ``args.step_seconds`` growing x1.25 until a step fails or is not held, ``args.max_rate``,
+    or ``args.max_seconds`` since ``started`` (monotonic).  Fills ``row``; a failed step's
+    SIPp report goes to ``work/<target>-failed-step.log``."""
+
     def budget_left() -> float:
         return float(args.max_seconds) - (time.monotonic() - started)
 
     rate = float(args.start_rate)
     if args.warmup_seconds > 0:
         calls = max(1, math.ceil(rate * args.warmup_seconds))
-        res, _, _ = measured_run(
-            server, scenario, lines, calls, rate, args.warmup_seconds + 20, sipp_port, work
-        )
+        res, _, _ = run_step(calls, rate, args.warmup_seconds + 20)
         row.warmup = {
             "rate": rate,
             "calls": calls,
@@ -587,10 +717,7 @@ def ramp(
             "failed": res.failed,
             "achieved": round(res.rate, 1),
         }
-        log(
-            f"  {row.target} {'auth' if row.auth else 'noauth'} warm-up: {res.successful}/"
-            f"{calls} ok at {res.rate:.0f}/s"
-        )
+        log(f"  {label} warm-up: {res.successful}/{calls} ok at {res.rate:.0f}/s")
 
     while True:
         target = round(rate)
@@ -604,9 +731,7 @@ def ramp(
         calls = max(1, math.ceil(target * args.step_seconds))
         # SIPp gives up by itself; a failing step may take up to the budget left.
         timeout = max(args.step_seconds + 5, min(args.step_seconds * 2 + 20, left))
-        res, sipp_pct, server_pct = measured_run(
-            server, scenario, lines, calls, target, timeout, sipp_port, work
-        )
+        res, sipp_pct, server_pct = run_step(calls, target, timeout)
         clean = res.ok
         held = clean and res.rate >= HELD_FRACTION * target
         step = Step(
@@ -628,7 +753,7 @@ def ramp(
         )
         row.steps.append(step)
         log(
-            f"  {row.target} {'auth' if row.auth else 'noauth'} target {target:>6}/s: "
+            f"  {label} target {target:>6}/s: "
             f"achieved {res.rate:8.1f}/s  ok {res.successful}/{calls}  failed {res.failed}"
             f"  unfinished {res.unfinished}  retrans {res.retransmissions}"
             f"  cpu sipp {sipp_pct:.0f}% server {server_pct:.0f}%"
@@ -735,13 +860,7 @@ def print_table(rows: list[Row]) -> None:
                     str(r.failures),
                 )
             )
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
-    print()
-    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for c in cells:
-        print(" | ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
-    print()
+    print_grid(headers, cells)
     for r in rows:
         label = f"{r.target} ({'auth' if r.auth else 'no auth'})"
         if r.error:
@@ -756,6 +875,17 @@ def print_table(rows: list[Row]) -> None:
                 f"{best.retransmissions} retransmissions"
             )
         print(detail)
+
+
+def print_grid(headers: Sequence[str], cells: Sequence[Sequence[str]]) -> None:
+    """A plain-text table between two blank lines, columns as wide as their widest cell."""
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    print()
+    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for c in cells:
+        print(" | ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)))
+    print()
 
 
 def ratio(rows: list[Row]) -> dict[str, float | None]:
@@ -776,31 +906,23 @@ def ratio(rows: list[Row]) -> dict[str, float | None]:
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--targets", default="kamailio,engine", help="comma-separated: kamailio, engine")
-    p.add_argument(
-        "--auth",
-        choices=("both", "on", "off"),
-        default="both",
-        help="digest auth modes to measure (the engine is measured with auth only)",
-    )
-    p.add_argument(
-        "--users",
-        type=int,
-        default=2000,
-        help=f"registered users, extensions {FIRST_EXTENSION}.. (max {MAX_USERS})",
-    )
-    p.add_argument("--start-rate", type=int, default=250, help="first step, registrations/s")
+def add_ramp_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    name: str,
+    unit: str,
+    start_rate: int,
+    max_seconds: float = 120.0,
+    budget_help: str = "time budget per target and auth mode (ramp only)",
+) -> None:
+    """The options shared by the rate benchmarks: the ramp, the engine, Kamailio, output."""
+    p.add_argument("--start-rate", type=int, default=start_rate, help=f"first step, {unit}/s")
     p.add_argument("--max-rate", type=int, default=100_000, help="never ask SIPp for more")
     p.add_argument(
         "--step-seconds",
         type=float,
         default=3.0,
-        help="each step sends rate x this many registrations",
+        help=f"each step sends rate x this many {unit}",
     )
     p.add_argument(
         "--warmup-seconds",
@@ -811,8 +933,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--max-seconds",
         type=float,
-        default=120.0,
-        help="time budget per target and auth mode (ramp only)",
+        default=max_seconds,
+        help=budget_help,
     )
     p.add_argument("--engine-cmd", default=DEFAULT_ENGINE_CMD, help="switchboard executable")
     p.add_argument(
@@ -856,7 +978,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--out",
         type=Path,
         default=None,
-        help="JSON results file (default benchmarks/out/register_rate-<time>.json)",
+        help=f"JSON results file (default benchmarks/out/{name}-<time>.json)",
     )
     p.add_argument(
         "--keep-tmp",
@@ -864,6 +986,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="keep the work directory (configs, logs, SIPp stats)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no per-step progress lines")
+
+
+def check_ramp_arguments(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.start_rate < 1 or args.max_rate < args.start_rate:
+        p.error("need 1 <= --start-rate <= --max-rate")
+    if args.step_seconds <= 0 or args.max_seconds <= 0:
+        p.error("--step-seconds and --max-seconds must be > 0")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--targets", default="kamailio,engine", help="comma-separated: kamailio, engine")
+    p.add_argument(
+        "--auth",
+        choices=("both", "on", "off"),
+        default="both",
+        help="digest auth modes to measure (the engine is measured with auth only)",
+    )
+    p.add_argument(
+        "--users",
+        type=int,
+        default=2000,
+        help=f"registered users, extensions {FIRST_EXTENSION}.. (max {MAX_USERS})",
+    )
+    add_ramp_arguments(p, name="register_rate", unit="registrations", start_rate=250)
     args = p.parse_args(argv)
     args.target_list = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = set(args.target_list) - {"kamailio", "engine"}
@@ -871,24 +1021,77 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--targets: unknown {sorted(unknown)}; use kamailio,engine")
     if not 1 <= args.users <= MAX_USERS:
         p.error(f"--users must be 1..{MAX_USERS} (4-digit extensions from {FIRST_EXTENSION})")
-    if args.start_rate < 1 or args.max_rate < args.start_rate:
-        p.error("need 1 <= --start-rate <= --max-rate")
-    if args.step_seconds <= 0 or args.max_seconds <= 0:
-        p.error("--step-seconds and --max-seconds must be > 0")
+    check_ramp_arguments(p, args)
     return args
+
+
+def environment(kamailio_bin: str) -> dict[str, Any]:
+    return {
+        "sipp": sipp_version(),
+        "kamailio": kamailio_version(kamailio_bin) if shutil.which(kamailio_bin) else None,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def sipp_or_none() -> str | None:
+    """SIPp's path, or None after saying on stderr why there is none."""
+    try:
+        return find_sipp()
+    except SippNotInstalledError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def progress_log(quiet: bool) -> Callable[[str], None]:
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, flush=True)
+
+    return log
+
+
+def close_work_dir(work: Path, keep: bool, contents: str) -> None:
+    if keep:
+        print(f"work dir kept ({contents}): {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ramp_method(args: argparse.Namespace) -> dict[str, Any]:
+    """The ramp's parameters, for the JSON file."""
+    return {
+        "growth": GROWTH,
+        "held_fraction": HELD_FRACTION,
+        "step_seconds": args.step_seconds,
+        "start_rate": args.start_rate,
+        "max_rate": args.max_rate,
+        "max_seconds": args.max_seconds,
+    }
+
+
+def write_report(out: Path | None, name: str, started: float, body: dict[str, Any]) -> Path:
+    """The JSON results file (default ``benchmarks/out/<name>-<time>.json``)."""
+    out = out or OUT_DIR / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": name,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": round(time.time() - started, 1),
+        **body,
+    }
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {out}")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        sipp_bin = find_sipp()
-    except SippNotInstalledError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    sipp_bin = sipp_or_none()
+    if sipp_bin is None:
         return 2
-
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(msg, flush=True)
+    log = progress_log(args.quiet)
 
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.auth]
     plan = [
@@ -914,10 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(measure_target(target, auth, args, work, log))
     finally:
         failed = any(r.error or r.failures for r in rows)
-        if args.keep_tmp or failed:
-            print(f"work dir kept (configs, server logs, SIPp stats): {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        close_work_dir(work, args.keep_tmp or failed, "configs, server logs, SIPp stats")
 
     print_table(rows)
     ratios = ratio(rows)
@@ -928,28 +1128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"\nratio engine/kamailio (auth): {value:.3f}")
 
-    out = args.out or OUT_DIR / f"register_rate-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "benchmark": "register_rate",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "duration_s": round(time.time() - started, 1),
-        "environment": {
-            "sipp": sipp_version(),
-            "kamailio": kamailio_version(args.kamailio_bin)
-            if shutil.which(args.kamailio_bin)
-            else None,
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "environment": environment(args.kamailio_bin),
         "method": {
-            "growth": GROWTH,
-            "held_fraction": HELD_FRACTION,
-            "step_seconds": args.step_seconds,
-            "start_rate": args.start_rate,
-            "max_rate": args.max_rate,
-            "max_seconds": args.max_seconds,
+            **ramp_method(args),
             "users": args.users,
             "domain": DOMAIN,
             "sipp_args": sipp_args(args.start_rate, 0),
@@ -957,8 +1139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": [asdict(r) for r in rows],
         "ratio_engine_over_kamailio": ratios,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults written to {out}")
+    write_report(args.out, "register_rate", started, report)
     kam_ok = all(r.error is None for r in rows if r.target == "kamailio")
     return 0 if kam_ok else 1
 
