@@ -30,7 +30,15 @@ import secrets
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 
-from engine.message import Address, ParseError, Request, Response, parse_address, parse_uri
+from engine.message import (
+    Address,
+    ParseError,
+    Request,
+    Response,
+    parse_address,
+    parse_uri,
+    random_hex,
+)
 from engine.message.core import header_key
 
 __all__ = [
@@ -81,17 +89,17 @@ class DialogState(StrEnum):
 def new_branch() -> str:
     """A Via branch for a new transaction: the magic cookie, then 64 random bits
     (RFC 3261 s8.1.1.7: unique across space and time)."""
-    return COOKIE + secrets.token_hex(8)
+    return COOKIE + random_hex(8)
 
 
 def new_tag() -> str:
     """A From/To tag: 64 random bits, more than the 32 of RFC 3261 s19.3."""
-    return secrets.token_hex(8)
+    return random_hex(8)
 
 
 def new_call_id(host: str = "") -> str:
     """A Call-ID: 128 random bits, ``@host`` when ``host`` is given (RFC 3261 s8.1.1.4)."""
-    local = secrets.token_hex(16)
+    local = random_hex(16)
     return f"{local}@{host}" if host else local
 
 

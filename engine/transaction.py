@@ -25,13 +25,12 @@ the TU must answer every :class:`DeliverRequest` that carries a key.
 from __future__ import annotations
 
 import heapq
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-from engine.message import ParseError, Request, Response, Via, make_response
+from engine.message import ParseError, Request, Response, Via, make_response, random_hex
 
 __all__ = [
     "COOKIE",
@@ -861,4 +860,4 @@ def _build_ack(request: Request, response: Response) -> Request:
 
 
 def _new_tag() -> str:
-    return secrets.token_hex(6)
+    return random_hex(6)

@@ -368,3 +368,12 @@ def test_fast_scan_matches_the_line_by_line_path(start: bytes, lines: list[bytes
     data = b"\r\n".join([start, *lines]) + b"\r\n\r\n" + body
     assert _outcome(lambda: _view(parse(data))) == _outcome(  # type: ignore[arg-type]
         lambda: _view(_parsed_slow(data)))  # type: ignore[arg-type]
+
+
+def test_random_hex_is_unique_and_refills_its_pool() -> None:
+    from engine.message import random_hex
+
+    values = [random_hex(8) for _ in range(2000)]  # 16 KB: the 4 KiB pool refills 3 times
+    assert all(len(v) == 16 and int(v, 16) >= 0 for v in values)
+    assert len(set(values)) == len(values)
+    assert len(random_hex(5000)) == 10000  # larger than the pool

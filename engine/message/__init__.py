@@ -11,6 +11,7 @@ from engine.message.core import (
     StreamFramer,
     make_response,
     parse,
+    random_hex,
     short_text,
     warning_value,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "parse_params",
     "parse_uri",
     "parse_via",
+    "random_hex",
     "short_text",
     "split_commas",
     "unquote",

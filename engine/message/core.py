@@ -17,7 +17,7 @@ build their tuples straight from its groups (the quick paths in grammar.py).
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -488,8 +488,26 @@ def warning_value(text: str) -> str:
     return f'399 switchboard "{safe}"'
 
 
+_POOL_SIZE = 4096
+_pool = b""
+_pool_pos = 0
+
+
+def random_hex(nbytes: int) -> str:
+    """``nbytes`` cryptographically random bytes (os.urandom) as hex, drawn from a 4 KiB
+    pool: one system call per hundreds of tags, branches and Call-IDs instead of one
+    each (RFC 3261 s19.3: tags cryptographically random; s8.1.1.4 Call-IDs)."""
+    global _pool, _pool_pos
+    if _pool_pos + nbytes > len(_pool):
+        _pool = os.urandom(max(_POOL_SIZE, nbytes))
+        _pool_pos = 0
+    start = _pool_pos
+    _pool_pos += nbytes
+    return _pool[start:_pool_pos].hex()
+
+
 def new_tag() -> str:
-    return secrets.token_hex(6)
+    return random_hex(6)
 
 
 def make_response(request: Request, status: int, reason: str | None = None,
