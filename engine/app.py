@@ -29,6 +29,7 @@ from engine.transaction import Addr, Send
 from media.endpoint import MediaEndpoint, MediaError
 from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
+from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
 from provisioning.model import Binding, VoicemailMessage
 from provisioning.store import Store
@@ -292,7 +293,13 @@ class Server:
             return
         try:
             endpoint.configure(job.negotiated)
-            clips: list[Clip] = [] if job.greeting == "default" else [job.greeting]
+            clips: list[Clip] = []
+            if job.greeting != "default":
+                try:  # a greeting that cannot be played must not lose the message
+                    clips.append(load_wav(job.greeting))
+                except WavError as exc:
+                    log.warning("greeting unusable, playing the beep only", box=job.box,
+                                error=str(exc))
             clips.append(Pcm(beep()))
             player = await self.media.play(endpoint, clips)
             await player.wait()

@@ -53,6 +53,8 @@ password = "pw104"
 department = "Sales"
 [users.voicemail]
 max_seconds = 20
+[users.forwarding.available]
+greeting = "missing-greeting.wav"   # unusable: the engine plays the beep and still records
 """
 
 
@@ -133,6 +135,7 @@ def test_leave_a_voicemail_with_a_1khz_tone_then_hash(tmp_path: Path) -> None:
         assert (info.rate, info.bits, info.channels) == (8000, 16, 1)
         recorded = load_wav(message["path"]).pcm16
         assert abs(dominant_frequency(recorded, 8000) - 1000) < 10
+        assert "greeting unusable" in engine.log()
     finally:
         sip.close()
         rtp.close()
