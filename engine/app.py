@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from engine.b2bua import MediaAction, OpenMedia, StartVoicemail, StopMedia
+from engine.b2bua import MediaAction, OpenMedia, StartVoicemail, StopMedia, UpdateMedia
 from engine.core import Engine, Outcome
 from engine.message import ParseError, StreamFramer
 from engine.transaction import Addr, Send
@@ -263,6 +263,10 @@ class Server:
             self._spawn(self._open_media(action.call))
         elif isinstance(action, StartVoicemail):
             self._spawn(self._voicemail(action))
+        elif isinstance(action, UpdateMedia):
+            endpoint = self._endpoints.get(action.call)
+            if endpoint is not None and not endpoint.closed:
+                endpoint.configure(action.negotiated)
         elif isinstance(action, StopMedia):
             recorder = self._recorders.get(action.call)
             if recorder is not None:

@@ -50,6 +50,7 @@ import datetime as dt
 import functools
 import heapq
 import itertools
+import secrets
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -146,6 +147,9 @@ class Call:
     early_sent: bool = False
     voicemail: Voicemail | None = None  # a voicemail step waiting for or holding media
     media_open: bool = False
+    media_port: int = 0
+    sdp_session: int = field(default_factory=lambda: secrets.randbelow(10**9))
+    sdp_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +185,21 @@ class StartVoicemail:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateMedia:
+    """A new offer/answer on a call the engine answered (re-INVITE): follow it."""
+
+    call: tuple[str, str]
+    negotiated: sdp.Negotiated
+
+
+@dataclass(frozen=True, slots=True)
 class StopMedia:
     """The call ended: stop what plays or records, close the endpoint."""
 
     call: tuple[str, str]
 
 
-MediaAction = OpenMedia | StartVoicemail | StopMedia
+MediaAction = OpenMedia | StartVoicemail | UpdateMedia | StopMedia
 DECODABLE = frozenset({"PCMU", "PCMA", "G722"})  # what the engine can play and record
 
 
@@ -660,22 +672,12 @@ class B2BUA:
 
     def _answer_voicemail(self, call: Call, step: Voicemail, port: int, now: float,
                           local: Local) -> list[Event]:
-        try:
-            offer = sdp.parse_sdp(call.invite.body)
-        except sdp.SdpError as exc:
-            return self._final(call, 488, now, [("Warning", warning_value(
-                f"unreadable SDP offer: {exc.message}"))])
+        call.media_port = port
+        result = self._sdp_answer(call, call.invite.body, port, local)
+        if isinstance(result, str):
+            return self._final(call, 488, now, [("Warning", warning_value(result))])
+        answer, negotiated = result
         owner = self.directory.user(step.box) if self.directory else None
-        caller = self.directory.user(call.facts.caller) if (
-            self.directory and call.facts.source == "phone") else None
-        # Where the engine itself answers, the caller's codec list (the media issue).
-        codecs = caller.codecs if caller is not None else DEFAULT_CODECS
-        answer = sdp.answer(offer, codecs, address=local.host, port=port,
-                            session_id=abs(hash(call.id)) % 10**9, can_decode=DECODABLE)
-        if isinstance(answer, sdp.AnswerRefused):
-            return self._final(call, answer.status, now, [("Warning", warning_value(
-                answer.reason))])
-        negotiated = sdp.negotiated(offer, answer)
         contact = f"<sip:switchboard@{local.host}:{local.port}" + (
             ";transport=tcp>" if call.transport == "tcp" else ">")
         headers = [("Server", "Switchboard/0.1"), ("Contact", contact),
@@ -734,10 +736,52 @@ class B2BUA:
                 events += self._bye_leg(leg, now, local)
             self._end(call, now)
             return events
+        if call.voicemail is not None and call.media_port:
+            return self._endpoint_request(call, req, key, now, local)
         if leg is None or leg.dialog is None:
             return self.tx.respond(key, make_response(req, 481), now)
         return self._relay_request(call, req, key, leg.dialog, leg.dest, leg.transport,
                                    to_caller=False, now=now, local=local)
+
+    def _endpoint_request(self, call: Call, req: Request, key: TxKey, now: float,
+                          local: Local) -> list[Event]:
+        """An in-dialog request on a call the engine itself answered (voicemail).
+
+        A re-INVITE or UPDATE with an offer (a session refresh, or a phone locking the
+        codec it chose, as pjsip does) gets a new answer on the same port, and the
+        media endpoint follows it; anything else is acknowledged with 200.
+        """
+        if req.method not in ("INVITE", "UPDATE") or not req.body:
+            return self.tx.respond(key, make_response(req, 200), now)
+        answer = self._sdp_answer(call, req.body, call.media_port, local)
+        if isinstance(answer, str):  # refused: the call goes on with the old session
+            return self.tx.respond(key, make_response(req, 488, None, [
+                ("Warning", warning_value(answer))]), now)
+        sdp_answer, negotiated = answer
+        self.media_actions.append(UpdateMedia(_call_key(call), negotiated))
+        contact = call.caller_dialog.local_contact if call.caller_dialog else ""
+        return self.tx.respond(key, make_response(
+            req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
+            sdp_answer.to_bytes()), now)
+
+    def _sdp_answer(self, call: Call, body: bytes, port: int,
+                    local: Local) -> tuple[sdp.SessionDescription, sdp.Negotiated] | str:
+        """Our answer where the engine is the endpoint: the caller's codec list from the
+        directory (the media issue), among what we can decode; a str says why not."""
+        try:
+            offer = sdp.parse_sdp(body)
+        except sdp.SdpError as exc:
+            return f"unreadable SDP offer: {exc.message}"
+        caller = self.directory.user(call.facts.caller) if (
+            self.directory and call.facts.source == "phone") else None
+        codecs = caller.codecs if caller is not None else DEFAULT_CODECS
+        call.sdp_version += 1
+        answer = sdp.answer(offer, codecs, address=local.host, port=port,
+                            session_id=call.sdp_session, session_version=call.sdp_version,
+                            can_decode=DECODABLE)
+        if isinstance(answer, sdp.AnswerRefused):
+            return answer.reason
+        return answer, sdp.negotiated(offer, answer)
 
     def _from_callee(self, leg: Leg, req: Request, key: TxKey, now: float,
                      local: Local) -> list[Event]:

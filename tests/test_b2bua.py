@@ -711,3 +711,26 @@ def test_credentials_signed_for_another_uri_are_refused(net: Net) -> None:
                                "sip:102@pbx.test", "101", "pw101", "cn")
     net.send(invite("+15145550199", "101", src, auth=auth, cseq=2), src)
     assert 407 in statuses(net.drain(src)) and net.drain(TRUNK) == []
+
+
+def test_reinvite_on_a_voicemail_call_gets_a_new_answer(net: Net) -> None:
+    """pjsip locks the codec it chose with a re-INVITE offering only that one: the engine,
+    being the endpoint, answers it on the same port and the media follows."""
+    from engine.b2bua import UpdateMedia
+
+    register(net, "101", "102")
+    src = phone_call(net, "101", "102")
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 180), PHONES["102"])
+    net.tick(10.5)
+    ok = voicemail_answered(net, src, "102")
+    net.send(in_dialog("ACK", ok, src, cseq=2, call_id="call-1", branch="vmack2"), src)
+    locked = SDP.replace(b"RTP/AVP 0 8 101", b"RTP/AVP 0 101")
+    net.send(in_dialog("INVITE", ok, src, cseq=3, call_id="call-1", branch="lock",
+                       body=locked), src)
+    [answer] = [r for r in net.responses(src) if r.status == 200]
+    assert b"m=audio 30000 RTP/AVP 0 101" in answer.body and answer.cseq.number == 3
+    [update] = [m for m in net.media if isinstance(m, UpdateMedia)]
+    assert update.negotiated.codec == "PCMU"
+    net.send(in_dialog("INFO", ok, src, cseq=4, call_id="call-1", branch="info"), src)
+    assert statuses(net.drain(src)) == [200]

@@ -1,0 +1,269 @@
+"""A pjsua2 phone that leaves a voicemail: register, call, play a WAV, press '#'.
+
+Run in its own process by ``tests/test_phones_voicemail.py`` so that pjsip's
+threads, sockets and any crash stay out of pytest. SIP runs on the main thread
+(``threadCnt = 0``, events polled with ``libHandleEvents``); the conference
+bridge is clocked by pjsip's null audio device. Every wait is bounded by one
+overall deadline, and the library is always destroyed before exit.
+
+Steps: REGISTER (digest), INVITE ``--dial`` through the registrar (outbound
+proxy), once the call is CONFIRMED with active audio wait ``--beep-wait``
+seconds (the engine's beep), play ``--wav`` into the call for ``--play``
+seconds, then end the message with DTMF '#' (RFC 4733) or by hanging up
+(``--end``), and wait for the call to be over.
+
+Output, one JSON object per line on stdout:
+  {"event": "reg", "code": 200, "active": true, ...}     each registration change
+  {"event": "registered", "ok": true, "codes": [...], "port": 1234}
+  {"event": "call", "state": "CONFIRMED", "code": 200, ...} each call state change
+  {"event": "media", "codec": "G722/16000", "audio_index": 0}   audio became active
+  {"event": "playing"} / {"event": "dtmf", "ok": true} / {"event": "hangup"}
+  {"event": "result", "confirmed": true, "media": true, "played": 3.0,
+   "ended_by": "engine", "last_code": 200, "codec": "...", ...}
+  {"event": "error", "error": "...", ...}                   a pjsua2 call raised (exit 3)
+  {"event": "done"}                                          after libDestroy
+Exit status: 0 once a call was tried, 2 when REGISTER failed, 3 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+import pjsua2 as pj
+
+# pjlib prints some lines straight to fd 1 (before any log config applies): keep
+# the real stdout for the JSON lines and point fd 1 at stderr.
+REPORT = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+
+
+def emit(**fields: Any) -> None:
+    REPORT.write(json.dumps(fields) + "\n")
+    REPORT.flush()
+
+
+class Log(pj.LogWriter):  # type: ignore[misc]
+    """pjsip's log, echoed to stderr up to ``echo_level``."""
+
+    def __init__(self, echo_level: int) -> None:
+        super().__init__()
+        self.echo_level = echo_level
+
+    def write(self, entry: Any) -> None:
+        if entry.level <= self.echo_level:
+            msg = str(entry.msg)
+            sys.stderr.write(msg if msg.endswith("\n") else msg + "\n")
+
+
+class Account(pj.Account):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes: list[int] = []
+        self.active = False
+
+    def onRegState(self, prm: Any) -> None:
+        info = self.getInfo()
+        self.active = bool(info.regIsActive)
+        self.codes.append(int(prm.code))
+        emit(event="reg", code=int(prm.code), reason=str(prm.reason), active=self.active,
+             expiration=int(info.regExpiresSec))
+
+
+class Call(pj.Call):  # type: ignore[misc]
+    """Records what happened; the main loop acts on it (no pjsip calls from here
+    other than reading the call's own info)."""
+
+    def __init__(self, acc: Account) -> None:
+        super().__init__(acc)
+        self.states: list[str] = []
+        self.confirmed = False
+        self.disconnected = False
+        self.last_code = 0
+        self.last_reason = ""
+        self.audio_index = -1
+
+    def onCallState(self, prm: Any) -> None:
+        ci = self.getInfo()
+        self.states.append(str(ci.stateText))
+        self.last_code = int(ci.lastStatusCode)
+        self.last_reason = str(ci.lastReason)
+        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self.confirmed = True
+        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.disconnected = True
+        emit(event="call", state=str(ci.stateText), code=self.last_code,
+             reason=self.last_reason)
+
+    def onCallMediaState(self, prm: Any) -> None:
+        ci = self.getInfo()
+        for i, media in enumerate(ci.media):
+            if (media.type == pj.PJMEDIA_TYPE_AUDIO
+                    and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE):
+                self.audio_index = i
+        emit(event="media_state", audio_index=self.audio_index)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--registrar", required=True, help="HOST:PORT of the engine")
+    ap.add_argument("--user", required=True)
+    ap.add_argument("--password", required=True)
+    ap.add_argument("--domain", required=True)
+    ap.add_argument("--dial", required=True, help="the user part to call")
+    ap.add_argument("--wav", required=True, help="what to say: a WAV played into the call")
+    ap.add_argument("--beep-wait", type=float, default=0.6)
+    ap.add_argument("--play", type=float, default=3.0, help="seconds of --wav to play")
+    ap.add_argument("--end", choices=["hash", "hangup"], default="hash")
+    ap.add_argument("--deadline", type=float, default=40.0, help="seconds for everything")
+    ap.add_argument("--log-level", type=int, default=4, help="pjsip log echoed to stderr")
+    args = ap.parse_args()
+
+    deadline = time.monotonic() + args.deadline
+    writer = Log(args.log_level)
+    ep = pj.Endpoint()
+    ep.libCreate()
+    acc: Account | None = None
+    call: Call | None = None
+    player: Any = None
+    the_call: Call | None = None
+    code = 0
+    result: dict[str, Any] = {"confirmed": False, "media": False, "played": 0.0,
+                              "dtmf": None, "ended_by": None, "codec": None}
+
+    def pump(until: Any, limit: float) -> bool:
+        """Poll pjsip until ``until()`` or ``limit`` seconds (or the deadline) pass."""
+        stop = min(time.monotonic() + limit, deadline)
+        while not until():
+            if time.monotonic() >= stop:
+                return False
+            ep.libHandleEvents(10)
+        return True
+
+    try:
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.userAgent = "pjsua2-switchboard-test"
+        cfg.logConfig.level = 5
+        cfg.logConfig.consoleLevel = 5
+        cfg.logConfig.msgLogging = True
+        cfg.logConfig.writer = writer
+        cfg.logConfig.decor = 0
+        cfg.medConfig.threadCnt = 0
+        cfg.medConfig.hasIoqueue = False
+        cfg.medConfig.noVad = True  # send the tone steadily, no silence suppression
+        cfg.medConfig.ecTailLen = 0  # no echo canceller between the WAV and the call
+        ep.libInit(cfg)
+        ep.audDevManager().setNullDev()
+
+        tcfg = pj.TransportConfig()
+        tcfg.boundAddress = "127.0.0.1"
+        tcfg.publicAddress = "127.0.0.1"
+        tcfg.port = 0
+        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
+        ep.libStart()
+        emit(event="codecs", codecs=[f"{c.codecId}:{c.priority}" for c in ep.codecEnum2()
+                                     if c.priority > 0])
+
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:{args.user}@{args.domain}"
+        acfg.regConfig.registrarUri = f"sip:{args.registrar}"
+        acfg.regConfig.timeoutSec = 300
+        acfg.regConfig.retryIntervalSec = 0
+        acfg.sipConfig.transportId = tid
+        # every request (the INVITE too) goes to the engine; it drops its own Route
+        acfg.sipConfig.proxies.append(f"sip:{args.registrar};lr")
+        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.user, 0,
+                                                        args.password))
+        acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+        # pjsip's default codec lock stays on: it re-INVITEs with the codec it chose,
+        # and the engine (the voicemail endpoint) must answer that.
+        acc = Account()
+        acc.create(acfg)
+        registered_acc = acc
+        pump(lambda: registered_acc.active or any(c >= 300 for c in registered_acc.codes), 8)
+        emit(event="registered", ok=acc.active, codes=acc.codes, port=port)
+        if not acc.active:
+            code = 2
+            return code
+
+        call = the_call = Call(acc)
+        prm = pj.CallOpParam(True)
+        call.makeCall(f"sip:{args.dial}@{args.domain}", prm)
+        pump(lambda: (the_call.confirmed and the_call.audio_index >= 0)
+             or the_call.disconnected, 10)
+        result["confirmed"] = call.confirmed
+        result["media"] = call.audio_index >= 0
+        if call.confirmed and call.audio_index >= 0 and not call.disconnected:
+            try:
+                si = call.getStreamInfo(call.audio_index)
+                result["codec"] = f"{si.codecName}/{si.codecClockRate}"
+            except pj.Error as e:
+                result["codec"] = f"unknown ({e.info()})"
+            emit(event="media", codec=result["codec"], audio_index=call.audio_index)
+            pump(lambda: the_call.disconnected, args.beep_wait)  # the engine's beep
+
+            player = pj.AudioMediaPlayer()
+            player.createPlayer(args.wav, pj.PJMEDIA_FILE_NO_LOOP)
+            aud = call.getAudioMedia(call.audio_index)
+            player.startTransmit(aud)
+            started = time.monotonic()
+            emit(event="playing")
+            pump(lambda: the_call.disconnected, args.play)
+            result["played"] = round(time.monotonic() - started, 3)
+            if not call.disconnected:
+                player.stopTransmit(aud)
+            pump(lambda: the_call.disconnected, 0.2)
+
+            if args.end == "hash" and not call.disconnected:
+                try:
+                    call.dialDtmf("#")  # RFC 4733 when the answer has telephone-event
+                    result["dtmf"] = True
+                except pj.Error as e:
+                    result["dtmf"] = f"refused: {e.info()}"
+                emit(event="dtmf", ok=result["dtmf"])
+                # '#' ends the message: the engine should hang up on its own
+                if pump(lambda: the_call.disconnected, 10):
+                    result["ended_by"] = "engine"
+        elif call.disconnected:
+            result["ended_by"] = "engine"
+        if not call.disconnected:
+            result["ended_by"] = result["ended_by"] or "phone"
+            emit(event="hangup")
+            call.hangup(pj.CallOpParam(True))
+            pump(lambda: the_call.disconnected, 5)
+        result.update(states=call.states, last_code=call.last_code,
+                      last_reason=call.last_reason)
+        emit(event="result", **result)
+
+        seen = len(acc.codes)
+        acc.setRegistration(False)  # un-REGISTER; wait (bounded) for its answer
+        pump(lambda: len(registered_acc.codes) > seen, 3)
+    except Exception as e:
+        # Reported and dropped here: a traceback kept alive into ``finally`` holds the
+        # Call (as ``self`` of a pjsua2 method), whose destructor would then run after
+        # libDestroy and abort on an assertion in pjsua_call_set_user_data.
+        info = e.info() if isinstance(e, pj.Error) else repr(e)
+        sys.stderr.write(traceback.format_exc())
+        emit(event="error", error=str(info), **result)
+        code = 3
+    finally:
+        # pjsua2 objects go before libDestroy (their destructors call into pjsip)
+        player = call = the_call = None
+        if acc is not None:
+            acc.shutdown()
+        ep.libDestroy()
+        emit(event="done")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

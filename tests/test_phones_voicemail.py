@@ -1,0 +1,139 @@
+"""A real SIP phone leaves a voicemail: pjsua2 (pjsip 2.15) calls 104, speaks a 1 kHz tone,
+presses '#'; the message is checked by numbers through the CLI a user runs.
+
+The phone is ``tests/phones/pjsua_voicemail.py`` in a subprocess (pjsip's threads
+and any crash stay out of pytest), with the null audio device: it plays a WAV made
+here into the call through pjsip's conference bridge. It registers 101 with
+digest, calls 104 (no registered device: the busy rule sends the call to
+voicemail), waits for CONFIRMED with active audio, lets the beep pass, plays
+3 s of 1 kHz and sends '#' as an RFC 4733 event; '#' ends the message and the
+engine hangs up.
+
+A missing pjsua2 fails the test (it never skips): this is how the engine is
+known to take a voicemail from a real phone.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from media.tones import dominant_frequency, tone
+from media.wav import load_wav, wav_info, write_wav
+from tests.conftest import EngineProcess, free_port
+
+pytestmark = pytest.mark.peers
+
+HELPER = Path(__file__).resolve().parent / "phones" / "pjsua_voicemail.py"
+DOMAIN = "pbx.test"
+CALLER = ("101", "pw101")
+PLAY_SECONDS = 3.0
+
+DIRECTORY = """
+[system]
+domain = "pbx.test"
+rtp_ports = "{low}-{high}"
+
+[[departments]]
+name = "Sales"
+caller_id = "+15145550100"
+
+[[users]]
+extension = "101"
+name = "Alice Martin"
+password = "pw101"
+department = "Sales"
+
+[[users]]
+extension = "104"
+name = "David Cote"
+password = "pw104"
+department = "Sales"
+[users.voicemail]
+max_seconds = 20
+"""
+
+
+def require_pjsua2() -> None:
+    if importlib.util.find_spec("pjsua2") is None:
+        pytest.fail("peer missing: the pjsua2 module is not importable; install the test "
+                    "extras into the venv (pip install -e '.[test]', package pjsua2-python)",
+                    pytrace=False)
+
+
+def tail(path: Path, size: int = 4000) -> str:
+    return path.read_text(errors="replace")[-size:] if path.exists() else "(no log)"
+
+
+def run_phone(engine: EngineProcess, wav: Path, log: Path) -> list[dict[str, Any]]:
+    """Run the phone to the end (bounded); its JSON events."""
+    cmd = [sys.executable, str(HELPER), "--registrar", engine.target,
+           "--user", CALLER[0], "--password", CALLER[1], "--domain", DOMAIN, "--dial", "104",
+           "--wav", str(wav), "--beep-wait", "0.6", "--play", str(PLAY_SECONDS),
+           "--end", "hash", "--deadline", "35", "--log-level", "5"]
+    with log.open("wb") as err:
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=err, timeout=45)
+        except subprocess.TimeoutExpired as e:  # run() has killed it
+            pytest.fail(f"pjsua2 phone hung for 45 s; stdout {e.stdout!r}\n"
+                        f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
+                        f"{engine.log()[-3000:]}")
+    events = [json.loads(line) for line in done.stdout.decode(errors="replace").splitlines()
+              if line.startswith("{")]
+    if done.returncode != 0 or not any(e["event"] == "done" for e in events):
+        pytest.fail(f"pjsua2 phone exited {done.returncode}; events {events}\n"
+                    f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
+                    f"{engine.log()[-3000:]}")
+    return events
+
+
+def test_pjsua2_leaves_a_voicemail_with_a_1khz_tone_then_hash(tmp_path: Path) -> None:
+    require_pjsua2()
+    low = 40000 + (free_port() % 10000) // 2 * 2
+    (tmp_path / "directory.toml").write_text(DIRECTORY.format(low=low, high=low + 99))
+    said = tmp_path / "say-1khz.wav"
+    write_wav(said, tone(1000, PLAY_SECONDS * 1000 + 500, level=0.4))  # longer than played
+    log = tmp_path / "pjsua.log"
+    engine = EngineProcess(tmp_path, tmp_path / "directory.toml").start()
+    try:
+        events = run_phone(engine, said, log)
+
+        def why() -> str:
+            return (f"events {events}\n--- phone log ---\n{tail(log)}\n"
+                    f"--- engine log ---\n{engine.log()[-3000:]}")
+
+        [registered] = [e for e in events if e["event"] == "registered"]
+        assert registered["ok"] and registered["codes"][-1] == 200, why()
+        [result] = [e for e in events if e["event"] == "result"]
+        # the engine answered (200 with SDP) and audio flowed both ways
+        assert result["confirmed"] and "CONFIRMED" in result["states"], why()
+        assert result["media"], why()
+        assert str(result["codec"]).split("/")[0] in {"G722", "PCMU", "PCMA"}, why()
+        assert result["played"] >= PLAY_SECONDS - 0.1, why()
+        # '#' went out as RFC 4733 and ended the message: the engine hung up
+        assert result["dtmf"] is True, why()
+        assert result["ended_by"] == "engine" and result["last_code"] == 200, why()
+
+        listed = engine.cli("voicemail", "list", "104", "--json")
+        assert listed.returncode == 0, listed.stderr
+        messages = json.loads(listed.stdout)
+        assert len(messages) == 1, (messages, why())
+        [message] = messages
+        assert message["caller"] == "101", message
+        # the tone (3 s) and what followed until '#' (~0.2 s + the event's length)
+        assert PLAY_SECONDS - 0.5 <= message["duration"] <= PLAY_SECONDS + 1.5, message
+        info = wav_info(message["path"])
+        assert (info.rate, info.bits, info.channels) == (8000, 16, 1), info
+        recorded = load_wav(message["path"]).pcm16
+        heard = dominant_frequency(recorded, 8000)
+        assert abs(heard - 1000) < 15, (heard, message)
+    finally:
+        code = engine.stop()
+    assert code == 0, f"engine did not shut down cleanly ({code}):\n{engine.log()[-3000:]}"
