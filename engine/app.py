@@ -92,6 +92,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._revision = 0
+        self._vm_revision = 0
         system = engine.directory.system
         self.media = MediaService(f"{system.rtp_port_min}-{system.rtp_port_max}",
                                   host=config.sip_host or "0.0.0.0")
@@ -129,6 +130,9 @@ class Server:
         await site.start()
         self._revision = await self.store.revision()
         self.engine.set_statuses(await self.store.load_status_overrides())
+        self._vm_revision = await self.store.voicemail_revision()
+        self._apply(self.engine.set_mwi_counts(await self.store.voicemail_counts(),
+                                               time.monotonic()))
         self._tasks.append(asyncio.create_task(self._writer()))
         self._schedule()  # trunks that register start at once
         self._tasks.append(asyncio.create_task(self._housekeeping()))
@@ -369,7 +373,13 @@ class Server:
                 log.exception("directory reload failed; serving the previous snapshot")
 
     async def _reload(self) -> None:
-        """A directory apply or a status change (another process) reaches the next call."""
+        """A directory apply or a status change (another process) reaches the next call;
+        a message left, read or deleted (here or by the CLI) reaches the phones' lamps."""
+        vm_revision = await self.store.voicemail_revision()
+        if vm_revision != self._vm_revision:
+            self._vm_revision = vm_revision
+            self._apply(self.engine.set_mwi_counts(await self.store.voicemail_counts(),
+                                                   time.monotonic()))
         revision = await self.store.revision()
         if revision == self._revision:
             return

@@ -31,6 +31,8 @@ from engine.message import (
     warning_value,
 )
 from engine.metrics import Metrics
+from engine.mwi import EVENT as MWI_EVENT
+from engine.mwi import MessageWaiting
 from engine.registrar import Registrar
 from engine.transaction import (
     Addr,
@@ -50,7 +52,7 @@ from routing import CallFacts, router_for
 
 log = structlog.get_logger("switchboard.engine")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, SUBSCRIBE"
 ACCEPT = "application/sdp"
 SUPPORTED: tuple[str, ...] = ("path", "outbound")
 SERVER = "Switchboard/0.1"
@@ -96,6 +98,7 @@ class Engine:
         self.registrar = Registrar()
         self.b2bua = B2BUA(self.transactions, self.registrar, wall_clock, self.metrics)
         self.trunkreg = TrunkRegistrar(self.transactions)
+        self.mwi = MessageWaiting(self.transactions)
         self.auth = DigestAuthenticator(directory.system.domain, self._auth_key,
                                         algorithms=digest_algorithms)
         self.set_directory(directory)
@@ -128,7 +131,8 @@ class Engine:
 
     def next_wakeup(self) -> float | None:
         wakes = [w for w in (self.transactions.next_wakeup(), self.b2bua.next_wakeup(),
-                             self.trunkreg.next_wakeup()) if w is not None]
+                             self.trunkreg.next_wakeup(), self.mwi.next_wakeup())
+                 if w is not None]
         return min(wakes) if wakes else None
 
     def trunk_of(self, source: Addr) -> str | None:
@@ -214,7 +218,14 @@ class Engine:
         self._run(self.transactions.on_timer(now), now, out)
         self._run(self.b2bua.on_timer(now, self.local), now, out)
         self._run(self.trunkreg.on_timer(now, self.local), now, out)
+        self._run(self.mwi.expire(now, self.local), now, out)
         out.media.extend(self.b2bua.take_media())
+        return out
+
+    def set_mwi_counts(self, counts: dict[str, tuple[int, int]], now: float) -> Outcome:
+        """Mailbox counts changed (a message left, read, deleted): NOTIFY subscribers."""
+        out = Outcome()
+        self._run(self.mwi.set_counts(counts, now, self.local), now, out)
         return out
 
     def shutdown(self, now: float) -> Outcome:
@@ -258,6 +269,8 @@ class Engine:
                 self._run(self.b2bua.on_cancel(ev.invite_key, now, self.local), now, out)
             elif isinstance(ev, DeliverResponse):
                 answer = self.trunkreg.on_response(ev.key, ev.response, now, self.local)
+                if answer is None and self.mwi.on_response(ev.key, ev.response):
+                    answer = []
                 if answer is None:
                     answer = self.b2bua.on_response(ev.response, ev.key, now, self.local)
                 self._run(answer, now, out)
@@ -327,19 +340,23 @@ class Engine:
             answer(483)
             return
         if req.to.tag is not None and req.method not in ("REGISTER", "CANCEL"):
-            events = self.b2bua.in_dialog(req, key, source, transport, now, self.local)
+            events = self.mwi.in_dialog(req, key, now, self.local)
+            if events is None:
+                events = self.b2bua.in_dialog(req, key, source, transport, now, self.local)
             if events is None:
                 answer(481)
             else:
                 self._run(events, now, out)
             return
         if req.method == "OPTIONS":
-            answer(200, [("Allow", ALLOW), ("Accept", ACCEPT),
+            answer(200, [("Allow", ALLOW), ("Accept", ACCEPT), ("Allow-Events", MWI_EVENT),
                          ("Supported", ", ".join(SUPPORTED))])
         elif req.method == "REGISTER":
             self._register(req, source, transport, now, answer, out)
         elif req.method == "INVITE":
             self._invite(req, key, source, transport, now, answer, out)
+        elif req.method == "SUBSCRIBE":
+            self._subscribe(req, key, source, transport, now, answer, out)
         elif req.method in ("BYE", "CANCEL"):
             answer(481)
         else:
@@ -385,6 +402,24 @@ class Engine:
         events = self.b2bua.new_call(req, key, source, transport, facts, self.directory, now,
                                      self.local)
         self._run(events, now, out)
+
+    def _subscribe(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
+                   answer: Callable[..., None], out: Outcome) -> None:
+        """Message waiting (RFC 3842): a phone subscribes to its own mailbox."""
+        event = (req.get("event") or "").split(";", 1)[0].strip().lower()
+        if event != MWI_EVENT:
+            answer(489, [("Allow-Events", MWI_EVENT)])  # RFC 6665 s8.2.2: Bad Event
+            return
+        username = self._authenticate(req, "SUBSCRIBE", source, now, answer)
+        if username is None:
+            return
+        box = req.uri.user or ""
+        if box != username:
+            answer(403, [("Warning", warning_value(
+                f"user {username!r} may not watch mailbox {box!r}"))])
+            return
+        self._run(self.mwi.subscribe(req, key, box, source, transport, now, self.local), now,
+                  out)
 
     def _authenticate(self, req: Request, method: str, source: Addr, now: float,
                       answer: Callable[..., None]) -> str | None:

@@ -126,10 +126,10 @@ _UPSERT_BINDING = (
 )
 
 
-async def _bump_revision(tx: _Tx) -> None:
+async def _bump_revision(tx: _Tx, key: str = "revision") -> None:
     await tx.execute(
-        "INSERT INTO meta (key, value) VALUES ('revision', '1') ON CONFLICT (key) DO UPDATE "
-        "SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)"
+        "INSERT INTO meta (key, value) VALUES ($1, '1') ON CONFLICT (key) DO UPDATE "
+        "SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)", key
     )
 
 
@@ -258,6 +258,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def mark_voicemail_read(self, box: str, message_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def voicemail_counts(self) -> dict[str, tuple[int, int]]:
+        """(new, old) messages per mailbox that has any (RFC 3842 message-summary)."""
+
+    @abc.abstractmethod
+    async def voicemail_revision(self) -> int:
+        """Moves whenever a message is left, read or deleted (message waiting lamps)."""
 
     @abc.abstractmethod
     async def write_bindings(
@@ -461,6 +469,7 @@ class _SQLStore(Store):
                     await tx.execute("DELETE FROM bindings WHERE aor = $1", key)
                     # the admin guide's warning: deleting a user deletes their voicemail
                     await tx.execute("DELETE FROM voicemail WHERE box = $1", key)
+                    await _bump_revision(tx, "voicemail_revision")
             await tx.execute(
                 "DELETE FROM status_overrides WHERE extension NOT IN "
                 "(SELECT key FROM directory_rows WHERE tbl = 'users')"
@@ -476,6 +485,7 @@ class _SQLStore(Store):
                 "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 message.id, message.box, message.caller, float(message.time),
                 float(message.duration), message.path, message.read)
+            await _bump_revision(tx, "voicemail_revision")
 
     async def list_voicemail(self, box: str) -> list[VoicemailMessage]:
         async with self._transaction() as tx:
@@ -489,6 +499,8 @@ class _SQLStore(Store):
             rows = await tx.fetch(
                 "DELETE FROM voicemail WHERE box = $1 AND id = $2 "
                 "RETURNING id, box, caller, time, duration, path, is_read", box, message_id)
+            if rows:
+                await _bump_revision(tx, "voicemail_revision")
         return _voicemail(rows[0]) if rows else None
 
     async def mark_voicemail_read(self, box: str, message_id: str) -> bool:
@@ -496,7 +508,21 @@ class _SQLStore(Store):
             rows = await tx.fetch(
                 "UPDATE voicemail SET is_read = TRUE WHERE box = $1 AND id = $2 RETURNING id",
                 box, message_id)
+            if rows:
+                await _bump_revision(tx, "voicemail_revision")
         return bool(rows)
+
+    async def voicemail_counts(self) -> dict[str, tuple[int, int]]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT box, SUM(CASE WHEN is_read THEN 0 ELSE 1 END), "
+                "SUM(CASE WHEN is_read THEN 1 ELSE 0 END) FROM voicemail GROUP BY box")
+        return {str(box): (int(new), int(old)) for box, new, old in rows}
+
+    async def voicemail_revision(self) -> int:
+        async with self._transaction() as tx:
+            found = await tx.fetch("SELECT value FROM meta WHERE key = 'voicemail_revision'")
+        return int(found[0][0]) if found else 0
 
     async def revision(self) -> int:
         async with self._transaction() as tx:

@@ -218,13 +218,17 @@ PHONES: dict[str, Addr] = {"101": ("127.0.0.1", 6101), "102": ("127.0.0.1", 6102
 PASSWORDS = {"101": "pw101", "102": "pw102", "103": "pw103", "104": "pw104"}
 
 
-@pytest.fixture
-def net() -> Net:
+def make_net() -> Net:
     clock = Clock()
     directory = parse_directory(tomllib.loads(DIRECTORY), "<test>")
     engine = Engine(directory, {"127.0.0.1", "pbx.test"}, 5060, wall_clock=lambda: clock.wall,
                     digest_algorithms=("MD5",), advertise="127.0.0.1")
     return Net(engine, clock)
+
+
+@pytest.fixture
+def net() -> Net:
+    return make_net()
 
 
 def register(net: Net, *extensions: str, second_device: bool = False) -> None:

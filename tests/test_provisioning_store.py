@@ -527,3 +527,19 @@ async def test_voicemail_save_list_read_delete_and_removed_user(
     await store.apply_directory(without_203)
     assert await store.list_voicemail("203") == []
     assert [m.id for m in await store.list_voicemail("101")] == ["m1"]
+
+
+async def test_voicemail_counts_and_revision_for_message_waiting(store: Store,
+                                                                 directory: Directory) -> None:
+    from provisioning.model import VoicemailMessage
+
+    await store.apply_directory(directory)
+    assert await store.voicemail_counts() == {} and await store.voicemail_revision() == 0
+    for i, box in enumerate(("101", "101", "102")):
+        await store.save_voicemail(VoicemailMessage(id=f"c{i}", box=box, caller="x",
+                                                    time=float(i), duration=1.0, path="/x"))
+    first = await store.voicemail_revision()
+    assert first == 3
+    assert await store.mark_voicemail_read("101", "c0")
+    assert await store.voicemail_counts() == {"101": (1, 1), "102": (1, 0)}
+    assert await store.voicemail_revision() > first
