@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.message import Response, parse
+from engine.auth import build_authorization
+from engine.message import Request, Response, parse
 from media.codecs import codec_for
 from media.rtp import RtpSender, dtmf_packets
 from media.sdp import parse_sdp
@@ -56,6 +57,43 @@ max_seconds = 20
 [users.forwarding.available]
 greeting = "missing-greeting.wav"   # unusable: the engine plays the beep and still records
 """
+
+
+def subscribe_mwi(engine_addr: tuple[str, int], user: str, password: str) -> Request:
+    """SUBSCRIBE message-summary with digest auth from a fresh socket; the first NOTIFY."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        port = s.getsockname()[1]
+
+        def send(cseq: int, auth: str = "") -> None:
+            s.sendto((f"SUBSCRIBE sip:{user}@pbx.test SIP/2.0\r\n"
+                      f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKsub{cseq};rport\r\n"
+                      f"Max-Forwards: 70\r\nFrom: <sip:{user}@pbx.test>;tag=sub\r\n"
+                      f"To: <sip:{user}@pbx.test>\r\nCall-ID: mwi-e2e\r\n"
+                      f"CSeq: {cseq} SUBSCRIBE\r\nContact: <sip:{user}@127.0.0.1:{port}>\r\n"
+                      f"Event: message-summary\r\nExpires: 600\r\n"
+                      + (f"Proxy-Authorization: {auth}\r\n" if auth else "")
+                      + "Content-Length: 0\r\n\r\n").encode(), engine_addr)
+
+        send(1)
+        while True:
+            msg = parse(s.recv(65535))
+            if isinstance(msg, Response) and msg.status == 407:
+                break
+        challenge = next(c for c in msg.get_lines("proxy-authenticate") if "MD5" in c)
+        send(2, build_authorization(challenge, "SUBSCRIBE", f"sip:{user}@pbx.test", user,
+                                    password, "cn"))
+        while True:  # the NOTIFY that shows a message (at once, or on the next change)
+            msg = parse(s.recv(65535))
+            if isinstance(msg, Request) and msg.method == "NOTIFY":
+                ok = ("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in msg.get_all("via"))
+                      + f"From: {msg.get('from')}\r\nTo: {msg.get('to')}\r\n"
+                      f"Call-ID: {msg.call_id}\r\nCSeq: {msg.get('cseq')}\r\n"
+                      "Content-Length: 0\r\n\r\n")
+                s.sendto(ok.encode(), engine_addr)
+                if b"Voice-Message: 0/0" not in msg.body:
+                    return msg
 
 
 def test_leave_a_voicemail_with_a_1khz_tone_then_hash(tmp_path: Path) -> None:
@@ -136,6 +174,10 @@ def test_leave_a_voicemail_with_a_1khz_tone_then_hash(tmp_path: Path) -> None:
         recorded = load_wav(message["path"]).pcm16
         assert abs(dominant_frequency(recorded, 8000) - 1000) < 10
         assert "greeting unusable" in engine.log()
+
+        # 104's phone subscribes to its mailbox: the lamp is on (RFC 3842).
+        notify = subscribe_mwi(engine.sip, "104", "pw104")
+        assert b"Messages-Waiting: yes" in notify.body and b"Voice-Message: 1/0" in notify.body
     finally:
         sip.close()
         rtp.close()
