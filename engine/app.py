@@ -22,8 +22,18 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from engine.b2bua import MediaAction, OpenMedia, StartVoicemail, StopMedia, UpdateMedia
+from engine.b2bua import (
+    BridgeMedia,
+    MediaAction,
+    OpenMedia,
+    StartMailbox,
+    StartVoicemail,
+    StopMedia,
+    UpdateMedia,
+)
+from engine.callmedia import CallMedia
 from engine.core import Engine, Outcome
+from engine.mail import email_voicemail
 from engine.message import ParseError, StreamFramer
 from engine.transaction import Addr, Send
 from media.endpoint import MediaEndpoint, MediaError
@@ -32,6 +42,7 @@ from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
 from provisioning.model import Binding, VoicemailMessage
+from provisioning.recordings import delete_recording, list_recordings, recording_path
 from provisioning.store import Store
 
 log = structlog.get_logger("switchboard.app")
@@ -96,7 +107,8 @@ class Server:
         system = engine.directory.system
         self.media = MediaService(f"{system.rtp_port_min}-{system.rtp_port_max}",
                                   host=config.sip_host or "0.0.0.0")
-        self._endpoints: dict[tuple[str, str], MediaEndpoint] = {}
+        self._endpoints: dict[tuple[str, str], MediaEndpoint] = {}  # facing the caller
+        self.calls_media = CallMedia(self.media, config.data_dir, self._screened)
         self._recorders: dict[tuple[str, str], Recorder] = {}
         self._media_tasks: set[asyncio.Task[None]] = set()
 
@@ -124,6 +136,9 @@ class Server:
         app.router.add_get("/registrations", self._registrations)
         app.router.add_get("/route/explain", self._explain)
         app.router.add_get("/calls", self._calls)
+        app.router.add_get("/recordings", self._recordings)
+        app.router.add_get("/recordings/{id}", self._recording)
+        app.router.add_delete("/recordings/{id}", self._recording_delete)
         self.http = web.AppRunner(app, access_log=None)
         await self.http.setup()
         site = web.TCPSite(self.http, cfg.http_host, cfg.http_port)
@@ -159,6 +174,7 @@ class Server:
             recorder.stop("hangup")  # messages being left are kept
         if self._media_tasks:
             await asyncio.wait(set(self._media_tasks), timeout=2.0)
+        await self.calls_media.close_all()
         await self.media.close_all()
         for task in self._tasks:
             task.cancel()
@@ -263,10 +279,15 @@ class Server:
 
     # -- media (voicemail) ---------------------------------------------------------
     def _media_action(self, action: MediaAction) -> None:
-        if isinstance(action, OpenMedia):
-            self._spawn(self._open_media(action.call))
+        if isinstance(action, BridgeMedia):
+            self.calls_media.apply(action)
+        elif isinstance(action, OpenMedia):
+            self._spawn(self._open_media(action.call, action.bridge))
         elif isinstance(action, StartVoicemail):
+            self.calls_media.detach(action.call)  # a screened or early-media leg is over
             self._spawn(self._voicemail(action))
+        elif isinstance(action, StartMailbox):
+            self._spawn(self._mailbox(action))
         elif isinstance(action, UpdateMedia):
             endpoint = self._endpoints.get(action.call)
             if endpoint is not None and not endpoint.closed:
@@ -276,23 +297,35 @@ class Server:
             if recorder is not None:
                 recorder.stop("hangup")  # the voicemail task saves and closes
             else:
+                self.calls_media.close(action.call)
                 endpoint = self._endpoints.pop(action.call, None)
                 if endpoint is not None:
                     endpoint.close()
+
+    def _screened(self, call: tuple[str, str], accepted: bool) -> None:
+        self._apply(self.engine.screened(call, accepted, time.monotonic()))
 
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(work)
         self._media_tasks.add(task)
         task.add_done_callback(self._media_tasks.discard)
 
-    async def _open_media(self, call: tuple[str, str]) -> None:
+    async def _open_media(self, call: tuple[str, str], bridge: bool) -> None:
+        """One endpoint facing the caller; with ``bridge`` a second facing the callees."""
+        opened: list[MediaEndpoint] = []
         try:
-            endpoint = await self.media.open_endpoint()
+            for _ in range(2 if bridge else 1):
+                opened.append(await self.media.open_endpoint())
         except MediaError as exc:
+            for endpoint in opened:
+                endpoint.close()
             self._apply(self.engine.media_failed(call, str(exc), time.monotonic()))
             return
-        self._endpoints[call] = endpoint
-        self._apply(self.engine.media_ready(call, endpoint.rtp_port, time.monotonic()))
+        self._endpoints[call] = opened[0]
+        if bridge:
+            self.calls_media.add(call, call[0], opened[0], opened[1])
+        self._apply(self.engine.media_ready(call, tuple(e.rtp_port for e in opened),
+                                            time.monotonic()))
 
     async def _voicemail(self, job: StartVoicemail) -> None:
         """Greeting, beep, record; the message goes to the store; then hang up."""
@@ -321,11 +354,13 @@ class Server:
             self._recorders[job.call] = recorder
             recording = await recorder.wait()
             if recording.duration >= MIN_MESSAGE_SECONDS:
-                await self.store.save_voicemail(VoicemailMessage(
+                message = VoicemailMessage(
                     id=message_id, box=job.box, caller=job.caller, time=time.time(),
-                    duration=recording.duration, path=str(recording.path.resolve())))
+                    duration=recording.duration, path=str(recording.path.resolve()))
+                await self.store.save_voicemail(message)
                 log.info("voicemail left", call_id=job.call_id, box=job.box, id=message_id,
                          seconds=round(recording.duration, 1), ended_by=recording.reason)
+                self._email_voicemail(message)
             else:
                 recording.path.unlink(missing_ok=True)
             if recording.reason != "hangup":
@@ -338,6 +373,38 @@ class Server:
             gone = self._endpoints.pop(job.call, None)
             if gone is not None:
                 gone.close()
+
+    async def _mailbox(self, job: StartMailbox) -> None:
+        """The mailbox menu for its owner (PIN, listen, delete), then hang up."""
+        from engine.mailbox_access import serve_mailbox
+
+        endpoint = self._endpoints.get(job.call)
+        directory = self.engine.directory
+        user = directory.user(job.box)
+        if endpoint is None:
+            return
+        try:
+            if user is None:
+                raise LookupError(f"mailbox {job.box} has no user")
+            endpoint.configure(job.negotiated)
+            department = directory.department(user.department)
+            tz = department.timezone if department is not None else "UTC"
+            await serve_mailbox(self.media, endpoint, self.store, user, tz=tz)
+        except Exception:
+            log.exception("mailbox session failed", call_id=job.call_id, box=job.box)
+        finally:
+            if not endpoint.closed:
+                self._apply(self.engine.hangup(job.call, time.monotonic()))
+            gone = self._endpoints.pop(job.call, None)
+            if gone is not None:
+                gone.close()
+
+    def _email_voicemail(self, message: VoicemailMessage) -> None:
+        """Email the message in the background per the mailbox's ``voicemail.email``."""
+        directory = self.engine.directory
+        user = directory.user(message.box)
+        if user is not None and user.voicemail.email != "none":
+            self._spawn(email_voicemail(self.store, directory.system, user, message))
 
     # -- background work -----------------------------------------------------------
     async def _writer(self) -> None:
@@ -439,6 +506,31 @@ class Server:
         plan = explain(engine.directory, caller, callee, at, status=status,
                        registered=state.registered)
         return web.json_response(plan_to_json(plan))
+
+    async def _recordings(self, request: web.Request) -> web.Response:
+        """``GET /recordings``: every call recording (id, call_id, caller, callee, time,
+        duration, reason, path), oldest first."""
+        return web.json_response(list_recordings(self.config.data_dir))
+
+    async def _recording(self, request: web.Request) -> web.StreamResponse:
+        """``GET /recordings/{id}``: the WAV file."""
+        try:
+            path = recording_path(self.config.data_dir, request.match_info["id"])
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if not path.exists():
+            return web.json_response({"error": "no such recording"}, status=404)
+        return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+
+    async def _recording_delete(self, request: web.Request) -> web.Response:
+        """``DELETE /recordings/{id}``."""
+        try:
+            gone = delete_recording(self.config.data_dir, request.match_info["id"])
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if not gone:
+            return web.json_response({"error": "no such recording"}, status=404)
+        return web.json_response({"deleted": request.match_info["id"]})
 
     async def _calls(self, request: web.Request) -> web.Response:
         now = time.monotonic()

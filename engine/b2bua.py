@@ -39,8 +39,18 @@ Decisions (where no RFC or issue says):
 * Each callee leg has its own Call-ID: a phone sees a fresh call per leg.
 * Late offer (an INVITE without SDP, the SDP in the ACK) is not relayed:
   the callee's answer is passed on and the caller's ACK absorbed.
-* Until the media issue lands, voicemail and mailbox access answer 480
-  with a Warning that says voicemail was chosen; the plan and logs show it.
+* Voicemail and mailbox access are answered by the engine itself (the media
+  service plays and records on its own endpoint: ``StartVoicemail``,
+  ``StartMailbox``).
+* With ``anchor_media`` (``serve --media relay``, the default) a call whose
+  INVITE has an SDP offer gets two engine endpoints: the callees are offered
+  the engine's address (codecs in their user's order), the caller is answered
+  with the codec the callee chose, and RTP is relayed between them. A
+  re-INVITE or UPDATE from either side is answered by the engine (RFC 3264
+  s8): hold plays music to the other side, which is never re-INVITEd. A
+  rebound leg that answers is screened (``BridgeMedia.announce``): it hears
+  who calls and presses 1 to take the call; the caller hears hold music
+  (183 with our SDP) meanwhile.
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ from engine.transaction import Addr, Event, Send, TxKey
 from media import sdp
 from provisioning.model import DEFAULT_CODECS, Directory, Status
 from routing import (
+    REBOUND_SECONDS,
     Busy,
     CallFacts,
     Deflect,
@@ -115,6 +126,30 @@ class Leg:
     dialog: Dialog | None = None
     ack: bytes | None = None
     cancelled: bool = False
+    offer: sdp.SessionDescription | None = None  # what we offered on an anchored call
+    early: sdp.SessionDescription | None = None  # its answer in a 183, if any
+
+
+@dataclass(slots=True, eq=False)
+class Anchor:
+    """The media of a call whose RTP goes through the engine (RFC 3264 on each leg).
+
+    The caller's offer is answered by us with the codec the callee chose, so
+    the relay passes packets untouched. Each side's ``*_media`` is what the
+    endpoint facing it negotiated; ``*_holds``: that side put the other on
+    hold (it hears hold music from us).
+    """
+
+    offer: sdp.SessionDescription  # the caller's latest offer
+    callee_session: int = field(default_factory=lambda: secrets.randbelow(10**9))
+    callee_version: int = 0
+    caller_media: sdp.Negotiated | None = None
+    callee_media: sdp.Negotiated | None = None
+    caller_sdp: sdp.SessionDescription | None = None  # our last description to the caller
+    callee_sdp: sdp.SessionDescription | None = None  # ... and to the callee
+    caller_holds: bool = False
+    callee_holds: bool = False
+    record: str = ""  # why the call is recorded ("" not recorded)
 
 
 @dataclass(slots=True, eq=False)
@@ -145,9 +180,15 @@ class Call:
     answered_at: float = 0.0
     last_failure: int = 0
     early_sent: bool = False
-    voicemail: Voicemail | None = None  # a voicemail step waiting for or holding media
+    # A step the engine answers itself (leaving a message, listening to one's
+    # mailbox), waiting for or holding media.
+    voicemail: Voicemail | MailboxAccess | None = None
     media_open: bool = False
-    media_port: int = 0
+    media_port: int = 0  # the endpoint facing the caller
+    callee_port: int = 0  # the endpoint facing the callees (anchored calls)
+    anchor: Anchor | None = None
+    waiting: int | None = None  # a Ring step waiting for its media endpoints
+    screening: Leg | None = None  # a rebound leg that answered, hearing who calls
     sdp_session: int = field(default_factory=lambda: secrets.randbelow(10**9))
     sdp_version: int = 0
 
@@ -165,10 +206,12 @@ class Relay:
 
 @dataclass(frozen=True, slots=True)
 class OpenMedia:
-    """Open an RTP endpoint for ``call``; answer with :meth:`B2BUA.media_ready`
-    (or :meth:`B2BUA.media_failed`)."""
+    """Open an RTP endpoint for ``call`` (two with ``bridge``: one facing the
+    caller, one the callees); answer with :meth:`B2BUA.media_ready` (or
+    :meth:`B2BUA.media_failed`)."""
 
     call: tuple[str, str]
+    bridge: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +225,17 @@ class StartVoicemail:
     greeting: str  # "default" or a WAV path
     max_seconds: int
     caller: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartMailbox:
+    """The owner of ``box`` called the voicemail number and was answered: the
+    mailbox menu (PIN, listen, delete); hang up with :meth:`B2BUA.hangup`."""
+
+    call: tuple[str, str]
+    call_id: str
+    negotiated: sdp.Negotiated
+    box: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +253,30 @@ class StopMedia:
     call: tuple[str, str]
 
 
-MediaAction = OpenMedia | StartVoicemail | UpdateMedia | StopMedia
+@dataclass(frozen=True, slots=True)
+class BridgeMedia:
+    """The media state of an anchored call, sent on every change; the media
+    service makes it so (idempotent): each endpoint follows its leg's offer/
+    answer; RTP is relayed between them unless someone is on hold, and a held
+    party hears ``playlist`` (empty: the system's, else the built-in tune)."""
+
+    call: tuple[str, str]
+    call_id: str
+    caller_media: sdp.Negotiated | None
+    callee_media: sdp.Negotiated | None
+    music_to_caller: bool
+    music_to_callee: bool
+    playlist: tuple[str, ...]
+    record: str  # why the call is recorded; "" not recorded
+    parties: tuple[str, str]  # (caller, callee) for the recording's listing
+    # Rebound screening: announce ``announce`` (the caller's number; "" nothing to
+    # screen) to the callee in ``language`` and report its key with B2BUA.screened.
+    announce: str = ""
+    language: str = "en"
+
+
+MediaAction = (OpenMedia | StartVoicemail | StartMailbox | UpdateMedia | StopMedia
+               | BridgeMedia)
 DECODABLE = frozenset({"PCMU", "PCMA", "G722"})  # what the engine can play and record
 
 
@@ -216,8 +293,12 @@ class B2BUA:
     """All calls of one engine."""
 
     def __init__(self, transactions: TransactionLayer, registrar: Registrar,
-                 wall_clock: Callable[[], float], metrics: Metrics | None = None) -> None:
+                 wall_clock: Callable[[], float], metrics: Metrics | None = None,
+                 anchor_media: bool = False) -> None:
         self.metrics = metrics
+        # True: calls with an SDP offer get their RTP through the engine (hold
+        # music, recording, rebound screening); False: SDP passes end to end.
+        self.anchor_media = anchor_media
         self.tx = transactions
         self.registrar = registrar
         self.wall_clock = wall_clock
@@ -277,9 +358,12 @@ class B2BUA:
         return events
 
     def _fire(self, call: Call, name: str, now: float, local: Local) -> list[Event]:
+        if name == "screen" and call.screening is not None:
+            log.info("rebound not accepted in time", call_id=call.id)
+            return self._refused(call, now, local)
         if name == "no_answer" and call.state == "routing":
             log.info("no answer", call_id=call.id, step=call.step + 1)
-            events = self._cancel_legs(call, now, reason=None)
+            events = self._cancel_legs(call, now, None, local)
             return events + self._outcome(call, "no_answer", now, local)
         if name == "ok" and call.ok is not None and call.state == "answered":
             if now >= call.ok_deadline:
@@ -339,6 +423,10 @@ class B2BUA:
         log.info("step", call_id=call.id, step=index + 1, kind=type(step).__name__.lower(),
                  reason=step.reason)
         if isinstance(step, Ring):
+            if self._wants_anchor(call):
+                call.waiting = index
+                self.media_actions.append(OpenMedia(_call_key(call), bridge=True))
+                return []
             return self._ring(call, step, now, local)
         if isinstance(step, Deflect):
             trunk = self.trunk_addresses.get(step.trunk)
@@ -352,18 +440,42 @@ class B2BUA:
                     f"voicemail of {step.box} was chosen; it needs an SDP offer in the INVITE "
                     "(late offer is not supported)"))])
             call.voicemail = step
+            if call.media_open:  # anchored: the endpoint facing the caller is ready
+                return self._answer_voicemail(call, step, call.media_port, now, local)
             self.media_actions.append(OpenMedia(_call_key(call)))
             return []
         if isinstance(step, MailboxAccess):
-            return self._final(call, 480, now, [("Warning", warning_value(
-                f"mailbox access for {step.box} was chosen; listening to messages by phone "
-                "is not in this build (use 'switchboard voicemail list')"))])
+            if not call.invite.body:
+                return self._final(call, 480, now, [("Warning", warning_value(
+                    f"mailbox access for {step.box} needs an SDP offer in the INVITE "
+                    "(late offer is not supported)"))])
+            call.voicemail = step
+            if call.media_open:
+                return self._answer_voicemail(call, step, call.media_port, now, local)
+            self.media_actions.append(OpenMedia(_call_key(call)))
+            return []
         if isinstance(step, Busy):
             return self._final(call, 486, now)
         if isinstance(step, Reject):
             return self._final(call, step.status, now, [("Warning", warning_value(step.reason))],
                                reason=step.text)
         raise TypeError(f"unknown step {step!r}")
+
+    def _wants_anchor(self, call: Call) -> bool:
+        """A first Ring step of a call to anchor: open its endpoints first."""
+        if not self.anchor_media or call.media_open or call.anchor is not None \
+                or not call.invite.body:
+            return False
+        try:
+            offer = sdp.parse_sdp(call.invite.body)
+        except sdp.SdpError as exc:
+            log.info("media not anchored: unreadable offer", call_id=call.id,
+                     error=exc.message)
+            return False
+        if offer.audio() is None:
+            return False
+        call.anchor = Anchor(offer=offer)
+        return True
 
     def _ring(self, call: Call, step: Ring, now: float, local: Local) -> list[Event]:
         events: list[Event] = []
@@ -410,10 +522,12 @@ class B2BUA:
     def _start_leg(self, call: Call, step: Ring, target: Device | External, uri: str,
                    dest: Addr, transport: str, trunk: str, label: str, now: float,
                    local: Local) -> list[Event]:
-        invite = self._callee_invite(call, step, target, uri, transport, local)
+        offer = self._callee_offer(call, target, local)
+        invite = self._callee_invite(call, step, target, uri, transport, local, offer)
         key, events = self.tx.send_request(invite, dest, transport, now)
         leg = Leg(call=call, target=target, label=label, invite=invite, dest=dest,
                   transport=transport, key=key, trunk=trunk)
+        leg.offer = offer
         if trunk:
             self.channels[trunk] = self.channels.get(trunk, 0) + 1
         call.legs.append(leg)
@@ -423,7 +537,8 @@ class B2BUA:
         return events
 
     def _callee_invite(self, call: Call, step: Ring, target: Device | External, uri: str,
-                       transport: str, local: Local) -> Request:
+                       transport: str, local: Local,
+                       offer: sdp.SessionDescription | None = None) -> Request:
         caller = call.invite
         facts = call.facts
         domain = local.domain
@@ -463,7 +578,24 @@ class B2BUA:
         for h in caller.headers:
             if h[0] in _COPY_TO_CALLEE:
                 headers.append((h[1], h[2]))
-        return Request.build("INVITE", uri, headers, caller.body)
+        body = caller.body if offer is None else offer.to_bytes()
+        return Request.build("INVITE", uri, headers, body)
+
+    def _callee_offer(self, call: Call, target: Device | External,
+                      local: Local) -> sdp.SessionDescription | None:
+        """The caller's offer as we make it to a callee on an anchored call: our
+        address, our o= line, codecs in the order of the user on that leg (a
+        trunk gets the caller's order)."""
+        anchor = call.anchor
+        if anchor is None or not call.callee_port:
+            return None
+        offer = sdp.with_connection(anchor.offer, local.host, call.callee_port)
+        if isinstance(target, Device) and self.directory is not None:
+            user = self.directory.user(target.extension)
+            if user is not None:
+                offer = sdp.with_codec_order(offer, user.codecs)
+        anchor.callee_version += 1
+        return sdp.with_origin(offer, anchor.callee_session, anchor.callee_version, local.host)
 
     # ------------------------------------------------------------------ outcomes
     def _outcome(self, call: Call, outcome: Outcome, now: float, local: Local) -> list[Event]:
@@ -523,7 +655,13 @@ class B2BUA:
                 return []
             headers = [("Server", "Switchboard/0.1")]
             body = b""
-            if resp.body and status == 183:
+            if resp.body and status == 183 and leg.offer is not None:
+                early = self._anchored_answer(call, leg, resp.body, local)
+                if early is None:
+                    return []
+                body = early
+                headers.append(("Content-Type", "application/sdp"))
+            elif resp.body and status == 183:
                 body = resp.body
                 headers.append(("Content-Type", resp.get("content-type") or "application/sdp"))
             elif status == 183:
@@ -567,6 +705,70 @@ class B2BUA:
             # Answered after another leg won, or after the step moved on: hang it up.
             log.info("late answer hung up", call_id=call.id, leg=leg.label)
             return events + self._bye_leg(leg, now, local)
+        screening = call.screening
+        if screening is not None:  # another leg answered while the rebound leg decides
+            call.screening = None
+            self._disarm(call, "screen")
+            events += self._bye_leg(screening, now, local)
+        elif leg.offer is not None and isinstance(leg.target, External) and leg.target.rebound:
+            return events + self._screen(call, leg, resp, now, local)
+        return events + self._connect(call, leg, resp.body, resp.get("content-type"),
+                                      now, local)
+
+    def _screen(self, call: Call, leg: Leg, resp: Response, now: float,
+                local: Local) -> list[Event]:
+        """A rebound leg answered: it hears who calls and accepts with 1 (the media
+        service reports through :meth:`screened`); the caller hears hold music
+        meanwhile (183 with our SDP). Not accepted within REBOUND_SECONDS: refused."""
+        call.screening = leg
+        answer = self._anchored_answer(call, leg, resp.body, local)
+        if answer is None:  # cannot screen without media: the answer accepts
+            call.screening = None
+            return self._connect(call, leg, resp.body, resp.get("content-type"), now, local)
+        self._disarm(call, "no_answer")
+        self._arm(call, "screen", now + REBOUND_SECONDS)
+        log.info("rebound screening", call_id=call.id, leg=leg.label)
+        call.early_sent = True
+        early = make_response(call.invite, 183, None, [
+            ("Server", "Switchboard/0.1"), ("Content-Type", "application/sdp")], answer,
+            to_tag=call.tag)
+        return self._respond_caller(call, early, now)
+
+    def screened(self, key: tuple[str, str], accepted: bool, now: float,
+                 local: Local) -> list[Event]:
+        """The rebound leg's answer to the announcement: 1 accepts, anything else refuses."""
+        call = self.calls.get(key)
+        if call is None or call.screening is None or call.state != "routing":
+            return []
+        if not accepted:
+            log.info("rebound refused", call_id=call.id)
+            return self._guard(call, now, local,
+                               functools.partial(self._refused, call, now, local))
+        leg = call.screening
+        call.screening = None
+        self._disarm(call, "screen")
+        log.info("rebound accepted", call_id=call.id, leg=leg.label)
+        return self._guard(call, now, local, functools.partial(
+            self._connect, call, leg, b"", "application/sdp", now, local))
+
+    def _refused(self, call: Call, now: float, local: Local) -> list[Event]:
+        leg = call.screening
+        call.screening = None
+        self._disarm(call, "screen")
+        if leg is None:
+            return []
+        events = self._bye_leg(leg, now, local)
+        leg.state = "done"
+        leg.status = 603
+        self._release_leg(leg)
+        if any(other.state in ("calling", "ringing") for other in call.legs):
+            return events
+        return events + self._outcome(call, "failed", now, local)
+
+    def _connect(self, call: Call, leg: Leg, body: bytes, ctype: str | None, now: float,
+                 local: Local) -> list[Event]:
+        """``leg`` takes the call: 200 to the caller, the other legs cancelled."""
+        events: list[Event] = []
         call.state = "answered"
         call.winner = leg
         call.answered_at = now
@@ -576,10 +778,15 @@ class B2BUA:
         headers = [("Server", "Switchboard/0.1"),
                    ("Contact", f"<sip:switchboard@{local.host}:{local.port}"
                                + (";transport=tcp>" if call.transport == "tcp" else ">"))]
-        ctype = resp.get("content-type")
+        if leg.offer is not None:
+            answer = self._anchored_answer(call, leg, body, local, final=True)
+            if answer is None:  # no usable answer: let the phones talk directly
+                self._unanchor(call)
+            else:
+                body, ctype = answer, "application/sdp"
         if ctype:
             headers.append(("Content-Type", ctype))
-        ok = make_response(call.invite, 200, None, headers, resp.body, to_tag=call.tag)
+        ok = make_response(call.invite, 200, None, headers, body, to_tag=call.tag)
         call.ok = ok
         call.caller_dialog = Dialog.uas(call.invite, call.tag, headers[1][1], confirmed=True)
         if call.transport == "udp":  # s13.3.1.4: T1 doubling to T2, for 64*T1
@@ -593,6 +800,196 @@ class B2BUA:
                 events += self._cancel_leg(other, now, COMPLETED_ELSEWHERE)
         return events
 
+    # ------------------------------------------------------------------ anchored media
+    def _anchored_answer(self, call: Call, leg: Leg, body: bytes, local: Local,
+                         final: bool = False) -> bytes | None:
+        """A callee's answer (183 or 2xx) on an anchored call -> our answer to the
+        caller, with the codec the callee chose; None when it cannot be used."""
+        anchor = call.anchor
+        assert anchor is not None and leg.offer is not None
+        try:
+            theirs = sdp.parse_sdp(body) if body else leg.early
+            if theirs is None:
+                raise sdp.SdpError("the answer has no SDP (and no 183 carried one)")
+            callee = sdp.negotiated(leg.offer, theirs, local="offerer")
+        except sdp.SdpError as exc:
+            log.warning("callee answer unusable for media anchoring", call_id=call.id,
+                        leg=leg.label, error=exc.message)
+            return None
+        leg.early = theirs
+        call.sdp_version += 1
+        ours = sdp.answer(anchor.offer, [callee.codec], address=local.host,
+                          port=call.media_port, session_id=call.sdp_session,
+                          session_version=call.sdp_version)
+        if isinstance(ours, sdp.AnswerRefused):
+            log.warning("caller offer has not the callee's codec", call_id=call.id,
+                        codec=callee.codec, reason=ours.reason)
+            return None
+        anchor.caller_media = sdp.negotiated(anchor.offer, ours)
+        anchor.callee_media = callee
+        anchor.caller_sdp = ours
+        anchor.callee_sdp = leg.offer
+        if final:
+            anchor.record = self._record_reason(call, leg)
+        self._bridge(call)
+        return ours.to_bytes()
+
+    def _unanchor(self, call: Call) -> None:
+        log.info("media not anchored for this call", call_id=call.id)
+        call.anchor = None
+        if call.media_open:
+            call.media_open = False
+            self.media_actions.append(StopMedia(_call_key(call)))
+
+    def _bridge(self, call: Call) -> None:
+        anchor = call.anchor
+        if anchor is None or not call.media_open:
+            return
+        holder_is_caller = anchor.caller_holds or not anchor.callee_holds
+        announce, language = "", "en"
+        if call.screening is not None:
+            announce = call.facts.caller
+            language = self._screen_language(call, call.screening)
+        self.media_actions.append(BridgeMedia(
+            _call_key(call), call.id, anchor.caller_media, anchor.callee_media,
+            music_to_caller=anchor.callee_holds or bool(announce),
+            music_to_callee=anchor.caller_holds, playlist=self._hold_playlist(
+                call, holder_is_caller), record=anchor.record,
+            parties=(call.facts.caller, self._callee_name(call)),
+            announce=announce, language=language))
+
+    def _screen_language(self, call: Call, leg: Leg) -> str:
+        """The prompts' language of the user whose rebound this is."""
+        target = leg.target
+        ext = target.mobile_of if isinstance(target, External) else ""
+        step = call.plan.steps[call.step] if call.step >= 0 else None
+        if not ext and isinstance(step, Ring) and step.diversion:
+            ext = step.diversion[-1].extension
+        user = self.directory.user(ext) if (self.directory and ext) else None
+        return user.voicemail.language if user is not None else "en"
+
+    def _callee_name(self, call: Call) -> str:
+        target = call.winner.target if call.winner is not None else None
+        if isinstance(target, Device):
+            return target.extension
+        if isinstance(target, External):
+            return target.number
+        return call.facts.callee
+
+    def _hold_playlist(self, call: Call, holder_is_caller: bool) -> tuple[str, ...]:
+        """The DID's playlist for a call that came in on a number; else the playlist
+        of the number whose caller ID the holding user presents; else the system's
+        (empty: the media service's built-in tune)."""
+        directory = self.directory
+        if directory is None:
+            return ()
+        if call.facts.source == "trunk":
+            number = directory.number(call.facts.callee)
+            if number is not None and number.hold_music:
+                return number.hold_music
+        holder = ""
+        if holder_is_caller and call.facts.source == "phone":
+            holder = call.facts.caller
+        elif not holder_is_caller and call.winner is not None \
+                and isinstance(call.winner.target, Device):
+            holder = call.winner.target.extension
+        user = directory.user(holder) if holder else None
+        if user is not None:
+            number = directory.number(directory.caller_id_for(user))
+            if number is not None and number.hold_music:
+                return number.hold_music
+        return directory.system.hold_music
+
+    def _record_reason(self, call: Call, leg: Leg) -> str:
+        """Why this answered call is recorded ("" not recorded): per user
+        (``record_calls``: external or all) and per number (inbound, outbound)."""
+        directory = self.directory
+        if directory is None:
+            return ""
+        facts = call.facts
+        external = facts.source == "trunk" or isinstance(leg.target, External)
+        parties: list[str] = []
+        if facts.source == "phone":
+            parties.append(facts.caller)
+        if isinstance(leg.target, Device):
+            parties.append(leg.target.extension)
+        for ext in parties:
+            user = directory.user(ext)
+            if user is None:
+                continue
+            if user.record_calls == "all" or (user.record_calls == "external" and external):
+                return f"user {ext} records {user.record_calls} calls"
+        if facts.source == "trunk":
+            number = directory.number(facts.callee)
+            if number is not None and number.record_inbound:
+                return f"number {number.number} records inbound calls"
+        elif isinstance(leg.target, External) and not leg.target.privacy:
+            number = directory.number(leg.target.caller_id)
+            if number is not None and number.record_outbound:
+                return f"number {number.number} records outbound calls"
+        return ""
+
+    def _anchored_offer(self, call: Call, req: Request, key: TxKey, from_caller: bool,
+                        now: float, local: Local) -> list[Event]:
+        """A re-INVITE or UPDATE from one side of an anchored call, answered by us
+        (RFC 3264 s8): the other side is not disturbed. A hold (sendonly,
+        inactive, c=0.0.0.0; s8.4) stops the relay and plays hold music to the
+        other side; a resume relays again."""
+        anchor = call.anchor
+        assert anchor is not None
+        current = anchor.caller_media if from_caller else anchor.callee_media
+        dialog = call.caller_dialog if from_caller else (
+            call.winner.dialog if call.winner is not None else None)
+        contact = f"<sip:switchboard@{local.host}:{local.port}>"
+        if dialog is not None and dialog.local_contact:
+            contact = dialog.local_contact
+        if current is None:
+            return self.tx.respond(key, make_response(req, 491), now)
+        if not req.body:  # an offer-less re-INVITE: we offer what we have (s14.2)
+            mine = anchor.caller_sdp if from_caller else anchor.callee_sdp
+            if req.method != "INVITE" or mine is None:
+                return self.tx.respond(key, make_response(req, 200, None,
+                                                          [("Contact", contact)]), now)
+            return self.tx.respond(key, make_response(
+                req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
+                mine.next_version().to_bytes()), now)
+        try:
+            offer = sdp.parse_sdp(req.body)
+        except sdp.SdpError as exc:
+            return self.tx.respond(key, make_response(req, 488, None, [
+                ("Warning", warning_value(f"unreadable SDP offer: {exc.message}"))]), now)
+        if from_caller:
+            call.sdp_version += 1
+            session, version, port = call.sdp_session, call.sdp_version, call.media_port
+        else:
+            anchor.callee_version += 1
+            session, version, port = (anchor.callee_session, anchor.callee_version,
+                                      call.callee_port)
+        ours = sdp.answer(offer, [current.codec], address=local.host, port=port,
+                          session_id=session, session_version=version)
+        if isinstance(ours, sdp.AnswerRefused):
+            return self.tx.respond(key, make_response(req, 488, None, [
+                ("Warning", warning_value(f"{ours.reason} (the call keeps "
+                                          f"{current.codec}; the engine does not transcode)"))]),
+                now)
+        media = sdp.negotiated(offer, ours)
+        holds = offer.stream(media.index).is_hold()
+        if from_caller:
+            anchor.offer, anchor.caller_media, anchor.caller_sdp = offer, media, ours
+            changed = holds != anchor.caller_holds
+            anchor.caller_holds = holds
+        else:
+            anchor.callee_media, anchor.callee_sdp = media, ours
+            changed = holds != anchor.callee_holds
+            anchor.callee_holds = holds
+        if changed:
+            log.info("hold" if holds else "resume", call_id=call.id,
+                     by="caller" if from_caller else "callee")
+        self._bridge(call)
+        return self.tx.respond(key, make_response(
+            req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
+            ours.to_bytes()), now)
+
     def _join(self, call: Call, extension: str) -> None:
         call.members = (*call.members, extension)
         self.on_call[extension] = self.on_call.get(extension, 0) + 1
@@ -603,8 +1000,12 @@ class B2BUA:
             leg.trunk = ""
 
     # ------------------------------------------------------------------ cancelling
-    def _cancel_legs(self, call: Call, now: float, reason: str | None) -> list[Event]:
+    def _cancel_legs(self, call: Call, now: float, reason: str | None,
+                     local: Local) -> list[Event]:
         events: list[Event] = []
+        if call.screening is not None:  # answered, still deciding: it gets a BYE
+            events += self._bye_leg(call.screening, now, local)
+            call.screening = None
         for leg in call.legs:
             events += self._cancel_leg(leg, now, reason)
         return events
@@ -637,7 +1038,7 @@ class B2BUA:
         if call is None or call.state != "routing":
             return []
         log.info("caller cancelled", call_id=call.id)
-        events = self._cancel_legs(call, now, None)
+        events = self._cancel_legs(call, now, None, local)
         return events + self._final(call, 487, now)
 
     # ------------------------------------------------------------------ media (voicemail)
@@ -645,21 +1046,44 @@ class B2BUA:
         actions, self.media_actions = self.media_actions, []
         return actions
 
-    def media_ready(self, key: tuple[str, str], port: int, now: float,
+    def media_ready(self, key: tuple[str, str], ports: tuple[int, ...], now: float,
                     local: Local) -> list[Event]:
-        """The endpoint for a voicemail call is open on ``port``: answer the caller."""
+        """The endpoints asked for are open on ``ports`` (the caller's side first):
+        answer a voicemail call, or ring the callees of an anchored one."""
         call = self.calls.get(key)
-        if call is None or call.voicemail is None or call.state != "routing":
+        if call is None or call.state != "routing" or call.media_open or (
+                call.voicemail is None and call.waiting is None):
             self.media_actions.append(StopMedia(key))  # the caller left meanwhile
             return []
         call.media_open = True
+        call.media_port = ports[0]
+        if call.voicemail is not None:
+            return self._guard(call, now, local, functools.partial(
+                self._answer_voicemail, call, call.voicemail, ports[0], now, local))
+        call.callee_port = ports[1] if len(ports) > 1 else 0
         return self._guard(call, now, local, functools.partial(
-            self._answer_voicemail, call, call.voicemail, port, now, local))
+            self._resume_ring, call, now, local))
 
-    def media_failed(self, key: tuple[str, str], reason: str, now: float) -> list[Event]:
+    def _resume_ring(self, call: Call, now: float, local: Local) -> list[Event]:
+        index, call.waiting = call.waiting, None
+        if index is None:
+            return []
+        if not call.callee_port:
+            self._unanchor(call)
+        step = call.plan.steps[index]
+        assert isinstance(step, Ring)
+        return self._ring(call, step, now, local)
+
+    def media_failed(self, key: tuple[str, str], reason: str, now: float,
+                     local: Local) -> list[Event]:
         call = self.calls.get(key)
         if call is None or call.state != "routing":
             return []
+        if call.waiting is not None:  # no media relay: the call still goes through
+            log.warning("media not anchored: no endpoint", call_id=call.id, reason=reason)
+            call.anchor = None
+            return self._guard(call, now, local, functools.partial(
+                self._resume_ring, call, now, local))
         log.warning("no media for voicemail", call_id=call.id, reason=reason)
         return self._final(call, 503, now, [("Warning", warning_value(reason))])
 
@@ -670,8 +1094,8 @@ class B2BUA:
             return []
         return self._hangup(call, now, local, bye_caller=True)
 
-    def _answer_voicemail(self, call: Call, step: Voicemail, port: int, now: float,
-                          local: Local) -> list[Event]:
+    def _answer_voicemail(self, call: Call, step: Voicemail | MailboxAccess, port: int,
+                          now: float, local: Local) -> list[Event]:
         call.media_port = port
         result = self._sdp_answer(call, call.invite.body, port, local)
         if isinstance(result, str):
@@ -691,6 +1115,11 @@ class B2BUA:
             call.ok_interval = self.timers.t1
             call.ok_deadline = now + self.timers.long
             self._arm(call, "ok", now + call.ok_interval)
+        if isinstance(step, MailboxAccess):
+            self.media_actions.append(StartMailbox(_call_key(call), call.id, negotiated,
+                                                   step.box))
+            log.info("mailbox answered", call_id=call.id, box=step.box, codec=negotiated.codec)
+            return self._respond_caller(call, ok, now)
         max_seconds = owner.voicemail.max_seconds if owner is not None else 180
         self.media_actions.append(StartVoicemail(
             _call_key(call), call.id, negotiated, step.box, step.greeting, max_seconds,
@@ -720,6 +1149,13 @@ class B2BUA:
         if leg is not None and leg.dialog is not None and leg is leg.call.winner:
             return self._guard(leg.call, now, local, lambda: self._from_callee(
                 leg, req, key, now, local))
+        if leg is not None and leg.dialog is not None and leg is leg.call.screening \
+                and req.method == "BYE" and leg.dialog.on_request(req) is None:
+            # The far end hung up on the announcement: a refusal.
+            events = self.tx.respond(key, make_response(req, 200), now)
+            leg.dialog.terminate()
+            return events + self._guard(leg.call, now, local, functools.partial(
+                self._refused, leg.call, now, local))
         return None
 
     def _from_caller(self, call: Call, req: Request, key: TxKey, now: float,
@@ -738,6 +1174,8 @@ class B2BUA:
             return events
         if call.voicemail is not None and call.media_port:
             return self._endpoint_request(call, req, key, now, local)
+        if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
+            return self._anchored_offer(call, req, key, True, now, local)
         if leg is None or leg.dialog is None:
             return self.tx.respond(key, make_response(req, 481), now)
         return self._relay_request(call, req, key, leg.dialog, leg.dest, leg.transport,
@@ -800,6 +1238,8 @@ class B2BUA:
             return events
         if call.caller_dialog is None:
             return self.tx.respond(key, make_response(req, 481), now)
+        if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
+            return self._anchored_offer(call, req, key, False, now, local)
         return self._relay_request(call, req, key, call.caller_dialog, call.source,
                                    call.transport, to_caller=True, now=now, local=local)
 
@@ -879,7 +1319,7 @@ class B2BUA:
     def _teardown(self, call: Call, now: float, local: Local, status: int) -> list[Event]:
         """End a call whatever its state (an internal error, a shutdown)."""
         if call.state == "routing":
-            events = self._cancel_legs(call, now, None)
+            events = self._cancel_legs(call, now, None, local)
             return events + self._final(call, status, now)
         return self._hangup(call, now, local, bye_caller=True)
 
@@ -899,7 +1339,7 @@ class B2BUA:
             return
         call.state = "ended"
         self.completed += 1
-        if call.voicemail is not None and call.media_open:
+        if call.media_open:
             self.media_actions.append(StopMedia(_call_key(call)))
         self.calls.pop(_call_key(call), None)
         self._by_tag.pop((call.id, call.tag), None)

@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(f"--{name}-ms", type=int, default=default, metavar="MS",
                            help=f"RFC 3261 {name.upper()}, {what} (default {default}); every "
                                 "transaction timer derives from T1, T2 and T4")
+    serve.add_argument("--media", choices=("relay", "direct"), default="relay",
+                       help="relay (default): the RTP of calls goes through the engine, which "
+                            "plays hold music, records and screens rebound calls; direct: SDP "
+                            "passes end to end (signalling only, no hold music or recording)")
     serve.add_argument("--route-clock", default=None, metavar="ISO-TIME",
                        help="evaluate schedules as if the engine had started at this time "
                             "(the clock then runs normally): for tests and demos")
@@ -125,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(vdel)
     vdel.add_argument("extension")
     vdel.add_argument("id")
+
+    rec = sub.add_parser("recordings", help="call recordings")
+    rcsub = rec.add_subparsers(dest="action", required=True)
+    rclist = rcsub.add_parser("list", help="every recording, oldest first")
+    _common(rclist)
+    rclist.add_argument("--json", action="store_true",
+                        help="an array of {id, call_id, caller, callee, time, duration, "
+                             "reason, path}")
+    rcdel = rcsub.add_parser("delete", help="delete one recording (WAV and listing)")
+    _common(rcdel)
+    rcdel.add_argument("id")
 
     route = sub.add_parser("route", help="call routing")
     rsub = route.add_subparsers(dest="action", required=True)
@@ -185,7 +200,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
         timers = Timers(t1=args.t1_ms / 1000, t2=args.t2_ms / 1000, t4=args.t4_ms / 1000)
         engine = Engine(loaded, hosts, sip_port, digest_algorithms=algorithms,
-                        advertise=advertise, route_clock_offset=offset, timers=timers)
+                        advertise=advertise, route_clock_offset=offset, timers=timers,
+                        anchor_media=args.media == "relay")
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
         await serve(engine, store, config)
@@ -287,6 +303,30 @@ async def _voicemail_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _recordings_list(args: argparse.Namespace) -> int:
+    from provisioning.recordings import list_recordings
+
+    rows = list_recordings(Path(args.data_dir))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no recordings")
+    for r in rows:
+        print(f"{r['id']}  {r.get('time', '?')}  {r.get('caller', '?')} -> "
+              f"{r.get('callee', '?')}  {r.get('duration', 0)} s  ({r.get('reason', '')})")
+    return 0
+
+
+async def _recordings_delete(args: argparse.Namespace) -> int:
+    from provisioning.recordings import delete_recording
+
+    if not delete_recording(Path(args.data_dir), args.id):
+        raise LookupError(f"no recording '{args.id}'")
+    print(f"deleted recording {args.id}")
+    return 0
+
+
 async def _known_user(store: Store, extension: str) -> None:
     directory = await store.load_directory()
     if directory is None or directory.user(extension) is None:
@@ -351,7 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    ("status", "set"): _status_set, ("status", "clear"): _status_clear,
                    ("route", "explain"): _route_explain,
                    ("voicemail", "list"): _voicemail_list,
-                   ("voicemail", "delete"): _voicemail_delete}
+                   ("voicemail", "delete"): _voicemail_delete,
+                   ("recordings", "list"): _recordings_list,
+                   ("recordings", "delete"): _recordings_delete}
         runner = runners[(args.command, getattr(args, "action", None))]
         return asyncio.run(runner(args))
     except DirectoryError as exc:

@@ -80,7 +80,8 @@ class Engine:
                  limiter: FailureLimiter | None = None,
                  wall_clock: Callable[[], float] = time.time,
                  digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
-                 advertise: str = "127.0.0.1", route_clock_offset: float = 0.0) -> None:
+                 advertise: str = "127.0.0.1", route_clock_offset: float = 0.0,
+                 anchor_media: bool = False) -> None:
         self.metrics = metrics or Metrics()
         self.transactions = TransactionLayer(timers or Timers())
         self.advertise = advertise
@@ -96,7 +97,8 @@ class Engine:
         self.digest_algorithms = digest_algorithms
         self.directory = directory
         self.registrar = Registrar()
-        self.b2bua = B2BUA(self.transactions, self.registrar, wall_clock, self.metrics)
+        self.b2bua = B2BUA(self.transactions, self.registrar, wall_clock, self.metrics,
+                           anchor_media=anchor_media)
         self.trunkreg = TrunkRegistrar(self.transactions)
         self.mwi = MessageWaiting(self.transactions)
         self.auth = DigestAuthenticator(directory.system.domain, self._auth_key,
@@ -159,11 +161,15 @@ class Engine:
         return out
 
     # -- the media service's answers (voicemail) ------------------------------------
-    def media_ready(self, call: tuple[str, str], port: int, now: float) -> Outcome:
-        return self._media(self.b2bua.media_ready(call, port, now, self.local), now)
+    def media_ready(self, call: tuple[str, str], ports: tuple[int, ...], now: float) -> Outcome:
+        return self._media(self.b2bua.media_ready(call, ports, now, self.local), now)
 
     def media_failed(self, call: tuple[str, str], reason: str, now: float) -> Outcome:
-        return self._media(self.b2bua.media_failed(call, reason, now), now)
+        return self._media(self.b2bua.media_failed(call, reason, now, self.local), now)
+
+    def screened(self, call: tuple[str, str], accepted: bool, now: float) -> Outcome:
+        """A rebound leg pressed 1 (``accepted``) or anything else / nothing."""
+        return self._media(self.b2bua.screened(call, accepted, now, self.local), now)
 
     def hangup(self, call: tuple[str, str], now: float) -> Outcome:
         return self._media(self.b2bua.hangup(call, now, self.local), now)

@@ -108,8 +108,10 @@ __all__ = [
     "make_offer",
     "negotiated",
     "parse_sdp",
+    "with_codec_order",
     "with_connection",
     "with_direction",
+    "with_origin",
 ]
 
 Direction = Literal["sendrecv", "sendonly", "recvonly", "inactive"]
@@ -1264,3 +1266,46 @@ def with_connection(
         media.append(m)
     return replace(sdp, connection=new, media=tuple(media),
                    attributes=strip(sdp.attributes, frozenset())).next_version()
+
+
+def with_codec_order(sdp: SessionDescription, priority: Sequence[str]) -> SessionDescription:
+    """``sdp`` with the first active audio stream's codecs in ``priority`` order.
+
+    Used where the engine anchors a call and offers the caller's session to a
+    callee: each leg follows the list of the device or user on that leg. Voice
+    codecs not in ``priority`` are left out (with their ``rtpmap``/``fmtp``
+    lines); ``telephone-event`` and comfort noise stay, after the voice codecs.
+    When none of the offered voice codecs is in the list, ``sdp`` is returned
+    unchanged: the callee then answers from what the caller offered (or
+    refuses), rather than getting an offer with no codec at all.
+    """
+    audio = sdp.audio()
+    if audio is None:
+        return sdp
+    m = sdp.media[audio.index]
+    rank = {name.casefold(): i for i, name in enumerate(_unique_folded(priority))}
+    voice = [f for f in audio.formats if f.name.casefold() not in _NOT_VOICE]
+    kept = sorted((f for f in voice if f.name.casefold() in rank),
+                  key=lambda f: rank[f.name.casefold()])
+    if not kept:
+        return sdp
+    extra = [f for f in audio.formats if f.name.casefold() in _NOT_VOICE]
+    order = [str(f.payload_type) for f in (*kept, *extra)]
+    dropped = {str(f.payload_type) for f in voice} - set(order)
+
+    def keep(attribute: Attribute) -> bool:
+        if attribute[0].casefold() not in ("rtpmap", "fmtp") or attribute[1] is None:
+            return True
+        return attribute[1].strip().partition(" ")[0] not in dropped
+
+    media = replace(m, formats=tuple(order),
+                    attributes=tuple(a for a in m.attributes if keep(a)))
+    return replace(sdp, media=tuple(media if i == audio.index else other
+                                    for i, other in enumerate(sdp.media)))
+
+
+def with_origin(sdp: SessionDescription, session_id: int, version: int,
+                address: str) -> SessionDescription:
+    """``sdp`` under our own ``o=`` line (a B2BUA speaks for itself on each leg)."""
+    addrtype = Connection.to(address).addrtype
+    return replace(sdp, origin=Origin("-", str(session_id), version, address, addrtype))

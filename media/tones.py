@@ -59,6 +59,19 @@ def tone(
     return array_to_pcm(wave)
 
 
+# The built-in hold music: a slow arpeggio (C major, A minor, F major, G major),
+# soft notes with long fades, 8 s per loop. It ships in code, so a fresh install
+# has music on hold before anyone uploads a playlist.
+_TUNE = ((261.63, 329.63, 392.00, 329.63), (220.00, 261.63, 329.63, 261.63),
+         (174.61, 220.00, 261.63, 220.00), (196.00, 246.94, 293.66, 246.94))
+
+
+def hold_tune(rate: int = 8000) -> bytes:
+    """The default hold music (one 8 s loop), 16-bit PCM at ``rate``."""
+    notes = [tone(f, 500, rate, level=0.18, ramp_ms=60) for chord in _TUNE for f in chord]
+    return b"".join(notes)
+
+
 def beep(rate: int = 8000) -> bytes:
     """The voicemail beep: 1 kHz for 400 ms."""
     return tone(BEEP_HZ, BEEP_MS, rate)

@@ -438,7 +438,7 @@ def voicemail_answered(net: Net, src: Addr, box: str) -> Response:
     from engine.b2bua import OpenMedia, StartVoicemail
 
     [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
-    net.take(net.engine.media_ready(opened.call, 30000, net.clock.now))
+    net.take(net.engine.media_ready(opened.call, (30000,), net.clock.now))
     [start] = [m for m in net.media if isinstance(m, StartVoicemail)]
     assert start.box == box and start.negotiated.codec in ("PCMU", "PCMA", "G722")
     [ok] = [r for r in net.responses(src) if r.status == 200]
@@ -475,7 +475,7 @@ def test_voicemail_refuses_g729_only_with_488(net: Net) -> None:
     net.drain(PHONES["101"])
     net.tick(10.5)
     [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
-    net.take(net.engine.media_ready(opened.call, 30002, net.clock.now))
+    net.take(net.engine.media_ready(opened.call, (30002,), net.clock.now))
     final = [r for r in net.responses(TRUNK) if r.status >= 300]
     assert final and final[0].status == 488
     assert "G729" in (final[0].get("warning") or "")
@@ -607,10 +607,10 @@ def test_a_crash_in_one_call_does_not_take_down_another(net: Net,
     b2bua = net.engine.b2bua
     original = b2bua._callee_invite
 
-    def explode(call, step, target, uri, transport, local):  # type: ignore[no-untyped-def]
+    def explode(call, step, target, uri, transport, local, offer):  # type: ignore[no-untyped-def]
         if "6103" in uri:
             raise RuntimeError("boom")
-        return original(call, step, target, uri, transport, local)
+        return original(call, step, target, uri, transport, local, offer)
 
     monkeypatch.setattr(b2bua, "_callee_invite", explode)
     src = phone_call(net, "101", "103", call_id="bad")

@@ -1,0 +1,295 @@
+"""The media of anchored calls: two endpoints per call, relayed, hold music, recording.
+
+The B2BUA decides (``engine.b2bua.BridgeMedia``: what each endpoint
+negotiated, who is on hold, whether the call is recorded); this module makes
+it so on real sockets, idempotently, each time the state changes:
+
+* nobody on hold: the two endpoints are relayed (``media.endpoint.Relay``,
+  packets untouched);
+* a party on hold: the relay is off and the *held* party hears the hold
+  playlist, looped, in its leg's codec; on resume the player stops and the
+  relay comes back;
+* a rebound leg being screened (``announce``): the callee side hears who
+  calls ("You have a call from 5 1 4 ...; to accept, press 1") in the
+  forwarding user's language, twice at most, and the first key decides:
+  ``1`` accepts, any other key, or none within :data:`SCREEN_WAIT_SECONDS`
+  after the second announcement, refuses; the caller hears hold music;
+* a recorded call: a ``media.mixer.CallRecorder`` on both endpoints from the
+  answer to the hang-up, then the WAV and its listing under
+  ``DATA_DIR/recordings``.
+
+Playlist files are checked once per file version (PCM WAV); a relative path
+is looked up under the data dir, then the working directory. A file that
+is missing or not a PCM WAV is logged by name and left out; with nothing
+left the built-in tune plays: a held caller never hears silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from engine.b2bua import BridgeMedia
+from media.codecs import CodecError
+from media.endpoint import MediaEndpoint, MediaError, Relay
+from media.mixer import CallRecorder
+from media.session import Clip, MediaService, Pcm
+from media.tones import hold_tune
+from media.wav import WavError, wav_info
+from provisioning.recordings import recordings_dir, write_listing
+
+log = structlog.get_logger("switchboard.media")
+
+DEFAULT_TUNE = Pcm(hold_tune())
+SCREEN_WAIT_SECONDS = 5.0  # after each announcement, for the key
+SCREEN_ANNOUNCEMENTS = 2
+
+
+@dataclass(slots=True, eq=False)
+class Bridge:
+    call_id: str
+    a: MediaEndpoint  # facing the caller
+    b: MediaEndpoint  # facing the callee
+    relay: Relay | None = None
+    recorder: CallRecorder | None = None
+    record_info: dict[str, object] = field(default_factory=dict)
+    music: dict[MediaEndpoint, asyncio.Task[None]] = field(default_factory=dict)
+    screen: asyncio.Task[None] | None = None
+
+
+class CallMedia:
+    """Anchored calls' media for one engine process."""
+
+    def __init__(self, media: MediaService, data_dir: Path,
+                 on_screened: Callable[[tuple[str, str], bool], None] | None = None) -> None:
+        self.media = media
+        self.on_screened = on_screened
+        self.data_dir = data_dir
+        self.bridges: dict[tuple[str, str], Bridge] = {}
+        self._checked: dict[tuple[str, int, int], bool] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add(self, key: tuple[str, str], call_id: str, a: MediaEndpoint,
+            b: MediaEndpoint) -> None:
+        self.bridges[key] = Bridge(call_id, a, b)
+
+    # -- state from the B2BUA ------------------------------------------------------
+    def apply(self, action: BridgeMedia) -> None:
+        bridge = self.bridges.get(action.call)
+        if bridge is None or bridge.a.closed or bridge.b.closed:
+            return
+        try:
+            if action.caller_media is not None:
+                bridge.a.configure(action.caller_media)
+            if action.callee_media is not None:
+                bridge.b.configure(action.callee_media)
+        except MediaError as exc:
+            log.warning("media not configured", call_id=bridge.call_id, error=str(exc))
+            return
+        ready = action.caller_media is not None and action.callee_media is not None
+        held = action.music_to_caller or action.music_to_callee
+        if ready and not held:
+            if bridge.relay is None or bridge.relay.closed:
+                try:
+                    bridge.relay = self.media.relay(bridge.a, bridge.b)
+                except MediaError as exc:
+                    log.warning("no relay", call_id=bridge.call_id, error=str(exc))
+        elif bridge.relay is not None:
+            bridge.relay.close()
+            bridge.relay = None
+        for endpoint, wanted in ((bridge.a, action.music_to_caller),
+                                 (bridge.b, action.music_to_callee)):
+            if wanted and endpoint not in bridge.music:
+                bridge.music[endpoint] = self._spawn(self._music(bridge, endpoint,
+                                                                 action.playlist))
+            elif not wanted and endpoint in bridge.music:
+                self._stop_music(bridge, endpoint)
+        if action.announce and bridge.screen is None and action.callee_media is not None:
+            bridge.screen = self._spawn(self._screen(action.call, bridge, action))
+        elif not action.announce and bridge.screen is not None:
+            bridge.screen.cancel()
+            bridge.screen = None
+            player = self.media.player(bridge.b)
+            if player is not None:
+                player.stop()
+        if action.record and bridge.recorder is None and ready and not action.announce:
+            self._start_recording(bridge, action)
+
+    def detach(self, key: tuple[str, str]) -> None:
+        """The call left the bridge (voicemail takes the caller's endpoint): close
+        the callee side; the caller's endpoint stays open."""
+        bridge = self.bridges.pop(key, None)
+        if bridge is not None:
+            self._close(bridge, keep_caller=True)
+
+    def close(self, key: tuple[str, str]) -> None:
+        bridge = self.bridges.pop(key, None)
+        if bridge is not None:
+            self._close(bridge, keep_caller=False)
+
+    async def close_all(self) -> None:
+        for key in list(self.bridges):
+            self.close(key)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _close(self, bridge: Bridge, keep_caller: bool) -> None:
+        if bridge.screen is not None:
+            bridge.screen.cancel()
+        for endpoint in list(bridge.music):
+            self._stop_music(bridge, endpoint)
+        if bridge.relay is not None:
+            bridge.relay.close()
+        if bridge.recorder is not None:
+            bridge.recorder.stop()
+        bridge.b.close()
+        if not keep_caller:
+            bridge.a.close()
+
+    # -- hold music ----------------------------------------------------------------
+    def _spawn(self, work: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _stop_music(self, bridge: Bridge, endpoint: MediaEndpoint) -> None:
+        task = bridge.music.pop(endpoint, None)
+        if task is not None:
+            task.cancel()
+        player = self.media.player(endpoint)
+        if player is not None:
+            player.stop()
+
+    async def _music(self, bridge: Bridge, endpoint: MediaEndpoint,
+                     playlist: tuple[str, ...]) -> None:
+        clips = await self.playlist(playlist)
+        try:
+            player = await self.media.play(endpoint, clips, loop=True)
+        except (MediaError, CodecError, WavError) as exc:
+            log.warning("no hold music", call_id=bridge.call_id, codec=endpoint.codec,
+                        error=str(exc))
+            return
+        log.info("hold music", call_id=bridge.call_id, codec=endpoint.codec,
+                 playlist=list(playlist) or "built-in")
+        try:
+            await player.wait()
+        except asyncio.CancelledError:
+            player.stop()
+            raise
+
+    def resolve(self, name: str) -> Path:
+        path = Path(name)
+        if path.is_absolute():
+            return path
+        in_data = self.data_dir / path
+        return in_data if in_data.exists() or not path.exists() else path
+
+    async def playlist(self, names: tuple[str, ...]) -> list[Clip]:
+        """The usable files of ``names`` (checked once per file version), or the
+        built-in tune."""
+        clips: list[Clip] = []
+        for name in names:
+            path = self.resolve(name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                log.error("hold music file missing", file=name, looked_at=str(path))
+                continue
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            ok = self._checked.get(key)
+            if ok is None:
+                try:
+                    await asyncio.to_thread(wav_info, path)
+                    ok = True
+                except WavError as exc:
+                    log.error("hold music file unusable", file=name, error=str(exc))
+                    ok = False
+                self._checked[key] = ok
+            if ok:
+                clips.append(path)
+        return clips or [DEFAULT_TUNE]
+
+    # -- rebound screening --------------------------------------------------------
+    async def _screen(self, key: tuple[str, str], bridge: Bridge, action: BridgeMedia) -> None:
+        from media.prompts import Language, digit_paths, prompt_path
+
+        language: Language = "fr" if action.language == "fr" else "en"
+        number = action.announce
+        clips: list[Clip]
+        if any(c.isdigit() for c in number):
+            clips = [prompt_path(language, "rebound_intro"), *digit_paths(number, language)]
+        else:
+            clips = [prompt_path(language, "rebound_unknown")]
+        clips += [prompt_path(language, "pause"), prompt_path(language, "rebound_menu")]
+        digits: asyncio.Queue[str] = asyncio.Queue()
+        unsubscribe = bridge.b.on_dtmf(digits.put_nowait)
+        accepted = False
+        digit: str | None = None
+        try:
+            for _ in range(SCREEN_ANNOUNCEMENTS):
+                player = await self.media.play(bridge.b, clips)
+                waiter = asyncio.ensure_future(digits.get())
+                await asyncio.wait({waiter, asyncio.ensure_future(player.wait())},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(waiter), SCREEN_WAIT_SECONDS)
+                player.stop()
+                if waiter.done():
+                    digit = waiter.result()
+                    break
+                waiter.cancel()
+            accepted = digit == "1"
+        except (MediaError, CodecError, WavError) as exc:
+            # Cannot play to this leg (G.729 only): its answer accepts, as without media.
+            log.warning("rebound not screened", call_id=bridge.call_id, error=str(exc))
+            accepted = True
+        finally:
+            unsubscribe()
+        log.info("rebound screened", call_id=bridge.call_id, key=digit, accepted=accepted)
+        bridge.screen = None
+        if self.on_screened is not None:
+            self.on_screened(key, accepted)
+
+    # -- recording -----------------------------------------------------------------
+    def _start_recording(self, bridge: Bridge, action: BridgeMedia) -> None:
+        folder = recordings_dir(self.data_dir)
+        recording_id = uuid.uuid4().hex
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            recorder = CallRecorder(bridge.a, bridge.b, folder / f"{recording_id}.wav")
+        except (OSError, MediaError, CodecError) as exc:
+            log.error("call not recorded", call_id=bridge.call_id, error=str(exc))
+            return
+        bridge.recorder = recorder
+        caller, callee = action.parties
+        bridge.record_info = {
+            "call_id": bridge.call_id, "caller": caller, "callee": callee,
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "reason": action.record,
+        }
+        log.info("recording", call_id=bridge.call_id, id=recording_id, reason=action.record)
+        self._spawn(self._finish_recording(bridge, recorder))
+
+    async def _finish_recording(self, bridge: Bridge, recorder: CallRecorder) -> None:
+        started = time.monotonic()
+        try:
+            done = await recorder.wait()
+        except Exception:
+            log.exception("recording not written", call_id=bridge.call_id)
+            return
+        info = dict(bridge.record_info, duration=round(done.duration, 2))
+        with contextlib.suppress(OSError):
+            write_listing(done.path, info)
+        log.info("recording saved", call_id=bridge.call_id, path=str(done.path),
+                 seconds=round(done.duration, 1), waited=round(time.monotonic() - started, 1))
