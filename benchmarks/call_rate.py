@@ -326,13 +326,14 @@ def start_target(
     """Start a target that will relay calls to ``phone_port``; return it and its version."""
     if target == "engine":
         directory = engine_directory(uac_port, args.engine_system)
-        server = start_engine(args, work, directory, ENGINE_LOG_ARGS)
+        engine_args = (*ENGINE_LOG_ARGS, "--media", args.engine_media)
+        server = start_engine(args, work, directory, engine_args)
         try:
             register_phone(server.sip_port, phone_port)
         except TargetError:
             server.stop()
             raise
-        return server, f"{args.engine_cmd} serve {' '.join(ENGINE_LOG_ARGS)}"
+        return server, f"{args.engine_cmd} serve {' '.join(engine_args)}"
     if target == "kamailio":
         server = launch_kamailio(
             args,
@@ -546,6 +547,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--hold-ms", type=int, default=0, help="call hold between the ACK and the UAC's BYE"
+    )
+    p.add_argument(
+        "--engine-media", choices=("relay", "direct"), default="relay",
+        help="the engine's serve --media: relay (the default product setting: two RTP "
+             "endpoints per call) or direct (signalling only, SDP end to end)",
     )
     add_ramp_arguments(
         p,

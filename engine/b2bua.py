@@ -105,6 +105,12 @@ _HI_CAUSE = {"no-answer": 408, "user-busy": 486, "unavailable": 480, "unconditio
              "time-of-day": 302, "do-not-disturb": 480, "away": 302}
 _FINAL_OUTCOME = {302: "deflected", 480: "unanswered", 486: "busy", 487: "cancelled",
                   503: "no_channel"}
+# Session timers (RFC 4028) on an anchored call: the engine answers re-INVITEs
+# itself, so a caller's refresh never reaches the callee; offering the callee a
+# timer with the engine as refresher would drop the call when it expires. The
+# callee leg is therefore offered no timer ("timer" is removed from Supported,
+# Session-Expires and Min-SE are not copied); a callee that wants one anyway
+# must be the refresher (RFC 4028 s9), and its refreshes are answered here.
 _COPY_TO_CALLEE = ("content-type", "allow", "supported", "session-expires", "min-se",
                    "accept", "user-agent")
 
@@ -189,6 +195,7 @@ class Call:
     anchor: Anchor | None = None
     waiting: int | None = None  # a Ring step waiting for its media endpoints
     screening: Leg | None = None  # a rebound leg that answered, hearing who calls
+    music_codec: str = ""  # the caller hears music while it rings, in this codec
     sdp_session: int = field(default_factory=lambda: secrets.randbelow(10**9))
     sdp_version: int = 0
 
@@ -479,6 +486,8 @@ class B2BUA:
 
     def _ring(self, call: Call, step: Ring, now: float, local: Local) -> list[Event]:
         events: list[Event] = []
+        if step.music and call.anchor is not None and call.media_open and not call.music_codec:
+            events += self._music_while_ringing(call, call.anchor, now, local)
         call.legs = []
         wall = self.wall_clock()
         for target in step.targets:
@@ -563,7 +572,8 @@ class B2BUA:
             ("Via", f"SIP/2.0/{t} {local.host}:{local.port};branch={new_branch()};rport"),
             ("Max-Forwards", str((mf if mf is not None else 70) - 1)),
             ("From", f"{from_value};tag={new_tag()}"),
-            ("To", f"<{uri}>"),
+            ("To", f"<sip:{target.extension}@{domain}>" if isinstance(target, Device)
+             else f"<{uri}>"),
             ("Call-ID", new_call_id(local.host)),
             ("CSeq", "1 INVITE"),
             ("Contact", contact),
@@ -575,9 +585,18 @@ class B2BUA:
             headers.append(("Diversion", value))
         if step.diversion:
             headers += [("History-Info", v) for v in _history_info(step.diversion, uri, domain)]
+        anchored = offer is not None
         for h in caller.headers:
             if h[0] in _COPY_TO_CALLEE:
-                headers.append((h[1], h[2]))
+                if anchored and h[0] in ("session-expires", "min-se"):
+                    continue  # no session timer on the callee leg (see _COPY_TO_CALLEE)
+                value = h[2]
+                if anchored and h[0] == "supported":
+                    value = ", ".join(o.strip() for o in value.split(",")
+                                      if o.strip().lower() != "timer")
+                    if not value:
+                        continue
+                headers.append((h[1], value))
         body = caller.body if offer is None else offer.to_bytes()
         return Request.build("INVITE", uri, headers, body)
 
@@ -594,6 +613,8 @@ class B2BUA:
             user = self.directory.user(target.extension)
             if user is not None:
                 offer = sdp.with_codec_order(offer, user.codecs)
+        if call.music_codec:  # the caller was answered early in this codec
+            offer = sdp.with_codec_order(offer, [call.music_codec])
         anchor.callee_version += 1
         return sdp.with_origin(offer, anchor.callee_session, anchor.callee_version, local.host)
 
@@ -834,6 +855,28 @@ class B2BUA:
         self._bridge(call)
         return ours.to_bytes()
 
+    def _music_while_ringing(self, call: Call, anchor: Anchor, now: float,
+                             local: Local) -> list[Event]:
+        """A ring group: the caller hears hold music while it rings. The caller is
+        answered early (183) in a codec the engine can play, and the callees are
+        offered only that codec, so whoever answers is relayed without transcoding."""
+        if anchor.caller_media is None:
+            result = self._sdp_answer(call, call.invite.body, call.media_port, local)
+            if isinstance(result, str):
+                log.info("no music while ringing", call_id=call.id, reason=result)
+                return []
+            anchor.caller_sdp, anchor.caller_media = result
+        elif anchor.caller_media.codec.upper() not in DECODABLE:
+            return []
+        call.music_codec = anchor.caller_media.codec
+        self._bridge(call)
+        call.early_sent = True
+        assert anchor.caller_sdp is not None
+        early = make_response(call.invite, 183, None, [
+            ("Server", "Switchboard/0.1"), ("Content-Type", "application/sdp")],
+            anchor.caller_sdp.to_bytes(), to_tag=call.tag)
+        return self._respond_caller(call, early, now)
+
     def _unanchor(self, call: Call) -> None:
         log.info("media not anchored for this call", call_id=call.id)
         call.anchor = None
@@ -852,7 +895,8 @@ class B2BUA:
             language = self._screen_language(call, call.screening)
         self.media_actions.append(BridgeMedia(
             _call_key(call), call.id, anchor.caller_media, anchor.callee_media,
-            music_to_caller=anchor.callee_holds or bool(announce),
+            music_to_caller=anchor.callee_holds or bool(announce) or (
+                call.state == "routing" and bool(call.music_codec)),
             music_to_callee=anchor.caller_holds, playlist=self._hold_playlist(
                 call, holder_is_caller), record=anchor.record,
             parties=(call.facts.caller, self._callee_name(call)),

@@ -80,6 +80,7 @@ def step_to_json(index: int, step: Step) -> dict[str, Any]:
             },
             reason=step.reason,
             diversion=_diversion_to_json(step.diversion),
+            music=step.music,
         )
     elif isinstance(step, Deflect):
         out.update(
@@ -151,7 +152,8 @@ def _step_text(step: Step) -> str:
     if isinstance(step, Ring):
         duration = f"for {step.seconds} s" if step.seconds is not None else "with no timer"
         targets = " + ".join(_target_text(t) for t in step.targets)
-        return f"ring {targets} {duration}"
+        return f"ring {targets} {duration}" + (" (caller hears hold music)" if step.music
+                                                else "")
     if isinstance(step, Deflect):
         return f"deflect (302) to {step.number} through {step.trunk}"
     if isinstance(step, Voicemail):

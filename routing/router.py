@@ -1015,6 +1015,7 @@ class _Builder:
                 after,
                 after,
                 path.chain,
+                music=True,
             )
             return index
         first = len(self.steps)
@@ -1038,7 +1039,7 @@ class _Builder:
                     f"({i + 1}/{count}) for {seconds} s"
                 )
             self.steps[first + i] = Ring(
-                (device(member),), seconds, reason, nxt, nxt, nxt, path.chain
+                (device(member),), seconds, reason, nxt, nxt, nxt, path.chain, music=True
             )
         return first
 

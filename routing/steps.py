@@ -155,6 +155,7 @@ class Ring:
     on_busy: int | None = None
     on_failed: int | None = None
     diversion: tuple[Diversion, ...] = ()
+    music: bool = False  # the caller hears hold music while it rings (ring groups)
 
     @property
     def next_steps(self) -> tuple[int | None, int | None, int | None]:

@@ -286,3 +286,63 @@ def test_a_refused_rebound_comes_back_to_voicemail(net: Net, how: str) -> None:
     assert any(isinstance(m, Response) and m.status == 200 and m.call_id == "tcall-1"
                for m in msgs)
     assert net.engine.b2bua.channels == {"carrier": 1}  # the mobile leg's channel is free
+
+
+# ---------------------------------------------------------------------- ring groups
+GROUPED = ANCHORED + """
+[[ring_groups]]
+name = "sales"
+extension = "800"
+strategy = "ring_all"
+members = ["101", "102"]
+ring_seconds = 10
+no_answer = "voicemail:101"
+"""
+
+
+def test_a_caller_waiting_in_a_ring_group_hears_music_in_a_codec_every_leg_gets() -> None:
+    clock = Clock()
+    directory = parse_directory(tomllib.loads(GROUPED), "<test>")
+    engine = Engine(directory, {"127.0.0.1", "pbx.test"}, 5060, wall_clock=lambda: clock.wall,
+                    digest_algorithms=("MD5",), advertise="127.0.0.1", anchor_media=True)
+    net = Net(engine, clock)
+    register(net, "101", "102", "103")
+    src = phone_call(net, "103", "800")
+    net.take(net.engine.media_ready(opened(net).call, (30000, 30002), net.clock.now))
+    [early] = [r for r in net.responses(src) if r.status == 183]
+    answer = parse_sdp(early.body).audio()
+    assert answer is not None and answer.port == 30000
+    assert answer.formats[0].name == "PCMU"  # 103's list (default: G722 first) among 0 8
+    [music] = bridges(net)
+    assert music.music_to_caller and music.callee_media is None
+    legs = net.requests(PHONES["101"], "INVITE") + net.requests(PHONES["102"], "INVITE")
+    assert len(legs) == 2
+    for leg in legs:  # 102 prefers PCMA, but the caller already hears PCMU
+        offered = parse_sdp(leg.body).audio()
+        assert offered is not None
+        assert [f.name for f in offered.formats] == ["PCMU", "telephone-event"]
+    net.media.clear()
+    pcmu = CALLEE_SDP.replace(b"RTP/AVP 8 101", b"RTP/AVP 0 101")
+    net.send(reply(legs[1], 200, body=pcmu, contact="<sip:102@127.0.0.1:6102>"),
+             PHONES["102"])
+    assert 200 in [r.status for r in net.responses(src)]
+    [bridge] = bridges(net)
+    assert not bridge.music_to_caller and bridge.callee_media is not None
+    assert bridge.callee_media.codec == "PCMU"
+
+
+def test_the_callee_leg_of_an_anchored_call_is_offered_no_session_timer(net: Net) -> None:
+    """The engine answers the caller's refreshes itself: a timer on the callee leg with
+    the engine as refresher would drop the call when it expires (RFC 4028)."""
+    from tests.test_b2bua import invite
+
+    register(net, "101")
+    data = invite("+15145550100", "+15145550199", TRUNK, call_id="timer", host="127.0.0.1")
+    data = data.replace(b"Content-Type:", b"Supported: timer, replaces\r\n"
+                        b"Session-Expires: 1800\r\nMin-SE: 90\r\nContent-Type:", 1)
+    net.send(data, TRUNK)
+    net.take(net.engine.media_ready(opened(net).call, (30000, 30002), net.clock.now))
+    [leg] = net.requests(PHONES["101"], "INVITE")
+    assert leg.get("session-expires") is None and leg.get("min-se") is None
+    assert leg.get("supported") == "replaces"
+    assert leg.get("to") == "<sip:101@pbx.test>"
