@@ -337,7 +337,7 @@ class Server:
             clips: list[Clip] = []
             if job.greeting != "default":
                 try:  # a greeting that cannot be played must not lose the message
-                    clips.append(load_wav(job.greeting))
+                    clips.append(load_wav(self.calls_media.resolve(job.greeting)))
                 except WavError as exc:
                     log.warning("greeting unusable, playing the beep only", box=job.box,
                                 error=str(exc))

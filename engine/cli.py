@@ -179,7 +179,10 @@ async def _serve(args: argparse.Namespace) -> int:
     await store.open()
     try:
         if args.directory:
-            directory = load_directory(args.directory)
+            warnings: list[str] = []
+            directory = load_directory(args.directory, warnings)
+            for warning in warnings:
+                structlog.get_logger("switchboard").warning("directory", warning=warning)
             report = await store.apply_directory(directory)
             _drop_removed_mailboxes(args, report)
             structlog.get_logger("switchboard").info(
@@ -210,10 +213,17 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"switchboard: warning: {warning}", file=sys.stderr)
+
+
 async def _apply(args: argparse.Namespace) -> int:
     from provisioning.apply import format_report
 
-    directory = load_directory(args.file)
+    warnings: list[str] = []
+    directory = load_directory(args.file, warnings)
+    _print_warnings(warnings)
     store = _store(args)
     await store.open()
     try:
@@ -384,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             import uvloop
             return uvloop.run(_serve(args))
         if args.command == "provision" and args.action == "check":
-            load_directory(args.file)
+            warnings: list[str] = []
+            load_directory(args.file, warnings)
+            _print_warnings(warnings)
             print(f"{args.file}: valid")
             return 0
         runners = {("provision", "apply"): _apply, ("registrations", None): _registrations,

@@ -207,8 +207,13 @@ class DirectoryError(ValueError):
 # --------------------------------------------------------------------------- entry points
 
 
-def load_directory(path: str | Path) -> Directory:
-    """Read, parse and validate a directory TOML file."""
+def load_directory(path: str | Path, warnings: list[str] | None = None) -> Directory:
+    """Read, parse and validate a directory TOML file.
+
+    The audio files it names (greetings, hold music) are checked against the
+    file's folder (:mod:`provisioning.mediafiles`): a bad file is an error, a
+    missing one a line added to ``warnings``.
+    """
     source = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -223,7 +228,16 @@ def load_directory(path: str | Path) -> Directory:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise DirectoryError([_toml_error(source, exc)]) from None
-    return parse_directory(data, source)
+    from provisioning.mediafiles import resolve_media_files
+
+    directory = parse_directory(data, source)
+    resolved, errors, found = resolve_media_files(directory, source,
+                                                  Path(path).resolve().parent)
+    if errors:
+        raise DirectoryError(errors)
+    if warnings is not None:
+        warnings.extend(found)
+    return resolved
 
 
 def _toml_error(source: str, exc: tomllib.TOMLDecodeError) -> str:

@@ -583,3 +583,36 @@ def test_invalid_extension_digits_does_not_cascade(data: dict[str, Any]) -> None
     assert errors == [
         f"{SOURCE}: system.extension_digits: must be an integer, not a string",
     ]
+
+
+# --------------------------------------------------------------------------- audio files
+def test_audio_files_resolve_against_the_files_folder_and_bad_ones_refuse_it(
+        tmp_path: Path) -> None:
+    from media.tones import tone
+    from media.wav import write_wav
+
+    text = EXAMPLE.read_text()
+    (tmp_path / "moh").mkdir()
+    write_wav(tmp_path / "moh" / "default.wav", tone(440, 500), 16000)  # any PCM WAV plays
+    path = tmp_path / "directory.toml"
+    path.write_text(text)
+    warnings: list[str] = []
+    directory = load_directory(path, warnings)
+    assert directory.system.hold_music == (str((tmp_path / "moh" / "default.wav").resolve()),)
+    assert warnings == []
+    # A greeting must be PCM 8 kHz 16-bit mono (the admin guide): 16 kHz is refused by name.
+    write_wav(tmp_path / "hello.wav", tone(440, 500, 16000), 16000)
+    (tmp_path / "moh" / "default.wav").unlink()
+    path.write_text(text.replace("[users.forwarding.available]",
+                                 '[users.forwarding.available]\ngreeting = "hello.wav"', 1))
+    with pytest.raises(DirectoryError) as err:
+        load_directory(path)
+    assert "forwarding.available.greeting" in str(err.value) and "8" in str(err.value)
+    # A missing file is a warning: audio may be copied after provisioning.
+    path.write_text(text.replace("[users.forwarding.available]",
+                                 '[users.forwarding.available]\ngreeting = "later.wav"', 1))
+    warnings = []
+    load_directory(path, warnings)
+    assert any("users[0].forwarding.available.greeting: 'later.wav' not found" in w
+               for w in warnings)
+    assert any("system.hold_music[0]: 'moh/default.wav' not found" in w for w in warnings)

@@ -1,0 +1,87 @@
+"""The audio files a directory names: voicemail greetings and hold-music playlists.
+
+Checked once, when a directory *file* is loaded (``provision apply|check``,
+``serve --directory``), relative paths taken from the file's own folder:
+
+* a file that exists is validated: a greeting must be what the admin guide
+  says (PCM, 8 kHz, 16-bit, mono, at most 10 MB: :func:`media.wav.validate_greeting`),
+  a hold-music file any integer-PCM WAV the engine can convert
+  (:func:`media.wav.wav_info`). A bad file refuses the directory whole, with
+  the table and key named, like every other error;
+* the path of a file found is stored absolute, so the engine finds it
+  whatever its working directory;
+* a file that does not exist is a *warning*, not an error: a directory may be
+  provisioned before its audio is copied. The engine looks for it again
+  (under its data dir, then its working directory) each time it plays; a
+  greeting still missing then gives the beep only, a playlist the built-in
+  tune, and the log names the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from media.wav import WavError, validate_greeting, wav_info
+from provisioning.model import Directory, Forwarding, StatusRules, User
+
+__all__ = ["resolve_media_files"]
+
+_STATUSES = ("available", "away", "dnd", "lunch", "business_trip")
+
+
+class _Checker:
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+
+    def path(self, where: str, name: str, greeting: bool) -> str:
+        if greeting and name == "default":
+            return name
+        path = Path(name)
+        if not path.is_absolute():
+            path = self.base / path
+        if not path.exists():
+            self.warnings.append(f"{self.source}: {where}: '{name}' not found (looked in "
+                                 f"{self.base}); the engine looks again under its data dir "
+                                 "when it plays it")
+            return name
+        try:
+            if greeting:
+                validate_greeting(path)
+            else:
+                wav_info(path)
+        except WavError as exc:
+            self.errors.append(f"{self.source}: {where}: {exc}")
+            return name
+        return str(path.resolve())
+
+    def playlist(self, where: str, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(self.path(f"{where}[{i}]", n, greeting=False) for i, n in enumerate(names))
+
+    def user(self, index: int, user: User) -> User:
+        where = f"users[{index}]"
+        voicemail = replace(user.voicemail, greeting=self.path(
+            f"{where}.voicemail.greeting", user.voicemail.greeting, greeting=True))
+        rules: dict[str, StatusRules] = {}
+        for status in _STATUSES:
+            r: StatusRules = getattr(user.forwarding, status)
+            rules[status] = replace(r, greeting=self.path(
+                f"{where}.forwarding.{status}.greeting", r.greeting, greeting=True))
+        return replace(user, voicemail=voicemail, forwarding=Forwarding(**rules))
+
+
+def resolve_media_files(directory: Directory, source: str,
+                        base: Path) -> tuple[Directory, list[str], list[str]]:
+    """``(directory with absolute paths, errors, warnings)`` (see the module notes)."""
+    check = _Checker(source, base)
+    system = replace(directory.system,
+                     hold_music=check.playlist("system.hold_music", directory.system.hold_music))
+    numbers = tuple(replace(n, hold_music=check.playlist(f"numbers[{i}].hold_music",
+                                                         n.hold_music))
+                    for i, n in enumerate(directory.numbers))
+    users = tuple(check.user(i, u) for i, u in enumerate(directory.users))
+    resolved = replace(directory, system=system, numbers=numbers, users=users)
+    return resolved, check.errors, check.warnings
