@@ -1196,6 +1196,8 @@ class B2BUA:
         if leg is not None and leg.dialog is not None and leg is leg.call.screening \
                 and req.method == "BYE" and leg.dialog.on_request(req) is None:
             # The far end hung up on the announcement: a refusal.
+            log.info("rebound refused: the far end hung up", call_id=leg.call.id,
+                     leg=leg.label)
             events = self.tx.respond(key, make_response(req, 200), now)
             leg.dialog.terminate()
             return events + self._guard(leg.call, now, local, functools.partial(

@@ -72,6 +72,7 @@ Decisions (where no RFC or the issue says):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import re
@@ -395,36 +396,12 @@ class MediaDescription:
         By ``a=rtpmap`` when there is one (the first per payload type), else
         by the static table of RFC 3551 s6. A dynamic type without
         ``rtpmap``, or a format that is not a payload type, is left out.
+        Cached by (protocol, formats, attributes): a B2BUA resolves the same
+        phone's ``m=`` line many times per call.
         """
         if not self.is_rtp:
             return ()
-        rtpmaps: dict[int, tuple[str, int, int]] = {}
-        fmtps: dict[int, str] = {}
-        for name, value in self.attributes:
-            key = name.casefold()
-            if key == "rtpmap":
-                parsed = _parse_rtpmap(value)
-                if parsed is not None:
-                    rtpmaps.setdefault(parsed[0], parsed[1:])
-            elif key == "fmtp" and value is not None:
-                pt_text, _, params = value.strip().partition(" ")
-                if _is_pt(pt_text):
-                    fmtps.setdefault(int(pt_text), params.strip())
-        formats: list[PayloadFormat] = []
-        seen: set[int] = set()
-        for fmt in self.formats:
-            if not _is_pt(fmt) or int(fmt) in seen:
-                continue
-            pt = int(fmt)
-            seen.add(pt)
-            mapping = rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
-            if mapping is None:
-                continue
-            name, rate, channels = mapping
-            known = _canonical(name, rate, channels)
-            formats.append(PayloadFormat(pt, known.name if known else name, rate, channels,
-                                         fmtps.get(pt)))
-        return tuple(formats)
+        return _payload_formats(self.formats, self.attributes)
 
     def lines(self) -> list[str]:
         """The lines of this description, in RFC 8866 s5 order, no line ends."""
@@ -440,6 +417,38 @@ class MediaDescription:
         out += [f"{k}={v}" for k, v in self.other if k not in _MEDIA_OTHER]
         out += [_attribute_line(a) for a in self.attributes]
         return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _payload_formats(fmts: tuple[str, ...],
+                     attributes: tuple[Attribute, ...]) -> tuple[PayloadFormat, ...]:
+    rtpmaps: dict[int, tuple[str, int, int]] = {}
+    fmtps: dict[int, str] = {}
+    for name, value in attributes:
+        key = name.casefold()
+        if key == "rtpmap":
+            parsed = _parse_rtpmap(value)
+            if parsed is not None:
+                rtpmaps.setdefault(parsed[0], parsed[1:])
+        elif key == "fmtp" and value is not None:
+            pt_text, _, params = value.strip().partition(" ")
+            if _is_pt(pt_text):
+                fmtps.setdefault(int(pt_text), params.strip())
+    formats: list[PayloadFormat] = []
+    seen: set[int] = set()
+    for fmt in fmts:
+        if not _is_pt(fmt) or int(fmt) in seen:
+            continue
+        pt = int(fmt)
+        seen.add(pt)
+        mapping = rtpmaps.get(pt) or STATIC_PAYLOAD_TYPES.get(pt)
+        if mapping is None:
+            continue
+        name, rate, channels = mapping
+        known = _canonical(name, rate, channels)
+        formats.append(PayloadFormat(pt, known.name if known else name, rate, channels,
+                                     fmtps.get(pt)))
+    return tuple(formats)
 
 
 def _attribute_line(attribute: Attribute) -> str:
