@@ -1,0 +1,457 @@
+"""One pjsua2 process plays the carrier: the caller on a DID and the screened mobile.
+
+Run in its own process by ``tests/test_phones_rebound.py`` so that pjsip's
+threads, sockets and any crash stay out of pytest. SIP runs on the main thread
+(``threadCnt = 0``, events polled with ``libHandleEvents``); the conference
+bridge (8 kHz) is clocked by pjsip's null audio device. Every wait is bounded by
+one overall deadline, and the library is always destroyed before exit.
+
+One UDP transport on ``--port`` (the directory's trunk: ``host:port`` and
+``inbound_port``), one account without registration (``sip:CALLER@127.0.0.1``,
+no registrar, no proxy). The caller INVITEs ``sip:DID@ENGINE`` straight to the
+engine, so the call comes from the trunk; the engine's forward to the mobile
+(``sip:MOBILE@127.0.0.1:PORT``) arrives on the same transport and goes to the
+same account (the ``incoming`` event shows its request URI user). The mobile
+rings (180), answers 200 after ``--ring`` s, and ``--press-after`` s into its
+media (the announcement) sends ``--key`` as RFC 4733 (``Call.sendDtmf`` with
+``PJSUA_DTMF_METHOD_RFC2833``). Then the script waits for the caller's 200
+(the mobile accepted, or voicemail answered after a refusal), lets ``--talk``
+s pass and hangs the caller up.
+
+Each side plays its own WAV into its call, looped (``--caller-wav``,
+``--mobile-wav``), from its first media on (the caller's early media too), and
+records what it receives (``--caller-record``, ``--mobile-record``). The
+conference connections are made again after every media change (pjsua may
+rebuild a stream's bridge port when the 200 follows the 183).
+
+Output, one JSON object per line on stdout; ``t`` is this process's
+``time.monotonic()``, so the recordings can be cut into phases:
+  {"event": "ready", "port": 5060, "codecs": [...]}
+  {"event": "incoming", "local": "...", "remote": "...", "request_user": "+1514...", "t": ...}
+  {"event": "call", "side": "caller"|"mobile", "state": "EARLY", "code": 183, "t": ...}
+  {"event": "media_state", "side": ..., "status": "active", "call_state": "EARLY", "t": ...}
+  {"event": "recording", "side": ..., "path": "...", "t": ...}  the recorder's sample 0
+  {"event": "rx_request", "side": "mobile", "method": "BYE", "t": ...}
+  {"event": "ringing"|"answer"|"press"|"answered"|"hangup", "t": ...}   the phases
+  {"event": "result", "caller_states": [...], "mobile_states": [...], "dtmf": true, ...}
+  {"event": "error", "error": "...", ...}                   a pjsua2 call raised (exit 3)
+  {"event": "done"}                                          after libDestroy
+Exit status: 0 once a call was tried, 3 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pjsua2 as pj
+
+# pjlib prints some lines straight to fd 1 (before any log config applies): keep
+# the real stdout for the JSON lines and point fd 1 at stderr.
+REPORT = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+
+STATUS = {pj.PJSUA_CALL_MEDIA_NONE: "none", pj.PJSUA_CALL_MEDIA_ACTIVE: "active",
+          pj.PJSUA_CALL_MEDIA_LOCAL_HOLD: "local_hold",
+          pj.PJSUA_CALL_MEDIA_REMOTE_HOLD: "remote_hold", pj.PJSUA_CALL_MEDIA_ERROR: "error"}
+
+
+def emit(**fields: Any) -> None:
+    REPORT.write(json.dumps(fields) + "\n")
+    REPORT.flush()
+
+
+class Log(pj.LogWriter):  # type: ignore[misc]
+    """pjsip's log, echoed to stderr up to ``echo_level``."""
+
+    def __init__(self, echo_level: int) -> None:
+        super().__init__()
+        self.echo_level = echo_level
+
+    def write(self, entry: Any) -> None:
+        if entry.level <= self.echo_level:
+            msg = str(entry.msg)
+            sys.stderr.write(msg if msg.endswith("\n") else msg + "\n")
+
+
+class Call(pj.Call):  # type: ignore[misc]
+    """Records what happened; the main loop acts on it (no pjsip calls from here
+    other than reading the call's own info)."""
+
+    def __init__(self, acc: Account, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(acc, call_id)
+        self.side = side
+        self.states: list[str] = []
+        self.at: dict[str, float] = {}  # state text -> first time seen
+        self.confirmed = False
+        self.disconnected = False
+        self.hung_up = False  # this script hung it up (else the far end did)
+        self.last_code = 0
+        self.last_reason = ""
+        self.audio_index = -1
+        self.media_changes = 0  # bumped on each onCallMediaState: reconnect the bridge
+        self.media_at = 0.0  # first active audio
+        self.rx_requests: list[str] = []  # requests received inside the dialog
+        self.seen_cseqs: set[str] = set()
+
+    def onCallState(self, prm: Any) -> None:
+        ci = self.getInfo()
+        state = str(ci.stateText)
+        now = time.monotonic()
+        self.states.append(state)
+        self.at.setdefault(state, now)
+        self.last_code = int(ci.lastStatusCode)
+        self.last_reason = str(ci.lastReason)
+        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self.confirmed = True
+        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.disconnected = True
+        emit(event="call", side=self.side, state=state, code=self.last_code,
+             reason=self.last_reason, t=now)
+
+    def onCallMediaState(self, prm: Any) -> None:
+        ci = self.getInfo()
+        status = "none"
+        for i, media in enumerate(ci.media):
+            if media.type == pj.PJMEDIA_TYPE_AUDIO:
+                self.audio_index = i if media.status in (
+                    pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_LOCAL_HOLD,
+                    pj.PJSUA_CALL_MEDIA_REMOTE_HOLD) else -1
+                status = STATUS.get(media.status, str(media.status))
+                break
+        now = time.monotonic()
+        if self.audio_index >= 0 and not self.media_at:
+            self.media_at = now
+        self.media_changes += 1
+        emit(event="media_state", side=self.side, status=status, call_state=str(ci.stateText),
+             audio_index=self.audio_index, t=now)
+
+    def onCallTsxState(self, prm: Any) -> None:
+        """Note each request the far end sends in this dialog (the engine's BYE),
+        once per CSeq (retransmissions are not counted again)."""
+        if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        state = prm.e.body.tsxState
+        if state.type != pj.PJSIP_EVENT_RX_MSG or state.tsx.role != pj.PJSIP_ROLE_UAS:
+            return
+        whole = str(state.src.rdata.wholeMsg)
+        cseq = next((line.split(":", 1)[1].strip() for line in whole.split("\r\n")
+                     if line.lower().startswith("cseq:")), "")
+        if cseq and cseq not in self.seen_cseqs:
+            self.seen_cseqs.add(cseq)
+            method = str(state.tsx.method)
+            self.rx_requests.append(method)
+            emit(event="rx_request", side=self.side, method=method, cseq=cseq,
+                 t=time.monotonic())
+
+
+class Account(pj.Account):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.incoming: list[Call] = []  # kept referenced: a collected Call hangs up
+
+    def onIncomingCall(self, prm: Any) -> None:
+        call = Call(self, "mobile", prm.callId)
+        self.incoming.append(call)
+        ci = call.getInfo()
+        first = str(prm.rdata.wholeMsg).split("\r\n", 1)[0]  # INVITE sip:USER@HOST SIP/2.0
+        uri = first.split(" ")[1] if " " in first else ""
+        user = uri.partition(":")[2].partition("@")[0]
+        emit(event="incoming", local=str(ci.localUri), remote=str(ci.remoteUri),
+             request_uri=uri, request_user=user, t=time.monotonic())
+
+
+class Leg:
+    """One side's call, its player and recorder, kept connected through the bridge."""
+
+    def __init__(self, call: Call, wav: str, record: str) -> None:
+        self.call = call
+        self.wav = wav
+        self.record = record
+        self.player: Any = None
+        self.recorder: Any = None
+        self.seen = -1  # call.media_changes when the bridge was last connected
+
+    def connect(self) -> None:
+        """Player -> call and call -> recorder, again after each media change."""
+        call = self.call
+        if call.disconnected or call.audio_index < 0 or call.media_changes == self.seen:
+            return
+        self.seen = call.media_changes
+        aud = call.getAudioMedia(call.audio_index)
+        if self.player is None:
+            self.player = pj.AudioMediaPlayer()
+            self.player.createPlayer(self.wav, 0)  # looped
+        self.player.startTransmit(aud)
+        if self.recorder is None:
+            self.recorder = pj.AudioMediaRecorder()
+            self.recorder.createRecorder(self.record)
+            aud.startTransmit(self.recorder)
+            emit(event="recording", side=call.side, path=self.record, t=time.monotonic())
+        else:
+            aud.startTransmit(self.recorder)
+
+
+def set_codecs(ep: Any, wanted: str) -> None:
+    """Offer exactly the codecs named in ``wanted`` ("G722,PCMU"), in that order."""
+    names = [n.strip().casefold() for n in wanted.split(",") if n.strip()]
+    found: set[str] = set()
+    for c in ep.codecEnum2():
+        name = str(c.codecId).split("/", 1)[0].casefold()
+        if name in names:
+            found.add(name)
+            ep.codecSetPriority(str(c.codecId), 200 - names.index(name))
+        else:
+            ep.codecSetPriority(str(c.codecId), 0)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"pjsua2 has no codec {', '.join(missing)}")
+
+
+class Phone:
+    """The running library: the account, the two legs, the bounded event pump."""
+
+    def __init__(self, ep: Any, args: argparse.Namespace, deadline: float) -> None:
+        self.ep = ep
+        self.args = args
+        self.deadline = deadline
+        self.account: Account | None = None
+        self.legs: dict[str, Leg] = {}
+        self.ring_until = 0.0  # when the mobile answers 200 (after its 180)
+        self.answered = False
+
+    def service(self) -> None:
+        """Each poll: ring a new incoming call, answer it in time, keep the bridge
+        connected (pjsip calls from the main loop, not from the callbacks)."""
+        acc = self.account
+        if "mobile" not in self.legs and acc is not None and acc.incoming:
+            call = acc.incoming[0]
+            self.legs["mobile"] = Leg(call, self.args.mobile_wav, self.args.mobile_record)
+            prm = pj.CallOpParam()
+            prm.statusCode = 180
+            call.answer(prm)
+            self.ring_until = time.monotonic() + self.args.ring
+            emit(event="ringing", t=time.monotonic())
+        mobile = self.legs.get("mobile")
+        if mobile is not None and not self.answered and time.monotonic() >= self.ring_until \
+                and not mobile.call.disconnected:
+            self.answered = True
+            prm = pj.CallOpParam(True)
+            prm.statusCode = 200
+            mobile.call.answer(prm)
+            emit(event="answer", t=time.monotonic())
+        for leg in self.legs.values():
+            leg.connect()
+
+    def pump(self, until: Callable[[], bool], limit: float) -> bool:
+        """Poll pjsip until ``until()`` or ``limit`` seconds (or the deadline) pass."""
+        stop = min(time.monotonic() + limit, self.deadline)
+        while True:
+            self.service()
+            if until():
+                return True
+            if time.monotonic() >= stop:
+                return False
+            self.ep.libHandleEvents(10)
+
+    def release(self) -> None:
+        """Drop every pjsua2 object this side holds (before libDestroy); the
+        recorders' destructors finish their WAV headers."""
+        for leg in self.legs.values():
+            leg.player = leg.recorder = None
+        self.legs.clear()
+        if self.account is not None:
+            self.account.incoming.clear()
+
+
+def codec_of(call: Call) -> str | None:
+    if call.audio_index < 0 or call.disconnected:
+        return None
+    try:
+        si = call.getStreamInfo(call.audio_index)
+    except pj.Error as e:
+        return f"unknown ({e.info()})"
+    return f"{si.codecName}/{si.codecClockRate}"
+
+
+def scenario(phone: Phone, result: dict[str, Any]) -> None:
+    """The caller calls the DID; the mobile answers, hears the announcement and
+    presses the key; the caller gets its 200 (accepted, or voicemail), talks,
+    hangs up. The caller's Call lives in this frame and in ``phone.legs`` only."""
+    args = phone.args
+    acc = phone.account
+    assert acc is not None
+    caller = Call(acc, "caller")
+    phone.legs["caller"] = Leg(caller, args.caller_wav, args.caller_record)
+    caller.makeCall(f"sip:{args.did}@{args.engine}", pj.CallOpParam(True))
+
+    def mobile() -> Call | None:
+        leg = phone.legs.get("mobile")
+        return leg.call if leg is not None else None
+
+    def screening() -> bool:
+        m = mobile()
+        return m is not None and m.confirmed and m.audio_index >= 0 and caller.audio_index >= 0
+
+    def broken() -> bool:
+        m = mobile()
+        return caller.disconnected or (m is not None and m.disconnected)
+
+    phone.pump(lambda: screening() or broken(), 10)
+    m = mobile()
+    result["incoming"] = len(acc.incoming)
+    result["screening"] = screening() and not broken()
+    result["caller_early_media"] = caller.audio_index >= 0 and not caller.confirmed
+    if m is not None:
+        result["mobile_codec"] = codec_of(m)
+    result["caller_codec_early"] = codec_of(caller)
+    if m is not None and result["screening"]:
+        # the announcement started with the mobile's media (the engine plays at once)
+        press_at = m.media_at + args.press_after
+        phone.pump(broken, max(0.0, press_at - time.monotonic()))
+        if not broken():
+            emit(event="press", key=args.key, t=time.monotonic(),
+                 caller_state=caller.states[-1] if caller.states else None)
+            prm = pj.CallSendDtmfParam()
+            prm.method = pj.PJSUA_DTMF_METHOD_RFC2833
+            prm.digits = args.key
+            try:
+                m.sendDtmf(prm)
+                result["dtmf"] = True
+            except pj.Error as e:
+                result["dtmf"] = f"refused: {e.info()}"
+
+            if args.key == "1":
+                phone.pump(lambda: caller.confirmed or broken(), 6)
+            else:  # refused: the engine hangs the mobile up, voicemail answers the caller
+                phone.pump(lambda: (caller.confirmed and m.disconnected)
+                           or caller.disconnected, 8)
+            if caller.confirmed and not caller.disconnected:
+                emit(event="answered", t=caller.at.get("CONFIRMED", time.monotonic()))
+                phone.pump(lambda: caller.audio_index >= 0 or caller.disconnected, 2)
+                result["caller_codec"] = codec_of(caller)
+                phone.pump(lambda: caller.disconnected, args.talk)
+
+    result["mobile_ended_by"] = "engine" if m is not None and m.disconnected else None
+    if not caller.disconnected:
+        emit(event="hangup", t=time.monotonic())
+        caller.hangup(pj.CallOpParam(True))
+        caller.hung_up = True
+    phone.pump(lambda: caller.disconnected and (m is None or m.disconnected), 5)
+    if caller.hung_up:  # pjsua reports DISCONNECTED as it sends the BYE: let its 200 in
+        phone.pump(lambda: False, 0.3)
+    if m is not None and not m.disconnected:
+        m.hangup(pj.CallOpParam(True))
+        m.hung_up = True
+        phone.pump(lambda: m.disconnected, 3)
+    if result["mobile_ended_by"] is None and m is not None and m.disconnected:
+        # hung up by the engine after the caller's BYE (accepted: the relay ends)
+        result["mobile_ended_by"] = "phone" if m.hung_up else "engine after caller"
+    result.update(
+        caller_states=caller.states, caller_at=caller.at, caller_code=caller.last_code,
+        caller_reason=caller.last_reason, caller_rx_requests=caller.rx_requests,
+        mobile_states=m.states if m else [], mobile_at=m.at if m else {},
+        mobile_code=m.last_code if m else 0, mobile_reason=m.last_reason if m else "",
+        mobile_rx_requests=m.rx_requests if m else [],
+        mobile_media_at=m.media_at if m else 0.0, caller_media_at=caller.media_at)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--engine", required=True, help="HOST:PORT of the engine")
+    ap.add_argument("--port", type=int, required=True,
+                    help="this phone's UDP SIP port: the directory's trunk")
+    ap.add_argument("--caller-id", default="+15145550199")
+    ap.add_argument("--did", default="+15145550104", help="the number the caller dials")
+    ap.add_argument("--key", choices=["1", "2"], required=True,
+                    help="the mobile's answer: 1 accepts, 2 refuses")
+    ap.add_argument("--caller-wav", required=True, help="the caller's voice, looped")
+    ap.add_argument("--mobile-wav", required=True, help="the mobile's voice, looped")
+    ap.add_argument("--caller-record", required=True, help="WAV of what the caller receives")
+    ap.add_argument("--mobile-record", required=True, help="WAV of what the mobile receives")
+    ap.add_argument("--ring", type=float, default=0.5, help="the mobile's 180 before its 200")
+    ap.add_argument("--press-after", type=float, default=1.5,
+                    help="seconds of the announcement before the key")
+    ap.add_argument("--talk", type=float, default=2.0,
+                    help="seconds after the caller's 200 before it hangs up")
+    ap.add_argument("--codecs", default="PCMU", help="offer exactly these codecs, in order")
+    ap.add_argument("--deadline", type=float, default=25.0, help="seconds for everything")
+    ap.add_argument("--log-level", type=int, default=3, help="pjsip log echoed to stderr")
+    args = ap.parse_args()
+
+    writer = Log(args.log_level)
+    ep = pj.Endpoint()
+    ep.libCreate()
+    phone = Phone(ep, args, time.monotonic() + args.deadline)
+    code = 0
+    result: dict[str, Any] = {"screening": False, "dtmf": None, "caller_codec": None,
+                              "mobile_codec": None}
+    try:
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.userAgent = "pjsua2-switchboard-carrier"
+        cfg.logConfig.level = 5
+        cfg.logConfig.consoleLevel = 5
+        cfg.logConfig.msgLogging = True
+        cfg.logConfig.writer = writer
+        cfg.logConfig.decor = 0
+        cfg.medConfig.threadCnt = 0
+        cfg.medConfig.hasIoqueue = False
+        cfg.medConfig.clockRate = 8000  # the bridge and the recordings at 8 kHz
+        cfg.medConfig.sndClockRate = 8000
+        cfg.medConfig.noVad = True  # send the tone steadily, no silence suppression
+        cfg.medConfig.ecTailLen = 0  # no echo canceller between the WAV and the call
+        ep.libInit(cfg)
+        ep.audDevManager().setNullDev()
+
+        tcfg = pj.TransportConfig()
+        tcfg.boundAddress = "127.0.0.1"
+        tcfg.publicAddress = "127.0.0.1"
+        tcfg.port = args.port
+        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+        port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
+        ep.libStart()
+        set_codecs(ep, args.codecs)
+
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:{args.caller_id}@127.0.0.1"  # no registrar, no proxy
+        acfg.sipConfig.transportId = tid
+        acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+        acc = Account()
+        phone.account = acc
+        acc.create(acfg, True)  # the default account: takes the engine's INVITE too
+        emit(event="ready", port=port,
+             codecs=[f"{c.codecId}:{c.priority}" for c in ep.codecEnum2() if c.priority > 0])
+
+        scenario(phone, result)
+        emit(event="result", **result)
+    except Exception as e:
+        # Reported and dropped here: a traceback kept alive into ``finally`` holds the
+        # Call (as ``self`` of a pjsua2 method), whose destructor would then run after
+        # libDestroy and abort on an assertion in pjsua_call_set_user_data.
+        info = e.info() if isinstance(e, pj.Error) else repr(e)
+        sys.stderr.write(traceback.format_exc())
+        emit(event="error", error=str(info), **result)
+        code = 3
+    finally:
+        # pjsua2 objects go before libDestroy (their destructors call into pjsip)
+        phone.release()
+        gc.collect()
+        if phone.account is not None:
+            phone.account.shutdown()
+        ep.libDestroy()
+        emit(event="done")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
