@@ -105,6 +105,9 @@ def bye_for(ok: Response, i: int) -> bytes:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=10_000)
+    ap.add_argument("--media", choices=("relay", "direct"), default="relay",
+                    help="relay (serve's default): the engine's signalling side of media "
+                         "anchoring (SDP rewritten per leg; the sockets are not opened here)")
     ap.add_argument("--no-tracemalloc", action="store_true",
                     help="RSS only: tracemalloc's own bookkeeping inflates RSS and slows set-up")
     args = ap.parse_args()
@@ -114,7 +117,7 @@ def main() -> None:
 
     wall = [1_790_000_000.0]
     engine = Engine(parse_directory(tomllib.loads(DIRECTORY), "<bench>"), {"127.0.0.1"}, 5060,
-                    wall_clock=lambda: wall[0])
+                    wall_clock=lambda: wall[0], anchor_media=args.media == "relay")
     engine.registrar.load([Binding(aor="200", contact=f"sip:200@{PHONE[0]}:{PHONE[1]}",
                                    expires_at=wall[0] + 86400, call_id="r", cseq=1,
                                    source=f"udp:{PHONE[0]}:{PHONE[1]}")], wall[0])
@@ -129,6 +132,8 @@ def main() -> None:
     started = time.perf_counter()
     for i in range(args.calls):
         out = engine.datagram(invite(i), TRUNK, "udp", now)
+        for action in out.media:  # the media service would open two endpoints here
+            out = engine.media_ready(action.call, (20000 + 4 * (i % 2000), 20002), now)
         leg = next(p for s in out.sends if isinstance(p := parse(s.data), Request))
         engine.datagram(answer(leg, 180, f"c{i}"), PHONE, "udp", now)
         out = engine.datagram(answer(leg, 200, f"c{i}"), PHONE, "udp", now)

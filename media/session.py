@@ -38,8 +38,9 @@ Design for many streams per process (the hold-music benchmark):
 * Audio is encoded once per (clip, codec) and cached (:class:`FrameCache`,
   LRU, bounded in bytes); loading, resampling and encoding run in a worker
   thread. A tick is a 12-byte ``struct.pack`` and a ``sendto`` per stream.
-  G.722 is adaptive, so a clip is encoded as one continuous signal; the
-  state jump where a loop restarts is inaudible.
+  G.722 is adaptive: each clip is encoded after the last 0.5 s of the clip
+  played before it (from the second loop on, item 0 after the last item), so
+  the phone's decoder, which heard that audio, does not burst at the seams.
 * We always send 20 ms frames (:data:`media.codecs.FRAME_MS`), whatever
   ``a=ptime`` the peer asked for (RFC 3551 s4.5: 20 ms is the default
   every G.711/G.722 phone takes).
@@ -238,28 +239,50 @@ Clip = Sound | str | os.PathLike[str]
 """One playlist item: a WAV file path, or audio already in memory."""
 
 
-def encode_clip(clip: Clip, codec_name: str) -> tuple[bytes, ...]:
+STATEFUL_CODECS = frozenset({"G722"})
+"""Adaptive codecs: a frame depends on the audio before it (see :func:`encode_clip`)."""
+PRIME_SECONDS = 0.5
+
+
+def _clip_pcm(clip: Clip, rate: int) -> bytes:
+    if isinstance(clip, str | os.PathLike):
+        return load_wav(clip, rate).pcm16
+    return clip.pcm16 if clip.rate == rate else resample(clip.pcm16, clip.rate, rate)
+
+
+def encode_clip(clip: Clip, codec_name: str, prime: Clip | None = None) -> tuple[bytes, ...]:
     """A clip as RTP payloads of ``codec_name``, one per 20 ms (blocking: a worker thread).
 
     WAV files are loaded at the codec's rate (:func:`media.wav.load_wav`),
     PCM at another rate is resampled once; the last frame is padded with
     silence. Raises :class:`media.wav.WavError` for a bad file and
     :class:`media.codecs.CodecError` for a codec the engine cannot encode.
+
+    ``prime``: the clip played just before this one. G.722 is adaptive: a
+    clip encoded from a fresh encoder but played after other audio makes the
+    phone's decoder (adapted to that audio) burst for ~40 ms at the seam (a
+    looped hold tune did, at every loop). So the last :data:`PRIME_SECONDS` of
+    ``prime`` are encoded first and their frames dropped: the encoder is in
+    the state the decoder is in. Ignored for stateless codecs (G.711).
     """
     codec = codec_for(codec_name)
     rate = codec.sample_rate
-    if isinstance(clip, str | os.PathLike):
-        pcm = load_wav(clip, rate).pcm16
-    else:
-        pcm = clip.pcm16 if clip.rate == rate else resample(clip.pcm16, clip.rate, rate)
+    pcm = _clip_pcm(clip, rate)
     frame_bytes = codec.bytes_per_frame
     pcm = pcm + bytes(-len(pcm) % frame_bytes)
     frames = len(pcm) // frame_bytes
     if not frames:
         return ()
-    encoded = codec.encode(pcm)
-    size = len(encoded) // frames
-    return tuple(encoded[i * size : (i + 1) * size] for i in range(frames))
+    lead = b""
+    if prime is not None and codec_name.upper() in STATEFUL_CODECS:
+        before = _clip_pcm(prime, rate)
+        before = before + bytes(-len(before) % frame_bytes)
+        keep = min(len(before), frame_bytes * round(PRIME_SECONDS * 50))
+        lead = before[len(before) - keep:]
+    encoded = codec.encode(lead + pcm)
+    size = len(encoded) // (frames + len(lead) // frame_bytes)
+    skip = len(lead) // frame_bytes
+    return tuple(encoded[(skip + i) * size : (skip + i + 1) * size] for i in range(frames))
 
 
 _FRAME_OVERHEAD = 41  # bytes object header + tuple slot, roughly, per cached frame
@@ -285,9 +308,12 @@ class FrameCache:
         return len(self._entries)
 
     @staticmethod
-    def _key(clip: Clip, codec_name: str) -> Hashable | None:
+    def _key(clip: Clip, codec_name: str, prime: Clip | None = None) -> Hashable | None:
         """The cache key, None for a file that cannot be read (not cached)."""
         codec = codec_name.upper()
+        if prime is not None and codec in STATEFUL_CODECS:
+            mine, before = FrameCache._key(clip, codec), FrameCache._key(prime, codec)
+            return None if mine is None or before is None else ("primed", mine, before)
         if isinstance(clip, str | os.PathLike):
             path = os.path.realpath(clip)
             try:
@@ -297,11 +323,14 @@ class FrameCache:
             return ("path", path, st.st_size, st.st_mtime_ns, codec)
         return ("pcm", clip.pcm16, clip.rate, codec)
 
-    async def frames(self, clip: Clip, codec_name: str) -> tuple[bytes, ...]:
+    async def frames(self, clip: Clip, codec_name: str,
+                     prime: Clip | None = None) -> tuple[bytes, ...]:
         """The clip's frames in ``codec_name`` (see :func:`encode_clip`)."""
-        key = self._key(clip, codec_name)
+        if codec_name.upper() not in STATEFUL_CODECS:
+            prime = None
+        key = self._key(clip, codec_name, prime)
         if key is None:  # let encode_clip say what is wrong with the file
-            return await asyncio.to_thread(encode_clip, clip, codec_name)
+            return await asyncio.to_thread(encode_clip, clip, codec_name, prime)
         cached = self._entries.get(key)
         if cached is not None:
             self._entries.move_to_end(key)
@@ -315,7 +344,7 @@ class FrameCache:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
         self._pending[key] = future
         try:
-            frames = await asyncio.to_thread(encode_clip, clip, codec_name)
+            frames = await asyncio.to_thread(encode_clip, clip, codec_name, prime)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 future.set_exception(exc)
@@ -357,10 +386,16 @@ class Player:
         *,
         loop: bool = False,
         on_done: Callable[[bool], None] | None = None,
+        loop_items: Sequence[tuple[bytes, ...]] | None = None,
     ) -> None:
         self._items = [frames for frames in items if frames]
         if not self._items:
             raise MediaError("nothing to play: the playlist holds no audio")
+        # From the second time round: the same audio encoded after the playlist's
+        # end (an adaptive codec's seam, see encode_clip); None: the same items.
+        self._loop_items = None if loop_items is None else [f for f in loop_items if f]
+        if self._loop_items is not None and len(self._loop_items) != len(self._items):
+            self._loop_items = None
         self._scheduler = scheduler
         self.endpoint = endpoint
         self.codec = endpoint.codec
@@ -412,6 +447,8 @@ class Player:
                 if not self.loop:
                     self._finish(True)
                     return False
+                if self._loop_items is not None:
+                    self._items, self._loop_items = self._loop_items, None
         return True
 
     def stop(self) -> None:
@@ -686,12 +723,19 @@ class MediaService:
             clips = list(playlist)
         else:
             clips = [playlist]
-        items = await asyncio.gather(*(self.cache.frames(c, codec) for c in clips))
+        cache = self.cache
+        primes: list[Clip | None] = [None, *clips[:-1]]
+        items = await asyncio.gather(*(cache.frames(c, codec, p) for c, p in zip(
+            clips, primes, strict=True)))
+        loop_items = None
+        if loop and codec.upper() in STATEFUL_CODECS:  # item 0 after the last one
+            loop_items = [await cache.frames(clips[0], codec, clips[-1]), *items[1:]]
         if endpoint.closed:
             raise MediaError("cannot play: the endpoint closed while the audio was loading")
         if endpoint.codec != codec:
             return await self.play(endpoint, clips, loop=loop, on_done=on_done)
-        player = Player(self.scheduler, endpoint, items, loop=loop, on_done=on_done)
+        player = Player(self.scheduler, endpoint, items, loop=loop, on_done=on_done,
+                        loop_items=loop_items)
         previous = self._players.get(endpoint)
         if previous is not None:
             previous.stop()

@@ -12,14 +12,23 @@ seconds (the engine's beep), play ``--wav`` into the call for ``--play``
 seconds, then end the message with DTMF '#' (RFC 4733) or by hanging up
 (``--end``), and wait for the call to be over.
 
+Options for the codec tests (``tests/test_phones_codecs.py``), off by default:
+``--codecs G722,PCMU,PCMA`` offers exactly those codecs in that order
+(priorities 200, 199, ...; every other codec disabled) instead of pjsua2's
+defaults; ``--report-sdp`` reports each SIP message with an SDP body the
+phone sends (its offers) or receives (the engine's answers).
+
 Output, one JSON object per line on stdout:
   {"event": "reg", "code": 200, "active": true, ...}     each registration change
   {"event": "registered", "ok": true, "codes": [...], "port": 1234}
   {"event": "call", "state": "CONFIRMED", "code": 200, ...} each call state change
   {"event": "media", "codec": "G722/16000", "audio_index": 0}   audio became active
+  {"event": "sdp_rx", "start_line": "SIP/2.0 200 OK", "method": "INVITE",
+   "sdp": "v=0..."}            --report-sdp: a message with SDP received (sdp_tx: sent)
   {"event": "playing"} / {"event": "dtmf", "ok": true} / {"event": "hangup"}
   {"event": "result", "confirmed": true, "media": true, "played": 3.0,
-   "ended_by": "engine", "last_code": 200, "codec": "...", ...}
+   "ended_by": "engine", "last_code": 200, "codec": "...",
+   "codec_final": "..." (read again after playing), ...}
   {"event": "error", "error": "...", ...}                   a pjsua2 call raised (exit 3)
   {"event": "done"}                                          after libDestroy
 Exit status: 0 once a call was tried, 2 when REGISTER failed, 3 on an error.
@@ -79,8 +88,9 @@ class Call(pj.Call):  # type: ignore[misc]
     """Records what happened; the main loop acts on it (no pjsip calls from here
     other than reading the call's own info)."""
 
-    def __init__(self, acc: Account) -> None:
+    def __init__(self, acc: Account, report_sdp: bool = False) -> None:
         super().__init__(acc)
+        self.report_sdp = report_sdp
         self.states: list[str] = []
         self.confirmed = False
         self.disconnected = False
@@ -108,6 +118,38 @@ class Call(pj.Call):  # type: ignore[misc]
                 self.audio_index = i
         emit(event="media_state", audio_index=self.audio_index)
 
+    def onCallTsxState(self, prm: Any) -> None:
+        """--report-sdp: each SIP message with an SDP body sent or received (as sent:
+        pjsip trims its codec-lock offer after ``onCallSdpCreated``)."""
+        if not self.report_sdp or prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        state = prm.e.body.tsxState
+        if state.type == pj.PJSIP_EVENT_RX_MSG:
+            kind, whole = "sdp_rx", str(state.src.rdata.wholeMsg)
+        elif state.type == pj.PJSIP_EVENT_TX_MSG:
+            kind, whole = "sdp_tx", str(state.src.tdata.wholeMsg)
+        else:
+            return
+        head, _, body = whole.partition("\r\n\r\n")
+        if "m=" in body:
+            emit(event=kind, start_line=head.split("\r\n", 1)[0],
+                 method=str(state.tsx.method), sdp=body)
+
+def set_codecs(ep: Any, wanted: str) -> None:
+    """Offer exactly the codecs named in ``wanted`` ("G722,PCMU"), in that order."""
+    names = [n.strip().casefold() for n in wanted.split(",") if n.strip()]
+    found: set[str] = set()
+    for c in ep.codecEnum2():
+        name = str(c.codecId).split("/", 1)[0].casefold()
+        if name in names:
+            found.add(name)
+            ep.codecSetPriority(str(c.codecId), 200 - names.index(name))
+        else:
+            ep.codecSetPriority(str(c.codecId), 0)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"pjsua2 has no codec {', '.join(missing)}")
+
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -122,6 +164,10 @@ def main() -> int:
     ap.add_argument("--end", choices=["hash", "hangup"], default="hash")
     ap.add_argument("--deadline", type=float, default=40.0, help="seconds for everything")
     ap.add_argument("--log-level", type=int, default=4, help="pjsip log echoed to stderr")
+    ap.add_argument("--codecs", default=None,
+                    help="offer exactly these codecs, in order (default: pjsua2's own)")
+    ap.add_argument("--report-sdp", action="store_true",
+                    help="emit sdp_tx / sdp_rx events")
     args = ap.parse_args()
 
     deadline = time.monotonic() + args.deadline
@@ -134,7 +180,8 @@ def main() -> int:
     the_call: Call | None = None
     code = 0
     result: dict[str, Any] = {"confirmed": False, "media": False, "played": 0.0,
-                              "dtmf": None, "ended_by": None, "codec": None}
+                              "dtmf": None, "ended_by": None, "codec": None,
+                              "codec_final": None}
 
     def pump(until: Any, limit: float) -> bool:
         """Poll pjsip until ``until()`` or ``limit`` seconds (or the deadline) pass."""
@@ -169,6 +216,8 @@ def main() -> int:
         tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
         port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
         ep.libStart()
+        if args.codecs:
+            set_codecs(ep, args.codecs)
         emit(event="codecs", codecs=[f"{c.codecId}:{c.priority}" for c in ep.codecEnum2()
                                      if c.priority > 0])
 
@@ -195,7 +244,7 @@ def main() -> int:
             code = 2
             return code
 
-        call = the_call = Call(acc)
+        call = the_call = Call(acc, args.report_sdp)
         prm = pj.CallOpParam(True)
         call.makeCall(f"sip:{args.dial}@{args.domain}", prm)
         pump(lambda: (the_call.confirmed and the_call.audio_index >= 0)
@@ -219,6 +268,12 @@ def main() -> int:
             emit(event="playing")
             pump(lambda: the_call.disconnected, args.play)
             result["played"] = round(time.monotonic() - started, 3)
+            if not call.disconnected:  # after pjsip's codec-lock re-INVITE, if any
+                try:
+                    si = call.getStreamInfo(call.audio_index)
+                    result["codec_final"] = f"{si.codecName}/{si.codecClockRate}"
+                except pj.Error as e:
+                    result["codec_final"] = f"unknown ({e.info()})"
             if not call.disconnected:
                 player.stopTransmit(aud)
             pump(lambda: the_call.disconnected, 0.2)
