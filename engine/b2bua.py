@@ -1405,6 +1405,11 @@ class B2BUA:
             self._release_leg(leg)
         if call.winner is not None:
             self._by_leg_call_id.pop(call.winner.invite.call_id, None)
+        # Break the Call -> Leg -> Call cycles: an ended call is freed by reference
+        # counting, as soon as its last transaction ends, not by the cyclic
+        # collector (whose passes over a busy engine's heap cost more than calls).
+        call.legs = []
+        call.winner = call.screening = None
 
     def on_terminated(self, key: TxKey) -> None:
         """A client transaction ended: forget legs that are over."""

@@ -167,6 +167,27 @@ def _store(args: argparse.Namespace) -> Store:
     return open_store(args.db, data_dir)
 
 
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """The cyclic collector, set for a long-running engine (measured: ``docs/benchmarks.md``).
+
+    Ended calls are freed by reference counting (the B2BUA breaks its own
+    cycles), so the collector only has to find the rare transient cycle. With
+    CPython's default (a pass every 700 allocations, a full pass as soon as a
+    quarter of the heap is new) a busy engine spent more CPU collecting than
+    routing calls: 625-977 calls/s against 1,221/s with these thresholds. What
+    was loaded at start (the directory, registrations, code) is frozen: full
+    passes do not scan it again.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
 
@@ -207,6 +228,7 @@ async def _serve(args: argparse.Namespace) -> int:
                         anchor_media=args.media == "relay")
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
+        tune_gc()
         await serve(engine, store, config)
     finally:
         await store.close()

@@ -346,3 +346,44 @@ def test_the_callee_leg_of_an_anchored_call_is_offered_no_session_timer(net: Net
     assert leg.get("session-expires") is None and leg.get("min-se") is None
     assert leg.get("supported") == "replaces"
     assert leg.get("to") == "<sip:101@pbx.test>"
+
+
+@pytest.mark.parametrize("anchored", [True, False])
+def test_an_ended_call_is_freed_by_reference_counting(anchored: bool) -> None:
+    """No Call, Leg or Dialog is left for the cyclic collector (the engine tunes it to
+    run rarely: cycles would pile up between its passes)."""
+    import gc
+
+    from tests.test_b2bua import make_net
+
+    net = anchored_net() if anchored else make_net()
+    gc.collect()
+    gc.disable()
+    try:
+        if anchored:
+            ok, _ = answered_call(net)
+        else:
+            register(net, "101", "102")
+            src = phone_call(net, "101", "102")
+            [inv] = net.requests(PHONES["102"], "INVITE")
+            net.send(reply(inv, 200, body=CALLEE_SDP, contact="<sip:102@127.0.0.1:6102>"),
+                     PHONES["102"])
+            [ok] = [r for r in net.responses(src) if r.status == 200]
+            net.send(in_dialog("ACK", ok, src, cseq=2, call_id="call-1", branch="ack1"), src)
+        src = PHONES["101"]
+        net.send(in_dialog("BYE", ok, src, cseq=3, call_id="call-1", branch="bye1"), src)
+        [bye] = net.requests(PHONES["102"], "BYE")
+        net.send(reply(bye, 200), PHONES["102"])
+        net.tick(64)  # every transaction of the call ends
+        assert net.engine.b2bua.calls == {}
+        net.inbox.clear()
+        net.media.clear()
+        del ok, bye
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage} & {"Call", "Leg", "Dialog", "Anchor"}
+        assert left == set()
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
