@@ -377,3 +377,22 @@ def test_random_hex_is_unique_and_refills_its_pool() -> None:
     assert all(len(v) == 16 and int(v, 16) >= 0 for v in values)
     assert len(set(values)) == len(values)
     assert len(random_hex(5000)) == 10000  # larger than the pool
+
+
+def test_a_response_keeps_the_parsed_to_from_and_cseq_of_its_request() -> None:
+    """make_response hands over what it copied already parsed; it reads as if parsed."""
+    from engine.message import make_response
+
+    for to_value in ("<sip:bob@example.test>", "sip:bob@example.test",
+                     '"Bob" <sip:bob@b.test>;x=1'):
+        req = parse(("INVITE sip:bob@example.test SIP/2.0\r\n"
+                     "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKmr1\r\n"
+                     "From: <sip:alice@example.test>;tag=a1\r\nTo: " + to_value + "\r\n"
+                     "Call-ID: mr1\r\nCSeq: 7 INVITE\r\nMax-Forwards: 70\r\n"
+                     "Content-Length: 0\r\n\r\n").encode())
+        assert isinstance(req, Request)
+        for status in (100, 180, 486):
+            resp = make_response(req, status, to_tag="t9")
+            again = parse(resp.to_bytes())
+            assert resp.to == again.to and resp.to.tag == again.to.tag
+            assert resp.from_ == again.from_ and resp.cseq == again.cseq

@@ -519,6 +519,7 @@ def make_response(request: Request, status: int, reason: str | None = None,
     none (``to_tag`` chooses it, for a stable dialog identity).
     """
     out: list[Header] = []
+    to: Address | None = None
     for h in request.headers:
         key = h[0]
         if key in ("via", "from", "call-id", "cseq"):
@@ -526,20 +527,30 @@ def make_response(request: Request, status: int, reason: str | None = None,
         elif key == "to":
             value = h[2]
             try:
-                has_tag = request.to.tag is not None
+                to = request.to
+                has_tag = to.tag is not None
             except ParseError:
+                to = None
                 has_tag = ";tag=" in value.replace(" ", "").lower()
             if status > 100 and not has_tag:
                 tag = to_tag or new_tag()
                 value = f"{value};tag={tag}"
                 out.append((key, "To", value, None))
+                if to is not None:
+                    to = Address(to.uri, to.display, (*to.params, ("tag", tag)), to.angle)
             else:
                 out.append(h)
     for name, value in headers:
         key = header_key(name)
         out.append((key, canonical_name(key), value, None))
     out.append(("content-length", "Content-Length", "", None))
-    return Response(status, reason or REASONS.get(status, "Unknown"), out, body)
+    resp = Response(status, reason or REASONS.get(status, "Unknown"), out, body)
+    # What the response copied from the request reads the same: keep the parsed forms
+    # (the transaction layer reads the To tag of every response it sends).
+    resp._to = to
+    resp._from = request._from
+    resp._cseq = request._cseq
+    return resp
 
 
 def _parse_folded(rest: str, headers: list[Header]) -> ParseError | None:
