@@ -22,13 +22,15 @@ run: venv
 	$(BIN)/switchboard serve --directory examples/directory.toml --sip $(SIP) --http $(HTTP)
 
 # Real peers for the tests: SIPp, baresip, Kamailio (the benchmark baseline), and
-# espeak-ng (the prompt generator's test speaks with it; the prompts are committed).
+# espeak-ng (the prompt generator's test speaks with it; the prompts are committed),
+# openssl (the TLS trunk test makes its certificate).
 peers:
 	@missing=""; \
 	command -v sipp >/dev/null || missing="$$missing sip-tester"; \
 	command -v baresip >/dev/null || missing="$$missing baresip"; \
 	command -v kamailio >/dev/null || [ -x /usr/sbin/kamailio ] || missing="$$missing kamailio"; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing test peers:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

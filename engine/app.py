@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import signal
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Coroutine
@@ -50,6 +51,7 @@ log = structlog.get_logger("switchboard.app")
 MIN_MESSAGE_SECONDS = 0.5  # shorter recordings (a hang-up at the beep) are not kept
 WRITE_BATCH = 500  # binding changes per store transaction
 MAX_TCP_CONNECTIONS = 1024
+CONNECT_SECONDS = 10.0  # an outbound TCP/TLS connection (with its handshake)
 TCP_IDLE_SECONDS = 3600.0
 MAX_STREAM_MESSAGE = 256 * 1024
 
@@ -73,6 +75,14 @@ class ServerConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     data_dir: Path = Path("switchboard-data")
+    # SIP over TLS (RFC 3261 s26.3.1): a listener when a certificate is given, and
+    # the CA bundle that trunks' certificates are checked against (None: the
+    # system's, or $SSL_CERT_FILE).
+    tls_host: str = ""
+    tls_port: int = 0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str | None = None
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -97,6 +107,10 @@ class Server:
         self.tcp: asyncio.base_events.Server | None = None
         self.http: web.AppRunner | None = None
         self.connections: dict[Addr, asyncio.StreamWriter] = {}
+        self.tls: asyncio.base_events.Server | None = None
+        self._connecting: dict[Addr, list[bytes]] = {}  # outbound streams being opened
+        self._client_tls: ssl.SSLContext | None = None
+        self._stream_tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._writes: asyncio.Queue[tuple[str, Binding]] = asyncio.Queue()
@@ -128,6 +142,14 @@ class Server:
         bound_port = sock.getsockname()[1]
         self.tcp = await asyncio.start_server(self._tcp_client, cfg.sip_host, bound_port,
                                               reuse_address=True)
+        if cfg.tls_cert:
+            server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            server_tls.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
+            self.tls = await asyncio.start_server(self._tls_client, cfg.tls_host or cfg.sip_host,
+                                                  cfg.tls_port, ssl=server_tls,
+                                                  reuse_address=True)
+            cfg.tls_port = self.tls.sockets[0].getsockname()[1]
+            self.engine.tls_port = cfg.tls_port
         self.config.sip_port = bound_port
         self.engine.port = bound_port
         app = web.Application()
@@ -151,7 +173,8 @@ class Server:
         self._tasks.append(asyncio.create_task(self._writer()))
         self._schedule()  # trunks that register start at once
         self._tasks.append(asyncio.create_task(self._housekeeping()))
-        log.info("serving", sip=f"{cfg.sip_host}:{bound_port}", transports="udp,tcp",
+        log.info("serving", sip=f"{cfg.sip_host}:{bound_port}",
+                 transports="udp,tcp" + (f",tls:{cfg.tls_port}" if self.tls else ""),
                  http=f"{cfg.http_host}:{cfg.http_port}",
                  domain=self.engine.directory.system.domain,
                  users=len(self.engine.directory.users),
@@ -163,6 +186,8 @@ class Server:
             self._timer.cancel()
         if self.udp is not None:
             self.udp.close()
+        if self.tls is not None:
+            self.tls.close()
         if self.tcp is not None:
             self.tcp.close()
             for writer in list(self.connections.values()):
@@ -213,10 +238,39 @@ class Server:
                 self.udp.sendto(send.data, send.addr)
             return
         writer = self.connections.get(send.addr)
-        if writer is None or writer.is_closing():
+        if writer is not None and not writer.is_closing():
+            writer.write(send.data)
+            return
+        pending = self._connecting.get(send.addr)
+        if pending is not None:
+            pending.append(send.data)
+            return
+        if send.data.startswith(b"SIP/2.0 "):
             log.info("no connection for response", dest=f"{send.addr[0]}:{send.addr[1]}")
             return
-        writer.write(send.data)
+        # A request to a peer we have no stream to (a trunk over TCP or TLS): open one
+        # (RFC 3261 s18.1.1); what is sent meanwhile waits for it.
+        self._connecting[send.addr] = [send.data]
+        task = asyncio.create_task(self._connect(send.addr, send.transport))
+        self._stream_tasks.add(task)
+        task.add_done_callback(self._stream_tasks.discard)
+
+    async def _connect(self, addr: Addr, transport: str) -> None:
+        tls = transport == "tls"
+        try:
+            if tls and self._client_tls is None:
+                self._client_tls = ssl.create_default_context(cafile=self.config.tls_ca)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                addr[0], addr[1], ssl=self._client_tls if tls else None,
+                server_hostname=addr[0] if tls else None), CONNECT_SECONDS)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            dropped = len(self._connecting.pop(addr, []))
+            log.warning("connection failed", dest=f"{addr[0]}:{addr[1]}", transport=transport,
+                        error=str(exc) or type(exc).__name__, messages_dropped=dropped)
+            return
+        for data in self._connecting.pop(addr, []):
+            writer.write(data)
+        await self._stream(reader, writer, addr, transport)
 
     def _schedule(self) -> None:
         wake = self.engine.next_wakeup()
@@ -243,7 +297,16 @@ class Server:
     async def _tcp_client(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        addr: Addr = (peer[0], peer[1])
+        await self._stream(reader, writer, (peer[0], peer[1]), "tcp")
+
+    async def _tls_client(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        await self._stream(reader, writer, (peer[0], peer[1]), "tls")
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      addr: Addr, transport: str) -> None:
+        """One TCP or TLS connection, accepted or opened: framed messages in."""
         if len(self.connections) >= MAX_TCP_CONNECTIONS:
             log.warning("tcp connection refused: cap reached", source=f"{addr[0]}:{addr[1]}",
                         cap=MAX_TCP_CONNECTIONS)
@@ -260,17 +323,17 @@ class Server:
                 try:
                     items = framer.feed(data)
                 except ParseError as exc:
-                    self.engine.metrics.parse_errors.labels("tcp").inc()
-                    log.info("tcp stream unframeable, closing", source=f"{addr[0]}:{addr[1]}",
-                             reason=exc.reason)
+                    self.engine.metrics.parse_errors.labels(transport).inc()
+                    log.info("stream unframeable, closing", source=f"{addr[0]}:{addr[1]}",
+                             transport=transport, reason=exc.reason)
                     break
                 for item in items:
                     if item == b"\r\n\r\n":
                         writer.write(b"\r\n")  # RFC 5626 s3.5.1 keep-alive pong
                     else:
-                        self.handle(item, addr, "tcp")
+                        self.handle(item, addr, transport)
                 await writer.drain()
-        except (TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError, ssl.SSLError):
             pass
         finally:
             self.connections.pop(addr, None)

@@ -294,6 +294,17 @@ class Local:
     host: str
     port: int
     domain: str
+    tls_port: int = 0  # the TLS listener (serve --tls), 0: none
+
+    def port_for(self, transport: str) -> int:
+        """Our port as written in a Via or Contact for ``transport``."""
+        return self.tls_port if transport.lower() == "tls" and self.tls_port else self.port
+
+    def contact(self, transport: str, user: str = "switchboard") -> str:
+        """``<sip:user@host:port[;transport=tcp|tls]>`` (RFC 3261 s19.1.1)."""
+        t = transport.lower()
+        suffix = f";transport={t}>" if t in ("tcp", "tls") else ">"
+        return f"<sip:{user}@{self.host}:{self.port_for(t)}{suffix}"
 
 
 class B2BUA:
@@ -419,7 +430,7 @@ class B2BUA:
         if facts.trunk:
             self.channels[facts.trunk] = self.channels.get(facts.trunk, 0) + 1
         log.info("call routed", call_id=call.id, caller=facts.caller, callee=facts.callee,
-                 source=facts.source, trunk=facts.trunk or None,
+                 source=facts.source, trunk=facts.trunk or None, transport=transport,
                  status=the_plan.status_of_callee, plan=_PlanText(the_plan))
         return self._guard(call, now, local, lambda: self._run_step(call, 0, now, local))
 
@@ -566,10 +577,9 @@ class B2BUA:
             pai = f"<sip:{facts.caller}@{domain}>"
         mf = caller.max_forwards
         t = transport.upper() or "UDP"
-        contact = f"<sip:switchboard@{local.host}:{local.port}" + (
-            ";transport=tcp>" if t == "TCP" else ">")
+        contact = local.contact(t)
         headers: list[tuple[str, str]] = [
-            ("Via", f"SIP/2.0/{t} {local.host}:{local.port};branch={new_branch()};rport"),
+            ("Via", f"SIP/2.0/{t} {local.host}:{local.port_for(t)};branch={new_branch()};rport"),
             ("Max-Forwards", str((mf if mf is not None else 70) - 1)),
             ("From", f"{from_value};tag={new_tag()}"),
             ("To", f"<sip:{target.extension}@{domain}>" if isinstance(target, Device)
@@ -797,8 +807,7 @@ class B2BUA:
         if isinstance(leg.target, Device):
             self._join(call, leg.target.extension)
         headers = [("Server", "Switchboard/0.1"),
-                   ("Contact", f"<sip:switchboard@{local.host}:{local.port}"
-                               + (";transport=tcp>" if call.transport == "tcp" else ">"))]
+                   ("Contact", local.contact(call.transport))]
         if leg.offer is not None:
             answer = self._anchored_answer(call, leg, body, local, final=True)
             if answer is None:  # no usable answer: let the phones talk directly
@@ -1146,8 +1155,7 @@ class B2BUA:
             return self._final(call, 488, now, [("Warning", warning_value(result))])
         answer, negotiated = result
         owner = self.directory.user(step.box) if self.directory else None
-        contact = f"<sip:switchboard@{local.host}:{local.port}" + (
-            ";transport=tcp>" if call.transport == "tcp" else ">")
+        contact = local.contact(call.transport)
         headers = [("Server", "Switchboard/0.1"), ("Contact", contact),
                    ("Content-Type", "application/sdp")]
         ok = make_response(call.invite, 200, None, headers, answer.to_bytes(), to_tag=call.tag)

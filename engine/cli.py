@@ -86,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(f"--{name}-ms", type=int, default=default, metavar="MS",
                            help=f"RFC 3261 {name.upper()}, {what} (default {default}); every "
                                 "transaction timer derives from T1, T2 and T4")
+    serve.add_argument("--tls", default=None, metavar="HOST:PORT",
+                       help="also listen for SIP over TLS here (needs --tls-cert; default "
+                            "port 5061)")
+    serve.add_argument("--tls-cert", default="", metavar="PEM",
+                       help="certificate chain for the TLS listener (PEM)")
+    serve.add_argument("--tls-key", default="", metavar="PEM",
+                       help="its private key (PEM; default: in --tls-cert)")
+    serve.add_argument("--tls-ca", default=None, metavar="PEM",
+                       help="CA certificates that trunks' TLS certificates are checked "
+                            "against (default: the system's, or $SSL_CERT_FILE)")
     serve.add_argument("--media", choices=("relay", "direct"), default="relay",
                        help="relay (default): the RTP of calls goes through the engine, which "
                             "plays hold music, records and screens rebound calls; direct: SDP "
@@ -228,6 +238,12 @@ async def _serve(args: argparse.Namespace) -> int:
                         anchor_media=args.media == "relay")
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
+        if args.tls or args.tls_cert:
+            if not args.tls_cert:
+                raise ValueError("--tls needs --tls-cert (and --tls-key unless the key is in it)")
+            config.tls_host, config.tls_port = parse_hostport(args.tls or "", 5061)
+            config.tls_cert, config.tls_key = args.tls_cert, args.tls_key
+        config.tls_ca = args.tls_ca
         tune_gc()
         await serve(engine, store, config)
     finally:

@@ -91,6 +91,7 @@ class Engine:
                                      str]] = []
         self.limiter = limiter or FailureLimiter()
         self.port = port
+        self.tls_port = 0  # the TLS listener's port once it is up (serve --tls)
         self.local_hosts = {h.lower() for h in local_hosts}
         self.wall_clock = wall_clock
         self._auth_key = auth_key or secrets.token_bytes(32)
@@ -129,7 +130,7 @@ class Engine:
 
     @property
     def local(self) -> Local:
-        return Local(self.advertise, self.port, self.directory.system.domain)
+        return Local(self.advertise, self.port, self.directory.system.domain, self.tls_port)
 
     def next_wakeup(self) -> float | None:
         wakes = [w for w in (self.transactions.next_wakeup(), self.b2bua.next_wakeup(),

@@ -150,5 +150,4 @@ def _expires(req: Request) -> int:
 
 
 def _contact(local: Local, transport: str) -> str:
-    return f"<sip:switchboard@{local.host}:{local.port}" + (
-        ";transport=tcp>" if transport == "tcp" else ">")
+    return local.contact(transport)

@@ -87,15 +87,16 @@ class TrunkRegistrar:
         t = reg.trunk
         reg.cseq += 1
         registrar = f"sip:{t.host}:{t.port}"
-        transport = t.transport.upper() if t.transport != "tls" else "TCP"
+        transport = t.transport.upper()
+        via_port = local.port_for(transport)
         headers = [
-            ("Via", f"SIP/2.0/{transport} {local.host}:{local.port};branch={new_branch()};rport"),
+            ("Via", f"SIP/2.0/{transport} {local.host}:{via_port};branch={new_branch()};rport"),
             ("Max-Forwards", "70"),
             ("From", f"<sip:{t.username}@{t.host}>;tag={reg.from_tag}"),
             ("To", f"<sip:{t.username}@{t.host}>"),
             ("Call-ID", reg.call_id),
             ("CSeq", f"{reg.cseq} REGISTER"),
-            ("Contact", f"<sip:{t.username}@{local.host}:{local.port}>"),
+            ("Contact", local.contact(transport, t.username)),
             ("Expires", str(REQUESTED_EXPIRES)),
             ("User-Agent", "Switchboard/0.1"),
         ]
