@@ -37,8 +37,11 @@ Decisions (where no RFC or issue says):
   like responses: see ``engine.core``), a leg to a trunk to the trunk's
   host and port; in-dialog requests follow the same address.
 * Each callee leg has its own Call-ID: a phone sees a fresh call per leg.
-* Late offer (an INVITE without SDP, the SDP in the ACK) is not relayed:
-  the callee's answer is passed on and the caller's ACK absorbed.
+* Late offer (an INVITE without SDP): the callee's 2xx carries the offer,
+  which goes to the caller in our 2xx; the callee's ACK waits for the
+  caller's ACK, whose SDP answer it carries (RFC 3261 s13.2.2.4, RFC 3264
+  s4). Without an ACK from the caller the callee is ACKed (no body) and hung
+  up with the call.
 * Voicemail and mailbox access are answered by the engine itself (the media
   service plays and records on its own endpoint: ``StartVoicemail``,
   ``StartMailbox``).
@@ -725,13 +728,15 @@ class B2BUA:
         call = leg.call
         if leg.ack is not None:  # a retransmitted 2xx: the same ACK again (s13.2.2.4)
             return [Send(leg.ack, leg.dest, leg.transport)]
+        if leg.dialog is not None:  # retransmitted while its ACK waits for the caller's
+            return []
         dialog = Dialog.uac(leg.invite, resp)
         leg.dialog = dialog
         leg.state = "answered"
-        ack = dialog.ack(leg.invite.cseq.number, via_host=local.host, via_port=local.port,
-                         transport=leg.transport.upper())
-        leg.ack = ack.to_bytes()
-        events: list[Event] = [Send(leg.ack, leg.dest, leg.transport)]
+        events: list[Event] = []
+        late_offer = not leg.invite.body and bool(resp.body)
+        if not (late_offer and call.state == "routing" and leg in call.legs):
+            events += self._ack_leg(leg, local)
         if call.state != "routing" or leg not in call.legs:
             # Answered after another leg won, or after the step moved on: hang it up.
             log.info("late answer hung up", call_id=call.id, leg=leg.label)
@@ -1043,6 +1048,20 @@ class B2BUA:
             req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
             ours.to_bytes()), now)
 
+    def _ack_leg(self, leg: Leg, local: Local, answer: Request | None = None) -> list[Event]:
+        """ACK the callee's 2xx (s13.2.2.4); ``answer``: the caller's ACK whose SDP
+        answers the callee's offer (late offer)."""
+        if leg.dialog is None or leg.ack is not None:
+            return []
+        body = answer.body if answer is not None else b""
+        ack = leg.dialog.ack(leg.invite.cseq.number, via_host=local.host,
+                             via_port=local.port_for(leg.transport),
+                             transport=leg.transport.upper(), body=body,
+                             content_type=(answer.get("content-type") or "application/sdp")
+                             if answer is not None and body else None)
+        leg.ack = ack.to_bytes()
+        return [Send(leg.ack, leg.dest, leg.transport)]
+
     def _join(self, call: Call, extension: str) -> None:
         call.members = (*call.members, extension)
         self.on_call[extension] = self.on_call.get(extension, 0) + 1
@@ -1180,12 +1199,18 @@ class B2BUA:
         return self._respond_caller(call, ok, now)
 
     # ------------------------------------------------------------------ in-dialog requests
-    def on_ack(self, ack: Request, now: float) -> list[Event]:
-        """An ACK for a 2xx (no transaction): stop retransmitting our 2xx."""
+    def on_ack(self, ack: Request, now: float, local: Local) -> list[Event]:
+        """An ACK for a 2xx (no transaction): stop retransmitting our 2xx; on a
+        late-offer call, the callee's ACK goes now, with the caller's answer."""
         call = self._by_tag.get((ack.call_id, ack.to.tag or ""))
-        if call is not None and call.ok is not None:
+        if call is None:
+            return []
+        if call.ok is not None:
             call.ok = None
             self._disarm(call, "ok")
+        leg = call.winner
+        if leg is not None and leg.ack is None:
+            return self._ack_leg(leg, local, ack)
         return []
 
     def in_dialog(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
@@ -1304,8 +1329,9 @@ class B2BUA:
         headers = [(h[1], h[2]) for h in req.headers
                    if h[0] in ("content-type", "event", "subscription-state", "info-package",
                                "session-expires", "supported", "require")]
-        out = dialog.new_request(req.method, via_host=local.host, via_port=local.port,
-                                 transport=transport.upper(), headers=headers, body=req.body)
+        out = dialog.new_request(req.method, via_host=local.host,
+                                 via_port=local.port_for(transport), transport=transport.upper(),
+                                 headers=headers, body=req.body)
         out_key, events = self.tx.send_request(out, dest, transport, now)
         self._relays[out_key] = Relay(call, key, req, out, to_caller)
         return events
@@ -1327,8 +1353,8 @@ class B2BUA:
         if dialog is not None:
             dialog.on_response(sent.method, resp)
             if sent.method == "INVITE" and 200 <= resp.status < 300:
-                ack = dialog.ack(sent.cseq.number, via_host=local.host, via_port=local.port,
-                                 transport=transport.upper())
+                ack = dialog.ack(sent.cseq.number, via_host=local.host,
+                                 via_port=local.port_for(transport), transport=transport.upper())
                 events.append(Send(ack.to_bytes(), dest, transport))
         headers = [(h[1], h[2]) for h in resp.headers
                    if h[0] in ("content-type", "supported", "require", "session-expires")]
@@ -1343,19 +1369,22 @@ class B2BUA:
     def _bye_leg(self, leg: Leg, now: float, local: Local) -> list[Event]:
         if leg.dialog is None or leg.dialog.terminated:
             return []
-        bye = leg.dialog.new_request("BYE", via_host=local.host, via_port=local.port,
+        events = self._ack_leg(leg, local)  # a late-offer 2xx still waiting for its ACK
+        bye = leg.dialog.new_request("BYE", via_host=local.host,
+                                     via_port=local.port_for(leg.transport),
                                      transport=leg.transport.upper())
         leg.dialog.terminate()
         leg.state = "done"
         self._release_leg(leg)
-        _, events = self.tx.send_request(bye, leg.dest, leg.transport, now)
-        return events
+        _, sent = self.tx.send_request(bye, leg.dest, leg.transport, now)
+        return events + sent
 
     def _bye_caller(self, call: Call, now: float, local: Local) -> list[Event]:
         dialog = call.caller_dialog
         if dialog is None or dialog.terminated:
             return []
-        bye = dialog.new_request("BYE", via_host=local.host, via_port=local.port,
+        bye = dialog.new_request("BYE", via_host=local.host,
+                                 via_port=local.port_for(call.transport),
                                  transport=call.transport.upper())
         dialog.terminate()
         _, events = self.tx.send_request(bye, call.source, call.transport, now)

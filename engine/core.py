@@ -263,7 +263,7 @@ class Engine:
                 out.sends.append(ev)
             elif isinstance(ev, DeliverRequest):
                 if ev.key is None:  # an ACK to a 2xx: the call's business
-                    self._run(self.b2bua.on_ack(ev.request, now), now, out)
+                    self._run(self.b2bua.on_ack(ev.request, now, self.local), now, out)
                     continue
                 try:
                     self._request(ev.request, ev.key, ev.source, ev.transport, now, out)

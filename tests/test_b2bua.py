@@ -738,3 +738,62 @@ def test_reinvite_on_a_voicemail_call_gets_a_new_answer(net: Net) -> None:
     assert update.negotiated.codec == "PCMU"
     net.send(in_dialog("INFO", ok, src, cseq=4, call_id="call-1", branch="info"), src)
     assert statuses(net.drain(src)) == [200]
+
+
+def test_late_offer_the_callees_ack_carries_the_callers_answer(net: Net) -> None:
+    """An INVITE without SDP: the callee offers in its 200, the caller answers in its
+    ACK, and that answer must reach the callee in the callee's ACK (RFC 3261
+    s13.2.2.4); the engine holds the callee's ACK until then."""
+    register(net, "101", "102")
+    src = PHONES["101"]
+    plain = invite("102", "101", src, call_id="late")
+    no_sdp = plain.replace(SDP, b"").replace(b"Content-Length: %d" % len(SDP),
+                                             b"Content-Length: 0")
+    net.send(no_sdp, src)
+    [challenge] = [r for r in net.responses(src) if r.status == 407]
+    net.send(ack_for(no_sdp, challenge), src)
+    auth = build_authorization(challenge.get("proxy-authenticate") or "", "INVITE",
+                               "sip:102@pbx.test", "101", "pw101", "cn")
+    signed = invite("102", "101", src, call_id="late", auth=auth, cseq=2)
+    signed = signed.replace(SDP, b"").replace(b"Content-Length: %d" % len(SDP),
+                                              b"Content-Length: 0")
+    net.send(signed, src)
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    assert inv.body == b""
+    net.send(reply(inv, 200, body=SDP, contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    assert net.requests(PHONES["102"], "ACK") == []  # waits for the caller's answer
+    [ok] = [r for r in net.responses(src) if r.status == 200]
+    assert ok.body == SDP  # the callee's offer
+    net.send(reply(inv, 200, body=SDP, contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    assert net.requests(PHONES["102"], "ACK") == []  # a retransmitted 200 changes nothing
+    answer = SDP.replace(b"20000", b"30000")
+    net.send(in_dialog("ACK", ok, src, cseq=2, call_id="late", branch="lateack",
+                       body=answer), src)
+    [ack] = net.requests(PHONES["102"], "ACK")
+    assert ack.body == answer and ack.get("content-type") == "application/sdp"
+    net.send(reply(inv, 200, body=SDP, contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    [again] = net.requests(PHONES["102"], "ACK")  # the same ACK for a late retransmission
+    assert again.body == answer
+
+
+def test_late_offer_without_the_callers_ack_the_callee_is_acked_then_hung_up(
+        net: Net) -> None:
+    register(net, "101", "102")
+    src = PHONES["101"]
+
+    def no_sdp(data: bytes) -> bytes:
+        return data.replace(SDP, b"").replace(b"Content-Length: %d" % len(SDP),
+                                              b"Content-Length: 0")
+
+    first = no_sdp(invite("102", "101", src, call_id="late2"))
+    net.send(first, src)
+    [challenge] = [r for r in net.responses(src) if r.status == 407]
+    net.send(ack_for(first, challenge), src)
+    auth = build_authorization(challenge.get("proxy-authenticate") or "", "INVITE",
+                               "sip:102@pbx.test", "101", "pw101", "cn")
+    net.send(no_sdp(invite("102", "101", src, call_id="late2", auth=auth, cseq=2)), src)
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 200, body=SDP, contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    net.tick(40)  # the caller never ACKs our 200 (64*T1)
+    methods = [m.method for m in net.requests(PHONES["102"])]
+    assert methods[:2] == ["ACK", "BYE"]
