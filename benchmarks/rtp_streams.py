@@ -36,9 +36,7 @@ import contextlib
 import math
 import multiprocessing as mp
 import os
-import resource
 import select
-import signal
 import socket
 import struct
 import sys
@@ -51,12 +49,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import uvloop
+from _common import (
+    HOST,
+    child_setup,
+    close_step,
+    commands_from,
+    counts,
+    not_started,
+    open_answered,
+    phone_offer,
+    print_report,
+    recv_msg,
+    run_ramp,
+    split_cpus,
+    start_child,
+)
 
-from media import sdp
 from media.session import MediaService, Pcm
 from media.tones import tone
 
-HOST = "127.0.0.1"
 P99_LIMIT_MS = 30.0
 LOSS_LIMIT_PCT = 0.1
 GOAL = 500
@@ -74,42 +85,11 @@ def parse_range(text: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def pin(cpus: list[int]) -> None:
-    if cpus:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, cpus)
-
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def phone_offer(port: int) -> sdp.SessionDescription:
-    """The offer of a phone listening on ``port`` (PCMU + telephone-event)."""
-    lines = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
-             f"m=audio {port} RTP/AVP 0 101", "a=rtpmap:101 telephone-event/8000",
-             "a=fmtp:101 0-16"]
-    return sdp.parse_sdp(("\r\n".join(lines) + "\r\n").encode())
-
-
-def recv_msg(conn: Connection, timeout: float) -> Any:
-    """The next message on ``conn``, or None after ``timeout`` seconds or at EOF."""
-    try:
-        if conn.poll(timeout):
-            return conn.recv()
-    except (EOFError, OSError):
-        pass
-    return None
 
 
 # --- the receiver process ----------------------------------------------------------------
@@ -118,11 +98,7 @@ def recv_msg(conn: Connection, timeout: float) -> Any:
 def receiver_main(conn: Connection, n: int, port_range: str, cpus: list[int],
                   max_life: float, inherited: list[Connection]) -> None:
     """Bind N RTP ports, then record arrivals between "start" and "stop"."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up
-    for other in inherited:  # the parent's ends: its exit must read as EOF here
-        other.close()
-    pin(cpus)
-    raise_nofile()
+    child_setup(cpus, inherited)
     hard_deadline = time.monotonic() + max_life
     low, high = parse_range(port_range)
     rtp: list[socket.socket] = []
@@ -266,39 +242,20 @@ def receiver_main(conn: Connection, n: int, port_range: str, cpus: list[int],
 
 def sender_main(conn: Connection, dest_ports: list[int], port_range: str, cpus: list[int],
                 max_life: float, inherited: list[Connection]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up
-    for other in inherited:  # the parent's ends: its exit must read as EOF here
-        other.close()
-    pin(cpus)
-    raise_nofile()
+    child_setup(cpus, inherited)
     uvloop.run(sender(conn, dest_ports, port_range, max_life))
 
 
 async def sender(conn: Connection, dest_ports: list[int], port_range: str,
                  max_life: float) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[Any] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            commands.put_nowait(conn.recv())
-        except (EOFError, OSError):  # the parent is gone
-            loop.remove_reader(conn.fileno())
-            commands.put_nowait("stop")
-
-    loop.add_reader(conn.fileno(), readable)
+    commands = commands_from(conn)
     service = MediaService(port_range, host=HOST)
     # hold music: two clips, looped
     playlist = [Pcm(tone(440.0, 4000, level=0.3)), Pcm(tone(554.37, 3000, level=0.3))]
     started = time.monotonic()
     try:
         for i, port in enumerate(dest_ports):
-            endpoint = await service.open_endpoint()
-            offer = phone_offer(port)
-            answer = sdp.answer(offer, ("PCMU",), address=HOST, port=endpoint.rtp_port,
-                                session_id=i + 1)
-            assert isinstance(answer, sdp.SessionDescription)
-            endpoint.configure(sdp.negotiated(offer, answer, local="answerer"))
+            endpoint = await open_answered(service, phone_offer(port), ("PCMU",), i + 1)
             await service.play(endpoint, playlist, loop=True)
     except Exception as exc:
         conn.send(("error", f"sender: {type(exc).__name__}: {exc}"))
@@ -331,18 +288,6 @@ async def sender(conn: Connection, dest_ports: list[int], port_range: str,
 # --- the parent: one step per N ----------------------------------------------------------
 
 
-def stop_process(proc: mp.process.BaseProcess | None) -> None:
-    if proc is None:
-        return
-    proc.join(2)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(2)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(2)
-
-
 def run_step(n: int, args: argparse.Namespace, ctx: Any, sender_cpus: list[int],
              receiver_cpus: list[int]) -> dict[str, Any]:
     max_life = args.warmup + args.seconds + 60.0
@@ -350,21 +295,17 @@ def run_step(n: int, args: argparse.Namespace, ctx: Any, sender_cpus: list[int],
     tx_conn = None
     rx = tx = None
     try:
-        rx = ctx.Process(target=receiver_main, daemon=True, args=(
-            rx_child, n, args.receiver_ports, receiver_cpus, max_life, [rx_conn]))
-        rx.start()
-        rx_child.close()
+        rx = start_child(ctx, receiver_main, rx_child, n, args.receiver_ports, receiver_cpus,
+                         max_life, [rx_conn])
         msg = recv_msg(rx_conn, 20)
-        if not msg or msg[0] != "ready":
-            return {"error": msg[1] if msg else "receiver did not start"}
+        if error := not_started(msg, "ready", "receiver"):
+            return error
         tx_conn, tx_child = ctx.Pipe()
-        tx = ctx.Process(target=sender_main, daemon=True, args=(
-            tx_child, msg[1], args.sender_ports, sender_cpus, max_life, [tx_conn, rx_conn]))
-        tx.start()
-        tx_child.close()
+        tx = start_child(ctx, sender_main, tx_child, msg[1], args.sender_ports, sender_cpus,
+                         max_life, [tx_conn, rx_conn])
         msg = recv_msg(tx_conn, 30)
-        if not msg or msg[0] != "playing":
-            return {"error": msg[1] if msg else "sender did not start"}
+        if error := not_started(msg, "playing", "sender"):
+            return error
         setup_s = msg[1]
         time.sleep(args.warmup)
         cpu0, t0 = proc_cpu_seconds(tx.pid or 0), time.monotonic()
@@ -384,11 +325,7 @@ def run_step(n: int, args: argparse.Namespace, ctx: Any, sender_cpus: list[int],
         out["sender"] = stopped[1] if stopped and stopped[0] == "stopped" else {}
         return out
     finally:
-        for conn in (rx_conn, tx_conn):
-            if conn is not None:
-                conn.close()
-        stop_process(tx)
-        stop_process(rx)
+        close_step((rx_conn, tx_conn), (tx, rx))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -403,7 +340,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the sender to one CPU and the receiver to the others")
     args = p.parse_args(argv)
-    args.ramp = [int(x) for x in args.streams.split(",") if x.strip()]
+    args.ramp = counts(args.streams)
     if not args.ramp or min(args.ramp) < 1:
         p.error("--streams needs positive counts")
     if args.seconds <= 0 or args.warmup < 0:
@@ -414,62 +351,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ctx = mp.get_context("fork")
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.no_pin:
-        sender_cpus: list[int] = []
-        receiver_cpus: list[int] = []
-    else:
-        sender_cpus = cpus[:1]
-        receiver_cpus = cpus[1:] or cpus
+    cpus, sender_cpus, receiver_cpus = split_cpus(args.no_pin)
     print(f"{len(cpus)} CPUs; sender pinned to {sender_cpus or 'any'}, receiver to "
           f"{receiver_cpus or 'any'}; {args.warmup:g} s warm-up + {args.seconds:g} s "
           "per step", file=sys.stderr)
-    rows: list[tuple[int, dict[str, Any]]] = []
-    best = 0
-    stop_reason = "every step passed: the limit is above the ramp (try larger --streams)"
-    try:
-        for n in args.ramp:
-            print(f"  {n} streams ...", file=sys.stderr, flush=True)
-            r = run_step(n, args, ctx, sender_cpus, receiver_cpus)
-            rows.append((n, r))
-            if "error" in r:
-                stop_reason = f"{n} streams: {r['error']}"
-                break
-            lost_pct = 100.0 * r["lost"] / r["expected"] if r["expected"] else 100.0
-            r["lost_pct"] = lost_pct
-            if r["p99"] >= P99_LIMIT_MS or lost_pct > LOSS_LIMIT_PCT:
-                stop_reason = (f"{n} streams: p99 {r['p99']:.1f} ms, lost {lost_pct:.2f} % "
-                               f"(limits: p99 < {P99_LIMIT_MS:g} ms, lost <= "
-                               f"{LOSS_LIMIT_PCT:g} %)")
-                break
-            best = n
-    except KeyboardInterrupt:
-        stop_reason = "interrupted (Ctrl-C)"
-    finally:
-        for child in mp.active_children():
-            stop_process(child)
 
-    print()
-    print("streams | p50 gap ms | p99 gap ms | max gap ms | lost % | sender CPU %")
-    print("--------|------------|------------|------------|--------|-------------")
-    for n, r in rows:
-        if "error" in r:
-            print(f"{n:7d} | ERROR: {r['error']}")
-            continue
-        print(f"{n:7d} | {r['p50']:10.2f} | {r['p99']:10.2f} | {r['max']:10.2f} | "
-              f"{r['lost_pct']:6.3f} | {r['cpu_pct']:12.1f}")
-    print()
-    for n, r in rows:
-        if "error" in r:
-            continue
+    def verdict(n: int, r: dict[str, Any]) -> str | None:
+        lost_pct = 100.0 * r["lost"] / r["expected"] if r["expected"] else 100.0
+        r["lost_pct"] = lost_pct
+        if r["p99"] >= P99_LIMIT_MS or lost_pct > LOSS_LIMIT_PCT:
+            return (f"{n} streams: p99 {r['p99']:.1f} ms, lost {lost_pct:.2f} % "
+                    f"(limits: p99 < {P99_LIMIT_MS:g} ms, lost <= {LOSS_LIMIT_PCT:g} %)")
+        return None
+
+    rows, best, stop_reason = run_ramp(
+        args.ramp, "streams", lambda n: run_step(n, args, ctx, sender_cpus, receiver_cpus),
+        verdict, "every step passed: the limit is above the ramp (try larger --streams)")
+
+    def row(n: int, r: dict[str, Any]) -> str:
+        return (f"{n:7d} | {r['p50']:10.2f} | {r['p99']:10.2f} | {r['max']:10.2f} | "
+                f"{r['lost_pct']:6.3f} | {r['cpu_pct']:12.1f}")
+
+    def detail(n: int, r: dict[str, Any]) -> str:
         s = r["sender"]
         stamps = "kernel" if not r["user_stamps"] else f"{r['user_stamps']} user-space"
-        print(f"  {n}: {r['received']} packets in {r['window_s']:.1f} s, "
-              f"{r['lost']} lost ({r['socket_drops']} dropped by receiver sockets), "
-              f"{r['silent_streams']} silent streams; sender set-up {r['setup_s']:.2f} s, "
-              f"worst tick {s.get('lateness_ms', float('nan')):.1f} ms late, "
-              f"{s.get('skipped', '?')} frames skipped; {stamps} timestamps")
-    print(f"  stopped: {stop_reason}")
+        return (f"  {n}: {r['received']} packets in {r['window_s']:.1f} s, "
+                f"{r['lost']} lost ({r['socket_drops']} dropped by receiver sockets), "
+                f"{r['silent_streams']} silent streams; sender set-up {r['setup_s']:.2f} s, "
+                f"worst tick {s.get('lateness_ms', float('nan')):.1f} ms late, "
+                f"{s.get('skipped', '?')} frames skipped; {stamps} timestamps")
+
+    print_report(rows, "streams | p50 gap ms | p99 gap ms | max gap ms | lost % | sender CPU %",
+                 "--------|------------|------------|------------|--------|-------------",
+                 7, row, detail, stop_reason)
     print(f"highest N with p99 < {P99_LIMIT_MS:g} ms on one core: {best or 'none'} "
           f"(goal {GOAL})")
     return 0

@@ -54,12 +54,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing as mp
 import os
 import resource
 import shutil
-import signal
 import socket
 import struct
 import sys
@@ -73,15 +71,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import uvloop
+from _common import (
+    HOST,
+    child_setup,
+    close_step,
+    commands_from,
+    counts,
+    not_started,
+    open_answered,
+    phone_offer,
+    print_report,
+    recv_msg,
+    run_ramp,
+    split_cpus,
+    start_child,
+)
 
-from media import sdp
 from media.codecs import codec_for
 from media.endpoint import MediaEndpoint
 from media.session import MediaService, Pcm, Recorder, encode_clip
 from media.tones import goertzel, tone
 from media.wav import load_wav
 
-HOST = "127.0.0.1"
 GOAL = 300
 LOSS_LIMIT_PCT = 0.1
 CPU_LIMIT_PCT = 90.0
@@ -97,19 +108,6 @@ RTP_HEADER = struct.Struct("!BBHII")
 # --- helpers -----------------------------------------------------------------------------
 
 
-def pin(cpus: list[int]) -> None:
-    if cpus:
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(0, cpus)
-
-
-def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def cpu_seconds() -> float:
     """User + system CPU of this process (every thread), in seconds."""
     r = resource.getrusage(resource.RUSAGE_SELF)
@@ -121,35 +119,13 @@ def frequency(i: int) -> float:
     return 400.0 + 50.0 * (i % 16)
 
 
-def phone_offer(port: int, codec: str) -> sdp.SessionDescription:
-    """The offer of a phone sending from ``port`` (``codec`` + telephone-event)."""
-    lines = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
-             f"m=audio {port} RTP/AVP {PAYLOAD_TYPE[codec]} 101",
-             "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16"]
-    return sdp.parse_sdp(("\r\n".join(lines) + "\r\n").encode())
-
-
-def recv_msg(conn: Connection, timeout: float) -> Any:
-    """The next message on ``conn``, or None after ``timeout`` seconds or at EOF."""
-    try:
-        if conn.poll(timeout):
-            return conn.recv()
-    except (EOFError, OSError):
-        pass
-    return None
-
-
 # --- the sender process (the phones) -----------------------------------------------------
 
 
 def sender_main(conn: Connection, n: int, codec: str, seconds: float, cpus: list[int],
                 max_life: float, inherited: list[Connection]) -> None:
     """Bind N sockets, report their ports; on ("go", ports) send the streams."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up
-    for other in inherited:  # the parent's ends: its exit must read as EOF here
-        other.close()
-    pin(cpus)
-    raise_nofile()
+    child_setup(cpus, inherited)
     rate = codec_for(codec).sample_rate
     total = round(seconds / FRAME_S)
     # the whole duration encoded as one signal: G.722 is adaptive, a looped clip would put
@@ -215,11 +191,7 @@ def sender_main(conn: Connection, n: int, codec: str, seconds: float, cpus: list
 def recorder_main(conn: Connection, phone_ports: list[int], codec: str, port_range: str,
                   out_dir: str, cpus: list[int], max_life: float,
                   inherited: list[Connection]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent cleans up
-    for other in inherited:
-        other.close()
-    pin(cpus)
-    raise_nofile()
+    child_setup(cpus, inherited)
     uvloop.run(recorder(conn, phone_ports, codec, port_range, Path(out_dir), max_life))
 
 
@@ -252,30 +224,17 @@ class LagMonitor:
 
 async def recorder(conn: Connection, phone_ports: list[int], codec: str, port_range: str,
                    out_dir: Path, max_life: float) -> None:
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[Any] = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            commands.put_nowait(conn.recv())
-        except (EOFError, OSError):  # the parent is gone
-            loop.remove_reader(conn.fileno())
-            commands.put_nowait("stop")
-
-    loop.add_reader(conn.fileno(), readable)
+    commands = commands_from(conn)
     service = MediaService(port_range, host=HOST)
     endpoints: list[MediaEndpoint] = []
     recorders: list[Recorder] = []
     started = time.monotonic()
     try:
         for i, port in enumerate(phone_ports):
-            endpoint = await service.open_endpoint()
+            endpoint = await open_answered(service, phone_offer(port, PAYLOAD_TYPE[codec]),
+                                           (codec,), i + 1,
+                                           can_decode=frozenset({"PCMU", "G722"}))
             endpoints.append(endpoint)
-            offer = phone_offer(port, codec)
-            answer = sdp.answer(offer, (codec,), address=HOST, port=endpoint.rtp_port,
-                                session_id=i + 1, can_decode=frozenset({"PCMU", "G722"}))
-            assert isinstance(answer, sdp.SessionDescription)
-            endpoint.configure(sdp.negotiated(offer, answer, local="answerer"))
             recorders.append(service.record(endpoint, out_dir / f"{i:04d}.wav",
                                             max_seconds=180.0))
     except Exception as exc:
@@ -362,18 +321,6 @@ def check_wav(path: str, freq: float, sent: int, lost: int) -> dict[str, Any]:
 # --- the parent: one step per N ----------------------------------------------------------
 
 
-def stop_process(proc: mp.process.BaseProcess | None) -> None:
-    if proc is None:
-        return
-    proc.join(2)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(2)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(2)
-
-
 def run_step(n: int, args: argparse.Namespace, ctx: Any, recorder_cpus: list[int],
              sender_cpus: list[int]) -> dict[str, Any]:
     max_life = args.seconds + 120.0
@@ -382,23 +329,19 @@ def run_step(n: int, args: argparse.Namespace, ctx: Any, recorder_cpus: list[int
     rx_conn = None
     tx = rx = None
     try:
-        tx = ctx.Process(target=sender_main, daemon=True, args=(
-            tx_child, n, args.codec, args.seconds, sender_cpus, max_life, [tx_conn]))
-        tx.start()
-        tx_child.close()
+        tx = start_child(ctx, sender_main, tx_child, n, args.codec, args.seconds, sender_cpus,
+                         max_life, [tx_conn])
         msg = recv_msg(tx_conn, 30)
-        if not msg or msg[0] != "bound":
-            return {"error": msg[1] if msg else "sender did not start"}
+        if error := not_started(msg, "bound", "sender"):
+            return error
         phone_ports = msg[1]
         rx_conn, rx_child = ctx.Pipe()
-        rx = ctx.Process(target=recorder_main, daemon=True, args=(
-            rx_child, phone_ports, args.codec, args.recorder_ports, str(out_dir),
-            recorder_cpus, max_life, [rx_conn, tx_conn]))
-        rx.start()
-        rx_child.close()
+        rx = start_child(ctx, recorder_main, rx_child, phone_ports, args.codec,
+                         args.recorder_ports, str(out_dir), recorder_cpus, max_life,
+                         [rx_conn, tx_conn])
         msg = recv_msg(rx_conn, 60)
-        if not msg or msg[0] != "ready":
-            return {"error": msg[1] if msg else "recorder did not start"}
+        if error := not_started(msg, "ready", "recorder"):
+            return error
         setup_s = msg[2]
         tx_conn.send(("go", msg[1]))
         time.sleep(1.0)
@@ -447,11 +390,7 @@ def run_step(n: int, args: argparse.Namespace, ctx: Any, recorder_cpus: list[int
         del sender["sent"]
         return out
     finally:
-        for conn in (rx_conn, tx_conn):
-            if conn is not None:
-                conn.close()
-        stop_process(tx)
-        stop_process(rx)
+        close_step((rx_conn, tx_conn), (tx, rx))
         if not args.keep:
             shutil.rmtree(out_dir, ignore_errors=True)
 
@@ -471,7 +410,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the recorder to one CPU and the sender to the others")
     args = p.parse_args(argv)
-    args.ramp = [int(x) for x in args.recordings.split(",") if x.strip()]
+    args.ramp = counts(args.recordings)
     if not args.ramp or min(args.ramp) < 1 or max(args.ramp) > 2000:
         p.error("--recordings needs counts between 1 and 2000")
     if not 3.0 <= args.seconds <= 120.0:
@@ -482,76 +421,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ctx = mp.get_context("fork")
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.no_pin:
-        recorder_cpus: list[int] = []
-        sender_cpus: list[int] = []
-    else:
-        recorder_cpus = cpus[:1]
-        sender_cpus = cpus[1:] or cpus
+    cpus, recorder_cpus, sender_cpus = split_cpus(args.no_pin)
     print(f"{len(cpus)} CPUs; recorder pinned to {recorder_cpus or 'any'}, sender to "
           f"{sender_cpus or 'any'}; {args.codec}, {args.seconds:g} s of audio per step; "
           f"load average {os.getloadavg()[0]:.2f}", file=sys.stderr)
-    rows: list[tuple[int, dict[str, Any]]] = []
-    best = 0
-    failed = False
-    stop_reason = "every step held: the limit is above the ramp (try larger --recordings)"
-    try:
-        for n in args.ramp:
-            print(f"  {n} recordings ...", file=sys.stderr, flush=True)
-            r = run_step(n, args, ctx, recorder_cpus, sender_cpus)
-            rows.append((n, r))
-            if "error" in r:
-                stop_reason = f"{n} recordings: {r['error']}"
-                break
-            if r["holds"]:
-                if not failed:
-                    best = n
-                continue
-            if not failed:
-                stop_reason = (
-                    f"{n} recordings: {r['complete']}/{n} WAVs complete, lost "
-                    f"{r['loss_pct']:.3f} %, sustained CPU {r['sustained_pct']:.1f} %, "
-                    f"loop lag p99 {r['lag_p99_ms']:.1f} ms (holds: all complete, lost < "
-                    f"{LOSS_LIMIT_PCT:g} %, sustained CPU < {CPU_LIMIT_PCT:g} %, lag p99 < "
-                    f"{LAG_LIMIT_MS:g} ms)")
-            failed = True
-            if not args.all:
-                break
-    except KeyboardInterrupt:
-        stop_reason = "interrupted (Ctrl-C)"
-    finally:
-        for child in mp.active_children():
-            stop_process(child)
 
-    print()
-    print("recordings | recording CPU % | sustained CPU % | loop lag p99 / max ms | "
-          "packets received / sent | lost %  | WAVs complete | finish s | holds")
-    print("-----------|-----------------|-----------------|-----------------------|-"
-          "------------------------|---------|---------------|----------|------")
-    for n, r in rows:
-        if "error" in r:
-            print(f"{n:10d} | ERROR: {r['error']}")
-            continue
+    def verdict(n: int, r: dict[str, Any]) -> str | None:
+        if r["holds"]:
+            return None
+        return (f"{n} recordings: {r['complete']}/{n} WAVs complete, lost "
+                f"{r['loss_pct']:.3f} %, sustained CPU {r['sustained_pct']:.1f} %, "
+                f"loop lag p99 {r['lag_p99_ms']:.1f} ms (holds: all complete, lost < "
+                f"{LOSS_LIMIT_PCT:g} %, sustained CPU < {CPU_LIMIT_PCT:g} %, lag p99 < "
+                f"{LAG_LIMIT_MS:g} ms)")
+
+    rows, best, stop_reason = run_ramp(
+        args.ramp, "recordings",
+        lambda n: run_step(n, args, ctx, recorder_cpus, sender_cpus), verdict,
+        "every step held: the limit is above the ramp (try larger --recordings)",
+        keep_going=args.all)
+
+    def row(n: int, r: dict[str, Any]) -> str:
         lag = f"{r['lag_p99_ms']:.1f} / {r['lag_max_ms']:.1f}"
         packets = f"{r['received_total']} / {r['sent_total']}"
-        print(f"{n:10d} | {r['cpu_pct']:15.1f} | {r['sustained_pct']:15.1f} | {lag:>21} | "
-              f"{packets:>23} | {r['loss_pct']:7.3f} | {r['complete']:>6d} / {n:<4d} | "
-              f"{r['finish_s']:8.2f} | {'yes' if r['holds'] else 'NO'}")
-    print()
-    for n, r in rows:
-        if "error" in r:
-            continue
+        return (f"{n:10d} | {r['cpu_pct']:15.1f} | {r['sustained_pct']:15.1f} | {lag:>21} | "
+                f"{packets:>23} | {r['loss_pct']:7.3f} | {r['complete']:>6d} / {n:<4d} | "
+                f"{r['finish_s']:8.2f} | {'yes' if r['holds'] else 'NO'}")
+
+    def detail(n: int, r: dict[str, Any]) -> str:
         s = r["sender"]
-        print(f"  {n}: set-up {r['setup_s']:.2f} s; WAVs {r['wav_frames'] * FRAME_S:.1f} s "
-              f"of audio in all, worst length error {r['max_error_s'] * 1000:.0f} ms, "
-              f"{r['silent_frames']} silent 20 ms blocks, tone share >= {r['min_share']:.3f}; "
-              f"{r['late_packets_total']} late packets, {r['rejected_total']} rejected; "
-              f"finishing (stop + write) {r['finish_cpu_s']:.2f} s CPU, loop up to "
-              f"{r['finish_lag_max_ms']:.0f} ms late meanwhile; sender "
-              f"{s['late_ticks']}/{s['ticks']} ticks late (p99 {s['late_p99_ms']:.1f} ms, "
-              f"max {s['late_max_ms']:.1f} ms), {s['errors']} send errors")
-    print(f"  stopped: {stop_reason}")
+        return (f"  {n}: set-up {r['setup_s']:.2f} s; WAVs {r['wav_frames'] * FRAME_S:.1f} s "
+                f"of audio in all, worst length error {r['max_error_s'] * 1000:.0f} ms, "
+                f"{r['silent_frames']} silent 20 ms blocks, tone share >= "
+                f"{r['min_share']:.3f}; {r['late_packets_total']} late packets, "
+                f"{r['rejected_total']} rejected; finishing (stop + write) "
+                f"{r['finish_cpu_s']:.2f} s CPU, loop up to {r['finish_lag_max_ms']:.0f} ms "
+                f"late meanwhile; sender {s['late_ticks']}/{s['ticks']} ticks late (p99 "
+                f"{s['late_p99_ms']:.1f} ms, max {s['late_max_ms']:.1f} ms), "
+                f"{s['errors']} send errors")
+
+    print_report(rows,
+                 "recordings | recording CPU % | sustained CPU % | loop lag p99 / max ms | "
+                 "packets received / sent | lost %  | WAVs complete | finish s | holds",
+                 "-----------|-----------------|-----------------|-----------------------|-"
+                 "------------------------|---------|---------------|----------|------",
+                 10, row, detail, stop_reason)
     print(f"highest N that holds on one core: {best or 'none'} (goal {GOAL})")
     return 0
 

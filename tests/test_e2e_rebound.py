@@ -14,23 +14,30 @@ import contextlib
 import json
 import math
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from engine.message import Request, Response, make_response, parse
-from media.codecs import codec_for, pcm_to_array
 from media.prompts import prompt_path
-from media.rtp import RtpError, RtpPacket, RtpSender, dtmf_packets
+from media.rtp import RtpSender
 from media.sdp import parse_sdp
-from media.tones import dominant_frequency, goertzel, rms_dbfs, tone
+from media.tones import dominant_frequency, goertzel, rms_dbfs
 from media.wav import load_wav
 from tests.conftest import EngineProcess, free_port
+from tests.e2e_helpers import (
+    FRAME,
+    PCMU,
+    SALES_104,
+    RtpTap,
+    best_match,
+    sdp_offer,
+    send_digit,
+    send_tone,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -45,21 +52,7 @@ host = "127.0.0.1"
 port = {carrier}
 inbound_from = ["127.0.0.1/32"]
 inbound_port = {caller}
-
-[[departments]]
-name = "Sales"
-caller_id = "+15145550100"
-
-[[numbers]]
-number = "+15145550104"
-route_to = "extension:104"
-
-[[users]]
-extension = "104"
-name = "David Cote"
-password = "pw104"
-department = "Sales"
-mobile = "+15145550111"
+""" + SALES_104 + """mobile = "+15145550111"
 [users.voicemail]
 language = "fr"
 max_seconds = 20
@@ -71,17 +64,9 @@ no_answer = {{ external = {{ to = "mobile", rebound = true }}, internal = "voice
 CALLER_NUMBER = "+15145550199"
 DID = "+15145550104"
 MOBILE = "+15145550111"
-PCMU = codec_for("PCMU")
-FRAME = 160  # PCMU bytes (and samples) per 20 ms packet
 
 
 # --- the scripted carrier ----------------------------------------------------------------
-
-
-def sdp_offer(rtp_port: int, session: int) -> bytes:
-    return (f"v=0\r\no=- {session} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-            f"m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
-            f"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n").encode()
 
 
 def media_address(body: bytes) -> tuple[str, int]:
@@ -198,92 +183,6 @@ class Caller:
         self.sip.send(bye.encode())
 
 
-class RtpTap(threading.Thread):
-    """Every RTP packet a socket receives, with its arrival time, read in the background."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(daemon=True)
-        self.sock = sock
-        self.packets: list[tuple[float, bytes]] = []
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-
-    def run(self) -> None:
-        self.sock.settimeout(0.05)
-        while not self.stopping.is_set():
-            try:
-                data = self.sock.recv(2048)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self.lock:
-                self.packets.append((time.monotonic(), data))
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(2)
-
-    def received(self, since: float = 0.0, payload_type: int | None = 0,
-                 ssrc: int | None = None, other_than: int | None = None) -> list[RtpPacket]:
-        with self.lock:
-            raw = [data for at, data in self.packets if at >= since]
-        out = []
-        for data in raw:
-            try:
-                packet = RtpPacket.parse(data)
-            except RtpError:
-                continue
-            if payload_type is not None and packet.payload_type != payload_type:
-                continue
-            if ssrc is not None and packet.ssrc != ssrc:
-                continue
-            if other_than is not None and packet.ssrc == other_than:
-                continue
-            out.append(packet)
-        return out
-
-    def raw(self, since: float, ssrc: int) -> list[bytes]:
-        """The datagrams of stream ``ssrc`` received after ``since``, as they came."""
-        with self.lock:
-            return [data for at, data in self.packets
-                    if at >= since and data[8:12] == ssrc.to_bytes(4, "big")]
-
-    def audio(self, since: float = 0.0, **match: int) -> bytes:
-        return b"".join(PCMU.decode(p.payload) for p in self.received(since, **match))
-
-    def wait_audio(self, frames: int, since: float, timeout: float, **match: int) -> bytes:
-        """At least ``frames`` PCMU packets' audio received after ``since``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            audio = self.audio(since, **match)
-            if len(audio) >= frames * FRAME * 2:
-                return audio
-            time.sleep(0.05)
-        got = len(self.audio(since, **match)) // (FRAME * 2)
-        raise AssertionError(f"{got} of {frames} audio packets within {timeout} s")
-
-
-def send_tone(sock: socket.socket, sender: RtpSender, to: tuple[str, int], freq: float,
-              ms: int) -> list[bytes]:
-    """``ms`` of a PCMU tone paced at 20 ms; the datagrams sent."""
-    audio = PCMU.encode(tone(freq, ms, level=0.4))
-    sent: list[bytes] = []
-    start = time.monotonic()
-    for n, i in enumerate(range(0, len(audio), FRAME)):
-        data = sender.audio(audio[i:i + FRAME]).build()
-        sock.sendto(data, to)
-        sent.append(data)
-        time.sleep(max(0.0, start + (n + 1) * 0.02 - time.monotonic()))
-    return sent
-
-
-def send_digit(sock: socket.socket, sender: RtpSender, to: tuple[str, int], digit: str) -> None:
-    for packet in dtmf_packets(sender, digit):
-        sock.sendto(packet.build(), to)
-        time.sleep(0.02)
-
-
 def windows(pcm16: bytes, ms: int = 200) -> Iterator[bytes]:
     size = 8 * ms * 2
     for i in range(0, len(pcm16) - size + 1, size):
@@ -294,22 +193,6 @@ def has_beep(pcm16: bytes) -> bool:
     """A 200 ms window dominated by 1 kHz (the voicemail beep)."""
     return any(goertzel(w, 8000, 1000) > 0.1 and abs(dominant_frequency(w, 8000) - 1000) < 20
                for w in windows(pcm16))
-
-
-def best_match(heard: bytes, expected: bytes) -> float:
-    """The highest normalised correlation of ``expected`` against ``heard`` at any lag."""
-    x = pcm_to_array(heard).astype(np.float64)
-    y = pcm_to_array(expected).astype(np.float64)
-    if len(x) < len(y):
-        return 0.0
-    y = y - y.mean()
-    norm_y = float(np.sqrt(np.dot(y, y)))
-    corr = np.correlate(x, y, mode="valid")
-    ones = np.ones(len(y))
-    energy = np.correlate(x * x, ones, mode="valid") - np.correlate(x, ones, mode="valid") ** 2 \
-        / len(y)
-    scores = corr / (np.sqrt(np.maximum(energy, 1e-9)) * norm_y)
-    return float(scores.max())
 
 
 @dataclass
@@ -430,6 +313,21 @@ def check_screening_media(r: Rig, s: Screening) -> None:
     assert not math.isclose(dominant_frequency(heard, 8000), 1000, abs_tol=30)
 
 
+def check_relayed_tone(sock: socket.socket, sender: RtpSender, to: tuple[str, int],
+                       tap: RtpTap, freq: float, what: str) -> float:
+    """1 s of ``freq`` Hz sent from ``sock`` reaches ``tap`` relayed untouched (``what``
+    names the 40-of-50 check); when it started."""
+    start = time.monotonic()
+    sent = send_tone(sock, sender, to, freq, 1000)
+    time.sleep(0.2)
+    relayed = tap.received(start, ssrc=sender.ssrc)
+    assert len(relayed) >= 40, f"{len(relayed)} of 50 {what}"
+    assert set(tap.raw(start, sender.ssrc)) <= set(sent), "the relay changed the packets"
+    audio = b"".join(PCMU.decode(p.payload) for p in relayed)
+    assert abs(dominant_frequency(audio, 8000) - freq) < 10
+    return start
+
+
 # --- the tests ---------------------------------------------------------------------------
 
 
@@ -449,28 +347,14 @@ def test_rebound_accepted_with_1_connects_caller_and_mobile(tmp_path: Path) -> N
 
         # Caller -> mobile: 700 Hz, relayed untouched.
         caller_sender = RtpSender.create(0, 8000)
-        start = time.monotonic()
-        sent = send_tone(r.caller_rtp, caller_sender, s.to_engine_from_caller, 700, 1000)
-        time.sleep(0.2)
-        relayed = r.mobile_tap.received(start, ssrc=caller_sender.ssrc)
-        assert len(relayed) >= 40, f"{len(relayed)} of 50 caller packets reached the mobile"
-        assert set(r.mobile_tap.raw(start, caller_sender.ssrc)) <= set(sent), \
-            "the relay changed the packets"
-        audio = b"".join(PCMU.decode(p.payload) for p in relayed)
-        assert abs(dominant_frequency(audio, 8000) - 700) < 10
+        start = check_relayed_tone(r.caller_rtp, caller_sender, s.to_engine_from_caller,
+                                   r.mobile_tap, 700, "caller packets reached the mobile")
         others = r.mobile_tap.received(start + 0.2, other_than=caller_sender.ssrc)
         assert not others, f"the mobile still hears the engine ({len(others)} packets)"
 
         # Mobile -> caller: 1100 Hz.
-        start = time.monotonic()
-        sent = send_tone(r.mobile_rtp, mobile_sender, s.to_engine_from_mobile, 1100, 1000)
-        time.sleep(0.2)
-        relayed = r.caller_tap.received(start, ssrc=mobile_sender.ssrc)
-        assert len(relayed) >= 40, f"{len(relayed)} of 50 mobile packets reached the caller"
-        assert set(r.caller_tap.raw(start, mobile_sender.ssrc)) <= set(sent), \
-            "the relay changed the packets"
-        audio = b"".join(PCMU.decode(p.payload) for p in relayed)
-        assert abs(dominant_frequency(audio, 8000) - 1100) < 10
+        check_relayed_tone(r.mobile_rtp, mobile_sender, s.to_engine_from_mobile, r.caller_tap,
+                           1100, "mobile packets reached the caller")
         music = r.caller_tap.received(accepted_at + 0.5, other_than=mobile_sender.ssrc)
         assert not music, f"hold music goes on after the answer ({len(music)} packets)"
 

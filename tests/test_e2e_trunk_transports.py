@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EngineProcess, free_port
-from tests.test_e2e_mailbox import Ua
+from tests.e2e_helpers import Ua
 
 pytestmark = pytest.mark.peers
 

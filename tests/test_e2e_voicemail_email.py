@@ -2,8 +2,9 @@
 and RTP) with the running engine, and the email arrives at a real SMTP server
 (aiosmtpd on 127.0.0.1) with the recording attached.
 
-The caller is the same small scripted UA as in ``test_e2e_voicemail``: INVITE from
-the trunk, hear the beep, speak a 1 kHz tone, ``#``, answer the engine's BYE.
+The caller is the same small scripted UA as in ``test_e2e_voicemail``
+(``tests.e2e_helpers.leave_message_from_trunk``): INVITE from the trunk, hear the
+beep, speak a 1 kHz tone, ``#``, answer the engine's BYE.
 """
 
 from __future__ import annotations
@@ -18,13 +19,10 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from engine.message import Response, parse
-from media.codecs import codec_for
-from media.rtp import RtpSender, dtmf_packets
-from media.sdp import parse_sdp
-from media.tones import dominant_frequency, goertzel, tone
+from media.tones import dominant_frequency
 from media.wav import load_wav, wav_info
 from tests.conftest import EngineProcess, free_port
+from tests.e2e_helpers import leave_message_from_trunk
 from tests.test_e2e_voicemail import DIRECTORY as VOICEMAIL_DIRECTORY
 from tests.test_mail import Sink
 
@@ -50,64 +48,6 @@ def relay() -> Iterator[tuple[int, Sink]]:
         yield controller.port, sink
     finally:
         controller.stop()
-
-
-def leave_message(engine: EngineProcess, sip: socket.socket, rtp: socket.socket,
-                  seconds: float = 1.5) -> None:
-    """Call +15145550104 from the trunk, speak ``seconds`` of 1 kHz, '#', then the BYE."""
-    sip_port, rtp_port = sip.getsockname()[1], rtp.getsockname()[1]
-    offer = (f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-             f"m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
-             f"a=fmtp:101 0-16\r\n").encode()
-    head = (f"INVITE sip:+15145550104@127.0.0.1 SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bKvmm1;rport\r\n"
-            f"Max-Forwards: 70\r\nFrom: <sip:+15145550199@127.0.0.1>;tag=vmm\r\n"
-            f"To: <sip:+15145550104@127.0.0.1>\r\nCall-ID: vm-mail-e2e\r\nCSeq: 1 INVITE\r\n"
-            f"Contact: <sip:caller@127.0.0.1:{sip_port}>\r\n"
-            f"Content-Type: application/sdp\r\nContent-Length: {len(offer)}\r\n\r\n")
-    sip.sendto(head.encode() + offer, engine.sip)
-    ok = None
-    while ok is None:
-        msg = parse(sip.recv(65535))
-        if isinstance(msg, Response) and msg.status >= 200:
-            assert msg.status == 200, msg.to_bytes()[:400]
-            ok = msg
-    answer = parse_sdp(ok.body).audio()
-    assert answer is not None
-    media_addr = (answer.address, answer.port)
-    ack = (f"ACK {ok.contacts[0].uri} SIP/2.0\r\n"
-           f"Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bKvmm2;rport\r\n"
-           f"Max-Forwards: 70\r\nFrom: {ok.get('from')}\r\nTo: {ok.get('to')}\r\n"
-           f"Call-ID: vm-mail-e2e\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
-    sip.sendto(ack.encode(), engine.sip)
-
-    rtp.settimeout(3)
-    heard = b""
-    pcmu = codec_for("PCMU")
-    while len(heard) < 320 * 15:  # most of the beep, then speak
-        heard += pcmu.decode(rtp.recv(2048)[12:])
-    assert goertzel(heard, 8000, 1000) > 0.05
-
-    sender = RtpSender.create(0, 8000)
-    audio = pcmu.encode(tone(1000, int(seconds * 1000), level=0.4))
-    start = time.monotonic()
-    for i in range(0, len(audio), 160):
-        rtp.sendto(sender.audio(audio[i:i + 160]).build(), media_addr)
-        time.sleep(max(0.0, start + (i // 160 + 1) * 0.02 - time.monotonic()))
-    for packet in dtmf_packets(sender, "#"):
-        rtp.sendto(packet.build(), media_addr)
-        time.sleep(0.02)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        msg = parse(sip.recv(65535))
-        if not isinstance(msg, Response) and msg.method == "BYE":
-            reply = ("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in msg.get_all("via"))
-                     + f"From: {msg.get('from')}\r\nTo: {msg.get('to')}\r\n"
-                     f"Call-ID: {msg.call_id}\r\nCSeq: {msg.get('cseq')}\r\n"
-                     "Content-Length: 0\r\n\r\n")
-            sip.sendto(reply.encode(), engine.sip)
-            return
-    raise AssertionError("the engine did not hang up after '#'")
 
 
 def wait_for_email(sink: Sink, timeout: float = 15.0) -> EmailMessage:
@@ -139,7 +79,7 @@ def run_call(tmp_path: Path, smtp_port: int, mode: str, language: str) -> Engine
         sip.bind(("127.0.0.1", sip_port))
         rtp.bind(("127.0.0.1", free_port()))
         sip.settimeout(5)
-        leave_message(engine, sip, rtp)
+        leave_message_from_trunk(engine, sip, rtp, 1.5, "vm-mail-e2e", "vmm")
     except BaseException:
         engine.stop()
         raise

@@ -12,7 +12,6 @@ tests are how the engine is known to work with real phones, so they never skip.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import select
@@ -28,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLE, EngineProcess, free_port
+from tests.e2e_helpers import require_pjsua2
 
 pytestmark = pytest.mark.peers
 
@@ -86,13 +86,6 @@ def none_of(ext: str) -> Callable[[list[dict[str, Any]]], bool]:
 
 
 # -- pjsua2 ------------------------------------------------------------------------------
-def require_pjsua2() -> None:
-    if importlib.util.find_spec("pjsua2") is None:
-        pytest.fail("peer missing: the pjsua2 module is not importable; install the test "
-                    "extras into the venv (pip install -e '.[test]', package pjsua2-python)",
-                    pytrace=False)
-
-
 class PjsuaPhone:
     """``tests/phones/pjsua_register.py`` in a subprocess, read as JSON lines."""
 

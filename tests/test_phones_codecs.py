@@ -40,9 +40,7 @@ A missing pjsua2 fails the test (it never skips).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ import pytest
 from media.tones import dominant_frequency, tone
 from media.wav import load_wav, wav_info, write_wav
 from tests.conftest import EngineProcess, free_port
+from tests.e2e_helpers import require_pjsua2, run_to_done, tail
 
 pytestmark = pytest.mark.peers
 
@@ -88,17 +87,6 @@ max_seconds = 20
 """
 
 
-def require_pjsua2() -> None:
-    if importlib.util.find_spec("pjsua2") is None:
-        pytest.fail("peer missing: the pjsua2 module is not importable; install the test "
-                    "extras into the venv (pip install -e '.[test]', package pjsua2-python)",
-                    pytrace=False)
-
-
-def tail(path: Path, size: int = 4000) -> str:
-    return path.read_text(errors="replace")[-size:] if path.exists() else "(no log)"
-
-
 def audio_formats(text: str) -> list[str]:
     """The codec names of the first audio ``m=`` line of an SDP, in order (rtpmap, else
     the static payload type's name)."""
@@ -128,21 +116,7 @@ def run_phone(engine: EngineProcess, wav: Path, log: Path,
            "--end", "hash", "--deadline", "30", "--log-level", "5", "--report-sdp"]
     if codecs:
         cmd += ["--codecs", codecs]
-    with log.open("wb") as err:
-        try:
-            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=err, timeout=40)
-        except subprocess.TimeoutExpired as e:  # run() has killed it
-            pytest.fail(f"pjsua2 phone hung for 40 s; stdout {e.stdout!r}\n"
-                        f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
-                        f"{engine.log()[-3000:]}")
-    events = [json.loads(line) for line in done.stdout.decode(errors="replace").splitlines()
-              if line.startswith("{")]
-    if done.returncode != 0 or not any(e["event"] == "done" for e in events):
-        pytest.fail(f"pjsua2 phone exited {done.returncode}; events {events}\n"
-                    f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
-                    f"{engine.log()[-3000:]}")
-    return events
+    return run_to_done(cmd, log, engine, 40, "pjsua2 phone")
 
 
 def engine_events(engine: EngineProcess, name: str) -> list[dict[str, Any]]:

@@ -20,9 +20,7 @@ A missing pjsua2 fails the test (it never skips).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
 import sys
 import time
 import urllib.request
@@ -36,6 +34,7 @@ from media.codecs import array_to_pcm, pcm_to_array
 from media.tones import dominant_frequency, goertzel, tone
 from media.wav import load_wav, wav_info, write_wav
 from tests.conftest import EngineProcess, free_port
+from tests.e2e_helpers import require_pjsua2, run_to_done, tail
 
 pytestmark = pytest.mark.peers
 
@@ -68,17 +67,6 @@ password = "pw102"
 department = "Sales"
 record_calls = "all"
 """
-
-
-def require_pjsua2() -> None:
-    if importlib.util.find_spec("pjsua2") is None:
-        pytest.fail("peer missing: the pjsua2 module is not importable; install the test "
-                    "extras into the venv (pip install -e '.[test]', package pjsua2-python)",
-                    pytrace=False)
-
-
-def tail(path: Path, size: int = 4000) -> str:
-    return path.read_text(errors="replace")[-size:] if path.exists() else "(no log)"
 
 
 def chirp(seconds: float = 2.0, f0: float = 300.0, f1: float = 3000.0,
@@ -124,22 +112,8 @@ def run_phones(engine: EngineProcess, tmp_path: Path, log: Path) -> list[dict[st
            "--caller-record", str(tmp_path / "heard-by-101.wav"),
            "--talk", str(TALK), "--hold", str(HOLD), "--resume", str(RESUME),
            "--codecs", "PCMU", "--deadline", "25", "--log-level", "5"]
-    with log.open("wb") as err:
-        try:
-            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=err, timeout=35)
-        except subprocess.TimeoutExpired as e:  # run() has killed it
-            pytest.fail(f"pjsua2 phones hung for 35 s; stdout {e.stdout!r}\n"
-                        f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
-                        f"{engine.log()[-3000:]}")
-    out = done.stdout.decode(errors="replace")
-    (tmp_path / "phones.jsonl").write_text(out)  # kept with the recordings, for a look
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not any(e["event"] == "done" for e in events):
-        pytest.fail(f"pjsua2 phones exited {done.returncode}; events {events}\n"
-                    f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
-                    f"{engine.log()[-3000:]}")
-    return events
+    # the JSON lines are kept with the recordings, for a look
+    return run_to_done(cmd, log, engine, 35, "pjsua2 phones", tmp_path / "phones.jsonl")
 
 
 def engine_events(engine: EngineProcess) -> list[dict[str, Any]]:

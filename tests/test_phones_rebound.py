@@ -25,22 +25,20 @@ fails the test (it never skips).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from media.codecs import codec_for, pcm_to_array
+from media.codecs import codec_for
 from media.prompts import prompt_path
 from media.tones import dominant_frequency, goertzel, rms_dbfs, sinusoid_snr_db, tone
 from media.wav import load_wav, write_wav
 from tests.conftest import EngineProcess, free_port
+from tests.e2e_helpers import SALES_104, best_match, require_pjsua2, run_script, tail
 
 pytestmark = pytest.mark.peers
 
@@ -63,21 +61,7 @@ host = "127.0.0.1"
 port = {carrier}
 inbound_from = ["127.0.0.1/32"]
 inbound_port = {carrier}
-
-[[departments]]
-name = "Sales"
-caller_id = "+15145550100"
-
-[[numbers]]
-number = "+15145550104"
-route_to = "extension:104"
-
-[[users]]
-extension = "104"
-name = "David Cote"
-password = "pw104"
-department = "Sales"
-mobile = "+15145550444"
+""" + SALES_104 + """mobile = "+15145550444"
 [users.voicemail]
 language = "en"
 max_seconds = 20
@@ -86,17 +70,6 @@ no_answer_seconds = 0
 no_answer = {{ external = {{ to = "mobile", rebound = true }}, internal = "voicemail" }}
 busy = {{ external = "voicemail", internal = "voicemail" }}
 """
-
-
-def require_pjsua2() -> None:
-    if importlib.util.find_spec("pjsua2") is None:
-        pytest.fail("peer missing: the pjsua2 module is not importable; install the test "
-                    "extras into the venv (pip install -e '.[test]', package pjsua2-python)",
-                    pytrace=False)
-
-
-def tail(path: Path, size: int = 4000) -> str:
-    return path.read_text(errors="replace")[-size:] if path.exists() else "(no log)"
 
 
 class Run:
@@ -126,19 +99,11 @@ class Run:
                "--mobile-record", str(self.tmp / "heard-by-mobile.wav"),
                "--press-after", str(PRESS_AFTER), "--talk", str(TALK),
                "--codecs", "PCMU", "--deadline", "25", "--log-level", "5"]
-        with self.log.open("wb") as err:
-            try:
-                done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=err, timeout=35)
-            except subprocess.TimeoutExpired as e:  # run() has killed it
-                pytest.fail(f"pjsua2 carrier hung for 35 s; stdout {e.stdout!r}\n"
-                            f"--- phone log ---\n{tail(self.log)}\n--- engine log ---\n"
-                            f"{self.engine.log()[-3000:]}")
-        out = done.stdout.decode(errors="replace")
-        (self.tmp / "phones.jsonl").write_text(out)  # kept with the recordings, for a look
-        self.events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-        if done.returncode != 0 or not any(e["event"] == "done" for e in self.events):
-            pytest.fail(f"pjsua2 carrier exited {done.returncode}; {self.why()}")
+        # the JSON lines are kept with the recordings, for a look
+        code, self.events = run_script(cmd, self.log, self.engine, 35, "pjsua2 carrier",
+                                       self.tmp / "phones.jsonl")
+        if code != 0 or not any(e["event"] == "done" for e in self.events):
+            pytest.fail(f"pjsua2 carrier exited {code}; {self.why()}")
 
     def why(self, *extra: object) -> str:
         return (f"{extra}\nevents {self.events}\n--- phone log ---\n{tail(self.log)}\n"
@@ -176,20 +141,6 @@ def levels(pcm: bytes) -> dict[str, float]:
             "700": round(goertzel(pcm, RATE, CALLER_HZ), 4),
             "1100": round(goertzel(pcm, RATE, MOBILE_HZ), 4),
             "snr_db": round(sinusoid_snr_db(pcm, RATE, dominant_frequency(pcm, RATE)), 1)}
-
-
-def best_match(heard: bytes, expected: bytes) -> float:
-    """The highest normalised correlation of ``expected`` against ``heard`` at any lag."""
-    x = pcm_to_array(heard).astype(np.float64)
-    y = pcm_to_array(expected).astype(np.float64)
-    if len(x) < len(y):
-        return 0.0
-    y = y - y.mean()
-    corr = np.correlate(x, y, mode="valid")
-    ones = np.ones(len(y))
-    energy = np.correlate(x * x, ones, mode="valid") \
-        - np.correlate(x, ones, mode="valid") ** 2 / len(y)
-    return float(np.max(corr / (np.sqrt(np.maximum(energy, 1e-9)) * np.sqrt(np.dot(y, y)))))
 
 
 def beep_windows(pcm: bytes, ms: int = 100) -> list[float]:

@@ -15,9 +15,7 @@ known to take a voicemail from a real phone.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import pytest
 from media.tones import dominant_frequency, tone
 from media.wav import load_wav, wav_info, write_wav
 from tests.conftest import EngineProcess, free_port
+from tests.e2e_helpers import require_pjsua2, run_to_done, tail
 
 pytestmark = pytest.mark.peers
 
@@ -60,38 +59,13 @@ max_seconds = 20
 """
 
 
-def require_pjsua2() -> None:
-    if importlib.util.find_spec("pjsua2") is None:
-        pytest.fail("peer missing: the pjsua2 module is not importable; install the test "
-                    "extras into the venv (pip install -e '.[test]', package pjsua2-python)",
-                    pytrace=False)
-
-
-def tail(path: Path, size: int = 4000) -> str:
-    return path.read_text(errors="replace")[-size:] if path.exists() else "(no log)"
-
-
 def run_phone(engine: EngineProcess, wav: Path, log: Path) -> list[dict[str, Any]]:
     """Run the phone to the end (bounded); its JSON events."""
     cmd = [sys.executable, str(HELPER), "--registrar", engine.target,
            "--user", CALLER[0], "--password", CALLER[1], "--domain", DOMAIN, "--dial", "104",
            "--wav", str(wav), "--beep-wait", "0.6", "--play", str(PLAY_SECONDS),
            "--end", "hash", "--deadline", "35", "--log-level", "5"]
-    with log.open("wb") as err:
-        try:
-            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=err, timeout=45)
-        except subprocess.TimeoutExpired as e:  # run() has killed it
-            pytest.fail(f"pjsua2 phone hung for 45 s; stdout {e.stdout!r}\n"
-                        f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
-                        f"{engine.log()[-3000:]}")
-    events = [json.loads(line) for line in done.stdout.decode(errors="replace").splitlines()
-              if line.startswith("{")]
-    if done.returncode != 0 or not any(e["event"] == "done" for e in events):
-        pytest.fail(f"pjsua2 phone exited {done.returncode}; events {events}\n"
-                    f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
-                    f"{engine.log()[-3000:]}")
-    return events
+    return run_to_done(cmd, log, engine, 45, "pjsua2 phone")
 
 
 def test_pjsua2_leaves_a_voicemail_with_a_1khz_tone_then_hash(tmp_path: Path) -> None:

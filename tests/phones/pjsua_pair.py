@@ -47,82 +47,34 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from typing import Any
 
+import pjcommon
 import pjsua2 as pj
-
-# pjlib prints some lines straight to fd 1 (before any log config applies): keep
-# the real stdout for the JSON lines and point fd 1 at stderr.
-REPORT = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
-
-STATUS = {pj.PJSUA_CALL_MEDIA_NONE: "none", pj.PJSUA_CALL_MEDIA_ACTIVE: "active",
-          pj.PJSUA_CALL_MEDIA_LOCAL_HOLD: "local_hold",
-          pj.PJSUA_CALL_MEDIA_REMOTE_HOLD: "remote_hold", pj.PJSUA_CALL_MEDIA_ERROR: "error"}
+from pjcommon import Leg, Log, Pump, emit, set_codecs
 
 
-def emit(**fields: Any) -> None:
-    REPORT.write(json.dumps(fields) + "\n")
-    REPORT.flush()
-
-
-class Log(pj.LogWriter):  # type: ignore[misc]
-    """pjsip's log, echoed to stderr up to ``echo_level``."""
-
-    def __init__(self, echo_level: int) -> None:
-        super().__init__()
-        self.echo_level = echo_level
-
-    def write(self, entry: Any) -> None:
-        if entry.level <= self.echo_level:
-            msg = str(entry.msg)
-            sys.stderr.write(msg if msg.endswith("\n") else msg + "\n")
-
-
-class Call(pj.Call):  # type: ignore[misc]
-    """Records what happened; the main loop acts on it (no pjsip calls from here
-    other than reading the call's own info)."""
+class Call(pjcommon.TrackedCall):
+    """Records what happened; the main loop acts on it."""
 
     def __init__(self, acc: Account, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(acc, call_id)
         self.side = side
-        self.states: list[str] = []
-        self.confirmed = False
-        self.disconnected = False
-        self.last_code = 0
-        self.last_reason = ""
-        self.audio_index = -1
         self.status = "none"
         self.media_changes = 0  # bumped on each onCallMediaState: reconnect the bridge
         self.reoffers = 0  # re-INVITE / UPDATE offers received in the dialog
 
     def onCallState(self, prm: Any) -> None:
-        ci = self.getInfo()
-        self.states.append(str(ci.stateText))
-        self.last_code = int(ci.lastStatusCode)
-        self.last_reason = str(ci.lastReason)
-        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
-            self.confirmed = True
-        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self.disconnected = True
+        ci = self.track_state()
         emit(event="call", side=self.side, state=str(ci.stateText), code=self.last_code,
              reason=self.last_reason, t=time.monotonic())
 
     def onCallMediaState(self, prm: Any) -> None:
-        ci = self.getInfo()
-        for i, media in enumerate(ci.media):
-            if media.type == pj.PJMEDIA_TYPE_AUDIO:
-                self.audio_index = i if media.status in (
-                    pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_LOCAL_HOLD,
-                    pj.PJSUA_CALL_MEDIA_REMOTE_HOLD) else -1
-                self.status = STATUS.get(media.status, str(media.status))
-                break
+        found = pjcommon.audio_status(self.getInfo())
+        if found is not None:
+            self.audio_index, self.status = found
         self.media_changes += 1
         emit(event="media_state", side=self.side, status=self.status,
              audio_index=self.audio_index, t=time.monotonic())
@@ -132,21 +84,11 @@ class Call(pj.Call):  # type: ignore[misc]
         emit(event="rx_offer", side=self.side, t=time.monotonic())
 
 
-class Account(pj.Account):  # type: ignore[misc]
+class Account(pjcommon.RegAccount):
     def __init__(self, user: str) -> None:
-        super().__init__()
-        self.user = user
-        self.codes: list[int] = []
-        self.active = False
+        super().__init__(user)
         self.seen = 0  # len(codes) when the un-REGISTER went out
         self.incoming: list[Call] = []  # kept referenced: a collected Call hangs up
-
-    def onRegState(self, prm: Any) -> None:
-        info = self.getInfo()
-        self.active = bool(info.regIsActive)
-        self.codes.append(int(prm.code))
-        emit(event="reg", account=self.user, code=int(prm.code), reason=str(prm.reason),
-             active=self.active, expiration=int(info.regExpiresSec))
 
     def onIncomingCall(self, prm: Any) -> None:
         call = Call(self, "callee", prm.callId)
@@ -156,62 +98,12 @@ class Account(pj.Account):  # type: ignore[misc]
              remote=str(ci.remoteUri), t=time.monotonic())
 
 
-class Leg:
-    """One phone's side of the call: its call, its player and recorder, kept
-    connected through the conference bridge."""
-
-    def __init__(self, call: Call, wav: str, record: str | None) -> None:
-        self.call = call
-        self.wav = wav
-        self.record = record
-        self.player: Any = None
-        self.recorder: Any = None
-        self.seen = -1  # call.media_changes when the bridge was last connected
-
-    def connect(self) -> None:
-        """Player -> call and call -> recorder, again after each media change."""
-        call = self.call
-        if call.disconnected or call.audio_index < 0 or call.media_changes == self.seen:
-            return
-        self.seen = call.media_changes
-        aud = call.getAudioMedia(call.audio_index)
-        if self.player is None:
-            self.player = pj.AudioMediaPlayer()
-            self.player.createPlayer(self.wav, 0)  # looped
-        self.player.startTransmit(aud)
-        if self.record is not None:
-            if self.recorder is None:
-                self.recorder = pj.AudioMediaRecorder()
-                self.recorder.createRecorder(self.record)
-                aud.startTransmit(self.recorder)
-                emit(event="recording", side=call.side, path=self.record, t=time.monotonic())
-            else:
-                aud.startTransmit(self.recorder)
-
-
-def set_codecs(ep: Any, wanted: str) -> None:
-    """Offer exactly the codecs named in ``wanted`` ("G722,PCMU"), in that order."""
-    names = [n.strip().casefold() for n in wanted.split(",") if n.strip()]
-    found: set[str] = set()
-    for c in ep.codecEnum2():
-        name = str(c.codecId).split("/", 1)[0].casefold()
-        if name in names:
-            found.add(name)
-            ep.codecSetPriority(str(c.codecId), 200 - names.index(name))
-        else:
-            ep.codecSetPriority(str(c.codecId), 0)
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise ValueError(f"pjsua2 has no codec {', '.join(missing)}")
-
-
-class Pair:
+class Pair(Pump):
     """The running library: accounts and call legs, the bounded event pump."""
 
     def __init__(self, ep: Any, args: argparse.Namespace, deadline: float) -> None:
-        self.ep = ep
+        super().__init__(ep, deadline)
         self.args = args
-        self.deadline = deadline
         self.accounts: list[Account] = []
         self.legs: dict[str, Leg] = {}
 
@@ -226,17 +118,6 @@ class Pair:
             call.answer(prm)
         for leg in self.legs.values():
             leg.connect()
-
-    def pump(self, until: Callable[[], bool], limit: float) -> bool:
-        """Poll pjsip until ``until()`` or ``limit`` seconds (or the deadline) pass."""
-        stop = min(time.monotonic() + limit, self.deadline)
-        while True:
-            self.service()
-            if until():
-                return True
-            if time.monotonic() >= stop:
-                return False
-            self.ep.libHandleEvents(10)
 
     def over(self) -> bool:
         return any(leg.call.disconnected for leg in self.legs.values())
@@ -341,53 +222,24 @@ def main() -> int:
                               "hold_status": None, "resume_status": None,
                               "callee_account": None}
     try:
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.userAgent = "pjsua2-switchboard-pair"
-        cfg.logConfig.level = 5
-        cfg.logConfig.consoleLevel = 5
-        cfg.logConfig.msgLogging = True
-        cfg.logConfig.writer = writer
-        cfg.logConfig.decor = 0
-        cfg.medConfig.threadCnt = 0
-        cfg.medConfig.hasIoqueue = False
-        cfg.medConfig.clockRate = 8000  # the bridge and the recordings at 8 kHz
-        cfg.medConfig.sndClockRate = 8000
-        cfg.medConfig.noVad = True  # send the tone steadily, no silence suppression
-        cfg.medConfig.ecTailLen = 0  # no echo canceller between the WAV and the call
-        ep.libInit(cfg)
-        ep.audDevManager().setNullDev()
+        pjcommon.init_endpoint(ep, writer, "pjsua2-switchboard-pair",
+                               clock_rate=8000)  # the bridge and recordings at 8 kHz
 
         tids: list[int] = []
         ports: list[int] = []
         for _ in range(2 if args.transports == "two" else 1):
-            tcfg = pj.TransportConfig()
-            tcfg.boundAddress = "127.0.0.1"
-            tcfg.publicAddress = "127.0.0.1"
-            tcfg.port = 0
-            tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+            tid, port = pjcommon.udp_transport(ep)
             tids.append(tid)
-            ports.append(int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1]))
+            ports.append(port)
         ep.libStart()
         if args.codecs:
             set_codecs(ep, args.codecs)
-        emit(event="codecs", codecs=[f"{c.codecId}:{c.priority}" for c in ep.codecEnum2()
-                                     if c.priority > 0])
+        emit(event="codecs", codecs=pjcommon.enabled_codecs(ep))
 
         for n, spec in enumerate((args.caller, args.callee)):
             user, _, password = spec.partition(":")
-            acfg = pj.AccountConfig()
-            acfg.idUri = f"sip:{user}@{args.domain}"
-            acfg.regConfig.registrarUri = f"sip:{args.registrar}"
-            acfg.regConfig.timeoutSec = 300
-            acfg.regConfig.retryIntervalSec = 0
-            acfg.sipConfig.transportId = tids[min(n, len(tids) - 1)]
-            # every request goes to the engine; it drops its own Route
-            acfg.sipConfig.proxies.append(f"sip:{args.registrar};lr")
-            acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, password))
-            acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-            acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+            acfg = pjcommon.registered_config(user, password, args.domain, args.registrar,
+                                              tids[min(n, len(tids) - 1)])
             if args.session_expires and n == 0:
                 acfg.callConfig.timerSessExpiresSec = args.session_expires
                 acfg.callConfig.timerMinSESec = min(90, args.session_expires)
@@ -410,12 +262,7 @@ def main() -> int:
             acc.setRegistration(False)
         pair.pump(lambda: all(len(a.codes) > a.seen for a in accounts), 3)
     except Exception as e:
-        # Reported and dropped here: a traceback kept alive into ``finally`` holds the
-        # Call (as ``self`` of a pjsua2 method), whose destructor would then run after
-        # libDestroy and abort on an assertion in pjsua_call_set_user_data.
-        info = e.info() if isinstance(e, pj.Error) else repr(e)
-        sys.stderr.write(traceback.format_exc())
-        emit(event="error", error=str(info), **result)
+        pjcommon.report_error(e, result)  # and ``e`` is dropped here (see there)
         code = 3
     finally:
         # pjsua2 objects go before libDestroy (their destructors call into pjsip)

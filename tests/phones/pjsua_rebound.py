@@ -43,89 +43,42 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from typing import Any
 
+import pjcommon
 import pjsua2 as pj
-
-# pjlib prints some lines straight to fd 1 (before any log config applies): keep
-# the real stdout for the JSON lines and point fd 1 at stderr.
-REPORT = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
-
-STATUS = {pj.PJSUA_CALL_MEDIA_NONE: "none", pj.PJSUA_CALL_MEDIA_ACTIVE: "active",
-          pj.PJSUA_CALL_MEDIA_LOCAL_HOLD: "local_hold",
-          pj.PJSUA_CALL_MEDIA_REMOTE_HOLD: "remote_hold", pj.PJSUA_CALL_MEDIA_ERROR: "error"}
+from pjcommon import Leg, Log, Pump, codec_of, emit, set_codecs
 
 
-def emit(**fields: Any) -> None:
-    REPORT.write(json.dumps(fields) + "\n")
-    REPORT.flush()
-
-
-class Log(pj.LogWriter):  # type: ignore[misc]
-    """pjsip's log, echoed to stderr up to ``echo_level``."""
-
-    def __init__(self, echo_level: int) -> None:
-        super().__init__()
-        self.echo_level = echo_level
-
-    def write(self, entry: Any) -> None:
-        if entry.level <= self.echo_level:
-            msg = str(entry.msg)
-            sys.stderr.write(msg if msg.endswith("\n") else msg + "\n")
-
-
-class Call(pj.Call):  # type: ignore[misc]
-    """Records what happened; the main loop acts on it (no pjsip calls from here
-    other than reading the call's own info)."""
+class Call(pjcommon.TrackedCall):
+    """Records what happened; the main loop acts on it."""
 
     def __init__(self, acc: Account, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(acc, call_id)
         self.side = side
-        self.states: list[str] = []
         self.at: dict[str, float] = {}  # state text -> first time seen
-        self.confirmed = False
-        self.disconnected = False
         self.hung_up = False  # this script hung it up (else the far end did)
-        self.last_code = 0
-        self.last_reason = ""
-        self.audio_index = -1
         self.media_changes = 0  # bumped on each onCallMediaState: reconnect the bridge
         self.media_at = 0.0  # first active audio
         self.rx_requests: list[str] = []  # requests received inside the dialog
         self.seen_cseqs: set[str] = set()
 
     def onCallState(self, prm: Any) -> None:
-        ci = self.getInfo()
+        ci = self.track_state()
         state = str(ci.stateText)
         now = time.monotonic()
-        self.states.append(state)
         self.at.setdefault(state, now)
-        self.last_code = int(ci.lastStatusCode)
-        self.last_reason = str(ci.lastReason)
-        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
-            self.confirmed = True
-        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self.disconnected = True
         emit(event="call", side=self.side, state=state, code=self.last_code,
              reason=self.last_reason, t=now)
 
     def onCallMediaState(self, prm: Any) -> None:
         ci = self.getInfo()
         status = "none"
-        for i, media in enumerate(ci.media):
-            if media.type == pj.PJMEDIA_TYPE_AUDIO:
-                self.audio_index = i if media.status in (
-                    pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_LOCAL_HOLD,
-                    pj.PJSUA_CALL_MEDIA_REMOTE_HOLD) else -1
-                status = STATUS.get(media.status, str(media.status))
-                break
+        found = pjcommon.audio_status(ci)
+        if found is not None:
+            self.audio_index, status = found
         now = time.monotonic()
         if self.audio_index >= 0 and not self.media_at:
             self.media_at = now
@@ -168,60 +121,12 @@ class Account(pj.Account):  # type: ignore[misc]
              request_uri=uri, request_user=user, t=time.monotonic())
 
 
-class Leg:
-    """One side's call, its player and recorder, kept connected through the bridge."""
-
-    def __init__(self, call: Call, wav: str, record: str) -> None:
-        self.call = call
-        self.wav = wav
-        self.record = record
-        self.player: Any = None
-        self.recorder: Any = None
-        self.seen = -1  # call.media_changes when the bridge was last connected
-
-    def connect(self) -> None:
-        """Player -> call and call -> recorder, again after each media change."""
-        call = self.call
-        if call.disconnected or call.audio_index < 0 or call.media_changes == self.seen:
-            return
-        self.seen = call.media_changes
-        aud = call.getAudioMedia(call.audio_index)
-        if self.player is None:
-            self.player = pj.AudioMediaPlayer()
-            self.player.createPlayer(self.wav, 0)  # looped
-        self.player.startTransmit(aud)
-        if self.recorder is None:
-            self.recorder = pj.AudioMediaRecorder()
-            self.recorder.createRecorder(self.record)
-            aud.startTransmit(self.recorder)
-            emit(event="recording", side=call.side, path=self.record, t=time.monotonic())
-        else:
-            aud.startTransmit(self.recorder)
-
-
-def set_codecs(ep: Any, wanted: str) -> None:
-    """Offer exactly the codecs named in ``wanted`` ("G722,PCMU"), in that order."""
-    names = [n.strip().casefold() for n in wanted.split(",") if n.strip()]
-    found: set[str] = set()
-    for c in ep.codecEnum2():
-        name = str(c.codecId).split("/", 1)[0].casefold()
-        if name in names:
-            found.add(name)
-            ep.codecSetPriority(str(c.codecId), 200 - names.index(name))
-        else:
-            ep.codecSetPriority(str(c.codecId), 0)
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise ValueError(f"pjsua2 has no codec {', '.join(missing)}")
-
-
-class Phone:
+class Phone(Pump):
     """The running library: the account, the two legs, the bounded event pump."""
 
     def __init__(self, ep: Any, args: argparse.Namespace, deadline: float) -> None:
-        self.ep = ep
+        super().__init__(ep, deadline)
         self.args = args
-        self.deadline = deadline
         self.account: Account | None = None
         self.legs: dict[str, Leg] = {}
         self.ring_until = 0.0  # when the mobile answers 200 (after its 180)
@@ -250,17 +155,6 @@ class Phone:
         for leg in self.legs.values():
             leg.connect()
 
-    def pump(self, until: Callable[[], bool], limit: float) -> bool:
-        """Poll pjsip until ``until()`` or ``limit`` seconds (or the deadline) pass."""
-        stop = min(time.monotonic() + limit, self.deadline)
-        while True:
-            self.service()
-            if until():
-                return True
-            if time.monotonic() >= stop:
-                return False
-            self.ep.libHandleEvents(10)
-
     def release(self) -> None:
         """Drop every pjsua2 object this side holds (before libDestroy); the
         recorders' destructors finish their WAV headers."""
@@ -269,16 +163,6 @@ class Phone:
         self.legs.clear()
         if self.account is not None:
             self.account.incoming.clear()
-
-
-def codec_of(call: Call) -> str | None:
-    if call.audio_index < 0 or call.disconnected:
-        return None
-    try:
-        si = call.getStreamInfo(call.audio_index)
-    except pj.Error as e:
-        return f"unknown ({e.info()})"
-    return f"{si.codecName}/{si.codecClockRate}"
 
 
 def scenario(phone: Phone, result: dict[str, Any]) -> None:
@@ -394,53 +278,26 @@ def main() -> int:
     result: dict[str, Any] = {"screening": False, "dtmf": None, "caller_codec": None,
                               "mobile_codec": None}
     try:
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.userAgent = "pjsua2-switchboard-carrier"
-        cfg.logConfig.level = 5
-        cfg.logConfig.consoleLevel = 5
-        cfg.logConfig.msgLogging = True
-        cfg.logConfig.writer = writer
-        cfg.logConfig.decor = 0
-        cfg.medConfig.threadCnt = 0
-        cfg.medConfig.hasIoqueue = False
-        cfg.medConfig.clockRate = 8000  # the bridge and the recordings at 8 kHz
-        cfg.medConfig.sndClockRate = 8000
-        cfg.medConfig.noVad = True  # send the tone steadily, no silence suppression
-        cfg.medConfig.ecTailLen = 0  # no echo canceller between the WAV and the call
-        ep.libInit(cfg)
-        ep.audDevManager().setNullDev()
+        pjcommon.init_endpoint(ep, writer, "pjsua2-switchboard-carrier",
+                               clock_rate=8000)  # the bridge and recordings at 8 kHz
 
-        tcfg = pj.TransportConfig()
-        tcfg.boundAddress = "127.0.0.1"
-        tcfg.publicAddress = "127.0.0.1"
-        tcfg.port = args.port
-        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
-        port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
+        tid, port = pjcommon.udp_transport(ep, args.port)
         ep.libStart()
         set_codecs(ep, args.codecs)
 
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:{args.caller_id}@127.0.0.1"  # no registrar, no proxy
         acfg.sipConfig.transportId = tid
-        acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-        acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+        pjcommon.local_media(acfg)
         acc = Account()
         phone.account = acc
         acc.create(acfg, True)  # the default account: takes the engine's INVITE too
-        emit(event="ready", port=port,
-             codecs=[f"{c.codecId}:{c.priority}" for c in ep.codecEnum2() if c.priority > 0])
+        emit(event="ready", port=port, codecs=pjcommon.enabled_codecs(ep))
 
         scenario(phone, result)
         emit(event="result", **result)
     except Exception as e:
-        # Reported and dropped here: a traceback kept alive into ``finally`` holds the
-        # Call (as ``self`` of a pjsua2 method), whose destructor would then run after
-        # libDestroy and abort on an assertion in pjsua_call_set_user_data.
-        info = e.info() if isinstance(e, pj.Error) else repr(e)
-        sys.stderr.write(traceback.format_exc())
-        emit(event="error", error=str(info), **result)
+        pjcommon.report_error(e, result)  # and ``e`` is dropped here (see there)
         code = 3
     finally:
         # pjsua2 objects go before libDestroy (their destructors call into pjsip)

@@ -20,57 +20,31 @@ stdin (or --hold seconds pass), so that the caller can inspect the registrar.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import select
 import sys
 import time
 from typing import Any
 
+import pjcommon
 import pjsua2 as pj
+from pjcommon import RegAccount, emit
 
 AUTH_ALGORITHM = re.compile(r"^Authorization:.*?algorithm=([A-Za-z0-9-]+)", re.M)
 
-# pjlib prints some lines straight to fd 1 (before any log config applies): keep
-# the real stdout for the JSON lines and point fd 1 at stderr.
-REPORT = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
 
-
-def emit(**fields: Any) -> None:
-    REPORT.write(json.dumps(fields) + "\n")
-    REPORT.flush()
-
-
-class Log(pj.LogWriter):  # type: ignore[misc]
+class Log(pjcommon.Log):
     """pjsip's log, echoed to stderr; notes the digest algorithm of each REGISTER sent."""
 
     def __init__(self, echo_level: int) -> None:
-        super().__init__()
-        self.echo_level = echo_level
+        super().__init__(echo_level)
         self.algorithms: list[str] = []
 
     def write(self, entry: Any) -> None:
         msg = str(entry.msg)
         if "TX " in msg and "REGISTER" in msg:
             self.algorithms.extend(AUTH_ALGORITHM.findall(msg))
-        if entry.level <= self.echo_level:
-            sys.stderr.write(msg if msg.endswith("\n") else msg + "\n")
-
-
-class Account(pj.Account):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__()
-        self.codes: list[int] = []
-        self.active = False
-
-    def onRegState(self, prm: Any) -> None:
-        info = self.getInfo()
-        self.active = bool(info.regIsActive)
-        self.codes.append(int(prm.code))
-        emit(event="reg", code=int(prm.code), reason=str(prm.reason), active=self.active,
-             expiration=int(info.regExpiresSec))
+        super().write(entry)
 
 
 def algorithm(name: str) -> int:
@@ -93,28 +67,12 @@ def main() -> int:
     writer = Log(args.log_level)
     ep = pj.Endpoint()
     ep.libCreate()
-    acc: Account | None = None
+    acc: RegAccount | None = None
     try:
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.userAgent = "pjsua2-switchboard-test"
-        cfg.logConfig.level = 5  # level 5 carries the SIP messages the writer reads
-        cfg.logConfig.consoleLevel = 5
-        cfg.logConfig.msgLogging = True
-        cfg.logConfig.writer = writer
-        cfg.logConfig.decor = 0
-        cfg.medConfig.threadCnt = 0
-        cfg.medConfig.hasIoqueue = False
-        ep.libInit(cfg)
-        ep.audDevManager().setNullDev()
+        # pjsip's log at level 5 carries the SIP messages the writer reads
+        pjcommon.init_endpoint(ep, writer, "pjsua2-switchboard-test", steady_media=False)
 
-        tcfg = pj.TransportConfig()
-        tcfg.boundAddress = "127.0.0.1"
-        tcfg.publicAddress = "127.0.0.1"
-        tcfg.port = 0
-        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
-        port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
+        tid, port = pjcommon.udp_transport(ep)
         ep.libStart()
 
         acfg = pj.AccountConfig()
@@ -126,7 +84,7 @@ def main() -> int:
         cred = pj.AuthCredInfo("digest", "*", args.user, 0, args.password)
         cred.algoType = algorithm(args.algorithm)
         acfg.sipConfig.authCreds.append(cred)
-        acc = Account()
+        acc = RegAccount()
         acc.create(acfg)
 
         deadline = time.monotonic() + args.timeout

@@ -37,76 +37,24 @@ Exit status: 0 once a call was tried, 2 when REGISTER failed, 3 on an error.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-import traceback
 from typing import Any
 
+import pjcommon
 import pjsua2 as pj
-
-# pjlib prints some lines straight to fd 1 (before any log config applies): keep
-# the real stdout for the JSON lines and point fd 1 at stderr.
-REPORT = os.fdopen(os.dup(1), "w", buffering=1)
-os.dup2(2, 1)
+from pjcommon import Log, RegAccount, emit, set_codecs
 
 
-def emit(**fields: Any) -> None:
-    REPORT.write(json.dumps(fields) + "\n")
-    REPORT.flush()
+class Call(pjcommon.TrackedCall):
+    """Records what happened; the main loop acts on it."""
 
-
-class Log(pj.LogWriter):  # type: ignore[misc]
-    """pjsip's log, echoed to stderr up to ``echo_level``."""
-
-    def __init__(self, echo_level: int) -> None:
-        super().__init__()
-        self.echo_level = echo_level
-
-    def write(self, entry: Any) -> None:
-        if entry.level <= self.echo_level:
-            msg = str(entry.msg)
-            sys.stderr.write(msg if msg.endswith("\n") else msg + "\n")
-
-
-class Account(pj.Account):  # type: ignore[misc]
-    def __init__(self) -> None:
-        super().__init__()
-        self.codes: list[int] = []
-        self.active = False
-
-    def onRegState(self, prm: Any) -> None:
-        info = self.getInfo()
-        self.active = bool(info.regIsActive)
-        self.codes.append(int(prm.code))
-        emit(event="reg", code=int(prm.code), reason=str(prm.reason), active=self.active,
-             expiration=int(info.regExpiresSec))
-
-
-class Call(pj.Call):  # type: ignore[misc]
-    """Records what happened; the main loop acts on it (no pjsip calls from here
-    other than reading the call's own info)."""
-
-    def __init__(self, acc: Account, report_sdp: bool = False) -> None:
+    def __init__(self, acc: RegAccount, report_sdp: bool = False) -> None:
         super().__init__(acc)
         self.report_sdp = report_sdp
-        self.states: list[str] = []
-        self.confirmed = False
-        self.disconnected = False
-        self.last_code = 0
-        self.last_reason = ""
-        self.audio_index = -1
 
     def onCallState(self, prm: Any) -> None:
-        ci = self.getInfo()
-        self.states.append(str(ci.stateText))
-        self.last_code = int(ci.lastStatusCode)
-        self.last_reason = str(ci.lastReason)
-        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
-            self.confirmed = True
-        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self.disconnected = True
+        ci = self.track_state()
         emit(event="call", state=str(ci.stateText), code=self.last_code,
              reason=self.last_reason)
 
@@ -135,21 +83,6 @@ class Call(pj.Call):  # type: ignore[misc]
             emit(event=kind, start_line=head.split("\r\n", 1)[0],
                  method=str(state.tsx.method), sdp=body)
 
-def set_codecs(ep: Any, wanted: str) -> None:
-    """Offer exactly the codecs named in ``wanted`` ("G722,PCMU"), in that order."""
-    names = [n.strip().casefold() for n in wanted.split(",") if n.strip()]
-    found: set[str] = set()
-    for c in ep.codecEnum2():
-        name = str(c.codecId).split("/", 1)[0].casefold()
-        if name in names:
-            found.add(name)
-            ep.codecSetPriority(str(c.codecId), 200 - names.index(name))
-        else:
-            ep.codecSetPriority(str(c.codecId), 0)
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise ValueError(f"pjsua2 has no codec {', '.join(missing)}")
-
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -174,7 +107,7 @@ def main() -> int:
     writer = Log(args.log_level)
     ep = pj.Endpoint()
     ep.libCreate()
-    acc: Account | None = None
+    acc: RegAccount | None = None
     call: Call | None = None
     player: Any = None
     the_call: Call | None = None
@@ -183,59 +116,22 @@ def main() -> int:
                               "dtmf": None, "ended_by": None, "codec": None,
                               "codec_final": None}
 
-    def pump(until: Any, limit: float) -> bool:
-        """Poll pjsip until ``until()`` or ``limit`` seconds (or the deadline) pass."""
-        stop = min(time.monotonic() + limit, deadline)
-        while not until():
-            if time.monotonic() >= stop:
-                return False
-            ep.libHandleEvents(10)
-        return True
+    pump = pjcommon.Pump(ep, deadline).pump
 
     try:
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0
-        cfg.uaConfig.mainThreadOnly = True
-        cfg.uaConfig.userAgent = "pjsua2-switchboard-test"
-        cfg.logConfig.level = 5
-        cfg.logConfig.consoleLevel = 5
-        cfg.logConfig.msgLogging = True
-        cfg.logConfig.writer = writer
-        cfg.logConfig.decor = 0
-        cfg.medConfig.threadCnt = 0
-        cfg.medConfig.hasIoqueue = False
-        cfg.medConfig.noVad = True  # send the tone steadily, no silence suppression
-        cfg.medConfig.ecTailLen = 0  # no echo canceller between the WAV and the call
-        ep.libInit(cfg)
-        ep.audDevManager().setNullDev()
+        pjcommon.init_endpoint(ep, writer, "pjsua2-switchboard-test")
 
-        tcfg = pj.TransportConfig()
-        tcfg.boundAddress = "127.0.0.1"
-        tcfg.publicAddress = "127.0.0.1"
-        tcfg.port = 0
-        tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
-        port = int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
+        tid, port = pjcommon.udp_transport(ep)
         ep.libStart()
         if args.codecs:
             set_codecs(ep, args.codecs)
-        emit(event="codecs", codecs=[f"{c.codecId}:{c.priority}" for c in ep.codecEnum2()
-                                     if c.priority > 0])
+        emit(event="codecs", codecs=pjcommon.enabled_codecs(ep))
 
-        acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:{args.user}@{args.domain}"
-        acfg.regConfig.registrarUri = f"sip:{args.registrar}"
-        acfg.regConfig.timeoutSec = 300
-        acfg.regConfig.retryIntervalSec = 0
-        acfg.sipConfig.transportId = tid
-        # every request (the INVITE too) goes to the engine; it drops its own Route
-        acfg.sipConfig.proxies.append(f"sip:{args.registrar};lr")
-        acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", args.user, 0,
-                                                        args.password))
-        acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
-        acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+        acfg = pjcommon.registered_config(args.user, args.password, args.domain,
+                                          args.registrar, tid)
         # pjsip's default codec lock stays on: it re-INVITEs with the codec it chose,
         # and the engine (the voicemail endpoint) must answer that.
-        acc = Account()
+        acc = RegAccount()
         acc.create(acfg)
         registered_acc = acc
         pump(lambda: registered_acc.active or any(c >= 300 for c in registered_acc.codes), 8)
@@ -252,11 +148,7 @@ def main() -> int:
         result["confirmed"] = call.confirmed
         result["media"] = call.audio_index >= 0
         if call.confirmed and call.audio_index >= 0 and not call.disconnected:
-            try:
-                si = call.getStreamInfo(call.audio_index)
-                result["codec"] = f"{si.codecName}/{si.codecClockRate}"
-            except pj.Error as e:
-                result["codec"] = f"unknown ({e.info()})"
+            result["codec"] = pjcommon.codec_of(call)
             emit(event="media", codec=result["codec"], audio_index=call.audio_index)
             pump(lambda: the_call.disconnected, args.beep_wait)  # the engine's beep
 
@@ -269,11 +161,7 @@ def main() -> int:
             pump(lambda: the_call.disconnected, args.play)
             result["played"] = round(time.monotonic() - started, 3)
             if not call.disconnected:  # after pjsip's codec-lock re-INVITE, if any
-                try:
-                    si = call.getStreamInfo(call.audio_index)
-                    result["codec_final"] = f"{si.codecName}/{si.codecClockRate}"
-                except pj.Error as e:
-                    result["codec_final"] = f"unknown ({e.info()})"
+                result["codec_final"] = pjcommon.codec_of(call)
             if not call.disconnected:
                 player.stopTransmit(aud)
             pump(lambda: the_call.disconnected, 0.2)
@@ -303,12 +191,7 @@ def main() -> int:
         acc.setRegistration(False)  # un-REGISTER; wait (bounded) for its answer
         pump(lambda: len(registered_acc.codes) > seen, 3)
     except Exception as e:
-        # Reported and dropped here: a traceback kept alive into ``finally`` holds the
-        # Call (as ``self`` of a pjsua2 method), whose destructor would then run after
-        # libDestroy and abort on an assertion in pjsua_call_set_user_data.
-        info = e.info() if isinstance(e, pj.Error) else repr(e)
-        sys.stderr.write(traceback.format_exc())
-        emit(event="error", error=str(info), **result)
+        pjcommon.report_error(e, result)  # and ``e`` is dropped here (see there)
         code = 3
     finally:
         # pjsua2 objects go before libDestroy (their destructors call into pjsip)

@@ -1,0 +1,382 @@
+"""Pieces shared by the end-to-end tests: directory fragments, a scripted SIP UA, RTP
+read in the background, paced tones and digits, and a few measurements.
+
+Plain helpers (no fixtures): each test builds its own engine and sockets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine.auth import build_authorization
+from engine.message import Request, Response, make_response, parse
+from media.codecs import codec_for, pcm_to_array
+from media.rtp import RtpError, RtpPacket, RtpSender, dtmf_packets
+from media.sdp import parse_sdp
+from media.tones import goertzel, tone
+from tests.conftest import EngineProcess
+
+PCMU = codec_for("PCMU")
+FRAME = 160  # PCMU bytes (and samples) per 20 ms packet
+
+# The office's DID and its user 104 in Sales: goes after [system] and [[trunks]]; what
+# follows adds to 104's [[users]] entry.
+SALES_104 = """
+[[departments]]
+name = "Sales"
+caller_id = "+15145550100"
+
+[[numbers]]
+number = "+15145550104"
+route_to = "extension:104"
+
+[[users]]
+extension = "104"
+name = "David Cote"
+password = "pw104"
+department = "Sales"
+"""
+
+
+# --- pjsua2 phones --------------------------------------------------------------------------
+
+
+def require_pjsua2() -> None:
+    """Fail (never skip) when pjsua2 is missing."""
+    if importlib.util.find_spec("pjsua2") is None:
+        pytest.fail("peer missing: the pjsua2 module is not importable; install the test "
+                    "extras into the venv (pip install -e '.[test]', package pjsua2-python)",
+                    pytrace=False)
+
+
+def tail(path: Path, size: int = 4000) -> str:
+    """The end of a log file."""
+    return path.read_text(errors="replace")[-size:] if path.exists() else "(no log)"
+
+
+def run_script(cmd: list[str], log: Path, engine: EngineProcess, timeout: int, what: str,
+               keep: Path | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Run a phone script (``cmd``) to the end, its stderr into ``log``, killed and
+    failed after ``timeout`` s (``what`` names it); its exit status and JSON events
+    (stdout also written to ``keep``, when given)."""
+    with log.open("wb") as err:
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=err, timeout=timeout)
+        except subprocess.TimeoutExpired as e:  # run() has killed it
+            pytest.fail(f"{what} hung for {timeout} s; stdout {e.stdout!r}\n"
+                        f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
+                        f"{engine.log()[-3000:]}")
+    out = done.stdout.decode(errors="replace")
+    if keep is not None:
+        keep.write_text(out)
+    return done.returncode, [json.loads(line) for line in out.splitlines()
+                             if line.startswith("{")]
+
+
+def run_to_done(cmd: list[str], log: Path, engine: EngineProcess, timeout: int, what: str,
+                keep: Path | None = None) -> list[dict[str, Any]]:
+    """``run_script``, failed unless the script exits 0 after its "done" event."""
+    code, events = run_script(cmd, log, engine, timeout, what, keep)
+    if code != 0 or not any(e["event"] == "done" for e in events):
+        pytest.fail(f"{what} exited {code}; events {events}\n"
+                    f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
+                    f"{engine.log()[-3000:]}")
+    return events
+
+
+# --- SDP and SIP -------------------------------------------------------------------------
+
+
+def sdp_offer(rtp_port: int, session: int = 1) -> bytes:
+    """PCMU and telephone-event on ``rtp_port`` of 127.0.0.1."""
+    return (f"v=0\r\no=- {session} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+            f"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n").encode()
+
+
+def ok_200(req: Request) -> bytes:
+    """A bare 200 OK to ``req`` (its Vias, From, To, Call-ID and CSeq as they came)."""
+    return ("SIP/2.0 200 OK\r\n" + "".join(f"Via: {v}\r\n" for v in req.get_all("via"))
+            + f"From: {req.get('from')}\r\nTo: {req.get('to')}\r\n"
+            f"Call-ID: {req.call_id}\r\nCSeq: {req.get('cseq')}\r\n"
+            "Content-Length: 0\r\n\r\n").encode()
+
+
+# --- RTP -----------------------------------------------------------------------------------
+
+
+class RtpTap(threading.Thread):
+    """Every RTP packet a socket receives, with its arrival time, read in the background."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.packets: list[tuple[float, bytes]] = []
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self.stopping.is_set():
+            try:
+                data = self.sock.recv(2048)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.packets.append((time.monotonic(), data))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(2)
+
+    def received(self, since: float = 0.0, payload_type: int | None = 0,
+                 ssrc: int | None = None, other_than: int | None = None) -> list[RtpPacket]:
+        with self.lock:
+            raw = [data for at, data in self.packets if at >= since]
+        out = []
+        for data in raw:
+            try:
+                packet = RtpPacket.parse(data)
+            except RtpError:
+                continue
+            if payload_type is not None and packet.payload_type != payload_type:
+                continue
+            if ssrc is not None and packet.ssrc != ssrc:
+                continue
+            if other_than is not None and packet.ssrc == other_than:
+                continue
+            out.append(packet)
+        return out
+
+    def raw(self, since: float, ssrc: int) -> list[bytes]:
+        """The datagrams of stream ``ssrc`` received after ``since``, as they came."""
+        with self.lock:
+            return [data for at, data in self.packets
+                    if at >= since and data[8:12] == ssrc.to_bytes(4, "big")]
+
+    def audio(self, since: float = 0.0, **match: int) -> bytes:
+        """The PCMU audio received after ``since`` (payload type 0 unless told), decoded."""
+        return b"".join(PCMU.decode(p.payload) for p in self.received(since, **match))
+
+    def wait_audio(self, frames: int, since: float, timeout: float, **match: int) -> bytes:
+        """At least ``frames`` PCMU packets' audio received after ``since``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            audio = self.audio(since, **match)
+            if len(audio) >= frames * FRAME * 2:
+                return audio
+            time.sleep(0.05)
+        got = len(self.audio(since, **match)) // (FRAME * 2)
+        raise AssertionError(f"{got} of {frames} audio packets within {timeout} s")
+
+
+def send_tone(sock: socket.socket, sender: RtpSender, to: tuple[str, int], freq: float,
+              ms: int) -> list[bytes]:
+    """``ms`` of a PCMU tone paced at 20 ms; the datagrams sent."""
+    audio = PCMU.encode(tone(freq, ms, level=0.4))
+    sent: list[bytes] = []
+    start = time.monotonic()
+    for n, i in enumerate(range(0, len(audio), FRAME)):
+        data = sender.audio(audio[i:i + FRAME]).build()
+        sock.sendto(data, to)
+        sent.append(data)
+        time.sleep(max(0.0, start + (n + 1) * 0.02 - time.monotonic()))
+    return sent
+
+
+def send_digit(sock: socket.socket, sender: RtpSender, to: tuple[str, int], digit: str) -> None:
+    """``digit`` as RFC 4733 events, paced at 20 ms."""
+    for packet in dtmf_packets(sender, digit):
+        sock.sendto(packet.build(), to)
+        time.sleep(0.02)
+
+
+def best_match(heard: bytes, expected: bytes) -> float:
+    """The highest normalised correlation of ``expected`` against ``heard`` at any lag."""
+    x = pcm_to_array(heard).astype(np.float64)
+    y = pcm_to_array(expected).astype(np.float64)
+    if len(x) < len(y):
+        return 0.0
+    y = y - y.mean()
+    norm_y = float(np.sqrt(np.dot(y, y)))
+    corr = np.correlate(x, y, mode="valid")
+    ones = np.ones(len(y))
+    energy = np.correlate(x * x, ones, mode="valid") - np.correlate(x, ones, mode="valid") ** 2 \
+        / len(y)
+    scores = corr / (np.sqrt(np.maximum(energy, 1e-9)) * norm_y)
+    return float(scores.max())
+
+
+# --- a caller from the trunk that leaves a voicemail ---------------------------------------
+
+
+def leave_message_from_trunk(engine: EngineProcess, sip: socket.socket, rtp: socket.socket,
+                             seconds: float, call_id: str, tag: str) -> None:
+    """Call +15145550104 from the trunk (``sip`` bound to its ``inbound_port``, ``rtp``
+    bound), hear most of the beep, speak ``seconds`` of 1 kHz paced at 20 ms, press
+    '#' and answer the engine's BYE. Branches are ``z9hG4bK<tag>1`` and ``<tag>2``."""
+    sip_port, rtp_port = sip.getsockname()[1], rtp.getsockname()[1]
+    offer = (f"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+             f"m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n"
+             f"a=fmtp:101 0-16\r\n").encode()
+    head = (f"INVITE sip:+15145550104@127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK{tag}1;rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:+15145550199@127.0.0.1>;tag={tag}\r\n"
+            f"To: <sip:+15145550104@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: <sip:caller@127.0.0.1:{sip_port}>\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(offer)}\r\n\r\n")
+    sip.sendto(head.encode() + offer, engine.sip)
+    ok = None
+    while ok is None:
+        msg = parse(sip.recv(65535))
+        if isinstance(msg, Response) and msg.status >= 200:
+            assert msg.status == 200, msg.to_bytes()[:400]
+            ok = msg
+    answer = parse_sdp(ok.body).audio()
+    assert answer is not None
+    media_addr = (answer.address, answer.port)
+    ack = (f"ACK {ok.contacts[0].uri} SIP/2.0\r\n"
+           f"Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK{tag}2;rport\r\n"
+           f"Max-Forwards: 70\r\nFrom: {ok.get('from')}\r\nTo: {ok.get('to')}\r\n"
+           f"Call-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")
+    sip.sendto(ack.encode(), engine.sip)
+
+    # Hear the beep (the default greeting) before speaking.
+    rtp.settimeout(3)
+    heard = b""
+    while len(heard) < 320 * 15:  # 15 of the beep's 20 packets (400 ms)
+        heard += PCMU.decode(rtp.recv(2048)[12:])
+    assert goertzel(heard, 8000, 1000) > 0.05  # the 1 kHz beep reached us
+
+    sender = RtpSender.create(0, 8000)
+    send_tone(rtp, sender, media_addr, 1000, int(seconds * 1000))
+    send_digit(rtp, sender, media_addr, "#")
+    # '#' ends the message: the engine hangs up.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        msg = parse(sip.recv(65535))
+        if not isinstance(msg, Response) and msg.method == "BYE":
+            sip.sendto(ok_200(msg), engine.sip)
+            return
+    raise AssertionError("the engine did not hang up after '#'")
+
+
+# --- a scripted UA -------------------------------------------------------------------------
+
+
+class Ua:
+    """One scripted SIP UA (a SIP and an RTP socket) talking to the engine."""
+
+    def __init__(self, engine: tuple[str, int], sip_port: int = 0) -> None:
+        self.engine = engine
+        self.sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sip.bind(("127.0.0.1", sip_port))
+        self.port = self.sip.getsockname()[1]
+        self.rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rtp.bind(("127.0.0.1", 0))
+        self.rtp_port = self.rtp.getsockname()[1]
+        self.tap = RtpTap(self.rtp)
+        self.tap.start()
+        self.sender = RtpSender.create(0, 8000)
+        self.media: tuple[str, int] | None = None
+        self.ok: Response | None = None
+        self.seen: list[str] = []
+
+    def close(self) -> None:
+        self.tap.stop()
+        self.rtp.close()
+        self.sip.close()
+
+    def recv(self, timeout: float) -> Request | Response | None:
+        self.sip.settimeout(max(timeout, 0.001))
+        try:
+            msg = parse(self.sip.recv(65535))
+        except TimeoutError:
+            return None
+        self.seen.append(msg.start_line())
+        return msg
+
+    def final(self, cseq: int, timeout: float = 8) -> Response:
+        """The final response to our INVITE of ``cseq``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.recv(left)
+            if isinstance(msg, Response) and msg.cseq.method == "INVITE" \
+                    and msg.cseq.number == cseq and msg.status >= 200:
+                return msg
+        raise AssertionError(f"no final response to INVITE {cseq}: {self.seen}")
+
+    def invite(self, uri: str, from_user: str, call_id: str, cseq: int = 1,
+               auth: str = "") -> None:
+        body = sdp_offer(self.rtp_port)
+        head = (f"INVITE {uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{call_id}{cseq};rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:{from_user}@pbx.test>;tag={call_id}\r\n"
+                f"To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\n"
+                f"Contact: <sip:{from_user}@127.0.0.1:{self.port}>\r\n"
+                + (f"Proxy-Authorization: {auth}\r\n" if auth else "")
+                + f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.sip.sendto(head.encode() + body, self.engine)
+
+    def ack(self, resp: Response, uri: str, branch: str) -> None:
+        """ACK a final response: a 2xx to its Contact, a non-2xx in its transaction."""
+        target = resp.contacts[0].uri if resp.status < 300 else uri
+        ack = (f"ACK {target} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: {resp.get('from')}\r\nTo: {resp.get('to')}\r\n"
+               f"Call-ID: {resp.call_id}\r\nCSeq: {resp.cseq.number} ACK\r\n"
+               f"Content-Length: 0\r\n\r\n")
+        self.sip.sendto(ack.encode(), self.engine)
+
+    def answered(self, ok: Response, uri: str, branch: str) -> None:
+        assert ok.status == 200, ok.to_bytes()[:400]
+        stream = parse_sdp(ok.body).audio()
+        assert stream is not None and stream.address is not None
+        self.media = (stream.address, stream.port)
+        self.ok = ok
+        self.ack(ok, uri, branch)
+
+    def call_with_auth(self, uri: str, user: str, password: str, call_id: str) -> None:
+        """INVITE, 407, ACK, INVITE with the MD5 answer, 200, ACK."""
+        self.invite(uri, user, call_id)
+        challenge = self.final(1)
+        assert challenge.status == 407, challenge.to_bytes()[:400]
+        self.ack(challenge, uri, f"z9hG4bK{call_id}1")
+        md5 = next(c for c in challenge.get_lines("proxy-authenticate") if "MD5" in c)
+        self.invite(uri, user, call_id, 2,
+                    build_authorization(md5, "INVITE", uri, user, password, "cn"))
+        self.answered(self.final(2), uri, f"z9hG4bK{call_id}ack")
+
+    def send_tone(self, freq: float, ms: int) -> None:
+        assert self.media is not None
+        send_tone(self.rtp, self.sender, self.media, freq, ms)
+
+    def press(self, keys: str, gap: float = 0.1) -> None:
+        assert self.media is not None
+        for key in keys:
+            send_digit(self.rtp, self.sender, self.media, key)
+            time.sleep(gap)
+            self.sender.skip(int(gap / 0.02))
+
+    def engine_bye(self, timeout: float) -> Request:
+        """Wait for the engine's BYE and answer it."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.recv(left)
+            if isinstance(msg, Request) and msg.method == "BYE":
+                self.sip.sendto(make_response(msg, 200).to_bytes(), self.engine)
+                return msg
+        raise AssertionError(f"the engine did not hang up within {timeout} s: {self.seen}")

@@ -1,0 +1,265 @@
+"""Pieces shared by the pjsua2 phone scripts in this folder.
+
+Each script runs as ``sys.executable tests/phones/pjsua_*.py``, so this folder is
+on ``sys.path`` and the scripts ``import pjcommon``. Importing this module does
+the stdout dance once, before pjsua2 can print anything: pjlib prints some lines
+straight to fd 1 (before any log config applies), so the real stdout is kept for
+the JSON lines (``emit``) and fd 1 points at stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import pjsua2 as pj
+
+# pjlib prints some lines straight to fd 1 (before any log config applies): keep
+# the real stdout for the JSON lines and point fd 1 at stderr.
+REPORT = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+
+STATUS = {pj.PJSUA_CALL_MEDIA_NONE: "none", pj.PJSUA_CALL_MEDIA_ACTIVE: "active",
+          pj.PJSUA_CALL_MEDIA_LOCAL_HOLD: "local_hold",
+          pj.PJSUA_CALL_MEDIA_REMOTE_HOLD: "remote_hold", pj.PJSUA_CALL_MEDIA_ERROR: "error"}
+
+
+def emit(**fields: Any) -> None:
+    REPORT.write(json.dumps(fields) + "\n")
+    REPORT.flush()
+
+
+class Log(pj.LogWriter):  # type: ignore[misc]
+    """pjsip's log, echoed to stderr up to ``echo_level``."""
+
+    def __init__(self, echo_level: int) -> None:
+        super().__init__()
+        self.echo_level = echo_level
+
+    def write(self, entry: Any) -> None:
+        if entry.level <= self.echo_level:
+            msg = str(entry.msg)
+            sys.stderr.write(msg if msg.endswith("\n") else msg + "\n")
+
+
+class RegAccount(pj.Account):  # type: ignore[misc]
+    """An account that registers: notes each registration code and whether the
+    binding is active. ``user``, when given, is reported with each ``reg`` event."""
+
+    def __init__(self, user: str | None = None) -> None:
+        super().__init__()
+        self.user = user
+        self.codes: list[int] = []
+        self.active = False
+
+    def onRegState(self, prm: Any) -> None:
+        info = self.getInfo()
+        self.active = bool(info.regIsActive)
+        self.codes.append(int(prm.code))
+        fields: dict[str, Any] = {"event": "reg"}
+        if self.user is not None:
+            fields["account"] = self.user
+        emit(**fields, code=int(prm.code), reason=str(prm.reason), active=self.active,
+             expiration=int(info.regExpiresSec))
+
+
+class TrackedCall(pj.Call):  # type: ignore[misc]
+    """A call that notes its states as they come; the main loop acts on them (no
+    pjsip calls from the callbacks other than reading the call's own info)."""
+
+    def __init__(self, acc: Any, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(acc, call_id)
+        self.states: list[str] = []
+        self.confirmed = False
+        self.disconnected = False
+        self.last_code = 0
+        self.last_reason = ""
+        self.audio_index = -1
+
+    def track_state(self) -> Any:
+        """In ``onCallState``: note the new state; the call's info."""
+        ci = self.getInfo()
+        self.states.append(str(ci.stateText))
+        self.last_code = int(ci.lastStatusCode)
+        self.last_reason = str(ci.lastReason)
+        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self.confirmed = True
+        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.disconnected = True
+        return ci
+
+
+def set_codecs(ep: Any, wanted: str) -> None:
+    """Offer exactly the codecs named in ``wanted`` ("G722,PCMU"), in that order."""
+    names = [n.strip().casefold() for n in wanted.split(",") if n.strip()]
+    found: set[str] = set()
+    for c in ep.codecEnum2():
+        name = str(c.codecId).split("/", 1)[0].casefold()
+        if name in names:
+            found.add(name)
+            ep.codecSetPriority(str(c.codecId), 200 - names.index(name))
+        else:
+            ep.codecSetPriority(str(c.codecId), 0)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"pjsua2 has no codec {', '.join(missing)}")
+
+
+def enabled_codecs(ep: Any) -> list[str]:
+    """``codecId:priority`` of each codec offered (priority above 0)."""
+    return [f"{c.codecId}:{c.priority}" for c in ep.codecEnum2() if c.priority > 0]
+
+
+def init_endpoint(ep: Any, writer: Log, user_agent: str, *, steady_media: bool = True,
+                  clock_rate: int | None = None) -> None:
+    """``libInit`` for the main thread only (SIP and media polled with
+    ``libHandleEvents``), pjsip's log at level 5 into ``writer``, the null audio
+    device. ``steady_media``: no VAD and no echo canceller (the WAV goes out as it
+    is); ``clock_rate``: the conference bridge's and the sound device's rate.
+    The caller keeps ``writer`` referenced until ``libDestroy``."""
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0
+    cfg.uaConfig.mainThreadOnly = True
+    cfg.uaConfig.userAgent = user_agent
+    cfg.logConfig.level = 5  # level 5 carries the SIP messages
+    cfg.logConfig.consoleLevel = 5
+    cfg.logConfig.msgLogging = True
+    cfg.logConfig.writer = writer
+    cfg.logConfig.decor = 0
+    cfg.medConfig.threadCnt = 0
+    cfg.medConfig.hasIoqueue = False
+    if clock_rate is not None:
+        cfg.medConfig.clockRate = clock_rate  # the bridge and the recordings
+        cfg.medConfig.sndClockRate = clock_rate
+    if steady_media:
+        cfg.medConfig.noVad = True  # send the tone steadily, no silence suppression
+        cfg.medConfig.ecTailLen = 0  # no echo canceller between the WAV and the call
+    ep.libInit(cfg)
+    ep.audDevManager().setNullDev()
+
+
+def udp_transport(ep: Any, port: int = 0) -> tuple[int, int]:
+    """A UDP transport on 127.0.0.1 (``port`` 0: any): its id and its port."""
+    tcfg = pj.TransportConfig()
+    tcfg.boundAddress = "127.0.0.1"
+    tcfg.publicAddress = "127.0.0.1"
+    tcfg.port = port
+    tid = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+    return tid, int(ep.transportGetInfo(tid).localName.rsplit(":", 1)[1])
+
+
+def local_media(acfg: Any) -> None:
+    """The account's RTP on 127.0.0.1."""
+    acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+    acfg.mediaConfig.transportConfig.publicAddress = "127.0.0.1"
+
+
+def registered_config(user: str, password: str, domain: str, registrar: str,
+                      tid: int) -> Any:
+    """An ``AccountConfig`` that registers ``user`` (digest) with ``registrar`` and
+    sends every request (the INVITE too) there as outbound proxy; the engine drops
+    its own Route. RTP on 127.0.0.1."""
+    acfg = pj.AccountConfig()
+    acfg.idUri = f"sip:{user}@{domain}"
+    acfg.regConfig.registrarUri = f"sip:{registrar}"
+    acfg.regConfig.timeoutSec = 300
+    acfg.regConfig.retryIntervalSec = 0
+    acfg.sipConfig.transportId = tid
+    acfg.sipConfig.proxies.append(f"sip:{registrar};lr")
+    acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, password))
+    local_media(acfg)
+    return acfg
+
+
+def codec_of(call: Any) -> str | None:
+    """The codec of the call's audio stream, None without one."""
+    if call.audio_index < 0 or call.disconnected:
+        return None
+    try:
+        si = call.getStreamInfo(call.audio_index)
+    except pj.Error as e:
+        return f"unknown ({e.info()})"
+    return f"{si.codecName}/{si.codecClockRate}"
+
+
+class Pump:
+    """The bounded event pump: one overall deadline, ``service()`` on each poll."""
+
+    def __init__(self, ep: Any, deadline: float) -> None:
+        self.ep = ep
+        self.deadline = deadline
+
+    def service(self) -> None:
+        """Called on each poll, from the main loop (not from a pjsua2 callback)."""
+
+    def pump(self, until: Callable[[], bool], limit: float) -> bool:
+        """Poll pjsip until ``until()`` or ``limit`` seconds (or the deadline) pass."""
+        stop = min(time.monotonic() + limit, self.deadline)
+        while True:
+            self.service()
+            if until():
+                return True
+            if time.monotonic() >= stop:
+                return False
+            self.ep.libHandleEvents(10)
+
+
+class Leg:
+    """One side's call, its player and recorder (optional), kept connected through
+    the conference bridge. ``call`` has ``side``, ``disconnected``, ``audio_index``
+    and ``media_changes`` (bumped on each onCallMediaState)."""
+
+    def __init__(self, call: Any, wav: str, record: str | None) -> None:
+        self.call = call
+        self.wav = wav
+        self.record = record
+        self.player: Any = None
+        self.recorder: Any = None
+        self.seen = -1  # call.media_changes when the bridge was last connected
+
+    def connect(self) -> None:
+        """Player -> call and call -> recorder, again after each media change."""
+        call = self.call
+        if call.disconnected or call.audio_index < 0 or call.media_changes == self.seen:
+            return
+        self.seen = call.media_changes
+        aud = call.getAudioMedia(call.audio_index)
+        if self.player is None:
+            self.player = pj.AudioMediaPlayer()
+            self.player.createPlayer(self.wav, 0)  # looped
+        self.player.startTransmit(aud)
+        if self.record is not None:
+            if self.recorder is None:
+                self.recorder = pj.AudioMediaRecorder()
+                self.recorder.createRecorder(self.record)
+                aud.startTransmit(self.recorder)
+                emit(event="recording", side=call.side, path=self.record, t=time.monotonic())
+            else:
+                aud.startTransmit(self.recorder)
+
+
+def audio_status(ci: Any) -> tuple[int, str] | None:
+    """(index, status) of the call's first audio media (index -1 unless active or
+    on hold), None without audio media."""
+    for i, media in enumerate(ci.media):
+        if media.type == pj.PJMEDIA_TYPE_AUDIO:
+            index = i if media.status in (
+                pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_LOCAL_HOLD,
+                pj.PJSUA_CALL_MEDIA_REMOTE_HOLD) else -1
+            return index, STATUS.get(media.status, str(media.status))
+    return None
+
+
+def report_error(e: BaseException, result: dict[str, Any]) -> None:
+    """The ``error`` event for an exception caught in ``main``. Called inside the
+    ``except`` block, which then drops ``e``: a traceback kept alive into ``finally``
+    holds the Call (as ``self`` of a pjsua2 method), whose destructor would then run
+    after libDestroy and abort on an assertion in pjsua_call_set_user_data."""
+    info = e.info() if isinstance(e, pj.Error) else repr(e)
+    sys.stderr.write(traceback.format_exc())
+    emit(event="error", error=str(info), **result)
