@@ -225,7 +225,12 @@ class Server:
         for send in outcome.sends:
             self._send(send)
         for action in outcome.media:
-            self._media_action(action)
+            try:
+                self._media_action(action)
+            except Exception:  # one call's media must not take the listener down
+                self.engine.metrics.errors.inc()
+                log.exception("media action failed", action=type(action).__name__,
+                              call_id=action.call[0])
         for b in outcome.saved:
             self._writes.put_nowait(("save", b))
         for b in outcome.removed:
