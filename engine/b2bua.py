@@ -455,23 +455,14 @@ class B2BUA:
             headers = [("Contact", f"<sip:{step.number}@{host}>")]
             headers += [("Diversion", v) for v in _diversion(step.diversion, local.domain)]
             return self._final(call, 302, now, headers)
-        if isinstance(step, Voicemail):
+        if isinstance(step, Voicemail | MailboxAccess):  # the engine answers itself
             if not call.invite.body:
+                what = (f"voicemail of {step.box} was chosen; it" if isinstance(step, Voicemail)
+                        else f"mailbox access for {step.box}")
                 return self._final(call, 480, now, [("Warning", warning_value(
-                    f"voicemail of {step.box} was chosen; it needs an SDP offer in the INVITE "
-                    "(late offer is not supported)"))])
+                    f"{what} needs an SDP offer in the INVITE (late offer is not supported)"))])
             call.voicemail = step
             if call.media_open:  # anchored: the endpoint facing the caller is ready
-                return self._answer_voicemail(call, step, call.media_port, now, local)
-            self.media_actions.append(OpenMedia(_call_key(call)))
-            return []
-        if isinstance(step, MailboxAccess):
-            if not call.invite.body:
-                return self._final(call, 480, now, [("Warning", warning_value(
-                    f"mailbox access for {step.box} needs an SDP offer in the INVITE "
-                    "(late offer is not supported)"))])
-            call.voicemail = step
-            if call.media_open:
                 return self._answer_voicemail(call, step, call.media_port, now, local)
             self.media_actions.append(OpenMedia(_call_key(call)))
             return []
@@ -764,9 +755,14 @@ class B2BUA:
         self._disarm(call, "no_answer")
         self._arm(call, "screen", now + REBOUND_SECONDS)
         log.info("rebound screening", call_id=call.id, leg=leg.label)
+        return self._early_media(call, answer, now)
+
+    def _early_media(self, call: Call, sdp_body: bytes, now: float) -> list[Event]:
+        """183 Session Progress with our SDP: the caller hears the engine before any
+        answer (hold music while screening or waiting in a ring group)."""
         call.early_sent = True
         early = make_response(call.invite, 183, None, [
-            ("Server", "Switchboard/0.1"), ("Content-Type", "application/sdp")], answer,
+            ("Server", "Switchboard/0.1"), ("Content-Type", "application/sdp")], sdp_body,
             to_tag=call.tag)
         return self._respond_caller(call, early, now)
 
@@ -884,12 +880,8 @@ class B2BUA:
             return []
         call.music_codec = anchor.caller_media.codec
         self._bridge(call)
-        call.early_sent = True
         assert anchor.caller_sdp is not None
-        early = make_response(call.invite, 183, None, [
-            ("Server", "Switchboard/0.1"), ("Content-Type", "application/sdp")],
-            anchor.caller_sdp.to_bytes(), to_tag=call.tag)
-        return self._respond_caller(call, early, now)
+        return self._early_media(call, anchor.caller_sdp.to_bytes(), now)
 
     def _unanchor(self, call: Call) -> None:
         log.info("media not anchored for this call", call_id=call.id)
@@ -998,9 +990,9 @@ class B2BUA:
         current = anchor.caller_media if from_caller else anchor.callee_media
         dialog = call.caller_dialog if from_caller else (
             call.winner.dialog if call.winner is not None else None)
-        contact = f"<sip:switchboard@{local.host}:{local.port}>"
-        if dialog is not None and dialog.local_contact:
-            contact = dialog.local_contact
+        contact = dialog.local_contact if dialog is not None and dialog.local_contact else \
+            local.contact(call.transport if from_caller or call.winner is None
+                          else call.winner.transport)
         if current is None:
             return self.tx.respond(key, make_response(req, 491), now)
         if not req.body:  # an offer-less re-INVITE: we offer what we have (s14.2)

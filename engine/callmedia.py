@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
-import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -282,7 +281,6 @@ class CallMedia:
         self._spawn(self._finish_recording(bridge, recorder))
 
     async def _finish_recording(self, bridge: Bridge, recorder: CallRecorder) -> None:
-        started = time.monotonic()
         try:
             done = await recorder.wait()
         except Exception:
@@ -292,4 +290,4 @@ class CallMedia:
         with contextlib.suppress(OSError):
             write_listing(done.path, info)
         log.info("recording saved", call_id=bridge.call_id, path=str(done.path),
-                 seconds=round(done.duration, 1), waited=round(time.monotonic() - started, 1))
+                 seconds=round(done.duration, 1))

@@ -23,11 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from media.wav import WavError, validate_greeting, wav_info
-from provisioning.model import Directory, Forwarding, StatusRules, User
+from provisioning.model import STATUSES, Directory, Forwarding, StatusRules, User
 
 __all__ = ["resolve_media_files"]
-
-_STATUSES = ("available", "away", "dnd", "lunch", "business_trip")
 
 
 class _Checker:
@@ -66,7 +64,7 @@ class _Checker:
         voicemail = replace(user.voicemail, greeting=self.path(
             f"{where}.voicemail.greeting", user.voicemail.greeting, greeting=True))
         rules: dict[str, StatusRules] = {}
-        for status in _STATUSES:
+        for status in STATUSES:
             r: StatusRules = getattr(user.forwarding, status)
             rules[status] = replace(r, greeting=self.path(
                 f"{where}.forwarding.{status}.greeting", r.greeting, greeting=True))
