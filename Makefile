@@ -8,9 +8,10 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SIP    ?= 0.0.0.0:5060
 HTTP   ?= 127.0.0.1:8080
 
-.PHONY: run test venv peers lint typecheck unit bench clean
+.PHONY: run test venv peers buildtools lint typecheck unit bench clean
 
-$(BIN)/switchboard: pyproject.toml
+$(BIN)/switchboard: pyproject.toml setup.py engine/message/_speedups.c
+	@$(MAKE) --no-print-directory buildtools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -20,6 +21,19 @@ venv: $(BIN)/switchboard
 
 run: venv
 	$(BIN)/switchboard serve --directory examples/directory.toml --sip $(SIP) --http $(HTTP)
+
+# A C compiler and the Python headers build the parser's C quick paths
+# (engine/message/_speedups.c); without them the install still works, on the
+# pure-Python parser, but CI requires the extension (tests/test_speedups.py).
+buildtools:
+	@missing=""; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	$(PYTHON) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing build tools:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
 
 # Real peers for the tests: SIPp, baresip, Kamailio (the benchmark baseline), and
 # espeak-ng (the prompt generator's test speaks with it; the prompts are committed),
@@ -51,4 +65,4 @@ bench: venv peers
 	$(BIN)/python benchmarks/register_rate.py
 
 clean:
-	rm -rf $(VENV) switchboard-data *.egg-info
+	rm -rf $(VENV) switchboard-data *.egg-info build engine/message/_speedups*.so

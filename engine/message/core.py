@@ -23,6 +23,7 @@ from typing import Any
 
 from engine.message.grammar import (
     _METHODS,
+    SPEEDUPS,
     URI,
     Address,
     CSeq,
@@ -96,7 +97,7 @@ class Message:
     full :attr:`headers` list and the per-name index are built on first use.
     """
 
-    __slots__ = ("_cache", "_cseq", "_first", "_from", "_headers", "_index", "_lines", "_to",
+    __slots__ = ("_cache", "_cseq", "_first", "_from", "_headers", "_index", "_text", "_to",
                  "_top_via", "body")
 
     def __init__(self, headers: list[Header], body: bytes,
@@ -106,9 +107,11 @@ class Message:
         if index is None:
             index = _index_of(headers)
         self._index: dict[str, list[int]] | None = index
-        # key -> value of the first line; raw (unstripped) when _lines is set
+        # key -> value of the first line; raw (unstripped) when _text is set
         self._first = {key: headers[idx[0]][2] for key, idx in index.items()}
-        self._lines: list[str] | None = None
+        # The head (start line and header lines) as parsed, when the header
+        # list is still to be built from it.
+        self._text: str | None = None
         self._cache: dict[str, Any] | None = None
         self._top_via: Via | None = None
         self._from: Address | None = None
@@ -124,10 +127,10 @@ class Message:
         """Every header line as (key, name, value, raw), in message order."""
         headers = self._headers
         if headers is None:
-            assert self._lines is not None
+            assert self._text is not None
             headers = []
             self._index = {}
-            _split_plain(self._lines, headers, self._index)
+            _split_plain(self._text.split("\r\n"), headers, self._index)
             self._headers = headers
         return headers
 
@@ -136,7 +139,7 @@ class Message:
         self._headers = headers
         self._index = _index_of(headers)
         self._first = {key: headers[idx[0]][2] for key, idx in self._index.items()}
-        self._lines = None
+        self._text = None
         self._cache = self._top_via = self._from = self._to = self._cseq = None
 
     def _positions(self) -> dict[str, list[int]]:
@@ -150,7 +153,7 @@ class Message:
 
     def _value(self, key: str) -> str | None:
         value = self._first.get(key)
-        if value is not None and self._lines is not None:
+        if value is not None and self._text is not None:
             return value.strip(" \t")
         return value
 
@@ -201,7 +204,7 @@ class Message:
         value = self._first.get("call-id")
         if value is None:
             raise ParseError("missing Call-ID")
-        return value.strip(" \t") if self._lines is not None else value
+        return value.strip(" \t") if self._text is not None else value
 
     @property
     def cseq(self) -> CSeq:
@@ -210,7 +213,7 @@ class Message:
             value = self._first.get("cseq")
             if value is None:
                 raise ParseError("missing CSeq")
-            if self._lines is not None:
+            if self._text is not None:
                 value = value.strip(" \t")
             c = self._cseq = parse_cseq(value)
         return c
@@ -230,7 +233,7 @@ class Message:
             value = self._first.get("via")
             if value is None:
                 raise ParseError("missing Via")
-            if self._lines is not None:
+            if self._text is not None:
                 value = value.strip(" \t")
             if "," in value:
                 first = split_commas(value)
@@ -247,7 +250,7 @@ class Message:
             value = self._first.get("from")
             if value is None:
                 raise ParseError("missing From")
-            if self._lines is not None:
+            if self._text is not None:
                 value = value.strip(" \t")
             a = self._from = parse_address(value, "From")
         return a
@@ -259,7 +262,7 @@ class Message:
             value = self._first.get("to")
             if value is None:
                 raise ParseError("missing To")
-            if self._lines is not None:
+            if self._text is not None:
                 value = value.strip(" \t")
             a = self._to = parse_address(value, "To")
         return a
@@ -664,31 +667,27 @@ def _line_key(name: str, sep: str, line: str) -> str | None:
 _learn_names()
 
 
-def parse(data: bytes, stream: bool = False) -> Request | Response:
-    """Parse one SIP message.
+Scanned = tuple[str, str, dict[str, str], bytes, bool]
 
-    ``stream=False`` (a datagram): the body is what follows the blank line,
-    cut to Content-Length, which must not exceed it (RFC 3261 s18.3).
-    ``stream=True``: ``data`` is exactly one framed message (see
-    :class:`StreamFramer`). Raises :class:`ParseError`; when the headers were
-    readable, ``error.partial`` is the message so a 4xx can be addressed.
+
+def _scan_py(data: bytes) -> Scanned | None:
+    """The fast scan of :func:`parse`, for CRLF messages none of whose header lines
+    is folded or bad: one partition and one dict look-up per line, keeping the
+    raw value of the first line of each key (stripped when read). Returns
+    (head text, start line, {key: raw value}, body, Content-Length seen twice),
+    or None for a message only :func:`_parse_slow` can split.
+
+    ``_speedups.scan`` does the same in C for the header names already learnt;
+    tests/test_speedups.py holds the two to the same results.
     """
     head, blank, body = data.partition(b"\r\n\r\n")
     if not blank:
-        end = data.find(b"\n\n")
-        if end >= 0:
-            head, body = data[:end], data[end + 2 :]
-        else:
-            head, body = data.rstrip(b"\r\n"), b""
+        return None
     text = head.decode(ENCODING, ERRORS)
     lines = text.split("\r\n")
     start = lines[0]
     if not start or "\n" in start or "\r" in start or len(lines) > MAX_HEADERS + 1:
-        return _parse_slow(text, body, stream)
-    # The fast scan, for CRLF lines none of which is folded or bad: one
-    # partition and one dict look-up per line, keeping the raw value of the
-    # first line of each key (stripped when read). Any other message goes to
-    # _parse_slow, which splits and checks every line as parse always did.
+        return None
     first: dict[str, str] = {}
     key_of = _LINE_KEYS.get
     twice = False
@@ -698,15 +697,36 @@ def parse(data: bytes, stream: bool = False) -> Request | Response:
         if key is None or not colon or "\n" in value:
             key = _line_key(name, colon, line)
             if key is None:
-                return _parse_slow(text, body, stream)
+                return None
         if key not in first:
             first[key] = value
         elif key == "content-length":
             twice = True
+    return text, start, first, body, twice
+
+
+_scan_c = None if SPEEDUPS is None else SPEEDUPS.scan
+
+
+def parse(data: bytes, stream: bool = False) -> Request | Response:
+    """Parse one SIP message.
+
+    ``stream=False`` (a datagram): the body is what follows the blank line,
+    cut to Content-Length, which must not exceed it (RFC 3261 s18.3).
+    ``stream=True``: ``data`` is exactly one framed message (see
+    :class:`StreamFramer`). Raises :class:`ParseError`; when the headers were
+    readable, ``error.partial`` is the message so a 4xx can be addressed.
+    """
+    scanned = None if _scan_c is None else _scan_c(data, _LINE_KEYS, _OTHER_KEYS)
+    if scanned is None:
+        scanned = _scan_py(data)
+        if scanned is None:
+            return _parse_slow(*_split_head(data), stream)
+    text, start, first, body, twice = scanned
     msg: Request | Response
     if start[:4] == "SIP/":
         msg = Response.__new__(Response)
-        msg._lines = lines
+        msg._text = text
         msg._first = first
         msg._headers = msg._index = msg._cache = None
         msg._top_via = msg._from = msg._to = msg._cseq = None
@@ -714,7 +734,7 @@ def parse(data: bytes, stream: bool = False) -> Request | Response:
         _status_line(msg, start)
     else:
         req = msg = Request.__new__(Request)
-        req._lines = lines
+        req._text = text
         req._first = first
         req._headers = req._index = req._cache = None
         req._top_via = req._from = req._to = req._cseq = req._uri = None
@@ -735,6 +755,19 @@ def parse(data: bytes, stream: bool = False) -> Request | Response:
     elif stream and body:
         raise ParseError("missing Content-Length on a stream", 400, msg)
     return msg
+
+
+def _split_head(data: bytes) -> tuple[str, bytes]:
+    """The head of ``data`` as text and its body: the blank line is CRLF CRLF,
+    else LF LF; with neither, all of it is head."""
+    head, blank, body = data.partition(b"\r\n\r\n")
+    if not blank:
+        end = data.find(b"\n\n")
+        if end >= 0:
+            head, body = data[:end], data[end + 2 :]
+        else:
+            head, body = data.rstrip(b"\r\n"), b""
+    return head.decode(ENCODING, ERRORS), body
 
 
 def _status_line(msg: Response, start: str) -> None:

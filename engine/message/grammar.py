@@ -10,7 +10,9 @@ Pure functions over ``str`` (the wire bytes decoded as UTF-8 with
 
 from __future__ import annotations
 
+import os
 import re
+from types import ModuleType
 from typing import NamedTuple
 
 Params = tuple[tuple[str, str | None], ...]
@@ -433,7 +435,7 @@ def parse_address(text: str, what: str = "address") -> Address:
     return _parse_address_general(text, what)
 
 
-def _parse_address_general(text: str, what: str) -> Address:
+def _parse_address_general(text: str, what: str = "address") -> Address:
     m = _ADDR_FAST_RE.fullmatch(text)
     if m is not None:
         quoted, tokens, uri_text, ptext = m.groups()
@@ -586,3 +588,31 @@ def _parse_cseq_general(text: str) -> CSeq:
     if number >= 2**31:
         raise ParseError(f"CSeq {text[:80]!r}: sequence number over 2**31")
     return CSeq(number, m.group(2))
+
+
+# -- the C quick paths ------------------------------------------------------
+# engine/message/_speedups.c takes the common shapes of URI, name-addr and Via
+# (and the framing scan of core.parse) in C and hands everything else to the
+# general Python parsers above, so that results and errors are the same with
+# or without it (tests/test_speedups.py). SWITCHBOARD_NO_EXTENSIONS=1, or a
+# machine that could not build it, runs the pure-Python parser.
+parse_uri_py, parse_address_py, parse_via_py = parse_uri, parse_address, parse_via
+
+
+def _load_speedups() -> ModuleType | None:
+    if os.environ.get("SWITCHBOARD_NO_EXTENSIONS"):
+        return None
+    try:
+        from engine.message import _speedups
+    except ImportError:
+        return None
+    _speedups.setup(URI, Address, Via, _parse_uri_general, _parse_address_general,
+                    _parse_via_general)
+    return _speedups
+
+
+SPEEDUPS = _load_speedups()
+if SPEEDUPS is not None:
+    parse_uri = SPEEDUPS.parse_uri
+    parse_address = SPEEDUPS.parse_address
+    parse_via = SPEEDUPS.parse_via
