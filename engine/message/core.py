@@ -13,6 +13,9 @@ per str method call, 300 per dict look-up, 1,500 per NamedTuple built, and
 2,000 plus 30-100 per character per regex match; hence one partition per
 header line at parse time, and value parsers that do one regex match and
 build their tuples straight from its groups (the quick paths in grammar.py).
+The framing scan and those quick paths also exist in C (_speedups.c, used
+when built), which gives the same results; the Python code stays the
+reference and the whole parser without it.
 """
 
 from __future__ import annotations
