@@ -1351,7 +1351,11 @@ class B2BUA:
         headers = [(h[1], h[2]) for h in resp.headers
                    if h[0] in ("content-type", "supported", "require", "session-expires")]
         if sent.method == "INVITE" and 200 <= resp.status < 300:
-            headers.append(("Contact", f"<sip:switchboard@{local.host}:{local.port}>"))
+            # Our Contact toward the leg the request came from (the opposite of
+            # ``transport``): ;transport=tcp|tls and its port when it is TCP or TLS.
+            back = winner.transport if relay.to_caller and winner is not None \
+                else call.transport
+            headers.append(("Contact", local.contact(back)))
         out = make_response(relay.origin, resp.status, resp.reason, headers, resp.body)
         with contextlib.suppress(ValueError):  # the request's transaction is over
             events += self.tx.respond(relay.origin_key, out, now)
