@@ -455,9 +455,8 @@ class Server:
             if user is None:
                 raise LookupError(f"mailbox {job.box} has no user")
             endpoint.configure(job.negotiated)
-            department = directory.department(user.department)
-            tz = department.timezone if department is not None else "UTC"
-            await serve_mailbox(self.media, endpoint, self.store, user, tz=tz)
+            await serve_mailbox(self.media, endpoint, self.store, user,
+                                tz=directory.timezone_for(user))
         except Exception:
             log.exception("mailbox session failed", call_id=job.call_id, box=job.box)
         finally:
@@ -468,11 +467,13 @@ class Server:
                 gone.close()
 
     def _email_voicemail(self, message: VoicemailMessage) -> None:
-        """Email the message in the background per the mailbox's ``voicemail.email``."""
+        """Email the message in the background per the mailbox's ``voicemail.email``,
+        its times in the owner's time zone (their department's, as the mailbox menu)."""
         directory = self.engine.directory
         user = directory.user(message.box)
         if user is not None and user.voicemail.email != "none":
-            self._spawn(email_voicemail(self.store, directory.system, user, message))
+            self._spawn(email_voicemail(self.store, directory.system, user, message,
+                                        tz=directory.timezone_for(user)))
 
     # -- background work -----------------------------------------------------------
     async def _writer(self) -> None:

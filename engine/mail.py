@@ -28,6 +28,7 @@ from typing import Literal
 import aiosmtplib
 import structlog
 
+from engine.zones import zone
 from provisioning.model import Language, System, User, VoicemailMessage
 from provisioning.store import Store
 
@@ -109,8 +110,17 @@ def _local_time(epoch: float, tz: dt.tzinfo | None) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz)
 
 
+def _zone_label(tz: dt.tzinfo | None, when: dt.datetime, text: dict[str, str]) -> str:
+    """What the time is read in: the zone's IANA name (``Asia/Tokyo``), else its
+    name (``UTC-04:00`` for a fixed offset); ``None``: the server's time."""
+    if tz is None:
+        return text["server_time"]
+    key = getattr(tz, "key", None)  # a ZoneInfo
+    return key if isinstance(key, str) and key else when.tzname() or text["server_time"]
+
+
 def attachment_name(message: VoicemailMessage, tz: dt.tzinfo | None = None) -> str:
-    """``voicemail-104-20260310-140507-+15145550199.wav`` (box, local time, caller)."""
+    """``voicemail-104-20260310-140507-+15145550199.wav`` (box, time in ``tz``, caller)."""
     stamp = _local_time(message.time, tz).strftime("%Y%m%d-%H%M%S")
     caller = re.sub(r"[^0-9A-Za-z+]", "", message.caller)[:32] or "unknown"
     return f"voicemail-{message.box}-{stamp}-{caller}.wav"
@@ -122,8 +132,11 @@ def build_voicemail_email(system: System, user: User, message: VoicemailMessage,
     """The email for ``message`` in ``user``'s mailbox, in the mailbox's language.
 
     ``wav`` (the file's bytes) is attached when the mode is ``attach`` or
-    ``attach_and_delete``; it is required then.  Times are shown in ``tz``,
-    by default the machine's local time zone, as ``YYYY-MM-DD HH:MM:SS+HH:MM``.
+    ``attach_and_delete``; it is required then.  Times (in the body and the
+    attachment's name) are in ``tz``, the mailbox owner's time zone (the engine
+    passes their department's, see :meth:`Directory.timezone_for`); ``None`` is
+    the machine's local time zone.  The body shows ``YYYY-MM-DD HH:MM:SS+HH:MM``
+    and the zone's name.
     """
     mode = user.voicemail.email
     if mode == "none":
@@ -144,7 +157,7 @@ def build_voicemail_email(system: System, user: User, message: VoicemailMessage,
         "",
         f"{text['from']}: {caller}",
         f"{text['received']}: {when.isoformat(sep=' ', timespec='seconds')} "
-        f"({text['server_time']})",
+        f"({_zone_label(tz, when, text)})",
         f"{text['duration']}: {text['seconds'].format(seconds=seconds)}",
         f"{text['extension']}: {user.extension}",
         "",
@@ -177,8 +190,12 @@ def _on_loopback(host: str) -> bool:
 
 async def send_voicemail_email(store: Store, system: System, user: User,
                                message: VoicemailMessage, *,
-                               timeout: float = SMTP_TIMEOUT) -> SendResult:
+                               timeout: float = SMTP_TIMEOUT,
+                               tz: str | dt.tzinfo | None = None) -> SendResult:
     """Email ``message`` per ``user.voicemail.email``; never raises (but cancellation).
+
+    ``tz``: the owner's time zone, an IANA name (their department's
+    ``timezone``) or a tzinfo; ``None``: the machine's local time zone.
 
     ``skipped``: mode ``none``, no user email or no ``[system] smtp``.
     ``sent``: the relay accepted the email (for ``attach_and_delete`` the
@@ -197,7 +214,8 @@ async def send_voicemail_email(store: Store, system: System, user: User,
         wav = None
         if mode in ("attach", "attach_and_delete"):
             wav = await asyncio.to_thread(Path(message.path).read_bytes)
-        email = build_voicemail_email(system, user, message, wav)
+        email = build_voicemail_email(system, user, message, wav,
+                                      tz=None if tz is None else zone(tz))
         await asyncio.wait_for(
             aiosmtplib.send(email, hostname=smtp.host, port=smtp.port, timeout=timeout,
                             start_tls=False if _on_loopback(smtp.host) else None),
@@ -230,6 +248,7 @@ async def send_voicemail_email(store: Store, system: System, user: User,
 
 
 async def email_voicemail(store: Store, system: System, user: User,
-                          message: VoicemailMessage) -> None:
+                          message: VoicemailMessage, *,
+                          tz: str | dt.tzinfo | None = None) -> None:
     """:func:`send_voicemail_email` as a background job (the result is in the log)."""
-    await send_voicemail_email(store, system, user, message)
+    await send_voicemail_email(store, system, user, message, tz=tz)

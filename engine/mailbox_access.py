@@ -54,10 +54,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import structlog
 
+from engine.zones import zone
 from media.codecs import CodecError
 from media.endpoint import MediaEndpoint, MediaError
 from media.prompts import (
@@ -477,16 +477,6 @@ class MailboxSession:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def _zone(tz: str | dt.tzinfo) -> dt.tzinfo:
-    if isinstance(tz, dt.tzinfo):
-        return tz
-    try:
-        return ZoneInfo(tz)
-    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
-        log.warning("unknown time zone; mailbox times read in UTC", tz=tz)
-        return dt.UTC
-
-
 _Queued = tuple[Event | None, int]
 """(event, generation of the Play it belongs to); None: the endpoint closed."""
 
@@ -516,7 +506,7 @@ async def serve_mailbox(
         return
     box = user.extension
     messages = await store.list_voicemail(box)
-    session = MailboxSession.for_user(user, messages, now=now(), tz=_zone(tz))
+    session = MailboxSession.for_user(user, messages, now=now(), tz=zone(tz))
     queue: asyncio.Queue[_Queued] = asyncio.Queue()
     generation = 0
     player: Player | None = None

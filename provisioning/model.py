@@ -482,6 +482,14 @@ class Directory:
         dept = self.department(user.department)
         return dept.break_hours if dept is not None else WeeklyHours()
 
+    def timezone_for(self, user: User) -> str:
+        """The user's time zone (an IANA name): their department's, else ``UTC``.
+
+        Message times are read (mailbox by phone) and written (voicemail email) in it.
+        """
+        dept = self.department(user.department)
+        return dept.timezone if dept is not None else "UTC"
+
     def caller_id_for(self, user: User) -> str:
         """Outbound caller ID: the user's own, else the department's."""
         if user.outbound_caller_id:

@@ -9,12 +9,14 @@ beep, speak a 1 kHz tone, ``#``, answer the engine's BYE.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -28,8 +30,11 @@ from tests.test_mail import Sink
 
 pytestmark = pytest.mark.peers
 
-# test_e2e_voicemail's office, with a relay and 104's email settings.
+# test_e2e_voicemail's office, with a relay, 104's email settings and the Sales
+# department in Tokyo (the engine runs with the machine's zone elsewhere: see run_call).
 DIRECTORY = (VOICEMAIL_DIRECTORY
+             .replace('caller_id = "+15145550100"\n',
+                      'caller_id = "+15145550100"\ntimezone = "Asia/Tokyo"\n')
              .replace('domain = "pbx.test"\n',
                       'domain = "pbx.test"\n'
                       'smtp = {{ host = "127.0.0.1", port = {smtp}, sender = "pbx@pbx.test" }}\n')
@@ -89,8 +94,10 @@ def run_call(tmp_path: Path, smtp_port: int, mode: str, language: str) -> Engine
     return engine
 
 
-def test_attach_emails_the_stored_wav(tmp_path: Path, relay: tuple[int, Sink]) -> None:
+def test_attach_emails_the_stored_wav(tmp_path: Path, relay: tuple[int, Sink],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     port, sink = relay
+    monkeypatch.setenv("TZ", "America/Vancouver")  # the engine machine's local zone
     engine = run_call(tmp_path, port, "attach", "en")
     try:
         msg = wait_for_email(sink)
@@ -101,8 +108,13 @@ def test_attach_emails_the_stored_wav(tmp_path: Path, relay: tuple[int, Sink]) -
         assert body is not None and "Extension: 104" in body.get_content()
         [part] = msg.iter_attachments()
         assert part.get_content_type() == "audio/wav"
-        assert (part.get_filename() or "").startswith("voicemail-104-")
         [message] = list_messages(engine)  # attach keeps the message
+        # Times in 104's department zone (Asia/Tokyo), as the mailbox menu reads them.
+        left = dt.datetime.strptime(str(message["time"]), "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=dt.UTC).astimezone(ZoneInfo("Asia/Tokyo"))
+        assert f"Received: {left.isoformat(sep=' ')} (Asia/Tokyo)" in body.get_content()
+        assert left.utcoffset() == dt.timedelta(hours=9)
+        assert part.get_filename() == f"voicemail-104-{left:%Y%m%d-%H%M%S}-+15145550199.wav"
         stored = Path(str(message["path"])).read_bytes()
         assert part.get_content() == stored
         assert message["caller"] == "+15145550199"

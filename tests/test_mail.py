@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import structlog
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from engine.app import Server, ServerConfig
+from engine.core import Engine
 from engine.mail import (
     attachment_name,
     build_voicemail_email,
@@ -68,7 +71,11 @@ language = "fr"
 email = "attach"
 """
 
-EDT = dt.timezone(dt.timedelta(hours=-4))
+# 104's department in Tokyo (+09:00), far from the machine (see machine_in_vancouver).
+TOKYO = DIRECTORY.replace('caller_id = "+15145550100"\n',
+                          'caller_id = "+15145550100"\ntimezone = "Asia/Tokyo"\n')
+
+EDT = ZoneInfo("America/Toronto")  # -04:00 on LEFT_AT (DST from 2026-03-08)
 LEFT_AT = dt.datetime(2026, 3, 10, 14, 5, 7, tzinfo=EDT).timestamp()
 
 
@@ -123,6 +130,16 @@ def relay() -> Iterator[Relay]:
 @pytest.fixture
 def refusing_relay() -> Iterator[Relay]:
     yield from _relay(refuse=True)
+
+
+@pytest.fixture
+def machine_in_vancouver(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The machine's local time zone is America/Vancouver (-07:00 on LEFT_AT)."""
+    monkeypatch.setenv("TZ", "America/Vancouver")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
 
 
 @pytest.fixture
@@ -184,7 +201,7 @@ def test_french_notify_email_has_the_facts_and_no_attachment() -> None:
     body = msg.get_content()
     assert "Bonjour David Côté," in body
     assert "De: +15145550199" in body
-    assert "Reçu le: 2026-03-10 14:05:07-04:00 (heure du serveur)" in body
+    assert "Reçu le: 2026-03-10 14:05:07-04:00 (America/Toronto)" in body
     assert "Durée: 13 secondes" in body
     assert "Poste: 104" in body
     assert "reste dans votre boîte" not in body and "est dans votre boîte vocale" in body
@@ -208,7 +225,7 @@ def test_english_attach_email_carries_the_exact_wav(tmp_path: Path) -> None:
     text = body.get_content()
     assert "You have a new voicemail in mailbox 104." in text
     assert "From: 102" in text and "Duration: 2 seconds" in text and "Extension: 104" in text
-    assert "Received: 2026-03-10 14:05:07-04:00 (server time)" in text
+    assert "Received: 2026-03-10 14:05:07-04:00 (America/Toronto)" in text
     assert "stays in your mailbox" in text
     [part] = _attachments(msg)
     assert part.get_content_type() == "audio/wav"
@@ -250,7 +267,50 @@ def test_what_is_not_emailed() -> None:
         "voicemail@pbx.test"
 
 
+def test_the_time_is_labelled_with_its_zone(machine_in_vancouver: None) -> None:
+    directory = _directory(25)
+    user = _user(directory, "notify", "en")
+    message = VoicemailMessage(id="m4", box="104", caller="102", time=LEFT_AT, duration=3,
+                               path="/x.wav")
+
+    def received(tz: dt.tzinfo | None) -> str:
+        body = build_voicemail_email(directory.system, user, message, tz=tz).get_content()
+        return next(line for line in body.splitlines() if line.startswith("Received: "))
+
+    assert received(ZoneInfo("Asia/Tokyo")) == \
+        "Received: 2026-03-11 03:05:07+09:00 (Asia/Tokyo)"
+    assert received(dt.timezone(dt.timedelta(hours=-4))) == \
+        "Received: 2026-03-10 14:05:07-04:00 (UTC-04:00)"
+    assert received(None) == "Received: 2026-03-10 11:05:07-07:00 (server time)"
+
+
 # --------------------------------------------------------------------------- real SMTP sessions
+
+
+async def test_the_engine_emails_in_the_owners_department_time_zone(
+        store: Store, tmp_path: Path, relay: Relay, machine_in_vancouver: None) -> None:
+    """The engine's own path after a recording (Server._email_voicemail) writes the
+    time and the attachment's name in the owner's department time zone, the one
+    the mailbox menu reads times in, not the machine's."""
+    directory = parse_directory(tomllib.loads(TOKYO.format(port=relay.port)), "tokyo")
+    user = directory.user("104")
+    assert user is not None and user.voicemail.email == "attach"
+    assert directory.timezone_for(user) == "Asia/Tokyo"
+    assert _directory(relay.port).timezone_for(user) == "UTC"  # a department without one
+    server = Server(Engine(directory, {"127.0.0.1"}, 5060), store,
+                    ServerConfig(data_dir=tmp_path))
+    message = await _left(store, tmp_path)  # 2026-03-10 14:05:07-04:00
+    server._email_voicemail(message)
+    await asyncio.wait_for(asyncio.gather(*server._media_tasks), 15)
+    [msg] = relay.sink.messages()
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "Reçu le: 2026-03-11 03:05:07+09:00 (Asia/Tokyo)" in body.get_content()
+    [part] = _attachments(msg)
+    assert part.get_filename() == "voicemail-104-20260311-030507-+15145550199.wav"
+    assert part.get_content() == Path(message.path).read_bytes()
+
+
 
 
 async def test_notify_through_a_real_smtp_session(store: Store, tmp_path: Path,
