@@ -35,7 +35,7 @@ from engine.b2bua import (
 from engine.callmedia import CallMedia
 from engine.core import Engine, Outcome
 from engine.mail import email_voicemail
-from engine.message import ParseError, StreamFramer
+from engine.message import ParseError, StreamFramer, grammar
 from engine.transaction import Addr, Send
 from media.endpoint import MediaEndpoint, MediaError
 from media.session import Clip, MediaService, Pcm, Recorder
@@ -178,7 +178,8 @@ class Server:
                  http=f"{cfg.http_host}:{cfg.http_port}",
                  domain=self.engine.directory.system.domain,
                  users=len(self.engine.directory.users),
-                 registrations=self.engine.registrar.count())
+                 registrations=self.engine.registrar.count(),
+                 parser="c" if grammar.SPEEDUPS is not None else "python")
 
     async def stop(self) -> None:
         self._apply(self.engine.shutdown(time.monotonic()))  # hang up live calls

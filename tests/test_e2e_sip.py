@@ -44,6 +44,13 @@ def test_options_udp_answered_with_capabilities(engine: EngineProcess) -> None:
     assert via.received == "127.0.0.1" and via.rport not in (None, "")  # RFC 3581
 
 
+def test_serve_logs_which_parser_it_runs(engine: EngineProcess) -> None:
+    # Operators see whether the C quick paths were built (tests/test_speedups.py).
+    serving = [json.loads(line) for line in engine.log().splitlines()
+               if line.startswith("{") and '"serving"' in line]
+    assert len(serving) == 1 and serving[0]["parser"] == "c"
+
+
 def test_options_tcp_and_crlf_keepalive(engine: EngineProcess) -> None:
     with socket.create_connection(engine.sip, timeout=3) as s:
         s.sendall(b"\r\n\r\n")
