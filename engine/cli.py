@@ -337,16 +337,21 @@ async def _voicemail_list(args: argparse.Namespace) -> int:
 
 
 async def _voicemail_delete(args: argparse.Namespace) -> int:
+    from provisioning.mailbox import delete_message
+
     store = _store(args)
     await store.open()
     try:
         await _known_user(store, args.extension)
-        gone = await store.delete_voicemail(args.extension, args.id)
+        done = await delete_message(store, args.extension, args.id)
     finally:
         await store.close()
-    if gone is None:
+    if done.message is None:
         raise LookupError(f"mailbox {args.extension} has no message '{args.id}'")
-    Path(gone.path).unlink(missing_ok=True)
+    if done.file_error is not None:
+        print(f"{args.extension}: deleted {args.id}; its file {done.message.path} remains: "
+              f"{done.file_error}", file=sys.stderr)
+        return 1
     print(f"{args.extension}: deleted {args.id}")
     return 0
 

@@ -29,6 +29,7 @@ import aiosmtplib
 import structlog
 
 from engine.zones import zone
+from provisioning.mailbox import delete_message
 from provisioning.model import Language, System, User, VoicemailMessage
 from provisioning.store import Store
 
@@ -229,21 +230,19 @@ async def send_voicemail_email(store: Store, system: System, user: User,
         log.info("voicemail email sent", box=message.box, id=message.id, mode=mode)
         return "sent"
     try:
-        gone = await store.delete_voicemail(message.box, message.id)
+        done = await delete_message(store, message.box, message.id, message.path)
     except Exception as exc:
         log.warning("voicemail email sent; deleting the message failed, it is kept",
                     box=message.box, id=message.id, mode=mode,
                     error=f"{type(exc).__name__}: {exc}")
         return "sent"
-    try:
-        Path(message.path).unlink(missing_ok=True)
-    except OSError as exc:
+    if done.file_error is not None:
         log.warning("voicemail email sent and the message deleted; its WAV file remains",
                     box=message.box, id=message.id, mode=mode,
-                    error=f"{type(exc).__name__}: {exc}")
+                    error=f"{type(done.file_error).__name__}: {done.file_error}")
         return "sent"
     log.info("voicemail email sent", box=message.box, id=message.id, mode=mode,
-             deleted=gone is not None)
+             deleted=done.message is not None)
     return "sent"
 
 

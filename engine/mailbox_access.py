@@ -45,7 +45,6 @@ The call flow and the keys (``docs/voicemail.md``):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -70,6 +69,7 @@ from media.prompts import (
 )
 from media.session import MediaService, Player
 from media.wav import WavError
+from provisioning.mailbox import delete_message
 from provisioning.model import User, VoicemailMessage
 from provisioning.store import Store
 
@@ -592,14 +592,11 @@ async def _next_event(
 
 async def _delete(store: Store, box: str, action: Delete) -> None:
     try:
-        gone = await store.delete_voicemail(box, action.id)
+        done = await delete_message(store, box, action.id, action.path)
     except Exception:
         log.exception("mailbox: deleting a message failed", box=box, id=action.id)
         return
-    path = Path(gone.path if gone is not None else action.path)
-    with contextlib.suppress(FileNotFoundError):
-        try:
-            await asyncio.to_thread(path.unlink)
-        except OSError as exc:
-            log.error("mailbox: message file not removed", path=str(path), error=str(exc))
+    if done.file_error is not None:
+        log.error("mailbox: message file not removed", box=box, id=action.id,
+                  error=str(done.file_error))
     log.info("mailbox: message deleted", box=box, id=action.id)

@@ -7,21 +7,55 @@ engines in two folders apart.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from provisioning.model import VoicemailMessage
+from provisioning.store import Store
 
-__all__ = ["dumps", "format_messages", "mailbox_dir", "message_json", "remove_mailboxes"]
+__all__ = ["Deleted", "delete_message", "dumps", "format_messages", "mailbox_dir",
+           "message_json", "remove_mailboxes"]
 
 
 def mailbox_dir(data_dir: Path, extension: str) -> Path:
     if not extension.isascii() or not extension.isdigit():
         raise ValueError(f"'{extension}' is not an extension (digits only)")
     return data_dir.resolve() / "voicemail" / extension
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """What :func:`delete_message` did."""
+
+    message: VoicemailMessage | None
+    """The row removed; None when the mailbox had no such message."""
+    file_error: OSError | None = None
+    """Why the WAV file could not be removed (the row is gone all the same)."""
+
+
+async def delete_message(store: Store, box: str, message_id: str,
+                         path: str | None = None) -> Deleted:
+    """Delete a message: its row first, then its WAV file.
+
+    In that order, a failure leaves at worst a file nobody lists, never a listed
+    message without its audio. The file is the row's, else ``path`` (the caller's
+    copy of it, for a row already gone); a missing file is no error. Store
+    errors propagate: the message is then kept whole.
+    """
+    gone = await store.delete_voicemail(box, message_id)
+    target = gone.path if gone is not None else path
+    error: OSError | None = None
+    if target is not None:
+        try:
+            await asyncio.to_thread(Path(target).unlink, missing_ok=True)
+        except OSError as exc:
+            error = exc
+    return Deleted(gone, error)
 
 
 def remove_mailboxes(data_dir: Path, extensions: Iterable[str]) -> list[str]:

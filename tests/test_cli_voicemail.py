@@ -64,3 +64,33 @@ def test_voicemail_list_json_delete_and_removed_user(tmp_path: Path) -> None:
     assert applied.returncode == 0, applied.stderr
     assert "- users 203: removed" in applied.stdout
     assert not wav.exists() and not wav.parent.exists()
+
+
+def test_delete_message_removes_the_row_then_the_file(tmp_path: Path) -> None:
+    from provisioning.mailbox import delete_message
+
+    async def scenario() -> None:
+        kept = await leave_message(tmp_path, "101", "m-1")
+        stuck = await leave_message(tmp_path, "101", "m-2")
+        async with open_store(None, tmp_path) as store:
+            done = await delete_message(store, "101", "m-1")
+            assert done.message is not None and done.message.id == "m-1"
+            assert done.file_error is None and not kept.exists()
+            # No such row: nothing is touched unless the caller names the file.
+            assert await delete_message(store, "101", "m-1") == type(done)(None)
+            orphan = tmp_path / "orphan.wav"
+            orphan.write_bytes(b"x")
+            assert (await delete_message(store, "101", "gone", str(orphan))).message is None
+            assert not orphan.exists()
+            # A file that cannot be removed: the row is gone all the same, and the
+            # caller is told why the file remains.
+            stuck.unlink()
+            stuck.mkdir()
+            (stuck / "inside").write_bytes(b"x")
+            done = await delete_message(store, "101", "m-2")
+            assert done.message is not None and isinstance(done.file_error, OSError)
+            assert await store.list_voicemail("101") == []
+            assert stuck.exists()
+
+    assert cli(tmp_path, "provision", "apply", str(EXAMPLE)).returncode == 0
+    asyncio.run(scenario())
