@@ -302,6 +302,16 @@ fallback(PyObject *general, PyObject *const *args, Py_ssize_t nargs)
     return PyObject_Vectorcall(general, args, nargs, NULL);
 }
 
+/* setup() must have run: the value parsers need the types and the fallbacks. */
+static int
+not_set_up(void)
+{
+    if (via_general != NULL)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "engine.message._speedups: setup() was not called");
+    return 1;
+}
+
 /* The ASCII characters of ``text``, or NULL when it is not an ASCII str. */
 static const Py_UCS1 *
 ascii_data(PyObject *text, Py_ssize_t *n)
@@ -317,6 +327,8 @@ parse_uri(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_ssize_t n, i = 0;
     uri_off u;
+    if (not_set_up())
+        return NULL;
     const Py_UCS1 *s = nargs == 1 ? ascii_data(args[0], &n) : NULL;
     if (s == NULL || !scan_uri(s, n, &i, &u) || i != n)
         return fallback(uri_general, args, nargs);
@@ -329,6 +341,8 @@ parse_address(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n, i = 0, d0 = -1, d1 = -1;
     uri_off u;
     params_off p;
+    if (not_set_up())
+        return NULL;
     const Py_UCS1 *s = (nargs == 1 || nargs == 2) ? ascii_data(args[0], &n) : NULL;
     if (s == NULL || n == 0)
         return fallback(address_general, args, nargs);
@@ -379,6 +393,8 @@ parse_via(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n, i = 8;
     long port;
     params_off p;
+    if (not_set_up())
+        return NULL;
     const Py_UCS1 *s = nargs == 1 ? ascii_data(args[0], &n) : NULL;
     if (s == NULL || n < 8 || memcmp(s, "SIP/2.0/", 8) != 0)
         return fallback(via_general, args, nargs);
