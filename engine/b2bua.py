@@ -72,7 +72,14 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 
 from engine.dialog import Dialog, new_branch, new_call_id, new_tag
-from engine.message import ParseError, Request, Response, make_response, warning_value
+from engine.message import (
+    ParseError,
+    Request,
+    Response,
+    make_response,
+    short_text,
+    warning_value,
+)
 from engine.transaction import Addr, Event, Send, TxKey
 from media import sdp
 from provisioning.model import DEFAULT_CODECS, Directory, Status
@@ -1243,6 +1250,8 @@ class B2BUA:
                 events += self._bye_leg(leg, now, local)
             self._end(call, now)
             return events
+        if req.method == "REFER":
+            return self._refuse_transfer(call, req, key, now)
         if call.voicemail is not None and call.media_port:
             return self._endpoint_request(call, req, key, now, local)
         if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
@@ -1307,12 +1316,25 @@ class B2BUA:
             events += self._bye_caller(call, now, local)
             self._end(call, now)
             return events
+        if req.method == "REFER":
+            return self._refuse_transfer(call, req, key, now)
         if call.caller_dialog is None:
             return self.tx.respond(key, make_response(req, 481), now)
         if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(call, req, key, False, now, local)
         return self._relay_request(call, req, key, call.caller_dialog, call.source,
                                    call.transport, to_caller=True, now=now, local=local)
+
+    def _refuse_transfer(self, call: Call, req: Request, key: TxKey,
+                         now: float) -> list[Event]:
+        """REFER (call transfer, RFC 3515) is not implemented: say so, and the call
+        goes on. Relayed, it reached the other party without its Refer-To (or, with
+        it, would have let a carrier dial what the transferor may not)."""
+        log.info("transfer refused: not supported", call_id=call.id,
+                 refer_to=short_text(req.get("refer-to") or ""))
+        return self.tx.respond(key, make_response(req, 501, None, [
+            ("Warning", warning_value("call transfer (REFER) is not supported; "
+                                      "the call goes on"))]), now)
 
     def _relay_request(self, call: Call, req: Request, key: TxKey, dialog: Dialog, dest: Addr,
                        transport: str, *, to_caller: bool, now: float,

@@ -113,3 +113,31 @@ def test_relayed_reinvite_200_to_the_callee_names_the_callees_transport(
     relayed = ok_of(net.responses(PHONES["102"]))
     assert relayed.body == b"v=0 fine" and relayed.cseq.number == 7
     assert relayed.get("contact") == EXPECTED["udp"]
+
+
+@pytest.mark.parametrize("who", ["caller", "callee"])
+def test_refer_is_refused_and_the_call_goes_on(who: str) -> None:
+    """Call transfer is not implemented: REFER from either party gets 501 with a
+    Warning naming it, nothing reaches the other party, and the call still relays."""
+    net, src, ok, inv = answered("udp")
+    if who == "caller":
+        refer = in_dialog("REFER", ok, src, cseq=3, call_id="call-1", branch="ref1")
+        refer = refer.replace(b"Content-Length", b"Refer-To: <sip:103@pbx.test>\r\n"
+                              b"Content-Length")
+        send(net, refer, src, "udp")
+        [resp] = net.responses(src)
+        assert net.requests(PHONES["102"], "REFER") == []
+    else:
+        req = Request.build("REFER", "sip:switchboard@127.0.0.1:5060", [
+            ("Via", "SIP/2.0/UDP 127.0.0.1:6102;branch=z9hG4bKcalleeref;rport"),
+            ("Max-Forwards", "70"), ("From", (inv.get("to") or "") + ";tag=callee1"),
+            ("To", inv.get("from") or ""), ("Call-ID", inv.call_id), ("CSeq", "7 REFER"),
+            ("Contact", "<sip:102@127.0.0.1:6102>"), ("Refer-To", "<sip:103@pbx.test>")])
+        net.send(req, PHONES["102"])
+        [resp] = net.responses(PHONES["102"])
+        assert net.requests(src, "REFER") == []
+    assert resp.status == 501 and "transfer" in (resp.get("warning") or "")
+    bye = in_dialog("BYE", ok, src, cseq=4, call_id="call-1", branch="bye1")
+    send(net, bye, src, "udp")
+    [bye_out] = net.requests(PHONES["102"], "BYE")  # the call was still up
+    assert bye_out.call_id == inv.call_id
