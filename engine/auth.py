@@ -27,12 +27,13 @@ import heapq
 import hmac
 import math
 import re
-import secrets
 import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
+
+from engine.message import random_bytes
 
 __all__ = [
     "MAX_HEADER_LENGTH",
@@ -392,7 +393,7 @@ class DigestAuthenticator:
         return hmac.new(self._nonce_key, payload, hashlib.sha256).digest()[:_NONCE_MAC_BYTES]
 
     def _make_nonce(self, now: float) -> str:
-        payload = _NONCE_TIME.pack(now) + secrets.token_bytes(_NONCE_RANDOM_BYTES)
+        payload = _NONCE_TIME.pack(now) + random_bytes(_NONCE_RANDOM_BYTES)
         return _b64url(payload + self._mac(payload))
 
     def _open_nonce(self, nonce: str) -> float | None:

@@ -63,7 +63,6 @@ import datetime as dt
 import functools
 import heapq
 import itertools
-import secrets
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -77,6 +76,7 @@ from engine.message import (
     Request,
     Response,
     make_response,
+    random_below,
     short_text,
     warning_value,
 )
@@ -157,7 +157,7 @@ class Anchor:
     """
 
     offer: sdp.SessionDescription  # the caller's latest offer
-    callee_session: int = field(default_factory=lambda: secrets.randbelow(10**9))
+    callee_session: int = field(default_factory=lambda: random_below(10**9))
     callee_version: int = 0
     caller_media: sdp.Negotiated | None = None
     callee_media: sdp.Negotiated | None = None
@@ -206,7 +206,7 @@ class Call:
     waiting: int | None = None  # a Ring step waiting for its media endpoints
     screening: Leg | None = None  # a rebound leg that answered, hearing who calls
     music_codec: str = ""  # the caller hears music while it rings, in this codec
-    sdp_session: int = field(default_factory=lambda: secrets.randbelow(10**9))
+    sdp_session: int = field(default_factory=lambda: random_below(10**9))
     sdp_version: int = 0
 
 

@@ -17,7 +17,8 @@ set (the Record-Route the proxies inserted, s16.6 step 4, s20.30).
   early dialogs of a forked INVITE (s12.1.2, s13.2.2.4, s19.3).
 
 No socket, no clock, no event loop. The only impurity is randomness (branch,
-tags, Call-ID, the initial CSeq of a UAS dialog), from :mod:`secrets`.
+tags, Call-ID, the initial CSeq of a UAS dialog), from the pooled os.urandom of
+:func:`engine.message.random_bytes`.
 
 Matching is exact and case-sensitive for Call-ID and tags (s19.3, s20.8).
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 
@@ -37,6 +37,7 @@ from engine.message import (
     Response,
     parse_address,
     parse_uri,
+    random_below,
     random_hex,
 )
 from engine.message.core import header_key
@@ -338,7 +339,7 @@ class Dialog:
         if target is None:
             raise ValueError("the request has no SIP or SIPS Contact (RFC 3261 s8.1.1.8)")
         if local_cseq is None:
-            local_cseq = secrets.randbelow(INITIAL_CSEQ_RANGE)
+            local_cseq = random_below(INITIAL_CSEQ_RANGE)
         if secure is None:
             secure = request.uri.scheme == "sips" and request.top_via.transport == "TLS"
         return cls(

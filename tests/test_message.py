@@ -396,3 +396,12 @@ def test_a_response_keeps_the_parsed_to_from_and_cseq_of_its_request() -> None:
             again = parse(resp.to_bytes())
             assert resp.to == again.to and resp.to.tag == again.to.tag
             assert resp.from_ == again.from_ and resp.cseq == again.cseq
+
+
+def test_pooled_random_values_are_in_range_and_not_repeated() -> None:
+    from engine.message import random_below, random_bytes
+
+    values = [random_below(10**9) for _ in range(2000)]  # crosses a pool refill
+    assert all(0 <= v < 10**9 for v in values) and len(set(values)) == len(values)
+    chunks = [random_bytes(16) for _ in range(600)]
+    assert len(set(chunks)) == len(chunks) and all(len(c) == 16 for c in chunks)

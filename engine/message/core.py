@@ -499,17 +499,29 @@ _pool = b""
 _pool_pos = 0
 
 
-def random_hex(nbytes: int) -> str:
-    """``nbytes`` cryptographically random bytes (os.urandom) as hex, drawn from a 4 KiB
-    pool: one system call per hundreds of tags, branches and Call-IDs instead of one
-    each (RFC 3261 s19.3: tags cryptographically random; s8.1.1.4 Call-IDs)."""
+def random_bytes(nbytes: int) -> bytes:
+    """``nbytes`` cryptographically random bytes (os.urandom) drawn from a 4 KiB pool:
+    one system call per hundreds of tags, branches, Call-IDs, nonces and SDP session
+    ids instead of one each (RFC 3261 s19.3: tags cryptographically random;
+    s8.1.1.4 Call-IDs). Each byte is handed out once."""
     global _pool, _pool_pos
     if _pool_pos + nbytes > len(_pool):
         _pool = os.urandom(max(_POOL_SIZE, nbytes))
         _pool_pos = 0
     start = _pool_pos
     _pool_pos += nbytes
-    return _pool[start:_pool_pos].hex()
+    return _pool[start:_pool_pos]
+
+
+def random_hex(nbytes: int) -> str:
+    """:func:`random_bytes` as hex."""
+    return random_bytes(nbytes).hex()
+
+
+def random_below(bound: int) -> int:
+    """A random integer in [0, bound) from :func:`random_bytes` (bound < 2**32: the
+    modulo bias of 8 random bytes is below 2**-32)."""
+    return int.from_bytes(random_bytes(8)) % bound
 
 
 def new_tag() -> str:
