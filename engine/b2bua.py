@@ -76,10 +76,12 @@ from engine.message import (
     Request,
     Response,
     make_response,
+    parse_address,
     random_below,
     short_text,
     warning_value,
 )
+from engine.message.core import REASONS
 from engine.transaction import Addr, Event, Send, TxKey
 from media import sdp
 from provisioning.model import DEFAULT_CODECS, Directory, Status
@@ -169,6 +171,24 @@ class Anchor:
 
 
 @dataclass(slots=True, eq=False)
+class Transfer:
+    """A blind transfer in progress (RFC 3515, RFC 5589 s6): the answered callee
+    ``transferor`` sent REFER asking that the caller be connected to ``target``.
+
+    The caller keeps its dialog and its RTP port on the engine and hears hold
+    music; ``target``'s plan runs as a call from the transferor (its rights),
+    offered only the caller's codec, so whoever answers is relayed to the caller
+    without a re-INVITE. NOTIFYs with a message/sipfrag tell the transferor how
+    it went; it may hang up at any time.
+    """
+
+    transferor: Leg
+    target: str
+    codec: str  # the caller's codec: the only one offered to the target
+    local: Local
+
+
+@dataclass(slots=True, eq=False)
 class Call:
     """One call: the caller's leg (we are its UAS) and the legs of the current step."""
 
@@ -208,6 +228,7 @@ class Call:
     music_codec: str = ""  # the caller hears music while it rings, in this codec
     sdp_session: int = field(default_factory=lambda: random_below(10**9))
     sdp_version: int = 0
+    transfer: Transfer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,12 +477,18 @@ class B2BUA:
                 self.media_actions.append(OpenMedia(_call_key(call), bridge=True))
                 return []
             return self._ring(call, step, now, local)
+        if isinstance(step, Deflect) and call.transfer is not None:
+            return self._final(call, 403, now)  # a 302 cannot move an answered call
         if isinstance(step, Deflect):
             trunk = self.trunk_addresses.get(step.trunk)
             host = f"{trunk[0]}:{trunk[1]}" if trunk else local.domain
             headers = [("Contact", f"<sip:{step.number}@{host}>")]
             headers += [("Diversion", v) for v in _diversion(step.diversion, local.domain)]
             return self._final(call, 302, now, headers)
+        if call.transfer is not None and isinstance(step, Voicemail):
+            return self._transfer_to_voicemail(call, step, now, local)
+        if call.transfer is not None and isinstance(step, MailboxAccess):
+            return self._final(call, 403, now)  # nobody's mailbox menu for a transferee
         if isinstance(step, Voicemail | MailboxAccess):  # the engine answers itself
             if not call.invite.body:
                 what = (f"voicemail of {step.box} was chosen; it" if isinstance(step, Voicemail)
@@ -498,7 +525,8 @@ class B2BUA:
 
     def _ring(self, call: Call, step: Ring, now: float, local: Local) -> list[Event]:
         events: list[Event] = []
-        if step.music and call.anchor is not None and call.media_open and not call.music_codec:
+        if step.music and call.anchor is not None and call.media_open and not call.music_codec \
+                and call.transfer is None:
             events += self._music_while_ringing(call, call.anchor, now, local)
         call.legs = []
         wall = self.wall_clock()
@@ -624,8 +652,11 @@ class B2BUA:
             user = self.directory.user(target.extension)
             if user is not None:
                 offer = sdp.with_codec_order(offer, user.codecs)
-        if call.music_codec:  # the caller was answered early in this codec
-            offer = sdp.with_codec_order(offer, [call.music_codec])
+        # The caller was answered early in this codec, or is in a call in it (a
+        # transfer): the callee gets only that codec, relayed without transcoding.
+        codec = call.music_codec or (call.transfer.codec if call.transfer else "")
+        if codec:
+            offer = sdp.with_codec_order(offer, [codec])
         anchor.callee_version += 1
         return sdp.with_origin(offer, anchor.callee_session, anchor.callee_version, local.host)
 
@@ -647,7 +678,10 @@ class B2BUA:
 
     def _final(self, call: Call, status: int, now: float,
                headers: Iterable[tuple[str, str]] = (), reason: str | None = None) -> list[Event]:
-        """A final non-2xx answer to the caller: the call ends."""
+        """A final non-2xx answer to the caller: the call ends. (In a transfer the
+        caller was answered long ago: the transfer failed instead.)"""
+        if call.transfer is not None:
+            return self._transfer_failed(call, status, now)
         resp = make_response(call.invite, status, reason, [("Server", "Switchboard/0.1"),
                                                            *headers], to_tag=call.tag)
         log.info("call ended", call_id=call.id, status=status, answered=False)
@@ -684,6 +718,11 @@ class B2BUA:
                 return []
             leg.state = "ringing"
             if call.state != "routing" or leg not in call.legs:
+                return []
+            if call.transfer is not None:  # the caller hears hold music, not ringing
+                if resp.body and status == 183:
+                    with contextlib.suppress(sdp.SdpError):
+                        leg.early = sdp.parse_sdp(resp.body)
                 return []
             headers = [("Server", "Switchboard/0.1")]
             body = b""
@@ -744,7 +783,8 @@ class B2BUA:
             call.screening = None
             self._disarm(call, "screen")
             events += self._bye_leg(screening, now, local)
-        elif leg.offer is not None and isinstance(leg.target, External) and leg.target.rebound:
+        elif leg.offer is not None and isinstance(leg.target, External) and leg.target.rebound \
+                and call.transfer is None:
             return events + self._screen(call, leg, resp, now, local)
         return events + self._connect(call, leg, resp.body, resp.get("content-type"),
                                       now, local)
@@ -807,6 +847,8 @@ class B2BUA:
     def _connect(self, call: Call, leg: Leg, body: bytes, ctype: str | None, now: float,
                  local: Local) -> list[Event]:
         """``leg`` takes the call: 200 to the caller, the other legs cancelled."""
+        if call.transfer is not None:
+            return self._transfer_connected(call, leg, body, now, local)
         events: list[Event] = []
         call.state = "answered"
         call.winner = leg
@@ -909,7 +951,8 @@ class B2BUA:
         self.media_actions.append(BridgeMedia(
             _call_key(call), call.id, anchor.caller_media, anchor.callee_media,
             music_to_caller=anchor.callee_holds or bool(announce) or (
-                call.state == "routing" and bool(call.music_codec)),
+                call.state == "routing" and bool(call.music_codec)) or (
+                call.transfer is not None and call.transfer.codec.upper() in DECODABLE),
             music_to_callee=anchor.caller_holds, playlist=self._hold_playlist(
                 call, holder_is_caller), record=anchor.record,
             parties=(call.facts.caller, self._callee_name(call)),
@@ -1106,7 +1149,7 @@ class B2BUA:
     def on_cancel(self, invite_key: TxKey, now: float, local: Local) -> list[Event]:
         """The caller cancelled (the layer answered the CANCEL 200): 487 and CANCEL legs."""
         call = self._by_key.get(invite_key)
-        if call is None or call.state != "routing":
+        if call is None or call.state != "routing" or call.transfer is not None:
             return []
         log.info("caller cancelled", call_id=call.id)
         events = self._cancel_legs(call, now, None, local)
@@ -1246,12 +1289,15 @@ class B2BUA:
         if req.method == "BYE":
             events = self.tx.respond(key, make_response(req, 200), now)
             log.info("caller hung up", call_id=call.id)
+            if call.transfer is not None:  # the target's legs ring for nobody now
+                events += self._transfer_abandoned(call, now, local)
             if leg is not None:
                 events += self._bye_leg(leg, now, local)
             self._end(call, now)
             return events
         if req.method == "REFER":
-            return self._refuse_transfer(call, req, key, now)
+            return self._refuse_transfer(call, req, key, now, 501,
+                                         "a transfer by the calling party is not supported")
         if call.voicemail is not None and call.media_port:
             return self._endpoint_request(call, req, key, now, local)
         if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
@@ -1308,6 +1354,14 @@ class B2BUA:
         check = leg.dialog.on_request(req)
         if check is not None:
             return self.tx.respond(key, make_response(req, check), now)
+        if req.method == "BYE" and call.transfer is not None \
+                and call.transfer.transferor is leg:
+            # A blind transfer: the transferor need not wait for the outcome.
+            log.info("transferor hung up", call_id=call.id, leg=leg.label)
+            events = self.tx.respond(key, make_response(req, 200), now)
+            leg.dialog.terminate()
+            self._leave(call, leg)
+            return events
         if req.method == "BYE":
             events = self.tx.respond(key, make_response(req, 200), now)
             log.info("callee hung up", call_id=call.id, leg=leg.label)
@@ -1317,7 +1371,7 @@ class B2BUA:
             self._end(call, now)
             return events
         if req.method == "REFER":
-            return self._refuse_transfer(call, req, key, now)
+            return self._refer(call, leg, req, key, now, local)
         if call.caller_dialog is None:
             return self.tx.respond(key, make_response(req, 481), now)
         if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
@@ -1325,16 +1379,193 @@ class B2BUA:
         return self._relay_request(call, req, key, call.caller_dialog, call.source,
                                    call.transport, to_caller=True, now=now, local=local)
 
-    def _refuse_transfer(self, call: Call, req: Request, key: TxKey,
-                         now: float) -> list[Event]:
-        """REFER (call transfer, RFC 3515) is not implemented: say so, and the call
-        goes on. Relayed, it reached the other party without its Refer-To (or, with
-        it, would have let a carrier dial what the transferor may not)."""
-        log.info("transfer refused: not supported", call_id=call.id,
+    def _refuse_transfer(self, call: Call, req: Request, key: TxKey, now: float,
+                         status: int, why: str) -> list[Event]:
+        """A REFER the engine does not carry out: ``status`` with a Warning saying
+        ``why``, and the call goes on. It is never passed to the other party: a
+        carrier could dial the Refer-To number with rights the transferor lacks."""
+        log.info("transfer refused", call_id=call.id, reason=why,
                  refer_to=short_text(req.get("refer-to") or ""))
-        return self.tx.respond(key, make_response(req, 501, None, [
-            ("Warning", warning_value("call transfer (REFER) is not supported; "
-                                      "the call goes on"))]), now)
+        self._count_transfer("refused")
+        return self.tx.respond(key, make_response(req, status, None, [
+            ("Warning", warning_value(f"{why}; the call goes on"))]), now)
+
+    # ------------------------------------------------------------------ transfer
+    def _refer(self, call: Call, leg: Leg, req: Request, key: TxKey, now: float,
+               local: Local) -> list[Event]:
+        """The answered callee asks, with REFER, that the caller be connected to the
+        Refer-To number (a blind transfer, RFC 3515 and RFC 5589 s6): 202, NOTIFY
+        100, hold music to the caller, and the target's plan (see :class:`Transfer`)."""
+        anchor = call.anchor
+        if call.transfer is not None:
+            return self._refuse_transfer(call, req, key, now, 491, "a transfer is in progress")
+        if anchor is None or not call.media_open or anchor.caller_media is None \
+                or not call.callee_port or self.directory is None:
+            return self._refuse_transfer(call, req, key, now, 501, (
+                "call transfer needs the call's media through the engine (serve --media relay)"))
+        if not isinstance(leg.target, Device):
+            return self._refuse_transfer(call, req, key, now, 403,
+                                         "only a user's phone can transfer a call")
+        try:
+            refer_to = parse_address(req.get("refer-to") or "", "Refer-To").uri
+        except ParseError as exc:
+            return self._refuse_transfer(call, req, key, now, 400, exc.reason)
+        if refer_to.headers:  # Replaces=... (an attended transfer) or other headers
+            return self._refuse_transfer(call, req, key, now, 501,
+                                         "attended transfer (Replaces) is not supported")
+        target = refer_to.user or ""
+        if not target:
+            return self._refuse_transfer(call, req, key, now, 400, "Refer-To names no number")
+        transferor = self.directory.user(leg.target.extension)
+        facts = CallFacts(caller=leg.target.extension, callee=target, source="phone",
+                          at=local_datetime(self.wall_clock()),
+                          caller_name=transferor.name if transferor else "")
+        the_plan = plan(facts, self.directory, self.live_state(self.directory,
+                                                               self.wall_clock()))
+        log.info("transfer", call_id=call.id, transferor=leg.target.extension, target=target,
+                 plan=_PlanText(the_plan))
+        transfer = call.transfer = Transfer(leg, target, anchor.caller_media.codec, local)
+        events = self.tx.respond(key, make_response(req, 202), now)
+        events += self._notify_transferor(transfer, 100, now)
+        call.plan = the_plan
+        call.state = "routing"
+        call.legs = []
+        self._bridge(call)  # hold music to the caller
+        return events + self._run_step(call, 0, now, local)
+
+    def _notify_transferor(self, transfer: Transfer, status: int, now: float) -> list[Event]:
+        """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5)."""
+        leg = transfer.transferor
+        if leg.dialog is None or leg.dialog.terminated:
+            return []
+        local = transfer.local
+        final = status >= 200
+        notify = leg.dialog.new_request(
+            "NOTIFY", via_host=local.host, via_port=local.port_for(leg.transport),
+            transport=leg.transport.upper(), headers=[
+                ("Event", "refer"),
+                ("Subscription-State",
+                 "terminated;reason=noresource" if final else "active;expires=60")],
+            body=f"SIP/2.0 {status} {REASONS.get(status, 'Unknown')}\r\n".encode(),
+            content_type="message/sipfrag;version=2.0")
+        _, events = self.tx.send_request(notify, leg.dest, leg.transport, now)
+        return events
+
+    def _leave(self, call: Call, leg: Leg) -> None:
+        """The transferor's leg is over: it is no longer on the call (busy state)."""
+        leg.state = "done"
+        self._release_leg(leg)
+        self._by_leg_call_id.pop(leg.invite.call_id, None)
+        if isinstance(leg.target, Device) and leg.target.extension in call.members:
+            members = list(call.members)
+            members.remove(leg.target.extension)
+            call.members = tuple(members)
+            n = self.on_call.get(leg.target.extension, 0) - 1
+            if n > 0:
+                self.on_call[leg.target.extension] = n
+            else:
+                self.on_call.pop(leg.target.extension, None)
+
+    def _transferor_out(self, call: Call, transfer: Transfer, status: int,
+                        now: float) -> list[Event]:
+        """The final NOTIFY, then BYE the transferor if it is still on the call."""
+        leg = transfer.transferor
+        events = self._notify_transferor(transfer, status, now)
+        if leg.state != "done":
+            events += self._bye_leg(leg, now, transfer.local)
+            self._leave(call, leg)
+        return events
+
+    def _transfer_connected(self, call: Call, leg: Leg, body: bytes, now: float,
+                            local: Local) -> list[Event]:
+        """The target answered: relay it to the caller (same port, same codec: no
+        re-INVITE), NOTIFY 200 and BYE to the transferor, the other legs cancelled."""
+        transfer, anchor = call.transfer, call.anchor
+        assert transfer is not None and anchor is not None and leg.offer is not None
+        try:
+            theirs = sdp.parse_sdp(body) if body else leg.early
+            if theirs is None:
+                raise sdp.SdpError("the answer has no SDP (and no 183 carried one)")
+            callee = sdp.negotiated(leg.offer, theirs, local="offerer")
+        except sdp.SdpError as exc:
+            log.warning("transfer target's answer unusable", call_id=call.id, leg=leg.label,
+                        error=exc.message)
+            hung_up = self._bye_leg(leg, now, local)
+            leg.status = 488
+            if any(other.state in ("calling", "ringing") for other in call.legs):
+                return hung_up
+            return hung_up + self._outcome(call, "failed", now, local)
+        call.transfer = None
+        call.state = "answered"
+        call.winner = leg
+        self._disarm(call, "no_answer")
+        if isinstance(leg.target, Device):
+            self._join(call, leg.target.extension)
+        anchor.callee_media = callee
+        anchor.callee_sdp = leg.offer
+        anchor.callee_holds = False
+        log.info("transfer connected", call_id=call.id, leg=leg.label)
+        self._count_transfer("connected")
+        events: list[Event] = []
+        for other in call.legs:
+            if other is not leg:
+                events += self._cancel_leg(other, now, COMPLETED_ELSEWHERE)
+        events += self._transferor_out(call, transfer, 200, now)
+        self._bridge(call)
+        return events
+
+    def _transfer_to_voicemail(self, call: Call, step: Voicemail, now: float,
+                               local: Local) -> list[Event]:
+        """The target's plan leaves a message: the caller, already answered, gets
+        the greeting and the beep on its own endpoint; the transferor is done."""
+        transfer, anchor = call.transfer, call.anchor
+        assert transfer is not None and anchor is not None and anchor.caller_media is not None
+        call.transfer = None
+        call.state = "answered"
+        call.voicemail = step
+        owner = self.directory.user(step.box) if self.directory else None
+        max_seconds = owner.voicemail.max_seconds if owner is not None else 180
+        self.media_actions.append(StartVoicemail(
+            _call_key(call), call.id, anchor.caller_media, step.box, step.greeting,
+            max_seconds, call.facts.caller))
+        log.info("transfer to voicemail", call_id=call.id, box=step.box)
+        self._count_transfer("voicemail")
+        return self._transferor_out(call, transfer, 200, now)
+
+    def _transfer_failed(self, call: Call, status: int, now: float) -> list[Event]:
+        """The target's plan ended without an answer: back to the transferor when it
+        is still on the call (its phone shows the failure and can resume), else the
+        call ends."""
+        transfer = call.transfer
+        assert transfer is not None
+        call.transfer = None
+        call.state = "answered"
+        local = transfer.local
+        events = self._cancel_legs(call, now, None, local)
+        events += self._notify_transferor(transfer, status, now)
+        if transfer.transferor.state != "done":
+            log.info("transfer failed; back to the transferor", call_id=call.id,
+                     status=status)
+            self._count_transfer("failed")
+            self._bridge(call)
+            return events
+        log.info("transfer failed; the transferor had hung up, the call ends",
+                 call_id=call.id, status=status)
+        self._count_transfer("dropped")
+        return events + self._hangup(call, now, local, bye_caller=True)
+
+    def _transfer_abandoned(self, call: Call, now: float, local: Local) -> list[Event]:
+        """The caller hung up while its transfer rang: cancel, and tell the transferor."""
+        transfer = call.transfer
+        assert transfer is not None
+        call.transfer = None
+        self._count_transfer("dropped")
+        return self._cancel_legs(call, now, None, local) + self._notify_transferor(
+            transfer, 487, now)
+
+    def _count_transfer(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.transfers.labels(outcome).inc()
 
     def _relay_request(self, call: Call, req: Request, key: TxKey, dialog: Dialog, dest: Addr,
                        transport: str, *, to_caller: bool, now: float,
@@ -1419,6 +1650,9 @@ class B2BUA:
 
     def _teardown(self, call: Call, now: float, local: Local, status: int) -> list[Event]:
         """End a call whatever its state (an internal error, a shutdown)."""
+        if call.transfer is not None:
+            return self._transfer_abandoned(call, now, local) + self._hangup(
+                call, now, local, bye_caller=True)
         if call.state == "routing":
             events = self._cancel_legs(call, now, None, local)
             return events + self._final(call, status, now)

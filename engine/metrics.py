@@ -43,6 +43,10 @@ class Metrics:
             "switchboard_calls_active", "Calls being routed or answered", registry=r)
         self.calls = Counter(
             "switchboard_calls", "Calls by how they ended", ["outcome"], registry=r)
+        self.transfers = Counter(
+            "switchboard_transfers", "Blind transfers (REFER) by outcome: connected, "
+            "voicemail, failed (back to the transferor), dropped (the transferor had left), "
+            "refused", ["outcome"], registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
         self._in: dict[tuple[str, str, str], Counter] = {}

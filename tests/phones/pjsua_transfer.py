@@ -1,0 +1,199 @@
+"""Three pjsua2 phones in one process: 101 calls 102, 102 blind-transfers 101 to 103.
+
+Run in its own process by ``tests/test_phones_transfer.py`` (pjsip's threads,
+sockets and any crash stay out of pytest). SIP on the main thread, events polled
+with ``libHandleEvents``, the null audio device clocking an 8 kHz bridge; every
+wait bounded by one overall deadline; the library always destroyed before exit.
+
+Each account registers with digest on its own UDP transport (so the engine's
+INVITE for 102 or 103 reaches the account it names), the engine as outbound
+proxy. Each phone plays its own WAV into its call, looped, and records what it
+receives. 102 and 103 answer 200 at once. Sequence: 101 calls 102; both talk
+``--talk`` s; 102 sends REFER (``Call.xfer``, a blind transfer to
+``sip:103@DOMAIN``) and, like a desk phone, waits for the final NOTIFY; the
+engine connects 101 with 103 and hangs up 102; 101 and 103 talk ``--after`` s;
+101 hangs up.
+
+Output, one JSON object per line on stdout (``t``: this process's monotonic clock):
+  {"event": "registered", "ok": true, "codes": {...}}
+  {"event": "call", "side": "101"|"102"|"103", "state": "CONFIRMED", "code": 200, "t": ...}
+  {"event": "recording", "side": ..., "path": ..., "t": ...}   the recorder's sample 0
+  {"event": "xfer_status", "code": 100|200|..., "final": bool, "t": ...}   102's NOTIFYs
+  {"event": "talk"|"xfer"|"transferred"|"hangup", "t": ...}   the phases
+  {"event": "result", "calls": {"101": {...}, ...}, "xfer_codes": [...]}
+  {"event": "error", "error": "..."}   a pjsua2 call raised (exit 3)
+  {"event": "done"}
+Exit status: 0 once a call was tried, 2 when a REGISTER failed, 3 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from typing import Any
+
+import pjcommon
+import pjsua2 as pj
+from pjcommon import Leg, Log, Pump, emit, set_codecs
+
+USERS = ("101", "102", "103")
+
+
+class Call(pjcommon.TrackedCall):
+    def __init__(self, acc: Account, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(acc, call_id)
+        self.side = side
+        self.media_changes = 0
+        self.reoffers = 0
+        self.xfer_codes: list[int] = []
+
+    def onCallState(self, prm: Any) -> None:
+        ci = self.track_state()
+        emit(event="call", side=self.side, state=str(ci.stateText), code=self.last_code,
+             t=time.monotonic())
+
+    def onCallMediaState(self, prm: Any) -> None:
+        found = pjcommon.audio_status(self.getInfo())
+        if found is not None:
+            self.audio_index = found[0]
+        self.media_changes += 1
+
+    def onCallRxOffer(self, prm: Any) -> None:
+        self.reoffers += 1
+
+    def onCallTransferStatus(self, prm: Any) -> None:
+        self.xfer_codes.append(int(prm.statusCode))
+        emit(event="xfer_status", code=int(prm.statusCode), final=bool(prm.finalNotify),
+             t=time.monotonic())
+
+
+class Account(pjcommon.RegAccount):
+    def __init__(self, user: str) -> None:
+        super().__init__(user)
+        self.incoming: list[Call] = []  # kept referenced: a collected Call hangs up
+
+    def onIncomingCall(self, prm: Any) -> None:
+        self.incoming.append(Call(self, self.user or "?", prm.callId))
+
+
+class Phones(Pump):
+    def __init__(self, ep: Any, args: argparse.Namespace, deadline: float) -> None:
+        super().__init__(ep, deadline)
+        self.args = args
+        self.accounts: dict[str, Account] = {}
+        self.legs: dict[str, Leg] = {}
+
+    def service(self) -> None:
+        """Each poll: answer what rings at 102 and 103, keep the bridges connected."""
+        for user in ("102", "103"):
+            acc = self.accounts.get(user)
+            if acc is not None and acc.incoming and user not in self.legs:
+                call = acc.incoming[0]
+                self.legs[user] = Leg(call, self.wav(user), self.record(user))
+                prm = pj.CallOpParam()
+                prm.statusCode = 200
+                call.answer(prm)
+        for leg in self.legs.values():
+            leg.connect()
+
+    def wav(self, user: str) -> str:
+        return f"{self.args.folder}/say-{user}.wav"
+
+    def record(self, user: str) -> str:
+        return f"{self.args.folder}/heard-by-{user}.wav"
+
+    def up(self, user: str) -> bool:
+        leg = self.legs.get(user)
+        return leg is not None and leg.call.confirmed and leg.call.audio_index >= 0 \
+            and not leg.call.disconnected
+
+    def release(self) -> None:
+        for leg in self.legs.values():
+            leg.player = leg.recorder = None
+        self.legs.clear()
+        for acc in self.accounts.values():
+            acc.incoming.clear()
+
+
+def run(phones: Phones, result: dict[str, Any]) -> None:
+    args = phones.args
+    caller = Call(phones.accounts["101"], "101")
+    phones.legs["101"] = Leg(caller, phones.wav("101"), phones.record("101"))
+    caller.makeCall(f"sip:102@{args.domain}", pj.CallOpParam(True))
+    phones.pump(lambda: (phones.up("101") and phones.up("102")) or caller.disconnected, 10)
+    if phones.up("101") and phones.up("102"):
+        emit(event="talk", t=time.monotonic())
+        phones.pump(lambda: caller.disconnected, args.talk)
+        emit(event="xfer", t=time.monotonic())
+        transferor = phones.legs["102"].call
+        transferor.xfer(f"sip:103@{args.domain}", pj.CallOpParam(True))
+        phones.pump(lambda: phones.up("103") and transferor.disconnected, 10)
+        if phones.up("103"):
+            emit(event="transferred", t=time.monotonic())
+            phones.pump(lambda: caller.disconnected, args.after)
+    if not caller.disconnected:
+        emit(event="hangup", t=time.monotonic())
+        caller.hangup(pj.CallOpParam(True))
+    phones.pump(lambda: all(leg.call.disconnected for leg in phones.legs.values()), 5)
+    result["calls"] = {
+        user: {"states": leg.call.states, "code": leg.call.last_code,
+               "reoffers": leg.call.reoffers, "confirmed": leg.call.confirmed,
+               "disconnected": leg.call.disconnected}
+        for user, leg in phones.legs.items()}
+    result["xfer_codes"] = phones.legs["102"].call.xfer_codes if "102" in phones.legs else []
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--registrar", required=True, help="HOST:PORT of the engine")
+    ap.add_argument("--domain", required=True)
+    ap.add_argument("--folder", required=True,
+                    help="has say-101.wav, say-102.wav, say-103.wav; gets heard-by-*.wav")
+    ap.add_argument("--talk", type=float, default=2.0, help="101 and 102 talk, seconds")
+    ap.add_argument("--after", type=float, default=2.5, help="101 and 103 talk, seconds")
+    ap.add_argument("--deadline", type=float, default=30.0, help="seconds for everything")
+    ap.add_argument("--log-level", type=int, default=3, help="pjsip log echoed to stderr")
+    args = ap.parse_args()
+
+    writer = Log(args.log_level)
+    ep = pj.Endpoint()
+    ep.libCreate()
+    phones = Phones(ep, args, time.monotonic() + args.deadline)
+    code = 0
+    result: dict[str, Any] = {"calls": {}, "xfer_codes": []}
+    try:
+        pjcommon.init_endpoint(ep, writer, "pjsua2-switchboard-transfer", clock_rate=8000)
+        tids = [pjcommon.udp_transport(ep)[0] for _ in USERS]
+        ep.libStart()
+        set_codecs(ep, "PCMU")
+        for user, tid in zip(USERS, tids, strict=True):
+            acc = Account(user)
+            phones.accounts[user] = acc
+            acc.create(pjcommon.registered_config(user, f"pw{user}", args.domain,
+                                                  args.registrar, tid))
+        accounts = list(phones.accounts.values())
+        phones.pump(lambda: all(a.active or any(c >= 300 for c in a.codes)
+                                for a in accounts), 8)
+        ok = all(a.active for a in accounts)
+        emit(event="registered", ok=ok, codes={a.user: a.codes for a in accounts})
+        if not ok:
+            return 2
+        run(phones, result)
+        emit(event="result", **result)
+    except Exception as e:
+        pjcommon.report_error(e, result)
+        code = 3
+    finally:
+        phones.release()
+        gc.collect()
+        for acc in phones.accounts.values():
+            acc.shutdown()
+        ep.libDestroy()
+        emit(event="done")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

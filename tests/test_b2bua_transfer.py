@@ -1,0 +1,234 @@
+"""Blind transfer (REFER from the answered callee, RFC 3515 / RFC 5589 s6) on an
+anchored call: the caller keeps its dialog and RTP port and hears hold music,
+the target is offered the caller's codec only, NOTIFYs tell the transferor how
+it went. Sans-I/O, fake clock (the harness of test_b2bua / test_b2bua_anchor)."""
+
+from __future__ import annotations
+
+from engine.b2bua import StartVoicemail
+from engine.message import Request, Response
+from engine.transaction import Addr
+from media.sdp import parse_sdp
+from tests.test_b2bua import PHONES, TRUNK, Net, in_dialog, make_net, phone_call, register, reply
+from tests.test_b2bua_anchor import CALLEE_SDP, anchored_net, bridges, opened
+
+RECEPTION = PHONES["101"]  # +15145550100 rings 101
+TARGET_SDP = CALLEE_SDP.replace(b"40000", b"40002").replace(b"phone 7 7", b"target 9 9")
+
+
+def from_phone(inv: Request, method: str, cseq: int, headers: list[tuple[str, str]],
+               phone: Addr, branch: str) -> Request:
+    """A request from the phone that answered ``inv``, inside that dialog."""
+    ok = reply(inv, 200)  # the phone's side of the dialog: its To tag is "callee1"
+    return Request.build(method, inv.contacts[0].uri.__str__() if inv.contacts else
+                         "sip:switchboard@127.0.0.1:5060", [
+        ("Via", f"SIP/2.0/UDP {phone[0]}:{phone[1]};branch=z9hG4bK{branch};rport"),
+        ("Max-Forwards", "70"), ("From", ok.get("to") or ""), ("To", inv.get("from") or ""),
+        ("Call-ID", inv.call_id), ("CSeq", f"{cseq} {method}"),
+        ("Contact", f"<sip:x@{phone[0]}:{phone[1]}>"), *headers])
+
+
+def refer(inv: Request, target: str, *, cseq: int = 2, branch: str = "refer1",
+          phone: Addr = RECEPTION) -> Request:
+    return from_phone(inv, "REFER", cseq, [("Refer-To", f"<sip:{target}@pbx.test>"),
+                                            ("Referred-By", "<sip:101@pbx.test>")],
+                      phone, branch)
+
+
+def answered_trunk_call(net: Net, *extensions: str) -> Request:
+    """The carrier calls +15145550100; 101 answers (PCMA). Returns the INVITE to 101."""
+    register(net, "101", *extensions)
+    net.send(_trunk_invite(), TRUNK)
+    net.take(net.engine.media_ready(opened(net).call, (30000, 30002), net.clock.now))
+    [desk] = net.requests(RECEPTION, "INVITE")
+    net.send(reply(desk, 200, body=CALLEE_SDP, contact="<sip:101@127.0.0.1:6101>"), RECEPTION)
+    assert [r.method for r in net.requests(RECEPTION)] == ["ACK"]
+    [ok] = [r for r in net.responses(TRUNK) if r.status == 200]
+    net.send(in_dialog("ACK", ok, TRUNK, cseq=1, call_id="tcall-1", branch="tack"), TRUNK)
+    net.media.clear()
+    return desk
+
+
+def _trunk_invite() -> bytes:
+    from tests.test_b2bua import invite
+    return invite("+15145550100", "+15145550199", TRUNK, call_id="tcall-1", host="127.0.0.1")
+
+
+def notifies(msgs: list[Request | Response]) -> list[tuple[str, str]]:
+    """(sipfrag status line, Subscription-State) of each NOTIFY in ``msgs``."""
+    return [(m.body.decode().strip(), (m.get("subscription-state") or "").split(";")[0])
+            for m in msgs if isinstance(m, Request) and m.method == "NOTIFY"]
+
+
+def methods(msgs: list[Request | Response]) -> list[str]:
+    return [m.method for m in msgs if isinstance(m, Request)]
+
+
+def test_blind_transfer_connects_the_caller_to_the_target_without_a_reinvite() -> None:
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    net.send(refer(desk, "102"), RECEPTION)
+    to_reception = net.drain(RECEPTION)
+    assert [r.status for r in to_reception if isinstance(r, Response)] == [202]
+    assert notifies(to_reception) == [("SIP/2.0 100 Trying", "active")]
+    [notify] = [m for m in to_reception if isinstance(m, Request)]
+    assert notify.get("event") == "refer" and notify.call_id == desk.call_id
+    assert notify.get("content-type") == "message/sipfrag;version=2.0"
+    [music] = bridges(net)
+    assert music.music_to_caller  # the caller hears hold music while the target rings
+    # The target is offered the engine's callee-side port and only the caller's codec.
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    offer = parse_sdp(inv.body).audio()
+    assert offer is not None and offer.port == 30002
+    assert [f.name for f in offer.formats] == ["PCMA", "telephone-event"]
+    net.send(reply(inv, 180), PHONES["102"])
+    assert net.drain(TRUNK) == []  # no 180 to a caller answered long ago
+    net.media.clear()
+    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:102@127.0.0.1:6102>"),
+             PHONES["102"])
+    assert methods(net.drain(PHONES["102"])) == ["ACK"]
+    to_reception = net.drain(RECEPTION)
+    assert notifies(to_reception) == [("SIP/2.0 200 OK", "terminated")]
+    assert methods(to_reception) == ["NOTIFY", "BYE"]
+    assert net.drain(TRUNK) == []  # the caller is not re-INVITEd: same port, same codec
+    [relay] = bridges(net)
+    assert not relay.music_to_caller and not relay.music_to_callee
+    assert relay.callee_media is not None and relay.callee_media.remote_port == 40002
+    assert relay.caller_media is not None and relay.caller_media.codec == "PCMA"
+    b2bua = net.engine.b2bua
+    assert b2bua.on_call == {"102": 1}  # 101 is free again
+    assert net.engine.metrics.transfers.labels("connected")._value.get() == 1
+    # The caller hangs up: the BYE goes to the target now.
+    net.send(caller_bye(net), TRUNK)
+    assert [r.status for r in net.responses(TRUNK)] == [200]
+    assert methods(net.drain(PHONES["102"])) == ["BYE"]
+    assert b2bua.calls == {} and b2bua.on_call == {}
+
+
+def caller_bye(net: Net) -> Request:
+    """The carrier's BYE in the call's dialog."""
+    [call] = list(net.engine.b2bua.calls.values())
+    return Request.build("BYE", "sip:switchboard@127.0.0.1:5060", [
+        ("Via", f"SIP/2.0/UDP {TRUNK[0]}:{TRUNK[1]};branch=z9hG4bKtbye;rport"),
+        ("Max-Forwards", "70"),
+        ("From", '"Caller +15145550199" <sip:+15145550199@127.0.0.1>;tag=from-tcall-1'),
+        ("To", f"<sip:+15145550100@127.0.0.1>;tag={call.tag}"),
+        ("Call-ID", "tcall-1"), ("CSeq", "2 BYE")])
+
+
+def test_a_failed_transfer_comes_back_to_the_transferor() -> None:
+    """The voicemail number is no place for a transferee (it would open the
+    transferor's mailbox menu): the transfer fails and 101 has its caller back."""
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    net.send(refer(desk, "999"), RECEPTION)
+    to_reception = net.drain(RECEPTION)
+    assert [r.status for r in to_reception if isinstance(r, Response)] == [202]
+    assert notifies(to_reception) == [("SIP/2.0 100 Trying", "active"),
+                                      ("SIP/2.0 403 Forbidden", "terminated")]
+    assert "BYE" not in methods(to_reception) and net.drain(TRUNK) == []
+    back = bridges(net)[-1]  # relayed to 101 again, as before the transfer
+    assert not back.music_to_caller and back.callee_media is not None
+    assert back.callee_media.remote_port == 40000
+    assert net.engine.metrics.transfers.labels("failed")._value.get() == 1
+    # 101 can transfer again.
+    net.send(refer(desk, "102", cseq=3, branch="refer2"), RECEPTION)
+    assert [r.status for r in net.responses(RECEPTION)] == [202]
+    assert len(net.requests(PHONES["102"], "INVITE")) == 1
+
+
+def test_the_transferors_rights_apply_to_the_target() -> None:
+    """103 may not call outside: it cannot send its caller to an external number."""
+    net = anchored_net()
+    register(net, "102", "103")
+    src = phone_call(net, "102", "103")
+    net.take(net.engine.media_ready(opened(net).call, (30000, 30002), net.clock.now))
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    net.send(reply(inv, 200, body=CALLEE_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    net.drain(PHONES["103"])
+    net.drain(src)
+    net.send(refer(inv, "+15145550777", phone=PHONES["103"]), PHONES["103"])
+    to_103 = net.drain(PHONES["103"])
+    assert notifies(to_103)[-1][1] == "terminated"
+    assert not notifies(to_103)[-1][0].startswith("SIP/2.0 2")
+    assert net.inbox.get(TRUNK) is None  # nothing went to the carrier
+
+
+def test_the_transferor_may_hang_up_at_once_and_no_answer_reaches_voicemail() -> None:
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    net.send(refer(desk, "102"), RECEPTION)
+    for notify in [m for m in net.drain(RECEPTION) if isinstance(m, Request)]:
+        net.send(reply(notify, 200), RECEPTION)  # a phone answers the NOTIFY
+    net.send(from_phone(desk, "BYE", 3, [], RECEPTION, "bye101"), RECEPTION)
+    assert [r.status for r in net.responses(RECEPTION)] == [200]
+    assert net.engine.b2bua.on_call == {}  # 101 is free at once
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 180), PHONES["102"])
+    net.tick(10.5)  # 102's no-answer: voicemail
+    assert set(methods(net.drain(PHONES["102"]))) == {"CANCEL"}
+    [start] = [m for m in net.media if isinstance(m, StartVoicemail)]
+    assert start.box == "102" and start.caller == "+15145550199"
+    assert start.negotiated.codec == "PCMA" and start.negotiated.remote_port == 20000  # the caller
+    assert net.drain(TRUNK) == [] and net.drain(RECEPTION) == []
+    assert net.engine.metrics.transfers.labels("voicemail")._value.get() == 1
+
+
+def test_a_transfer_that_fails_after_the_transferor_left_ends_the_call() -> None:
+    """101 sends its caller to an outside number and hangs up; the number is busy
+    and nothing follows in the plan: there is nobody to return to."""
+    net = anchored_net()
+    desk = answered_trunk_call(net)
+    net.send(refer(desk, "+15145550777"), RECEPTION)
+    net.send(from_phone(desk, "BYE", 3, [], RECEPTION, "bye101"), RECEPTION)
+    net.drain(RECEPTION)
+    [out] = net.requests(TRUNK, "INVITE")
+    assert out.uri.user == "+15145550777"
+    assert out.from_.uri.user == "+15145550100"  # the caller ID 101 presents outside
+    net.send(reply(out, 486), TRUNK)
+    assert methods(net.drain(TRUNK)) == ["ACK", "BYE"]  # our ACK of the 486; the caller's BYE
+    assert net.engine.b2bua.calls == {} and net.engine.b2bua.channels.get("carrier", 0) == 0
+    assert net.engine.metrics.transfers.labels("dropped")._value.get() == 1
+
+
+def test_the_caller_hanging_up_during_a_transfer_cancels_the_target() -> None:
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    net.send(refer(desk, "102"), RECEPTION)
+    net.drain(RECEPTION)
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 180), PHONES["102"])
+    net.send(caller_bye(net), TRUNK)
+    assert [r.status for r in net.responses(TRUNK)] == [200]
+    assert methods(net.drain(PHONES["102"])) == ["CANCEL"]
+    to_reception = net.drain(RECEPTION)
+    assert notifies(to_reception) == [("SIP/2.0 487 Request Terminated", "terminated")]
+    assert methods(to_reception) == ["NOTIFY", "BYE"]
+    assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}
+
+
+def test_refused_transfers_name_why_and_the_call_goes_on() -> None:
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    attended = from_phone(desk, "REFER", 2, [(
+        "Refer-To", "<sip:102@pbx.test?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>")],
+        RECEPTION, "att1")
+    net.send(attended, RECEPTION)
+    [resp] = net.responses(RECEPTION)
+    assert resp.status == 501 and "Replaces" in (resp.get("warning") or "")
+    net.send(from_phone(desk, "REFER", 3, [], RECEPTION, "noto"), RECEPTION)
+    assert [r.status for r in net.responses(RECEPTION)] == [400]
+    assert net.requests(PHONES["102"]) == [] and net.drain(TRUNK) == []
+    # Without the media through the engine (serve --media direct) there is no transfer.
+    direct = make_net()
+    register(direct, "101", "102")
+    src = phone_call(direct, "102", "101")
+    [inv] = direct.requests(RECEPTION, "INVITE")
+    direct.send(reply(inv, 200, body=CALLEE_SDP, contact="<sip:101@127.0.0.1:6101>"),
+                RECEPTION)
+    direct.drain(RECEPTION)
+    direct.send(refer(inv, "103"), RECEPTION)
+    [resp] = direct.responses(RECEPTION)
+    assert resp.status == 501 and "--media relay" in (resp.get("warning") or "")
+    assert direct.requests(src) == []

@@ -1,0 +1,117 @@
+"""Blind transfer between real phones: pjsua2 (pjsip 2.15) 101 calls 102, 102
+transfers 101 to 103 with REFER (``Call.xfer``), through ``switchboard serve``.
+
+The phones are ``tests/phones/pjsua_transfer.py`` (one process, three accounts,
+each playing its own tone: 101 700 Hz, 102 1100 Hz, 103 1500 Hz, and recording
+what it hears). Checked: 102's phone sees its transfer succeed (NOTIFY 200) and
+its call ended by the engine; 101's call is never re-offered (same RTP port and
+codec on the engine, so no re-INVITE) and goes on with 103; by the recordings,
+101 hears 102 before the transfer and 103 after, and 103 hears 101; the engine
+counts the transfer in ``switchboard_transfers_total``. A missing pjsua2 fails
+the test (it never skips).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from media.tones import dominant_frequency, tone
+from media.wav import load_wav, write_wav
+from tests.conftest import EngineProcess, free_port
+from tests.e2e_helpers import require_pjsua2, run_to_done, tail
+
+pytestmark = pytest.mark.peers
+
+HELPER = Path(__file__).resolve().parent / "phones" / "pjsua_transfer.py"
+RATE = 8000
+HZ = {"101": 700.0, "102": 1100.0, "103": 1500.0}
+
+DIRECTORY = """
+[system]
+domain = "pbx.test"
+rtp_ports = "{low}-{high}"
+
+[[departments]]
+name = "Sales"
+caller_id = "+15145550100"
+
+[[users]]
+extension = "101"
+name = "Alice Martin"
+password = "pw101"
+department = "Sales"
+
+[[users]]
+extension = "102"
+name = "Bob Tremblay"
+password = "pw102"
+department = "Sales"
+
+[[users]]
+extension = "103"
+name = "Chloe Roy"
+password = "pw103"
+department = "Sales"
+"""
+
+
+def test_pjsua2_blind_transfer_connects_the_caller_to_the_target(tmp_path: Path) -> None:
+    require_pjsua2()
+    low = 40000 + (free_port() % 10000) // 2 * 2
+    (tmp_path / "directory.toml").write_text(DIRECTORY.format(low=low, high=low + 99))
+    for user, hz in HZ.items():  # whole periods in 1 s: looped without a seam
+        write_wav(tmp_path / f"say-{user}.wav", tone(hz, 1000, level=0.4, ramp_ms=0))
+    log = tmp_path / "pjsua.log"
+    engine = EngineProcess(tmp_path, tmp_path / "directory.toml").start()
+    try:
+        cmd = [sys.executable, str(HELPER), "--registrar", engine.target, "--domain",
+               "pbx.test", "--folder", str(tmp_path), "--deadline", "30", "--log-level", "5"]
+        events = run_to_done(cmd, log, engine, 40, "pjsua2 phones", tmp_path / "phones.jsonl")
+
+        def why(*extra: object) -> str:
+            return (f"{extra}\nevents {events}\n--- phone log ---\n{tail(log)}\n"
+                    f"--- engine log ---\n{engine.log()[-5000:]}")
+
+        [registered] = [e for e in events if e["event"] == "registered"]
+        assert registered["ok"], why()
+        [result] = [e for e in events if e["event"] == "result"]
+        calls: dict[str, dict[str, Any]] = result["calls"]
+        assert set(calls) == {"101", "102", "103"}, why()
+        assert all(c["confirmed"] and c["disconnected"] for c in calls.values()), why()
+        assert 200 in result["xfer_codes"], why()  # 102 was told the transfer succeeded
+        assert calls["101"]["reoffers"] == 0, why()  # 101 never re-INVITEd
+        assert calls["101"]["code"] == 200, why()  # and it hung up itself, at the end
+        at = {e["event"]: e["t"] for e in events
+              if e["event"] in {"talk", "xfer", "transferred", "hangup"}}
+        assert {"talk", "xfer", "transferred", "hangup"} <= set(at), why()
+        start = {e["side"]: e["t"] for e in events if e["event"] == "recording"}
+
+        def heard(user: str, begin: float, end: float) -> float:
+            pcm = load_wav(tmp_path / f"heard-by-{user}.wav").pcm16
+            a = round((begin - start[user]) * RATE)
+            b = round((end - start[user]) * RATE)
+            assert 0 <= a < b <= len(pcm) // 2, why(user, begin, end, a, b, len(pcm))
+            return round(dominant_frequency(pcm[2 * a: 2 * b], RATE), 1)
+
+        before = heard("101", at["talk"] + 0.4, at["xfer"] - 0.1)
+        after = heard("101", at["transferred"] + 0.5, at["hangup"] - 0.1)
+        target = heard("103", at["transferred"] + 0.5, at["hangup"] - 0.1)
+        assert abs(before - HZ["102"]) < 15, why("101 before", before)
+        assert abs(after - HZ["103"]) < 15, why("101 after", after)
+        assert abs(target - HZ["101"]) < 15, why("103", target)
+
+        assert "transfer connected" in engine.log(), why()
+        with urllib.request.urlopen(f"http://127.0.0.1:{engine.http_port}/metrics",
+                                    timeout=5) as resp:
+            metrics = resp.read().decode()
+        found = re.search(r'^switchboard_transfers_total\{outcome="connected"\} (\S+)$',
+                          metrics, re.M)
+        assert found and float(found.group(1)) == 1.0, why(metrics[-2000:])
+    finally:
+        engine.stop()
