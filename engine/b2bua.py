@@ -1430,6 +1430,10 @@ class B2BUA:
         call.plan = the_plan
         call.state = "routing"
         call.legs = []
+        # Whoever rang earlier in this call may be the target now; the transferring
+        # user's own phones are not rung.
+        call.rung = {b.contact for b in self.registrar.lookup(leg.target.extension,
+                                                               self.wall_clock())}
         self._bridge(call)  # hold music to the caller
         return events + self._run_step(call, 0, now, local)
 

@@ -232,3 +232,24 @@ def test_refused_transfers_name_why_and_the_call_goes_on() -> None:
     [resp] = direct.responses(RECEPTION)
     assert resp.status == 501 and "--media relay" in (resp.get("warning") or "")
     assert direct.requests(src) == []
+
+
+def test_a_phone_rung_earlier_in_the_call_can_be_the_target() -> None:
+    """101 did not answer, its no-answer rule rang 103, 103 answered and sends
+    the caller back to 101: 101 rings again (not skipped as already rung)."""
+    net = anchored_net()
+    register(net, "101", "103")
+    net.send(_trunk_invite(), TRUNK)
+    net.take(net.engine.media_ready(opened(net).call, (30000, 30002), net.clock.now))
+    [first] = net.requests(RECEPTION, "INVITE")
+    net.send(reply(first, 180), RECEPTION)
+    net.tick(10.5)  # 101's no-answer rule: 103
+    desk = net.requests(PHONES["103"], "INVITE")[0]  # (and its retransmissions)
+    net.send(reply(desk, 200, body=CALLEE_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    net.drain(RECEPTION)
+    net.drain(PHONES["103"])
+    net.send(refer(desk, "101", phone=PHONES["103"]), PHONES["103"])
+    assert [r.status for r in net.responses(PHONES["103"])] == [202]
+    [again] = net.requests(RECEPTION, "INVITE")
+    assert again.call_id != first.call_id
