@@ -886,16 +886,12 @@ class B2BUA:
         """A callee's answer (183 or 2xx) on an anchored call -> our answer to the
         caller, with the codec the callee chose; None when it cannot be used."""
         anchor = call.anchor
-        assert anchor is not None and leg.offer is not None
-        try:
-            theirs = sdp.parse_sdp(body) if body else leg.early
-            if theirs is None:
-                raise sdp.SdpError("the answer has no SDP (and no 183 carried one)")
-            callee = sdp.negotiated(leg.offer, theirs, local="offerer")
-        except sdp.SdpError as exc:
-            log.warning("callee answer unusable for media anchoring", call_id=call.id,
-                        leg=leg.label, error=exc.message)
+        assert anchor is not None
+        answered = self._callee_answer(call, leg, body,
+                                       "callee answer unusable for media anchoring")
+        if answered is None:
             return None
+        theirs, callee = answered
         leg.early = theirs
         call.sdp_version += 1
         ours = sdp.answer(anchor.offer, [callee.codec], address=local.host,
@@ -913,6 +909,21 @@ class B2BUA:
             anchor.record = self._record_reason(call, leg)
         self._bridge(call)
         return ours.to_bytes()
+
+    def _callee_answer(self, call: Call, leg: Leg, body: bytes, what: str,
+                       ) -> tuple[sdp.SessionDescription, sdp.Negotiated] | None:
+        """The callee's SDP answer to our offer on ``leg`` (in ``body``, else the one
+        its 183 carried) and what it negotiates; None, logged as ``what``, when
+        there is none or it cannot be used."""
+        assert leg.offer is not None
+        try:
+            theirs = sdp.parse_sdp(body) if body else leg.early
+            if theirs is None:
+                raise sdp.SdpError("the answer has no SDP (and no 183 carried one)")
+            return theirs, sdp.negotiated(leg.offer, theirs, local="offerer")
+        except sdp.SdpError as exc:
+            log.warning(what, call_id=call.id, leg=leg.label, error=exc.message)
+            return None
 
     def _music_while_ringing(self, call: Call, anchor: Anchor, now: float,
                              local: Local) -> list[Event]:
@@ -1485,20 +1496,15 @@ class B2BUA:
         """The target answered: relay it to the caller (same port, same codec: no
         re-INVITE), NOTIFY 200 and BYE to the transferor, the other legs cancelled."""
         transfer, anchor = call.transfer, call.anchor
-        assert transfer is not None and anchor is not None and leg.offer is not None
-        try:
-            theirs = sdp.parse_sdp(body) if body else leg.early
-            if theirs is None:
-                raise sdp.SdpError("the answer has no SDP (and no 183 carried one)")
-            callee = sdp.negotiated(leg.offer, theirs, local="offerer")
-        except sdp.SdpError as exc:
-            log.warning("transfer target's answer unusable", call_id=call.id, leg=leg.label,
-                        error=exc.message)
+        assert transfer is not None and anchor is not None
+        answered = self._callee_answer(call, leg, body, "transfer target's answer unusable")
+        if answered is None:
             hung_up = self._bye_leg(leg, now, local)
             leg.status = 488
             if any(other.state in ("calling", "ringing") for other in call.legs):
                 return hung_up
             return hung_up + self._outcome(call, "failed", now, local)
+        _, callee = answered
         call.transfer = None
         call.state = "answered"
         call.winner = leg
