@@ -186,6 +186,11 @@ class Transfer:
     target: str
     codec: str  # the caller's codec: the only one offered to the target
     local: Local
+    # An attended transfer (Refer-To with Replaces, RFC 3891): the transferor's
+    # consultation call, whose callee leg is moved to this call by a re-INVITE.
+    consultation: Call | None = None
+    reinvite: sdp.SessionDescription | None = None  # our offer in that re-INVITE
+    ack: bytes = b""  # our ACK of its 2xx, sent again for a retransmitted 2xx
 
 
 @dataclass(slots=True, eq=False)
@@ -363,6 +368,8 @@ class B2BUA:
         self.statuses: dict[str, Status] = {}
         self.completed = 0
         self._relays: dict[TxKey, Relay] = {}
+        # Re-INVITEs moving a consultation call's callee to the transferee's call.
+        self._moves: dict[TxKey, tuple[Call, Transfer]] = {}
         self.media_actions: list[MediaAction] = []
         self.directory: Directory | None = None
         # Trunks by name: (host, port, transport) and channel limits (None: no limit).
@@ -702,6 +709,10 @@ class B2BUA:
         if leg is not None:
             return self._guard(leg.call, now, local,
                                lambda: self._leg_response(leg, resp, now, local))
+        moving = self._moves.get(key)
+        if moving is not None:
+            return self._guard(moving[0], now, local,
+                               lambda: self._moved(*moving, resp, now, local))
         relay = self._relays.get(key)
         if relay is not None:
             if resp.status >= 200:
@@ -1421,9 +1432,8 @@ class B2BUA:
             refer_to = parse_address(req.get("refer-to") or "", "Refer-To").uri
         except ParseError as exc:
             return self._refuse_transfer(call, req, key, now, 400, exc.reason)
-        if refer_to.headers:  # Replaces=... (an attended transfer) or other headers
-            return self._refuse_transfer(call, req, key, now, 501,
-                                         "attended transfer (Replaces) is not supported")
+        if refer_to.headers:  # Replaces=... (an attended transfer)
+            return self._attended(call, leg, req, key, refer_to.headers, now, local)
         target = refer_to.user or ""
         if not target:
             return self._refuse_transfer(call, req, key, now, 400, "Refer-To names no number")
@@ -1573,6 +1583,120 @@ class B2BUA:
         return self._cancel_legs(call, now, None, local) + self._notify_transferor(
             transfer, 487, now)
 
+    def _attended(self, call: Call, leg: Leg, req: Request, key: TxKey, headers: str,
+                  now: float, local: Local) -> list[Event]:
+        """An attended transfer: the transferor consulted the target in a call of its
+        own and now asks that the caller replace itself there (Refer-To with
+        Replaces naming that call, RFC 5589 s7). The target's leg is re-INVITEd to
+        this call's port with the caller's codec; its answer joins the two."""
+        anchor = call.anchor
+        assert anchor is not None and anchor.caller_media is not None
+        assert isinstance(leg.target, Device)
+        replaces = _replaces(headers)
+        if replaces is None:
+            return self._refuse_transfer(call, req, key, now, 400,
+                                         "Refer-To carries headers other than one Replaces")
+        call_id, to_tag, from_tag = replaces
+        other = self._by_tag.get((call_id, to_tag)) or self._by_tag.get((call_id, from_tag))
+        target = other.winner if other is not None else None
+        if other is None or other is call or target is None or target.dialog is None:
+            return self._refuse_transfer(call, req, key, now, 481,
+                                         "Replaces names no call of the transferor's")
+        theirs = other.anchor
+        if other.state != "answered" or other.transfer is not None \
+                or other.facts.source != "phone" or other.facts.caller != leg.target.extension \
+                or theirs is None or not other.media_open or target.offer is None:
+            return self._refuse_transfer(call, req, key, now, 403, (
+                "Replaces must name an answered call the transferring user made, with "
+                "its media through the engine"))
+        transfer = call.transfer = Transfer(leg, target.label, anchor.caller_media.codec,
+                                            local, consultation=other)
+        # Our new offer to the target: this call's callee-side port, the caller's
+        # codec only, in the session the target knows (RFC 3264 s8: same o=, the
+        # version one up).
+        offer = self._callee_offer(call, target.target, local)
+        assert offer is not None
+        theirs.callee_version += 1
+        offer = sdp.with_origin(offer, theirs.callee_session, theirs.callee_version, local.host)
+        transfer.reinvite = offer
+        reinvite = target.dialog.new_request(
+            "INVITE", via_host=local.host, via_port=local.port_for(target.transport),
+            transport=target.transport.upper(), body=offer.to_bytes(),
+            content_type="application/sdp")
+        move_key, events = self.tx.send_request(reinvite, target.dest, target.transport, now)
+        self._moves[move_key] = (call, transfer)
+        log.info("attended transfer", call_id=call.id, transferor=leg.target.extension,
+                 target=target.label, consultation=other.id)
+        events = self.tx.respond(key, make_response(req, 202), now) + events
+        events += self._notify_transferor(transfer, 100, now)
+        self._bridge(call)  # hold music to the caller while the target moves
+        return events
+
+    def _moved(self, call: Call, transfer: Transfer, resp: Response, now: float,
+               local: Local) -> list[Event]:
+        """The target's answer to the re-INVITE of an attended transfer."""
+        other = transfer.consultation
+        assert other is not None
+        if resp.status < 200:
+            return []
+        if transfer.ack:  # a retransmitted 2xx: the same ACK again (s13.2.2.4)
+            leg = call.winner
+            return [] if leg is None else [Send(transfer.ack, leg.dest, leg.transport)]
+        target = other.winner
+        if call.transfer is not transfer:
+            # The caller hung up while the target was being moved to it: the target
+            # now sends its audio to a closed port, so the consultation call ends too.
+            if resp.status < 300 and target is not None and target.dialog is not None:
+                target.dialog.on_response("INVITE", resp)
+                ack = target.dialog.ack(target.dialog.local_cseq, via_host=local.host,
+                                        via_port=local.port_for(target.transport),
+                                        transport=target.transport.upper())
+                transfer.ack = ack.to_bytes()
+                log.info("attended transfer: the caller left; the consultation call ends",
+                         call_id=other.id)
+                return [Send(transfer.ack, target.dest, target.transport), *self._hangup(
+                    other, now, local, bye_caller=True)]
+            return []
+        if resp.status >= 300 or target is None or target.dialog is None \
+                or target.state == "done":
+            log.info("attended transfer refused by the target", call_id=call.id,
+                     status=resp.status)
+            return self._transfer_failed(call, resp.status if resp.status >= 300 else 480, now)
+        target.dialog.on_response("INVITE", resp)
+        ack = target.dialog.ack(target.dialog.local_cseq, via_host=local.host,
+                                via_port=local.port_for(target.transport),
+                                transport=target.transport.upper())
+        transfer.ack = ack.to_bytes()
+        events: list[Event] = [Send(transfer.ack, target.dest, target.transport)]
+        anchor = call.anchor
+        assert anchor is not None and transfer.reinvite is not None
+        try:
+            media = sdp.negotiated(transfer.reinvite, sdp.parse_sdp(resp.body),
+                                   local="offerer")
+        except sdp.SdpError as exc:
+            log.warning("attended transfer: the target's answer is unusable", call_id=call.id,
+                        error=exc.message)
+            return events + self._transfer_failed(call, 488, now)
+        # The target's leg leaves the consultation call for this one.
+        other.winner = None
+        other.legs = [x for x in other.legs if x is not target]
+        if isinstance(target.target, Device):
+            self._join(call, target.target.extension)
+        target.call = call
+        call.transfer = None
+        call.winner = target
+        call.legs = [target]
+        anchor.callee_media = media
+        anchor.callee_sdp = transfer.reinvite
+        anchor.callee_holds = False
+        log.info("transfer connected", call_id=call.id, leg=target.label, attended=True)
+        self._count_transfer("connected")
+        events += self._transferor_out(call, transfer, 200, now)
+        events += self._bye_caller(other, now, local)  # the transferor's consultation call
+        self._end(other, now)
+        self._bridge(call)
+        return events
+
     def _count_transfer(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.transfers.labels(outcome).inc()
@@ -1716,8 +1840,13 @@ class B2BUA:
         if leg is not None and leg is not leg.call.winner:
             self._by_leg_call_id.pop(leg.invite.call_id, None)
         self._relays.pop(key, None)
+        self._moves.pop(key, None)
 
     def on_timed_out(self, key: TxKey, now: float, local: Local) -> list[Event]:
+        moving = self._moves.get(key)
+        if moving is not None and moving[0].transfer is moving[1]:
+            return self._guard(moving[0], now, local, lambda: self._transfer_failed(
+                moving[0], 408, now))
         leg = self._legs.get(key)
         if leg is None:
             return []
@@ -1787,6 +1916,23 @@ def _history_info(chain: tuple[Diversion, ...], target: str, domain: str) -> lis
     last_cause = _HI_CAUSE.get(chain[-1].reason, 480)
     out.append(f"<{target};cause={last_cause}>;index={index};mp={index.rsplit('.', 1)[0]}")
     return out
+
+
+def _replaces(headers: str) -> tuple[str, str, str] | None:
+    """(Call-ID, to-tag, from-tag) of the one ``Replaces`` header (RFC 3891) in the
+    headers part of a Refer-To URI (``Replaces=id%3Bto-tag%3Da%3Bfrom-tag%3Db``)."""
+    fields = urllib.parse.parse_qsl(headers, keep_blank_values=True)
+    if len(fields) != 1 or fields[0][0].lower() != "replaces":
+        return None
+    call_id, _, rest = fields[0][1].partition(";")
+    tags: dict[str, str] = {}
+    for part in rest.split(";"):
+        name, _, value = part.strip().partition("=")
+        tags[name.strip().lower()] = value.strip()
+    to_tag, from_tag = tags.get("to-tag"), tags.get("from-tag")
+    if not call_id.strip() or not to_tag or not from_tag:
+        return None
+    return call_id.strip(), to_tag, from_tag
 
 
 def _build_cancel(invite: Request, reason: str | None) -> Request:

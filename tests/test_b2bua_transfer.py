@@ -211,12 +211,6 @@ def test_the_caller_hanging_up_during_a_transfer_cancels_the_target() -> None:
 def test_refused_transfers_name_why_and_the_call_goes_on() -> None:
     net = anchored_net()
     desk = answered_trunk_call(net, "102")
-    attended = from_phone(desk, "REFER", 2, [(
-        "Refer-To", "<sip:102@pbx.test?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>")],
-        RECEPTION, "att1")
-    net.send(attended, RECEPTION)
-    [resp] = net.responses(RECEPTION)
-    assert resp.status == 501 and "Replaces" in (resp.get("warning") or "")
     net.send(from_phone(desk, "REFER", 3, [], RECEPTION, "noto"), RECEPTION)
     assert [r.status for r in net.responses(RECEPTION)] == [400]
     assert net.requests(PHONES["102"]) == [] and net.drain(TRUNK) == []
@@ -253,3 +247,97 @@ def test_a_phone_rung_earlier_in_the_call_can_be_the_target() -> None:
     assert [r.status for r in net.responses(PHONES["103"])] == [202]
     [again] = net.requests(RECEPTION, "INVITE")
     assert again.call_id != first.call_id
+
+
+def consultation(net: Net) -> tuple[Request, Response]:
+    """101, with the carrier's caller (call tcall-1) answered, calls 102 itself
+    (call-y, anchored on ports 30004/30006); 102 answers. Returns the engine's
+    INVITE to 102 and its 200 to 101."""
+    from engine.b2bua import OpenMedia
+    net.media.clear()
+    phone_call(net, "101", "102", call_id="call-y")
+    [action] = [m for m in net.media if isinstance(m, OpenMedia)]
+    net.take(net.engine.media_ready(action.call, (30004, 30006), net.clock.now))
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:102@127.0.0.1:6102>"),
+             PHONES["102"])
+    net.drain(PHONES["102"])
+    [ok] = [r for r in net.responses(RECEPTION) if r.status == 200]
+    net.send(in_dialog("ACK", ok, RECEPTION, cseq=2, call_id="call-y", branch="acky"),
+             RECEPTION)
+    net.media.clear()
+    return inv, ok
+
+
+def test_attended_transfer_moves_the_consulted_target_to_the_caller() -> None:
+    from engine.b2bua import StopMedia
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    to_102, ok_y = consultation(net)
+    to_tag = ok_y.to.tag
+    replaces = f"call-y%3Bto-tag%3D{to_tag}%3Bfrom-tag%3Dfrom-call-y"
+    net.send(from_phone(desk, "REFER", 2, [
+        ("Refer-To", f"<sip:102@pbx.test?Replaces={replaces}>")], RECEPTION, "att"), RECEPTION)
+    to_reception = net.drain(RECEPTION)
+    assert [r.status for r in to_reception if isinstance(r, Response)] == [202]
+    assert notifies(to_reception) == [("SIP/2.0 100 Trying", "active")]
+    # 102 is re-INVITEd in its own dialog, to the caller's call: its callee port, its codec.
+    [move] = net.requests(PHONES["102"], "INVITE")
+    assert move.call_id == to_102.call_id and move.cseq.number == to_102.cseq.number + 1
+    offer = parse_sdp(move.body)
+    audio = offer.audio()
+    assert audio is not None and audio.port == 30002
+    assert [f.name for f in audio.formats] == ["PCMA", "telephone-event"]
+    first = parse_sdp(to_102.body).origin
+    assert offer.origin.session_id == first.session_id
+    assert offer.origin.session_version == first.session_version + 1
+    answer = TARGET_SDP.replace(b"40002", b"40004")
+    net.send(reply(move, 200, body=answer, contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    [ack] = net.requests(PHONES["102"])
+    assert ack.method == "ACK" and ack.call_id == to_102.call_id
+    to_reception = net.drain(RECEPTION)
+    assert notifies(to_reception) == [("SIP/2.0 200 OK", "terminated")]
+    byes = [m for m in to_reception if isinstance(m, Request) and m.method == "BYE"]
+    assert sorted(b.call_id for b in byes) == sorted([desk.call_id, "call-y"])
+    assert any(isinstance(m, StopMedia) for m in net.media)  # the consultation's ports
+    relay = bridges(net)[-1]
+    assert relay.callee_media is not None and relay.callee_media.remote_port == 40004
+    assert not relay.music_to_caller
+    b2bua = net.engine.b2bua
+    assert [c.id for c in b2bua.calls.values()] == ["tcall-1"]
+    assert b2bua.on_call == {"102": 1}
+    assert net.drain(TRUNK) == []  # the caller saw nothing but hold music
+    # The caller hangs up: the BYE reaches 102 in its dialog.
+    net.send(caller_bye(net), TRUNK)
+    [bye] = net.requests(PHONES["102"], "BYE")
+    assert bye.call_id == to_102.call_id
+    assert b2bua.calls == {} and b2bua.on_call == {}
+
+
+def test_attended_transfer_refused_by_the_target_comes_back() -> None:
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    _, ok_y = consultation(net)
+    replaces = f"call-y%3Bto-tag%3D{ok_y.to.tag}%3Bfrom-tag%3Dfrom-call-y"
+    net.send(from_phone(desk, "REFER", 2, [
+        ("Refer-To", f"<sip:102@pbx.test?Replaces={replaces}>")], RECEPTION, "att"), RECEPTION)
+    net.drain(RECEPTION)
+    [move] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(move, 488), PHONES["102"])
+    to_reception = net.drain(RECEPTION)
+    assert notifies(to_reception) == [("SIP/2.0 488 Not Acceptable Here", "terminated")]
+    assert "BYE" not in methods(to_reception)
+    assert len(net.engine.b2bua.calls) == 2  # both calls go on as they were
+
+
+def test_replaces_must_name_a_call_of_the_transferor() -> None:
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    for cseq, (replaces, status) in enumerate((
+            ("nosuchcall%3Bto-tag%3Da%3Bfrom-tag%3Db", 481), ("garbage", 400)), start=2):
+        net.send(from_phone(desk, "REFER", cseq, [
+            ("Refer-To", f"<sip:102@pbx.test?Replaces={replaces}>")], RECEPTION, status),
+            RECEPTION)
+        [resp] = net.responses(RECEPTION)
+        assert resp.status == status
+    assert net.requests(PHONES["102"]) == [] and net.drain(TRUNK) == []
