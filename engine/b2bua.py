@@ -1595,7 +1595,7 @@ class B2BUA:
         replaces = _replaces(headers)
         if replaces is None:
             return self._refuse_transfer(call, req, key, now, 400,
-                                         "Refer-To carries headers other than one Replaces")
+                                         "Refer-To carries no single readable Replaces")
         call_id, to_tag, from_tag = replaces
         other = self._by_tag.get((call_id, to_tag)) or self._by_tag.get((call_id, from_tag))
         target = other.winner if other is not None else None
@@ -1920,11 +1920,15 @@ def _history_info(chain: tuple[Diversion, ...], target: str, domain: str) -> lis
 
 def _replaces(headers: str) -> tuple[str, str, str] | None:
     """(Call-ID, to-tag, from-tag) of the one ``Replaces`` header (RFC 3891) in the
-    headers part of a Refer-To URI (``Replaces=id%3Bto-tag%3Da%3Bfrom-tag%3Db``)."""
+    headers part of a Refer-To URI (``Replaces=id%3Bto-tag%3Da%3Bfrom-tag%3Db``);
+    None without exactly one readable Replaces."""
     fields = urllib.parse.parse_qsl(headers, keep_blank_values=True)
-    if len(fields) != 1 or fields[0][0].lower() != "replaces":
+    # Other headers (pjsip adds Require=replaces) concern the target's INVITE,
+    # which the engine does not send: only Replaces is read.
+    values = [value for name, value in fields if name.lower() == "replaces"]
+    if len(values) != 1:
         return None
-    call_id, _, rest = fields[0][1].partition(";")
+    call_id, _, rest = values[0].partition(";")
     tags: dict[str, str] = {}
     for part in rest.split(";"):
         name, _, value = part.strip().partition("=")

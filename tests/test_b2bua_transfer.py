@@ -341,3 +341,13 @@ def test_replaces_must_name_a_call_of_the_transferor() -> None:
         [resp] = net.responses(RECEPTION)
         assert resp.status == status
     assert net.requests(PHONES["102"]) == [] and net.drain(TRUNK) == []
+
+
+def test_replaces_is_read_beside_other_headers_of_the_refer_to_uri() -> None:
+    from engine.b2bua import _replaces
+    pjsip = "Require=replaces&Replaces=QA9N%3Bto-tag%3D0f96%3Bfrom-tag%3D73.hs"
+    assert _replaces(pjsip) == ("QA9N", "0f96", "73.hs")
+    assert _replaces("Replaces=a%3Bfrom-tag%3Db%3Bto-tag%3Dc") == ("a", "c", "b")
+    for bad in ("Require=replaces", "Replaces=a%3Bto-tag%3Dc", "Replaces=x&Replaces=y",
+                "Replaces=%3Bto-tag%3Da%3Bfrom-tag%3Db"):
+        assert _replaces(bad) is None, bad

@@ -51,6 +51,18 @@ def test_serve_logs_which_parser_it_runs(engine: EngineProcess) -> None:
     assert len(serving) == 1 and serving[0]["parser"] == "c"
 
 
+def test_udp_crlf_keepalives_are_ignored_quietly(engine: EngineProcess) -> None:
+    # pjsip and Linphone send CRLFs over UDP every 15-30 s: no answer, no parse error.
+    before = engine.metrics().get('switchboard_sip_parse_errors_total{transport="udp"}', 0.0)
+    for ping in (b"\r\n\r\n", b"\r\n"):
+        assert udp_exchange(engine.sip, ping, timeout=0.3) == []
+    resp = only_response(udp_exchange(engine.sip, options(call_id="after-ping")))
+    assert resp.status == 200
+    after = engine.metrics().get('switchboard_sip_parse_errors_total{transport="udp"}', 0.0)
+    assert after == before
+    assert "malformed" not in engine.log()
+
+
 def test_options_tcp_and_crlf_keepalive(engine: EngineProcess) -> None:
     with socket.create_connection(engine.sip, timeout=3) as s:
         s.sendall(b"\r\n\r\n")

@@ -1,11 +1,14 @@
-"""Blind transfer between real phones: pjsua2 (pjsip 2.15) 101 calls 102, 102
-transfers 101 to 103 with REFER (``Call.xfer``), through ``switchboard serve``.
+"""Transfer between real phones: pjsua2 (pjsip 2.15) 101 calls 102, 102 transfers
+101 to 103 through ``switchboard serve``: blind (REFER, ``Call.xfer``) and
+attended (102 holds 101, calls 103, then REFER with Replaces,
+``Call.xferReplaces``).
 
 The phones are ``tests/phones/pjsua_transfer.py`` (one process, three accounts,
 each playing its own tone: 101 700 Hz, 102 1100 Hz, 103 1500 Hz, and recording
 what it hears). Checked: 102's phone sees its transfer succeed (NOTIFY 200) and
-its call ended by the engine; 101's call is never re-offered (same RTP port and
-codec on the engine, so no re-INVITE) and goes on with 103; by the recordings,
+its calls ended by the engine; 101's call is never re-offered (same RTP port and
+codec on the engine, so no re-INVITE) and goes on with 103 (which, attended, is
+re-INVITEd once: moved to 101's call); by the recordings,
 101 hears 102 before the transfer and 103 after, and 103 hears 101; the engine
 counts the transfer in ``switchboard_transfers_total``. A missing pjsua2 fails
 the test (it never skips).
@@ -61,7 +64,8 @@ department = "Sales"
 """
 
 
-def test_pjsua2_blind_transfer_connects_the_caller_to_the_target(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["blind", "attended"])
+def test_pjsua2_transfer_connects_the_caller_to_the_target(tmp_path: Path, mode: str) -> None:
     require_pjsua2()
     low = 40000 + (free_port() % 10000) // 2 * 2
     (tmp_path / "directory.toml").write_text(DIRECTORY.format(low=low, high=low + 99))
@@ -71,7 +75,8 @@ def test_pjsua2_blind_transfer_connects_the_caller_to_the_target(tmp_path: Path)
     engine = EngineProcess(tmp_path, tmp_path / "directory.toml").start()
     try:
         cmd = [sys.executable, str(HELPER), "--registrar", engine.target, "--domain",
-               "pbx.test", "--folder", str(tmp_path), "--deadline", "30", "--log-level", "5"]
+               "pbx.test", "--folder", str(tmp_path), "--mode", mode, "--deadline", "30",
+               "--log-level", "5"]
         events = run_to_done(cmd, log, engine, 40, "pjsua2 phones", tmp_path / "phones.jsonl")
 
         def why(*extra: object) -> str:
@@ -82,10 +87,12 @@ def test_pjsua2_blind_transfer_connects_the_caller_to_the_target(tmp_path: Path)
         assert registered["ok"], why()
         [result] = [e for e in events if e["event"] == "result"]
         calls: dict[str, dict[str, Any]] = result["calls"]
-        assert set(calls) == {"101", "102", "103"}, why()
+        assert set(calls) == {"101", "102", "103"} | ({"102y"} if mode == "attended"
+                                                        else set()), why()
         assert all(c["confirmed"] and c["disconnected"] for c in calls.values()), why()
         assert 200 in result["xfer_codes"], why()  # 102 was told the transfer succeeded
         assert calls["101"]["reoffers"] == 0, why()  # 101 never re-INVITEd
+        assert calls["103"]["reoffers"] == (1 if mode == "attended" else 0), why()
         assert calls["101"]["code"] == 200, why()  # and it hung up itself, at the end
         at = {e["event"]: e["t"] for e in events
               if e["event"] in {"talk", "xfer", "transferred", "hangup"}}

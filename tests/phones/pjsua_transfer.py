@@ -1,4 +1,4 @@
-"""Three pjsua2 phones in one process: 101 calls 102, 102 blind-transfers 101 to 103.
+"""Three pjsua2 phones in one process: 101 calls 102, 102 transfers 101 to 103.
 
 Run in its own process by ``tests/test_phones_transfer.py`` (pjsip's threads,
 sockets and any crash stay out of pytest). SIP on the main thread, events polled
@@ -9,17 +9,23 @@ Each account registers with digest on its own UDP transport (so the engine's
 INVITE for 102 or 103 reaches the account it names), the engine as outbound
 proxy. Each phone plays its own WAV into its call, looped, and records what it
 receives. 102 and 103 answer 200 at once. Sequence: 101 calls 102; both talk
-``--talk`` s; 102 sends REFER (``Call.xfer``, a blind transfer to
-``sip:103@DOMAIN``) and, like a desk phone, waits for the final NOTIFY; the
-engine connects 101 with 103 and hangs up 102; 101 and 103 talk ``--after`` s;
-101 hangs up.
+``--talk`` s; then
+
+* ``--mode blind``: 102 sends REFER (``Call.xfer``, a blind transfer to
+  ``sip:103@DOMAIN``) and, like a desk phone, waits for the final NOTIFY;
+* ``--mode attended``: 102 holds 101, calls 103 itself (the consultation),
+  they talk ``--talk`` s, and 102 sends REFER with Replaces naming that call
+  (``Call.xferReplaces``);
+
+the engine connects 101 with 103 and hangs up 102 (both its calls);
+101 and 103 talk ``--after`` s; 101 hangs up.
 
 Output, one JSON object per line on stdout (``t``: this process's monotonic clock):
   {"event": "registered", "ok": true, "codes": {...}}
   {"event": "call", "side": "101"|"102"|"103", "state": "CONFIRMED", "code": 200, "t": ...}
   {"event": "recording", "side": ..., "path": ..., "t": ...}   the recorder's sample 0
   {"event": "xfer_status", "code": 100|200|..., "final": bool, "t": ...}   102's NOTIFYs
-  {"event": "talk"|"xfer"|"transferred"|"hangup", "t": ...}   the phases
+  {"event": "talk"|"consult"|"xfer"|"transferred"|"hangup", "t": ...}   the phases
   {"event": "result", "calls": {"101": {...}, ...}, "xfer_codes": [...]}
   {"event": "error", "error": "..."}   a pjsua2 call raised (exit 3)
   {"event": "done"}
@@ -87,6 +93,8 @@ class Phones(Pump):
 
     def service(self) -> None:
         """Each poll: answer what rings at 102 and 103, keep the bridges connected."""
+        if not self.accounts:
+            return
         for user in ("102", "103"):
             acc = self.accounts.get(user)
             if acc is not None and acc.incoming and user not in self.legs:
@@ -126,10 +134,23 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
     if phones.up("101") and phones.up("102"):
         emit(event="talk", t=time.monotonic())
         phones.pump(lambda: caller.disconnected, args.talk)
-        emit(event="xfer", t=time.monotonic())
         transferor = phones.legs["102"].call
-        transferor.xfer(f"sip:103@{args.domain}", pj.CallOpParam(True))
-        phones.pump(lambda: phones.up("103") and transferor.disconnected, 10)
+        if args.mode == "blind":
+            emit(event="xfer", t=time.monotonic())
+            transferor.xfer(f"sip:103@{args.domain}", pj.CallOpParam(True))
+        else:
+            transferor.setHold(pj.CallOpParam(True))
+            consult = Call(phones.accounts["102"], "102y")
+            phones.legs["102y"] = Leg(consult, phones.wav("102"), None)
+            consult.makeCall(f"sip:103@{args.domain}", pj.CallOpParam(True))
+            phones.pump(lambda: phones.up("102y") and phones.up("103"), 10)
+            emit(event="consult", t=time.monotonic(), up=phones.up("103"))
+            phones.pump(lambda: caller.disconnected, args.talk)
+            emit(event="xfer", t=time.monotonic())
+            transferor.xferReplaces(consult, pj.CallOpParam(True))
+        phones.pump(lambda: phones.up("103") and transferor.disconnected
+                    and ("102y" not in phones.legs or phones.legs["102y"].call.disconnected),
+                    10)
         if phones.up("103"):
             emit(event="transferred", t=time.monotonic())
             phones.pump(lambda: caller.disconnected, args.after)
@@ -143,6 +164,7 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
                "disconnected": leg.call.disconnected}
         for user, leg in phones.legs.items()}
     result["xfer_codes"] = phones.legs["102"].call.xfer_codes if "102" in phones.legs else []
+    result["transferred"] = phones.up("103") or "103" in phones.legs
 
 
 def main() -> int:
@@ -151,6 +173,7 @@ def main() -> int:
     ap.add_argument("--domain", required=True)
     ap.add_argument("--folder", required=True,
                     help="has say-101.wav, say-102.wav, say-103.wav; gets heard-by-*.wav")
+    ap.add_argument("--mode", choices=["blind", "attended"], default="blind")
     ap.add_argument("--talk", type=float, default=2.0, help="101 and 102 talk, seconds")
     ap.add_argument("--after", type=float, default=2.5, help="101 and 103 talk, seconds")
     ap.add_argument("--deadline", type=float, default=30.0, help="seconds for everything")
