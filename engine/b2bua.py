@@ -437,6 +437,8 @@ class B2BUA:
             return action()
         except Exception:
             log.exception("call failed", call_id=call.id)
+            if self.metrics is not None:
+                self.metrics.errors.inc()
             try:
                 return self._teardown(call, now, local, status=500)
             except Exception:

@@ -107,7 +107,7 @@ def test_blind_transfer_connects_the_caller_to_the_target_without_a_reinvite() -
 
 def caller_bye(net: Net) -> Request:
     """The carrier's BYE in the call's dialog."""
-    [call] = list(net.engine.b2bua.calls.values())
+    [call] = [c for c in net.engine.b2bua.calls.values() if c.id == "tcall-1"]
     return Request.build("BYE", "sip:switchboard@127.0.0.1:5060", [
         ("Via", f"SIP/2.0/UDP {TRUNK[0]}:{TRUNK[1]};branch=z9hG4bKtbye;rport"),
         ("Max-Forwards", "70"),

@@ -1,0 +1,148 @@
+"""Transfers under any order of events: hypothesis drives an answered carrier call
+through a blind or attended transfer while the caller, the transferor and the
+target answer, refuse, hang up or stay silent in any order. Whatever happens,
+nothing raises inside the B2BUA, and once everybody has hung up and the timers
+have run, no call, busy mark or trunk channel is left."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.message import Request
+from engine.transaction import Addr
+from tests.test_b2bua import PHONES, TRUNK, Net, reply
+from tests.test_b2bua_anchor import anchored_net
+from tests.test_b2bua_transfer import (
+    RECEPTION,
+    TARGET_SDP,
+    answered_trunk_call,
+    caller_bye,
+    consultation,
+    from_phone,
+    refer,
+)
+
+TARGET = PHONES["102"]
+ACTIONS = ["target_180", "target_200", "target_486", "target_603", "target_bye",
+           "transferor_bye", "consultation_bye", "caller_bye", "tick", "notify_ok"]
+
+
+@dataclass
+class World:
+    net: Net
+    desk: Request  # the engine's INVITE to 101 (the transferee's call)
+    consult: Request | None = None  # the engine's INVITE to 102 for 101's own call
+    cseq: dict[str, int] = field(default_factory=dict)
+    hung_up: set[str] = field(default_factory=set)
+    target_invites: list[Request] = field(default_factory=list)
+
+    def next_cseq(self, dialog: str) -> int:
+        self.cseq[dialog] = self.cseq.get(dialog, 10) + 1
+        return self.cseq[dialog]
+
+
+def take_target(world: World) -> None:
+    """Keep the INVITEs the engine sent 102 (new ones or re-INVITEs)."""
+    for m in world.net.drain(TARGET):
+        if isinstance(m, Request) and m.method == "INVITE" and \
+                all(m.get("via") != seen.get("via") for seen in world.target_invites):
+            world.target_invites.append(m)
+
+
+def act(world: World, action: str) -> None:
+    net = world.net
+    take_target(world)
+    latest = world.target_invites[-1] if world.target_invites else None
+    if action.startswith("target_") and action != "target_bye" and latest is not None:
+        status = int(action.split("_")[1])
+        body = TARGET_SDP if status == 200 else b""
+        net.send(reply(latest, status, body=body, contact="<sip:102@127.0.0.1:6102>"), TARGET)
+    elif action == "target_bye" and latest is not None and "target" not in world.hung_up:
+        world.hung_up.add("target")
+        net.send(from_phone(latest, "BYE", world.next_cseq("target"), [], TARGET, "tbye"),
+                 TARGET)
+    elif action == "transferor_bye" and "x" not in world.hung_up:
+        world.hung_up.add("x")
+        net.send(from_phone(world.desk, "BYE", world.next_cseq("x"), [], RECEPTION, "xbye"),
+                 RECEPTION)
+    elif action == "consultation_bye" and world.consult is not None \
+            and "y" not in world.hung_up:
+        world.hung_up.add("y")
+        net.send(_caller_side_bye(world), RECEPTION)
+    elif action == "caller_bye" and "caller" not in world.hung_up:
+        world.hung_up.add("caller")
+        if net.engine.b2bua.calls:
+            calls = [c for c in net.engine.b2bua.calls.values() if c.id == "tcall-1"]
+            if calls:
+                net.send(caller_bye(net), TRUNK)
+    elif action == "tick":
+        net.tick(10.5)
+    elif action == "notify_ok":
+        for m in net.drain(RECEPTION):
+            if isinstance(m, Request) and m.method in ("NOTIFY", "BYE"):
+                net.send(reply(m, 200), RECEPTION)
+    net.drain(RECEPTION)
+    net.drain(TRUNK)
+
+
+def _caller_side_bye(world: World) -> bytes:
+    """101's BYE in its own consultation call (it is the caller there)."""
+    net = world.net
+    calls = [c for c in net.engine.b2bua.calls.values() if c.id == "call-y"]
+    tag = calls[0].tag if calls else "gone"
+    src: Addr = RECEPTION
+    lines = [
+        "BYE sip:switchboard@127.0.0.1:5060 SIP/2.0",
+        f"Via: SIP/2.0/UDP {src[0]}:{src[1]};branch=z9hG4bKybye;rport",
+        "Max-Forwards: 70",
+        'From: "Caller 101" <sip:101@pbx.test>;tag=from-call-y',
+        f"To: <sip:102@pbx.test>;tag={tag}",
+        "Call-ID: call-y",
+        f"CSeq: {world.next_cseq('y')} BYE",
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def everybody_hangs_up(world: World) -> None:
+    for action in ("notify_ok", "caller_bye", "transferor_bye", "consultation_bye",
+                   "target_bye", "notify_ok"):
+        act(world, action)
+    for _ in range(8):  # 84 s: every timer (no-answer, Timer B/F/H) has run
+        world.net.tick(10.5)
+        for addr in (RECEPTION, TARGET, TRUNK):
+            for m in world.net.drain(addr):
+                if isinstance(m, Request) and m.method in ("BYE", "NOTIFY", "CANCEL"):
+                    world.net.send(reply(m, 200), addr)
+
+
+@given(attended=st.booleans(), actions=st.lists(st.sampled_from(ACTIONS), max_size=8))
+@settings(max_examples=250, deadline=None)
+def test_transfers_leave_nothing_behind_whatever_happens(attended: bool,
+                                                        actions: list[str]) -> None:
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    world = World(net, desk)
+    if attended:
+        inv, ok = consultation(net)
+        world.consult = inv
+        world.target_invites.append(inv)
+        replaces = f"call-y%3Bto-tag%3D{ok.to.tag}%3Bfrom-tag%3Dfrom-call-y"
+        net.send(from_phone(desk, "REFER", world.next_cseq("x"), [
+            ("Refer-To", f"<sip:102@pbx.test?Replaces={replaces}>")], RECEPTION, "att"),
+            RECEPTION)
+    else:
+        net.send(refer(desk, "102", cseq=world.next_cseq("x")), RECEPTION)
+    statuses = [r.status for r in net.responses(RECEPTION)]
+    assert statuses == [202], statuses
+    for action in actions:
+        act(world, action)
+    everybody_hangs_up(world)
+    b2bua = net.engine.b2bua
+    assert net.engine.metrics.errors._value.get() == 0
+    assert b2bua.calls == {}, [(c.id, c.state) for c in b2bua.calls.values()]
+    assert b2bua.on_call == {}
+    assert all(n == 0 for n in b2bua.channels.values()), b2bua.channels
