@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from engine.message import grammar
 from engine.message.core import _LINE_KEYS, _OTHER_KEYS, _scan_py
 from tests.samples import PHONE_INVITE, PHONE_REGISTER, TRUNK_INVITE
-from tests.test_message import _ADDRS, _HEADER_LINES, _URIS, _VIAS, _outcome
+from tests.test_message import _ADDRS, _CSEQS, _HEADER_LINES, _URIS, _VIAS, _outcome
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEEDUPS = grammar.SPEEDUPS
@@ -41,6 +41,7 @@ def test_the_extension_is_built_and_used_unless_opted_out() -> None:
         assert grammar.parse_uri is SPEEDUPS.parse_uri
         assert grammar.parse_via is SPEEDUPS.parse_via
         assert grammar.parse_address is SPEEDUPS.parse_address
+        assert grammar.parse_cseq is SPEEDUPS.parse_cseq
 
 
 def _same(fast: Callable[..., object], slow: Callable[..., object], *args: object) -> None:
@@ -61,14 +62,15 @@ _ANY_TEXT = st.text(st.sampled_from(list("sip:@<>;=\"\\ \t,?-._aZ09[]/SIPUD\r\nÃ
 
 @needs_c
 @given(uri=st.one_of(_URIS, _ANY_TEXT), addr=st.one_of(_ADDRS, _ANY_TEXT),
-       via=st.one_of(_VIAS, _ANY_TEXT))
+       via=st.one_of(_VIAS, _ANY_TEXT), cseq=st.one_of(_CSEQS, _ANY_TEXT))
 @settings(max_examples=3000, deadline=None)
-def test_c_values_match_python(uri: str, addr: str, via: str) -> None:
+def test_c_values_match_python(uri: str, addr: str, via: str, cseq: str) -> None:
     assert SPEEDUPS is not None
     _same(SPEEDUPS.parse_uri, grammar.parse_uri_py, uri)
     _same(SPEEDUPS.parse_address, grammar.parse_address_py, addr)
     _same(SPEEDUPS.parse_address, grammar.parse_address_py, addr, "From")
     _same(SPEEDUPS.parse_via, grammar.parse_via_py, via)
+    _same(SPEEDUPS.parse_cseq, grammar.parse_cseq_py, cseq)
 
 
 @pytest.fixture
@@ -83,15 +85,17 @@ def general_calls() -> Iterator[list[str]]:
             return fn(*args)
         return wrapper
 
-    SPEEDUPS.setup(grammar.URI, grammar.Address, grammar.Via,
+    SPEEDUPS.setup(grammar.URI, grammar.Address, grammar.Via, grammar.CSeq,
                    counted(grammar._parse_uri_general),  # type: ignore[arg-type]
                    counted(grammar._parse_address_general),  # type: ignore[arg-type]
-                   counted(grammar._parse_via_general))  # type: ignore[arg-type]
+                   counted(grammar._parse_via_general),  # type: ignore[arg-type]
+                   counted(grammar._parse_cseq_general))  # type: ignore[arg-type]
     try:
         yield calls
     finally:
-        SPEEDUPS.setup(grammar.URI, grammar.Address, grammar.Via, grammar._parse_uri_general,
-                       grammar._parse_address_general, grammar._parse_via_general)
+        SPEEDUPS.setup(grammar.URI, grammar.Address, grammar.Via, grammar.CSeq,
+                       grammar._parse_uri_general, grammar._parse_address_general,
+                       grammar._parse_via_general, grammar._parse_cseq_general)
 
 
 @needs_c
@@ -109,6 +113,9 @@ def test_common_shapes_stay_in_c(general_calls: list[str]) -> None:
                  "SIP/2.0/TCP [2001:db8::1]:5070;branch=z9hG4bKx;received=1.2.3.4;rport=9",
                  "SIP/2.0/WSS h"):
         assert SPEEDUPS.parse_via(text) == grammar.parse_via_py(text)
+    for text in ("314159 INVITE", "1 REGISTER", "2 ACK", "999999999 UPDATE"):
+        assert SPEEDUPS.parse_cseq(text) == grammar.parse_cseq_py(text)
+        assert type(SPEEDUPS.parse_cseq(text)) is grammar.CSeq
     assert general_calls == []
     # ... and the others reach the general parsers, which tell what is wrong.
     with pytest.raises(grammar.ParseError, match="port"):

@@ -14,10 +14,11 @@
  *       line}; None when the Python code must look (unknown header name,
  *       folding, bare LF, no blank line...). Returns
  *       (head text, start line, first, body, content_length_twice).
- *   parse_uri(text), parse_address(text[, what]), parse_via(text)
+ *   parse_uri(text), parse_address(text[, what]), parse_via(text), parse_cseq(text)
  *       The quick paths of grammar.py (the _URI_QUICK_RE, _ADDR_QUICK_RE and
- *       _VIA_QUICK_RE shapes, same groups, same tuples); any other input goes
- *       to the general Python parser given to setup().
+ *       _VIA_QUICK_RE shapes, "digits SP METHOD" for CSeq; same groups, same
+ *       tuples); any other input goes to the general Python parser given to
+ *       setup().
  *
  * Every read is bounds-checked against the length of the input; nothing is
  * written but Python objects. Inputs are untrusted network data.
@@ -75,8 +76,8 @@ init_classes(void)
 #define LOWER(c) ((c) >= 'a' && (c) <= 'z')
 
 /* Set by setup(): the NamedTuple classes and the general Python parsers. */
-static PyTypeObject *uri_type, *address_type, *via_type;
-static PyObject *uri_general, *address_general, *via_general;
+static PyTypeObject *uri_type, *address_type, *via_type, *cseq_type;
+static PyObject *uri_general, *address_general, *via_general, *cseq_general;
 /* Interned constants. */
 static PyObject *s_sip, *s_sips, *s_udp, *s_tcp, *s_tls, *s_empty;
 
@@ -306,7 +307,7 @@ fallback(PyObject *general, PyObject *const *args, Py_ssize_t nargs)
 static int
 not_set_up(void)
 {
-    if (via_general != NULL)
+    if (cseq_general != NULL)
         return 0;
     PyErr_SetString(PyExc_RuntimeError, "engine.message._speedups: setup() was not called");
     return 1;
@@ -438,6 +439,42 @@ parse_via(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     items[2] = port_object(port);
     items[3] = build_params(text, &p);
     return new_named(via_type, items, 4);
+}
+
+/* The methods a CSeq may name without a token check (grammar._METHODS). */
+static const char *const METHODS[] = {
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+    "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+};
+#define N_METHODS (sizeof(METHODS) / sizeof(METHODS[0]))
+static PyObject *method_names[N_METHODS];
+
+static PyObject *
+parse_cseq(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_ssize_t n, i = 0;
+    if (not_set_up())
+        return NULL;
+    const Py_UCS1 *s = nargs == 1 ? ascii_data(args[0], &n) : NULL;
+    if (s == NULL)
+        return fallback(cseq_general, args, nargs);
+    /* grammar.parse_cseq: "digits SP METHOD", 1-9 digits, a method of _METHODS */
+    long number = 0;
+    while (i < n && DIGIT(s[i]) && i < 10) {
+        number = number * 10 + (s[i] - '0');
+        i++;
+    }
+    if (i == 0 || i >= 10 || i >= n || s[i] != ' ')
+        return fallback(cseq_general, args, nargs);
+    const Py_UCS1 *name = s + i + 1;
+    Py_ssize_t len = n - i - 1;
+    for (size_t k = 0; k < N_METHODS; k++) {
+        if ((Py_ssize_t)strlen(METHODS[k]) == len && memcmp(name, METHODS[k], (size_t)len) == 0) {
+            PyObject *items[2] = {PyLong_FromLong(number), Py_NewRef(method_names[k])};
+            return new_named(cseq_type, items, 2);
+        }
+    }
+    return fallback(cseq_general, args, nargs);
 }
 
 /* ------------------------------------------------------------------ */
@@ -581,13 +618,13 @@ error:
 static PyObject *
 setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 || !PyType_Check(args[0]) || !PyType_Check(args[1])
-            || !PyType_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "setup(URI, Address, Via, uri_general, address_general, via_general)");
+    if (nargs != 8 || !PyType_Check(args[0]) || !PyType_Check(args[1])
+            || !PyType_Check(args[2]) || !PyType_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "setup(URI, Address, Via, CSeq, uri_general, "
+                        "address_general, via_general, cseq_general)");
         return NULL;
     }
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         PyTypeObject *t = (PyTypeObject *)args[k];
         if (!PyType_IsSubtype(t, &PyTuple_Type) || t->tp_basicsize != PyTuple_Type.tp_basicsize) {
             PyErr_SetString(PyExc_TypeError, "setup: the value types must be NamedTuples");
@@ -597,21 +634,26 @@ setup(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_XSETREF(uri_type, (PyTypeObject *)Py_NewRef(args[0]));
     Py_XSETREF(address_type, (PyTypeObject *)Py_NewRef(args[1]));
     Py_XSETREF(via_type, (PyTypeObject *)Py_NewRef(args[2]));
-    Py_XSETREF(uri_general, Py_NewRef(args[3]));
-    Py_XSETREF(address_general, Py_NewRef(args[4]));
-    Py_XSETREF(via_general, Py_NewRef(args[5]));
+    Py_XSETREF(cseq_type, (PyTypeObject *)Py_NewRef(args[3]));
+    Py_XSETREF(uri_general, Py_NewRef(args[4]));
+    Py_XSETREF(address_general, Py_NewRef(args[5]));
+    Py_XSETREF(via_general, Py_NewRef(args[6]));
+    Py_XSETREF(cseq_general, Py_NewRef(args[7]));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"setup", (PyCFunction)(void (*)(void))setup, METH_FASTCALL,
-     "setup(URI, Address, Via, uri_general, address_general, via_general)"},
+     "setup(URI, Address, Via, CSeq, uri_general, address_general, via_general, "
+     "cseq_general)"},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(data, line_keys, other_keys) -> (text, start, first, body, twice) | None"},
     {"parse_uri", (PyCFunction)(void (*)(void))parse_uri, METH_FASTCALL, "parse_uri(text) -> URI"},
     {"parse_address", (PyCFunction)(void (*)(void))parse_address, METH_FASTCALL,
      "parse_address(text, what='address') -> Address"},
     {"parse_via", (PyCFunction)(void (*)(void))parse_via, METH_FASTCALL, "parse_via(text) -> Via"},
+    {"parse_cseq", (PyCFunction)(void (*)(void))parse_cseq, METH_FASTCALL,
+     "parse_cseq(text) -> CSeq"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -633,5 +675,10 @@ PyInit__speedups(void)
     s_empty = PyUnicode_InternFromString("");
     if (!s_sip || !s_sips || !s_udp || !s_tcp || !s_tls || !s_empty)
         return NULL;
+    for (size_t k = 0; k < N_METHODS; k++) {
+        method_names[k] = PyUnicode_InternFromString(METHODS[k]);
+        if (method_names[k] == NULL)
+            return NULL;
+    }
     return PyModule_Create(&module_def);
 }

@@ -596,7 +596,8 @@ def _parse_cseq_general(text: str) -> CSeq:
 # general Python parsers above, so that results and errors are the same with
 # or without it (tests/test_speedups.py). SWITCHBOARD_NO_EXTENSIONS=1, or a
 # machine that could not build it, runs the pure-Python parser.
-parse_uri_py, parse_address_py, parse_via_py = parse_uri, parse_address, parse_via
+parse_uri_py, parse_address_py, parse_via_py, parse_cseq_py = (
+    parse_uri, parse_address, parse_via, parse_cseq)
 
 
 def _load_speedups() -> ModuleType | None:
@@ -606,8 +607,8 @@ def _load_speedups() -> ModuleType | None:
         from engine.message import _speedups
     except ImportError:
         return None
-    _speedups.setup(URI, Address, Via, _parse_uri_general, _parse_address_general,
-                    _parse_via_general)
+    _speedups.setup(URI, Address, Via, CSeq, _parse_uri_general, _parse_address_general,
+                    _parse_via_general, _parse_cseq_general)
     return _speedups
 
 
@@ -616,3 +617,4 @@ if SPEEDUPS is not None:
     parse_uri = SPEEDUPS.parse_uri
     parse_address = SPEEDUPS.parse_address
     parse_via = SPEEDUPS.parse_via
+    parse_cseq = SPEEDUPS.parse_cseq
