@@ -182,9 +182,9 @@ class Transfer:
     it went; it may hang up at any time.
     """
 
-    transferor: Leg
+    transferor: Leg | None  # None: the calling party transfers the callee
     target: str
-    codec: str  # the caller's codec: the only one offered to the target
+    codec: str  # the transferee's codec: the only one offered to the target
     local: Local
     # An attended transfer (Refer-To with Replaces, RFC 3891): the transferor's
     # consultation call, whose callee leg is moved to this call by a re-INVITE.
@@ -234,6 +234,9 @@ class Call:
     sdp_session: int = field(default_factory=lambda: random_below(10**9))
     sdp_version: int = 0
     transfer: Transfer | None = None
+    # After a transfer by the calling party: the leg that took the caller's place
+    # (we are its UAC; it faces the caller-side endpoint).
+    partner: Leg | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +498,8 @@ class B2BUA:
             headers += [("Diversion", v) for v in _diversion(step.diversion, local.domain)]
             return self._final(call, 302, now, headers)
         if call.transfer is not None and isinstance(step, Voicemail):
+            if call.transfer.transferor is None:  # the callee would record on the
+                return self._final(call, 480, now)  # other endpoint: not supported
             return self._transfer_to_voicemail(call, step, now, local)
         if call.transfer is not None and isinstance(step, MailboxAccess):
             return self._final(call, 403, now)  # nobody's mailbox menu for a transferee
@@ -580,7 +585,10 @@ class B2BUA:
     def _start_leg(self, call: Call, step: Ring, target: Device | External, uri: str,
                    dest: Addr, transport: str, trunk: str, label: str, now: float,
                    local: Local) -> list[Event]:
-        offer = self._callee_offer(call, target, local)
+        transfer = call.transfer
+        offer = self._partner_offer(call, transfer, local) if (
+            transfer is not None and transfer.transferor is None) else \
+            self._callee_offer(call, target, local)
         invite = self._callee_invite(call, step, target, uri, transport, local, offer)
         key, events = self.tx.send_request(invite, dest, transport, now)
         leg = Leg(call=call, target=target, label=label, invite=invite, dest=dest,
@@ -668,6 +676,19 @@ class B2BUA:
             offer = sdp.with_codec_order(offer, [codec])
         anchor.callee_version += 1
         return sdp.with_origin(offer, anchor.callee_session, anchor.callee_version, local.host)
+
+    def _partner_offer(self, call: Call, transfer: Transfer,
+                       local: Local) -> sdp.SessionDescription | None:
+        """The offer to a target taking the calling party's place (a transfer by the
+        caller): the caller-side endpoint, the callee's codec only, our caller-side
+        o= session (which our later answers on that side continue)."""
+        anchor = call.anchor
+        if anchor is None or not call.media_port:
+            return None
+        offer = sdp.with_connection(anchor.offer, local.host, call.media_port)
+        offer = sdp.with_codec_order(offer, [transfer.codec])
+        call.sdp_version += 1
+        return sdp.with_origin(offer, call.sdp_session, call.sdp_version, local.host)
 
     # ------------------------------------------------------------------ outcomes
     def _outcome(self, call: Call, outcome: Outcome, now: float, local: Local) -> list[Event]:
@@ -976,11 +997,19 @@ class B2BUA:
             _call_key(call), call.id, anchor.caller_media, anchor.callee_media,
             music_to_caller=anchor.callee_holds or bool(announce) or (
                 call.state == "routing" and bool(call.music_codec)) or (
-                call.transfer is not None and call.transfer.codec.upper() in DECODABLE),
-            music_to_callee=anchor.caller_holds, playlist=self._hold_playlist(
+                self._transferring(call) and call.transfer is not None
+                and call.transfer.transferor is not None),
+            music_to_callee=anchor.caller_holds or (
+                self._transferring(call) and call.transfer is not None
+                and call.transfer.transferor is None), playlist=self._hold_playlist(
                 call, holder_is_caller), record=anchor.record,
             parties=(call.facts.caller, self._callee_name(call)),
             announce=announce, language=language))
+
+    @staticmethod
+    def _transferring(call: Call) -> bool:
+        """A transfer is under way and its transferee can hear hold music."""
+        return call.transfer is not None and call.transfer.codec.upper() in DECODABLE
 
     def _screen_language(self, call: Call, leg: Leg) -> str:
         """The prompts' language of the user whose rebound this is."""
@@ -1062,11 +1091,10 @@ class B2BUA:
         anchor = call.anchor
         assert anchor is not None
         current = anchor.caller_media if from_caller else anchor.callee_media
-        dialog = call.caller_dialog if from_caller else (
-            call.winner.dialog if call.winner is not None else None)
+        side = call.partner if from_caller else call.winner
+        dialog = side.dialog if side is not None else call.caller_dialog
         contact = dialog.local_contact if dialog is not None and dialog.local_contact else \
-            local.contact(call.transport if from_caller or call.winner is None
-                          else call.winner.transport)
+            local.contact(side.transport if side is not None else call.transport)
         if current is None:
             return self.tx.respond(key, make_response(req, 491), now)
         if not req.body:  # an offer-less re-INVITE: we offer what we have (s14.2)
@@ -1292,6 +1320,9 @@ class B2BUA:
         if leg is not None and leg.dialog is not None and leg is leg.call.winner:
             return self._guard(leg.call, now, local, lambda: self._from_callee(
                 leg, req, key, now, local))
+        if leg is not None and leg.dialog is not None and leg is leg.call.partner:
+            return self._guard(leg.call, now, local, lambda: self._from_partner(
+                leg, req, key, now, local))
         if leg is not None and leg.dialog is not None and leg is leg.call.screening \
                 and req.method == "BYE" and leg.dialog.on_request(req) is None:
             # The far end hung up on the announcement: a refusal.
@@ -1310,6 +1341,14 @@ class B2BUA:
         if check is not None:
             return self.tx.respond(key, make_response(req, check), now)
         leg = call.winner
+        if req.method == "BYE" and call.transfer is not None \
+                and call.transfer.transferor is None:
+            # The caller transfers and need not wait for the outcome (blind).
+            log.info("transferor hung up", call_id=call.id)
+            events = self.tx.respond(key, make_response(req, 200), now)
+            call.caller_dialog.terminate()
+            self._leave_extension(call, call.facts.caller)
+            return events
         if req.method == "BYE":
             events = self.tx.respond(key, make_response(req, 200), now)
             log.info("caller hung up", call_id=call.id)
@@ -1320,8 +1359,7 @@ class B2BUA:
             self._end(call, now)
             return events
         if req.method == "REFER":
-            return self._refuse_transfer(call, req, key, now, 501,
-                                         "a transfer by the calling party is not supported")
+            return self._refer_by_caller(call, req, key, now, local)
         if call.voicemail is not None and call.media_port:
             return self._endpoint_request(call, req, key, now, local)
         if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
@@ -1389,6 +1427,8 @@ class B2BUA:
         if req.method == "BYE":
             events = self.tx.respond(key, make_response(req, 200), now)
             log.info("callee hung up", call_id=call.id, leg=leg.label)
+            if call.transfer is not None:  # the transferee left: nothing to transfer
+                events += self._transfer_abandoned(call, now, local)
             leg.state = "done"
             self._release_leg(leg)
             events += self._bye_caller(call, now, local)
@@ -1400,8 +1440,42 @@ class B2BUA:
             return self.tx.respond(key, make_response(req, 481), now)
         if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(call, req, key, False, now, local)
+        partner = call.partner
+        if partner is not None and partner.dialog is not None:
+            return self._relay_request(call, req, key, partner.dialog, partner.dest,
+                                       partner.transport, to_caller=True, now=now,
+                                       local=local)
         return self._relay_request(call, req, key, call.caller_dialog, call.source,
                                    call.transport, to_caller=True, now=now, local=local)
+
+    def _from_partner(self, leg: Leg, req: Request, key: TxKey, now: float,
+                      local: Local) -> list[Event]:
+        """A request from the leg that took the caller's place (after a transfer by
+        the calling party): it is the caller side now."""
+        call = leg.call
+        assert leg.dialog is not None
+        check = leg.dialog.on_request(req)
+        if check is not None:
+            return self.tx.respond(key, make_response(req, check), now)
+        winner = call.winner
+        if req.method == "BYE":
+            events = self.tx.respond(key, make_response(req, 200), now)
+            log.info("caller hung up", call_id=call.id, leg=leg.label)
+            leg.state = "done"
+            leg.dialog.terminate()
+            if winner is not None:
+                events += self._bye_leg(winner, now, local)
+            self._end(call, now)
+            return events
+        if req.method == "REFER":
+            return self._refuse_transfer(call, req, key, now, 501,
+                                         "this call was transferred once already")
+        if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
+            return self._anchored_offer(call, req, key, True, now, local)
+        if winner is None or winner.dialog is None:
+            return self.tx.respond(key, make_response(req, 481), now)
+        return self._relay_request(call, req, key, winner.dialog, winner.dest,
+                                   winner.transport, to_caller=False, now=now, local=local)
 
     def _refuse_transfer(self, call: Call, req: Request, key: TxKey, now: float,
                          status: int, why: str) -> list[Event]:
@@ -1449,7 +1523,7 @@ class B2BUA:
                  plan=_PlanText(the_plan))
         transfer = call.transfer = Transfer(leg, target, anchor.caller_media.codec, local)
         events = self.tx.respond(key, make_response(req, 202), now)
-        events += self._notify_transferor(transfer, 100, now)
+        events += self._notify_transferor(call, transfer, 100, now)
         call.plan = the_plan
         call.state = "routing"
         call.legs = []
@@ -1460,22 +1534,74 @@ class B2BUA:
         self._bridge(call)  # hold music to the caller
         return events + self._run_step(call, 0, now, local)
 
-    def _notify_transferor(self, transfer: Transfer, status: int, now: float) -> list[Event]:
-        """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5)."""
+    def _refer_by_caller(self, call: Call, req: Request, key: TxKey, now: float,
+                         local: Local) -> list[Event]:
+        """The calling party (a user's phone) asks, with REFER, that the callee be
+        connected to the Refer-To number (blind): the callee hears hold music, and
+        whoever answers takes the caller's place on the engine's caller-side port
+        with the callee's codec (see :class:`Transfer`)."""
+        anchor = call.anchor
+        winner = call.winner
+        if call.transfer is not None:
+            return self._refuse_transfer(call, req, key, now, 491, "a transfer is in progress")
+        if anchor is None or not call.media_open or anchor.callee_media is None \
+                or not call.media_port or self.directory is None or call.state != "answered" \
+                or winner is None or winner.dialog is None or call.voicemail is not None:
+            return self._refuse_transfer(call, req, key, now, 501, (
+                "call transfer needs the call's media through the engine (serve --media relay)"))
+        if call.facts.source != "phone":
+            return self._refuse_transfer(call, req, key, now, 403,
+                                         "only a user's phone can transfer a call")
+        try:
+            refer_to = parse_address(req.get("refer-to") or "", "Refer-To").uri
+        except ParseError as exc:
+            return self._refuse_transfer(call, req, key, now, 400, exc.reason)
+        if refer_to.headers:
+            return self._refuse_transfer(call, req, key, now, 501, (
+                "an attended transfer by the calling party is not supported"))
+        target = refer_to.user or ""
+        if not target:
+            return self._refuse_transfer(call, req, key, now, 400, "Refer-To names no number")
+        facts = CallFacts(caller=call.facts.caller, callee=target, source="phone",
+                          at=local_datetime(self.wall_clock()),
+                          caller_name=call.facts.caller_name)
+        the_plan = plan(facts, self.directory, self.live_state(self.directory,
+                                                               self.wall_clock()))
+        log.info("transfer", call_id=call.id, transferor=call.facts.caller, target=target,
+                 by="caller", plan=_PlanText(the_plan))
+        transfer = call.transfer = Transfer(None, target, anchor.callee_media.codec, local)
+        events = self.tx.respond(key, make_response(req, 202), now)
+        events += self._notify_transferor(call, transfer, 100, now)
+        call.plan = the_plan
+        call.state = "routing"
+        call.legs = []
+        call.rung = {b.contact for b in self.registrar.lookup(call.facts.caller,
+                                                               self.wall_clock())}
+        self._bridge(call)  # hold music to the callee
+        return events + self._run_step(call, 0, now, local)
+
+    def _notify_transferor(self, call: Call, transfer: Transfer, status: int,
+                           now: float) -> list[Event]:
+        """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5), in the
+        transferor's dialog: its leg's, or the caller's (a transfer by the caller)."""
         leg = transfer.transferor
-        if leg.dialog is None or leg.dialog.terminated:
+        if leg is not None:
+            dialog, dest, transport = leg.dialog, leg.dest, leg.transport
+        else:
+            dialog, dest, transport = call.caller_dialog, call.source, call.transport
+        if dialog is None or dialog.terminated:
             return []
         local = transfer.local
         final = status >= 200
-        notify = leg.dialog.new_request(
-            "NOTIFY", via_host=local.host, via_port=local.port_for(leg.transport),
-            transport=leg.transport.upper(), headers=[
+        notify = dialog.new_request(
+            "NOTIFY", via_host=local.host, via_port=local.port_for(transport),
+            transport=transport.upper(), headers=[
                 ("Event", "refer"),
                 ("Subscription-State",
                  "terminated;reason=noresource" if final else "active;expires=60")],
             body=f"SIP/2.0 {status} {REASONS.get(status, 'Unknown')}\r\n".encode(),
             content_type="message/sipfrag;version=2.0")
-        _, events = self.tx.send_request(notify, leg.dest, leg.transport, now)
+        _, events = self.tx.send_request(notify, dest, transport, now)
         return events
 
     def _leave(self, call: Call, leg: Leg) -> None:
@@ -1483,22 +1609,36 @@ class B2BUA:
         leg.state = "done"
         self._release_leg(leg)
         self._by_leg_call_id.pop(leg.invite.call_id, None)
-        if isinstance(leg.target, Device) and leg.target.extension in call.members:
+        if isinstance(leg.target, Device):
+            self._leave_extension(call, leg.target.extension)
+
+    def _leave_extension(self, call: Call, extension: str) -> None:
+        if extension in call.members:
             members = list(call.members)
-            members.remove(leg.target.extension)
+            members.remove(extension)
             call.members = tuple(members)
-            n = self.on_call.get(leg.target.extension, 0) - 1
+            n = self.on_call.get(extension, 0) - 1
             if n > 0:
-                self.on_call[leg.target.extension] = n
+                self.on_call[extension] = n
             else:
-                self.on_call.pop(leg.target.extension, None)
+                self.on_call.pop(extension, None)
+
+    def _transferor_here(self, call: Call, transfer: Transfer) -> bool:
+        """The transferor is still on the call (it may hang up at any time)."""
+        if transfer.transferor is not None:
+            return transfer.transferor.state != "done"
+        return call.caller_dialog is not None and not call.caller_dialog.terminated
 
     def _transferor_out(self, call: Call, transfer: Transfer, status: int,
                         now: float) -> list[Event]:
         """The final NOTIFY, then BYE the transferor if it is still on the call."""
         leg = transfer.transferor
-        events = self._notify_transferor(transfer, status, now)
-        if leg.state != "done":
+        events = self._notify_transferor(call, transfer, status, now)
+        if leg is None:
+            if self._transferor_here(call, transfer):
+                events += self._bye_caller(call, now, transfer.local)
+                self._leave_extension(call, call.facts.caller)
+        elif leg.state != "done":
             events += self._bye_leg(leg, now, transfer.local)
             self._leave(call, leg)
         return events
@@ -1516,16 +1656,10 @@ class B2BUA:
             if any(other.state in ("calling", "ringing") for other in call.legs):
                 return hung_up
             return hung_up + self._outcome(call, "failed", now, local)
-        _, callee = answered
+        theirs, media = answered
         call.transfer = None
         call.state = "answered"
-        call.winner = leg
         self._disarm(call, "no_answer")
-        if isinstance(leg.target, Device):
-            self._join(call, leg.target.extension)
-        anchor.callee_media = callee
-        anchor.callee_sdp = leg.offer
-        anchor.callee_holds = False
         log.info("transfer connected", call_id=call.id, leg=leg.label)
         self._count_transfer("connected")
         events: list[Event] = []
@@ -1533,6 +1667,18 @@ class B2BUA:
             if other is not leg:
                 events += self._cancel_leg(other, now, COMPLETED_ELSEWHERE)
         events += self._transferor_out(call, transfer, 200, now)
+        if isinstance(leg.target, Device):
+            self._join(call, leg.target.extension)
+        if transfer.transferor is None:  # the target takes the caller's place
+            call.partner = leg
+            call.legs = [x for x in call.legs if x is not leg]
+            anchor.offer, anchor.caller_media, anchor.caller_sdp = theirs, media, leg.offer
+            anchor.caller_holds = False
+        else:
+            call.winner = leg
+            anchor.callee_media = media
+            anchor.callee_sdp = leg.offer
+            anchor.callee_holds = False
         self._bridge(call)
         return events
 
@@ -1564,8 +1710,8 @@ class B2BUA:
         call.state = "answered"
         local = transfer.local
         events = self._cancel_legs(call, now, None, local)
-        events += self._notify_transferor(transfer, status, now)
-        if transfer.transferor.state != "done":
+        events += self._notify_transferor(call, transfer, status, now)
+        if self._transferor_here(call, transfer):
             log.info("transfer failed; back to the transferor", call_id=call.id,
                      status=status)
             self._count_transfer("failed")
@@ -1583,7 +1729,7 @@ class B2BUA:
         call.transfer = None
         self._count_transfer("dropped")
         return self._cancel_legs(call, now, None, local) + self._notify_transferor(
-            transfer, 487, now)
+            call, transfer, 487, now)
 
     def _attended(self, call: Call, leg: Leg, req: Request, key: TxKey, headers: str,
                   now: float, local: Local) -> list[Event]:
@@ -1630,7 +1776,7 @@ class B2BUA:
         log.info("attended transfer", call_id=call.id, transferor=leg.target.extension,
                  target=target.label, consultation=other.id)
         events = self.tx.respond(key, make_response(req, 202), now) + events
-        events += self._notify_transferor(transfer, 100, now)
+        events += self._notify_transferor(call, transfer, 100, now)
         self._bridge(call)  # hold music to the caller while the target moves
         return events
 
@@ -1765,6 +1911,8 @@ class B2BUA:
         return events + sent
 
     def _bye_caller(self, call: Call, now: float, local: Local) -> list[Event]:
+        if call.partner is not None:
+            return self._bye_leg(call.partner, now, local)
         dialog = call.caller_dialog
         if dialog is None or dialog.terminated:
             return []
@@ -1828,18 +1976,20 @@ class B2BUA:
             call.trunk_in = ""
         for leg in call.legs:
             self._release_leg(leg)
-        if call.winner is not None:
-            self._by_leg_call_id.pop(call.winner.invite.call_id, None)
+        for party in (call.winner, call.partner):
+            if party is not None:
+                self._release_leg(party)
+                self._by_leg_call_id.pop(party.invite.call_id, None)
         # Break the Call -> Leg -> Call cycles: an ended call is freed by reference
         # counting, as soon as its last transaction ends, not by the cyclic
         # collector (whose passes over a busy engine's heap cost more than calls).
         call.legs = []
-        call.winner = call.screening = None
+        call.winner = call.screening = call.partner = None
 
     def on_terminated(self, key: TxKey) -> None:
         """A client transaction ended: forget legs that are over."""
         leg = self._legs.pop(key, None)
-        if leg is not None and leg is not leg.call.winner:
+        if leg is not None and leg is not leg.call.winner and leg is not leg.call.partner:
             self._by_leg_call_id.pop(leg.invite.call_id, None)
         self._relays.pop(key, None)
         self._moves.pop(key, None)

@@ -351,3 +351,70 @@ def test_replaces_is_read_beside_other_headers_of_the_refer_to_uri() -> None:
     for bad in ("Require=replaces", "Replaces=a%3Bto-tag%3Dc", "Replaces=x&Replaces=y",
                 "Replaces=%3Bto-tag%3Da%3Bfrom-tag%3Db"):
         assert _replaces(bad) is None, bad
+
+
+def caller_refer(ok: Response, target: str, cseq: int = 3) -> bytes:
+    """101's REFER in the call it placed (its dialog with the engine)."""
+    data = in_dialog("REFER", ok, RECEPTION, cseq=cseq, call_id="call-1", branch=f"cr{cseq}")
+    return data.replace(b"Content-Length", f"Refer-To: <sip:{target}@pbx.test>\r\n"
+                        "Content-Length".encode())
+
+
+def test_the_calling_party_can_transfer_the_callee() -> None:
+    """101 called 102 and transfers 102 to 103: 102 hears hold music, 103 is offered
+    the engine's caller-side port with 102's codec and takes 101's place."""
+    from tests.test_b2bua_anchor import answered_call
+    net = anchored_net()
+    register(net, "103")
+    ok, to_102 = answered_call(net)  # 101 -> 102, ports 30000 (101) / 30002 (102), PCMA
+    net.media.clear()
+    net.send(caller_refer(ok, "103"), RECEPTION)
+    to_101 = net.drain(RECEPTION)
+    assert [r.status for r in to_101 if isinstance(r, Response)] == [202]
+    assert notifies(to_101) == [("SIP/2.0 100 Trying", "active")]
+    [music] = bridges(net)
+    assert music.music_to_callee and not music.music_to_caller
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    offer = parse_sdp(inv.body)
+    audio = offer.audio()
+    assert audio is not None and audio.port == 30000  # the port 101 used
+    assert [f.name for f in audio.formats] == ["PCMA", "telephone-event"]
+    assert offer.origin.session_id == parse_sdp(ok.body).origin.session_id
+    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    assert methods(net.drain(PHONES["103"])) == ["ACK"]
+    to_101 = net.drain(RECEPTION)
+    assert notifies(to_101) == [("SIP/2.0 200 OK", "terminated")]
+    assert methods(to_101) == ["NOTIFY", "BYE"]
+    assert net.drain(PHONES["102"]) == []  # 102 is not re-INVITEd
+    relay = bridges(net)[-1]
+    assert relay.caller_media is not None and relay.caller_media.remote_port == 40002
+    assert relay.callee_media is not None and relay.callee_media.remote_port == 40000
+    assert not relay.music_to_callee and not relay.music_to_caller
+    b2bua = net.engine.b2bua
+    assert b2bua.on_call == {"102": 1, "103": 1}
+    # 102 holds: the engine answers, 103 hears music; 103 hangs up: 102 gets the BYE.
+    net.send(from_phone(inv, "BYE", 5, [], PHONES["103"], "bye103"), PHONES["103"])
+    assert [r.status for r in net.responses(PHONES["103"])] == [200]
+    [bye] = net.requests(PHONES["102"], "BYE")
+    assert bye.call_id == to_102.call_id
+    assert b2bua.calls == {} and b2bua.on_call == {}
+
+
+def test_a_callers_transfer_to_a_target_that_does_not_answer_ends_if_the_caller_left() -> None:
+    from tests.test_b2bua_anchor import answered_call
+    net = anchored_net()
+    register(net, "103")
+    ok, to_102 = answered_call(net)
+    net.send(caller_refer(ok, "103"), RECEPTION)
+    net.send(in_dialog("BYE", ok, RECEPTION, cseq=4, call_id="call-1", branch="bye1"),
+             RECEPTION)
+    assert 200 in [r.status for r in net.responses(RECEPTION)]
+    assert net.engine.b2bua.on_call == {"102": 1}  # 101 is free at once
+    assert net.requests(PHONES["102"], "BYE") == []
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    net.send(reply(inv, 486), PHONES["103"])  # busy: 103's plan is its voicemail,
+    # which a transferred callee cannot reach yet: nobody is left to take 102 back
+    [bye] = net.requests(PHONES["102"], "BYE")
+    assert bye.call_id == to_102.call_id
+    assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}

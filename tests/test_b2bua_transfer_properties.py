@@ -1,6 +1,7 @@
-"""Transfers under any order of events: hypothesis drives an answered carrier call
-through a blind or attended transfer while the caller, the transferor and the
-target answer, refuse, hang up or stay silent in any order. Whatever happens,
+"""Transfers under any order of events: hypothesis drives an answered call through
+a blind or attended transfer by the callee, or a blind transfer by the calling
+party, while the transferee, the transferor and the target answer, refuse, hang
+up or stay silent in any order. Whatever happens,
 nothing raises inside the B2BUA, and once everybody has hung up and the timers
 have run, no call, busy mark or trunk channel is left."""
 
@@ -11,21 +12,21 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.message import Request
+from engine.message import Request, Response
 from engine.transaction import Addr
-from tests.test_b2bua import PHONES, TRUNK, Net, reply
-from tests.test_b2bua_anchor import anchored_net
+from tests.test_b2bua import PHONES, TRUNK, Net, in_dialog, register, reply
+from tests.test_b2bua_anchor import anchored_net, answered_call
 from tests.test_b2bua_transfer import (
     RECEPTION,
     TARGET_SDP,
     answered_trunk_call,
     caller_bye,
+    caller_refer,
     consultation,
     from_phone,
     refer,
 )
 
-TARGET = PHONES["102"]
 ACTIONS = ["target_180", "target_200", "target_486", "target_603", "target_bye",
            "transferor_bye", "consultation_bye", "caller_bye", "tick", "notify_ok"]
 
@@ -33,8 +34,10 @@ ACTIONS = ["target_180", "target_200", "target_486", "target_603", "target_bye",
 @dataclass
 class World:
     net: Net
-    desk: Request  # the engine's INVITE to 101 (the transferee's call)
+    desk: Request  # the engine's INVITE to the callee of the transferee's call
+    target: Addr = PHONES["102"]
     consult: Request | None = None  # the engine's INVITE to 102 for 101's own call
+    ok: Response | None = None  # by the caller: the engine's 200 to 101
     cseq: dict[str, int] = field(default_factory=dict)
     hung_up: set[str] = field(default_factory=set)
     target_invites: list[Request] = field(default_factory=list)
@@ -45,8 +48,8 @@ class World:
 
 
 def take_target(world: World) -> None:
-    """Keep the INVITEs the engine sent 102 (new ones or re-INVITEs)."""
-    for m in world.net.drain(TARGET):
+    """Keep the INVITEs the engine sent the target (new ones or re-INVITEs)."""
+    for m in world.net.drain(world.target):
         if isinstance(m, Request) and m.method == "INVITE" and \
                 all(m.get("via") != seen.get("via") for seen in world.target_invites):
             world.target_invites.append(m)
@@ -59,19 +62,28 @@ def act(world: World, action: str) -> None:
     if action.startswith("target_") and action != "target_bye" and latest is not None:
         status = int(action.split("_")[1])
         body = TARGET_SDP if status == 200 else b""
-        net.send(reply(latest, status, body=body, contact="<sip:102@127.0.0.1:6102>"), TARGET)
+        net.send(reply(latest, status, body=body, contact="<sip:t@127.0.0.1:6199>"),
+                 world.target)
     elif action == "target_bye" and latest is not None and "target" not in world.hung_up:
         world.hung_up.add("target")
-        net.send(from_phone(latest, "BYE", world.next_cseq("target"), [], TARGET, "tbye"),
-                 TARGET)
+        net.send(from_phone(latest, "BYE", world.next_cseq("target"), [], world.target,
+                            "tbye"), world.target)
     elif action == "transferor_bye" and "x" not in world.hung_up:
         world.hung_up.add("x")
-        net.send(from_phone(world.desk, "BYE", world.next_cseq("x"), [], RECEPTION, "xbye"),
-                 RECEPTION)
+        if world.ok is not None:  # the calling party transfers: its own dialog
+            net.send(in_dialog("BYE", world.ok, RECEPTION, cseq=world.next_cseq("x"),
+                               call_id="call-1", branch="xbye"), RECEPTION)
+        else:
+            net.send(from_phone(world.desk, "BYE", world.next_cseq("x"), [], RECEPTION,
+                                "xbye"), RECEPTION)
     elif action == "consultation_bye" and world.consult is not None \
             and "y" not in world.hung_up:
         world.hung_up.add("y")
         net.send(_caller_side_bye(world), RECEPTION)
+    elif action == "caller_bye" and "caller" not in world.hung_up and world.ok is not None:
+        world.hung_up.add("caller")  # the transferee is 102, the callee
+        net.send(from_phone(world.desk, "BYE", world.next_cseq("callee"), [], PHONES["102"],
+                            "cbye"), PHONES["102"])
     elif action == "caller_bye" and "caller" not in world.hung_up:
         world.hung_up.add("caller")
         if net.engine.b2bua.calls:
@@ -109,24 +121,37 @@ def _caller_side_bye(world: World) -> bytes:
 
 def everybody_hangs_up(world: World) -> None:
     for action in ("notify_ok", "caller_bye", "transferor_bye", "consultation_bye",
-                   "target_bye", "notify_ok"):
+                   "target_bye", "notify_ok", "target_bye"):
         act(world, action)
     for _ in range(8):  # 84 s: every timer (no-answer, Timer B/F/H) has run
         world.net.tick(10.5)
-        for addr in (RECEPTION, TARGET, TRUNK):
+        for addr in (RECEPTION, PHONES["102"], PHONES["103"], TRUNK):
             for m in world.net.drain(addr):
                 if isinstance(m, Request) and m.method in ("BYE", "NOTIFY", "CANCEL"):
                     world.net.send(reply(m, 200), addr)
 
 
-@given(attended=st.booleans(), actions=st.lists(st.sampled_from(ACTIONS), max_size=8))
-@settings(max_examples=250, deadline=None)
-def test_transfers_leave_nothing_behind_whatever_happens(attended: bool,
+@given(mode=st.sampled_from(["blind", "attended", "by_caller"]),
+       actions=st.lists(st.sampled_from(ACTIONS), max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_transfers_leave_nothing_behind_whatever_happens(mode: str,
                                                         actions: list[str]) -> None:
     net = anchored_net()
+    if mode == "by_caller":
+        register(net, "103")
+        ok, to_102 = answered_call(net)  # 101 -> 102
+        world = World(net, to_102, target=PHONES["103"], ok=ok)
+        net.send(caller_refer(ok, "103", cseq=world.next_cseq("x")), RECEPTION)
+        statuses = [r.status for r in net.responses(RECEPTION)]
+        assert statuses == [202], statuses
+        for action in actions:
+            act(world, action)
+        everybody_hangs_up(world)
+        check_nothing_left(net)
+        return
     desk = answered_trunk_call(net, "102")
     world = World(net, desk)
-    if attended:
+    if mode == "attended":
         inv, ok = consultation(net)
         world.consult = inv
         world.target_invites.append(inv)
@@ -141,6 +166,10 @@ def test_transfers_leave_nothing_behind_whatever_happens(attended: bool,
     for action in actions:
         act(world, action)
     everybody_hangs_up(world)
+    check_nothing_left(net)
+
+
+def check_nothing_left(net: Net) -> None:
     b2bua = net.engine.b2bua
     assert net.engine.metrics.errors._value.get() == 0
     assert b2bua.calls == {}, [(c.id, c.state) for c in b2bua.calls.values()]
