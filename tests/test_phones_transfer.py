@@ -1,7 +1,7 @@
 """Transfer between real phones: pjsua2 (pjsip 2.15) 101 calls 102, 102 transfers
 101 to 103 through ``switchboard serve``: blind (REFER, ``Call.xfer``) and
 attended (102 holds 101, calls 103, then REFER with Replaces,
-``Call.xferReplaces``).
+``Call.xferReplaces``); and 101, the calling party, transfers 102 to 103.
 
 The phones are ``tests/phones/pjsua_transfer.py`` (one process, three accounts,
 each playing its own tone: 101 700 Hz, 102 1100 Hz, 103 1500 Hz, and recording
@@ -64,7 +64,7 @@ department = "Sales"
 """
 
 
-@pytest.mark.parametrize("mode", ["blind", "attended"])
+@pytest.mark.parametrize("mode", ["blind", "attended", "caller"])
 def test_pjsua2_transfer_connects_the_caller_to_the_target(tmp_path: Path, mode: str) -> None:
     require_pjsua2()
     low = 40000 + (free_port() % 10000) // 2 * 2
@@ -90,10 +90,11 @@ def test_pjsua2_transfer_connects_the_caller_to_the_target(tmp_path: Path, mode:
         assert set(calls) == {"101", "102", "103"} | ({"102y"} if mode == "attended"
                                                         else set()), why()
         assert all(c["confirmed"] and c["disconnected"] for c in calls.values()), why()
-        assert 200 in result["xfer_codes"], why()  # 102 was told the transfer succeeded
-        assert calls["101"]["reoffers"] == 0, why()  # 101 never re-INVITEd
+        assert 200 in result["xfer_codes"], why()  # the transferor was told it succeeded
+        transferee, transferor = ("102", "101") if mode == "caller" else ("101", "102")
+        assert calls[transferee]["reoffers"] == 0, why()  # never re-INVITEd
         assert calls["103"]["reoffers"] == (1 if mode == "attended" else 0), why()
-        assert calls["101"]["code"] == 200, why()  # and it hung up itself, at the end
+        assert calls[transferee]["code"] == 200, why()  # it hung up itself, at the end
         at = {e["event"]: e["t"] for e in events
               if e["event"] in {"talk", "xfer", "transferred", "hangup"}}
         assert {"talk", "xfer", "transferred", "hangup"} <= set(at), why()
@@ -106,12 +107,12 @@ def test_pjsua2_transfer_connects_the_caller_to_the_target(tmp_path: Path, mode:
             assert 0 <= a < b <= len(pcm) // 2, why(user, begin, end, a, b, len(pcm))
             return round(dominant_frequency(pcm[2 * a: 2 * b], RATE), 1)
 
-        before = heard("101", at["talk"] + 0.4, at["xfer"] - 0.1)
-        after = heard("101", at["transferred"] + 0.5, at["hangup"] - 0.1)
+        before = heard(transferee, at["talk"] + 0.4, at["xfer"] - 0.1)
+        after = heard(transferee, at["transferred"] + 0.5, at["hangup"] - 0.1)
         target = heard("103", at["transferred"] + 0.5, at["hangup"] - 0.1)
-        assert abs(before - HZ["102"]) < 15, why("101 before", before)
-        assert abs(after - HZ["103"]) < 15, why("101 after", after)
-        assert abs(target - HZ["101"]) < 15, why("103", target)
+        assert abs(before - HZ[transferor]) < 15, why(transferee, "before", before)
+        assert abs(after - HZ["103"]) < 15, why(transferee, "after", after)
+        assert abs(target - HZ[transferee]) < 15, why("103", target)
 
         assert "transfer connected" in engine.log(), why()
         with urllib.request.urlopen(f"http://127.0.0.1:{engine.http_port}/metrics",

@@ -16,9 +16,11 @@ receives. 102 and 103 answer 200 at once. Sequence: 101 calls 102; both talk
 * ``--mode attended``: 102 holds 101, calls 103 itself (the consultation),
   they talk ``--talk`` s, and 102 sends REFER with Replaces naming that call
   (``Call.xferReplaces``);
+* ``--mode caller``: 101, the calling party, sends REFER (blind) to 103;
 
-the engine connects 101 with 103 and hangs up 102 (both its calls);
-101 and 103 talk ``--after`` s; 101 hangs up.
+the engine connects the transferee (101, or 102 in caller mode) with 103 and
+hangs up the transferor (both its calls); they talk ``--after`` s; the
+transferee hangs up.
 
 Output, one JSON object per line on stdout (``t``: this process's monotonic clock):
   {"event": "registered", "ok": true, "codes": {...}}
@@ -131,11 +133,16 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
     phones.legs["101"] = Leg(caller, phones.wav("101"), phones.record("101"))
     caller.makeCall(f"sip:102@{args.domain}", pj.CallOpParam(True))
     phones.pump(lambda: (phones.up("101") and phones.up("102")) or caller.disconnected, 10)
+    transferee = caller
     if phones.up("101") and phones.up("102"):
         emit(event="talk", t=time.monotonic())
         phones.pump(lambda: caller.disconnected, args.talk)
         transferor = phones.legs["102"].call
-        if args.mode == "blind":
+        if args.mode == "caller":
+            transferor, transferee = caller, phones.legs["102"].call
+            emit(event="xfer", t=time.monotonic())
+            caller.xfer(f"sip:103@{args.domain}", pj.CallOpParam(True))
+        elif args.mode == "blind":
             emit(event="xfer", t=time.monotonic())
             transferor.xfer(f"sip:103@{args.domain}", pj.CallOpParam(True))
         else:
@@ -153,17 +160,18 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
                     10)
         if phones.up("103"):
             emit(event="transferred", t=time.monotonic())
-            phones.pump(lambda: caller.disconnected, args.after)
-    if not caller.disconnected:
+            phones.pump(lambda: transferee.disconnected, args.after)
+    if not transferee.disconnected:
         emit(event="hangup", t=time.monotonic())
-        caller.hangup(pj.CallOpParam(True))
+        transferee.hangup(pj.CallOpParam(True))
     phones.pump(lambda: all(leg.call.disconnected for leg in phones.legs.values()), 5)
     result["calls"] = {
         user: {"states": leg.call.states, "code": leg.call.last_code,
                "reoffers": leg.call.reoffers, "confirmed": leg.call.confirmed,
                "disconnected": leg.call.disconnected}
         for user, leg in phones.legs.items()}
-    result["xfer_codes"] = phones.legs["102"].call.xfer_codes if "102" in phones.legs else []
+    side = "101" if args.mode == "caller" else "102"
+    result["xfer_codes"] = phones.legs[side].call.xfer_codes if side in phones.legs else []
     result["transferred"] = phones.up("103") or "103" in phones.legs
 
 
@@ -173,7 +181,7 @@ def main() -> int:
     ap.add_argument("--domain", required=True)
     ap.add_argument("--folder", required=True,
                     help="has say-101.wav, say-102.wav, say-103.wav; gets heard-by-*.wav")
-    ap.add_argument("--mode", choices=["blind", "attended"], default="blind")
+    ap.add_argument("--mode", choices=["blind", "attended", "caller"], default="blind")
     ap.add_argument("--talk", type=float, default=2.0, help="101 and 102 talk, seconds")
     ap.add_argument("--after", type=float, default=2.5, help="101 and 103 talk, seconds")
     ap.add_argument("--deadline", type=float, default=30.0, help="seconds for everything")
