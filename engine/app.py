@@ -353,7 +353,11 @@ class Server:
         elif isinstance(action, OpenMedia):
             self._spawn(self._open_media(action.call, action.bridge))
         elif isinstance(action, StartVoicemail):
-            self.calls_media.detach(action.call)  # a screened or early-media leg is over
+            # A screened or early-media leg is over; or, a called party transferred by
+            # its caller leaves the message from the endpoint facing it.
+            kept = self.calls_media.detach(action.call, keep_callee=action.callee_side)
+            if action.callee_side and kept is not None:
+                self._endpoints[action.call] = kept  # the caller's side is closed
             self._spawn(self._voicemail(action))
         elif isinstance(action, StartMailbox):
             self._spawn(self._mailbox(action))

@@ -271,6 +271,9 @@ class StartVoicemail:
     greeting: str  # "default" or a WAV path
     max_seconds: int
     caller: str
+    # The party leaving the message is on the endpoint facing the callee (it was
+    # the called party of a call its caller transferred): record that one.
+    callee_side: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,8 +501,6 @@ class B2BUA:
             headers += [("Diversion", v) for v in _diversion(step.diversion, local.domain)]
             return self._final(call, 302, now, headers)
         if call.transfer is not None and isinstance(step, Voicemail):
-            if call.transfer.transferor is None:  # the callee would record on the
-                return self._final(call, 480, now)  # other endpoint: not supported
             return self._transfer_to_voicemail(call, step, now, local)
         if call.transfer is not None and isinstance(step, MailboxAccess):
             return self._final(call, 403, now)  # nobody's mailbox menu for a transferee
@@ -1684,18 +1685,23 @@ class B2BUA:
 
     def _transfer_to_voicemail(self, call: Call, step: Voicemail, now: float,
                                local: Local) -> list[Event]:
-        """The target's plan leaves a message: the caller, already answered, gets
-        the greeting and the beep on its own endpoint; the transferor is done."""
+        """The target's plan leaves a message: the transferee, already answered, gets
+        the greeting and the beep on its own endpoint (the caller's, or the callee's
+        in a transfer by the caller); the transferor is done."""
         transfer, anchor = call.transfer, call.anchor
-        assert transfer is not None and anchor is not None and anchor.caller_media is not None
+        assert transfer is not None and anchor is not None
+        by_caller = transfer.transferor is None
+        media = anchor.callee_media if by_caller else anchor.caller_media
+        assert media is not None
         call.transfer = None
         call.state = "answered"
         call.voicemail = step
         owner = self.directory.user(step.box) if self.directory else None
         max_seconds = owner.voicemail.max_seconds if owner is not None else 180
         self.media_actions.append(StartVoicemail(
-            _call_key(call), call.id, anchor.caller_media, step.box, step.greeting,
-            max_seconds, call.facts.caller))
+            _call_key(call), call.id, media, step.box, step.greeting, max_seconds,
+            self._callee_name(call) if by_caller else call.facts.caller,
+            callee_side=by_caller))
         log.info("transfer to voicemail", call_id=call.id, box=step.box)
         self._count_transfer("voicemail")
         return self._transferor_out(call, transfer, 200, now)

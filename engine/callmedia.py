@@ -123,12 +123,15 @@ class CallMedia:
         if action.record and bridge.recorder is None and ready and not action.announce:
             self._start_recording(bridge, action)
 
-    def detach(self, key: tuple[str, str]) -> None:
-        """The call left the bridge (voicemail takes the caller's endpoint): close
-        the callee side; the caller's endpoint stays open."""
+    def detach(self, key: tuple[str, str], keep_callee: bool = False) -> MediaEndpoint | None:
+        """The call left the bridge (voicemail takes one endpoint): close the other
+        side; the caller's endpoint stays open, or the callee's with
+        ``keep_callee``. Returns the endpoint kept (None without a bridge)."""
         bridge = self.bridges.pop(key, None)
-        if bridge is not None:
-            self._close(bridge, keep_caller=True)
+        if bridge is None:
+            return None
+        self._close(bridge, keep_caller=not keep_callee, keep_callee=keep_callee)
+        return bridge.b if keep_callee else bridge.a
 
     def close(self, key: tuple[str, str]) -> None:
         bridge = self.bridges.pop(key, None)
@@ -141,7 +144,7 @@ class CallMedia:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _close(self, bridge: Bridge, keep_caller: bool) -> None:
+    def _close(self, bridge: Bridge, keep_caller: bool, keep_callee: bool = False) -> None:
         if bridge.screen is not None:
             bridge.screen.cancel()
         for endpoint in list(bridge.music):
@@ -150,7 +153,8 @@ class CallMedia:
             bridge.relay.close()
         if bridge.recorder is not None:
             bridge.recorder.stop()
-        bridge.b.close()
+        if not keep_callee:
+            bridge.b.close()
         if not keep_caller:
             bridge.a.close()
 

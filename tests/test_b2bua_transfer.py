@@ -401,7 +401,9 @@ def test_the_calling_party_can_transfer_the_callee() -> None:
     assert b2bua.calls == {} and b2bua.on_call == {}
 
 
-def test_a_callers_transfer_to_a_target_that_does_not_answer_ends_if_the_caller_left() -> None:
+def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
+    """101 transfers 102 to 103 and hangs up; 103 is busy: 102 leaves a message in
+    103's mailbox, recorded from the engine's endpoint facing 102."""
     from tests.test_b2bua_anchor import answered_call
     net = anchored_net()
     register(net, "103")
@@ -411,10 +413,16 @@ def test_a_callers_transfer_to_a_target_that_does_not_answer_ends_if_the_caller_
              RECEPTION)
     assert 200 in [r.status for r in net.responses(RECEPTION)]
     assert net.engine.b2bua.on_call == {"102": 1}  # 101 is free at once
-    assert net.requests(PHONES["102"], "BYE") == []
     [inv] = net.requests(PHONES["103"], "INVITE")
-    net.send(reply(inv, 486), PHONES["103"])  # busy: 103's plan is its voicemail,
-    # which a transferred callee cannot reach yet: nobody is left to take 102 back
+    net.media.clear()
+    net.send(reply(inv, 486), PHONES["103"])  # busy: 103's plan is its voicemail
+    [start] = [m for m in net.media if isinstance(m, StartVoicemail)]
+    assert start.box == "103" and start.callee_side and start.caller == "102"
+    assert start.negotiated.codec == "PCMA" and start.negotiated.remote_port == 40000
+    assert net.requests(PHONES["102"]) == []  # 102 stays on, hearing the greeting
+    assert net.engine.metrics.transfers.labels("voicemail")._value.get() == 1
+    # The message is recorded; the engine hangs up on 102.
+    net.take(net.engine.hangup(start.call, net.clock.now))
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
     assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}

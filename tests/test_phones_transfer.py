@@ -16,6 +16,7 @@ the test (it never skips).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import urllib.request
@@ -121,5 +122,51 @@ def test_pjsua2_transfer_connects_the_caller_to_the_target(tmp_path: Path, mode:
         found = re.search(r'^switchboard_transfers_total\{outcome="connected"\} (\S+)$',
                           metrics, re.M)
         assert found and float(found.group(1)) == 1.0, why(metrics[-2000:])
+    finally:
+        engine.stop()
+
+
+VOICEMAIL_103 = """
+[users.forwarding.available]
+no_answer_seconds = 3
+no_answer = { external = "voicemail", internal = "voicemail" }
+busy = { external = "voicemail", internal = "voicemail" }
+"""
+
+
+def test_pjsua2_callers_transfer_to_an_unanswered_target_leaves_a_message(
+        tmp_path: Path) -> None:
+    """101 calls 102 and transfers it to 103, which lets it ring: 102 hears 103's
+    greeting and speaks (1100 Hz) into 103's mailbox, from the engine's endpoint
+    that faced it all along."""
+    require_pjsua2()
+    low = 40000 + (free_port() % 10000) // 2 * 2
+    (tmp_path / "directory.toml").write_text(
+        DIRECTORY.format(low=low, high=low + 99) + VOICEMAIL_103)
+    for user, hz in HZ.items():
+        write_wav(tmp_path / f"say-{user}.wav", tone(hz, 1000, level=0.4, ramp_ms=0))
+    log = tmp_path / "pjsua.log"
+    engine = EngineProcess(tmp_path, tmp_path / "directory.toml").start()
+    try:
+        cmd = [sys.executable, str(HELPER), "--registrar", engine.target, "--domain",
+               "pbx.test", "--folder", str(tmp_path), "--mode", "caller", "--silent-target",
+               "--after", "6", "--deadline", "35", "--log-level", "5"]
+        events = run_to_done(cmd, log, engine, 45, "pjsua2 phones", tmp_path / "phones.jsonl")
+
+        def why(*extra: object) -> str:
+            return (f"{extra}\nevents {events}\n--- phone log ---\n{tail(log)}\n"
+                    f"--- engine log ---\n{engine.log()[-5000:]}")
+
+        [result] = [e for e in events if e["event"] == "result"]
+        assert 200 in result["xfer_codes"], why()
+        assert result["calls"]["102"]["reoffers"] == 0, why()
+        assert "transfer to voicemail" in engine.log(), why()
+        listed = engine.cli("voicemail", "list", "103", "--json")
+        assert listed.returncode == 0, why(listed.stderr)
+        [message] = json.loads(listed.stdout)
+        assert message["caller"] == "102", why(message)
+        audio = load_wav(message["path"])
+        assert audio.duration > 2.0, why(message)
+        assert abs(dominant_frequency(audio.pcm16, RATE) - HZ["102"]) < 15, why(message)
     finally:
         engine.stop()

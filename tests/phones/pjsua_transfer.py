@@ -20,7 +20,8 @@ receives. 102 and 103 answer 200 at once. Sequence: 101 calls 102; both talk
 
 the engine connects the transferee (101, or 102 in caller mode) with 103 and
 hangs up the transferor (both its calls); they talk ``--after`` s; the
-transferee hangs up.
+transferee hangs up. With ``--silent-target`` 103 lets it ring: the transferee
+gets 103's voicemail and speaks ``--after`` s into it.
 
 Output, one JSON object per line on stdout (``t``: this process's monotonic clock):
   {"event": "registered", "ok": true, "codes": {...}}
@@ -98,6 +99,8 @@ class Phones(Pump):
         if not self.accounts:
             return
         for user in ("102", "103"):
+            if user == "103" and self.args.silent_target:
+                continue
             acc = self.accounts.get(user)
             if acc is not None and acc.incoming and user not in self.legs:
                 call = acc.incoming[0]
@@ -155,10 +158,11 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
             phones.pump(lambda: caller.disconnected, args.talk)
             emit(event="xfer", t=time.monotonic())
             transferor.xferReplaces(consult, pj.CallOpParam(True))
-        phones.pump(lambda: phones.up("103") and transferor.disconnected
+        silent = args.silent_target
+        phones.pump(lambda: (phones.up("103") or silent) and transferor.disconnected
                     and ("102y" not in phones.legs or phones.legs["102y"].call.disconnected),
-                    10)
-        if phones.up("103"):
+                    15)
+        if phones.up("103") or (silent and transferor.disconnected):
             emit(event="transferred", t=time.monotonic())
             phones.pump(lambda: transferee.disconnected, args.after)
     if not transferee.disconnected:
@@ -182,6 +186,7 @@ def main() -> int:
     ap.add_argument("--folder", required=True,
                     help="has say-101.wav, say-102.wav, say-103.wav; gets heard-by-*.wav")
     ap.add_argument("--mode", choices=["blind", "attended", "caller"], default="blind")
+    ap.add_argument("--silent-target", action="store_true", help="103 does not answer")
     ap.add_argument("--talk", type=float, default=2.0, help="101 and 102 talk, seconds")
     ap.add_argument("--after", type=float, default=2.5, help="101 and 103 talk, seconds")
     ap.add_argument("--deadline", type=float, default=30.0, help="seconds for everything")
