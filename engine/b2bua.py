@@ -72,6 +72,7 @@ import structlog
 
 from engine.dialog import Dialog, new_branch, new_call_id, new_tag
 from engine.message import (
+    URI,
     ParseError,
     Request,
     Response,
@@ -1505,24 +1506,39 @@ class B2BUA:
         if not isinstance(leg.target, Device):
             return self._refuse_transfer(call, req, key, now, 403,
                                          "only a user's phone can transfer a call")
-        try:
-            refer_to = parse_address(req.get("refer-to") or "", "Refer-To").uri
-        except ParseError as exc:
-            return self._refuse_transfer(call, req, key, now, 400, exc.reason)
+        refer_to = self._refer_to(call, req, key, now)
+        if not isinstance(refer_to, URI):
+            return refer_to
         if refer_to.headers:  # Replaces=... (an attended transfer)
             return self._attended(call, leg, req, key, refer_to.headers, now, local)
-        target = refer_to.user or ""
-        if not target:
+        if not refer_to.user:
             return self._refuse_transfer(call, req, key, now, 400, "Refer-To names no number")
         transferor = self.directory.user(leg.target.extension)
-        facts = CallFacts(caller=leg.target.extension, callee=target, source="phone",
-                          at=local_datetime(self.wall_clock()),
-                          caller_name=transferor.name if transferor else "")
-        the_plan = plan(facts, self.directory, self.live_state(self.directory,
-                                                               self.wall_clock()))
-        log.info("transfer", call_id=call.id, transferor=leg.target.extension, target=target,
+        return self._begin_transfer(
+            call, req, key, Transfer(leg, refer_to.user, anchor.caller_media.codec, local),
+            leg.target.extension, transferor.name if transferor else "", now, local)
+
+    def _refer_to(self, call: Call, req: Request, key: TxKey,
+                  now: float) -> URI | list[Event]:
+        """The REFER's Refer-To URI, or the 400 refusing it."""
+        try:
+            return parse_address(req.get("refer-to") or "", "Refer-To").uri
+        except ParseError as exc:
+            return self._refuse_transfer(call, req, key, now, 400, exc.reason)
+
+    def _begin_transfer(self, call: Call, req: Request, key: TxKey, transfer: Transfer,
+                        extension: str, name: str, now: float, local: Local) -> list[Event]:
+        """202 and NOTIFY 100 to the transferor, hold music to the transferee, and the
+        target's plan as a call from the transferring user ``extension``."""
+        assert self.directory is not None
+        wall = self.wall_clock()
+        facts = CallFacts(caller=extension, callee=transfer.target, source="phone",
+                          at=local_datetime(wall), caller_name=name)
+        the_plan = plan(facts, self.directory, self.live_state(self.directory, wall))
+        log.info("transfer", call_id=call.id, transferor=extension, target=transfer.target,
+                 by="caller" if transfer.transferor is None else "callee",
                  plan=_PlanText(the_plan))
-        transfer = call.transfer = Transfer(leg, target, anchor.caller_media.codec, local)
+        call.transfer = transfer
         events = self.tx.respond(key, make_response(req, 202), now)
         events += self._notify_transferor(call, transfer, 100, now)
         call.plan = the_plan
@@ -1530,9 +1546,8 @@ class B2BUA:
         call.legs = []
         # Whoever rang earlier in this call may be the target now; the transferring
         # user's own phones are not rung.
-        call.rung = {b.contact for b in self.registrar.lookup(leg.target.extension,
-                                                               self.wall_clock())}
-        self._bridge(call)  # hold music to the caller
+        call.rung = {b.contact for b in self.registrar.lookup(extension, wall)}
+        self._bridge(call)
         return events + self._run_step(call, 0, now, local)
 
     def _refer_by_caller(self, call: Call, req: Request, key: TxKey, now: float,
@@ -1553,33 +1568,17 @@ class B2BUA:
         if call.facts.source != "phone":
             return self._refuse_transfer(call, req, key, now, 403,
                                          "only a user's phone can transfer a call")
-        try:
-            refer_to = parse_address(req.get("refer-to") or "", "Refer-To").uri
-        except ParseError as exc:
-            return self._refuse_transfer(call, req, key, now, 400, exc.reason)
+        refer_to = self._refer_to(call, req, key, now)
+        if not isinstance(refer_to, URI):
+            return refer_to
         if refer_to.headers:
             return self._refuse_transfer(call, req, key, now, 501, (
                 "an attended transfer by the calling party is not supported"))
-        target = refer_to.user or ""
-        if not target:
+        if not refer_to.user:
             return self._refuse_transfer(call, req, key, now, 400, "Refer-To names no number")
-        facts = CallFacts(caller=call.facts.caller, callee=target, source="phone",
-                          at=local_datetime(self.wall_clock()),
-                          caller_name=call.facts.caller_name)
-        the_plan = plan(facts, self.directory, self.live_state(self.directory,
-                                                               self.wall_clock()))
-        log.info("transfer", call_id=call.id, transferor=call.facts.caller, target=target,
-                 by="caller", plan=_PlanText(the_plan))
-        transfer = call.transfer = Transfer(None, target, anchor.callee_media.codec, local)
-        events = self.tx.respond(key, make_response(req, 202), now)
-        events += self._notify_transferor(call, transfer, 100, now)
-        call.plan = the_plan
-        call.state = "routing"
-        call.legs = []
-        call.rung = {b.contact for b in self.registrar.lookup(call.facts.caller,
-                                                               self.wall_clock())}
-        self._bridge(call)  # hold music to the callee
-        return events + self._run_step(call, 0, now, local)
+        return self._begin_transfer(
+            call, req, key, Transfer(None, refer_to.user, anchor.callee_media.codec, local),
+            call.facts.caller, call.facts.caller_name, now, local)
 
     def _notify_transferor(self, call: Call, transfer: Transfer, status: int,
                            now: float) -> list[Event]:

@@ -137,18 +137,24 @@ def everybody_hangs_up(world: World) -> None:
 def test_transfers_leave_nothing_behind_whatever_happens(mode: str,
                                                         actions: list[str]) -> None:
     net = anchored_net()
+    world = start_transfer(net, mode)
+    statuses = [r.status for r in net.responses(RECEPTION)]
+    assert statuses == [202], statuses
+    for action in actions:
+        act(world, action)
+    everybody_hangs_up(world)
+    check_nothing_left(net)
+
+
+def start_transfer(net: Net, mode: str) -> World:
+    """An answered call and the transferor's REFER: blind or attended by 101 (the
+    callee of a carrier's call), or blind by 101 as the caller of 102."""
     if mode == "by_caller":
         register(net, "103")
         ok, to_102 = answered_call(net)  # 101 -> 102
         world = World(net, to_102, target=PHONES["103"], ok=ok)
         net.send(caller_refer(ok, "103", cseq=world.next_cseq("x")), RECEPTION)
-        statuses = [r.status for r in net.responses(RECEPTION)]
-        assert statuses == [202], statuses
-        for action in actions:
-            act(world, action)
-        everybody_hangs_up(world)
-        check_nothing_left(net)
-        return
+        return world
     desk = answered_trunk_call(net, "102")
     world = World(net, desk)
     if mode == "attended":
@@ -161,12 +167,7 @@ def test_transfers_leave_nothing_behind_whatever_happens(mode: str,
             RECEPTION)
     else:
         net.send(refer(desk, "102", cseq=world.next_cseq("x")), RECEPTION)
-    statuses = [r.status for r in net.responses(RECEPTION)]
-    assert statuses == [202], statuses
-    for action in actions:
-        act(world, action)
-    everybody_hangs_up(world)
-    check_nothing_left(net)
+    return world
 
 
 def check_nothing_left(net: Net) -> None:
