@@ -676,6 +676,8 @@ class B2BUA:
         codec = call.music_codec or (call.transfer.codec if call.transfer else "")
         if codec:
             offer = sdp.with_codec_order(offer, [codec])
+        if call.transfer is not None:  # the engine's endpoint, whoever held the call
+            offer = sdp.with_direction(offer, "sendrecv")
         anchor.callee_version += 1
         return sdp.with_origin(offer, anchor.callee_session, anchor.callee_version, local.host)
 
@@ -689,6 +691,9 @@ class B2BUA:
             return None
         offer = sdp.with_connection(anchor.offer, local.host, call.media_port)
         offer = sdp.with_codec_order(offer, [transfer.codec])
+        # The caller's latest offer may have been its hold (sendonly) before the REFER:
+        # the target is offered the engine's endpoint, which sends and receives.
+        offer = sdp.with_direction(offer, "sendrecv")
         call.sdp_version += 1
         return sdp.with_origin(offer, call.sdp_session, call.sdp_version, local.host)
 
@@ -1571,9 +1576,8 @@ class B2BUA:
         refer_to = self._refer_to(call, req, key, now)
         if not isinstance(refer_to, URI):
             return refer_to
-        if refer_to.headers:
-            return self._refuse_transfer(call, req, key, now, 501, (
-                "an attended transfer by the calling party is not supported"))
+        if refer_to.headers:  # Replaces=... (an attended transfer)
+            return self._attended(call, None, req, key, refer_to.headers, now, local)
         if not refer_to.user:
             return self._refuse_transfer(call, req, key, now, 400, "Refer-To names no number")
         return self._begin_transfer(
@@ -1736,15 +1740,22 @@ class B2BUA:
         return self._cancel_legs(call, now, None, local) + self._notify_transferor(
             call, transfer, 487, now)
 
-    def _attended(self, call: Call, leg: Leg, req: Request, key: TxKey, headers: str,
+    def _attended(self, call: Call, leg: Leg | None, req: Request, key: TxKey, headers: str,
                   now: float, local: Local) -> list[Event]:
-        """An attended transfer: the transferor consulted the target in a call of its
-        own and now asks that the caller replace itself there (Refer-To with
-        Replaces naming that call, RFC 5589 s7). The target's leg is re-INVITEd to
-        this call's port with the caller's codec; its answer joins the two."""
+        """An attended transfer: the transferor (the answered callee ``leg``, or with
+        None the calling party) consulted the target in a call of its own and now
+        asks that the other party replace it there (Refer-To with Replaces naming
+        that call, RFC 5589 s7). The target's leg is re-INVITEd to this call's port
+        on the transferor's side, with the transferee's codec; its answer joins
+        the two."""
         anchor = call.anchor
-        assert anchor is not None and anchor.caller_media is not None
-        assert isinstance(leg.target, Device)
+        assert anchor is not None
+        if leg is not None:
+            assert isinstance(leg.target, Device)
+            user, codec = leg.target.extension, anchor.caller_media
+        else:
+            user, codec = call.facts.caller, anchor.callee_media
+        assert codec is not None
         replaces = _replaces(headers)
         if replaces is None:
             return self._refuse_transfer(call, req, key, now, 400,
@@ -1757,17 +1768,18 @@ class B2BUA:
                                          "Replaces names no call of the transferor's")
         theirs = other.anchor
         if other.state != "answered" or other.transfer is not None \
-                or other.facts.source != "phone" or other.facts.caller != leg.target.extension \
+                or other.facts.source != "phone" or other.facts.caller != user \
                 or theirs is None or not other.media_open or target.offer is None:
             return self._refuse_transfer(call, req, key, now, 403, (
                 "Replaces must name an answered call the transferring user made, with "
                 "its media through the engine"))
-        transfer = call.transfer = Transfer(leg, target.label, anchor.caller_media.codec,
-                                            local, consultation=other)
-        # Our new offer to the target: this call's callee-side port, the caller's
-        # codec only, in the session the target knows (RFC 3264 s8: same o=, the
-        # version one up).
-        offer = self._callee_offer(call, target.target, local)
+        transfer = call.transfer = Transfer(leg, target.label, codec.codec, local,
+                                            consultation=other)
+        # Our new offer to the target: this call's port on the transferor's side, the
+        # transferee's codec only, in the session the target knows (RFC 3264 s8:
+        # same o=, the version one up).
+        offer = self._callee_offer(call, target.target, local) if leg is not None else \
+            self._partner_offer(call, transfer, local)
         assert offer is not None
         theirs.callee_version += 1
         offer = sdp.with_origin(offer, theirs.callee_session, theirs.callee_version, local.host)
@@ -1778,8 +1790,8 @@ class B2BUA:
             content_type="application/sdp")
         move_key, events = self.tx.send_request(reinvite, target.dest, target.transport, now)
         self._moves[move_key] = (call, transfer)
-        log.info("attended transfer", call_id=call.id, transferor=leg.target.extension,
-                 target=target.label, consultation=other.id)
+        log.info("attended transfer", call_id=call.id, transferor=user, target=target.label,
+                 consultation=other.id, by="callee" if leg is not None else "caller")
         events = self.tx.respond(key, make_response(req, 202), now) + events
         events += self._notify_transferor(call, transfer, 100, now)
         self._bridge(call)  # hold music to the caller while the target moves
@@ -1837,14 +1849,26 @@ class B2BUA:
             self._join(call, target.target.extension)
         target.call = call
         call.transfer = None
-        call.winner = target
-        call.legs = [target]
-        anchor.callee_media = media
-        anchor.callee_sdp = transfer.reinvite
-        anchor.callee_holds = False
+        # The transferor is told and let go first: in a transfer by the caller, the
+        # caller's dialog is still the one to end.
+        events += self._transferor_out(call, transfer, 200, now)
+        if transfer.transferor is None:  # the target takes the caller's place
+            call.partner = target
+            anchor.offer = sdp.parse_sdp(resp.body)
+            anchor.caller_media, anchor.caller_sdp = media, transfer.reinvite
+            anchor.caller_holds = False
+            # Our answers on that side go on in the session the target knows.
+            assert other.anchor is not None
+            call.sdp_session = other.anchor.callee_session
+            call.sdp_version = other.anchor.callee_version
+        else:
+            call.winner = target
+            call.legs = [target]
+            anchor.callee_media = media
+            anchor.callee_sdp = transfer.reinvite
+            anchor.callee_holds = False
         log.info("transfer connected", call_id=call.id, leg=target.label, attended=True)
         self._count_transfer("connected")
-        events += self._transferor_out(call, transfer, 200, now)
         events += self._bye_caller(other, now, local)  # the transferor's consultation call
         self._end(other, now)
         self._bridge(call)

@@ -249,19 +249,19 @@ def test_a_phone_rung_earlier_in_the_call_can_be_the_target() -> None:
     assert again.call_id != first.call_id
 
 
-def consultation(net: Net) -> tuple[Request, Response]:
-    """101, with the carrier's caller (call tcall-1) answered, calls 102 itself
-    (call-y, anchored on ports 30004/30006); 102 answers. Returns the engine's
-    INVITE to 102 and its 200 to 101."""
+def consultation(net: Net, target: str = "102") -> tuple[Request, Response]:
+    """101, in a call answered already, calls ``target`` itself (call-y, anchored on
+    ports 30004/30006), which answers. Returns the engine's INVITE to the target
+    and its 200 to 101."""
     from engine.b2bua import OpenMedia
     net.media.clear()
-    phone_call(net, "101", "102", call_id="call-y")
+    phone_call(net, "101", target, call_id="call-y")
     [action] = [m for m in net.media if isinstance(m, OpenMedia)]
     net.take(net.engine.media_ready(action.call, (30004, 30006), net.clock.now))
-    [inv] = net.requests(PHONES["102"], "INVITE")
-    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:102@127.0.0.1:6102>"),
-             PHONES["102"])
-    net.drain(PHONES["102"])
+    [inv] = net.requests(PHONES[target], "INVITE")
+    net.send(reply(inv, 200, body=TARGET_SDP, contact=f"<sip:{target}@127.0.0.1:6{target}>"),
+             PHONES[target])
+    net.drain(PHONES[target])
     [ok] = [r for r in net.responses(RECEPTION) if r.status == 200]
     net.send(in_dialog("ACK", ok, RECEPTION, cseq=2, call_id="call-y", branch="acky"),
              RECEPTION)
@@ -426,3 +426,86 @@ def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
     assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}
+
+
+def test_the_calling_party_can_transfer_attended() -> None:
+    """101 called 102 (call-1), then called 103 itself (call-y) and transfers 102 to
+    103 with Replaces: 103 is re-INVITEd onto call-1's caller-side port with 102's
+    codec, in the session 103 knows; 102 is never re-INVITEd."""
+    from engine.b2bua import OpenMedia, StopMedia
+    from tests.test_b2bua_anchor import answered_call
+    net = anchored_net()
+    register(net, "103")
+    ok, to_102 = answered_call(net)  # ports 30000 (101) / 30002 (102), PCMA
+    net.media.clear()
+    phone_call(net, "101", "103", call_id="call-y")
+    [action] = [m for m in net.media if isinstance(m, OpenMedia)]
+    net.take(net.engine.media_ready(action.call, (30004, 30006), net.clock.now))
+    [to_103] = net.requests(PHONES["103"], "INVITE")
+    net.send(reply(to_103, 200, body=TARGET_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    net.drain(PHONES["103"])
+    [ok_y] = [r for r in net.responses(RECEPTION) if r.status == 200]
+    net.send(in_dialog("ACK", ok_y, RECEPTION, cseq=2, call_id="call-y", branch="acky"),
+             RECEPTION)
+    net.media.clear()
+    replaces = f"call-y%3Bto-tag%3D{ok_y.to.tag}%3Bfrom-tag%3Dfrom-call-y"
+    data = in_dialog("REFER", ok, RECEPTION, cseq=3, call_id="call-1", branch="catt")
+    net.send(data.replace(b"Content-Length", f"Refer-To: <sip:103@pbx.test?Replaces="
+                          f"{replaces}>\r\nContent-Length".encode()), RECEPTION)
+    assert [r.status for r in net.responses(RECEPTION)] == [202]
+    [move] = net.requests(PHONES["103"], "INVITE")
+    assert move.call_id == to_103.call_id
+    offer = parse_sdp(move.body)
+    audio = offer.audio()
+    assert audio is not None and audio.port == 30000  # call-1's caller-side port
+    assert [f.name for f in audio.formats] == ["PCMA", "telephone-event"]
+    first = parse_sdp(to_103.body).origin
+    assert offer.origin.session_id == first.session_id
+    assert offer.origin.session_version == first.session_version + 1
+    net.send(reply(move, 200, body=TARGET_SDP.replace(b"40002", b"40004"),
+                   contact="<sip:103@127.0.0.1:6103>"), PHONES["103"])
+    assert methods(net.drain(PHONES["103"])) == ["ACK"]
+    to_101 = net.drain(RECEPTION)
+    assert notifies(to_101) == [("SIP/2.0 200 OK", "terminated")]
+    byes = [m for m in to_101 if isinstance(m, Request) and m.method == "BYE"]
+    assert sorted(b.call_id for b in byes) == ["call-1", "call-y"]
+    assert any(isinstance(m, StopMedia) for m in net.media)
+    relay = bridges(net)[-1]
+    assert relay.caller_media is not None and relay.caller_media.remote_port == 40004
+    assert relay.callee_media is not None and relay.callee_media.remote_port == 40000
+    assert net.drain(PHONES["102"]) == []
+    b2bua = net.engine.b2bua
+    assert b2bua.on_call == {"102": 1, "103": 1}
+    # 103, now in 101's place, holds: answered by the engine in 103's session.
+    hold = TARGET_SDP.replace(b"a=rtpmap", b"a=sendonly\r\na=rtpmap")
+    reinvite = from_phone(to_103, "INVITE", 9, [("Content-Type", "application/sdp")],
+                          PHONES["103"], "hold103")
+    net.send(Request.build("INVITE", reinvite.uri_text, [
+        (h[1], h[2]) for h in reinvite.headers if h[0] != "content-length"], hold),
+        PHONES["103"])
+    [held] = [r for r in net.responses(PHONES["103"]) if r.status == 200]
+    assert parse_sdp(held.body).origin.session_id == first.session_id
+    assert bridges(net)[-1].music_to_callee  # 102 hears hold music
+    net.send(from_phone(to_103, "BYE", 10, [], PHONES["103"], "bye103"), PHONES["103"])
+    [bye] = net.requests(PHONES["102"], "BYE")
+    assert bye.call_id == to_102.call_id
+    assert b2bua.calls == {} and b2bua.on_call == {}
+
+
+def test_a_transferor_that_held_first_still_gets_the_target_a_two_way_call() -> None:
+    """Desk phones hold the call before they send REFER: the hold (sendonly) is the
+    caller's latest offer, but the target is offered the engine's endpoint both
+    ways (a=sendrecv), not the hold."""
+    from tests.test_b2bua import SDP
+    from tests.test_b2bua_anchor import answered_call
+    net = anchored_net()
+    register(net, "103")
+    ok, _ = answered_call(net)
+    hold = SDP.replace(b"a=rtpmap:101", b"a=sendonly\r\na=rtpmap:101")
+    net.send(in_dialog("INVITE", ok, RECEPTION, cseq=3, call_id="call-1", branch="hold",
+                       body=hold), RECEPTION)
+    assert 200 in [r.status for r in net.responses(RECEPTION)]
+    net.send(caller_refer(ok, "103", cseq=4), RECEPTION)
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    assert b"a=sendrecv" in inv.body and b"a=sendonly" not in inv.body

@@ -1,9 +1,9 @@
 """Transfers under any order of events: hypothesis drives an answered call through
-a blind or attended transfer by the callee, or a blind transfer by the calling
-party, while the transferee, the transferor and the target answer, refuse, hang
-up or stay silent in any order. Whatever happens,
-nothing raises inside the B2BUA, and once everybody has hung up and the timers
-have run, no call, busy mark or trunk channel is left."""
+a blind or attended transfer, by the callee or by the calling party, while the
+transferee, the transferor and the target answer, refuse, hang up or stay
+silent in any order. Whatever happens, nothing raises inside the B2BUA, and
+once everybody has hung up and the timers have run, no call, busy mark or trunk
+channel is left."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def everybody_hangs_up(world: World) -> None:
                     world.net.send(reply(m, 200), addr)
 
 
-@given(mode=st.sampled_from(["blind", "attended", "by_caller"]),
+@given(mode=st.sampled_from(["blind", "attended", "by_caller", "attended_by_caller"]),
        actions=st.lists(st.sampled_from(ACTIONS), max_size=8))
 @settings(max_examples=300, deadline=None)
 def test_transfers_leave_nothing_behind_whatever_happens(mode: str,
@@ -149,11 +149,21 @@ def test_transfers_leave_nothing_behind_whatever_happens(mode: str,
 def start_transfer(net: Net, mode: str) -> World:
     """An answered call and the transferor's REFER: blind or attended by 101 (the
     callee of a carrier's call), or blind by 101 as the caller of 102."""
-    if mode == "by_caller":
+    if mode in ("by_caller", "attended_by_caller"):
         register(net, "103")
         ok, to_102 = answered_call(net)  # 101 -> 102
         world = World(net, to_102, target=PHONES["103"], ok=ok)
-        net.send(caller_refer(ok, "103", cseq=world.next_cseq("x")), RECEPTION)
+        if mode == "by_caller":
+            net.send(caller_refer(ok, "103", cseq=world.next_cseq("x")), RECEPTION)
+            return world
+        inv, ok_y = consultation(net, "103")
+        world.consult = inv
+        world.target_invites.append(inv)
+        replaces = f"call-y%3Bto-tag%3D{ok_y.to.tag}%3Bfrom-tag%3Dfrom-call-y"
+        data = in_dialog("REFER", ok, RECEPTION, cseq=world.next_cseq("x"), call_id="call-1",
+                         branch="catt")
+        net.send(data.replace(b"Content-Length", f"Refer-To: <sip:103@pbx.test?Replaces="
+                              f"{replaces}>\r\nContent-Length".encode()), RECEPTION)
         return world
     desk = answered_trunk_call(net, "102")
     world = World(net, desk)

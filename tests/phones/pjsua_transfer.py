@@ -17,6 +17,8 @@ receives. 102 and 103 answer 200 at once. Sequence: 101 calls 102; both talk
   they talk ``--talk`` s, and 102 sends REFER with Replaces naming that call
   (``Call.xferReplaces``);
 * ``--mode caller``: 101, the calling party, sends REFER (blind) to 103;
+* ``--mode caller-attended``: 101 holds 102, calls 103 itself, then sends REFER
+  with Replaces;
 
 the engine connects the transferee (101, or 102 in caller mode) with 103 and
 hangs up the transferor (both its calls); they talk ``--after`` s; the
@@ -130,6 +132,19 @@ class Phones(Pump):
             acc.incoming.clear()
 
 
+def consult_by(phones: Phones, held: Call, user: str) -> None:
+    """``user`` holds ``held``, calls 103 (the leg "102y", whoever places it) and
+    talks with it; then the REFER with Replaces may go."""
+    held.setHold(pj.CallOpParam(True))
+    consult = Call(phones.accounts[user], "102y")
+    phones.legs["102y"] = Leg(consult, phones.wav(user), None)
+    consult.makeCall(f"sip:103@{phones.args.domain}", pj.CallOpParam(True))
+    phones.pump(lambda: phones.up("102y") and phones.up("103"), 10)
+    emit(event="consult", t=time.monotonic(), up=phones.up("103"))
+    phones.pump(lambda: consult.disconnected, phones.args.talk)
+    emit(event="xfer", t=time.monotonic())
+
+
 def run(phones: Phones, result: dict[str, Any]) -> None:
     args = phones.args
     caller = Call(phones.accounts["101"], "101")
@@ -145,19 +160,16 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
             transferor, transferee = caller, phones.legs["102"].call
             emit(event="xfer", t=time.monotonic())
             caller.xfer(f"sip:103@{args.domain}", pj.CallOpParam(True))
+        elif args.mode == "caller-attended":
+            transferor, transferee = caller, phones.legs["102"].call
+            consult_by(phones, caller, "101")
+            caller.xferReplaces(phones.legs["102y"].call, pj.CallOpParam(True))
         elif args.mode == "blind":
             emit(event="xfer", t=time.monotonic())
             transferor.xfer(f"sip:103@{args.domain}", pj.CallOpParam(True))
         else:
-            transferor.setHold(pj.CallOpParam(True))
-            consult = Call(phones.accounts["102"], "102y")
-            phones.legs["102y"] = Leg(consult, phones.wav("102"), None)
-            consult.makeCall(f"sip:103@{args.domain}", pj.CallOpParam(True))
-            phones.pump(lambda: phones.up("102y") and phones.up("103"), 10)
-            emit(event="consult", t=time.monotonic(), up=phones.up("103"))
-            phones.pump(lambda: caller.disconnected, args.talk)
-            emit(event="xfer", t=time.monotonic())
-            transferor.xferReplaces(consult, pj.CallOpParam(True))
+            consult_by(phones, transferor, "102")
+            transferor.xferReplaces(phones.legs["102y"].call, pj.CallOpParam(True))
         silent = args.silent_target
         phones.pump(lambda: (phones.up("103") or silent) and transferor.disconnected
                     and ("102y" not in phones.legs or phones.legs["102y"].call.disconnected),
@@ -174,7 +186,7 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
                "reoffers": leg.call.reoffers, "confirmed": leg.call.confirmed,
                "disconnected": leg.call.disconnected}
         for user, leg in phones.legs.items()}
-    side = "101" if args.mode == "caller" else "102"
+    side = "101" if args.mode.startswith("caller") else "102"
     result["xfer_codes"] = phones.legs[side].call.xfer_codes if side in phones.legs else []
     result["transferred"] = phones.up("103") or "103" in phones.legs
 
@@ -185,7 +197,8 @@ def main() -> int:
     ap.add_argument("--domain", required=True)
     ap.add_argument("--folder", required=True,
                     help="has say-101.wav, say-102.wav, say-103.wav; gets heard-by-*.wav")
-    ap.add_argument("--mode", choices=["blind", "attended", "caller"], default="blind")
+    ap.add_argument("--mode", choices=["blind", "attended", "caller", "caller-attended"],
+                    default="blind")
     ap.add_argument("--silent-target", action="store_true", help="103 does not answer")
     ap.add_argument("--talk", type=float, default=2.0, help="101 and 102 talk, seconds")
     ap.add_argument("--after", type=float, default=2.5, help="101 and 103 talk, seconds")
