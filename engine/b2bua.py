@@ -1366,7 +1366,7 @@ class B2BUA:
             self._end(call, now)
             return events
         if req.method == "REFER":
-            return self._refer_by_caller(call, req, key, now, local)
+            return self._refer(call, None, req, key, now, local)
         if call.voicemail is not None and call.media_port:
             return self._endpoint_request(call, req, key, now, local)
         if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
@@ -1496,19 +1496,29 @@ class B2BUA:
             ("Warning", warning_value(f"{why}; the call goes on"))]), now)
 
     # ------------------------------------------------------------------ transfer
-    def _refer(self, call: Call, leg: Leg, req: Request, key: TxKey, now: float,
+    def _refer(self, call: Call, leg: Leg | None, req: Request, key: TxKey, now: float,
                local: Local) -> list[Event]:
-        """The answered callee asks, with REFER, that the caller be connected to the
-        Refer-To number (a blind transfer, RFC 3515 and RFC 5589 s6): 202, NOTIFY
-        100, hold music to the caller, and the target's plan (see :class:`Transfer`)."""
+        """A REFER from a user's phone in the call (RFC 3515, RFC 5589): ``leg``, the
+        answered callee, transfers the caller; None, the calling party transfers
+        the callee. Blind: 202, NOTIFY 100, hold music to the transferee, and the
+        target's plan as a call from the transferring user (see :class:`Transfer`);
+        with Replaces: attended (see :meth:`_attended`)."""
         anchor = call.anchor
         if call.transfer is not None:
             return self._refuse_transfer(call, req, key, now, 491, "a transfer is in progress")
-        if anchor is None or not call.media_open or anchor.caller_media is None \
-                or not call.callee_port or self.directory is None:
+        media = None if anchor is None else (
+            anchor.caller_media if leg is not None else anchor.callee_media)
+        winner = call.winner
+        if media is None or not call.media_open or not call.media_port \
+                or not call.callee_port or self.directory is None or call.state != "answered" \
+                or winner is None or winner.dialog is None or call.voicemail is not None:
             return self._refuse_transfer(call, req, key, now, 501, (
                 "call transfer needs the call's media through the engine (serve --media relay)"))
-        if not isinstance(leg.target, Device):
+        if leg is not None:
+            user = leg.target.extension if isinstance(leg.target, Device) else ""
+        else:
+            user = call.facts.caller if call.facts.source == "phone" else ""
+        if not user:
             return self._refuse_transfer(call, req, key, now, 403,
                                          "only a user's phone can transfer a call")
         refer_to = self._refer_to(call, req, key, now)
@@ -1518,10 +1528,10 @@ class B2BUA:
             return self._attended(call, leg, req, key, refer_to.headers, now, local)
         if not refer_to.user:
             return self._refuse_transfer(call, req, key, now, 400, "Refer-To names no number")
-        transferor = self.directory.user(leg.target.extension)
+        transferor = self.directory.user(user)
         return self._begin_transfer(
-            call, req, key, Transfer(leg, refer_to.user, anchor.caller_media.codec, local),
-            leg.target.extension, transferor.name if transferor else "", now, local)
+            call, req, key, Transfer(leg, refer_to.user, media.codec, local), user,
+            transferor.name if transferor else "", now, local)
 
     def _refer_to(self, call: Call, req: Request, key: TxKey,
                   now: float) -> URI | list[Event]:
@@ -1554,35 +1564,6 @@ class B2BUA:
         call.rung = {b.contact for b in self.registrar.lookup(extension, wall)}
         self._bridge(call)
         return events + self._run_step(call, 0, now, local)
-
-    def _refer_by_caller(self, call: Call, req: Request, key: TxKey, now: float,
-                         local: Local) -> list[Event]:
-        """The calling party (a user's phone) asks, with REFER, that the callee be
-        connected to the Refer-To number (blind): the callee hears hold music, and
-        whoever answers takes the caller's place on the engine's caller-side port
-        with the callee's codec (see :class:`Transfer`)."""
-        anchor = call.anchor
-        winner = call.winner
-        if call.transfer is not None:
-            return self._refuse_transfer(call, req, key, now, 491, "a transfer is in progress")
-        if anchor is None or not call.media_open or anchor.callee_media is None \
-                or not call.media_port or self.directory is None or call.state != "answered" \
-                or winner is None or winner.dialog is None or call.voicemail is not None:
-            return self._refuse_transfer(call, req, key, now, 501, (
-                "call transfer needs the call's media through the engine (serve --media relay)"))
-        if call.facts.source != "phone":
-            return self._refuse_transfer(call, req, key, now, 403,
-                                         "only a user's phone can transfer a call")
-        refer_to = self._refer_to(call, req, key, now)
-        if not isinstance(refer_to, URI):
-            return refer_to
-        if refer_to.headers:  # Replaces=... (an attended transfer)
-            return self._attended(call, None, req, key, refer_to.headers, now, local)
-        if not refer_to.user:
-            return self._refuse_transfer(call, req, key, now, 400, "Refer-To names no number")
-        return self._begin_transfer(
-            call, req, key, Transfer(None, refer_to.user, anchor.callee_media.codec, local),
-            call.facts.caller, call.facts.caller_name, now, local)
 
     def _notify_transferor(self, call: Call, transfer: Transfer, status: int,
                            now: float) -> list[Event]:
