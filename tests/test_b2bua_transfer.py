@@ -509,3 +509,21 @@ def test_a_transferor_that_held_first_still_gets_the_target_a_two_way_call() -> 
     net.send(caller_refer(ok, "103", cseq=4), RECEPTION)
     [inv] = net.requests(PHONES["103"], "INVITE")
     assert b"a=sendrecv" in inv.body and b"a=sendonly" not in inv.body
+
+
+def test_the_new_party_can_transfer_the_caller_again() -> None:
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102", "103")
+    net.send(refer(desk, "102"), RECEPTION)
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:102@127.0.0.1:6102>"),
+             PHONES["102"])
+    net.drain(PHONES["102"])
+    net.send(refer(inv, "103", phone=PHONES["102"], cseq=7, branch="again"), PHONES["102"])
+    assert [r.status for r in net.responses(PHONES["102"])] == [202]
+    [again] = net.requests(PHONES["103"], "INVITE")
+    net.send(reply(again, 200, body=CALLEE_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    assert "BYE" in methods(net.drain(PHONES["102"]))
+    assert net.engine.b2bua.on_call == {"103": 1}
+    assert net.engine.metrics.transfers.labels("connected")._value.get() == 2
