@@ -29,23 +29,35 @@ from tests.conftest import EngineProcess
 PCMU = codec_for("PCMU")
 FRAME = 160  # PCMU bytes (and samples) per 20 ms packet
 
-# The office's DID and its user 104 in Sales: goes after [system] and [[trunks]]; what
-# follows adds to 104's [[users]] entry.
-SALES_104 = """
+# The test office: its people (password "pw<extension>"), all in Sales.
+PEOPLE = {"101": "Alice Martin", "102": "Bob Tremblay", "103": "Chloe Roy",
+          "104": "David Cote"}
+SALES = """
 [[departments]]
 name = "Sales"
 caller_id = "+15145550100"
+"""
+# The [system] table of the phone tests, a template for .format(low=..., high=...).
+PHONE_SYSTEM = """[system]
+domain = "pbx.test"
+rtp_ports = "{low}-{high}"
+"""
 
+
+def user_toml(extension: str, extra: str = "") -> str:
+    """The [[users]] entry of one of the office's people; ``extra``: lines that go in
+    it (its codecs, a [users.voicemail] table...). What follows adds to it too."""
+    return (f'\n[[users]]\nextension = "{extension}"\nname = "{PEOPLE[extension]}"\n'
+            f'password = "pw{extension}"\ndepartment = "Sales"\n{extra}')
+
+
+# The office's DID and its user 104 in Sales: goes after [system] and [[trunks]]; what
+# follows adds to 104's [[users]] entry.
+SALES_104 = SALES + """
 [[numbers]]
 number = "+15145550104"
 route_to = "extension:104"
-
-[[users]]
-extension = "104"
-name = "David Cote"
-password = "pw104"
-department = "Sales"
-"""
+""" + user_toml("104")
 
 
 # --- pjsua2 phones --------------------------------------------------------------------------

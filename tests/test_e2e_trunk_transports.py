@@ -20,31 +20,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EngineProcess, free_port
-from tests.e2e_helpers import Ua
+from tests.e2e_helpers import PHONE_SYSTEM, SALES, Ua, user_toml
 
 pytestmark = pytest.mark.peers
 
-OFFICE = """
-[system]
-domain = "pbx.test"
-rtp_ports = "{low}-{high}"
-
+OFFICE = PHONE_SYSTEM + """
 [[trunks]]
 name = "carrier"
 host = "127.0.0.1"
 port = {port}
 transport = "{transport}"
-
-[[departments]]
-name = "Sales"
-caller_id = "+15145550100"
-
-[[users]]
-extension = "101"
-name = "Alice Martin"
-password = "pw101"
-department = "Sales"
-"""
+""" + SALES + user_toml("101")
 
 CARRIER = """
 [system]

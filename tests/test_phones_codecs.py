@@ -50,7 +50,14 @@ import pytest
 from media.tones import dominant_frequency, tone
 from media.wav import load_wav, wav_info, write_wav
 from tests.conftest import EngineProcess, free_port
-from tests.e2e_helpers import require_pjsua2, run_to_done, tail
+from tests.e2e_helpers import (
+    PHONE_SYSTEM,
+    SALES,
+    require_pjsua2,
+    run_to_done,
+    tail,
+    user_toml,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -61,30 +68,8 @@ PLAY_SECONDS = 2.0
 STATIC_PT = {"0": "PCMU", "8": "PCMA", "9": "G722", "18": "G729"}
 CLOCK = {"G722": 16000, "PCMU": 8000, "PCMA": 8000}
 
-DIRECTORY = """
-[system]
-domain = "pbx.test"
-rtp_ports = "{low}-{high}"
-
-[[departments]]
-name = "Sales"
-caller_id = "+15145550100"
-
-[[users]]
-extension = "101"
-name = "Alice Martin"
-password = "pw101"
-department = "Sales"
-codecs = {codecs}
-
-[[users]]
-extension = "104"
-name = "David Cote"
-password = "pw104"
-department = "Sales"
-[users.voicemail]
-max_seconds = 20
-"""
+DIRECTORY = PHONE_SYSTEM + SALES + user_toml("101", "codecs = {codecs}\n") + user_toml(
+    "104", "[users.voicemail]\nmax_seconds = 20\n")
 
 
 def audio_formats(text: str) -> list[str]:

@@ -34,7 +34,14 @@ from media.codecs import array_to_pcm, pcm_to_array
 from media.tones import dominant_frequency, goertzel, tone
 from media.wav import load_wav, wav_info, write_wav
 from tests.conftest import EngineProcess, free_port
-from tests.e2e_helpers import require_pjsua2, run_to_done, tail
+from tests.e2e_helpers import (
+    PHONE_SYSTEM,
+    SALES,
+    require_pjsua2,
+    run_to_done,
+    tail,
+    user_toml,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -44,29 +51,8 @@ RATE = 8000
 CALLER_HZ, CALLEE_HZ = 700.0, 1100.0
 TALK, HOLD, RESUME = 2.0, 3.0, 2.0
 
-DIRECTORY = """
-[system]
-domain = "pbx.test"
-rtp_ports = "{low}-{high}"
-hold_music = ["{playlist}"]
-
-[[departments]]
-name = "Sales"
-caller_id = "+15145550100"
-
-[[users]]
-extension = "101"
-name = "Alice Martin"
-password = "pw101"
-department = "Sales"
-
-[[users]]
-extension = "102"
-name = "Bob Tremblay"
-password = "pw102"
-department = "Sales"
-record_calls = "all"
-"""
+DIRECTORY = (PHONE_SYSTEM + 'hold_music = ["{playlist}"]\n' + SALES + user_toml("101")
+             + user_toml("102", 'record_calls = "all"\n'))
 
 
 def chirp(seconds: float = 2.0, f0: float = 300.0, f1: float = 3000.0,

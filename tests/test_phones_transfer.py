@@ -29,7 +29,14 @@ import pytest
 from media.tones import dominant_frequency, tone
 from media.wav import load_wav, write_wav
 from tests.conftest import EngineProcess, free_port
-from tests.e2e_helpers import require_pjsua2, run_to_done, tail
+from tests.e2e_helpers import (
+    PHONE_SYSTEM,
+    SALES,
+    require_pjsua2,
+    run_to_done,
+    tail,
+    user_toml,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -37,33 +44,7 @@ HELPER = Path(__file__).resolve().parent / "phones" / "pjsua_transfer.py"
 RATE = 8000
 HZ = {"101": 700.0, "102": 1100.0, "103": 1500.0}
 
-DIRECTORY = """
-[system]
-domain = "pbx.test"
-rtp_ports = "{low}-{high}"
-
-[[departments]]
-name = "Sales"
-caller_id = "+15145550100"
-
-[[users]]
-extension = "101"
-name = "Alice Martin"
-password = "pw101"
-department = "Sales"
-
-[[users]]
-extension = "102"
-name = "Bob Tremblay"
-password = "pw102"
-department = "Sales"
-
-[[users]]
-extension = "103"
-name = "Chloe Roy"
-password = "pw103"
-department = "Sales"
-"""
+DIRECTORY = PHONE_SYSTEM + SALES + user_toml("101") + user_toml("102") + user_toml("103")
 
 
 @pytest.mark.parametrize("mode", ["blind", "attended", "caller", "caller-attended"])

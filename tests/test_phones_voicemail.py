@@ -25,7 +25,14 @@ import pytest
 from media.tones import dominant_frequency, tone
 from media.wav import load_wav, wav_info, write_wav
 from tests.conftest import EngineProcess, free_port
-from tests.e2e_helpers import require_pjsua2, run_to_done, tail
+from tests.e2e_helpers import (
+    PHONE_SYSTEM,
+    SALES,
+    require_pjsua2,
+    run_to_done,
+    tail,
+    user_toml,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -34,29 +41,8 @@ DOMAIN = "pbx.test"
 CALLER = ("101", "pw101")
 PLAY_SECONDS = 3.0
 
-DIRECTORY = """
-[system]
-domain = "pbx.test"
-rtp_ports = "{low}-{high}"
-
-[[departments]]
-name = "Sales"
-caller_id = "+15145550100"
-
-[[users]]
-extension = "101"
-name = "Alice Martin"
-password = "pw101"
-department = "Sales"
-
-[[users]]
-extension = "104"
-name = "David Cote"
-password = "pw104"
-department = "Sales"
-[users.voicemail]
-max_seconds = 20
-"""
+DIRECTORY = PHONE_SYSTEM + SALES + user_toml("101") + user_toml(
+    "104", "[users.voicemail]\nmax_seconds = 20\n")
 
 
 def run_phone(engine: EngineProcess, wav: Path, log: Path) -> list[dict[str, Any]]:
