@@ -191,7 +191,7 @@ class Transfer:
     # consultation call, whose callee leg is moved to this call by a re-INVITE.
     consultation: Call | None = None
     reinvite: sdp.SessionDescription | None = None  # our offer in that re-INVITE
-    ack: bytes = b""  # our ACK of its 2xx, sent again for a retransmitted 2xx
+    ack: Send | None = None  # our ACK of its 2xx, sent again for a retransmitted 2xx
 
 
 @dataclass(slots=True, eq=False)
@@ -470,10 +470,8 @@ class B2BUA:
         self.calls[call_key] = call
         self._by_tag[(call.id, call.tag)] = call
         self._by_key[key] = call
-        members = [facts.caller] if facts.source == "phone" else []
-        call.members = tuple(members)
-        for ext in members:
-            self.on_call[ext] = self.on_call.get(ext, 0) + 1
+        if facts.source == "phone":
+            self._join(call, facts.caller)
         if facts.trunk:
             self.channels[facts.trunk] = self.channels.get(facts.trunk, 0) + 1
         log.info("call routed", call_id=call.id, caller=facts.caller, callee=facts.callee,
@@ -1000,23 +998,20 @@ class B2BUA:
         if call.screening is not None:
             announce = call.facts.caller
             language = self._screen_language(call, call.screening)
+        # A transferee hears hold music while its target rings (when its codec plays).
+        transfer = call.transfer
+        waits = transfer is not None and transfer.codec.upper() in DECODABLE
+        by_caller = transfer is not None and transfer.transferor is None
         self.media_actions.append(BridgeMedia(
             _call_key(call), call.id, anchor.caller_media, anchor.callee_media,
             music_to_caller=anchor.callee_holds or bool(announce) or (
                 call.state == "routing" and bool(call.music_codec)) or (
-                self._transferring(call) and call.transfer is not None
-                and call.transfer.transferor is not None),
-            music_to_callee=anchor.caller_holds or (
-                self._transferring(call) and call.transfer is not None
-                and call.transfer.transferor is None), playlist=self._hold_playlist(
+                waits and not by_caller),
+            music_to_callee=anchor.caller_holds or (waits and by_caller),
+            playlist=self._hold_playlist(
                 call, holder_is_caller), record=anchor.record,
             parties=(call.facts.caller, self._callee_name(call)),
             announce=announce, language=language))
-
-    @staticmethod
-    def _transferring(call: Call) -> bool:
-        """A transfer is under way and its transferee can hear hold music."""
-        return call.transfer is not None and call.transfer.codec.upper() in DECODABLE
 
     def _screen_language(self, call: Call, leg: Leg) -> str:
         """The prompts' language of the user whose rebound this is."""
@@ -1602,11 +1597,15 @@ class B2BUA:
             members = list(call.members)
             members.remove(extension)
             call.members = tuple(members)
-            n = self.on_call.get(extension, 0) - 1
-            if n > 0:
-                self.on_call[extension] = n
-            else:
-                self.on_call.pop(extension, None)
+            self._off_call(extension)
+
+    def _off_call(self, extension: str) -> None:
+        """One call fewer for ``extension`` (busy state, :meth:`_join`'s inverse)."""
+        n = self.on_call.get(extension, 0) - 1
+        if n > 0:
+            self.on_call[extension] = n
+        else:
+            self.on_call.pop(extension, None)
 
     def _transferor_here(self, call: Call, transfer: Transfer) -> bool:
         """The transferor is still on the call (it may hang up at any time)."""
@@ -1785,22 +1784,16 @@ class B2BUA:
         assert other is not None
         if resp.status < 200:
             return []
-        if transfer.ack:  # a retransmitted 2xx: the same ACK again (s13.2.2.4)
-            leg = call.winner
-            return [] if leg is None else [Send(transfer.ack, leg.dest, leg.transport)]
+        if transfer.ack is not None:  # a retransmitted 2xx: the same ACK (s13.2.2.4)
+            return [transfer.ack]
         target = other.winner
         if call.transfer is not transfer:
             # The caller hung up while the target was being moved to it: the target
             # now sends its audio to a closed port, so the consultation call ends too.
             if resp.status < 300 and target is not None and target.dialog is not None:
-                target.dialog.on_response("INVITE", resp)
-                ack = target.dialog.ack(target.dialog.local_cseq, via_host=local.host,
-                                        via_port=local.port_for(target.transport),
-                                        transport=target.transport.upper())
-                transfer.ack = ack.to_bytes()
                 log.info("attended transfer: the caller left; the consultation call ends",
                          call_id=other.id)
-                return [Send(transfer.ack, target.dest, target.transport), *self._hangup(
+                return [self._ack_move(transfer, target, resp, local), *self._hangup(
                     other, now, local, bye_caller=True)]
             return []
         if resp.status >= 300 or target is None or target.dialog is None \
@@ -1808,17 +1801,12 @@ class B2BUA:
             log.info("attended transfer refused by the target", call_id=call.id,
                      status=resp.status)
             return self._transfer_failed(call, resp.status if resp.status >= 300 else 480, now)
-        target.dialog.on_response("INVITE", resp)
-        ack = target.dialog.ack(target.dialog.local_cseq, via_host=local.host,
-                                via_port=local.port_for(target.transport),
-                                transport=target.transport.upper())
-        transfer.ack = ack.to_bytes()
-        events: list[Event] = [Send(transfer.ack, target.dest, target.transport)]
+        events: list[Event] = [self._ack_move(transfer, target, resp, local)]
         anchor = call.anchor
         assert anchor is not None and transfer.reinvite is not None
         try:
-            media = sdp.negotiated(transfer.reinvite, sdp.parse_sdp(resp.body),
-                                   local="offerer")
+            theirs = sdp.parse_sdp(resp.body)
+            media = sdp.negotiated(transfer.reinvite, theirs, local="offerer")
         except sdp.SdpError as exc:
             log.warning("attended transfer: the target's answer is unusable", call_id=call.id,
                         error=exc.message)
@@ -1835,7 +1823,7 @@ class B2BUA:
         events += self._transferor_out(call, transfer, 200, now)
         if transfer.transferor is None:  # the target takes the caller's place
             call.partner = target
-            anchor.offer = sdp.parse_sdp(resp.body)
+            anchor.offer = theirs
             anchor.caller_media, anchor.caller_sdp = media, transfer.reinvite
             anchor.caller_holds = False
             # Our answers on that side go on in the session the target knows.
@@ -1854,6 +1842,18 @@ class B2BUA:
         self._end(other, now)
         self._bridge(call)
         return events
+
+    def _ack_move(self, transfer: Transfer, target: Leg, resp: Response,
+                  local: Local) -> Send:
+        """Our ACK of the target's 2xx to the re-INVITE of an attended transfer, kept
+        for a retransmitted 2xx."""
+        assert target.dialog is not None
+        target.dialog.on_response("INVITE", resp)
+        ack = target.dialog.ack(target.dialog.local_cseq, via_host=local.host,
+                                via_port=local.port_for(target.transport),
+                                transport=target.transport.upper())
+        transfer.ack = Send(ack.to_bytes(), target.dest, target.transport)
+        return transfer.ack
 
     def _count_transfer(self, outcome: str) -> None:
         if self.metrics is not None:
@@ -1975,11 +1975,7 @@ class B2BUA:
         self._by_key.pop(call.key, None)
         call.timers.clear()
         for ext in call.members:
-            n = self.on_call.get(ext, 0) - 1
-            if n > 0:
-                self.on_call[ext] = n
-            else:
-                self.on_call.pop(ext, None)
+            self._off_call(ext)
         call.members = ()
         if call.trunk_in:
             self.channels[call.trunk_in] = max(0, self.channels.get(call.trunk_in, 0) - 1)

@@ -183,7 +183,7 @@ class Engine:
 
     def _datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
         out = Outcome()
-        if not data.strip(b"\r\n"):
+        if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             # A keep-alive: phones (pjsip, Linphone) send CRLFs over UDP too, every
             # 15-30 s. Nothing to answer, and not a parse error (RFC 3261 s7.5).
             return out
