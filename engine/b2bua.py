@@ -1821,21 +1821,22 @@ class B2BUA:
         # The transferor is told and let go first: in a transfer by the caller, the
         # caller's dialog is still the one to end.
         events += self._transferor_out(call, transfer, 200, now)
+        # Our answers on the target's side go on in the session it knows.
+        assert other.anchor is not None
+        session, version = other.anchor.callee_session, other.anchor.callee_version
         if transfer.transferor is None:  # the target takes the caller's place
             call.partner = target
             anchor.offer = theirs
             anchor.caller_media, anchor.caller_sdp = media, transfer.reinvite
             anchor.caller_holds = False
-            # Our answers on that side go on in the session the target knows.
-            assert other.anchor is not None
-            call.sdp_session = other.anchor.callee_session
-            call.sdp_version = other.anchor.callee_version
+            call.sdp_session, call.sdp_version = session, version
         else:
             call.winner = target
             call.legs = [target]
             anchor.callee_media = media
             anchor.callee_sdp = transfer.reinvite
             anchor.callee_holds = False
+            anchor.callee_session, anchor.callee_version = session, version
         log.info("transfer connected", call_id=call.id, leg=target.label, attended=True)
         self._count_transfer("connected")
         events += self._bye_caller(other, now, local)  # the transferor's consultation call

@@ -527,3 +527,30 @@ def test_the_new_party_can_transfer_the_caller_again() -> None:
     assert "BYE" in methods(net.drain(PHONES["102"]))
     assert net.engine.b2bua.on_call == {"103": 1}
     assert net.engine.metrics.transfers.labels("connected")._value.get() == 2
+
+
+def test_after_an_attended_move_our_answers_keep_the_targets_session() -> None:
+    """102, moved onto the carrier's call by 101's attended transfer, holds: the
+    engine answers in the SDP session 102 knows (RFC 3264 s8), not in the one the
+    carrier's call used toward 101."""
+    net = anchored_net()
+    desk = answered_trunk_call(net, "102")
+    to_102, ok_y = consultation(net)
+    replaces = f"call-y%3Bto-tag%3D{ok_y.to.tag}%3Bfrom-tag%3Dfrom-call-y"
+    net.send(from_phone(desk, "REFER", 2, [
+        ("Refer-To", f"<sip:102@pbx.test?Replaces={replaces}>")], RECEPTION, "att"), RECEPTION)
+    [move] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(move, 200, body=TARGET_SDP, contact="<sip:102@127.0.0.1:6102>"),
+             PHONES["102"])
+    net.drain(PHONES["102"])
+    moved = parse_sdp(move.body).origin
+    hold = TARGET_SDP.replace(b"a=rtpmap", b"a=sendonly\r\na=rtpmap")
+    reinvite = from_phone(to_102, "INVITE", 9, [("Content-Type", "application/sdp")],
+                          PHONES["102"], "hold102")
+    net.send(Request.build("INVITE", reinvite.uri_text, [
+        (h[1], h[2]) for h in reinvite.headers if h[0] != "content-length"], hold),
+        PHONES["102"])
+    [held] = [r for r in net.responses(PHONES["102"]) if r.status == 200]
+    origin = parse_sdp(held.body).origin
+    assert origin.session_id == moved.session_id
+    assert origin.session_version > moved.session_version
