@@ -117,7 +117,7 @@ scan_port(const Py_UCS1 *s, Py_ssize_t n, Py_ssize_t *i, long *port)
         value = value * 10 + (s[j] - '0');
         j++;
     }
-    if (j == *i + 1 || j - *i > 6 || value > 65535)
+    if (j == *i + 1 || value > 65535)
         return 0;
     *port = value;
     *i = j;
