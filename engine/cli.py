@@ -51,6 +51,22 @@ def configure_logging(fmt: str, level: str) -> None:
     )
 
 
+def version_text() -> str:
+    """``switchboard 0.1.0 (parser: c)``: the installed distribution's version, and
+    whether the parser's C quick paths were built, so a deployment that fell back
+    to pure Python (no compiler at install) is visible without starting it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from engine.message import grammar
+
+    try:
+        installed = version("switchboard")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        installed = "unknown"
+    parser = "c" if grammar.SPEEDUPS is not None else "python"
+    return f"switchboard {installed} (parser: {parser})"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=os.environ.get("SWITCHBOARD_DATA_DIR", DEFAULT_DATA_DIR),
                    help="folder for the embedded store, voicemail and recordings "
@@ -66,6 +82,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchboard",
                                      description="asyncio SIP call-routing engine")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the version and which SIP parser runs (c or python)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the engine")

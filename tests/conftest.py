@@ -60,7 +60,9 @@ def bench_directory(users: dict[str, str], domain: str = "bench.test") -> str:
 class EngineProcess:
     """``switchboard serve`` in a subprocess, with its own data dir and ports."""
 
-    def __init__(self, data_dir: Path, directory: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, data_dir: Path, directory: Path, extra: list[str] | None = None,
+                 binary: str | None = None) -> None:
+        self.binary = binary or switchboard_bin()  # another install's console script
         self.data_dir = data_dir
         self.directory = directory
         self.extra = extra or []
@@ -78,7 +80,7 @@ class EngineProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, with_directory: bool = True) -> EngineProcess:
-        cmd = [switchboard_bin(), "serve", "--data-dir", str(self.data_dir),
+        cmd = [self.binary, "serve", "--data-dir", str(self.data_dir),
                "--sip", self.target, "--http", f"127.0.0.1:{self.http_port}",
                "--log-format", "json", *self.extra]
         if with_directory:
@@ -132,7 +134,7 @@ class EngineProcess:
         return out
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([switchboard_bin(), *args, "--data-dir", str(self.data_dir)],
+        return subprocess.run([self.binary, *args, "--data-dir", str(self.data_dir)],
                               capture_output=True, text=True, timeout=60, cwd=self.data_dir)
 
 

@@ -63,6 +63,40 @@ route_to = "extension:104"
 # --- pjsua2 phones --------------------------------------------------------------------------
 
 
+def register_udp(engine: EngineProcess, ext: str, password: str, port: int,
+                 domain: str = "pbx.test") -> None:
+    """REGISTER ``ext`` with MD5 digest auth from 127.0.0.1:``port``, where its phone
+    (a SIPp UAS) will listen next."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", port))
+    sock.settimeout(5)
+    try:
+        def send(cseq: int, auth: str | None) -> Response:
+            branch = f"z9hG4bKr{ext}{cseq}{time.time_ns()}"
+            lines = [f"REGISTER sip:{domain} SIP/2.0",
+                     f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport",
+                     f"From: <sip:{ext}@{domain}>;tag=r{cseq}", f"To: <sip:{ext}@{domain}>",
+                     f"Call-ID: reg-{ext}-{port}", f"CSeq: {cseq} REGISTER", "Max-Forwards: 70",
+                     f"Contact: <sip:{ext}@127.0.0.1:{port}>", "Expires: 3600"]
+            if auth:
+                lines.append(f"Authorization: {auth}")
+            sock.sendto(("\r\n".join([*lines, "Content-Length: 0", "", ""])).encode(),
+                        engine.sip)
+            while True:
+                msg = parse(sock.recv(65535))
+                assert isinstance(msg, Response)
+                if msg.status >= 200:
+                    return msg
+
+        first = send(int(time.time() * 10) % 100000 * 2, None)
+        assert first.status == 401
+        challenge = next(c for c in first.get_lines("www-authenticate") if "MD5" in c)
+        auth = build_authorization(challenge, "REGISTER", f"sip:{domain}", ext, password, "cn")
+        assert send(int(time.time() * 10) % 100000 * 2 + 1, auth).status == 200
+    finally:
+        sock.close()
+
+
 def require_pjsua2() -> None:
     """Fail (never skip) when pjsua2 is missing."""
     if importlib.util.find_spec("pjsua2") is None:

@@ -9,7 +9,6 @@ while the engine runs, as an admin would.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -17,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.auth import build_authorization
-from engine.message import Response, parse
 from tests.conftest import EngineProcess, free_port
+from tests.e2e_helpers import register_udp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sipp"))
 from calls import run_uac, start_uas
@@ -126,36 +124,7 @@ OFFICE_CLOCK = "2026-03-10T10:30:00-04:00"
 
 def register_from(engine: EngineProcess, ext: str) -> None:
     """REGISTER ``ext`` with digest auth from the port its SIPp phone will listen on."""
-    port = PORTS[ext]
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", port))
-    sock.settimeout(5)
-    try:
-        def send(cseq: int, auth: str | None) -> Response:
-            branch = f"z9hG4bKr{ext}{cseq}{time.time_ns()}"
-            lines = ["REGISTER sip:pbx.test SIP/2.0",
-                     f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport",
-                     f"From: <sip:{ext}@pbx.test>;tag=r{cseq}", f"To: <sip:{ext}@pbx.test>",
-                     f"Call-ID: reg-{ext}-{port}", f"CSeq: {cseq} REGISTER", "Max-Forwards: 70",
-                     f"Contact: <sip:{ext}@127.0.0.1:{port}>", "Expires: 3600"]
-            if auth:
-                lines.append(f"Authorization: {auth}")
-            sock.sendto(("\r\n".join([*lines, "Content-Length: 0", "", ""])).encode(),
-                        engine.sip)
-            while True:
-                msg = parse(sock.recv(65535))
-                assert isinstance(msg, Response)
-                if msg.status >= 200:
-                    return msg
-
-        first = send(int(time.time() * 10) % 100000 * 2, None)
-        assert first.status == 401
-        challenge = next(c for c in first.get_lines("www-authenticate") if "MD5" in c)
-        auth = build_authorization(challenge, "REGISTER", "sip:pbx.test", ext, PASSWORDS[ext],
-                                   "cn")
-        assert send(int(time.time() * 10) % 100000 * 2 + 1, auth).status == 200
-    finally:
-        sock.close()
+    register_udp(engine, ext, PASSWORDS[ext], PORTS[ext])
 
 
 @pytest.fixture(scope="module")
