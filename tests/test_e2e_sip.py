@@ -39,9 +39,18 @@ def test_options_udp_answered_with_capabilities(engine: EngineProcess) -> None:
     resp = only_response(udp_exchange(engine.sip, options()))
     assert resp.status == 200
     assert "REGISTER" in (resp.get("allow") or "") and resp.get("accept") == "application/sdp"
-    assert resp.has("supported")
+    assert resp.get("supported") == "outbound"  # what is done, not Path (RFC 3327)
     via = resp.top_via
     assert via.received == "127.0.0.1" and via.rport not in (None, "")  # RFC 3581
+
+
+def test_register_requiring_path_is_refused_420(engine: EngineProcess) -> None:
+    # RFC 3327 s5: a registrar without Path support answers 420 to Require: path.
+    register = options(call_id="reg-path").replace(b"OPTIONS", b"REGISTER").replace(
+        b"Max-Forwards: 70\r\n",
+        b"Max-Forwards: 70\r\nRequire: path\r\nContact: <sip:101@127.0.0.1:9>\r\n")
+    resp = only_response(udp_exchange(engine.sip, register))
+    assert resp.status == 420 and resp.get("unsupported") == "path"
 
 
 def test_serve_logs_which_parser_it_runs(engine: EngineProcess) -> None:
