@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/rtp_streams.py [--streams 100,200,300,500,700,1000]
                                                [--seconds 10] [--warmup 2]
 
-The goal (media issue): 500 streams from one process, on one core, with the
+The goal: 500 streams from one process, on one core, with the
 p99 gap between consecutive packets of a stream under 30 ms.
 
 Per step of the ramp (N streams), two fresh processes, everything on 127.0.0.1:

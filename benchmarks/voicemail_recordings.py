@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/voicemail_recordings.py [--recordings 100,200,300,400,600]
                                                         [--seconds 20] [--codec PCMU|G722]
 
-The goal (media issue): 300 concurrent voicemail recordings on one core.
+The goal: 300 concurrent voicemail recordings on one core.
 
 Per step of the ramp (N recordings), two fresh processes, everything on 127.0.0.1:
 

@@ -9,7 +9,7 @@ retransmission) are kept here; :meth:`B2BUA.next_wakeup` says when to call
 What a call does comes from ``routing`` as a :class:`routing.Plan`, a table
 of steps. The call runs a step, learns its outcome (answered, busy, no
 answer, failed) and goes to the step the plan names for it
-(ARCHITECTURE.md, "Plans, not callbacks").
+(docs/architecture.md, "Plans, not callbacks").
 
 RFC notes:
 
@@ -31,7 +31,7 @@ RFC notes:
 * 302 deflection answers the caller's INVITE with Contact and Diversion
   (RFC 3261 s21.3.3, RFC 5806).
 
-Decisions (where no RFC or issue says):
+Decisions (where no RFC says):
 
 * A leg to a device is sent to the address its REGISTER came from (NAT,
   like responses: see ``engine.core``), a leg to a trunk to the trunk's
@@ -1395,7 +1395,7 @@ class B2BUA:
     def _sdp_answer(self, call: Call, body: bytes, port: int,
                     local: Local) -> tuple[sdp.SessionDescription, sdp.Negotiated] | str:
         """Our answer where the engine is the endpoint: the caller's codec list from the
-        directory (the media issue), among what we can decode; a str says why not."""
+        directory (the user's codec priority), among what we can decode; a str says why not."""
         try:
             offer = sdp.parse_sdp(body)
         except sdp.SdpError as exc:

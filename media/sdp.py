@@ -23,7 +23,7 @@
 No socket, no clock. Text is UTF-8 (RFC 8866 s5), bytes that are not are
 kept as they were (``surrogateescape``, like ``engine.message``).
 
-Decisions (where no RFC or the issue says):
+Decisions (where no RFC says):
 
 * Parsing is lenient where the meaning is not in doubt: LF-only line ends,
   blank lines, trailing blanks on structured lines (``o= c= b= t= m= a=``),
@@ -127,7 +127,7 @@ Line = tuple[str, str]
 
 DEFAULT_PTIME = 20  # ms, RFC 3551 s4.2 default packetization interval
 TELEPHONE_EVENT = "telephone-event"
-#: The default codec priority of the media issue.
+#: The default codec priority: wideband first, then the G.711 pair, G.729 last.
 DEFAULT_CODECS: tuple[str, ...] = ("G722", "PCMU", "PCMA", "G729")
 
 _RTP_PROFILES = frozenset({"RTP/AVP", "RTP/AVPF"})  # what the engine answers

@@ -52,7 +52,8 @@ READ_DATETIMES: tuple[ReadDatetime, ...] = get_args(ReadDatetime)
 VOICEMAIL_EMAILS: tuple[VoicemailEmail, ...] = get_args(VoicemailEmail)
 CODECS: tuple[Codec, ...] = get_args(Codec)
 DESTINATION_KINDS: tuple[DestinationKind, ...] = get_args(DestinationKind)
-#: The media issue's default codec priority (a user or device without a ``codecs`` list).
+#: The default codec priority (a user or device without a ``codecs`` list): wideband
+#: G.722 first, then the G.711 pair every phone and carrier speaks, G.729 last.
 DEFAULT_CODECS: tuple[Codec, ...] = ("G722", "PCMU", "PCMA", "G729")
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

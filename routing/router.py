@@ -20,7 +20,7 @@ here".
 
 Decisions
 ---------
-Where the contract (``shared/spec/directory.toml``) and the brief are silent:
+Where the directory contract (``shared/spec/directory.toml``) is silent:
 
 * **Effective status**: a live override wins; with ``auto_status`` a
   department holiday is ``dnd``, break hours are ``away`` (checked before

@@ -3,8 +3,8 @@ running engine; the message is checked by numbers through the CLI a user runs.
 
 The caller here is a small scripted UA built from the engine's own message and
 media modules (the engine is the system under test, the caller only speaks
-SIP/RTP on sockets); SIPp cannot send a tone and DTMF it computes, and the
-pjsua2 voicemail test is the media issue's next step.
+SIP/RTP on sockets); SIPp cannot send a tone and DTMF it computes. A real phone
+leaves a message in tests/test_phones_voicemail.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Codec priority with a real SIP phone: the engine answers voicemail in the caller's order.
 
-Issue: "codec priority picks G.722 when both sides allow it and PCMU when the
-user's list says so". Where the engine itself answers (voicemail) it lists, in
+Codec priority picks G.722 when both sides allow it and PCMU when the user's
+list says so. Where the engine itself answers (voicemail) it lists, in
 its 200, the codecs of the *calling user's* ``codecs`` (directory order, default
 G722, PCMU, PCMA, G729) that the phone offered and that it can decode, and the
 first of them is the call's codec, whatever order the phone offered them in.
