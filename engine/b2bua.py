@@ -987,6 +987,9 @@ class B2BUA:
         self._release_leg(leg)
         if confirm:
             self._free_callee_side(call)
+            log.info("confirm: leg released", call_id=call.id, leg=leg.label,
+                     ringing=sum(other.state in ("calling", "ringing") for other in call.legs),
+                     channels_in_use=dict(self.channels))
         if any(other.state in ("calling", "ringing") for other in call.legs):
             return events
         return events + self._outcome(call, "no_answer" if confirm else "failed", now, local)
