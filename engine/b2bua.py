@@ -54,6 +54,17 @@ Decisions (where no RFC says):
   rebound leg that answers is screened (``BridgeMedia.announce``): it hears
   who calls and presses 1 to take the call; the caller hears hold music
   (183 with our SDP) meanwhile.
+* Screening has two modes, one mechanism (``Call.screening``, the ``screen``
+  timer, :meth:`B2BUA.screened`, ``BridgeMedia.screen``): **rebound** (above:
+  the leg is alone in its step, whose timer stops; a refusal is a *failed*
+  outcome) and **confirm** (``External.confirm``, a user's
+  ``confirm_external_answer``): the answered leg hears "press 1 to take the
+  call" while the step's other legs ring on and its no-answer timer runs; the
+  caller is not answered and hears what it heard (no hold music; see
+  :meth:`B2BUA._ask_confirmation`); no 1 within ``CONFIRM_SECONDS``, another
+  key or a hang-up releases that leg only (BYE, its trunk channel, the
+  endpoint facing the callees), and when no leg is left ringing the step's
+  outcome is *no answer*. Another leg answering meanwhile takes the call.
 """
 
 from __future__ import annotations
@@ -87,6 +98,7 @@ from engine.transaction import Addr, Event, Send, TxKey
 from media import sdp
 from provisioning.model import DEFAULT_CODECS, Directory, Status
 from routing import (
+    CONFIRM_SECONDS,
     REBOUND_SECONDS,
     Busy,
     CallFacts,
@@ -112,6 +124,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("switchboard.call")
 
 Outcome = Literal["no_answer", "busy", "failed"]
+ScreenMode = Literal["", "rebound", "confirm"]
 COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
 # RFC 4458 causes for History-Info, by RFC 5806 diversion reason.
 _HI_CAUSE = {"no-answer": 408, "user-busy": 486, "unavailable": 480, "unconditional": 302,
@@ -230,7 +243,7 @@ class Call:
     callee_port: int = 0  # the endpoint facing the callees (anchored calls)
     anchor: Anchor | None = None
     waiting: int | None = None  # a Ring step waiting for its media endpoints
-    screening: Leg | None = None  # a rebound leg that answered, hearing who calls
+    screening: Leg | None = None  # an answered rebound or confirm leg, being asked
     music_codec: str = ""  # the caller hears music while it rings, in this codec
     sdp_session: int = field(default_factory=lambda: random_below(10**9))
     sdp_version: int = 0
@@ -319,10 +332,16 @@ class BridgeMedia:
     playlist: tuple[str, ...]
     record: str  # why the call is recorded; "" not recorded
     parties: tuple[str, str]  # (caller, callee) for the recording's listing
-    # Rebound screening: announce ``announce`` (the caller's number; "" nothing to
-    # screen) to the callee in ``language`` and report its key with B2BUA.screened.
+    # Rebound screening: announce ``announce`` (the caller's number) to the callee in
+    # ``language`` and report its key with B2BUA.screened.
     announce: str = ""
     language: str = "en"
+    # The callee side is being asked (rebound: who calls, accept or refuse; confirm:
+    # press 1 to take the call); "" nothing to ask. Never relayed to the caller then.
+    screen: ScreenMode = ""
+    # The caller has our early media and nothing else feeds it (a confirm leg is
+    # asked, or the leg that fed it was released): it hears a ringback tone.
+    ringback_to_caller: bool = False
 
 
 MediaAction = (OpenMedia | StartVoicemail | StartMailbox | UpdateMedia | StopMedia
@@ -422,7 +441,11 @@ class B2BUA:
 
     def _fire(self, call: Call, name: str, now: float, local: Local) -> list[Event]:
         if name == "screen" and call.screening is not None:
-            log.info("rebound not accepted in time", call_id=call.id)
+            if self._screen_mode(call, call.screening) == "confirm":
+                log.info("confirm: no key in time", call_id=call.id,
+                         leg=call.screening.label, seconds=CONFIRM_SECONDS)
+            else:
+                log.info("rebound not accepted in time", call_id=call.id)
             return self._refused(call, now, local)
         if name == "no_answer" and call.state == "routing":
             log.info("no answer", call_id=call.id, step=call.step + 1)
@@ -765,6 +788,13 @@ class B2BUA:
                 return []
             headers = [("Server", "Switchboard/0.1")]
             body = b""
+            if resp.body and status == 183 and leg.offer is not None \
+                    and call.screening is not None:
+                # The endpoint facing the callees is the asked leg's until it decides:
+                # this leg's early media is not relayed; its SDP is kept for its answer.
+                with contextlib.suppress(sdp.SdpError):
+                    leg.early = sdp.parse_sdp(resp.body)
+                return []
             if resp.body and status == 183 and leg.offer is not None:
                 early = self._anchored_answer(call, leg, resp.body, local)
                 if early is None:
@@ -791,6 +821,8 @@ class B2BUA:
         log.info("leg refused", call_id=call.id, leg=leg.label, status=status)
         if status not in (486, 600, 487):
             call.last_failure = 503 if status == 503 else call.last_failure
+        if call.screening is not None:  # the asked leg's answer decides the step
+            return []
         if any(other.state in ("calling", "ringing") for other in call.legs):
             return []
         statuses = [other.status for other in call.legs]
@@ -818,22 +850,46 @@ class B2BUA:
             log.info("late answer hung up", call_id=call.id, leg=leg.label)
             return events + self._bye_leg(leg, now, local)
         screening = call.screening
-        if screening is not None:  # another leg answered while the rebound leg decides
+        if screening is not None and self._screen_mode(call, leg):
+            # One leg is asked at a time (one endpoint faces the callees): this one
+            # is released as if it had not confirmed; the asked leg decides the step.
+            log.info("confirm: another leg is being asked; released", call_id=call.id,
+                     leg=leg.label)
+            events += self._bye_leg(leg, now, local)
+            leg.status = 487
+            return events
+        if screening is not None:  # another leg answered while the screened leg decides
+            log.info("answered while another leg was asked: it takes the call",
+                     call_id=call.id, leg=leg.label, asked=screening.label)
             call.screening = None
             self._disarm(call, "screen")
             events += self._bye_leg(screening, now, local)
-        elif leg.offer is not None and isinstance(leg.target, External) and leg.target.rebound \
-                and call.transfer is None:
+        elif self._screen_mode(call, leg):
             return events + self._screen(call, leg, resp, now, local)
         return events + self._connect(call, leg, resp.body, resp.get("content-type"),
                                       now, local)
+
+    def _screen_mode(self, call: Call, leg: Leg) -> ScreenMode:
+        """How an answer on ``leg`` is screened before it takes the call: "rebound"
+        (who calls, accept or refuse), "confirm" (press 1), "" not at all. Only on an
+        anchored leg (the engine plays and reads keys on its endpoint), and not in a
+        transfer (the transferee already hears hold music from that endpoint)."""
+        target = leg.target
+        if leg.offer is None or call.transfer is not None or not isinstance(target, External):
+            return ""
+        if target.rebound:
+            return "rebound"
+        return "confirm" if target.confirm else ""
 
     def _screen(self, call: Call, leg: Leg, resp: Response, now: float,
                 local: Local) -> list[Event]:
         """A rebound leg answered: it hears who calls and accepts with 1 (the media
         service reports through :meth:`screened`); the caller hears hold music
-        meanwhile (183 with our SDP). Not accepted within REBOUND_SECONDS: refused."""
+        meanwhile (183 with our SDP). Not accepted within REBOUND_SECONDS: refused.
+        A confirm leg: :meth:`_ask_confirmation`."""
         call.screening = leg
+        if self._screen_mode(call, leg) == "confirm":
+            return self._ask_confirmation(call, leg, resp, now, local)
         answer = self._anchored_answer(call, leg, resp.body, local)
         if answer is None:  # cannot screen without media: the answer accepts
             call.screening = None
@@ -842,6 +898,50 @@ class B2BUA:
         self._arm(call, "screen", now + REBOUND_SECONDS)
         log.info("rebound screening", call_id=call.id, leg=leg.label)
         return self._early_media(call, answer, now)
+
+    def _ask_confirmation(self, call: Call, leg: Leg, resp: Response, now: float,
+                          local: Local) -> list[Event]:
+        """A confirm leg answered: it hears "press 1 to take the call" and the media
+        service reports its key through :meth:`screened`. Unlike a rebound, the
+        step goes on meanwhile: its other legs ring, its no-answer timer runs, and
+        the caller is not answered: it hears what it heard (its own ringback after
+        a 180, a ring group's music), no hold music. Only a caller that already
+        had our early media (a 183 with SDP, from a carrier's ringback) hears a
+        ringback tone from us, since nothing is relayed to it now. Not confirmed
+        within CONFIRM_SECONDS: refused (:meth:`_refused`)."""
+        anchor = call.anchor
+        assert anchor is not None
+        answered = self._callee_answer(call, leg, resp.body,
+                                       "callee answer unusable for confirmation")
+        if answered is None or not self._caller_can_take(call, answered[1].codec, local):
+            # Cannot ask without media (or could not connect after a 1): the answer
+            # takes the call, as without confirmation.
+            call.screening = None
+            return self._connect(call, leg, resp.body, resp.get("content-type"), now, local)
+        leg.early, anchor.callee_media = answered
+        anchor.callee_sdp = leg.offer
+        self._arm(call, "screen", now + CONFIRM_SECONDS)
+        log.info("confirm asking", call_id=call.id, leg=leg.label, seconds=CONFIRM_SECONDS)
+        self._bridge(call)
+        if call.early_sent:
+            return []
+        # The leg answered before anything rang: the caller is told it rings now.
+        call.early_sent = True
+        return self._respond_caller(call, make_response(
+            call.invite, 180, None, [("Server", "Switchboard/0.1")], to_tag=call.tag), now)
+
+    def _caller_can_take(self, call: Call, codec: str, local: Local) -> bool:
+        """Whether the caller's offer has ``codec`` (the engine relays, it does not
+        transcode): checked before asking, so that a 1 always connects."""
+        anchor = call.anchor
+        assert anchor is not None
+        ours = sdp.answer(anchor.offer, [codec], address=local.host, port=call.media_port,
+                          session_id=call.sdp_session, session_version=call.sdp_version + 1)
+        if isinstance(ours, sdp.AnswerRefused):
+            log.warning("caller offer has not the callee's codec", call_id=call.id,
+                        codec=codec, reason=ours.reason)
+            return False
+        return True
 
     def _early_media(self, call: Call, sdp_body: bytes, now: float) -> list[Event]:
         """183 Session Progress with our SDP: the caller hears the engine before any
@@ -854,34 +954,53 @@ class B2BUA:
 
     def screened(self, key: tuple[str, str], accepted: bool, now: float,
                  local: Local) -> list[Event]:
-        """The rebound leg's answer to the announcement: 1 accepts, anything else refuses."""
+        """The screened leg's key (rebound or confirm): 1 accepts, anything else refuses."""
         call = self.calls.get(key)
         if call is None or call.screening is None or call.state != "routing":
             return []
+        mode = self._screen_mode(call, call.screening)
         if not accepted:
-            log.info("rebound refused", call_id=call.id)
+            log.info(f"{mode} refused", call_id=call.id)
             return self._guard(call, now, local,
                                functools.partial(self._refused, call, now, local))
         leg = call.screening
         call.screening = None
         self._disarm(call, "screen")
-        log.info("rebound accepted", call_id=call.id, leg=leg.label)
+        log.info(f"{mode} accepted", call_id=call.id, leg=leg.label)
         return self._guard(call, now, local, functools.partial(
             self._connect, call, leg, b"", "application/sdp", now, local))
 
     def _refused(self, call: Call, now: float, local: Local) -> list[Event]:
+        """The screened leg refused, said nothing in time or hung up: BYE, its trunk
+        channel freed. A rebound leg was alone in its step: *failed*. A confirm leg
+        is as if it had not answered: the other legs ring on, and when none is
+        left the step's outcome is *no answer*."""
         leg = call.screening
         call.screening = None
         self._disarm(call, "screen")
         if leg is None:
             return []
+        confirm = self._screen_mode(call, leg) == "confirm"
         events = self._bye_leg(leg, now, local)
         leg.state = "done"
-        leg.status = 603
+        leg.status = 487 if confirm else 603
         self._release_leg(leg)
+        if confirm:
+            self._free_callee_side(call)
+            log.info("confirm: leg released", call_id=call.id, leg=leg.label,
+                     ringing=sum(other.state in ("calling", "ringing") for other in call.legs),
+                     channels_in_use=dict(self.channels))
         if any(other.state in ("calling", "ringing") for other in call.legs):
             return events
-        return events + self._outcome(call, "failed", now, local)
+        return events + self._outcome(call, "no_answer" if confirm else "failed", now, local)
+
+    def _free_callee_side(self, call: Call) -> None:
+        """A confirm leg is gone before taking the call: the endpoint facing the
+        callees stops asking and waits for the next leg's answer."""
+        anchor = call.anchor
+        if anchor is not None:
+            anchor.callee_media = anchor.callee_sdp = None
+        self._bridge(call)
 
     def _connect(self, call: Call, leg: Leg, body: bytes, ctype: str | None, now: float,
                  local: Local) -> list[Event]:
@@ -995,23 +1114,31 @@ class B2BUA:
             return
         holder_is_caller = anchor.caller_holds or not anchor.callee_holds
         announce, language = "", "en"
+        screen: ScreenMode = ""
         if call.screening is not None:
-            announce = call.facts.caller
+            screen = self._screen_mode(call, call.screening)
             language = self._screen_language(call, call.screening)
+            # A confirm leg is not told who calls: its phone shows the caller's number
+            # already, and reading it would take most of the seconds it has.
+            announce = call.facts.caller if screen == "rebound" else ""
         # A transferee hears hold music while its target rings (when its codec plays).
         transfer = call.transfer
         waits = transfer is not None and transfer.codec.upper() in DECODABLE
         by_caller = transfer is not None and transfer.transferor is None
+        ringing = call.state == "routing" and transfer is None
+        music_to_caller = anchor.callee_holds or screen == "rebound" or (
+            call.state == "routing" and bool(call.music_codec)) or (waits and not by_caller)
         self.media_actions.append(BridgeMedia(
             _call_key(call), call.id, anchor.caller_media, anchor.callee_media,
-            music_to_caller=anchor.callee_holds or bool(announce) or (
-                call.state == "routing" and bool(call.music_codec)) or (
-                waits and not by_caller),
+            music_to_caller=music_to_caller,
             music_to_callee=anchor.caller_holds or (waits and by_caller),
             playlist=self._hold_playlist(
                 call, holder_is_caller), record=anchor.record,
             parties=(call.facts.caller, self._callee_name(call)),
-            announce=announce, language=language))
+            announce=announce, language=language, screen=screen,
+            ringback_to_caller=ringing and not music_to_caller
+            and anchor.caller_media is not None
+            and (screen == "confirm" or anchor.callee_media is None)))
 
     def _screen_language(self, call: Call, leg: Leg) -> str:
         """The prompts' language of the user whose rebound this is."""
@@ -1171,9 +1298,14 @@ class B2BUA:
     def _cancel_legs(self, call: Call, now: float, reason: str | None,
                      local: Local) -> list[Event]:
         events: list[Event] = []
-        if call.screening is not None:  # answered, still deciding: it gets a BYE
-            events += self._bye_leg(call.screening, now, local)
+        screening = call.screening
+        if screening is not None:  # answered, still deciding: it gets a BYE
+            events += self._bye_leg(screening, now, local)
             call.screening = None
+            self._disarm(call, "screen")
+            if self._screen_mode(call, screening) == "confirm":
+                screening.status = 487
+                self._free_callee_side(call)
         for leg in call.legs:
             events += self._cancel_leg(leg, now, reason)
         return events
@@ -1328,8 +1460,8 @@ class B2BUA:
         if leg is not None and leg.dialog is not None and leg is leg.call.screening \
                 and req.method == "BYE" and leg.dialog.on_request(req) is None:
             # The far end hung up on the announcement: a refusal.
-            log.info("rebound refused: the far end hung up", call_id=leg.call.id,
-                     leg=leg.label)
+            log.info(f"{self._screen_mode(leg.call, leg)} refused: the far end hung up",
+                     call_id=leg.call.id, leg=leg.label)
             events = self.tx.respond(key, make_response(req, 200), now)
             leg.dialog.terminate()
             return events + self._guard(leg.call, now, local, functools.partial(

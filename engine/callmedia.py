@@ -9,11 +9,17 @@ it so on real sockets, idempotently, each time the state changes:
 * a party on hold: the relay is off and the *held* party hears the hold
   playlist, looped, in its leg's codec; on resume the player stops and the
   relay comes back;
-* a rebound leg being screened (``announce``): the callee side hears who
+* a leg being screened (``screen``) is never relayed to the caller, and the
+  first key it sends (RFC 4733) decides: ``1`` accepts, any other key
+  refuses (``on_screened``). A rebound leg (``screen="rebound"``) hears who
   calls ("You have a call from 5 1 4 ...; to accept, press 1") in the
-  forwarding user's language, twice at most, and the first key decides:
-  ``1`` accepts, any other key, or none within :data:`SCREEN_WAIT_SECONDS`
-  after the second announcement, refuses; the caller hears hold music;
+  forwarding user's language, twice at most, and no key within
+  :data:`SCREEN_WAIT_SECONDS` after the second announcement refuses; the
+  caller hears hold music. A confirm leg (``screen="confirm"``) hears
+  "press 1 to take the call", again every :data:`CONFIRM_GAP_SECONDS`; the
+  B2BUA's timer (``routing.CONFIRM_SECONDS``) decides when it has said
+  nothing, and the caller hears what it heard while ringing (a ringback tone
+  when ``ringback_to_caller``);
 * a recorded call: a ``media.mixer.CallRecorder`` on both endpoints from the
   answer to the hang-up, then the WAV and its listing under
   ``DATA_DIR/recordings``.
@@ -42,15 +48,20 @@ from media.codecs import CodecError
 from media.endpoint import MediaEndpoint, MediaError, Relay
 from media.mixer import CallRecorder
 from media.session import Clip, MediaService, Pcm
-from media.tones import hold_tune
+from media.tones import hold_tune, ringback
 from media.wav import WavError, wav_info
 from provisioning.recordings import recordings_dir, write_listing
 
 log = structlog.get_logger("switchboard.media")
 
 DEFAULT_TUNE = Pcm(hold_tune())
+RINGBACK = Pcm(ringback())
 SCREEN_WAIT_SECONDS = 5.0  # after each announcement, for the key
 SCREEN_ANNOUNCEMENTS = 2
+CONFIRM_GAP_SECONDS = 2.0  # between two "press 1 to take the call"
+# A backstop only: the B2BUA ends the question after routing.CONFIRM_SECONDS (10 s,
+# about three prompts); should it not, four prompts without a key refuse.
+CONFIRM_PROMPTS = 4
 
 
 @dataclass(slots=True, eq=False)
@@ -62,6 +73,7 @@ class Bridge:
     recorder: CallRecorder | None = None
     record_info: dict[str, object] = field(default_factory=dict)
     music: dict[MediaEndpoint, asyncio.Task[None]] = field(default_factory=dict)
+    ringback: bool = False  # what plays to the caller (in ``music``) is the ringback tone
     screen: asyncio.Task[None] | None = None
 
 
@@ -96,7 +108,7 @@ class CallMedia:
             return
         ready = action.caller_media is not None and action.callee_media is not None
         held = action.music_to_caller or action.music_to_callee
-        if ready and not held:
+        if ready and not held and not action.screen:
             if bridge.relay is None or bridge.relay.closed:
                 try:
                     bridge.relay = self.media.relay(bridge.a, bridge.b)
@@ -105,22 +117,27 @@ class CallMedia:
         elif bridge.relay is not None:
             bridge.relay.close()
             bridge.relay = None
-        for endpoint, wanted in ((bridge.a, action.music_to_caller),
+        ringback = action.ringback_to_caller and not action.music_to_caller
+        if bridge.a in bridge.music and bridge.ringback != ringback:
+            self._stop_music(bridge, bridge.a)  # music after ringback, or the reverse
+        bridge.ringback = ringback
+        for endpoint, wanted in ((bridge.a, action.music_to_caller or ringback),
                                  (bridge.b, action.music_to_callee)):
             if wanted and endpoint not in bridge.music:
-                bridge.music[endpoint] = self._spawn(self._music(bridge, endpoint,
-                                                                 action.playlist))
+                bridge.music[endpoint] = self._spawn(self._music(
+                    bridge, endpoint, action.playlist,
+                    RINGBACK if ringback and endpoint is bridge.a else None))
             elif not wanted and endpoint in bridge.music:
                 self._stop_music(bridge, endpoint)
-        if action.announce and bridge.screen is None and action.callee_media is not None:
+        if action.screen and bridge.screen is None and action.callee_media is not None:
             bridge.screen = self._spawn(self._screen(action.call, bridge, action))
-        elif not action.announce and bridge.screen is not None:
+        elif not action.screen and bridge.screen is not None:
             bridge.screen.cancel()
             bridge.screen = None
             player = self.media.player(bridge.b)
             if player is not None:
                 player.stop()
-        if action.record and bridge.recorder is None and ready and not action.announce:
+        if action.record and bridge.recorder is None and ready and not action.screen:
             self._start_recording(bridge, action)
 
     def detach(self, key: tuple[str, str], keep_callee: bool = False) -> MediaEndpoint | None:
@@ -174,16 +191,18 @@ class CallMedia:
             player.stop()
 
     async def _music(self, bridge: Bridge, endpoint: MediaEndpoint,
-                     playlist: tuple[str, ...]) -> None:
-        clips = await self.playlist(playlist)
+                     playlist: tuple[str, ...], tone: Pcm | None = None) -> None:
+        """The hold playlist, looped (``tone``: that sound instead, the ringback)."""
+        clips: list[Clip] = [tone] if tone is not None else await self.playlist(playlist)
+        what = "ringback tone" if tone is not None else "hold music"
         try:
             player = await self.media.play(endpoint, clips, loop=True)
         except (MediaError, CodecError, WavError) as exc:
-            log.warning("no hold music", call_id=bridge.call_id, codec=endpoint.codec,
+            log.warning(f"no {what}", call_id=bridge.call_id, codec=endpoint.codec,
                         error=str(exc))
             return
-        log.info("hold music", call_id=bridge.call_id, codec=endpoint.codec,
-                 playlist=list(playlist) or "built-in")
+        log.info(what, call_id=bridge.call_id, codec=endpoint.codec,
+                 playlist="ringback" if tone is not None else list(playlist) or "built-in")
         try:
             await player.wait()
         except asyncio.CancelledError:
@@ -222,31 +241,37 @@ class CallMedia:
                 clips.append(path)
         return clips or [DEFAULT_TUNE]
 
-    # -- rebound screening --------------------------------------------------------
+    # -- screening (rebound, confirm) --------------------------------------------
     async def _screen(self, key: tuple[str, str], bridge: Bridge, action: BridgeMedia) -> None:
+        """Ask the callee side (see the module's docstring) and report its key."""
         from media.prompts import Language, digit_paths, prompt_path
 
         language: Language = "fr" if action.language == "fr" else "en"
-        number = action.announce
         clips: list[Clip]
-        if any(c.isdigit() for c in number):
-            clips = [prompt_path(language, "rebound_intro"), *digit_paths(number, language)]
+        if action.screen == "confirm":
+            clips = [prompt_path(language, "confirm_answer")]
+            rounds, wait = CONFIRM_PROMPTS, CONFIRM_GAP_SECONDS
         else:
-            clips = [prompt_path(language, "rebound_unknown")]
-        clips += [prompt_path(language, "pause"), prompt_path(language, "rebound_menu")]
+            number = action.announce
+            if any(c.isdigit() for c in number):
+                clips = [prompt_path(language, "rebound_intro"), *digit_paths(number, language)]
+            else:
+                clips = [prompt_path(language, "rebound_unknown")]
+            clips += [prompt_path(language, "pause"), prompt_path(language, "rebound_menu")]
+            rounds, wait = SCREEN_ANNOUNCEMENTS, SCREEN_WAIT_SECONDS
         digits: asyncio.Queue[str] = asyncio.Queue()
         unsubscribe = bridge.b.on_dtmf(digits.put_nowait)
         accepted = False
         digit: str | None = None
         try:
-            for _ in range(SCREEN_ANNOUNCEMENTS):
+            for _ in range(rounds):
                 player = await self.media.play(bridge.b, clips)
                 waiter = asyncio.ensure_future(digits.get())
                 await asyncio.wait({waiter, asyncio.ensure_future(player.wait())},
                                    return_when=asyncio.FIRST_COMPLETED)
                 if not waiter.done():
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(asyncio.shield(waiter), SCREEN_WAIT_SECONDS)
+                        await asyncio.wait_for(asyncio.shield(waiter), wait)
                 player.stop()
                 if waiter.done():
                     digit = waiter.result()
@@ -255,11 +280,13 @@ class CallMedia:
             accepted = digit == "1"
         except (MediaError, CodecError, WavError) as exc:
             # Cannot play to this leg (G.729 only): its answer accepts, as without media.
-            log.warning("rebound not screened", call_id=bridge.call_id, error=str(exc))
+            log.warning(f"{action.screen} not screened", call_id=bridge.call_id,
+                        error=str(exc))
             accepted = True
         finally:
             unsubscribe()
-        log.info("rebound screened", call_id=bridge.call_id, key=digit, accepted=accepted)
+        log.info(f"{action.screen} screened", call_id=bridge.call_id, key=digit,
+                 accepted=accepted)
         bridge.screen = None
         if self.on_screened is not None:
             self.on_screened(key, accepted)

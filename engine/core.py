@@ -172,7 +172,7 @@ class Engine:
         return self._media(self.b2bua.media_failed(call, reason, now, self.local), now)
 
     def screened(self, call: tuple[str, str], accepted: bool, now: float) -> Outcome:
-        """A rebound leg pressed 1 (``accepted``) or anything else / nothing."""
+        """A screened leg (rebound, confirm) pressed 1 (``accepted``) or anything else."""
         return self._media(self.b2bua.screened(call, accepted, now, self.local), now)
 
     def hangup(self, call: tuple[str, str], now: float) -> Outcome:

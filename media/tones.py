@@ -72,6 +72,19 @@ def hold_tune(rate: int = 8000) -> bytes:
     return b"".join(notes)
 
 
+RINGBACK_HZ = (440.0, 480.0)
+RINGBACK_ON_MS, RINGBACK_OFF_MS = 2000, 4000
+"""The North American ringback (ANSI T1.401): 440 + 480 Hz, 2 s on, 4 s off."""
+
+
+def ringback(rate: int = 8000) -> bytes:
+    """One cycle of the ringback tone (6 s), for a caller that hears the engine's
+    early media while a call is not answered yet."""
+    low, high = (pcm_to_array(tone(hz, RINGBACK_ON_MS, rate, level=0.15, ramp_ms=20))
+                 for hz in RINGBACK_HZ)
+    return array_to_pcm(low.astype(np.int32) + high) + silence(RINGBACK_OFF_MS, rate)
+
+
 def beep(rate: int = 8000) -> bytes:
     """The voicemail beep: 1 kHz for 400 ms."""
     return tone(BEEP_HZ, BEEP_MS, rate)

@@ -164,6 +164,7 @@ USER_KEYS = (
     "outbound_pin_required",
     "codecs",
     "record_calls",
+    "confirm_external_answer",
     "voicemail",
     "schedule",
     "forwarding",
@@ -686,6 +687,7 @@ class _Parser:
             outbound_pin_required=outbound_pin,
             codecs=self.codecs(t),
             record_calls=t.choice("record_calls", RECORD_CALLS, "off"),
+            confirm_external_answer=t.boolean("confirm_external_answer", False),
             voicemail=voicemail,
             schedule=schedule,
             forwarding=forwarding,
@@ -1159,6 +1161,7 @@ def user_to_dict(u: User) -> dict[str, Any]:
         "outbound_pin_required": u.outbound_pin_required,
         "codecs": list(u.codecs),
         "record_calls": u.record_calls,
+        "confirm_external_answer": u.confirm_external_answer,
         "voicemail": {
             "enabled": v.enabled,
             "language": v.language,

@@ -416,6 +416,9 @@ class User:
     outbound_pin_required: bool = False
     codecs: tuple[Codec, ...] = DEFAULT_CODECS
     record_calls: RecordCalls = "off"
+    # An external leg of this user's plan (the mobile rung with the desk phones, a
+    # forward to the mobile or to a number) must press 1 before it gets the call.
+    confirm_external_answer: bool = False
     voicemail: VoicemailSettings = VoicemailSettings()
     schedule: Schedule = Schedule()
 

@@ -10,6 +10,7 @@ where the directory contract is silent.
 
 from routing.explain import explain, plan_to_json, render_text, step_to_json
 from routing.router import (
+    CONFIRM_SECONDS,
     MAX_FORWARD_HOPS,
     REBOUND_SECONDS,
     Router,
@@ -37,6 +38,7 @@ from routing.steps import (
 )
 
 __all__ = [
+    "CONFIRM_SECONDS",
     "MAX_FORWARD_HOPS",
     "REBOUND_SECONDS",
     "Busy",

@@ -58,6 +58,7 @@ def _target_to_json(target: Target) -> dict[str, Any]:
         "privacy": target.privacy,
         "rebound": target.rebound,
         "mobile_of": target.mobile_of,
+        "confirm": target.confirm,
     }
 
 
@@ -139,6 +140,8 @@ def _target_text(target: Target) -> str:
         flags.append("private")
     if target.rebound:
         flags.append("rebound")
+    if target.confirm:
+        flags.append("confirm: press 1 to take the call")
     return f"{target.number} ({what} {', '.join(flags)})"
 
 

@@ -54,6 +54,18 @@ Where the directory contract (``shared/spec/directory.toml``) is silent:
   disabled).  A rebound forward that is not a user's rule (a DID's
   ``route_to``, a ring group's ``no_answer``) comes back to the first user
   who forwarded the call, if any; otherwise it just ends.
+* **Confirmed answer** (a user's ``confirm_external_answer``): the external
+  legs of that user's own rules (the mobile rung with the desk phones, a
+  forward to the mobile or to a number) carry ``External.confirm``; the
+  engine takes such an answer only after a 1 within ``CONFIRM_SECONDS``
+  (10 s: the prompt is short, and a human who answered presses at once; a
+  mobile's voicemail greeting runs longer than that). A rebound forward is
+  not marked: it screens already. A forward rings with no timer, so its
+  only unanswered outcome is a leg that did not confirm: it goes to the
+  user's voicemail (Busy if disabled), like a refused rebound, instead of
+  ending the call with 480. A forward that is not a user's rule (a DID's
+  ``route_to``, a ring group's ``no_answer``) and a 302 deflection (the
+  carrier takes the call) are not confirmed.
 * **Deflect** (302) goes back through the trunk the call came in on, needs no
   free channel and ends our part of the call; it counts as ringing the number.
 * **Trunk choice** for outbound legs: the first trunk in directory order with
@@ -95,7 +107,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from provisioning.model import (
@@ -130,6 +144,7 @@ from routing.steps import (
 )
 
 __all__ = [
+    "CONFIRM_SECONDS",
     "MAX_FORWARD_HOPS",
     "REBOUND_SECONDS",
     "Router",
@@ -142,7 +157,10 @@ MAX_FORWARD_HOPS = 5
 """Extension / ring group forwards followed on one path before stopping."""
 REBOUND_SECONDS = 30
 """No-answer timer of a rebound (screened) external leg."""
+CONFIRM_SECONDS = 10
+"""How long an answered ``confirm`` leg has to press 1 (the step's timer keeps running)."""
 
+_T = TypeVar("_T", bound=Target)
 _UTC = ZoneInfo("UTC")
 _EMPTY_STATE = LiveState()
 _DIGITS = frozenset("0123456789")
@@ -163,6 +181,15 @@ def _describe(dest: Destination) -> str:
     if dest.deflect_302:
         return text + " (deflect_302)"
     return text
+
+
+def _confirming(target: _T, user: User | None) -> _T:
+    """``target`` as ``user``'s plan rings it: an external leg of a user with
+    ``confirm_external_answer`` must press 1 (a rebound leg screens already)."""
+    if isinstance(target, External) and user is not None and user.confirm_external_answer \
+            and not target.rebound:
+        return replace(target, confirm=True)
+    return target
 
 
 def _rule(external: bool, name: str, targets: RuleTargets) -> str:
@@ -874,8 +901,11 @@ class _Builder:
             what = "desk phones"
         else:
             what = "mobile only (ring_mobile_simultaneously; desk phones already rang)"
+        if user.confirm_external_answer and not isinstance(targets[-1], Device):
+            note += (f"; the mobile presses 1 within {CONFIRM_SECONDS} s to take the call "
+                     "(confirm_external_answer), the desk phones ring on meanwhile")
         self.steps[index] = Ring(
-            tuple(targets),
+            tuple(_confirming(t, user) for t in targets),
             rules.no_answer_seconds,
             f"{why}; {who}: ring {what} for {rules.no_answer_seconds} s{note}",
             on_no_answer,
@@ -934,7 +964,8 @@ class _Builder:
         target = External(
             number, trunk.name, self.caller_id, self.privacy, dest.rebound, mobile_of
         )
-        if not dest.rebound:
+        target = _confirming(target, owner)
+        if not dest.rebound and not target.confirm:
             return self.emit(
                 Ring(
                     (target,),
@@ -943,6 +974,24 @@ class _Builder:
                     diversion=path.chain,
                 )
             )
+        if not dest.rebound:
+            assert owner is not None  # only a user's own rule is confirmed
+            index = self.reserve()
+            unconfirmed = self.voicemail(
+                owner.extension,
+                path.rang((key,)),
+                f"{why}: {number} did not take the call (no 1 within {CONFIRM_SECONDS} s, "
+                f"another key or a hang-up) -> voicemail of {owner.extension}",
+            )
+            self.steps[index] = Ring(
+                (target,),
+                None,
+                f"{why}: forward to {number} via {trunk.name}{note}; it presses 1 within "
+                f"{CONFIRM_SECONDS} s to take the call (confirm_external_answer)",
+                on_no_answer=unconfirmed,
+                diversion=path.chain,
+            )
+            return index
         index = self.reserve()
         after: int | None = None
         if back_to:

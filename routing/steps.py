@@ -114,6 +114,11 @@ class External:
     ``privacy`` asks the trunk to withhold it.  ``rebound``: the far end
     hears who calls and accepts or refuses (a refusal is a *failed*
     outcome).  ``mobile_of``: the extension whose mobile this is.
+    ``confirm``: the user's ``confirm_external_answer``: an answer is not
+    taken until the far end presses 1 (within ``CONFIRM_SECONDS``); the
+    other legs of the step keep ringing meanwhile, and a leg that does not
+    confirm is released as if it had not answered (when no leg is left, a
+    *no answer* outcome).  Never set with ``rebound``, which screens already.
     """
 
     number: str
@@ -122,6 +127,7 @@ class External:
     privacy: bool
     rebound: bool = False
     mobile_of: str = ""
+    confirm: bool = False
 
 
 Target = Device | External
@@ -145,7 +151,9 @@ class Ring:
     ``seconds``: the no-answer timer (``None``: ring until the caller hangs
     up).  ``on_*``: index of the next step for that outcome, or ``None``:
     the call ends with it.  ``on_failed`` covers errors, rejections other
-    than 486/600 and, for a rebound target, a refusal.
+    than 486/600 and, for a rebound target, a refusal.  A ``confirm`` target
+    that does not press 1 counts as not answering: when it was the last leg
+    ringing, ``on_no_answer``.
     """
 
     targets: tuple[Target, ...]

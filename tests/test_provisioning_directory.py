@@ -99,6 +99,17 @@ def test_spec_values_are_read() -> None:
     assert group.no_answer == Destination("voicemail", "101")
 
 
+def test_confirm_external_answer_is_read_defaults_off_and_round_trips(
+        data: dict[str, Any]) -> None:
+    data["users"][0]["confirm_external_answer"] = True
+    d = parse_directory(data, "confirm.toml")
+    assert d.users[0].confirm_external_answer is True
+    assert d.users[1].confirm_external_answer is False  # the key is optional, off
+    written = directory_to_dict(d)
+    assert [u["confirm_external_answer"] for u in written["users"][:2]] == [True, False]
+    assert parse_directory(written, "round-trip") == d
+
+
 def test_status_without_table_follows_product_defaults() -> None:
     bruno = load_directory(SPEC).user("102")
     assert bruno is not None
@@ -255,6 +266,8 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
     ("transport", _set("trunks", 0, "transport", value="sctp"), "trunks[0].transport", "udp"),
     ("record-calls", _set("users", 0, "record_calls", value="some"),
      "users[0].record_calls", "off, external, all"),
+    ("confirm-answer", _set("users", 1, "confirm_external_answer", value="yes"),
+     "users[1].confirm_external_answer", "must be true or false, not a string"),
     ("vm-email", _set("users", 0, "voicemail", "email", value="always"),
      "users[0].voicemail.email", "attach_and_delete"),
     ("vm-datetime", _set("users", 0, "voicemail", "read_datetime", value="12h"),

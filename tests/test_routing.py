@@ -13,6 +13,7 @@ import pytest
 from provisioning.directory import load_directory, parse_directory
 from provisioning.model import STATUSES, Directory, Status
 from routing import (
+    CONFIRM_SECONDS,
     MAX_FORWARD_HOPS,
     REBOUND_SECONDS,
     Busy,
@@ -840,6 +841,108 @@ def test_external_forward_without_rebound_has_no_timer() -> None:
     fwd = ring(p, ring(p, 0).on_no_answer or 0)
     assert fwd.targets == (External("+15145550122", "carrier", "+15145550100", False),)
     assert fwd.seconds is None and fwd.next_steps == (None, None, None)
+
+
+# ------------------------------------------------------------------- confirm_external_answer
+
+
+def confirming_user(rule: str, status: str = "available", simultaneous: bool = False,
+                    confirm: bool = True) -> str:
+    """101 with ``confirm_external_answer`` and ``rule`` as its no-answer rule."""
+    return user_toml(
+        "101",
+        f"""
+[users.forwarding.{status}]
+no_answer_seconds = 20
+no_answer = {{ external = {rule}, internal = {rule} }}
+ring_mobile_simultaneously = {"true" if simultaneous else "false"}
+""",
+        mobile="+15145550111",
+        status=status,
+        confirm_external_answer=confirm,
+    ) + user_toml("102")
+
+
+def test_confirm_marks_the_mobile_rung_with_the_desk_phones() -> None:
+    d = build(confirming_user('"voicemail"', simultaneous=True))
+    p = plan(trunk("+15145550100"), d, live(d))
+    first = ring(p, 0)
+    assert devices(first) == ["101"] and first.seconds == 20
+    assert externals(first) == [External("+15145550111", "carrier", CALLER, False,
+                                         mobile_of="101", confirm=True)]
+    assert "confirm_external_answer" in first.reason
+    assert f"presses 1 within {CONFIRM_SECONDS} s" in first.reason
+    # a mobile that does not confirm is an unanswered leg: the no-answer rule
+    vm = at_index(p, first.on_no_answer)
+    assert isinstance(vm, Voicemail) and vm.box == "101"
+
+
+def test_confirm_off_by_default_leaves_the_plan_as_it_was() -> None:
+    on = build(confirming_user('"voicemail"', simultaneous=True, confirm=False))
+    default = build(user_toml("101", """
+[users.forwarding.available]
+no_answer_seconds = 20
+no_answer = { external = "voicemail", internal = "voicemail" }
+ring_mobile_simultaneously = true
+""", mobile="+15145550111") + user_toml("102"))
+    assert default.users[0].confirm_external_answer is False
+    for d in (on, default):
+        p = plan(trunk("+15145550100"), d, live(d))
+        assert not any(t.confirm for t in externals(ring(p, 0)))
+        assert "confirm_external_answer" not in ring(p, 0).reason
+
+
+@pytest.mark.parametrize("rule", ['"mobile"', '"external:+15145550122"'])
+def test_a_confirmed_forward_goes_to_voicemail_when_not_taken(rule: str) -> None:
+    d = build(confirming_user(rule))
+    p = plan(trunk("+15145550100"), d, live(d))
+    fwd = ring(p, ring(p, 0).on_no_answer or 0)
+    (target,) = externals(fwd)
+    assert target.confirm and not target.rebound
+    assert target.mobile_of == ("101" if rule == '"mobile"' else "")
+    # a forward rings with no timer: its only "no answer" is a leg that did not press 1
+    assert fwd.seconds is None and fwd.on_busy is None and fwd.on_failed is None
+    assert "confirm_external_answer" in fwd.reason and chain(fwd) == [("101", "no-answer")]
+    vm = at_index(p, fwd.on_no_answer)
+    assert isinstance(vm, Voicemail) and vm.box == "101"
+    assert "did not take the call" in vm.reason and chain(vm) == [("101", "no-answer")]
+
+
+def test_a_confirmed_forward_with_voicemail_disabled_ends_busy() -> None:
+    d = build(user_toml("101", """
+[users.voicemail]
+enabled = false
+[users.forwarding.available]
+no_answer = { external = "mobile", internal = "busy" }
+""", mobile="+15145550111", confirm_external_answer=True))
+    p = plan(trunk("+15145550100"), d, live(d))
+    fwd = ring(p, ring(p, 0).on_no_answer or 0)
+    assert externals(fwd)[0].confirm
+    assert isinstance(at_index(p, fwd.on_no_answer), Busy)
+
+
+def test_confirm_leaves_rebound_and_deflection_alone() -> None:
+    d = build(confirming_user('{ to = "mobile", rebound = true }'))
+    p = plan(trunk("+15145550100"), d, live(d))
+    rebound = ring(p, ring(p, 0).on_no_answer or 0)
+    assert rebound.targets == (
+        External("+15145550111", "carrier", CALLER, False, rebound=True, mobile_of="101"),
+    )
+    d = build(confirming_user('{ to = "external:+15145550122", deflect_302 = true }'))
+    p = plan(trunk("+15145550100"), d, live(d))
+    assert isinstance(at_index(p, ring(p, 0).on_no_answer), Deflect)
+
+
+def test_a_did_routed_to_a_number_is_not_confirmed() -> None:
+    """Only a user's own rules are confirmed: a DID's route_to has no user."""
+    d = build(confirming_user('"voicemail"') + """
+[[numbers]]
+number = "+15145550188"
+route_to = "external:+15145550122"
+""")
+    p = plan(trunk("+15145550188"), d, live(d))
+    (target,) = externals(ring(p, 0))
+    assert not target.confirm
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,26 @@ def test_render_text_every_step_kind(spec: Directory, example: Directory) -> Non
     assert "1. busy (486)  — " in render_text(p)
 
 
+def test_explain_shows_a_confirmed_mobile() -> None:
+    d = parse_directory(
+        {
+            "system": {"domain": "pbx.test"},
+            "trunks": [{"name": "carrier", "host": "127.0.0.9"}],
+            "departments": [{"name": "D", "caller_id": "+15145550100"}],
+            "numbers": [{"number": "+15145550100", "route_to": "extension:101"}],
+            "users": [{"extension": "101", "name": "A", "password": "pw", "department": "D",
+                       "mobile": "+15145550111", "confirm_external_answer": True,
+                       "forwarding": {"available": {"ring_mobile_simultaneously": True}}}],
+        }
+    )
+    p = explain(d, "+15145550199", "+15145550100", OFFICE)
+    text = render_text(p)
+    assert "+15145550111 (mobile via carrier, caller ID +15145550199, confirm: press 1 to " \
+           "take the call)" in text
+    mobile = plan_to_json(p)["steps"][0]["targets"][1]
+    assert mobile["confirm"] is True and mobile["mobile_of"] == "101"
+
+
 def test_plan_to_json(spec: Directory) -> None:
     p = explain(spec, "+15145550199", "101", OFFICE, status="away")
     doc = plan_to_json(p)
@@ -119,6 +139,7 @@ def test_plan_to_json(spec: Directory) -> None:
             "privacy": False,
             "rebound": False,
             "mobile_of": "101",
+            "confirm": False,
         },
     ]
     assert first["next"] == {"no_answer": 1, "busy": 2, "failed": 2}

@@ -168,6 +168,7 @@ def users(draw: st.DrawFn, extension: str, exts: list[str], groups: list[str]) -
         disabled=draw(rarely),
         external_calls=draw(st.booleans()),
         outbound_pin_required=draw(st.booleans()),
+        confirm_external_answer=draw(st.booleans()),
         voicemail=VoicemailSettings(enabled=not draw(sometimes)),
         schedule=Schedule(
             office_hours=draw(st.none() | hours),
@@ -335,6 +336,9 @@ def check_plan(p: Plan) -> None:
             assert step.seconds is None or step.seconds > 0
             for nxt in step.next_steps:
                 assert nxt is None or i < nxt < len(p.steps)
+            for target in step.targets:
+                # a rebound leg screens already: it is never also confirmed
+                assert not (isinstance(target, External) and target.confirm and target.rebound)
         for diversion in getattr(step, "diversion", ()):
             assert diversion.reason in REASONS
     assert check_paths(p) >= 1
@@ -394,6 +398,7 @@ def forwarding_webs(draw: st.DrawFn) -> Directory:
             department="Sales",
             forwarding=Forwarding(*(rules(i) for _ in STATUSES)),
             mobile=draw(st.sampled_from(MOBILES)),
+            confirm_external_answer=draw(sometimes),
         )
         for i, ext in enumerate(exts)
     )

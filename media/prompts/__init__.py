@@ -62,6 +62,7 @@ _EN: dict[str, str] = {
     "rebound_intro": "You have a call from",
     "rebound_unknown": "You have a call from an unknown number.",
     "rebound_menu": "To accept the call, press 1. To refuse it, press any other key.",
+    "confirm_answer": "Press 1 to take the call.",
     "wrong_pin": "Incorrect PIN.",
     "goodbye": "Goodbye.",
     "you_have": "You have",
@@ -102,6 +103,7 @@ _FR: dict[str, str] = {
     "rebound_unknown": "Vous avez un appel d'un numéro inconnu.",
     "rebound_menu": "Pour accepter l'appel, appuyez sur 1. Pour le refuser, appuyez sur "
                     "une autre touche.",
+    "confirm_answer": "Appuyez sur 1 pour prendre l'appel.",
     "wrong_pin": "Code personnel incorrect.",
     "goodbye": "Au revoir.",
     "you_have": "Vous avez",
