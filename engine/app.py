@@ -26,6 +26,7 @@ from typing import cast
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from engine.b2bua import (
     BridgeMedia,
@@ -66,6 +67,14 @@ CONNECT_SECONDS = 10.0  # an outbound TCP/TLS connection (with its handshake)
 MAX_STREAM_MESSAGE = 256 * 1024
 LISTEN_BACKLOG = 1024  # a burst of connections waits in the kernel, not refused by it
 TRUST_REFRESH_SECONDS = 10.0  # registered sources re-read from the registrar
+# Admin HTTP: a request's head must arrive within HTTP_IDLE_SECONDS of connecting (or of
+# the previous answer), else the connection is closed: a client that sends half a
+# request and stops holds nothing for long. Handlers get HTTP_HANDLER_SECONDS (504).
+HTTP_IDLE_SECONDS = 5.0
+HTTP_HANDLER_SECONDS = 30.0
+HTTP_MAX_BODY = 64 * 1024  # no endpoint takes a body
+HTTP_MAX_LINE = 8190
+HTTP_MAX_HEADERS = 64
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -176,7 +185,7 @@ class Server:
             self.engine.tls_port = cfg.tls_port
         self.config.sip_port = bound_port
         self.engine.port = bound_port
-        app = web.Application()
+        app = web.Application(client_max_size=HTTP_MAX_BODY, middlewares=[_handler_deadline])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/registrations", self._registrations)
@@ -185,7 +194,9 @@ class Server:
         app.router.add_get("/recordings", self._recordings)
         app.router.add_get("/recordings/{id}", self._recording)
         app.router.add_delete("/recordings/{id}", self._recording_delete)
-        self.http = web.AppRunner(app, access_log=None)
+        self.http = web.AppRunner(app, access_log=None, keepalive_timeout=HTTP_IDLE_SECONDS,
+                                  max_line_size=HTTP_MAX_LINE, max_field_size=HTTP_MAX_LINE,
+                                  max_headers=HTTP_MAX_HEADERS, handler_cancellation=True)
         await self.http.setup()
         site = web.TCPSite(self.http, cfg.http_host, cfg.http_port)
         await site.start()
@@ -824,6 +835,13 @@ def _well_formed(item: bytes) -> bool:
     except ParseError:
         return False
     return True
+
+
+@web.middleware
+async def _handler_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every admin request is answered within HTTP_HANDLER_SECONDS (else 504)."""
+    async with asyncio.timeout(HTTP_HANDLER_SECONDS):
+        return await handler(request)
 
 
 def raise_open_file_limit() -> None:

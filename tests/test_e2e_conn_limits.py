@@ -454,3 +454,32 @@ def test_trunks_and_registered_phones_are_never_crowded_out(
             s.close()
         for conn in [*trunk, phone]:
             conn.close()
+
+
+# --- admin HTTP ---------------------------------------------------------------------------
+
+
+def test_admin_http_drops_a_client_that_never_finishes_its_request(
+        tmp_path: Path, engines: list[EngineProcess]) -> None:
+    engine, _, _ = start_engine(tmp_path)
+    engines.append(engine)
+    target = ("127.0.0.1", engine.http_port)
+    with connect(target, "127.0.0.1") as slow, connect(target, "127.0.0.1") as silent:
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        closed = False
+        deadline = time.monotonic() + 20  # a byte every 0.5 s for at most 20 s
+        while not closed and time.monotonic() < deadline:
+            try:
+                slow.sendall(b"a")
+            except OSError:
+                closed = True
+                break
+            closed = closed_by_peer(slow, 0.5)
+        assert closed, "the engine kept a client that never finished its headers"
+        assert closed_by_peer(silent, 10.0)  # connected and said nothing
+    # A request line past the limit is refused; the listener serves on.
+    with connect(target, "127.0.0.1") as big:
+        big.sendall(b"GET /healthz?" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        big.settimeout(5)
+        assert big.recv(64).split(b" ")[1] in (b"400", b"414", b"431")
+    assert engine.health()["status"] == "ok"
