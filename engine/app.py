@@ -10,18 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import json
+import resource
 import signal
 import socket
 import ssl
+import struct
 import time
 import uuid
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from engine.b2bua import (
     BridgeMedia,
@@ -33,9 +38,17 @@ from engine.b2bua import (
     UpdateMedia,
 )
 from engine.callmedia import CallMedia
+from engine.connlimit import (
+    SHED_FIRST_MESSAGE,
+    SHED_HANDSHAKE,
+    SHED_ROOM,
+    RateLog,
+    StreamLimits,
+    StreamPolicy,
+)
 from engine.core import Engine, Outcome
 from engine.mail import email_voicemail
-from engine.message import ParseError, StreamFramer, grammar
+from engine.message import ParseError, StreamFramer, grammar, parse
 from engine.transaction import Addr, Send
 from media.endpoint import MediaEndpoint, MediaError
 from media.session import Clip, MediaService, Pcm, Recorder
@@ -50,10 +63,18 @@ log = structlog.get_logger("switchboard.app")
 
 MIN_MESSAGE_SECONDS = 0.5  # shorter recordings (a hang-up at the beep) are not kept
 WRITE_BATCH = 500  # binding changes per store transaction
-MAX_TCP_CONNECTIONS = 1024
 CONNECT_SECONDS = 10.0  # an outbound TCP/TLS connection (with its handshake)
-TCP_IDLE_SECONDS = 3600.0
 MAX_STREAM_MESSAGE = 256 * 1024
+LISTEN_BACKLOG = 1024  # a burst of connections waits in the kernel, not refused by it
+TRUST_REFRESH_SECONDS = 10.0  # registered sources re-read from the registrar
+# Admin HTTP: a request's head must arrive within HTTP_IDLE_SECONDS of connecting (or of
+# the previous answer), else the connection is closed: a client that sends half a
+# request and stops holds nothing for long. Handlers get HTTP_HANDLER_SECONDS (504).
+HTTP_IDLE_SECONDS = 5.0
+HTTP_HANDLER_SECONDS = 30.0
+HTTP_MAX_BODY = 64 * 1024  # no endpoint takes a body
+HTTP_MAX_LINE = 8190
+HTTP_MAX_HEADERS = 64
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -83,6 +104,8 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_ca: str | None = None
+    # SIP TCP/TLS connection limits (engine.connlimit): per source, global, deadlines.
+    limits: StreamLimits = field(default_factory=StreamLimits)
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -107,7 +130,17 @@ class Server:
         self.tcp: asyncio.base_events.Server | None = None
         self.http: web.AppRunner | None = None
         self.connections: dict[Addr, asyncio.StreamWriter] = {}
-        self.tls: asyncio.base_events.Server | None = None
+        self.tls: socket.socket | None = None  # the TLS listener (accepted by _tls_accept)
+        self._tls_task: asyncio.Task[None] | None = None
+        self._server_tls: ssl.SSLContext | None = None
+        self.streams = StreamPolicy(config.limits)
+        self._stream_ids = itertools.count(1)
+        # What closes an admitted stream the policy sheds: its transport, or the task
+        # of a TLS handshake in progress.
+        self._stream_handles: dict[int, asyncio.Transport | asyncio.Task[None]] = {}
+        self._stream_log = RateLog()
+        self._trust_directory: object = None
+        self._trust_at = 0.0
         self._connecting: dict[Addr, list[bytes]] = {}  # outbound streams being opened
         self._client_tls: ssl.SSLContext | None = None
         self._stream_tasks: set[asyncio.Task[None]] = set()
@@ -141,18 +174,18 @@ class Server:
         self.udp = transport
         bound_port = sock.getsockname()[1]
         self.tcp = await asyncio.start_server(self._tcp_client, cfg.sip_host, bound_port,
-                                              reuse_address=True)
+                                              reuse_address=True, backlog=LISTEN_BACKLOG)
         if cfg.tls_cert:
             server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             server_tls.load_cert_chain(cfg.tls_cert, cfg.tls_key or None)
-            self.tls = await asyncio.start_server(self._tls_client, cfg.tls_host or cfg.sip_host,
-                                                  cfg.tls_port, ssl=server_tls,
-                                                  reuse_address=True)
-            cfg.tls_port = self.tls.sockets[0].getsockname()[1]
+            self._server_tls = server_tls
+            self.tls = _listen(cfg.tls_host or cfg.sip_host, cfg.tls_port)
+            self._tls_task = asyncio.create_task(self._tls_accept(self.tls))
+            cfg.tls_port = self.tls.getsockname()[1]
             self.engine.tls_port = cfg.tls_port
         self.config.sip_port = bound_port
         self.engine.port = bound_port
-        app = web.Application()
+        app = web.Application(client_max_size=HTTP_MAX_BODY, middlewares=[_handler_deadline])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/registrations", self._registrations)
@@ -161,10 +194,13 @@ class Server:
         app.router.add_get("/recordings", self._recordings)
         app.router.add_get("/recordings/{id}", self._recording)
         app.router.add_delete("/recordings/{id}", self._recording_delete)
-        self.http = web.AppRunner(app, access_log=None)
+        self.http = web.AppRunner(app, access_log=None, keepalive_timeout=HTTP_IDLE_SECONDS,
+                                  max_line_size=HTTP_MAX_LINE, max_field_size=HTTP_MAX_LINE,
+                                  max_headers=HTTP_MAX_HEADERS, handler_cancellation=True)
         await self.http.setup()
         site = web.TCPSite(self.http, cfg.http_host, cfg.http_port)
         await site.start()
+        self._refresh_trust(time.monotonic())
         self._revision = await self.store.revision()
         self.engine.set_statuses(await self.store.load_status_overrides())
         self._vm_revision = await self.store.voicemail_revision()
@@ -179,7 +215,10 @@ class Server:
                  domain=self.engine.directory.system.domain,
                  users=len(self.engine.directory.users),
                  registrations=self.engine.registrar.count(),
-                 parser="c" if grammar.SPEEDUPS is not None else "python")
+                 parser="c" if grammar.SPEEDUPS is not None else "python",
+                 max_tcp_connections=cfg.limits.max_connections,
+                 tcp_per_source=cfg.limits.per_source,
+                 tcp_first_message_seconds=cfg.limits.first_message_seconds)
 
     async def stop(self) -> None:
         self._apply(self.engine.shutdown(time.monotonic()))  # hang up live calls
@@ -187,12 +226,19 @@ class Server:
             self._timer.cancel()
         if self.udp is not None:
             self.udp.close()
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tls_task
         if self.tls is not None:
             self.tls.close()
         if self.tcp is not None:
             self.tcp.close()
             for writer in list(self.connections.values()):
                 writer.close()
+            for handle in list(self._stream_handles.values()):
+                if isinstance(handle, asyncio.Task):
+                    handle.cancel()  # a TLS handshake in progress
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.tcp.wait_closed(), 2.0)
         await self._writes.join()
@@ -234,6 +280,7 @@ class Server:
                               call_id=action.call[0])
         for b in outcome.saved:
             self._writes.put_nowait(("save", b))
+            self.streams.trust(_source_ip(b.source))
         for b in outcome.removed:
             self._writes.put_nowait(("delete", b))
         self._schedule()
@@ -276,7 +323,9 @@ class Server:
             return
         for data in self._connecting.pop(addr, []):
             writer.write(data)
-        await self._stream(reader, writer, addr, transport)
+        conn = self._admit(addr, transport, outbound=True)
+        if conn is not None:
+            await self._stream(reader, writer, addr, transport, conn)
 
     def _schedule(self) -> None:
         wake = self.engine.next_wakeup()
@@ -300,32 +349,135 @@ class Server:
             outcome = Outcome()
         self._apply(outcome)
 
+    # -- SIP over TCP and TLS --------------------------------------------------------
     async def _tcp_client(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        await self._stream(reader, writer, (peer[0], peer[1]), "tcp")
+        addr = (peer[0], peer[1])
+        conn = self._admit(addr, "tcp")
+        if conn is None:
+            writer.transport.abort()  # a reset: nothing to flush, no TIME_WAIT kept
+            return
+        await self._stream(reader, writer, addr, "tcp", conn)
 
-    async def _tls_client(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        await self._stream(reader, writer, (peer[0], peer[1]), "tls")
+    async def _tls_accept(self, listener: socket.socket) -> None:
+        """Accept TLS connections as plain sockets: each is admitted (or refused) by
+        its address before its handshake starts, so connections still handshaking
+        count against their source's limit and the first-message deadline covers
+        the handshake."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors: the kernel queue waits
+                if self._stream_log.hit(("*", "accept"), time.monotonic()):
+                    log.warning("tls accept failed", error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            addr = (peer[0], peer[1])
+            conn = self._admit(addr, "tls")
+            if conn is None:
+                _reset(sock)
+                continue
+            task = asyncio.create_task(self._tls_client(sock, addr, conn))
+            self._stream_handles[conn] = task
+            self._stream_tasks.add(task)
+            task.add_done_callback(self._stream_tasks.discard)
+            # Shed before it ran, the socket is still ours to close; once the loop has
+            # it, close() only drops this reference (the transport closes the fd).
+            task.add_done_callback(_closer(sock))
+
+    async def _tls_client(self, sock: socket.socket, addr: Addr, conn: int) -> None:
+        """The handshake of an admitted TLS connection, within its first-message
+        deadline; then framed messages in, as over TCP."""
+        assert self._server_tls is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        left = max(0.001, (self.streams.deadline(conn) or 0.0) - time.monotonic())
+        try:
+            tls, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self._server_tls, ssl_handshake_timeout=left)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self._stream_handles.pop(conn, None)
+            if self.streams.known(conn):
+                self.streams.closed(conn)
+                self._shed_count(addr[0], "tls", SHED_HANDSHAKE, time.monotonic(),
+                                 str(exc) or type(exc).__name__)
+                self._gauge()
+            return
+        writer = asyncio.StreamWriter(tls, protocol, reader, loop)
+        await self._stream(reader, writer, addr, "tls", conn)
+
+    def _admit(self, addr: Addr, transport: str, outbound: bool = False) -> int | None:
+        """A new stream, by the connection policy: its id, or None (the caller closes
+        it at once). Connections shed to make room for it are closed here."""
+        now = time.monotonic()
+        conn = next(self._stream_ids)
+        admission = self.streams.admit(conn, addr[0], transport, now, outbound=outbound)
+        for shed in admission.shed:
+            victim = self._stream_handles.pop(shed.conn, None)
+            if isinstance(victim, asyncio.Task):
+                victim.cancel()  # its handshake: the transport is closed with it
+            elif victim is not None:
+                if shed.valid:
+                    victim.close()
+                else:
+                    victim.abort()  # nothing to flush: a reset, and no TIME_WAIT kept
+            self._shed_count(shed.source, shed.transport, SHED_ROOM, now)
+        if not admission.admitted:
+            self.engine.metrics.tcp_refused.labels(transport, admission.refused).inc()
+            if self._stream_log.hit((addr[0], "refused:" + admission.refused), now):
+                log.warning("tcp connection refused", source=addr[0], transport=transport,
+                            reason=admission.refused, held=self.streams.held_by(addr[0]),
+                            per_source=self.config.limits.per_source,
+                            cap=self.config.limits.max_connections,
+                            note="more from this source are counted, logged once a minute")
+            return None
+        self._gauge()
+        return conn
+
+    def _shed_count(self, source: str, transport: str, reason: str, now: float,
+                    error: str = "") -> None:
+        self.engine.metrics.tcp_shed.labels(transport, reason).inc()
+        if self._stream_log.hit((source, "shed:" + reason), now):
+            log.warning("tcp connection closed by the limits", source=source,
+                        transport=transport, reason=reason, **({"error": error} if error else {}),
+                        note="more from this source are counted, logged once a minute")
+
+    def _gauge(self) -> None:
+        gauge = self.engine.metrics.tcp_connections
+        for transport in ("tcp", "tls"):
+            gauge.labels(transport).set(self.streams.count(transport))
 
     async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      addr: Addr, transport: str) -> None:
-        """One TCP or TLS connection, accepted or opened: framed messages in."""
-        if len(self.connections) >= MAX_TCP_CONNECTIONS:
-            log.warning("tcp connection refused: cap reached", source=f"{addr[0]}:{addr[1]}",
-                        cap=MAX_TCP_CONNECTIONS)
-            writer.close()
-            return
+                      addr: Addr, transport: str, conn: int) -> None:
+        """One admitted TCP or TLS connection, accepted or opened: framed messages in,
+        until its deadline (the first message's, then the idle timeout) passes."""
+        self._stream_handles[conn] = cast(asyncio.Transport, writer.transport)
         self.connections[addr] = writer
-        self.engine.metrics.tcp_connections.set(len(self.connections))
+        streams = self.streams
         framer = StreamFramer(MAX_STREAM_MESSAGE)
         try:
             while True:
-                data = await asyncio.wait_for(reader.read(65536), TCP_IDLE_SECONDS)
+                deadline = streams.deadline(conn)
+                if deadline is None:
+                    break  # closed for a newcomer
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if not streams.valid(conn):
+                        streams.closed(conn)
+                        self._shed_count(addr[0], transport, SHED_FIRST_MESSAGE,
+                                         time.monotonic())
+                    break
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), left)
+                except TimeoutError:
+                    continue  # the deadline is checked (it may have moved) above
                 if not data:
                     break
+                now = time.monotonic()
+                streams.touched(conn, now)
                 try:
                     items = framer.feed(data)
                 except ParseError as exc:
@@ -336,15 +488,39 @@ class Server:
                 for item in items:
                     if item == b"\r\n\r\n":
                         writer.write(b"\r\n")  # RFC 5626 s3.5.1 keep-alive pong
-                    else:
-                        self.handle(item, addr, transport)
+                        continue
+                    if not streams.valid(conn) and _well_formed(item):
+                        streams.delivered(conn, now)
+                    self.handle(item, addr, transport)
                 await writer.drain()
-        except (TimeoutError, ConnectionError, ssl.SSLError):
+        except (ConnectionError, ssl.SSLError):
             pass
         finally:
-            self.connections.pop(addr, None)
-            self.engine.metrics.tcp_connections.set(len(self.connections))
+            if self.connections.get(addr) is writer:
+                del self.connections[addr]
+            streams.closed(conn)
+            self._stream_handles.pop(conn, None)
+            self._gauge()
             writer.close()
+
+    def _refresh_trust(self, now: float) -> None:
+        """Sources that may exceed the per-source limit and are never closed for a
+        stranger: trunks' ``inbound_from`` networks and addresses holding bindings."""
+        directory = self.engine.directory
+        wall = time.time()
+        ips = {_source_ip(b.source) for b in self.engine.registrar.all() if b.expires_at > wall}
+        self.streams.set_trusted(ips, [cidr for trunk in directory.trunks
+                                       for cidr in trunk.inbound_from])
+        self._trust_directory = directory
+        self._trust_at = now
+
+    def _flush_stream_log(self, now: float) -> None:
+        for (source, what), count in self._stream_log.flush(now):
+            event, _, reason = what.partition(":")
+            log.warning("tcp connections " + ("refused" if event == "refused"
+                                               else "closed by the limits"),
+                        source=source, reason=reason, more=count,
+                        seconds=self._stream_log.window)
 
     # -- media (voicemail) ---------------------------------------------------------
     def _media_action(self, action: MediaAction) -> None:
@@ -508,6 +684,11 @@ class Server:
         while True:
             await asyncio.sleep(1.0)
             self._apply(self.engine.expire(time.time()))
+            now = time.monotonic()
+            self._flush_stream_log(now)
+            if (now - self._trust_at >= TRUST_REFRESH_SECONDS
+                    or self.engine.directory is not self._trust_directory):
+                self._refresh_trust(now)
             try:
                 await self._reload()
             except Exception:
@@ -614,6 +795,68 @@ class Server:
         return web.json_response(rows)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (non-blocking) on ``host``:``port``."""
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _closer(sock: socket.socket) -> Callable[[object], None]:
+    return lambda _: sock.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0): nothing to flush, no TIME_WAIT kept."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _source_ip(source: str) -> str:
+    """The address of a binding's ``source``: 'tcp:127.0.0.1:5062' -> '127.0.0.1'
+    ('udp:::1:5062' -> '::1')."""
+    return source.partition(":")[2].rpartition(":")[0]
+
+
+def _well_formed(item: bytes) -> bool:
+    """A framed stream message parses: its connection has delivered a SIP message."""
+    try:
+        parse(item, stream=True)
+    except ParseError:
+        return False
+    return True
+
+
+@web.middleware
+async def _handler_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every admin request is answered within HTTP_HANDLER_SECONDS (else 504)."""
+    async with asyncio.timeout(HTTP_HANDLER_SECONDS):
+        return await handler(request)
+
+
+def raise_open_file_limit() -> None:
+    """The soft open-file limit up to the hard one: every SIP TCP/TLS connection is a
+    descriptor, and a common soft limit (1024) is below the connection cap."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and soft != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("open-file limit not raised", soft=soft, hard=hard, error=str(exc))
+            return
+    log.info("open-file limit", was=soft, now=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 def binding_json(b: Binding, now: float) -> dict[str, object]:
     return {"extension": b.aor, "contact": b.contact, "expires_in": max(0, int(b.expires_at - now)),
             "q": b.q, "source": b.source, "user_agent": b.user_agent}
@@ -621,6 +864,7 @@ def binding_json(b: Binding, now: float) -> dict[str, object]:
 
 async def serve(engine: Engine, store: Store, config: ServerConfig) -> None:
     """Run until SIGTERM/SIGINT, then shut down cleanly."""
+    raise_open_file_limit()
     server = Server(engine, store, config)
     await server.start()
     loop = asyncio.get_running_loop()

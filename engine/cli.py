@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-ca", default=None, metavar="PEM",
                        help="CA certificates that trunks' TLS certificates are checked "
                             "against (default: the system's, or $SSL_CERT_FILE)")
+    serve.add_argument("--max-tcp-connections", type=int, default=1024, metavar="N",
+                       help="SIP TCP+TLS connections held at most (default 1024); at the cap "
+                            "the least valuable (a stranger's that sent no message yet, from "
+                            "the busiest address) is closed for the newcomer")
+    serve.add_argument("--tcp-per-source", type=int, default=32, metavar="N",
+                       help="SIP TCP+TLS connections one IP address may hold (default 32); "
+                            "trunks (inbound_from) and addresses with registered phones are "
+                            "not limited this way")
+    serve.add_argument("--tcp-first-message-seconds", type=float, default=5.0, metavar="S",
+                       help="a new TCP/TLS connection must finish its TLS handshake and send "
+                            "a complete SIP message within S seconds (default 5); then it "
+                            "stays open while active (idle timeout 3600 s)")
     serve.add_argument("--media", choices=("relay", "direct"), default="relay",
                        help="relay (default): the RTP of calls goes through the engine, which "
                             "plays hold music, records and screens rebound calls; direct: SDP "
@@ -220,10 +232,21 @@ async def _serve(args: argparse.Namespace) -> int:
     import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
 
     from engine.app import ServerConfig, parse_hostport, serve
+    from engine.connlimit import StreamLimits
     from engine.core import Engine
 
     sip_host, sip_port = parse_hostport(args.sip, 5060)
     http_host, http_port = parse_hostport(args.http, 8080)
+    for flag, value in (("--max-tcp-connections", args.max_tcp_connections),
+                        ("--tcp-per-source", args.tcp_per_source)):
+        if value < 1:
+            raise ValueError(f"{flag} must be at least 1, not {value}")
+    if not args.tcp_first_message_seconds > 0:
+        raise ValueError(f"--tcp-first-message-seconds must be more than 0, "
+                         f"not {args.tcp_first_message_seconds}")
+    limits = StreamLimits(max_connections=args.max_tcp_connections,
+                          per_source=args.tcp_per_source,
+                          first_message_seconds=args.tcp_first_message_seconds)
     store = _store(args)
     await store.open()
     try:
@@ -256,6 +279,7 @@ async def _serve(args: argparse.Namespace) -> int:
                         anchor_media=args.media == "relay")
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
+        config.limits = limits
         if args.tls or args.tls_cert:
             if not args.tls_cert:
                 raise ValueError("--tls needs --tls-cert (and --tls-key unless the key is in it)")

@@ -34,7 +34,17 @@ class Metrics:
         self.transactions = Gauge(
             "switchboard_transactions_active", "Live SIP transactions", ["kind"], registry=r)
         self.tcp_connections = Gauge(
-            "switchboard_tcp_connections", "Open SIP TCP connections", registry=r)
+            "switchboard_tcp_connections", "Open SIP stream connections (accepted and opened), "
+            "by transport: tcp, tls", ["transport"], registry=r)
+        self.tcp_refused = Counter(
+            "switchboard_tcp_connections_refused", "New SIP TCP/TLS connections closed at "
+            "once: per_source (its address holds the most allowed), cap (the global cap "
+            "and nothing that may be closed for it)", ["transport", "reason"], registry=r)
+        self.tcp_shed = Counter(
+            "switchboard_tcp_connections_shed", "SIP TCP/TLS connections the engine closed: "
+            "room (at the global cap, for a newcomer), first_message (no complete message "
+            "in time), handshake (TLS handshake failed or too slow)",
+            ["transport", "reason"], registry=r)
         self.errors = Counter(
             "switchboard_internal_errors", "Requests whose handling raised (logged, "
             "answered 500)", registry=r)
