@@ -387,8 +387,10 @@ class Engine:
         if req.uri.scheme not in ("sip", "sips", "tel"):
             answer(416)
             return
+        # A tel URI's number is its user part as parsed (RFC 3966); a sip URI's
+        # user part may be any form of a DID (Directory.number reads them all).
         dialled = req.uri.user or ""
-        if req.uri.scheme == "tel":
+        if req.uri.scheme == "tel" and not dialled:
             dialled = req.uri.host
         when = dt.datetime.fromtimestamp(self.wall_clock() + self.route_clock_offset, dt.UTC)
         trunk = self.trunk_of(source)

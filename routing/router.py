@@ -185,8 +185,6 @@ class Router:
         "_devices",
         "_groups",
         "_holidays",
-        "_numbers",
-        "_numbers_by_digits",
         "_trunks",
         "_zones",
         "directory",
@@ -194,10 +192,6 @@ class Router:
 
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
-        self._numbers: dict[str, Number] = {n.number: n for n in directory.numbers}
-        self._numbers_by_digits: dict[str, Number] = {}
-        for n in directory.numbers:
-            self._numbers_by_digits.setdefault(_digits(n.number), n)
         self._groups: dict[str, RingGroup] = {g.name: g for g in directory.ring_groups}
         self._departments: dict[str, Department] = {d.name: d for d in directory.departments}
         self._trunks: dict[str, Trunk] = {t.name: t for t in directory.trunks}
@@ -215,12 +209,9 @@ class Router:
     # ------------------------------------------------------------------ lookups
 
     def number_for(self, dialled: str) -> Number | None:
-        """The ``[[numbers]]`` entry for a dialled DID: exact, else by digits only."""
-        found = self._numbers.get(dialled)
-        if found is None:
-            digits = _digits(dialled)
-            found = self._numbers_by_digits.get(digits) if digits else None
-        return found
+        """The ``[[numbers]]`` entry for a number in any form (:meth:`Directory.number`:
+        exact, else the same digits, else North American national digits)."""
+        return self.directory.number(dialled)
 
     def device(self, extension: str) -> Device:
         """The (shared) ``Device`` target of ``extension``."""

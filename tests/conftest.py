@@ -50,7 +50,9 @@ def bench_directory(users: dict[str, str], domain: str = "bench.test") -> str:
     """A directory file text with the given extension -> password users."""
     digits = len(next(iter(users)))
     out = [f'[system]\ndomain = "{domain}"\nextension_digits = {digits}\n',
-           '[[departments]]\nname = "Bench"\ncaller_id = "+15145550100"\ntimezone = "UTC"\n']
+           '[[departments]]\nname = "Bench"\ncaller_id = "+15145550100"\ntimezone = "UTC"\n',
+           # a caller ID is one of the system's numbers
+           f'[[numbers]]\nnumber = "+15145550100"\nroute_to = "extension:{next(iter(users))}"\n']
     for ext, pw in users.items():
         out.append(f'[[users]]\nextension = "{ext}"\nname = "User {ext}"\npassword = "{pw}"\n'
                    'department = "Bench"\n')

@@ -36,6 +36,11 @@ SALES = """
 [[departments]]
 name = "Sales"
 caller_id = "+15145550100"
+
+[[numbers]]  # the department's caller ID is one of the system's numbers
+number = "+15145550100"
+name = "Sales main line"
+route_to = "busy"
 """
 # The [system] table of the phone tests, a template for .format(low=..., high=...).
 PHONE_SYSTEM = """[system]

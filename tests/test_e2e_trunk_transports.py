@@ -48,6 +48,10 @@ name = "Customers"
 caller_id = "+15145550900"
 
 [[numbers]]
+number = "+15145550900"
+route_to = "extension:104"
+
+[[numbers]]
 number = "+15145550104"
 route_to = "extension:104"
 
