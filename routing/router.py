@@ -59,11 +59,20 @@ Where the contract (``shared/spec/directory.toml``) and the brief are silent:
 * **Trunk choice** for outbound legs: the first trunk in directory order with
   a free channel (``channels`` ``None`` = unlimited).  Emergency calls ignore
   the channel limit (first trunk with a free channel, else the first trunk).
-* **Caller identity** on external legs: for a trunk caller, their number
-  (privacy when it is empty or ``anonymous``); for a phone caller,
-  ``Directory.caller_id_for`` with the privacy of the ``[[numbers]]`` entry
-  of that caller ID (digits compared), flipped by ``*82``.  ``*82`` may also
-  be dialled right after the PIN; each ``*82`` flips.
+* **Caller identity** on external legs (:class:`~routing.steps.Identity`,
+  also ``Plan.identity``): for a trunk caller, their number and display name
+  (privacy when the number is empty or ``anonymous``); for a phone caller,
+  ``Directory.caller_id_for`` (the user's ``outbound_caller_id``, else the
+  department's ``caller_id``), or the number its P-Preferred-Identity names
+  when the caller is in that number's ``outbound_callers`` (otherwise the
+  request is ignored and ``Identity.ignored`` says why).  The ``[[numbers]]``
+  entry of the presented number (found by :meth:`Directory.number`, any
+  form) gives its written form, its ``caller_id_name`` (the display name;
+  none when empty: a user's own name never goes to a trunk), its privacy
+  (``block_caller_id``, flipped by ``*82``) and its ``billing_group``.
+  ``*82`` may also be dialled right after the PIN; each ``*82`` flips.
+  Emergency calls present the department's number and name, never private,
+  whatever the phone preferred.
 * **PIN prefix**: ``777``/``7777`` is read as the PIN prefix when the caller
   has ``outbound_pin_required``, or when the digits after it start with the
   caller's PIN; otherwise a number starting with 777 is dialled as is.  A
@@ -95,6 +104,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
@@ -119,6 +129,7 @@ from routing.steps import (
     Diversion,
     DiversionReason,
     External,
+    Identity,
     LiveState,
     MailboxAccess,
     Plan,
@@ -195,7 +206,7 @@ class Router:
         self._groups: dict[str, RingGroup] = {g.name: g for g in directory.ring_groups}
         self._departments: dict[str, Department] = {d.name: d for d in directory.departments}
         self._trunks: dict[str, Trunk] = {t.name: t for t in directory.trunks}
-        self._caller_ids: dict[str, tuple[str, bool]] = {}
+        self._caller_ids: dict[str, Identity] = {}
         self._devices = {u.extension: Device(u.extension) for u in directory.users}
         self._zones: dict[str, ZoneInfo] = {}
         self._holidays: dict[str, frozenset[dt.date]] = {}
@@ -251,19 +262,51 @@ class Router:
         dept = self._departments.get(user.department)
         return dept.caller_id if dept is not None else ""
 
-    def caller_identity(self, user: User) -> tuple[str, bool]:
-        """``(caller ID, privacy)`` of ``user``'s outbound calls (before ``*82``).
+    def caller_identity(self, user: User, preferred: str = "") -> Identity:
+        """What ``user``'s outbound calls present, before ``*82`` (``privacy`` is the
+        presented number's ``block_caller_id``).
 
-        Privacy is the ``block_caller_id`` of the ``[[numbers]]`` entry of that
-        caller ID.  Cached per extension (the directory is immutable).
+        ``preferred``: the number the phone asked for (P-Preferred-Identity); it is
+        honoured when ``user`` is in that number's ``outbound_callers``, else
+        ignored with the reason in ``Identity.ignored``.  The default identity is
+        cached per extension (the directory is immutable).
         """
-        found = self._caller_ids.get(user.extension)
-        if found is None:
+        default = self._caller_ids.get(user.extension)
+        if default is None:
             caller_id = self.caller_id_for(user)
-            number = self.number_for(caller_id) if caller_id else None
-            found = (caller_id, number.block_caller_id if number is not None else False)
-            self._caller_ids[user.extension] = found
-        return found
+            origin = (f"outbound_caller_id of {user.extension}" if user.outbound_caller_id
+                      else f"department {user.department}")
+            default = self._present(caller_id, origin)
+            self._caller_ids[user.extension] = default
+        if not preferred:
+            return default
+        wanted = self.number_for(preferred)
+        if wanted is None:
+            why = f"{preferred} is not one of our numbers"
+        elif wanted.number == default.caller_id:
+            return replace(default, preferred=preferred)
+        elif not wanted.outbound:
+            why = f"{wanted.number} is {wanted.type}: never an outbound caller ID"
+        elif user.extension not in wanted.outbound_callers:
+            why = f"{user.extension} is not in the outbound_callers of {wanted.number}"
+        else:
+            chosen = self._present(
+                wanted.number,
+                f"P-Preferred-Identity: {user.extension} is in the outbound_callers of "
+                f"{wanted.number}",
+            )
+            return replace(chosen, preferred=preferred)
+        return replace(default, preferred=preferred, ignored=why)
+
+    def _present(self, caller_id: str, origin: str) -> Identity:
+        """``caller_id`` as presented: its ``[[numbers]]`` entry's written form, name,
+        privacy and billing group (a number outside ``[[numbers]]``, possible only
+        in a hand-built directory, goes as written, with no name)."""
+        number = self.number_for(caller_id) if caller_id else None
+        if number is None:
+            return Identity(caller_id, origin=origin)
+        return Identity(number.number, number.caller_id_name, number.block_caller_id, origin,
+                        billing_group=number.billing_group)
 
     # ------------------------------------------------------------------ decisions
 
@@ -344,6 +387,7 @@ class Router:
             status_of_callee=statuses.get(callee) if callee else None,
             callee_extension=callee,
             statuses=MappingProxyType(statuses),
+            identity=replace(builder.identity, privacy=builder.privacy),
         )
 
 
@@ -472,8 +516,10 @@ class _Builder:
         "call",
         "callee_extension",
         "caller_id",
+        "caller_name",
         "clock",
         "directory",
+        "identity",
         "privacy",
         "router",
         "state",
@@ -493,6 +539,8 @@ class _Builder:
         self.statuses: dict[str, tuple[Status, str]] = {}
         self.callee_extension = ""
         self.caller_id = ""
+        self.caller_name = ""
+        self.identity = Identity("")
         self.privacy = False
         self.trunk_checked = False
         self.trunk_free: Trunk | None = None
@@ -536,7 +584,9 @@ class _Builder:
     def trunk_call(self, route_to: Destination | None) -> int | None:
         call = self.call
         self.caller_id = call.caller
+        self.caller_name = call.caller_name
         self.privacy = call.caller.strip().lower() in ("", "anonymous")
+        self.identity = Identity(call.caller, call.caller_name, origin="the trunk caller")
         path = _Path(external=True)
         if route_to is not None:
             why = f"what-if: external call from {call.caller} straight to {_describe(route_to)}"
@@ -546,6 +596,7 @@ class _Builder:
                 return self.emit(
                     Reject(404, "Not Found", f"{call.callee} is not one of our numbers")
                 )
+            self.identity = replace(self.identity, billing_group=number.billing_group)
             route_to = number.route_to
             name = f" ({number.name})" if number.name else ""
             why = (
@@ -566,7 +617,9 @@ class _Builder:
                 Reject(403, "Extension Disabled", f"{call.caller} is disabled: no calls")
             )
         dialled, flip = _strip_82(call.callee, False)
-        self.caller_id, blocked = self.router.caller_identity(user)
+        self.identity = self.router.caller_identity(user, call.preferred_identity)
+        self.caller_id, self.caller_name = self.identity.caller_id, self.identity.name
+        blocked = self.identity.privacy
         self.privacy = blocked != flip
         system = d.system
         if dialled in system.emergency_numbers:
@@ -634,7 +687,15 @@ class _Builder:
 
     def emergency(self, user: User, number: str) -> int:
         dept = self.router.department(user.department)
-        caller_id = dept.caller_id if dept is not None else self.caller_id
+        preferred = self.call.preferred_identity
+        if dept is not None:
+            self.identity = replace(
+                self.router._present(dept.caller_id, f"emergency: department {dept.name}"),
+                preferred=preferred,
+                ignored="emergency calls present the department's number" if preferred else "",
+            )
+        caller_id, name = self.identity.caller_id, self.identity.name
+        self.privacy = False
         trunk = self.free_trunk()
         note = ""
         if trunk is None and self.directory.trunks:
@@ -644,7 +705,7 @@ class _Builder:
             return self.emit(
                 Reject(503, "No Trunk", f"emergency call from {user.extension}: no trunk")
             )
-        target = External(number, trunk.name, caller_id, False)
+        target = External(number, trunk.name, caller_id, False, caller_name=name)
         return self.emit(
             Ring(
                 (target,),
@@ -682,17 +743,19 @@ class _Builder:
         trunk = self.free_trunk()
         if trunk is None:
             return self.emit(Reject(503, "No Trunk Channel Free", f"{who}: no trunk channel free"))
-        source = (
-            "outbound_caller_id" if user.outbound_caller_id else f"department {user.department}"
-        )
+        identity = self.identity
+        name = f' "{identity.name}"' if identity.name else ""
         private = ", private (caller ID withheld)" if self.privacy else ""
-        target = External(number, trunk.name, self.caller_id, self.privacy)
+        ignored = (f"; P-Preferred-Identity {identity.preferred} ignored: {identity.ignored}"
+                   if identity.ignored else "")
+        target = External(number, trunk.name, self.caller_id, self.privacy,
+                          caller_name=self.caller_name)
         return self.emit(
             Ring(
                 (target,),
                 None,
-                f"{who}: outbound via {trunk.name}, caller ID {self.caller_id} ({source})"
-                f"{private}",
+                f"{who}: outbound via {trunk.name}, caller ID {self.caller_id}{name} "
+                f"({identity.origin}){private}{ignored}",
             )
         )
 
@@ -832,7 +895,7 @@ class _Builder:
             else:
                 targets.append(
                     External(user.mobile, trunk.name, self.caller_id, self.privacy,
-                             mobile_of=extension)
+                             mobile_of=extension, caller_name=self.caller_name)
                 )
                 keys.append(mobile_key)
         no_answer = rules.no_answer.for_caller(external)
@@ -923,7 +986,8 @@ class _Builder:
                 Reject(503, "No Trunk Channel Free", f"{why}: no trunk channel free")
             )
         target = External(
-            number, trunk.name, self.caller_id, self.privacy, dest.rebound, mobile_of
+            number, trunk.name, self.caller_id, self.privacy, dest.rebound, mobile_of,
+            caller_name=self.caller_name,
         )
         if not dest.rebound:
             return self.emit(
