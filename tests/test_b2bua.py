@@ -490,7 +490,11 @@ def test_trunk_call_rings_desk_and_mobile_desk_answers_mobile_cancelled(net: Net
     trunk_msgs = net.drain(TRUNK)
     [mobile] = [m for m in trunk_msgs if isinstance(m, Request) and m.method == "INVITE"]
     assert mobile.uri_text == "sip:+15145550111@127.0.0.9:5090"
-    assert mobile.get("p-asserted-identity") == "<sip:+15145550199@pbx.test>"
+    # a forwarded trunk caller keeps its own number and display name
+    assert mobile.get("p-asserted-identity") == \
+        '"Caller +15145550199" <sip:+15145550199@pbx.test>'
+    assert (mobile.get("from") or "").startswith(
+        '"Caller +15145550199" <sip:+15145550199@pbx.test>;tag=')
     assert net.engine.b2bua.channels == {"carrier": 2}  # the inbound call + the mobile leg
     net.send(reply(mobile, 183, tag="mob", body=SDP), TRUNK)  # early media
     assert 183 in statuses(net.drain(TRUNK))
