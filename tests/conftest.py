@@ -115,6 +115,18 @@ class EngineProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def events(self, event: str) -> list[dict[str, object]]:
+        """The JSON log lines (``--log-format json``) of ``event``, in order."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("event") == event:
+                out.append(row)
+        return out
+
     def http_get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
             data: bytes = r.read()

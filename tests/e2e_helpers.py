@@ -369,8 +369,9 @@ class Ua:
         self.ack(ok, uri, branch)
 
     def call_with_auth(self, uri: str, user: str, password: str, call_id: str,
-                       extra: str = "") -> None:
-        """INVITE, 407, ACK, INVITE with the MD5 answer, 200, ACK."""
+                       extra: str = "", callee: Ua | None = None) -> Request | None:
+        """INVITE, 407, ACK, INVITE with the MD5 answer, 200, ACK. ``callee``: the UA
+        that answers the call (``take_call``) before our 200 can come; the INVITE it got."""
         self.invite(uri, user, call_id, extra=extra)
         challenge = self.final(1)
         assert challenge.status == 407, challenge.to_bytes()[:400]
@@ -378,7 +379,9 @@ class Ua:
         md5 = next(c for c in challenge.get_lines("proxy-authenticate") if "MD5" in c)
         self.invite(uri, user, call_id, 2,
                     build_authorization(md5, "INVITE", uri, user, password, "cn"), extra)
+        leg = callee.take_call() if callee is not None else None
         self.answered(self.final(2), uri, f"z9hG4bK{call_id}ack")
+        return leg
 
     def register(self, user: str, password: str, domain: str = "pbx.test",
                  timeout: float = 5) -> None:

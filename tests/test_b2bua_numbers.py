@@ -16,6 +16,7 @@ from engine.b2bua import BridgeMedia, OpenMedia
 from engine.core import Engine
 from engine.message import Request
 from engine.metrics import BILLING_GROUP_LABELS, Metrics
+from engine.transaction import Addr
 from provisioning.directory import parse_directory
 from tests.test_b2bua import (
     PHONES,
@@ -23,13 +24,13 @@ from tests.test_b2bua import (
     TRUNK,
     Clock,
     Net,
-    ack_for,
     in_dialog,
     invite,
     register,
     reply,
     statuses,
 )
+from tests.test_b2bua import phone_call as b2bua_phone_call
 
 DIRECTORY = """
 [system]
@@ -81,7 +82,6 @@ name = "Bruno Tremblay"
 password = "pw102"
 department = "Sales"
 """
-PASSWORDS = {"101": "pw101", "102": "pw102"}
 CALLEE_SDP = (b"v=0\r\no=phone 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
               b"m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
 
@@ -94,30 +94,11 @@ def make_net(anchor: bool = False) -> Net:
     return Net(engine, clock)
 
 
-def with_header(data: bytes, header: str) -> bytes:
-    return data.replace(b"Content-Type:", header.encode() + b"\r\nContent-Type:", 1)
-
-
-def phone_call(net: Net, caller: str, dialled: str, ppi: str = "",
-               call_id: str = "call-1") -> tuple[str, int]:
-    """An authenticated INVITE from ``caller``'s phone, with a P-Preferred-Identity
-    header when ``ppi`` is given (as a desk phone with several lines sends it)."""
-    from engine.auth import build_authorization
-
-    src = PHONES[caller]
-    extra = f"P-Preferred-Identity: {ppi}" if ppi else ""
-
-    def make(**kw: object) -> bytes:
-        data = invite(dialled, caller, src, call_id=call_id, **kw)  # type: ignore[arg-type]
-        return with_header(data, extra) if extra else data
-
-    net.send(make(), src)
-    [challenge] = [r for r in net.responses(src) if r.status == 407]
-    net.send(ack_for(make(), challenge), src)
-    auth = build_authorization(challenge.get("proxy-authenticate") or "", "INVITE",
-                               f"sip:{dialled}@pbx.test", caller, PASSWORDS[caller], "cn")
-    net.send(make(auth=auth, cseq=2), src)
-    return src
+def phone_call(net: Net, caller: str, dialled: str, ppi: str = "") -> Addr:
+    """test_b2bua's phone call, with a P-Preferred-Identity header when ``ppi`` is given
+    (as a desk phone with several lines sends it)."""
+    extra = [f"P-Preferred-Identity: {ppi}"] if ppi else []
+    return b2bua_phone_call(net, caller, dialled, extra=extra)
 
 
 def trunk_leg(net: Net) -> Request:

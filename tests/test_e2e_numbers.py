@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from engine.auth import build_authorization
 from engine.message import Request
 from media.tones import dominant_frequency, goertzel, tone
 from media.wav import write_wav
@@ -127,18 +126,6 @@ def recordings(engine: EngineProcess, call_id: str, limit: float = 5.0) -> list[
         time.sleep(0.2)
 
 
-def events(engine: EngineProcess, event: str) -> list[dict[str, Any]]:
-    out = []
-    for line in engine.log().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get("event") == event:
-            out.append(row)
-    return out
-
-
 def trunk_call(office: Office, did_uri: str, callee: Ua, call_id: str) -> None:
     """The carrier calls ``did_uri``; ``callee`` answers; the call is up."""
     ua = office.trunk_in
@@ -171,7 +158,7 @@ def test_a_digits_only_did_gets_its_numbers_hold_music_and_recording(office: Off
     [rec] = recordings(office.engine, "digits-only")
     assert rec["reason"] == "number +15145550104 records inbound calls", rec
     assert (rec["caller"], rec["callee"]) == (CALLER, "104"), rec
-    [routed] = [e for e in events(office.engine, "call routed")
+    [routed] = [e for e in office.engine.events("call routed")
                 if e["call_id"] == "digits-only"]
     assert routed["callee"] == "15145550104" and routed["billing_group"] == "support"
 
@@ -180,7 +167,8 @@ def test_record_calls_external_records_a_trunk_call_not_an_internal_one(
         office: Office) -> None:
     phone = office.phones["102"]
     # an internal call from 101 to 102: not external, not recorded
-    phone_call(office, "102", phone, "internal-102")
+    office.caller.call_with_auth("sip:102@pbx.test", "101", "pw101", "internal-102",
+                                 callee=phone)
     office.caller.send_tone(1000, 400)
     office.caller.hang_up()
     phone.engine_bye(5)
@@ -194,31 +182,16 @@ def test_record_calls_external_records_a_trunk_call_not_an_internal_one(
     assert (rec["caller"], rec["callee"]) == (CALLER, "102"), rec
     # the internal call ended first: had it been recorded, it would be listed by now
     assert recordings(office.engine, "internal-102", limit=0) == []
-    answered = {e["call_id"] for e in events(office.engine, "call ended") if e.get("answered")}
+    answered = {e["call_id"] for e in office.engine.events("call ended") if e.get("answered")}
     assert {"internal-102", "external-102"} <= answered
 
 
-def phone_call(office: Office, dialled: str, callee: Ua, call_id: str,
-               extra: str = "") -> Request:
-    """101's phone calls ``dialled`` (INVITE, 407, INVITE with credentials); ``callee``
-    answers; the INVITE ``callee`` got."""
-    caller = office.caller
-    uri = f"sip:{dialled}@pbx.test"
-    caller.invite(uri, "101", call_id, extra=extra)
-    challenge = caller.final(1)
-    assert challenge.status == 407, challenge.to_bytes()[:400]
-    caller.ack(challenge, uri, f"z9hG4bK{call_id}1")
-    md5 = next(c for c in challenge.get_lines("proxy-authenticate") if "MD5" in c)
-    caller.invite(uri, "101", call_id, 2,
-                  build_authorization(md5, "INVITE", uri, "101", "pw101", "cn"), extra)
-    leg = callee.take_call()
-    caller.answered(caller.final(2), uri, f"z9hG4bK{call_id}ack")
-    return leg
-
-
 def carrier_leg(office: Office, call_id: str, dialled: str, extra: str = "") -> Request:
-    """101 calls ``dialled`` through the trunk; the INVITE the carrier got."""
-    return phone_call(office, dialled, office.carrier, call_id, extra)
+    """101 calls ``dialled`` through the trunk; the carrier answers; the INVITE it got."""
+    leg = office.caller.call_with_auth(f"sip:{dialled}@pbx.test", "101", "pw101", call_id,
+                                       extra, callee=office.carrier)
+    assert leg is not None
+    return leg
 
 
 def test_a_withheld_outbound_call_is_recorded_and_asserted_to_the_carrier(
@@ -243,7 +216,7 @@ def test_a_phone_presents_an_allowed_number_and_explain_shows_it(office: Office)
     assert leg.get("p-preferred-identity") is None  # removed before the call goes out
     office.caller.hang_up()
     office.carrier.engine_bye(5)
-    [routed] = [e for e in events(office.engine, "call routed") if e["call_id"] == "ppi"]
+    [routed] = [e for e in office.engine.events("call routed") if e["call_id"] == "ppi"]
     assert routed["caller_id"] == "+15145550200"
 
     engine = office.engine
