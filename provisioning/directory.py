@@ -500,13 +500,11 @@ class _Parser:
         if system is not None:
             self.reserved_numbers(system, user_tables, users, group_tables, ring_groups)
         users_by_ext = {u.extension: u for u in users}
+        group_exts = {g.extension: g.name for g in ring_groups}
         self.ring_group_members(group_tables, ring_groups, users_by_ext)
         self.caller_ids(index, numbers, department_tables, departments, user_tables, users)
-        self.outbound_callers(number_tables, numbers, users_by_ext,
-                              {g.extension: g.name for g in ring_groups})
-        self.references(
-            users_by_ext, {g.name for g in ring_groups}, {g.extension: g.name for g in ring_groups}
-        )
+        self.outbound_callers(number_tables, numbers, users_by_ext, group_exts)
+        self.references(users_by_ext, {g.name for g in ring_groups}, group_exts)
         if self.errors.items or system is None:
             raise DirectoryError(self.errors.items)
         return Directory(

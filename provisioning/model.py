@@ -392,9 +392,9 @@ class NumberIndex:
        guess could find someone else's number; those carriers send E.164 or
        the full digits, which rules 1 and 2 find.
 
-    When two entries would answer to the same form the first in file order
-    wins; the directory loader refuses such a file, so this only matters for
-    hand-built directories.
+    When two entries answer to the same form by the same rule, the first in
+    file order wins; the directory loader refuses a file with two entries one
+    lookup cannot tell apart, so this only matters for hand-built directories.
     """
 
     __slots__ = ("_by_digits", "_exact")
