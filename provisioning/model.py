@@ -353,6 +353,9 @@ def number_digits(text: str) -> str:
     extension with letters, ``*82...``) gives ``""``: no digits are picked out
     of words.
     """
+    plain = text[1:] if text[:1] == "+" else text
+    if plain.isdigit() and plain.isascii():  # the usual case, E.164 or digits: no parsing
+        return plain
     text = text.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()

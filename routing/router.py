@@ -104,7 +104,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
@@ -273,10 +272,7 @@ class Router:
         """
         default = self._caller_ids.get(user.extension)
         if default is None:
-            caller_id = self.caller_id_for(user)
-            origin = (f"outbound_caller_id of {user.extension}" if user.outbound_caller_id
-                      else f"department {user.department}")
-            default = self._present(caller_id, origin)
+            default = self._present(self.caller_id_for(user), self._origin(user))
             self._caller_ids[user.extension] = default
         if not preferred:
             return default
@@ -284,29 +280,36 @@ class Router:
         if wanted is None:
             why = f"{preferred} is not one of our numbers"
         elif wanted.number == default.caller_id:
-            return replace(default, preferred=preferred)
+            why = ""
         elif not wanted.outbound:
             why = f"{wanted.number} is {wanted.type}: never an outbound caller ID"
         elif user.extension not in wanted.outbound_callers:
             why = f"{user.extension} is not in the outbound_callers of {wanted.number}"
         else:
-            chosen = self._present(
+            return self._present(
                 wanted.number,
                 f"P-Preferred-Identity: {user.extension} is in the outbound_callers of "
                 f"{wanted.number}",
+                preferred,
             )
-            return replace(chosen, preferred=preferred)
-        return replace(default, preferred=preferred, ignored=why)
+        return self._present(default.caller_id, default.origin, preferred, why)
 
-    def _present(self, caller_id: str, origin: str) -> Identity:
+    @staticmethod
+    def _origin(user: User) -> str:
+        if user.outbound_caller_id:
+            return f"outbound_caller_id of {user.extension}"
+        return f"department {user.department}"
+
+    def _present(self, caller_id: str, origin: str, preferred: str = "",
+                 ignored: str = "") -> Identity:
         """``caller_id`` as presented: its ``[[numbers]]`` entry's written form, name,
         privacy and billing group (a number outside ``[[numbers]]``, possible only
         in a hand-built directory, goes as written, with no name)."""
         number = self.number_for(caller_id) if caller_id else None
         if number is None:
-            return Identity(caller_id, origin=origin)
+            return Identity(caller_id, "", False, origin, preferred, ignored)
         return Identity(number.number, number.caller_id_name, number.block_caller_id, origin,
-                        billing_group=number.billing_group)
+                        preferred, ignored, number.billing_group)
 
     # ------------------------------------------------------------------ decisions
 
@@ -387,7 +390,7 @@ class Router:
             status_of_callee=statuses.get(callee) if callee else None,
             callee_extension=callee,
             statuses=MappingProxyType(statuses),
-            identity=replace(builder.identity, privacy=builder.privacy),
+            identity=builder.presented(),
         )
 
 
@@ -569,6 +572,15 @@ class _Builder:
             return f"{user.extension} is {status} ({origin})"
         return f"{user.extension} is {status}"
 
+    def presented(self) -> Identity:
+        """The call's identity with its privacy after ``*82`` (a new value only when
+        ``*82`` changed it: most calls reuse the router's cached one)."""
+        i = self.identity
+        if i.privacy == self.privacy:
+            return i
+        return Identity(i.caller_id, i.name, self.privacy, i.origin, i.preferred, i.ignored,
+                        i.billing_group)
+
     def free_trunk(self) -> Trunk | None:
         if not self.trunk_checked:
             self.trunk_checked = True
@@ -586,17 +598,17 @@ class _Builder:
         self.caller_id = call.caller
         self.caller_name = call.caller_name
         self.privacy = call.caller.strip().lower() in ("", "anonymous")
-        self.identity = Identity(call.caller, call.caller_name, origin="the trunk caller")
+        number = self.router.number_for(call.callee) if route_to is None else None
+        self.identity = Identity(call.caller, call.caller_name, self.privacy, "the trunk caller",
+                                 billing_group=number.billing_group if number else "")
         path = _Path(external=True)
         if route_to is not None:
             why = f"what-if: external call from {call.caller} straight to {_describe(route_to)}"
         else:
-            number = self.router.number_for(call.callee)
             if number is None:
                 return self.emit(
                     Reject(404, "Not Found", f"{call.callee} is not one of our numbers")
                 )
-            self.identity = replace(self.identity, billing_group=number.billing_group)
             route_to = number.route_to
             name = f" ({number.name})" if number.name else ""
             why = (
@@ -689,10 +701,9 @@ class _Builder:
         dept = self.router.department(user.department)
         preferred = self.call.preferred_identity
         if dept is not None:
-            self.identity = replace(
-                self.router._present(dept.caller_id, f"emergency: department {dept.name}"),
-                preferred=preferred,
-                ignored="emergency calls present the department's number" if preferred else "",
+            self.identity = self.router._present(
+                dept.caller_id, f"emergency: department {dept.name}", preferred,
+                "emergency calls present the department's number" if preferred else "",
             )
         caller_id, name = self.identity.caller_id, self.identity.name
         self.privacy = False
