@@ -38,7 +38,7 @@ inbound_from = ["127.0.0.9/32"]
 
 [[departments]]
 name = "Bench"
-caller_id = "+15550000000"
+caller_id = "+15550001000"  # its own DID (a caller ID is one of the numbers)
 
 [[numbers]]
 number = "+15550001000"

@@ -461,6 +461,10 @@ def engine_directory_toml(users: int, system_extra: Sequence[str] = ()) -> str:
         'caller_id = "+15145550100"',
         'timezone = "UTC"',
         "",
+        "[[numbers]]  # the department's caller ID is one of the system's numbers",
+        'number = "+15145550100"',
+        'route_to = "busy"',
+        "",
     ]
     for i in range(users):
         ext = str(FIRST_EXTENSION + i)

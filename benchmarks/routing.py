@@ -69,7 +69,10 @@ def directory_data(rng: random.Random) -> dict[str, Any]:
                 "no_answer": f"voicemail:{ext(members[0])}",
             }
         )
-    numbers = []
+    # each department's caller ID is one of the numbers (the directory requires it)
+    numbers: list[dict[str, Any]] = [
+        {"number": f"+1514555{d:02d}00", "route_to": f"extension:{ext(d)}"} for d in range(10)
+    ]
     for n in range(200):
         route = f"ring_group:group{n % 50}" if n % 4 == 0 else f"extension:{ext(n * 5)}"
         numbers.append({"number": f"+1438555{n:04d}", "route_to": route})

@@ -734,8 +734,9 @@ class Server:
 
 
     async def _explain(self, request: web.Request) -> web.Response:
-        """``GET /route/explain?from=101&to=102[&at=ISO][&status=away]``: the plan as JSON,
-        against the live snapshot and registrations."""
+        """``GET /route/explain?from=101&to=102[&at=ISO][&status=away]
+        [&preferred_identity=NUMBER]``: the plan as JSON (with the identity the call
+        presents), against the live snapshot and registrations."""
         from engine.cli import parse_when
         from provisioning.model import STATUSES
         from routing import explain, plan_to_json
@@ -759,7 +760,8 @@ class Server:
         engine = self.engine
         state = engine.b2bua.live_state(engine.directory, time.time())
         plan = explain(engine.directory, caller, callee, at, status=status,
-                       registered=state.registered)
+                       registered=state.registered,
+                       preferred_identity=q.get("preferred_identity", ""))
         return web.json_response(plan_to_json(plan))
 
     async def _recordings(self, request: web.Request) -> web.Response:

@@ -30,6 +30,10 @@ RFC notes:
   4458) name who forwarded and why.
 * 302 deflection answers the caller's INVITE with Contact and Diversion
   (RFC 3261 s21.3.3, RFC 5806).
+* A phone's P-Preferred-Identity (RFC 3325 s9.2) picks the caller ID (routing
+  decides whether it is allowed: ``Plan.identity``) and is never passed on: a
+  leg carries only the headers of ``_COPY_TO_CALLEE`` from the caller's INVITE,
+  and our own P-Asserted-Identity.
 
 Decisions (where no RFC says):
 
@@ -106,6 +110,7 @@ from routing import (
     Device,
     Diversion,
     External,
+    Identity,
     LiveState,
     MailboxAccess,
     Plan,
@@ -229,6 +234,9 @@ class Call:
     ok_interval: float = 0.0
     ok_deadline: float = 0.0
     trunk_in: str = ""  # the trunk the call came in on (holds a channel)
+    # What the call presents and its billing group, as first routed (a transfer's
+    # plan is the transferor's: the call still came in on its number).
+    identity: Identity = field(default_factory=lambda: Identity(""))
     members: tuple[str, ...] = ()  # extensions on this call (busy tracking)
     timers: dict[str, int] = field(default_factory=dict)  # name -> live token
     started: float = 0.0
@@ -405,6 +413,8 @@ class B2BUA:
 
     def set_directory(self, directory: Directory) -> None:
         self.directory = directory
+        if self.metrics is not None:  # file order decides which groups get a label
+            self.metrics.admit_billing_groups(n.billing_group for n in directory.numbers)
         self.trunk_addresses = {t.name: (t.host, t.port, t.transport) for t in directory.trunks}
         self.trunk_limits = {t.name: t.channels for t in directory.trunks}
 
@@ -484,7 +494,7 @@ class B2BUA:
         the_plan = plan(facts, directory, state)
         call = Call(id=invite.call_id, invite=invite, key=key, source=source,
                     transport=transport, facts=facts, plan=the_plan, tag=new_tag(),
-                    started=now, trunk_in=facts.trunk)
+                    started=now, trunk_in=facts.trunk, identity=the_plan.identity)
         call_key = _call_key(call)
         if call_key in self.calls:  # the same INVITE again with new credentials
             return self._respond_caller(call, make_response(
@@ -497,9 +507,18 @@ class B2BUA:
             self._join(call, facts.caller)
         if facts.trunk:
             self.channels[facts.trunk] = self.channels.get(facts.trunk, 0) + 1
+        identity = the_plan.identity
         log.info("call routed", call_id=call.id, caller=facts.caller, callee=facts.callee,
                  source=facts.source, trunk=facts.trunk or None, transport=transport,
-                 status=the_plan.status_of_callee, plan=_PlanText(the_plan))
+                 status=the_plan.status_of_callee, caller_id=identity.caller_id or None,
+                 identity=identity.origin or None,
+                 billing_group=identity.billing_group or None, plan=_PlanText(the_plan))
+        if identity.ignored:
+            log.info("preferred identity ignored", call_id=call.id, caller=facts.caller,
+                     preferred=identity.preferred, reason=identity.ignored,
+                     caller_id=identity.caller_id or None)
+        if self.metrics is not None:
+            self.metrics.count_billing_group(identity.billing_group)
         return self._guard(call, now, local, lambda: self._run_step(call, 0, now, local))
 
     # ------------------------------------------------------------------ steps
@@ -633,13 +652,13 @@ class B2BUA:
         domain = local.domain
         display = facts.caller_name.replace('"', "")
         if isinstance(target, External):
+            # The name that goes to a trunk is routing's (the presented number's
+            # caller_id_name, or a trunk caller's own): never a user's name.
             ident = target.caller_id or facts.caller
-            if target.privacy:
-                from_value = '"Anonymous" <sip:anonymous@anonymous.invalid>'
-            else:
-                from_value = f'"{display}" <sip:{ident}@{domain}>' if display else \
-                    f"<sip:{ident}@{domain}>"
-            pai = f"<sip:{ident}@{domain}>"
+            name = target.caller_name.replace('"', "").replace("\\", "")
+            pai = f'"{name}" <sip:{ident}@{domain}>' if name else f"<sip:{ident}@{domain}>"
+            from_value = '"Anonymous" <sip:anonymous@anonymous.invalid>' if target.privacy \
+                else pai
         else:
             from_value = f'"{display}" <sip:{facts.caller}@{domain}>' if display else \
                 f"<sip:{facts.caller}@{domain}>"
@@ -742,7 +761,8 @@ class B2BUA:
             return self._transfer_failed(call, status, now)
         resp = make_response(call.invite, status, reason, [("Server", "Switchboard/0.1"),
                                                            *headers], to_tag=call.tag)
-        log.info("call ended", call_id=call.id, status=status, answered=False)
+        log.info("call ended", call_id=call.id, status=status, answered=False,
+                 billing_group=call.identity.billing_group or None)
         self._count(_FINAL_OUTCOME.get(status, "rejected" if status < 500 else "failed"))
         events = self._respond_caller(call, resp, now)
         self._forget(call)
@@ -1160,8 +1180,9 @@ class B2BUA:
 
     def _hold_playlist(self, call: Call, holder_is_caller: bool) -> tuple[str, ...]:
         """The DID's playlist for a call that came in on a number; else the playlist
-        of the number whose caller ID the holding user presents; else the system's
-        (empty: the media service's built-in tune)."""
+        of the number whose caller ID the holding user presents (a calling phone: the
+        one this call presents); else the system's (empty: the media service's
+        built-in tune). Numbers are found in any form (``Directory.number``)."""
         directory = self.directory
         if directory is None:
             return ()
@@ -1169,17 +1190,16 @@ class B2BUA:
             number = directory.number(call.facts.callee)
             if number is not None and number.hold_music:
                 return number.hold_music
-        holder = ""
+        presented = ""
         if holder_is_caller and call.facts.source == "phone":
-            holder = call.facts.caller
+            presented = call.identity.caller_id  # this call's (P-Preferred-Identity)
         elif not holder_is_caller and call.winner is not None \
                 and isinstance(call.winner.target, Device):
-            holder = call.winner.target.extension
-        user = directory.user(holder) if holder else None
-        if user is not None:
-            number = directory.number(directory.caller_id_for(user))
-            if number is not None and number.hold_music:
-                return number.hold_music
+            user = directory.user(call.winner.target.extension)
+            presented = directory.caller_id_for(user) if user is not None else ""
+        number = directory.number(presented) if presented else None
+        if number is not None and number.hold_music:
+            return number.hold_music
         return directory.system.hold_music
 
     def _record_reason(self, call: Call, leg: Leg) -> str:
@@ -1205,10 +1225,13 @@ class B2BUA:
             number = directory.number(facts.callee)
             if number is not None and number.record_inbound:
                 return f"number {number.number} records inbound calls"
-        elif isinstance(leg.target, External) and not leg.target.privacy:
+        elif isinstance(leg.target, External):
+            # Withheld caller IDs (*82, block_caller_id) are recorded too: privacy
+            # hides the number from the callee, not from its owner's records.
             number = directory.number(leg.target.caller_id)
             if number is not None and number.record_outbound:
-                return f"number {number.number} records outbound calls"
+                private = " (caller ID withheld)" if leg.target.privacy else ""
+                return f"number {number.number} records outbound calls{private}"
         return ""
 
     def _anchored_offer(self, call: Call, req: Request, key: TxKey, from_caller: bool,
@@ -2093,7 +2116,8 @@ class B2BUA:
         if call.state == "answered":
             self._count("answered")
             log.info("call ended", call_id=call.id, answered=True,
-                     seconds=round(now - call.answered_at, 1))
+                     seconds=round(now - call.answered_at, 1),
+                     billing_group=call.identity.billing_group or None)
         self._forget(call)
 
     def _forget(self, call: Call) -> None:

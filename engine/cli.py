@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     rexp.add_argument("--status", default=None,
                       choices=("available", "away", "dnd", "lunch", "business_trip"),
                       help="force the called user's status")
+    rexp.add_argument("--preferred-identity", default="", metavar="NUMBER",
+                      help="the number the calling phone asks to present "
+                           "(its P-Preferred-Identity): is it allowed, and what goes out")
     rexp.add_argument("--live", action="store_true",
                       help="use the registrations in the store (default: assume every user "
                            "has a registered phone)")
@@ -463,7 +466,7 @@ async def _route_explain(args: argparse.Namespace) -> int:
     now = time.time()
     registered = frozenset(b.aor for b in bindings if b.expires_at > now) if args.live else None
     plan = explain(directory, args.caller, args.callee, at, status=args.status,
-                   registered=registered)
+                   registered=registered, preferred_identity=args.preferred_identity)
     if args.json:
         print(json.dumps(plan_to_json(plan), indent=2))
     else:

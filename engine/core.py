@@ -26,8 +26,10 @@ from engine.message import (
     check_request,
     make_response,
     parse,
+    parse_address,
     parse_uri,
     short_text,
+    split_commas,
     warning_value,
 )
 from engine.metrics import Metrics
@@ -390,8 +392,10 @@ class Engine:
         if req.uri.scheme not in ("sip", "sips", "tel"):
             answer(416)
             return
+        # A tel URI's number is its user part as parsed (RFC 3966); a sip URI's
+        # user part may be any form of a DID (Directory.number reads them all).
         dialled = req.uri.user or ""
-        if req.uri.scheme == "tel":
+        if req.uri.scheme == "tel" and not dialled:
             dialled = req.uri.host
         when = dt.datetime.fromtimestamp(self.wall_clock() + self.route_clock_offset, dt.UTC)
         trunk = self.trunk_of(source)
@@ -412,7 +416,8 @@ class Engine:
                 return
             user = self.directory.user(username)
             facts = CallFacts(caller=username, callee=dialled, source="phone", at=when,
-                              caller_name=user.name if user else "")
+                              caller_name=user.name if user else "",
+                              preferred_identity=preferred_identity(req))
         events = self.b2bua.new_call(req, key, source, transport, facts, self.directory, now,
                                      self.local)
         self._run(events, now, out)
@@ -514,6 +519,24 @@ class Engine:
 
     def _is_local(self, host: str, port: int | None) -> bool:
         return host.lower() in self.local_hosts and (port is None or port == self.port)
+
+
+def preferred_identity(req: Request) -> str:
+    """The number a phone asks to present: its P-Preferred-Identity (RFC 3325 s9.2),
+    the user part of a sip/sips URI or the number of a tel URI. RFC 3325 allows one
+    of each; the first readable value counts. ``""`` when there is none (an
+    unreadable value is ignored, like an absent one: the default caller ID applies).
+    Only phones' requests are read: routing decides whether it is allowed."""
+    for line in req.get_lines("p-preferred-identity"):
+        for value in split_commas(line):
+            try:
+                uri = parse_address(value.strip(), "P-Preferred-Identity").uri
+            except ParseError:
+                continue
+            number = uri.user or (uri.host if uri.scheme == "tel" else "")
+            if number:
+                return number
+    return ""
 
 
 def _stamp_via(req: Request, source: Addr) -> Request:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+#: Billing groups with a label of their own in ``switchboard_calls_by_billing_group``;
+#: any further group is counted as ``other`` (calls with none as ``none``), so the
+#: metric has at most this many + 2 series whatever the directory holds.
+BILLING_GROUP_LABELS = 20
 
 
 class Metrics:
@@ -59,6 +66,11 @@ class Metrics:
             "refused", ["outcome"], registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
+        self.calls_by_billing_group = Counter(
+            "switchboard_calls_by_billing_group", "Calls routed, by the billing_group of "
+            f"their number (the first {BILLING_GROUP_LABELS} groups in directory order, "
+            "then 'other'; 'none' without one)", ["billing_group"], registry=r)
+        self._billing_groups: set[str] = set()
         self._in: dict[tuple[str, str, str], Counter] = {}
         self._out: dict[tuple[str, str, str], Counter] = {}
 
@@ -77,6 +89,28 @@ class Metrics:
         if child is None:
             child = self._out[key] = self.messages_out.labels(kind, method, status)
         child.inc()
+
+    def admit_billing_groups(self, groups: Iterable[str]) -> None:
+        """Give the first groups (directory order) a label of their own while fewer
+        than ``BILLING_GROUP_LABELS`` have one. A label once given is kept for the
+        life of the process (a counter's series is not taken back), so the limit
+        holds across directory reloads too."""
+        for group in groups:
+            if len(self._billing_groups) >= BILLING_GROUP_LABELS:
+                return
+            if group and group not in ("other", "none"):
+                self._billing_groups.add(group)
+
+    def billing_label(self, group: str) -> str:
+        """The label value a call of ``group`` is counted under."""
+        if not group:
+            return "none"
+        if group in self._billing_groups:
+            return group
+        return "other"
+
+    def count_billing_group(self, group: str) -> None:
+        self.calls_by_billing_group.labels(self.billing_label(group)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

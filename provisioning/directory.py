@@ -52,6 +52,7 @@ from provisioning.model import (
     Forwarding,
     Language,
     Number,
+    NumberIndex,
     RingGroup,
     RuleTargets,
     Schedule,
@@ -145,6 +146,9 @@ NUMBER_KEYS = (
     "hold_music",
     "record_inbound",
     "record_outbound",
+    "caller_id_name",
+    "outbound_callers",
+    "billing_group",
 )
 RING_GROUP_KEYS = ("name", "extension", "strategy", "members", "ring_seconds", "no_answer")
 USER_KEYS = (
@@ -491,16 +495,17 @@ class _Parser:
 
         self.unique("name", trunks, trunk_tables, lambda t: t.name)
         self.unique("name", departments, department_tables, lambda d: d.name)
-        self.unique("number", numbers, number_tables, lambda n: n.number)
+        index = self.same_numbers(numbers, number_tables)
         self.unique("name", ring_groups, group_tables, lambda g: g.name)
         self.trunk_sources(trunks, trunk_tables)
         if system is not None:
             self.reserved_numbers(system, user_tables, users, group_tables, ring_groups)
         users_by_ext = {u.extension: u for u in users}
+        group_exts = {g.extension: g.name for g in ring_groups}
         self.ring_group_members(group_tables, ring_groups, users_by_ext)
-        self.references(
-            users_by_ext, {g.name for g in ring_groups}, {g.extension: g.name for g in ring_groups}
-        )
+        self.caller_ids(index, numbers, department_tables, departments, user_tables, users)
+        self.outbound_callers(number_tables, numbers, users_by_ext, group_exts)
+        self.references(users_by_ext, {g.name for g in ring_groups}, group_exts)
         if self.errors.items or system is None:
             raise DirectoryError(self.errors.items)
         return Directory(
@@ -627,6 +632,12 @@ class _Parser:
             hold_music=t.strings("hold_music", unique=False),
             record_inbound=t.boolean("record_inbound", False),
             record_outbound=t.boolean("record_outbound", False),
+            caller_id_name=t.string("caller_id_name", "", check=_display_name,
+                                    expect=_DISPLAY_NAME),
+            outbound_callers=t.strings(
+                "outbound_callers", check=DIGITS_RE.fullmatch, expect="an extension (digits)"
+            ),
+            billing_group=t.string("billing_group", "", check=_label, expect=_LABEL),
         )
 
     def ring_group(self, t: _Table, digits: int | None) -> RingGroup:
@@ -894,6 +905,76 @@ class _Parser:
             else:
                 seen[name] = t.path
 
+    def same_numbers(self, numbers: Sequence[Number], tables: Sequence[_Table]) -> NumberIndex:
+        """Refuse two ``[[numbers]]`` that one lookup cannot tell apart (``+15145550100``
+        and ``15145550100`` or ``5145550100``: :class:`NumberIndex`); the index of the
+        others, for the caller ID checks."""
+        index = NumberIndex()
+        where: dict[str, str] = {}
+        for number, t in zip(numbers, tables, strict=True):
+            if not number.number:
+                continue
+            first = index.find(number.number)
+            if first is not None:
+                same = "already used by" if first.number == number.number else (
+                    f"the same number as '{first.number}' of")
+                t.error("number", f"'{number.number}' is {same} {where[first.number]}")
+                continue
+            index.add(number)
+            where[number.number] = t.path
+        return index
+
+    def caller_ids(
+        self,
+        index: NumberIndex,
+        numbers: Sequence[Number],
+        department_tables: Sequence[_Table],
+        departments: Sequence[Department],
+        user_tables: Sequence[_Table],
+        users: Sequence[User],
+    ) -> None:
+        """A caller ID (a department's ``caller_id``, a user's ``outbound_caller_id``)
+        must be one of ``[[numbers]]`` that may be presented (not ``inbound_only`` or
+        ``toll_free``): the carrier would refuse or rewrite anything else, and the
+        number's settings (name, privacy, recording, billing group) must apply."""
+        position = {id(n): i for i, n in enumerate(numbers)}
+        pairs: list[tuple[_Table, str, str]] = [
+            *((t, "caller_id", d.caller_id) for d, t in
+              zip(departments, department_tables, strict=True)),
+            *((t, "outbound_caller_id", u.outbound_caller_id) for u, t in
+              zip(users, user_tables, strict=True)),
+        ]
+        for t, key, caller_id in pairs:
+            if not caller_id or not PHONE_RE.fullmatch(caller_id):
+                continue  # unset, or already refused as not a phone number
+            number = index.find(caller_id)
+            if number is None:
+                t.error(key, f"'{caller_id}' is not one of [[numbers]] (a caller ID must be "
+                        "a number of the system; add it there)")
+            elif not number.outbound:
+                t.error(key, f"'{caller_id}' is numbers[{position[id(number)]}], "
+                        f"type = \"{number.type}\": it cannot be presented as an outbound "
+                        "caller ID (only bidirectional numbers can)")
+
+    def outbound_callers(
+        self,
+        tables: Sequence[_Table],
+        numbers: Sequence[Number],
+        users: Mapping[str, User],
+        group_exts: Mapping[str, str],
+    ) -> None:
+        for number, t in zip(numbers, tables, strict=True):
+            if number.outbound_callers and not number.outbound:
+                t.error("outbound_callers", f"a {number.type} number cannot be presented as "
+                        "an outbound caller ID (only bidirectional numbers can)")
+            for i, extension in enumerate(number.outbound_callers):
+                where = f"{t.at('outbound_callers')}[{i}]"
+                if extension in group_exts:
+                    self.errors.add(where, f"'{extension}' is ring group "
+                                    f"'{group_exts[extension]}'; outbound callers are users")
+                elif extension not in users:
+                    self.errors.add(where, f"unknown extension '{extension}'")
+
     def trunk_sources(self, trunks: Sequence[Trunk], tables: Sequence[_Table]) -> None:
         networks: list[tuple[IPNetwork, str, int | None]] = []
         for trunk, t in zip(trunks, tables, strict=True):
@@ -996,6 +1077,19 @@ def _reference_problem(
     return ""
 
 
+def _display_name(text: str) -> bool:
+    """A display name for From and P-Asserted-Identity: printable, no double quote or
+    backslash (it goes between quotes), at most 64 characters."""
+    return len(text) <= 64 and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def _label(text: str) -> bool:
+    """A free label (billing group): printable, at most 64 characters."""
+    return len(text) <= 64 and text.isprintable() and text == text.strip()
+
+
+_DISPLAY_NAME = 'a display name (printable, no " or \\, at most 64 characters)'
+_LABEL = "a label (printable, no leading or trailing spaces, at most 64 characters)"
 _PHONE = "a phone number (E.164 like +15145550100, or digits)"
 _NAME = "a name (letters, digits, _ . -)"
 _EMAIL = "an email address"
@@ -1112,6 +1206,9 @@ def number_to_dict(n: Number) -> dict[str, Any]:
         "hold_music": list(n.hold_music),
         "record_inbound": n.record_inbound,
         "record_outbound": n.record_outbound,
+        "caller_id_name": n.caller_id_name,
+        "outbound_callers": list(n.outbound_callers),
+        "billing_group": n.billing_group,
     }
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, get_args
@@ -313,6 +314,10 @@ class Department:
     break_hours: WeeklyHours = WeeklyHours()
 
 
+#: Number types that may not be presented as an outbound caller ID.
+INBOUND_ONLY_TYPES: frozenset[NumberType] = frozenset({"inbound_only", "toll_free"})
+
+
 @dataclass(frozen=True, slots=True)
 class Number:
     number: str
@@ -322,7 +327,109 @@ class Number:
     block_caller_id: bool = False
     hold_music: tuple[str, ...] = ()
     record_inbound: bool = False
-    record_outbound: bool = False
+    record_outbound: bool = False  # also when the caller ID is withheld (privacy)
+    caller_id_name: str = ""  # the display name sent with this number on outbound calls
+    outbound_callers: tuple[str, ...] = ()  # extensions that may choose it (P-Preferred-Identity)
+    billing_group: str = ""  # a free label, for reports
+
+    @property
+    def outbound(self) -> bool:
+        """Whether it may be presented as an outbound caller ID (``bidirectional``)."""
+        return self.type not in INBOUND_ONLY_TYPES
+
+
+# --------------------------------------------------------------------------- number lookup
+
+_URI_SCHEMES = ("sip:", "sips:", "tel:")
+_VISUAL_SEPARATORS = frozenset("+-.() ")  # RFC 3966 visual separators, plus spaces
+_NANP_AREA_FIRST = frozenset("23456789")
+
+
+def number_digits(text: str) -> str:
+    """The digits of a number written in any of the forms a carrier or a phone uses.
+
+    ``+15145550100``, ``15145550100``, ``+1 (514) 555-0100``, ``tel:+15145550100``
+    (parameters ignored), ``sip:+15145550100@host;user=phone`` and ``<sip:...>``
+    all give ``15145550100``.  Anything that is not a number (``anonymous``, an
+    extension with letters, ``*82...``) gives ``""``: no digits are picked out
+    of words.
+    """
+    plain = text[1:] if text[:1] == "+" else text
+    if plain.isdigit() and plain.isascii():  # the usual case, E.164 or digits: no parsing
+        return plain
+    text = text.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    lowered = text[:5].lower()
+    for scheme in _URI_SCHEMES:
+        if lowered.startswith(scheme):
+            text = text[len(scheme):]
+            if scheme != "tel:":
+                text = text.partition("@")[0]
+            text = text.partition(";")[0]
+            break
+    if "%" in text:
+        text = urllib.parse.unquote(text)
+    digits: list[str] = []
+    for ch in text:
+        if "0" <= ch <= "9":
+            digits.append(ch)
+        elif ch not in _VISUAL_SEPARATORS:
+            return ""
+    return "".join(digits)
+
+
+class NumberIndex:
+    """Finds a ``[[numbers]]`` entry from any form of its number.
+
+    The rule (the same for routing, hold music, recording and caller ID):
+
+    1. the exact string, else
+    2. the same digits (:func:`number_digits`: ``15145550100``,
+       ``tel:+15145550100``, ``sip:+15145550100@host;user=phone`` all find
+       ``+15145550100``), else
+    3. North American national digits: ten digits without ``+`` whose first
+       is 2-9 find the ``+1`` number (``5145550100`` finds ``+15145550100``),
+       and ``1`` + ten digits finds a number written with its ten national
+       digits.  NANP only: elsewhere the national form carries a trunk prefix
+       (``0`` in most of Europe) and country codes have 1 to 3 digits, so a
+       guess could find someone else's number; those carriers send E.164 or
+       the full digits, which rules 1 and 2 find.
+
+    When two entries answer to the same form by the same rule, the first in
+    file order wins; the directory loader refuses a file with two entries one
+    lookup cannot tell apart, so this only matters for hand-built directories.
+    """
+
+    __slots__ = ("_by_digits", "_exact")
+
+    def __init__(self, numbers: Iterable[Number] = ()) -> None:
+        self._exact: dict[str, Number] = {}
+        self._by_digits: dict[str, Number] = {}
+        for n in numbers:
+            self.add(n)
+
+    def add(self, number: Number) -> None:
+        self._exact.setdefault(number.number, number)
+        digits = number_digits(number.number)
+        if digits:
+            self._by_digits.setdefault(digits, number)
+
+    def find(self, text: str) -> Number | None:
+        found = self._exact.get(text)
+        if found is not None or not text:
+            return found
+        digits = number_digits(text)
+        if not digits:
+            return None
+        found = self._by_digits.get(digits)
+        if found is not None:
+            return found
+        if len(digits) == 10 and digits[0] in _NANP_AREA_FIRST and "+" not in text:
+            return self._by_digits.get("1" + digits)
+        if len(digits) == 11 and digits[0] == "1" and digits[1] in _NANP_AREA_FIRST:
+            return self._by_digits.get(digits[1:])
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,8 +553,10 @@ class Directory:
     ring_groups_by_extension: Mapping[str, RingGroup] = field(
         init=False, repr=False, compare=False, hash=False
     )
+    numbers_index: NumberIndex = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "numbers_index", NumberIndex(self.numbers))
         object.__setattr__(
             self, "users_by_extension", MappingProxyType({u.extension: u for u in self.users})
         )
@@ -470,7 +579,9 @@ class Directory:
         return next((t for t in self.trunks if t.name == name), None)
 
     def number(self, number: str) -> Number | None:
-        return next((n for n in self.numbers if n.number == number), None)
+        """The ``[[numbers]]`` entry of ``number`` in any form (:class:`NumberIndex`):
+        routing, hold music, recording and caller ID all look numbers up here."""
+        return self.numbers_index.find(number)
 
     def office_hours_for(self, user: User) -> WeeklyHours | None:
         """The user's own office hours, else the department's (``None``: none defined)."""

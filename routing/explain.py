@@ -12,7 +12,10 @@ Assumptions, since a what-if has no live state:
 * ``status`` forces the status of the callee user (the dialled extension,
   or the user the DID routes to), as a live override would;
 * ``registered`` defaults to every user (devices assumed registered); nobody
-  is on a call and every trunk channel is free.
+  is on a call and every trunk channel is free;
+* ``preferred_identity`` is what the calling phone would send as
+  P-Preferred-Identity (phone calls only): the plan's identity shows whether
+  it would be honoured, and why not.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from routing.steps import (
     Device,
     Diversion,
     External,
+    Identity,
     LiveState,
     MailboxAccess,
     Plan,
@@ -39,7 +43,7 @@ from routing.steps import (
     Voicemail,
 )
 
-__all__ = ["explain", "plan_to_json", "render_text", "step_to_json"]
+__all__ = ["explain", "identity_to_json", "plan_to_json", "render_text", "step_to_json"]
 
 _OUTCOME_END = {"no answer": "480", "busy": "486", "failed": "480/503"}
 
@@ -59,6 +63,20 @@ def _target_to_json(target: Target) -> dict[str, Any]:
         "rebound": target.rebound,
         "mobile_of": target.mobile_of,
         "confirm": target.confirm,
+        "caller_name": target.caller_name,
+    }
+
+
+def identity_to_json(identity: Identity) -> dict[str, Any]:
+    """What the call presents on legs that leave through a trunk, and where it came from."""
+    return {
+        "caller_id": identity.caller_id,
+        "name": identity.name,
+        "privacy": identity.privacy,
+        "origin": identity.origin,
+        "preferred": identity.preferred or None,
+        "preferred_ignored": identity.ignored or None,
+        "billing_group": identity.billing_group or None,
     }
 
 
@@ -119,7 +137,9 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             "at": call.at.isoformat(),
             "trunk": call.trunk,
             "caller_name": call.caller_name,
+            "preferred_identity": call.preferred_identity or None,
         },
+        "identity": identity_to_json(plan.identity),
         "callee_extension": plan.callee_extension or None,
         "effective_status": plan.status_of_callee,
         "statuses": dict(plan.statuses),
@@ -135,7 +155,10 @@ def _target_text(target: Target) -> str:
         return f"{target.extension} (desk phones)"
     assert isinstance(target, External)
     what = "mobile" if target.mobile_of else "external"
-    flags = [f"via {target.trunk}", f"caller ID {target.caller_id or '?'}"]
+    caller = f"caller ID {target.caller_id or '?'}"
+    if target.caller_name:
+        caller += f' "{target.caller_name}"'
+    flags = [f"via {target.trunk}", caller]
     if target.privacy:
         flags.append("private")
     if target.rebound:
@@ -168,6 +191,25 @@ def _step_text(step: Step) -> str:
     return f"reject {step.status} {step.text}"
 
 
+def _identity_text(identity: Identity) -> str:
+    """``identity: +15145550100 "Example Sales", private (department Sales); billing
+    group sales``, then the P-Preferred-Identity outcome when one was asked."""
+    text = f"identity: {identity.caller_id or '(none)'}"
+    if identity.name:
+        text += f' "{identity.name}"'
+    else:
+        text += " (no name)"
+    if identity.privacy:
+        text += ", private (caller ID withheld)"
+    if identity.origin:
+        text += f" ({identity.origin})"
+    if identity.billing_group:
+        text += f"; billing group {identity.billing_group}"
+    if identity.ignored:
+        text += f"; P-Preferred-Identity {identity.preferred} ignored: {identity.ignored}"
+    return text
+
+
 def render_text(plan: Plan) -> str:
     """Numbered lines (1-based, as are the "-> N" references), one per step."""
     call = plan.call
@@ -175,7 +217,7 @@ def render_text(plan: Plan) -> str:
     head = f"call {call.caller} -> {call.callee} ({source}) at {call.at.isoformat()}"
     if plan.callee_extension and plan.status_of_callee is not None:
         head += f"; {plan.callee_extension} is {plan.status_of_callee}"
-    lines = [head]
+    lines = [head, _identity_text(plan.identity)]
     for i, step in enumerate(plan.steps):
         lines.append(f"{i + 1}. {_step_text(step)}  — {step.reason}")
         if isinstance(step, Ring):
@@ -207,6 +249,7 @@ def explain(
     at: dt.datetime,
     status: Status | None = None,
     registered: frozenset[str] | None = None,
+    preferred_identity: str = "",
 ) -> Plan:
     """Plan a what-if call (see the module docstring for the assumptions).
 
@@ -218,7 +261,7 @@ def explain(
     users = directory.users_by_extension
     route_to: Destination | None = None
     if caller in users:
-        call = CallFacts(caller, callee, "phone", at)
+        call = CallFacts(caller, callee, "phone", at, preferred_identity=preferred_identity)
         callee_user = callee if callee in users else ""
     else:
         trunk = directory.trunks[0].name if directory.trunks else ""

@@ -71,11 +71,20 @@ Where the directory contract (``shared/spec/directory.toml``) is silent:
 * **Trunk choice** for outbound legs: the first trunk in directory order with
   a free channel (``channels`` ``None`` = unlimited).  Emergency calls ignore
   the channel limit (first trunk with a free channel, else the first trunk).
-* **Caller identity** on external legs: for a trunk caller, their number
-  (privacy when it is empty or ``anonymous``); for a phone caller,
-  ``Directory.caller_id_for`` with the privacy of the ``[[numbers]]`` entry
-  of that caller ID (digits compared), flipped by ``*82``.  ``*82`` may also
-  be dialled right after the PIN; each ``*82`` flips.
+* **Caller identity** on external legs (:class:`~routing.steps.Identity`,
+  also ``Plan.identity``): for a trunk caller, their number and display name
+  (privacy when the number is empty or ``anonymous``); for a phone caller,
+  ``Directory.caller_id_for`` (the user's ``outbound_caller_id``, else the
+  department's ``caller_id``), or the number its P-Preferred-Identity names
+  when the caller is in that number's ``outbound_callers`` (otherwise the
+  request is ignored and ``Identity.ignored`` says why).  The ``[[numbers]]``
+  entry of the presented number (found by :meth:`Directory.number`, any
+  form) gives its written form, its ``caller_id_name`` (the display name;
+  none when empty: a user's own name never goes to a trunk), its privacy
+  (``block_caller_id``, flipped by ``*82``) and its ``billing_group``.
+  ``*82`` may also be dialled right after the PIN; each ``*82`` flips.
+  Emergency calls present the department's number and name, never private,
+  whatever the phone preferred.
 * **PIN prefix**: ``777``/``7777`` is read as the PIN prefix when the caller
   has ``outbound_pin_required``, or when the digits after it start with the
   caller's PIN; otherwise a number starting with 777 is dialled as is.  A
@@ -133,6 +142,7 @@ from routing.steps import (
     Diversion,
     DiversionReason,
     External,
+    Identity,
     LiveState,
     MailboxAccess,
     Plan,
@@ -212,8 +222,6 @@ class Router:
         "_devices",
         "_groups",
         "_holidays",
-        "_numbers",
-        "_numbers_by_digits",
         "_trunks",
         "_zones",
         "directory",
@@ -221,14 +229,10 @@ class Router:
 
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
-        self._numbers: dict[str, Number] = {n.number: n for n in directory.numbers}
-        self._numbers_by_digits: dict[str, Number] = {}
-        for n in directory.numbers:
-            self._numbers_by_digits.setdefault(_digits(n.number), n)
         self._groups: dict[str, RingGroup] = {g.name: g for g in directory.ring_groups}
         self._departments: dict[str, Department] = {d.name: d for d in directory.departments}
         self._trunks: dict[str, Trunk] = {t.name: t for t in directory.trunks}
-        self._caller_ids: dict[str, tuple[str, bool]] = {}
+        self._caller_ids: dict[str, Identity] = {}
         self._devices = {u.extension: Device(u.extension) for u in directory.users}
         self._zones: dict[str, ZoneInfo] = {}
         self._holidays: dict[str, frozenset[dt.date]] = {}
@@ -242,12 +246,9 @@ class Router:
     # ------------------------------------------------------------------ lookups
 
     def number_for(self, dialled: str) -> Number | None:
-        """The ``[[numbers]]`` entry for a dialled DID: exact, else by digits only."""
-        found = self._numbers.get(dialled)
-        if found is None:
-            digits = _digits(dialled)
-            found = self._numbers_by_digits.get(digits) if digits else None
-        return found
+        """The ``[[numbers]]`` entry for a number in any form (:meth:`Directory.number`:
+        exact, else the same digits, else North American national digits)."""
+        return self.directory.number(dialled)
 
     def device(self, extension: str) -> Device:
         """The (shared) ``Device`` target of ``extension``."""
@@ -287,19 +288,55 @@ class Router:
         dept = self._departments.get(user.department)
         return dept.caller_id if dept is not None else ""
 
-    def caller_identity(self, user: User) -> tuple[str, bool]:
-        """``(caller ID, privacy)`` of ``user``'s outbound calls (before ``*82``).
+    def caller_identity(self, user: User, preferred: str = "") -> Identity:
+        """What ``user``'s outbound calls present, before ``*82`` (``privacy`` is the
+        presented number's ``block_caller_id``).
 
-        Privacy is the ``block_caller_id`` of the ``[[numbers]]`` entry of that
-        caller ID.  Cached per extension (the directory is immutable).
+        ``preferred``: the number the phone asked for (P-Preferred-Identity); it is
+        honoured when ``user`` is in that number's ``outbound_callers``, else
+        ignored with the reason in ``Identity.ignored``.  The default identity is
+        cached per extension (the directory is immutable).
         """
-        found = self._caller_ids.get(user.extension)
-        if found is None:
-            caller_id = self.caller_id_for(user)
-            number = self.number_for(caller_id) if caller_id else None
-            found = (caller_id, number.block_caller_id if number is not None else False)
-            self._caller_ids[user.extension] = found
-        return found
+        default = self._caller_ids.get(user.extension)
+        if default is None:
+            default = self._present(self.caller_id_for(user), self._origin(user))
+            self._caller_ids[user.extension] = default
+        if not preferred:
+            return default
+        wanted = self.number_for(preferred)
+        if wanted is None:
+            why = f"{preferred} is not one of our numbers"
+        elif wanted.number == default.caller_id:
+            why = ""
+        elif not wanted.outbound:
+            why = f"{wanted.number} is {wanted.type}: never an outbound caller ID"
+        elif user.extension not in wanted.outbound_callers:
+            why = f"{user.extension} is not in the outbound_callers of {wanted.number}"
+        else:
+            return self._present(
+                wanted.number,
+                f"P-Preferred-Identity: {user.extension} is in the outbound_callers of "
+                f"{wanted.number}",
+                preferred,
+            )
+        return self._present(default.caller_id, default.origin, preferred, why)
+
+    @staticmethod
+    def _origin(user: User) -> str:
+        if user.outbound_caller_id:
+            return f"outbound_caller_id of {user.extension}"
+        return f"department {user.department}"
+
+    def _present(self, caller_id: str, origin: str, preferred: str = "",
+                 ignored: str = "") -> Identity:
+        """``caller_id`` as presented: its ``[[numbers]]`` entry's written form, name,
+        privacy and billing group (a number outside ``[[numbers]]``, possible only
+        in a hand-built directory, goes as written, with no name)."""
+        number = self.number_for(caller_id) if caller_id else None
+        if number is None:
+            return Identity(caller_id, "", False, origin, preferred, ignored)
+        return Identity(number.number, number.caller_id_name, number.block_caller_id, origin,
+                        preferred, ignored, number.billing_group)
 
     # ------------------------------------------------------------------ decisions
 
@@ -380,6 +417,7 @@ class Router:
             status_of_callee=statuses.get(callee) if callee else None,
             callee_extension=callee,
             statuses=MappingProxyType(statuses),
+            identity=builder.presented(),
         )
 
 
@@ -508,8 +546,10 @@ class _Builder:
         "call",
         "callee_extension",
         "caller_id",
+        "caller_name",
         "clock",
         "directory",
+        "identity",
         "privacy",
         "router",
         "state",
@@ -529,6 +569,8 @@ class _Builder:
         self.statuses: dict[str, tuple[Status, str]] = {}
         self.callee_extension = ""
         self.caller_id = ""
+        self.caller_name = ""
+        self.identity = Identity("")
         self.privacy = False
         self.trunk_checked = False
         self.trunk_free: Trunk | None = None
@@ -557,6 +599,15 @@ class _Builder:
             return f"{user.extension} is {status} ({origin})"
         return f"{user.extension} is {status}"
 
+    def presented(self) -> Identity:
+        """The call's identity with its privacy after ``*82`` (a new value only when
+        ``*82`` changed it: most calls reuse the router's cached one)."""
+        i = self.identity
+        if i.privacy == self.privacy:
+            return i
+        return Identity(i.caller_id, i.name, self.privacy, i.origin, i.preferred, i.ignored,
+                        i.billing_group)
+
     def free_trunk(self) -> Trunk | None:
         if not self.trunk_checked:
             self.trunk_checked = True
@@ -572,12 +623,15 @@ class _Builder:
     def trunk_call(self, route_to: Destination | None) -> int | None:
         call = self.call
         self.caller_id = call.caller
+        self.caller_name = call.caller_name
         self.privacy = call.caller.strip().lower() in ("", "anonymous")
+        number = self.router.number_for(call.callee) if route_to is None else None
+        self.identity = Identity(call.caller, call.caller_name, self.privacy, "the trunk caller",
+                                 billing_group=number.billing_group if number else "")
         path = _Path(external=True)
         if route_to is not None:
             why = f"what-if: external call from {call.caller} straight to {_describe(route_to)}"
         else:
-            number = self.router.number_for(call.callee)
             if number is None:
                 return self.emit(
                     Reject(404, "Not Found", f"{call.callee} is not one of our numbers")
@@ -602,7 +656,9 @@ class _Builder:
                 Reject(403, "Extension Disabled", f"{call.caller} is disabled: no calls")
             )
         dialled, flip = _strip_82(call.callee, False)
-        self.caller_id, blocked = self.router.caller_identity(user)
+        self.identity = self.router.caller_identity(user, call.preferred_identity)
+        self.caller_id, self.caller_name = self.identity.caller_id, self.identity.name
+        blocked = self.identity.privacy
         self.privacy = blocked != flip
         system = d.system
         if dialled in system.emergency_numbers:
@@ -670,7 +726,14 @@ class _Builder:
 
     def emergency(self, user: User, number: str) -> int:
         dept = self.router.department(user.department)
-        caller_id = dept.caller_id if dept is not None else self.caller_id
+        preferred = self.call.preferred_identity
+        if dept is not None:
+            self.identity = self.router._present(
+                dept.caller_id, f"emergency: department {dept.name}", preferred,
+                "emergency calls present the department's number" if preferred else "",
+            )
+        caller_id, name = self.identity.caller_id, self.identity.name
+        self.privacy = False
         trunk = self.free_trunk()
         note = ""
         if trunk is None and self.directory.trunks:
@@ -680,7 +743,7 @@ class _Builder:
             return self.emit(
                 Reject(503, "No Trunk", f"emergency call from {user.extension}: no trunk")
             )
-        target = External(number, trunk.name, caller_id, False)
+        target = External(number, trunk.name, caller_id, False, caller_name=name)
         return self.emit(
             Ring(
                 (target,),
@@ -718,17 +781,19 @@ class _Builder:
         trunk = self.free_trunk()
         if trunk is None:
             return self.emit(Reject(503, "No Trunk Channel Free", f"{who}: no trunk channel free"))
-        source = (
-            "outbound_caller_id" if user.outbound_caller_id else f"department {user.department}"
-        )
+        identity = self.identity
+        name = f' "{identity.name}"' if identity.name else ""
         private = ", private (caller ID withheld)" if self.privacy else ""
-        target = External(number, trunk.name, self.caller_id, self.privacy)
+        ignored = (f"; P-Preferred-Identity {identity.preferred} ignored: {identity.ignored}"
+                   if identity.ignored else "")
+        target = External(number, trunk.name, self.caller_id, self.privacy,
+                          caller_name=self.caller_name)
         return self.emit(
             Ring(
                 (target,),
                 None,
-                f"{who}: outbound via {trunk.name}, caller ID {self.caller_id} ({source})"
-                f"{private}",
+                f"{who}: outbound via {trunk.name}, caller ID {self.caller_id}{name} "
+                f"({identity.origin}){private}{ignored}",
             )
         )
 
@@ -868,7 +933,7 @@ class _Builder:
             else:
                 targets.append(
                     External(user.mobile, trunk.name, self.caller_id, self.privacy,
-                             mobile_of=extension)
+                             mobile_of=extension, caller_name=self.caller_name)
                 )
                 keys.append(mobile_key)
         no_answer = rules.no_answer.for_caller(external)
@@ -962,7 +1027,8 @@ class _Builder:
                 Reject(503, "No Trunk Channel Free", f"{why}: no trunk channel free")
             )
         target = External(
-            number, trunk.name, self.caller_id, self.privacy, dest.rebound, mobile_of
+            number, trunk.name, self.caller_id, self.privacy, dest.rebound, mobile_of,
+            caller_name=self.caller_name,
         )
         target = _confirming(target, owner)
         if not dest.rebound and not target.confirm:

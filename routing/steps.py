@@ -28,6 +28,7 @@ __all__ = [
     "Diversion",
     "DiversionReason",
     "External",
+    "Identity",
     "LiveState",
     "MailboxAccess",
     "Plan",
@@ -64,7 +65,8 @@ class CallFacts:
     ``source="trunk"``: ``caller`` is the external caller number, ``callee``
     the dialled DID and ``trunk`` the name of the trunk the call came in on.
     ``at`` must be timezone-aware: office hours are evaluated in each
-    department's own time zone.
+    department's own time zone.  ``preferred_identity``: the number a phone
+    asked to present (its P-Preferred-Identity, RFC 3325 s9.2), ``""`` none.
     """
 
     caller: str
@@ -73,6 +75,7 @@ class CallFacts:
     at: dt.datetime
     trunk: str = ""
     caller_name: str = ""
+    preferred_identity: str = ""
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None or self.at.utcoffset() is None:
@@ -119,6 +122,9 @@ class External:
     other legs of the step keep ringing meanwhile, and a leg that does not
     confirm is released as if it had not answered (when no leg is left, a
     *no answer* outcome).  Never set with ``rebound``, which screens already.
+    ``caller_name``: the display name sent with ``caller_id`` (the number's
+    ``caller_id_name``, or a trunk caller's own display name; ``""`` none,
+    never a user's name).
     """
 
     number: str
@@ -128,9 +134,34 @@ class External:
     rebound: bool = False
     mobile_of: str = ""
     confirm: bool = False
+    caller_name: str = ""
 
 
 Target = Device | External
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a call says is calling when one of its legs leaves through a trunk.
+
+    ``caller_id`` and ``name`` (the number's ``caller_id_name``) go in From and
+    P-Asserted-Identity; ``privacy`` withholds them from the callee (``*82``
+    flips the number's ``block_caller_id``).  ``origin`` says where the caller
+    ID came from (``"outbound_caller_id of 101"``, ``"department Sales"``,
+    ``"P-Preferred-Identity ..."``, ``"the trunk caller"``, ``"emergency ..."``).
+    ``preferred``: the number the phone asked for (P-Preferred-Identity), and
+    ``ignored`` why it was not honoured (``""`` honoured, or none asked).
+    ``billing_group``: the label of the number the call is counted under (the
+    DID of a trunk call, the presented number of a phone call).
+    """
+
+    caller_id: str
+    name: str = ""
+    privacy: bool = False
+    origin: str = ""
+    preferred: str = ""
+    ignored: str = ""
+    billing_group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +257,8 @@ class Plan:
     (the dialled extension, or the user a DID routes to), ``None`` when the
     call is not for a user.  ``callee_extension``: that user's extension or
     ``""``.  ``statuses``: the effective status of every user the plan
-    consulted, for ``route explain``.
+    consulted, for ``route explain``.  ``identity``: what the call presents
+    on legs that leave through a trunk, and its billing group.
     """
 
     call: CallFacts
@@ -234,3 +266,4 @@ class Plan:
     status_of_callee: Status | None = None
     callee_extension: str = ""
     statuses: Mapping[str, Status] = field(default_factory=lambda: MappingProxyType({}))
+    identity: Identity = Identity("")

@@ -50,7 +50,9 @@ def bench_directory(users: dict[str, str], domain: str = "bench.test") -> str:
     """A directory file text with the given extension -> password users."""
     digits = len(next(iter(users)))
     out = [f'[system]\ndomain = "{domain}"\nextension_digits = {digits}\n',
-           '[[departments]]\nname = "Bench"\ncaller_id = "+15145550100"\ntimezone = "UTC"\n']
+           '[[departments]]\nname = "Bench"\ncaller_id = "+15145550100"\ntimezone = "UTC"\n',
+           # a caller ID is one of the system's numbers
+           f'[[numbers]]\nnumber = "+15145550100"\nroute_to = "extension:{next(iter(users))}"\n']
     for ext, pw in users.items():
         out.append(f'[[users]]\nextension = "{ext}"\nname = "User {ext}"\npassword = "{pw}"\n'
                    'department = "Bench"\n')
@@ -114,6 +116,18 @@ class EngineProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, event: str) -> list[dict[str, object]]:
+        """The JSON log lines (``--log-format json``) of ``event``, in order."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and row.get("event") == event:
+                out.append(row)
+        return out
 
     def http_get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:

@@ -36,6 +36,11 @@ SALES = """
 [[departments]]
 name = "Sales"
 caller_id = "+15145550100"
+
+[[numbers]]  # the department's caller ID is one of the system's numbers
+number = "+15145550100"
+name = "Sales main line"
+route_to = "busy"
 """
 # The [system] table of the phone tests, a template for .format(low=..., high=...).
 PHONE_SYSTEM = """[system]
@@ -339,6 +344,7 @@ class Ua:
         self.sender = RtpSender.create(0, 8000)
         self.media: tuple[str, int] | None = None
         self.ok: Response | None = None
+        self.incoming: Request | None = None  # the last call we took (take_call)
         self.seen: list[str] = []
 
     def close(self) -> None:
@@ -366,14 +372,15 @@ class Ua:
         raise AssertionError(f"no final response to INVITE {cseq}: {self.seen}")
 
     def invite(self, uri: str, from_user: str, call_id: str, cseq: int = 1,
-               auth: str = "") -> None:
+               auth: str = "", extra: str = "") -> None:
+        """An INVITE with our SDP offer; ``extra``: header lines ("Name: value\\r\\n")."""
         body = sdp_offer(self.rtp_port)
         head = (f"INVITE {uri} SIP/2.0\r\n"
                 f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{call_id}{cseq};rport\r\n"
                 f"Max-Forwards: 70\r\nFrom: <sip:{from_user}@pbx.test>;tag={call_id}\r\n"
                 f"To: <{uri}>\r\nCall-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\n"
                 f"Contact: <sip:{from_user}@127.0.0.1:{self.port}>\r\n"
-                + (f"Proxy-Authorization: {auth}\r\n" if auth else "")
+                + (f"Proxy-Authorization: {auth}\r\n" if auth else "") + extra
                 + f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n")
         self.sip.sendto(head.encode() + body, self.engine)
 
@@ -395,16 +402,106 @@ class Ua:
         self.ok = ok
         self.ack(ok, uri, branch)
 
-    def call_with_auth(self, uri: str, user: str, password: str, call_id: str) -> None:
-        """INVITE, 407, ACK, INVITE with the MD5 answer, 200, ACK."""
-        self.invite(uri, user, call_id)
+    def call_with_auth(self, uri: str, user: str, password: str, call_id: str,
+                       extra: str = "", callee: Ua | None = None) -> Request | None:
+        """INVITE, 407, ACK, INVITE with the MD5 answer, 200, ACK. ``callee``: the UA
+        that answers the call (``take_call``) before our 200 can come; the INVITE it got."""
+        self.invite(uri, user, call_id, extra=extra)
         challenge = self.final(1)
         assert challenge.status == 407, challenge.to_bytes()[:400]
         self.ack(challenge, uri, f"z9hG4bK{call_id}1")
         md5 = next(c for c in challenge.get_lines("proxy-authenticate") if "MD5" in c)
         self.invite(uri, user, call_id, 2,
-                    build_authorization(md5, "INVITE", uri, user, password, "cn"))
+                    build_authorization(md5, "INVITE", uri, user, password, "cn"), extra)
+        leg = callee.take_call() if callee is not None else None
         self.answered(self.final(2), uri, f"z9hG4bK{call_id}ack")
+        return leg
+
+    def register(self, user: str, password: str, domain: str = "pbx.test",
+                 timeout: float = 5) -> None:
+        """REGISTER ``user`` from this UA's SIP port with digest (MD5): the engine then
+        sends ``user``'s calls here."""
+        def send(cseq: int, auth: str) -> Response:
+            lines = [f"REGISTER sip:{domain} SIP/2.0",
+                     f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKreg{user}{cseq}"
+                     f"{self.port};rport",
+                     f"From: <sip:{user}@{domain}>;tag=reg{user}", f"To: <sip:{user}@{domain}>",
+                     f"Call-ID: reg-{user}-{self.port}", f"CSeq: {cseq} REGISTER",
+                     "Max-Forwards: 70", f"Contact: <sip:{user}@127.0.0.1:{self.port}>",
+                     "Expires: 3600"]
+            if auth:
+                lines.append(f"Authorization: {auth}")
+            self.sip.sendto("\r\n".join([*lines, "Content-Length: 0", "", ""]).encode(),
+                            self.engine)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                msg = self.recv(left)
+                if isinstance(msg, Response) and msg.cseq.method == "REGISTER" \
+                        and msg.cseq.number == cseq and msg.status >= 200:
+                    return msg
+            raise AssertionError(f"no answer to REGISTER {cseq}: {self.seen}")
+
+        challenge = send(1, "")
+        assert challenge.status == 401, challenge.to_bytes()[:400]
+        md5 = next(c for c in challenge.get_lines("www-authenticate") if "MD5" in c)
+        ok = send(2, build_authorization(md5, "REGISTER", f"sip:{domain}", user, password,
+                                         "cn"))
+        assert ok.status == 200, ok.to_bytes()[:400]
+
+    def take_call(self, timeout: float = 8) -> Request:
+        """Answer the next INVITE the engine sends here (200 with our SDP) and wait
+        for its ACK; the INVITE, whose SDP names the engine's media address."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.recv(left)
+            if isinstance(msg, Request) and msg.method == "INVITE":
+                break
+        else:
+            raise AssertionError(f"no INVITE within {timeout} s: {self.seen}")
+        stream = parse_sdp(msg.body).audio()
+        assert stream is not None and stream.address is not None, msg.body
+        self.media = (stream.address, stream.port)
+        self.incoming = msg
+        ok = make_response(msg, 200, None, [
+            ("Contact", f"<sip:callee@127.0.0.1:{self.port}>"),
+            ("Content-Type", "application/sdp")], sdp_offer(self.rtp_port, 7), f"ua{self.port}")
+        self.sip.sendto(ok.to_bytes(), self.engine)
+        while (left := deadline - time.monotonic()) > 0:
+            got = self.recv(left)
+            if isinstance(got, Request) and got.method == "ACK":
+                return msg
+            if isinstance(got, Request) and got.method == "INVITE":  # our 200 was lost
+                self.sip.sendto(ok.to_bytes(), self.engine)
+        raise AssertionError(f"no ACK for our 200 within {timeout} s: {self.seen}")
+
+    def in_dialog(self, method: str, cseq: int, branch: str, body: bytes = b"") -> None:
+        """A request in the dialog of the call we placed (``self.ok``)."""
+        ok = self.ok
+        assert ok is not None
+        head = (f"{method} {ok.contacts[0].uri} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch={branch};rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: {ok.get('from')}\r\nTo: {ok.get('to')}\r\n"
+                f"Call-ID: {ok.call_id}\r\nCSeq: {cseq} {method}\r\n"
+                f"Contact: <sip:caller@127.0.0.1:{self.port}>\r\n"
+                + ("Content-Type: application/sdp\r\n" if body else "")
+                + f"Content-Length: {len(body)}\r\n\r\n")
+        self.sip.sendto(head.encode() + body, self.engine)
+
+    def response_to(self, method: str, cseq: int, timeout: float = 5) -> Response:
+        """The final response to our ``method`` of ``cseq``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            msg = self.recv(left)
+            if isinstance(msg, Response) and msg.cseq.method == method \
+                    and msg.cseq.number == cseq and msg.status >= 200:
+                return msg
+        raise AssertionError(f"no final response to {method} {cseq}: {self.seen}")
+
+    def hang_up(self, cseq: int = 9) -> None:
+        """BYE the call we placed and wait for its 200."""
+        assert self.ok is not None
+        self.in_dialog("BYE", cseq, f"z9hG4bKbye{self.ok.call_id}{cseq}")
+        assert self.response_to("BYE", cseq).status == 200
 
     def send_tone(self, freq: float, ms: int) -> None:
         assert self.media is not None

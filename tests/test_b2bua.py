@@ -176,7 +176,9 @@ SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\
 
 
 def invite(dialled: str, caller: str, source: Addr, *, call_id: str = "call-1",
-           auth: str | None = None, cseq: int = 1, host: str = "pbx.test") -> bytes:
+           auth: str | None = None, cseq: int = 1, host: str = "pbx.test",
+           extra: Iterable[str] = ()) -> bytes:
+    """An INVITE with SDP; ``extra``: more header lines ("Name: value")."""
     lines = [
         f"INVITE sip:{dialled}@{host} SIP/2.0",
         f"Via: SIP/2.0/UDP {source[0]}:{source[1]};branch=z9hG4bK{call_id}-{cseq};rport",
@@ -190,6 +192,7 @@ def invite(dialled: str, caller: str, source: Addr, *, call_id: str = "call-1",
     ]
     if auth:
         lines.append(f"Proxy-Authorization: {auth}")
+    lines += extra
     lines.append(f"Content-Length: {len(SDP)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + SDP
 
@@ -246,17 +249,20 @@ def register(net: Net, *extensions: str, second_device: bool = False) -> None:
     net.engine.registrar.load(bindings, net.clock.wall)
 
 
-def phone_call(net: Net, caller: str, dialled: str, call_id: str = "call-1") -> Addr:
-    """Place a call from ``caller``'s phone: INVITE, 407, ACK, INVITE with credentials."""
+def phone_call(net: Net, caller: str, dialled: str, call_id: str = "call-1",
+               extra: Iterable[str] = ()) -> Addr:
+    """Place a call from ``caller``'s phone: INVITE, 407, ACK, INVITE with credentials
+    (``extra``: more header lines in both INVITEs)."""
     src = PHONES[caller]
-    net.send(invite(dialled, caller, src, call_id=call_id), src)
+    first = invite(dialled, caller, src, call_id=call_id, extra=extra)
+    net.send(first, src)
     challenge = [r for r in net.responses(src) if r.status == 407]
     assert challenge, "a phone's INVITE is challenged (407)"
-    net.send(ack_for(invite(dialled, caller, src, call_id=call_id), challenge[0]), src)
+    net.send(ack_for(first, challenge[0]), src)
     value = challenge[0].get("proxy-authenticate") or ""
     auth = build_authorization(value, "INVITE", f"sip:{dialled}@pbx.test", caller,
                                PASSWORDS[caller], "cn")
-    net.send(invite(dialled, caller, src, call_id=call_id, auth=auth, cseq=2), src)
+    net.send(invite(dialled, caller, src, call_id=call_id, auth=auth, cseq=2, extra=extra), src)
     return src
 
 
@@ -490,7 +496,11 @@ def test_trunk_call_rings_desk_and_mobile_desk_answers_mobile_cancelled(net: Net
     trunk_msgs = net.drain(TRUNK)
     [mobile] = [m for m in trunk_msgs if isinstance(m, Request) and m.method == "INVITE"]
     assert mobile.uri_text == "sip:+15145550111@127.0.0.9:5090"
-    assert mobile.get("p-asserted-identity") == "<sip:+15145550199@pbx.test>"
+    # a forwarded trunk caller keeps its own number and display name
+    assert mobile.get("p-asserted-identity") == \
+        '"Caller +15145550199" <sip:+15145550199@pbx.test>'
+    assert (mobile.get("from") or "").startswith(
+        '"Caller +15145550199" <sip:+15145550199@pbx.test>;tag=')
     assert net.engine.b2bua.channels == {"carrier": 2}  # the inbound call + the mobile leg
     net.send(reply(mobile, 183, tag="mob", body=SDP), TRUNK)  # early media
     assert 183 in statuses(net.drain(TRUNK))

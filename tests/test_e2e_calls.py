@@ -57,6 +57,11 @@ thu = ["09:00-17:00"]
 fri = ["09:00-17:00"]
 
 [[numbers]]
+number = "+15145550100"
+name = "Sales main line"
+route_to = "extension:103"
+
+[[numbers]]
 number = "+15145550101"
 route_to = "extension:101"
 
@@ -314,6 +319,10 @@ password = "carrier-secret"
 [[departments]]
 name = "Sales"
 caller_id = "+15145550100"
+
+[[numbers]]
+number = "+15145550100"
+route_to = "busy"
 """)
     engine = EngineProcess(tmp_path, directory).start()
     try:

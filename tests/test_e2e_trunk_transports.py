@@ -48,6 +48,10 @@ name = "Customers"
 caller_id = "+15145550900"
 
 [[numbers]]
+number = "+15145550900"
+route_to = "extension:104"
+
+[[numbers]]
 number = "+15145550104"
 route_to = "extension:104"
 
@@ -71,18 +75,6 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 def ports(seed: int) -> tuple[int, int]:
     low = 40000 + (seed % 10000) // 2 * 2
     return low, low + 49
-
-
-def events(engine: EngineProcess, event: str) -> list[dict[str, object]]:
-    out = []
-    for line in engine.log().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == event:
-            out.append(entry)
-    return out
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
@@ -121,12 +113,12 @@ def test_a_call_to_the_carrier_goes_over_the_trunks_transport(tmp_path: Path,
         phone.sip.sendto(bye.encode(), office.sip)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if any(e.get("answered") for e in events(carrier, "call ended")):
+            if any(e.get("answered") for e in carrier.events("call ended")):
                 break
             time.sleep(0.1)
         # The carrier saw the INVITE arrive over the trunk's transport, from the office.
-        assert any(e.get("answered") for e in events(carrier, "call ended")), carrier.log()
-        [routed] = events(carrier, "call routed")
+        assert any(e.get("answered") for e in carrier.events("call ended")), carrier.log()
+        [routed] = carrier.events("call routed")
         assert routed.get("trunk") == "office" and routed.get("transport") == transport
         # The message the phone left reached the carrier's voicemail, over the trunk.
         listed = carrier.cli("voicemail", "list", "104", "--json")

@@ -59,6 +59,10 @@ smtp = {{ host = "127.0.0.1", port = {port}, sender = "pbx@pbx.test" }}
 name = "Sales"
 caller_id = "+15145550100"
 
+[[numbers]]
+number = "+15145550100"
+route_to = "extension:104"
+
 [[users]]
 extension = "104"
 name = "David Côté"

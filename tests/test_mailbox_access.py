@@ -461,6 +461,10 @@ domain = "pbx.test"
 name = "Sales"
 caller_id = "+15145550100"
 
+[[numbers]]
+number = "+15145550100"
+route_to = "extension:104"
+
 [[users]]
 extension = "104"
 name = "David Cote"

@@ -412,6 +412,40 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
      "trunks[0].username", "missing"),
     ("empty-ring-group", _set("ring_groups", 0, "members", value=[]),
      "ring_groups[0].members", "at least one"),
+    # the number contract: caller IDs are presentable numbers of the system
+    ("caller-id-not-a-number", _set("departments", 0, "caller_id", value="+15145550999"),
+     "departments[0].caller_id", "'+15145550999' is not one of [[numbers]]"),
+    ("outbound-caller-id-not-a-number", _set("users", 2, "outbound_caller_id",
+                                             value="+15145550999"),
+     "users[2].outbound_caller_id", "is not one of [[numbers]]"),
+    ("outbound-caller-id-toll-free", _set("users", 2, "outbound_caller_id",
+                                          value="+18005550100"),
+     "users[2].outbound_caller_id",
+     "is numbers[2], type = \"toll_free\": it cannot be presented"),
+    ("caller-id-inbound-only", _set("numbers", 1, "type", value="inbound_only"),
+     "departments[1].caller_id", 'type = "inbound_only": it cannot be presented'),
+    ("outbound-callers-on-toll-free", _set("numbers", 2, "outbound_callers", value=["101"]),
+     "numbers[2].outbound_callers", "a toll_free number cannot be presented"),
+    ("outbound-callers-unknown", _set("numbers", 1, "outbound_callers", value=["101", "109"]),
+     "numbers[1].outbound_callers[1]", "unknown extension '109'"),
+    ("outbound-callers-group", _set("numbers", 1, "outbound_callers", value=["800"]),
+     "numbers[1].outbound_callers[0]", "is ring group 'sales'"),
+    ("outbound-callers-twice", _set("numbers", 1, "outbound_callers", value=["101", "101"]),
+     "numbers[1].outbound_callers[1]", "listed twice"),
+    ("outbound-callers-not-digits", _set("numbers", 1, "outbound_callers", value=["alice"]),
+     "numbers[1].outbound_callers[0]", "not an extension"),
+    ("same-number-digits", _append("numbers", {"number": "15145550100", "route_to": "busy"}),
+     "numbers[3].number", "the same number as '+15145550100' of numbers[0]"),
+    ("same-number-national", _append("numbers", {"number": "5145550200", "route_to": "busy"}),
+     "numbers[3].number", "the same number as '+15145550200' of numbers[1]"),
+    ("caller-id-name-quote", _set("numbers", 0, "caller_id_name", value='Say "hi"'),
+     "numbers[0].caller_id_name", "is not a display name"),
+    ("caller-id-name-type", _set("numbers", 0, "caller_id_name", value=7),
+     "numbers[0].caller_id_name", "must be a string"),
+    ("billing-group-type", _set("numbers", 0, "billing_group", value=["a"]),
+     "numbers[0].billing_group", "must be a string"),
+    ("billing-group-long", _set("numbers", 0, "billing_group", value="x" * 65),
+     "numbers[0].billing_group", "at most 64 characters"),
 ]
 
 
@@ -426,6 +460,37 @@ def test_each_error_names_file_table_and_key(
     parse_directory(data, SOURCE)  # the base is valid
     mutate(data)
     assert_error(errors_of(data), path, fragment)
+
+
+def test_every_caller_id_problem_is_named_at_once(data: dict[str, Any]) -> None:
+    data["users"][2]["outbound_caller_id"] = "+18005550100"  # toll-free
+    data["users"][4]["outbound_caller_id"] = "+15145550999"  # not one of [[numbers]]
+    data["departments"][0]["caller_id"] = "+15145550998"
+    data["numbers"][1]["outbound_callers"] = ["109"]
+    errors = errors_of(data)
+    assert_error(errors, "users[2].outbound_caller_id", "toll_free")
+    assert_error(errors, "users[4].outbound_caller_id", "not one of [[numbers]]")
+    assert_error(errors, "departments[0].caller_id", "not one of [[numbers]]")
+    assert_error(errors, "numbers[1].outbound_callers[0]", "unknown extension '109'")
+    assert len(errors) == 4, errors
+
+
+def test_number_keys_are_read_and_a_caller_id_may_be_written_in_any_form(
+    data: dict[str, Any],
+) -> None:
+    data["users"][2]["outbound_caller_id"] = "5145550200"  # national digits of +15145550200
+    d = parse_directory(data, SOURCE)
+    support = d.number("+15145550200")
+    assert support is not None
+    assert support.caller_id_name == "Example Support"
+    assert support.outbound_callers == ("101",)
+    assert support.billing_group == "support" and support.record_outbound
+    assert d.number("5145550200") is support
+    main = d.number("+15145550100")
+    assert main is not None and main.outbound_callers == () and main.billing_group == "sales"
+    toll_free = d.number("+18005550100")
+    assert toll_free is not None and not toll_free.outbound and main.outbound
+    assert parse_directory(directory_to_dict(d), "round-trip") == d
 
 
 def test_disabled_user_may_have_no_password(data: dict[str, Any]) -> None:

@@ -137,7 +137,12 @@ async def test_apply_then_load_gives_the_same_directory(store: Store, directory:
     assert report.added("ring_groups") == ("sales",)
     assert report.added("numbers") == ("+15145550100", "+15145550200", "+18005550100")
     assert not any(c.action != "added" for c in report.changes)
-    assert await store.load_directory() == directory
+    loaded = await store.load_directory()
+    assert loaded == directory
+    # the number contract's keys are kept (Number equality covers them; said plainly)
+    support = loaded.number("+15145550200") if loaded is not None else None
+    assert support is not None and support.caller_id_name == "Example Support"
+    assert support.outbound_callers == ("101",) and support.billing_group == "support"
 
 
 async def test_apply_twice_is_no_change(store: Store, directory: Directory) -> None:

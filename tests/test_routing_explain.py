@@ -50,25 +50,27 @@ def test_render_text_away(spec: Directory) -> None:
     assert lines[0] == (
         "call +15145550199 -> 101 (trunk carrier) at 2026-03-10T10:30:00-04:00; 101 is away"
     )
-    assert lines[1].startswith(
+    # what the call presents on the mobile leg: the trunk caller's number, no name
+    assert lines[1] == "identity: +15145550199 (no name) (the trunk caller)"
+    assert lines[2].startswith(
         "1. ring 101 (desk phones) + +15145550111 (mobile via carrier, caller ID +15145550199) "
         "for 15 s  — "
     )
     assert "101 is away (set live): ring desk phones + mobile (ring_mobile_simultaneously)" in (
-        lines[1]
+        lines[2]
     )
-    assert lines[2] == "   no answer -> 2, busy -> 3, failed -> 3"
-    assert lines[3].startswith("2. voicemail of 101 (greeting default)  — ")
-    assert lines[4] == "   diverted by 101 (no-answer)"
-    assert lines[5].startswith("3. voicemail of 101")
-    assert lines[6] == "   diverted by 101 (user-busy)"
-    assert len(lines) == 7
+    assert lines[3] == "   no answer -> 2, busy -> 3, failed -> 3"
+    assert lines[4].startswith("2. voicemail of 101 (greeting default)  — ")
+    assert lines[5] == "   diverted by 101 (no-answer)"
+    assert lines[6].startswith("3. voicemail of 101")
+    assert lines[7] == "   diverted by 101 (user-busy)"
+    assert len(lines) == 8
 
 
 def test_render_text_every_step_kind(spec: Directory, example: Directory) -> None:
     deflect = explain(spec, "+15145550199", "101", OFFICE, status="business_trip")
     assert isinstance(deflect.steps[0], Deflect)
-    assert render_text(deflect).splitlines()[1].startswith(
+    assert render_text(deflect).splitlines()[2].startswith(
         "1. deflect (302) to +15145550199 through carrier  — "
     )
     text = render_text(explain(example, "101", "999", OFFICE))
@@ -76,7 +78,9 @@ def test_render_text_every_step_kind(spec: Directory, example: Directory) -> Non
     text = render_text(explain(example, "101", "abc", OFFICE))
     assert "1. reject 404 Not Found  — " in text
     outbound = render_text(explain(example, "101", "+15145550199", OFFICE))
-    assert "1. ring +15145550199 (external via carrier, caller ID +15145550100) with no timer" in (
+    assert ('1. ring +15145550199 (external via carrier, caller ID +15145550100 "Example Sales")'
+            " with no timer") in outbound
+    assert 'identity: +15145550100 "Example Sales" (department Sales); billing group sales' in (
         outbound
     )
     assert "   no answer -> end (480), busy -> end (486), failed -> end (480/503)" in outbound
@@ -123,6 +127,16 @@ def test_plan_to_json(spec: Directory) -> None:
         "at": "2026-03-10T10:30:00-04:00",
         "trunk": "carrier",
         "caller_name": "",
+        "preferred_identity": None,
+    }
+    assert doc["identity"] == {
+        "caller_id": "+15145550199",
+        "name": "",
+        "privacy": False,
+        "origin": "the trunk caller",
+        "preferred": None,
+        "preferred_ignored": None,
+        "billing_group": None,
     }
     assert doc["effective_status"] == "away"
     assert doc["callee_extension"] == "101"
@@ -140,6 +154,7 @@ def test_plan_to_json(spec: Directory) -> None:
             "rebound": False,
             "mobile_of": "101",
             "confirm": False,
+            "caller_name": "",
         },
     ]
     assert first["next"] == {"no_answer": 1, "busy": 2, "failed": 2}
