@@ -55,7 +55,7 @@ from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
-from provisioning.model import Binding, VoicemailMessage
+from provisioning.model import Binding, VoicemailMessage, binding_json
 from provisioning.recordings import delete_recording, list_recordings, recording_path
 from provisioning.store import Store
 
@@ -737,9 +737,8 @@ class Server:
         """``GET /route/explain?from=101&to=102[&at=ISO][&status=away]
         [&preferred_identity=NUMBER]``: the plan as JSON (with the identity the call
         presents), against the live snapshot and registrations."""
-        from engine.cli import parse_when
         from provisioning.model import STATUSES
-        from routing import explain, plan_to_json
+        from routing import explain, parse_when, plan_to_json
 
         q = request.query
         caller, callee = q.get("from", ""), q.get("to", "")
@@ -857,11 +856,6 @@ def raise_open_file_limit() -> None:
             log.warning("open-file limit not raised", soft=soft, hard=hard, error=str(exc))
             return
     log.info("open-file limit", was=soft, now=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-
-
-def binding_json(b: Binding, now: float) -> dict[str, object]:
-    return {"extension": b.aor, "contact": b.contact, "expires_in": max(0, int(b.expires_at - now)),
-            "q": b.q, "source": b.source, "user_agent": b.user_agent}
 
 
 async def serve(engine: Engine, store: Store, config: ServerConfig) -> None:

@@ -26,6 +26,7 @@ import structlog
 
 from provisioning.directory import DirectoryError, load_directory
 from provisioning.store import ApplyReport, Store, StoreError, open_store
+from routing import parse_when
 
 DEFAULT_DATA_DIR = "switchboard-data"
 
@@ -250,9 +251,7 @@ async def _serve(args: argparse.Namespace) -> int:
     limits = StreamLimits(max_connections=args.max_tcp_connections,
                           per_source=args.tcp_per_source,
                           first_message_seconds=args.tcp_first_message_seconds)
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         if args.directory:
             warnings: list[str] = []
             directory = load_directory(args.directory, warnings)
@@ -291,8 +290,6 @@ async def _serve(args: argparse.Namespace) -> int:
         config.tls_ca = args.tls_ca
         tune_gc()
         await serve(engine, store, config)
-    finally:
-        await store.close()
     return 0
 
 
@@ -307,27 +304,19 @@ async def _apply(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     directory = load_directory(args.file, warnings)
     _print_warnings(warnings)
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         report = await store.apply_directory(directory)
-    finally:
-        await store.close()
     _drop_removed_mailboxes(args, report)
     print(format_report(report))
     return 0
 
 
 async def _registrations(args: argparse.Namespace) -> int:
-    from engine.app import binding_json
+    from provisioning.model import binding_json
 
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         now = time.time()
         rows = [binding_json(b, now) for b in await store.load_bindings() if b.expires_at > now]
-    finally:
-        await store.close()
     rows.sort(key=lambda r: (str(r["extension"]), str(r["contact"])))
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -342,24 +331,16 @@ async def _registrations(args: argparse.Namespace) -> int:
 
 
 async def _status_set(args: argparse.Namespace) -> int:
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         await store.set_user_status(args.extension, args.status)
-    finally:
-        await store.close()
     print(f"{args.extension}: {args.status}")
     return 0
 
 
 async def _status_clear(args: argparse.Namespace) -> int:
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         cleared = await store.clear_user_status(args.extension)
         directory = await store.load_directory()
-    finally:
-        await store.close()
     user = directory.user(args.extension) if directory else None
     if user is None:
         raise LookupError(f"unknown extension '{args.extension}' (no such user)")
@@ -370,13 +351,9 @@ async def _status_clear(args: argparse.Namespace) -> int:
 async def _voicemail_list(args: argparse.Namespace) -> int:
     from provisioning.mailbox import dumps, format_messages
 
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         await _known_user(store, args.extension)
         messages = await store.list_voicemail(args.extension)
-    finally:
-        await store.close()
     print(dumps(messages) if args.json else format_messages(messages))
     return 0
 
@@ -384,13 +361,9 @@ async def _voicemail_list(args: argparse.Namespace) -> int:
 async def _voicemail_delete(args: argparse.Namespace) -> int:
     from provisioning.mailbox import delete_message
 
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         await _known_user(store, args.extension)
         done = await delete_message(store, args.extension, args.id)
-    finally:
-        await store.close()
     if done.message is None:
         raise LookupError(f"mailbox {args.extension} has no message '{args.id}'")
     if done.file_error is not None:
@@ -440,26 +413,12 @@ def _drop_removed_mailboxes(args: argparse.Namespace, report: ApplyReport) -> No
         remove_mailboxes(Path(args.data_dir), removed)
 
 
-def parse_when(text: str) -> dt.datetime:
-    """An ISO 8601 time; without a zone it is UTC."""
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"'{text}' is not an ISO 8601 time like 2026-12-01T10:30:00-05:00")\
-            from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
-
-
 async def _route_explain(args: argparse.Namespace) -> int:
     from routing import explain, plan_to_json, render_text
 
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         directory = await store.load_directory()
         bindings = await store.load_bindings() if args.live else []
-    finally:
-        await store.close()
     if directory is None:
         raise LookupError("no directory in the store; run 'switchboard provision apply FILE'")
     at = parse_when(args.at) if args.at else dt.datetime.now(dt.UTC)

@@ -638,6 +638,12 @@ class Binding:
         return self.expires_at <= now
 
 
+def binding_json(b: Binding, now: float) -> dict[str, object]:
+    """A live binding as the CLI and the admin HTTP show it."""
+    return {"extension": b.aor, "contact": b.contact, "expires_in": max(0, int(b.expires_at - now)),
+            "q": b.q, "source": b.source, "user_agent": b.user_agent}
+
+
 # --------------------------------------------------------------------------- voicemail
 
 
