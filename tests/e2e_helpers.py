@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from media.codecs import codec_for, pcm_to_array
 from media.rtp import RtpError, RtpPacket, RtpSender, dtmf_packets
 from media.sdp import parse_sdp
 from media.tones import goertzel, tone
-from tests.conftest import EngineProcess
+from media.wav import load_wav
+from tests.conftest import EngineProcess, free_port
 
 PCMU = codec_for("PCMU")
 FRAME = 160  # PCMU bytes (and samples) per 20 ms packet
@@ -144,6 +146,73 @@ def run_to_done(cmd: list[str], log: Path, engine: EngineProcess, timeout: int, 
                     f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
                     f"{engine.log()[-3000:]}")
     return events
+
+
+class CarrierRun:
+    """One run of pjsua2 phones against a fresh engine whose trunk is the phones'
+    carrier port: the directory (a template with ``{carrier}``, ``{low}``,
+    ``{high}`` and ``fields``), the phones' events, recordings and logs, and the
+    readings the tests make of them. The phone script writes its JSON events to
+    stdout and ``heard-by-<side>.wav`` recordings in the run's folder."""
+
+    def __init__(self, tmp_path: Path, directory: str, **fields: object) -> None:
+        self.tmp = tmp_path
+        self.carrier = free_port()
+        low = 40000 + (free_port() % 10000) // 2 * 2
+        (tmp_path / "directory.toml").write_text(
+            directory.format(carrier=self.carrier, low=low, high=low + 99, **fields))
+        self.log = tmp_path / "pjsua.log"
+        self.engine = EngineProcess(tmp_path, tmp_path / "directory.toml")
+        self.events: list[dict[str, Any]] = []
+
+    def run(self, cmd: list[str], timeout: int, what: str) -> None:
+        """Run the phone script to its "done" event (the JSON lines are kept with
+        the recordings, for a look), else fail saying why."""
+        code, self.events = run_script(cmd, self.log, self.engine, timeout, what,
+                                       self.tmp / "phones.jsonl")
+        if code != 0 or not any(e["event"] == "done" for e in self.events):
+            pytest.fail(f"{what} exited {code}; {self.why()}")
+
+    def why(self, *extra: object) -> str:
+        return (f"{extra}\nevents {self.events}\n--- phone log ---\n{tail(self.log)}\n"
+                f"--- engine log ---\n{self.engine.log()[-6000:]}")
+
+    def one(self, name: str) -> dict[str, Any]:
+        found = [e for e in self.events if e["event"] == name]
+        assert len(found) == 1, self.why(f"{len(found)} {name!r} events")
+        return found[0]
+
+    def heard(self, side: str, begin: float, end: float, rate: int = 8000) -> bytes:
+        """What ``side`` received between two of the phones' times."""
+        start = next(e["t"] for e in self.events
+                     if e["event"] == "recording" and e["side"] == side)
+        pcm = load_wav(self.tmp / f"heard-by-{side}.wav").pcm16
+        a, b = round((begin - start) * rate), round((end - start) * rate)
+        assert 0 <= a < b <= len(pcm) // 2, self.why(side, begin, end, a, b, len(pcm) // 2)
+        return pcm[2 * a: 2 * b]
+
+    def engine_said(self, prefix: str) -> list[dict[str, Any]]:
+        """The engine's log lines whose event starts with ``prefix``, in order."""
+        out = []
+        for line in self.engine.log().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and str(row.get("event", "")).startswith(prefix):
+                out.append(row)
+        return out
+
+
+def started(run: CarrierRun) -> Iterator[CarrierRun]:
+    """A fixture's body: the run's engine up for the test, then stopped cleanly."""
+    require_pjsua2()
+    run.engine.start()
+    try:
+        yield run
+    finally:
+        code = run.engine.stop()
+    assert code == 0, f"engine did not shut down cleanly ({code}):\n{run.engine.log()[-3000:]}"
 
 
 # --- SDP and SIP -------------------------------------------------------------------------
