@@ -91,29 +91,31 @@ def _table_routes(table: str, label: str, roles_read: str, roles_write: str,
                   create: bool = True) -> list[Route]:
     key = "{key}"
 
-    async def list_(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    def _guard(p: Principal | None) -> Principal:
         assert p is not None
         if table == "trunks" and p.role != "owner":
             raise ApiError(403, "trunks are read and changed by owners only")
+        return p
+
+    async def list_(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        p = _guard(p)
         rows, revision = await api.directory.list(p, table)
         return _json(rows, revision=revision)
 
     async def get(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
-        assert p is not None
-        if table == "trunks" and p.role != "owner":
-            raise ApiError(403, "trunks are read and changed by owners only")
+        p = _guard(p)
         row, revision = await api.directory.get(p, table, request.match_info["key"])
         return _json(row, revision=revision)
 
     async def post(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
-        assert p is not None
+        p = _guard(p)
         if_match = parse_if_match(request.headers.get("If-Match"))
         row, revision = await api.directory.create(p, table, await _body(request), if_match,
                                                    _source(request))
         return _json(row, 201, revision)
 
     async def patch(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
-        assert p is not None
+        p = _guard(p)
         if_match = parse_if_match(request.headers.get("If-Match"))
         row, revision = await api.directory.update(p, table, request.match_info["key"],
                                                    await _body(request), if_match,
@@ -121,7 +123,7 @@ def _table_routes(table: str, label: str, roles_read: str, roles_write: str,
         return _json(row, revision=revision)
 
     async def delete(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
-        assert p is not None
+        p = _guard(p)
         if_match = parse_if_match(request.headers.get("If-Match"))
         revision = await api.directory.delete(p, table, request.match_info["key"], if_match,
                                               _source(request))
