@@ -386,10 +386,15 @@ async def _registrations(args: argparse.Namespace) -> int:
 
 
 async def _status_set(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
+
     store = _store(args)
     await store.open()
     try:
         await store.set_user_status(args.extension, args.status)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "status.set",
+                                          f"users/{args.extension}", None,
+                                          {"status": args.status}))
     finally:
         await store.close()
     print(f"{args.extension}: {args.status}")
@@ -401,6 +406,11 @@ async def _status_clear(args: argparse.Namespace) -> int:
     await store.open()
     try:
         cleared = await store.clear_user_status(args.extension)
+        if cleared:
+            from provisioning.api.auth import new_audit
+
+            await store.write_audit(new_audit(_cli_actor(), "cli", "status.clear",
+                                              f"users/{args.extension}"))
         directory = await store.load_directory()
     finally:
         await store.close()
