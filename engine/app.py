@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from engine import admin_api
 from engine.b2bua import (
     BridgeMedia,
     MediaAction,
@@ -194,6 +195,7 @@ class Server:
         app.router.add_get("/recordings", self._recordings)
         app.router.add_get("/recordings/{id}", self._recording)
         app.router.add_delete("/recordings/{id}", self._recording_delete)
+        admin_api.setup(app, self)
         self.http = web.AppRunner(app, access_log=None, keepalive_timeout=HTTP_IDLE_SECONDS,
                                   max_line_size=HTTP_MAX_LINE, max_field_size=HTTP_MAX_LINE,
                                   max_headers=HTTP_MAX_HEADERS, handler_cancellation=True)

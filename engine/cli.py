@@ -143,6 +143,46 @@ def build_parser() -> argparse.ArgumentParser:
     check = psub.add_parser("check", help="validate a directory file without applying it")
     _common(check)
     check.add_argument("file")
+    export = psub.add_parser("export", help="write the live directory as a directory file "
+                                            "(TOML, secrets included: keep it private)")
+    _common(export)
+    export.add_argument("file", nargs="?", default="-", help="where (default: standard output)")
+
+    users = sub.add_parser("users", help="web sign-in of users (the admin API)")
+    usub = users.add_subparsers(dest="action", required=True)
+    upw = usub.add_parser("set-password", help="set a user's web password, read from "
+                                               "standard input (ends their sessions)")
+    _common(upw)
+    upw.add_argument("extension")
+    utotp = usub.add_parser("totp", help="enrol a user in two-factor sign-in (TOTP): prints "
+                                         "the otpauth URI, a QR code and recovery codes")
+    _common(utotp)
+    utotp.add_argument("extension")
+    utotp.add_argument("--png", default=None, metavar="PATH",
+                       help="also write the QR code as a PNG file")
+    utotp.add_argument("--disable", action="store_true", help="turn TOTP off for the user")
+
+    keys = sub.add_parser("apikeys", help="API keys for integrations")
+    ksub = keys.add_subparsers(dest="action", required=True)
+    kcreate = ksub.add_parser("create", help="create a key (printed once)")
+    _common(kcreate)
+    kcreate.add_argument("--role", required=True, choices=("department_admin", "manager",
+                                                           "owner"))
+    kcreate.add_argument("--name", required=True)
+    kcreate.add_argument("--department", default="",
+                         help="the department of a department_admin key")
+    klist = ksub.add_parser("list", help="every key (never the secret)")
+    _common(klist)
+    klist.add_argument("--json", action="store_true")
+    krevoke = ksub.add_parser("revoke", help="revoke a key at once")
+    _common(krevoke)
+    krevoke.add_argument("id")
+
+    audit = sub.add_parser("audit", help="the audit log of changes, newest first")
+    _common(audit)
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--target", default=None, help="e.g. users/101")
+    audit.add_argument("--json", action="store_true")
 
     regs = sub.add_parser("registrations", help="list live registrations")
     _common(regs)
@@ -304,8 +344,12 @@ async def _apply(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     directory = load_directory(args.file, warnings)
     _print_warnings(warnings)
+    from provisioning.api.auth import new_audit
+
     async with _store(args) as store:
-        report = await store.apply_directory(directory)
+        audit = new_audit(_cli_actor(), "cli", "provision.apply", "directory", None,
+                          {"file": str(Path(args.file).resolve())})
+        report = await store.apply_directory(directory, audit=audit)
     _drop_removed_mailboxes(args, report)
     print(format_report(report))
     return 0
@@ -331,8 +375,13 @@ async def _registrations(args: argparse.Namespace) -> int:
 
 
 async def _status_set(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
+
     async with _store(args) as store:
         await store.set_user_status(args.extension, args.status)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "status.set",
+                                          f"users/{args.extension}", None,
+                                          {"status": args.status}))
     print(f"{args.extension}: {args.status}")
     return 0
 
@@ -340,6 +389,11 @@ async def _status_set(args: argparse.Namespace) -> int:
 async def _status_clear(args: argparse.Namespace) -> int:
     async with _store(args) as store:
         cleared = await store.clear_user_status(args.extension)
+        if cleared:
+            from provisioning.api.auth import new_audit
+
+            await store.write_audit(new_audit(_cli_actor(), "cli", "status.clear",
+                                              f"users/{args.extension}"))
         directory = await store.load_directory()
     user = directory.user(args.extension) if directory else None
     if user is None:
@@ -413,6 +467,153 @@ def _drop_removed_mailboxes(args: argparse.Namespace, report: ApplyReport) -> No
         remove_mailboxes(Path(args.data_dir), removed)
 
 
+async def _export(args: argparse.Namespace) -> int:
+    from provisioning.export import directory_toml
+
+    async with _store(args) as store:
+        data, revision = await store.load_directory_data()
+    if data is None:
+        raise LookupError("no directory in the store; run 'switchboard provision apply FILE'")
+    text = directory_toml(data, revision)
+    if args.file == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.file).write_text(text)
+        print(f"{args.file}: revision {revision}", file=sys.stderr)
+    return 0
+
+
+async def _cli_user(store: Store, extension: str) -> object:
+    directory = await store.load_directory()
+    user = directory.user(extension) if directory else None
+    if user is None:
+        raise LookupError(f"unknown extension '{extension}' (no such user)")
+    return user
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+async def _users_set_password(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import hash_password, new_audit
+
+    line = sys.stdin.readline()
+    password = line[:-1] if line.endswith("\n") else line
+    hashed = hash_password(password)  # ValueError: too short, said before touching the store
+    async with _store(args) as store:
+        await _cli_user(store, args.extension)
+        await store.set_web_password(args.extension, hashed)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "auth.password",
+                                          f"users/{args.extension}", None,
+                                          {"web_password": "********"}))
+    print(f"{args.extension}: web password set (their sessions are ended)")
+    return 0
+
+
+async def _users_totp(args: argparse.Namespace) -> int:
+    import segno
+
+    from provisioning.api.auth import enrol_totp, new_audit
+    from provisioning.model import User
+
+    async with _store(args) as store:
+        user = await _cli_user(store, args.extension)
+        assert isinstance(user, User)
+        if args.disable:
+            done = await store.delete_totp(args.extension)
+            await store.write_audit(new_audit(_cli_actor(), "cli", "auth.totp.disable",
+                                              f"users/{args.extension}"))
+            print(f"{args.extension}: TOTP " + ("turned off" if done else "was not on"))
+            return 0
+        directory = await store.load_directory()
+        assert directory is not None
+        enrolment = await enrol_totp(store, user, directory.system.domain)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "auth.totp.enrol",
+                                          f"users/{args.extension}"))
+    qr = segno.make(enrolment.uri, error="m")
+    print(f"{args.extension}: TOTP on. Scan this with an authenticator app:\n")
+    qr.terminal(compact=True)
+    print(f"\n{enrolment.uri}\n")
+    if args.png:
+        qr.save(args.png, scale=6)
+        print(f"QR code: {args.png}")
+    print("Recovery codes (each works once, instead of a code; keep them safe):")
+    for code in enrolment.recovery_codes:
+        print(f"  {code}")
+    return 0
+
+
+async def _apikeys_create(args: argparse.Namespace) -> int:
+    from provisioning.api.actions import api_key_json
+    from provisioning.api.auth import create_api_key, new_audit
+
+    async with _store(args) as store:
+        if args.department:
+            directory = await store.load_directory()
+            if directory is None or directory.department(args.department) is None:
+                raise LookupError(f"unknown department '{args.department}'")
+        record, key = await create_api_key(store, args.name, args.role, args.department)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "api_keys.create",
+                                          f"api_keys/{record.id}", None, api_key_json(record)))
+    print(f"API key {record.id} ({record.name}, {record.role}); shown once, keep it secret:")
+    print(key)
+    return 0
+
+
+async def _apikeys_list(args: argparse.Namespace) -> int:
+    from provisioning.api.actions import api_key_json
+
+    async with _store(args) as store:
+        rows = [api_key_json(k) for k in await store.list_api_keys()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no API keys")
+    for r in [] if args.json else rows:
+        state = f"revoked {r['revoked']}" if r["revoked"] else "live"
+        dept = f" ({r['department']})" if r["department"] else ""
+        print(f"{r['id']}  {r['name']:<20} {r['role']}{dept}  created {r['created']}  {state}")
+    return 0
+
+
+async def _apikeys_revoke(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
+
+    async with _store(args) as store:
+        if not await store.revoke_api_key(args.id, time.time()):
+            raise LookupError(f"no live API key '{args.id}'")
+        await store.write_audit(new_audit(_cli_actor(), "cli", "api_keys.revoke",
+                                          f"api_keys/{args.id}"))
+    print(f"API key {args.id} revoked")
+    return 0
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from provisioning.api.actions import audit_json
+
+    async with _store(args) as store:
+        rows = [audit_json(e) for e in await store.list_audit(limit=args.limit,
+                                                              target=args.target)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no audit entries")
+    for r in rows:
+        change = ""
+        if r["before"] is not None or r["after"] is not None:
+            change = f"  {json.dumps(r['before'])} -> {json.dumps(r['after'])}"
+        print(f"{r['at']}  {r['actor']:<18} {r['source']:<15} {r['action']:<18} "
+              f"{r['target']}{change}")
+    return 0
+
+
 async def _route_explain(args: argparse.Namespace) -> int:
     from routing import explain, plan_to_json, render_text
 
@@ -452,7 +653,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    ("voicemail", "list"): _voicemail_list,
                    ("voicemail", "delete"): _voicemail_delete,
                    ("recordings", "list"): _recordings_list,
-                   ("recordings", "delete"): _recordings_delete}
+                   ("recordings", "delete"): _recordings_delete,
+                   ("provision", "export"): _export,
+                   ("users", "set-password"): _users_set_password,
+                   ("users", "totp"): _users_totp,
+                   ("apikeys", "create"): _apikeys_create,
+                   ("apikeys", "list"): _apikeys_list,
+                   ("apikeys", "revoke"): _apikeys_revoke,
+                   ("audit", None): _audit}
         runner = runners[(args.command, getattr(args, "action", None))]
         return asyncio.run(runner(args))
     except DirectoryError as exc:

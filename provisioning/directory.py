@@ -197,10 +197,19 @@ STATUS_KEYS = (
 
 
 class DirectoryError(ValueError):
-    """The directory is invalid.  ``errors`` holds one line per problem."""
+    """The directory is invalid.  ``errors`` holds one line per problem.
 
-    def __init__(self, errors: Sequence[str]) -> None:
+    ``fields`` holds the same problems as ``(path, message)`` pairs (``path``
+    like ``users[3].forwarding.away.no_answer.external``, without the file
+    name) when the parser found them, so the admin API can return each error
+    by field; errors that are not about one field (a file that cannot be read)
+    have none.
+    """
+
+    def __init__(self, errors: Sequence[str],
+                 fields: Sequence[tuple[str, str]] = ()) -> None:
         self.errors: list[str] = list(errors)
+        self.fields: list[tuple[str, str]] = list(fields)
         super().__init__(self.errors)
 
     def __str__(self) -> str:
@@ -301,9 +310,11 @@ class _Errors:
     def __init__(self, source: str) -> None:
         self.source = source
         self.items: list[str] = []
+        self.fields: list[tuple[str, str]] = []
 
     def add(self, path: str, message: str) -> None:
         self.items.append(f"{self.source}: {path}: {message}")
+        self.fields.append((path, message))
 
 
 class _Table:
@@ -507,7 +518,7 @@ class _Parser:
         self.outbound_callers(number_tables, numbers, users_by_ext, group_exts)
         self.references(users_by_ext, {g.name for g in ring_groups}, group_exts)
         if self.errors.items or system is None:
-            raise DirectoryError(self.errors.items)
+            raise DirectoryError(self.errors.items, self.errors.fields)
         return Directory(
             system=system,
             trunks=trunks,

@@ -658,3 +658,64 @@ class VoicemailMessage:
     duration: float  # seconds
     path: str  # absolute path of the WAV (8 kHz, 16-bit, mono)
     read: bool = False
+
+
+# --------------------------------------------------------------------------- accounts
+
+#: What an API caller acts as: a signed-in user (their own role, extension and
+#: department) or an integration's API key (the role it was created with).
+PrincipalKind = Literal["user", "api_key"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """A sign-in token as stored: only the SHA-256 of the token is kept."""
+
+    token_hash: str
+    extension: str
+    created_at: float
+    expires_at: float
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey:
+    """An integration's key: a role (and, for a department role, its department).
+
+    The secret is shown once at creation; the store keeps its SHA-256 only (a
+    key is 32 random bytes, so a slow hash adds nothing)."""
+
+    id: str
+    name: str
+    role: Role
+    department: str = ""
+    secret_hash: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TotpRecord:
+    """A user's TOTP enrolment (RFC 6238): the shared secret, the hashes of the
+    unused recovery codes, and the last time step accepted (a code is good once)."""
+
+    extension: str
+    secret: str
+    recovery_hashes: tuple[str, ...] = ()
+    last_counter: int = -1
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    """One change: who (``user:101``, ``api_key:<id>``, ``cli``), what, the values
+    before and after (secrets masked), when, and from where."""
+
+    id: str
+    at: float
+    actor: str
+    source: str
+    action: str  # e.g. "users.update", "status.set", "auth.password"
+    target: str  # e.g. "users/101"
+    before: Mapping[str, object] | None = None
+    after: Mapping[str, object] | None = None

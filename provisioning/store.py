@@ -58,13 +58,25 @@ from provisioning.directory import (
     table_rows,
     with_statuses,
 )
-from provisioning.model import STATUSES, Binding, Directory, Status, VoicemailMessage
+from provisioning.model import (
+    ROLES,
+    STATUSES,
+    ApiKey,
+    AuditEntry,
+    Binding,
+    Directory,
+    Session,
+    Status,
+    TotpRecord,
+    VoicemailMessage,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "ApplyReport",
     "Change",
     "PostgresStore",
+    "RevisionConflict",
     "SQLiteStore",
     "Store",
     "StoreError",
@@ -72,7 +84,7 @@ __all__ = [
     "open_store",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_SQLITE_NAME = "switchboard.db"
 
 Action = Literal["added", "changed", "removed", "reordered"]
@@ -111,6 +123,43 @@ _SCHEMA = (
         path TEXT NOT NULL,
         is_read BOOLEAN NOT NULL DEFAULT FALSE)""",
     "CREATE INDEX IF NOT EXISTS voicemail_box ON voicemail (box, time)",
+    # Accounts of the admin API (schema 2). Web passwords are argon2 hashes and
+    # separate from SIP digest secrets; tokens and API keys are kept as SHA-256.
+    """CREATE TABLE IF NOT EXISTS web_credentials (
+        extension TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        token_hash TEXT PRIMARY KEY,
+        extension TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        source TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sessions_extension ON sessions (extension)",
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        department TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION)""",
+    """CREATE TABLE IF NOT EXISTS totp (
+        extension TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        recovery TEXT NOT NULL,
+        last_counter BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS audit (
+        id TEXT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        actor TEXT NOT NULL,
+        source TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        before TEXT,
+        after TEXT)""",
+    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
 )
 
 _BINDING_COLUMNS = (
@@ -124,6 +173,20 @@ _UPSERT_BINDING = (
     "source = excluded.source, user_agent = excluded.user_agent, "
     "instance = excluded.instance, reg_id = excluded.reg_id"
 )
+
+
+async def _meta_int(tx: _Tx, key: str) -> int:
+    found = await tx.fetch("SELECT value FROM meta WHERE key = $1", key)
+    return int(found[0][0]) if found else 0
+
+
+async def _insert_audit(tx: _Tx, entry: AuditEntry) -> None:
+    await tx.execute(
+        "INSERT INTO audit (id, at, actor, source, action, target, before, after) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        entry.id, float(entry.at), entry.actor, entry.source, entry.action, entry.target,
+        None if entry.before is None else json.dumps(entry.before, sort_keys=True),
+        None if entry.after is None else json.dumps(entry.after, sort_keys=True))
 
 
 async def _bump_revision(tx: _Tx, key: str = "revision") -> None:
@@ -140,6 +203,15 @@ def _binding_row(b: Binding) -> tuple[object, ...]:
 
 class StoreError(Exception):
     """The store cannot do what was asked (connection, schema, bad URL...)."""
+
+
+class RevisionConflict(StoreError):
+    """An apply expected another directory revision: someone changed it meanwhile."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(f"the directory is at revision {current}, not {expected}")
+        self.expected = expected
+        self.current = current
 
 
 class UnknownExtensionError(StoreError, LookupError):
@@ -169,9 +241,11 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class ApplyReport:
-    """What an apply changed, in table order (system, trunks, ..., users)."""
+    """What an apply changed, in table order (system, trunks, ..., users), and the
+    directory revision after it (:meth:`Store.directory_revision`)."""
 
     changes: tuple[Change, ...] = ()
+    revision: int = 0
 
     @property
     def changed(self) -> bool:
@@ -209,16 +283,98 @@ class Store(abc.ABC):
         """Release the connection(s); safe to call twice."""
 
     @abc.abstractmethod
-    async def apply_directory(self, directory: Directory) -> ApplyReport:
+    async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
+                              audit: AuditEntry | None = None) -> ApplyReport:
         """Make the stored directory equal ``directory``, in one transaction.
 
         ``directory`` is validated again first (``DirectoryError`` when it is
-        invalid); on any error nothing is changed.
+        invalid); on any error nothing is changed.  ``expect_revision``: refuse
+        (:class:`RevisionConflict`) unless the directory revision is still that
+        one, checked inside the transaction.  ``audit`` is written in the same
+        transaction when something changed.
         """
 
     @abc.abstractmethod
     async def load_directory(self) -> Directory | None:
         """The stored directory with live statuses applied; ``None`` if never applied."""
+
+    @abc.abstractmethod
+    async def load_directory_data(self) -> tuple[dict[str, Any] | None, int]:
+        """The stored directory as a directory-file dict, as configured (live statuses
+        not applied), and its revision, read together; ``(None, 0)`` if never applied."""
+
+    @abc.abstractmethod
+    async def directory_revision(self) -> int:
+        """Moves when the directory itself changes (not on a live status): the
+        admin API's ETag."""
+
+    # ------------------------------------------------------------------ accounts
+
+    @abc.abstractmethod
+    async def set_web_password(self, extension: str, password_hash: str) -> None:
+        """Set a user's web password hash and end every session of that user."""
+
+    @abc.abstractmethod
+    async def web_password_hash(self, extension: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def web_password_extensions(self) -> set[str]:
+        """The extensions that have a web password."""
+
+    @abc.abstractmethod
+    async def create_session(self, session: Session) -> None: ...
+
+    @abc.abstractmethod
+    async def session(self, token_hash: str, now: float) -> Session | None:
+        """The session of this token hash, unless expired (expired ones are dropped)."""
+
+    @abc.abstractmethod
+    async def delete_session(self, token_hash: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def delete_sessions(self, extension: str) -> int:
+        """End every session of a user; how many there were."""
+
+    @abc.abstractmethod
+    async def create_api_key(self, key: ApiKey) -> None: ...
+
+    @abc.abstractmethod
+    async def api_key(self, key_id: str) -> ApiKey | None: ...
+
+    @abc.abstractmethod
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        """Revoke a live key; False when there is none by that id (or it was revoked)."""
+
+    @abc.abstractmethod
+    async def set_totp(self, record: TotpRecord) -> None:
+        """Enrol (or re-enrol) a user in TOTP, replacing any previous secret."""
+
+    @abc.abstractmethod
+    async def totp(self, extension: str) -> TotpRecord | None: ...
+
+    @abc.abstractmethod
+    async def delete_totp(self, extension: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def use_totp_counter(self, extension: str, counter: int) -> bool:
+        """Record that the code of time step ``counter`` was used; False when that
+        step (or a later one) was already used: a code is accepted once."""
+
+    @abc.abstractmethod
+    async def use_recovery_code(self, extension: str, code_hash: str) -> bool:
+        """Spend one recovery code; False when it is not (or no longer) there."""
+
+    @abc.abstractmethod
+    async def write_audit(self, entry: AuditEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def list_audit(self, *, limit: int = 100, before: float | None = None,
+                         target: str | None = None) -> list[AuditEntry]:
+        """The newest entries first (``before``: older than that time)."""
 
     @abc.abstractmethod
     async def set_user_status(self, extension: str, status: str) -> None:
@@ -400,6 +556,7 @@ class _SQLStore(Store):
     """Everything but the connection handling, written once for both databases."""
 
     _for_share = ""  # row-lock suffix for reads that must not race an apply
+    _for_update = ""  # row-lock suffix for a read-modify-write of one row
 
     @abc.abstractmethod
     def _transaction(self) -> AbstractAsyncContextManager[_Tx]:
@@ -424,14 +581,22 @@ class _SQLStore(Store):
                     f"the database has schema version {found[0][0]}, newer than this "
                     f"Switchboard supports ({SCHEMA_VERSION}); upgrade Switchboard"
                 )
+            elif int(found[0][0]) < SCHEMA_VERSION:
+                # every step so far only adds tables (CREATE ... IF NOT EXISTS above)
+                await tx.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'",
+                                 str(SCHEMA_VERSION))
 
     # ------------------------------------------------------------------ directory
 
-    async def apply_directory(self, directory: Directory) -> ApplyReport:
+    async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
+                              audit: AuditEntry | None = None) -> ApplyReport:
         canonical = parse_directory(directory_to_dict(directory), "<apply_directory>")
         new = _canonical_rows(canonical)
         async with self._transaction() as tx:
             await self._lock_for_apply(tx)
+            revision = await _meta_int(tx, "directory_revision")
+            if expect_revision is not None and expect_revision != revision:
+                raise RevisionConflict(expect_revision, revision)
             old: Rows = {
                 (str(t), str(k)): (int(p), str(b))
                 for t, k, p, b in await tx.fetch(
@@ -470,13 +635,22 @@ class _SQLStore(Store):
                     # the admin guide's warning: deleting a user deletes their voicemail
                     await tx.execute("DELETE FROM voicemail WHERE box = $1", key)
                     await _bump_revision(tx, "voicemail_revision")
+                    # an extension created again later must not inherit the old
+                    # person's web password, second factor or open sessions
+                    for account_table in ("web_credentials", "sessions", "totp"):
+                        await tx.execute(
+                            f"DELETE FROM {account_table} WHERE extension = $1", key)
             await tx.execute(
                 "DELETE FROM status_overrides WHERE extension NOT IN "
                 "(SELECT key FROM directory_rows WHERE tbl = 'users')"
             )
             if changes:
                 await _bump_revision(tx)
-        return ApplyReport(tuple(changes))
+                await _bump_revision(tx, "directory_revision")
+                revision += 1
+                if audit is not None:
+                    await _insert_audit(tx, audit)
+        return ApplyReport(tuple(changes), revision)
 
     async def save_voicemail(self, message: VoicemailMessage) -> None:
         async with self._transaction() as tx:
@@ -555,6 +729,182 @@ class _SQLStore(Store):
         }
         return with_statuses(directory, statuses)
 
+    async def load_directory_data(self) -> tuple[dict[str, Any] | None, int]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT tbl, body FROM directory_rows ORDER BY tbl, position")
+            revision = await _meta_int(tx, "directory_revision")
+        data: dict[str, Any] = {}
+        for table, body in rows:
+            if table == "system":
+                data["system"] = json.loads(body)
+            else:
+                data.setdefault(str(table), []).append(json.loads(body))
+        if "system" not in data:
+            return None, revision
+        return {table: data.get(table, []) for table in TABLES}, revision
+
+    async def directory_revision(self) -> int:
+        async with self._transaction() as tx:
+            return await _meta_int(tx, "directory_revision")
+
+    # ------------------------------------------------------------------ accounts
+
+    async def set_web_password(self, extension: str, password_hash: str) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO web_credentials (extension, password_hash, changed_at) "
+                "VALUES ($1, $2, $3) ON CONFLICT (extension) DO UPDATE SET "
+                "password_hash = excluded.password_hash, changed_at = excluded.changed_at",
+                extension, password_hash, time.time())
+            # a new password ends every session opened with the old one
+            await tx.execute("DELETE FROM sessions WHERE extension = $1", extension)
+
+    async def web_password_hash(self, extension: str) -> str | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT password_hash FROM web_credentials WHERE extension = $1", extension)
+        return str(rows[0][0]) if rows else None
+
+    async def web_password_extensions(self) -> set[str]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT extension FROM web_credentials")
+        return {str(row[0]) for row in rows}
+
+    async def create_session(self, session: Session) -> None:
+        async with self._transaction() as tx:
+            await tx.execute("DELETE FROM sessions WHERE expires_at <= $1", time.time())
+            await tx.execute(
+                "INSERT INTO sessions (token_hash, extension, created_at, expires_at, source) "
+                "VALUES ($1, $2, $3, $4, $5)", session.token_hash, session.extension,
+                float(session.created_at), float(session.expires_at), session.source)
+
+    async def session(self, token_hash: str, now: float) -> Session | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT token_hash, extension, created_at, expires_at, source FROM sessions "
+                "WHERE token_hash = $1", token_hash)
+            if rows and float(rows[0][3]) <= now:
+                await tx.execute("DELETE FROM sessions WHERE token_hash = $1", token_hash)
+                return None
+        if not rows:
+            return None
+        token, ext, created, expires, source = rows[0]
+        return Session(token_hash=str(token), extension=str(ext), created_at=float(created),
+                       expires_at=float(expires), source=str(source))
+
+    async def delete_session(self, token_hash: str) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch(
+                "DELETE FROM sessions WHERE token_hash = $1 RETURNING token_hash", token_hash)
+        return bool(gone)
+
+    async def delete_sessions(self, extension: str) -> int:
+        async with self._transaction() as tx:
+            gone = await tx.fetch(
+                "DELETE FROM sessions WHERE extension = $1 RETURNING token_hash", extension)
+        return len(gone)
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO api_keys (id, name, role, department, secret_hash, created_at, "
+                "revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)", key.id, key.name, key.role,
+                key.department, key.secret_hash, float(key.created_at), key.revoked_at)
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE id = $1",
+                                  key_id)
+        return _api_key(rows[0]) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(f"SELECT {_API_KEY_COLUMNS} FROM api_keys "
+                                  "ORDER BY created_at, id")
+        return [_api_key(row) for row in rows]
+
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch(
+                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL "
+                "RETURNING id", key_id, float(now))
+        return bool(gone)
+
+    async def set_totp(self, record: TotpRecord) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO totp (extension, secret, recovery, last_counter, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (extension) DO UPDATE SET "
+                "secret = excluded.secret, recovery = excluded.recovery, "
+                "last_counter = excluded.last_counter, created_at = excluded.created_at",
+                record.extension, record.secret, json.dumps(list(record.recovery_hashes)),
+                record.last_counter, float(record.created_at))
+
+    async def totp(self, extension: str) -> TotpRecord | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT extension, secret, recovery, last_counter, created_at FROM totp "
+                "WHERE extension = $1", extension)
+        if not rows:
+            return None
+        ext, secret, recovery, counter, created = rows[0]
+        return TotpRecord(extension=str(ext), secret=str(secret),
+                          recovery_hashes=tuple(json.loads(recovery)),
+                          last_counter=int(counter), created_at=float(created))
+
+    async def delete_totp(self, extension: str) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch("DELETE FROM totp WHERE extension = $1 RETURNING extension",
+                                  extension)
+        return bool(gone)
+
+    async def use_totp_counter(self, extension: str, counter: int) -> bool:
+        async with self._transaction() as tx:
+            done = await tx.fetch(
+                "UPDATE totp SET last_counter = $2 WHERE extension = $1 AND last_counter < $2 "
+                "RETURNING extension", extension, counter)
+        return bool(done)
+
+    async def use_recovery_code(self, extension: str, code_hash: str) -> bool:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT recovery FROM totp WHERE extension = $1" + self._for_update, extension)
+            if not rows:
+                return False
+            codes: list[str] = json.loads(rows[0][0])
+            if code_hash not in codes:
+                return False
+            codes.remove(code_hash)
+            await tx.execute("UPDATE totp SET recovery = $2 WHERE extension = $1",
+                             extension, json.dumps(codes))
+        return True
+
+    async def write_audit(self, entry: AuditEntry) -> None:
+        async with self._transaction() as tx:
+            await _insert_audit(tx, entry)
+
+    async def list_audit(self, *, limit: int = 100, before: float | None = None,
+                         target: str | None = None) -> list[AuditEntry]:
+        where: list[str] = []
+        args: list[object] = []
+        if before is not None:
+            args.append(float(before))
+            where.append(f"at < ${len(args)}")
+        if target is not None:
+            args.append(target)
+            where.append(f"target = ${len(args)}")
+        args.append(int(limit))
+        sql = ("SELECT id, at, actor, source, action, target, before, after FROM audit"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + f" ORDER BY at DESC, id DESC LIMIT ${len(args)}")
+        async with self._transaction() as tx:
+            rows = await tx.fetch(sql, *args)
+        return [AuditEntry(id=str(i), at=float(at), actor=str(actor), source=str(source),
+                           action=str(action), target=str(tgt),
+                           before=None if b is None else json.loads(b),
+                           after=None if a is None else json.loads(a))
+                for i, at, actor, source, action, tgt, b, a in rows]
+
     async def set_user_status(self, extension: str, status: str) -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status '{status}' (expected one of: {', '.join(STATUSES)})")
@@ -625,6 +975,17 @@ class _SQLStore(Store):
                 "DELETE FROM bindings WHERE expires_at <= $1 RETURNING aor", float(now)
             )
         return len(gone)
+
+
+_API_KEY_COLUMNS = "id, name, role, department, secret_hash, created_at, revoked_at"
+
+
+def _api_key(row: tuple[Any, ...]) -> ApiKey:
+    key_id, name, role, department, secret_hash, created, revoked = row
+    return ApiKey(id=str(key_id), name=str(name), role=ROLES[ROLES.index(role)],
+                  department=str(department), secret_hash=str(secret_hash),
+                  created_at=float(created),
+                  revoked_at=None if revoked is None else float(revoked))
 
 
 def _voicemail(row: tuple[Any, ...]) -> VoicemailMessage:
@@ -755,6 +1116,7 @@ class PostgresStore(_SQLStore):
     """
 
     _for_share = " FOR SHARE"
+    _for_update = " FOR UPDATE"
 
     def __init__(
         self,

@@ -1,0 +1,444 @@
+"""``/api/v1`` on the admin HTTP listener: thin aiohttp handlers over
+:mod:`provisioning.api.resources` and :mod:`provisioning.api.actions`.
+
+One route table (:data:`ROUTES`) registers the handlers and generates the
+OpenAPI document (``GET /api/v1/openapi.json``), so the two cannot drift.
+
+Conventions: JSON in and out; every refusal is ``{"errors": [{"path",
+"message"}]}``; every directory resource answers with ``ETag: "<revision>"``
+and every write to one needs ``If-Match`` (428 without it, 412 when the
+directory changed since; ``If-Match: *`` overwrites whatever is there). Live
+state (a status, a password) is not part of the directory and takes no
+``If-Match``. Nothing here logs a request body, so secrets never reach a log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from provisioning.api import schema as sch
+from provisioning.api.actions import Actions
+from provisioning.api.auth import Authenticator, Principal
+from provisioning.api.errors import ApiError
+from provisioning.api.live import Live
+from provisioning.api.resources import DirectoryApi, parse_if_match
+from provisioning.model import ROLES, STATUSES
+from provisioning.store import Store
+
+__all__ = ["ROUTES", "Api", "openapi", "setup"]
+
+log = structlog.get_logger("switchboard.api")
+PREFIX = "/api/v1"
+
+Handler = Callable[["Api", web.Request, Principal | None], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str  # under PREFIX, aiohttp form: /users/{key}
+    handler: Handler
+    summary: str
+    roles: str  # who may call it, for the document
+    response: sch.Schema | None = None
+    body: sch.Schema | None = None
+    write: bool = False  # a directory write: If-Match required
+    public: bool = False  # no sign-in
+    query: Mapping[str, tuple[sch.Schema, bool]] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+    etag: bool = False
+
+
+class Api:
+    def __init__(self, store: Store, live: Live, authenticator: Authenticator | None = None,
+                 ) -> None:
+        self.store = store
+        self.live = live
+        self.auth = authenticator or Authenticator(store)
+        self.directory = DirectoryApi(store, live.reload)
+        self.actions = Actions(store, live)
+
+
+def _source(request: web.Request) -> str:
+    return request.remote or ""
+
+
+def _json(data: object, status: int = 200, revision: int | None = None) -> web.Response:
+    headers = {"ETag": f'"{revision}"'} if revision is not None else None
+    return web.json_response(data, status=status, headers=headers)
+
+
+async def _body(request: web.Request) -> object:
+    if not request.can_read_body:
+        raise ApiError(400, [("", "a JSON body is required")])
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, [("", f"the body is not JSON: {exc}")]) from None
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _table_routes(table: str, label: str, roles_read: str, roles_write: str,
+                  create: bool = True) -> list[Route]:
+    key = "{key}"
+
+    def _guard(p: Principal | None) -> Principal:
+        assert p is not None
+        if table == "trunks" and p.role != "owner":
+            raise ApiError(403, "trunks are read and changed by owners only")
+        return p
+
+    async def list_(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        p = _guard(p)
+        rows, revision = await api.directory.list(p, table)
+        return _json(rows, revision=revision)
+
+    async def get(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        p = _guard(p)
+        row, revision = await api.directory.get(p, table, request.match_info["key"])
+        return _json(row, revision=revision)
+
+    async def post(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        p = _guard(p)
+        if_match = parse_if_match(request.headers.get("If-Match"))
+        row, revision = await api.directory.create(p, table, await _body(request), if_match,
+                                                   _source(request))
+        return _json(row, 201, revision)
+
+    async def patch(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        p = _guard(p)
+        if_match = parse_if_match(request.headers.get("If-Match"))
+        row, revision = await api.directory.update(p, table, request.match_info["key"],
+                                                   await _body(request), if_match,
+                                                   _source(request))
+        return _json(row, revision=revision)
+
+    async def delete(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        p = _guard(p)
+        if_match = parse_if_match(request.headers.get("If-Match"))
+        revision = await api.directory.delete(p, table, request.match_info["key"], if_match,
+                                              _source(request))
+        return _json({"deleted": request.match_info["key"]}, revision=revision)
+
+    out = sch.output_schema(table)
+    routes = [
+        Route("GET", f"/{table}", list_, f"List the {label} you may see", roles_read,
+              {"type": "array", "items": out}, etag=True),
+        Route("GET", f"/{table}/{key}", get, f"One of the {label}", roles_read, out,
+              errors=(404,), etag=True),
+        Route("PATCH", f"/{table}/{key}", patch,
+              f"Change one of the {label} (JSON merge patch, RFC 7396)", roles_write, out,
+              body=sch.input_schema(table, patch=True), write=True,
+              errors=(400, 404, 409, 412, 422, 428), etag=True),
+        Route("DELETE", f"/{table}/{key}", delete, f"Delete one of the {label}", roles_write,
+              {"type": "object", "properties": {"deleted": {"type": "string"}}}, write=True,
+              errors=(404, 409, 412, 422, 428), etag=True),
+    ]
+    if create:
+        routes.insert(1, Route("POST", f"/{table}", post, f"Create one of the {label}",
+                               roles_write, out, body=sch.input_schema(table), write=True,
+                               errors=(400, 409, 412, 422, 428), etag=True))
+    return routes
+
+
+async def _system_get(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    if p.role not in ("manager", "owner"):
+        raise ApiError(403, "the system table is read by managers and owners")
+    row, revision = await api.directory.get(p, "system", "system")
+    return _json(row, revision=revision)
+
+
+async def _system_patch(api: Api, request: web.Request,
+                        p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    if p.role != "owner":
+        raise ApiError(403, "only an owner changes the system table")
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    row, revision = await api.directory.update(p, "system", "system", await _body(request),
+                                               if_match, _source(request))
+    return _json(row, revision=revision)
+
+
+async def _sign_in(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    body = await _body(request)
+    if not isinstance(body, Mapping):
+        raise ApiError(400, [("", "the body must be a JSON object")])
+    errors = [(k, "missing (a string)") for k in ("user", "password")
+              if not isinstance(body.get(k), str) or not body.get(k)]
+    code = body.get("code")
+    if code is not None and not isinstance(code, str):
+        errors.append(("code", "must be a string"))
+    errors += [(str(k), "unknown key") for k in body if k not in ("user", "password", "code")]
+    if errors:
+        raise ApiError(400, errors)
+    token, expires, user = await api.auth.sign_in(
+        api.live.directory(), body["user"], body["password"], code, _source(request),
+        time.time())
+    log.info("signed in", extension=user.extension, source=_source(request))
+    return _json({"token": token, "expires": int(expires), "extension": user.extension,
+                  "role": user.role})
+
+
+async def _sign_out(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    if not p.token_hash:
+        raise ApiError(400, "an API key is revoked by an owner, not signed out")
+    await api.store.delete_session(p.token_hash)
+    return _json({"signed_out": True})
+
+
+async def _me(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    return _json({"actor": p.actor, "role": p.role, "extension": p.extension or None,
+                  "department": p.department or None})
+
+
+def _action(call: Callable[[Actions, web.Request, Principal], Awaitable[Any]],
+            status: int = 200) -> Handler:
+    async def handler(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        assert p is not None
+        return _json(await call(api.actions, request, p), status)
+    return handler
+
+
+async def _recording_get(api: Api, request: web.Request,
+                         p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    path = await api.actions.recording_path(p, request.match_info["id"])
+    return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+
+
+async def _openapi(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    return _json(openapi())
+
+
+_EXT = "{extension}"
+_ANY = "any signed-in user"
+_OBJ: sch.Schema = {"type": "object"}
+_STATUS_OUT = sch.obj({"extension": {"type": "string"}, "status": sch.enum(STATUSES),
+                       "configured": sch.enum(STATUSES), "live": sch.BOOLEAN})
+_STATUS_OUT["additionalProperties"] = True
+_LIST: sch.Schema = {"type": "array", "items": {"type": "object"}}
+
+ROUTES: list[Route] = [
+    Route("POST", "/auth/token", _sign_in, "Sign in: a bearer token", "anyone", sch.obj({
+        "token": {"type": "string"}, "expires": {"type": "integer",
+                                                 "description": "epoch seconds"},
+        "extension": {"type": "string"}, "role": sch.enum(ROLES)}),
+          body=sch.obj({"user": {"type": "string", "minLength": 1,
+                                 "description": "extension or email"},
+                        "password": {"type": "string", "minLength": 1},
+                        "code": {"type": "string", "description": "TOTP or recovery code"}},
+                       ["user", "password"]), public=True, errors=(400, 401, 429)),
+    Route("DELETE", "/auth/token", _sign_out, "Sign out (end this token)", _ANY,
+          sch.obj({"signed_out": sch.BOOLEAN}), errors=(400,)),
+    Route("GET", "/me", _me, "Who the credential is", _ANY, _OBJ),
+    Route("GET", "/openapi.json", _openapi, "This document", "anyone", _OBJ, public=True),
+    Route("GET", "/system", _system_get, "The system table", "manager, owner",
+          sch.output_schema("system"), etag=True),
+    Route("PATCH", "/system", _system_patch, "Change the system table (merge patch)", "owner",
+          sch.output_schema("system"), body=sch.input_schema("system", patch=True), write=True,
+          errors=(400, 409, 412, 422, 428), etag=True),
+    *_table_routes("users", "users", "user: self; receptionist, department_admin: their "
+                   "department; manager, owner: all", "user, receptionist: own forwarding, "
+                   "schedule, greetings, PIN; department_admin: their department; manager: "
+                   "all but owners; owner"),
+    *_table_routes("numbers", "numbers", "department_admin: their department's; manager, "
+                   "owner", "department_admin: routing of their department's; manager, owner"),
+    *_table_routes("departments", "departments", "their own; manager, owner: all",
+                   "department_admin: their hours and holidays; manager, owner"),
+    *_table_routes("ring_groups", "ring groups", "members, their department; manager, owner",
+                   "department_admin: their department's; manager, owner"),
+    *_table_routes("trunks", "trunks", "owner", "owner"),
+    Route("GET", "/statuses", _action(lambda a, r, p: a.statuses(p)),
+          "Effective statuses of the users one may see", _ANY, _LIST),
+    Route("GET", f"/users/{_EXT}/status", _action(
+        lambda a, r, p: a.status(p, r.match_info["extension"])), "A user's status", _ANY,
+          _STATUS_OUT, errors=(404,)),
+    Route("PUT", f"/users/{_EXT}/status", _action(
+        lambda a, r, p: _with_body(r, lambda b: a.set_status(p, r.match_info["extension"], b,
+                                                            _source(r)))),
+          "Set a user's live status (as `switchboard status set`)",
+          "self; receptionist, department_admin: their department; manager, owner",
+          _STATUS_OUT, body=sch.obj({"status": sch.enum(STATUSES)}, ["status"]),
+          errors=(400, 403, 404, 422)),
+    Route("DELETE", f"/users/{_EXT}/status", _action(
+        lambda a, r, p: a.clear_status(p, r.match_info["extension"], _source(r))),
+          "Drop the live status (the directory's or the schedule's applies)",
+          "as PUT", _STATUS_OUT, errors=(403, 404)),
+    Route("PUT", f"/users/{_EXT}/password", _action(
+        lambda a, r, p: _with_body(r, lambda b: a.set_password(p, r.match_info["extension"], b,
+                                                              _source(r)))),
+          "Set a web password (ends the user's sessions)",
+          "self (with current_password); those one manages", _OBJ,
+          body=sch.obj({"password": {"type": "string"},
+                        "current_password": {"type": "string"}}, ["password"]),
+          errors=(400, 403, 404, 422)),
+    Route("GET", f"/users/{_EXT}/voicemail", _action(
+        lambda a, r, p: a.voicemail(p, r.match_info["extension"])),
+          "A mailbox's messages", "its user; owner", _LIST, errors=(403, 404)),
+    Route("DELETE", f"/users/{_EXT}/voicemail/{{id}}", _action(
+        lambda a, r, p: a.delete_voicemail(p, r.match_info["extension"], r.match_info["id"],
+                                           _source(r))),
+          "Delete a message", "its user; owner", _OBJ, errors=(403, 404)),
+    Route("GET", "/registrations", _action(lambda a, r, p: a.registrations(p)),
+          "Live registrations one may see", _ANY, _LIST),
+    Route("GET", "/calls", _action(lambda a, r, p: a.calls(p)),
+          "Calls in progress one may see", _ANY, _LIST),
+    Route("GET", "/route/explain", _action(lambda a, r, p: a.explain(p, r.query)),
+          "The plan of a call that has not happened",
+          "manager, owner; others: calls to what they manage", _OBJ,
+          query={"from": ({"type": "string", "minLength": 1}, True),
+                 "to": ({"type": "string", "minLength": 1}, True),
+                 "at": ({"type": "string"}, False), "status": (sch.enum(STATUSES), False),
+                 "preferred_identity": ({"type": "string"}, False)},
+          errors=(400, 403)),
+    Route("GET", "/recordings", _action(lambda a, r, p: a.recordings(p)),
+          "Call recordings one may see", "own; department_admin: department's; manager, "
+          "owner: all", _LIST),
+    Route("GET", "/recordings/{id}", _recording_get, "A recording's WAV", "as the list",
+          None, errors=(404,)),
+    Route("DELETE", "/recordings/{id}", _action(
+        lambda a, r, p: a.delete_recording(p, r.match_info["id"], _source(r))),
+          "Delete a recording", "manager, owner", _OBJ, errors=(400, 403, 404)),
+    Route("GET", "/apikeys", _action(lambda a, r, p: a.api_keys(p)), "API keys", "owner",
+          _LIST, errors=(403,)),
+    Route("POST", "/apikeys", _action(
+        lambda a, r, p: _with_body(r, lambda b: a.create_api_key(p, b, _source(r))), 201),
+          "Create an API key (the key is in this answer only)", "owner", _OBJ,
+          body=sch.obj({"name": {"type": "string"}, "role": sch.enum(("department_admin",
+                                                                      "manager", "owner")),
+                        "department": {"type": "string"}}, ["name", "role"]),
+          errors=(400, 403, 422)),
+    Route("DELETE", "/apikeys/{id}", _action(
+        lambda a, r, p: a.revoke_api_key(p, r.match_info["id"], _source(r))),
+          "Revoke an API key", "owner", _OBJ, errors=(403, 404)),
+    Route("GET", "/audit", _action(lambda a, r, p: a.audit(p, r.query)),
+          "The audit log, newest first", "manager, owner", _LIST,
+          query={"limit": ({"type": "string", "pattern": "^[0-9]+$"}, False),
+                 "target": ({"type": "string"}, False)}, errors=(400, 403)),
+]
+
+
+async def _with_body(request: web.Request, call: Callable[[object], Awaitable[Any]]) -> Any:
+    return await call(await _body(request))
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def _wrap(api: Api, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            principal = None
+            if not route.public:
+                principal = await api.auth.principal(request.headers.get("Authorization", ""),
+                                                     api.live.directory(), time.time())
+            return await route.handler(api, request, principal)
+        except ApiError as exc:
+            return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
+        except (web.HTTPException, TimeoutError):
+            raise
+        except Exception:  # logged with the route, never with the body (secrets)
+            log.exception("admin API request failed", method=route.method, route=route.path)
+            return web.json_response(ApiError(500, "internal error (logged)").body(),
+                                     status=500)
+    return handler
+
+
+def setup(app: web.Application, store: Store, live: Live) -> Api:
+    """Register ``/api/v1`` on the admin application."""
+    api = Api(store, live)
+    for route in ROUTES:
+        app.router.add_route(route.method, PREFIX + route.path, _wrap(api, route))
+    return api
+
+
+# --------------------------------------------------------------------------- OpenAPI
+
+
+_ERROR = {"$ref": "#/components/schemas/Errors"}
+_REASONS = {400: "Bad request (named by field)", 401: "Not signed in, or a bad credential",
+            403: "Not allowed for this role (the fields are named)", 404: "Not found",
+            409: "The store has no directory yet",
+            412: "The directory changed since it was read (If-Match)",
+            422: "Refused by the directory's validation: every error named by field",
+            428: "A write needs If-Match", 429: "Too many failed sign-ins"}
+
+
+def openapi() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        item = paths.setdefault(PREFIX + route.path, {})
+        params: list[dict[str, Any]] = []
+        for name in _path_params(route.path):
+            params.append({"name": name, "in": "path", "required": True,
+                           "schema": {"type": "string", "minLength": 1}})
+        for name, (schema, required) in route.query.items():
+            params.append({"name": name, "in": "query", "required": required,
+                           "schema": schema})
+        if route.write:
+            params.append({"name": "If-Match", "in": "header", "required": True,
+                           "description": 'the ETag read ("42"), or * to overwrite',
+                           "schema": {"type": "string", "minLength": 1}})
+        ok = 201 if route.method == "POST" and route.path != "/auth/token" else 200
+        content: dict[str, Any] = ({"audio/wav": {"schema": {"type": "string",
+                                                              "format": "binary"}}}
+                                   if route.response is None else
+                                   {"application/json": {"schema": route.response}})
+        responses: dict[str, Any] = {str(ok): {"description": "OK", "content": content}}
+        if route.etag:
+            responses[str(ok)]["headers"] = {"ETag": {"schema": {"type": "string"},
+                                                      "description": "the directory revision"}}
+        codes = set(route.errors) | ({401} if not route.public else set())
+        if not route.public:
+            codes |= {403}
+        for code in sorted(codes | {400} if route.body is not None else codes):
+            responses[str(code)] = {"description": _REASONS[code], "content": {
+                "application/json": {"schema": _ERROR}}}
+        operation: dict[str, Any] = {
+            "summary": route.summary, "description": f"Who: {route.roles}.",
+            "operationId": _operation_id(route), "parameters": params, "responses": responses,
+        }
+        if route.body is not None:
+            media = ("application/merge-patch+json" if route.method == "PATCH"
+                     else "application/json")
+            operation["requestBody"] = {"required": True,
+                                        "content": {media: {"schema": route.body}}}
+        operation["security"] = [] if route.public else [{"bearer": []}]
+        item[route.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Switchboard admin API", "version": "1",
+                 "description": "The directory's tables, live statuses, registrations, calls "
+                                "and routing of a Switchboard engine. Writes to the directory "
+                                "are validated whole, as the directory file is."},
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "a sign-in token or an API key"}},
+            "schemas": {"Errors": sch.obj({"errors": {"type": "array", "items": sch.obj({
+                "path": {"type": "string"}, "message": {"type": "string"}},
+                ["path", "message"])}}, ["errors"])},
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+
+
+def _operation_id(route: Route) -> str:
+    words = [w.strip("{}") for w in route.path.split("/") if w]
+    return route.method.lower() + "_" + "_".join(words).replace(".", "_")

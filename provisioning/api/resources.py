@@ -1,0 +1,303 @@
+"""The directory's tables as resources: one model, one validation.
+
+A write is: the live directory as a dict (the file's form,
+:func:`~provisioning.store.Store.load_directory_data`), the change applied to
+it, the **whole** result run through :func:`~provisioning.directory.parse_directory`
+(the file's checks, every error named by field, all or nothing), then stored by
+``apply_directory`` with the revision the client read (``If-Match``) checked in
+the same transaction, and the audit entry written in it. The running engine
+reloads at once, so the next call uses the change.
+
+Secrets (SIP passwords, voicemail PINs, trunk passwords) are write-only: a
+row is returned without them and with ``<key>_set: true|false`` instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from provisioning.api.auth import Principal, new_audit
+from provisioning.api.errors import ApiError, FieldError
+from provisioning.api.policy import check_write, number_row_index, visible
+from provisioning.directory import TABLE_KEYS, DirectoryError, parse_directory
+from provisioning.store import RevisionConflict, Store
+
+__all__ = [
+    "SECRETS",
+    "DirectoryApi",
+    "diff_fields",
+    "merge_patch",
+    "parse_if_match",
+    "redact",
+]
+
+#: Write-only keys of each table.
+SECRETS: Mapping[str, tuple[str, ...]] = {
+    "users": ("password", "voicemail_pin"),
+    "trunks": ("password",),
+    "system": (),
+    "departments": (),
+    "numbers": (),
+    "ring_groups": (),
+}
+MASK = "********"
+# A greeting set through the API is "default" or a file name under the engine's data
+# dir: a path would let anyone who may set a greeting play any WAV on the server.
+_GREETING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.wav")
+
+OnChange = Callable[[], Awaitable[None]]
+
+
+def redact(table: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k not in SECRETS[table]}
+    for key in SECRETS[table]:
+        out[f"{key}_set"] = bool(row.get(key))
+    return out
+
+
+def _mask(table: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in SECRETS[table]:
+        if out.get(key):
+            out[key] = MASK
+    return out
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON merge patch: objects merge, ``null`` removes (the default applies),
+    anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result: dict[str, Any] = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def diff_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ (``forwarding.away.no_answer.external``)."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        fields: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old or key not in new:
+                fields.append(path)
+            else:
+                fields.extend(diff_fields(old[key], new[key], path))
+        return fields
+    return [] if old == new else [prefix]
+
+
+def _pick(row: Mapping[str, Any] | None, fields: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields:
+        value: Any = row
+        for part in f.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        out[f] = value
+    return out
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """The revision an ``If-Match`` names; ``None`` for ``*`` (no check). 428 when absent,
+    412 when it is not a revision of ours (no revision could match it)."""
+    if header is None:
+        raise ApiError(428, [("If-Match", "a write needs If-Match with the ETag of the "
+                                          "directory you read (or * to overwrite)")])
+    text = header.strip()
+    if text == "*":
+        return None
+    found = re.fullmatch(r'(?:W/)?"([0-9]{1,18})"', text)
+    if not found:
+        raise ApiError(412, [("If-Match", f"{text!r} is not an ETag of this directory; "
+                                          "read the resource again")])
+    return int(found[1])
+
+
+class DirectoryApi:
+    """Reads and writes of the directory's tables for one principal at a time."""
+
+    def __init__(self, store: Store, on_change: OnChange | None = None) -> None:
+        self.store = store
+        self.on_change = on_change
+
+    async def snapshot(self) -> tuple[dict[str, Any], int]:
+        data, revision = await self.store.load_directory_data()
+        if data is None:
+            raise ApiError(409, "the store has no directory yet: apply one first "
+                                "(switchboard provision apply FILE)")
+        return data, revision
+
+    # ------------------------------------------------------------------ reads
+
+    async def list(self, p: Principal, table: str) -> tuple[list[dict[str, Any]], int]:
+        data, revision = await self.snapshot()
+        rows = [redact(table, r) for r in data[table] if visible(p, table, r, data)]
+        return rows, revision
+
+    async def get(self, p: Principal, table: str, key: str) -> tuple[dict[str, Any], int]:
+        data, revision = await self.snapshot()
+        if table == "system":
+            row = data["system"]
+        else:
+            index = self._index(data, table, key)
+            row = data[table][index]
+        if not visible(p, table, row, data):
+            raise _not_found(table, key)  # 404, not 403: what one may not see is not there
+        return redact(table, row), revision
+
+    # ------------------------------------------------------------------ writes
+
+    async def create(self, p: Principal, table: str, body: object, if_match: int | None,
+                     source: str) -> tuple[dict[str, Any], int]:
+        row = _body(body)
+        data, revision = await self.snapshot()
+        _expect(if_match, revision)
+        where = f"{table}[{len(data[table])}]"
+        check_write(p, table, None, row, sorted(row), data, where)
+        self._check_greetings(None, row, where)
+        data[table].append(row)
+        key = str(row.get(TABLE_KEYS[table], ""))
+        after = _mask(table, row)
+        new_revision = await self._store(p, data, revision, if_match, source,
+                                         f"{table}.create", f"{table}/{key}", None, after)
+        return await self._fresh(table, key, new_revision)
+
+    async def update(self, p: Principal, table: str, key: str, body: object,
+                     if_match: int | None, source: str) -> tuple[dict[str, Any], int]:
+        patch = _body(body)
+        data, revision = await self.snapshot()
+        _expect(if_match, revision)
+        if table == "system":
+            old, where = data["system"], "system"
+        else:
+            index = self._index(data, table, key)
+            old, where = data[table][index], f"{table}[{index}]"
+        if not visible(p, table, old, data):
+            raise _not_found(table, key)
+        for secret in SECRETS[table]:
+            patch.pop(f"{secret}_set", None)  # read-only, as returned by a GET
+        natural = TABLE_KEYS.get(table)
+        if natural is not None and natural in patch and patch[natural] != old.get(natural):
+            raise ApiError(422, [(f"{where}.{natural}", f"the {natural} names the resource "
+                                  "and cannot be changed; create a new one and delete this one")])
+        new = merge_patch(old, patch)
+        changed = diff_fields(old, new)
+        check_write(p, table, old, new, changed, data, where)
+        self._check_greetings(old, new, where)
+        if not changed:
+            return redact(table, old), revision
+        if table == "system":
+            data["system"] = new
+        else:
+            data[table][index] = new
+        new_revision = await self._store(
+            p, data, revision, if_match, source, f"{table}.update",
+            table if table == "system" else f"{table}/{old.get(natural or '')}",
+            _pick(_mask(table, old), changed), _pick(_mask(table, new), changed))
+        return await self._fresh(table, "" if table == "system" else str(old.get(natural or "")),
+                                 new_revision)
+
+    async def delete(self, p: Principal, table: str, key: str, if_match: int | None,
+                     source: str) -> int:
+        data, revision = await self.snapshot()
+        _expect(if_match, revision)
+        index = self._index(data, table, key)
+        old = data[table][index]
+        where = f"{table}[{index}]"
+        if not visible(p, table, old, data):
+            raise _not_found(table, key)
+        check_write(p, table, old, None, sorted(old), data, where)
+        del data[table][index]
+        return await self._store(p, data, revision, if_match, source, f"{table}.delete",
+                                 f"{table}/{old.get(TABLE_KEYS[table])}", _mask(table, old), None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _index(self, data: Mapping[str, Any], table: str, key: str) -> int:
+        if table == "numbers":
+            found = number_row_index(data, key)
+        else:
+            natural = TABLE_KEYS[table]
+            found = next((i for i, r in enumerate(data[table]) if r.get(natural) == key), None)
+        if found is None:
+            raise _not_found(table, key)
+        return found
+
+    def _check_greetings(self, old: Mapping[str, Any] | None, new: Mapping[str, Any],
+                         where: str) -> None:
+        errors: list[FieldError] = []
+        for path in _greeting_paths(new):
+            value = _get(new, path)
+            if value == _get(old, path) or value == "default" or not isinstance(value, str):
+                continue
+            if not _GREETING_NAME.fullmatch(value):
+                errors.append((f"{where}.{path}", f"'{value}': through the API a greeting is "
+                               "\"default\" or a .wav file name (no folder) under the engine's "
+                               "data dir"))
+        if errors:
+            raise ApiError(422, errors)
+
+    async def _store(self, p: Principal, data: dict[str, Any], revision: int,
+                     if_match: int | None, source: str, action: str, target: str,
+                     before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> int:
+        try:
+            directory = parse_directory(data, "<api>")
+        except DirectoryError as exc:
+            raise ApiError(422, exc.fields or [("", e) for e in exc.errors]) from None
+        entry = new_audit(p.actor, source, action, target, before, after)
+        try:
+            report = await self.store.apply_directory(
+                directory, expect_revision=revision, audit=entry)
+        except RevisionConflict as exc:
+            # read, checked, then someone else wrote: the client must read again
+            raise ApiError(412, [("If-Match", f"the directory changed meanwhile (now revision "
+                                              f"{exc.current}); read it again")]) from None
+        if report.changed and self.on_change is not None:
+            await self.on_change()
+        return report.revision if report.changed else revision
+
+    async def _fresh(self, table: str, key: str, revision: int) -> tuple[dict[str, Any], int]:
+        data, current = await self.snapshot()
+        if table == "system":
+            return redact(table, data["system"]), current
+        return redact(table, data[table][self._index(data, table, key)]), current
+
+
+def _greeting_paths(row: Mapping[str, Any]) -> list[str]:
+    paths = ["voicemail.greeting"]
+    forwarding = row.get("forwarding")
+    if isinstance(forwarding, Mapping):
+        paths.extend(f"forwarding.{status}.greeting" for status in forwarding)
+    return paths
+
+
+def _get(row: Mapping[str, Any] | None, path: str) -> Any:
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _body(body: object) -> dict[str, Any]:
+    if not isinstance(body, Mapping):
+        raise ApiError(400, [("", "the body must be a JSON object")])
+    return dict(body)
+
+
+def _expect(if_match: int | None, revision: int) -> None:
+    if if_match is not None and if_match != revision:
+        raise ApiError(412, [("If-Match", f"the directory is at revision {revision}, not "
+                                          f"{if_match}; read it again")])
+
+
+def _not_found(table: str, key: str) -> ApiError:
+    return ApiError(404, f"no {table.rstrip('s').replace('_', ' ')} '{key}'")

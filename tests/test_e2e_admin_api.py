@@ -1,0 +1,404 @@
+"""The admin API against a real ``switchboard serve``, over HTTP.
+
+The roles table is checked route by route: every route of ``/api/v1`` (the
+table the handlers and the OpenAPI document are made from) x every role x the
+status it must get, signed in as real users of the example office (plus an
+owner), with web passwords set by ``switchboard users set-password``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+
+from provisioning.api.http import PREFIX, ROUTES
+from tests.conftest import EXAMPLE, EngineProcess
+
+ROLES = ("user", "receptionist", "department_admin", "manager", "owner")
+# The example office: 102 user, 103 receptionist, 101 department_admin (Sales),
+# 201 manager (Support); 202 is made the owner here.
+EXT = {"user": "102", "receptionist": "103", "department_admin": "101", "manager": "201",
+       "owner": "202"}
+N = {role: str(i) for i, role in enumerate(ROLES)}  # a digit per role, for unique names
+
+
+@dataclass
+class Client:
+    port: int
+    token: str = ""
+
+    def call(self, method: str, path: str, body: object = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        data = None if body is None else json.dumps(body).encode()
+        quoted = urllib.parse.quote(path, safe="/?=&%+")
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{PREFIX}{quoted}",
+                                         data=data, method=method)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                raw, status, got = answer.read(), answer.status, dict(answer.headers)
+        except urllib.error.HTTPError as exc:
+            raw, status, got = exc.read(), exc.code, dict(exc.headers)
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = raw
+        return status, parsed, got
+
+
+def set_password(engine: EngineProcess, extension: str, password: str) -> None:
+    done = subprocess.run([engine.binary, "users", "set-password", extension, "--data-dir",
+                           str(engine.data_dir)], input=password + "\n", capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def sign_in(port: int, user: str, password: str, code: str | None = None) -> Client:
+    body = {"user": user, "password": password} | ({"code": code} if code else {})
+    status, answer, _ = Client(port).call("POST", "/auth/token", body)
+    assert status == 200, answer
+    return Client(port, answer["token"])
+
+
+@pytest.fixture(scope="module")
+def office(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    folder = tmp_path_factory.mktemp("admin-api")
+    directory = folder / "directory.toml"
+    directory.write_text(EXAMPLE.read_text().replace('name = "Emma Lavoie"',
+                                                     'name = "Emma Lavoie"\nrole = "owner"'))
+    engine = EngineProcess(folder, directory).start()
+    for role, ext in EXT.items():
+        set_password(engine, ext, f"{role}-web-password")
+    yield engine
+    assert engine.stop() == 0, engine.log()
+
+
+@pytest.fixture(scope="module")
+def clients(office: EngineProcess) -> dict[str, Client]:
+    return {role: sign_in(office.http_port, ext, f"{role}-web-password")
+            for role, ext in EXT.items()}
+
+
+# --------------------------------------------------------------------------- the roles table
+
+OK, NO, HIDDEN = 200, 403, 404  # HIDDEN: what one may not see is not there
+Prepare = Callable[[Client, str], str]  # (owner client, role) -> the {target} of the path
+
+
+def _create(path: str, body: Callable[[str], dict[str, Any]], key: str) -> Prepare:
+    def prepare(owner: Client, role: str) -> str:
+        made = body("9" + N[role])
+        status, answer, _ = owner.call("POST", path, made, {"If-Match": "*"})
+        assert status == 201, answer
+        return str(made[key])
+    return prepare
+
+
+def _apikey(owner: Client, role: str) -> str:
+    status, answer, _ = owner.call("POST", "/apikeys", {"name": f"k{role}", "role": "manager"})
+    assert status == 201, answer
+    return str(answer["id"])
+
+
+@dataclass
+class Case:
+    method: str
+    route: str  # as in ROUTES
+    path: str  # with {target} when prepared
+    expect: dict[str, int]  # role -> status
+    body: Callable[[str], object] | None = None  # role digit -> body
+    prepare: Prepare | None = None
+    check: Callable[[str, Any], None] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def _all(status: int) -> dict[str, int]:
+    return dict.fromkeys(ROLES, status)
+
+
+def _roles(u: int, r: int, d: int, m: int, o: int) -> dict[str, int]:
+    return dict(zip(ROLES, (u, r, d, m, o), strict=True))
+
+
+def _user(n: str, department: str = "Sales") -> dict[str, Any]:
+    return {"extension": f"1{n}", "name": f"New {n}", "department": department,
+            "password": f"sip-secret-{n}"}
+
+
+def _count(expected: dict[str, int]) -> Callable[[str, Any], None]:
+    def check(role: str, answer: Any) -> None:
+        assert len(answer) == expected[role], (role, answer)
+    return check
+
+
+def _users_scope(role: str, answer: Any) -> None:
+    """A user sees themselves; a receptionist and a department admin their
+    department (Sales); a manager and an owner everyone."""
+    extensions = {row["extension"] for row in answer}
+    departments = {row["department"] for row in answer}
+    if role == "user":
+        assert extensions == {"102"}, answer
+    elif role in ("receptionist", "department_admin"):
+        assert departments == {"Sales"} and {"101", "102", "103"} <= extensions, answer
+    else:
+        assert {"101", "201", "202"} <= extensions, answer
+
+
+CASES: list[Case] = [
+    Case("GET", "/me", "/me", _all(OK)),
+    Case("GET", "/users", "/users", _all(OK), check=_users_scope),
+    Case("GET", "/users/{key}", "/users/101", _roles(HIDDEN, OK, OK, OK, OK)),
+    Case("GET", "/users/{key}", "/users/201", _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
+    Case("POST", "/users", "/users", _roles(NO, NO, 201, 201, 201), body=lambda n: _user("3" + n)),
+    Case("PATCH", "/users/{key}", "/users/102", _roles(OK, NO, OK, OK, OK),
+         body=lambda n: {"forwarding": {"lunch": {"no_answer_seconds": 10 + int(n)}}}),
+    Case("PATCH", "/users/{key}", "/users/102", _roles(NO, NO, OK, OK, OK),
+         body=lambda n: {"name": f"Bruno T{n}"}),
+    Case("PATCH", "/users/{key}", "/users/202", _roles(HIDDEN, HIDDEN, HIDDEN, NO, OK),
+         body=lambda n: {"name": f"Emma L{n}"}),
+    Case("DELETE", "/users/{key}", "/users/{target}", _roles(HIDDEN, NO, OK, OK, OK),
+         prepare=_create("/users", _user, "extension")),
+    Case("GET", "/numbers", "/numbers", _all(OK),
+         check=_count({"user": 0, "receptionist": 0, "department_admin": 2, "manager": 3,
+                       "owner": 3})),
+    Case("GET", "/numbers/{key}", "/numbers/+15145550100", _roles(HIDDEN, HIDDEN, OK, OK, OK)),
+    Case("POST", "/numbers", "/numbers", _roles(NO, NO, NO, 201, 201),
+         body=lambda n: {"number": f"+151455507{n}", "route_to": "extension:102"}),
+    Case("PATCH", "/numbers/{key}", "/numbers/+15145550100", _roles(HIDDEN, HIDDEN, OK, OK, OK),
+         body=lambda n: {"route_to": "extension:101" if int(n) % 2 else "ring_group:sales"}),
+    Case("DELETE", "/numbers/{key}", "/numbers/{target}", _roles(HIDDEN, HIDDEN, NO, OK, OK),
+         prepare=_create("/numbers", lambda n: {"number": f"+151455508{n}",
+                                                "route_to": "extension:102"}, "number")),
+    Case("GET", "/departments", "/departments", _all(OK)),
+    Case("GET", "/departments/{key}", "/departments/Support", _roles(HIDDEN, HIDDEN, HIDDEN, OK,
+                                                                     OK)),
+    Case("POST", "/departments", "/departments", _roles(NO, NO, NO, 201, 201),
+         body=lambda n: {"name": f"Dept {n}", "caller_id": "+15145550100"}),
+    Case("PATCH", "/departments/{key}", "/departments/Sales", _roles(NO, NO, OK, OK, OK),
+         body=lambda n: {"holidays": ["2026-12-25", f"2027-01-0{int(n) + 1}"]}),
+    Case("DELETE", "/departments/{key}", "/departments/{target}",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK),
+         prepare=_create("/departments", lambda n: {"name": f"Gone {n}",
+                                                    "caller_id": "+15145550100"}, "name")),
+    Case("GET", "/ring_groups", "/ring_groups", _all(OK)),
+    Case("GET", "/ring_groups/{key}", "/ring_groups/sales", _all(OK)),
+    Case("POST", "/ring_groups", "/ring_groups", _roles(NO, NO, 201, 201, 201),
+         body=lambda n: {"name": f"g{n}", "extension": f"81{n}", "members": ["101", "102"]}),
+    Case("PATCH", "/ring_groups/{key}", "/ring_groups/sales", _roles(NO, NO, OK, OK, OK),
+         body=lambda n: {"ring_seconds": 20 + int(n)}),
+    Case("DELETE", "/ring_groups/{key}", "/ring_groups/{target}", _roles(NO, NO, OK, OK, OK),
+         prepare=_create("/ring_groups", lambda n: {"name": f"d{n}", "extension": f"82{n[-1]}",
+                                                    "members": ["102"]}, "name")),
+    Case("GET", "/trunks", "/trunks", _roles(NO, NO, NO, NO, OK)),
+    Case("GET", "/trunks/{key}", "/trunks/carrier", _roles(NO, NO, NO, NO, OK)),
+    Case("POST", "/trunks", "/trunks", _roles(NO, NO, NO, NO, 201),
+         body=lambda n: {"name": f"t{n}", "host": "127.0.0.9"}),
+    Case("PATCH", "/trunks/{key}", "/trunks/carrier", _roles(NO, NO, NO, NO, OK),
+         body=lambda n: {"channels": 8}),
+    Case("DELETE", "/trunks/{key}", "/trunks/{target}", _roles(NO, NO, NO, NO, OK),
+         prepare=_create("/trunks", lambda n: {"name": f"x{n}", "host": "127.0.0.9"}, "name")),
+    Case("GET", "/system", "/system", _roles(NO, NO, NO, OK, OK)),
+    Case("PATCH", "/system", "/system", _roles(NO, NO, NO, NO, OK),
+         body=lambda n: {"max_register_expires": 3600}),
+    Case("GET", "/statuses", "/statuses", _all(OK), check=_users_scope),
+    Case("GET", "/users/{extension}/status", "/users/201/status",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
+    Case("PUT", "/users/{extension}/status", "/users/102/status", _all(OK),
+         body=lambda n: {"status": "away"}),
+    Case("PUT", "/users/{extension}/status", "/users/101/status", _roles(HIDDEN, OK, OK, OK, OK),
+         body=lambda n: {"status": "available"}),
+    Case("DELETE", "/users/{extension}/status", "/users/201/status",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
+    Case("PUT", "/users/{extension}/password", "/users/203/password",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK), body=lambda n: {"password": f"former-{n}-pw"}),
+    Case("GET", "/users/{extension}/voicemail", "/users/102/voicemail", _roles(OK, NO, NO, NO,
+                                                                              OK)),
+    Case("DELETE", "/users/{extension}/voicemail/{id}", "/users/102/voicemail/nope",
+         _roles(HIDDEN, NO, NO, NO, HIDDEN)),
+    Case("GET", "/registrations", "/registrations", _all(OK)),
+    Case("GET", "/calls", "/calls", _all(OK)),
+    Case("GET", "/route/explain", "/route/explain?from=%2B15145550199&to=102", _all(OK)),
+    Case("GET", "/route/explain", "/route/explain?from=%2B15145550199&to=201",
+         _roles(NO, NO, NO, OK, OK)),
+    Case("GET", "/recordings", "/recordings", _all(OK)),
+    Case("GET", "/recordings/{id}", "/recordings/" + "0" * 32, _all(HIDDEN)),
+    Case("DELETE", "/recordings/{id}", "/recordings/" + "0" * 32, _roles(NO, NO, NO, HIDDEN,
+                                                                       HIDDEN)),
+    Case("GET", "/audit", "/audit", _roles(NO, NO, NO, OK, OK)),
+    Case("GET", "/apikeys", "/apikeys", _roles(NO, NO, NO, NO, OK)),
+    Case("POST", "/apikeys", "/apikeys", _roles(NO, NO, NO, NO, 201),
+         body=lambda n: {"name": f"hr-{n}", "role": "manager"}),
+    Case("DELETE", "/apikeys/{id}", "/apikeys/{target}", _roles(NO, NO, NO, NO, OK),
+         prepare=_apikey),
+]
+# Routes checked by their own tests below: signing in and out, and the public document.
+ELSEWHERE = {("POST", "/auth/token"), ("DELETE", "/auth/token"), ("GET", "/openapi.json")}
+
+
+def test_the_table_covers_every_route() -> None:
+    routes = {(r.method, r.path) for r in ROUTES}
+    covered = {(c.method, c.route) for c in CASES} | ELSEWHERE
+    assert routes == covered, routes ^ covered
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.method} {c.path}" for c in CASES])
+def test_roles(case: Case, clients: dict[str, Client]) -> None:
+    unauthenticated = Client(clients["owner"].port)
+    path = case.path
+    failures = []
+    for role in ROLES:
+        if case.prepare is not None:
+            path = case.path.replace("{target}", case.prepare(clients["owner"], role))
+        headers = {"If-Match": "*"} if case.method in ("POST", "PATCH", "DELETE") else {}
+        body = case.body(N[role]) if case.body is not None else None
+        status, answer, _ = clients[role].call(case.method, path, body, headers)
+        if status != case.expect[role]:
+            failures.append(f"{role}: {status} (expected {case.expect[role]}): {answer}")
+        elif status < 300 and case.check is not None:
+            case.check(role, answer)
+        elif status >= 400:
+            assert answer["errors"] and all("path" in e and e["message"] for e in
+                                            answer["errors"]), answer
+    assert not failures, "\n".join(failures)
+    status, answer, _ = unauthenticated.call(case.method, path, None)
+    assert status == 401 and answer["errors"], answer
+
+
+# --------------------------------------------------------------------------- behaviour
+
+
+def test_a_forward_set_at_5pm_reaches_the_next_call(clients: dict[str, Client]) -> None:
+    alice = clients["department_admin"]
+    status, user, headers = alice.call("GET", "/users/102")
+    assert status == 200 and "password" not in user and user["password_set"] is True
+    etag = headers["ETag"]
+    status, answer, _ = alice.call("PATCH", "/users/102", {"forwarding": {"away": {
+        "no_answer_seconds": 0, "no_answer": {"external": "external:+15145550177"}}}})
+    assert status == 428 and answer["errors"][0]["path"] == "If-Match"
+    status, answer, _ = alice.call("PATCH", "/users/102", {"forwarding": {"away": {
+        "no_answer": {"external": "extension:109"}}}}, {"If-Match": etag})
+    assert status == 422
+    assert answer == {"errors": [{"path": "users[1].forwarding.away.no_answer.external",
+                                  "message": "unknown extension '109'"}]}
+    status, answer, new = alice.call("PATCH", "/users/102", {"forwarding": {"away": {
+        "no_answer_seconds": 0, "no_answer": {"external": "external:+15145550177"}}}},
+        {"If-Match": etag})
+    assert status == 200, answer
+    assert new["ETag"] != etag
+    status, answer, _ = alice.call("PATCH", "/users/102", {"name": "Stale"}, {"If-Match": etag})
+    assert status == 412
+    # no wait: the write returned after the engine took it
+    status, plan, _ = alice.call("GET", "/route/explain?from=%2B15145550199&to=102"
+                                        "&status=away")
+    assert status == 200
+    assert any("+15145550177" in json.dumps(step) for step in plan["steps"]), plan
+
+
+def test_status_is_live_and_audited(office: EngineProcess, clients: dict[str, Client]) -> None:
+    bruno = clients["user"]
+    status, answer, _ = bruno.call("PUT", "/users/102/status", {"status": "lunch"})
+    assert status == 200 and answer["status"] == "lunch" and answer["live"] is True
+    status, answer, _ = bruno.call("PUT", "/users/102/status", {"status": "asleep"})
+    assert status == 422 and answer["errors"][0]["path"] == "status"
+    listed = office.cli("status", "clear", "102")
+    assert listed.returncode == 0, listed.stderr
+    audit = office.cli("audit", "--json", "--target", "users/102")
+    entries = json.loads(audit.stdout)
+    assert any(e["action"] == "status.set" and e["actor"] == "user:102"
+               and e["after"] == {"status": "lunch"} for e in entries)
+    status, rows, _ = clients["manager"].call("GET", "/audit?target=users/102")
+    assert status == 200 and rows[0]["target"] == "users/102"
+    for row in rows:  # secrets never in the log
+        assert "secret" not in json.dumps(row)
+
+
+def test_sign_in_failures_lock_the_account_alike_known_or_not(office: EngineProcess) -> None:
+    anonymous = Client(office.http_port)
+    answers = {}
+    for account in ("203", "nobody@example.test"):
+        for _ in range(5):
+            status, answer, _ = anonymous.call("POST", "/auth/token",
+                                               {"user": account, "password": "wrong-password"})
+            assert status == 401 and answer["errors"][0]["message"] == \
+                "wrong user, password or code"
+        status, answer, headers = anonymous.call("POST", "/auth/token",
+                                                 {"user": account, "password": "x"})
+        assert status == 429 and "Retry-After" in headers
+        answers[account] = answer["errors"][0]["message"].split(";")[0]
+    assert answers["203"] == answers["nobody@example.test"] == \
+        "too many failed sign-ins for this account"
+    assert "wrong-password" not in office.log()
+
+
+def test_totp_api_keys_and_password_change_end_sessions(office: EngineProcess) -> None:
+    set_password(office, "201", "manager-second-pw")
+    done = subprocess.run([office.binary, "users", "totp", "201", "--png",
+                           str(office.data_dir / "qr.png"), "--data-dir", str(office.data_dir)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    uri = next(line for line in done.stdout.splitlines() if line.startswith("otpauth://"))
+    assert (office.data_dir / "qr.png").read_bytes().startswith(b"\x89PNG")
+    anonymous = Client(office.http_port)
+    status, answer, _ = anonymous.call("POST", "/auth/token",
+                                       {"user": "201", "password": "manager-second-pw"})
+    assert status == 401 and answer["errors"][0]["path"] == "code"
+    code = pyotp.parse_uri(uri).now()
+    manager = sign_in(office.http_port, "david@example.test", "manager-second-pw", code)
+    assert manager.call("GET", "/me")[1]["role"] == "manager"
+    set_password(office, "201", "manager-third-pw")
+    status, _, _ = manager.call("GET", "/me")
+    assert status == 401  # a new password ends the old sessions
+
+    created = subprocess.run([office.binary, "apikeys", "create", "--role", "manager", "--name",
+                              "hr-sync", "--data-dir", str(office.data_dir)],
+                             capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    hr = Client(office.http_port, key)
+    status, answer, _ = hr.call("POST", "/users", {
+        "extension": "150", "name": "From HR", "department": "Support",
+        "password": "sip-secret-150"}, {"If-Match": "*"})
+    assert status == 201, answer
+    key_id = key.split("_")[1]
+    assert subprocess.run([office.binary, "apikeys", "revoke", key_id, "--data-dir",
+                           str(office.data_dir)], timeout=60).returncode == 0
+    assert hr.call("GET", "/me")[0] == 401
+    assert "sip-secret-150" not in office.log() and key not in office.log()
+
+    signed = sign_in(office.http_port, "102", "user-web-password")
+    assert signed.call("DELETE", "/auth/token")[0] == 200
+    assert signed.call("GET", "/me")[0] == 401
+
+
+def test_openapi_is_served_and_names_every_route(office: EngineProcess) -> None:
+    status, doc, _ = Client(office.http_port).call("GET", "/openapi.json")
+    assert status == 200 and doc["openapi"] == "3.1.0"
+    for route in ROUTES:
+        assert route.method.lower() in doc["paths"][PREFIX + route.path]
+
+
+def test_export_after_api_edits_applies_as_no_change(office: EngineProcess,
+                                                     tmp_path: Path) -> None:
+    exported = tmp_path / "export.toml"
+    done = office.cli("provision", "export", str(exported))
+    assert done.returncode == 0, done.stderr
+    again = office.cli("provision", "apply", str(exported))
+    assert again.returncode == 0 and again.stdout.strip() == "no change", again.stdout
+    # the file is the source when used as one: applying the original replaces API edits
+    back = office.cli("provision", "apply", str(office.directory))
+    assert back.returncode == 0 and "users 102" in back.stdout, back.stdout
