@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import itertools
-import json
 import resource
 import signal
 import socket
@@ -56,8 +54,7 @@ from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
-from provisioning.model import Binding, VoicemailMessage, binding_json
-from provisioning.recordings import delete_recording, list_recordings, recording_path
+from provisioning.model import Binding, VoicemailMessage
 from provisioning.store import Store
 
 log = structlog.get_logger("switchboard.app")
@@ -73,7 +70,7 @@ TRUST_REFRESH_SECONDS = 10.0  # registered sources re-read from the registrar
 # request and stops holds nothing for long. Handlers get HTTP_HANDLER_SECONDS (504).
 HTTP_IDLE_SECONDS = 5.0
 HTTP_HANDLER_SECONDS = 30.0
-HTTP_MAX_BODY = 64 * 1024  # no endpoint takes a body
+HTTP_MAX_BODY = 64 * 1024  # an API write is one resource as JSON: far less
 HTTP_MAX_LINE = 8190
 HTTP_MAX_HEADERS = 64
 
@@ -189,12 +186,6 @@ class Server:
         app = web.Application(client_max_size=HTTP_MAX_BODY, middlewares=[_handler_deadline])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/registrations", self._registrations)
-        app.router.add_get("/route/explain", self._explain)
-        app.router.add_get("/calls", self._calls)
-        app.router.add_get("/recordings", self._recordings)
-        app.router.add_get("/recordings/{id}", self._recording)
-        app.router.add_delete("/recordings/{id}", self._recording_delete)
         admin_api.setup(app, self)
         self.http = web.AppRunner(app, access_log=None, keepalive_timeout=HTTP_IDLE_SECONDS,
                                   max_line_size=HTTP_MAX_LINE, max_field_size=HTTP_MAX_LINE,
@@ -727,75 +718,6 @@ class Server:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "registrations": self.engine.registrar.count(),
                                   "transactions": len(self.engine.transactions)})
-
-    async def _registrations(self, request: web.Request) -> web.Response:
-        now = time.time()
-        rows = [binding_json(b, now) for b in self.engine.registrar.all()
-                if b.expires_at > now]
-        return web.Response(text=json.dumps(rows), content_type="application/json")
-
-
-    async def _explain(self, request: web.Request) -> web.Response:
-        """``GET /route/explain?from=101&to=102[&at=ISO][&status=away]
-        [&preferred_identity=NUMBER]``: the plan as JSON (with the identity the call
-        presents), against the live snapshot and registrations."""
-        from provisioning.model import STATUSES
-        from routing import explain, parse_when, plan_to_json
-
-        q = request.query
-        caller, callee = q.get("from", ""), q.get("to", "")
-        if not caller or not callee:
-            return web.json_response({"error": "'from' and 'to' are required"}, status=400)
-        status_text = q.get("status") or None
-        status = None
-        if status_text is not None:
-            if status_text not in STATUSES:
-                return web.json_response({"error": f"unknown status '{status_text}'"},
-                                         status=400)
-            status = STATUSES[STATUSES.index(status_text)]
-        try:
-            at = parse_when(q["at"]) if q.get("at") else dt.datetime.fromtimestamp(
-                time.time() + self.engine.route_clock_offset, dt.UTC)  # the routing clock
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        engine = self.engine
-        state = engine.b2bua.live_state(engine.directory, time.time())
-        plan = explain(engine.directory, caller, callee, at, status=status,
-                       registered=state.registered,
-                       preferred_identity=q.get("preferred_identity", ""))
-        return web.json_response(plan_to_json(plan))
-
-    async def _recordings(self, request: web.Request) -> web.Response:
-        """``GET /recordings``: every call recording (id, call_id, caller, callee, time,
-        duration, reason, path), oldest first."""
-        return web.json_response(list_recordings(self.config.data_dir))
-
-    async def _recording(self, request: web.Request) -> web.StreamResponse:
-        """``GET /recordings/{id}``: the WAV file."""
-        try:
-            path = recording_path(self.config.data_dir, request.match_info["id"])
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if not path.exists():
-            return web.json_response({"error": "no such recording"}, status=404)
-        return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
-
-    async def _recording_delete(self, request: web.Request) -> web.Response:
-        """``DELETE /recordings/{id}``."""
-        try:
-            gone = delete_recording(self.config.data_dir, request.match_info["id"])
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if not gone:
-            return web.json_response({"error": "no such recording"}, status=404)
-        return web.json_response({"deleted": request.match_info["id"]})
-
-    async def _calls(self, request: web.Request) -> web.Response:
-        now = time.monotonic()
-        rows = [{"call_id": c.id, "caller": c.facts.caller, "callee": c.facts.callee,
-                 "state": c.state, "step": c.step + 1, "seconds": round(now - c.started, 1)}
-                for c in self.engine.b2bua.calls.values()]
-        return web.json_response(rows)
 
 
 def _listen(host: str, port: int) -> socket.socket:

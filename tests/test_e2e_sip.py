@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,18 @@ def test_options_udp_answered_with_capabilities(engine: EngineProcess) -> None:
     assert resp.get("supported") == "outbound"  # what is done, not Path (RFC 3327)
     via = resp.top_via
     assert via.received == "127.0.0.1" and via.rport not in (None, "")  # RFC 3581
+
+
+def test_admin_listener_serves_nothing_unauthenticated_but_health(
+        engine: EngineProcess) -> None:
+    assert engine.health()["registrations"] == 0 and engine.metrics()
+    for path in ("/registrations", "/calls", "/recordings", "/route/explain?from=1&to=2"):
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            engine.http_get(path)
+        assert gone.value.code == 404, path
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            engine.http_get("/api/v1" + path)
+        assert anonymous.value.code == 401, path
 
 
 def test_register_requiring_path_is_refused_420(engine: EngineProcess) -> None:
@@ -182,7 +195,7 @@ def test_register_with_digest_then_list(engine: EngineProcess, algorithm: str) -
     ok = digest_register(engine, "101", "alice-secret-101", 1, algorithm)
     assert ok.status == 200
     assert ok.get_all("contact") == ["<sip:101@127.0.0.1:5062>;expires=600"]
-    rows = json.loads(engine.http_get("/registrations"))
+    rows = engine.api_get("/registrations")
     assert [r["extension"] for r in rows] == ["101"]
     assert engine.metrics()["switchboard_registrations_active"] == 1.0
     listed = engine.cli("registrations", "--json")
@@ -217,7 +230,7 @@ def test_bindings_survive_a_restart(engine: EngineProcess) -> None:
     assert engine.stop() == 0
     engine.start(with_directory=False)
     assert engine.health()["registrations"] == 1
-    rows = json.loads(engine.http_get("/registrations"))
+    rows = engine.api_get("/registrations")
     assert [(r["extension"], r["contact"]) for r in rows] == [("102", "sip:102@127.0.0.1:5062")]
 
 

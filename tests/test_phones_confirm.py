@@ -104,7 +104,7 @@ class Run(CarrierRun):
         key = 'switchboard_trunk_channels_in_use{trunk="carrier"}'
         deadline = time.monotonic() + 5
         while True:
-            calls = json.loads(self.engine.http_get("/calls"))
+            calls = self.engine.api_get("/calls")
             channels = self.engine.metrics().get(key, -1.0)
             if (calls == [] and channels == 0) or time.monotonic() > deadline:
                 return calls, channels
