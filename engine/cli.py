@@ -21,12 +21,16 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from provisioning.directory import DirectoryError, load_directory
 from provisioning.store import ApplyReport, Store, StoreError, open_store
 from routing import parse_when
+
+if TYPE_CHECKING:
+    from engine.overload import OverloadConfig
 
 DEFAULT_DATA_DIR = "switchboard-data"
 
@@ -127,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a new TCP/TLS connection must finish its TLS handshake and send "
                             "a complete SIP message within S seconds (default 5); then it "
                             "stays open while active (idle timeout 3600 s)")
+    serve.add_argument("--max-queue-ms", type=int, default=200, metavar="MS",
+                       help="overload: a new INVITE may wait this long in the receive queue "
+                            "(default 200; refreshes of known sources twice that, other new "
+                            "requests half); past it new requests get 503 at once")
+    serve.add_argument("--source-rate", type=float, default=20.0, metavar="N",
+                       help="new requests per second (burst 2N) from one IP address that is "
+                            "neither a trunk nor holds a binding (default 20); past it, 503")
+    serve.add_argument("--retry-after", default="2-10", metavar="MIN-MAX",
+                       help="the Retry-After of overload 503s, seconds, drawn at random in "
+                            "this range (default 2-10)")
     serve.add_argument("--media", choices=("relay", "direct"), default="relay",
                        help="relay (default): the RTP of calls goes through the engine, which "
                             "plays hold music, records and screens rebound calls; direct: SDP "
@@ -272,6 +286,25 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def overload_config(max_queue_ms: int, source_rate: float, retry_after: str,
+                    t1_ms: int) -> OverloadConfig:
+    """serve's overload flags, checked: an error names the flag and the value."""
+    from engine.overload import OverloadConfig
+
+    if max_queue_ms < 1:
+        raise ValueError(f"--max-queue-ms must be at least 1, not {max_queue_ms}")
+    if not source_rate > 0:
+        raise ValueError(f"--source-rate must be more than 0, not {source_rate}")
+    low, sep, high = retry_after.partition("-")
+    if not (low.isdigit() and (not sep or high.isdigit())):
+        raise ValueError(f"--retry-after {retry_after!r}: expected MIN-MAX seconds, e.g. 2-10")
+    bounds = (int(low), int(high or low))
+    if not 0 < bounds[0] <= bounds[1]:
+        raise ValueError(f"--retry-after {retry_after!r}: need 0 < MIN <= MAX")
+    return OverloadConfig(max_queue=max_queue_ms / 1000, source_rate=source_rate,
+                          source_burst=2 * source_rate, retry_after=bounds, t1=t1_ms / 1000)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
 
@@ -291,6 +324,8 @@ async def _serve(args: argparse.Namespace) -> int:
     limits = StreamLimits(max_connections=args.max_tcp_connections,
                           per_source=args.tcp_per_source,
                           first_message_seconds=args.tcp_first_message_seconds)
+    overload = overload_config(args.max_queue_ms, args.source_rate, args.retry_after,
+                               args.t1_ms)
     async with _store(args) as store:
         if args.directory:
             warnings: list[str] = []
@@ -322,6 +357,7 @@ async def _serve(args: argparse.Namespace) -> int:
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
         config.limits = limits
+        config.overload = overload
         if args.tls or args.tls_cert:
             if not args.tls_cert:
                 raise ValueError("--tls needs --tls-cert (and --tls-key unless the key is in it)")

@@ -159,9 +159,11 @@ class Engine:
         return user.password
 
     # -- input ----------------------------------------------------------------
-    def datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
-        """Handle one datagram (or one framed stream message)."""
-        out = self._datagram(data, source, transport, now)
+    def datagram(self, data: bytes, source: Addr, transport: str, now: float,
+                 parsed: Request | Response | None = None) -> Outcome:
+        """Handle one datagram (or one framed stream message); ``parsed`` is ``data``
+        already parsed (the receive queue reads each message to class it)."""
+        out = self._datagram(data, source, transport, now, parsed)
         if self.b2bua.media_actions:
             out.media.extend(self.b2bua.take_media())
         return out
@@ -186,14 +188,15 @@ class Engine:
         out.media.extend(self.b2bua.take_media())
         return out
 
-    def _datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
+    def _datagram(self, data: bytes, source: Addr, transport: str, now: float,
+                  parsed: Request | Response | None) -> Outcome:
         out = Outcome()
         if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             # A keep-alive: phones (pjsip, Linphone) send CRLFs over UDP too, every
             # 15-30 s. Nothing to answer, and not a parse error (RFC 3261 s7.5).
             return out
         try:
-            msg = parse(data, stream=transport != "udp")
+            msg = parsed if parsed is not None else parse(data, stream=transport != "udp")
         except ParseError as exc:
             self.metrics.parse_errors.labels(transport).inc()
             partial = exc.partial
