@@ -633,6 +633,9 @@ class Binding:
     user_agent: str = ""
     instance: str = ""  # +sip.instance, empty when absent
     reg_id: int | None = None
+    # The REGISTER's Path (RFC 3327), as its header values in order: the proxies
+    # (the edge) a request to this contact goes through; empty when it came direct.
+    path: tuple[str, ...] = ()
 
     def expired(self, now: float) -> bool:
         return self.expires_at <= now

@@ -6,7 +6,11 @@ Storage design (identical in both databases)::
     directory_rows   (tbl, key, position, body)         PRIMARY KEY (tbl, key)
     status_overrides (extension PRIMARY KEY, status, set_at)
     bindings         (aor, contact, expires_at, q, call_id, cseq, source,
-                      user_agent, instance, reg_id)     PRIMARY KEY (aor, contact)
+                      user_agent, instance, reg_id, path)
+                                                        PRIMARY KEY (aor, contact)
+
+A binding's ``path`` is its REGISTER's Path header values (RFC 3327) as a JSON
+array of strings, ``[]`` when the phone registered directly.
 
 ``directory_rows`` holds each directory table as rows keyed by their natural
 key (``system``; trunks, departments and ring groups by name; numbers by
@@ -84,7 +88,7 @@ __all__ = [
     "open_store",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_SQLITE_NAME = "switchboard.db"
 
 Action = Literal["added", "changed", "removed", "reordered"]
@@ -112,6 +116,7 @@ _SCHEMA = (
         user_agent TEXT NOT NULL,
         instance TEXT NOT NULL,
         reg_id INTEGER,
+        path TEXT NOT NULL DEFAULT '[]',
         PRIMARY KEY (aor, contact))""",
     "CREATE INDEX IF NOT EXISTS bindings_expires_at ON bindings (expires_at)",
     """CREATE TABLE IF NOT EXISTS voicemail (
@@ -163,15 +168,20 @@ _SCHEMA = (
 )
 
 _BINDING_COLUMNS = (
-    "aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id"
+    "aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id, path"
 )
+# Each step up from the version in its key to the next; tables new in a version
+# are made by _SCHEMA's CREATE ... IF NOT EXISTS, columns new in an existing table here.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE bindings ADD COLUMN path TEXT NOT NULL DEFAULT '[]'",),
+}
 _UPSERT_BINDING = (
     f"INSERT INTO bindings ({_BINDING_COLUMNS}) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
     "ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, "
     "q = excluded.q, call_id = excluded.call_id, cseq = excluded.cseq, "
     "source = excluded.source, user_agent = excluded.user_agent, "
-    "instance = excluded.instance, reg_id = excluded.reg_id"
+    "instance = excluded.instance, reg_id = excluded.reg_id, path = excluded.path"
 )
 
 
@@ -198,7 +208,7 @@ async def _bump_revision(tx: _Tx, key: str = "revision") -> None:
 
 def _binding_row(b: Binding) -> tuple[object, ...]:
     return (b.aor, b.contact, float(b.expires_at), float(b.q), b.call_id, b.cseq, b.source,
-            b.user_agent, b.instance, b.reg_id)
+            b.user_agent, b.instance, b.reg_id, json.dumps(list(b.path)))
 
 
 class StoreError(Exception):
@@ -582,7 +592,9 @@ class _SQLStore(Store):
                     f"Switchboard supports ({SCHEMA_VERSION}); upgrade Switchboard"
                 )
             elif int(found[0][0]) < SCHEMA_VERSION:
-                # every step so far only adds tables (CREATE ... IF NOT EXISTS above)
+                for version in range(int(found[0][0]), SCHEMA_VERSION):
+                    for statement in _MIGRATIONS.get(version, ()):
+                        await tx.execute(statement)
                 await tx.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'",
                                  str(SCHEMA_VERSION))
 
@@ -995,7 +1007,7 @@ def _voicemail(row: tuple[Any, ...]) -> VoicemailMessage:
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:
-    aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id = row
+    aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id, path = row
     return Binding(
         aor=str(aor),
         contact=str(contact),
@@ -1007,7 +1019,19 @@ def _binding(row: tuple[Any, ...]) -> Binding:
         user_agent=str(user_agent),
         instance=str(instance),
         reg_id=None if reg_id is None else int(reg_id),
+        path=_path_values(path),
     )
+
+
+def _path_values(text: object) -> tuple[str, ...]:
+    """A stored Path: a JSON array of strings (anything else reads as no Path)."""
+    try:
+        values = json.loads(str(text))
+    except ValueError:
+        return ()
+    if not isinstance(values, list):
+        return ()
+    return tuple(str(v) for v in values)
 
 
 # --------------------------------------------------------------------------- SQLite

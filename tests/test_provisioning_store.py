@@ -402,6 +402,31 @@ async def test_write_bindings_is_one_atomic_batch(store: Store) -> None:
     assert len(await store.load_bindings()) == 301
 
 
+async def test_a_binding_keeps_its_path(store: Store) -> None:
+    # RFC 3327: the Path of a REGISTER through the edge survives a restart.
+    path = ("<sip:127.0.0.1:5070;lr;received=sip:127.0.0.1:40000>", "<sip:edge2.test;lr>")
+    through = _binding("101", "10.0.0.1", 2e9, path=path)
+    direct = _binding("101", "10.0.0.2", 2e9)
+    await store.write_bindings([through, direct])
+    loaded = {b.contact: b for b in await store.load_bindings()}
+    assert loaded[through.contact].path == path and loaded[direct.contact].path == ()
+
+
+async def test_a_version_2_database_gains_the_binding_path(backend: Backend) -> None:
+    # A database made before Path: its bindings get an empty Path on upgrade.
+    async with backend.make() as first:
+        await first.save_binding(_binding("101", "10.0.0.1", 2e9))
+    await backend.sql("ALTER TABLE bindings DROP COLUMN path; "
+                      "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    async with backend.make() as upgraded:
+        [old] = await upgraded.load_bindings()
+        assert old.path == ()
+        await upgraded.save_binding(_binding("102", "10.0.0.2", 2e9, path=("<sip:e;lr>",)))
+        assert [b.path for b in await upgraded.load_bindings()] == [(), ("<sip:e;lr>",)]
+    async with backend.make() as again:  # the upgrade is recorded: not run twice
+        assert len(await again.load_bindings()) == 2
+
+
 async def test_binding_needs_aor_and_contact(store: Store) -> None:
     with pytest.raises(ValueError, match="aor and a contact"):
         await store.save_binding(_binding("", "10.0.0.1", 10.0))
