@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import random as _random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from engine.message import Address, ParseError, Request, parse_address, warning_value
@@ -51,6 +51,25 @@ class Registrar:
         for b in bindings:
             if b.expires_at > now:
                 self.bindings.setdefault(b.aor, {})[b.contact] = b
+
+    def merge(self, saved: Iterable[Binding], deleted: Iterable[tuple[str, str]],
+              now: float) -> None:
+        """Apply bindings another node wrote to the store: saved ones replace ours
+        for the same (aor, contact) (an expired one removes it), deleted ones go."""
+        for b in saved:
+            if b.expires_at > now:
+                self.bindings.setdefault(b.aor, {})[b.contact] = b
+            else:
+                self._drop(b.aor, b.contact)
+        for aor, contact in deleted:
+            self._drop(aor, contact)
+
+    def _drop(self, aor: str, contact: str) -> None:
+        per = self.bindings.get(aor)
+        if per is not None:
+            per.pop(contact, None)
+            if not per:
+                del self.bindings[aor]
 
     def lookup(self, aor: str, now: float) -> list[Binding]:
         """Live contacts of ``aor``, highest q first (RFC 3261 s10.2.1.2)."""

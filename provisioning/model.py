@@ -647,6 +647,18 @@ def binding_json(b: Binding, now: float) -> dict[str, object]:
             "q": b.q, "source": b.source, "user_agent": b.user_agent}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """One engine process sharing the store: its heartbeat row."""
+
+    id: str  # host:port unless given (serve --node-id)
+    address: str  # its SIP address, host:port
+    started_at: float  # epoch seconds
+    last_seen: float  # epoch seconds of the last heartbeat
+    calls: int  # calls it holds
+    registrations: int  # live bindings it holds in memory (its own and the others')
+
+
 # --------------------------------------------------------------------------- voicemail
 
 

@@ -3,6 +3,8 @@ to that phone go through the edge with the Path as their route set."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from engine.message import Request, parse
 from engine.registrar import BindingTarget, Registrar, binding_target
 from provisioning.model import Binding
@@ -115,3 +117,19 @@ def test_a_cancel_to_a_phone_behind_the_edge_carries_the_path() -> None:
     net.send(cancel, src)
     [leg_cancel] = net.requests(EDGE, "CANCEL")
     assert leg_cancel.get_all("route") == [EDGE_PATH]  # RFC 3261 s9.1: the INVITE's Route
+
+
+def test_merge_applies_other_nodes_bindings() -> None:
+    r = Registrar(random=lambda: 0.0)
+    r.register(register([EDGE_PATH]), "102", "udp:127.0.0.1:5070", 1000.0)
+    other = _binding("udp:127.0.0.1:5070", (EDGE_PATH,))
+    stale = Binding(aor="103", contact="sip:103@h", expires_at=999.0, call_id="c", cseq=1,
+                    source="udp:h:1")
+    r.merge([other, stale], [], 1000.0)
+    assert {b.contact for b in r.lookup("102", 1000.0)} == {
+        "sip:102@10.1.2.3:40000", "sip:102@10.1.2.3:40000;ob"}
+    assert r.lookup("103", 1000.0) == []
+    r.merge([], [("102", "sip:102@10.1.2.3:40000"), ("104", "sip:none")], 1000.0)
+    assert [b.contact for b in r.lookup("102", 1000.0)] == ["sip:102@10.1.2.3:40000;ob"]
+    r.merge([dataclasses.replace(other, expires_at=10.0)], [], 1000.0)  # expired there
+    assert r.count() == 0 and r.bindings == {}
