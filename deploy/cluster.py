@@ -60,6 +60,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="the nodes' folder (voicemail, recordings) and the cluster's logs")
     p.add_argument("--digest-algorithms", default="",
                    help="passed to each node's serve (default: serve's own)")
+    p.add_argument("--ctl-socket", default="",
+                   help="Kamailio's control socket for kamcmd (default: "
+                        "DATA_DIR/cluster/kamailio.ctl)")
     p.add_argument("--kamailio", default="kamailio")
     p.add_argument("--switchboard", default=str(Path(sys.executable).parent / "switchboard"))
     p.add_argument("--log-format", choices=("console", "json"), default="console")
@@ -132,6 +135,9 @@ class Cluster:
         self.args = args
         self.work = Path(args.data_dir).resolve()
         self.logs = self.work / "cluster"
+        # kamcmd's socket (a Unix socket path holds at most 107 bytes)
+        self.ctl_socket = Path(args.ctl_socket) if args.ctl_socket else \
+            self.logs / "kamailio.ctl"
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         host, _, port = args.edge.rpartition(":")
         self.edge_host, self.edge_port = host or "0.0.0.0", int(port or 5060)
@@ -176,8 +182,9 @@ class Cluster:
         cmd = [kamailio, "-f", str(KAMAILIO_CFG), "-DD", "-E",
                "-A", f"LISTEN=udp:{self.edge_host}:{self.edge_port}",
                "-A", f'DISPATCHER_LIST="{dispatcher}"',
+               "-A", f'CTL_SOCKET="unix:{self.ctl_socket}"',
                "-P", str(self.logs / "kamailio.pid")]
-        check = subprocess.run([*cmd[:3], *cmd[5:9], "-c"], capture_output=True, text=True,
+        check = subprocess.run([*cmd[:3], *cmd[5:11], "-c"], capture_output=True, text=True,
                                timeout=30, check=False)
         if check.returncode != 0:
             raise ClusterError(f"kamailio refused its config:\n{check.stderr[-2000:]}")
@@ -210,8 +217,11 @@ class Cluster:
             f"  point phones (registrar and outbound proxy) and trunks at "
             f"sip:{edge}:{self.edge_port}",
         ]
+        pids = dict((name, proc.pid) for name, proc in self.procs)
         for name, port, http in self.nodes:
-            lines.append(f"  {name}: sip {args.node_host}:{port}, admin http 127.0.0.1:{http}")
+            lines.append(f"  {name}: sip {args.node_host}:{port}, admin http 127.0.0.1:{http}, "
+                         f"pid {pids[name]}")
+        lines.append(f"  edge state: kamcmd -s unix:{self.ctl_socket} dispatcher.list")
         lines += [f"  store: {_redact(args.db)}; logs in {self.logs}",
                   f"  nodes and their load: switchboard nodes --db '{_redact(args.db)}'",
                   "  Ctrl-C stops the edge and the nodes"]

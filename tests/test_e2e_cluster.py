@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -82,6 +85,8 @@ class Running:
     edge: tuple[str, int]
     nodes: dict[str, int]  # node id -> SIP port
     logs: Path
+    pids: dict[str, int]  # node id -> process id
+    ctl: Path  # Kamailio's control socket (kamcmd)
 
     def node_log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
@@ -96,11 +101,14 @@ def cluster(tmp_path: Path) -> Iterator[Running]:
     directory = tmp_path / "directory.toml"
     directory.write_text(bench_directory(USERS, domain="pbx.test"))
     edge, n1, n2, h1, h2 = free_ports(5)
+    ctl_dir = Path(tempfile.mkdtemp(prefix="sbk-"))  # a short path: Unix sockets hold 107 bytes
+    ctl = ctl_dir / "ctl"
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "deploy" / "cluster.py"), "--edge", f"127.0.0.1:{edge}",
          "--node-ports", f"{n1},{n2}", "--http-ports", f"{h1},{h2}", "--db", db,
          "--directory", str(directory), "--data-dir", str(tmp_path / "data"),
-         "--log-format", "json", "--digest-algorithms", "MD5"],  # SIPp 3.6 reads MD5 only
+         "--log-format", "json", "--ctl-socket", str(ctl),
+         "--digest-algorithms", "MD5"],  # SIPp 3.6 reads only the first challenge
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         start_new_session=True)
     try:
@@ -117,8 +125,10 @@ def cluster(tmp_path: Path) -> Iterator[Running]:
         banner = "".join(seen)
         assert "cluster ready" in banner, banner
         assert f"sip:127.0.0.1:{edge}" in banner, banner
+        pids = {name: int(pid) for name, pid in re.findall(r"(node\d): .*pid (\d+)", banner)}
+        assert set(pids) == {"node1", "node2"}, banner
         yield Running(proc, schema, db, ("127.0.0.1", edge), {"node1": n1, "node2": n2},
-                      tmp_path / "data" / "cluster")
+                      tmp_path / "data" / "cluster", pids, ctl)
         # Ctrl-C: everything stops cleanly
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
@@ -129,6 +139,7 @@ def cluster(tmp_path: Path) -> Iterator[Running]:
             proc.kill()  # only when a failure above left it running
             proc.wait(10)
         asyncio.run(_pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        shutil.rmtree(ctl_dir, ignore_errors=True)
 
 
 def edge_byes(cluster: Running, node: str) -> int:
@@ -157,9 +168,13 @@ def test_phone_registered_through_the_edge_is_called_through_the_other_node(
         # RFC 3327: the edge added its Path with where the phone's REGISTER came from
         path = ok.get("path") or ""
         assert f"127.0.0.1:{cluster.edge[1]}" in path and "received=" in path, path
-        rows = asyncio.run(_pg(
-            f'SELECT path, node FROM "{cluster.schema}".bindings WHERE aor = \'102\' '
-            "AND NOT gone", fetch="x"))
+        query = (f'SELECT path, node FROM "{cluster.schema}".bindings WHERE aor = \'102\' '
+                 "AND NOT gone")
+        deadline = time.monotonic() + 10  # written behind the 200, off the hot path
+        rows = asyncio.run(_pg(query, fetch="x"))
+        while not rows and time.monotonic() < deadline:
+            time.sleep(0.2)
+            rows = asyncio.run(_pg(query, fetch="x"))
         assert len(rows) == 1, rows
         stored_path, registrar_node = json.loads(str(rows[0][0])), str(rows[0][1])
         assert stored_path and f"received=sip:127.0.0.1:{phone.port}" in stored_path[0]
@@ -219,3 +234,76 @@ def run_uac_in_thread(work: Path, edge: tuple[str, int], port: int) -> _Call:
     work.mkdir(parents=True, exist_ok=True)
     return _Call(lambda: run_uac(work, f"{edge[0]}:{edge[1]}", caller="101", dialled="102",
                                  expect=200, auth=("101", "pw101"), port=port, hold_ms=300))
+
+
+def dispatcher_flags(ctl: Path) -> dict[int, str]:
+    """Node SIP port -> its state at the edge (kamcmd dispatcher.list: AP active,
+    IP inactive and probed, ...)."""
+    kamcmd = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+    if not os.path.isfile(kamcmd):
+        pytest.fail("peer missing: kamcmd (in Debian's kamailio package)", pytrace=False)
+    out = subprocess.run([kamcmd, "-s", f"unix:{ctl}", "dispatcher.list"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    flags: dict[int, str] = {}
+    port: int | None = None
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("URI:"):
+            port = int(line.rsplit(":", 1)[1])
+        elif line.startswith("FLAGS:") and port is not None:
+            flags[port] = line.split(":", 1)[1].strip()
+    return flags
+
+
+def test_a_node_that_stops_answering_is_taken_out_and_comes_back(
+        cluster: Running, tmp_path: Path) -> None:
+    ctl = cluster.ctl
+    until_flags(ctl, lambda f: all(v.startswith("A") for v in f.values()) and len(f) == 2,
+                "both nodes active")
+    stopped = cluster.pids["node2"]
+    os.kill(stopped, signal.SIGSTOP)  # frozen: it answers nothing
+    try:
+        until_flags(ctl, lambda f: f[cluster.nodes["node2"]].startswith("I")
+                    and f[cluster.nodes["node1"]].startswith("A"), "node2 taken out")
+        # every new call now goes to node1: several Call-IDs, all answered by it
+        before = options_seen(cluster, "node1")
+        for i in range(6):
+            reply = options_through_edge(cluster.edge, f"out-{i}-{uuid.uuid4().hex}")
+            assert reply.startswith("SIP/2.0 200"), reply
+        assert options_seen(cluster, "node1") >= before + 6
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    until_flags(ctl, lambda f: f[cluster.nodes["node2"]].startswith("A"), "node2 back")
+
+
+def until_flags(ctl: Path, check: Any, what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    flags: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        flags = dispatcher_flags(ctl)
+        if flags and check(flags):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not within {seconds} s: {what} ({flags})")
+
+
+def options_seen(cluster: Running, node: str) -> int:
+    """OPTIONS the node answered that did not come from the edge's own probing."""
+    return sum(1 for line in cluster.node_log(node).splitlines()
+               if '"OPTIONS"' in line and '"out-' in line)
+
+
+def options_through_edge(edge: tuple[str, int], call_id: str) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(10)
+        port = s.getsockname()[1]
+        s.sendto((f"OPTIONS sip:pbx.test SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id};rport\r\n"
+                  f"Max-Forwards: 70\r\nFrom: <sip:probe@pbx.test>;tag=t{port}\r\n"
+                  f"To: <sip:pbx.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n"
+                  f"Content-Length: 0\r\n\r\n").encode(), edge)
+        while True:
+            text = s.recv(65535).decode(errors="replace")
+            if not text.startswith("SIP/2.0 1"):
+                return text.split("\r\n", 1)[0]
