@@ -68,6 +68,10 @@ WRITE_BATCH = 500  # binding changes per store transaction
 # about this long) and refreshes its heartbeat row (see `switchboard nodes`).
 BINDING_SYNC_SECONDS = 1.0
 HEARTBEAT_SECONDS = 2.0
+# Expired and deleted bindings leave the store this long after their time (every
+# node has read a deletion by then), checked every BINDING_PURGE_PERIOD.
+BINDING_PURGE_GRACE = 300.0
+BINDING_PURGE_PERIOD = 60.0
 CONNECT_SECONDS = 10.0  # an outbound TCP/TLS connection (with its handshake)
 MAX_STREAM_MESSAGE = 256 * 1024
 LISTEN_BACKLOG = 1024  # a burst of connections waits in the kernel, not refused by it
@@ -172,6 +176,7 @@ class Server:
         self._binding_revision = 0  # the first sync reads every other node's binding
         self._started_wall = time.time()
         self._heartbeat_at = 0.0
+        self._purged_at = time.monotonic()
         system = engine.directory.system
         self.media = MediaService(f"{system.rtp_port_min}-{system.rtp_port_max}",
                                   host=config.sip_host or "0.0.0.0")
@@ -799,7 +804,11 @@ class Server:
             await asyncio.sleep(BINDING_SYNC_SECONDS)
             try:
                 await self._sync_bindings()
-                await self._heartbeat(time.monotonic())
+                now = time.monotonic()
+                await self._heartbeat(now)
+                if now - self._purged_at >= BINDING_PURGE_PERIOD:
+                    self._purged_at = now
+                    await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
             except Exception:
                 log.exception("binding sync failed; keeping the bindings held")
 

@@ -512,7 +512,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge_expired_bindings(self, now: float) -> int:
-        """Delete bindings with ``expires_at <= now``; return how many."""
+        """Delete bindings with ``expires_at <= now``, and deleted ones (kept for the
+        other nodes to read) deleted at or before ``now``; return how many of the
+        former."""
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -1031,17 +1033,20 @@ class _SQLStore(Store):
         async with self._transaction() as tx:
             await _bump_revision(tx, "bindings_revision")
             rev = await _meta_int(tx, "bindings_revision")
+            # A deleted row keeps the time of its deletion as expires_at: purged
+            # once every node has had time to read it (see purge_expired_bindings).
+            now = time.time()
             if removed:
                 await tx.executemany(
-                    "UPDATE bindings SET gone = TRUE, node = $5, rev = $6 "
+                    "UPDATE bindings SET gone = TRUE, node = $5, rev = $6, expires_at = $7 "
                     "WHERE aor = $1 AND contact = $2 AND call_id = $3 AND cseq = $4",
-                    [(b.aor, b.contact, b.call_id, b.cseq, node, rev) for b in removed],
+                    [(b.aor, b.contact, b.call_id, b.cseq, node, rev, now) for b in removed],
                 )
             if deleted:
                 await tx.executemany(
-                    "UPDATE bindings SET gone = TRUE, node = $3, rev = $4 "
+                    "UPDATE bindings SET gone = TRUE, node = $3, rev = $4, expires_at = $5 "
                     "WHERE aor = $1 AND contact = $2",
-                    [(aor, contact, node, rev) for aor, contact in deleted],
+                    [(aor, contact, node, rev, now) for aor, contact in deleted],
                 )
             if saved:
                 await tx.executemany(_UPSERT_BINDING,
@@ -1051,8 +1056,8 @@ class _SQLStore(Store):
         async with self._transaction() as tx:
             await _bump_revision(tx, "bindings_revision")
             rev = await _meta_int(tx, "bindings_revision")
-            await tx.execute("UPDATE bindings SET gone = TRUE, node = '', rev = $2 "
-                             "WHERE aor = $1", aor, rev)
+            await tx.execute("UPDATE bindings SET gone = TRUE, node = '', rev = $2, "
+                             "expires_at = $3 WHERE aor = $1", aor, rev, time.time())
 
     async def load_bindings(self) -> list[Binding]:
         async with self._transaction() as tx:
@@ -1083,7 +1088,7 @@ class _SQLStore(Store):
     async def purge_expired_bindings(self, now: float) -> int:
         async with self._transaction() as tx:
             gone = await tx.fetch(
-                "DELETE FROM bindings WHERE expires_at <= $1 OR gone RETURNING gone", float(now)
+                "DELETE FROM bindings WHERE expires_at <= $1 RETURNING gone", float(now)
             )
         return sum(1 for (was_gone,) in gone if not was_gone)
 

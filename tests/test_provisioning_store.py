@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -472,6 +473,20 @@ async def test_removing_a_binding_keeps_a_refresh_stored_meanwhile(store: Store)
     assert await store.load_bindings() == [refreshed]
     await store.write_bindings([], node="b", removed=[refreshed])
     assert await store.load_bindings() == []
+
+
+async def test_a_deleted_binding_is_kept_for_the_other_nodes_then_purged(
+        store: Store) -> None:
+    live = _binding("101", "10.0.0.1", 2e9)
+    await store.write_bindings([live, _binding("102", "10.0.0.2", 2e9)], node="a")
+    before = time.time()
+    await store.write_bindings([], [("102", "sip:102@10.0.0.2:5062;transport=udp")], node="a")
+    assert await store.purge_expired_bindings(before - 1) == 0  # deleted after: kept
+    assert (await store.bindings_since(0, exclude_node="b")).deleted == (
+        ("102", "sip:102@10.0.0.2:5062;transport=udp"),)
+    assert await store.purge_expired_bindings(time.time() + 1) == 0  # not counted
+    assert (await store.bindings_since(0, exclude_node="b")).deleted == ()
+    assert await store.load_bindings() == [live]
 
 
 async def test_nodes_heartbeat_list_and_remove(store: Store) -> None:
