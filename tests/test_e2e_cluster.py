@@ -307,3 +307,85 @@ def options_through_edge(edge: tuple[str, int], call_id: str) -> str:
             text = s.recv(65535).decode(errors="replace")
             if not text.startswith("SIP/2.0 1"):
                 return text.split("\r\n", 1)[0]
+
+
+class Responder:
+    """A node stand-in on a UDP port that answers every OPTIONS with ``status``
+    (503: a node shedding load), in a thread; bounded by ``seconds``."""
+
+    def __init__(self, status: int, seconds: float = 60.0) -> None:
+        import threading
+
+        self.status = status
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.answered = 0
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + seconds
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from engine.message import parse
+
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            msg = parse(data)
+            if isinstance(msg, Request) and msg.method == "OPTIONS":
+                self.sock.sendto(make_response(msg, self.status).to_bytes(), addr)
+                self.answered += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_a_node_answering_503_to_the_probe_is_taken_out(tmp_path: Path) -> None:
+    # The edge's probing, against the real Kamailio: a node that answers 503 (as the
+    # engine does when it sheds load) is taken out; answering 200 brings it back.
+    binary = kamailio()
+    shedding = Responder(503)
+    try:
+        edge = free_port()
+        listing = tmp_path / "dispatcher.list"
+        listing.write_text(f"1 sip:127.0.0.1:{shedding.port}\n")
+        ctl_dir = Path(tempfile.mkdtemp(prefix="sbk-"))
+        ctl = ctl_dir / "ctl"
+        log = (tmp_path / "kamailio.log").open("wb")
+        proc = subprocess.Popen(
+            [binary, "-f", str(ROOT / "deploy" / "kamailio" / "kamailio.cfg"), "-DD", "-E",
+             "-A", f"LISTEN=udp:127.0.0.1:{edge}", "-A", f'DISPATCHER_LIST="{listing}"',
+             "-A", f'CTL_SOCKET="unix:{ctl}"', "-P", str(tmp_path / "kamailio.pid")],
+            stdout=log, stderr=log, start_new_session=True)
+        try:
+            until_socket(ctl)
+            until_flags(ctl, lambda f: f.get(shedding.port, "").startswith("I"),
+                        "the 503 node taken out")
+            assert shedding.answered >= 1
+            # no node left: a new call is refused by the edge itself
+            assert options_through_edge(("127.0.0.1", edge), "none-left").startswith(
+                "SIP/2.0 503")
+            shedding.status = 200
+            until_flags(ctl, lambda f: f.get(shedding.port, "").startswith("A"),
+                        "the node back once it answers 200")
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            log.close()
+            shutil.rmtree(ctl_dir, ignore_errors=True)
+    finally:
+        shedding.close()
+
+
+def until_socket(path: Path, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Kamailio's control socket {path} not there in {seconds} s")
+        time.sleep(0.1)
