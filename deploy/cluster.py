@@ -5,7 +5,9 @@ directory and the registrations all nodes share; Kamailio (deploy/kamailio/
 kamailio.cfg) spreads new requests over the nodes and keeps phones' NAT flows.
 Each node listens on its own SIP port (NODE_HOST:FIRST_NODE_PORT + i) and admin
 HTTP port; all use one data folder (voicemail and recordings are files there).
-Phones and trunks point at the edge. Ctrl-C (or SIGTERM) stops everything.
+Phones point at the edge; trunks at a node for now (the engine knows a trunk by
+its source address, and through the edge every source is the edge's). Ctrl-C
+(or SIGTERM) stops everything.
 
     python deploy/cluster.py [--nodes 2] [--edge 0.0.0.0:5060] [--db URL]
 """
@@ -214,8 +216,9 @@ class Cluster:
         lines = [
             f"cluster ready: Kamailio edge on udp {self.edge_host}:{self.edge_port}, "
             f"{len(self.nodes)} nodes",
-            f"  point phones (registrar and outbound proxy) and trunks at "
-            f"sip:{edge}:{self.edge_port}",
+            f"  point phones (registrar and outbound proxy) at sip:{edge}:{self.edge_port}",
+            "  point trunks at a node: a trunk is known by its source address, which the "
+            "edge would hide",
         ]
         pids = dict((name, proc.pid) for name, proc in self.procs)
         for name, port, http in self.nodes:
