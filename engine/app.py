@@ -56,13 +56,22 @@ from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
-from provisioning.model import Binding, VoicemailMessage
+from provisioning.model import Binding, Node, VoicemailMessage
 from provisioning.store import Store
 
 log = structlog.get_logger("switchboard.app")
 
 MIN_MESSAGE_SECONDS = 0.5  # shorter recordings (a hang-up at the beep) are not kept
 WRITE_BATCH = 500  # binding changes per store transaction
+# Nodes sharing a store: how often each reads the bindings the others wrote (a
+# phone registered through one node is reachable through the others after
+# about this long) and refreshes its heartbeat row (see `switchboard nodes`).
+BINDING_SYNC_SECONDS = 1.0
+HEARTBEAT_SECONDS = 2.0
+# Expired and deleted bindings leave the store this long after their time (every
+# node has read a deletion by then), checked every BINDING_PURGE_PERIOD.
+BINDING_PURGE_GRACE = 300.0
+BINDING_PURGE_PERIOD = 60.0
 CONNECT_SECONDS = 10.0  # an outbound TCP/TLS connection (with its handshake)
 MAX_STREAM_MESSAGE = 256 * 1024
 LISTEN_BACKLOG = 1024  # a burst of connections waits in the kernel, not refused by it
@@ -116,6 +125,8 @@ class ServerConfig:
     limits: StreamLimits = field(default_factory=StreamLimits)
     # The receive queue's overload control (engine.overload).
     overload: OverloadConfig = field(default_factory=OverloadConfig)
+    # This process's name among the nodes sharing the store ("" : host:port).
+    node_id: str = ""
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -161,6 +172,11 @@ class Server:
         self.stopped = asyncio.Event()
         self._revision = 0
         self._vm_revision = 0
+        self.node_id = config.node_id
+        self._binding_revision = 0  # the first sync reads every other node's binding
+        self._started_wall = time.time()
+        self._heartbeat_at = 0.0
+        self._purged_at = time.monotonic()
         system = engine.directory.system
         self.media = MediaService(f"{system.rtp_port_min}-{system.rtp_port_max}",
                                   host=config.sip_host or "0.0.0.0")
@@ -216,7 +232,12 @@ class Server:
         self._vm_revision = await self.store.voicemail_revision()
         self._apply(self.engine.set_mwi_counts(await self.store.voicemail_counts(),
                                                time.monotonic()))
+        if not self.node_id:
+            self.node_id = f"{socket.gethostname()}:{bound_port}"
+        await self._sync_bindings()
+        await self._heartbeat(time.monotonic())
         self._tasks.append(asyncio.create_task(self._writer()))
+        self._tasks.append(asyncio.create_task(self._share_bindings()))
         self._schedule()  # trunks that register start at once
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         self._tasks.append(asyncio.create_task(self._watch_lag()))
@@ -225,7 +246,7 @@ class Server:
                  http=f"{cfg.http_host}:{cfg.http_port}",
                  domain=self.engine.directory.system.domain,
                  users=len(self.engine.directory.users),
-                 registrations=self.engine.registrar.count(),
+                 registrations=self.engine.registrar.count(), node=self.node_id,
                  parser="c" if grammar.SPEEDUPS is not None else "python",
                  max_tcp_connections=cfg.limits.max_connections,
                  tcp_per_source=cfg.limits.per_source,
@@ -267,6 +288,10 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        try:
+            await self.store.remove_node(self.node_id)
+        except Exception:
+            log.exception("node row not removed", node=self.node_id)
         if self.http is not None:
             await self.http.cleanup()
         log.info("stopped")
@@ -750,11 +775,11 @@ class Server:
             for op, b in batch:
                 latest[(b.aor, b.contact)] = (op, b)
             saved = [b for op, b in latest.values() if op == "save"]
-            deleted = [key for key, (op, _) in latest.items() if op == "delete"]
+            removed = [b for op, b in latest.values() if op == "delete"]
             try:
-                await self.store.write_bindings(saved, deleted)
+                await self.store.write_bindings(saved, node=self.node_id, removed=removed)
             except Exception:
-                log.exception("store write failed", saved=len(saved), deleted=len(deleted))
+                log.exception("store write failed", saved=len(saved), deleted=len(removed))
             finally:
                 for _ in batch:
                     self._writes.task_done()
@@ -772,6 +797,41 @@ class Server:
                 await self._reload()
             except Exception:
                 log.exception("directory reload failed; serving the previous snapshot")
+
+    async def _share_bindings(self) -> None:
+        """Read what the other nodes registered, and heartbeat; off the hot path."""
+        while True:
+            await asyncio.sleep(BINDING_SYNC_SECONDS)
+            try:
+                await self._sync_bindings()
+                now = time.monotonic()
+                await self._heartbeat(now)
+                if now - self._purged_at >= BINDING_PURGE_PERIOD:
+                    self._purged_at = now
+                    await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
+            except Exception:
+                log.exception("binding sync failed; keeping the bindings held")
+
+    async def _sync_bindings(self) -> None:
+        """Bindings other nodes saved or deleted since the last look, into the registrar:
+        the next call to one of those phones goes where it registered last."""
+        changes = await self.store.bindings_since(self._binding_revision,
+                                                  exclude_node=self.node_id)
+        self._binding_revision = changes.revision
+        if changes.saved or changes.deleted:
+            self.engine.registrar.merge(changes.saved, changes.deleted, time.time())
+            log.debug("bindings from other nodes", saved=len(changes.saved),
+                      deleted=len(changes.deleted), revision=changes.revision)
+
+    async def _heartbeat(self, now: float) -> None:
+        if now - self._heartbeat_at < HEARTBEAT_SECONDS and self._heartbeat_at:
+            return
+        self._heartbeat_at = now
+        engine = self.engine
+        await self.store.heartbeat(Node(
+            id=self.node_id, address=f"{engine.advertise}:{engine.port}",
+            started_at=self._started_wall, last_seen=time.time(),
+            calls=len(engine.b2bua.calls), registrations=engine.registrar.count()))
 
     async def _reload(self) -> None:
         """A directory apply or a status change (another process) reaches the next call;

@@ -98,6 +98,7 @@ from engine.message import (
     warning_value,
 )
 from engine.message.core import REASONS
+from engine.registrar import binding_target, preload_routes
 from engine.transaction import Addr, Event, Send, TxKey
 from media import sdp
 from provisioning.model import DEFAULT_CODECS, Directory, Status
@@ -591,13 +592,14 @@ class B2BUA:
                 for binding in self.registrar.lookup(target.extension, wall):
                     if binding.contact in call.rung:
                         continue
-                    dest = _binding_dest(binding.source)
-                    if dest is None:
+                    # The binding's Path (RFC 3327) is the callee INVITE's route set.
+                    hop = binding_target(binding)
+                    if hop is None:
                         continue
                     call.rung.add(binding.contact)
-                    uri = _contact_uri(binding.contact)
-                    events += self._start_leg(call, step, target, uri, dest[0], dest[1], "",
-                                              f"{target.extension} {uri}", now, local)
+                    events += self._start_leg(call, step, target, hop.uri, hop.dest,
+                                              hop.transport, "", f"{target.extension} {hop.uri}",
+                                              now, local, routes=hop.routes)
             else:
                 if target.number in call.rung:
                     continue
@@ -626,12 +628,14 @@ class B2BUA:
 
     def _start_leg(self, call: Call, step: Ring, target: Device | External, uri: str,
                    dest: Addr, transport: str, trunk: str, label: str, now: float,
-                   local: Local) -> list[Event]:
+                   local: Local, routes: tuple[str, ...] = ()) -> list[Event]:
         transfer = call.transfer
         offer = self._partner_offer(call, transfer, local) if (
             transfer is not None and transfer.transferor is None) else \
             self._callee_offer(call, target, local)
         invite = self._callee_invite(call, step, target, uri, transport, local, offer)
+        if routes:
+            invite = preload_routes(invite, routes)
         key, events = self.tx.send_request(invite, dest, transport, now)
         leg = Leg(call=call, target=target, label=label, invite=invite, dest=dest,
                   transport=transport, key=key, trunk=trunk)
@@ -2192,22 +2196,6 @@ class _PlanText:
 
 def _call_key(call: Call) -> tuple[str, str]:
     return (call.id, call.invite.from_.tag or "")
-
-
-def _binding_dest(source: str) -> tuple[Addr, str] | None:
-    """``udp:127.0.0.1:5062`` -> ((host, port), transport)."""
-    transport, _, rest = source.partition(":")
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        return None
-    return (host.strip("[]"), int(port)), transport
-
-
-def _contact_uri(contact: str) -> str:
-    text = contact.strip()
-    if text.startswith("<") and ">" in text:
-        return text[1:text.index(">")]
-    return text
 
 
 def _diversion(chain: tuple[Diversion, ...], domain: str) -> list[str]:

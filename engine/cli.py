@@ -3,6 +3,7 @@
     switchboard serve [--directory FILE] [--db URL] [--sip HOST:PORT] [--http HOST:PORT]
     switchboard provision apply FILE
     switchboard registrations [--json]
+    switchboard nodes [--json]
     switchboard status set EXT STATUS
 
 Every command takes ``--data-dir DIR`` (default ``./switchboard-data``): the
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="digest algorithms to challenge with; SHA-256 is always offered "
                             "first when enabled (RFC 8760); clients that read only the first "
                             "challenge and know only MD5 (SIPp 3.6) need 'MD5'")
+    serve.add_argument("--node-id", default="", metavar="NAME",
+                       help="this process's name among the nodes sharing the store "
+                            "(default: hostname:SIP port); see 'switchboard nodes'")
     serve.add_argument("--advertise", default=None,
                        help="host or IP the engine puts in Via and Contact of the calls it "
                             "places (default: the --sip host, or 127.0.0.1 when that is 0.0.0.0)")
@@ -201,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     regs = sub.add_parser("registrations", help="list live registrations")
     _common(regs)
     regs.add_argument("--json", action="store_true")
+
+    nodes = sub.add_parser("nodes", help="list the engine processes sharing the store, "
+                                         "with their load")
+    _common(nodes)
+    nodes.add_argument("--json", action="store_true")
 
     status = sub.add_parser("status", help="user status")
     ssub = status.add_subparsers(dest="action", required=True)
@@ -358,6 +367,7 @@ async def _serve(args: argparse.Namespace) -> int:
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
         config.limits = limits
         config.overload = overload
+        config.node_id = args.node_id
         if args.tls or args.tls_cert:
             if not args.tls_cert:
                 raise ValueError("--tls needs --tls-cert (and --tls-key unless the key is in it)")
@@ -408,6 +418,38 @@ async def _registrations(args: argparse.Namespace) -> int:
             print(f"{r['extension']!s:<8} {r['expires_in']!s:>7}  {r['contact']!s:<50} "
                   f"{r['source']}")
     return 0
+
+
+# A node whose heartbeat is older than this is shown as not answering (it beats
+# every 2 s: engine.app.HEARTBEAT_SECONDS).
+NODE_STALE_SECONDS = 10.0
+
+
+async def _nodes(args: argparse.Namespace) -> int:
+    async with _store(args) as store:
+        nodes = await store.list_nodes()
+    now = time.time()
+    rows = [{"id": n.id, "address": n.address, "started": _iso(n.started_at),
+             "last_seen_seconds": round(max(0.0, now - n.last_seen), 1),
+             "up": now - n.last_seen <= NODE_STALE_SECONDS,
+             "calls": n.calls, "registrations": n.registrations} for n in nodes]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no nodes (none is serving on this store)")
+    else:
+        print(f"{'NODE':<28} {'ADDRESS':<22} {'STATE':<6} {'SEEN':>6} {'CALLS':>6} "
+              f"{'REGS':>6}  STARTED")
+        for r in rows:
+            state = "up" if r["up"] else "stale"
+            print(f"{r['id']!s:<28} {r['address']!s:<22} {state:<6} "
+                  f"{r['last_seen_seconds']!s:>5}s {r['calls']!s:>6} {r['registrations']!s:>6}"
+                  f"  {r['started']}")
+    return 0
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def _status_set(args: argparse.Namespace) -> int:
@@ -684,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.file}: valid")
             return 0
         runners = {("provision", "apply"): _apply, ("registrations", None): _registrations,
+                   ("nodes", None): _nodes,
                    ("status", "set"): _status_set, ("status", "clear"): _status_clear,
                    ("route", "explain"): _route_explain,
                    ("voicemail", "list"): _voicemail_list,

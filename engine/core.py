@@ -57,9 +57,9 @@ log = structlog.get_logger("switchboard.engine")
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, SUBSCRIBE"
 ACCEPT = "application/sdp"
 # Only what is implemented is advertised: RFC 5626 reg-id/instance bindings and
-# CRLF keep-alives are; Path (RFC 3327) is not, so a REGISTER that requires it
-# gets 420 instead of a binding that would silently drop the proxy's route.
-SUPPORTED: tuple[str, ...] = ("outbound",)
+# CRLF keep-alives, and Path (RFC 3327): a REGISTER through the edge is stored
+# with its Path, which becomes the route set of calls to that phone.
+SUPPORTED: tuple[str, ...] = ("outbound", "path")
 SERVER = "Switchboard/0.1"
 KNOWN_METHODS = frozenset((
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",

@@ -633,6 +633,9 @@ class Binding:
     user_agent: str = ""
     instance: str = ""  # +sip.instance, empty when absent
     reg_id: int | None = None
+    # The REGISTER's Path (RFC 3327), as its header values in order: the proxies
+    # (the edge) a request to this contact goes through; empty when it came direct.
+    path: tuple[str, ...] = ()
 
     def expired(self, now: float) -> bool:
         return self.expires_at <= now
@@ -642,6 +645,18 @@ def binding_json(b: Binding, now: float) -> dict[str, object]:
     """A live binding as the CLI and the admin HTTP show it."""
     return {"extension": b.aor, "contact": b.contact, "expires_in": max(0, int(b.expires_at - now)),
             "q": b.q, "source": b.source, "user_agent": b.user_agent}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """One engine process sharing the store: its heartbeat row."""
+
+    id: str  # host:port unless given (serve --node-id)
+    address: str  # its SIP address, host:port
+    started_at: float  # epoch seconds
+    last_seen: float  # epoch seconds of the last heartbeat
+    calls: int  # calls it holds
+    registrations: int  # live bindings it holds in memory (its own and the others')
 
 
 # --------------------------------------------------------------------------- voicemail

@@ -6,7 +6,18 @@ Storage design (identical in both databases)::
     directory_rows   (tbl, key, position, body)         PRIMARY KEY (tbl, key)
     status_overrides (extension PRIMARY KEY, status, set_at)
     bindings         (aor, contact, expires_at, q, call_id, cseq, source,
-                      user_agent, instance, reg_id)     PRIMARY KEY (aor, contact)
+                      user_agent, instance, reg_id, path)
+                                                        PRIMARY KEY (aor, contact)
+
+A binding's ``path`` is its REGISTER's Path header values (RFC 3327) as a JSON
+array of strings, ``[]`` when the phone registered directly.
+
+Several engine processes (nodes) share bindings through the store. Each write
+stamps the rows it touches with ``rev`` (the next ``bindings_revision``, a meta
+row every binding write locks, so revisions commit in order) and the writing
+``node``; a deleted binding stays as a row with ``gone`` set until purged, so
+:meth:`Store.bindings_since` reports deletions as well as saves. ``nodes`` holds
+each running node's heartbeat (id, address, started, last seen, load).
 
 ``directory_rows`` holds each directory table as rows keyed by their natural
 key (``system``; trunks, departments and ring groups by name; numbers by
@@ -65,6 +76,7 @@ from provisioning.model import (
     AuditEntry,
     Binding,
     Directory,
+    Node,
     Session,
     Status,
     TotpRecord,
@@ -74,6 +86,7 @@ from provisioning.model import (
 __all__ = [
     "SCHEMA_VERSION",
     "ApplyReport",
+    "BindingChanges",
     "Change",
     "PostgresStore",
     "RevisionConflict",
@@ -84,7 +97,7 @@ __all__ = [
     "open_store",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_SQLITE_NAME = "switchboard.db"
 
 Action = Literal["added", "changed", "removed", "reordered"]
@@ -112,7 +125,18 @@ _SCHEMA = (
         user_agent TEXT NOT NULL,
         instance TEXT NOT NULL,
         reg_id INTEGER,
+        path TEXT NOT NULL DEFAULT '[]',
+        node TEXT NOT NULL DEFAULT '',
+        rev BIGINT NOT NULL DEFAULT 0,
+        gone BOOLEAN NOT NULL DEFAULT FALSE,
         PRIMARY KEY (aor, contact))""",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        id TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        calls INTEGER NOT NULL,
+        registrations INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS bindings_expires_at ON bindings (expires_at)",
     """CREATE TABLE IF NOT EXISTS voicemail (
         id TEXT PRIMARY KEY,
@@ -163,15 +187,25 @@ _SCHEMA = (
 )
 
 _BINDING_COLUMNS = (
-    "aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id"
+    "aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id, path"
+)
+# Columns new in an existing table, by the schema version that added them (tables
+# new in a version are made by _SCHEMA's CREATE ... IF NOT EXISTS). Each is added
+# when missing, whatever version the database claims.
+_NEW_COLUMNS: tuple[tuple[int, str, str, str], ...] = (
+    (3, "bindings", "path", "TEXT NOT NULL DEFAULT '[]'"),
+    (3, "bindings", "node", "TEXT NOT NULL DEFAULT ''"),
+    (3, "bindings", "rev", "BIGINT NOT NULL DEFAULT 0"),
+    (3, "bindings", "gone", "BOOLEAN NOT NULL DEFAULT FALSE"),
 )
 _UPSERT_BINDING = (
-    f"INSERT INTO bindings ({_BINDING_COLUMNS}) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+    f"INSERT INTO bindings ({_BINDING_COLUMNS}, node, rev, gone) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, FALSE) "
     "ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, "
     "q = excluded.q, call_id = excluded.call_id, cseq = excluded.cseq, "
     "source = excluded.source, user_agent = excluded.user_agent, "
-    "instance = excluded.instance, reg_id = excluded.reg_id"
+    "instance = excluded.instance, reg_id = excluded.reg_id, path = excluded.path, "
+    "node = excluded.node, rev = excluded.rev, gone = FALSE"
 )
 
 
@@ -198,7 +232,7 @@ async def _bump_revision(tx: _Tx, key: str = "revision") -> None:
 
 def _binding_row(b: Binding) -> tuple[object, ...]:
     return (b.aor, b.contact, float(b.expires_at), float(b.q), b.call_id, b.cseq, b.source,
-            b.user_agent, b.instance, b.reg_id)
+            b.user_agent, b.instance, b.reg_id, json.dumps(list(b.path)))
 
 
 class StoreError(Exception):
@@ -222,6 +256,16 @@ class UnknownExtensionError(StoreError, LookupError):
 
 
 # --------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True, slots=True)
+class BindingChanges:
+    """What :meth:`Store.bindings_since` found: the revision to ask from next, the
+    bindings saved and the (aor, contact) pairs deleted since the one asked."""
+
+    revision: int
+    saved: tuple[Binding, ...] = ()
+    deleted: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,9 +469,32 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def write_bindings(
-        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = ()
+        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = (),
+        *, node: str = "", removed: Sequence[Binding] = (),
     ) -> None:
-        """Upsert ``saved`` and delete the (aor, contact) pairs ``deleted``, atomically."""
+        """Upsert ``saved`` and delete the (aor, contact) pairs ``deleted``, atomically;
+        ``node`` names the engine process that wrote them. ``removed``: bindings a
+        node dropped (expired, unregistered), deleted only while the stored row is
+        still that registration (same Call-ID and CSeq): a refresh another node
+        stored meanwhile is kept."""
+
+    @abc.abstractmethod
+    async def bindings_since(self, revision: int, *, exclude_node: str = "") -> BindingChanges:
+        """Bindings saved or deleted after ``revision`` by nodes other than
+        ``exclude_node``, and the revision to ask from next time. Expired ones are
+        reported as saved (their reader drops them)."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, node: Node) -> None:
+        """Insert or refresh ``node``'s row."""
+
+    @abc.abstractmethod
+    async def list_nodes(self) -> list[Node]:
+        """Every node that has heartbeat, by id (stale ones included: see last_seen)."""
+
+    @abc.abstractmethod
+    async def remove_node(self, node_id: str) -> bool:
+        """Drop a node's row (it stopped); True if there was one."""
 
     async def save_binding(self, binding: Binding) -> None:
         """Insert or replace the binding of (``aor``, ``contact``)."""
@@ -445,7 +512,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge_expired_bindings(self, now: float) -> int:
-        """Delete bindings with ``expires_at <= now``; return how many."""
+        """Delete bindings with ``expires_at <= now``, and deleted ones (kept for the
+        other nodes to read) deleted at or before ``now``; return how many of the
+        former."""
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -565,6 +634,10 @@ class _SQLStore(Store):
     async def _lock_for_apply(self, tx: _Tx) -> None:
         """Serialise concurrent applies (no-op where the transaction already does)."""
 
+    @abc.abstractmethod
+    async def _columns(self, tx: _Tx, table: str) -> set[str]:
+        """The column names of ``table``."""
+
     async def _create_schema(self) -> None:
         async with self._transaction() as tx:
             await self._lock_for_apply(tx)
@@ -582,9 +655,15 @@ class _SQLStore(Store):
                     f"Switchboard supports ({SCHEMA_VERSION}); upgrade Switchboard"
                 )
             elif int(found[0][0]) < SCHEMA_VERSION:
-                # every step so far only adds tables (CREATE ... IF NOT EXISTS above)
+                for version, table, column, declaration in _NEW_COLUMNS:
+                    if version > int(found[0][0]) and column not in await self._columns(
+                            tx, table):
+                        await tx.execute(
+                            f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
                 await tx.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'",
                                  str(SCHEMA_VERSION))
+            # on columns a migration may just have added
+            await tx.execute("CREATE INDEX IF NOT EXISTS bindings_rev ON bindings (rev)")
 
     # ------------------------------------------------------------------ directory
 
@@ -937,44 +1016,106 @@ class _SQLStore(Store):
     # ------------------------------------------------------------------ bindings
 
     async def write_bindings(
-        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = ()
+        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = (),
+        *, node: str = "", removed: Sequence[Binding] = (),
     ) -> None:
         """Upsert ``saved`` and delete ``deleted`` (aor, contact) pairs in one transaction.
 
         The registrar's write-through batches what piled up while the last
-        batch was written: one commit per batch, not per REGISTER.
+        batch was written: one commit per batch, not per REGISTER. The rows are
+        stamped with ``node`` and the next bindings revision (see the module doc).
         """
         for binding in saved:
             if not binding.aor or not binding.contact:
                 raise ValueError("a binding needs an aor and a contact")
-        if not saved and not deleted:
+        if not saved and not deleted and not removed:
             return
         async with self._transaction() as tx:
+            await _bump_revision(tx, "bindings_revision")
+            rev = await _meta_int(tx, "bindings_revision")
+            # A deleted row keeps the time of its deletion as expires_at: purged
+            # once every node has had time to read it (see purge_expired_bindings).
+            now = time.time()
+            if removed:
+                await tx.executemany(
+                    "UPDATE bindings SET gone = TRUE, node = $5, rev = $6, expires_at = $7 "
+                    "WHERE aor = $1 AND contact = $2 AND call_id = $3 AND cseq = $4",
+                    [(b.aor, b.contact, b.call_id, b.cseq, node, rev, now) for b in removed],
+                )
             if deleted:
                 await tx.executemany(
-                    "DELETE FROM bindings WHERE aor = $1 AND contact = $2",
-                    [(aor, contact) for aor, contact in deleted],
+                    "UPDATE bindings SET gone = TRUE, node = $3, rev = $4, expires_at = $5 "
+                    "WHERE aor = $1 AND contact = $2",
+                    [(aor, contact, node, rev, now) for aor, contact in deleted],
                 )
             if saved:
-                await tx.executemany(_UPSERT_BINDING, [_binding_row(b) for b in saved])
+                await tx.executemany(_UPSERT_BINDING,
+                                     [(*_binding_row(b), node, rev) for b in saved])
 
     async def delete_bindings(self, aor: str) -> None:
         async with self._transaction() as tx:
-            await tx.execute("DELETE FROM bindings WHERE aor = $1", aor)
+            await _bump_revision(tx, "bindings_revision")
+            rev = await _meta_int(tx, "bindings_revision")
+            await tx.execute("UPDATE bindings SET gone = TRUE, node = '', rev = $2, "
+                             "expires_at = $3 WHERE aor = $1", aor, rev, time.time())
 
     async def load_bindings(self) -> list[Binding]:
         async with self._transaction() as tx:
             rows = await tx.fetch(
-                f"SELECT {_BINDING_COLUMNS} FROM bindings ORDER BY aor, q DESC, contact"
+                f"SELECT {_BINDING_COLUMNS} FROM bindings WHERE NOT gone "
+                "ORDER BY aor, q DESC, contact"
             )
         return [_binding(row) for row in rows]
+
+    async def bindings_since(self, revision: int, *, exclude_node: str = "") -> BindingChanges:
+        async with self._transaction() as tx:
+            current = await _meta_int(tx, "bindings_revision")
+            rows = await tx.fetch(
+                f"SELECT {_BINDING_COLUMNS}, gone, rev FROM bindings "
+                "WHERE rev > $1 AND node <> $2 ORDER BY rev",
+                int(revision), exclude_node,
+            )
+        saved: list[Binding] = []
+        deleted: list[tuple[str, str]] = []
+        for row in rows:
+            current = max(current, int(row[-1]))
+            if row[-2]:
+                deleted.append((str(row[0]), str(row[1])))
+            else:
+                saved.append(_binding(row[:-2]))
+        return BindingChanges(current, tuple(saved), tuple(deleted))
 
     async def purge_expired_bindings(self, now: float) -> int:
         async with self._transaction() as tx:
             gone = await tx.fetch(
-                "DELETE FROM bindings WHERE expires_at <= $1 RETURNING aor", float(now)
+                "DELETE FROM bindings WHERE expires_at <= $1 RETURNING gone", float(now)
             )
-        return len(gone)
+        return sum(1 for (was_gone,) in gone if not was_gone)
+
+    # ------------------------------------------------------------------ nodes
+
+    async def heartbeat(self, node: Node) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO nodes (id, address, started_at, last_seen, calls, registrations) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
+                "address = excluded.address, started_at = excluded.started_at, "
+                "last_seen = excluded.last_seen, calls = excluded.calls, "
+                "registrations = excluded.registrations",
+                node.id, node.address, float(node.started_at), float(node.last_seen),
+                node.calls, node.registrations)
+
+    async def list_nodes(self) -> list[Node]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT id, address, started_at, last_seen, calls, "
+                                  "registrations FROM nodes ORDER BY id")
+        return [Node(id=str(i), address=str(a), started_at=float(s), last_seen=float(seen),
+                     calls=int(c), registrations=int(r)) for i, a, s, seen, c, r in rows]
+
+    async def remove_node(self, node_id: str) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch("DELETE FROM nodes WHERE id = $1 RETURNING id", node_id)
+        return bool(gone)
 
 
 _API_KEY_COLUMNS = "id, name, role, department, secret_hash, created_at, revoked_at"
@@ -995,7 +1136,7 @@ def _voicemail(row: tuple[Any, ...]) -> VoicemailMessage:
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:
-    aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id = row
+    aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id, path = row
     return Binding(
         aor=str(aor),
         contact=str(contact),
@@ -1007,7 +1148,19 @@ def _binding(row: tuple[Any, ...]) -> Binding:
         user_agent=str(user_agent),
         instance=str(instance),
         reg_id=None if reg_id is None else int(reg_id),
+        path=_path_values(path),
     )
+
+
+def _path_values(text: object) -> tuple[str, ...]:
+    """A stored Path: a JSON array of strings (anything else reads as no Path)."""
+    try:
+        values = json.loads(str(text))
+    except ValueError:
+        return ()
+    if not isinstance(values, list):
+        return ()
+    return tuple(str(v) for v in values)
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -1085,6 +1238,9 @@ class SQLiteStore(_SQLStore):
                 await conn.execute("ROLLBACK")
                 raise
             await conn.execute("COMMIT")
+
+    async def _columns(self, tx: _Tx, table: str) -> set[str]:
+        return {str(row[1]) for row in await tx.fetch(f"PRAGMA table_info({table})")}
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -1182,6 +1338,12 @@ class PostgresStore(_SQLStore):
             raise StoreError(f"{self!r} is not open")
         async with pool.acquire() as conn, conn.transaction():
             yield _PostgresTx(conn)
+
+    async def _columns(self, tx: _Tx, table: str) -> set[str]:
+        rows = await tx.fetch("SELECT column_name FROM information_schema.columns "
+                              "WHERE table_schema = current_schema() AND table_name = $1",
+                              table)
+        return {str(row[0]) for row in rows}
 
     async def _lock_for_apply(self, tx: _Tx) -> None:
         # A transaction-scoped advisory lock: schema creation and applies from

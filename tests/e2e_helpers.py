@@ -487,9 +487,11 @@ class Ua:
         return leg
 
     def register(self, user: str, password: str, domain: str = "pbx.test",
-                 timeout: float = 5) -> None:
+                 timeout: float = 5, expires: int = 3600, cseq: int = 1) -> Response:
         """REGISTER ``user`` from this UA's SIP port with digest (MD5): the engine then
-        sends ``user``'s calls here."""
+        sends ``user``'s calls here (``expires`` 0: no more). ``cseq``: of the first
+        of the two REGISTERs (a later registration of the same UA needs a higher one).
+        The 200."""
         def send(cseq: int, auth: str) -> Response:
             lines = [f"REGISTER sip:{domain} SIP/2.0",
                      f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKreg{user}{cseq}"
@@ -497,7 +499,7 @@ class Ua:
                      f"From: <sip:{user}@{domain}>;tag=reg{user}", f"To: <sip:{user}@{domain}>",
                      f"Call-ID: reg-{user}-{self.port}", f"CSeq: {cseq} REGISTER",
                      "Max-Forwards: 70", f"Contact: <sip:{user}@127.0.0.1:{self.port}>",
-                     "Expires: 3600"]
+                     f"Expires: {expires}"]
             if auth:
                 lines.append(f"Authorization: {auth}")
             self.sip.sendto("\r\n".join([*lines, "Content-Length: 0", "", ""]).encode(),
@@ -510,12 +512,13 @@ class Ua:
                     return msg
             raise AssertionError(f"no answer to REGISTER {cseq}: {self.seen}")
 
-        challenge = send(1, "")
+        challenge = send(cseq, "")
         assert challenge.status == 401, challenge.to_bytes()[:400]
         md5 = next(c for c in challenge.get_lines("www-authenticate") if "MD5" in c)
-        ok = send(2, build_authorization(md5, "REGISTER", f"sip:{domain}", user, password,
-                                         "cn"))
+        ok = send(cseq + 1, build_authorization(md5, "REGISTER", f"sip:{domain}", user,
+                                                password, "cn"))
         assert ok.status == 200, ok.to_bytes()[:400]
+        return ok
 
     def take_call(self, timeout: float = 8) -> Request:
         """Answer the next INVITE the engine sends here (200 with our SDP) and wait

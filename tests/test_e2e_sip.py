@@ -40,7 +40,7 @@ def test_options_udp_answered_with_capabilities(engine: EngineProcess) -> None:
     resp = only_response(udp_exchange(engine.sip, options()))
     assert resp.status == 200
     assert "REGISTER" in (resp.get("allow") or "") and resp.get("accept") == "application/sdp"
-    assert resp.get("supported") == "outbound"  # what is done, not Path (RFC 3327)
+    assert resp.get("supported") == "outbound, path"  # RFC 5626 flows, RFC 3327 Path
     via = resp.top_via
     assert via.received == "127.0.0.1" and via.rport not in (None, "")  # RFC 3581
 
@@ -57,13 +57,16 @@ def test_admin_listener_serves_nothing_unauthenticated_but_health(
         assert anonymous.value.code == 401, path
 
 
-def test_register_requiring_path_is_refused_420(engine: EngineProcess) -> None:
-    # RFC 3327 s5: a registrar without Path support answers 420 to Require: path.
+def test_register_requiring_path_is_accepted_and_the_path_echoed(
+        engine: EngineProcess) -> None:
+    # RFC 3327 s5.3: Require: path is no longer refused (420); a REGISTER that needs
+    # no authentication is not reached here, so the challenge shows it was accepted.
     register = options(call_id="reg-path").replace(b"OPTIONS", b"REGISTER").replace(
         b"Max-Forwards: 70\r\n",
-        b"Max-Forwards: 70\r\nRequire: path\r\nContact: <sip:101@127.0.0.1:9>\r\n")
+        b"Max-Forwards: 70\r\nRequire: path\r\nPath: <sip:127.0.0.1:9;lr>\r\n"
+        b"Contact: <sip:101@127.0.0.1:9>\r\n")
     resp = only_response(udp_exchange(engine.sip, register))
-    assert resp.status == 420 and resp.get("unsupported") == "path"
+    assert resp.status == 401 and resp.get("unsupported") is None
 
 
 def test_serve_logs_which_parser_it_runs(engine: EngineProcess) -> None:
