@@ -31,6 +31,8 @@ from routing import parse_when
 
 if TYPE_CHECKING:
     from engine.overload import OverloadConfig
+    from provisioning.api.auth import Principal
+    from provisioning.api.errors import ApiError
 
 DEFAULT_DATA_DIR = "switchboard-data"
 
@@ -175,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     utotp.add_argument("--png", default=None, metavar="PATH",
                        help="also write the QR code as a PNG file")
     utotp.add_argument("--disable", action="store_true", help="turn TOTP off for the user")
+
+    uimp = usub.add_parser("import", help="create or change users from a CSV in a 3CX user "
+                                          "export's columns (all or nothing; never deletes)")
+    _common(uimp)
+    uimp.add_argument("file", help="the CSV file ('-': standard input)")
+    uimp.add_argument("--dry-run", action="store_true",
+                      help="only say which users would be added, changed or left unchanged")
+    uexp = usub.add_parser("export", help="the users, as JSON or (--csv) in a 3CX user "
+                                          "export's columns; never passwords or PINs")
+    _common(uexp)
+    uexp.add_argument("--csv", action="store_true")
 
     keys = sub.add_parser("apikeys", help="API keys for integrations")
     ksub = keys.add_subparsers(dest="action", required=True)
@@ -552,6 +565,61 @@ async def _users_set_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_principal() -> Principal:
+    """Who the CLI acts as through the admin API's write path: whoever may open the
+    store may already rewrite it all, so an owner."""
+    from provisioning.api.auth import Principal
+
+    return Principal(actor=_cli_actor(), role="owner")
+
+
+def _print_api_error(exc: ApiError) -> int:
+    print("switchboard: refused, nothing applied:", file=sys.stderr)
+    for path, message in exc.errors:
+        print(f"  {path}: {message}" if path else f"  {message}", file=sys.stderr)
+    return 2
+
+
+async def _users_import(args: argparse.Namespace) -> int:
+    from provisioning.api.errors import ApiError
+    from provisioning.api.resources import DirectoryApi
+
+    text = sys.stdin.read() if args.file == "-" else \
+        Path(args.file).read_text(encoding="utf-8-sig")
+    async with _store(args) as store:
+        try:
+            report, revision = await DirectoryApi(store).import_users(
+                _cli_principal(), text, None, "cli", dry_run=args.dry_run)
+        except ApiError as exc:
+            return _print_api_error(exc)
+    print("added: " + (", ".join(report["added"]) or "none"))
+    print("changed: " + (", ".join(f"{ext} ({', '.join(fields)})" for ext, fields
+                                   in report["changed"].items()) or "none"))
+    print("unchanged: " + (", ".join(report["unchanged"]) or "none"))
+    if report["ignored_columns"]:
+        print("ignored columns: " + ", ".join(report["ignored_columns"]))
+    if args.dry_run:
+        print("dry run: nothing applied")
+    else:
+        print(f"revision {revision}")
+    return 0
+
+
+async def _users_export(args: argparse.Namespace) -> int:
+    from provisioning.api.resources import DirectoryApi, redact
+
+    async with _store(args) as store:
+        api = DirectoryApi(store)
+        if args.csv:
+            text, _ = await api.export_users(_cli_principal())
+            sys.stdout.write(text)
+            return 0
+        data, _ = await api.snapshot()
+    print(json.dumps([redact("users", u) for u in data["users"]], indent=2,
+                     ensure_ascii=False))
+    return 0
+
+
 async def _users_totp(args: argparse.Namespace) -> int:
     import segno
 
@@ -693,6 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    ("provision", "export"): _export,
                    ("users", "set-password"): _users_set_password,
                    ("users", "totp"): _users_totp,
+                   ("users", "import"): _users_import,
+                   ("users", "export"): _users_export,
                    ("apikeys", "create"): _apikeys_create,
                    ("apikeys", "list"): _apikeys_list,
                    ("apikeys", "revoke"): _apikeys_revoke,

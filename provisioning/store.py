@@ -284,14 +284,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
-                              audit: AuditEntry | None = None) -> ApplyReport:
+                              audit: AuditEntry | Sequence[AuditEntry] | None = None,
+                              ) -> ApplyReport:
         """Make the stored directory equal ``directory``, in one transaction.
 
         ``directory`` is validated again first (``DirectoryError`` when it is
         invalid); on any error nothing is changed.  ``expect_revision``: refuse
         (:class:`RevisionConflict`) unless the directory revision is still that
         one, checked inside the transaction.  ``audit`` is written in the same
-        transaction when something changed.
+        transaction when something changed (several: a bulk write audits each row).
         """
 
     @abc.abstractmethod
@@ -589,7 +590,8 @@ class _SQLStore(Store):
     # ------------------------------------------------------------------ directory
 
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
-                              audit: AuditEntry | None = None) -> ApplyReport:
+                              audit: AuditEntry | Sequence[AuditEntry] | None = None,
+                              ) -> ApplyReport:
         canonical = parse_directory(directory_to_dict(directory), "<apply_directory>")
         new = _canonical_rows(canonical)
         async with self._transaction() as tx:
@@ -648,8 +650,9 @@ class _SQLStore(Store):
                 await _bump_revision(tx)
                 await _bump_revision(tx, "directory_revision")
                 revision += 1
-                if audit is not None:
-                    await _insert_audit(tx, audit)
+                entries = (audit,) if isinstance(audit, AuditEntry) else audit or ()
+                for entry in entries:
+                    await _insert_audit(tx, entry)
         return ApplyReport(tuple(changes), revision)
 
     async def save_voicemail(self, message: VoicemailMessage) -> None:

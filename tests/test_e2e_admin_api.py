@@ -39,13 +39,15 @@ class Client:
 
     def call(self, method: str, path: str, body: object = None,
              headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-        data = None if body is None else json.dumps(body).encode()
+        # bytes go as they are (a CSV, a WAV), with the Content-Type given in headers
+        data = body if isinstance(body, bytes) else (
+            None if body is None else json.dumps(body).encode())
         quoted = urllib.parse.quote(path, safe="/?=&%+")
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{PREFIX}{quoted}",
                                          data=data, method=method)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
+        if data is not None and not isinstance(body, bytes):
             request.add_header("Content-Type", "application/json")
         for name, value in (headers or {}).items():
             request.add_header(name, value)
@@ -124,7 +126,7 @@ class Case:
     body: Callable[[str], object] | None = None  # role digit -> body
     prepare: Prepare | None = None
     check: Callable[[str, Any], None] | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # request headers
 
 
 def _all(status: int) -> dict[str, int]:
@@ -159,8 +161,26 @@ def _users_scope(role: str, answer: Any) -> None:
         assert {"101", "201", "202"} <= extensions, answer
 
 
+def _csv_hire(n: str) -> bytes:
+    return ("Number,FirstName,LastName,Department,AuthPassword,DID\n"
+            f"14{n},Csv,Hire {n},Sales,csv-sip-secret-{n},+1514555014{n}\n").encode()
+
+
+def _csv_export_scope(role: str, answer: Any) -> None:
+    text = answer.decode() if isinstance(answer, bytes) else str(answer)
+    assert text.startswith("Number,FirstName,LastName,") and "secret" not in text, text
+    extensions = {line.split(",")[0] for line in text.splitlines()[1:]}
+    assert ("201" in extensions) == (role in ("manager", "owner")), (role, extensions)
+
+
 CASES: list[Case] = [
     Case("GET", "/me", "/me", _all(OK)),
+    Case("POST", "/users/import", "/users/import", _roles(NO, NO, OK, OK, OK), body=_csv_hire,
+         extra={"Content-Type": "text/csv"},
+         check=lambda role, answer: None if answer["added"] == [f"14{N[role]}"] else
+         pytest.fail(str(answer))),
+    Case("GET", "/users/export.csv", "/users/export.csv", _roles(NO, NO, OK, OK, OK),
+         check=_csv_export_scope),
     Case("GET", "/users", "/users", _all(OK), check=_users_scope),
     Case("GET", "/users/{key}", "/users/101", _roles(HIDDEN, OK, OK, OK, OK)),
     Case("GET", "/users/{key}", "/users/201", _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
@@ -265,6 +285,7 @@ def test_roles(case: Case, clients: dict[str, Client]) -> None:
         if case.prepare is not None:
             path = case.path.replace("{target}", case.prepare(clients["owner"], role))
         headers = {"If-Match": "*"} if case.method in ("POST", "PATCH", "DELETE") else {}
+        headers |= case.extra
         body = case.body(N[role]) if case.body is not None else None
         status, answer, _ = clients[role].call(case.method, path, body, headers)
         if status != case.expect[role]:
@@ -390,6 +411,65 @@ def test_openapi_is_served_and_names_every_route(office: EngineProcess) -> None:
     assert status == 200 and doc["openapi"] == "3.1.0"
     for route in ROUTES:
         assert route.method.lower() in doc["paths"][PREFIX + route.path]
+
+
+def test_csv_import_over_http_and_the_cli(office: EngineProcess, clients: dict[str, Client],
+                                         tmp_path: Path) -> None:
+    owner = clients["owner"]
+    status, text, headers = owner.call("GET", "/users/export.csv")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    etag = headers["ETag"]
+    csv_text = text.decode()
+    assert "secret" not in csv_text and ",2468," not in csv_text  # no SIP password, no PIN
+    hire = ("Number,FirstName,LastName,EmailAddress,AuthID,AuthPassword,PIN,VMEmailOptions,"
+            "Department,WebMeetingFriendlyName\n"
+            "160,Gilles,Pelletier,gilles@example.test,160,gilles-sip-160,5150,2,Support,gp\n")
+    status, answer, _ = owner.call("POST", "/users/import?dry_run=1", hire.encode(),
+                                   {"Content-Type": "text/csv", "If-Match": etag})
+    assert status == 200, answer
+    assert answer == {"added": ["160"], "changed": {}, "unchanged": [], "dry_run": True,
+                      "ignored_columns": ["WebMeetingFriendlyName"]}
+    assert owner.call("GET", "/users/160")[0] == 404  # the dry run applied nothing
+    status, answer, _ = owner.call("POST", "/users/import", hire.encode(),
+                                   {"Content-Type": "text/csv"})
+    assert status == 428
+    status, answer, _ = owner.call("POST", "/users/import", b'{"a": 1}',
+                                   {"Content-Type": "application/json", "If-Match": "*"})
+    assert status == 415 and answer["errors"][0]["path"] == "Content-Type"
+    bad = hire.replace(",2,Support", ",7,Support").replace("160,gilles", "161,gilles")
+    status, answer, _ = owner.call("POST", "/users/import", bad.encode(),
+                                   {"Content-Type": "text/csv", "If-Match": "*"})
+    assert status == 422
+    assert [e["path"] for e in answer["errors"]] == ["row 2, column AuthID",
+                                                     "row 2, column VMEmailOptions"]
+    status, answer, new = owner.call("POST", "/users/import", hire.encode(),
+                                     {"Content-Type": "text/csv", "If-Match": etag})
+    assert status == 200 and answer["added"] == ["160"] and new["ETag"] != etag
+    status, user, _ = owner.call("GET", "/users/160")
+    assert status == 200 and user["password_set"] and user["voicemail_pin_set"]
+    assert "gilles-sip-160" not in office.log()
+
+    # the CLI: the same file, the same path (dry run, then the real thing)
+    path = tmp_path / "users.csv"
+    path.write_text(hire.replace("Gilles,Pelletier", "Gilles,Pelletier-Roy") +
+                    "161,Hélène,Bouchard,,,helene-sip-161,,,Support,\n", encoding="utf-8")
+    done = office.cli("users", "import", str(path), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:3] == ["added: 161", "changed: 160 (name)",
+                                            "unchanged: none"]
+    assert "dry run: nothing applied" in done.stdout
+    assert office.cli("users", "import", str(path)).returncode == 0
+    exported = office.cli("users", "export", "--csv")
+    assert exported.returncode == 0 and "161,Hélène,Bouchard," in exported.stdout
+    assert "helene-sip-161" not in exported.stdout
+    listed = json.loads(office.cli("users", "export").stdout)
+    assert {"extension": "160", "name": "Gilles Pelletier-Roy"}.items() <= \
+        next(u for u in listed if u["extension"] == "160").items()
+    path.write_text("Number,VMNoPin\n160,perhaps\n")
+    refused = office.cli("users", "import", str(path))
+    assert refused.returncode == 2 and "row 2, column VMNoPin" in refused.stderr
+    audit = json.loads(office.cli("audit", "--json", "--target", "users/161").stdout)
+    assert audit[0]["action"] == "users.import" and "helene-sip" not in json.dumps(audit)
 
 
 def test_export_after_api_edits_applies_as_no_change(office: EngineProcess,

@@ -54,6 +54,8 @@ class Route:
     query: Mapping[str, tuple[sch.Schema, bool]] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     etag: bool = False
+    body_media: str = ""  # default: JSON (merge patch for a PATCH)
+    response_media: str = ""  # default: JSON (audio/wav when no response schema)
 
 
 class Api:
@@ -218,6 +220,64 @@ async def _recording_get(api: Api, request: web.Request,
     return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
 
 
+# The admin listener caps a body at 64 KiB (engine/app.py HTTP_MAX_BODY, for JSON). A file
+# route reads the stream itself, in chunks, up to its own cap: the cap holds per route
+# without a second application or a change to the listener.
+MAX_CSV = 4 * 1024 * 1024  # some 30 000 users
+
+
+async def read_capped(request: web.Request, cap: int) -> bytes:
+    """The body, refused (413, before reading it all) past ``cap`` bytes."""
+    if request.content_length is not None and request.content_length > cap:
+        raise ApiError(413, [("", f"the body is {request.content_length} bytes; at most "
+                                  f"{cap} here")])
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > cap:
+            raise ApiError(413, [("", f"the body is over {cap} bytes")])
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _csv_text(request: web.Request) -> str:
+    kind = request.content_type
+    if kind not in ("text/csv", "text/plain", "application/csv"):
+        raise ApiError(415, [("Content-Type", f"{kind!r}: send the file as text/csv")])
+    raw = await read_capped(request, MAX_CSV)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, [("", f"the file is not UTF-8 (byte {exc.start}); save it as "
+                                  "CSV UTF-8")]) from None
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "0")
+    if value not in ("0", "1", "true", "false"):
+        raise ApiError(400, [(name, f"{value!r}: 0 or 1")])
+    return value in ("1", "true")
+
+
+async def _users_import(api: Api, request: web.Request,
+                        p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    dry_run = _flag(request, "dry_run")
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    report, revision = await api.directory.import_users(p, await _csv_text(request), if_match,
+                                                        _source(request), dry_run)
+    return _json(report, revision=revision)
+
+
+async def _users_export(api: Api, request: web.Request,
+                        p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    text, revision = await api.directory.export_users(p)
+    return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
+        "ETag": f'"{revision}"', "Content-Disposition": 'attachment; filename="users.csv"'})
+
+
 async def _openapi(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
     return _json(openapi())
 
@@ -229,6 +289,11 @@ _STATUS_OUT = sch.obj({"extension": {"type": "string"}, "status": sch.enum(STATU
                        "configured": sch.enum(STATUSES), "live": sch.BOOLEAN})
 _STATUS_OUT["additionalProperties"] = True
 _LIST: sch.Schema = {"type": "array", "items": {"type": "object"}}
+_STRINGS: sch.Schema = {"type": "array", "items": {"type": "string"}}
+_IMPORT_OUT = sch.obj({"added": _STRINGS, "changed": {
+    "type": "object", "additionalProperties": _STRINGS,
+    "description": "extension -> the keys that change"}, "unchanged": _STRINGS,
+    "ignored_columns": _STRINGS, "dry_run": sch.BOOLEAN})
 
 ROUTES: list[Route] = [
     Route("POST", "/auth/token", _sign_in, "Sign in: a bearer token", "anyone", sch.obj({
@@ -249,6 +314,18 @@ ROUTES: list[Route] = [
     Route("PATCH", "/system", _system_patch, "Change the system table (merge patch)", "owner",
           sch.output_schema("system"), body=sch.input_schema("system", patch=True), write=True,
           errors=(400, 409, 412, 422, 428), etag=True),
+    # before the users table's routes: /users/{key} would take /users/export.csv
+    Route("POST", "/users/import", _users_import,
+          "Create or change users from a CSV in a 3CX user export's columns (all or nothing; "
+          "?dry_run=1 only reports; never deletes)",
+          "department_admin: their department; manager: all but owners; owner",
+          _IMPORT_OUT, body={"type": "string"}, body_media="text/csv", write=True,
+          query={"dry_run": (sch.enum(("0", "1", "true", "false")), False)},
+          errors=(400, 403, 409, 412, 413, 415, 422, 428), etag=True),
+    Route("GET", "/users/export.csv", _users_export,
+          "The users one may see as CSV in a 3CX user export's columns (AuthPassword and PIN "
+          "always empty)", "department_admin: their department; manager, owner",
+          {"type": "string"}, response_media="text/csv", etag=True),
     *_table_routes("users", "users", "user: self; receptionist, department_admin: their "
                    "department; manager, owner: all", "user, receptionist: own forwarding, "
                    "schedule, greetings, PIN; department_admin: their department; manager: "
@@ -361,7 +438,27 @@ def setup(app: web.Application, store: Store, live: Live) -> Api:
     api = Api(store, live)
     for route in ROUTES:
         app.router.add_route(route.method, PREFIX + route.path, _wrap(api, route))
+    # A fixed path under a parameterised one (/users/import under /users/{key}) would
+    # otherwise answer another method with a 405 that offers the parameterised
+    # resource's methods too: answer it here, with the methods of this path only.
+    fixed: dict[str, list[str]] = {}
+    for route in ROUTES:
+        if "{" not in route.path:
+            fixed.setdefault(route.path, []).append(route.method)
+    for path, methods in fixed.items():
+        app.router.add_route("*", PREFIX + path, _not_allowed(methods))
     return api
+
+
+def _not_allowed(methods: list[str]) -> Callable[[web.Request],
+                                                 Awaitable[web.StreamResponse]]:
+    allow = ",".join(sorted(set(methods)))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(ApiError(405, [("", f"{request.method}: this resource "
+                                                     f"takes {allow}")]).body(),
+                                 status=405, headers={"Allow": allow})
+    return handler
 
 
 # --------------------------------------------------------------------------- OpenAPI
@@ -373,6 +470,7 @@ _REASONS = {400: "Bad request (named by field)", 401: "Not signed in, or a bad c
             409: "The store has no directory yet",
             412: "The directory changed since it was read (If-Match)",
             422: "Refused by the directory's validation: every error named by field",
+            413: "The body is too large", 415: "Not the media type this route takes",
             428: "A write needs If-Match", 429: "Too many failed sign-ins"}
 
 
@@ -395,7 +493,8 @@ def openapi() -> dict[str, Any]:
         content: dict[str, Any] = ({"audio/wav": {"schema": {"type": "string",
                                                               "format": "binary"}}}
                                    if route.response is None else
-                                   {"application/json": {"schema": route.response}})
+                                   {route.response_media or "application/json":
+                                    {"schema": route.response}})
         responses: dict[str, Any] = {str(ok): {"description": "OK", "content": content}}
         if route.etag:
             responses[str(ok)]["headers"] = {"ETag": {"schema": {"type": "string"},
@@ -411,8 +510,8 @@ def openapi() -> dict[str, Any]:
             "operationId": _operation_id(route), "parameters": params, "responses": responses,
         }
         if route.body is not None:
-            media = ("application/merge-patch+json" if route.method == "PATCH"
-                     else "application/json")
+            media = route.body_media or ("application/merge-patch+json"
+                                         if route.method == "PATCH" else "application/json")
             operation["requestBody"] = {"required": True,
                                         "content": {media: {"schema": route.body}}}
         operation["security"] = [] if route.public else [{"bearer": []}]
