@@ -189,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(uexp)
     uexp.add_argument("--csv", action="store_true")
 
+    ucopy = usub.add_parser("copy", help="a new user with another's settings and new "
+                                         "credentials (SIP password and PIN printed once)")
+    _common(ucopy)
+    ucopy.add_argument("source", help="the extension whose settings are copied")
+    ucopy.add_argument("extension", help="the new user's extension")
+    ucopy.add_argument("--name", required=True)
+    ucopy.add_argument("--email", default=None)
+    ucopy.add_argument("--mobile", default=None)
+
     keys = sub.add_parser("apikeys", help="API keys for integrations")
     ksub = keys.add_subparsers(dest="action", required=True)
     kcreate = ksub.add_parser("create", help="create a key (printed once)")
@@ -605,6 +614,25 @@ async def _users_import(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _users_copy(args: argparse.Namespace) -> int:
+    from provisioning.api.errors import ApiError
+    from provisioning.api.resources import DirectoryApi
+
+    body = {"extension": args.extension, "name": args.name}
+    body |= {k: v for k in ("email", "mobile") if (v := getattr(args, k)) is not None}
+    async with _store(args) as store:
+        try:
+            row, revision = await DirectoryApi(store).copy_user(
+                _cli_principal(), args.source, body, None, "cli")
+        except ApiError as exc:
+            return _print_api_error(exc)
+    print(f"{row['extension']}: created from {args.source} (revision {revision}); "
+          "the credentials below are shown once")
+    print(f"SIP password: {row['sip_password']}")
+    print(f"voicemail PIN: {row['voicemail_pin']}")
+    return 0
+
+
 async def _users_export(args: argparse.Namespace) -> int:
     from provisioning.api.resources import DirectoryApi, redact
 
@@ -763,6 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    ("users", "totp"): _users_totp,
                    ("users", "import"): _users_import,
                    ("users", "export"): _users_export,
+                   ("users", "copy"): _users_copy,
                    ("apikeys", "create"): _apikeys_create,
                    ("apikeys", "list"): _apikeys_list,
                    ("apikeys", "revoke"): _apikeys_revoke,

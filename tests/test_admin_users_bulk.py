@@ -148,3 +148,59 @@ async def test_import_and_export_follow_the_roles(api: DirectoryApi, store: Stor
         ALICE, hire.replace("Department\n", "Department,AuthPassword\n").replace(
             "Sales\n", "Sales,hire-sip-151\n"), None, "test")
     assert report["added"] == ["151"]
+
+
+async def test_copy_takes_settings_and_makes_new_credentials(api: DirectoryApi,
+                                                             store: Store) -> None:
+    data, _ = await store.load_directory_data()
+    assert data is not None
+    alice = next(u for u in data["users"] if u["extension"] == "101")
+    row, revision = await api.copy_user(OWNER, "101", {
+        "extension": "110", "name": "Hugo Martin", "email": "hugo@example.test",
+        "mobile": "+15145550110"}, 1, "test")
+    assert revision == 2 and row["extension"] == "110" and row["name"] == "Hugo Martin"
+    secret, pin = row.pop("sip_password"), row.pop("voicemail_pin")
+    assert len(secret) >= 20 and pin.isdigit() and len(pin) == 6
+    assert "password" not in row and row["password_set"] is True
+    loaded = await store.load_directory()
+    assert loaded is not None
+    hugo = loaded.user("110")
+    assert hugo is not None and hugo.password == secret and hugo.voicemail_pin == pin
+    data, _ = await store.load_directory_data()
+    assert data is not None
+    copied = next(u for u in data["users"] if u["extension"] == "110")
+    for key in ("department", "role", "codecs", "schedule", "external_calls", "record_calls",
+                "accept_multiple_calls", "outbound_pin_required"):
+        assert copied[key] == alice[key], key
+    for status, table in alice["forwarding"].items():
+        assert {k: v for k, v in copied["forwarding"][status].items() if k != "greeting"} == \
+            {k: v for k, v in table.items() if k != "greeting"}
+        assert copied["forwarding"][status]["greeting"] == "default"  # never her voice
+    assert copied["voicemail"]["greeting"] == "default"
+    assert copied["password"] != alice["password"] and copied["email"] == "hugo@example.test"
+    entry = (await store.list_audit(limit=1, target="users/110"))[0]
+    assert entry.action == "users.copy" and entry.before == {"from": "101"}
+    assert secret not in repr(entry) and pin not in repr(entry)
+
+
+async def test_copy_refusals_are_named(api: DirectoryApi, store: Store) -> None:
+    with pytest.raises(ApiError) as caught:
+        await api.copy_user(OWNER, "101", {"extension": "102", "name": "Dup"}, None, "t")
+    assert caught.value.status == 422 and any("102" in m for _, m in caught.value.errors)
+    with pytest.raises(ApiError) as caught:
+        await api.copy_user(OWNER, "101", {"name": "", "pin": "1"}, None, "t")
+    assert caught.value.status == 400
+    assert [p for p, _ in caught.value.errors] == ["extension", "name", "pin"]
+    with pytest.raises(ApiError) as caught:  # what one may not see is not there
+        await api.copy_user(ALICE, "201", {"extension": "111", "name": "X"}, None, "t")
+    assert caught.value.status == 404
+    with pytest.raises(ApiError) as caught:  # her settings need what only she gave
+        await api.copy_user(ALICE, "101", {"extension": "111", "name": "X"}, None, "t")
+    assert caught.value.status == 422
+    found = dict(caught.value.errors)
+    assert found["users[6].voicemail.email"] == "'attach' needs the user's email address"
+    assert "no mobile number" in found["users[6].forwarding.away.no_answer.external"]
+    with pytest.raises(ApiError) as caught:
+        await api.copy_user(BRUNO, "102", {"extension": "112", "name": "Me Too"}, None, "t")
+    assert caught.value.status == 403
+    assert await store.directory_revision() == 1

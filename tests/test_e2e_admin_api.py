@@ -179,6 +179,15 @@ CASES: list[Case] = [
          extra={"Content-Type": "text/csv"},
          check=lambda role, answer: None if answer["added"] == [f"14{N[role]}"] else
          pytest.fail(str(answer))),
+    Case("POST", "/users/{extension}/copy", "/users/102/copy", _roles(NO, NO, 201, 201, 201),
+         body=lambda n: {"extension": f"17{n}", "name": f"Copy {n}",
+                         "mobile": f"+151455517{n}"},
+         check=lambda role, answer: None if answer["sip_password"] and "password" not in answer
+         else pytest.fail(str(answer))),
+    Case("POST", "/users/{extension}/copy", "/users/201/copy",
+         _roles(HIDDEN, HIDDEN, HIDDEN, 201, 201),
+         body=lambda n: {"extension": f"27{n}", "name": f"Copy {n}",
+                         "email": f"copy{n}@example.test"}),
     Case("GET", "/users/export.csv", "/users/export.csv", _roles(NO, NO, OK, OK, OK),
          check=_csv_export_scope),
     Case("GET", "/users", "/users", _all(OK), check=_users_scope),
@@ -470,6 +479,30 @@ def test_csv_import_over_http_and_the_cli(office: EngineProcess, clients: dict[s
     assert refused.returncode == 2 and "row 2, column VMNoPin" in refused.stderr
     audit = json.loads(office.cli("audit", "--json", "--target", "users/161").stdout)
     assert audit[0]["action"] == "users.import" and "helene-sip" not in json.dumps(audit)
+
+
+def test_copy_user_over_http_and_the_cli(office: EngineProcess,
+                                        clients: dict[str, Client]) -> None:
+    alice = clients["department_admin"]
+    status, source, headers = alice.call("GET", "/users/102")
+    assert status == 200
+    status, row, _ = alice.call("POST", "/users/102/copy", {
+        "extension": "180", "name": "Inès Gagnon", "email": "ines@example.test",
+        "mobile": "+15145550180"},
+        {"If-Match": headers["ETag"]})
+    assert status == 201, row
+    assert row["department"] == "Sales" and row["forwarding"] == source["forwarding"]
+    secret = row["sip_password"]
+    assert secret and "sip_password" not in alice.call("GET", "/users/180")[1]
+    assert secret not in office.log()
+    done = office.cli("users", "copy", "201", "181", "--name", "Jules Roy",
+                      "--email", "jules@example.test")
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert printed[0].startswith("181: created from 201")
+    assert printed[1].startswith("SIP password: ") and len(printed[1]) > 30
+    refused = office.cli("users", "copy", "201", "102", "--name", "Again")
+    assert refused.returncode == 2 and "users[" in refused.stderr, refused.stderr
 
 
 def test_export_after_api_edits_applies_as_no_change(office: EngineProcess,

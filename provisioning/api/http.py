@@ -270,6 +270,15 @@ async def _users_import(api: Api, request: web.Request,
     return _json(report, revision=revision)
 
 
+async def _users_copy(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    row, revision = await api.directory.copy_user(p, request.match_info["extension"],
+                                                  await _body(request), if_match,
+                                                  _source(request))
+    return _json(row, 201, revision)
+
+
 async def _users_export(api: Api, request: web.Request,
                         p: Principal | None) -> web.StreamResponse:
     assert p is not None
@@ -290,6 +299,10 @@ _STATUS_OUT = sch.obj({"extension": {"type": "string"}, "status": sch.enum(STATU
 _STATUS_OUT["additionalProperties"] = True
 _LIST: sch.Schema = {"type": "array", "items": {"type": "object"}}
 _STRINGS: sch.Schema = {"type": "array", "items": {"type": "string"}}
+_COPY_OUT: sch.Schema = {**sch.output_schema("users")}
+_COPY_OUT["properties"] = {**_COPY_OUT.get("properties", {}),
+                           "sip_password": {"type": "string"},
+                           "voicemail_pin": {"type": "string"}}
 _IMPORT_OUT = sch.obj({"added": _STRINGS, "changed": {
     "type": "object", "additionalProperties": _STRINGS,
     "description": "extension -> the keys that change"}, "unchanged": _STRINGS,
@@ -326,6 +339,15 @@ ROUTES: list[Route] = [
           "The users one may see as CSV in a 3CX user export's columns (AuthPassword and PIN "
           "always empty)", "department_admin: their department; manager, owner",
           {"type": "string"}, response_media="text/csv", etag=True),
+    Route("POST", f"/users/{_EXT}/copy", _users_copy,
+          "A new user with this one's settings (department, role, rights, codecs, forwarding, "
+          "schedule, voicemail options); the generated SIP password and voicemail PIN are in "
+          "this answer only", "as POST /users (and one must see the user copied)",
+          _COPY_OUT, body=sch.obj({"extension": {"type": "string", "minLength": 1},
+                                   "name": {"type": "string", "minLength": 1},
+                                   "email": {"type": "string"},
+                                   "mobile": {"type": "string"}}, ["extension", "name"]),
+          write=True, errors=(400, 404, 409, 412, 422, 428), etag=True),
     *_table_routes("users", "users", "user: self; receptionist, department_admin: their "
                    "department; manager, owner: all", "user, receptionist: own forwarding, "
                    "schedule, greetings, PIN; department_admin: their department; manager: "

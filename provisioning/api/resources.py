@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,6 +47,11 @@ SECRETS: Mapping[str, tuple[str, ...]] = {
     "ring_groups": (),
 }
 MASK = "********"
+#: What a copy takes from the body; what it never takes from the user copied (identity,
+#: credentials, the live state and the personal caller ID).
+COPY_IDENTITY = ("extension", "name", "email", "mobile")
+COPY_LEFT_OUT = frozenset({"extension", "name", "email", "mobile", "password",
+                           "voicemail_pin", "status", "disabled", "outbound_caller_id"})
 # A greeting set through the API is "default" or a file name under the engine's data
 # dir: a path would let anyone who may set a greeting play any WAV on the server.
 _GREETING_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.wav")
@@ -291,6 +297,45 @@ class DirectoryApi:
             return report, revision
         new_revision = await self._apply(directory, revision, entries)
         return report, new_revision
+
+    async def copy_user(self, p: Principal, extension: str, body: object,
+                        if_match: int | None, source: str) -> tuple[dict[str, Any], int]:
+        """A new user with another's settings (department, role, rights, codecs,
+        forwarding, schedule, voicemail options) and their own identity and credentials:
+        a generated SIP password and voicemail PIN, returned in this answer only."""
+        fields = _body(body)
+        errors: list[FieldError] = [(k, "missing (a non-empty string)") for k in
+                                    ("extension", "name") if not isinstance(fields.get(k), str)
+                                    or not fields.get(k)]
+        errors += [(k, "must be a string") for k in ("email", "mobile")
+                   if k in fields and not isinstance(fields[k], str)]
+        errors += [(str(k), "unknown key (extension, name, email, mobile)") for k in fields
+                   if k not in COPY_IDENTITY]
+        if errors:
+            raise ApiError(400, errors)
+        data, revision = await self.snapshot()
+        _expect(if_match, revision)
+        template = data["users"][self._index(data, "users", extension)]
+        if not visible(p, "users", template, data):
+            raise _not_found("users", extension)
+        sip_password = secrets.token_urlsafe(18)
+        pin = f"{secrets.randbelow(10**6):06d}"
+        new = {k: copy.deepcopy(v) for k, v in template.items() if k not in COPY_LEFT_OUT}
+        for forwarding in (new.get("forwarding") or {}).values():
+            if isinstance(forwarding, dict):
+                forwarding.pop("greeting", None)  # a greeting is the other person's voice
+        if isinstance(new.get("voicemail"), dict):
+            new["voicemail"].pop("greeting", None)
+        new |= {k: fields[k] for k in COPY_IDENTITY if k in fields}
+        new |= {"password": sip_password, "voicemail_pin": pin}
+        where = f"users[{len(data['users'])}]"
+        check_write(p, "users", None, new, sorted(new), data, where)
+        data["users"].append(new)
+        new_revision = await self._store(p, data, revision, if_match, source, "users.copy",
+                                         f"users/{new['extension']}", {"from": extension},
+                                         _mask("users", new))
+        row, current = await self._fresh("users", str(new["extension"]), new_revision)
+        return row | {"sip_password": sip_password, "voicemail_pin": pin}, current
 
     async def _apply(self, directory: Directory, revision: int,
                      audit: AuditEntry | Sequence[AuditEntry]) -> int:
