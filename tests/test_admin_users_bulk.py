@@ -204,3 +204,49 @@ async def test_copy_refusals_are_named(api: DirectoryApi, store: Store) -> None:
         await api.copy_user(BRUNO, "102", {"extension": "112", "name": "Me Too"}, None, "t")
     assert caught.value.status == 403
     assert await store.directory_revision() == 1
+
+
+async def test_bulk_edit_is_one_revision_and_an_audit_entry_per_user(
+        api: DirectoryApi, store: Store) -> None:
+    body = {"extensions": ["101", "102", "103"], "set": {"record_calls": "external",
+                                                         "codecs": ["PCMA", "PCMU"]}}
+    result, revision = await api.bulk_update(ALICE, body, 1, "10.0.0.9")
+    assert revision == 2 and result["unchanged"] == []
+    assert result["changed"] == dict.fromkeys(["101", "102", "103"],
+                                              ["codecs", "record_calls"])
+    loaded = await store.load_directory()
+    assert loaded is not None
+    assert all(loaded.user(e).record_calls == "external"  # type: ignore[union-attr]
+               for e in ("101", "102", "103"))
+    entries = [e for e in await store.list_audit(limit=10) if e.action == "users.bulk_update"]
+    assert sorted(e.target for e in entries) == ["users/101", "users/102", "users/103"]
+    assert entries[0].after == {"codecs": ["PCMA", "PCMU"], "record_calls": "external"}
+    again, same = await api.bulk_update(ALICE, body, None, "t")
+    assert same == 2 and again == {"changed": {}, "unchanged": ["101", "102", "103"]}
+
+
+async def test_bulk_edit_is_all_or_nothing(api: DirectoryApi, store: Store) -> None:
+    cases: list[tuple[Principal, dict[str, object], int, list[str]]] = [
+        (ALICE, {"extensions": ["102", "201"], "set": {"record_calls": "all"}}, 404,
+         ["extensions[1]"]),  # a user one may not see is not there
+        (OWNER, {"extensions": ["102", "109"], "set": {"record_calls": "all"}}, 404,
+         ["extensions[1]"]),
+        (OWNER, {"extensions": ["102", "103"], "set": {"record_calls": "sometimes"}}, 422,
+         ["users[1].record_calls", "users[2].record_calls"]),
+        (OWNER, {"extensions": ["102"], "set": {"password": "same-for-all"}}, 422,
+         ["set.password"]),
+        (OWNER, {"extensions": [], "set": {}, "more": 1}, 400, ["more", "extensions", "set"]),
+        (BRUNO, {"extensions": ["102"], "set": {"record_calls": "all"}}, 403,
+         ["users[1].record_calls"]),
+    ]
+    for who, body, status, paths in cases:
+        with pytest.raises(ApiError) as caught:
+            await api.bulk_update(who, body, None, "t")
+        assert caught.value.status == status, (body, caught.value.errors)
+        assert [p for p, _ in caught.value.errors] == paths, caught.value.errors
+    # a user sets their own forwarding through the same route
+    result, revision = await api.bulk_update(
+        BRUNO, {"extensions": ["102"], "set": {"forwarding": {"lunch": {
+            "no_answer_seconds": 12}}}}, None, "t")
+    assert result["changed"] == {"102": ["forwarding.lunch.no_answer_seconds"]}
+    assert revision == 2 and await store.directory_revision() == 2

@@ -179,6 +179,14 @@ CASES: list[Case] = [
          extra={"Content-Type": "text/csv"},
          check=lambda role, answer: None if answer["added"] == [f"14{N[role]}"] else
          pytest.fail(str(answer))),
+    Case("PATCH", "/users", "/users", _roles(OK, NO, OK, OK, OK),
+         body=lambda n: {"extensions": ["102"], "set": {"forwarding": {"lunch": {
+             "no_answer_seconds": 30 + int(n)}}}},
+         check=lambda role, answer: None if list(answer["changed"]) == ["102"] else
+         pytest.fail(str(answer))),
+    Case("PATCH", "/users", "/users", _roles(HIDDEN, NO, OK, OK, OK),
+         body=lambda n: {"extensions": ["101", "103"], "set": {
+             "record_calls": ("off", "external", "all")[int(n) % 3]}}),
     Case("POST", "/users/{extension}/copy", "/users/102/copy", _roles(NO, NO, 201, 201, 201),
          body=lambda n: {"extension": f"17{n}", "name": f"Copy {n}",
                          "mobile": f"+151455517{n}"},

@@ -279,6 +279,14 @@ async def _users_copy(api: Api, request: web.Request, p: Principal | None) -> we
     return _json(row, 201, revision)
 
 
+async def _users_bulk(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    result, revision = await api.directory.bulk_update(p, await _body(request), if_match,
+                                                       _source(request))
+    return _json(result, revision=revision)
+
+
 async def _users_export(api: Api, request: web.Request,
                         p: Principal | None) -> web.StreamResponse:
     assert p is not None
@@ -303,6 +311,12 @@ _COPY_OUT: sch.Schema = {**sch.output_schema("users")}
 _COPY_OUT["properties"] = {**_COPY_OUT.get("properties", {}),
                            "sip_password": {"type": "string"},
                            "voicemail_pin": {"type": "string"}}
+_BULK_OUT = sch.obj({"changed": {"type": "object", "additionalProperties": {
+    "type": "array", "items": {"type": "string"}}}, "unchanged": {
+    "type": "array", "items": {"type": "string"}}})
+_BULK_SET: sch.Schema = {**sch.input_schema("users", patch=True), "minProperties": 1}
+_BULK_SET["properties"] = {k: v for k, v in _BULK_SET["properties"].items()
+                           if k not in ("extension", "password", "voicemail_pin")}
 _IMPORT_OUT = sch.obj({"added": _STRINGS, "changed": {
     "type": "object", "additionalProperties": _STRINGS,
     "description": "extension -> the keys that change"}, "unchanged": _STRINGS,
@@ -339,6 +353,15 @@ ROUTES: list[Route] = [
           "The users one may see as CSV in a 3CX user export's columns (AuthPassword and PIN "
           "always empty)", "department_admin: their department; manager, owner",
           {"type": "string"}, response_media="text/csv", etag=True),
+    Route("PATCH", "/users", _users_bulk,
+          "One merge patch on many users, all or nothing (one revision, an audit entry per "
+          "user); no secrets, no extension", "as PATCH /users/{key}, for every user listed",
+          _BULK_OUT, body=sch.obj({
+              "extensions": {"type": "array", "minItems": 1, "uniqueItems": True,
+                             "items": {"type": "string", "minLength": 1}},
+              "set": _BULK_SET},
+              ["extensions", "set"]),
+          write=True, errors=(400, 404, 409, 412, 422, 428), etag=True),
     Route("POST", f"/users/{_EXT}/copy", _users_copy,
           "A new user with this one's settings (department, role, rights, codecs, forwarding, "
           "schedule, voicemail options); the generated SIP password and voicemail PIN are in "

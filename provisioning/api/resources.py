@@ -298,6 +298,73 @@ class DirectoryApi:
         new_revision = await self._apply(directory, revision, entries)
         return report, new_revision
 
+    async def bulk_update(self, p: Principal, body: object, if_match: int | None,
+                          source: str) -> tuple[dict[str, Any], int]:
+        """One merge patch on many users, all or nothing: each row checked for ``p``, one
+        validation of the whole directory, one revision, one audit entry per user."""
+        fields = _body(body)
+        extensions, patch = fields.get("extensions"), fields.get("set")
+        errors: list[FieldError] = [(str(k), "unknown key (the body is {\"extensions\": [...], "
+                                             "\"set\": {...}})")
+                                    for k in fields if k not in ("extensions", "set")]
+        if not isinstance(extensions, list) or not extensions or not all(
+                isinstance(e, str) for e in extensions):
+            errors.append(("extensions", "a non-empty list of extensions"))
+        elif len(set(extensions)) != len(extensions):
+            errors.append(("extensions", "lists an extension twice"))
+        if not isinstance(patch, Mapping) or not patch:
+            errors.append(("set", "a non-empty merge patch (object)"))
+        else:
+            errors += [(f"set.{k}", "a secret is set one user at a time")
+                       for k in SECRETS["users"] if k in patch]
+            if "extension" in patch:
+                errors.append(("set.extension", "the extension names a user and cannot be "
+                                                "changed"))
+        if errors:
+            raise ApiError(422 if any(path.startswith("set.") for path, _ in errors) else 400,
+                           errors)
+        assert isinstance(extensions, list) and isinstance(patch, Mapping)
+        data, revision = await self.snapshot()
+        _expect(if_match, revision)
+        result: dict[str, Any] = {"changed": {}, "unchanged": []}
+        entries: list[AuditEntry] = []
+        refused: list[FieldError] = []
+        missing: list[FieldError] = []
+        for position, extension in enumerate(extensions):
+            index = next((i for i, u in enumerate(data["users"])
+                          if u.get("extension") == extension), None)
+            if index is None or not visible(p, "users", data["users"][index], data):
+                missing.append((f"extensions[{position}]", f"no user '{extension}'"))
+                continue
+            old = data["users"][index]
+            new = merge_patch(old, patch)
+            changed = diff_fields(old, new)
+            if not changed:
+                result["unchanged"].append(extension)
+                continue
+            try:
+                check_write(p, "users", old, new, changed, data, f"users[{index}]")
+            except ApiError as exc:
+                refused.extend(exc.errors)
+                continue
+            self._check_greetings(old, new, f"users[{index}]")
+            data["users"][index] = new
+            result["changed"][extension] = changed
+            entries.append(new_audit(p.actor, source, "users.bulk_update",
+                                     f"users/{extension}", _pick(_mask("users", old), changed),
+                                     _pick(_mask("users", new), changed)))
+        if missing:
+            raise ApiError(404, missing)
+        if refused:
+            raise ApiError(403, refused)
+        try:
+            directory = parse_directory(data, "<api>")
+        except DirectoryError as exc:
+            raise ApiError(422, exc.fields or [("", e) for e in exc.errors]) from None
+        if not entries:
+            return result, revision
+        return result, await self._apply(directory, revision, entries)
+
     async def copy_user(self, p: Principal, extension: str, body: object,
                         if_match: int | None, source: str) -> tuple[dict[str, Any], int]:
         """A new user with another's settings (department, role, rights, codecs,
