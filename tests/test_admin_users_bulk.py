@@ -212,8 +212,7 @@ async def test_bulk_edit_is_one_revision_and_an_audit_entry_per_user(
                                                          "codecs": ["PCMA", "PCMU"]}}
     result, revision = await api.bulk_update(ALICE, body, 1, "10.0.0.9")
     assert revision == 2 and result["unchanged"] == []
-    assert result["changed"] == dict.fromkeys(["101", "102", "103"],
-                                              ["codecs", "record_calls"])
+    assert result["changed"] == {e: ["codecs", "record_calls"] for e in ("101", "102", "103")}
     loaded = await store.load_directory()
     assert loaded is not None
     assert all(loaded.user(e).record_calls == "external"  # type: ignore[union-attr]
