@@ -198,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     ucopy.add_argument("--email", default=None)
     ucopy.add_argument("--mobile", default=None)
 
+    uwel = usub.add_parser("welcome", help="email a user their extension, SIP credentials "
+                                           "and a link to choose their web password "
+                                           "([system] smtp and admin_url)")
+    _common(uwel)
+    uwel.add_argument("extension")
+
     keys = sub.add_parser("apikeys", help="API keys for integrations")
     ksub = keys.add_subparsers(dest="action", required=True)
     kcreate = ksub.add_parser("create", help="create a key (printed once)")
@@ -633,6 +639,28 @@ async def _users_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _users_welcome(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
+    from provisioning.api.errors import ApiError
+    from provisioning.api.mail import WELCOME_SECONDS, send_welcome
+
+    async with _store(args) as store:
+        directory = await store.load_directory()
+        user = directory.user(args.extension) if directory else None
+        if directory is None or user is None:
+            raise LookupError(f"unknown extension '{args.extension}' (no such user)")
+        index = next(i for i, u in enumerate(directory.users) if u.extension == user.extension)
+        try:
+            sent_to = await send_welcome(store, directory.system, user, f"users[{index}]")
+        except ApiError as exc:
+            return _print_api_error(exc)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "users.welcome",
+                                          f"users/{user.extension}", None, {"to": sent_to}))
+    print(f"{user.extension}: welcome sent to {sent_to} (the link to choose a web password "
+          f"lasts {WELCOME_SECONDS // 3600} hours)")
+    return 0
+
+
 async def _users_export(args: argparse.Namespace) -> int:
     from provisioning.api.resources import DirectoryApi, redact
 
@@ -792,6 +820,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    ("users", "import"): _users_import,
                    ("users", "export"): _users_export,
                    ("users", "copy"): _users_copy,
+                   ("users", "welcome"): _users_welcome,
                    ("apikeys", "create"): _apikeys_create,
                    ("apikeys", "list"): _apikeys_list,
                    ("apikeys", "revoke"): _apikeys_revoke,

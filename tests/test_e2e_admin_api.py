@@ -196,6 +196,12 @@ CASES: list[Case] = [
          _roles(HIDDEN, HIDDEN, HIDDEN, 201, 201),
          body=lambda n: {"extension": f"27{n}", "name": f"Copy {n}",
                          "email": f"copy{n}@example.test"}),
+    # the office here has no [system] admin_url: past the role check, 422 names it
+    # (the emails themselves: tests/test_e2e_admin_mail.py)
+    Case("POST", "/users/{extension}/welcome", "/users/102/welcome",
+         _roles(NO, NO, 422, 422, 422)),
+    Case("POST", "/users/{extension}/welcome", "/users/201/welcome",
+         _roles(HIDDEN, HIDDEN, HIDDEN, 422, 422)),
     Case("GET", "/users/export.csv", "/users/export.csv", _roles(NO, NO, OK, OK, OK),
          check=_csv_export_scope),
     Case("GET", "/users", "/users", _all(OK), check=_users_scope),
@@ -283,8 +289,10 @@ CASES: list[Case] = [
     Case("DELETE", "/apikeys/{id}", "/apikeys/{target}", _roles(NO, NO, NO, NO, OK),
          prepare=_apikey),
 ]
-# Routes checked by their own tests below: signing in and out, and the public document.
-ELSEWHERE = {("POST", "/auth/token"), ("DELETE", "/auth/token"), ("GET", "/openapi.json")}
+# Routes checked by their own tests: signing in and out, the public document (below), and
+# the password reset (tests/test_e2e_admin_mail.py).
+ELSEWHERE = {("POST", "/auth/token"), ("DELETE", "/auth/token"), ("GET", "/openapi.json"),
+             ("POST", "/auth/reset"), ("POST", "/auth/reset/{token}")}
 
 
 def test_the_table_covers_every_route() -> None:

@@ -56,6 +56,7 @@ class Route:
     etag: bool = False
     body_media: str = ""  # default: JSON (merge patch for a PATCH)
     response_media: str = ""  # default: JSON (audio/wav when no response schema)
+    ok: int = 0  # the success status; 0: 201 for a POST, else 200
 
 
 class Api:
@@ -213,6 +214,13 @@ def _action(call: Callable[[Actions, web.Request, Principal], Awaitable[Any]],
     return handler
 
 
+def _action_public(call: Callable[[Actions, web.Request], Awaitable[Any]],
+                   status: int = 200) -> Handler:
+    async def handler(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        return _json(await call(api.actions, request), status)
+    return handler
+
+
 async def _recording_get(api: Api, request: web.Request,
                          p: Principal | None) -> web.StreamResponse:
     assert p is not None
@@ -332,6 +340,20 @@ ROUTES: list[Route] = [
                         "password": {"type": "string", "minLength": 1},
                         "code": {"type": "string", "description": "TOTP or recovery code"}},
                        ["user", "password"]), public=True, errors=(400, 401, 429)),
+    Route("POST", "/auth/reset", _action_public(
+        lambda a, r: _with_body(r, lambda b: a.request_reset(b, _source(r))), 202),
+          "Ask for a password-reset email: always 202, whether the account exists or not",
+          "anyone", sch.obj({"accepted": sch.BOOLEAN, "message": {"type": "string"}}),
+          body=sch.obj({"user": {"type": "string", "minLength": 1,
+                                 "description": "extension or email"}}, ["user"]),
+          public=True, errors=(400, 429), ok=202),
+    Route("POST", "/auth/reset/{token}", _action_public(
+        lambda a, r: _with_body(r, lambda b: a.reset_password(r.match_info["token"], b,
+                                                               _source(r)))),
+          "Set the web password with a one-time link (from a reset or welcome email)",
+          "whoever holds the link", _OBJ,
+          body=sch.obj({"password": {"type": "string"}}, ["password"]),
+          public=True, errors=(400, 404, 422, 429), ok=200),
     Route("DELETE", "/auth/token", _sign_out, "Sign out (end this token)", _ANY,
           sch.obj({"signed_out": sch.BOOLEAN}), errors=(400,)),
     Route("GET", "/me", _me, "Who the credential is", _ANY, _OBJ),
@@ -348,7 +370,14 @@ ROUTES: list[Route] = [
           "department_admin: their department; manager: all but owners; owner",
           _IMPORT_OUT, body={"type": "string"}, body_media="text/csv", write=True,
           query={"dry_run": (sch.enum(("0", "1", "true", "false")), False)},
-          errors=(400, 403, 409, 412, 413, 415, 422, 428), etag=True),
+          errors=(400, 403, 409, 412, 413, 415, 422, 428), etag=True, ok=200),
+    Route("POST", f"/users/{_EXT}/welcome", _action(
+        lambda a, r, p: a.welcome(p, r.match_info["extension"], _source(r))),
+          "Email the user their extension, SIP credentials and a link to choose their web "
+          "password", "department_admin: their department; manager: all but owners; owner",
+          sch.obj({"extension": {"type": "string"}, "sent_to": {"type": "string"},
+                   "link_valid_hours": {"type": "integer"}}),
+          errors=(403, 404, 422, 502), ok=200),
     Route("GET", "/users/export.csv", _users_export,
           "The users one may see as CSV in a 3CX user export's columns (AuthPassword and PIN "
           "always empty)", "department_admin: their department; manager, owner",
@@ -516,7 +545,8 @@ _REASONS = {400: "Bad request (named by field)", 401: "Not signed in, or a bad c
             412: "The directory changed since it was read (If-Match)",
             422: "Refused by the directory's validation: every error named by field",
             413: "The body is too large", 415: "Not the media type this route takes",
-            428: "A write needs If-Match", 429: "Too many failed sign-ins"}
+            428: "A write needs If-Match", 429: "Too many attempts: wait (Retry-After)",
+            502: "The SMTP relay did not take the email"}
 
 
 def openapi() -> dict[str, Any]:
@@ -534,7 +564,8 @@ def openapi() -> dict[str, Any]:
             params.append({"name": "If-Match", "in": "header", "required": True,
                            "description": 'the ETag read ("42"), or * to overwrite',
                            "schema": {"type": "string", "minLength": 1}})
-        ok = 201 if route.method == "POST" and route.path != "/auth/token" else 200
+        ok = route.ok or (201 if route.method == "POST" and route.path != "/auth/token"
+                          else 200)
         content: dict[str, Any] = ({"audio/wav": {"schema": {"type": "string",
                                                               "format": "binary"}}}
                                    if route.response is None else
