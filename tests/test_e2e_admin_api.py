@@ -8,11 +8,15 @@ owner), with web passwords set by ``switchboard users set-password``.
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import struct
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +165,23 @@ def _users_scope(role: str, answer: Any) -> None:
         assert {"101", "201", "202"} <= extensions, answer
 
 
+def _wav(seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
+    """A 440 Hz tone as a PCM 16-bit WAV."""
+    frames = int(seconds * rate)
+    samples = [int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(frames)]
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", s) * channels for s in samples))
+    return out.getvalue()
+
+
+def _greeting(seconds: int) -> bytes:
+    return _wav(seconds)
+
+
 def _csv_hire(n: str) -> bytes:
     return ("Number,FirstName,LastName,Department,AuthPassword,DID\n"
             f"14{n},Csv,Hire {n},Sales,csv-sip-secret-{n},+1514555014{n}\n").encode()
@@ -202,6 +223,12 @@ CASES: list[Case] = [
          _roles(NO, NO, 422, 422, 422)),
     Case("POST", "/users/{extension}/welcome", "/users/201/welcome",
          _roles(HIDDEN, HIDDEN, HIDDEN, 422, 422)),
+    Case("PUT", "/users/{extension}/greetings/{status}", "/users/102/greetings/away",
+         _roles(OK, NO, OK, OK, OK), body=lambda n: _greeting(1 + int(n)),
+         extra={"Content-Type": "audio/wav", "If-Match": "*"}),
+    Case("PUT", "/users/{extension}/greetings/{status}", "/users/201/greetings/voicemail",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK), body=lambda n: _greeting(1 + int(n)),
+         extra={"Content-Type": "audio/wav", "If-Match": "*"}),
     Case("GET", "/users/export.csv", "/users/export.csv", _roles(NO, NO, OK, OK, OK),
          check=_csv_export_scope),
     Case("GET", "/users", "/users", _all(OK), check=_users_scope),
@@ -507,7 +534,10 @@ def test_copy_user_over_http_and_the_cli(office: EngineProcess,
         "mobile": "+15145550180"},
         {"If-Match": headers["ETag"]})
     assert status == 201, row
-    assert row["department"] == "Sales" and row["forwarding"] == source["forwarding"]
+    assert row["department"] == "Sales"
+    for status, table in source["forwarding"].items():  # all but the greetings (her voice)
+        assert row["forwarding"][status] | {"greeting": "default"} == \
+            table | {"greeting": "default"}
     secret = row["sip_password"]
     assert secret and "sip_password" not in alice.call("GET", "/users/180")[1]
     assert secret not in office.log()
@@ -519,6 +549,52 @@ def test_copy_user_over_http_and_the_cli(office: EngineProcess,
     assert printed[1].startswith("SIP password: ") and len(printed[1]) > 30
     refused = office.cli("users", "copy", "201", "102", "--name", "Again")
     assert refused.returncode == 2 and "users[" in refused.stderr, refused.stderr
+
+
+def test_greeting_upload_is_checked_stored_and_set(office: EngineProcess,
+                                                   clients: dict[str, Client]) -> None:
+    bruno = clients["user"]
+    wav = _wav(45)  # 720 kB: over the listener's 64 KiB JSON limit, as a greeting may be
+    status, answer, headers = bruno.call("PUT", "/users/102/greetings/lunch", wav,
+                                         {"Content-Type": "audio/wav", "If-Match": "*"})
+    assert status == 200, answer
+    name = answer["greeting"]
+    assert answer["user"]["forwarding"]["lunch"]["greeting"] == name
+    stored = office.data_dir / name
+    assert stored.read_bytes() == wav
+    status, row, _ = bruno.call("GET", "/users/102")
+    assert row["forwarding"]["lunch"]["greeting"] == name
+    audit = json.loads(office.cli("audit", "--json", "--target", "users/102").stdout)
+    assert audit[0]["after"] == {"forwarding.lunch.greeting": name}
+
+    replaced = _wav(2)
+    status, answer, _ = bruno.call("PUT", "/users/102/greetings/lunch", replaced,
+                                   {"Content-Type": "audio/wav", "If-Match": headers["ETag"]})
+    assert status == 200 and not stored.exists()  # the earlier upload, no longer named
+
+    refusals = [
+        (_wav(1, rate=44100, channels=2), "audio/wav", 422,
+         "uploaded greetings must be PCM, 8 kHz, 16-bit, mono, at most 10 MB; this file is "
+         "44100 Hz, stereo"),
+        (b"RIFF....not a wave at all", "audio/wav", 422, "not a WAV file"),
+        (wav, "application/octet-stream", 415, "audio/wav"),
+        (b"\0" * (10 * 1024 * 1024 + 1), "audio/wav", 413, "10485760"),
+    ]
+    files = sorted(office.data_dir.glob("*greeting-*"))
+    for body, kind, code, words in refusals:
+        status, answer, _ = bruno.call("PUT", "/users/102/greetings/dnd", body,
+                                       {"Content-Type": kind, "If-Match": "*"})
+        assert status == code and words in answer["errors"][0]["message"], answer
+    status, answer, _ = bruno.call("PUT", "/users/102/greetings/asleep", wav,
+                                   {"Content-Type": "audio/wav", "If-Match": "*"})
+    assert status == 404 and answer["errors"][0]["path"] == "status"
+    status, answer, _ = bruno.call("PUT", "/users/102/greetings/dnd", wav,
+                                   {"Content-Type": "audio/wav", "If-Match": '"1"'})
+    assert status == 412
+    assert sorted(office.data_dir.glob("*greeting-*")) == files  # refused: nothing kept
+    # a JSON write stays under the listener's 64 KiB limit
+    status, _, _ = bruno.call("PATCH", "/users/102", {"name": "x" * 70_000}, {"If-Match": "*"})
+    assert status == 413
 
 
 def test_export_after_api_edits_applies_as_no_change(office: EngineProcess,

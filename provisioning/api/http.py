@@ -14,15 +14,20 @@ state (a status, a password) is not part of the directory and takes no
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from media.wav import GREETING_MAX_BYTES, WavError, validate_greeting
 from provisioning.api import schema as sch
 from provisioning.api.actions import Actions
 from provisioning.api.auth import Authenticator, Principal
@@ -295,6 +300,67 @@ async def _users_bulk(api: Api, request: web.Request, p: Principal | None) -> we
     return _json(result, revision=revision)
 
 
+_WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
+GREETING_SLOTS = (*STATUSES, "voicemail")  # a status's greeting, or the mailbox's own
+
+
+async def _greeting_put(api: Api, request: web.Request,
+                        p: Principal | None) -> web.StreamResponse:
+    """Store an uploaded greeting under the data dir, checked as the file is (PCM, 8 kHz,
+    16-bit, mono, at most 10 MB), then set it through the one write path. The file is
+    named by its content, so the directory write changes the value whenever the sound
+    changes; a refused write removes the file it brought."""
+    assert p is not None
+    extension, slot = request.match_info["extension"], request.match_info["status"]
+    if slot not in GREETING_SLOTS:
+        raise ApiError(404, [("status", f"{slot!r} is not one of: {', '.join(GREETING_SLOTS)}")])
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    await api.directory.get(p, "users", extension)  # 404 before reading what one may not see
+    if request.content_type not in _WAV_TYPES:
+        raise ApiError(415, [("Content-Type", f"{request.content_type!r}: send the greeting "
+                                              "as audio/wav")])
+    raw = await read_capped(request, GREETING_MAX_BYTES)
+    if not raw:
+        raise ApiError(400, [("", "the body is empty: send the WAV file")])
+    name = f"greeting-{extension}-{slot}-{hashlib.sha256(raw).hexdigest()[:16]}.wav"
+    final = api.live.data_dir / name
+    existed = final.exists()
+    part = final.with_name(f".{name}.{secrets.token_hex(4)}.part")
+    await asyncio.to_thread(_write, part, raw)
+    try:
+        await asyncio.to_thread(validate_greeting, part)
+    except WavError as exc:
+        part.unlink(missing_ok=True)
+        raise ApiError(422, [("", exc.problem)]) from None
+    part.replace(final)
+    patch: dict[str, Any] = ({"voicemail": {"greeting": name}} if slot == "voicemail" else
+                             {"forwarding": {slot: {"greeting": name}}})
+    try:
+        row, revision = await api.directory.update(p, "users", extension, patch, if_match,
+                                                   _source(request))
+    except ApiError:
+        if not existed:
+            final.unlink(missing_ok=True)
+        raise
+    await _drop_replaced(api, extension, slot, name)
+    return _json({"extension": extension, "status": slot, "greeting": name, "bytes": len(raw),
+                  "user": row}, revision=revision)
+
+
+async def _drop_replaced(api: Api, extension: str, slot: str, kept: str) -> None:
+    """Earlier uploads for this slot, once nothing in the directory names them."""
+    data, _ = await api.directory.snapshot()
+    named = json.dumps(data["users"])
+    for old in api.live.data_dir.glob(f"greeting-{extension}-{slot}-*.wav"):
+        if old.name != kept and f'"{old.name}"' not in named:
+            old.unlink(missing_ok=True)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 async def _users_export(api: Api, request: web.Request,
                         p: Principal | None) -> web.StreamResponse:
     assert p is not None
@@ -378,6 +444,13 @@ ROUTES: list[Route] = [
           sch.obj({"extension": {"type": "string"}, "sent_to": {"type": "string"},
                    "link_valid_hours": {"type": "integer"}}),
           errors=(403, 404, 422, 502), ok=200),
+    Route("PUT", f"/users/{_EXT}/greetings/{{status}}", _greeting_put,
+          "Upload a greeting (audio/wav: PCM, 8 kHz, 16-bit, mono, at most 10 MB) for a "
+          "status, or for the mailbox (status: voicemail); stored under the data dir and set "
+          "through the one write path", "as PATCH /users/{key} on the greeting: the user; "
+          "those who manage them", _OBJ, body={"type": "string", "format": "binary"},
+          body_media="audio/wav", write=True,
+          errors=(400, 403, 404, 409, 412, 413, 415, 422, 428), etag=True, ok=200),
     Route("GET", "/users/export.csv", _users_export,
           "The users one may see as CSV in a 3CX user export's columns (AuthPassword and PIN "
           "always empty)", "department_admin: their department; manager, owner",
