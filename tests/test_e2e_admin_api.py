@@ -301,6 +301,9 @@ CASES: list[Case] = [
     Case("DELETE", "/users/{extension}/voicemail/{id}", "/users/102/voicemail/nope",
          _roles(HIDDEN, NO, NO, NO, HIDDEN)),
     Case("GET", "/registrations", "/registrations", _all(OK)),
+    Case("GET", "/events", "/events?seconds=1", _all(OK),
+         check=lambda role, answer: None if bytes(answer).startswith(b"retry: 1000") else
+         pytest.fail(str(answer))),
     Case("GET", "/calls", "/calls", _all(OK)),
     Case("GET", "/route/explain", "/route/explain?from=%2B15145550199&to=102", _all(OK)),
     Case("GET", "/route/explain", "/route/explain?from=%2B15145550199&to=201",

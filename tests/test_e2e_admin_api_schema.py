@@ -29,7 +29,9 @@ def _audio(ctx: schemathesis.SerializationContext, value: object) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-SCHEMA = schemathesis.openapi.from_dict(openapi())
+# The events stream stays open for up to 25 s by design: tests/test_e2e_admin_events.py
+# reads it; here it would only run into the client's timeout.
+SCHEMA = schemathesis.openapi.from_dict(openapi()).exclude(path=f"{PREFIX}/events")
 SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                                 max_examples=8, allow_x00=False, database="none")
 # "positive_data_acceptance" would ask every schema-valid body to be taken; the schema

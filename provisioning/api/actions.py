@@ -164,7 +164,7 @@ class Actions:
 
     # ------------------------------------------------------------------ live views
 
-    async def _seen_extensions(self, p: Principal) -> set[str] | None:
+    async def seen_extensions(self, p: Principal) -> set[str] | None:
         """The extensions whose live state ``p`` sees; None: all."""
         if at_least(p, "manager"):
             return None
@@ -173,11 +173,11 @@ class Actions:
         return {p.extension} - {""}
 
     async def registrations(self, p: Principal) -> list[dict[str, Any]]:
-        seen = await self._seen_extensions(p)
+        seen = await self.seen_extensions(p)
         return [r for r in self.live.registrations() if seen is None or r["extension"] in seen]
 
     async def calls(self, p: Principal) -> list[dict[str, Any]]:
-        seen = await self._seen_extensions(p)
+        seen = await self.seen_extensions(p)
         return [c for c in self.live.calls() if seen is None
                 or seen & {c["caller"], c["callee"], *c["members"]}]
 
@@ -241,7 +241,7 @@ class Actions:
             raise ApiError(403, f"a {what} is read by its owner only")
 
     async def recordings(self, p: Principal) -> list[dict[str, Any]]:
-        seen = await self._seen_extensions(p)
+        seen = await self.seen_extensions(p)
         if p.role == "receptionist":
             seen = {p.extension}  # a receptionist sees calls in progress, not recordings
         rows = list_recordings(self.live.data_dir)

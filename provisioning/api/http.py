@@ -32,6 +32,7 @@ from provisioning.api import schema as sch
 from provisioning.api.actions import Actions
 from provisioning.api.auth import Authenticator, Principal
 from provisioning.api.errors import ApiError
+from provisioning.api.events import STREAM_SECONDS, EventHub, involved
 from provisioning.api.live import Live
 from provisioning.api.resources import DirectoryApi, parse_if_match
 from provisioning.model import ROLES, STATUSES
@@ -72,6 +73,7 @@ class Api:
         self.auth = authenticator or Authenticator(store)
         self.directory = DirectoryApi(store, live.reload)
         self.actions = Actions(store, live)
+        self.events = EventHub(live)
 
 
 def _source(request: web.Request) -> str:
@@ -361,6 +363,46 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
+async def _events(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    """Server-Sent Events of what ``p`` may see (see :mod:`provisioning.api.events`)."""
+    assert p is not None
+    try:
+        seconds = float(request.query.get("seconds", STREAM_SECONDS))
+        last_id = int(request.headers.get("Last-Event-ID")
+                      or request.query.get("last_event_id") or -1)
+    except ValueError:
+        raise ApiError(400, [("seconds", "a number of seconds; Last-Event-ID: an event id")]) \
+            from None
+    if not 1 <= seconds <= STREAM_SECONDS:
+        raise ApiError(400, [("seconds", f"between 1 and {STREAM_SECONDS:g}")])
+    seen = await api.actions.seen_extensions(p)
+    hub = api.events
+    if last_id < 0 or last_id > hub.last_id:
+        last_id = hub.last_id  # a new listener starts from now
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    await response.write(b"retry: 1000\n\n")
+    hub.listen()
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0 and not hub.closing:
+            await hub.wait(min(left, 10.0))
+            out = []
+            for event_id, event in hub.after(last_id):
+                last_id = event_id
+                if seen is None or involved(event) & seen:
+                    out.append(f"id: {event_id}\nevent: {event['type']}\n"
+                               f"data: {json.dumps(event, ensure_ascii=False)}\n\n")
+            await response.write(("".join(out) or ": keepalive\n\n").encode())
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        hub.leave()
+    return response
+
+
 async def _users_export(api: Api, request: web.Request,
                         p: Principal | None) -> web.StreamResponse:
     assert p is not None
@@ -515,6 +557,15 @@ ROUTES: list[Route] = [
         lambda a, r, p: a.delete_voicemail(p, r.match_info["extension"], r.match_info["id"],
                                            _source(r))),
           "Delete a message", "its user; owner", _OBJ, errors=(403, 404)),
+    Route("GET", "/events", _events,
+          "Live events as Server-Sent Events: status, registration (up/down), call.started, "
+          "call.answered, call.ended. A stream lasts at most 25 s (seconds=) and asks to be "
+          "reopened with Last-Event-ID", "as /statuses, /registrations, /calls: a user their "
+          "own; receptionist, department_admin their department; manager, owner all",
+          {"type": "string"}, response_media="text/event-stream",
+          query={"seconds": ({"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}, False),
+                 "last_event_id": ({"type": "string", "pattern": "^[0-9]+$"}, False)},
+          errors=(400,)),
     Route("GET", "/registrations", _action(lambda a, r, p: a.registrations(p)),
           "Live registrations one may see", _ANY, _LIST),
     Route("GET", "/calls", _action(lambda a, r, p: a.calls(p)),
@@ -594,6 +645,10 @@ def setup(app: web.Application, store: Store, live: Live) -> Api:
             fixed.setdefault(route.path, []).append(route.method)
     for path, methods in fixed.items():
         app.router.add_route("*", PREFIX + path, _not_allowed(methods))
+
+    async def stop_events(_: web.Application) -> None:
+        await api.events.close()  # open streams would hold the shutdown for 25 s
+    app.on_shutdown.append(stop_events)
     return api
 
 
