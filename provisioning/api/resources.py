@@ -252,9 +252,9 @@ class DirectoryApi:
         lines: dict[int, int] = {}  # users index -> CSV row
         entries: list[AuditEntry] = []
         refused: list[FieldError] = []
+        where_is = {str(u.get("extension")): i for i, u in enumerate(data["users"])}
         for row in rows:
-            index = next((i for i, u in enumerate(data["users"])
-                          if u.get("extension") == row.extension), None)
+            index = where_is.get(row.extension)
             old = None if index is None else data["users"][index]
             new: dict[str, Any] = ({"extension": row.extension} if old is None
                                    else copy.deepcopy(old))
