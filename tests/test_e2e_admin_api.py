@@ -567,6 +567,11 @@ def test_greeting_upload_is_checked_stored_and_set(office: EngineProcess,
     assert stored.read_bytes() == wav
     status, row, _ = bruno.call("GET", "/users/102")
     assert row["forwarding"]["lunch"]["greeting"] == name
+    # the engine took it: a call to 102 at lunch reaches voicemail with this greeting
+    status, plan, _ = bruno.call("GET", "/route/explain?from=%2B15145550199&to=102"
+                                        "&status=lunch")
+    assert status == 200, plan
+    assert [(s["type"], s["greeting"]) for s in plan["steps"]] == [("voicemail", name)], plan
     audit = json.loads(office.cli("audit", "--json", "--target", "users/102").stdout)
     assert audit[0]["after"] == {"forwarding.lunch.greeting": name}
 
