@@ -32,6 +32,8 @@ from routing import parse_when
 
 if TYPE_CHECKING:
     from engine.overload import OverloadConfig
+    from provisioning.api.auth import Principal
+    from provisioning.api.errors import ApiError
 
 DEFAULT_DATA_DIR = "switchboard-data"
 
@@ -179,6 +181,32 @@ def build_parser() -> argparse.ArgumentParser:
     utotp.add_argument("--png", default=None, metavar="PATH",
                        help="also write the QR code as a PNG file")
     utotp.add_argument("--disable", action="store_true", help="turn TOTP off for the user")
+
+    uimp = usub.add_parser("import", help="create or change users from a CSV in a 3CX user "
+                                          "export's columns (all or nothing; never deletes)")
+    _common(uimp)
+    uimp.add_argument("file", help="the CSV file ('-': standard input)")
+    uimp.add_argument("--dry-run", action="store_true",
+                      help="only say which users would be added, changed or left unchanged")
+    uexp = usub.add_parser("export", help="the users, as JSON or (--csv) in a 3CX user "
+                                          "export's columns; never passwords or PINs")
+    _common(uexp)
+    uexp.add_argument("--csv", action="store_true")
+
+    ucopy = usub.add_parser("copy", help="a new user with another's settings and new "
+                                         "credentials (SIP password and PIN printed once)")
+    _common(ucopy)
+    ucopy.add_argument("source", help="the extension whose settings are copied")
+    ucopy.add_argument("extension", help="the new user's extension")
+    ucopy.add_argument("--name", required=True)
+    ucopy.add_argument("--email", default=None)
+    ucopy.add_argument("--mobile", default=None)
+
+    uwel = usub.add_parser("welcome", help="email a user their extension, SIP credentials "
+                                           "and a link to choose their web password "
+                                           "([system] smtp and admin_url)")
+    _common(uwel)
+    uwel.add_argument("extension")
 
     keys = sub.add_parser("apikeys", help="API keys for integrations")
     ksub = keys.add_subparsers(dest="action", required=True)
@@ -594,6 +622,102 @@ async def _users_set_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_principal() -> Principal:
+    """Who the CLI acts as through the admin API's write path: whoever may open the
+    store may already rewrite it all, so an owner."""
+    from provisioning.api.auth import Principal
+
+    return Principal(actor=_cli_actor(), role="owner")
+
+
+def _print_api_error(exc: ApiError) -> int:
+    print("switchboard: refused, nothing applied:", file=sys.stderr)
+    for path, message in exc.errors:
+        print(f"  {path}: {message}" if path else f"  {message}", file=sys.stderr)
+    return 2
+
+
+async def _users_import(args: argparse.Namespace) -> int:
+    from provisioning.api.errors import ApiError
+    from provisioning.api.resources import DirectoryApi
+
+    text = sys.stdin.read() if args.file == "-" else \
+        Path(args.file).read_text(encoding="utf-8-sig")
+    async with _store(args) as store:
+        try:
+            report, revision = await DirectoryApi(store).import_users(
+                _cli_principal(), text, None, "cli", dry_run=args.dry_run)
+        except ApiError as exc:
+            return _print_api_error(exc)
+    print("added: " + (", ".join(report["added"]) or "none"))
+    print("changed: " + (", ".join(f"{ext} ({', '.join(fields)})" for ext, fields
+                                   in report["changed"].items()) or "none"))
+    print("unchanged: " + (", ".join(report["unchanged"]) or "none"))
+    if report["ignored_columns"]:
+        print("ignored columns: " + ", ".join(report["ignored_columns"]))
+    if args.dry_run:
+        print("dry run: nothing applied")
+    else:
+        print(f"revision {revision}")
+    return 0
+
+
+async def _users_copy(args: argparse.Namespace) -> int:
+    from provisioning.api.errors import ApiError
+    from provisioning.api.resources import DirectoryApi
+
+    body = {"extension": args.extension, "name": args.name}
+    body |= {k: v for k in ("email", "mobile") if (v := getattr(args, k)) is not None}
+    async with _store(args) as store:
+        try:
+            row, revision = await DirectoryApi(store).copy_user(
+                _cli_principal(), args.source, body, None, "cli")
+        except ApiError as exc:
+            return _print_api_error(exc)
+    print(f"{row['extension']}: created from {args.source} (revision {revision}); "
+          "the credentials below are shown once")
+    print(f"SIP password: {row['sip_password']}")
+    print(f"voicemail PIN: {row['voicemail_pin']}")
+    return 0
+
+
+async def _users_welcome(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
+    from provisioning.api.errors import ApiError
+    from provisioning.api.mail import WELCOME_SECONDS, send_welcome
+
+    async with _store(args) as store:
+        directory = await store.load_directory()
+        user = directory.user(args.extension) if directory else None
+        if directory is None or user is None:
+            raise LookupError(f"unknown extension '{args.extension}' (no such user)")
+        index = next(i for i, u in enumerate(directory.users) if u.extension == user.extension)
+        try:
+            sent_to = await send_welcome(store, directory.system, user, f"users[{index}]")
+        except ApiError as exc:
+            return _print_api_error(exc)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "users.welcome",
+                                          f"users/{user.extension}", None, {"to": sent_to}))
+    print(f"{user.extension}: welcome sent to {sent_to} (the link to choose a web password "
+          f"lasts {WELCOME_SECONDS // 3600} hours)")
+    return 0
+
+
+async def _users_export(args: argparse.Namespace) -> int:
+    from provisioning.api.resources import DirectoryApi, redact
+
+    async with _store(args) as store:
+        api = DirectoryApi(store)
+        if args.csv:
+            text, _ = await api.export_users(_cli_principal())
+            sys.stdout.write(text)
+            return 0
+        data, _ = await api.snapshot()
+    print(json.dumps([redact("users", u) for u in data["users"]], indent=2,
+                     ensure_ascii=False))
+    return 0
+
+
 async def _users_totp(args: argparse.Namespace) -> int:
     import segno
 
@@ -736,6 +860,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    ("provision", "export"): _export,
                    ("users", "set-password"): _users_set_password,
                    ("users", "totp"): _users_totp,
+                   ("users", "import"): _users_import,
+                   ("users", "export"): _users_export,
+                   ("users", "copy"): _users_copy,
+                   ("users", "welcome"): _users_welcome,
                    ("apikeys", "create"): _apikeys_create,
                    ("apikeys", "list"): _apikeys_list,
                    ("apikeys", "revoke"): _apikeys_revoke,

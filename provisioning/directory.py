@@ -103,6 +103,10 @@ HOURS_RE = re.compile(
 )
 PORTS_RE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 PIN_RE = re.compile(r"[0-9]{4,12}")
+# The admin listener as users reach it (behind a proxy: the proxy's): the links in
+# welcome and password-reset emails. Never taken from a request's Host header, which
+# the requester chooses (a reset link must not point to their server).
+ADMIN_URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/\-]*)?")
 
 SYSTEM_KEYS = (
     "domain",
@@ -114,6 +118,7 @@ SYSTEM_KEYS = (
     "voicemail_number",
     "rtp_ports",
     "smtp",
+    "admin_url",
 )
 TRUNK_KEYS = (
     "name",
@@ -570,6 +575,8 @@ class _Parser:
             rtp_port_min=rtp_min,
             rtp_port_max=rtp_max,
             smtp=smtp,
+            admin_url=t.string("admin_url", "", check=ADMIN_URL_RE.fullmatch,
+                               expect="an http(s) URL like https://pbx.example.com:8443").rstrip("/"),
         )
 
     def trunk(self, t: _Table) -> Trunk:
@@ -1171,6 +1178,8 @@ def system_to_dict(s: System) -> dict[str, Any]:
     }
     if s.smtp is not None:
         out["smtp"] = {"host": s.smtp.host, "port": s.smtp.port, "sender": s.smtp.sender}
+    if s.admin_url:  # only when set: a directory without it exports as before
+        out["admin_url"] = s.admin_url
     return out
 
 

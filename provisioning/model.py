@@ -280,6 +280,7 @@ class System:
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
     smtp: Smtp | None = None
+    admin_url: str = ""  # the admin listener's public URL, for links in emails
 
     @property
     def outbound_pin_prefix(self) -> str:

@@ -174,6 +174,14 @@ _SCHEMA = (
         recovery TEXT NOT NULL,
         last_counter BIGINT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL)""",
+    # One-time links to set a web password (welcome and reset emails): only the SHA-256
+    # of the token is kept, taken (deleted) by its one use, and dropped by any new
+    # password, a newer link or the user's removal.
+    """CREATE TABLE IF NOT EXISTS reset_tokens (
+        token_hash TEXT PRIMARY KEY,
+        extension TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS audit (
         id TEXT PRIMARY KEY,
         at DOUBLE PRECISION NOT NULL,
@@ -328,14 +336,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
-                              audit: AuditEntry | None = None) -> ApplyReport:
+                              audit: AuditEntry | Sequence[AuditEntry] | None = None,
+                              ) -> ApplyReport:
         """Make the stored directory equal ``directory``, in one transaction.
 
         ``directory`` is validated again first (``DirectoryError`` when it is
         invalid); on any error nothing is changed.  ``expect_revision``: refuse
         (:class:`RevisionConflict`) unless the directory revision is still that
         one, checked inside the transaction.  ``audit`` is written in the same
-        transaction when something changed.
+        transaction when something changed (several: a bulk write audits each row).
         """
 
     @abc.abstractmethod
@@ -374,6 +383,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def delete_session(self, token_hash: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def create_reset_token(self, extension: str, token_hash: str, now: float,
+                                 expires_at: float) -> None:
+        """Keep a one-time password link (its hash); an older one of the user ends."""
+
+    @abc.abstractmethod
+    async def take_reset_token(self, token_hash: str, now: float) -> str | None:
+        """The extension of a live link, which is used up by this call; else None."""
 
     @abc.abstractmethod
     async def delete_sessions(self, extension: str) -> int:
@@ -668,7 +686,8 @@ class _SQLStore(Store):
     # ------------------------------------------------------------------ directory
 
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
-                              audit: AuditEntry | None = None) -> ApplyReport:
+                              audit: AuditEntry | Sequence[AuditEntry] | None = None,
+                              ) -> ApplyReport:
         canonical = parse_directory(directory_to_dict(directory), "<apply_directory>")
         new = _canonical_rows(canonical)
         async with self._transaction() as tx:
@@ -716,7 +735,8 @@ class _SQLStore(Store):
                     await _bump_revision(tx, "voicemail_revision")
                     # an extension created again later must not inherit the old
                     # person's web password, second factor or open sessions
-                    for account_table in ("web_credentials", "sessions", "totp"):
+                    for account_table in ("web_credentials", "sessions", "totp",
+                                          "reset_tokens"):
                         await tx.execute(
                             f"DELETE FROM {account_table} WHERE extension = $1", key)
             await tx.execute(
@@ -727,8 +747,9 @@ class _SQLStore(Store):
                 await _bump_revision(tx)
                 await _bump_revision(tx, "directory_revision")
                 revision += 1
-                if audit is not None:
-                    await _insert_audit(tx, audit)
+                entries = (audit,) if isinstance(audit, AuditEntry) else audit or ()
+                for entry in entries:
+                    await _insert_audit(tx, entry)
         return ApplyReport(tuple(changes), revision)
 
     async def save_voicemail(self, message: VoicemailMessage) -> None:
@@ -837,6 +858,24 @@ class _SQLStore(Store):
                 extension, password_hash, time.time())
             # a new password ends every session opened with the old one
             await tx.execute("DELETE FROM sessions WHERE extension = $1", extension)
+            await tx.execute("DELETE FROM reset_tokens WHERE extension = $1", extension)
+
+    async def create_reset_token(self, extension: str, token_hash: str, now: float,
+                                 expires_at: float) -> None:
+        async with self._transaction() as tx:
+            await tx.execute("DELETE FROM reset_tokens WHERE extension = $1 OR expires_at <= $2",
+                             extension, now)
+            await tx.execute(
+                "INSERT INTO reset_tokens (token_hash, extension, created_at, expires_at) "
+                "VALUES ($1, $2, $3, $4)", token_hash, extension, now, expires_at)
+
+    async def take_reset_token(self, token_hash: str, now: float) -> str | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("DELETE FROM reset_tokens WHERE token_hash = $1 "
+                                  "RETURNING extension, expires_at", token_hash)
+        if not rows or float(rows[0][1]) <= now:
+            return None
+        return str(rows[0][0])
 
     async def web_password_hash(self, extension: str) -> str | None:
         async with self._transaction() as tx:

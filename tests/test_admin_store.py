@@ -135,3 +135,19 @@ async def test_schema_1_database_is_upgraded(backend: Backend) -> None:
     async with backend.make() as reopened:
         await reopened.write_audit(new_audit("cli", "cli", "x", "y"))
         assert len(await reopened.list_audit()) == 1
+
+
+async def test_reset_tokens_are_one_time_short_lived_and_ended_by_a_new_password(
+        store: Store, directory: Directory) -> None:
+    await store.apply_directory(directory)
+    now = time.time()
+    await store.create_reset_token("101", sha256("first"), now, now + 60)
+    await store.create_reset_token("101", sha256("second"), now, now + 60)
+    assert await store.take_reset_token(sha256("first"), now) is None  # a newer link ends it
+    assert await store.take_reset_token(sha256("second"), now) == "101"
+    assert await store.take_reset_token(sha256("second"), now) is None  # used up
+    await store.create_reset_token("102", sha256("late"), now, now + 60)
+    assert await store.take_reset_token(sha256("late"), now + 61) is None  # expired
+    await store.create_reset_token("102", sha256("third"), now, now + 60)
+    await store.set_web_password("102", "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA")
+    assert await store.take_reset_token(sha256("third"), now) is None  # a new password

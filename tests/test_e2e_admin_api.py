@@ -8,11 +8,15 @@ owner), with web passwords set by ``switchboard users set-password``.
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import struct
 import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +43,15 @@ class Client:
 
     def call(self, method: str, path: str, body: object = None,
              headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-        data = None if body is None else json.dumps(body).encode()
+        # bytes go as they are (a CSV, a WAV), with the Content-Type given in headers
+        data = body if isinstance(body, bytes) else (
+            None if body is None else json.dumps(body).encode())
         quoted = urllib.parse.quote(path, safe="/?=&%+")
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{PREFIX}{quoted}",
                                          data=data, method=method)
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
-        if data is not None:
+        if data is not None and not isinstance(body, bytes):
             request.add_header("Content-Type", "application/json")
         for name, value in (headers or {}).items():
             request.add_header(name, value)
@@ -124,7 +130,7 @@ class Case:
     body: Callable[[str], object] | None = None  # role digit -> body
     prepare: Prepare | None = None
     check: Callable[[str, Any], None] | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # request headers
 
 
 def _all(status: int) -> dict[str, int]:
@@ -159,8 +165,72 @@ def _users_scope(role: str, answer: Any) -> None:
         assert {"101", "201", "202"} <= extensions, answer
 
 
+def _wav(seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
+    """A 440 Hz tone as a PCM 16-bit WAV."""
+    frames = int(seconds * rate)
+    samples = [int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(frames)]
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", s) * channels for s in samples))
+    return out.getvalue()
+
+
+def _greeting(seconds: int) -> bytes:
+    return _wav(seconds)
+
+
+def _csv_hire(n: str) -> bytes:
+    return ("Number,FirstName,LastName,Department,AuthPassword,DID\n"
+            f"14{n},Csv,Hire {n},Sales,csv-sip-secret-{n},+1514555014{n}\n").encode()
+
+
+def _csv_export_scope(role: str, answer: Any) -> None:
+    text = answer.decode() if isinstance(answer, bytes) else str(answer)
+    assert text.startswith("Number,FirstName,LastName,") and "secret" not in text, text
+    extensions = {line.split(",")[0] for line in text.splitlines()[1:]}
+    assert ("201" in extensions) == (role in ("manager", "owner")), (role, extensions)
+
+
 CASES: list[Case] = [
     Case("GET", "/me", "/me", _all(OK)),
+    Case("POST", "/users/import", "/users/import", _roles(NO, NO, OK, OK, OK), body=_csv_hire,
+         extra={"Content-Type": "text/csv"},
+         check=lambda role, answer: None if answer["added"] == [f"14{N[role]}"] else
+         pytest.fail(str(answer))),
+    Case("PATCH", "/users", "/users", _roles(OK, NO, OK, OK, OK),
+         body=lambda n: {"extensions": ["102"], "set": {"forwarding": {"lunch": {
+             "no_answer_seconds": 30 + int(n)}}}},
+         check=lambda role, answer: None if list(answer["changed"]) == ["102"] else
+         pytest.fail(str(answer))),
+    Case("PATCH", "/users", "/users", _roles(HIDDEN, NO, OK, OK, OK),
+         body=lambda n: {"extensions": ["101", "103"], "set": {
+             "record_calls": ("off", "external", "all")[int(n) % 3]}}),
+    Case("POST", "/users/{extension}/copy", "/users/102/copy", _roles(NO, NO, 201, 201, 201),
+         body=lambda n: {"extension": f"17{n}", "name": f"Copy {n}",
+                         "mobile": f"+151455517{n}"},
+         check=lambda role, answer: None if answer["sip_password"] and "password" not in answer
+         else pytest.fail(str(answer))),
+    Case("POST", "/users/{extension}/copy", "/users/201/copy",
+         _roles(HIDDEN, HIDDEN, HIDDEN, 201, 201),
+         body=lambda n: {"extension": f"27{n}", "name": f"Copy {n}",
+                         "email": f"copy{n}@example.test"}),
+    # the office here has no [system] admin_url: past the role check, 422 names it
+    # (the emails themselves: tests/test_e2e_admin_mail.py)
+    Case("POST", "/users/{extension}/welcome", "/users/102/welcome",
+         _roles(NO, NO, 422, 422, 422)),
+    Case("POST", "/users/{extension}/welcome", "/users/201/welcome",
+         _roles(HIDDEN, HIDDEN, HIDDEN, 422, 422)),
+    Case("PUT", "/users/{extension}/greetings/{status}", "/users/102/greetings/away",
+         _roles(OK, NO, OK, OK, OK), body=lambda n: _greeting(1 + int(n)),
+         extra={"Content-Type": "audio/wav", "If-Match": "*"}),
+    Case("PUT", "/users/{extension}/greetings/{status}", "/users/201/greetings/voicemail",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK), body=lambda n: _greeting(1 + int(n)),
+         extra={"Content-Type": "audio/wav", "If-Match": "*"}),
+    Case("GET", "/users/export.csv", "/users/export.csv", _roles(NO, NO, OK, OK, OK),
+         check=_csv_export_scope),
     Case("GET", "/users", "/users", _all(OK), check=_users_scope),
     Case("GET", "/users/{key}", "/users/101", _roles(HIDDEN, OK, OK, OK, OK)),
     Case("GET", "/users/{key}", "/users/201", _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
@@ -231,6 +301,9 @@ CASES: list[Case] = [
     Case("DELETE", "/users/{extension}/voicemail/{id}", "/users/102/voicemail/nope",
          _roles(HIDDEN, NO, NO, NO, HIDDEN)),
     Case("GET", "/registrations", "/registrations", _all(OK)),
+    Case("GET", "/events", "/events?seconds=1", _all(OK),
+         check=lambda role, answer: None if bytes(answer).startswith(b"retry: 1000") else
+         pytest.fail(str(answer))),
     Case("GET", "/calls", "/calls", _all(OK)),
     Case("GET", "/route/explain", "/route/explain?from=%2B15145550199&to=102", _all(OK)),
     Case("GET", "/route/explain", "/route/explain?from=%2B15145550199&to=201",
@@ -246,8 +319,10 @@ CASES: list[Case] = [
     Case("DELETE", "/apikeys/{id}", "/apikeys/{target}", _roles(NO, NO, NO, NO, OK),
          prepare=_apikey),
 ]
-# Routes checked by their own tests below: signing in and out, and the public document.
-ELSEWHERE = {("POST", "/auth/token"), ("DELETE", "/auth/token"), ("GET", "/openapi.json")}
+# Routes checked by their own tests: signing in and out, the public document (below), and
+# the password reset (tests/test_e2e_admin_mail.py).
+ELSEWHERE = {("POST", "/auth/token"), ("DELETE", "/auth/token"), ("GET", "/openapi.json"),
+             ("POST", "/auth/reset"), ("POST", "/auth/reset/{token}")}
 
 
 def test_the_table_covers_every_route() -> None:
@@ -265,6 +340,7 @@ def test_roles(case: Case, clients: dict[str, Client]) -> None:
         if case.prepare is not None:
             path = case.path.replace("{target}", case.prepare(clients["owner"], role))
         headers = {"If-Match": "*"} if case.method in ("POST", "PATCH", "DELETE") else {}
+        headers |= case.extra
         body = case.body(N[role]) if case.body is not None else None
         status, answer, _ = clients[role].call(case.method, path, body, headers)
         if status != case.expect[role]:
@@ -390,6 +466,143 @@ def test_openapi_is_served_and_names_every_route(office: EngineProcess) -> None:
     assert status == 200 and doc["openapi"] == "3.1.0"
     for route in ROUTES:
         assert route.method.lower() in doc["paths"][PREFIX + route.path]
+
+
+def test_csv_import_over_http_and_the_cli(office: EngineProcess, clients: dict[str, Client],
+                                         tmp_path: Path) -> None:
+    owner = clients["owner"]
+    status, text, headers = owner.call("GET", "/users/export.csv")
+    assert status == 200 and headers["Content-Type"].startswith("text/csv")
+    etag = headers["ETag"]
+    csv_text = text.decode()
+    assert "secret" not in csv_text and ",2468," not in csv_text  # no SIP password, no PIN
+    hire = ("Number,FirstName,LastName,EmailAddress,AuthID,AuthPassword,PIN,VMEmailOptions,"
+            "Department,WebMeetingFriendlyName\n"
+            "160,Gilles,Pelletier,gilles@example.test,160,gilles-sip-160,5150,2,Support,gp\n")
+    status, answer, _ = owner.call("POST", "/users/import?dry_run=1", hire.encode(),
+                                   {"Content-Type": "text/csv", "If-Match": etag})
+    assert status == 200, answer
+    assert answer == {"added": ["160"], "changed": {}, "unchanged": [], "dry_run": True,
+                      "ignored_columns": ["WebMeetingFriendlyName"]}
+    assert owner.call("GET", "/users/160")[0] == 404  # the dry run applied nothing
+    status, answer, _ = owner.call("POST", "/users/import", hire.encode(),
+                                   {"Content-Type": "text/csv"})
+    assert status == 428
+    status, answer, _ = owner.call("POST", "/users/import", b'{"a": 1}',
+                                   {"Content-Type": "application/json", "If-Match": "*"})
+    assert status == 415 and answer["errors"][0]["path"] == "Content-Type"
+    bad = hire.replace(",2,Support", ",7,Support").replace("160,gilles", "161,gilles")
+    status, answer, _ = owner.call("POST", "/users/import", bad.encode(),
+                                   {"Content-Type": "text/csv", "If-Match": "*"})
+    assert status == 422
+    assert [e["path"] for e in answer["errors"]] == ["row 2, column AuthID",
+                                                     "row 2, column VMEmailOptions"]
+    status, answer, new = owner.call("POST", "/users/import", hire.encode(),
+                                     {"Content-Type": "text/csv", "If-Match": etag})
+    assert status == 200 and answer["added"] == ["160"] and new["ETag"] != etag
+    status, user, _ = owner.call("GET", "/users/160")
+    assert status == 200 and user["password_set"] and user["voicemail_pin_set"]
+    assert "gilles-sip-160" not in office.log()
+
+    # the CLI: the same file, the same path (dry run, then the real thing)
+    path = tmp_path / "users.csv"
+    path.write_text(hire.replace("Gilles,Pelletier", "Gilles,Pelletier-Roy") +
+                    "161,Hélène,Bouchard,,,helene-sip-161,,,Support,\n", encoding="utf-8")
+    done = office.cli("users", "import", str(path), "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:3] == ["added: 161", "changed: 160 (name)",
+                                            "unchanged: none"]
+    assert "dry run: nothing applied" in done.stdout
+    assert office.cli("users", "import", str(path)).returncode == 0
+    exported = office.cli("users", "export", "--csv")
+    assert exported.returncode == 0 and "161,Hélène,Bouchard," in exported.stdout
+    assert "helene-sip-161" not in exported.stdout
+    listed = json.loads(office.cli("users", "export").stdout)
+    assert {"extension": "160", "name": "Gilles Pelletier-Roy"}.items() <= \
+        next(u for u in listed if u["extension"] == "160").items()
+    path.write_text("Number,VMNoPin\n160,perhaps\n")
+    refused = office.cli("users", "import", str(path))
+    assert refused.returncode == 2 and "row 2, column VMNoPin" in refused.stderr
+    audit = json.loads(office.cli("audit", "--json", "--target", "users/161").stdout)
+    assert audit[0]["action"] == "users.import" and "helene-sip" not in json.dumps(audit)
+
+
+def test_copy_user_over_http_and_the_cli(office: EngineProcess,
+                                        clients: dict[str, Client]) -> None:
+    alice = clients["department_admin"]
+    status, source, headers = alice.call("GET", "/users/102")
+    assert status == 200
+    status, row, _ = alice.call("POST", "/users/102/copy", {
+        "extension": "180", "name": "Inès Gagnon", "email": "ines@example.test",
+        "mobile": "+15145550180"},
+        {"If-Match": headers["ETag"]})
+    assert status == 201, row
+    assert row["department"] == "Sales"
+    for status, table in source["forwarding"].items():  # all but the greetings (her voice)
+        assert row["forwarding"][status] | {"greeting": "default"} == \
+            table | {"greeting": "default"}
+    secret = row["sip_password"]
+    assert secret and "sip_password" not in alice.call("GET", "/users/180")[1]
+    assert secret not in office.log()
+    done = office.cli("users", "copy", "201", "181", "--name", "Jules Roy",
+                      "--email", "jules@example.test")
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert printed[0].startswith("181: created from 201")
+    assert printed[1].startswith("SIP password: ") and len(printed[1]) > 30
+    refused = office.cli("users", "copy", "201", "102", "--name", "Again")
+    assert refused.returncode == 2 and "users[" in refused.stderr, refused.stderr
+
+
+def test_greeting_upload_is_checked_stored_and_set(office: EngineProcess,
+                                                   clients: dict[str, Client]) -> None:
+    bruno = clients["user"]
+    wav = _wav(45)  # 720 kB: over the listener's 64 KiB JSON limit, as a greeting may be
+    status, answer, headers = bruno.call("PUT", "/users/102/greetings/lunch", wav,
+                                         {"Content-Type": "audio/wav", "If-Match": "*"})
+    assert status == 200, answer
+    name = answer["greeting"]
+    assert answer["user"]["forwarding"]["lunch"]["greeting"] == name
+    stored = office.data_dir / name
+    assert stored.read_bytes() == wav
+    status, row, _ = bruno.call("GET", "/users/102")
+    assert row["forwarding"]["lunch"]["greeting"] == name
+    # the engine took it: a call to 102 at lunch reaches voicemail with this greeting
+    status, plan, _ = bruno.call("GET", "/route/explain?from=%2B15145550199&to=102"
+                                        "&status=lunch")
+    assert status == 200, plan
+    assert [(s["type"], s["greeting"]) for s in plan["steps"]] == [("voicemail", name)], plan
+    audit = json.loads(office.cli("audit", "--json", "--target", "users/102").stdout)
+    assert audit[0]["after"] == {"forwarding.lunch.greeting": name}
+
+    replaced = _wav(2)
+    status, answer, _ = bruno.call("PUT", "/users/102/greetings/lunch", replaced,
+                                   {"Content-Type": "audio/wav", "If-Match": headers["ETag"]})
+    assert status == 200 and not stored.exists()  # the earlier upload, no longer named
+
+    refusals = [
+        (_wav(1, rate=44100, channels=2), "audio/wav", 422,
+         "uploaded greetings must be PCM, 8 kHz, 16-bit, mono, at most 10 MB; this file is "
+         "44100 Hz, stereo"),
+        (b"RIFF....not a wave at all", "audio/wav", 422, "not a WAV file"),
+        (wav, "application/octet-stream", 415, "audio/wav"),
+        (b"\0" * (10 * 1024 * 1024 + 1), "audio/wav", 413, "10485760"),
+    ]
+    files = sorted(office.data_dir.glob("*greeting-*"))
+    for body, kind, code, words in refusals:
+        status, answer, _ = bruno.call("PUT", "/users/102/greetings/dnd", body,
+                                       {"Content-Type": kind, "If-Match": "*"})
+        assert status == code and words in answer["errors"][0]["message"], answer
+    status, answer, _ = bruno.call("PUT", "/users/102/greetings/asleep", wav,
+                                   {"Content-Type": "audio/wav", "If-Match": "*"})
+    assert status == 404 and answer["errors"][0]["path"] == "status"
+    status, answer, _ = bruno.call("PUT", "/users/102/greetings/dnd", wav,
+                                   {"Content-Type": "audio/wav", "If-Match": '"1"'})
+    assert status == 412
+    assert sorted(office.data_dir.glob("*greeting-*")) == files  # refused: nothing kept
+    # a JSON write stays under the listener's 64 KiB limit
+    status, _, _ = bruno.call("PATCH", "/users/102", {"name": "x" * 70_000}, {"If-Match": "*"})
+    assert status == 413
 
 
 def test_export_after_api_edits_applies_as_no_change(office: EngineProcess,

@@ -22,7 +22,16 @@ from provisioning.api.http import PREFIX, openapi
 from tests.conftest import EXAMPLE, EngineProcess
 from tests.test_e2e_admin_api import EXT, set_password, sign_in
 
-SCHEMA = schemathesis.openapi.from_dict(openapi())
+
+@schemathesis.serializer("audio/wav")
+def _audio(ctx: schemathesis.SerializationContext, value: object) -> bytes:
+    """A greeting upload's body goes as the bytes generated (any: the API checks them)."""
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+# The events stream stays open for up to 25 s by design: tests/test_e2e_admin_events.py
+# reads it; here it would only run into the client's timeout.
+SCHEMA = schemathesis.openapi.from_dict(openapi()).exclude(path=f"{PREFIX}/events")
 SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                                 max_examples=8, allow_x00=False, database="none")
 # "positive_data_acceptance" would ask every schema-valid body to be taken; the schema

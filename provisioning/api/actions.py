@@ -7,6 +7,7 @@ Each takes the principal and returns plain data or raises :class:`ApiError`;
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Mapping
@@ -14,16 +15,30 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from provisioning.api.auth import (
     API_KEY_ROLES,
     Principal,
+    SignInLimiter,
     create_api_key,
+    find_user,
     hash_password,
     new_audit,
+    sha256,
     verify_password,
 )
 from provisioning.api.errors import ApiError
 from provisioning.api.live import Live
+from provisioning.api.mail import (
+    RESET_SECONDS,
+    WELCOME_SECONDS,
+    build_reset,
+    issue_link,
+    mail_ready,
+    send_email,
+    send_welcome,
+)
 from provisioning.api.policy import (
     at_least,
     dept_extensions,
@@ -33,11 +48,13 @@ from provisioning.api.policy import (
     visible,
 )
 from provisioning.mailbox import delete_message, message_json
-from provisioning.model import STATUSES, ApiKey, AuditEntry
+from provisioning.model import STATUSES, ApiKey, AuditEntry, User
 from provisioning.recordings import delete_recording, list_recordings
 from provisioning.store import Store, UnknownExtensionError
 
 __all__ = ["Actions"]
+
+log = structlog.get_logger("switchboard.api")
 
 
 def _user_row(data: Mapping[str, Any], extension: str) -> dict[str, Any] | None:
@@ -62,6 +79,10 @@ class Actions:
     def __init__(self, store: Store, live: Live) -> None:
         self.store = store
         self.live = live
+        # Reset requests: 3 per account and 10 per address in 15 minutes (each request
+        # counts, known account or not); past them nothing is sent for 15 minutes.
+        self.reset_limiter = SignInLimiter(account_limit=3, source_limit=10)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def _data(self) -> dict[str, Any]:
         data, _ = await self.store.load_directory_data()
@@ -143,7 +164,7 @@ class Actions:
 
     # ------------------------------------------------------------------ live views
 
-    async def _seen_extensions(self, p: Principal) -> set[str] | None:
+    async def seen_extensions(self, p: Principal) -> set[str] | None:
         """The extensions whose live state ``p`` sees; None: all."""
         if at_least(p, "manager"):
             return None
@@ -152,11 +173,11 @@ class Actions:
         return {p.extension} - {""}
 
     async def registrations(self, p: Principal) -> list[dict[str, Any]]:
-        seen = await self._seen_extensions(p)
+        seen = await self.seen_extensions(p)
         return [r for r in self.live.registrations() if seen is None or r["extension"] in seen]
 
     async def calls(self, p: Principal) -> list[dict[str, Any]]:
-        seen = await self._seen_extensions(p)
+        seen = await self.seen_extensions(p)
         return [c for c in self.live.calls() if seen is None
                 or seen & {c["caller"], c["callee"], *c["members"]}]
 
@@ -220,7 +241,7 @@ class Actions:
             raise ApiError(403, f"a {what} is read by its owner only")
 
     async def recordings(self, p: Principal) -> list[dict[str, Any]]:
-        seen = await self._seen_extensions(p)
+        seen = await self.seen_extensions(p)
         if p.role == "receptionist":
             seen = {p.extension}  # a receptionist sees calls in progress, not recordings
         rows = list_recordings(self.live.data_dir)
@@ -276,6 +297,88 @@ class Actions:
                                                {"web_password": "********"}))
         return {"extension": extension, "web_password_set": True,
                 "sessions": "ended: sign in again with the new password"}
+
+    # ------------------------------------------------------------------ welcome, reset
+
+    async def welcome(self, p: Principal, extension: str, source: str) -> dict[str, Any]:
+        row, data = await self._user(p, extension)
+        if not may_manage_user(p, row):
+            raise ApiError(403, "a welcome email is sent by whoever manages the user")
+        directory = self.live.directory()
+        user = directory.user(extension)
+        if user is None:
+            raise ApiError(404, f"no user '{extension}'")
+        index = next(i for i, u in enumerate(data["users"]) if u.get("extension") == extension)
+        sent_to = await send_welcome(self.store, directory.system, user, f"users[{index}]")
+        await self.store.write_audit(new_audit(p.actor, source, "users.welcome",
+                                               f"users/{extension}", None, {"to": sent_to}))
+        return {"extension": extension, "sent_to": sent_to,
+                "link_valid_hours": WELCOME_SECONDS // 3600}
+
+    async def request_reset(self, body: object, source: str) -> dict[str, Any]:
+        """Always the same answer, known account or not, email sent or not; the email goes
+        out after the answer, so its time does not tell either."""
+        if not isinstance(body, Mapping) or not isinstance(body.get("user"), str) or \
+                not body["user"].strip():
+            raise ApiError(400, [("user", "missing (an extension or an email)")])
+        unknown = sorted(str(k) for k in body if k != "user")
+        if unknown:
+            raise ApiError(400, [(k, "unknown key") for k in unknown])
+        identifier = body["user"].strip()
+        now = time.time()
+        locked = self.reset_limiter.locked(identifier.lower(), source, now)
+        if locked is not None and locked[0] == "source":
+            raise ApiError(429, "too many reset requests from this address; try later",
+                           {"Retry-After": str(int(locked[1]) + 1)})
+        self.reset_limiter.failed(identifier.lower(), source, now)  # every request counts
+        user = find_user(self.live.directory(), identifier)
+        if locked is None and user is not None and not user.disabled and user.email:
+            task = asyncio.create_task(self._send_reset(user, source))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return {"accepted": True, "message": "if the account exists and has an email address, "
+                                             "a link has been sent to it"}
+
+    async def _send_reset(self, user: User, source: str) -> None:
+        system = self.live.directory().system
+        if mail_ready(system, user, "user"):
+            log.info("password reset not emailed: no smtp, admin_url or email",
+                     extension=user.extension)
+            return
+        try:
+            token = await issue_link(self.store, user.extension, time.time(), RESET_SECONDS)
+            await send_email(system, build_reset(system, user, token))
+            await self.store.write_audit(new_audit(f"user:{user.extension}", source,
+                                                   "auth.reset_request",
+                                                   f"users/{user.extension}", None,
+                                                   {"to": user.email}))
+        except Exception as exc:  # the answer is gone: the log is where a failure shows
+            log.warning("password reset email failed", extension=user.extension,
+                        error=f"{type(exc).__name__}")
+
+    async def reset_password(self, token: str, body: object, source: str) -> dict[str, Any]:
+        now = time.time()
+        locked = self.reset_limiter.locked("", source, now)
+        if locked is not None and locked[0] == "source":
+            raise ApiError(429, "too many attempts from this address; try later",
+                           {"Retry-After": str(int(locked[1]) + 1)})
+        if not isinstance(body, Mapping) or not isinstance(body.get("password"), str):
+            raise ApiError(400, [("password", "missing (a string)")])
+        try:  # checked before the link is used up: a short password keeps the link
+            hashed = hash_password(body["password"])
+        except ValueError as exc:
+            raise ApiError(422, [("password", str(exc))]) from None
+        extension = await self.store.take_reset_token(sha256(token), now)
+        if extension is None or self.live.directory().user(extension) is None:
+            self.reset_limiter.failed("", source, now)
+            raise ApiError(404, [("token", "this link is unknown, used or expired; ask for a "
+                                           "new one")])
+        await self.store.set_web_password(extension, hashed)
+        await self.store.write_audit(new_audit(f"user:{extension}", source, "auth.reset",
+                                               f"users/{extension}", None,
+                                               {"web_password": "********"}))
+        return {"extension": extension, "web_password_set": True,
+                "sessions": "ended: sign in with the new password"}
 
     # ------------------------------------------------------------------ API keys, audit
 

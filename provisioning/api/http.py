@@ -14,19 +14,25 @@ state (a status, a password) is not part of the directory and takes no
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
+from media.wav import GREETING_MAX_BYTES, WavError, validate_greeting
 from provisioning.api import schema as sch
 from provisioning.api.actions import Actions
 from provisioning.api.auth import Authenticator, Principal
 from provisioning.api.errors import ApiError
+from provisioning.api.events import STREAM_SECONDS, EventHub, involved
 from provisioning.api.live import Live
 from provisioning.api.resources import DirectoryApi, parse_if_match
 from provisioning.model import ROLES, STATUSES
@@ -54,6 +60,9 @@ class Route:
     query: Mapping[str, tuple[sch.Schema, bool]] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     etag: bool = False
+    body_media: str = ""  # default: JSON (merge patch for a PATCH)
+    response_media: str = ""  # default: JSON (audio/wav when no response schema)
+    ok: int = 0  # the success status; 0: 201 for a POST, else 200
 
 
 class Api:
@@ -64,6 +73,7 @@ class Api:
         self.auth = authenticator or Authenticator(store)
         self.directory = DirectoryApi(store, live.reload)
         self.actions = Actions(store, live)
+        self.events = EventHub(live)
 
 
 def _source(request: web.Request) -> str:
@@ -211,11 +221,194 @@ def _action(call: Callable[[Actions, web.Request, Principal], Awaitable[Any]],
     return handler
 
 
+def _action_public(call: Callable[[Actions, web.Request], Awaitable[Any]],
+                   status: int = 200) -> Handler:
+    async def handler(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+        return _json(await call(api.actions, request), status)
+    return handler
+
+
 async def _recording_get(api: Api, request: web.Request,
                          p: Principal | None) -> web.StreamResponse:
     assert p is not None
     path = await api.actions.recording_path(p, request.match_info["id"])
     return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
+
+
+# The admin listener caps a body at 64 KiB (engine/app.py HTTP_MAX_BODY, for JSON). A file
+# route reads the stream itself, in chunks, up to its own cap: the cap holds per route
+# without a second application or a change to the listener.
+MAX_CSV = 4 * 1024 * 1024  # some 30 000 users
+
+
+async def read_capped(request: web.Request, cap: int) -> bytes:
+    """The body, refused (413, before reading it all) past ``cap`` bytes."""
+    if request.content_length is not None and request.content_length > cap:
+        raise ApiError(413, [("", f"the body is {request.content_length} bytes; at most "
+                                  f"{cap} here")])
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > cap:
+            raise ApiError(413, [("", f"the body is over {cap} bytes")])
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _csv_text(request: web.Request) -> str:
+    kind = request.content_type
+    if kind not in ("text/csv", "text/plain", "application/csv"):
+        raise ApiError(415, [("Content-Type", f"{kind!r}: send the file as text/csv")])
+    raw = await read_capped(request, MAX_CSV)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, [("", f"the file is not UTF-8 (byte {exc.start}); save it as "
+                                  "CSV UTF-8")]) from None
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "0")
+    if value not in ("0", "1", "true", "false"):
+        raise ApiError(400, [(name, f"{value!r}: 0 or 1")])
+    return value in ("1", "true")
+
+
+async def _users_import(api: Api, request: web.Request,
+                        p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    dry_run = _flag(request, "dry_run")
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    report, revision = await api.directory.import_users(p, await _csv_text(request), if_match,
+                                                        _source(request), dry_run)
+    return _json(report, revision=revision)
+
+
+async def _users_copy(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    row, revision = await api.directory.copy_user(p, request.match_info["extension"],
+                                                  await _body(request), if_match,
+                                                  _source(request))
+    return _json(row, 201, revision)
+
+
+async def _users_bulk(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    result, revision = await api.directory.bulk_update(p, await _body(request), if_match,
+                                                       _source(request))
+    return _json(result, revision=revision)
+
+
+_WAV_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
+GREETING_SLOTS = (*STATUSES, "voicemail")  # a status's greeting, or the mailbox's own
+
+
+async def _greeting_put(api: Api, request: web.Request,
+                        p: Principal | None) -> web.StreamResponse:
+    """Store an uploaded greeting under the data dir, checked as the file is (PCM, 8 kHz,
+    16-bit, mono, at most 10 MB), then set it through the one write path. The file is
+    named by its content, so the directory write changes the value whenever the sound
+    changes; a refused write removes the file it brought."""
+    assert p is not None
+    extension, slot = request.match_info["extension"], request.match_info["status"]
+    if slot not in GREETING_SLOTS:
+        raise ApiError(404, [("status", f"{slot!r} is not one of: {', '.join(GREETING_SLOTS)}")])
+    if_match = parse_if_match(request.headers.get("If-Match"))
+    await api.directory.get(p, "users", extension)  # 404 before reading what one may not see
+    if request.content_type not in _WAV_TYPES:
+        raise ApiError(415, [("Content-Type", f"{request.content_type!r}: send the greeting "
+                                              "as audio/wav")])
+    raw = await read_capped(request, GREETING_MAX_BYTES)
+    if not raw:
+        raise ApiError(400, [("", "the body is empty: send the WAV file")])
+    name = f"greeting-{extension}-{slot}-{hashlib.sha256(raw).hexdigest()[:16]}.wav"
+    final = api.live.data_dir / name
+    existed = final.exists()
+    part = final.with_name(f".{name}.{secrets.token_hex(4)}.part")
+    await asyncio.to_thread(_write, part, raw)
+    try:
+        await asyncio.to_thread(validate_greeting, part)
+    except WavError as exc:
+        part.unlink(missing_ok=True)
+        raise ApiError(422, [("", exc.problem)]) from None
+    part.replace(final)
+    patch: dict[str, Any] = ({"voicemail": {"greeting": name}} if slot == "voicemail" else
+                             {"forwarding": {slot: {"greeting": name}}})
+    try:
+        row, revision = await api.directory.update(p, "users", extension, patch, if_match,
+                                                   _source(request))
+    except ApiError:
+        if not existed:
+            final.unlink(missing_ok=True)
+        raise
+    await _drop_replaced(api, extension, slot, name)
+    return _json({"extension": extension, "status": slot, "greeting": name, "bytes": len(raw),
+                  "user": row}, revision=revision)
+
+
+async def _drop_replaced(api: Api, extension: str, slot: str, kept: str) -> None:
+    """Earlier uploads for this slot, once nothing in the directory names them."""
+    data, _ = await api.directory.snapshot()
+    named = json.dumps(data["users"])
+    for old in api.live.data_dir.glob(f"greeting-{extension}-{slot}-*.wav"):
+        if old.name != kept and f'"{old.name}"' not in named:
+            old.unlink(missing_ok=True)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+async def _events(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    """Server-Sent Events of what ``p`` may see (see :mod:`provisioning.api.events`)."""
+    assert p is not None
+    try:
+        seconds = float(request.query.get("seconds", STREAM_SECONDS))
+        last_id = int(request.headers.get("Last-Event-ID")
+                      or request.query.get("last_event_id") or -1)
+    except ValueError:
+        raise ApiError(400, [("seconds", "a number of seconds; Last-Event-ID: an event id")]) \
+            from None
+    if not 1 <= seconds <= STREAM_SECONDS:
+        raise ApiError(400, [("seconds", f"between 1 and {STREAM_SECONDS:g}")])
+    seen = await api.actions.seen_extensions(p)
+    hub = api.events
+    if last_id < 0 or last_id > hub.last_id:
+        last_id = hub.last_id  # a new listener starts from now
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    await response.write(b"retry: 1000\n\n")
+    hub.listen()
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0 and not hub.closing:
+            await hub.wait(min(left, 10.0))
+            out = []
+            for event_id, event in hub.after(last_id):
+                last_id = event_id
+                if seen is None or involved(event) & seen:
+                    out.append(f"id: {event_id}\nevent: {event['type']}\n"
+                               f"data: {json.dumps(event, ensure_ascii=False)}\n\n")
+            await response.write(("".join(out) or ": keepalive\n\n").encode())
+    except ConnectionResetError:
+        pass  # the client went away
+    finally:
+        hub.leave()
+    return response
+
+
+async def _users_export(api: Api, request: web.Request,
+                        p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    text, revision = await api.directory.export_users(p)
+    return web.Response(text=text, content_type="text/csv", charset="utf-8", headers={
+        "ETag": f'"{revision}"', "Content-Disposition": 'attachment; filename="users.csv"'})
 
 
 async def _openapi(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
@@ -229,6 +422,21 @@ _STATUS_OUT = sch.obj({"extension": {"type": "string"}, "status": sch.enum(STATU
                        "configured": sch.enum(STATUSES), "live": sch.BOOLEAN})
 _STATUS_OUT["additionalProperties"] = True
 _LIST: sch.Schema = {"type": "array", "items": {"type": "object"}}
+_STRINGS: sch.Schema = {"type": "array", "items": {"type": "string"}}
+_COPY_OUT: sch.Schema = {**sch.output_schema("users")}
+_COPY_OUT["properties"] = {**_COPY_OUT.get("properties", {}),
+                           "sip_password": {"type": "string"},
+                           "voicemail_pin": {"type": "string"}}
+_BULK_OUT = sch.obj({"changed": {"type": "object", "additionalProperties": {
+    "type": "array", "items": {"type": "string"}}}, "unchanged": {
+    "type": "array", "items": {"type": "string"}}})
+_BULK_SET: sch.Schema = {**sch.input_schema("users", patch=True), "minProperties": 1}
+_BULK_SET["properties"] = {k: v for k, v in _BULK_SET["properties"].items()
+                           if k not in ("extension", "password", "voicemail_pin")}
+_IMPORT_OUT = sch.obj({"added": _STRINGS, "changed": {
+    "type": "object", "additionalProperties": _STRINGS,
+    "description": "extension -> the keys that change"}, "unchanged": _STRINGS,
+    "ignored_columns": _STRINGS, "dry_run": sch.BOOLEAN})
 
 ROUTES: list[Route] = [
     Route("POST", "/auth/token", _sign_in, "Sign in: a bearer token", "anyone", sch.obj({
@@ -240,6 +448,20 @@ ROUTES: list[Route] = [
                         "password": {"type": "string", "minLength": 1},
                         "code": {"type": "string", "description": "TOTP or recovery code"}},
                        ["user", "password"]), public=True, errors=(400, 401, 429)),
+    Route("POST", "/auth/reset", _action_public(
+        lambda a, r: _with_body(r, lambda b: a.request_reset(b, _source(r))), 202),
+          "Ask for a password-reset email: always 202, whether the account exists or not",
+          "anyone", sch.obj({"accepted": sch.BOOLEAN, "message": {"type": "string"}}),
+          body=sch.obj({"user": {"type": "string", "minLength": 1,
+                                 "description": "extension or email"}}, ["user"]),
+          public=True, errors=(400, 429), ok=202),
+    Route("POST", "/auth/reset/{token}", _action_public(
+        lambda a, r: _with_body(r, lambda b: a.reset_password(r.match_info["token"], b,
+                                                               _source(r)))),
+          "Set the web password with a one-time link (from a reset or welcome email)",
+          "whoever holds the link", _OBJ,
+          body=sch.obj({"password": {"type": "string"}}, ["password"]),
+          public=True, errors=(400, 404, 422, 429), ok=200),
     Route("DELETE", "/auth/token", _sign_out, "Sign out (end this token)", _ANY,
           sch.obj({"signed_out": sch.BOOLEAN}), errors=(400,)),
     Route("GET", "/me", _me, "Who the credential is", _ANY, _OBJ),
@@ -249,6 +471,50 @@ ROUTES: list[Route] = [
     Route("PATCH", "/system", _system_patch, "Change the system table (merge patch)", "owner",
           sch.output_schema("system"), body=sch.input_schema("system", patch=True), write=True,
           errors=(400, 409, 412, 422, 428), etag=True),
+    # before the users table's routes: /users/{key} would take /users/export.csv
+    Route("POST", "/users/import", _users_import,
+          "Create or change users from a CSV in a 3CX user export's columns (all or nothing; "
+          "?dry_run=1 only reports; never deletes)",
+          "department_admin: their department; manager: all but owners; owner",
+          _IMPORT_OUT, body={"type": "string"}, body_media="text/csv", write=True,
+          query={"dry_run": (sch.enum(("0", "1", "true", "false")), False)},
+          errors=(400, 403, 409, 412, 413, 415, 422, 428), etag=True, ok=200),
+    Route("POST", f"/users/{_EXT}/welcome", _action(
+        lambda a, r, p: a.welcome(p, r.match_info["extension"], _source(r))),
+          "Email the user their extension, SIP credentials and a link to choose their web "
+          "password", "department_admin: their department; manager: all but owners; owner",
+          sch.obj({"extension": {"type": "string"}, "sent_to": {"type": "string"},
+                   "link_valid_hours": {"type": "integer"}}),
+          errors=(403, 404, 422, 502), ok=200),
+    Route("PUT", f"/users/{_EXT}/greetings/{{status}}", _greeting_put,
+          "Upload a greeting (audio/wav: PCM, 8 kHz, 16-bit, mono, at most 10 MB) for a "
+          "status, or for the mailbox (status: voicemail); stored under the data dir and set "
+          "through the one write path", "as PATCH /users/{key} on the greeting: the user; "
+          "those who manage them", _OBJ, body={"type": "string", "format": "binary"},
+          body_media="audio/wav", write=True,
+          errors=(400, 403, 404, 409, 412, 413, 415, 422, 428), etag=True, ok=200),
+    Route("GET", "/users/export.csv", _users_export,
+          "The users one may see as CSV in a 3CX user export's columns (AuthPassword and PIN "
+          "always empty)", "department_admin: their department; manager, owner",
+          {"type": "string"}, response_media="text/csv", etag=True),
+    Route("PATCH", "/users", _users_bulk,
+          "One merge patch on many users, all or nothing (one revision, an audit entry per "
+          "user); no secrets, no extension", "as PATCH /users/{key}, for every user listed",
+          _BULK_OUT, body=sch.obj({
+              "extensions": {"type": "array", "minItems": 1, "uniqueItems": True,
+                             "items": {"type": "string", "minLength": 1}},
+              "set": _BULK_SET},
+              ["extensions", "set"]),
+          write=True, errors=(400, 404, 409, 412, 422, 428), etag=True),
+    Route("POST", f"/users/{_EXT}/copy", _users_copy,
+          "A new user with this one's settings (department, role, rights, codecs, forwarding, "
+          "schedule, voicemail options); the generated SIP password and voicemail PIN are in "
+          "this answer only", "as POST /users (and one must see the user copied)",
+          _COPY_OUT, body=sch.obj({"extension": {"type": "string", "minLength": 1},
+                                   "name": {"type": "string", "minLength": 1},
+                                   "email": {"type": "string"},
+                                   "mobile": {"type": "string"}}, ["extension", "name"]),
+          write=True, errors=(400, 404, 409, 412, 422, 428), etag=True),
     *_table_routes("users", "users", "user: self; receptionist, department_admin: their "
                    "department; manager, owner: all", "user, receptionist: own forwarding, "
                    "schedule, greetings, PIN; department_admin: their department; manager: "
@@ -291,6 +557,15 @@ ROUTES: list[Route] = [
         lambda a, r, p: a.delete_voicemail(p, r.match_info["extension"], r.match_info["id"],
                                            _source(r))),
           "Delete a message", "its user; owner", _OBJ, errors=(403, 404)),
+    Route("GET", "/events", _events,
+          "Live events as Server-Sent Events: status, registration (up/down), call.started, "
+          "call.answered, call.ended. A stream lasts at most 25 s (seconds=) and asks to be "
+          "reopened with Last-Event-ID", "as /statuses, /registrations, /calls: a user their "
+          "own; receptionist, department_admin their department; manager, owner all",
+          {"type": "string"}, response_media="text/event-stream",
+          query={"seconds": ({"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}, False),
+                 "last_event_id": ({"type": "string", "pattern": "^[0-9]+$"}, False)},
+          errors=(400,)),
     Route("GET", "/registrations", _action(lambda a, r, p: a.registrations(p)),
           "Live registrations one may see", _ANY, _LIST),
     Route("GET", "/calls", _action(lambda a, r, p: a.calls(p)),
@@ -361,7 +636,31 @@ def setup(app: web.Application, store: Store, live: Live) -> Api:
     api = Api(store, live)
     for route in ROUTES:
         app.router.add_route(route.method, PREFIX + route.path, _wrap(api, route))
+    # A fixed path under a parameterised one (/users/import under /users/{key}) would
+    # otherwise answer another method with a 405 that offers the parameterised
+    # resource's methods too: answer it here, with the methods of this path only.
+    fixed: dict[str, list[str]] = {}
+    for route in ROUTES:
+        if "{" not in route.path:
+            fixed.setdefault(route.path, []).append(route.method)
+    for path, methods in fixed.items():
+        app.router.add_route("*", PREFIX + path, _not_allowed(methods))
+
+    async def stop_events(_: web.Application) -> None:
+        await api.events.close()  # open streams would hold the shutdown for 25 s
+    app.on_shutdown.append(stop_events)
     return api
+
+
+def _not_allowed(methods: list[str]) -> Callable[[web.Request],
+                                                 Awaitable[web.StreamResponse]]:
+    allow = ",".join(sorted(set(methods)))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(ApiError(405, [("", f"{request.method}: this resource "
+                                                     f"takes {allow}")]).body(),
+                                 status=405, headers={"Allow": allow})
+    return handler
 
 
 # --------------------------------------------------------------------------- OpenAPI
@@ -373,7 +672,9 @@ _REASONS = {400: "Bad request (named by field)", 401: "Not signed in, or a bad c
             409: "The store has no directory yet",
             412: "The directory changed since it was read (If-Match)",
             422: "Refused by the directory's validation: every error named by field",
-            428: "A write needs If-Match", 429: "Too many failed sign-ins"}
+            413: "The body is too large", 415: "Not the media type this route takes",
+            428: "A write needs If-Match", 429: "Too many attempts: wait (Retry-After)",
+            502: "The SMTP relay did not take the email"}
 
 
 def openapi() -> dict[str, Any]:
@@ -391,11 +692,13 @@ def openapi() -> dict[str, Any]:
             params.append({"name": "If-Match", "in": "header", "required": True,
                            "description": 'the ETag read ("42"), or * to overwrite',
                            "schema": {"type": "string", "minLength": 1}})
-        ok = 201 if route.method == "POST" and route.path != "/auth/token" else 200
+        ok = route.ok or (201 if route.method == "POST" and route.path != "/auth/token"
+                          else 200)
         content: dict[str, Any] = ({"audio/wav": {"schema": {"type": "string",
                                                               "format": "binary"}}}
                                    if route.response is None else
-                                   {"application/json": {"schema": route.response}})
+                                   {route.response_media or "application/json":
+                                    {"schema": route.response}})
         responses: dict[str, Any] = {str(ok): {"description": "OK", "content": content}}
         if route.etag:
             responses[str(ok)]["headers"] = {"ETag": {"schema": {"type": "string"},
@@ -411,8 +714,8 @@ def openapi() -> dict[str, Any]:
             "operationId": _operation_id(route), "parameters": params, "responses": responses,
         }
         if route.body is not None:
-            media = ("application/merge-patch+json" if route.method == "PATCH"
-                     else "application/json")
+            media = route.body_media or ("application/merge-patch+json"
+                                         if route.method == "PATCH" else "application/json")
             operation["requestBody"] = {"required": True,
                                         "content": {media: {"schema": route.body}}}
         operation["security"] = [] if route.public else [{"bearer": []}]

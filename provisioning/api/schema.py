@@ -132,6 +132,7 @@ TABLE_SCHEMAS: Mapping[str, Mapping[str, Schema]] = {
         "rtp_ports": string(d.PORTS_RE),
         "smtp": obj({"host": string(nonempty=True), "port": integer(1, 65535),
                      "sender": {"type": "string"}}, ["host"]),
+        "admin_url": string(d.ADMIN_URL_RE, optional=True),
     },
     "trunks": {
         "name": string(NAME_RE), "host": string(nonempty=True), "port": integer(1, 65535),
