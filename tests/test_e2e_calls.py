@@ -24,25 +24,37 @@ from calls import run_uac, start_uas
 
 pytestmark = pytest.mark.peers
 
-PORTS = {ext: free_port() for ext in ("101", "102", "103", "104", "trunk", "trunkin", "uac")}
+# The phones' and the carrier's ports, chosen when the module's first engine starts
+# (not at import: the whole suite is collected first, and a port free then may be
+# taken by the time these tests run).
+PORTS: dict[str, int] = {}
+
+
+def choose_ports() -> None:
+    if not PORTS:
+        PORTS.update({ext: free_port()
+                      for ext in ("101", "102", "103", "104", "trunk", "trunkin", "uac")})
+
 PASSWORDS = {"101": "pw101", "102": "pw102", "103": "pw103", "104": "pw104"}
 
 def directory_text(channels: int = 3, supports_302: bool = True) -> str:
-    return DIRECTORY.replace("channels = 3", f"channels = {channels}").replace(
+    choose_ports()
+    text = DIRECTORY.format(trunk=PORTS["trunk"], trunkin=PORTS["trunkin"])
+    return text.replace("channels = 3", f"channels = {channels}").replace(
         "supports_302 = true", f"supports_302 = {str(supports_302).lower()}")
 
 
-DIRECTORY = f"""
+DIRECTORY = """
 [system]
 domain = "pbx.test"
 
 [[trunks]]
 name = "carrier"
 host = "127.0.0.1"
-port = {PORTS["trunk"]}
+port = {trunk}
 channels = 3
 inbound_from = ["127.0.0.1/32"]
-inbound_port = {PORTS["trunkin"]}  # phones share 127.0.0.1: the carrier is this port
+inbound_port = {trunkin}  # phones share 127.0.0.1: the carrier is this port
 supports_302 = true
 
 [[departments]]
