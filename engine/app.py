@@ -28,16 +28,16 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from engine.b2bua import (
+from engine.callmedia import CallMedia
+from engine.calls.events import (
     BridgeMedia,
-    MediaAction,
+    MediaCommand,
     OpenMedia,
     StartMailbox,
     StartVoicemail,
     StopMedia,
     UpdateMedia,
 )
-from engine.callmedia import CallMedia
 from engine.connlimit import (
     SHED_FIRST_MESSAGE,
     SHED_HANDSHAKE,
@@ -523,7 +523,7 @@ class Server:
                         seconds=self._stream_log.window)
 
     # -- media (voicemail) ---------------------------------------------------------
-    def _media_action(self, action: MediaAction) -> None:
+    def _media_action(self, action: MediaCommand) -> None:
         if isinstance(action, BridgeMedia):
             self.calls_media.apply(action)
         elif isinstance(action, OpenMedia):

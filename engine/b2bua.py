@@ -78,14 +78,34 @@ import datetime as dt
 import functools
 import heapq
 import itertools
-import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from engine.dialog import Dialog, new_branch, new_call_id, new_tag
+from engine.calls.events import (
+    BridgeMedia,
+    MediaCommand,
+    OpenMedia,
+    ScreenMode,
+    StartMailbox,
+    StartVoicemail,
+    StopMedia,
+    UpdateMedia,
+)
+from engine.calls.headers import (
+    COMPLETED_ELSEWHERE,
+    Local,
+    binding_dest,
+    callee_invite,
+    cancel_request,
+    contact_uri,
+    diversion,
+    parse_replaces,
+    to_caller,
+)
+from engine.dialog import Dialog, new_tag
 from engine.message import (
     URI,
     ParseError,
@@ -108,7 +128,6 @@ from routing import (
     CallFacts,
     Deflect,
     Device,
-    Diversion,
     External,
     Identity,
     LiveState,
@@ -129,21 +148,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("switchboard.call")
 
 Outcome = Literal["no_answer", "busy", "failed"]
-ScreenMode = Literal["", "rebound", "confirm"]
-COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
-# RFC 4458 causes for History-Info, by RFC 5806 diversion reason.
-_HI_CAUSE = {"no-answer": 408, "user-busy": 486, "unavailable": 480, "unconditional": 302,
-             "time-of-day": 302, "do-not-disturb": 480, "away": 302}
 _FINAL_OUTCOME = {302: "deflected", 480: "unanswered", 486: "busy", 487: "cancelled",
                   503: "no_channel"}
-# Session timers (RFC 4028) on an anchored call: the engine answers re-INVITEs
-# itself, so a caller's refresh never reaches the callee; offering the callee a
-# timer with the engine as refresher would drop the call when it expires. The
-# callee leg is therefore offered no timer ("timer" is removed from Supported,
-# Session-Expires and Min-SE are not copied); a callee that wants one anyway
-# must be the refresher (RFC 4028 s9), and its refreshes are answered here.
-_COPY_TO_CALLEE = ("content-type", "allow", "supported", "session-expires", "min-se",
-                   "accept", "user-agent")
 
 
 @dataclass(slots=True, eq=False)
@@ -272,109 +278,7 @@ class Relay:
     to_caller: bool  # True: we sent it to the caller (it came from the callee)
 
 
-@dataclass(frozen=True, slots=True)
-class OpenMedia:
-    """Open an RTP endpoint for ``call`` (two with ``bridge``: one facing the
-    caller, one the callees); answer with :meth:`B2BUA.media_ready` (or
-    :meth:`B2BUA.media_failed`)."""
-
-    call: tuple[str, str]
-    bridge: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StartVoicemail:
-    """The caller was answered: play the greeting and a beep, then record."""
-
-    call: tuple[str, str]
-    call_id: str
-    negotiated: sdp.Negotiated
-    box: str
-    greeting: str  # "default" or a WAV path
-    max_seconds: int
-    caller: str
-    # The party leaving the message is on the endpoint facing the callee (it was
-    # the called party of a call its caller transferred): record that one.
-    callee_side: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StartMailbox:
-    """The owner of ``box`` called the voicemail number and was answered: the
-    mailbox menu (PIN, listen, delete); hang up with :meth:`B2BUA.hangup`."""
-
-    call: tuple[str, str]
-    call_id: str
-    negotiated: sdp.Negotiated
-    box: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateMedia:
-    """A new offer/answer on a call the engine answered (re-INVITE): follow it."""
-
-    call: tuple[str, str]
-    negotiated: sdp.Negotiated
-
-
-@dataclass(frozen=True, slots=True)
-class StopMedia:
-    """The call ended: stop what plays or records, close the endpoint."""
-
-    call: tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeMedia:
-    """The media state of an anchored call, sent on every change; the media
-    service makes it so (idempotent): each endpoint follows its leg's offer/
-    answer; RTP is relayed between them unless someone is on hold, and a held
-    party hears ``playlist`` (empty: the system's, else the built-in tune)."""
-
-    call: tuple[str, str]
-    call_id: str
-    caller_media: sdp.Negotiated | None
-    callee_media: sdp.Negotiated | None
-    music_to_caller: bool
-    music_to_callee: bool
-    playlist: tuple[str, ...]
-    record: str  # why the call is recorded; "" not recorded
-    parties: tuple[str, str]  # (caller, callee) for the recording's listing
-    # Rebound screening: announce ``announce`` (the caller's number) to the callee in
-    # ``language`` and report its key with B2BUA.screened.
-    announce: str = ""
-    language: str = "en"
-    # The callee side is being asked (rebound: who calls, accept or refuse; confirm:
-    # press 1 to take the call); "" nothing to ask. Never relayed to the caller then.
-    screen: ScreenMode = ""
-    # The caller has our early media and nothing else feeds it (a confirm leg is
-    # asked, or the leg that fed it was released): it hears a ringback tone.
-    ringback_to_caller: bool = False
-
-
-MediaAction = (OpenMedia | StartVoicemail | StartMailbox | UpdateMedia | StopMedia
-               | BridgeMedia)
 DECODABLE = frozenset({"PCMU", "PCMA", "G722"})  # what the engine can play and record
-
-
-@dataclass(frozen=True, slots=True)
-class Local:
-    """How we name ourselves in Via and Contact."""
-
-    host: str
-    port: int
-    domain: str
-    tls_port: int = 0  # the TLS listener (serve --tls), 0: none
-
-    def port_for(self, transport: str) -> int:
-        """Our port as written in a Via or Contact for ``transport``."""
-        return self.tls_port if transport.lower() == "tls" and self.tls_port else self.port
-
-    def contact(self, transport: str, user: str = "switchboard") -> str:
-        """``<sip:user@host:port[;transport=tcp|tls]>`` (RFC 3261 s19.1.1)."""
-        t = transport.lower()
-        suffix = f";transport={t}>" if t in ("tcp", "tls") else ">"
-        return f"<sip:{user}@{self.host}:{self.port_for(t)}{suffix}"
 
 
 class B2BUA:
@@ -404,7 +308,7 @@ class B2BUA:
         self._relays: dict[TxKey, Relay] = {}
         # Re-INVITEs moving a consultation call's callee to the transferee's call.
         self._moves: dict[TxKey, tuple[Call, Transfer]] = {}
-        self.media_actions: list[MediaAction] = []
+        self.media_actions: list[MediaCommand] = []
         self.directory: Directory | None = None
         # Trunks by name: (host, port, transport) and channel limits (None: no limit).
         self.trunk_addresses: dict[str, tuple[str, int, str]] = {}
@@ -539,7 +443,7 @@ class B2BUA:
             trunk = self.trunk_addresses.get(step.trunk)
             host = f"{trunk[0]}:{trunk[1]}" if trunk else local.domain
             headers = [("Contact", f"<sip:{step.number}@{host}>")]
-            headers += [("Diversion", v) for v in _diversion(step.diversion, local.domain)]
+            headers += [("Diversion", v) for v in diversion(step.diversion, local.domain)]
             return self._final(call, 302, now, headers)
         if call.transfer is not None and isinstance(step, Voicemail):
             return self._transfer_to_voicemail(call, step, now, local)
@@ -591,11 +495,11 @@ class B2BUA:
                 for binding in self.registrar.lookup(target.extension, wall):
                     if binding.contact in call.rung:
                         continue
-                    dest = _binding_dest(binding.source)
+                    dest = binding_dest(binding.source)
                     if dest is None:
                         continue
                     call.rung.add(binding.contact)
-                    uri = _contact_uri(binding.contact)
+                    uri = contact_uri(binding.contact)
                     events += self._start_leg(call, step, target, uri, dest[0], dest[1], "",
                                               f"{target.extension} {uri}", now, local)
             else:
@@ -647,56 +551,8 @@ class B2BUA:
     def _callee_invite(self, call: Call, step: Ring, target: Device | External, uri: str,
                        transport: str, local: Local,
                        offer: sdp.SessionDescription | None = None) -> Request:
-        caller = call.invite
-        facts = call.facts
-        domain = local.domain
-        display = facts.caller_name.replace('"', "")
-        if isinstance(target, External):
-            # The name that goes to a trunk is routing's (the presented number's
-            # caller_id_name, or a trunk caller's own): never a user's name.
-            ident = target.caller_id or facts.caller
-            name = target.caller_name.replace('"', "").replace("\\", "")
-            pai = f'"{name}" <sip:{ident}@{domain}>' if name else f"<sip:{ident}@{domain}>"
-            from_value = '"Anonymous" <sip:anonymous@anonymous.invalid>' if target.privacy \
-                else pai
-        else:
-            from_value = f'"{display}" <sip:{facts.caller}@{domain}>' if display else \
-                f"<sip:{facts.caller}@{domain}>"
-            pai = f"<sip:{facts.caller}@{domain}>"
-        mf = caller.max_forwards
-        t = transport.upper() or "UDP"
-        contact = local.contact(t)
-        headers: list[tuple[str, str]] = [
-            ("Via", f"SIP/2.0/{t} {local.host}:{local.port_for(t)};branch={new_branch()};rport"),
-            ("Max-Forwards", str((mf if mf is not None else 70) - 1)),
-            ("From", f"{from_value};tag={new_tag()}"),
-            ("To", f"<sip:{target.extension}@{domain}>" if isinstance(target, Device)
-             else f"<{uri}>"),
-            ("Call-ID", new_call_id(local.host)),
-            ("CSeq", "1 INVITE"),
-            ("Contact", contact),
-            ("P-Asserted-Identity", pai),
-        ]
-        if isinstance(target, External) and target.privacy:
-            headers.append(("Privacy", "id"))
-        for value in _diversion(step.diversion, domain):
-            headers.append(("Diversion", value))
-        if step.diversion:
-            headers += [("History-Info", v) for v in _history_info(step.diversion, uri, domain)]
-        anchored = offer is not None
-        for h in caller.headers:
-            if h[0] in _COPY_TO_CALLEE:
-                if anchored and h[0] in ("session-expires", "min-se"):
-                    continue  # no session timer on the callee leg (see _COPY_TO_CALLEE)
-                value = h[2]
-                if anchored and h[0] == "supported":
-                    value = ", ".join(o.strip() for o in value.split(",")
-                                      if o.strip().lower() != "timer")
-                    if not value:
-                        continue
-                headers.append((h[1], value))
-        body = caller.body if offer is None else offer.to_bytes()
-        return Request.build("INVITE", uri, headers, body)
+        return callee_invite(call.invite, call.facts, step.diversion, target, uri,
+                                     transport, local, offer)
 
     def _callee_offer(self, call: Call, target: Device | External,
                       local: Local) -> sdp.SessionDescription | None:
@@ -759,8 +615,7 @@ class B2BUA:
         caller was answered long ago: the transfer failed instead.)"""
         if call.transfer is not None:
             return self._transfer_failed(call, status, now)
-        resp = make_response(call.invite, status, reason, [("Server", "Switchboard/0.1"),
-                                                           *headers], to_tag=call.tag)
+        resp = to_caller(call.invite, status, call.tag, headers, reason=reason)
         log.info("call ended", call_id=call.id, status=status, answered=False,
                  billing_group=call.identity.billing_group or None)
         self._count(_FINAL_OUTCOME.get(status, "rejected" if status < 500 else "failed"))
@@ -806,7 +661,7 @@ class B2BUA:
                     with contextlib.suppress(sdp.SdpError):
                         leg.early = sdp.parse_sdp(resp.body)
                 return []
-            headers = [("Server", "Switchboard/0.1")]
+            headers: list[tuple[str, str]] = []
             body = b""
             if resp.body and status == 183 and leg.offer is not None \
                     and call.screening is not None:
@@ -828,7 +683,7 @@ class B2BUA:
                 return []
             status_out = 180 if status in (180, 181, 182) else status
             call.early_sent = True
-            out = make_response(call.invite, status_out, None, headers, body, to_tag=call.tag)
+            out = to_caller(call.invite, status_out, call.tag, headers, body)
             return self._respond_caller(call, out, now)
         if status < 300:
             return self._leg_answered(leg, resp, now, local)
@@ -947,8 +802,7 @@ class B2BUA:
             return []
         # The leg answered before anything rang: the caller is told it rings now.
         call.early_sent = True
-        return self._respond_caller(call, make_response(
-            call.invite, 180, None, [("Server", "Switchboard/0.1")], to_tag=call.tag), now)
+        return self._respond_caller(call, to_caller(call.invite, 180, call.tag), now)
 
     def _caller_can_take(self, call: Call, codec: str, local: Local) -> bool:
         """Whether the caller's offer has ``codec`` (the engine relays, it does not
@@ -967,9 +821,8 @@ class B2BUA:
         """183 Session Progress with our SDP: the caller hears the engine before any
         answer (hold music while screening or waiting in a ring group)."""
         call.early_sent = True
-        early = make_response(call.invite, 183, None, [
-            ("Server", "Switchboard/0.1"), ("Content-Type", "application/sdp")], sdp_body,
-            to_tag=call.tag)
+        early = to_caller(call.invite, 183, call.tag, [("Content-Type", "application/sdp")],
+                          sdp_body)
         return self._respond_caller(call, early, now)
 
     def screened(self, key: tuple[str, str], accepted: bool, now: float,
@@ -1034,8 +887,8 @@ class B2BUA:
         self._disarm(call, "no_answer")
         if isinstance(leg.target, Device):
             self._join(call, leg.target.extension)
-        headers = [("Server", "Switchboard/0.1"),
-                   ("Contact", local.contact(call.transport))]
+        contact = local.contact(call.transport)
+        headers = [("Contact", contact)]
         if leg.offer is not None:
             answer = self._anchored_answer(call, leg, body, local, final=True)
             if answer is None:  # no usable answer: let the phones talk directly
@@ -1044,9 +897,9 @@ class B2BUA:
                 body, ctype = answer, "application/sdp"
         if ctype:
             headers.append(("Content-Type", ctype))
-        ok = make_response(call.invite, 200, None, headers, body, to_tag=call.tag)
+        ok = to_caller(call.invite, 200, call.tag, headers, body)
         call.ok = ok
-        call.caller_dialog = Dialog.uas(call.invite, call.tag, headers[1][1], confirmed=True)
+        call.caller_dialog = Dialog.uas(call.invite, call.tag, contact, confirmed=True)
         if call.transport == "udp":  # s13.3.1.4: T1 doubling to T2, for 64*T1
             call.ok_interval = self.timers.t1
             call.ok_deadline = now + self.timers.long
@@ -1348,7 +1201,7 @@ class B2BUA:
         leg.state = "done"
         leg.status = 487
         self._release_leg(leg)
-        cancel = _build_cancel(leg.invite, reason)
+        cancel = cancel_request(leg.invite, reason)
         try:
             _, events = self.tx.send_request(cancel, leg.dest, leg.transport, now)
         except ValueError:
@@ -1365,7 +1218,7 @@ class B2BUA:
         return events + self._final(call, 487, now)
 
     # ------------------------------------------------------------------ media (voicemail)
-    def take_media(self) -> list[MediaAction]:
+    def take_media(self) -> list[MediaCommand]:
         actions, self.media_actions = self.media_actions, []
         return actions
 
@@ -1426,9 +1279,9 @@ class B2BUA:
         answer, negotiated = result
         owner = self.directory.user(step.box) if self.directory else None
         contact = local.contact(call.transport)
-        headers = [("Server", "Switchboard/0.1"), ("Contact", contact),
-                   ("Content-Type", "application/sdp")]
-        ok = make_response(call.invite, 200, None, headers, answer.to_bytes(), to_tag=call.tag)
+        ok = to_caller(call.invite, 200, call.tag, [("Contact", contact),
+                                                    ("Content-Type", "application/sdp")],
+                       answer.to_bytes())
         call.state = "answered"
         call.answered_at = now
         call.ok = ok
@@ -1891,7 +1744,7 @@ class B2BUA:
         else:
             user, codec = call.facts.caller, anchor.callee_media
         assert codec is not None
-        replaces = _replaces(headers)
+        replaces = parse_replaces(headers)
         if replaces is None:
             return self._refuse_transfer(call, req, key, now, 400,
                                          "Refer-To carries no single readable Replaces")
@@ -2192,78 +2045,6 @@ class _PlanText:
 
 def _call_key(call: Call) -> tuple[str, str]:
     return (call.id, call.invite.from_.tag or "")
-
-
-def _binding_dest(source: str) -> tuple[Addr, str] | None:
-    """``udp:127.0.0.1:5062`` -> ((host, port), transport)."""
-    transport, _, rest = source.partition(":")
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        return None
-    return (host.strip("[]"), int(port)), transport
-
-
-def _contact_uri(contact: str) -> str:
-    text = contact.strip()
-    if text.startswith("<") and ">" in text:
-        return text[1:text.index(">")]
-    return text
-
-
-def _diversion(chain: tuple[Diversion, ...], domain: str) -> list[str]:
-    """Diversion values, most recent first (RFC 5806 s3)."""
-    return [f"<sip:{d.extension}@{domain}>;reason={d.reason};counter=1"
-            for d in reversed(chain)]
-
-
-def _history_info(chain: tuple[Diversion, ...], target: str, domain: str) -> list[str]:
-    """History-Info entries (RFC 7044): each diverting user, then the new target."""
-    out: list[str] = []
-    index = "1"
-    for i, d in enumerate(chain):
-        cause = _HI_CAUSE.get(d.reason, 480)
-        reason = urllib.parse.quote(f'SIP;cause={cause};text="{d.reason}"', safe="")
-        entry = f"<sip:{d.extension}@{domain}?Reason={reason}>;index={index}"
-        if i:
-            entry += ";rc=" + index.rsplit(".", 1)[0]
-        out.append(entry)
-        index += ".1"
-    last_cause = _HI_CAUSE.get(chain[-1].reason, 480)
-    out.append(f"<{target};cause={last_cause}>;index={index};mp={index.rsplit('.', 1)[0]}")
-    return out
-
-
-def _replaces(headers: str) -> tuple[str, str, str] | None:
-    """(Call-ID, to-tag, from-tag) of the one ``Replaces`` header (RFC 3891) in the
-    headers part of a Refer-To URI (``Replaces=id%3Bto-tag%3Da%3Bfrom-tag%3Db``);
-    None without exactly one readable Replaces."""
-    fields = urllib.parse.parse_qsl(headers, keep_blank_values=True)
-    # Other headers (pjsip adds Require=replaces) concern the target's INVITE,
-    # which the engine does not send: only Replaces is read.
-    values = [value for name, value in fields if name.lower() == "replaces"]
-    if len(values) != 1:
-        return None
-    call_id, _, rest = values[0].partition(";")
-    tags: dict[str, str] = {}
-    for part in rest.split(";"):
-        name, _, value = part.strip().partition("=")
-        tags[name.strip().lower()] = value.strip()
-    to_tag, from_tag = tags.get("to-tag"), tags.get("from-tag")
-    if not call_id.strip() or not to_tag or not from_tag:
-        return None
-    return call_id.strip(), to_tag, from_tag
-
-
-def _build_cancel(invite: Request, reason: str | None) -> Request:
-    """The CANCEL of a client INVITE (RFC 3261 s9.1), with a Reason (RFC 3326)."""
-    headers: list[tuple[str, str]] = [("Via", invite.get_all("via")[0])]
-    headers += [("Route", v) for v in invite.get_lines("route")]
-    headers += [("Max-Forwards", "70"), ("From", invite.get("from") or ""),
-                ("To", invite.get("to") or ""), ("Call-ID", invite.call_id),
-                ("CSeq", f"{invite.cseq.number} CANCEL")]
-    if reason:
-        headers.append(("Reason", reason))
-    return Request.build("CANCEL", invite.uri_text, headers)
 
 
 def local_datetime(wall: float) -> dt.datetime:

@@ -1,6 +1,6 @@
 """The media of anchored calls: two endpoints per call, relayed, hold music, recording.
 
-The B2BUA decides (``engine.b2bua.BridgeMedia``: what each endpoint
+The B2BUA decides (``engine.calls.events.BridgeMedia``: what each endpoint
 negotiated, who is on hold, whether the call is recorded); this module makes
 it so on real sockets, idempotently, each time the state changes:
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import structlog
 
-from engine.b2bua import BridgeMedia
+from engine.calls.events import BridgeMedia
 from media.codecs import CodecError
 from media.endpoint import MediaEndpoint, MediaError, Relay
 from media.mixer import CallRecorder

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from engine.auth import AuthResult, DigestAuthenticator, FailureLimiter
-from engine.b2bua import B2BUA, Local, MediaAction
+from engine.b2bua import B2BUA
+from engine.calls.events import MediaCommand
+from engine.calls.headers import SERVER, Local
 from engine.message import (
     ParseError,
     Request,
@@ -60,7 +62,6 @@ ACCEPT = "application/sdp"
 # CRLF keep-alives are; Path (RFC 3327) is not, so a REGISTER that requires it
 # gets 420 instead of a binding that would silently drop the proxy's route.
 SUPPORTED: tuple[str, ...] = ("outbound",)
-SERVER = "Switchboard/0.1"
 KNOWN_METHODS = frozenset((
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"))
@@ -73,7 +74,7 @@ class Outcome:
     sends: list[Send] = field(default_factory=list)
     saved: list[Binding] = field(default_factory=list)
     removed: list[Binding] = field(default_factory=list)
-    media: list[MediaAction] = field(default_factory=list)  # for the media service
+    media: list[MediaCommand] = field(default_factory=list)  # for the media service
 
 
 class Engine:

@@ -441,7 +441,7 @@ def test_on_a_call_without_multiple_calls_is_busy(net: Net) -> None:
 
 def voicemail_answered(net: Net, src: Addr, box: str) -> Response:
     """The media service opens an endpoint; the engine answers the caller with SDP."""
-    from engine.b2bua import OpenMedia, StartVoicemail
+    from engine.calls.events import OpenMedia, StartVoicemail
 
     [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
     net.take(net.engine.media_ready(opened.call, (30000,), net.clock.now))
@@ -453,7 +453,7 @@ def voicemail_answered(net: Net, src: Addr, box: str) -> Response:
 
 
 def test_voicemail_answers_with_sdp_then_hangs_up_when_done(net: Net) -> None:
-    from engine.b2bua import OpenMedia, StopMedia
+    from engine.calls.events import OpenMedia, StopMedia
 
     register(net, "101", "102")
     src = phone_call(net, "101", "102")
@@ -469,7 +469,7 @@ def test_voicemail_answers_with_sdp_then_hangs_up_when_done(net: Net) -> None:
 
 
 def test_voicemail_refuses_g729_only_with_488(net: Net) -> None:
-    from engine.b2bua import OpenMedia
+    from engine.calls.events import OpenMedia
 
     register(net, "101")
     net.engine.set_statuses({"101": "away"})
@@ -522,7 +522,7 @@ def test_early_media_does_not_stop_the_no_answer_timer(net: Net) -> None:
     net.tick(10.5)
     msgs = net.drain(TRUNK)
     assert any(isinstance(m, Request) and m.method == "CANCEL" for m in msgs)
-    from engine.b2bua import OpenMedia
+    from engine.calls.events import OpenMedia
     assert any(isinstance(m, OpenMedia) for m in net.media)  # away, no answer -> voicemail
 
 
@@ -730,7 +730,7 @@ def test_credentials_signed_for_another_uri_are_refused(net: Net) -> None:
 def test_reinvite_on_a_voicemail_call_gets_a_new_answer(net: Net) -> None:
     """pjsip locks the codec it chose with a re-INVITE offering only that one: the engine,
     being the endpoint, answers it on the same port and the media follows."""
-    from engine.b2bua import UpdateMedia
+    from engine.calls.events import UpdateMedia
 
     register(net, "101", "102")
     src = phone_call(net, "101", "102")

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from engine.b2bua import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
+from engine.calls.events import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
 from engine.core import Engine
 from engine.message import Request, Response
 from media.sdp import parse_sdp

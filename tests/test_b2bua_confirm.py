@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from engine.b2bua import BridgeMedia, StartVoicemail
+from engine.calls.events import BridgeMedia, StartVoicemail
 from engine.core import Engine
 from engine.message import Request, Response
 from engine.transaction import Addr

@@ -5,7 +5,7 @@ it went. Sans-I/O, fake clock (the harness of test_b2bua / test_b2bua_anchor).""
 
 from __future__ import annotations
 
-from engine.b2bua import StartVoicemail
+from engine.calls.events import StartVoicemail
 from engine.message import Request, Response
 from engine.transaction import Addr
 from media.sdp import parse_sdp
@@ -253,7 +253,7 @@ def consultation(net: Net, target: str = "102") -> tuple[Request, Response]:
     """101, in a call answered already, calls ``target`` itself (call-y, anchored on
     ports 30004/30006), which answers. Returns the engine's INVITE to the target
     and its 200 to 101."""
-    from engine.b2bua import OpenMedia
+    from engine.calls.events import OpenMedia
     net.media.clear()
     phone_call(net, "101", target, call_id="call-y")
     [action] = [m for m in net.media if isinstance(m, OpenMedia)]
@@ -270,7 +270,7 @@ def consultation(net: Net, target: str = "102") -> tuple[Request, Response]:
 
 
 def test_attended_transfer_moves_the_consulted_target_to_the_caller() -> None:
-    from engine.b2bua import StopMedia
+    from engine.calls.events import StopMedia
     net = anchored_net()
     desk = answered_trunk_call(net, "102")
     to_102, ok_y = consultation(net)
@@ -344,13 +344,13 @@ def test_replaces_must_name_a_call_of_the_transferor() -> None:
 
 
 def test_replaces_is_read_beside_other_headers_of_the_refer_to_uri() -> None:
-    from engine.b2bua import _replaces
+    from engine.calls.headers import parse_replaces
     pjsip = "Require=replaces&Replaces=QA9N%3Bto-tag%3D0f96%3Bfrom-tag%3D73.hs"
-    assert _replaces(pjsip) == ("QA9N", "0f96", "73.hs")
-    assert _replaces("Replaces=a%3Bfrom-tag%3Db%3Bto-tag%3Dc") == ("a", "c", "b")
+    assert parse_replaces(pjsip) == ("QA9N", "0f96", "73.hs")
+    assert parse_replaces("Replaces=a%3Bfrom-tag%3Db%3Bto-tag%3Dc") == ("a", "c", "b")
     for bad in ("Require=replaces", "Replaces=a%3Bto-tag%3Dc", "Replaces=x&Replaces=y",
                 "Replaces=%3Bto-tag%3Da%3Bfrom-tag%3Db"):
-        assert _replaces(bad) is None, bad
+        assert parse_replaces(bad) is None, bad
 
 
 def caller_refer(ok: Response, target: str, cseq: int = 3) -> bytes:
@@ -432,7 +432,7 @@ def test_the_calling_party_can_transfer_attended() -> None:
     """101 called 102 (call-1), then called 103 itself (call-y) and transfers 102 to
     103 with Replaces: 103 is re-INVITEd onto call-1's caller-side port with 102's
     codec, in the session 103 knows; 102 is never re-INVITEd."""
-    from engine.b2bua import OpenMedia, StopMedia
+    from engine.calls.events import OpenMedia, StopMedia
     from tests.test_b2bua_anchor import answered_call
     net = anchored_net()
     register(net, "103")
