@@ -105,6 +105,17 @@ from engine.calls.headers import (
     parse_replaces,
     to_caller,
 )
+from engine.calls.states import (
+    CALL,
+    LEG,
+    TRANSFER,
+    CallEvent,
+    CallState,
+    LegEvent,
+    LegState,
+    TransferEvent,
+    TransferState,
+)
 from engine.dialog import Dialog, new_tag
 from engine.message import (
     URI,
@@ -164,13 +175,20 @@ class Leg:
     transport: str
     key: TxKey
     trunk: str = ""  # holds one channel of this trunk while alive
-    state: Literal["calling", "ringing", "answered", "done"] = "calling"
+    state: LegState = LegState.CALLING  # moved only by move() (engine.calls.states.LEG)
     status: int = 0  # the final response's status
     dialog: Dialog | None = None
     ack: bytes | None = None
-    cancelled: bool = False
     offer: sdp.SessionDescription | None = None  # what we offered on an anchored call
     early: sdp.SessionDescription | None = None  # its answer in a 183, if any
+
+    def move(self, event: LegEvent) -> None:
+        self.state = LEG.move(self.state, event)
+
+    @property
+    def pending(self) -> bool:
+        """Still calling or ringing: its outcome is not known yet."""
+        return self.state in (LegState.CALLING, LegState.RINGING)
 
 
 @dataclass(slots=True, eq=False)
@@ -216,6 +234,10 @@ class Transfer:
     consultation: Call | None = None
     reinvite: sdp.SessionDescription | None = None  # our offer in that re-INVITE
     ack: Send | None = None  # our ACK of its 2xx, sent again for a retransmitted 2xx
+    state: TransferState = TransferState.REFERRED  # moved only by move()
+
+    def move(self, event: TransferEvent) -> None:
+        self.state = TRANSFER.move(self.state, event)
 
 
 @dataclass(slots=True, eq=False)
@@ -233,7 +255,7 @@ class Call:
     step: int = -1
     legs: list[Leg] = field(default_factory=list)
     rung: set[str] = field(default_factory=set)  # each destination once per call
-    state: Literal["routing", "answered", "ended"] = "routing"
+    state: CallState = CallState.ROUTING  # moved only by move() (engine.calls.states.CALL)
     caller_dialog: Dialog | None = None
     winner: Leg | None = None
     ok: Response | None = None  # our 2xx to the caller, retransmitted until ACK
@@ -265,6 +287,9 @@ class Call:
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint).
     partner: Leg | None = None
+
+    def move(self, event: CallEvent) -> None:
+        self.state = CALL.move(self.state, event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,14 +386,14 @@ class B2BUA:
             else:
                 log.info("rebound not accepted in time", call_id=call.id)
             return self._refused(call, now, local)
-        if name == "no_answer" and call.state == "routing":
+        if name == "no_answer" and call.state is CallState.ROUTING:
             log.info("no answer", call_id=call.id, step=call.step + 1)
             events = self._cancel_legs(call, now, None, local)
             return events + self._outcome(call, "no_answer", now, local)
-        if name == "ok" and call.ok is not None and call.state == "answered":
+        if name == "ok" and call.ok is not None and call.state is CallState.ANSWERED:
             if now >= call.ok_deadline:
                 log.warning("no ACK for our 2xx: ending the call", call_id=call.id)
-                return self._hangup(call, now, local, bye_caller=True)
+                return self._hangup(call, now, local, CallEvent.NO_ACK)
             call.ok_interval = min(call.ok_interval * 2, self.timers.t2)
             self._arm(call, "ok", now + call.ok_interval)
             return self._respond_caller(call, call.ok, now)
@@ -384,10 +409,10 @@ class B2BUA:
             if self.metrics is not None:
                 self.metrics.errors.inc()
             try:
-                return self._teardown(call, now, local, status=500)
+                return self._teardown(call, now, local, CallEvent.ERROR, status=500)
             except Exception:
                 log.exception("call teardown failed", call_id=call.id)
-                self._forget(call)
+                self._forget(call, CallEvent.ERROR)
                 return []
 
     # ------------------------------------------------------------------ new calls
@@ -610,7 +635,8 @@ class B2BUA:
         return self._final(call, status, now)
 
     def _final(self, call: Call, status: int, now: float,
-               headers: Iterable[tuple[str, str]] = (), reason: str | None = None) -> list[Event]:
+               headers: Iterable[tuple[str, str]] = (), reason: str | None = None,
+               event: CallEvent = CallEvent.REJECT) -> list[Event]:
         """A final non-2xx answer to the caller: the call ends. (In a transfer the
         caller was answered long ago: the transfer failed instead.)"""
         if call.transfer is not None:
@@ -620,7 +646,7 @@ class B2BUA:
                  billing_group=call.identity.billing_group or None)
         self._count(_FINAL_OUTCOME.get(status, "rejected" if status < 500 else "failed"))
         events = self._respond_caller(call, resp, now)
-        self._forget(call)
+        self._forget(call, event)
         return events
 
     def _respond_caller(self, call: Call, resp: Response, now: float) -> list[Event]:
@@ -651,12 +677,13 @@ class B2BUA:
         call = leg.call
         status = resp.status
         if status < 200:
-            if status == 100 or leg.state == "done":
+            if status == 100 or not leg.pending:
                 return []
-            leg.state = "ringing"
-            if call.state != "routing" or leg not in call.legs:
+            leg.move(LegEvent.PROVISIONAL)
+            if call.state is not CallState.ROUTING or leg not in call.legs:
                 return []
             if call.transfer is not None:  # the caller hears hold music, not ringing
+                call.transfer.move(TransferEvent.TARGET_RINGING)
                 if resp.body and status == 183:
                     with contextlib.suppress(sdp.SdpError):
                         leg.early = sdp.parse_sdp(resp.body)
@@ -688,17 +715,17 @@ class B2BUA:
         if status < 300:
             return self._leg_answered(leg, resp, now, local)
         # 300-699: the transaction ACKed it.
-        leg.state = "done"
+        leg.move(LegEvent.REFUSED)
         leg.status = status
         self._release_leg(leg)
-        if call.state != "routing" or leg not in call.legs:
+        if call.state is not CallState.ROUTING or leg not in call.legs:
             return []
         log.info("leg refused", call_id=call.id, leg=leg.label, status=status)
         if status not in (486, 600, 487):
             call.last_failure = 503 if status == 503 else call.last_failure
         if call.screening is not None:  # the asked leg's answer decides the step
             return []
-        if any(other.state in ("calling", "ringing") for other in call.legs):
+        if any(other.pending for other in call.legs):
             return []
         statuses = [other.status for other in call.legs]
         if all(s in (486, 600) for s in statuses):
@@ -715,12 +742,13 @@ class B2BUA:
             return []
         dialog = Dialog.uac(leg.invite, resp)
         leg.dialog = dialog
-        leg.state = "answered"
+        leg.move(LegEvent.ANSWER)
         events: list[Event] = []
         late_offer = not leg.invite.body and bool(resp.body)
-        if not (late_offer and call.state == "routing" and leg in call.legs):
+        routing = call.state is CallState.ROUTING and leg in call.legs
+        if not (late_offer and routing):
             events += self._ack_leg(leg, local)
-        if call.state != "routing" or leg not in call.legs:
+        if not routing:
             # Answered after another leg won, or after the step moved on: hang it up.
             log.info("late answer hung up", call_id=call.id, leg=leg.label)
             return events + self._bye_leg(leg, now, local)
@@ -829,7 +857,7 @@ class B2BUA:
                  local: Local) -> list[Event]:
         """The screened leg's key (rebound or confirm): 1 accepts, anything else refuses."""
         call = self.calls.get(key)
-        if call is None or call.screening is None or call.state != "routing":
+        if call is None or call.screening is None or call.state is not CallState.ROUTING:
             return []
         mode = self._screen_mode(call, call.screening)
         if not accepted:
@@ -854,16 +882,15 @@ class B2BUA:
         if leg is None:
             return []
         confirm = self._screen_mode(call, leg) == "confirm"
-        events = self._bye_leg(leg, now, local)
-        leg.state = "done"
+        events = self._bye_leg(leg, now, local)  # it is done (or hung up: done already)
         leg.status = 487 if confirm else 603
         self._release_leg(leg)
         if confirm:
             self._free_callee_side(call)
             log.info("confirm: leg released", call_id=call.id, leg=leg.label,
-                     ringing=sum(other.state in ("calling", "ringing") for other in call.legs),
+                     ringing=sum(other.pending for other in call.legs),
                      channels_in_use=dict(self.channels))
-        if any(other.state in ("calling", "ringing") for other in call.legs):
+        if any(other.pending for other in call.legs):
             return events
         return events + self._outcome(call, "no_answer" if confirm else "failed", now, local)
 
@@ -881,7 +908,7 @@ class B2BUA:
         if call.transfer is not None:
             return self._transfer_connected(call, leg, body, now, local)
         events: list[Event] = []
-        call.state = "answered"
+        call.move(CallEvent.ANSWER)
         call.winner = leg
         call.answered_at = now
         self._disarm(call, "no_answer")
@@ -998,9 +1025,10 @@ class B2BUA:
         transfer = call.transfer
         waits = transfer is not None and transfer.codec.upper() in DECODABLE
         by_caller = transfer is not None and transfer.transferor is None
-        ringing = call.state == "routing" and transfer is None
+        routing = call.state is CallState.ROUTING
+        ringing = routing and transfer is None
         music_to_caller = anchor.callee_holds or screen == "rebound" or (
-            call.state == "routing" and bool(call.music_codec)) or (waits and not by_caller)
+            routing and bool(call.music_codec)) or (waits and not by_caller)
         self.media_actions.append(BridgeMedia(
             _call_key(call), call.id, anchor.caller_media, anchor.callee_media,
             music_to_caller=music_to_caller,
@@ -1187,18 +1215,17 @@ class B2BUA:
         return events
 
     def _cancel_leg(self, leg: Leg, now: float, reason: str | None) -> list[Event]:
-        if leg.state not in ("calling", "ringing") or leg.cancelled:
+        if not leg.pending:
             return []
-        leg.cancelled = True
-        if leg.state == "calling":
+        if leg.state is LegState.CALLING:
             # s9.1: no provisional yet: a CANCEL may not be sent. The leg is
             # given up; a late 2xx is hung up by _leg_answered, a final
             # response closes the transaction.
-            leg.state = "done"
+            leg.move(LegEvent.GIVE_UP)
             leg.status = 487
             self._release_leg(leg)
             return []
-        leg.state = "done"
+        leg.move(LegEvent.CANCEL)
         leg.status = 487
         self._release_leg(leg)
         cancel = cancel_request(leg.invite, reason)
@@ -1211,11 +1238,11 @@ class B2BUA:
     def on_cancel(self, invite_key: TxKey, now: float, local: Local) -> list[Event]:
         """The caller cancelled (the layer answered the CANCEL 200): 487 and CANCEL legs."""
         call = self._by_key.get(invite_key)
-        if call is None or call.state != "routing" or call.transfer is not None:
+        if call is None or call.state is not CallState.ROUTING or call.transfer is not None:
             return []
         log.info("caller cancelled", call_id=call.id)
         events = self._cancel_legs(call, now, None, local)
-        return events + self._final(call, 487, now)
+        return events + self._final(call, 487, now, event=CallEvent.CANCEL)
 
     # ------------------------------------------------------------------ media (voicemail)
     def take_media(self) -> list[MediaCommand]:
@@ -1227,7 +1254,7 @@ class B2BUA:
         """The endpoints asked for are open on ``ports`` (the caller's side first):
         answer a voicemail call, or ring the callees of an anchored one."""
         call = self.calls.get(key)
-        if call is None or call.state != "routing" or call.media_open or (
+        if call is None or call.state is not CallState.ROUTING or call.media_open or (
                 call.voicemail is None and call.waiting is None):
             self.media_actions.append(StopMedia(key))  # the caller left meanwhile
             return []
@@ -1253,7 +1280,7 @@ class B2BUA:
     def media_failed(self, key: tuple[str, str], reason: str, now: float,
                      local: Local) -> list[Event]:
         call = self.calls.get(key)
-        if call is None or call.state != "routing":
+        if call is None or call.state is not CallState.ROUTING:
             return []
         if call.waiting is not None:  # no media relay: the call still goes through
             log.warning("media not anchored: no endpoint", call_id=call.id, reason=reason)
@@ -1268,7 +1295,7 @@ class B2BUA:
         call = self.calls.get(key)
         if call is None:
             return []
-        return self._hangup(call, now, local, bye_caller=True)
+        return self._hangup(call, now, local, CallEvent.ENDPOINT_DONE)
 
     def _answer_voicemail(self, call: Call, step: Voicemail | MailboxAccess, port: int,
                           now: float, local: Local) -> list[Event]:
@@ -1282,7 +1309,7 @@ class B2BUA:
         ok = to_caller(call.invite, 200, call.tag, [("Contact", contact),
                                                     ("Content-Type", "application/sdp")],
                        answer.to_bytes())
-        call.state = "answered"
+        call.move(CallEvent.ANSWER)
         call.answered_at = now
         call.ok = ok
         call.caller_dialog = Dialog.uas(call.invite, call.tag, contact, confirmed=True)
@@ -1339,7 +1366,7 @@ class B2BUA:
             log.info(f"{self._screen_mode(leg.call, leg)} refused: the far end hung up",
                      call_id=leg.call.id, leg=leg.label)
             events = self.tx.respond(key, make_response(req, 200), now)
-            leg.dialog.terminate()
+            leg.move(LegEvent.BYE)
             return events + self._guard(leg.call, now, local, functools.partial(
                 self._refused, leg.call, now, local))
         return None
@@ -1366,7 +1393,7 @@ class B2BUA:
                 events += self._transfer_abandoned(call, now, local)
             if leg is not None:
                 events += self._bye_leg(leg, now, local)
-            self._end(call, now)
+            self._end(call, now, CallEvent.BYE)
             return events
         if req.method == "REFER":
             return self._refer(call, None, req, key, now, local)
@@ -1431,7 +1458,7 @@ class B2BUA:
             # A blind transfer: the transferor need not wait for the outcome.
             log.info("transferor hung up", call_id=call.id, leg=leg.label)
             events = self.tx.respond(key, make_response(req, 200), now)
-            leg.dialog.terminate()
+            leg.move(LegEvent.BYE)
             self._leave(call, leg)
             return events
         if req.method == "BYE":
@@ -1439,10 +1466,10 @@ class B2BUA:
             log.info("callee hung up", call_id=call.id, leg=leg.label)
             if call.transfer is not None:  # the transferee left: nothing to transfer
                 events += self._transfer_abandoned(call, now, local)
-            leg.state = "done"
+            leg.move(LegEvent.BYE)
             self._release_leg(leg)
             events += self._bye_caller(call, now, local)
-            self._end(call, now)
+            self._end(call, now, CallEvent.BYE)
             return events
         if req.method == "REFER":
             return self._refer(call, leg, req, key, now, local)
@@ -1471,11 +1498,10 @@ class B2BUA:
         if req.method == "BYE":
             events = self.tx.respond(key, make_response(req, 200), now)
             log.info("caller hung up", call_id=call.id, leg=leg.label)
-            leg.state = "done"
-            leg.dialog.terminate()
+            leg.move(LegEvent.BYE)
             if winner is not None:
                 events += self._bye_leg(winner, now, local)
-            self._end(call, now)
+            self._end(call, now, CallEvent.BYE)
             return events
         if req.method == "REFER":
             return self._refuse_transfer(call, req, key, now, 501,
@@ -1513,8 +1539,9 @@ class B2BUA:
             anchor.caller_media if leg is not None else anchor.callee_media)
         winner = call.winner
         if media is None or not call.media_open or not call.media_port \
-                or not call.callee_port or self.directory is None or call.state != "answered" \
-                or winner is None or winner.dialog is None or call.voicemail is not None:
+                or not call.callee_port or self.directory is None \
+                or call.state is not CallState.ANSWERED or winner is None \
+                or winner.dialog is None or call.voicemail is not None:
             return self._refuse_transfer(call, req, key, now, 501, (
                 "call transfer needs the call's media through the engine (serve --media relay)"))
         if leg is not None:
@@ -1560,7 +1587,7 @@ class B2BUA:
         events = self.tx.respond(key, make_response(req, 202), now)
         events += self._notify_transferor(call, transfer, 100, now)
         call.plan = the_plan
-        call.state = "routing"
+        call.move(CallEvent.REFER)
         call.legs = []
         # Whoever rang earlier in this call may be the target now; the transferring
         # user's own phones are not rung.
@@ -1594,7 +1621,6 @@ class B2BUA:
 
     def _leave(self, call: Call, leg: Leg) -> None:
         """The transferor's leg is over: it is no longer on the call (busy state)."""
-        leg.state = "done"
         self._release_leg(leg)
         self._by_leg_call_id.pop(leg.invite.call_id, None)
         if isinstance(leg.target, Device):
@@ -1618,7 +1644,7 @@ class B2BUA:
     def _transferor_here(self, call: Call, transfer: Transfer) -> bool:
         """The transferor is still on the call (it may hang up at any time)."""
         if transfer.transferor is not None:
-            return transfer.transferor.state != "done"
+            return transfer.transferor.state is not LegState.DONE
         return call.caller_dialog is not None and not call.caller_dialog.terminated
 
     def _transferor_out(self, call: Call, transfer: Transfer, status: int,
@@ -1630,7 +1656,7 @@ class B2BUA:
             if self._transferor_here(call, transfer):
                 events += self._bye_caller(call, now, transfer.local)
                 self._leave_extension(call, call.facts.caller)
-        elif leg.state != "done":
+        elif leg.state is not LegState.DONE:
             events += self._bye_leg(leg, now, transfer.local)
             self._leave(call, leg)
         return events
@@ -1645,12 +1671,13 @@ class B2BUA:
         if answered is None:
             hung_up = self._bye_leg(leg, now, local)
             leg.status = 488
-            if any(other.state in ("calling", "ringing") for other in call.legs):
+            if any(other.pending for other in call.legs):
                 return hung_up
             return hung_up + self._outcome(call, "failed", now, local)
         theirs, media = answered
+        transfer.move(TransferEvent.TARGET_ANSWERED)
         call.transfer = None
-        call.state = "answered"
+        call.move(CallEvent.TRANSFER_SETTLED)
         self._disarm(call, "no_answer")
         log.info("transfer connected", call_id=call.id, leg=leg.label)
         self._count_transfer("connected")
@@ -1684,8 +1711,9 @@ class B2BUA:
         by_caller = transfer.transferor is None
         media = anchor.callee_media if by_caller else anchor.caller_media
         assert media is not None
+        transfer.move(TransferEvent.TO_VOICEMAIL)
         call.transfer = None
-        call.state = "answered"
+        call.move(CallEvent.TRANSFER_SETTLED)
         call.voicemail = step
         owner = self.directory.user(step.box) if self.directory else None
         max_seconds = owner.voicemail.max_seconds if owner is not None else 180
@@ -1703,8 +1731,10 @@ class B2BUA:
         call ends."""
         transfer = call.transfer
         assert transfer is not None
+        transfer.move(TransferEvent.FAILED)
         call.transfer = None
-        call.state = "answered"
+        if call.state is CallState.ROUTING:  # an attended transfer never left ANSWERED
+            call.move(CallEvent.TRANSFER_SETTLED)
         local = transfer.local
         events = self._cancel_legs(call, now, None, local)
         events += self._notify_transferor(call, transfer, status, now)
@@ -1717,12 +1747,13 @@ class B2BUA:
         log.info("transfer failed; the transferor had hung up, the call ends",
                  call_id=call.id, status=status)
         self._count_transfer("dropped")
-        return events + self._hangup(call, now, local, bye_caller=True)
+        return events + self._hangup(call, now, local, CallEvent.TRANSFER_DROPPED)
 
     def _transfer_abandoned(self, call: Call, now: float, local: Local) -> list[Event]:
         """The caller hung up while its transfer rang: cancel, and tell the transferor."""
         transfer = call.transfer
         assert transfer is not None
+        transfer.move(TransferEvent.TRANSFEREE_GONE)
         call.transfer = None
         self._count_transfer("dropped")
         return self._cancel_legs(call, now, None, local) + self._notify_transferor(
@@ -1755,14 +1786,14 @@ class B2BUA:
             return self._refuse_transfer(call, req, key, now, 481,
                                          "Replaces names no call of the transferor's")
         theirs = other.anchor
-        if other.state != "answered" or other.transfer is not None \
+        if other.state is not CallState.ANSWERED or other.transfer is not None \
                 or other.facts.source != "phone" or other.facts.caller != user \
                 or theirs is None or not other.media_open or target.offer is None:
             return self._refuse_transfer(call, req, key, now, 403, (
                 "Replaces must name an answered call the transferring user made, with "
                 "its media through the engine"))
         transfer = call.transfer = Transfer(leg, target.label, codec.codec, local,
-                                            consultation=other)
+                                            consultation=other, state=TransferState.MOVING)
         # Our new offer to the target: this call's port on the transferor's side, the
         # transferee's codec only, in the session the target knows (RFC 3264 s8:
         # same o=, the version one up).
@@ -1802,10 +1833,10 @@ class B2BUA:
                 log.info("attended transfer: the caller left; the consultation call ends",
                          call_id=other.id)
                 return [self._ack_move(transfer, target, resp, local), *self._hangup(
-                    other, now, local, bye_caller=True)]
+                    other, now, local, CallEvent.REPLACED)]
             return []
         if resp.status >= 300 or target is None or target.dialog is None \
-                or target.state == "done":
+                or target.state is LegState.DONE:
             log.info("attended transfer refused by the target", call_id=call.id,
                      status=resp.status)
             return self._transfer_failed(call, resp.status if resp.status >= 300 else 480, now)
@@ -1825,6 +1856,7 @@ class B2BUA:
         if isinstance(target.target, Device):
             self._join(call, target.target.extension)
         target.call = call
+        transfer.move(TransferEvent.MOVED)
         call.transfer = None
         # The transferor is told and let go first: in a transfer by the caller, the
         # caller's dialog is still the one to end.
@@ -1848,7 +1880,7 @@ class B2BUA:
         log.info("transfer connected", call_id=call.id, leg=target.label, attended=True)
         self._count_transfer("connected")
         events += self._bye_caller(other, now, local)  # the transferor's consultation call
-        self._end(other, now)
+        self._end(other, now, CallEvent.REPLACED)
         self._bridge(call)
         return events
 
@@ -1917,15 +1949,20 @@ class B2BUA:
 
     # ------------------------------------------------------------------ hanging up
     def _bye_leg(self, leg: Leg, now: float, local: Local) -> list[Event]:
-        if leg.dialog is None or leg.dialog.terminated:
+        """Hang up an answered leg: BYE unless its dialog is over already (a 481 or
+        408 ended it); either way the leg is done."""
+        dialog = leg.dialog
+        if dialog is None or (dialog.terminated and leg.state is LegState.DONE):
+            return []
+        leg.move(LegEvent.HANG_UP)
+        self._release_leg(leg)
+        if dialog.terminated:
             return []
         events = self._ack_leg(leg, local)  # a late-offer 2xx still waiting for its ACK
-        bye = leg.dialog.new_request("BYE", via_host=local.host,
-                                     via_port=local.port_for(leg.transport),
-                                     transport=leg.transport.upper())
-        leg.dialog.terminate()
-        leg.state = "done"
-        self._release_leg(leg)
+        bye = dialog.new_request("BYE", via_host=local.host,
+                                 via_port=local.port_for(leg.transport),
+                                 transport=leg.transport.upper())
+        dialog.terminate()
         _, sent = self.tx.send_request(bye, leg.dest, leg.transport, now)
         return events + sent
 
@@ -1942,41 +1979,42 @@ class B2BUA:
         _, events = self.tx.send_request(bye, call.source, call.transport, now)
         return events
 
-    def _hangup(self, call: Call, now: float, local: Local, bye_caller: bool) -> list[Event]:
+    def _hangup(self, call: Call, now: float, local: Local, event: CallEvent) -> list[Event]:
+        """BYE both sides of an answered call and end it."""
         events: list[Event] = []
         if call.winner is not None:
             events += self._bye_leg(call.winner, now, local)
-        if bye_caller:
-            events += self._bye_caller(call, now, local)
-        self._end(call, now)
+        events += self._bye_caller(call, now, local)
+        self._end(call, now, event)
         return events
 
-    def _teardown(self, call: Call, now: float, local: Local, status: int) -> list[Event]:
+    def _teardown(self, call: Call, now: float, local: Local, event: CallEvent,
+                  status: int) -> list[Event]:
         """End a call whatever its state (an internal error, a shutdown)."""
         if call.transfer is not None:
             return self._transfer_abandoned(call, now, local) + self._hangup(
-                call, now, local, bye_caller=True)
-        if call.state == "routing":
+                call, now, local, event)
+        if call.state is CallState.ROUTING:
             events = self._cancel_legs(call, now, None, local)
-            return events + self._final(call, status, now)
-        return self._hangup(call, now, local, bye_caller=True)
+            return events + self._final(call, status, now, event=event)
+        return self._hangup(call, now, local, event)
 
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.calls.labels(outcome).inc()
 
-    def _end(self, call: Call, now: float) -> None:
-        if call.state == "answered":
+    def _end(self, call: Call, now: float, event: CallEvent) -> None:
+        if call.state is CallState.ANSWERED:
             self._count("answered")
             log.info("call ended", call_id=call.id, answered=True,
                      seconds=round(now - call.answered_at, 1),
                      billing_group=call.identity.billing_group or None)
-        self._forget(call)
+        self._forget(call, event)
 
-    def _forget(self, call: Call) -> None:
-        if call.state == "ended":
+    def _forget(self, call: Call, event: CallEvent) -> None:
+        if call.state is CallState.ENDED:
             return
-        call.state = "ended"
+        call.move(event)
         self.completed += 1
         if call.media_open:
             self.media_actions.append(StopMedia(_call_key(call)))
@@ -2025,7 +2063,8 @@ class B2BUA:
         events: list[Event] = []
         for call in list(self.calls.values()):
             events += self._guard(call, now, local,
-                                  functools.partial(self._teardown, call, now, local, 503))
+                                  functools.partial(self._teardown, call, now, local,
+                                                    CallEvent.SHUTDOWN, 503))
         return events
 
 
