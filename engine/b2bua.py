@@ -78,14 +78,14 @@ import datetime as dt
 import functools
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import structlog
 
+from engine.calls.anchor import DECODABLE, MediaAnchor, callee_answer
 from engine.calls.events import (
-    BridgeMedia,
     MediaCommand,
     OpenMedia,
     ScreenMode,
@@ -124,7 +124,6 @@ from engine.message import (
     Response,
     make_response,
     parse_address,
-    random_below,
     short_text,
     warning_value,
 )
@@ -192,28 +191,6 @@ class Leg:
 
 
 @dataclass(slots=True, eq=False)
-class Anchor:
-    """The media of a call whose RTP goes through the engine (RFC 3264 on each leg).
-
-    The caller's offer is answered by us with the codec the callee chose, so
-    the relay passes packets untouched. Each side's ``*_media`` is what the
-    endpoint facing it negotiated; ``*_holds``: that side put the other on
-    hold (it hears hold music from us).
-    """
-
-    offer: sdp.SessionDescription  # the caller's latest offer
-    callee_session: int = field(default_factory=lambda: random_below(10**9))
-    callee_version: int = 0
-    caller_media: sdp.Negotiated | None = None
-    callee_media: sdp.Negotiated | None = None
-    caller_sdp: sdp.SessionDescription | None = None  # our last description to the caller
-    callee_sdp: sdp.SessionDescription | None = None  # ... and to the callee
-    caller_holds: bool = False
-    callee_holds: bool = False
-    record: str = ""  # why the call is recorded ("" not recorded)
-
-
-@dataclass(slots=True, eq=False)
 class Transfer:
     """A blind transfer in progress (RFC 3515, RFC 5589 s6): the answered callee
     ``transferor`` sent REFER asking that the caller be connected to ``target``.
@@ -274,15 +251,9 @@ class Call:
     # A step the engine answers itself (leaving a message, listening to one's
     # mailbox), waiting for or holding media.
     voicemail: Voicemail | MailboxAccess | None = None
-    media_open: bool = False
-    media_port: int = 0  # the endpoint facing the caller
-    callee_port: int = 0  # the endpoint facing the callees (anchored calls)
-    anchor: Anchor | None = None
+    anchor: MediaAnchor = field(default_factory=MediaAnchor)  # the engine's endpoints
     waiting: int | None = None  # a Ring step waiting for its media endpoints
     screening: Leg | None = None  # an answered rebound or confirm leg, being asked
-    music_codec: str = ""  # the caller hears music while it rings, in this codec
-    sdp_session: int = field(default_factory=lambda: random_below(10**9))
-    sdp_version: int = 0
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint).
@@ -303,7 +274,6 @@ class Relay:
     to_caller: bool  # True: we sent it to the caller (it came from the callee)
 
 
-DECODABLE = frozenset({"PCMU", "PCMA", "G722"})  # what the engine can play and record
 
 
 class B2BUA:
@@ -481,8 +451,8 @@ class B2BUA:
                 return self._final(call, 480, now, [("Warning", warning_value(
                     f"{what} needs an SDP offer in the INVITE (late offer is not supported)"))])
             call.voicemail = step
-            if call.media_open:  # anchored: the endpoint facing the caller is ready
-                return self._answer_voicemail(call, step, call.media_port, now, local)
+            if call.anchor.open:  # anchored: the endpoint facing the caller is ready
+                return self._answer_voicemail(call, step, now, local)
             self.media_actions.append(OpenMedia(_call_key(call)))
             return []
         if isinstance(step, Busy):
@@ -494,25 +464,19 @@ class B2BUA:
 
     def _wants_anchor(self, call: Call) -> bool:
         """A first Ring step of a call to anchor: open its endpoints first."""
-        if not self.anchor_media or call.media_open or call.anchor is not None \
-                or not call.invite.body:
+        if not self.anchor_media:
             return False
-        try:
-            offer = sdp.parse_sdp(call.invite.body)
-        except sdp.SdpError as exc:
-            log.info("media not anchored: unreadable offer", call_id=call.id,
-                     error=exc.message)
-            return False
-        if offer.audio() is None:
-            return False
-        call.anchor = Anchor(offer=offer)
-        return True
+        why_not = call.anchor.wants_relay(call.invite.body)
+        if why_not:
+            log.info("media not anchored: unreadable offer", call_id=call.id, error=why_not)
+        return why_not is None
 
     def _ring(self, call: Call, step: Ring, now: float, local: Local) -> list[Event]:
         events: list[Event] = []
-        if step.music and call.anchor is not None and call.media_open and not call.music_codec \
+        anchor = call.anchor
+        if step.music and anchor.relaying and anchor.open and not anchor.music_codec \
                 and call.transfer is None:
-            events += self._music_while_ringing(call, call.anchor, now, local)
+            events += self._music_while_ringing(call, now, local)
         call.legs = []
         wall = self.wall_clock()
         for target in step.targets:
@@ -584,39 +548,23 @@ class B2BUA:
         """The caller's offer as we make it to a callee on an anchored call: our
         address, our o= line, codecs in the order of the user on that leg (a
         trunk gets the caller's order)."""
-        anchor = call.anchor
-        if anchor is None or not call.callee_port:
-            return None
-        offer = sdp.with_connection(anchor.offer, local.host, call.callee_port)
+        codecs = None
         if isinstance(target, Device) and self.directory is not None:
             user = self.directory.user(target.extension)
             if user is not None:
-                offer = sdp.with_codec_order(offer, user.codecs)
+                codecs = user.codecs
         # The caller was answered early in this codec, or is in a call in it (a
         # transfer): the callee gets only that codec, relayed without transcoding.
-        codec = call.music_codec or (call.transfer.codec if call.transfer else "")
-        if codec:
-            offer = sdp.with_codec_order(offer, [codec])
-        if call.transfer is not None:  # the engine's endpoint, whoever held the call
-            offer = sdp.with_direction(offer, "sendrecv")
-        anchor.callee_version += 1
-        return sdp.with_origin(offer, anchor.callee_session, anchor.callee_version, local.host)
+        # In a transfer the engine's endpoint sends and receives, whoever held the call.
+        transfer = call.transfer
+        codec = call.anchor.music_codec or (transfer.codec if transfer else "")
+        return call.anchor.callee_offer(local.host, codecs, codec, transfer is not None)
 
     def _partner_offer(self, call: Call, transfer: Transfer,
                        local: Local) -> sdp.SessionDescription | None:
         """The offer to a target taking the calling party's place (a transfer by the
-        caller): the caller-side endpoint, the callee's codec only, our caller-side
-        o= session (which our later answers on that side continue)."""
-        anchor = call.anchor
-        if anchor is None or not call.media_port:
-            return None
-        offer = sdp.with_connection(anchor.offer, local.host, call.media_port)
-        offer = sdp.with_codec_order(offer, [transfer.codec])
-        # The caller's latest offer may have been its hold (sendonly) before the REFER:
-        # the target is offered the engine's endpoint, which sends and receives.
-        offer = sdp.with_direction(offer, "sendrecv")
-        call.sdp_version += 1
-        return sdp.with_origin(offer, call.sdp_session, call.sdp_version, local.host)
+        caller): see MediaAnchor.caller_side_offer."""
+        return call.anchor.caller_side_offer(local.host, transfer.codec)
 
     # ------------------------------------------------------------------ outcomes
     def _outcome(self, call: Call, outcome: Outcome, now: float, local: Local) -> list[Event]:
@@ -812,8 +760,6 @@ class B2BUA:
         had our early media (a 183 with SDP, from a carrier's ringback) hears a
         ringback tone from us, since nothing is relayed to it now. Not confirmed
         within CONFIRM_SECONDS: refused (:meth:`_refused`)."""
-        anchor = call.anchor
-        assert anchor is not None
         answered = self._callee_answer(call, leg, resp.body,
                                        "callee answer unusable for confirmation")
         if answered is None or not self._caller_can_take(call, answered[1].codec, local):
@@ -821,8 +767,8 @@ class B2BUA:
             # takes the call, as without confirmation.
             call.screening = None
             return self._connect(call, leg, resp.body, resp.get("content-type"), now, local)
-        leg.early, anchor.callee_media = answered
-        anchor.callee_sdp = leg.offer
+        leg.early = answered[0]
+        call.anchor.ask(answered[1], leg.offer)
         self._arm(call, "screen", now + CONFIRM_SECONDS)
         log.info("confirm asking", call_id=call.id, leg=leg.label, seconds=CONFIRM_SECONDS)
         self._bridge(call)
@@ -835,13 +781,10 @@ class B2BUA:
     def _caller_can_take(self, call: Call, codec: str, local: Local) -> bool:
         """Whether the caller's offer has ``codec`` (the engine relays, it does not
         transcode): checked before asking, so that a 1 always connects."""
-        anchor = call.anchor
-        assert anchor is not None
-        ours = sdp.answer(anchor.offer, [codec], address=local.host, port=call.media_port,
-                          session_id=call.sdp_session, session_version=call.sdp_version + 1)
-        if isinstance(ours, sdp.AnswerRefused):
+        refused = call.anchor.can_connect(codec, local.host)
+        if refused is not None:
             log.warning("caller offer has not the callee's codec", call_id=call.id,
-                        codec=codec, reason=ours.reason)
+                        codec=codec, reason=refused.reason)
             return False
         return True
 
@@ -897,9 +840,7 @@ class B2BUA:
     def _free_callee_side(self, call: Call) -> None:
         """A confirm leg is gone before taking the call: the endpoint facing the
         callees stops asking and waits for the next leg's answer."""
-        anchor = call.anchor
-        if anchor is not None:
-            anchor.callee_media = anchor.callee_sdp = None
+        call.anchor.callee.forget()
         self._bridge(call)
 
     def _connect(self, call: Call, leg: Leg, body: bytes, ctype: str | None, now: float,
@@ -943,28 +884,19 @@ class B2BUA:
                          final: bool = False) -> bytes | None:
         """A callee's answer (183 or 2xx) on an anchored call -> our answer to the
         caller, with the codec the callee chose; None when it cannot be used."""
-        anchor = call.anchor
-        assert anchor is not None
         answered = self._callee_answer(call, leg, body,
                                        "callee answer unusable for media anchoring")
         if answered is None:
             return None
         theirs, callee = answered
         leg.early = theirs
-        call.sdp_version += 1
-        ours = sdp.answer(anchor.offer, [callee.codec], address=local.host,
-                          port=call.media_port, session_id=call.sdp_session,
-                          session_version=call.sdp_version)
+        ours = call.anchor.connect(callee, leg.offer, local.host)
         if isinstance(ours, sdp.AnswerRefused):
             log.warning("caller offer has not the callee's codec", call_id=call.id,
                         codec=callee.codec, reason=ours.reason)
             return None
-        anchor.caller_media = sdp.negotiated(anchor.offer, ours)
-        anchor.callee_media = callee
-        anchor.caller_sdp = ours
-        anchor.callee_sdp = leg.offer
         if final:
-            anchor.record = self._record_reason(call, leg)
+            call.anchor.record = self._record_reason(call, leg)
         self._bridge(call)
         return ours.to_bytes()
 
@@ -974,45 +906,32 @@ class B2BUA:
         its 183 carried) and what it negotiates; None, logged as ``what``, when
         there is none or it cannot be used."""
         assert leg.offer is not None
-        try:
-            theirs = sdp.parse_sdp(body) if body else leg.early
-            if theirs is None:
-                raise sdp.SdpError("the answer has no SDP (and no 183 carried one)")
-            return theirs, sdp.negotiated(leg.offer, theirs, local="offerer")
-        except sdp.SdpError as exc:
-            log.warning(what, call_id=call.id, leg=leg.label, error=exc.message)
+        answered = callee_answer(leg.offer, body, leg.early)
+        if isinstance(answered, str):
+            log.warning(what, call_id=call.id, leg=leg.label, error=answered)
             return None
+        return answered
 
-    def _music_while_ringing(self, call: Call, anchor: Anchor, now: float,
-                             local: Local) -> list[Event]:
+    def _music_while_ringing(self, call: Call, now: float, local: Local) -> list[Event]:
         """A ring group: the caller hears hold music while it rings. The caller is
         answered early (183) in a codec the engine can play, and the callees are
         offered only that codec, so whoever answers is relayed without transcoding."""
-        if anchor.caller_media is None:
-            result = self._sdp_answer(call, call.invite.body, call.media_port, local)
-            if isinstance(result, str):
-                log.info("no music while ringing", call_id=call.id, reason=result)
-                return []
-            anchor.caller_sdp, anchor.caller_media = result
-        elif anchor.caller_media.codec.upper() not in DECODABLE:
+        early = call.anchor.ring_with_music(call.invite.body, self._caller_codecs(call),
+                                            local.host)
+        if isinstance(early, str):
+            if early:
+                log.info("no music while ringing", call_id=call.id, reason=early)
             return []
-        call.music_codec = anchor.caller_media.codec
         self._bridge(call)
-        assert anchor.caller_sdp is not None
-        return self._early_media(call, anchor.caller_sdp.to_bytes(), now)
+        return self._early_media(call, early.to_bytes(), now)
 
     def _unanchor(self, call: Call) -> None:
         log.info("media not anchored for this call", call_id=call.id)
-        call.anchor = None
-        if call.media_open:
-            call.media_open = False
+        if call.anchor.stop_relay():
             self.media_actions.append(StopMedia(_call_key(call)))
 
     def _bridge(self, call: Call) -> None:
         anchor = call.anchor
-        if anchor is None or not call.media_open:
-            return
-        holder_is_caller = anchor.caller_holds or not anchor.callee_holds
         announce, language = "", "en"
         screen: ScreenMode = ""
         if call.screening is not None:
@@ -1023,23 +942,17 @@ class B2BUA:
             announce = call.facts.caller if screen == "rebound" else ""
         # A transferee hears hold music while its target rings (when its codec plays).
         transfer = call.transfer
-        waits = transfer is not None and transfer.codec.upper() in DECODABLE
-        by_caller = transfer is not None and transfer.transferor is None
+        transferee = ""
+        if transfer is not None and transfer.codec.upper() in DECODABLE:
+            transferee = "callee" if transfer.transferor is None else "caller"
         routing = call.state is CallState.ROUTING
-        ringing = routing and transfer is None
-        music_to_caller = anchor.callee_holds or screen == "rebound" or (
-            routing and bool(call.music_codec)) or (waits and not by_caller)
-        self.media_actions.append(BridgeMedia(
-            _call_key(call), call.id, anchor.caller_media, anchor.callee_media,
-            music_to_caller=music_to_caller,
-            music_to_callee=anchor.caller_holds or (waits and by_caller),
-            playlist=self._hold_playlist(
-                call, holder_is_caller), record=anchor.record,
-            parties=(call.facts.caller, self._callee_name(call)),
-            announce=announce, language=language, screen=screen,
-            ringback_to_caller=ringing and not music_to_caller
-            and anchor.caller_media is not None
-            and (screen == "confirm" or anchor.callee_media is None)))
+        bridge = anchor.bridge(
+            _call_key(call), call.id, routing=routing, ringing=routing and transfer is None,
+            screen=screen, announce=announce, language=language, transferee=transferee,
+            playlist=self._hold_playlist(call, anchor.holder_is_caller),
+            parties=(call.facts.caller, self._callee_name(call)))
+        if bridge is not None:
+            self.media_actions.append(bridge)
 
     def _screen_language(self, call: Call, leg: Leg) -> str:
         """The prompts' language of the user whose rebound this is."""
@@ -1121,9 +1034,8 @@ class B2BUA:
         (RFC 3264 s8): the other side is not disturbed. A hold (sendonly,
         inactive, c=0.0.0.0; s8.4) stops the relay and plays hold music to the
         other side; a resume relays again."""
-        anchor = call.anchor
-        assert anchor is not None
-        current = anchor.caller_media if from_caller else anchor.callee_media
+        mine = call.anchor.side(from_caller)
+        current = mine.media
         side = call.partner if from_caller else call.winner
         dialog = side.dialog if side is not None else call.caller_dialog
         contact = dialog.local_contact if dialog is not None and dialog.local_contact else \
@@ -1131,44 +1043,26 @@ class B2BUA:
         if current is None:
             return self.tx.respond(key, make_response(req, 491), now)
         if not req.body:  # an offer-less re-INVITE: we offer what we have (s14.2)
-            mine = anchor.caller_sdp if from_caller else anchor.callee_sdp
-            if req.method != "INVITE" or mine is None:
+            if req.method != "INVITE" or mine.sdp is None:
                 return self.tx.respond(key, make_response(req, 200, None,
                                                           [("Contact", contact)]), now)
             return self.tx.respond(key, make_response(
                 req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
-                mine.next_version().to_bytes()), now)
+                mine.sdp.next_version().to_bytes()), now)
         try:
             offer = sdp.parse_sdp(req.body)
         except sdp.SdpError as exc:
             return self.tx.respond(key, make_response(req, 488, None, [
                 ("Warning", warning_value(f"unreadable SDP offer: {exc.message}"))]), now)
-        if from_caller:
-            call.sdp_version += 1
-            session, version, port = call.sdp_session, call.sdp_version, call.media_port
-        else:
-            anchor.callee_version += 1
-            session, version, port = (anchor.callee_session, anchor.callee_version,
-                                      call.callee_port)
-        ours = sdp.answer(offer, [current.codec], address=local.host, port=port,
-                          session_id=session, session_version=version)
-        if isinstance(ours, sdp.AnswerRefused):
+        answered = call.anchor.on_offer(from_caller, offer, local.host)
+        if isinstance(answered, sdp.AnswerRefused):
             return self.tx.respond(key, make_response(req, 488, None, [
-                ("Warning", warning_value(f"{ours.reason} (the call keeps "
+                ("Warning", warning_value(f"{answered.reason} (the call keeps "
                                           f"{current.codec}; the engine does not transcode)"))]),
                 now)
-        media = sdp.negotiated(offer, ours)
-        holds = offer.stream(media.index).is_hold()
-        if from_caller:
-            anchor.offer, anchor.caller_media, anchor.caller_sdp = offer, media, ours
-            changed = holds != anchor.caller_holds
-            anchor.caller_holds = holds
-        else:
-            anchor.callee_media, anchor.callee_sdp = media, ours
-            changed = holds != anchor.callee_holds
-            anchor.callee_holds = holds
+        ours, changed = answered
         if changed:
-            log.info("hold" if holds else "resume", call_id=call.id,
+            log.info("hold" if mine.holds else "resume", call_id=call.id,
                      by="caller" if from_caller else "callee")
         self._bridge(call)
         return self.tx.respond(key, make_response(
@@ -1254,16 +1148,14 @@ class B2BUA:
         """The endpoints asked for are open on ``ports`` (the caller's side first):
         answer a voicemail call, or ring the callees of an anchored one."""
         call = self.calls.get(key)
-        if call is None or call.state is not CallState.ROUTING or call.media_open or (
+        if call is None or call.state is not CallState.ROUTING or call.anchor.open or (
                 call.voicemail is None and call.waiting is None):
             self.media_actions.append(StopMedia(key))  # the caller left meanwhile
             return []
-        call.media_open = True
-        call.media_port = ports[0]
+        call.anchor.opened(ports)
         if call.voicemail is not None:
             return self._guard(call, now, local, functools.partial(
-                self._answer_voicemail, call, call.voicemail, ports[0], now, local))
-        call.callee_port = ports[1] if len(ports) > 1 else 0
+                self._answer_voicemail, call, call.voicemail, now, local))
         return self._guard(call, now, local, functools.partial(
             self._resume_ring, call, now, local))
 
@@ -1271,7 +1163,7 @@ class B2BUA:
         index, call.waiting = call.waiting, None
         if index is None:
             return []
-        if not call.callee_port:
+        if not call.anchor.callee_port:
             self._unanchor(call)
         step = call.plan.steps[index]
         assert isinstance(step, Ring)
@@ -1284,7 +1176,7 @@ class B2BUA:
             return []
         if call.waiting is not None:  # no media relay: the call still goes through
             log.warning("media not anchored: no endpoint", call_id=call.id, reason=reason)
-            call.anchor = None
+            call.anchor.stop_relay()  # nothing is open
             return self._guard(call, now, local, functools.partial(
                 self._resume_ring, call, now, local))
         log.warning("no media for voicemail", call_id=call.id, reason=reason)
@@ -1297,10 +1189,9 @@ class B2BUA:
             return []
         return self._hangup(call, now, local, CallEvent.ENDPOINT_DONE)
 
-    def _answer_voicemail(self, call: Call, step: Voicemail | MailboxAccess, port: int,
+    def _answer_voicemail(self, call: Call, step: Voicemail | MailboxAccess,
                           now: float, local: Local) -> list[Event]:
-        call.media_port = port
-        result = self._sdp_answer(call, call.invite.body, port, local)
+        result = self._sdp_answer(call, call.invite.body, local)
         if isinstance(result, str):
             return self._final(call, 488, now, [("Warning", warning_value(result))])
         answer, negotiated = result
@@ -1397,9 +1288,9 @@ class B2BUA:
             return events
         if req.method == "REFER":
             return self._refer(call, None, req, key, now, local)
-        if call.voicemail is not None and call.media_port:
+        if call.voicemail is not None and call.anchor.caller_port:
             return self._endpoint_request(call, req, key, now, local)
-        if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
+        if call.anchor.relaying and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(call, req, key, True, now, local)
         if leg is None or leg.dialog is None:
             return self.tx.respond(key, make_response(req, 481), now)
@@ -1416,7 +1307,7 @@ class B2BUA:
         """
         if req.method not in ("INVITE", "UPDATE") or not req.body:
             return self.tx.respond(key, make_response(req, 200), now)
-        answer = self._sdp_answer(call, req.body, call.media_port, local)
+        answer = self._sdp_answer(call, req.body, local)
         if isinstance(answer, str):  # refused: the call goes on with the old session
             return self.tx.respond(key, make_response(req, 488, None, [
                 ("Warning", warning_value(answer))]), now)
@@ -1427,24 +1318,17 @@ class B2BUA:
             req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
             sdp_answer.to_bytes()), now)
 
-    def _sdp_answer(self, call: Call, body: bytes, port: int,
+    def _sdp_answer(self, call: Call, body: bytes,
                     local: Local) -> tuple[sdp.SessionDescription, sdp.Negotiated] | str:
         """Our answer where the engine is the endpoint: the caller's codec list from the
         directory (the user's codec priority), among what we can decode; a str says why not."""
-        try:
-            offer = sdp.parse_sdp(body)
-        except sdp.SdpError as exc:
-            return f"unreadable SDP offer: {exc.message}"
+        return call.anchor.endpoint_answer(body, self._caller_codecs(call), local.host)
+
+    def _caller_codecs(self, call: Call) -> Sequence[str]:
+        """The codecs of the calling user, in its order (a trunk's caller: the default)."""
         caller = self.directory.user(call.facts.caller) if (
             self.directory and call.facts.source == "phone") else None
-        codecs = caller.codecs if caller is not None else DEFAULT_CODECS
-        call.sdp_version += 1
-        answer = sdp.answer(offer, codecs, address=local.host, port=port,
-                            session_id=call.sdp_session, session_version=call.sdp_version,
-                            can_decode=DECODABLE)
-        if isinstance(answer, sdp.AnswerRefused):
-            return answer.reason
-        return answer, sdp.negotiated(offer, answer)
+        return caller.codecs if caller is not None else DEFAULT_CODECS
 
     def _from_callee(self, leg: Leg, req: Request, key: TxKey, now: float,
                      local: Local) -> list[Event]:
@@ -1475,7 +1359,7 @@ class B2BUA:
             return self._refer(call, leg, req, key, now, local)
         if call.caller_dialog is None:
             return self.tx.respond(key, make_response(req, 481), now)
-        if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
+        if call.anchor.relaying and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(call, req, key, False, now, local)
         partner = call.partner
         if partner is not None and partner.dialog is not None:
@@ -1506,7 +1390,7 @@ class B2BUA:
         if req.method == "REFER":
             return self._refuse_transfer(call, req, key, now, 501,
                                          "this call was transferred once already")
-        if call.anchor is not None and req.method in ("INVITE", "UPDATE"):
+        if call.anchor.relaying and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(call, req, key, True, now, local)
         if winner is None or winner.dialog is None:
             return self.tx.respond(key, make_response(req, 481), now)
@@ -1535,11 +1419,10 @@ class B2BUA:
         anchor = call.anchor
         if call.transfer is not None:
             return self._refuse_transfer(call, req, key, now, 491, "a transfer is in progress")
-        media = None if anchor is None else (
-            anchor.caller_media if leg is not None else anchor.callee_media)
+        media = anchor.side(leg is not None).media if anchor.relaying else None
         winner = call.winner
-        if media is None or not call.media_open or not call.media_port \
-                or not call.callee_port or self.directory is None \
+        if media is None or not anchor.open or not anchor.caller_port \
+                or not anchor.callee_port or self.directory is None \
                 or call.state is not CallState.ANSWERED or winner is None \
                 or winner.dialog is None or call.voicemail is not None:
             return self._refuse_transfer(call, req, key, now, 501, (
@@ -1666,7 +1549,7 @@ class B2BUA:
         """The target answered: relay it to the caller (same port, same codec: no
         re-INVITE), NOTIFY 200 and BYE to the transferor, the other legs cancelled."""
         transfer, anchor = call.transfer, call.anchor
-        assert transfer is not None and anchor is not None
+        assert transfer is not None
         answered = self._callee_answer(call, leg, body, "transfer target's answer unusable")
         if answered is None:
             hung_up = self._bye_leg(leg, now, local)
@@ -1691,13 +1574,10 @@ class B2BUA:
         if transfer.transferor is None:  # the target takes the caller's place
             call.partner = leg
             call.legs = [x for x in call.legs if x is not leg]
-            anchor.offer, anchor.caller_media, anchor.caller_sdp = theirs, media, leg.offer
-            anchor.caller_holds = False
+            anchor.take_side(True, media, leg.offer, offer=theirs)
         else:
             call.winner = leg
-            anchor.callee_media = media
-            anchor.callee_sdp = leg.offer
-            anchor.callee_holds = False
+            anchor.take_side(False, media, leg.offer)
         self._bridge(call)
         return events
 
@@ -1706,10 +1586,10 @@ class B2BUA:
         """The target's plan leaves a message: the transferee, already answered, gets
         the greeting and the beep on its own endpoint (the caller's, or the callee's
         in a transfer by the caller); the transferor is done."""
-        transfer, anchor = call.transfer, call.anchor
-        assert transfer is not None and anchor is not None
+        transfer = call.transfer
+        assert transfer is not None
         by_caller = transfer.transferor is None
-        media = anchor.callee_media if by_caller else anchor.caller_media
+        media = call.anchor.side(not by_caller).media
         assert media is not None
         transfer.move(TransferEvent.TO_VOICEMAIL)
         call.transfer = None
@@ -1768,12 +1648,11 @@ class B2BUA:
         on the transferor's side, with the transferee's codec; its answer joins
         the two."""
         anchor = call.anchor
-        assert anchor is not None
         if leg is not None:
             assert isinstance(leg.target, Device)
-            user, codec = leg.target.extension, anchor.caller_media
+            user, codec = leg.target.extension, anchor.caller.media
         else:
-            user, codec = call.facts.caller, anchor.callee_media
+            user, codec = call.facts.caller, anchor.callee.media
         assert codec is not None
         replaces = parse_replaces(headers)
         if replaces is None:
@@ -1788,7 +1667,7 @@ class B2BUA:
         theirs = other.anchor
         if other.state is not CallState.ANSWERED or other.transfer is not None \
                 or other.facts.source != "phone" or other.facts.caller != user \
-                or theirs is None or not other.media_open or target.offer is None:
+                or not theirs.relaying or not theirs.open or target.offer is None:
             return self._refuse_transfer(call, req, key, now, 403, (
                 "Replaces must name an answered call the transferring user made, with "
                 "its media through the engine"))
@@ -1800,8 +1679,8 @@ class B2BUA:
         offer = self._callee_offer(call, target.target, local) if leg is not None else \
             self._partner_offer(call, transfer, local)
         assert offer is not None
-        theirs.callee_version += 1
-        offer = sdp.with_origin(offer, theirs.callee_session, theirs.callee_version, local.host)
+        session, version = theirs.callee.next_origin()
+        offer = sdp.with_origin(offer, session, version, local.host)
         transfer.reinvite = offer
         reinvite = target.dialog.new_request(
             "INVITE", via_host=local.host, via_port=local.port_for(target.transport),
@@ -1842,7 +1721,7 @@ class B2BUA:
             return self._transfer_failed(call, resp.status if resp.status >= 300 else 480, now)
         events: list[Event] = [self._ack_move(transfer, target, resp, local)]
         anchor = call.anchor
-        assert anchor is not None and transfer.reinvite is not None
+        assert transfer.reinvite is not None
         try:
             theirs = sdp.parse_sdp(resp.body)
             media = sdp.negotiated(transfer.reinvite, theirs, local="offerer")
@@ -1862,21 +1741,14 @@ class B2BUA:
         # caller's dialog is still the one to end.
         events += self._transferor_out(call, transfer, 200, now)
         # Our answers on the target's side go on in the session it knows.
-        assert other.anchor is not None
-        session, version = other.anchor.callee_session, other.anchor.callee_version
+        origin = other.anchor.callee.session, other.anchor.callee.version
         if transfer.transferor is None:  # the target takes the caller's place
             call.partner = target
-            anchor.offer = theirs
-            anchor.caller_media, anchor.caller_sdp = media, transfer.reinvite
-            anchor.caller_holds = False
-            call.sdp_session, call.sdp_version = session, version
+            anchor.take_side(True, media, transfer.reinvite, offer=theirs, origin=origin)
         else:
             call.winner = target
             call.legs = [target]
-            anchor.callee_media = media
-            anchor.callee_sdp = transfer.reinvite
-            anchor.callee_holds = False
-            anchor.callee_session, anchor.callee_version = session, version
+            anchor.take_side(False, media, transfer.reinvite, origin=origin)
         log.info("transfer connected", call_id=call.id, leg=target.label, attended=True)
         self._count_transfer("connected")
         events += self._bye_caller(other, now, local)  # the transferor's consultation call
@@ -2016,7 +1888,7 @@ class B2BUA:
             return
         call.move(event)
         self.completed += 1
-        if call.media_open:
+        if call.anchor.open:
             self.media_actions.append(StopMedia(_call_key(call)))
         self.calls.pop(_call_key(call), None)
         self._by_tag.pop((call.id, call.tag), None)

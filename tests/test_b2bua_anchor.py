@@ -381,7 +381,8 @@ def test_an_ended_call_is_freed_by_reference_counting(anchored: bool) -> None:
         del ok, bye
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        left = {type(o).__name__ for o in gc.garbage} & {"Call", "Leg", "Dialog", "Anchor"}
+        left = {type(o).__name__ for o in gc.garbage} & {
+            "Call", "Leg", "Dialog", "MediaAnchor", "MediaSide", "Transfer"}
         assert left == set()
     finally:
         gc.set_debug(0)
