@@ -758,7 +758,7 @@ class Server:
         except ValueError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         engine = self.engine
-        state = engine.b2bua.live_state(engine.directory, time.time())
+        state = engine.calls.live_state(engine.directory, time.time())
         plan = explain(engine.directory, caller, callee, at, status=status,
                        registered=state.registered,
                        preferred_identity=q.get("preferred_identity", ""))
@@ -791,9 +791,9 @@ class Server:
 
     async def _calls(self, request: web.Request) -> web.Response:
         now = time.monotonic()
-        rows = [{"call_id": c.id, "caller": c.facts.caller, "callee": c.facts.callee,
-                 "state": c.state, "step": c.step + 1, "seconds": round(now - c.started, 1)}
-                for c in self.engine.b2bua.calls.values()]
+        rows = [{"call_id": c.call_id, "caller": c.caller, "callee": c.callee,
+                 "state": c.state, "step": c.step, "seconds": round(now - c.started, 1)}
+                for c in self.engine.calls.calls_in_progress()]
         return web.json_response(rows)
 
 

@@ -285,7 +285,7 @@ def test_a_refused_rebound_comes_back_to_voicemail(net: Net, how: str) -> None:
     assert start.box == "104"
     assert any(isinstance(m, Response) and m.status == 200 and m.call_id == "tcall-1"
                for m in msgs)
-    assert net.engine.b2bua.channels == {"carrier": 1}  # the mobile leg's channel is free
+    assert net.engine.calls.channels_in_use() == {"carrier": 1}  # the mobile leg's channel is free
 
 
 # ---------------------------------------------------------------------- ring groups
@@ -375,7 +375,7 @@ def test_an_ended_call_is_freed_by_reference_counting(anchored: bool) -> None:
         [bye] = net.requests(PHONES["102"], "BYE")
         net.send(reply(bye, 200), PHONES["102"])
         net.tick(64)  # every transaction of the call ends
-        assert net.engine.b2bua.calls == {}
+        assert net.engine.calls.calls_in_progress() == []
         net.inbox.clear()
         net.media.clear()
         del ok, bye

@@ -95,24 +95,23 @@ def test_blind_transfer_connects_the_caller_to_the_target_without_a_reinvite() -
     assert not relay.music_to_caller and not relay.music_to_callee
     assert relay.callee_media is not None and relay.callee_media.remote_port == 40002
     assert relay.caller_media is not None and relay.caller_media.codec == "PCMA"
-    b2bua = net.engine.b2bua
-    assert b2bua.on_call == {"102": 1}  # 101 is free again
+    calls = net.engine.calls
+    assert calls.extensions_on_calls() == {"102": 1}  # 101 is free again
     assert net.engine.metrics.transfers.labels("connected")._value.get() == 1
     # The caller hangs up: the BYE goes to the target now.
     net.send(caller_bye(net), TRUNK)
     assert [r.status for r in net.responses(TRUNK)] == [200]
     assert methods(net.drain(PHONES["102"])) == ["BYE"]
-    assert b2bua.calls == {} and b2bua.on_call == {}
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def caller_bye(net: Net) -> Request:
-    """The carrier's BYE in the call's dialog."""
-    [call] = [c for c in net.engine.b2bua.calls.values() if c.id == "tcall-1"]
+    """The carrier's BYE in the call's dialog (our To tag from our 200 to it)."""
     return Request.build("BYE", "sip:switchboard@127.0.0.1:5060", [
         ("Via", f"SIP/2.0/UDP {TRUNK[0]}:{TRUNK[1]};branch=z9hG4bKtbye;rport"),
         ("Max-Forwards", "70"),
         ("From", '"Caller +15145550199" <sip:+15145550199@127.0.0.1>;tag=from-tcall-1'),
-        ("To", f"<sip:+15145550100@127.0.0.1>;tag={call.tag}"),
+        ("To", f"<sip:+15145550100@127.0.0.1>;tag={net.tags['tcall-1']}"),
         ("Call-ID", "tcall-1"), ("CSeq", "2 BYE")])
 
 
@@ -163,7 +162,7 @@ def test_the_transferor_may_hang_up_at_once_and_no_answer_reaches_voicemail() ->
         net.send(reply(notify, 200), RECEPTION)  # a phone answers the NOTIFY
     net.send(from_phone(desk, "BYE", 3, [], RECEPTION, "bye101"), RECEPTION)
     assert [r.status for r in net.responses(RECEPTION)] == [200]
-    assert net.engine.b2bua.on_call == {}  # 101 is free at once
+    assert net.engine.calls.extensions_on_calls() == {}  # 101 is free at once
     [inv] = net.requests(PHONES["102"], "INVITE")
     net.send(reply(inv, 180), PHONES["102"])
     net.tick(10.5)  # 102's no-answer: voicemail
@@ -188,7 +187,8 @@ def test_a_transfer_that_fails_after_the_transferor_left_ends_the_call() -> None
     assert out.from_.uri.user == "+15145550100"  # the caller ID 101 presents outside
     net.send(reply(out, 486), TRUNK)
     assert methods(net.drain(TRUNK)) == ["ACK", "BYE"]  # our ACK of the 486; the caller's BYE
-    assert net.engine.b2bua.calls == {} and net.engine.b2bua.channels.get("carrier", 0) == 0
+    calls = net.engine.calls
+    assert calls.calls_in_progress() == [] and calls.channels_in_use().get("carrier", 0) == 0
     assert net.engine.metrics.transfers.labels("dropped")._value.get() == 1
 
 
@@ -205,7 +205,8 @@ def test_the_caller_hanging_up_during_a_transfer_cancels_the_target() -> None:
     to_reception = net.drain(RECEPTION)
     assert notifies(to_reception) == [("SIP/2.0 487 Request Terminated", "terminated")]
     assert methods(to_reception) == ["NOTIFY", "BYE"]
-    assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}
+    calls = net.engine.calls
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_refused_transfers_name_why_and_the_call_goes_on() -> None:
@@ -303,15 +304,15 @@ def test_attended_transfer_moves_the_consulted_target_to_the_caller() -> None:
     relay = bridges(net)[-1]
     assert relay.callee_media is not None and relay.callee_media.remote_port == 40004
     assert not relay.music_to_caller
-    b2bua = net.engine.b2bua
-    assert [c.id for c in b2bua.calls.values()] == ["tcall-1"]
-    assert b2bua.on_call == {"102": 1}
+    calls = net.engine.calls
+    assert [c.call_id for c in calls.calls_in_progress()] == ["tcall-1"]
+    assert calls.extensions_on_calls() == {"102": 1}
     assert net.drain(TRUNK) == []  # the caller saw nothing but hold music
     # The caller hangs up: the BYE reaches 102 in its dialog.
     net.send(caller_bye(net), TRUNK)
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
-    assert b2bua.calls == {} and b2bua.on_call == {}
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_attended_transfer_refused_by_the_target_comes_back() -> None:
@@ -327,7 +328,7 @@ def test_attended_transfer_refused_by_the_target_comes_back() -> None:
     to_reception = net.drain(RECEPTION)
     assert notifies(to_reception) == [("SIP/2.0 488 Not Acceptable Here", "terminated")]
     assert "BYE" not in methods(to_reception)
-    assert len(net.engine.b2bua.calls) == 2  # both calls go on as they were
+    assert net.engine.calls.active_count == 2  # both calls go on as they were
 
 
 def test_replaces_must_name_a_call_of_the_transferor() -> None:
@@ -391,14 +392,14 @@ def test_the_calling_party_can_transfer_the_callee() -> None:
     assert relay.caller_media is not None and relay.caller_media.remote_port == 40002
     assert relay.callee_media is not None and relay.callee_media.remote_port == 40000
     assert not relay.music_to_callee and not relay.music_to_caller
-    b2bua = net.engine.b2bua
-    assert b2bua.on_call == {"102": 1, "103": 1}
+    calls = net.engine.calls
+    assert calls.extensions_on_calls() == {"102": 1, "103": 1}
     # 102 holds: the engine answers, 103 hears music; 103 hangs up: 102 gets the BYE.
     net.send(from_phone(inv, "BYE", 5, [], PHONES["103"], "bye103"), PHONES["103"])
     assert [r.status for r in net.responses(PHONES["103"])] == [200]
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
-    assert b2bua.calls == {} and b2bua.on_call == {}
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
@@ -412,7 +413,7 @@ def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
     net.send(in_dialog("BYE", ok, RECEPTION, cseq=4, call_id="call-1", branch="bye1"),
              RECEPTION)
     assert 200 in [r.status for r in net.responses(RECEPTION)]
-    assert net.engine.b2bua.on_call == {"102": 1}  # 101 is free at once
+    assert net.engine.calls.extensions_on_calls() == {"102": 1}  # 101 is free at once
     [inv] = net.requests(PHONES["103"], "INVITE")
     net.media.clear()
     net.send(reply(inv, 486), PHONES["103"])  # busy: 103's plan is its voicemail
@@ -425,7 +426,8 @@ def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
     net.take(net.engine.hangup(start.call, net.clock.now))
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
-    assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}
+    calls = net.engine.calls
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_the_calling_party_can_transfer_attended() -> None:
@@ -475,8 +477,8 @@ def test_the_calling_party_can_transfer_attended() -> None:
     assert relay.caller_media is not None and relay.caller_media.remote_port == 40004
     assert relay.callee_media is not None and relay.callee_media.remote_port == 40000
     assert net.drain(PHONES["102"]) == []
-    b2bua = net.engine.b2bua
-    assert b2bua.on_call == {"102": 1, "103": 1}
+    calls = net.engine.calls
+    assert calls.extensions_on_calls() == {"102": 1, "103": 1}
     # 103, now in 101's place, holds: answered by the engine in 103's session.
     hold = TARGET_SDP.replace(b"a=rtpmap", b"a=sendonly\r\na=rtpmap")
     reinvite = from_phone(to_103, "INVITE", 9, [("Content-Type", "application/sdp")],
@@ -490,7 +492,7 @@ def test_the_calling_party_can_transfer_attended() -> None:
     net.send(from_phone(to_103, "BYE", 10, [], PHONES["103"], "bye103"), PHONES["103"])
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
-    assert b2bua.calls == {} and b2bua.on_call == {}
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_a_transferor_that_held_first_still_gets_the_target_a_two_way_call() -> None:
@@ -525,7 +527,7 @@ def test_the_new_party_can_transfer_the_caller_again() -> None:
     net.send(reply(again, 200, body=CALLEE_SDP, contact="<sip:103@127.0.0.1:6103>"),
              PHONES["103"])
     assert "BYE" in methods(net.drain(PHONES["102"]))
-    assert net.engine.b2bua.on_call == {"103": 1}
+    assert net.engine.calls.extensions_on_calls() == {"103": 1}
     assert net.engine.metrics.transfers.labels("connected")._value.get() == 2
 
 

@@ -1,0 +1,1604 @@
+"""One call: the caller's INVITE (we are its UAS) and the legs of its plan.
+
+A :class:`Call` is an active object: it runs its routing plan, its legs, its
+media anchor and its timers, and it ends through one method, :meth:`Call.close`.
+The front object (``engine.calls.front.Calls``) finds the call an input belongs
+to and hands it over; everything the call sends comes back as the return value
+of the entry point (transaction events; media commands go to the media service,
+``engine.calls.events``).
+
+What a call does comes from ``routing`` as a :class:`routing.Plan`, a table of
+steps. The call runs a step, learns its outcome (answered, busy, no answer,
+failed) and goes to the step the plan names for it (docs/architecture.md,
+"Plans, not callbacks").
+
+RFC notes:
+
+* Each leg is its own dialog (RFC 3261 s12, ``engine.dialog``); the callee
+  legs of one step ring in parallel (RFC 3261 s16.7-like forking, done by a
+  UA). The first 2xx wins; the other legs get CANCEL with
+  ``Reason: SIP;cause=200;text="Call completed elsewhere"`` (RFC 3326).
+  A second 2xx that crosses the CANCEL is ACKed and hung up (s13.2.2.4).
+* The 2xx to the caller is retransmitted by us, the UAS core, until its
+  ACK (s13.3.1.4; the transaction is in RFC 6026's Accepted state); we ACK
+  each callee 2xx ourselves at once (s13.2.2.4) and send the same ACK again
+  for a retransmitted 2xx.
+* CANCEL from the caller: 487 to the INVITE (s9.2), CANCEL to every leg.
+* BYE from either side ends both; re-INVITE, UPDATE, INFO and other
+  in-dialog requests are passed to the other leg and the answer back.
+* Forwarded calls keep the original caller: P-Asserted-Identity (RFC
+  3325), Diversion (RFC 5806) and History-Info (RFC 7044, causes of RFC
+  4458) name who forwarded and why (``engine.calls.headers``).
+* 302 deflection answers the caller's INVITE with Contact and Diversion
+  (RFC 3261 s21.3.3, RFC 5806).
+* A phone's P-Preferred-Identity (RFC 3325 s9.2) picks the caller ID (routing
+  decides whether it is allowed: ``Plan.identity``) and is never passed on: a
+  leg carries only the headers of ``headers.COPY_TO_CALLEE`` from the caller's
+  INVITE, and our own P-Asserted-Identity.
+
+Decisions (where no RFC says):
+
+* A leg to a device is sent to the address its REGISTER came from (NAT,
+  like responses: see ``engine.core``), a leg to a trunk to the trunk's
+  host and port; in-dialog requests follow the same address.
+* Each callee leg has its own Call-ID: a phone sees a fresh call per leg.
+* Late offer (an INVITE without SDP): the callee's 2xx carries the offer,
+  which goes to the caller in our 2xx; the callee's ACK waits for the
+  caller's ACK, whose SDP answer it carries (RFC 3261 s13.2.2.4, RFC 3264
+  s4). Without an ACK from the caller the callee is ACKed (no body) and hung
+  up with the call.
+* Voicemail and mailbox access are answered by the engine itself (the media
+  service plays and records on its own endpoint: ``StartVoicemail``,
+  ``StartMailbox``).
+* With ``anchor_media`` (``serve --media relay``, the default) a call whose
+  INVITE has an SDP offer gets two engine endpoints (``engine.calls.anchor``):
+  the callees are offered the engine's address (codecs in their user's
+  order), the caller is answered with the codec the callee chose, and RTP is
+  relayed between them. A re-INVITE or UPDATE from either side is answered by
+  the engine (RFC 3264 s8): hold plays music to the other side, which is never
+  re-INVITEd. A rebound leg that answers is screened
+  (``BridgeMedia.announce``): it hears who calls and presses 1 to take the
+  call; the caller hears hold music (183 with our SDP) meanwhile.
+* Screening has two modes, one mechanism (``Call.screening``, the ``screen``
+  timer, :meth:`Call.on_screened`, ``BridgeMedia.screen``): **rebound** (above:
+  the leg is alone in its step, whose timer stops; a refusal is a *failed*
+  outcome) and **confirm** (``External.confirm``, a user's
+  ``confirm_external_answer``): the answered leg hears "press 1 to take the
+  call" while the step's other legs ring on and its no-answer timer runs; the
+  caller is not answered and hears what it heard (no hold music; see
+  :meth:`Call._ask_confirmation`); no 1 within ``CONFIRM_SECONDS``, another
+  key or a hang-up releases that leg only (BYE, its trunk channel, the
+  endpoint facing the callees), and when no leg is left ringing the step's
+  outcome is *no answer*. Another leg answering meanwhile takes the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import structlog
+
+from engine.calls import headers as build
+from engine.calls import rules
+from engine.calls.anchor import DECODABLE, MediaAnchor, callee_answer
+from engine.calls.events import (
+    CallKey,
+    OpenMedia,
+    ScreenMode,
+    StartMailbox,
+    StartVoicemail,
+    StopMedia,
+    UpdateMedia,
+)
+from engine.calls.headers import COMPLETED_ELSEWHERE, Local, to_caller
+from engine.calls.leg import Leg
+from engine.calls.states import (
+    CALL,
+    CallEvent,
+    CallState,
+    LegEvent,
+    LegState,
+    TransferEvent,
+    TransferState,
+)
+from engine.calls.transfer import Transfer
+from engine.dialog import Dialog
+from engine.message import (
+    URI,
+    ParseError,
+    Request,
+    Response,
+    make_response,
+    parse_address,
+    short_text,
+    warning_value,
+)
+from engine.message.core import REASONS
+from engine.transaction import Addr, Event, Send, TxKey
+from media import sdp
+from routing import (
+    CONFIRM_SECONDS,
+    REBOUND_SECONDS,
+    Busy,
+    CallFacts,
+    Deflect,
+    Device,
+    External,
+    Identity,
+    MailboxAccess,
+    Plan,
+    Reject,
+    Ring,
+    Voicemail,
+    plan,
+)
+from routing.explain import render_text
+
+if TYPE_CHECKING:
+    from engine.calls.front import Calls
+
+__all__ = ["Call", "PlanText", "RelayedRequest", "StepOutcome"]
+
+log = structlog.get_logger("switchboard.call")
+
+# How a step ended without an answer; the plan says where each goes next.
+StepOutcome = Literal["no_answer", "busy", "failed"]
+_FINAL_OUTCOME = {302: "deflected", 480: "unanswered", 486: "busy", 487: "cancelled",
+                  503: "no_channel"}
+_ORDER = itertools.count()  # ties between timers due at the same time: arming order
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedRequest:
+    """An in-dialog request passed to the other leg, waiting for its answer."""
+
+    call: Call
+    origin_key: TxKey  # the server transaction of the request we received
+    origin: Request
+    sent: Request
+    to_caller: bool  # True: we sent it to the caller (it came from the callee)
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One call: the caller's leg (we are its UAS) and the legs of the current step."""
+
+    front: Calls  # the calls of this engine: shared state, lookup tables, configuration
+    id: str  # the caller's Call-ID, for logs
+    invite: Request
+    invite_key: TxKey  # the caller's INVITE server transaction
+    source: Addr
+    transport: str
+    facts: CallFacts
+    plan: Plan
+    tag: str  # our To tag toward the caller
+    step: int = -1
+    legs: list[Leg] = field(default_factory=list)
+    rung: set[str] = field(default_factory=set)  # each destination once per call
+    state: CallState = CallState.ROUTING  # moved only by move() (engine.calls.states.CALL)
+    caller_dialog: Dialog | None = None
+    winner: Leg | None = None
+    ok: Response | None = None  # our 2xx to the caller, retransmitted until ACK
+    ok_interval: float = 0.0
+    ok_deadline: float = 0.0
+    trunk_in: str = ""  # the trunk the call came in on (holds a channel)
+    # What the call presents and its billing group, as first routed (a transfer's
+    # plan is the transferor's: the call still came in on its number).
+    identity: Identity = field(default_factory=lambda: Identity(""))
+    members: tuple[str, ...] = ()  # extensions on this call (busy tracking)
+    started: float = 0.0
+    answered_at: float = 0.0
+    last_failure: int = 0
+    early_sent: bool = False
+    # A step the engine answers itself (leaving a message, listening to one's
+    # mailbox), waiting for or holding media.
+    voicemail: Voicemail | MailboxAccess | None = None
+    anchor: MediaAnchor = field(default_factory=MediaAnchor)  # the engine's endpoints
+    waiting: int | None = None  # a Ring step waiting for its media endpoints
+    screening: Leg | None = None  # an answered rebound or confirm leg, being asked
+    transfer: Transfer | None = None
+    # After a transfer by the calling party: the leg that took the caller's place
+    # (we are its UAC; it faces the caller-side endpoint).
+    partner: Leg | None = None
+    # The call's timers: name -> (deadline, arming order). "no_answer" (the step's
+    # ring time), "screen" (a screened leg's time to answer), "ok" (the 2xx
+    # retransmission, RFC 3261 s13.3.1.4).
+    timers: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> CallKey:
+        """(Call-ID, the caller's From tag): how the media service knows the call."""
+        return (self.id, self.invite.from_.tag or "")
+
+    @property
+    def local(self) -> Local:
+        return self.front.local
+
+    def move(self, event: CallEvent) -> None:
+        self.state = CALL.move(self.state, event)
+
+    # ------------------------------------------------------------------ timers
+    def next_timer(self) -> float | None:
+        """When :meth:`on_timer` is due next; None when no timer is armed."""
+        return min((deadline for deadline, _ in self.timers.values()), default=None)
+
+    def on_timer(self, now: float) -> list[Event]:
+        """Fire the earliest timer due at ``now`` (the front calls again for the next)."""
+        due = min(self.timers.items(), key=lambda item: item[1], default=None)
+        if due is None or due[1][0] > now:
+            return []
+        name = due[0]
+        del self.timers[name]
+        self.front.reschedule(self)
+        return self._fire(name, now)
+
+    def _arm(self, name: str, when: float) -> None:
+        self.timers[name] = (when, next(_ORDER))
+        self.front.reschedule(self)
+
+    def _disarm(self, name: str) -> None:
+        if self.timers.pop(name, None) is not None:
+            self.front.reschedule(self)
+
+    def _fire(self, name: str, now: float) -> list[Event]:
+        if name == "screen" and self.screening is not None:
+            if self._screen_mode(self.screening) == "confirm":
+                log.info("confirm: no key in time", call_id=self.id,
+                         leg=self.screening.label, seconds=CONFIRM_SECONDS)
+            else:
+                log.info("rebound not accepted in time", call_id=self.id)
+            return self._refused(now)
+        if name == "no_answer" and self.state is CallState.ROUTING:
+            log.info("no answer", call_id=self.id, step=self.step + 1)
+            events = self._cancel_legs(now, None)
+            return events + self._outcome("no_answer", now)
+        if name == "ok" and self.ok is not None and self.state is CallState.ANSWERED:
+            if now >= self.ok_deadline:
+                log.warning("no ACK for our 2xx: ending the call", call_id=self.id)
+                return self.close(CallEvent.NO_ACK, now)
+            self.ok_interval = min(self.ok_interval * 2, self.front.timers.t2)
+            self._arm("ok", now + self.ok_interval)
+            return self._respond_caller(self.ok, now)
+        return []
+
+    # ------------------------------------------------------------------ steps
+    def start(self, now: float) -> list[Event]:
+        """Run the plan from its first step."""
+        return self._run_step(0, now)
+
+    def _run_step(self, index: int, now: float) -> list[Event]:
+        self.step = index
+        step = self.plan.steps[index]
+        log.info("step", call_id=self.id, step=index + 1, kind=type(step).__name__.lower(),
+                 reason=step.reason)
+        if isinstance(step, Ring):
+            if self._wants_anchor():
+                self.waiting = index
+                self.front.media_actions.append(OpenMedia(self.key, bridge=True))
+                return []
+            return self._ring(step, now)
+        if isinstance(step, Deflect) and self.transfer is not None:
+            return self._unanswered(403, now)  # a 302 cannot move an answered call
+        if isinstance(step, Deflect):
+            trunk = self.front.trunk_addresses.get(step.trunk)
+            domain = self.local.domain
+            host = f"{trunk[0]}:{trunk[1]}" if trunk else domain
+            headers = [("Contact", f"<sip:{step.number}@{host}>")]
+            headers += [("Diversion", v) for v in build.diversion(step.diversion, domain)]
+            return self._unanswered(302, now, headers)
+        if self.transfer is not None and isinstance(step, Voicemail):
+            return self._transfer_to_voicemail(step, now)
+        if self.transfer is not None and isinstance(step, MailboxAccess):
+            return self._unanswered(403, now)  # nobody's mailbox menu for a transferee
+        if isinstance(step, Voicemail | MailboxAccess):  # the engine answers itself
+            if not self.invite.body:
+                what = (f"voicemail of {step.box} was chosen; it" if isinstance(step, Voicemail)
+                        else f"mailbox access for {step.box}")
+                return self._unanswered(480, now, [("Warning", warning_value(
+                    f"{what} needs an SDP offer in the INVITE (late offer is not supported)"))])
+            self.voicemail = step
+            if self.anchor.open:  # anchored: the endpoint facing the caller is ready
+                return self._answer_voicemail(step, now)
+            self.front.media_actions.append(OpenMedia(self.key))
+            return []
+        if isinstance(step, Busy):
+            return self._unanswered(486, now)
+        if isinstance(step, Reject):
+            return self._unanswered(step.status, now, [("Warning", warning_value(step.reason))],
+                                    reason=step.text)
+        raise TypeError(f"unknown step {step!r}")
+
+    def _wants_anchor(self) -> bool:
+        """A first Ring step of a call to anchor: open its endpoints first."""
+        if not self.front.anchor_media:
+            return False
+        why_not = self.anchor.wants_relay(self.invite.body)
+        if why_not:
+            log.info("media not anchored: unreadable offer", call_id=self.id, error=why_not)
+        return why_not is None
+
+    def _ring(self, step: Ring, now: float) -> list[Event]:
+        events: list[Event] = []
+        anchor = self.anchor
+        if step.music and anchor.relaying and anchor.open and not anchor.music_codec \
+                and self.transfer is None:
+            events += self._music_while_ringing(now)
+        self.legs = []
+        front = self.front
+        wall = front.wall_clock()
+        for target in step.targets:
+            if isinstance(target, Device):
+                for binding in front.registrar.lookup(target.extension, wall):
+                    if binding.contact in self.rung:
+                        continue
+                    dest = build.binding_dest(binding.source)
+                    if dest is None:
+                        continue
+                    self.rung.add(binding.contact)
+                    uri = build.contact_uri(binding.contact)
+                    events += self._start_leg(step, target, uri, dest[0], dest[1], "",
+                                              f"{target.extension} {uri}", now)
+            else:
+                if target.number in self.rung:
+                    continue
+                trunk = front.trunk_addresses.get(target.trunk)
+                if trunk is None:
+                    continue
+                if not front.channel_free(target.trunk):
+                    log.info("no channel free", call_id=self.id, trunk=target.trunk,
+                             number=target.number)
+                    self.last_failure = 503
+                    continue
+                self.rung.add(target.number)
+                host, port, transport = trunk
+                uri = f"sip:{target.number}@{host}:{port}"
+                events += self._start_leg(step, target, uri, (host, port), transport,
+                                          target.trunk, f"{target.number} via {target.trunk}",
+                                          now)
+        if not self.legs:
+            log.info("nothing to ring", call_id=self.id, step=self.step + 1)
+            return events + self._outcome("failed" if self.last_failure else "busy", now)
+        if step.seconds is not None:
+            self._arm("no_answer", now + step.seconds)
+        return events
+
+    def _start_leg(self, step: Ring, target: Device | External, uri: str, dest: Addr,
+                   transport: str, trunk: str, label: str, now: float) -> list[Event]:
+        transfer = self.transfer
+        offer = self._partner_offer(transfer) if (
+            transfer is not None and transfer.transferor is None) else \
+            self._callee_offer(target)
+        invite = build.callee_invite(self.invite, self.facts, step.diversion, target, uri,
+                                     transport, self.local, offer)
+        key, events = self.front.tx.send_request(invite, dest, transport, now)
+        leg = Leg(call=self, target=target, label=label, invite=invite, dest=dest,
+                  transport=transport, key=key, trunk=trunk)
+        leg.offer = offer
+        if trunk:
+            self.front.take_channel(trunk)
+        self.legs.append(leg)
+        self.front.track_leg(leg)
+        log.info("ringing", call_id=self.id, leg=label)
+        return events
+
+    def _callee_offer(self, target: Device | External) -> sdp.SessionDescription | None:
+        """The caller's offer as we make it to a callee on an anchored call: our
+        address, our o= line, codecs in the order of the user on that leg (a
+        trunk gets the caller's order)."""
+        # The caller was answered early in this codec, or is in a call in it (a
+        # transfer): the callee gets only that codec, relayed without transcoding.
+        # In a transfer the engine's endpoint sends and receives, whoever held the call.
+        transfer = self.transfer
+        codec = self.anchor.music_codec or (transfer.codec if transfer else "")
+        return self.anchor.callee_offer(self.local.host,
+                                        rules.callee_codecs(self.front.directory, target),
+                                        codec, transfer is not None)
+
+    def _partner_offer(self, transfer: Transfer) -> sdp.SessionDescription | None:
+        """The offer to a target taking the calling party's place (a transfer by the
+        caller): see MediaAnchor.caller_side_offer."""
+        return self.anchor.caller_side_offer(self.local.host, transfer.codec)
+
+    # ------------------------------------------------------------------ outcomes
+    def _outcome(self, outcome: StepOutcome, now: float) -> list[Event]:
+        """The current step ended without an answer: go where the plan says."""
+        self._disarm("no_answer")
+        step = self.plan.steps[self.step]
+        nxt = None
+        if isinstance(step, Ring):
+            nxt = {"no_answer": step.on_no_answer, "busy": step.on_busy,
+                   "failed": step.on_failed}[outcome]
+        log.info("step outcome", call_id=self.id, step=self.step + 1, outcome=outcome,
+                 next_step=None if nxt is None else nxt + 1)
+        if nxt is not None:
+            return self._run_step(nxt, now)
+        status = {"no_answer": 480, "busy": 486}.get(outcome) or self.last_failure or 480
+        return self._unanswered(status, now)
+
+    def _unanswered(self, status: int, now: float, headers: Iterable[tuple[str, str]] = (),
+                    reason: str | None = None) -> list[Event]:
+        """The plan ends without an answer: a final non-2xx answer to the caller, and
+        the call ends. (In a transfer the caller was answered long ago: the transfer
+        failed instead.)"""
+        if self.transfer is not None:
+            return self._transfer_failed(status, now)
+        return self.close(CallEvent.REJECT, now, status, headers, reason)
+
+    def _respond_caller(self, resp: Response, now: float) -> list[Event]:
+        try:
+            return self.front.tx.respond(self.invite_key, resp, now)
+        except ValueError:  # the transaction is gone (timed out): nothing to answer
+            return []
+
+    # ------------------------------------------------------------------ responses from legs
+    def on_leg_response(self, leg: Leg, resp: Response, now: float) -> list[Event]:
+        status = resp.status
+        if status < 200:
+            if status == 100 or not leg.pending:
+                return []
+            leg.move(LegEvent.PROVISIONAL)
+            if self.state is not CallState.ROUTING or leg not in self.legs:
+                return []
+            if self.transfer is not None:  # the caller hears hold music, not ringing
+                self.transfer.move(TransferEvent.TARGET_RINGING)
+                if resp.body and status == 183:
+                    with contextlib.suppress(sdp.SdpError):
+                        leg.early = sdp.parse_sdp(resp.body)
+                return []
+            headers: list[tuple[str, str]] = []
+            body = b""
+            if resp.body and status == 183 and leg.offer is not None \
+                    and self.screening is not None:
+                # The endpoint facing the callees is the asked leg's until it decides:
+                # this leg's early media is not relayed; its SDP is kept for its answer.
+                with contextlib.suppress(sdp.SdpError):
+                    leg.early = sdp.parse_sdp(resp.body)
+                return []
+            if resp.body and status == 183 and leg.offer is not None:
+                early = self._anchored_answer(leg, resp.body)
+                if early is None:
+                    return []
+                body = early
+                headers.append(("Content-Type", "application/sdp"))
+            elif resp.body and status == 183:
+                body = resp.body
+                headers.append(("Content-Type", resp.get("content-type") or "application/sdp"))
+            elif status == 183:
+                return []
+            status_out = 180 if status in (180, 181, 182) else status
+            self.early_sent = True
+            out = to_caller(self.invite, status_out, self.tag, headers, body)
+            return self._respond_caller(out, now)
+        if status < 300:
+            return self._leg_answered(leg, resp, now)
+        # 300-699: the transaction ACKed it.
+        leg.move(LegEvent.REFUSED)
+        leg.status = status
+        self._release_leg(leg)
+        if self.state is not CallState.ROUTING or leg not in self.legs:
+            return []
+        log.info("leg refused", call_id=self.id, leg=leg.label, status=status)
+        if status not in (486, 600, 487):
+            self.last_failure = 503 if status == 503 else self.last_failure
+        if self.screening is not None:  # the asked leg's answer decides the step
+            return []
+        if any(other.pending for other in self.legs):
+            return []
+        statuses = [other.status for other in self.legs]
+        if all(s in (486, 600) for s in statuses):
+            return self._outcome("busy", now)
+        if all(s == 487 for s in statuses):
+            return self._outcome("no_answer", now)
+        return self._outcome("failed", now)
+
+    def on_leg_timed_out(self, leg: Leg, now: float) -> list[Event]:
+        """No final response from ``leg`` (Timer B, or the CANCEL guard): a 408."""
+        return self.on_leg_response(leg, make_response(leg.invite, 408), now)
+
+    def _leg_answered(self, leg: Leg, resp: Response, now: float) -> list[Event]:
+        if leg.ack is not None:  # a retransmitted 2xx: the same ACK again (s13.2.2.4)
+            return [Send(leg.ack, leg.dest, leg.transport)]
+        if leg.dialog is not None:  # retransmitted while its ACK waits for the caller's
+            return []
+        leg.dialog = Dialog.uac(leg.invite, resp)
+        leg.move(LegEvent.ANSWER)
+        events: list[Event] = []
+        late_offer = not leg.invite.body and bool(resp.body)
+        routing = self.state is CallState.ROUTING and leg in self.legs
+        if not (late_offer and routing):
+            events += self._ack_leg(leg)
+        if not routing:
+            # Answered after another leg won, or after the step moved on: hang it up.
+            log.info("late answer hung up", call_id=self.id, leg=leg.label)
+            return events + self._bye_leg(leg, now)
+        screening = self.screening
+        if screening is not None and self._screen_mode(leg):
+            # One leg is asked at a time (one endpoint faces the callees): this one
+            # is released as if it had not confirmed; the asked leg decides the step.
+            log.info("confirm: another leg is being asked; released", call_id=self.id,
+                     leg=leg.label)
+            events += self._bye_leg(leg, now)
+            leg.status = 487
+            return events
+        if screening is not None:  # another leg answered while the screened leg decides
+            log.info("answered while another leg was asked: it takes the call",
+                     call_id=self.id, leg=leg.label, asked=screening.label)
+            self.screening = None
+            self._disarm("screen")
+            events += self._bye_leg(screening, now)
+        elif self._screen_mode(leg):
+            return events + self._screen(leg, resp, now)
+        return events + self._connect(leg, resp.body, resp.get("content-type"), now)
+
+    # ------------------------------------------------------------------ screening
+    def _screen_mode(self, leg: Leg) -> ScreenMode:
+        """How an answer on ``leg`` is screened before it takes the call: "rebound"
+        (who calls, accept or refuse), "confirm" (press 1), "" not at all. Only on an
+        anchored leg (the engine plays and reads keys on its endpoint), and not in a
+        transfer (the transferee already hears hold music from that endpoint)."""
+        target = leg.target
+        if leg.offer is None or self.transfer is not None or not isinstance(target, External):
+            return ""
+        if target.rebound:
+            return "rebound"
+        return "confirm" if target.confirm else ""
+
+    def _screen(self, leg: Leg, resp: Response, now: float) -> list[Event]:
+        """A rebound leg answered: it hears who calls and accepts with 1 (the media
+        service reports through :meth:`on_screened`); the caller hears hold music
+        meanwhile (183 with our SDP). Not accepted within REBOUND_SECONDS: refused.
+        A confirm leg: :meth:`_ask_confirmation`."""
+        self.screening = leg
+        if self._screen_mode(leg) == "confirm":
+            return self._ask_confirmation(leg, resp, now)
+        answer = self._anchored_answer(leg, resp.body)
+        if answer is None:  # cannot screen without media: the answer accepts
+            self.screening = None
+            return self._connect(leg, resp.body, resp.get("content-type"), now)
+        self._disarm("no_answer")
+        self._arm("screen", now + REBOUND_SECONDS)
+        log.info("rebound screening", call_id=self.id, leg=leg.label)
+        return self._early_media(answer, now)
+
+    def _ask_confirmation(self, leg: Leg, resp: Response, now: float) -> list[Event]:
+        """A confirm leg answered: it hears "press 1 to take the call" and the media
+        service reports its key through :meth:`on_screened`. Unlike a rebound, the
+        step goes on meanwhile: its other legs ring, its no-answer timer runs, and
+        the caller is not answered: it hears what it heard (its own ringback after
+        a 180, a ring group's music), no hold music. Only a caller that already
+        had our early media (a 183 with SDP, from a carrier's ringback) hears a
+        ringback tone from us, since nothing is relayed to it now. Not confirmed
+        within CONFIRM_SECONDS: refused (:meth:`_refused`)."""
+        answered = self._callee_answer(leg, resp.body, "callee answer unusable for confirmation")
+        if answered is None or not self._caller_can_take(answered[1].codec):
+            # Cannot ask without media (or could not connect after a 1): the answer
+            # takes the call, as without confirmation.
+            self.screening = None
+            return self._connect(leg, resp.body, resp.get("content-type"), now)
+        leg.early = answered[0]
+        self.anchor.ask(answered[1], leg.offer)
+        self._arm("screen", now + CONFIRM_SECONDS)
+        log.info("confirm asking", call_id=self.id, leg=leg.label, seconds=CONFIRM_SECONDS)
+        self._bridge()
+        if self.early_sent:
+            return []
+        # The leg answered before anything rang: the caller is told it rings now.
+        self.early_sent = True
+        return self._respond_caller(to_caller(self.invite, 180, self.tag), now)
+
+    def _caller_can_take(self, codec: str) -> bool:
+        """Whether the caller's offer has ``codec`` (the engine relays, it does not
+        transcode): checked before asking, so that a 1 always connects."""
+        refused = self.anchor.can_connect(codec, self.local.host)
+        if refused is not None:
+            log.warning("caller offer has not the callee's codec", call_id=self.id,
+                        codec=codec, reason=refused.reason)
+            return False
+        return True
+
+    def _early_media(self, sdp_body: bytes, now: float) -> list[Event]:
+        """183 Session Progress with our SDP: the caller hears the engine before any
+        answer (hold music while screening or waiting in a ring group)."""
+        self.early_sent = True
+        early = to_caller(self.invite, 183, self.tag, [("Content-Type", "application/sdp")],
+                          sdp_body)
+        return self._respond_caller(early, now)
+
+    def on_screened(self, accepted: bool, now: float) -> list[Event]:
+        """The screened leg's key (rebound or confirm): 1 accepts, anything else refuses."""
+        leg = self.screening
+        if leg is None or self.state is not CallState.ROUTING:
+            return []
+        mode = self._screen_mode(leg)
+        if not accepted:
+            log.info(f"{mode} refused", call_id=self.id)
+            return self._refused(now)
+        self.screening = None
+        self._disarm("screen")
+        log.info(f"{mode} accepted", call_id=self.id, leg=leg.label)
+        return self._connect(leg, b"", "application/sdp", now)
+
+    def _refused(self, now: float) -> list[Event]:
+        """The screened leg refused, said nothing in time or hung up: BYE, its trunk
+        channel freed. A rebound leg was alone in its step: *failed*. A confirm leg
+        is as if it had not answered: the other legs ring on, and when none is
+        left the step's outcome is *no answer*."""
+        leg = self.screening
+        self.screening = None
+        self._disarm("screen")
+        if leg is None:
+            return []
+        confirm = self._screen_mode(leg) == "confirm"
+        events = self._bye_leg(leg, now)  # it is done (or hung up: done already)
+        leg.status = 487 if confirm else 603
+        self._release_leg(leg)
+        if confirm:
+            self._free_callee_side()
+            log.info("confirm: leg released", call_id=self.id, leg=leg.label,
+                     ringing=sum(other.pending for other in self.legs),
+                     channels_in_use=self.front.channels_in_use())
+        if any(other.pending for other in self.legs):
+            return events
+        return events + self._outcome("no_answer" if confirm else "failed", now)
+
+    def _free_callee_side(self) -> None:
+        """A confirm leg is gone before taking the call: the endpoint facing the
+        callees stops asking and waits for the next leg's answer."""
+        self.anchor.callee.forget()
+        self._bridge()
+
+    # ------------------------------------------------------------------ answered
+    def _connect(self, leg: Leg, body: bytes, ctype: str | None, now: float) -> list[Event]:
+        """``leg`` takes the call: 200 to the caller, the other legs cancelled."""
+        if self.transfer is not None:
+            return self._transfer_connected(leg, body, now)
+        events: list[Event] = []
+        self.move(CallEvent.ANSWER)
+        self.winner = leg
+        self.answered_at = now
+        self._disarm("no_answer")
+        if isinstance(leg.target, Device):
+            self._join(leg.target.extension)
+        contact = self.local.contact(self.transport)
+        headers = [("Contact", contact)]
+        if leg.offer is not None:
+            answer = self._anchored_answer(leg, body, final=True)
+            if answer is None:  # no usable answer: let the phones talk directly
+                self._unanchor()
+            else:
+                body, ctype = answer, "application/sdp"
+        if ctype:
+            headers.append(("Content-Type", ctype))
+        events += self._answer_caller(to_caller(self.invite, 200, self.tag, headers, body),
+                                      contact, now)
+        log.info("call answered", call_id=self.id, leg=leg.label, step=self.step + 1)
+        for other in self.legs:
+            if other is not leg:
+                events += self._cancel_leg(other, now, COMPLETED_ELSEWHERE)
+        return events
+
+    def _answer_caller(self, ok: Response, contact: str, now: float) -> list[Event]:
+        """Our 2xx to the caller: the dialog with it is confirmed, and on UDP the 2xx
+        is retransmitted until its ACK (s13.3.1.4: T1 doubling to T2, for 64*T1)."""
+        timers = self.front.timers
+        self.ok = ok
+        self.caller_dialog = Dialog.uas(self.invite, self.tag, contact, confirmed=True)
+        if self.transport == "udp":
+            self.ok_interval = timers.t1
+            self.ok_deadline = now + timers.long
+            self._arm("ok", now + self.ok_interval)
+        return self._respond_caller(ok, now)
+
+    # ------------------------------------------------------------------ anchored media
+    def _anchored_answer(self, leg: Leg, body: bytes, final: bool = False) -> bytes | None:
+        """A callee's answer (183 or 2xx) on an anchored call -> our answer to the
+        caller, with the codec the callee chose; None when it cannot be used."""
+        answered = self._callee_answer(leg, body, "callee answer unusable for media anchoring")
+        if answered is None:
+            return None
+        theirs, callee = answered
+        leg.early = theirs
+        ours = self.anchor.connect(callee, leg.offer, self.local.host)
+        if isinstance(ours, sdp.AnswerRefused):
+            log.warning("caller offer has not the callee's codec", call_id=self.id,
+                        codec=callee.codec, reason=ours.reason)
+            return None
+        if final:
+            self.anchor.record = rules.record_reason(self.front.directory, self.facts,
+                                                     leg.target)
+        self._bridge()
+        return ours.to_bytes()
+
+    def _callee_answer(self, leg: Leg, body: bytes, what: str,
+                       ) -> tuple[sdp.SessionDescription, sdp.Negotiated] | None:
+        """The callee's SDP answer to our offer on ``leg`` (in ``body``, else the one
+        its 183 carried) and what it negotiates; None, logged as ``what``, when
+        there is none or it cannot be used."""
+        assert leg.offer is not None
+        answered = callee_answer(leg.offer, body, leg.early)
+        if isinstance(answered, str):
+            log.warning(what, call_id=self.id, leg=leg.label, error=answered)
+            return None
+        return answered
+
+    def _music_while_ringing(self, now: float) -> list[Event]:
+        """A ring group: the caller hears hold music while it rings. The caller is
+        answered early (183) in a codec the engine can play, and the callees are
+        offered only that codec, so whoever answers is relayed without transcoding."""
+        early = self.anchor.ring_with_music(
+            self.invite.body, rules.caller_codecs(self.front.directory, self.facts),
+            self.local.host)
+        if isinstance(early, str):
+            if early:
+                log.info("no music while ringing", call_id=self.id, reason=early)
+            return []
+        self._bridge()
+        return self._early_media(early.to_bytes(), now)
+
+    def _unanchor(self) -> None:
+        log.info("media not anchored for this call", call_id=self.id)
+        if self.anchor.stop_relay():
+            self.front.media_actions.append(StopMedia(self.key))
+
+    def _bridge(self) -> None:
+        anchor = self.anchor
+        directory = self.front.directory
+        announce, language = "", "en"
+        screen: ScreenMode = ""
+        if self.screening is not None:
+            screen = self._screen_mode(self.screening)
+            step = self.plan.steps[self.step] if self.step >= 0 else None
+            language = rules.prompt_language(directory, self.screening.target, step)
+            # A confirm leg is not told who calls: its phone shows the caller's number
+            # already, and reading it would take most of the seconds it has.
+            announce = self.facts.caller if screen == "rebound" else ""
+        # A transferee hears hold music while its target rings (when its codec plays).
+        transfer = self.transfer
+        transferee = ""
+        if transfer is not None and transfer.codec.upper() in DECODABLE:
+            transferee = "callee" if transfer.transferor is None else "caller"
+        routing = self.state is CallState.ROUTING
+        answered = self.winner.target if self.winner is not None else None
+        bridge = anchor.bridge(
+            self.key, self.id, routing=routing, ringing=routing and transfer is None,
+            screen=screen, announce=announce, language=language, transferee=transferee,
+            playlist=rules.hold_playlist(directory, self.facts, self.identity,
+                                         anchor.holder_is_caller, answered),
+            parties=(self.facts.caller, rules.party_name(self.facts, answered)))
+        if bridge is not None:
+            self.front.media_actions.append(bridge)
+
+    def _anchored_offer(self, req: Request, key: TxKey, from_caller: bool,
+                        now: float) -> list[Event]:
+        """A re-INVITE or UPDATE from one side of an anchored call, answered by us
+        (RFC 3264 s8): the other side is not disturbed. A hold (sendonly,
+        inactive, c=0.0.0.0; s8.4) stops the relay and plays hold music to the
+        other side; a resume relays again."""
+        tx = self.front.tx
+        mine = self.anchor.side(from_caller)
+        current = mine.media
+        side = self.partner if from_caller else self.winner
+        dialog = side.dialog if side is not None else self.caller_dialog
+        contact = dialog.local_contact if dialog is not None and dialog.local_contact else \
+            self.local.contact(side.transport if side is not None else self.transport)
+        if current is None:
+            return tx.respond(key, make_response(req, 491), now)
+        if not req.body:  # an offer-less re-INVITE: we offer what we have (s14.2)
+            if req.method != "INVITE" or mine.sdp is None:
+                return tx.respond(key, make_response(req, 200, None, [("Contact", contact)]),
+                                  now)
+            return tx.respond(key, make_response(
+                req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
+                mine.sdp.next_version().to_bytes()), now)
+        try:
+            offer = sdp.parse_sdp(req.body)
+        except sdp.SdpError as exc:
+            return tx.respond(key, make_response(req, 488, None, [
+                ("Warning", warning_value(f"unreadable SDP offer: {exc.message}"))]), now)
+        answered = self.anchor.on_offer(from_caller, offer, self.local.host)
+        if isinstance(answered, sdp.AnswerRefused):
+            return tx.respond(key, make_response(req, 488, None, [
+                ("Warning", warning_value(f"{answered.reason} (the call keeps "
+                                          f"{current.codec}; the engine does not transcode)"))]),
+                now)
+        ours, changed = answered
+        if changed:
+            log.info("hold" if mine.holds else "resume", call_id=self.id,
+                     by="caller" if from_caller else "callee")
+        self._bridge()
+        return tx.respond(key, make_response(
+            req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
+            ours.to_bytes()), now)
+
+    def _ack_leg(self, leg: Leg, answer: Request | None = None) -> list[Event]:
+        """ACK the callee's 2xx (s13.2.2.4); ``answer``: the caller's ACK whose SDP
+        answers the callee's offer (late offer)."""
+        if leg.dialog is None or leg.ack is not None:
+            return []
+        local = self.local
+        body = answer.body if answer is not None else b""
+        ack = leg.dialog.ack(leg.invite.cseq.number, via_host=local.host,
+                             via_port=local.port_for(leg.transport),
+                             transport=leg.transport.upper(), body=body,
+                             content_type=(answer.get("content-type") or "application/sdp")
+                             if answer is not None and body else None)
+        leg.ack = ack.to_bytes()
+        return [Send(leg.ack, leg.dest, leg.transport)]
+
+    def _join(self, extension: str) -> None:
+        self.members = (*self.members, extension)
+        self.front.join(extension)
+
+    def _release_leg(self, leg: Leg) -> None:
+        if leg.trunk:
+            self.front.free_channel(leg.trunk)
+            leg.trunk = ""
+
+    # ------------------------------------------------------------------ cancelling
+    def _cancel_legs(self, now: float, reason: str | None) -> list[Event]:
+        events: list[Event] = []
+        screening = self.screening
+        if screening is not None:  # answered, still deciding: it gets a BYE
+            events += self._bye_leg(screening, now)
+            self.screening = None
+            self._disarm("screen")
+            if self._screen_mode(screening) == "confirm":
+                screening.status = 487
+                self._free_callee_side()
+        for leg in self.legs:
+            events += self._cancel_leg(leg, now, reason)
+        return events
+
+    def _cancel_leg(self, leg: Leg, now: float, reason: str | None) -> list[Event]:
+        if not leg.pending:
+            return []
+        if leg.state is LegState.CALLING:
+            # s9.1: no provisional yet: a CANCEL may not be sent. The leg is
+            # given up; a late 2xx is hung up by _leg_answered, a final
+            # response closes the transaction.
+            leg.move(LegEvent.GIVE_UP)
+            leg.status = 487
+            self._release_leg(leg)
+            return []
+        leg.move(LegEvent.CANCEL)
+        leg.status = 487
+        self._release_leg(leg)
+        cancel = build.cancel_request(leg.invite, reason)
+        try:
+            _, events = self.front.tx.send_request(cancel, leg.dest, leg.transport, now)
+        except ValueError:
+            return []
+        return events
+
+    def on_cancel(self, now: float) -> list[Event]:
+        """The caller cancelled (the layer answered the CANCEL 200): 487 and CANCEL legs."""
+        if self.state is not CallState.ROUTING or self.transfer is not None:
+            return []
+        log.info("caller cancelled", call_id=self.id)
+        return self.close(CallEvent.CANCEL, now, 487)
+
+    # ------------------------------------------------------------------ media (voicemail)
+    def on_media_ready(self, ports: tuple[int, ...], now: float) -> list[Event]:
+        """The endpoints asked for are open on ``ports`` (the caller's side first):
+        answer a voicemail call, or ring the callees of an anchored one."""
+        if self.state is not CallState.ROUTING or self.anchor.open or (
+                self.voicemail is None and self.waiting is None):
+            self.front.media_actions.append(StopMedia(self.key))  # the caller left meanwhile
+            return []
+        self.anchor.opened(ports)
+        if self.voicemail is not None:
+            return self._answer_voicemail(self.voicemail, now)
+        return self._resume_ring(now)
+
+    def _resume_ring(self, now: float) -> list[Event]:
+        index, self.waiting = self.waiting, None
+        if index is None:
+            return []
+        if not self.anchor.callee_port:
+            self._unanchor()
+        step = self.plan.steps[index]
+        assert isinstance(step, Ring)
+        return self._ring(step, now)
+
+    def on_media_failed(self, reason: str, now: float) -> list[Event]:
+        if self.state is not CallState.ROUTING:
+            return []
+        if self.waiting is not None:  # no media relay: the call still goes through
+            log.warning("media not anchored: no endpoint", call_id=self.id, reason=reason)
+            self.anchor.stop_relay()  # nothing is open
+            return self._resume_ring(now)
+        log.warning("no media for voicemail", call_id=self.id, reason=reason)
+        return self._unanswered(503, now, [("Warning", warning_value(reason))])
+
+    def _answer_voicemail(self, step: Voicemail | MailboxAccess, now: float) -> list[Event]:
+        directory = self.front.directory
+        result = self._endpoint_answer(self.invite.body)
+        if isinstance(result, str):
+            return self._unanswered(488, now, [("Warning", warning_value(result))])
+        answer, negotiated = result
+        contact = self.local.contact(self.transport)
+        ok = to_caller(self.invite, 200, self.tag, [("Contact", contact),
+                                                    ("Content-Type", "application/sdp")],
+                       answer.to_bytes())
+        self.move(CallEvent.ANSWER)
+        self.answered_at = now
+        if isinstance(step, MailboxAccess):
+            events = self._answer_caller(ok, contact, now)
+            self.front.media_actions.append(StartMailbox(self.key, self.id, negotiated,
+                                                         step.box))
+            log.info("mailbox answered", call_id=self.id, box=step.box, codec=negotiated.codec)
+            return events
+        events = self._answer_caller(ok, contact, now)
+        self.front.media_actions.append(StartVoicemail(
+            self.key, self.id, negotiated, step.box, step.greeting,
+            rules.voicemail_seconds(directory, step.box), self.facts.caller))
+        log.info("voicemail answered", call_id=self.id, box=step.box, codec=negotiated.codec)
+        return events
+
+    def _endpoint_answer(self, body: bytes,
+                         ) -> tuple[sdp.SessionDescription, sdp.Negotiated] | str:
+        """Our answer where the engine is the endpoint: the caller's codec list from the
+        directory (the user's codec priority), among what we can decode; a str says why not."""
+        return self.anchor.endpoint_answer(
+            body, rules.caller_codecs(self.front.directory, self.facts), self.local.host)
+
+    # ------------------------------------------------------------------ in-dialog requests
+    def on_ack(self, ack: Request, now: float) -> list[Event]:
+        """An ACK for a 2xx (no transaction): stop retransmitting our 2xx; on a
+        late-offer call, the callee's ACK goes now, with the caller's answer."""
+        if self.ok is not None:
+            self.ok = None
+            self._disarm("ok")
+        leg = self.winner
+        if leg is not None and leg.ack is None:
+            return self._ack_leg(leg, ack)
+        return []
+
+    def on_screened_bye(self, leg: Leg, req: Request, key: TxKey, now: float) -> list[Event]:
+        """The far end hung up on the announcement: a refusal."""
+        log.info(f"{self._screen_mode(leg)} refused: the far end hung up",
+                 call_id=self.id, leg=leg.label)
+        events = self.front.tx.respond(key, make_response(req, 200), now)
+        leg.move(LegEvent.BYE)
+        return events + self._refused(now)
+
+    def from_caller(self, req: Request, key: TxKey, now: float) -> list[Event]:
+        tx = self.front.tx
+        assert self.caller_dialog is not None
+        check = self.caller_dialog.on_request(req)
+        if check is not None:
+            return tx.respond(key, make_response(req, check), now)
+        leg = self.winner
+        if req.method == "BYE" and self.transfer is not None \
+                and self.transfer.transferor is None:
+            # The caller transfers and need not wait for the outcome (blind).
+            log.info("transferor hung up", call_id=self.id)
+            events = tx.respond(key, make_response(req, 200), now)
+            self._leave_extension(self.facts.caller)
+            return events
+        if req.method == "BYE":
+            events = tx.respond(key, make_response(req, 200), now)
+            log.info("caller hung up", call_id=self.id)
+            return events + self.close(CallEvent.BYE, now)
+        if req.method == "REFER":
+            return self._refer(None, req, key, now)
+        if self.voicemail is not None and self.anchor.caller_port:
+            return self._endpoint_request(req, key, now)
+        if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
+            return self._anchored_offer(req, key, True, now)
+        if leg is None or leg.dialog is None:
+            return tx.respond(key, make_response(req, 481), now)
+        return self._relay_request(req, key, leg.dialog, leg.dest, leg.transport,
+                                   to_caller=False, now=now)
+
+    def _endpoint_request(self, req: Request, key: TxKey, now: float) -> list[Event]:
+        """An in-dialog request on a call the engine itself answered (voicemail).
+
+        A re-INVITE or UPDATE with an offer (a session refresh, or a phone locking the
+        codec it chose, as pjsip does) gets a new answer on the same port, and the
+        media endpoint follows it; anything else is acknowledged with 200.
+        """
+        tx = self.front.tx
+        if req.method not in ("INVITE", "UPDATE") or not req.body:
+            return tx.respond(key, make_response(req, 200), now)
+        answer = self._endpoint_answer(req.body)
+        if isinstance(answer, str):  # refused: the call goes on with the old session
+            return tx.respond(key, make_response(req, 488, None, [
+                ("Warning", warning_value(answer))]), now)
+        sdp_answer, negotiated = answer
+        self.front.media_actions.append(UpdateMedia(self.key, negotiated))
+        contact = self.caller_dialog.local_contact if self.caller_dialog else ""
+        return tx.respond(key, make_response(
+            req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
+            sdp_answer.to_bytes()), now)
+
+    def from_callee(self, leg: Leg, req: Request, key: TxKey, now: float) -> list[Event]:
+        tx = self.front.tx
+        assert leg.dialog is not None
+        check = leg.dialog.on_request(req)
+        if check is not None:
+            return tx.respond(key, make_response(req, check), now)
+        if req.method == "BYE" and self.transfer is not None \
+                and self.transfer.transferor is leg:
+            # A blind transfer: the transferor need not wait for the outcome.
+            log.info("transferor hung up", call_id=self.id, leg=leg.label)
+            events = tx.respond(key, make_response(req, 200), now)
+            leg.move(LegEvent.BYE)
+            self._leave(leg)
+            return events
+        if req.method == "BYE":
+            events = tx.respond(key, make_response(req, 200), now)
+            log.info("callee hung up", call_id=self.id, leg=leg.label)
+            leg.move(LegEvent.BYE)
+            self._release_leg(leg)
+            return events + self.close(CallEvent.BYE, now)
+        if req.method == "REFER":
+            return self._refer(leg, req, key, now)
+        if self.caller_dialog is None:
+            return tx.respond(key, make_response(req, 481), now)
+        if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
+            return self._anchored_offer(req, key, False, now)
+        partner = self.partner
+        if partner is not None and partner.dialog is not None:
+            return self._relay_request(req, key, partner.dialog, partner.dest,
+                                       partner.transport, to_caller=True, now=now)
+        return self._relay_request(req, key, self.caller_dialog, self.source, self.transport,
+                                   to_caller=True, now=now)
+
+    def from_partner(self, leg: Leg, req: Request, key: TxKey, now: float) -> list[Event]:
+        """A request from the leg that took the caller's place (after a transfer by
+        the calling party): it is the caller side now."""
+        tx = self.front.tx
+        assert leg.dialog is not None
+        check = leg.dialog.on_request(req)
+        if check is not None:
+            return tx.respond(key, make_response(req, check), now)
+        winner = self.winner
+        if req.method == "BYE":
+            events = tx.respond(key, make_response(req, 200), now)
+            log.info("caller hung up", call_id=self.id, leg=leg.label)
+            leg.move(LegEvent.BYE)
+            return events + self.close(CallEvent.BYE, now)
+        if req.method == "REFER":
+            return self._refuse_transfer(req, key, now, 501,
+                                         "this call was transferred once already")
+        if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
+            return self._anchored_offer(req, key, True, now)
+        if winner is None or winner.dialog is None:
+            return tx.respond(key, make_response(req, 481), now)
+        return self._relay_request(req, key, winner.dialog, winner.dest, winner.transport,
+                                   to_caller=False, now=now)
+
+    def _relay_request(self, req: Request, key: TxKey, dialog: Dialog, dest: Addr,
+                       transport: str, *, to_caller: bool, now: float) -> list[Event]:
+        """Pass an in-dialog request (re-INVITE, UPDATE, INFO...) to the other leg."""
+        local = self.local
+        headers = [(h[1], h[2]) for h in req.headers
+                   if h[0] in ("content-type", "event", "subscription-state", "info-package",
+                               "session-expires", "supported", "require")]
+        out = dialog.new_request(req.method, via_host=local.host,
+                                 via_port=local.port_for(transport), transport=transport.upper(),
+                                 headers=headers, body=req.body)
+        out_key, events = self.front.tx.send_request(out, dest, transport, now)
+        self.front.track_relay(out_key, RelayedRequest(self, key, req, out, to_caller))
+        return events
+
+    def on_relay_response(self, relay: RelayedRequest, resp: Response,
+                          now: float) -> list[Event]:
+        """The other leg answered a relayed request: ACK a 2xx to INVITE, answer ours."""
+        if resp.status == 100:
+            return []
+        local = self.local
+        sent = relay.sent
+        winner = self.winner
+        if relay.to_caller:
+            dialog, dest, transport = self.caller_dialog, self.source, self.transport
+        elif winner is not None:
+            dialog, dest, transport = winner.dialog, winner.dest, winner.transport
+        else:
+            return []
+        events: list[Event] = []
+        if dialog is not None:
+            dialog.on_response(sent.method, resp)
+            if sent.method == "INVITE" and 200 <= resp.status < 300:
+                ack = dialog.ack(sent.cseq.number, via_host=local.host,
+                                 via_port=local.port_for(transport), transport=transport.upper())
+                events.append(Send(ack.to_bytes(), dest, transport))
+        headers = [(h[1], h[2]) for h in resp.headers
+                   if h[0] in ("content-type", "supported", "require", "session-expires")]
+        if sent.method == "INVITE" and 200 <= resp.status < 300:
+            # Our Contact toward the leg the request came from (the opposite of
+            # ``transport``): ;transport=tcp|tls and its port when it is TCP or TLS.
+            back = winner.transport if relay.to_caller and winner is not None \
+                else self.transport
+            headers.append(("Contact", local.contact(back)))
+        out = make_response(relay.origin, resp.status, resp.reason, headers, resp.body)
+        with contextlib.suppress(ValueError):  # the request's transaction is over
+            events += self.front.tx.respond(relay.origin_key, out, now)
+        return events
+
+    # ------------------------------------------------------------------ transfer
+    def _refuse_transfer(self, req: Request, key: TxKey, now: float, status: int,
+                         why: str) -> list[Event]:
+        """A REFER the engine does not carry out: ``status`` with a Warning saying
+        ``why``, and the call goes on. It is never passed to the other party: a
+        carrier could dial the Refer-To number with rights the transferor lacks."""
+        log.info("transfer refused", call_id=self.id, reason=why,
+                 refer_to=short_text(req.get("refer-to") or ""))
+        self.front.count_transfer("refused")
+        return self.front.tx.respond(key, make_response(req, status, None, [
+            ("Warning", warning_value(f"{why}; the call goes on"))]), now)
+
+    def _refer(self, leg: Leg | None, req: Request, key: TxKey, now: float) -> list[Event]:
+        """A REFER from a user's phone in the call (RFC 3515, RFC 5589): ``leg``, the
+        answered callee, transfers the caller; None, the calling party transfers
+        the callee. Blind: 202, NOTIFY 100, hold music to the transferee, and the
+        target's plan as a call from the transferring user (see :class:`Transfer`);
+        with Replaces: attended (see :meth:`_attended`)."""
+        anchor = self.anchor
+        directory = self.front.directory
+        if self.transfer is not None:
+            return self._refuse_transfer(req, key, now, 491, "a transfer is in progress")
+        media = anchor.side(leg is not None).media if anchor.relaying else None
+        winner = self.winner
+        if media is None or not anchor.open or not anchor.caller_port \
+                or not anchor.callee_port or directory is None \
+                or self.state is not CallState.ANSWERED or winner is None \
+                or winner.dialog is None or self.voicemail is not None:
+            return self._refuse_transfer(req, key, now, 501, (
+                "call transfer needs the call's media through the engine (serve --media relay)"))
+        if leg is not None:
+            user = leg.extension
+        else:
+            user = self.facts.caller if self.facts.source == "phone" else ""
+        if not user:
+            return self._refuse_transfer(req, key, now, 403,
+                                         "only a user's phone can transfer a call")
+        refer_to = self._refer_to(req, key, now)
+        if not isinstance(refer_to, URI):
+            return refer_to
+        if refer_to.headers:  # Replaces=... (an attended transfer)
+            return self._attended(leg, req, key, refer_to.headers, now)
+        if not refer_to.user:
+            return self._refuse_transfer(req, key, now, 400, "Refer-To names no number")
+        transferor = directory.user(user)
+        return self._begin_transfer(req, key, Transfer(leg, refer_to.user, media.codec), user,
+                                    transferor.name if transferor else "", now)
+
+    def _refer_to(self, req: Request, key: TxKey, now: float) -> URI | list[Event]:
+        """The REFER's Refer-To URI, or the 400 refusing it."""
+        try:
+            return parse_address(req.get("refer-to") or "", "Refer-To").uri
+        except ParseError as exc:
+            return self._refuse_transfer(req, key, now, 400, exc.reason)
+
+    def _begin_transfer(self, req: Request, key: TxKey, transfer: Transfer, extension: str,
+                        name: str, now: float) -> list[Event]:
+        """202 and NOTIFY 100 to the transferor, hold music to the transferee, and the
+        target's plan as a call from the transferring user ``extension``."""
+        front = self.front
+        directory = front.directory
+        assert directory is not None
+        wall = front.wall_clock()
+        facts = CallFacts(caller=extension, callee=transfer.target, source="phone",
+                          at=dt.datetime.fromtimestamp(wall, dt.UTC), caller_name=name)
+        the_plan = plan(facts, directory, front.live_state(directory, wall))
+        log.info("transfer", call_id=self.id, transferor=extension, target=transfer.target,
+                 by="caller" if transfer.transferor is None else "callee",
+                 plan=PlanText(the_plan))
+        self.transfer = transfer
+        events = front.tx.respond(key, make_response(req, 202), now)
+        events += self._notify_transferor(transfer, 100, now)
+        self.plan = the_plan
+        self.move(CallEvent.REFER)
+        self.legs = []
+        # Whoever rang earlier in this call may be the target now; the transferring
+        # user's own phones are not rung.
+        self.rung = {b.contact for b in front.registrar.lookup(extension, wall)}
+        self._bridge()
+        return events + self._run_step(0, now)
+
+    def _notify_transferor(self, transfer: Transfer, status: int, now: float) -> list[Event]:
+        """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5), in the
+        transferor's dialog: its leg's, or the caller's (a transfer by the caller)."""
+        leg = transfer.transferor
+        if leg is not None:
+            dialog, dest, transport = leg.dialog, leg.dest, leg.transport
+        else:
+            dialog, dest, transport = self.caller_dialog, self.source, self.transport
+        if dialog is None or dialog.terminated:
+            return []
+        local = self.local
+        final = status >= 200
+        notify = dialog.new_request(
+            "NOTIFY", via_host=local.host, via_port=local.port_for(transport),
+            transport=transport.upper(), headers=[
+                ("Event", "refer"),
+                ("Subscription-State",
+                 "terminated;reason=noresource" if final else "active;expires=60")],
+            body=f"SIP/2.0 {status} {REASONS.get(status, 'Unknown')}\r\n".encode(),
+            content_type="message/sipfrag;version=2.0")
+        _, events = self.front.tx.send_request(notify, dest, transport, now)
+        return events
+
+    def _leave(self, leg: Leg) -> None:
+        """The transferor's leg is over: it is no longer on the call (busy state)."""
+        self._release_leg(leg)
+        self.front.untrack_leg(leg)
+        if leg.extension:
+            self._leave_extension(leg.extension)
+
+    def _leave_extension(self, extension: str) -> None:
+        if extension in self.members:
+            members = list(self.members)
+            members.remove(extension)
+            self.members = tuple(members)
+            self.front.off_call(extension)
+
+    def _transferor_here(self, transfer: Transfer) -> bool:
+        """The transferor is still on the call (it may hang up at any time)."""
+        if transfer.transferor is not None:
+            return transfer.transferor.state is not LegState.DONE
+        return self.caller_dialog is not None and not self.caller_dialog.terminated
+
+    def _transferor_out(self, transfer: Transfer, status: int, now: float) -> list[Event]:
+        """The final NOTIFY, then BYE the transferor if it is still on the call."""
+        leg = transfer.transferor
+        events = self._notify_transferor(transfer, status, now)
+        if leg is None:
+            if self._transferor_here(transfer):
+                events += self._bye_caller(now)
+                self._leave_extension(self.facts.caller)
+        elif leg.state is not LegState.DONE:
+            events += self._bye_leg(leg, now)
+            self._leave(leg)
+        return events
+
+    def _transfer_connected(self, leg: Leg, body: bytes, now: float) -> list[Event]:
+        """The target answered: relay it to the caller (same port, same codec: no
+        re-INVITE), NOTIFY 200 and BYE to the transferor, the other legs cancelled."""
+        transfer, anchor = self.transfer, self.anchor
+        assert transfer is not None
+        answered = self._callee_answer(leg, body, "transfer target's answer unusable")
+        if answered is None:
+            hung_up = self._bye_leg(leg, now)
+            leg.status = 488
+            if any(other.pending for other in self.legs):
+                return hung_up
+            return hung_up + self._outcome("failed", now)
+        theirs, media = answered
+        transfer.move(TransferEvent.TARGET_ANSWERED)
+        self.transfer = None
+        self.move(CallEvent.TRANSFER_SETTLED)
+        self._disarm("no_answer")
+        log.info("transfer connected", call_id=self.id, leg=leg.label)
+        self.front.count_transfer("connected")
+        events: list[Event] = []
+        for other in self.legs:
+            if other is not leg:
+                events += self._cancel_leg(other, now, COMPLETED_ELSEWHERE)
+        events += self._transferor_out(transfer, 200, now)
+        if isinstance(leg.target, Device):
+            self._join(leg.target.extension)
+        if transfer.transferor is None:  # the target takes the caller's place
+            self.partner = leg
+            self.legs = [x for x in self.legs if x is not leg]
+            anchor.take_side(True, media, leg.offer, offer=theirs)
+        else:
+            self.winner = leg
+            anchor.take_side(False, media, leg.offer)
+        self._bridge()
+        return events
+
+    def _transfer_to_voicemail(self, step: Voicemail, now: float) -> list[Event]:
+        """The target's plan leaves a message: the transferee, already answered, gets
+        the greeting and the beep on its own endpoint (the caller's, or the callee's
+        in a transfer by the caller); the transferor is done."""
+        transfer = self.transfer
+        assert transfer is not None
+        by_caller = transfer.transferor is None
+        media = self.anchor.side(not by_caller).media
+        assert media is not None
+        transfer.move(TransferEvent.TO_VOICEMAIL)
+        self.transfer = None
+        self.move(CallEvent.TRANSFER_SETTLED)
+        self.voicemail = step
+        answered = self.winner.target if self.winner is not None else None
+        self.front.media_actions.append(StartVoicemail(
+            self.key, self.id, media, step.box, step.greeting,
+            rules.voicemail_seconds(self.front.directory, step.box),
+            rules.party_name(self.facts, answered) if by_caller else self.facts.caller,
+            callee_side=by_caller))
+        log.info("transfer to voicemail", call_id=self.id, box=step.box)
+        self.front.count_transfer("voicemail")
+        return self._transferor_out(transfer, 200, now)
+
+    def _transfer_failed(self, status: int, now: float) -> list[Event]:
+        """The target's plan ended without an answer: back to the transferor when it
+        is still on the call (its phone shows the failure and can resume), else the
+        call ends."""
+        transfer = self.transfer
+        assert transfer is not None
+        transfer.move(TransferEvent.FAILED)
+        self.transfer = None
+        if self.state is CallState.ROUTING:  # an attended transfer never left ANSWERED
+            self.move(CallEvent.TRANSFER_SETTLED)
+        events = self._cancel_legs(now, None)
+        events += self._notify_transferor(transfer, status, now)
+        if self._transferor_here(transfer):
+            log.info("transfer failed; back to the transferor", call_id=self.id,
+                     status=status)
+            self.front.count_transfer("failed")
+            self._bridge()
+            return events
+        log.info("transfer failed; the transferor had hung up, the call ends",
+                 call_id=self.id, status=status)
+        self.front.count_transfer("dropped")
+        return events + self.close(CallEvent.TRANSFER_DROPPED, now)
+
+    def _transfer_abandoned(self, now: float) -> list[Event]:
+        """The transferee hung up while its transfer rang: cancel, and tell the
+        transferor."""
+        transfer = self.transfer
+        assert transfer is not None
+        transfer.move(TransferEvent.TRANSFEREE_GONE)
+        self.transfer = None
+        self.front.count_transfer("dropped")
+        return self._cancel_legs(now, None) + self._notify_transferor(transfer, 487, now)
+
+    def _attended(self, leg: Leg | None, req: Request, key: TxKey, uri_headers: str,
+                  now: float) -> list[Event]:
+        """An attended transfer: the transferor (the answered callee ``leg``, or with
+        None the calling party) consulted the target in a call of its own and now
+        asks that the other party replace it there (Refer-To with Replaces naming
+        that call, RFC 5589 s7). The target's leg is re-INVITEd to this call's port
+        on the transferor's side, with the transferee's codec; its answer joins
+        the two."""
+        local = self.local
+        anchor = self.anchor
+        if leg is not None:
+            user, codec = leg.extension, anchor.caller.media
+        else:
+            user, codec = self.facts.caller, anchor.callee.media
+        assert codec is not None
+        replaces = build.parse_replaces(uri_headers)
+        if replaces is None:
+            return self._refuse_transfer(req, key, now, 400,
+                                         "Refer-To carries no single readable Replaces")
+        call_id, to_tag, from_tag = replaces
+        other = self.front.find_call(call_id, to_tag) or self.front.find_call(call_id, from_tag)
+        target = other.winner if other is not None else None
+        if other is None or other is self or target is None or target.dialog is None:
+            return self._refuse_transfer(req, key, now, 481,
+                                         "Replaces names no call of the transferor's")
+        theirs = other.anchor
+        if other.state is not CallState.ANSWERED or other.transfer is not None \
+                or other.facts.source != "phone" or other.facts.caller != user \
+                or not theirs.relaying or not theirs.open or target.offer is None:
+            return self._refuse_transfer(req, key, now, 403, (
+                "Replaces must name an answered call the transferring user made, with "
+                "its media through the engine"))
+        # An attended transfer starts by moving the consulted target.
+        transfer = self.transfer = Transfer(leg, target.label, codec.codec,
+                                            consultation=other, state=TransferState.MOVING)
+        # Our new offer to the target: this call's port on the transferor's side, the
+        # transferee's codec only, in the session the target knows (RFC 3264 s8:
+        # same o=, the version one up).
+        offer = self._callee_offer(target.target) if leg is not None else \
+            self._partner_offer(transfer)
+        assert offer is not None
+        session, version = theirs.callee.next_origin()
+        offer = sdp.with_origin(offer, session, version, local.host)
+        transfer.reinvite = offer
+        reinvite = target.dialog.new_request(
+            "INVITE", via_host=local.host, via_port=local.port_for(target.transport),
+            transport=target.transport.upper(), body=offer.to_bytes(),
+            content_type="application/sdp")
+        move_key, events = self.front.tx.send_request(reinvite, target.dest, target.transport,
+                                                      now)
+        self.front.track_move(move_key, self, transfer)
+        log.info("attended transfer", call_id=self.id, transferor=user, target=target.label,
+                 consultation=other.id, by="callee" if leg is not None else "caller")
+        events = self.front.tx.respond(key, make_response(req, 202), now) + events
+        events += self._notify_transferor(transfer, 100, now)
+        self._bridge()  # hold music to the caller while the target moves
+        return events
+
+    def on_moved(self, transfer: Transfer, resp: Response, now: float) -> list[Event]:
+        """The target's answer to the re-INVITE of an attended transfer."""
+        other = transfer.consultation
+        assert other is not None
+        if resp.status < 200:
+            return []
+        if transfer.ack is not None:  # a retransmitted 2xx: the same ACK (s13.2.2.4)
+            return [transfer.ack]
+        target = other.winner
+        if self.transfer is not transfer:
+            # The caller hung up while the target was being moved to it: the target
+            # now sends its audio to a closed port, so the consultation call ends too.
+            if resp.status < 300 and target is not None and target.dialog is not None:
+                log.info("attended transfer: the caller left; the consultation call ends",
+                         call_id=other.id)
+                return [self._ack_move(transfer, target, resp),
+                        *other.close(CallEvent.REPLACED, now)]
+            return []
+        if resp.status >= 300 or target is None or target.dialog is None \
+                or target.state is LegState.DONE:
+            log.info("attended transfer refused by the target", call_id=self.id,
+                     status=resp.status)
+            return self._transfer_failed(resp.status if resp.status >= 300 else 480, now)
+        events: list[Event] = [self._ack_move(transfer, target, resp)]
+        anchor = self.anchor
+        assert transfer.reinvite is not None
+        try:
+            theirs = sdp.parse_sdp(resp.body)
+            media = sdp.negotiated(transfer.reinvite, theirs, local="offerer")
+        except sdp.SdpError as exc:
+            log.warning("attended transfer: the target's answer is unusable", call_id=self.id,
+                        error=exc.message)
+            return events + self._transfer_failed(488, now)
+        # The target's leg leaves the consultation call for this one.
+        other.winner = None
+        other.legs = [x for x in other.legs if x is not target]
+        if isinstance(target.target, Device):
+            self._join(target.target.extension)
+        target.call = self
+        transfer.move(TransferEvent.MOVED)
+        self.transfer = None
+        # The transferor is told and let go first: in a transfer by the caller, the
+        # caller's dialog is still the one to end.
+        events += self._transferor_out(transfer, 200, now)
+        # Our answers on the target's side go on in the session it knows.
+        origin = other.anchor.callee.session, other.anchor.callee.version
+        if transfer.transferor is None:  # the target takes the caller's place
+            self.partner = target
+            anchor.take_side(True, media, transfer.reinvite, offer=theirs, origin=origin)
+        else:
+            self.winner = target
+            self.legs = [target]
+            anchor.take_side(False, media, transfer.reinvite, origin=origin)
+        log.info("transfer connected", call_id=self.id, leg=target.label, attended=True)
+        self.front.count_transfer("connected")
+        events += other.close(CallEvent.REPLACED, now)  # the transferor's consultation call
+        self._bridge()
+        return events
+
+    def on_move_timed_out(self, transfer: Transfer, now: float) -> list[Event]:
+        """No answer to the re-INVITE of an attended transfer."""
+        if self.transfer is not transfer:
+            return []
+        return self._transfer_failed(408, now)
+
+    def _ack_move(self, transfer: Transfer, target: Leg, resp: Response) -> Send:
+        """Our ACK of the target's 2xx to the re-INVITE of an attended transfer, kept
+        for a retransmitted 2xx."""
+        assert target.dialog is not None
+        local = self.local
+        target.dialog.on_response("INVITE", resp)
+        ack = target.dialog.ack(target.dialog.local_cseq, via_host=local.host,
+                                via_port=local.port_for(target.transport),
+                                transport=target.transport.upper())
+        transfer.ack = Send(ack.to_bytes(), target.dest, target.transport)
+        return transfer.ack
+
+    # ------------------------------------------------------------------ hanging up
+    def _bye_leg(self, leg: Leg, now: float) -> list[Event]:
+        """Hang up an answered leg: BYE unless its dialog is over already (a 481 or
+        408 ended it); either way the leg is done."""
+        dialog = leg.dialog
+        if dialog is None or (dialog.terminated and leg.state is LegState.DONE):
+            return []
+        leg.move(LegEvent.HANG_UP)
+        self._release_leg(leg)
+        if dialog.terminated:
+            return []
+        events = self._ack_leg(leg)  # a late-offer 2xx still waiting for its ACK
+        local = self.local
+        bye = dialog.new_request("BYE", via_host=local.host,
+                                 via_port=local.port_for(leg.transport),
+                                 transport=leg.transport.upper())
+        dialog.terminate()
+        _, sent = self.front.tx.send_request(bye, leg.dest, leg.transport, now)
+        return events + sent
+
+    def _bye_caller(self, now: float) -> list[Event]:
+        if self.partner is not None:
+            return self._bye_leg(self.partner, now)
+        dialog = self.caller_dialog
+        if dialog is None or dialog.terminated:
+            return []
+        local = self.local
+        bye = dialog.new_request("BYE", via_host=local.host,
+                                 via_port=local.port_for(self.transport),
+                                 transport=self.transport.upper())
+        dialog.terminate()
+        _, events = self.front.tx.send_request(bye, self.source, self.transport, now)
+        return events
+
+    def hang_up(self, now: float) -> list[Event]:
+        """The engine's own endpoint is done (message recorded): BYE the caller."""
+        return self.close(CallEvent.ENDPOINT_DONE, now)
+
+    def close(self, event: CallEvent, now: float, status: int = 0,
+              headers: Iterable[tuple[str, str]] = (), reason: str | None = None,
+              ) -> list[Event]:
+        """End the call, whatever its state; every ending goes through here.
+
+        ``event`` says why (its move to ``ended`` must be in the call's table). A
+        transfer still running is abandoned (its transferor is told 487). A caller
+        not answered yet gets the final ``status`` (with ``headers`` and the
+        ``reason`` phrase) and the legs still ringing are cancelled; otherwise
+        whoever is still on the call gets a BYE. Then the call lets go of
+        everything it holds (channels, busy marks, media, its lookup entries)."""
+        if self.state is CallState.ENDED:
+            return []
+        events: list[Event] = []
+        if self.transfer is not None:
+            events += self._transfer_abandoned(now)
+        if self.caller_dialog is None:  # the caller has no answer yet
+            events += self._cancel_legs(now, None)
+            resp = to_caller(self.invite, status, self.tag, headers, reason=reason)
+            log.info("call ended", call_id=self.id, status=status, answered=False,
+                     billing_group=self.identity.billing_group or None)
+            self.front.count(_FINAL_OUTCOME.get(status, "rejected" if status < 500
+                                                else "failed"))
+            events += self._respond_caller(resp, now)
+        else:
+            if self.winner is not None:
+                events += self._bye_leg(self.winner, now)
+            events += self._bye_caller(now)
+            if self.state is CallState.ANSWERED:
+                self.front.count("answered")
+                log.info("call ended", call_id=self.id, answered=True,
+                         seconds=round(now - self.answered_at, 1),
+                         billing_group=self.identity.billing_group or None)
+        self.forget(event)
+        return events
+
+    def forget(self, event: CallEvent) -> None:
+        """The call is over: let go of what it holds, without a word to anyone (what
+        had to be said, :meth:`close` said)."""
+        if self.state is CallState.ENDED:
+            return
+        self.move(event)
+        front = self.front
+        if self.anchor.open:
+            front.media_actions.append(StopMedia(self.key))
+        self.timers.clear()
+        front.forget(self)
+        for ext in self.members:
+            front.off_call(ext)
+        self.members = ()
+        if self.trunk_in:
+            front.free_channel(self.trunk_in)
+            self.trunk_in = ""
+        for leg in self.legs:
+            self._release_leg(leg)
+        for party in (self.winner, self.partner):
+            if party is not None:
+                self._release_leg(party)
+                front.untrack_leg(party)
+        # Break the Call -> Leg -> Call cycles: an ended call is freed by reference
+        # counting, as soon as its last transaction ends, not by the cyclic
+        # collector (whose passes over a busy engine's heap cost more than calls).
+        self.legs = []
+        self.winner = self.screening = self.partner = None
+        self.transfer = None
+
+
+class PlanText:
+    """The plan as text, rendered only if the log line is written (repr is what both
+    structlog renderers use for a value that is not a string)."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def __repr__(self) -> str:
+        return render_text(self.plan)
