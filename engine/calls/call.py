@@ -75,7 +75,6 @@ Decisions (where no RFC says):
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -103,22 +102,16 @@ from engine.calls.states import (
     CallState,
     LegEvent,
     LegState,
-    TransferEvent,
-    TransferState,
 )
-from engine.calls.transfer import Transfer
+from engine.calls.transfer import Transfer, on_refer
+from engine.calls.transfer import refuse as refuse_transfer
 from engine.dialog import Dialog
 from engine.message import (
-    URI,
-    ParseError,
     Request,
     Response,
     make_response,
-    parse_address,
-    short_text,
     warning_value,
 )
-from engine.message.core import REASONS
 from engine.transaction import Addr, Event, Send, TxKey
 from media import sdp
 from routing import (
@@ -135,14 +128,12 @@ from routing import (
     Reject,
     Ring,
     Voicemail,
-    plan,
 )
-from routing.explain import render_text
 
 if TYPE_CHECKING:
     from engine.calls.front import Calls
 
-__all__ = ["Call", "PlanText", "RelayedRequest", "StepOutcome"]
+__all__ = ["Call", "RelayedRequest", "StepOutcome"]
 
 log = structlog.get_logger("switchboard.call")
 
@@ -241,7 +232,7 @@ class Call:
         self.timers[name] = (when, next(_ORDER))
         self.front.reschedule(self)
 
-    def _disarm(self, name: str) -> None:
+    def disarm(self, name: str) -> None:
         if self.timers.pop(name, None) is not None:
             self.front.reschedule(self)
 
@@ -255,8 +246,8 @@ class Call:
             return self._refused(now)
         if name == "no_answer" and self.state is CallState.ROUTING:
             log.info("no answer", call_id=self.id, step=self.step + 1)
-            events = self._cancel_legs(now, None)
-            return events + self._outcome("no_answer", now)
+            events = self.cancel_legs(now, None)
+            return events + self.step_outcome("no_answer", now)
         if name == "ok" and self.ok is not None and self.state is CallState.ANSWERED:
             if now >= self.ok_deadline:
                 log.warning("no ACK for our 2xx: ending the call", call_id=self.id)
@@ -269,9 +260,9 @@ class Call:
     # ------------------------------------------------------------------ steps
     def start(self, now: float) -> list[Event]:
         """Run the plan from its first step."""
-        return self._run_step(0, now)
+        return self.run_step(0, now)
 
-    def _run_step(self, index: int, now: float) -> list[Event]:
+    def run_step(self, index: int, now: float) -> list[Event]:
         self.step = index
         step = self.plan.steps[index]
         log.info("step", call_id=self.id, step=index + 1, kind=type(step).__name__.lower(),
@@ -282,8 +273,8 @@ class Call:
                 self.front.media_actions.append(OpenMedia(self.key, bridge=True))
                 return []
             return self._ring(step, now)
-        if isinstance(step, Deflect) and self.transfer is not None:
-            return self._unanswered(403, now)  # a 302 cannot move an answered call
+        if self.transfer is not None:  # the target's plan decides how the transfer ends
+            return self.transfer.run_step(step, now)
         if isinstance(step, Deflect):
             trunk = self.front.trunk_addresses.get(step.trunk)
             domain = self.local.domain
@@ -291,10 +282,6 @@ class Call:
             headers = [("Contact", f"<sip:{step.number}@{host}>")]
             headers += [("Diversion", v) for v in build.diversion(step.diversion, domain)]
             return self._unanswered(302, now, headers)
-        if self.transfer is not None and isinstance(step, Voicemail):
-            return self._transfer_to_voicemail(step, now)
-        if self.transfer is not None and isinstance(step, MailboxAccess):
-            return self._unanswered(403, now)  # nobody's mailbox menu for a transferee
         if isinstance(step, Voicemail | MailboxAccess):  # the engine answers itself
             if not self.invite.body:
                 what = (f"voicemail of {step.box} was chosen; it" if isinstance(step, Voicemail)
@@ -362,17 +349,15 @@ class Call:
                                           now)
         if not self.legs:
             log.info("nothing to ring", call_id=self.id, step=self.step + 1)
-            return events + self._outcome("failed" if self.last_failure else "busy", now)
+            return events + self.step_outcome("failed" if self.last_failure else "busy", now)
         if step.seconds is not None:
             self._arm("no_answer", now + step.seconds)
         return events
 
     def _start_leg(self, step: Ring, target: Device | External, uri: str, dest: Addr,
                    transport: str, trunk: str, label: str, now: float) -> list[Event]:
-        transfer = self.transfer
-        offer = self._partner_offer(transfer) if (
-            transfer is not None and transfer.transferor is None) else \
-            self._callee_offer(target)
+        offer = self.transfer.offer_for(target) if self.transfer is not None else \
+            self.callee_offer(target, self.anchor.music_codec)
         invite = build.callee_invite(self.invite, self.facts, step.diversion, target, uri,
                                      transport, self.local, offer)
         key, events = self.front.tx.send_request(invite, dest, transport, now)
@@ -386,28 +371,21 @@ class Call:
         log.info("ringing", call_id=self.id, leg=label)
         return events
 
-    def _callee_offer(self, target: Device | External) -> sdp.SessionDescription | None:
+    def callee_offer(self, target: Device | External, only: str = "",
+                     sendrecv: bool = False) -> sdp.SessionDescription | None:
         """The caller's offer as we make it to a callee on an anchored call: our
         address, our o= line, codecs in the order of the user on that leg (a
-        trunk gets the caller's order)."""
-        # The caller was answered early in this codec, or is in a call in it (a
-        # transfer): the callee gets only that codec, relayed without transcoding.
-        # In a transfer the engine's endpoint sends and receives, whoever held the call.
-        transfer = self.transfer
-        codec = self.anchor.music_codec or (transfer.codec if transfer else "")
+        trunk gets the caller's order). ``only``: the caller was answered early in
+        this codec, or is in a call in it (a transfer): the callee gets only that
+        codec, relayed without transcoding."""
         return self.anchor.callee_offer(self.local.host,
                                         rules.callee_codecs(self.front.directory, target),
-                                        codec, transfer is not None)
-
-    def _partner_offer(self, transfer: Transfer) -> sdp.SessionDescription | None:
-        """The offer to a target taking the calling party's place (a transfer by the
-        caller): see MediaAnchor.caller_side_offer."""
-        return self.anchor.caller_side_offer(self.local.host, transfer.codec)
+                                        only, sendrecv)
 
     # ------------------------------------------------------------------ outcomes
-    def _outcome(self, outcome: StepOutcome, now: float) -> list[Event]:
+    def step_outcome(self, outcome: StepOutcome, now: float) -> list[Event]:
         """The current step ended without an answer: go where the plan says."""
-        self._disarm("no_answer")
+        self.disarm("no_answer")
         step = self.plan.steps[self.step]
         nxt = None
         if isinstance(step, Ring):
@@ -416,7 +394,7 @@ class Call:
         log.info("step outcome", call_id=self.id, step=self.step + 1, outcome=outcome,
                  next_step=None if nxt is None else nxt + 1)
         if nxt is not None:
-            return self._run_step(nxt, now)
+            return self.run_step(nxt, now)
         status = {"no_answer": 480, "busy": 486}.get(outcome) or self.last_failure or 480
         return self._unanswered(status, now)
 
@@ -426,7 +404,7 @@ class Call:
         the call ends. (In a transfer the caller was answered long ago: the transfer
         failed instead.)"""
         if self.transfer is not None:
-            return self._transfer_failed(status, now)
+            return self.transfer.failed(status, now)
         return self.close(CallEvent.REJECT, now, status, headers, reason)
 
     def _respond_caller(self, resp: Response, now: float) -> list[Event]:
@@ -445,7 +423,7 @@ class Call:
             if self.state is not CallState.ROUTING or leg not in self.legs:
                 return []
             if self.transfer is not None:  # the caller hears hold music, not ringing
-                self.transfer.move(TransferEvent.TARGET_RINGING)
+                self.transfer.target_ringing()
                 if resp.body and status == 183:
                     with contextlib.suppress(sdp.SdpError):
                         leg.early = sdp.parse_sdp(resp.body)
@@ -479,7 +457,7 @@ class Call:
         # 300-699: the transaction ACKed it.
         leg.move(LegEvent.REFUSED)
         leg.status = status
-        self._release_leg(leg)
+        self.release_leg(leg)
         if self.state is not CallState.ROUTING or leg not in self.legs:
             return []
         log.info("leg refused", call_id=self.id, leg=leg.label, status=status)
@@ -491,10 +469,10 @@ class Call:
             return []
         statuses = [other.status for other in self.legs]
         if all(s in (486, 600) for s in statuses):
-            return self._outcome("busy", now)
+            return self.step_outcome("busy", now)
         if all(s == 487 for s in statuses):
-            return self._outcome("no_answer", now)
-        return self._outcome("failed", now)
+            return self.step_outcome("no_answer", now)
+        return self.step_outcome("failed", now)
 
     def on_leg_timed_out(self, leg: Leg, now: float) -> list[Event]:
         """No final response from ``leg`` (Timer B, or the CANCEL guard): a 408."""
@@ -515,22 +493,22 @@ class Call:
         if not routing:
             # Answered after another leg won, or after the step moved on: hang it up.
             log.info("late answer hung up", call_id=self.id, leg=leg.label)
-            return events + self._bye_leg(leg, now)
+            return events + self.bye_leg(leg, now)
         screening = self.screening
         if screening is not None and self._screen_mode(leg):
             # One leg is asked at a time (one endpoint faces the callees): this one
             # is released as if it had not confirmed; the asked leg decides the step.
             log.info("confirm: another leg is being asked; released", call_id=self.id,
                      leg=leg.label)
-            events += self._bye_leg(leg, now)
+            events += self.bye_leg(leg, now)
             leg.status = 487
             return events
         if screening is not None:  # another leg answered while the screened leg decides
             log.info("answered while another leg was asked: it takes the call",
                      call_id=self.id, leg=leg.label, asked=screening.label)
             self.screening = None
-            self._disarm("screen")
-            events += self._bye_leg(screening, now)
+            self.disarm("screen")
+            events += self.bye_leg(screening, now)
         elif self._screen_mode(leg):
             return events + self._screen(leg, resp, now)
         return events + self._connect(leg, resp.body, resp.get("content-type"), now)
@@ -560,7 +538,7 @@ class Call:
         if answer is None:  # cannot screen without media: the answer accepts
             self.screening = None
             return self._connect(leg, resp.body, resp.get("content-type"), now)
-        self._disarm("no_answer")
+        self.disarm("no_answer")
         self._arm("screen", now + REBOUND_SECONDS)
         log.info("rebound screening", call_id=self.id, leg=leg.label)
         return self._early_media(answer, now)
@@ -574,7 +552,7 @@ class Call:
         had our early media (a 183 with SDP, from a carrier's ringback) hears a
         ringback tone from us, since nothing is relayed to it now. Not confirmed
         within CONFIRM_SECONDS: refused (:meth:`_refused`)."""
-        answered = self._callee_answer(leg, resp.body, "callee answer unusable for confirmation")
+        answered = self.callee_answer(leg, resp.body, "callee answer unusable for confirmation")
         if answered is None or not self._caller_can_take(answered[1].codec):
             # Cannot ask without media (or could not connect after a 1): the answer
             # takes the call, as without confirmation.
@@ -584,7 +562,7 @@ class Call:
         self.anchor.ask(answered[1], leg.offer)
         self._arm("screen", now + CONFIRM_SECONDS)
         log.info("confirm asking", call_id=self.id, leg=leg.label, seconds=CONFIRM_SECONDS)
-        self._bridge()
+        self.bridge()
         if self.early_sent:
             return []
         # The leg answered before anything rang: the caller is told it rings now.
@@ -619,7 +597,7 @@ class Call:
             log.info(f"{mode} refused", call_id=self.id)
             return self._refused(now)
         self.screening = None
-        self._disarm("screen")
+        self.disarm("screen")
         log.info(f"{mode} accepted", call_id=self.id, leg=leg.label)
         return self._connect(leg, b"", "application/sdp", now)
 
@@ -630,13 +608,13 @@ class Call:
         left the step's outcome is *no answer*."""
         leg = self.screening
         self.screening = None
-        self._disarm("screen")
+        self.disarm("screen")
         if leg is None:
             return []
         confirm = self._screen_mode(leg) == "confirm"
-        events = self._bye_leg(leg, now)  # it is done (or hung up: done already)
+        events = self.bye_leg(leg, now)  # it is done (or hung up: done already)
         leg.status = 487 if confirm else 603
-        self._release_leg(leg)
+        self.release_leg(leg)
         if confirm:
             self._free_callee_side()
             log.info("confirm: leg released", call_id=self.id, leg=leg.label,
@@ -644,26 +622,26 @@ class Call:
                      channels_in_use=self.front.channels_in_use())
         if any(other.pending for other in self.legs):
             return events
-        return events + self._outcome("no_answer" if confirm else "failed", now)
+        return events + self.step_outcome("no_answer" if confirm else "failed", now)
 
     def _free_callee_side(self) -> None:
         """A confirm leg is gone before taking the call: the endpoint facing the
         callees stops asking and waits for the next leg's answer."""
         self.anchor.callee.forget()
-        self._bridge()
+        self.bridge()
 
     # ------------------------------------------------------------------ answered
     def _connect(self, leg: Leg, body: bytes, ctype: str | None, now: float) -> list[Event]:
         """``leg`` takes the call: 200 to the caller, the other legs cancelled."""
         if self.transfer is not None:
-            return self._transfer_connected(leg, body, now)
+            return self.transfer.target_answered(leg, body, now)
         events: list[Event] = []
         self.move(CallEvent.ANSWER)
         self.winner = leg
         self.answered_at = now
-        self._disarm("no_answer")
+        self.disarm("no_answer")
         if isinstance(leg.target, Device):
-            self._join(leg.target.extension)
+            self.join(leg.target.extension)
         contact = self.local.contact(self.transport)
         headers = [("Contact", contact)]
         if leg.offer is not None:
@@ -679,7 +657,7 @@ class Call:
         log.info("call answered", call_id=self.id, leg=leg.label, step=self.step + 1)
         for other in self.legs:
             if other is not leg:
-                events += self._cancel_leg(other, now, COMPLETED_ELSEWHERE)
+                events += self.cancel_leg(other, now, COMPLETED_ELSEWHERE)
         return events
 
     def _answer_caller(self, ok: Response, contact: str, now: float) -> list[Event]:
@@ -698,7 +676,7 @@ class Call:
     def _anchored_answer(self, leg: Leg, body: bytes, final: bool = False) -> bytes | None:
         """A callee's answer (183 or 2xx) on an anchored call -> our answer to the
         caller, with the codec the callee chose; None when it cannot be used."""
-        answered = self._callee_answer(leg, body, "callee answer unusable for media anchoring")
+        answered = self.callee_answer(leg, body, "callee answer unusable for media anchoring")
         if answered is None:
             return None
         theirs, callee = answered
@@ -711,10 +689,10 @@ class Call:
         if final:
             self.anchor.record = rules.record_reason(self.front.directory, self.facts,
                                                      leg.target)
-        self._bridge()
+        self.bridge()
         return ours.to_bytes()
 
-    def _callee_answer(self, leg: Leg, body: bytes, what: str,
+    def callee_answer(self, leg: Leg, body: bytes, what: str,
                        ) -> tuple[sdp.SessionDescription, sdp.Negotiated] | None:
         """The callee's SDP answer to our offer on ``leg`` (in ``body``, else the one
         its 183 carried) and what it negotiates; None, logged as ``what``, when
@@ -737,7 +715,7 @@ class Call:
             if early:
                 log.info("no music while ringing", call_id=self.id, reason=early)
             return []
-        self._bridge()
+        self.bridge()
         return self._early_media(early.to_bytes(), now)
 
     def _unanchor(self) -> None:
@@ -745,7 +723,7 @@ class Call:
         if self.anchor.stop_relay():
             self.front.media_actions.append(StopMedia(self.key))
 
-    def _bridge(self) -> None:
+    def bridge(self) -> None:
         anchor = self.anchor
         directory = self.front.directory
         announce, language = "", "en"
@@ -761,7 +739,7 @@ class Call:
         transfer = self.transfer
         transferee = ""
         if transfer is not None and transfer.codec.upper() in DECODABLE:
-            transferee = "callee" if transfer.transferor is None else "caller"
+            transferee = transfer.transferee
         routing = self.state is CallState.ROUTING
         answered = self.winner.target if self.winner is not None else None
         bridge = anchor.bridge(
@@ -810,7 +788,7 @@ class Call:
         if changed:
             log.info("hold" if mine.holds else "resume", call_id=self.id,
                      by="caller" if from_caller else "callee")
-        self._bridge()
+        self.bridge()
         return tx.respond(key, make_response(
             req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
             ours.to_bytes()), now)
@@ -830,31 +808,31 @@ class Call:
         leg.ack = ack.to_bytes()
         return [Send(leg.ack, leg.dest, leg.transport)]
 
-    def _join(self, extension: str) -> None:
+    def join(self, extension: str) -> None:
         self.members = (*self.members, extension)
         self.front.join(extension)
 
-    def _release_leg(self, leg: Leg) -> None:
+    def release_leg(self, leg: Leg) -> None:
         if leg.trunk:
             self.front.free_channel(leg.trunk)
             leg.trunk = ""
 
     # ------------------------------------------------------------------ cancelling
-    def _cancel_legs(self, now: float, reason: str | None) -> list[Event]:
+    def cancel_legs(self, now: float, reason: str | None) -> list[Event]:
         events: list[Event] = []
         screening = self.screening
         if screening is not None:  # answered, still deciding: it gets a BYE
-            events += self._bye_leg(screening, now)
+            events += self.bye_leg(screening, now)
             self.screening = None
-            self._disarm("screen")
+            self.disarm("screen")
             if self._screen_mode(screening) == "confirm":
                 screening.status = 487
                 self._free_callee_side()
         for leg in self.legs:
-            events += self._cancel_leg(leg, now, reason)
+            events += self.cancel_leg(leg, now, reason)
         return events
 
-    def _cancel_leg(self, leg: Leg, now: float, reason: str | None) -> list[Event]:
+    def cancel_leg(self, leg: Leg, now: float, reason: str | None) -> list[Event]:
         if not leg.pending:
             return []
         if leg.state is LegState.CALLING:
@@ -863,11 +841,11 @@ class Call:
             # response closes the transaction.
             leg.move(LegEvent.GIVE_UP)
             leg.status = 487
-            self._release_leg(leg)
+            self.release_leg(leg)
             return []
         leg.move(LegEvent.CANCEL)
         leg.status = 487
-        self._release_leg(leg)
+        self.release_leg(leg)
         cancel = build.cancel_request(leg.invite, reason)
         try:
             _, events = self.front.tx.send_request(cancel, leg.dest, leg.transport, now)
@@ -953,7 +931,7 @@ class Call:
         late-offer call, the callee's ACK goes now, with the caller's answer."""
         if self.ok is not None:
             self.ok = None
-            self._disarm("ok")
+            self.disarm("ok")
         leg = self.winner
         if leg is not None and leg.ack is None:
             return self._ack_leg(leg, ack)
@@ -975,18 +953,18 @@ class Call:
             return tx.respond(key, make_response(req, check), now)
         leg = self.winner
         if req.method == "BYE" and self.transfer is not None \
-                and self.transfer.transferor is None:
+                and self.transfer.is_transferor(None):
             # The caller transfers and need not wait for the outcome (blind).
             log.info("transferor hung up", call_id=self.id)
             events = tx.respond(key, make_response(req, 200), now)
-            self._leave_extension(self.facts.caller)
+            self.transfer.transferor_left()
             return events
         if req.method == "BYE":
             events = tx.respond(key, make_response(req, 200), now)
             log.info("caller hung up", call_id=self.id)
             return events + self.close(CallEvent.BYE, now)
         if req.method == "REFER":
-            return self._refer(None, req, key, now)
+            return on_refer(self, None, req, key, now)
         if self.voicemail is not None and self.anchor.caller_port:
             return self._endpoint_request(req, key, now)
         if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
@@ -1024,21 +1002,21 @@ class Call:
         if check is not None:
             return tx.respond(key, make_response(req, check), now)
         if req.method == "BYE" and self.transfer is not None \
-                and self.transfer.transferor is leg:
+                and self.transfer.is_transferor(leg):
             # A blind transfer: the transferor need not wait for the outcome.
             log.info("transferor hung up", call_id=self.id, leg=leg.label)
             events = tx.respond(key, make_response(req, 200), now)
             leg.move(LegEvent.BYE)
-            self._leave(leg)
+            self.transfer.transferor_left()
             return events
         if req.method == "BYE":
             events = tx.respond(key, make_response(req, 200), now)
             log.info("callee hung up", call_id=self.id, leg=leg.label)
             leg.move(LegEvent.BYE)
-            self._release_leg(leg)
+            self.release_leg(leg)
             return events + self.close(CallEvent.BYE, now)
         if req.method == "REFER":
-            return self._refer(leg, req, key, now)
+            return on_refer(self, leg, req, key, now)
         if self.caller_dialog is None:
             return tx.respond(key, make_response(req, 481), now)
         if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
@@ -1065,8 +1043,8 @@ class Call:
             leg.move(LegEvent.BYE)
             return events + self.close(CallEvent.BYE, now)
         if req.method == "REFER":
-            return self._refuse_transfer(req, key, now, 501,
-                                         "this call was transferred once already")
+            return refuse_transfer(self, req, key, now, 501,
+                                   "this call was transferred once already")
         if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(req, key, True, now)
         if winner is None or winner.dialog is None:
@@ -1123,378 +1101,29 @@ class Call:
         return events
 
     # ------------------------------------------------------------------ transfer
-    def _refuse_transfer(self, req: Request, key: TxKey, now: float, status: int,
-                         why: str) -> list[Event]:
-        """A REFER the engine does not carry out: ``status`` with a Warning saying
-        ``why``, and the call goes on. It is never passed to the other party: a
-        carrier could dial the Refer-To number with rights the transferor lacks."""
-        log.info("transfer refused", call_id=self.id, reason=why,
-                 refer_to=short_text(req.get("refer-to") or ""))
-        self.front.count_transfer("refused")
-        return self.front.tx.respond(key, make_response(req, status, None, [
-            ("Warning", warning_value(f"{why}; the call goes on"))]), now)
-
-    def _refer(self, leg: Leg | None, req: Request, key: TxKey, now: float) -> list[Event]:
-        """A REFER from a user's phone in the call (RFC 3515, RFC 5589): ``leg``, the
-        answered callee, transfers the caller; None, the calling party transfers
-        the callee. Blind: 202, NOTIFY 100, hold music to the transferee, and the
-        target's plan as a call from the transferring user (see :class:`Transfer`);
-        with Replaces: attended (see :meth:`_attended`)."""
-        anchor = self.anchor
-        directory = self.front.directory
-        if self.transfer is not None:
-            return self._refuse_transfer(req, key, now, 491, "a transfer is in progress")
-        media = anchor.side(leg is not None).media if anchor.relaying else None
-        winner = self.winner
-        if media is None or not anchor.open or not anchor.caller_port \
-                or not anchor.callee_port or directory is None \
-                or self.state is not CallState.ANSWERED or winner is None \
-                or winner.dialog is None or self.voicemail is not None:
-            return self._refuse_transfer(req, key, now, 501, (
-                "call transfer needs the call's media through the engine (serve --media relay)"))
-        if leg is not None:
-            user = leg.extension
-        else:
-            user = self.facts.caller if self.facts.source == "phone" else ""
-        if not user:
-            return self._refuse_transfer(req, key, now, 403,
-                                         "only a user's phone can transfer a call")
-        refer_to = self._refer_to(req, key, now)
-        if not isinstance(refer_to, URI):
-            return refer_to
-        if refer_to.headers:  # Replaces=... (an attended transfer)
-            return self._attended(leg, req, key, refer_to.headers, now)
-        if not refer_to.user:
-            return self._refuse_transfer(req, key, now, 400, "Refer-To names no number")
-        transferor = directory.user(user)
-        return self._begin_transfer(req, key, Transfer(leg, refer_to.user, media.codec), user,
-                                    transferor.name if transferor else "", now)
-
-    def _refer_to(self, req: Request, key: TxKey, now: float) -> URI | list[Event]:
-        """The REFER's Refer-To URI, or the 400 refusing it."""
-        try:
-            return parse_address(req.get("refer-to") or "", "Refer-To").uri
-        except ParseError as exc:
-            return self._refuse_transfer(req, key, now, 400, exc.reason)
-
-    def _begin_transfer(self, req: Request, key: TxKey, transfer: Transfer, extension: str,
-                        name: str, now: float) -> list[Event]:
-        """202 and NOTIFY 100 to the transferor, hold music to the transferee, and the
-        target's plan as a call from the transferring user ``extension``."""
-        front = self.front
-        directory = front.directory
-        assert directory is not None
-        wall = front.wall_clock()
-        facts = CallFacts(caller=extension, callee=transfer.target, source="phone",
-                          at=dt.datetime.fromtimestamp(wall, dt.UTC), caller_name=name)
-        the_plan = plan(facts, directory, front.live_state(directory, wall))
-        log.info("transfer", call_id=self.id, transferor=extension, target=transfer.target,
-                 by="caller" if transfer.transferor is None else "callee",
-                 plan=PlanText(the_plan))
-        self.transfer = transfer
-        events = front.tx.respond(key, make_response(req, 202), now)
-        events += self._notify_transferor(transfer, 100, now)
-        self.plan = the_plan
-        self.move(CallEvent.REFER)
-        self.legs = []
-        # Whoever rang earlier in this call may be the target now; the transferring
-        # user's own phones are not rung.
-        self.rung = {b.contact for b in front.registrar.lookup(extension, wall)}
-        self._bridge()
-        return events + self._run_step(0, now)
-
-    def _notify_transferor(self, transfer: Transfer, status: int, now: float) -> list[Event]:
-        """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5), in the
-        transferor's dialog: its leg's, or the caller's (a transfer by the caller)."""
-        leg = transfer.transferor
-        if leg is not None:
-            dialog, dest, transport = leg.dialog, leg.dest, leg.transport
-        else:
-            dialog, dest, transport = self.caller_dialog, self.source, self.transport
-        if dialog is None or dialog.terminated:
-            return []
-        local = self.local
-        final = status >= 200
-        notify = dialog.new_request(
-            "NOTIFY", via_host=local.host, via_port=local.port_for(transport),
-            transport=transport.upper(), headers=[
-                ("Event", "refer"),
-                ("Subscription-State",
-                 "terminated;reason=noresource" if final else "active;expires=60")],
-            body=f"SIP/2.0 {status} {REASONS.get(status, 'Unknown')}\r\n".encode(),
-            content_type="message/sipfrag;version=2.0")
-        _, events = self.front.tx.send_request(notify, dest, transport, now)
-        return events
-
-    def _leave(self, leg: Leg) -> None:
+    def leave(self, leg: Leg) -> None:
         """The transferor's leg is over: it is no longer on the call (busy state)."""
-        self._release_leg(leg)
+        self.release_leg(leg)
         self.front.untrack_leg(leg)
         if leg.extension:
-            self._leave_extension(leg.extension)
+            self.leave_extension(leg.extension)
 
-    def _leave_extension(self, extension: str) -> None:
+    def leave_extension(self, extension: str) -> None:
         if extension in self.members:
             members = list(self.members)
             members.remove(extension)
             self.members = tuple(members)
             self.front.off_call(extension)
 
-    def _transferor_here(self, transfer: Transfer) -> bool:
-        """The transferor is still on the call (it may hang up at any time)."""
-        if transfer.transferor is not None:
-            return transfer.transferor.state is not LegState.DONE
-        return self.caller_dialog is not None and not self.caller_dialog.terminated
-
-    def _transferor_out(self, transfer: Transfer, status: int, now: float) -> list[Event]:
-        """The final NOTIFY, then BYE the transferor if it is still on the call."""
-        leg = transfer.transferor
-        events = self._notify_transferor(transfer, status, now)
-        if leg is None:
-            if self._transferor_here(transfer):
-                events += self._bye_caller(now)
-                self._leave_extension(self.facts.caller)
-        elif leg.state is not LegState.DONE:
-            events += self._bye_leg(leg, now)
-            self._leave(leg)
-        return events
-
-    def _transfer_connected(self, leg: Leg, body: bytes, now: float) -> list[Event]:
-        """The target answered: relay it to the caller (same port, same codec: no
-        re-INVITE), NOTIFY 200 and BYE to the transferor, the other legs cancelled."""
-        transfer, anchor = self.transfer, self.anchor
-        assert transfer is not None
-        answered = self._callee_answer(leg, body, "transfer target's answer unusable")
-        if answered is None:
-            hung_up = self._bye_leg(leg, now)
-            leg.status = 488
-            if any(other.pending for other in self.legs):
-                return hung_up
-            return hung_up + self._outcome("failed", now)
-        theirs, media = answered
-        transfer.move(TransferEvent.TARGET_ANSWERED)
-        self.transfer = None
-        self.move(CallEvent.TRANSFER_SETTLED)
-        self._disarm("no_answer")
-        log.info("transfer connected", call_id=self.id, leg=leg.label)
-        self.front.count_transfer("connected")
-        events: list[Event] = []
-        for other in self.legs:
-            if other is not leg:
-                events += self._cancel_leg(other, now, COMPLETED_ELSEWHERE)
-        events += self._transferor_out(transfer, 200, now)
-        if isinstance(leg.target, Device):
-            self._join(leg.target.extension)
-        if transfer.transferor is None:  # the target takes the caller's place
-            self.partner = leg
-            self.legs = [x for x in self.legs if x is not leg]
-            anchor.take_side(True, media, leg.offer, offer=theirs)
-        else:
-            self.winner = leg
-            anchor.take_side(False, media, leg.offer)
-        self._bridge()
-        return events
-
-    def _transfer_to_voicemail(self, step: Voicemail, now: float) -> list[Event]:
-        """The target's plan leaves a message: the transferee, already answered, gets
-        the greeting and the beep on its own endpoint (the caller's, or the callee's
-        in a transfer by the caller); the transferor is done."""
-        transfer = self.transfer
-        assert transfer is not None
-        by_caller = transfer.transferor is None
-        media = self.anchor.side(not by_caller).media
-        assert media is not None
-        transfer.move(TransferEvent.TO_VOICEMAIL)
-        self.transfer = None
-        self.move(CallEvent.TRANSFER_SETTLED)
-        self.voicemail = step
-        answered = self.winner.target if self.winner is not None else None
-        self.front.media_actions.append(StartVoicemail(
-            self.key, self.id, media, step.box, step.greeting,
-            rules.voicemail_seconds(self.front.directory, step.box),
-            rules.party_name(self.facts, answered) if by_caller else self.facts.caller,
-            callee_side=by_caller))
-        log.info("transfer to voicemail", call_id=self.id, box=step.box)
-        self.front.count_transfer("voicemail")
-        return self._transferor_out(transfer, 200, now)
-
-    def _transfer_failed(self, status: int, now: float) -> list[Event]:
-        """The target's plan ended without an answer: back to the transferor when it
-        is still on the call (its phone shows the failure and can resume), else the
-        call ends."""
-        transfer = self.transfer
-        assert transfer is not None
-        transfer.move(TransferEvent.FAILED)
-        self.transfer = None
-        if self.state is CallState.ROUTING:  # an attended transfer never left ANSWERED
-            self.move(CallEvent.TRANSFER_SETTLED)
-        events = self._cancel_legs(now, None)
-        events += self._notify_transferor(transfer, status, now)
-        if self._transferor_here(transfer):
-            log.info("transfer failed; back to the transferor", call_id=self.id,
-                     status=status)
-            self.front.count_transfer("failed")
-            self._bridge()
-            return events
-        log.info("transfer failed; the transferor had hung up, the call ends",
-                 call_id=self.id, status=status)
-        self.front.count_transfer("dropped")
-        return events + self.close(CallEvent.TRANSFER_DROPPED, now)
-
-    def _transfer_abandoned(self, now: float) -> list[Event]:
-        """The transferee hung up while its transfer rang: cancel, and tell the
-        transferor."""
-        transfer = self.transfer
-        assert transfer is not None
-        transfer.move(TransferEvent.TRANSFEREE_GONE)
-        self.transfer = None
-        self.front.count_transfer("dropped")
-        return self._cancel_legs(now, None) + self._notify_transferor(transfer, 487, now)
-
-    def _attended(self, leg: Leg | None, req: Request, key: TxKey, uri_headers: str,
-                  now: float) -> list[Event]:
-        """An attended transfer: the transferor (the answered callee ``leg``, or with
-        None the calling party) consulted the target in a call of its own and now
-        asks that the other party replace it there (Refer-To with Replaces naming
-        that call, RFC 5589 s7). The target's leg is re-INVITEd to this call's port
-        on the transferor's side, with the transferee's codec; its answer joins
-        the two."""
-        local = self.local
-        anchor = self.anchor
-        if leg is not None:
-            user, codec = leg.extension, anchor.caller.media
-        else:
-            user, codec = self.facts.caller, anchor.callee.media
-        assert codec is not None
-        replaces = build.parse_replaces(uri_headers)
-        if replaces is None:
-            return self._refuse_transfer(req, key, now, 400,
-                                         "Refer-To carries no single readable Replaces")
-        call_id, to_tag, from_tag = replaces
-        other = self.front.find_call(call_id, to_tag) or self.front.find_call(call_id, from_tag)
-        target = other.winner if other is not None else None
-        if other is None or other is self or target is None or target.dialog is None:
-            return self._refuse_transfer(req, key, now, 481,
-                                         "Replaces names no call of the transferor's")
-        theirs = other.anchor
-        if other.state is not CallState.ANSWERED or other.transfer is not None \
-                or other.facts.source != "phone" or other.facts.caller != user \
-                or not theirs.relaying or not theirs.open or target.offer is None:
-            return self._refuse_transfer(req, key, now, 403, (
-                "Replaces must name an answered call the transferring user made, with "
-                "its media through the engine"))
-        # An attended transfer starts by moving the consulted target.
-        transfer = self.transfer = Transfer(leg, target.label, codec.codec,
-                                            consultation=other, state=TransferState.MOVING)
-        # Our new offer to the target: this call's port on the transferor's side, the
-        # transferee's codec only, in the session the target knows (RFC 3264 s8:
-        # same o=, the version one up).
-        offer = self._callee_offer(target.target) if leg is not None else \
-            self._partner_offer(transfer)
-        assert offer is not None
-        session, version = theirs.callee.next_origin()
-        offer = sdp.with_origin(offer, session, version, local.host)
-        transfer.reinvite = offer
-        reinvite = target.dialog.new_request(
-            "INVITE", via_host=local.host, via_port=local.port_for(target.transport),
-            transport=target.transport.upper(), body=offer.to_bytes(),
-            content_type="application/sdp")
-        move_key, events = self.front.tx.send_request(reinvite, target.dest, target.transport,
-                                                      now)
-        self.front.track_move(move_key, self, transfer)
-        log.info("attended transfer", call_id=self.id, transferor=user, target=target.label,
-                 consultation=other.id, by="callee" if leg is not None else "caller")
-        events = self.front.tx.respond(key, make_response(req, 202), now) + events
-        events += self._notify_transferor(transfer, 100, now)
-        self._bridge()  # hold music to the caller while the target moves
-        return events
-
-    def on_moved(self, transfer: Transfer, resp: Response, now: float) -> list[Event]:
-        """The target's answer to the re-INVITE of an attended transfer."""
-        other = transfer.consultation
-        assert other is not None
-        if resp.status < 200:
-            return []
-        if transfer.ack is not None:  # a retransmitted 2xx: the same ACK (s13.2.2.4)
-            return [transfer.ack]
-        target = other.winner
-        if self.transfer is not transfer:
-            # The caller hung up while the target was being moved to it: the target
-            # now sends its audio to a closed port, so the consultation call ends too.
-            if resp.status < 300 and target is not None and target.dialog is not None:
-                log.info("attended transfer: the caller left; the consultation call ends",
-                         call_id=other.id)
-                return [self._ack_move(transfer, target, resp),
-                        *other.close(CallEvent.REPLACED, now)]
-            return []
-        if resp.status >= 300 or target is None or target.dialog is None \
-                or target.state is LegState.DONE:
-            log.info("attended transfer refused by the target", call_id=self.id,
-                     status=resp.status)
-            return self._transfer_failed(resp.status if resp.status >= 300 else 480, now)
-        events: list[Event] = [self._ack_move(transfer, target, resp)]
-        anchor = self.anchor
-        assert transfer.reinvite is not None
-        try:
-            theirs = sdp.parse_sdp(resp.body)
-            media = sdp.negotiated(transfer.reinvite, theirs, local="offerer")
-        except sdp.SdpError as exc:
-            log.warning("attended transfer: the target's answer is unusable", call_id=self.id,
-                        error=exc.message)
-            return events + self._transfer_failed(488, now)
-        # The target's leg leaves the consultation call for this one.
-        other.winner = None
-        other.legs = [x for x in other.legs if x is not target]
-        if isinstance(target.target, Device):
-            self._join(target.target.extension)
-        target.call = self
-        transfer.move(TransferEvent.MOVED)
-        self.transfer = None
-        # The transferor is told and let go first: in a transfer by the caller, the
-        # caller's dialog is still the one to end.
-        events += self._transferor_out(transfer, 200, now)
-        # Our answers on the target's side go on in the session it knows.
-        origin = other.anchor.callee.session, other.anchor.callee.version
-        if transfer.transferor is None:  # the target takes the caller's place
-            self.partner = target
-            anchor.take_side(True, media, transfer.reinvite, offer=theirs, origin=origin)
-        else:
-            self.winner = target
-            self.legs = [target]
-            anchor.take_side(False, media, transfer.reinvite, origin=origin)
-        log.info("transfer connected", call_id=self.id, leg=target.label, attended=True)
-        self.front.count_transfer("connected")
-        events += other.close(CallEvent.REPLACED, now)  # the transferor's consultation call
-        self._bridge()
-        return events
-
-    def on_move_timed_out(self, transfer: Transfer, now: float) -> list[Event]:
-        """No answer to the re-INVITE of an attended transfer."""
-        if self.transfer is not transfer:
-            return []
-        return self._transfer_failed(408, now)
-
-    def _ack_move(self, transfer: Transfer, target: Leg, resp: Response) -> Send:
-        """Our ACK of the target's 2xx to the re-INVITE of an attended transfer, kept
-        for a retransmitted 2xx."""
-        assert target.dialog is not None
-        local = self.local
-        target.dialog.on_response("INVITE", resp)
-        ack = target.dialog.ack(target.dialog.local_cseq, via_host=local.host,
-                                via_port=local.port_for(target.transport),
-                                transport=target.transport.upper())
-        transfer.ack = Send(ack.to_bytes(), target.dest, target.transport)
-        return transfer.ack
-
     # ------------------------------------------------------------------ hanging up
-    def _bye_leg(self, leg: Leg, now: float) -> list[Event]:
+    def bye_leg(self, leg: Leg, now: float) -> list[Event]:
         """Hang up an answered leg: BYE unless its dialog is over already (a 481 or
         408 ended it); either way the leg is done."""
         dialog = leg.dialog
         if dialog is None or (dialog.terminated and leg.state is LegState.DONE):
             return []
         leg.move(LegEvent.HANG_UP)
-        self._release_leg(leg)
+        self.release_leg(leg)
         if dialog.terminated:
             return []
         events = self._ack_leg(leg)  # a late-offer 2xx still waiting for its ACK
@@ -1506,9 +1135,9 @@ class Call:
         _, sent = self.front.tx.send_request(bye, leg.dest, leg.transport, now)
         return events + sent
 
-    def _bye_caller(self, now: float) -> list[Event]:
+    def bye_caller(self, now: float) -> list[Event]:
         if self.partner is not None:
-            return self._bye_leg(self.partner, now)
+            return self.bye_leg(self.partner, now)
         dialog = self.caller_dialog
         if dialog is None or dialog.terminated:
             return []
@@ -1539,9 +1168,9 @@ class Call:
             return []
         events: list[Event] = []
         if self.transfer is not None:
-            events += self._transfer_abandoned(now)
+            events += self.transfer.abandon(now)
         if self.caller_dialog is None:  # the caller has no answer yet
-            events += self._cancel_legs(now, None)
+            events += self.cancel_legs(now, None)
             resp = to_caller(self.invite, status, self.tag, headers, reason=reason)
             log.info("call ended", call_id=self.id, status=status, answered=False,
                      billing_group=self.identity.billing_group or None)
@@ -1550,8 +1179,8 @@ class Call:
             events += self._respond_caller(resp, now)
         else:
             if self.winner is not None:
-                events += self._bye_leg(self.winner, now)
-            events += self._bye_caller(now)
+                events += self.bye_leg(self.winner, now)
+            events += self.bye_caller(now)
             if self.state is CallState.ANSWERED:
                 self.front.count("answered")
                 log.info("call ended", call_id=self.id, answered=True,
@@ -1578,10 +1207,10 @@ class Call:
             front.free_channel(self.trunk_in)
             self.trunk_in = ""
         for leg in self.legs:
-            self._release_leg(leg)
+            self.release_leg(leg)
         for party in (self.winner, self.partner):
             if party is not None:
-                self._release_leg(party)
+                self.release_leg(party)
                 front.untrack_leg(party)
         # Break the Call -> Leg -> Call cycles: an ended call is freed by reference
         # counting, as soon as its last transaction ends, not by the cyclic
@@ -1589,16 +1218,3 @@ class Call:
         self.legs = []
         self.winner = self.screening = self.partner = None
         self.transfer = None
-
-
-class PlanText:
-    """The plan as text, rendered only if the log line is written (repr is what both
-    structlog renderers use for a value that is not a string)."""
-
-    __slots__ = ("plan",)
-
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-
-    def __repr__(self) -> str:
-        return render_text(self.plan)

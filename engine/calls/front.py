@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from engine.calls.call import Call, PlanText, RelayedRequest
+from engine.calls.call import Call, RelayedRequest
 from engine.calls.events import CallKey, MediaCommand, StopMedia
 from engine.calls.headers import Local
 from engine.calls.leg import Leg
+from engine.calls.rules import PlanText
 from engine.calls.states import CallEvent, CallState
 from engine.calls.transfer import Transfer
 from engine.dialog import new_tag
@@ -90,7 +91,7 @@ class Calls:
         self._by_leg_call_id: dict[str, Leg] = {}
         self._relays: dict[TxKey, RelayedRequest] = {}
         # Re-INVITEs moving a consultation call's callee to the transferee's call.
-        self._moves: dict[TxKey, tuple[Call, Transfer]] = {}
+        self._moves: dict[TxKey, Transfer] = {}
         self._wakeups: TimerHeap[CallKey] = TimerHeap()
         self.media_actions: list[MediaCommand] = []
 
@@ -170,8 +171,8 @@ class Calls:
     def track_relay(self, key: TxKey, relay: RelayedRequest) -> None:
         self._relays[key] = relay
 
-    def track_move(self, key: TxKey, call: Call, transfer: Transfer) -> None:
-        self._moves[key] = (call, transfer)
+    def track_move(self, key: TxKey, transfer: Transfer) -> None:
+        self._moves[key] = transfer
 
     def find_call(self, call_id: str, tag: str) -> Call | None:
         """The call whose caller's dialog is (``call_id``, our To tag ``tag``)."""
@@ -268,8 +269,7 @@ class Calls:
             return self._guard(call, now, lambda: call.on_leg_response(leg, resp, now))
         moving = self._moves.get(key)
         if moving is not None:
-            mover, transfer = moving
-            return self._guard(mover, now, lambda: mover.on_moved(transfer, resp, now))
+            return self._guard(moving.call, now, lambda: moving.on_moved(resp, now))
         relay = self._relays.get(key)
         if relay is not None:
             if resp.status >= 200:
@@ -281,8 +281,7 @@ class Calls:
     def on_timed_out(self, key: TxKey, now: float) -> list[Event]:
         moving = self._moves.get(key)
         if moving is not None:
-            mover, transfer = moving
-            return self._guard(mover, now, lambda: mover.on_move_timed_out(transfer, now))
+            return self._guard(moving.call, now, lambda: moving.on_move_timed_out(now))
         leg = self._legs.get(key)
         if leg is None:
             return []

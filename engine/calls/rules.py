@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from provisioning.model import DEFAULT_CODECS, Directory
-from routing import CallFacts, Device, External, Identity, Ring, Step
+from routing import CallFacts, Device, External, Identity, Plan, Ring, Step
+from routing.explain import render_text
 
 __all__ = [
+    "PlanText",
     "callee_codecs",
     "caller_codecs",
     "hold_playlist",
@@ -124,3 +126,17 @@ def record_reason(directory: Directory | None, facts: CallFacts,
             private = " (caller ID withheld)" if answered.privacy else ""
             return f"number {number.number} records outbound calls{private}"
     return ""
+
+
+class PlanText:
+    """A plan as logged (``call routed``, ``transfer``): rendered only if the log
+    line is written (repr is what both structlog renderers use for a value that is
+    not a string)."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def __repr__(self) -> str:
+        return render_text(self.plan)
