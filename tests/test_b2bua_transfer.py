@@ -556,3 +556,57 @@ def test_after_an_attended_move_our_answers_keep_the_targets_session() -> None:
     origin = parse_sdp(held.body).origin
     assert origin.session_id == moved.session_id
     assert origin.session_version > moved.session_version
+
+
+def test_after_a_transfer_by_the_caller_requests_flow_between_the_new_parties() -> None:
+    """One relay for either side: once 101 transferred 102 to 103, an INFO from 103
+    (in 101's place) reaches 102 in its dialog and one from 102 reaches 103 in its
+    own; each answer comes back to the party that asked."""
+    from tests.test_b2bua_anchor import answered_call
+    net = anchored_net()
+    register(net, "103")
+    ok, to_102 = answered_call(net)
+    net.send(caller_refer(ok, "103"), RECEPTION)
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    net.inbox.clear()
+    info = [("Info-Package", "dtmf")]
+    net.send(from_phone(inv, "INFO", 3, info, PHONES["103"], "info103"), PHONES["103"])
+    [to_callee] = net.requests(PHONES["102"], "INFO")
+    assert to_callee.call_id == to_102.call_id and to_callee.get("info-package") == "dtmf"
+    net.send(reply(to_callee, 200), PHONES["102"])
+    assert [r.status for r in net.responses(PHONES["103"])] == [200]
+    net.send(from_phone(to_102, "INFO", 4, info, PHONES["102"], "info102"), PHONES["102"])
+    [to_partner] = net.requests(PHONES["103"], "INFO")
+    assert to_partner.call_id == inv.call_id and net.drain(RECEPTION) == []
+    net.send(reply(to_partner, 200), PHONES["103"])
+    assert [r.status for r in net.responses(PHONES["102"])] == [200]
+
+
+def test_the_party_in_the_callers_place_hanging_up_cancels_its_own_transfer() -> None:
+    """101 transferred 102 to 103; 102 then transfers 103 on to 104. 103 hangs up
+    while 104 rings: as for the caller it replaced, its BYE cancels 104, tells 102
+    the transfer ended (487) and ends the call."""
+    from tests.test_b2bua_anchor import answered_call
+    net = anchored_net()
+    register(net, "103", "104")
+    ok, to_102 = answered_call(net)
+    net.send(caller_refer(ok, "103"), RECEPTION)
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    net.inbox.clear()
+    net.send(refer(to_102, "104", phone=PHONES["102"], cseq=5, branch="onward"),
+             PHONES["102"])
+    assert [r.status for r in net.drain(PHONES["102"]) if isinstance(r, Response)] == [202]
+    [ring] = net.requests(PHONES["104"], "INVITE")
+    net.send(reply(ring, 180), PHONES["104"])
+    net.send(from_phone(inv, "BYE", 6, [], PHONES["103"], "bye103"), PHONES["103"])
+    assert [r.status for r in net.responses(PHONES["103"])] == [200]
+    assert methods(net.drain(PHONES["104"])) == ["CANCEL"]
+    to_transferor = net.drain(PHONES["102"])
+    assert notifies(to_transferor) == [("SIP/2.0 487 Request Terminated", "terminated")]
+    assert methods(to_transferor) == ["NOTIFY", "BYE"]
+    assert net.engine.metrics.transfers.labels("dropped")._value.get() == 1
+    assert net.engine.calls.calls_in_progress() == []

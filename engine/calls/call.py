@@ -146,13 +146,15 @@ _ORDER = itertools.count()  # ties between timers due at the same time: arming o
 
 @dataclass(frozen=True, slots=True)
 class RelayedRequest:
-    """An in-dialog request passed to the other leg, waiting for its answer."""
+    """An in-dialog request passed to the party on the other side, waiting for its
+    answer."""
 
     call: Call
     origin_key: TxKey  # the server transaction of the request we received
     origin: Request
     sent: Request
-    to_caller: bool  # True: we sent it to the caller (it came from the callee)
+    to: Leg | None  # who we sent it to (None: the caller's own dialog)
+    back: str  # the transport of the party it came from (our Contact toward it)
 
 
 @dataclass(slots=True, eq=False)
@@ -945,34 +947,53 @@ class Call:
         leg.move(LegEvent.BYE)
         return events + self._refused(now)
 
-    def from_caller(self, req: Request, key: TxKey, now: float) -> list[Event]:
+    def on_request(self, leg: Leg | None, req: Request, key: TxKey,
+                   now: float) -> list[Event]:
+        """An in-dialog request from a party of the answered call, on either side:
+        ``leg`` is the callee, or the party that took the caller's place (after a
+        transfer by the calling party); None is the caller's own dialog (we are its
+        UAS). BYE ends the call (or lets a blind transferor go); REFER transfers;
+        a re-INVITE or UPDATE on an anchored call is answered by the engine; the
+        rest is relayed to the party on the other side."""
         tx = self.front.tx
-        assert self.caller_dialog is not None
-        check = self.caller_dialog.on_request(req)
+        dialog = self.caller_dialog if leg is None else leg.dialog
+        assert dialog is not None
+        check = dialog.on_request(req)
         if check is not None:
             return tx.respond(key, make_response(req, check), now)
-        leg = self.winner
-        if req.method == "BYE" and self.transfer is not None \
-                and self.transfer.is_transferor(None):
-            # The caller transfers and need not wait for the outcome (blind).
-            log.info("transferor hung up", call_id=self.id)
-            events = tx.respond(key, make_response(req, 200), now)
-            self.transfer.transferor_left()
-            return events
+        from_caller = leg is None or leg is self.partner
+        labels = {} if leg is None else {"leg": leg.label}
         if req.method == "BYE":
             events = tx.respond(key, make_response(req, 200), now)
-            log.info("caller hung up", call_id=self.id)
+            if leg is not None:
+                leg.move(LegEvent.BYE)
+            if self.transfer is not None and self.transfer.is_transferor(leg):
+                # A blind transfer: the transferor need not wait for the outcome.
+                log.info("transferor hung up", call_id=self.id, **labels)
+                self.transfer.transferor_left()
+                return events
+            log.info("caller hung up" if from_caller else "callee hung up", call_id=self.id,
+                     **labels)
+            if leg is not None:
+                self.release_leg(leg)
             return events + self.close(CallEvent.BYE, now)
         if req.method == "REFER":
-            return on_refer(self, None, req, key, now)
-        if self.voicemail is not None and self.anchor.caller_port:
+            if leg is not None and leg is self.partner:
+                return refuse_transfer(self, req, key, now, 501,
+                                       "this call was transferred once already")
+            return on_refer(self, leg, req, key, now)
+        if leg is None and self.voicemail is not None and self.anchor.caller_port:
             return self._endpoint_request(req, key, now)
-        if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
-            return self._anchored_offer(req, key, True, now)
-        if leg is None or leg.dialog is None:
+        if self.caller_dialog is None:  # not answered: nothing to relay to
             return tx.respond(key, make_response(req, 481), now)
-        return self._relay_request(req, key, leg.dialog, leg.dest, leg.transport,
-                                   to_caller=False, now=now)
+        if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
+            return self._anchored_offer(req, key, from_caller, now)
+        to = self.winner if from_caller else self.partner
+        if to is not None and to.dialog is None:
+            to = None
+        if from_caller and to is None:
+            return tx.respond(key, make_response(req, 481), now)
+        return self._relay_request(req, key, to, leg, now)
 
     def _endpoint_request(self, req: Request, key: TxKey, now: float) -> list[Event]:
         """An in-dialog request on a call the engine itself answered (voicemail).
@@ -995,67 +1016,13 @@ class Call:
             req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
             sdp_answer.to_bytes()), now)
 
-    def from_callee(self, leg: Leg, req: Request, key: TxKey, now: float) -> list[Event]:
-        tx = self.front.tx
-        assert leg.dialog is not None
-        check = leg.dialog.on_request(req)
-        if check is not None:
-            return tx.respond(key, make_response(req, check), now)
-        if req.method == "BYE" and self.transfer is not None \
-                and self.transfer.is_transferor(leg):
-            # A blind transfer: the transferor need not wait for the outcome.
-            log.info("transferor hung up", call_id=self.id, leg=leg.label)
-            events = tx.respond(key, make_response(req, 200), now)
-            leg.move(LegEvent.BYE)
-            self.transfer.transferor_left()
-            return events
-        if req.method == "BYE":
-            events = tx.respond(key, make_response(req, 200), now)
-            log.info("callee hung up", call_id=self.id, leg=leg.label)
-            leg.move(LegEvent.BYE)
-            self.release_leg(leg)
-            return events + self.close(CallEvent.BYE, now)
-        if req.method == "REFER":
-            return on_refer(self, leg, req, key, now)
-        if self.caller_dialog is None:
-            return tx.respond(key, make_response(req, 481), now)
-        if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
-            return self._anchored_offer(req, key, False, now)
-        partner = self.partner
-        if partner is not None and partner.dialog is not None:
-            return self._relay_request(req, key, partner.dialog, partner.dest,
-                                       partner.transport, to_caller=True, now=now)
-        return self._relay_request(req, key, self.caller_dialog, self.source, self.transport,
-                                   to_caller=True, now=now)
-
-    def from_partner(self, leg: Leg, req: Request, key: TxKey, now: float) -> list[Event]:
-        """A request from the leg that took the caller's place (after a transfer by
-        the calling party): it is the caller side now."""
-        tx = self.front.tx
-        assert leg.dialog is not None
-        check = leg.dialog.on_request(req)
-        if check is not None:
-            return tx.respond(key, make_response(req, check), now)
-        winner = self.winner
-        if req.method == "BYE":
-            events = tx.respond(key, make_response(req, 200), now)
-            log.info("caller hung up", call_id=self.id, leg=leg.label)
-            leg.move(LegEvent.BYE)
-            return events + self.close(CallEvent.BYE, now)
-        if req.method == "REFER":
-            return refuse_transfer(self, req, key, now, 501,
-                                   "this call was transferred once already")
-        if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
-            return self._anchored_offer(req, key, True, now)
-        if winner is None or winner.dialog is None:
-            return tx.respond(key, make_response(req, 481), now)
-        return self._relay_request(req, key, winner.dialog, winner.dest, winner.transport,
-                                   to_caller=False, now=now)
-
-    def _relay_request(self, req: Request, key: TxKey, dialog: Dialog, dest: Addr,
-                       transport: str, *, to_caller: bool, now: float) -> list[Event]:
-        """Pass an in-dialog request (re-INVITE, UPDATE, INFO...) to the other leg."""
+    def _relay_request(self, req: Request, key: TxKey, to: Leg | None, origin: Leg | None,
+                       now: float) -> list[Event]:
+        """Pass an in-dialog request (re-INVITE, UPDATE, INFO...) from ``origin`` to the
+        party ``to`` on the other side (None: the caller's own dialog)."""
         local = self.local
+        dialog, dest, transport = self._reach(to)
+        assert dialog is not None
         headers = [(h[1], h[2]) for h in req.headers
                    if h[0] in ("content-type", "event", "subscription-state", "info-package",
                                "session-expires", "supported", "require")]
@@ -1063,23 +1030,18 @@ class Call:
                                  via_port=local.port_for(transport), transport=transport.upper(),
                                  headers=headers, body=req.body)
         out_key, events = self.front.tx.send_request(out, dest, transport, now)
-        self.front.track_relay(out_key, RelayedRequest(self, key, req, out, to_caller))
+        back = origin.transport if origin is not None else self.transport
+        self.front.track_relay(out_key, RelayedRequest(self, key, req, out, to, back))
         return events
 
     def on_relay_response(self, relay: RelayedRequest, resp: Response,
                           now: float) -> list[Event]:
-        """The other leg answered a relayed request: ACK a 2xx to INVITE, answer ours."""
+        """The other party answered a relayed request: ACK a 2xx to INVITE, answer ours."""
         if resp.status == 100:
             return []
         local = self.local
         sent = relay.sent
-        winner = self.winner
-        if relay.to_caller:
-            dialog, dest, transport = self.caller_dialog, self.source, self.transport
-        elif winner is not None:
-            dialog, dest, transport = winner.dialog, winner.dest, winner.transport
-        else:
-            return []
+        dialog, dest, transport = self._reach(relay.to)
         events: list[Event] = []
         if dialog is not None:
             dialog.on_response(sent.method, resp)
@@ -1090,15 +1052,20 @@ class Call:
         headers = [(h[1], h[2]) for h in resp.headers
                    if h[0] in ("content-type", "supported", "require", "session-expires")]
         if sent.method == "INVITE" and 200 <= resp.status < 300:
-            # Our Contact toward the leg the request came from (the opposite of
-            # ``transport``): ;transport=tcp|tls and its port when it is TCP or TLS.
-            back = winner.transport if relay.to_caller and winner is not None \
-                else self.transport
-            headers.append(("Contact", local.contact(back)))
+            # Our Contact toward the party the request came from: ;transport=tcp|tls
+            # and its port when it is TCP or TLS.
+            headers.append(("Contact", local.contact(relay.back)))
         out = make_response(relay.origin, resp.status, resp.reason, headers, resp.body)
         with contextlib.suppress(ValueError):  # the request's transaction is over
             events += self.front.tx.respond(relay.origin_key, out, now)
         return events
+
+    def _reach(self, party: Leg | None) -> tuple[Dialog | None, Addr, str]:
+        """How requests reach ``party``: its dialog, address and transport (None: the
+        caller's own dialog, at the address its INVITE came from)."""
+        if party is None:
+            return self.caller_dialog, self.source, self.transport
+        return party.dialog, party.dest, party.transport
 
     # ------------------------------------------------------------------ transfer
     def leave(self, leg: Leg) -> None:

@@ -318,15 +318,13 @@ class Calls:
         if call is not None:
             if call.caller_dialog is None:
                 return None
-            return self._guard(call, now, lambda: call.from_caller(req, key, now))
+            return self._guard(call, now, lambda: call.on_request(None, req, key, now))
         leg = self._by_leg_call_id.get(req.call_id)
         if leg is None or leg.dialog is None:
             return None
         owner = leg.call
-        if leg is owner.winner:
-            return self._guard(owner, now, lambda: owner.from_callee(leg, req, key, now))
-        if leg is owner.partner:
-            return self._guard(owner, now, lambda: owner.from_partner(leg, req, key, now))
+        if leg is owner.winner or leg is owner.partner:
+            return self._guard(owner, now, lambda: owner.on_request(leg, req, key, now))
         if leg is owner.screening and req.method == "BYE" \
                 and leg.dialog.on_request(req) is None:
             return self._guard(owner, now, lambda: owner.on_screened_bye(leg, req, key, now))
