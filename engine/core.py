@@ -19,7 +19,7 @@ import structlog
 
 from engine.auth import AuthResult, DigestAuthenticator, FailureLimiter
 from engine.calls import Calls
-from engine.calls.events import MediaCommand
+from engine.calls.events import MediaCommand, is_media_command
 from engine.calls.headers import SERVER, Local
 from engine.message import (
     ParseError,
@@ -171,13 +171,6 @@ class Engine:
         return user.password
 
     # -- input ----------------------------------------------------------------
-    def datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
-        """Handle one datagram (or one framed stream message)."""
-        out = self._datagram(data, source, transport, now)
-        if self.calls.media_actions:
-            out.media.extend(self.calls.take_media())
-        return out
-
     # -- the media service's answers (voicemail) ------------------------------------
     def media_ready(self, call: tuple[str, str], ports: tuple[int, ...], now: float) -> Outcome:
         return self._media(self.calls.media_ready(call, ports, now), now)
@@ -195,10 +188,10 @@ class Engine:
     def _media(self, events: Sequence[object], now: float) -> Outcome:
         out = Outcome()
         self._run(events, now, out)
-        out.media.extend(self.calls.take_media())
         return out
 
-    def _datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
+    def datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
+        """Handle one datagram (or one framed stream message)."""
         out = Outcome()
         if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             # A keep-alive: phones (pjsip, Linphone) send CRLFs over UDP too, every
@@ -247,7 +240,6 @@ class Engine:
         self._run(self.calls.on_timer(now), now, out)
         self._run(self.trunkreg.on_timer(now, self.local), now, out)
         self._run(self.mwi.expire(now, self.local), now, out)
-        out.media.extend(self.calls.take_media())
         return out
 
     def set_mwi_counts(self, counts: dict[str, tuple[int, int]], now: float) -> Outcome:
@@ -260,7 +252,6 @@ class Engine:
         """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
         out = Outcome()
         self._run(self.calls.shutdown(now), now, out)
-        out.media.extend(self.calls.take_media())
         return out
 
     def expire(self, now_wall: float) -> Outcome:
@@ -282,6 +273,8 @@ class Engine:
             if isinstance(ev, Send):
                 self._count_out(ev.data)
                 out.sends.append(ev)
+            elif is_media_command(ev):  # the call layer's commands to the media service
+                out.media.append(ev)
             elif isinstance(ev, DeliverRequest):
                 if ev.key is None:  # an ACK to a 2xx: the call's business
                     self._run(self.calls.on_ack(ev.request, now), now, out)
@@ -296,7 +289,8 @@ class Engine:
             elif isinstance(ev, CancelRequest):
                 self._run(self.calls.on_cancel(ev.invite_key, now), now, out)
             elif isinstance(ev, DeliverResponse):
-                answer = self.trunkreg.on_response(ev.key, ev.response, now, self.local)
+                answer: Sequence[object] | None = self.trunkreg.on_response(
+                    ev.key, ev.response, now, self.local)
                 if answer is None and self.mwi.on_response(ev.key, ev.response):
                     answer = []
                 if answer is None:
@@ -368,7 +362,7 @@ class Engine:
             answer(483)
             return
         if req.to.tag is not None and req.method not in ("REGISTER", "CANCEL"):
-            events = self.mwi.in_dialog(req, key, now, self.local)
+            events: Sequence[object] | None = self.mwi.in_dialog(req, key, now, self.local)
             if events is None:
                 events = self.calls.in_dialog(req, key, source, transport, now)
             if events is None:

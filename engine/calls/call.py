@@ -87,6 +87,7 @@ from engine.calls import rules
 from engine.calls.anchor import DECODABLE, MediaAnchor, callee_answer
 from engine.calls.events import (
     CallKey,
+    CallOutput,
     OpenMedia,
     ScreenMode,
     StartMailbox,
@@ -112,7 +113,7 @@ from engine.message import (
     make_response,
     warning_value,
 )
-from engine.transaction import Addr, Event, Send, TxKey
+from engine.transaction import Addr, Send, TxKey
 from media import sdp
 from routing import (
     CONFIRM_SECONDS,
@@ -215,12 +216,22 @@ class Call:
     def move(self, event: CallEvent) -> None:
         self.state = CALL.move(self.state, event)
 
+    def respond(self, key: TxKey, resp: Response, now: float) -> list[CallOutput]:
+        """Answer a request we received (its server transaction ``key``)."""
+        return [*self.front.tx.respond(key, resp, now)]
+
+    def send(self, request: Request, dest: Addr, transport: str,
+             now: float) -> tuple[TxKey, list[CallOutput]]:
+        """Send a request in a client transaction of its own."""
+        key, events = self.front.tx.send_request(request, dest, transport, now)
+        return key, [*events]
+
     # ------------------------------------------------------------------ timers
     def next_timer(self) -> float | None:
         """When :meth:`on_timer` is due next; None when no timer is armed."""
         return min((deadline for deadline, _ in self.timers.values()), default=None)
 
-    def on_timer(self, now: float) -> list[Event]:
+    def on_timer(self, now: float) -> list[CallOutput]:
         """Fire the earliest timer due at ``now`` (the front calls again for the next)."""
         due = min(self.timers.items(), key=lambda item: item[1], default=None)
         if due is None or due[1][0] > now:
@@ -238,7 +249,7 @@ class Call:
         if self.timers.pop(name, None) is not None:
             self.front.reschedule(self)
 
-    def _fire(self, name: str, now: float) -> list[Event]:
+    def _fire(self, name: str, now: float) -> list[CallOutput]:
         if name == "screen" and self.screening is not None:
             if self._screen_mode(self.screening) == "confirm":
                 log.info("confirm: no key in time", call_id=self.id,
@@ -260,11 +271,11 @@ class Call:
         return []
 
     # ------------------------------------------------------------------ steps
-    def start(self, now: float) -> list[Event]:
+    def start(self, now: float) -> list[CallOutput]:
         """Run the plan from its first step."""
         return self.run_step(0, now)
 
-    def run_step(self, index: int, now: float) -> list[Event]:
+    def run_step(self, index: int, now: float) -> list[CallOutput]:
         self.step = index
         step = self.plan.steps[index]
         log.info("step", call_id=self.id, step=index + 1, kind=type(step).__name__.lower(),
@@ -272,8 +283,7 @@ class Call:
         if isinstance(step, Ring):
             if self._wants_anchor():
                 self.waiting = index
-                self.front.media_actions.append(OpenMedia(self.key, bridge=True))
-                return []
+                return [OpenMedia(self.key, bridge=True)]
             return self._ring(step, now)
         if self.transfer is not None:  # the target's plan decides how the transfer ends
             return self.transfer.run_step(step, now)
@@ -293,8 +303,7 @@ class Call:
             self.voicemail = step
             if self.anchor.open:  # anchored: the endpoint facing the caller is ready
                 return self._answer_voicemail(step, now)
-            self.front.media_actions.append(OpenMedia(self.key))
-            return []
+            return [OpenMedia(self.key)]
         if isinstance(step, Busy):
             return self._unanswered(486, now)
         if isinstance(step, Reject):
@@ -311,8 +320,8 @@ class Call:
             log.info("media not anchored: unreadable offer", call_id=self.id, error=why_not)
         return why_not is None
 
-    def _ring(self, step: Ring, now: float) -> list[Event]:
-        events: list[Event] = []
+    def _ring(self, step: Ring, now: float) -> list[CallOutput]:
+        events: list[CallOutput] = []
         anchor = self.anchor
         if step.music and anchor.relaying and anchor.open and not anchor.music_codec \
                 and self.transfer is None:
@@ -357,12 +366,12 @@ class Call:
         return events
 
     def _start_leg(self, step: Ring, target: Device | External, uri: str, dest: Addr,
-                   transport: str, trunk: str, label: str, now: float) -> list[Event]:
+                   transport: str, trunk: str, label: str, now: float) -> list[CallOutput]:
         offer = self.transfer.offer_for(target) if self.transfer is not None else \
             self.callee_offer(target, self.anchor.music_codec)
         invite = build.callee_invite(self.invite, self.facts, step.diversion, target, uri,
                                      transport, self.local, offer)
-        key, events = self.front.tx.send_request(invite, dest, transport, now)
+        key, events = self.send(invite, dest, transport, now)
         leg = Leg(call=self, target=target, label=label, invite=invite, dest=dest,
                   transport=transport, key=key, trunk=trunk)
         leg.offer = offer
@@ -385,7 +394,7 @@ class Call:
                                         only, sendrecv)
 
     # ------------------------------------------------------------------ outcomes
-    def step_outcome(self, outcome: StepOutcome, now: float) -> list[Event]:
+    def step_outcome(self, outcome: StepOutcome, now: float) -> list[CallOutput]:
         """The current step ended without an answer: go where the plan says."""
         self.disarm("no_answer")
         step = self.plan.steps[self.step]
@@ -401,7 +410,7 @@ class Call:
         return self._unanswered(status, now)
 
     def _unanswered(self, status: int, now: float, headers: Iterable[tuple[str, str]] = (),
-                    reason: str | None = None) -> list[Event]:
+                    reason: str | None = None) -> list[CallOutput]:
         """The plan ends without an answer: a final non-2xx answer to the caller, and
         the call ends. (In a transfer the caller was answered long ago: the transfer
         failed instead.)"""
@@ -409,14 +418,14 @@ class Call:
             return self.transfer.failed(status, now)
         return self.close(CallEvent.REJECT, now, status, headers, reason)
 
-    def _respond_caller(self, resp: Response, now: float) -> list[Event]:
+    def _respond_caller(self, resp: Response, now: float) -> list[CallOutput]:
         try:
-            return self.front.tx.respond(self.invite_key, resp, now)
+            return self.respond(self.invite_key, resp, now)
         except ValueError:  # the transaction is gone (timed out): nothing to answer
             return []
 
     # ------------------------------------------------------------------ responses from legs
-    def on_leg_response(self, leg: Leg, resp: Response, now: float) -> list[Event]:
+    def on_leg_response(self, leg: Leg, resp: Response, now: float) -> list[CallOutput]:
         status = resp.status
         if status < 200:
             if status == 100 or not leg.pending:
@@ -430,6 +439,7 @@ class Call:
                     with contextlib.suppress(sdp.SdpError):
                         leg.early = sdp.parse_sdp(resp.body)
                 return []
+            events: list[CallOutput] = []
             headers: list[tuple[str, str]] = []
             body = b""
             if resp.body and status == 183 and leg.offer is not None \
@@ -443,6 +453,7 @@ class Call:
                 early = self._anchored_answer(leg, resp.body)
                 if early is None:
                     return []
+                events += self.bridge()
                 body = early
                 headers.append(("Content-Type", "application/sdp"))
             elif resp.body and status == 183:
@@ -453,7 +464,7 @@ class Call:
             status_out = 180 if status in (180, 181, 182) else status
             self.early_sent = True
             out = to_caller(self.invite, status_out, self.tag, headers, body)
-            return self._respond_caller(out, now)
+            return events + self._respond_caller(out, now)
         if status < 300:
             return self._leg_answered(leg, resp, now)
         # 300-699: the transaction ACKed it.
@@ -476,18 +487,18 @@ class Call:
             return self.step_outcome("no_answer", now)
         return self.step_outcome("failed", now)
 
-    def on_leg_timed_out(self, leg: Leg, now: float) -> list[Event]:
+    def on_leg_timed_out(self, leg: Leg, now: float) -> list[CallOutput]:
         """No final response from ``leg`` (Timer B, or the CANCEL guard): a 408."""
         return self.on_leg_response(leg, make_response(leg.invite, 408), now)
 
-    def _leg_answered(self, leg: Leg, resp: Response, now: float) -> list[Event]:
+    def _leg_answered(self, leg: Leg, resp: Response, now: float) -> list[CallOutput]:
         if leg.ack is not None:  # a retransmitted 2xx: the same ACK again (s13.2.2.4)
             return [Send(leg.ack, leg.dest, leg.transport)]
         if leg.dialog is not None:  # retransmitted while its ACK waits for the caller's
             return []
         leg.dialog = Dialog.uac(leg.invite, resp)
         leg.move(LegEvent.ANSWER)
-        events: list[Event] = []
+        events: list[CallOutput] = []
         late_offer = not leg.invite.body and bool(resp.body)
         routing = self.state is CallState.ROUTING and leg in self.legs
         if not (late_offer and routing):
@@ -528,7 +539,7 @@ class Call:
             return "rebound"
         return "confirm" if target.confirm else ""
 
-    def _screen(self, leg: Leg, resp: Response, now: float) -> list[Event]:
+    def _screen(self, leg: Leg, resp: Response, now: float) -> list[CallOutput]:
         """A rebound leg answered: it hears who calls and accepts with 1 (the media
         service reports through :meth:`on_screened`); the caller hears hold music
         meanwhile (183 with our SDP). Not accepted within REBOUND_SECONDS: refused.
@@ -543,9 +554,9 @@ class Call:
         self.disarm("no_answer")
         self._arm("screen", now + REBOUND_SECONDS)
         log.info("rebound screening", call_id=self.id, leg=leg.label)
-        return self._early_media(answer, now)
+        return self.bridge() + self._early_media(answer, now)
 
-    def _ask_confirmation(self, leg: Leg, resp: Response, now: float) -> list[Event]:
+    def _ask_confirmation(self, leg: Leg, resp: Response, now: float) -> list[CallOutput]:
         """A confirm leg answered: it hears "press 1 to take the call" and the media
         service reports its key through :meth:`on_screened`. Unlike a rebound, the
         step goes on meanwhile: its other legs ring, its no-answer timer runs, and
@@ -564,12 +575,12 @@ class Call:
         self.anchor.ask(answered[1], leg.offer)
         self._arm("screen", now + CONFIRM_SECONDS)
         log.info("confirm asking", call_id=self.id, leg=leg.label, seconds=CONFIRM_SECONDS)
-        self.bridge()
+        events = self.bridge()
         if self.early_sent:
-            return []
+            return events
         # The leg answered before anything rang: the caller is told it rings now.
         self.early_sent = True
-        return self._respond_caller(to_caller(self.invite, 180, self.tag), now)
+        return events + self._respond_caller(to_caller(self.invite, 180, self.tag), now)
 
     def _caller_can_take(self, codec: str) -> bool:
         """Whether the caller's offer has ``codec`` (the engine relays, it does not
@@ -581,7 +592,7 @@ class Call:
             return False
         return True
 
-    def _early_media(self, sdp_body: bytes, now: float) -> list[Event]:
+    def _early_media(self, sdp_body: bytes, now: float) -> list[CallOutput]:
         """183 Session Progress with our SDP: the caller hears the engine before any
         answer (hold music while screening or waiting in a ring group)."""
         self.early_sent = True
@@ -589,7 +600,7 @@ class Call:
                           sdp_body)
         return self._respond_caller(early, now)
 
-    def on_screened(self, accepted: bool, now: float) -> list[Event]:
+    def on_screened(self, accepted: bool, now: float) -> list[CallOutput]:
         """The screened leg's key (rebound or confirm): 1 accepts, anything else refuses."""
         leg = self.screening
         if leg is None or self.state is not CallState.ROUTING:
@@ -603,7 +614,7 @@ class Call:
         log.info(f"{mode} accepted", call_id=self.id, leg=leg.label)
         return self._connect(leg, b"", "application/sdp", now)
 
-    def _refused(self, now: float) -> list[Event]:
+    def _refused(self, now: float) -> list[CallOutput]:
         """The screened leg refused, said nothing in time or hung up: BYE, its trunk
         channel freed. A rebound leg was alone in its step: *failed*. A confirm leg
         is as if it had not answered: the other legs ring on, and when none is
@@ -618,7 +629,7 @@ class Call:
         leg.status = 487 if confirm else 603
         self.release_leg(leg)
         if confirm:
-            self._free_callee_side()
+            events += self._free_callee_side()
             log.info("confirm: leg released", call_id=self.id, leg=leg.label,
                      ringing=sum(other.pending for other in self.legs),
                      channels_in_use=self.front.channels_in_use())
@@ -626,18 +637,18 @@ class Call:
             return events
         return events + self.step_outcome("no_answer" if confirm else "failed", now)
 
-    def _free_callee_side(self) -> None:
+    def _free_callee_side(self) -> list[CallOutput]:
         """A confirm leg is gone before taking the call: the endpoint facing the
         callees stops asking and waits for the next leg's answer."""
         self.anchor.callee.forget()
-        self.bridge()
+        return self.bridge()
 
     # ------------------------------------------------------------------ answered
-    def _connect(self, leg: Leg, body: bytes, ctype: str | None, now: float) -> list[Event]:
+    def _connect(self, leg: Leg, body: bytes, ctype: str | None, now: float) -> list[CallOutput]:
         """``leg`` takes the call: 200 to the caller, the other legs cancelled."""
         if self.transfer is not None:
             return self.transfer.target_answered(leg, body, now)
-        events: list[Event] = []
+        events: list[CallOutput] = []
         self.move(CallEvent.ANSWER)
         self.winner = leg
         self.answered_at = now
@@ -649,8 +660,9 @@ class Call:
         if leg.offer is not None:
             answer = self._anchored_answer(leg, body, final=True)
             if answer is None:  # no usable answer: let the phones talk directly
-                self._unanchor()
+                events += self._unanchor()
             else:
+                events += self.bridge()
                 body, ctype = answer, "application/sdp"
         if ctype:
             headers.append(("Content-Type", ctype))
@@ -662,7 +674,7 @@ class Call:
                 events += self.cancel_leg(other, now, COMPLETED_ELSEWHERE)
         return events
 
-    def _answer_caller(self, ok: Response, contact: str, now: float) -> list[Event]:
+    def _answer_caller(self, ok: Response, contact: str, now: float) -> list[CallOutput]:
         """Our 2xx to the caller: the dialog with it is confirmed, and on UDP the 2xx
         is retransmitted until its ACK (s13.3.1.4: T1 doubling to T2, for 64*T1)."""
         timers = self.front.timers
@@ -677,7 +689,8 @@ class Call:
     # ------------------------------------------------------------------ anchored media
     def _anchored_answer(self, leg: Leg, body: bytes, final: bool = False) -> bytes | None:
         """A callee's answer (183 or 2xx) on an anchored call -> our answer to the
-        caller, with the codec the callee chose; None when it cannot be used."""
+        caller, with the codec the callee chose; None when it cannot be used. The
+        anchor's state changed: the caller sends :meth:`bridge` on."""
         answered = self.callee_answer(leg, body, "callee answer unusable for media anchoring")
         if answered is None:
             return None
@@ -691,7 +704,6 @@ class Call:
         if final:
             self.anchor.record = rules.record_reason(self.front.directory, self.facts,
                                                      leg.target)
-        self.bridge()
         return ours.to_bytes()
 
     def callee_answer(self, leg: Leg, body: bytes, what: str,
@@ -706,7 +718,7 @@ class Call:
             return None
         return answered
 
-    def _music_while_ringing(self, now: float) -> list[Event]:
+    def _music_while_ringing(self, now: float) -> list[CallOutput]:
         """A ring group: the caller hears hold music while it rings. The caller is
         answered early (183) in a codec the engine can play, and the callees are
         offered only that codec, so whoever answers is relayed without transcoding."""
@@ -717,15 +729,14 @@ class Call:
             if early:
                 log.info("no music while ringing", call_id=self.id, reason=early)
             return []
-        self.bridge()
-        return self._early_media(early.to_bytes(), now)
+        return self.bridge() + self._early_media(early.to_bytes(), now)
 
-    def _unanchor(self) -> None:
+    def _unanchor(self) -> list[CallOutput]:
         log.info("media not anchored for this call", call_id=self.id)
-        if self.anchor.stop_relay():
-            self.front.media_actions.append(StopMedia(self.key))
+        return [StopMedia(self.key)] if self.anchor.stop_relay() else []
 
-    def bridge(self) -> None:
+    def bridge(self) -> list[CallOutput]:
+        """The anchor's state for the media service (a BridgeMedia), when it relays."""
         anchor = self.anchor
         directory = self.front.directory
         announce, language = "", "en"
@@ -750,16 +761,14 @@ class Call:
             playlist=rules.hold_playlist(directory, self.facts, self.identity,
                                          anchor.holder_is_caller, answered),
             parties=(self.facts.caller, rules.party_name(self.facts, answered)))
-        if bridge is not None:
-            self.front.media_actions.append(bridge)
+        return [] if bridge is None else [bridge]
 
     def _anchored_offer(self, req: Request, key: TxKey, from_caller: bool,
-                        now: float) -> list[Event]:
+                        now: float) -> list[CallOutput]:
         """A re-INVITE or UPDATE from one side of an anchored call, answered by us
         (RFC 3264 s8): the other side is not disturbed. A hold (sendonly,
         inactive, c=0.0.0.0; s8.4) stops the relay and plays hold music to the
         other side; a resume relays again."""
-        tx = self.front.tx
         mine = self.anchor.side(from_caller)
         current = mine.media
         side = self.partner if from_caller else self.winner
@@ -767,22 +776,22 @@ class Call:
         contact = dialog.local_contact if dialog is not None and dialog.local_contact else \
             self.local.contact(side.transport if side is not None else self.transport)
         if current is None:
-            return tx.respond(key, make_response(req, 491), now)
+            return self.respond(key, make_response(req, 491), now)
         if not req.body:  # an offer-less re-INVITE: we offer what we have (s14.2)
             if req.method != "INVITE" or mine.sdp is None:
-                return tx.respond(key, make_response(req, 200, None, [("Contact", contact)]),
+                return self.respond(key, make_response(req, 200, None, [("Contact", contact)]),
                                   now)
-            return tx.respond(key, make_response(
+            return self.respond(key, make_response(
                 req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
                 mine.sdp.next_version().to_bytes()), now)
         try:
             offer = sdp.parse_sdp(req.body)
         except sdp.SdpError as exc:
-            return tx.respond(key, make_response(req, 488, None, [
+            return self.respond(key, make_response(req, 488, None, [
                 ("Warning", warning_value(f"unreadable SDP offer: {exc.message}"))]), now)
         answered = self.anchor.on_offer(from_caller, offer, self.local.host)
         if isinstance(answered, sdp.AnswerRefused):
-            return tx.respond(key, make_response(req, 488, None, [
+            return self.respond(key, make_response(req, 488, None, [
                 ("Warning", warning_value(f"{answered.reason} (the call keeps "
                                           f"{current.codec}; the engine does not transcode)"))]),
                 now)
@@ -790,12 +799,11 @@ class Call:
         if changed:
             log.info("hold" if mine.holds else "resume", call_id=self.id,
                      by="caller" if from_caller else "callee")
-        self.bridge()
-        return tx.respond(key, make_response(
+        return self.bridge() + self.respond(key, make_response(
             req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
             ours.to_bytes()), now)
 
-    def _ack_leg(self, leg: Leg, answer: Request | None = None) -> list[Event]:
+    def _ack_leg(self, leg: Leg, answer: Request | None = None) -> list[CallOutput]:
         """ACK the callee's 2xx (s13.2.2.4); ``answer``: the caller's ACK whose SDP
         answers the callee's offer (late offer)."""
         if leg.dialog is None or leg.ack is not None:
@@ -820,8 +828,8 @@ class Call:
             leg.trunk = ""
 
     # ------------------------------------------------------------------ cancelling
-    def cancel_legs(self, now: float, reason: str | None) -> list[Event]:
-        events: list[Event] = []
+    def cancel_legs(self, now: float, reason: str | None) -> list[CallOutput]:
+        events: list[CallOutput] = []
         screening = self.screening
         if screening is not None:  # answered, still deciding: it gets a BYE
             events += self.bye_leg(screening, now)
@@ -829,12 +837,12 @@ class Call:
             self.disarm("screen")
             if self._screen_mode(screening) == "confirm":
                 screening.status = 487
-                self._free_callee_side()
+                events += self._free_callee_side()
         for leg in self.legs:
             events += self.cancel_leg(leg, now, reason)
         return events
 
-    def cancel_leg(self, leg: Leg, now: float, reason: str | None) -> list[Event]:
+    def cancel_leg(self, leg: Leg, now: float, reason: str | None) -> list[CallOutput]:
         if not leg.pending:
             return []
         if leg.state is LegState.CALLING:
@@ -850,12 +858,12 @@ class Call:
         self.release_leg(leg)
         cancel = build.cancel_request(leg.invite, reason)
         try:
-            _, events = self.front.tx.send_request(cancel, leg.dest, leg.transport, now)
+            _, events = self.send(cancel, leg.dest, leg.transport, now)
         except ValueError:
             return []
         return events
 
-    def on_cancel(self, now: float) -> list[Event]:
+    def on_cancel(self, now: float) -> list[CallOutput]:
         """The caller cancelled (the layer answered the CANCEL 200): 487 and CANCEL legs."""
         if self.state is not CallState.ROUTING or self.transfer is not None:
             return []
@@ -863,29 +871,27 @@ class Call:
         return self.close(CallEvent.CANCEL, now, 487)
 
     # ------------------------------------------------------------------ media (voicemail)
-    def on_media_ready(self, ports: tuple[int, ...], now: float) -> list[Event]:
+    def on_media_ready(self, ports: tuple[int, ...], now: float) -> list[CallOutput]:
         """The endpoints asked for are open on ``ports`` (the caller's side first):
         answer a voicemail call, or ring the callees of an anchored one."""
         if self.state is not CallState.ROUTING or self.anchor.open or (
                 self.voicemail is None and self.waiting is None):
-            self.front.media_actions.append(StopMedia(self.key))  # the caller left meanwhile
-            return []
+            return [StopMedia(self.key)]  # the caller left meanwhile
         self.anchor.opened(ports)
         if self.voicemail is not None:
             return self._answer_voicemail(self.voicemail, now)
         return self._resume_ring(now)
 
-    def _resume_ring(self, now: float) -> list[Event]:
+    def _resume_ring(self, now: float) -> list[CallOutput]:
         index, self.waiting = self.waiting, None
         if index is None:
             return []
-        if not self.anchor.callee_port:
-            self._unanchor()
+        events = self._unanchor() if not self.anchor.callee_port else []
         step = self.plan.steps[index]
         assert isinstance(step, Ring)
-        return self._ring(step, now)
+        return events + self._ring(step, now)
 
-    def on_media_failed(self, reason: str, now: float) -> list[Event]:
+    def on_media_failed(self, reason: str, now: float) -> list[CallOutput]:
         if self.state is not CallState.ROUTING:
             return []
         if self.waiting is not None:  # no media relay: the call still goes through
@@ -895,7 +901,7 @@ class Call:
         log.warning("no media for voicemail", call_id=self.id, reason=reason)
         return self._unanswered(503, now, [("Warning", warning_value(reason))])
 
-    def _answer_voicemail(self, step: Voicemail | MailboxAccess, now: float) -> list[Event]:
+    def _answer_voicemail(self, step: Voicemail | MailboxAccess, now: float) -> list[CallOutput]:
         directory = self.front.directory
         result = self._endpoint_answer(self.invite.body)
         if isinstance(result, str):
@@ -907,18 +913,17 @@ class Call:
                        answer.to_bytes())
         self.move(CallEvent.ANSWER)
         self.answered_at = now
+        start: StartMailbox | StartVoicemail
         if isinstance(step, MailboxAccess):
-            events = self._answer_caller(ok, contact, now)
-            self.front.media_actions.append(StartMailbox(self.key, self.id, negotiated,
-                                                         step.box))
+            start = StartMailbox(self.key, self.id, negotiated, step.box)
             log.info("mailbox answered", call_id=self.id, box=step.box, codec=negotiated.codec)
-            return events
-        events = self._answer_caller(ok, contact, now)
-        self.front.media_actions.append(StartVoicemail(
-            self.key, self.id, negotiated, step.box, step.greeting,
-            rules.voicemail_seconds(directory, step.box), self.facts.caller))
-        log.info("voicemail answered", call_id=self.id, box=step.box, codec=negotiated.codec)
-        return events
+        else:
+            start = StartVoicemail(self.key, self.id, negotiated, step.box, step.greeting,
+                                   rules.voicemail_seconds(directory, step.box),
+                                   self.facts.caller)
+            log.info("voicemail answered", call_id=self.id, box=step.box,
+                     codec=negotiated.codec)
+        return [start, *self._answer_caller(ok, contact, now)]
 
     def _endpoint_answer(self, body: bytes,
                          ) -> tuple[sdp.SessionDescription, sdp.Negotiated] | str:
@@ -928,7 +933,7 @@ class Call:
             body, rules.caller_codecs(self.front.directory, self.facts), self.local.host)
 
     # ------------------------------------------------------------------ in-dialog requests
-    def on_ack(self, ack: Request, now: float) -> list[Event]:
+    def on_ack(self, ack: Request, now: float) -> list[CallOutput]:
         """An ACK for a 2xx (no transaction): stop retransmitting our 2xx; on a
         late-offer call, the callee's ACK goes now, with the caller's answer."""
         if self.ok is not None:
@@ -939,32 +944,31 @@ class Call:
             return self._ack_leg(leg, ack)
         return []
 
-    def on_screened_bye(self, leg: Leg, req: Request, key: TxKey, now: float) -> list[Event]:
+    def on_screened_bye(self, leg: Leg, req: Request, key: TxKey, now: float) -> list[CallOutput]:
         """The far end hung up on the announcement: a refusal."""
         log.info(f"{self._screen_mode(leg)} refused: the far end hung up",
                  call_id=self.id, leg=leg.label)
-        events = self.front.tx.respond(key, make_response(req, 200), now)
+        events = self.respond(key, make_response(req, 200), now)
         leg.move(LegEvent.BYE)
         return events + self._refused(now)
 
     def on_request(self, leg: Leg | None, req: Request, key: TxKey,
-                   now: float) -> list[Event]:
+                   now: float) -> list[CallOutput]:
         """An in-dialog request from a party of the answered call, on either side:
         ``leg`` is the callee, or the party that took the caller's place (after a
         transfer by the calling party); None is the caller's own dialog (we are its
         UAS). BYE ends the call (or lets a blind transferor go); REFER transfers;
         a re-INVITE or UPDATE on an anchored call is answered by the engine; the
         rest is relayed to the party on the other side."""
-        tx = self.front.tx
         dialog = self.caller_dialog if leg is None else leg.dialog
         assert dialog is not None
         check = dialog.on_request(req)
         if check is not None:
-            return tx.respond(key, make_response(req, check), now)
+            return self.respond(key, make_response(req, check), now)
         from_caller = leg is None or leg is self.partner
         labels = {} if leg is None else {"leg": leg.label}
         if req.method == "BYE":
-            events = tx.respond(key, make_response(req, 200), now)
+            events = self.respond(key, make_response(req, 200), now)
             if leg is not None:
                 leg.move(LegEvent.BYE)
             if self.transfer is not None and self.transfer.is_transferor(leg):
@@ -985,39 +989,37 @@ class Call:
         if leg is None and self.voicemail is not None and self.anchor.caller_port:
             return self._endpoint_request(req, key, now)
         if self.caller_dialog is None:  # not answered: nothing to relay to
-            return tx.respond(key, make_response(req, 481), now)
+            return self.respond(key, make_response(req, 481), now)
         if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(req, key, from_caller, now)
         to = self.winner if from_caller else self.partner
         if to is not None and to.dialog is None:
             to = None
         if from_caller and to is None:
-            return tx.respond(key, make_response(req, 481), now)
+            return self.respond(key, make_response(req, 481), now)
         return self._relay_request(req, key, to, leg, now)
 
-    def _endpoint_request(self, req: Request, key: TxKey, now: float) -> list[Event]:
+    def _endpoint_request(self, req: Request, key: TxKey, now: float) -> list[CallOutput]:
         """An in-dialog request on a call the engine itself answered (voicemail).
 
         A re-INVITE or UPDATE with an offer (a session refresh, or a phone locking the
         codec it chose, as pjsip does) gets a new answer on the same port, and the
         media endpoint follows it; anything else is acknowledged with 200.
         """
-        tx = self.front.tx
         if req.method not in ("INVITE", "UPDATE") or not req.body:
-            return tx.respond(key, make_response(req, 200), now)
+            return self.respond(key, make_response(req, 200), now)
         answer = self._endpoint_answer(req.body)
         if isinstance(answer, str):  # refused: the call goes on with the old session
-            return tx.respond(key, make_response(req, 488, None, [
+            return self.respond(key, make_response(req, 488, None, [
                 ("Warning", warning_value(answer))]), now)
         sdp_answer, negotiated = answer
-        self.front.media_actions.append(UpdateMedia(self.key, negotiated))
         contact = self.caller_dialog.local_contact if self.caller_dialog else ""
-        return tx.respond(key, make_response(
+        return [UpdateMedia(self.key, negotiated), *self.respond(key, make_response(
             req, 200, None, [("Contact", contact), ("Content-Type", "application/sdp")],
-            sdp_answer.to_bytes()), now)
+            sdp_answer.to_bytes()), now)]
 
     def _relay_request(self, req: Request, key: TxKey, to: Leg | None, origin: Leg | None,
-                       now: float) -> list[Event]:
+                       now: float) -> list[CallOutput]:
         """Pass an in-dialog request (re-INVITE, UPDATE, INFO...) from ``origin`` to the
         party ``to`` on the other side (None: the caller's own dialog)."""
         local = self.local
@@ -1029,20 +1031,20 @@ class Call:
         out = dialog.new_request(req.method, via_host=local.host,
                                  via_port=local.port_for(transport), transport=transport.upper(),
                                  headers=headers, body=req.body)
-        out_key, events = self.front.tx.send_request(out, dest, transport, now)
+        out_key, events = self.send(out, dest, transport, now)
         back = origin.transport if origin is not None else self.transport
         self.front.track_relay(out_key, RelayedRequest(self, key, req, out, to, back))
         return events
 
     def on_relay_response(self, relay: RelayedRequest, resp: Response,
-                          now: float) -> list[Event]:
+                          now: float) -> list[CallOutput]:
         """The other party answered a relayed request: ACK a 2xx to INVITE, answer ours."""
         if resp.status == 100:
             return []
         local = self.local
         sent = relay.sent
         dialog, dest, transport = self._reach(relay.to)
-        events: list[Event] = []
+        events: list[CallOutput] = []
         if dialog is not None:
             dialog.on_response(sent.method, resp)
             if sent.method == "INVITE" and 200 <= resp.status < 300:
@@ -1057,7 +1059,7 @@ class Call:
             headers.append(("Contact", local.contact(relay.back)))
         out = make_response(relay.origin, resp.status, resp.reason, headers, resp.body)
         with contextlib.suppress(ValueError):  # the request's transaction is over
-            events += self.front.tx.respond(relay.origin_key, out, now)
+            events += self.respond(relay.origin_key, out, now)
         return events
 
     def _reach(self, party: Leg | None) -> tuple[Dialog | None, Addr, str]:
@@ -1083,7 +1085,7 @@ class Call:
             self.front.off_call(extension)
 
     # ------------------------------------------------------------------ hanging up
-    def bye_leg(self, leg: Leg, now: float) -> list[Event]:
+    def bye_leg(self, leg: Leg, now: float) -> list[CallOutput]:
         """Hang up an answered leg: BYE unless its dialog is over already (a 481 or
         408 ended it); either way the leg is done."""
         dialog = leg.dialog
@@ -1099,10 +1101,10 @@ class Call:
                                  via_port=local.port_for(leg.transport),
                                  transport=leg.transport.upper())
         dialog.terminate()
-        _, sent = self.front.tx.send_request(bye, leg.dest, leg.transport, now)
+        _, sent = self.send(bye, leg.dest, leg.transport, now)
         return events + sent
 
-    def bye_caller(self, now: float) -> list[Event]:
+    def bye_caller(self, now: float) -> list[CallOutput]:
         if self.partner is not None:
             return self.bye_leg(self.partner, now)
         dialog = self.caller_dialog
@@ -1113,16 +1115,16 @@ class Call:
                                  via_port=local.port_for(self.transport),
                                  transport=self.transport.upper())
         dialog.terminate()
-        _, events = self.front.tx.send_request(bye, self.source, self.transport, now)
+        _, events = self.send(bye, self.source, self.transport, now)
         return events
 
-    def hang_up(self, now: float) -> list[Event]:
+    def hang_up(self, now: float) -> list[CallOutput]:
         """The engine's own endpoint is done (message recorded): BYE the caller."""
         return self.close(CallEvent.ENDPOINT_DONE, now)
 
     def close(self, event: CallEvent, now: float, status: int = 0,
               headers: Iterable[tuple[str, str]] = (), reason: str | None = None,
-              ) -> list[Event]:
+              ) -> list[CallOutput]:
         """End the call, whatever its state; every ending goes through here.
 
         ``event`` says why (its move to ``ended`` must be in the call's table). A
@@ -1133,7 +1135,7 @@ class Call:
         everything it holds (channels, busy marks, media, its lookup entries)."""
         if self.state is CallState.ENDED:
             return []
-        events: list[Event] = []
+        events: list[CallOutput] = []
         if self.transfer is not None:
             events += self.transfer.abandon(now)
         if self.caller_dialog is None:  # the caller has no answer yet
@@ -1153,18 +1155,16 @@ class Call:
                 log.info("call ended", call_id=self.id, answered=True,
                          seconds=round(now - self.answered_at, 1),
                          billing_group=self.identity.billing_group or None)
-        self.forget(event)
-        return events
+        return events + self.forget(event)
 
-    def forget(self, event: CallEvent) -> None:
-        """The call is over: let go of what it holds, without a word to anyone (what
-        had to be said, :meth:`close` said)."""
+    def forget(self, event: CallEvent) -> list[CallOutput]:
+        """The call is over: let go of what it holds, without a word to anyone on SIP
+        (what had to be said, :meth:`close` said); the media service is told to close
+        the call's endpoints."""
         if self.state is CallState.ENDED:
-            return
+            return []
         self.move(event)
         front = self.front
-        if self.anchor.open:
-            front.media_actions.append(StopMedia(self.key))
         self.timers.clear()
         front.forget(self)
         for ext in self.members:
@@ -1185,3 +1185,4 @@ class Call:
         self.legs = []
         self.winner = self.screening = self.partner = None
         self.transfer = None
+        return [StopMedia(self.key)] if self.anchor.open else []

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from engine.calls.call import Call, RelayedRequest
-from engine.calls.events import CallKey, MediaCommand, StopMedia
+from engine.calls.events import CallKey, CallOutput, StopMedia
 from engine.calls.headers import Local
 from engine.calls.leg import Leg
 from engine.calls.rules import PlanText
@@ -33,7 +33,7 @@ from engine.calls.transfer import Transfer
 from engine.dialog import new_tag
 from engine.message import Request, Response, make_response, warning_value
 from engine.timerheap import TimerHeap
-from engine.transaction import Addr, Event, TxKey
+from engine.transaction import Addr, TxKey
 from provisioning.model import Directory, Status
 from routing import CallFacts, LiveState, plan
 
@@ -93,7 +93,6 @@ class Calls:
         # Re-INVITEs moving a consultation call's callee to the transferee's call.
         self._moves: dict[TxKey, Transfer] = {}
         self._wakeups: TimerHeap[CallKey] = TimerHeap()
-        self.media_actions: list[MediaCommand] = []
 
     def set_directory(self, directory: Directory) -> None:
         self.directory = directory
@@ -101,10 +100,6 @@ class Calls:
             self.metrics.admit_billing_groups(n.billing_group for n in directory.numbers)
         self.trunk_addresses = {t.name: (t.host, t.port, t.transport) for t in directory.trunks}
         self.trunk_limits = {t.name: t.channels for t in directory.trunks}
-
-    def take_media(self) -> list[MediaCommand]:
-        actions, self.media_actions = self.media_actions, []
-        return actions
 
     # ------------------------------------------------------------------ what calls share
     def live_state(self, directory: Directory, now_wall: float) -> LiveState:
@@ -198,8 +193,8 @@ class Calls:
         elif self._wakeups.deadline(call.key, _NEXT) != when:
             self._wakeups.arm(call.key, _NEXT, when)
 
-    def on_timer(self, now: float) -> list[Event]:
-        events: list[Event] = []
+    def on_timer(self, now: float) -> list[CallOutput]:
+        events: list[CallOutput] = []
         while (due := self._wakeups.pop(now)) is not None:
             call = self._calls.get(due[0])
             if call is None:
@@ -208,7 +203,8 @@ class Calls:
             self.reschedule(call)
         return events
 
-    def _guard(self, call: Call, now: float, action: Callable[[], list[Event]]) -> list[Event]:
+    def _guard(self, call: Call, now: float,
+               action: Callable[[], list[CallOutput]]) -> list[CallOutput]:
         """Run ``action`` for ``call``; an exception ends this call only."""
         try:
             return action()
@@ -220,20 +216,19 @@ class Calls:
                 return call.close(CallEvent.ERROR, now, status=500)
             except Exception:
                 log.exception("call teardown failed", call_id=call.id)
-                call.forget(CallEvent.ERROR)
-                return []
+                return call.forget(CallEvent.ERROR)
 
     # ------------------------------------------------------------------ new calls
     def new_call(self, invite: Request, key: TxKey, source: Addr, transport: str,
-                 facts: CallFacts, directory: Directory, now: float) -> list[Event]:
+                 facts: CallFacts, directory: Directory, now: float) -> list[CallOutput]:
         state = self.live_state(directory, self.wall_clock())
         the_plan = plan(facts, directory, state)
         tag = new_tag()
         if (invite.call_id, invite.from_.tag or "") in self._calls:
             # The same INVITE again with new credentials.
             try:
-                return self.tx.respond(key, make_response(invite, 482, headers=[
-                    ("Warning", warning_value("call already in progress"))], to_tag=tag), now)
+                return [*self.tx.respond(key, make_response(invite, 482, headers=[
+                    ("Warning", warning_value("call already in progress"))], to_tag=tag), now)]
             except ValueError:
                 return []
         call = Call(self, id=invite.call_id, invite=invite, invite_key=key, source=source,
@@ -262,7 +257,7 @@ class Calls:
         return self._guard(call, now, lambda: call.start(now))
 
     # ------------------------------------------------------------------ responses
-    def on_response(self, resp: Response, key: TxKey, now: float) -> list[Event]:
+    def on_response(self, resp: Response, key: TxKey, now: float) -> list[CallOutput]:
         leg = self._legs.get(key)
         if leg is not None:
             call = leg.call
@@ -278,7 +273,7 @@ class Calls:
                                lambda: relay.call.on_relay_response(relay, resp, now))
         return []
 
-    def on_timed_out(self, key: TxKey, now: float) -> list[Event]:
+    def on_timed_out(self, key: TxKey, now: float) -> list[CallOutput]:
         moving = self._moves.get(key)
         if moving is not None:
             return self._guard(moving.call, now, lambda: moving.on_move_timed_out(now))
@@ -297,14 +292,14 @@ class Calls:
         self._moves.pop(key, None)
 
     # ------------------------------------------------------------------ requests
-    def on_cancel(self, invite_key: TxKey, now: float) -> list[Event]:
+    def on_cancel(self, invite_key: TxKey, now: float) -> list[CallOutput]:
         """The caller cancelled (the layer answered the CANCEL 200): 487 and CANCEL legs."""
         call = self._by_invite.get(invite_key)
         if call is None:
             return []
         return self._guard(call, now, lambda: call.on_cancel(now))
 
-    def on_ack(self, ack: Request, now: float) -> list[Event]:
+    def on_ack(self, ack: Request, now: float) -> list[CallOutput]:
         """An ACK for a 2xx (no transaction)."""
         call = self._by_tag.get((ack.call_id, ack.to.tag or ""))
         if call is None:
@@ -312,7 +307,7 @@ class Calls:
         return self._guard(call, now, lambda: call.on_ack(ack, now))
 
     def in_dialog(self, req: Request, key: TxKey, source: Addr, transport: str,
-                  now: float) -> list[Event] | None:
+                  now: float) -> list[CallOutput] | None:
         """A request with a To tag; None when it belongs to no call we know (481)."""
         call = self._by_tag.get((req.call_id, req.to.tag or ""))
         if call is not None:
@@ -331,37 +326,36 @@ class Calls:
         return None
 
     # ------------------------------------------------------------------ the media service
-    def media_ready(self, key: CallKey, ports: tuple[int, ...], now: float) -> list[Event]:
+    def media_ready(self, key: CallKey, ports: tuple[int, ...], now: float) -> list[CallOutput]:
         """The endpoints asked for are open on ``ports`` (the caller's side first)."""
         call = self._calls.get(key)
         if call is None:
-            self.media_actions.append(StopMedia(key))  # the caller left meanwhile
-            return []
+            return [StopMedia(key)]  # the caller left meanwhile
         return self._guard(call, now, lambda: call.on_media_ready(ports, now))
 
-    def media_failed(self, key: CallKey, reason: str, now: float) -> list[Event]:
+    def media_failed(self, key: CallKey, reason: str, now: float) -> list[CallOutput]:
         call = self._calls.get(key)
         if call is None:
             return []
         return self._guard(call, now, lambda: call.on_media_failed(reason, now))
 
-    def screened(self, key: CallKey, accepted: bool, now: float) -> list[Event]:
+    def screened(self, key: CallKey, accepted: bool, now: float) -> list[CallOutput]:
         """The screened leg's key (rebound or confirm): 1 accepts, anything else refuses."""
         call = self._calls.get(key)
         if call is None:
             return []
         return self._guard(call, now, lambda: call.on_screened(accepted, now))
 
-    def hangup(self, key: CallKey, now: float) -> list[Event]:
+    def hangup(self, key: CallKey, now: float) -> list[CallOutput]:
         """The engine's own endpoint is done (message recorded): BYE the caller."""
         call = self._calls.get(key)
         if call is None:
             return []
         return self._guard(call, now, lambda: call.hang_up(now))
 
-    def shutdown(self, now: float) -> list[Event]:
+    def shutdown(self, now: float) -> list[CallOutput]:
         """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
-        events: list[Event] = []
+        events: list[CallOutput] = []
         for call in list(self._calls.values()):
             events += self._guard(call, now, functools.partial(
                 call.close, CallEvent.SHUTDOWN, now, status=503))

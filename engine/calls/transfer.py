@@ -32,7 +32,7 @@ import structlog
 
 from engine.calls import headers as build
 from engine.calls import rules
-from engine.calls.events import StartVoicemail
+from engine.calls.events import CallOutput, StartVoicemail
 from engine.calls.headers import COMPLETED_ELSEWHERE
 from engine.calls.rules import PlanText
 from engine.calls.states import (
@@ -54,7 +54,7 @@ from engine.message import (
     warning_value,
 )
 from engine.message.core import REASONS
-from engine.transaction import Event, Send, TxKey
+from engine.transaction import Send, TxKey
 from media import sdp
 from routing import (
     Busy,
@@ -79,17 +79,17 @@ log = structlog.get_logger("switchboard.call")
 
 
 def refuse(call: Call, req: Request, key: TxKey, now: float, status: int,
-           why: str) -> list[Event]:
+           why: str) -> list[CallOutput]:
     """A REFER the engine does not carry out: ``status`` with a Warning saying
     ``why``, and the call goes on."""
     log.info("transfer refused", call_id=call.id, reason=why,
              refer_to=short_text(req.get("refer-to") or ""))
     call.front.count_transfer("refused")
-    return call.front.tx.respond(key, make_response(req, status, None, [
+    return call.respond(key, make_response(req, status, None, [
         ("Warning", warning_value(f"{why}; the call goes on"))]), now)
 
 
-def on_refer(call: Call, leg: Leg | None, req: Request, key: TxKey, now: float) -> list[Event]:
+def on_refer(call: Call, leg: Leg | None, req: Request, key: TxKey, now: float) -> list[CallOutput]:
     """A REFER in ``call`` from a user's phone: ``leg``, the answered callee,
     transfers the caller; None, the calling party transfers the callee. Blind:
     202, NOTIFY 100, hold music to the transferee and the target's plan; with
@@ -126,7 +126,7 @@ def on_refer(call: Call, leg: Leg | None, req: Request, key: TxKey, now: float) 
 
 
 def _attended(call: Call, leg: Leg | None, user: str, req: Request, key: TxKey,
-              refer_to: URI, now: float) -> list[Event]:
+              refer_to: URI, now: float) -> list[CallOutput]:
     """An attended transfer: the transferor (the answered callee ``leg``, or with
     None the calling party) consulted the target in a call of its own and now
     asks that the other party replace it there (Refer-To with Replaces naming
@@ -190,7 +190,7 @@ class Transfer:
 
     # -- blind -------------------------------------------------------------------
     def begin(self, req: Request, key: TxKey, extension: str, name: str,
-              now: float) -> list[Event]:
+              now: float) -> list[CallOutput]:
         """202 and NOTIFY 100 to the transferor, hold music to the transferee, and the
         target's plan as a call from the transferring user ``extension``."""
         call = self.call
@@ -204,7 +204,7 @@ class Transfer:
         log.info("transfer", call_id=call.id, transferor=extension, target=self.target,
                  by="caller" if self.by_caller else "callee", plan=PlanText(the_plan))
         call.transfer = self
-        events = front.tx.respond(key, make_response(req, 202), now)
+        events = call.respond(key, make_response(req, 202), now)
         events += self.notify(100, now)
         call.plan = the_plan
         call.move(CallEvent.REFER)
@@ -212,8 +212,7 @@ class Transfer:
         # Whoever rang earlier in this call may be the target now; the transferring
         # user's own phones are not rung.
         call.rung = {b.contact for b in front.registrar.lookup(extension, wall)}
-        call.bridge()
-        return events + call.run_step(0, now)
+        return events + call.bridge() + call.run_step(0, now)
 
     def offer_for(self, target: Device | External) -> sdp.SessionDescription | None:
         """The offer to a target: the port facing the transferor, the transferee's
@@ -227,7 +226,7 @@ class Transfer:
     def target_ringing(self) -> None:
         self.move(TransferEvent.TARGET_RINGING)
 
-    def run_step(self, step: Step, now: float) -> list[Event]:
+    def run_step(self, step: Step, now: float) -> list[CallOutput]:
         """A step of the target's plan the engine does not ring: a message is left
         for the target's user; anything else fails the transfer (a 302 cannot move
         an answered call, nobody's mailbox menu is for a transferee)."""
@@ -240,7 +239,7 @@ class Transfer:
         assert isinstance(step, Deflect | MailboxAccess)
         return self.failed(403, now)
 
-    def target_answered(self, leg: Leg, body: bytes, now: float) -> list[Event]:
+    def target_answered(self, leg: Leg, body: bytes, now: float) -> list[CallOutput]:
         """The target answered: relay it to the transferee (same port, same codec: no
         re-INVITE), NOTIFY 200 and BYE to the transferor, the other legs cancelled."""
         call = self.call
@@ -258,7 +257,7 @@ class Transfer:
         call.disarm("no_answer")
         log.info("transfer connected", call_id=call.id, leg=leg.label)
         call.front.count_transfer("connected")
-        events: list[Event] = []
+        events: list[CallOutput] = []
         for other in call.legs:
             if other is not leg:
                 events += call.cancel_leg(other, now, COMPLETED_ELSEWHERE)
@@ -272,10 +271,9 @@ class Transfer:
         else:
             call.winner = leg
             call.anchor.take_side(False, media, leg.offer)
-        call.bridge()
-        return events
+        return events + call.bridge()
 
-    def to_voicemail(self, step: Voicemail, now: float) -> list[Event]:
+    def to_voicemail(self, step: Voicemail, now: float) -> list[CallOutput]:
         """The target's plan leaves a message: the transferee, already answered, gets
         the greeting and the beep on its own endpoint (the caller's, or the callee's
         in a transfer by the caller); the transferor is done."""
@@ -287,16 +285,16 @@ class Transfer:
         call.move(CallEvent.TRANSFER_SETTLED)
         call.voicemail = step
         answered = call.winner.target if call.winner is not None else None
-        call.front.media_actions.append(StartVoicemail(
+        start = StartVoicemail(
             call.key, call.id, media, step.box, step.greeting,
             rules.voicemail_seconds(call.front.directory, step.box),
             rules.party_name(call.facts, answered) if self.by_caller else call.facts.caller,
-            callee_side=self.by_caller))
+            callee_side=self.by_caller)
         log.info("transfer to voicemail", call_id=call.id, box=step.box)
         call.front.count_transfer("voicemail")
-        return self._let_transferor_go(200, now)
+        return [start, *self._let_transferor_go(200, now)]
 
-    def failed(self, status: int, now: float) -> list[Event]:
+    def failed(self, status: int, now: float) -> list[CallOutput]:
         """The target's plan ended without an answer (or the target refused to move):
         back to the transferor when it is still on the call (its phone shows the
         failure and can resume), else the call ends."""
@@ -311,14 +309,13 @@ class Transfer:
             log.info("transfer failed; back to the transferor", call_id=call.id,
                      status=status)
             call.front.count_transfer("failed")
-            call.bridge()
-            return events
+            return events + call.bridge()
         log.info("transfer failed; the transferor had hung up, the call ends",
                  call_id=call.id, status=status)
         call.front.count_transfer("dropped")
         return events + call.close(CallEvent.TRANSFER_DROPPED, now)
 
-    def abandon(self, now: float) -> list[Event]:
+    def abandon(self, now: float) -> list[CallOutput]:
         """The transferee's call ends while its transfer runs: cancel the target's
         legs, and tell the transferor (487)."""
         call = self.call
@@ -329,7 +326,7 @@ class Transfer:
 
     # -- attended ----------------------------------------------------------------
     def move_target(self, req: Request, key: TxKey, user: str, target: Leg,
-                    now: float) -> list[Event]:
+                    now: float) -> list[CallOutput]:
         """The consulted target's leg is re-INVITEd to this call's port on the
         transferor's side, with the transferee's codec; its answer (:meth:`on_moved`)
         joins the two."""
@@ -349,17 +346,16 @@ class Transfer:
             "INVITE", via_host=local.host, via_port=local.port_for(target.transport),
             transport=target.transport.upper(), body=offer.to_bytes(),
             content_type="application/sdp")
-        move_key, events = call.front.tx.send_request(reinvite, target.dest, target.transport,
+        move_key, events = call.send(reinvite, target.dest, target.transport,
                                                       now)
         call.front.track_move(move_key, self)
         log.info("attended transfer", call_id=call.id, transferor=user, target=target.label,
                  consultation=other.id, by="caller" if self.by_caller else "callee")
-        events = call.front.tx.respond(key, make_response(req, 202), now) + events
+        events = call.respond(key, make_response(req, 202), now) + events
         events += self.notify(100, now)
-        call.bridge()  # hold music to the caller while the target moves
-        return events
+        return events + call.bridge()  # hold music to the caller while the target moves
 
-    def on_moved(self, resp: Response, now: float) -> list[Event]:
+    def on_moved(self, resp: Response, now: float) -> list[CallOutput]:
         """The target's answer to the re-INVITE of an attended transfer."""
         call, other = self.call, self.consultation
         assert other is not None
@@ -381,7 +377,7 @@ class Transfer:
             log.info("attended transfer refused by the target", call_id=call.id,
                      status=resp.status)
             return self.failed(resp.status if resp.status >= 300 else 480, now)
-        events: list[Event] = [self._ack_move(target, resp)]
+        events: list[CallOutput] = [self._ack_move(target, resp)]
         assert self.reinvite is not None
         try:
             theirs = sdp.parse_sdp(resp.body)
@@ -413,10 +409,9 @@ class Transfer:
         log.info("transfer connected", call_id=call.id, leg=target.label, attended=True)
         call.front.count_transfer("connected")
         events += other.close(CallEvent.REPLACED, now)  # the transferor's consultation call
-        call.bridge()
-        return events
+        return events + call.bridge()
 
-    def on_move_timed_out(self, now: float) -> list[Event]:
+    def on_move_timed_out(self, now: float) -> list[CallOutput]:
         """No answer to the re-INVITE of an attended transfer."""
         if self.state is not TransferState.MOVING:
             return []
@@ -451,7 +446,7 @@ class Transfer:
         else:
             call.leave(self.transferor)
 
-    def notify(self, status: int, now: float) -> list[Event]:
+    def notify(self, status: int, now: float) -> list[CallOutput]:
         """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5), in the
         transferor's dialog: its leg's, or the caller's (a transfer by the caller)."""
         call = self.call
@@ -472,10 +467,10 @@ class Transfer:
                  "terminated;reason=noresource" if final else "active;expires=60")],
             body=f"SIP/2.0 {status} {REASONS.get(status, 'Unknown')}\r\n".encode(),
             content_type="message/sipfrag;version=2.0")
-        _, events = call.front.tx.send_request(notify, dest, transport, now)
+        _, events = call.send(notify, dest, transport, now)
         return events
 
-    def _let_transferor_go(self, status: int, now: float) -> list[Event]:
+    def _let_transferor_go(self, status: int, now: float) -> list[CallOutput]:
         """The final NOTIFY, then BYE the transferor if it is still on the call."""
         call = self.call
         leg = self.transferor
