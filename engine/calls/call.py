@@ -59,7 +59,7 @@ Decisions (where no RFC says):
   re-INVITEd. A rebound leg that answers is screened
   (``BridgeMedia.announce``): it hears who calls and presses 1 to take the
   call; the caller hears hold music (183 with our SDP) meanwhile.
-* Screening has two modes, one mechanism (``Call.screening``, the ``screen``
+* Screening has two modes, one mechanism (``Call.screened_leg``, the ``screen``
   timer, :meth:`Call.on_screened`, ``BridgeMedia.screen``): **rebound** (above:
   the leg is alone in its step, whose timer stops; a refusal is a *failed*
   outcome) and **confirm** (``External.confirm``, a user's
@@ -175,11 +175,13 @@ class Call:
     legs: list[Leg] = field(default_factory=list)
     rung: set[str] = field(default_factory=set)  # each destination once per call
     state: CallState = CallState.ROUTING  # moved only by move() (engine.calls.states.CALL)
-    caller_dialog: Dialog | None = None
-    winner: Leg | None = None
-    ok: Response | None = None  # our 2xx to the caller, retransmitted until ACK
-    ok_interval: float = 0.0
-    ok_deadline: float = 0.0
+    caller_dialog: Dialog | None = None  # with the caller, once we answered it
+    # The leg connected on the callee side: the callee that answered (or the target
+    # that took its place in a transfer).
+    callee_leg: Leg | None = None
+    pending_ok: Response | None = None  # our 2xx to the caller, retransmitted until ACK
+    ok_interval: float = 0.0  # the next retransmission of pending_ok, after this long
+    ok_deadline: float = 0.0  # no ACK by then: the call ends
     trunk_in: str = ""  # the trunk the call came in on (holds a channel)
     # What the call presents and its billing group, as first routed (a transfer's
     # plan is the transferor's: the call still came in on its number).
@@ -189,16 +191,17 @@ class Call:
     answered_at: float = 0.0
     last_failure: int = 0
     early_sent: bool = False
-    # A step the engine answers itself (leaving a message, listening to one's
-    # mailbox), waiting for or holding media.
-    voicemail: Voicemail | MailboxAccess | None = None
+    # The step the engine answers itself (leaving a message, listening to one's
+    # mailbox), waiting for or holding its media endpoint.
+    engine_step: Voicemail | MailboxAccess | None = None
     anchor: MediaAnchor = field(default_factory=MediaAnchor)  # the engine's endpoints
-    waiting: int | None = None  # a Ring step waiting for its media endpoints
-    screening: Leg | None = None  # an answered rebound or confirm leg, being asked
+    waiting_step: int | None = None  # a Ring step waiting for its media endpoints
+    screened_leg: Leg | None = None  # an answered rebound or confirm leg, being asked
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
-    # (we are its UAC; it faces the caller-side endpoint).
-    partner: Leg | None = None
+    # (we are its UAC; it faces the caller-side endpoint). None: the caller's own
+    # dialog is the caller side.
+    caller_leg: Leg | None = None
     # The call's timers: name -> (deadline, arming order). "no_answer" (the step's
     # ring time), "screen" (a screened leg's time to answer), "ok" (the 2xx
     # retransmission, RFC 3261 s13.3.1.4).
@@ -250,10 +253,10 @@ class Call:
             self.front.reschedule(self)
 
     def _fire(self, name: str, now: float) -> list[CallOutput]:
-        if name == "screen" and self.screening is not None:
-            if self._screen_mode(self.screening) == "confirm":
+        if name == "screen" and self.screened_leg is not None:
+            if self._screen_mode(self.screened_leg) == "confirm":
                 log.info("confirm: no key in time", call_id=self.id,
-                         leg=self.screening.label, seconds=CONFIRM_SECONDS)
+                         leg=self.screened_leg.label, seconds=CONFIRM_SECONDS)
             else:
                 log.info("rebound not accepted in time", call_id=self.id)
             return self._refused(now)
@@ -261,13 +264,13 @@ class Call:
             log.info("no answer", call_id=self.id, step=self.step + 1)
             events = self.cancel_legs(now, None)
             return events + self.step_outcome("no_answer", now)
-        if name == "ok" and self.ok is not None and self.state is CallState.ANSWERED:
+        if name == "ok" and self.pending_ok is not None and self.state is CallState.ANSWERED:
             if now >= self.ok_deadline:
                 log.warning("no ACK for our 2xx: ending the call", call_id=self.id)
                 return self.close(CallEvent.NO_ACK, now)
             self.ok_interval = min(self.ok_interval * 2, self.front.timers.t2)
             self._arm("ok", now + self.ok_interval)
-            return self._respond_caller(self.ok, now)
+            return self._respond_caller(self.pending_ok, now)
         return []
 
     # ------------------------------------------------------------------ steps
@@ -282,7 +285,7 @@ class Call:
                  reason=step.reason)
         if isinstance(step, Ring):
             if self._wants_anchor():
-                self.waiting = index
+                self.waiting_step = index
                 return [OpenMedia(self.key, bridge=True)]
             return self._ring(step, now)
         if self.transfer is not None:  # the target's plan decides how the transfer ends
@@ -300,7 +303,7 @@ class Call:
                         else f"mailbox access for {step.box}")
                 return self._unanswered(480, now, [("Warning", warning_value(
                     f"{what} needs an SDP offer in the INVITE (late offer is not supported)"))])
-            self.voicemail = step
+            self.engine_step = step
             if self.anchor.open:  # anchored: the endpoint facing the caller is ready
                 return self._answer_voicemail(step, now)
             return [OpenMedia(self.key)]
@@ -443,7 +446,7 @@ class Call:
             headers: list[tuple[str, str]] = []
             body = b""
             if resp.body and status == 183 and leg.offer is not None \
-                    and self.screening is not None:
+                    and self.screened_leg is not None:
                 # The endpoint facing the callees is the asked leg's until it decides:
                 # this leg's early media is not relayed; its SDP is kept for its answer.
                 with contextlib.suppress(sdp.SdpError):
@@ -476,7 +479,7 @@ class Call:
         log.info("leg refused", call_id=self.id, leg=leg.label, status=status)
         if status not in (486, 600, 487):
             self.last_failure = 503 if status == 503 else self.last_failure
-        if self.screening is not None:  # the asked leg's answer decides the step
+        if self.screened_leg is not None:  # the asked leg's answer decides the step
             return []
         if any(other.pending for other in self.legs):
             return []
@@ -507,8 +510,8 @@ class Call:
             # Answered after another leg won, or after the step moved on: hang it up.
             log.info("late answer hung up", call_id=self.id, leg=leg.label)
             return events + self.bye_leg(leg, now)
-        screening = self.screening
-        if screening is not None and self._screen_mode(leg):
+        asked = self.screened_leg
+        if asked is not None and self._screen_mode(leg):
             # One leg is asked at a time (one endpoint faces the callees): this one
             # is released as if it had not confirmed; the asked leg decides the step.
             log.info("confirm: another leg is being asked; released", call_id=self.id,
@@ -516,12 +519,12 @@ class Call:
             events += self.bye_leg(leg, now)
             leg.status = 487
             return events
-        if screening is not None:  # another leg answered while the screened leg decides
+        if asked is not None:  # another leg answered while the screened leg decides
             log.info("answered while another leg was asked: it takes the call",
-                     call_id=self.id, leg=leg.label, asked=screening.label)
-            self.screening = None
+                     call_id=self.id, leg=leg.label, asked=asked.label)
+            self.screened_leg = None
             self.disarm("screen")
-            events += self.bye_leg(screening, now)
+            events += self.bye_leg(asked, now)
         elif self._screen_mode(leg):
             return events + self._screen(leg, resp, now)
         return events + self._connect(leg, resp.body, resp.get("content-type"), now)
@@ -544,12 +547,12 @@ class Call:
         service reports through :meth:`on_screened`); the caller hears hold music
         meanwhile (183 with our SDP). Not accepted within REBOUND_SECONDS: refused.
         A confirm leg: :meth:`_ask_confirmation`."""
-        self.screening = leg
+        self.screened_leg = leg
         if self._screen_mode(leg) == "confirm":
             return self._ask_confirmation(leg, resp, now)
         answer = self._anchored_answer(leg, resp.body)
         if answer is None:  # cannot screen without media: the answer accepts
-            self.screening = None
+            self.screened_leg = None
             return self._connect(leg, resp.body, resp.get("content-type"), now)
         self.disarm("no_answer")
         self._arm("screen", now + REBOUND_SECONDS)
@@ -569,7 +572,7 @@ class Call:
         if answered is None or not self._caller_can_take(answered[1].codec):
             # Cannot ask without media (or could not connect after a 1): the answer
             # takes the call, as without confirmation.
-            self.screening = None
+            self.screened_leg = None
             return self._connect(leg, resp.body, resp.get("content-type"), now)
         leg.early = answered[0]
         self.anchor.ask(answered[1], leg.offer)
@@ -602,14 +605,14 @@ class Call:
 
     def on_screened(self, accepted: bool, now: float) -> list[CallOutput]:
         """The screened leg's key (rebound or confirm): 1 accepts, anything else refuses."""
-        leg = self.screening
+        leg = self.screened_leg
         if leg is None or self.state is not CallState.ROUTING:
             return []
         mode = self._screen_mode(leg)
         if not accepted:
             log.info(f"{mode} refused", call_id=self.id)
             return self._refused(now)
-        self.screening = None
+        self.screened_leg = None
         self.disarm("screen")
         log.info(f"{mode} accepted", call_id=self.id, leg=leg.label)
         return self._connect(leg, b"", "application/sdp", now)
@@ -619,8 +622,8 @@ class Call:
         channel freed. A rebound leg was alone in its step: *failed*. A confirm leg
         is as if it had not answered: the other legs ring on, and when none is
         left the step's outcome is *no answer*."""
-        leg = self.screening
-        self.screening = None
+        leg = self.screened_leg
+        self.screened_leg = None
         self.disarm("screen")
         if leg is None:
             return []
@@ -650,7 +653,7 @@ class Call:
             return self.transfer.target_answered(leg, body, now)
         events: list[CallOutput] = []
         self.move(CallEvent.ANSWER)
-        self.winner = leg
+        self.callee_leg = leg
         self.answered_at = now
         self.disarm("no_answer")
         if isinstance(leg.target, Device):
@@ -678,7 +681,7 @@ class Call:
         """Our 2xx to the caller: the dialog with it is confirmed, and on UDP the 2xx
         is retransmitted until its ACK (s13.3.1.4: T1 doubling to T2, for 64*T1)."""
         timers = self.front.timers
-        self.ok = ok
+        self.pending_ok = ok
         self.caller_dialog = Dialog.uas(self.invite, self.tag, contact, confirmed=True)
         if self.transport == "udp":
             self.ok_interval = timers.t1
@@ -741,10 +744,10 @@ class Call:
         directory = self.front.directory
         announce, language = "", "en"
         screen: ScreenMode = ""
-        if self.screening is not None:
-            screen = self._screen_mode(self.screening)
+        if self.screened_leg is not None:
+            screen = self._screen_mode(self.screened_leg)
             step = self.plan.steps[self.step] if self.step >= 0 else None
-            language = rules.prompt_language(directory, self.screening.target, step)
+            language = rules.prompt_language(directory, self.screened_leg.target, step)
             # A confirm leg is not told who calls: its phone shows the caller's number
             # already, and reading it would take most of the seconds it has.
             announce = self.facts.caller if screen == "rebound" else ""
@@ -754,7 +757,7 @@ class Call:
         if transfer is not None and transfer.codec.upper() in DECODABLE:
             transferee = transfer.transferee
         routing = self.state is CallState.ROUTING
-        answered = self.winner.target if self.winner is not None else None
+        answered = self.callee_leg.target if self.callee_leg is not None else None
         bridge = anchor.bridge(
             self.key, self.id, routing=routing, ringing=routing and transfer is None,
             screen=screen, announce=announce, language=language, transferee=transferee,
@@ -771,7 +774,7 @@ class Call:
         other side; a resume relays again."""
         mine = self.anchor.side(from_caller)
         current = mine.media
-        side = self.partner if from_caller else self.winner
+        side = self.caller_leg if from_caller else self.callee_leg
         dialog = side.dialog if side is not None else self.caller_dialog
         contact = dialog.local_contact if dialog is not None and dialog.local_contact else \
             self.local.contact(side.transport if side is not None else self.transport)
@@ -830,13 +833,13 @@ class Call:
     # ------------------------------------------------------------------ cancelling
     def cancel_legs(self, now: float, reason: str | None) -> list[CallOutput]:
         events: list[CallOutput] = []
-        screening = self.screening
-        if screening is not None:  # answered, still deciding: it gets a BYE
-            events += self.bye_leg(screening, now)
-            self.screening = None
+        asked = self.screened_leg
+        if asked is not None:  # answered, still deciding: it gets a BYE
+            events += self.bye_leg(asked, now)
+            self.screened_leg = None
             self.disarm("screen")
-            if self._screen_mode(screening) == "confirm":
-                screening.status = 487
+            if self._screen_mode(asked) == "confirm":
+                asked.status = 487
                 events += self._free_callee_side()
         for leg in self.legs:
             events += self.cancel_leg(leg, now, reason)
@@ -875,15 +878,15 @@ class Call:
         """The endpoints asked for are open on ``ports`` (the caller's side first):
         answer a voicemail call, or ring the callees of an anchored one."""
         if self.state is not CallState.ROUTING or self.anchor.open or (
-                self.voicemail is None and self.waiting is None):
+                self.engine_step is None and self.waiting_step is None):
             return [StopMedia(self.key)]  # the caller left meanwhile
         self.anchor.opened(ports)
-        if self.voicemail is not None:
-            return self._answer_voicemail(self.voicemail, now)
+        if self.engine_step is not None:
+            return self._answer_voicemail(self.engine_step, now)
         return self._resume_ring(now)
 
     def _resume_ring(self, now: float) -> list[CallOutput]:
-        index, self.waiting = self.waiting, None
+        index, self.waiting_step = self.waiting_step, None
         if index is None:
             return []
         events = self._unanchor() if not self.anchor.callee_port else []
@@ -894,7 +897,7 @@ class Call:
     def on_media_failed(self, reason: str, now: float) -> list[CallOutput]:
         if self.state is not CallState.ROUTING:
             return []
-        if self.waiting is not None:  # no media relay: the call still goes through
+        if self.waiting_step is not None:  # no media relay: the call still goes through
             log.warning("media not anchored: no endpoint", call_id=self.id, reason=reason)
             self.anchor.stop_relay()  # nothing is open
             return self._resume_ring(now)
@@ -936,10 +939,10 @@ class Call:
     def on_ack(self, ack: Request, now: float) -> list[CallOutput]:
         """An ACK for a 2xx (no transaction): stop retransmitting our 2xx; on a
         late-offer call, the callee's ACK goes now, with the caller's answer."""
-        if self.ok is not None:
-            self.ok = None
+        if self.pending_ok is not None:
+            self.pending_ok = None
             self.disarm("ok")
-        leg = self.winner
+        leg = self.callee_leg
         if leg is not None and leg.ack is None:
             return self._ack_leg(leg, ack)
         return []
@@ -965,7 +968,7 @@ class Call:
         check = dialog.on_request(req)
         if check is not None:
             return self.respond(key, make_response(req, check), now)
-        from_caller = leg is None or leg is self.partner
+        from_caller = leg is None or leg is self.caller_leg
         labels = {} if leg is None else {"leg": leg.label}
         if req.method == "BYE":
             events = self.respond(key, make_response(req, 200), now)
@@ -982,17 +985,17 @@ class Call:
                 self.release_leg(leg)
             return events + self.close(CallEvent.BYE, now)
         if req.method == "REFER":
-            if leg is not None and leg is self.partner:
+            if leg is not None and leg is self.caller_leg:
                 return refuse_transfer(self, req, key, now, 501,
                                        "this call was transferred once already")
             return on_refer(self, leg, req, key, now)
-        if leg is None and self.voicemail is not None and self.anchor.caller_port:
+        if leg is None and self.engine_step is not None and self.anchor.caller_port:
             return self._endpoint_request(req, key, now)
         if self.caller_dialog is None:  # not answered: nothing to relay to
             return self.respond(key, make_response(req, 481), now)
         if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(req, key, from_caller, now)
-        to = self.winner if from_caller else self.partner
+        to = self.callee_leg if from_caller else self.caller_leg
         if to is not None and to.dialog is None:
             to = None
         if from_caller and to is None:
@@ -1105,8 +1108,8 @@ class Call:
         return events + sent
 
     def bye_caller(self, now: float) -> list[CallOutput]:
-        if self.partner is not None:
-            return self.bye_leg(self.partner, now)
+        if self.caller_leg is not None:
+            return self.bye_leg(self.caller_leg, now)
         dialog = self.caller_dialog
         if dialog is None or dialog.terminated:
             return []
@@ -1147,8 +1150,8 @@ class Call:
                                                 else "failed"))
             events += self._respond_caller(resp, now)
         else:
-            if self.winner is not None:
-                events += self.bye_leg(self.winner, now)
+            if self.callee_leg is not None:
+                events += self.bye_leg(self.callee_leg, now)
             events += self.bye_caller(now)
             if self.state is CallState.ANSWERED:
                 self.front.count("answered")
@@ -1175,7 +1178,7 @@ class Call:
             self.trunk_in = ""
         for leg in self.legs:
             self.release_leg(leg)
-        for party in (self.winner, self.partner):
+        for party in (self.callee_leg, self.caller_leg):
             if party is not None:
                 self.release_leg(party)
                 front.untrack_leg(party)
@@ -1183,6 +1186,6 @@ class Call:
         # counting, as soon as its last transaction ends, not by the cyclic
         # collector (whose passes over a busy engine's heap cost more than calls).
         self.legs = []
-        self.winner = self.screening = self.partner = None
+        self.callee_leg = self.screened_leg = self.caller_leg = None
         self.transfer = None
         return [StopMedia(self.key)] if self.anchor.open else []

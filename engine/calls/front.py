@@ -81,7 +81,7 @@ class Calls:
         self.trunk_addresses: dict[str, tuple[str, int, str]] = {}
         self.trunk_limits: dict[str, int | None] = {}
         self.statuses: dict[str, Status] = {}
-        self.completed = 0
+        self.completed = 0  # calls ended since the engine started
         self._channels: dict[str, int] = {}  # trunk -> channels in use
         self._on_call: dict[str, int] = {}  # extension -> calls it is on
         self._calls: dict[CallKey, Call] = {}  # (Call-ID, caller's From tag)
@@ -286,7 +286,7 @@ class Calls:
     def on_terminated(self, key: TxKey) -> None:
         """A client transaction ended: forget legs that are over."""
         leg = self._legs.pop(key, None)
-        if leg is not None and leg is not leg.call.winner and leg is not leg.call.partner:
+        if leg is not None and leg is not leg.call.callee_leg and leg is not leg.call.caller_leg:
             self._by_leg_call_id.pop(leg.invite.call_id, None)
         self._relays.pop(key, None)
         self._moves.pop(key, None)
@@ -318,9 +318,9 @@ class Calls:
         if leg is None or leg.dialog is None:
             return None
         owner = leg.call
-        if leg is owner.winner or leg is owner.partner:
+        if leg is owner.callee_leg or leg is owner.caller_leg:
             return self._guard(owner, now, lambda: owner.on_request(leg, req, key, now))
-        if leg is owner.screening and req.method == "BYE" \
+        if leg is owner.screened_leg and req.method == "BYE" \
                 and leg.dialog.on_request(req) is None:
             return self._guard(owner, now, lambda: owner.on_screened_bye(leg, req, key, now))
         return None

@@ -99,11 +99,11 @@ def on_refer(call: Call, leg: Leg | None, req: Request, key: TxKey, now: float) 
     if call.transfer is not None:
         return refuse(call, req, key, now, 491, "a transfer is in progress")
     media = anchor.side(leg is not None).media if anchor.relaying else None
-    winner = call.winner
+    callee = call.callee_leg
     if media is None or not anchor.open or not anchor.caller_port \
             or not anchor.callee_port or directory is None \
-            or call.state is not CallState.ANSWERED or winner is None \
-            or winner.dialog is None or call.voicemail is not None:
+            or call.state is not CallState.ANSWERED or callee is None \
+            or callee.dialog is None or call.engine_step is not None:
         return refuse(call, req, key, now, 501, (
             "call transfer needs the call's media through the engine (serve --media relay)"))
     if leg is not None:
@@ -139,7 +139,7 @@ def _attended(call: Call, leg: Leg | None, user: str, req: Request, key: TxKey,
     call_id, to_tag, from_tag = replaces
     front = call.front
     other = front.find_call(call_id, to_tag) or front.find_call(call_id, from_tag)
-    target = other.winner if other is not None else None
+    target = other.callee_leg if other is not None else None
     if other is None or other is call or target is None or target.dialog is None:
         return refuse(call, req, key, now, 481, "Replaces names no call of the transferor's")
     theirs = other.anchor
@@ -265,11 +265,11 @@ class Transfer:
         if isinstance(leg.target, Device):
             call.join(leg.target.extension)
         if self.by_caller:  # the target takes the caller's place
-            call.partner = leg
+            call.caller_leg = leg
             call.legs = [x for x in call.legs if x is not leg]
             call.anchor.take_side(True, media, leg.offer, offer=theirs)
         else:
-            call.winner = leg
+            call.callee_leg = leg
             call.anchor.take_side(False, media, leg.offer)
         return events + call.bridge()
 
@@ -283,8 +283,8 @@ class Transfer:
         self.move(TransferEvent.TO_VOICEMAIL)
         call.transfer = None
         call.move(CallEvent.TRANSFER_SETTLED)
-        call.voicemail = step
-        answered = call.winner.target if call.winner is not None else None
+        call.engine_step = step
+        answered = call.callee_leg.target if call.callee_leg is not None else None
         start = StartVoicemail(
             call.key, call.id, media, step.box, step.greeting,
             rules.voicemail_seconds(call.front.directory, step.box),
@@ -363,7 +363,7 @@ class Transfer:
             return []
         if self.ack is not None:  # a retransmitted 2xx: the same ACK (s13.2.2.4)
             return [self.ack]
-        target = other.winner
+        target = other.callee_leg
         if self.state is not TransferState.MOVING:
             # The caller hung up while the target was being moved to it: the target
             # now sends its audio to a closed port, so the consultation call ends too.
@@ -387,7 +387,7 @@ class Transfer:
                         error=exc.message)
             return events + self.failed(488, now)
         # The target's leg leaves the consultation call for this one.
-        other.winner = None
+        other.callee_leg = None
         other.legs = [x for x in other.legs if x is not target]
         if isinstance(target.target, Device):
             call.join(target.target.extension)
@@ -400,10 +400,10 @@ class Transfer:
         # Our answers on the target's side go on in the session it knows.
         origin = other.anchor.callee.session, other.anchor.callee.version
         if self.by_caller:  # the target takes the caller's place
-            call.partner = target
+            call.caller_leg = target
             call.anchor.take_side(True, media, self.reinvite, offer=theirs, origin=origin)
         else:
-            call.winner = target
+            call.callee_leg = target
             call.legs = [target]
             call.anchor.take_side(False, media, self.reinvite, origin=origin)
         log.info("transfer connected", call_id=call.id, leg=target.label, attended=True)
