@@ -59,17 +59,8 @@ Decisions (where no RFC says):
   re-INVITEd. A rebound leg that answers is screened
   (``BridgeMedia.announce``): it hears who calls and presses 1 to take the
   call; the caller hears hold music (183 with our SDP) meanwhile.
-* Screening has two modes, one mechanism (``Call.screened_leg``, the ``screen``
-  timer, :meth:`Call.on_screened`, ``BridgeMedia.screen``): **rebound** (above:
-  the leg is alone in its step, whose timer stops; a refusal is a *failed*
-  outcome) and **confirm** (``External.confirm``, a user's
-  ``confirm_external_answer``): the answered leg hears "press 1 to take the
-  call" while the step's other legs ring on and its no-answer timer runs; the
-  caller is not answered and hears what it heard (no hold music; see
-  :meth:`Call._ask_confirmation`); no 1 within ``CONFIRM_SECONDS``, another
-  key or a hang-up releases that leg only (BYE, its trunk channel, the
-  endpoint facing the callees), and when no leg is left ringing the step's
-  outcome is *no answer*. Another leg answering meanwhile takes the call.
+* Screening has two modes, rebound and confirm (``engine.calls.screening``):
+  the answered leg is asked before it takes the call.
 """
 
 from __future__ import annotations
@@ -97,6 +88,7 @@ from engine.calls.events import (
 )
 from engine.calls.headers import COMPLETED_ELSEWHERE, Local, to_caller
 from engine.calls.leg import Leg
+from engine.calls.screening import Screening, screen, screen_mode
 from engine.calls.states import (
     CALL,
     CallEvent,
@@ -116,8 +108,6 @@ from engine.message import (
 from engine.transaction import Addr, Send, TxKey
 from media import sdp
 from routing import (
-    CONFIRM_SECONDS,
-    REBOUND_SECONDS,
     Busy,
     CallFacts,
     Deflect,
@@ -196,7 +186,7 @@ class Call:
     engine_step: Voicemail | MailboxAccess | None = None
     anchor: MediaAnchor = field(default_factory=MediaAnchor)  # the engine's endpoints
     waiting_step: int | None = None  # a Ring step waiting for its media endpoints
-    screened_leg: Leg | None = None  # an answered rebound or confirm leg, being asked
+    screening: Screening | None = None  # an answered leg being asked (rebound, confirm)
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint). None: the caller's own
@@ -244,7 +234,7 @@ class Call:
         self.front.reschedule(self)
         return self._fire(name, now)
 
-    def _arm(self, name: str, when: float) -> None:
+    def arm(self, name: str, when: float) -> None:
         self.timers[name] = (when, next(_ORDER))
         self.front.reschedule(self)
 
@@ -253,13 +243,8 @@ class Call:
             self.front.reschedule(self)
 
     def _fire(self, name: str, now: float) -> list[CallOutput]:
-        if name == "screen" and self.screened_leg is not None:
-            if self._screen_mode(self.screened_leg) == "confirm":
-                log.info("confirm: no key in time", call_id=self.id,
-                         leg=self.screened_leg.label, seconds=CONFIRM_SECONDS)
-            else:
-                log.info("rebound not accepted in time", call_id=self.id)
-            return self._refused(now)
+        if name == "screen" and self.screening is not None:
+            return self.screening.expired(now)
         if name == "no_answer" and self.state is CallState.ROUTING:
             log.info("no answer", call_id=self.id, step=self.step + 1)
             events = self.cancel_legs(now, None)
@@ -269,8 +254,8 @@ class Call:
                 log.warning("no ACK for our 2xx: ending the call", call_id=self.id)
                 return self.close(CallEvent.NO_ACK, now)
             self.ok_interval = min(self.ok_interval * 2, self.front.timers.t2)
-            self._arm("ok", now + self.ok_interval)
-            return self._respond_caller(self.pending_ok, now)
+            self.arm("ok", now + self.ok_interval)
+            return self.respond_caller(self.pending_ok, now)
         return []
 
     # ------------------------------------------------------------------ steps
@@ -365,7 +350,7 @@ class Call:
             log.info("nothing to ring", call_id=self.id, step=self.step + 1)
             return events + self.step_outcome("failed" if self.last_failure else "busy", now)
         if step.seconds is not None:
-            self._arm("no_answer", now + step.seconds)
+            self.arm("no_answer", now + step.seconds)
         return events
 
     def _start_leg(self, step: Ring, target: Device | External, uri: str, dest: Addr,
@@ -421,7 +406,7 @@ class Call:
             return self.transfer.failed(status, now)
         return self.close(CallEvent.REJECT, now, status, headers, reason)
 
-    def _respond_caller(self, resp: Response, now: float) -> list[CallOutput]:
+    def respond_caller(self, resp: Response, now: float) -> list[CallOutput]:
         try:
             return self.respond(self.invite_key, resp, now)
         except ValueError:  # the transaction is gone (timed out): nothing to answer
@@ -446,14 +431,14 @@ class Call:
             headers: list[tuple[str, str]] = []
             body = b""
             if resp.body and status == 183 and leg.offer is not None \
-                    and self.screened_leg is not None:
+                    and self.screening is not None:
                 # The endpoint facing the callees is the asked leg's until it decides:
                 # this leg's early media is not relayed; its SDP is kept for its answer.
                 with contextlib.suppress(sdp.SdpError):
                     leg.early = sdp.parse_sdp(resp.body)
                 return []
             if resp.body and status == 183 and leg.offer is not None:
-                early = self._anchored_answer(leg, resp.body)
+                early = self.anchored_answer(leg, resp.body)
                 if early is None:
                     return []
                 events += self.bridge()
@@ -467,7 +452,7 @@ class Call:
             status_out = 180 if status in (180, 181, 182) else status
             self.early_sent = True
             out = to_caller(self.invite, status_out, self.tag, headers, body)
-            return events + self._respond_caller(out, now)
+            return events + self.respond_caller(out, now)
         if status < 300:
             return self._leg_answered(leg, resp, now)
         # 300-699: the transaction ACKed it.
@@ -479,7 +464,7 @@ class Call:
         log.info("leg refused", call_id=self.id, leg=leg.label, status=status)
         if status not in (486, 600, 487):
             self.last_failure = 503 if status == 503 else self.last_failure
-        if self.screened_leg is not None:  # the asked leg's answer decides the step
+        if self.screening is not None:  # the asked leg's answer decides the step
             return []
         if any(other.pending for other in self.legs):
             return []
@@ -510,8 +495,8 @@ class Call:
             # Answered after another leg won, or after the step moved on: hang it up.
             log.info("late answer hung up", call_id=self.id, leg=leg.label)
             return events + self.bye_leg(leg, now)
-        asked = self.screened_leg
-        if asked is not None and self._screen_mode(leg):
+        asked = self.screening
+        if asked is not None and screen_mode(self, leg):
             # One leg is asked at a time (one endpoint faces the callees): this one
             # is released as if it had not confirmed; the asked leg decides the step.
             log.info("confirm: another leg is being asked; released", call_id=self.id,
@@ -519,135 +504,29 @@ class Call:
             events += self.bye_leg(leg, now)
             leg.status = 487
             return events
-        if asked is not None:  # another leg answered while the screened leg decides
-            log.info("answered while another leg was asked: it takes the call",
-                     call_id=self.id, leg=leg.label, asked=asked.label)
-            self.screened_leg = None
-            self.disarm("screen")
-            events += self.bye_leg(asked, now)
-        elif self._screen_mode(leg):
-            return events + self._screen(leg, resp, now)
-        return events + self._connect(leg, resp.body, resp.get("content-type"), now)
+        if asked is not None:  # another leg answered while the asked leg decides
+            events += asked.displaced(leg, now)
+        elif screen_mode(self, leg):
+            return events + screen(self, leg, resp, now)
+        return events + self.connect(leg, resp.body, resp.get("content-type"), now)
 
     # ------------------------------------------------------------------ screening
-    def _screen_mode(self, leg: Leg) -> ScreenMode:
-        """How an answer on ``leg`` is screened before it takes the call: "rebound"
-        (who calls, accept or refuse), "confirm" (press 1), "" not at all. Only on an
-        anchored leg (the engine plays and reads keys on its endpoint), and not in a
-        transfer (the transferee already hears hold music from that endpoint)."""
-        target = leg.target
-        if leg.offer is None or self.transfer is not None or not isinstance(target, External):
-            return ""
-        if target.rebound:
-            return "rebound"
-        return "confirm" if target.confirm else ""
-
-    def _screen(self, leg: Leg, resp: Response, now: float) -> list[CallOutput]:
-        """A rebound leg answered: it hears who calls and accepts with 1 (the media
-        service reports through :meth:`on_screened`); the caller hears hold music
-        meanwhile (183 with our SDP). Not accepted within REBOUND_SECONDS: refused.
-        A confirm leg: :meth:`_ask_confirmation`."""
-        self.screened_leg = leg
-        if self._screen_mode(leg) == "confirm":
-            return self._ask_confirmation(leg, resp, now)
-        answer = self._anchored_answer(leg, resp.body)
-        if answer is None:  # cannot screen without media: the answer accepts
-            self.screened_leg = None
-            return self._connect(leg, resp.body, resp.get("content-type"), now)
-        self.disarm("no_answer")
-        self._arm("screen", now + REBOUND_SECONDS)
-        log.info("rebound screening", call_id=self.id, leg=leg.label)
-        return self.bridge() + self._early_media(answer, now)
-
-    def _ask_confirmation(self, leg: Leg, resp: Response, now: float) -> list[CallOutput]:
-        """A confirm leg answered: it hears "press 1 to take the call" and the media
-        service reports its key through :meth:`on_screened`. Unlike a rebound, the
-        step goes on meanwhile: its other legs ring, its no-answer timer runs, and
-        the caller is not answered: it hears what it heard (its own ringback after
-        a 180, a ring group's music), no hold music. Only a caller that already
-        had our early media (a 183 with SDP, from a carrier's ringback) hears a
-        ringback tone from us, since nothing is relayed to it now. Not confirmed
-        within CONFIRM_SECONDS: refused (:meth:`_refused`)."""
-        answered = self.callee_answer(leg, resp.body, "callee answer unusable for confirmation")
-        if answered is None or not self._caller_can_take(answered[1].codec):
-            # Cannot ask without media (or could not connect after a 1): the answer
-            # takes the call, as without confirmation.
-            self.screened_leg = None
-            return self._connect(leg, resp.body, resp.get("content-type"), now)
-        leg.early = answered[0]
-        self.anchor.ask(answered[1], leg.offer)
-        self._arm("screen", now + CONFIRM_SECONDS)
-        log.info("confirm asking", call_id=self.id, leg=leg.label, seconds=CONFIRM_SECONDS)
-        events = self.bridge()
-        if self.early_sent:
-            return events
-        # The leg answered before anything rang: the caller is told it rings now.
-        self.early_sent = True
-        return events + self._respond_caller(to_caller(self.invite, 180, self.tag), now)
-
-    def _caller_can_take(self, codec: str) -> bool:
-        """Whether the caller's offer has ``codec`` (the engine relays, it does not
-        transcode): checked before asking, so that a 1 always connects."""
-        refused = self.anchor.can_connect(codec, self.local.host)
-        if refused is not None:
-            log.warning("caller offer has not the callee's codec", call_id=self.id,
-                        codec=codec, reason=refused.reason)
-            return False
-        return True
-
-    def _early_media(self, sdp_body: bytes, now: float) -> list[CallOutput]:
+    def early_media(self, sdp_body: bytes, now: float) -> list[CallOutput]:
         """183 Session Progress with our SDP: the caller hears the engine before any
         answer (hold music while screening or waiting in a ring group)."""
         self.early_sent = True
         early = to_caller(self.invite, 183, self.tag, [("Content-Type", "application/sdp")],
                           sdp_body)
-        return self._respond_caller(early, now)
+        return self.respond_caller(early, now)
 
     def on_screened(self, accepted: bool, now: float) -> list[CallOutput]:
-        """The screened leg's key (rebound or confirm): 1 accepts, anything else refuses."""
-        leg = self.screened_leg
-        if leg is None or self.state is not CallState.ROUTING:
+        """The asked leg's key (rebound or confirm): 1 accepts, anything else refuses."""
+        if self.screening is None or self.state is not CallState.ROUTING:
             return []
-        mode = self._screen_mode(leg)
-        if not accepted:
-            log.info(f"{mode} refused", call_id=self.id)
-            return self._refused(now)
-        self.screened_leg = None
-        self.disarm("screen")
-        log.info(f"{mode} accepted", call_id=self.id, leg=leg.label)
-        return self._connect(leg, b"", "application/sdp", now)
-
-    def _refused(self, now: float) -> list[CallOutput]:
-        """The screened leg refused, said nothing in time or hung up: BYE, its trunk
-        channel freed. A rebound leg was alone in its step: *failed*. A confirm leg
-        is as if it had not answered: the other legs ring on, and when none is
-        left the step's outcome is *no answer*."""
-        leg = self.screened_leg
-        self.screened_leg = None
-        self.disarm("screen")
-        if leg is None:
-            return []
-        confirm = self._screen_mode(leg) == "confirm"
-        events = self.bye_leg(leg, now)  # it is done (or hung up: done already)
-        leg.status = 487 if confirm else 603
-        self.release_leg(leg)
-        if confirm:
-            events += self._free_callee_side()
-            log.info("confirm: leg released", call_id=self.id, leg=leg.label,
-                     ringing=sum(other.pending for other in self.legs),
-                     channels_in_use=self.front.channels_in_use())
-        if any(other.pending for other in self.legs):
-            return events
-        return events + self.step_outcome("no_answer" if confirm else "failed", now)
-
-    def _free_callee_side(self) -> list[CallOutput]:
-        """A confirm leg is gone before taking the call: the endpoint facing the
-        callees stops asking and waits for the next leg's answer."""
-        self.anchor.callee.forget()
-        return self.bridge()
+        return self.screening.on_key(accepted, now)
 
     # ------------------------------------------------------------------ answered
-    def _connect(self, leg: Leg, body: bytes, ctype: str | None, now: float) -> list[CallOutput]:
+    def connect(self, leg: Leg, body: bytes, ctype: str | None, now: float) -> list[CallOutput]:
         """``leg`` takes the call: 200 to the caller, the other legs cancelled."""
         if self.transfer is not None:
             return self.transfer.target_answered(leg, body, now)
@@ -661,7 +540,7 @@ class Call:
         contact = self.local.contact(self.transport)
         headers = [("Contact", contact)]
         if leg.offer is not None:
-            answer = self._anchored_answer(leg, body, final=True)
+            answer = self.anchored_answer(leg, body, final=True)
             if answer is None:  # no usable answer: let the phones talk directly
                 events += self._unanchor()
             else:
@@ -686,11 +565,11 @@ class Call:
         if self.transport == "udp":
             self.ok_interval = timers.t1
             self.ok_deadline = now + timers.long
-            self._arm("ok", now + self.ok_interval)
-        return self._respond_caller(ok, now)
+            self.arm("ok", now + self.ok_interval)
+        return self.respond_caller(ok, now)
 
     # ------------------------------------------------------------------ anchored media
-    def _anchored_answer(self, leg: Leg, body: bytes, final: bool = False) -> bytes | None:
+    def anchored_answer(self, leg: Leg, body: bytes, final: bool = False) -> bytes | None:
         """A callee's answer (183 or 2xx) on an anchored call -> our answer to the
         caller, with the codec the callee chose; None when it cannot be used. The
         anchor's state changed: the caller sends :meth:`bridge` on."""
@@ -732,7 +611,7 @@ class Call:
             if early:
                 log.info("no music while ringing", call_id=self.id, reason=early)
             return []
-        return self.bridge() + self._early_media(early.to_bytes(), now)
+        return self.bridge() + self.early_media(early.to_bytes(), now)
 
     def _unanchor(self) -> list[CallOutput]:
         log.info("media not anchored for this call", call_id=self.id)
@@ -742,15 +621,10 @@ class Call:
         """The anchor's state for the media service (a BridgeMedia), when it relays."""
         anchor = self.anchor
         directory = self.front.directory
+        mode: ScreenMode = ""
         announce, language = "", "en"
-        screen: ScreenMode = ""
-        if self.screened_leg is not None:
-            screen = self._screen_mode(self.screened_leg)
-            step = self.plan.steps[self.step] if self.step >= 0 else None
-            language = rules.prompt_language(directory, self.screened_leg.target, step)
-            # A confirm leg is not told who calls: its phone shows the caller's number
-            # already, and reading it would take most of the seconds it has.
-            announce = self.facts.caller if screen == "rebound" else ""
+        if self.screening is not None:
+            mode, announce, language = self.screening.media()
         # A transferee hears hold music while its target rings (when its codec plays).
         transfer = self.transfer
         transferee = ""
@@ -760,7 +634,7 @@ class Call:
         answered = self.callee_leg.target if self.callee_leg is not None else None
         bridge = anchor.bridge(
             self.key, self.id, routing=routing, ringing=routing and transfer is None,
-            screen=screen, announce=announce, language=language, transferee=transferee,
+            screen=mode, announce=announce, language=language, transferee=transferee,
             playlist=rules.hold_playlist(directory, self.facts, self.identity,
                                          anchor.holder_is_caller, answered),
             parties=(self.facts.caller, rules.party_name(self.facts, answered)))
@@ -833,14 +707,8 @@ class Call:
     # ------------------------------------------------------------------ cancelling
     def cancel_legs(self, now: float, reason: str | None) -> list[CallOutput]:
         events: list[CallOutput] = []
-        asked = self.screened_leg
-        if asked is not None:  # answered, still deciding: it gets a BYE
-            events += self.bye_leg(asked, now)
-            self.screened_leg = None
-            self.disarm("screen")
-            if self._screen_mode(asked) == "confirm":
-                asked.status = 487
-                events += self._free_callee_side()
+        if self.screening is not None:  # answered, still deciding: it gets a BYE
+            events += self.screening.release(now)
         for leg in self.legs:
             events += self.cancel_leg(leg, now, reason)
         return events
@@ -947,13 +815,11 @@ class Call:
             return self._ack_leg(leg, ack)
         return []
 
-    def on_screened_bye(self, leg: Leg, req: Request, key: TxKey, now: float) -> list[CallOutput]:
-        """The far end hung up on the announcement: a refusal."""
-        log.info(f"{self._screen_mode(leg)} refused: the far end hung up",
-                 call_id=self.id, leg=leg.label)
-        events = self.respond(key, make_response(req, 200), now)
-        leg.move(LegEvent.BYE)
-        return events + self._refused(now)
+    def on_screened_bye(self, req: Request, key: TxKey, now: float) -> list[CallOutput]:
+        """The asked leg's far end hung up on the question: a refusal."""
+        if self.screening is None:
+            return []
+        return self.screening.far_end_hung_up(req, key, now)
 
     def on_request(self, leg: Leg | None, req: Request, key: TxKey,
                    now: float) -> list[CallOutput]:
@@ -1148,7 +1014,7 @@ class Call:
                      billing_group=self.identity.billing_group or None)
             self.front.count(_FINAL_OUTCOME.get(status, "rejected" if status < 500
                                                 else "failed"))
-            events += self._respond_caller(resp, now)
+            events += self.respond_caller(resp, now)
         else:
             if self.callee_leg is not None:
                 events += self.bye_leg(self.callee_leg, now)
@@ -1186,6 +1052,6 @@ class Call:
         # counting, as soon as its last transaction ends, not by the cyclic
         # collector (whose passes over a busy engine's heap cost more than calls).
         self.legs = []
-        self.callee_leg = self.screened_leg = self.caller_leg = None
+        self.callee_leg = self.caller_leg = self.screening = None
         self.transfer = None
         return [StopMedia(self.key)] if self.anchor.open else []

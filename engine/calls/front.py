@@ -320,9 +320,10 @@ class Calls:
         owner = leg.call
         if leg is owner.callee_leg or leg is owner.caller_leg:
             return self._guard(owner, now, lambda: owner.on_request(leg, req, key, now))
-        if leg is owner.screened_leg and req.method == "BYE" \
+        asked = owner.screening
+        if asked is not None and leg is asked.leg and req.method == "BYE" \
                 and leg.dialog.on_request(req) is None:
-            return self._guard(owner, now, lambda: owner.on_screened_bye(leg, req, key, now))
+            return self._guard(owner, now, lambda: owner.on_screened_bye(req, key, now))
         return None
 
     # ------------------------------------------------------------------ the media service
