@@ -604,7 +604,7 @@ async def test_serve_mailbox_pin_listen_delete_over_rtp(media: MediaService,
         await until(lambda: not os.path.exists(message.path), 2, "the WAV file to go")
         # "Message deleted. End of messages. Goodbye." then the session hangs up.
         await asyncio.wait_for(task, 15)
-        assert not endpoint.closed  # the B2BUA ends the call
+        assert not endpoint.closed  # the call layer ends the call
     finally:
         phone.transport.close()  # type: ignore[union-attr]
         endpoint.close()
