@@ -1,14 +1,17 @@
-# Two commands on a fresh Debian machine:
-#   make run   - set up and serve the example directory on the embedded store
-#   make test  - set up, install the test peers, run everything
+# Three commands on a fresh Debian machine:
+#   make run     - set up and serve the example directory on the embedded store
+#   make test    - set up, install the test peers, run everything
+#   make cluster - for offices that outgrow one process: Kamailio in front of
+#                  NODES engine processes sharing PostgreSQL (deploy/cluster.py)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SIP    ?= 0.0.0.0:5060
 HTTP   ?= 127.0.0.1:8080
+NODES  ?= 2
 
-.PHONY: run test venv peers buildtools lint typecheck unit bench clean
+.PHONY: run cluster test venv peers buildtools lint typecheck unit bench clean
 
 $(BIN)/switchboard: pyproject.toml setup.py engine/message/_speedups.c
 	@$(MAKE) --no-print-directory buildtools
@@ -21,6 +24,12 @@ venv: $(BIN)/switchboard
 
 run: venv
 	$(BIN)/switchboard serve --directory examples/directory.toml --sip $(SIP) --http $(HTTP)
+
+# Kamailio (the edge, deploy/kamailio/kamailio.cfg) on $(SIP), $(NODES) nodes on
+# 127.0.0.1:5071.., one PostgreSQL database ($$DATABASE_URL, default
+# postgresql://127.0.0.1:5432/switchboard; PostgreSQL is started if it is down).
+cluster: venv peers
+	$(BIN)/python deploy/cluster.py --nodes $(NODES) --edge $(SIP)
 
 # A C compiler and the Python headers build the parser's C quick paths
 # (engine/message/_speedups.c); without them the install still works, on the

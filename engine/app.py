@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import itertools
-import json
+import random
 import resource
 import signal
 import socket
@@ -28,6 +27,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from engine import admin_api
 from engine.callmedia import CallMedia
 from engine.calls.events import (
     BridgeMedia,
@@ -48,21 +48,30 @@ from engine.connlimit import (
 )
 from engine.core import Engine, Outcome
 from engine.mail import email_voicemail
-from engine.message import ParseError, StreamFramer, grammar, parse
-from engine.transaction import Addr, Send
+from engine.message import ParseError, Request, Response, StreamFramer, grammar, parse
+from engine.overload import CLASS_NAMES, Head, Overload, OverloadConfig
+from engine.transaction import Addr, Send, server_key_of
 from media.endpoint import MediaEndpoint, MediaError
 from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
-from provisioning.model import Binding, VoicemailMessage
-from provisioning.recordings import delete_recording, list_recordings, recording_path
+from provisioning.model import Binding, Node, VoicemailMessage
 from provisioning.store import Store
 
 log = structlog.get_logger("switchboard.app")
 
 MIN_MESSAGE_SECONDS = 0.5  # shorter recordings (a hang-up at the beep) are not kept
 WRITE_BATCH = 500  # binding changes per store transaction
+# Nodes sharing a store: how often each reads the bindings the others wrote (a
+# phone registered through one node is reachable through the others after
+# about this long) and refreshes its heartbeat row (see `switchboard nodes`).
+BINDING_SYNC_SECONDS = 1.0
+HEARTBEAT_SECONDS = 2.0
+# Expired and deleted bindings leave the store this long after their time (every
+# node has read a deletion by then), checked every BINDING_PURGE_PERIOD.
+BINDING_PURGE_GRACE = 300.0
+BINDING_PURGE_PERIOD = 60.0
 CONNECT_SECONDS = 10.0  # an outbound TCP/TLS connection (with its handshake)
 MAX_STREAM_MESSAGE = 256 * 1024
 LISTEN_BACKLOG = 1024  # a burst of connections waits in the kernel, not refused by it
@@ -72,9 +81,17 @@ TRUST_REFRESH_SECONDS = 10.0  # registered sources re-read from the registrar
 # request and stops holds nothing for long. Handlers get HTTP_HANDLER_SECONDS (504).
 HTTP_IDLE_SECONDS = 5.0
 HTTP_HANDLER_SECONDS = 30.0
-HTTP_MAX_BODY = 64 * 1024  # no endpoint takes a body
+HTTP_MAX_BODY = 64 * 1024  # an API write is one resource as JSON: far less
 HTTP_MAX_LINE = 8190
 HTTP_MAX_HEADERS = 64
+# The receive queue is served in slices of at most DRAIN_SECONDS, so that the loop
+# reads the sockets between slices (libuv reads at most 32 datagrams per socket and
+# iteration) and a datagram of a higher class waits at most about one slice. Short,
+# because what waits in the kernel's buffer is invisible here (its age is not
+# measured, nothing there is shed): with 2 ms slices a 3x burst filled the 4 MiB
+# buffer and INVITEs waited over T1 before being read.
+DRAIN_SECONDS = 0.0005
+LAG_PERIOD = 0.05  # the event loop's lag is sampled this often
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -106,6 +123,10 @@ class ServerConfig:
     tls_ca: str | None = None
     # SIP TCP/TLS connection limits (engine.connlimit): per source, global, deadlines.
     limits: StreamLimits = field(default_factory=StreamLimits)
+    # The receive queue's overload control (engine.overload).
+    overload: OverloadConfig = field(default_factory=OverloadConfig)
+    # This process's name among the nodes sharing the store ("" : host:port).
+    node_id: str = ""
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -113,7 +134,7 @@ class _UDP(asyncio.DatagramProtocol):
         self.server = server
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.server.handle(data, (addr[0], addr[1]), "udp")
+        self.server.receive(data, (addr[0], addr[1]), "udp")
 
     def error_received(self, exc: Exception) -> None:
         log.debug("udp error", error=str(exc))
@@ -151,6 +172,11 @@ class Server:
         self.stopped = asyncio.Event()
         self._revision = 0
         self._vm_revision = 0
+        self.node_id = config.node_id
+        self._binding_revision = 0  # the first sync reads every other node's binding
+        self._started_wall = time.time()
+        self._heartbeat_at = 0.0
+        self._purged_at = time.monotonic()
         system = engine.directory.system
         self.media = MediaService(f"{system.rtp_port_min}-{system.rtp_port_max}",
                                   host=config.sip_host or "0.0.0.0")
@@ -158,6 +184,11 @@ class Server:
         self.calls_media = CallMedia(self.media, config.data_dir, self._screened)
         self._recorders: dict[tuple[str, str], Recorder] = {}
         self._media_tasks: set[asyncio.Task[None]] = set()
+        self.overload = Overload(
+            config.overload, engine.metrics, retransmits=self._retransmits,
+            is_known=lambda source: self.streams.trusted(source[0]),
+            rng=random.Random(), oc_seq_base=time.time() - time.monotonic())
+        self._draining: asyncio.Handle | None = None
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -188,12 +219,7 @@ class Server:
         app = web.Application(client_max_size=HTTP_MAX_BODY, middlewares=[_handler_deadline])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/registrations", self._registrations)
-        app.router.add_get("/route/explain", self._explain)
-        app.router.add_get("/calls", self._calls)
-        app.router.add_get("/recordings", self._recordings)
-        app.router.add_get("/recordings/{id}", self._recording)
-        app.router.add_delete("/recordings/{id}", self._recording_delete)
+        admin_api.setup(app, self)
         self.http = web.AppRunner(app, access_log=None, keepalive_timeout=HTTP_IDLE_SECONDS,
                                   max_line_size=HTTP_MAX_LINE, max_field_size=HTTP_MAX_LINE,
                                   max_headers=HTTP_MAX_HEADERS, handler_cancellation=True)
@@ -206,19 +232,28 @@ class Server:
         self._vm_revision = await self.store.voicemail_revision()
         self._apply(self.engine.set_mwi_counts(await self.store.voicemail_counts(),
                                                time.monotonic()))
+        if not self.node_id:
+            self.node_id = f"{socket.gethostname()}:{bound_port}"
+        await self._sync_bindings()
+        await self._heartbeat(time.monotonic())
         self._tasks.append(asyncio.create_task(self._writer()))
+        self._tasks.append(asyncio.create_task(self._share_bindings()))
         self._schedule()  # trunks that register start at once
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self._watch_lag()))
         log.info("serving", sip=f"{cfg.sip_host}:{bound_port}",
                  transports="udp,tcp" + (f",tls:{cfg.tls_port}" if self.tls else ""),
                  http=f"{cfg.http_host}:{cfg.http_port}",
                  domain=self.engine.directory.system.domain,
                  users=len(self.engine.directory.users),
-                 registrations=self.engine.registrar.count(),
+                 registrations=self.engine.registrar.count(), node=self.node_id,
                  parser="c" if grammar.SPEEDUPS is not None else "python",
                  max_tcp_connections=cfg.limits.max_connections,
                  tcp_per_source=cfg.limits.per_source,
-                 tcp_first_message_seconds=cfg.limits.first_message_seconds)
+                 tcp_first_message_seconds=cfg.limits.first_message_seconds,
+                 max_queue_ms=round(cfg.overload.max_queue * 1000),
+                 source_rate=cfg.overload.source_rate,
+                 retry_after="{}-{}".format(*cfg.overload.retry_after))
 
     async def stop(self) -> None:
         self._apply(self.engine.shutdown(time.monotonic()))  # hang up live calls
@@ -253,15 +288,84 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        try:
+            await self.store.remove_node(self.node_id)
+        except Exception:
+            log.exception("node row not removed", node=self.node_id)
         if self.http is not None:
             await self.http.cleanup()
         log.info("stopped")
         self.stopped.set()
 
     # -- SIP input -------------------------------------------------------------
-    def handle(self, data: bytes, source: Addr, transport: str) -> None:
+    def receive(self, data: bytes, source: Addr, transport: str) -> None:
+        """A message from a socket: into the receive queue (or answered at once by the
+        overload policy); the queue is served soon after, by class."""
+        overload = self.overload
+        overload.offer(data, source, transport, time.monotonic())
+        if overload.outbox:
+            self._flush_overload()
+        if overload.queued and self._draining is None:
+            self._draining = asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Serve the receive queue for one slice, highest class first."""
+        self._draining = None
+        overload = self.overload
+        start = time.monotonic()
+        overload.sweep(start)
+        now = start
+        while now - start < DRAIN_SECONDS:
+            item = overload.pop(now)
+            if item is None:
+                break
+            head = item.head
+            self.handle(item.data, item.source, item.transport,
+                        head.msg if head is not None else None)
+            now = time.monotonic()
+        if overload.outbox:
+            self._flush_overload()
+        if overload.queued:
+            self._draining = asyncio.get_running_loop().call_soon(self._drain)
+
+    def _flush_overload(self) -> None:
+        overload = self.overload
+        for data, addr, transport in overload.outbox:
+            self._send(Send(data, addr, transport))
+        overload.outbox.clear()
+        for event, fields in overload.events:
+            if event == "started":
+                log.warning("overload: shedding started", **fields)
+            else:
+                log.warning("overload: shedding stopped", **fields)
+        overload.events.clear()
+
+    def _retransmits(self, head: Head) -> bool:
+        """A request retransmitting a live server transaction (its answer is cheap)."""
+        key = server_key_of("INVITE" if head.method == "ACK" else head.method, head.via)
+        return key is not None and key in self.engine.transactions
+
+    async def _watch_lag(self) -> None:
+        """The event loop's lag, every LAG_PERIOD: a signal of overload the receive
+        queue cannot see (datagrams waiting in the kernel, a slow callback)."""
+        overload = self.overload
+        metrics = self.engine.metrics
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LAG_PERIOD)
+            now = time.monotonic()
+            overload.tick(max(0.0, now - before - LAG_PERIOD), now)
+            for name, age, q in zip(CLASS_NAMES, overload.oldest(now), overload.queues,
+                                    strict=True):
+                metrics.queue_oldest.labels(name).set(age)
+                metrics.queue_length.labels(name).set(len(q))
+            if overload.outbox or overload.events:
+                self._flush_overload()
+
+    def handle(self, data: bytes, source: Addr, transport: str,
+               parsed: Request | Response | None = None) -> None:
         try:
-            outcome = self.engine.datagram(data, source, transport, time.monotonic())
+            outcome = self.engine.datagram(data, source, transport, time.monotonic(), parsed)
         except Exception:  # never let one message take the listener down
             self.engine.metrics.errors.inc()
             log.exception("message handling failed", source=f"{source[0]}:{source[1]}")
@@ -491,7 +595,7 @@ class Server:
                         continue
                     if not streams.valid(conn) and _well_formed(item):
                         streams.delivered(conn, now)
-                    self.handle(item, addr, transport)
+                    self.receive(item, addr, transport)
                 await writer.drain()
         except (ConnectionError, ssl.SSLError):
             pass
@@ -671,11 +775,11 @@ class Server:
             for op, b in batch:
                 latest[(b.aor, b.contact)] = (op, b)
             saved = [b for op, b in latest.values() if op == "save"]
-            deleted = [key for key, (op, _) in latest.items() if op == "delete"]
+            removed = [b for op, b in latest.values() if op == "delete"]
             try:
-                await self.store.write_bindings(saved, deleted)
+                await self.store.write_bindings(saved, node=self.node_id, removed=removed)
             except Exception:
-                log.exception("store write failed", saved=len(saved), deleted=len(deleted))
+                log.exception("store write failed", saved=len(saved), deleted=len(removed))
             finally:
                 for _ in batch:
                     self._writes.task_done()
@@ -693,6 +797,41 @@ class Server:
                 await self._reload()
             except Exception:
                 log.exception("directory reload failed; serving the previous snapshot")
+
+    async def _share_bindings(self) -> None:
+        """Read what the other nodes registered, and heartbeat; off the hot path."""
+        while True:
+            await asyncio.sleep(BINDING_SYNC_SECONDS)
+            try:
+                await self._sync_bindings()
+                now = time.monotonic()
+                await self._heartbeat(now)
+                if now - self._purged_at >= BINDING_PURGE_PERIOD:
+                    self._purged_at = now
+                    await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
+            except Exception:
+                log.exception("binding sync failed; keeping the bindings held")
+
+    async def _sync_bindings(self) -> None:
+        """Bindings other nodes saved or deleted since the last look, into the registrar:
+        the next call to one of those phones goes where it registered last."""
+        changes = await self.store.bindings_since(self._binding_revision,
+                                                  exclude_node=self.node_id)
+        self._binding_revision = changes.revision
+        if changes.saved or changes.deleted:
+            self.engine.registrar.merge(changes.saved, changes.deleted, time.time())
+            log.debug("bindings from other nodes", saved=len(changes.saved),
+                      deleted=len(changes.deleted), revision=changes.revision)
+
+    async def _heartbeat(self, now: float) -> None:
+        if now - self._heartbeat_at < HEARTBEAT_SECONDS and self._heartbeat_at:
+            return
+        self._heartbeat_at = now
+        engine = self.engine
+        await self.store.heartbeat(Node(
+            id=self.node_id, address=f"{engine.advertise}:{engine.port}",
+            started_at=self._started_wall, last_seen=time.time(),
+            calls=engine.calls.active_count, registrations=engine.registrar.count()))
 
     async def _reload(self) -> None:
         """A directory apply or a status change (another process) reaches the next call;
@@ -725,76 +864,6 @@ class Server:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "registrations": self.engine.registrar.count(),
                                   "transactions": len(self.engine.transactions)})
-
-    async def _registrations(self, request: web.Request) -> web.Response:
-        now = time.time()
-        rows = [binding_json(b, now) for b in self.engine.registrar.all()
-                if b.expires_at > now]
-        return web.Response(text=json.dumps(rows), content_type="application/json")
-
-
-    async def _explain(self, request: web.Request) -> web.Response:
-        """``GET /route/explain?from=101&to=102[&at=ISO][&status=away]
-        [&preferred_identity=NUMBER]``: the plan as JSON (with the identity the call
-        presents), against the live snapshot and registrations."""
-        from engine.cli import parse_when
-        from provisioning.model import STATUSES
-        from routing import explain, plan_to_json
-
-        q = request.query
-        caller, callee = q.get("from", ""), q.get("to", "")
-        if not caller or not callee:
-            return web.json_response({"error": "'from' and 'to' are required"}, status=400)
-        status_text = q.get("status") or None
-        status = None
-        if status_text is not None:
-            if status_text not in STATUSES:
-                return web.json_response({"error": f"unknown status '{status_text}'"},
-                                         status=400)
-            status = STATUSES[STATUSES.index(status_text)]
-        try:
-            at = parse_when(q["at"]) if q.get("at") else dt.datetime.fromtimestamp(
-                time.time() + self.engine.route_clock_offset, dt.UTC)  # the routing clock
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        engine = self.engine
-        state = engine.calls.live_state(engine.directory, time.time())
-        plan = explain(engine.directory, caller, callee, at, status=status,
-                       registered=state.registered,
-                       preferred_identity=q.get("preferred_identity", ""))
-        return web.json_response(plan_to_json(plan))
-
-    async def _recordings(self, request: web.Request) -> web.Response:
-        """``GET /recordings``: every call recording (id, call_id, caller, callee, time,
-        duration, reason, path), oldest first."""
-        return web.json_response(list_recordings(self.config.data_dir))
-
-    async def _recording(self, request: web.Request) -> web.StreamResponse:
-        """``GET /recordings/{id}``: the WAV file."""
-        try:
-            path = recording_path(self.config.data_dir, request.match_info["id"])
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if not path.exists():
-            return web.json_response({"error": "no such recording"}, status=404)
-        return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
-
-    async def _recording_delete(self, request: web.Request) -> web.Response:
-        """``DELETE /recordings/{id}``."""
-        try:
-            gone = delete_recording(self.config.data_dir, request.match_info["id"])
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        if not gone:
-            return web.json_response({"error": "no such recording"}, status=404)
-        return web.json_response({"deleted": request.match_info["id"]})
-
-    async def _calls(self, request: web.Request) -> web.Response:
-        now = time.monotonic()
-        rows = [{"call_id": c.call_id, "caller": c.caller, "callee": c.callee,
-                 "state": c.state, "step": c.step, "seconds": round(now - c.started, 1)}
-                for c in self.engine.calls.calls_in_progress()]
-        return web.json_response(rows)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -857,11 +926,6 @@ def raise_open_file_limit() -> None:
             log.warning("open-file limit not raised", soft=soft, hard=hard, error=str(exc))
             return
     log.info("open-file limit", was=soft, now=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-
-
-def binding_json(b: Binding, now: float) -> dict[str, object]:
-    return {"extension": b.aor, "contact": b.contact, "expires_in": max(0, int(b.expires_at - now)),
-            "q": b.q, "source": b.source, "user_agent": b.user_agent}
 
 
 async def serve(engine: Engine, store: Store, config: ServerConfig) -> None:

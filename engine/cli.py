@@ -3,6 +3,7 @@
     switchboard serve [--directory FILE] [--db URL] [--sip HOST:PORT] [--http HOST:PORT]
     switchboard provision apply FILE
     switchboard registrations [--json]
+    switchboard nodes [--json]
     switchboard status set EXT STATUS
 
 Every command takes ``--data-dir DIR`` (default ``./switchboard-data``): the
@@ -21,11 +22,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from provisioning.directory import DirectoryError, load_directory
 from provisioning.store import ApplyReport, Store, StoreError, open_store
+from routing import parse_when
+
+if TYPE_CHECKING:
+    from engine.overload import OverloadConfig
+    from provisioning.api.auth import Principal
+    from provisioning.api.errors import ApiError
 
 DEFAULT_DATA_DIR = "switchboard-data"
 
@@ -95,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="digest algorithms to challenge with; SHA-256 is always offered "
                             "first when enabled (RFC 8760); clients that read only the first "
                             "challenge and know only MD5 (SIPp 3.6) need 'MD5'")
+    serve.add_argument("--node-id", default="", metavar="NAME",
+                       help="this process's name among the nodes sharing the store "
+                            "(default: hostname:SIP port); see 'switchboard nodes'")
     serve.add_argument("--advertise", default=None,
                        help="host or IP the engine puts in Via and Contact of the calls it "
                             "places (default: the --sip host, or 127.0.0.1 when that is 0.0.0.0)")
@@ -126,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a new TCP/TLS connection must finish its TLS handshake and send "
                             "a complete SIP message within S seconds (default 5); then it "
                             "stays open while active (idle timeout 3600 s)")
+    serve.add_argument("--max-queue-ms", type=int, default=200, metavar="MS",
+                       help="overload: a new INVITE may wait this long in the receive queue "
+                            "(default 200; refreshes of known sources twice that, other new "
+                            "requests half); past it new requests get 503 at once")
+    serve.add_argument("--source-rate", type=float, default=20.0, metavar="N",
+                       help="new requests per second (burst 2N) from one IP address that is "
+                            "neither a trunk nor holds a binding (default 20); past it, 503")
+    serve.add_argument("--retry-after", default="2-10", metavar="MIN-MAX",
+                       help="the Retry-After of overload 503s, seconds, drawn at random in "
+                            "this range (default 2-10)")
     serve.add_argument("--media", choices=("relay", "direct"), default="relay",
                        help="relay (default): the RTP of calls goes through the engine, which "
                             "plays hold music, records and screens rebound calls; direct: SDP "
@@ -142,10 +163,81 @@ def build_parser() -> argparse.ArgumentParser:
     check = psub.add_parser("check", help="validate a directory file without applying it")
     _common(check)
     check.add_argument("file")
+    export = psub.add_parser("export", help="write the live directory as a directory file "
+                                            "(TOML, secrets included: keep it private)")
+    _common(export)
+    export.add_argument("file", nargs="?", default="-", help="where (default: standard output)")
+
+    users = sub.add_parser("users", help="web sign-in of users (the admin API)")
+    usub = users.add_subparsers(dest="action", required=True)
+    upw = usub.add_parser("set-password", help="set a user's web password, read from "
+                                               "standard input (ends their sessions)")
+    _common(upw)
+    upw.add_argument("extension")
+    utotp = usub.add_parser("totp", help="enrol a user in two-factor sign-in (TOTP): prints "
+                                         "the otpauth URI, a QR code and recovery codes")
+    _common(utotp)
+    utotp.add_argument("extension")
+    utotp.add_argument("--png", default=None, metavar="PATH",
+                       help="also write the QR code as a PNG file")
+    utotp.add_argument("--disable", action="store_true", help="turn TOTP off for the user")
+
+    uimp = usub.add_parser("import", help="create or change users from a CSV in a 3CX user "
+                                          "export's columns (all or nothing; never deletes)")
+    _common(uimp)
+    uimp.add_argument("file", help="the CSV file ('-': standard input)")
+    uimp.add_argument("--dry-run", action="store_true",
+                      help="only say which users would be added, changed or left unchanged")
+    uexp = usub.add_parser("export", help="the users, as JSON or (--csv) in a 3CX user "
+                                          "export's columns; never passwords or PINs")
+    _common(uexp)
+    uexp.add_argument("--csv", action="store_true")
+
+    ucopy = usub.add_parser("copy", help="a new user with another's settings and new "
+                                         "credentials (SIP password and PIN printed once)")
+    _common(ucopy)
+    ucopy.add_argument("source", help="the extension whose settings are copied")
+    ucopy.add_argument("extension", help="the new user's extension")
+    ucopy.add_argument("--name", required=True)
+    ucopy.add_argument("--email", default=None)
+    ucopy.add_argument("--mobile", default=None)
+
+    uwel = usub.add_parser("welcome", help="email a user their extension, SIP credentials "
+                                           "and a link to choose their web password "
+                                           "([system] smtp and admin_url)")
+    _common(uwel)
+    uwel.add_argument("extension")
+
+    keys = sub.add_parser("apikeys", help="API keys for integrations")
+    ksub = keys.add_subparsers(dest="action", required=True)
+    kcreate = ksub.add_parser("create", help="create a key (printed once)")
+    _common(kcreate)
+    kcreate.add_argument("--role", required=True, choices=("department_admin", "manager",
+                                                           "owner"))
+    kcreate.add_argument("--name", required=True)
+    kcreate.add_argument("--department", default="",
+                         help="the department of a department_admin key")
+    klist = ksub.add_parser("list", help="every key (never the secret)")
+    _common(klist)
+    klist.add_argument("--json", action="store_true")
+    krevoke = ksub.add_parser("revoke", help="revoke a key at once")
+    _common(krevoke)
+    krevoke.add_argument("id")
+
+    audit = sub.add_parser("audit", help="the audit log of changes, newest first")
+    _common(audit)
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--target", default=None, help="e.g. users/101")
+    audit.add_argument("--json", action="store_true")
 
     regs = sub.add_parser("registrations", help="list live registrations")
     _common(regs)
     regs.add_argument("--json", action="store_true")
+
+    nodes = sub.add_parser("nodes", help="list the engine processes sharing the store, "
+                                         "with their load")
+    _common(nodes)
+    nodes.add_argument("--json", action="store_true")
 
     status = sub.add_parser("status", help="user status")
     ssub = status.add_subparsers(dest="action", required=True)
@@ -231,6 +323,25 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def overload_config(max_queue_ms: int, source_rate: float, retry_after: str,
+                    t1_ms: int) -> OverloadConfig:
+    """serve's overload flags, checked: an error names the flag and the value."""
+    from engine.overload import OverloadConfig
+
+    if max_queue_ms < 1:
+        raise ValueError(f"--max-queue-ms must be at least 1, not {max_queue_ms}")
+    if not source_rate > 0:
+        raise ValueError(f"--source-rate must be more than 0, not {source_rate}")
+    low, sep, high = retry_after.partition("-")
+    if not (low.isdigit() and (not sep or high.isdigit())):
+        raise ValueError(f"--retry-after {retry_after!r}: expected MIN-MAX seconds, e.g. 2-10")
+    bounds = (int(low), int(high or low))
+    if not 0 < bounds[0] <= bounds[1]:
+        raise ValueError(f"--retry-after {retry_after!r}: need 0 < MIN <= MAX")
+    return OverloadConfig(max_queue=max_queue_ms / 1000, source_rate=source_rate,
+                          source_burst=2 * source_rate, retry_after=bounds, t1=t1_ms / 1000)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
 
@@ -250,9 +361,9 @@ async def _serve(args: argparse.Namespace) -> int:
     limits = StreamLimits(max_connections=args.max_tcp_connections,
                           per_source=args.tcp_per_source,
                           first_message_seconds=args.tcp_first_message_seconds)
-    store = _store(args)
-    await store.open()
-    try:
+    overload = overload_config(args.max_queue_ms, args.source_rate, args.retry_after,
+                               args.t1_ms)
+    async with _store(args) as store:
         if args.directory:
             warnings: list[str] = []
             directory = load_directory(args.directory, warnings)
@@ -283,6 +394,8 @@ async def _serve(args: argparse.Namespace) -> int:
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
         config.limits = limits
+        config.overload = overload
+        config.node_id = args.node_id
         if args.tls or args.tls_cert:
             if not args.tls_cert:
                 raise ValueError("--tls needs --tls-cert (and --tls-key unless the key is in it)")
@@ -291,8 +404,6 @@ async def _serve(args: argparse.Namespace) -> int:
         config.tls_ca = args.tls_ca
         tune_gc()
         await serve(engine, store, config)
-    finally:
-        await store.close()
     return 0
 
 
@@ -307,27 +418,23 @@ async def _apply(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     directory = load_directory(args.file, warnings)
     _print_warnings(warnings)
-    store = _store(args)
-    await store.open()
-    try:
-        report = await store.apply_directory(directory)
-    finally:
-        await store.close()
+    from provisioning.api.auth import new_audit
+
+    async with _store(args) as store:
+        audit = new_audit(_cli_actor(), "cli", "provision.apply", "directory", None,
+                          {"file": str(Path(args.file).resolve())})
+        report = await store.apply_directory(directory, audit=audit)
     _drop_removed_mailboxes(args, report)
     print(format_report(report))
     return 0
 
 
 async def _registrations(args: argparse.Namespace) -> int:
-    from engine.app import binding_json
+    from provisioning.model import binding_json
 
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         now = time.time()
         rows = [binding_json(b, now) for b in await store.load_bindings() if b.expires_at > now]
-    finally:
-        await store.close()
     rows.sort(key=lambda r: (str(r["extension"]), str(r["contact"])))
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -341,25 +448,59 @@ async def _registrations(args: argparse.Namespace) -> int:
     return 0
 
 
+# A node whose heartbeat is older than this is shown as not answering (it beats
+# every 2 s: engine.app.HEARTBEAT_SECONDS).
+NODE_STALE_SECONDS = 10.0
+
+
+async def _nodes(args: argparse.Namespace) -> int:
+    async with _store(args) as store:
+        nodes = await store.list_nodes()
+    now = time.time()
+    rows = [{"id": n.id, "address": n.address, "started": _iso(n.started_at),
+             "last_seen_seconds": round(max(0.0, now - n.last_seen), 1),
+             "up": now - n.last_seen <= NODE_STALE_SECONDS,
+             "calls": n.calls, "registrations": n.registrations} for n in nodes]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no nodes (none is serving on this store)")
+    else:
+        print(f"{'NODE':<28} {'ADDRESS':<22} {'STATE':<6} {'SEEN':>6} {'CALLS':>6} "
+              f"{'REGS':>6}  STARTED")
+        for r in rows:
+            state = "up" if r["up"] else "stale"
+            print(f"{r['id']!s:<28} {r['address']!s:<22} {state:<6} "
+                  f"{r['last_seen_seconds']!s:>5}s {r['calls']!s:>6} {r['registrations']!s:>6}"
+                  f"  {r['started']}")
+    return 0
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def _status_set(args: argparse.Namespace) -> int:
-    store = _store(args)
-    await store.open()
-    try:
+    from provisioning.api.auth import new_audit
+
+    async with _store(args) as store:
         await store.set_user_status(args.extension, args.status)
-    finally:
-        await store.close()
+        await store.write_audit(new_audit(_cli_actor(), "cli", "status.set",
+                                          f"users/{args.extension}", None,
+                                          {"status": args.status}))
     print(f"{args.extension}: {args.status}")
     return 0
 
 
 async def _status_clear(args: argparse.Namespace) -> int:
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         cleared = await store.clear_user_status(args.extension)
+        if cleared:
+            from provisioning.api.auth import new_audit
+
+            await store.write_audit(new_audit(_cli_actor(), "cli", "status.clear",
+                                              f"users/{args.extension}"))
         directory = await store.load_directory()
-    finally:
-        await store.close()
     user = directory.user(args.extension) if directory else None
     if user is None:
         raise LookupError(f"unknown extension '{args.extension}' (no such user)")
@@ -370,13 +511,9 @@ async def _status_clear(args: argparse.Namespace) -> int:
 async def _voicemail_list(args: argparse.Namespace) -> int:
     from provisioning.mailbox import dumps, format_messages
 
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         await _known_user(store, args.extension)
         messages = await store.list_voicemail(args.extension)
-    finally:
-        await store.close()
     print(dumps(messages) if args.json else format_messages(messages))
     return 0
 
@@ -384,13 +521,9 @@ async def _voicemail_list(args: argparse.Namespace) -> int:
 async def _voicemail_delete(args: argparse.Namespace) -> int:
     from provisioning.mailbox import delete_message
 
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         await _known_user(store, args.extension)
         done = await delete_message(store, args.extension, args.id)
-    finally:
-        await store.close()
     if done.message is None:
         raise LookupError(f"mailbox {args.extension} has no message '{args.id}'")
     if done.file_error is not None:
@@ -440,26 +573,255 @@ def _drop_removed_mailboxes(args: argparse.Namespace, report: ApplyReport) -> No
         remove_mailboxes(Path(args.data_dir), removed)
 
 
-def parse_when(text: str) -> dt.datetime:
-    """An ISO 8601 time; without a zone it is UTC."""
+async def _export(args: argparse.Namespace) -> int:
+    from provisioning.export import directory_toml
+
+    async with _store(args) as store:
+        data, revision = await store.load_directory_data()
+    if data is None:
+        raise LookupError("no directory in the store; run 'switchboard provision apply FILE'")
+    text = directory_toml(data, revision)
+    if args.file == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.file).write_text(text)
+        print(f"{args.file}: revision {revision}", file=sys.stderr)
+    return 0
+
+
+async def _cli_user(store: Store, extension: str) -> object:
+    directory = await store.load_directory()
+    user = directory.user(extension) if directory else None
+    if user is None:
+        raise LookupError(f"unknown extension '{extension}' (no such user)")
+    return user
+
+
+def _cli_actor() -> str:
+    import getpass
+
     try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"'{text}' is not an ISO 8601 time like 2026-12-01T10:30:00-05:00")\
-            from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+async def _users_set_password(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import hash_password, new_audit
+
+    line = sys.stdin.readline()
+    password = line[:-1] if line.endswith("\n") else line
+    hashed = hash_password(password)  # ValueError: too short, said before touching the store
+    async with _store(args) as store:
+        await _cli_user(store, args.extension)
+        await store.set_web_password(args.extension, hashed)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "auth.password",
+                                          f"users/{args.extension}", None,
+                                          {"web_password": "********"}))
+    print(f"{args.extension}: web password set (their sessions are ended)")
+    return 0
+
+
+def _cli_principal() -> Principal:
+    """Who the CLI acts as through the admin API's write path: whoever may open the
+    store may already rewrite it all, so an owner."""
+    from provisioning.api.auth import Principal
+
+    return Principal(actor=_cli_actor(), role="owner")
+
+
+def _print_api_error(exc: ApiError) -> int:
+    print("switchboard: refused, nothing applied:", file=sys.stderr)
+    for path, message in exc.errors:
+        print(f"  {path}: {message}" if path else f"  {message}", file=sys.stderr)
+    return 2
+
+
+async def _users_import(args: argparse.Namespace) -> int:
+    from provisioning.api.errors import ApiError
+    from provisioning.api.resources import DirectoryApi
+
+    text = sys.stdin.read() if args.file == "-" else \
+        Path(args.file).read_text(encoding="utf-8-sig")
+    async with _store(args) as store:
+        try:
+            report, revision = await DirectoryApi(store).import_users(
+                _cli_principal(), text, None, "cli", dry_run=args.dry_run)
+        except ApiError as exc:
+            return _print_api_error(exc)
+    print("added: " + (", ".join(report["added"]) or "none"))
+    print("changed: " + (", ".join(f"{ext} ({', '.join(fields)})" for ext, fields
+                                   in report["changed"].items()) or "none"))
+    print("unchanged: " + (", ".join(report["unchanged"]) or "none"))
+    if report["ignored_columns"]:
+        print("ignored columns: " + ", ".join(report["ignored_columns"]))
+    if args.dry_run:
+        print("dry run: nothing applied")
+    else:
+        print(f"revision {revision}")
+    return 0
+
+
+async def _users_copy(args: argparse.Namespace) -> int:
+    from provisioning.api.errors import ApiError
+    from provisioning.api.resources import DirectoryApi
+
+    body = {"extension": args.extension, "name": args.name}
+    body |= {k: v for k in ("email", "mobile") if (v := getattr(args, k)) is not None}
+    async with _store(args) as store:
+        try:
+            row, revision = await DirectoryApi(store).copy_user(
+                _cli_principal(), args.source, body, None, "cli")
+        except ApiError as exc:
+            return _print_api_error(exc)
+    print(f"{row['extension']}: created from {args.source} (revision {revision}); "
+          "the credentials below are shown once")
+    print(f"SIP password: {row['sip_password']}")
+    print(f"voicemail PIN: {row['voicemail_pin']}")
+    return 0
+
+
+async def _users_welcome(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
+    from provisioning.api.errors import ApiError
+    from provisioning.api.mail import WELCOME_SECONDS, send_welcome
+
+    async with _store(args) as store:
+        directory = await store.load_directory()
+        user = directory.user(args.extension) if directory else None
+        if directory is None or user is None:
+            raise LookupError(f"unknown extension '{args.extension}' (no such user)")
+        index = next(i for i, u in enumerate(directory.users) if u.extension == user.extension)
+        try:
+            sent_to = await send_welcome(store, directory.system, user, f"users[{index}]")
+        except ApiError as exc:
+            return _print_api_error(exc)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "users.welcome",
+                                          f"users/{user.extension}", None, {"to": sent_to}))
+    print(f"{user.extension}: welcome sent to {sent_to} (the link to choose a web password "
+          f"lasts {WELCOME_SECONDS // 3600} hours)")
+    return 0
+
+
+async def _users_export(args: argparse.Namespace) -> int:
+    from provisioning.api.resources import DirectoryApi, redact
+
+    async with _store(args) as store:
+        api = DirectoryApi(store)
+        if args.csv:
+            text, _ = await api.export_users(_cli_principal())
+            sys.stdout.write(text)
+            return 0
+        data, _ = await api.snapshot()
+    print(json.dumps([redact("users", u) for u in data["users"]], indent=2,
+                     ensure_ascii=False))
+    return 0
+
+
+async def _users_totp(args: argparse.Namespace) -> int:
+    import segno
+
+    from provisioning.api.auth import enrol_totp, new_audit
+    from provisioning.model import User
+
+    async with _store(args) as store:
+        user = await _cli_user(store, args.extension)
+        assert isinstance(user, User)
+        if args.disable:
+            done = await store.delete_totp(args.extension)
+            await store.write_audit(new_audit(_cli_actor(), "cli", "auth.totp.disable",
+                                              f"users/{args.extension}"))
+            print(f"{args.extension}: TOTP " + ("turned off" if done else "was not on"))
+            return 0
+        directory = await store.load_directory()
+        assert directory is not None
+        enrolment = await enrol_totp(store, user, directory.system.domain)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "auth.totp.enrol",
+                                          f"users/{args.extension}"))
+    qr = segno.make(enrolment.uri, error="m")
+    print(f"{args.extension}: TOTP on. Scan this with an authenticator app:\n")
+    qr.terminal(compact=True)
+    print(f"\n{enrolment.uri}\n")
+    if args.png:
+        qr.save(args.png, scale=6)
+        print(f"QR code: {args.png}")
+    print("Recovery codes (each works once, instead of a code; keep them safe):")
+    for code in enrolment.recovery_codes:
+        print(f"  {code}")
+    return 0
+
+
+async def _apikeys_create(args: argparse.Namespace) -> int:
+    from provisioning.api.actions import api_key_json
+    from provisioning.api.auth import create_api_key, new_audit
+
+    async with _store(args) as store:
+        if args.department:
+            directory = await store.load_directory()
+            if directory is None or directory.department(args.department) is None:
+                raise LookupError(f"unknown department '{args.department}'")
+        record, key = await create_api_key(store, args.name, args.role, args.department)
+        await store.write_audit(new_audit(_cli_actor(), "cli", "api_keys.create",
+                                          f"api_keys/{record.id}", None, api_key_json(record)))
+    print(f"API key {record.id} ({record.name}, {record.role}); shown once, keep it secret:")
+    print(key)
+    return 0
+
+
+async def _apikeys_list(args: argparse.Namespace) -> int:
+    from provisioning.api.actions import api_key_json
+
+    async with _store(args) as store:
+        rows = [api_key_json(k) for k in await store.list_api_keys()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print("no API keys")
+    for r in [] if args.json else rows:
+        state = f"revoked {r['revoked']}" if r["revoked"] else "live"
+        dept = f" ({r['department']})" if r["department"] else ""
+        print(f"{r['id']}  {r['name']:<20} {r['role']}{dept}  created {r['created']}  {state}")
+    return 0
+
+
+async def _apikeys_revoke(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
+
+    async with _store(args) as store:
+        if not await store.revoke_api_key(args.id, time.time()):
+            raise LookupError(f"no live API key '{args.id}'")
+        await store.write_audit(new_audit(_cli_actor(), "cli", "api_keys.revoke",
+                                          f"api_keys/{args.id}"))
+    print(f"API key {args.id} revoked")
+    return 0
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from provisioning.api.actions import audit_json
+
+    async with _store(args) as store:
+        rows = [audit_json(e) for e in await store.list_audit(limit=args.limit,
+                                                              target=args.target)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no audit entries")
+    for r in rows:
+        change = ""
+        if r["before"] is not None or r["after"] is not None:
+            change = f"  {json.dumps(r['before'])} -> {json.dumps(r['after'])}"
+        print(f"{r['at']}  {r['actor']:<18} {r['source']:<15} {r['action']:<18} "
+              f"{r['target']}{change}")
+    return 0
 
 
 async def _route_explain(args: argparse.Namespace) -> int:
     from routing import explain, plan_to_json, render_text
 
-    store = _store(args)
-    await store.open()
-    try:
+    async with _store(args) as store:
         directory = await store.load_directory()
         bindings = await store.load_bindings() if args.live else []
-    finally:
-        await store.close()
     if directory is None:
         raise LookupError("no directory in the store; run 'switchboard provision apply FILE'")
     at = parse_when(args.at) if args.at else dt.datetime.now(dt.UTC)
@@ -488,12 +850,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.file}: valid")
             return 0
         runners = {("provision", "apply"): _apply, ("registrations", None): _registrations,
+                   ("nodes", None): _nodes,
                    ("status", "set"): _status_set, ("status", "clear"): _status_clear,
                    ("route", "explain"): _route_explain,
                    ("voicemail", "list"): _voicemail_list,
                    ("voicemail", "delete"): _voicemail_delete,
                    ("recordings", "list"): _recordings_list,
-                   ("recordings", "delete"): _recordings_delete}
+                   ("recordings", "delete"): _recordings_delete,
+                   ("provision", "export"): _export,
+                   ("users", "set-password"): _users_set_password,
+                   ("users", "totp"): _users_totp,
+                   ("users", "import"): _users_import,
+                   ("users", "export"): _users_export,
+                   ("users", "copy"): _users_copy,
+                   ("users", "welcome"): _users_welcome,
+                   ("apikeys", "create"): _apikeys_create,
+                   ("apikeys", "list"): _apikeys_list,
+                   ("apikeys", "revoke"): _apikeys_revoke,
+                   ("audit", None): _audit}
         runner = runners[(args.command, getattr(args, "action", None))]
         return asyncio.run(runner(args))
     except DirectoryError as exc:

@@ -59,9 +59,9 @@ log = structlog.get_logger("switchboard.engine")
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, SUBSCRIBE"
 ACCEPT = "application/sdp"
 # Only what is implemented is advertised: RFC 5626 reg-id/instance bindings and
-# CRLF keep-alives are; Path (RFC 3327) is not, so a REGISTER that requires it
-# gets 420 instead of a binding that would silently drop the proxy's route.
-SUPPORTED: tuple[str, ...] = ("outbound",)
+# CRLF keep-alives, and Path (RFC 3327): a REGISTER through the edge is stored
+# with its Path, which becomes the route set of calls to that phone.
+SUPPORTED: tuple[str, ...] = ("outbound", "path")
 KNOWN_METHODS = frozenset((
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"))
@@ -190,15 +190,17 @@ class Engine:
         self._run(events, now, out)
         return out
 
-    def datagram(self, data: bytes, source: Addr, transport: str, now: float) -> Outcome:
-        """Handle one datagram (or one framed stream message)."""
+    def datagram(self, data: bytes, source: Addr, transport: str, now: float,
+                 parsed: Request | Response | None = None) -> Outcome:
+        """Handle one datagram (or one framed stream message); ``parsed`` is ``data``
+        already parsed (the receive queue reads each message to class it)."""
         out = Outcome()
         if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             # A keep-alive: phones (pjsip, Linphone) send CRLFs over UDP too, every
             # 15-30 s. Nothing to answer, and not a parse error (RFC 3261 s7.5).
             return out
         try:
-            msg = parse(data, stream=transport != "udp")
+            msg = parsed if parsed is not None else parse(data, stream=transport != "udp")
         except ParseError as exc:
             self.metrics.parse_errors.labels(transport).inc()
             partial = exc.partial
@@ -447,31 +449,40 @@ class Engine:
 
     def _authenticate(self, req: Request, method: str, source: Addr, now: float,
                       answer: Callable[..., None]) -> str | None:
-        """Digest (RFC 3261 s22.3 proxy auth, 407) for a request from a phone.
+        """Digest for a request from a phone: as a registrar for REGISTER (RFC 3261
+        s22.2: 401, WWW-Authenticate / Authorization), as a proxy for anything else
+        (s22.3: 407, Proxy-Authenticate / Proxy-Authorization). One flow for both,
+        so the block, the nonce-count and the Request-URI checks cannot drift apart.
 
         Returns the authenticated username, or None when the request was answered
         (challenge, refusal, block).
         """
+        if method == "REGISTER":
+            status, challenge_header, credentials_header = (
+                401, "WWW-Authenticate", "authorization")
+        else:
+            status, challenge_header, credentials_header = (
+                407, "Proxy-Authenticate", "proxy-authorization")
         ip = source[0]
-        wall = self.wall_clock()
-        if self.limiter.is_blocked(ip, wall):
+        if self.limiter.is_blocked(ip, self.wall_clock()):
             answer(403, [("Warning",
                           warning_value("too many failed authentications; retry later"))])
             return None
-        credentials = [v for v in req.get_lines("proxy-authorization")
+        credentials = [v for v in req.get_lines(credentials_header)
                        if v.lstrip()[:6].lower() == "digest"]
         if not credentials:
-            answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now)])
+            answer(status, [(challenge_header, c) for c in self.auth.challenge(now)])
             return None
         result = self.auth.verify(method, credentials[0], self.password_of, now)
         if result.ok and not _same_target(result.uri, req, self.local_hosts):
             result = _uri_mismatch(result)
         if result.stale:
-            answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
+            answer(status, [(challenge_header, c)
+                            for c in self.auth.challenge(now, stale=True)])
             return None
         if not result.ok:
             self._auth_failed(req, result.username, result.reason, source, method)
-            answer(407, [("Proxy-Authenticate", c) for c in self.auth.challenge(now)])
+            answer(status, [(challenge_header, c) for c in self.auth.challenge(now)])
             return None
         self.limiter.success(ip)
         return result.username
@@ -489,32 +500,14 @@ class Engine:
 
     def _register(self, req: Request, source: Addr, transport: str, now: float,
                   answer: Callable[..., None], out: Outcome) -> None:
-        ip = source[0]
+        username = self._authenticate(req, "REGISTER", source, now, answer)
+        if username is None:
+            return
         wall = self.wall_clock()
-        if self.limiter.is_blocked(ip, wall):
-            answer(403, [("Warning",
-                          warning_value("too many failed authentications; retry later"))])
-            return
-        credentials = [v for v in req.get_lines("authorization")
-                       if v.lstrip()[:6].lower() == "digest"]
-        if not credentials:
-            answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now)])
-            return
-        result = self.auth.verify("REGISTER", credentials[0], self.password_of, now)
-        if result.ok and not _same_target(result.uri, req, self.local_hosts):
-            result = _uri_mismatch(result)
-        if result.stale:
-            answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now, stale=True)])
-            return
-        if not result.ok:
-            self._auth_failed(req, result.username, result.reason, source, "REGISTER")
-            answer(401, [("WWW-Authenticate", c) for c in self.auth.challenge(now)])
-            return
-        self.limiter.success(ip)
         aor = req.to.uri.user or ""
-        if aor != result.username:
+        if aor != username:
             answer(403, [("Warning", warning_value(
-                f"user {result.username!r} may not register {aor!r}"))])
+                f"user {username!r} may not register {aor!r}"))])
             return
         outcome = self.registrar.register(req, aor, f"{transport}:{source[0]}:{source[1]}",
                                           wall)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Billing groups with a label of their own in ``switchboard_calls_by_billing_group``;
 #: any further group is counted as ``other`` (calls with none as ``none``), so the
@@ -70,6 +70,37 @@ class Metrics:
             "switchboard_calls_by_billing_group", "Calls routed, by the billing_group of "
             f"their number (the first {BILLING_GROUP_LABELS} groups in directory order, "
             "then 'other'; 'none' without one)", ["billing_group"], registry=r)
+        # Overload control (engine.overload).
+        self.shed = Counter(
+            "switchboard_sip_shed", "SIP messages not served, by class (dialog, refresh, "
+            "invite, other) and reason: delay (refused at arrival: the queue or the loop "
+            "too late), expired (refused after waiting too long), stale (dropped: its "
+            "sender has retransmitted since), full (the queue at its size limit), "
+            "source_rate (an unknown source over its token bucket); requests get a 503, "
+            "responses and ACKs are dropped", ["class", "reason"], registry=r)
+        self.overload_absorbed = Counter(
+            "switchboard_sip_overload_absorbed", "Messages the receive queue answered "
+            "itself: ack_of_503 (the ACK of a 503 it sent), queued_retransmission (a copy "
+            "of a request still queued)", ["what"], registry=r)
+        self.overloaded = Gauge(
+            "switchboard_overloaded", "1 while the engine sheds load (from the first "
+            "message not served to 2 s without any)", registry=r)
+        self.loop_lag = Histogram(
+            "switchboard_event_loop_lag_seconds", "How late the event loop runs a timer "
+            "(sampled every 50 ms)", registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5))
+        self.queue_wait = Histogram(
+            "switchboard_sip_queue_wait_seconds", "How long a message served waited in the "
+            "receive queue, by class", ["class"], registry=r,
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 1.0))
+        self.queue_oldest = Gauge(
+            "switchboard_sip_queue_oldest_seconds", "Age of the oldest message waiting in "
+            "the receive queue, by class", ["class"], registry=r)
+        self.queue_length = Gauge(
+            "switchboard_sip_queue_length", "Messages waiting in the receive queue, by class",
+            ["class"], registry=r)
+        self._shed: dict[tuple[str, str], Counter] = {}
+        self._wait: dict[str, Histogram] = {}
         self._billing_groups: set[str] = set()
         self._in: dict[tuple[str, str, str], Counter] = {}
         self._out: dict[tuple[str, str, str], Counter] = {}
@@ -89,6 +120,19 @@ class Metrics:
         if child is None:
             child = self._out[key] = self.messages_out.labels(kind, method, status)
         child.inc()
+
+    def count_shed(self, cls: str, reason: str) -> None:
+        key = (cls, reason)
+        child = self._shed.get(key)
+        if child is None:
+            child = self._shed[key] = self.shed.labels(cls, reason)
+        child.inc()
+
+    def observe_wait(self, cls: str, seconds: float) -> None:
+        child = self._wait.get(cls)
+        if child is None:
+            child = self._wait[cls] = self.queue_wait.labels(cls)
+        child.observe(seconds)
 
     def admit_billing_groups(self, groups: Iterable[str]) -> None:
         """Give the first groups (directory order) a label of their own while fewer

@@ -213,6 +213,14 @@ def _cookie_branch(via: Via) -> str | None:
     return None
 
 
+def server_key_of(method: str, via: Via) -> TxKey | None:
+    """The server key a request of ``method`` with top Via ``via`` would have, when its
+    branch is RFC 3261 style (else None): lets a reader that has not parsed the whole
+    message ask whether it retransmits a live transaction."""
+    branch = _cookie_branch(via)
+    return None if branch is None else TxKey("server", method, branch, _sent_by(via))
+
+
 def _server_key(req: Request, method: str, to_tag: str | None) -> TxKey:
     """The server key of ``req`` as a request of ``method`` (s17.2.3).
 

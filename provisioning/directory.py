@@ -103,6 +103,10 @@ HOURS_RE = re.compile(
 )
 PORTS_RE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
 PIN_RE = re.compile(r"[0-9]{4,12}")
+# The admin listener as users reach it (behind a proxy: the proxy's): the links in
+# welcome and password-reset emails. Never taken from a request's Host header, which
+# the requester chooses (a reset link must not point to their server).
+ADMIN_URL_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/\-]*)?")
 
 SYSTEM_KEYS = (
     "domain",
@@ -114,6 +118,7 @@ SYSTEM_KEYS = (
     "voicemail_number",
     "rtp_ports",
     "smtp",
+    "admin_url",
 )
 TRUNK_KEYS = (
     "name",
@@ -197,10 +202,19 @@ STATUS_KEYS = (
 
 
 class DirectoryError(ValueError):
-    """The directory is invalid.  ``errors`` holds one line per problem."""
+    """The directory is invalid.  ``errors`` holds one line per problem.
 
-    def __init__(self, errors: Sequence[str]) -> None:
+    ``fields`` holds the same problems as ``(path, message)`` pairs (``path``
+    like ``users[3].forwarding.away.no_answer.external``, without the file
+    name) when the parser found them, so the admin API can return each error
+    by field; errors that are not about one field (a file that cannot be read)
+    have none.
+    """
+
+    def __init__(self, errors: Sequence[str],
+                 fields: Sequence[tuple[str, str]] = ()) -> None:
         self.errors: list[str] = list(errors)
+        self.fields: list[tuple[str, str]] = list(fields)
         super().__init__(self.errors)
 
     def __str__(self) -> str:
@@ -301,9 +315,11 @@ class _Errors:
     def __init__(self, source: str) -> None:
         self.source = source
         self.items: list[str] = []
+        self.fields: list[tuple[str, str]] = []
 
     def add(self, path: str, message: str) -> None:
         self.items.append(f"{self.source}: {path}: {message}")
+        self.fields.append((path, message))
 
 
 class _Table:
@@ -507,7 +523,7 @@ class _Parser:
         self.outbound_callers(number_tables, numbers, users_by_ext, group_exts)
         self.references(users_by_ext, {g.name for g in ring_groups}, group_exts)
         if self.errors.items or system is None:
-            raise DirectoryError(self.errors.items)
+            raise DirectoryError(self.errors.items, self.errors.fields)
         return Directory(
             system=system,
             trunks=trunks,
@@ -559,6 +575,8 @@ class _Parser:
             rtp_port_min=rtp_min,
             rtp_port_max=rtp_max,
             smtp=smtp,
+            admin_url=t.string("admin_url", "", check=ADMIN_URL_RE.fullmatch,
+                               expect="an http(s) URL like https://pbx.example.com:8443").rstrip("/"),
         )
 
     def trunk(self, t: _Table) -> Trunk:
@@ -1160,6 +1178,8 @@ def system_to_dict(s: System) -> dict[str, Any]:
     }
     if s.smtp is not None:
         out["smtp"] = {"host": s.smtp.host, "port": s.smtp.port, "sender": s.smtp.sender}
+    if s.admin_url:  # only when set: a directory without it exports as before
+        out["admin_url"] = s.admin_url
     return out
 
 

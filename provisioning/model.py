@@ -280,6 +280,7 @@ class System:
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
     smtp: Smtp | None = None
+    admin_url: str = ""  # the admin listener's public URL, for links in emails
 
     @property
     def outbound_pin_prefix(self) -> str:
@@ -633,9 +634,30 @@ class Binding:
     user_agent: str = ""
     instance: str = ""  # +sip.instance, empty when absent
     reg_id: int | None = None
+    # The REGISTER's Path (RFC 3327), as its header values in order: the proxies
+    # (the edge) a request to this contact goes through; empty when it came direct.
+    path: tuple[str, ...] = ()
 
     def expired(self, now: float) -> bool:
         return self.expires_at <= now
+
+
+def binding_json(b: Binding, now: float) -> dict[str, object]:
+    """A live binding as the CLI and the admin HTTP show it."""
+    return {"extension": b.aor, "contact": b.contact, "expires_in": max(0, int(b.expires_at - now)),
+            "q": b.q, "source": b.source, "user_agent": b.user_agent}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """One engine process sharing the store: its heartbeat row."""
+
+    id: str  # host:port unless given (serve --node-id)
+    address: str  # its SIP address, host:port
+    started_at: float  # epoch seconds
+    last_seen: float  # epoch seconds of the last heartbeat
+    calls: int  # calls it holds
+    registrations: int  # live bindings it holds in memory (its own and the others')
 
 
 # --------------------------------------------------------------------------- voicemail
@@ -652,3 +674,64 @@ class VoicemailMessage:
     duration: float  # seconds
     path: str  # absolute path of the WAV (8 kHz, 16-bit, mono)
     read: bool = False
+
+
+# --------------------------------------------------------------------------- accounts
+
+#: What an API caller acts as: a signed-in user (their own role, extension and
+#: department) or an integration's API key (the role it was created with).
+PrincipalKind = Literal["user", "api_key"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """A sign-in token as stored: only the SHA-256 of the token is kept."""
+
+    token_hash: str
+    extension: str
+    created_at: float
+    expires_at: float
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey:
+    """An integration's key: a role (and, for a department role, its department).
+
+    The secret is shown once at creation; the store keeps its SHA-256 only (a
+    key is 32 random bytes, so a slow hash adds nothing)."""
+
+    id: str
+    name: str
+    role: Role
+    department: str = ""
+    secret_hash: str
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TotpRecord:
+    """A user's TOTP enrolment (RFC 6238): the shared secret, the hashes of the
+    unused recovery codes, and the last time step accepted (a code is good once)."""
+
+    extension: str
+    secret: str
+    recovery_hashes: tuple[str, ...] = ()
+    last_counter: int = -1
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    """One change: who (``user:101``, ``api_key:<id>``, ``cli``), what, the values
+    before and after (secrets masked), when, and from where."""
+
+    id: str
+    at: float
+    actor: str
+    source: str
+    action: str  # e.g. "users.update", "status.set", "auth.password"
+    target: str  # e.g. "users/101"
+    before: Mapping[str, object] | None = None
+    after: Mapping[str, object] | None = None

@@ -6,7 +6,18 @@ Storage design (identical in both databases)::
     directory_rows   (tbl, key, position, body)         PRIMARY KEY (tbl, key)
     status_overrides (extension PRIMARY KEY, status, set_at)
     bindings         (aor, contact, expires_at, q, call_id, cseq, source,
-                      user_agent, instance, reg_id)     PRIMARY KEY (aor, contact)
+                      user_agent, instance, reg_id, path)
+                                                        PRIMARY KEY (aor, contact)
+
+A binding's ``path`` is its REGISTER's Path header values (RFC 3327) as a JSON
+array of strings, ``[]`` when the phone registered directly.
+
+Several engine processes (nodes) share bindings through the store. Each write
+stamps the rows it touches with ``rev`` (the next ``bindings_revision``, a meta
+row every binding write locks, so revisions commit in order) and the writing
+``node``; a deleted binding stays as a row with ``gone`` set until purged, so
+:meth:`Store.bindings_since` reports deletions as well as saves. ``nodes`` holds
+each running node's heartbeat (id, address, started, last seen, load).
 
 ``directory_rows`` holds each directory table as rows keyed by their natural
 key (``system``; trunks, departments and ring groups by name; numbers by
@@ -58,13 +69,27 @@ from provisioning.directory import (
     table_rows,
     with_statuses,
 )
-from provisioning.model import STATUSES, Binding, Directory, Status, VoicemailMessage
+from provisioning.model import (
+    ROLES,
+    STATUSES,
+    ApiKey,
+    AuditEntry,
+    Binding,
+    Directory,
+    Node,
+    Session,
+    Status,
+    TotpRecord,
+    VoicemailMessage,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "ApplyReport",
+    "BindingChanges",
     "Change",
     "PostgresStore",
+    "RevisionConflict",
     "SQLiteStore",
     "Store",
     "StoreError",
@@ -72,7 +97,7 @@ __all__ = [
     "open_store",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 DEFAULT_SQLITE_NAME = "switchboard.db"
 
 Action = Literal["added", "changed", "removed", "reordered"]
@@ -100,7 +125,18 @@ _SCHEMA = (
         user_agent TEXT NOT NULL,
         instance TEXT NOT NULL,
         reg_id INTEGER,
+        path TEXT NOT NULL DEFAULT '[]',
+        node TEXT NOT NULL DEFAULT '',
+        rev BIGINT NOT NULL DEFAULT 0,
+        gone BOOLEAN NOT NULL DEFAULT FALSE,
         PRIMARY KEY (aor, contact))""",
+    """CREATE TABLE IF NOT EXISTS nodes (
+        id TEXT PRIMARY KEY,
+        address TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        calls INTEGER NOT NULL,
+        registrations INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS bindings_expires_at ON bindings (expires_at)",
     """CREATE TABLE IF NOT EXISTS voicemail (
         id TEXT PRIMARY KEY,
@@ -111,19 +147,88 @@ _SCHEMA = (
         path TEXT NOT NULL,
         is_read BOOLEAN NOT NULL DEFAULT FALSE)""",
     "CREATE INDEX IF NOT EXISTS voicemail_box ON voicemail (box, time)",
+    # Accounts of the admin API (schema 2). Web passwords are argon2 hashes and
+    # separate from SIP digest secrets; tokens and API keys are kept as SHA-256.
+    """CREATE TABLE IF NOT EXISTS web_credentials (
+        extension TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS sessions (
+        token_hash TEXT PRIMARY KEY,
+        extension TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        source TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS sessions_extension ON sessions (extension)",
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        department TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION)""",
+    """CREATE TABLE IF NOT EXISTS totp (
+        extension TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        recovery TEXT NOT NULL,
+        last_counter BIGINT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL)""",
+    # One-time links to set a web password (welcome and reset emails): only the SHA-256
+    # of the token is kept, taken (deleted) by its one use, and dropped by any new
+    # password, a newer link or the user's removal.
+    """CREATE TABLE IF NOT EXISTS reset_tokens (
+        token_hash TEXT PRIMARY KEY,
+        extension TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS audit (
+        id TEXT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        actor TEXT NOT NULL,
+        source TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        before TEXT,
+        after TEXT)""",
+    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
 )
 
 _BINDING_COLUMNS = (
-    "aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id"
+    "aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id, path"
+)
+# Columns new in an existing table, by the schema version that added them (tables
+# new in a version are made by _SCHEMA's CREATE ... IF NOT EXISTS). Each is added
+# when missing, whatever version the database claims.
+_NEW_COLUMNS: tuple[tuple[int, str, str, str], ...] = (
+    (3, "bindings", "path", "TEXT NOT NULL DEFAULT '[]'"),
+    (3, "bindings", "node", "TEXT NOT NULL DEFAULT ''"),
+    (3, "bindings", "rev", "BIGINT NOT NULL DEFAULT 0"),
+    (3, "bindings", "gone", "BOOLEAN NOT NULL DEFAULT FALSE"),
 )
 _UPSERT_BINDING = (
-    f"INSERT INTO bindings ({_BINDING_COLUMNS}) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+    f"INSERT INTO bindings ({_BINDING_COLUMNS}, node, rev, gone) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, FALSE) "
     "ON CONFLICT (aor, contact) DO UPDATE SET expires_at = excluded.expires_at, "
     "q = excluded.q, call_id = excluded.call_id, cseq = excluded.cseq, "
     "source = excluded.source, user_agent = excluded.user_agent, "
-    "instance = excluded.instance, reg_id = excluded.reg_id"
+    "instance = excluded.instance, reg_id = excluded.reg_id, path = excluded.path, "
+    "node = excluded.node, rev = excluded.rev, gone = FALSE"
 )
+
+
+async def _meta_int(tx: _Tx, key: str) -> int:
+    found = await tx.fetch("SELECT value FROM meta WHERE key = $1", key)
+    return int(found[0][0]) if found else 0
+
+
+async def _insert_audit(tx: _Tx, entry: AuditEntry) -> None:
+    await tx.execute(
+        "INSERT INTO audit (id, at, actor, source, action, target, before, after) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        entry.id, float(entry.at), entry.actor, entry.source, entry.action, entry.target,
+        None if entry.before is None else json.dumps(entry.before, sort_keys=True),
+        None if entry.after is None else json.dumps(entry.after, sort_keys=True))
 
 
 async def _bump_revision(tx: _Tx, key: str = "revision") -> None:
@@ -135,11 +240,20 @@ async def _bump_revision(tx: _Tx, key: str = "revision") -> None:
 
 def _binding_row(b: Binding) -> tuple[object, ...]:
     return (b.aor, b.contact, float(b.expires_at), float(b.q), b.call_id, b.cseq, b.source,
-            b.user_agent, b.instance, b.reg_id)
+            b.user_agent, b.instance, b.reg_id, json.dumps(list(b.path)))
 
 
 class StoreError(Exception):
     """The store cannot do what was asked (connection, schema, bad URL...)."""
+
+
+class RevisionConflict(StoreError):
+    """An apply expected another directory revision: someone changed it meanwhile."""
+
+    def __init__(self, expected: int, current: int) -> None:
+        super().__init__(f"the directory is at revision {current}, not {expected}")
+        self.expected = expected
+        self.current = current
 
 
 class UnknownExtensionError(StoreError, LookupError):
@@ -150,6 +264,16 @@ class UnknownExtensionError(StoreError, LookupError):
 
 
 # --------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True, slots=True)
+class BindingChanges:
+    """What :meth:`Store.bindings_since` found: the revision to ask from next, the
+    bindings saved and the (aor, contact) pairs deleted since the one asked."""
+
+    revision: int
+    saved: tuple[Binding, ...] = ()
+    deleted: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +293,11 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class ApplyReport:
-    """What an apply changed, in table order (system, trunks, ..., users)."""
+    """What an apply changed, in table order (system, trunks, ..., users), and the
+    directory revision after it (:meth:`Store.directory_revision`)."""
 
     changes: tuple[Change, ...] = ()
+    revision: int = 0
 
     @property
     def changed(self) -> bool:
@@ -209,16 +335,108 @@ class Store(abc.ABC):
         """Release the connection(s); safe to call twice."""
 
     @abc.abstractmethod
-    async def apply_directory(self, directory: Directory) -> ApplyReport:
+    async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
+                              audit: AuditEntry | Sequence[AuditEntry] | None = None,
+                              ) -> ApplyReport:
         """Make the stored directory equal ``directory``, in one transaction.
 
         ``directory`` is validated again first (``DirectoryError`` when it is
-        invalid); on any error nothing is changed.
+        invalid); on any error nothing is changed.  ``expect_revision``: refuse
+        (:class:`RevisionConflict`) unless the directory revision is still that
+        one, checked inside the transaction.  ``audit`` is written in the same
+        transaction when something changed (several: a bulk write audits each row).
         """
 
     @abc.abstractmethod
     async def load_directory(self) -> Directory | None:
         """The stored directory with live statuses applied; ``None`` if never applied."""
+
+    @abc.abstractmethod
+    async def load_directory_data(self) -> tuple[dict[str, Any] | None, int]:
+        """The stored directory as a directory-file dict, as configured (live statuses
+        not applied), and its revision, read together; ``(None, 0)`` if never applied."""
+
+    @abc.abstractmethod
+    async def directory_revision(self) -> int:
+        """Moves when the directory itself changes (not on a live status): the
+        admin API's ETag."""
+
+    # ------------------------------------------------------------------ accounts
+
+    @abc.abstractmethod
+    async def set_web_password(self, extension: str, password_hash: str) -> None:
+        """Set a user's web password hash and end every session of that user."""
+
+    @abc.abstractmethod
+    async def web_password_hash(self, extension: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def web_password_extensions(self) -> set[str]:
+        """The extensions that have a web password."""
+
+    @abc.abstractmethod
+    async def create_session(self, session: Session) -> None: ...
+
+    @abc.abstractmethod
+    async def session(self, token_hash: str, now: float) -> Session | None:
+        """The session of this token hash, unless expired (expired ones are dropped)."""
+
+    @abc.abstractmethod
+    async def delete_session(self, token_hash: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def create_reset_token(self, extension: str, token_hash: str, now: float,
+                                 expires_at: float) -> None:
+        """Keep a one-time password link (its hash); an older one of the user ends."""
+
+    @abc.abstractmethod
+    async def take_reset_token(self, token_hash: str, now: float) -> str | None:
+        """The extension of a live link, which is used up by this call; else None."""
+
+    @abc.abstractmethod
+    async def delete_sessions(self, extension: str) -> int:
+        """End every session of a user; how many there were."""
+
+    @abc.abstractmethod
+    async def create_api_key(self, key: ApiKey) -> None: ...
+
+    @abc.abstractmethod
+    async def api_key(self, key_id: str) -> ApiKey | None: ...
+
+    @abc.abstractmethod
+    async def list_api_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        """Revoke a live key; False when there is none by that id (or it was revoked)."""
+
+    @abc.abstractmethod
+    async def set_totp(self, record: TotpRecord) -> None:
+        """Enrol (or re-enrol) a user in TOTP, replacing any previous secret."""
+
+    @abc.abstractmethod
+    async def totp(self, extension: str) -> TotpRecord | None: ...
+
+    @abc.abstractmethod
+    async def delete_totp(self, extension: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def use_totp_counter(self, extension: str, counter: int) -> bool:
+        """Record that the code of time step ``counter`` was used; False when that
+        step (or a later one) was already used: a code is accepted once."""
+
+    @abc.abstractmethod
+    async def use_recovery_code(self, extension: str, code_hash: str) -> bool:
+        """Spend one recovery code; False when it is not (or no longer) there."""
+
+    @abc.abstractmethod
+    async def write_audit(self, entry: AuditEntry) -> None: ...
+
+    @abc.abstractmethod
+    async def list_audit(self, *, limit: int = 100, before: float | None = None,
+                         target: str | None = None) -> list[AuditEntry]:
+        """The newest entries first (``before``: older than that time)."""
 
     @abc.abstractmethod
     async def set_user_status(self, extension: str, status: str) -> None:
@@ -269,9 +487,32 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def write_bindings(
-        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = ()
+        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = (),
+        *, node: str = "", removed: Sequence[Binding] = (),
     ) -> None:
-        """Upsert ``saved`` and delete the (aor, contact) pairs ``deleted``, atomically."""
+        """Upsert ``saved`` and delete the (aor, contact) pairs ``deleted``, atomically;
+        ``node`` names the engine process that wrote them. ``removed``: bindings a
+        node dropped (expired, unregistered), deleted only while the stored row is
+        still that registration (same Call-ID and CSeq): a refresh another node
+        stored meanwhile is kept."""
+
+    @abc.abstractmethod
+    async def bindings_since(self, revision: int, *, exclude_node: str = "") -> BindingChanges:
+        """Bindings saved or deleted after ``revision`` by nodes other than
+        ``exclude_node``, and the revision to ask from next time. Expired ones are
+        reported as saved (their reader drops them)."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, node: Node) -> None:
+        """Insert or refresh ``node``'s row."""
+
+    @abc.abstractmethod
+    async def list_nodes(self) -> list[Node]:
+        """Every node that has heartbeat, by id (stale ones included: see last_seen)."""
+
+    @abc.abstractmethod
+    async def remove_node(self, node_id: str) -> bool:
+        """Drop a node's row (it stopped); True if there was one."""
 
     async def save_binding(self, binding: Binding) -> None:
         """Insert or replace the binding of (``aor``, ``contact``)."""
@@ -289,7 +530,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def purge_expired_bindings(self, now: float) -> int:
-        """Delete bindings with ``expires_at <= now``; return how many."""
+        """Delete bindings with ``expires_at <= now``, and deleted ones (kept for the
+        other nodes to read) deleted at or before ``now``; return how many of the
+        former."""
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -400,6 +643,7 @@ class _SQLStore(Store):
     """Everything but the connection handling, written once for both databases."""
 
     _for_share = ""  # row-lock suffix for reads that must not race an apply
+    _for_update = ""  # row-lock suffix for a read-modify-write of one row
 
     @abc.abstractmethod
     def _transaction(self) -> AbstractAsyncContextManager[_Tx]:
@@ -407,6 +651,10 @@ class _SQLStore(Store):
 
     async def _lock_for_apply(self, tx: _Tx) -> None:
         """Serialise concurrent applies (no-op where the transaction already does)."""
+
+    @abc.abstractmethod
+    async def _columns(self, tx: _Tx, table: str) -> set[str]:
+        """The column names of ``table``."""
 
     async def _create_schema(self) -> None:
         async with self._transaction() as tx:
@@ -424,14 +672,29 @@ class _SQLStore(Store):
                     f"the database has schema version {found[0][0]}, newer than this "
                     f"Switchboard supports ({SCHEMA_VERSION}); upgrade Switchboard"
                 )
+            elif int(found[0][0]) < SCHEMA_VERSION:
+                for version, table, column, declaration in _NEW_COLUMNS:
+                    if version > int(found[0][0]) and column not in await self._columns(
+                            tx, table):
+                        await tx.execute(
+                            f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                await tx.execute("UPDATE meta SET value = $1 WHERE key = 'schema_version'",
+                                 str(SCHEMA_VERSION))
+            # on columns a migration may just have added
+            await tx.execute("CREATE INDEX IF NOT EXISTS bindings_rev ON bindings (rev)")
 
     # ------------------------------------------------------------------ directory
 
-    async def apply_directory(self, directory: Directory) -> ApplyReport:
+    async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
+                              audit: AuditEntry | Sequence[AuditEntry] | None = None,
+                              ) -> ApplyReport:
         canonical = parse_directory(directory_to_dict(directory), "<apply_directory>")
         new = _canonical_rows(canonical)
         async with self._transaction() as tx:
             await self._lock_for_apply(tx)
+            revision = await _meta_int(tx, "directory_revision")
+            if expect_revision is not None and expect_revision != revision:
+                raise RevisionConflict(expect_revision, revision)
             old: Rows = {
                 (str(t), str(k)): (int(p), str(b))
                 for t, k, p, b in await tx.fetch(
@@ -470,13 +733,24 @@ class _SQLStore(Store):
                     # the admin guide's warning: deleting a user deletes their voicemail
                     await tx.execute("DELETE FROM voicemail WHERE box = $1", key)
                     await _bump_revision(tx, "voicemail_revision")
+                    # an extension created again later must not inherit the old
+                    # person's web password, second factor or open sessions
+                    for account_table in ("web_credentials", "sessions", "totp",
+                                          "reset_tokens"):
+                        await tx.execute(
+                            f"DELETE FROM {account_table} WHERE extension = $1", key)
             await tx.execute(
                 "DELETE FROM status_overrides WHERE extension NOT IN "
                 "(SELECT key FROM directory_rows WHERE tbl = 'users')"
             )
             if changes:
                 await _bump_revision(tx)
-        return ApplyReport(tuple(changes))
+                await _bump_revision(tx, "directory_revision")
+                revision += 1
+                entries = (audit,) if isinstance(audit, AuditEntry) else audit or ()
+                for entry in entries:
+                    await _insert_audit(tx, entry)
+        return ApplyReport(tuple(changes), revision)
 
     async def save_voicemail(self, message: VoicemailMessage) -> None:
         async with self._transaction() as tx:
@@ -555,6 +829,200 @@ class _SQLStore(Store):
         }
         return with_statuses(directory, statuses)
 
+    async def load_directory_data(self) -> tuple[dict[str, Any] | None, int]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT tbl, body FROM directory_rows ORDER BY tbl, position")
+            revision = await _meta_int(tx, "directory_revision")
+        data: dict[str, Any] = {}
+        for table, body in rows:
+            if table == "system":
+                data["system"] = json.loads(body)
+            else:
+                data.setdefault(str(table), []).append(json.loads(body))
+        if "system" not in data:
+            return None, revision
+        return {table: data.get(table, []) for table in TABLES}, revision
+
+    async def directory_revision(self) -> int:
+        async with self._transaction() as tx:
+            return await _meta_int(tx, "directory_revision")
+
+    # ------------------------------------------------------------------ accounts
+
+    async def set_web_password(self, extension: str, password_hash: str) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO web_credentials (extension, password_hash, changed_at) "
+                "VALUES ($1, $2, $3) ON CONFLICT (extension) DO UPDATE SET "
+                "password_hash = excluded.password_hash, changed_at = excluded.changed_at",
+                extension, password_hash, time.time())
+            # a new password ends every session opened with the old one
+            await tx.execute("DELETE FROM sessions WHERE extension = $1", extension)
+            await tx.execute("DELETE FROM reset_tokens WHERE extension = $1", extension)
+
+    async def create_reset_token(self, extension: str, token_hash: str, now: float,
+                                 expires_at: float) -> None:
+        async with self._transaction() as tx:
+            await tx.execute("DELETE FROM reset_tokens WHERE extension = $1 OR expires_at <= $2",
+                             extension, now)
+            await tx.execute(
+                "INSERT INTO reset_tokens (token_hash, extension, created_at, expires_at) "
+                "VALUES ($1, $2, $3, $4)", token_hash, extension, now, expires_at)
+
+    async def take_reset_token(self, token_hash: str, now: float) -> str | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("DELETE FROM reset_tokens WHERE token_hash = $1 "
+                                  "RETURNING extension, expires_at", token_hash)
+        if not rows or float(rows[0][1]) <= now:
+            return None
+        return str(rows[0][0])
+
+    async def web_password_hash(self, extension: str) -> str | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT password_hash FROM web_credentials WHERE extension = $1", extension)
+        return str(rows[0][0]) if rows else None
+
+    async def web_password_extensions(self) -> set[str]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT extension FROM web_credentials")
+        return {str(row[0]) for row in rows}
+
+    async def create_session(self, session: Session) -> None:
+        async with self._transaction() as tx:
+            await tx.execute("DELETE FROM sessions WHERE expires_at <= $1", time.time())
+            await tx.execute(
+                "INSERT INTO sessions (token_hash, extension, created_at, expires_at, source) "
+                "VALUES ($1, $2, $3, $4, $5)", session.token_hash, session.extension,
+                float(session.created_at), float(session.expires_at), session.source)
+
+    async def session(self, token_hash: str, now: float) -> Session | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT token_hash, extension, created_at, expires_at, source FROM sessions "
+                "WHERE token_hash = $1", token_hash)
+            if rows and float(rows[0][3]) <= now:
+                await tx.execute("DELETE FROM sessions WHERE token_hash = $1", token_hash)
+                return None
+        if not rows:
+            return None
+        token, ext, created, expires, source = rows[0]
+        return Session(token_hash=str(token), extension=str(ext), created_at=float(created),
+                       expires_at=float(expires), source=str(source))
+
+    async def delete_session(self, token_hash: str) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch(
+                "DELETE FROM sessions WHERE token_hash = $1 RETURNING token_hash", token_hash)
+        return bool(gone)
+
+    async def delete_sessions(self, extension: str) -> int:
+        async with self._transaction() as tx:
+            gone = await tx.fetch(
+                "DELETE FROM sessions WHERE extension = $1 RETURNING token_hash", extension)
+        return len(gone)
+
+    async def create_api_key(self, key: ApiKey) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO api_keys (id, name, role, department, secret_hash, created_at, "
+                "revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7)", key.id, key.name, key.role,
+                key.department, key.secret_hash, float(key.created_at), key.revoked_at)
+
+    async def api_key(self, key_id: str) -> ApiKey | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(f"SELECT {_API_KEY_COLUMNS} FROM api_keys WHERE id = $1",
+                                  key_id)
+        return _api_key(rows[0]) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(f"SELECT {_API_KEY_COLUMNS} FROM api_keys "
+                                  "ORDER BY created_at, id")
+        return [_api_key(row) for row in rows]
+
+    async def revoke_api_key(self, key_id: str, now: float) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch(
+                "UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL "
+                "RETURNING id", key_id, float(now))
+        return bool(gone)
+
+    async def set_totp(self, record: TotpRecord) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO totp (extension, secret, recovery, last_counter, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (extension) DO UPDATE SET "
+                "secret = excluded.secret, recovery = excluded.recovery, "
+                "last_counter = excluded.last_counter, created_at = excluded.created_at",
+                record.extension, record.secret, json.dumps(list(record.recovery_hashes)),
+                record.last_counter, float(record.created_at))
+
+    async def totp(self, extension: str) -> TotpRecord | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT extension, secret, recovery, last_counter, created_at FROM totp "
+                "WHERE extension = $1", extension)
+        if not rows:
+            return None
+        ext, secret, recovery, counter, created = rows[0]
+        return TotpRecord(extension=str(ext), secret=str(secret),
+                          recovery_hashes=tuple(json.loads(recovery)),
+                          last_counter=int(counter), created_at=float(created))
+
+    async def delete_totp(self, extension: str) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch("DELETE FROM totp WHERE extension = $1 RETURNING extension",
+                                  extension)
+        return bool(gone)
+
+    async def use_totp_counter(self, extension: str, counter: int) -> bool:
+        async with self._transaction() as tx:
+            done = await tx.fetch(
+                "UPDATE totp SET last_counter = $2 WHERE extension = $1 AND last_counter < $2 "
+                "RETURNING extension", extension, counter)
+        return bool(done)
+
+    async def use_recovery_code(self, extension: str, code_hash: str) -> bool:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "SELECT recovery FROM totp WHERE extension = $1" + self._for_update, extension)
+            if not rows:
+                return False
+            codes: list[str] = json.loads(rows[0][0])
+            if code_hash not in codes:
+                return False
+            codes.remove(code_hash)
+            await tx.execute("UPDATE totp SET recovery = $2 WHERE extension = $1",
+                             extension, json.dumps(codes))
+        return True
+
+    async def write_audit(self, entry: AuditEntry) -> None:
+        async with self._transaction() as tx:
+            await _insert_audit(tx, entry)
+
+    async def list_audit(self, *, limit: int = 100, before: float | None = None,
+                         target: str | None = None) -> list[AuditEntry]:
+        where: list[str] = []
+        args: list[object] = []
+        if before is not None:
+            args.append(float(before))
+            where.append(f"at < ${len(args)}")
+        if target is not None:
+            args.append(target)
+            where.append(f"target = ${len(args)}")
+        args.append(int(limit))
+        sql = ("SELECT id, at, actor, source, action, target, before, after FROM audit"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + f" ORDER BY at DESC, id DESC LIMIT ${len(args)}")
+        async with self._transaction() as tx:
+            rows = await tx.fetch(sql, *args)
+        return [AuditEntry(id=str(i), at=float(at), actor=str(actor), source=str(source),
+                           action=str(action), target=str(tgt),
+                           before=None if b is None else json.loads(b),
+                           after=None if a is None else json.loads(a))
+                for i, at, actor, source, action, tgt, b, a in rows]
+
     async def set_user_status(self, extension: str, status: str) -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status '{status}' (expected one of: {', '.join(STATUSES)})")
@@ -587,44 +1055,117 @@ class _SQLStore(Store):
     # ------------------------------------------------------------------ bindings
 
     async def write_bindings(
-        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = ()
+        self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]] = (),
+        *, node: str = "", removed: Sequence[Binding] = (),
     ) -> None:
         """Upsert ``saved`` and delete ``deleted`` (aor, contact) pairs in one transaction.
 
         The registrar's write-through batches what piled up while the last
-        batch was written: one commit per batch, not per REGISTER.
+        batch was written: one commit per batch, not per REGISTER. The rows are
+        stamped with ``node`` and the next bindings revision (see the module doc).
         """
         for binding in saved:
             if not binding.aor or not binding.contact:
                 raise ValueError("a binding needs an aor and a contact")
-        if not saved and not deleted:
+        if not saved and not deleted and not removed:
             return
         async with self._transaction() as tx:
+            await _bump_revision(tx, "bindings_revision")
+            rev = await _meta_int(tx, "bindings_revision")
+            # A deleted row keeps the time of its deletion as expires_at: purged
+            # once every node has had time to read it (see purge_expired_bindings).
+            now = time.time()
+            if removed:
+                await tx.executemany(
+                    "UPDATE bindings SET gone = TRUE, node = $5, rev = $6, expires_at = $7 "
+                    "WHERE aor = $1 AND contact = $2 AND call_id = $3 AND cseq = $4",
+                    [(b.aor, b.contact, b.call_id, b.cseq, node, rev, now) for b in removed],
+                )
             if deleted:
                 await tx.executemany(
-                    "DELETE FROM bindings WHERE aor = $1 AND contact = $2",
-                    [(aor, contact) for aor, contact in deleted],
+                    "UPDATE bindings SET gone = TRUE, node = $3, rev = $4, expires_at = $5 "
+                    "WHERE aor = $1 AND contact = $2",
+                    [(aor, contact, node, rev, now) for aor, contact in deleted],
                 )
             if saved:
-                await tx.executemany(_UPSERT_BINDING, [_binding_row(b) for b in saved])
+                await tx.executemany(_UPSERT_BINDING,
+                                     [(*_binding_row(b), node, rev) for b in saved])
 
     async def delete_bindings(self, aor: str) -> None:
         async with self._transaction() as tx:
-            await tx.execute("DELETE FROM bindings WHERE aor = $1", aor)
+            await _bump_revision(tx, "bindings_revision")
+            rev = await _meta_int(tx, "bindings_revision")
+            await tx.execute("UPDATE bindings SET gone = TRUE, node = '', rev = $2, "
+                             "expires_at = $3 WHERE aor = $1", aor, rev, time.time())
 
     async def load_bindings(self) -> list[Binding]:
         async with self._transaction() as tx:
             rows = await tx.fetch(
-                f"SELECT {_BINDING_COLUMNS} FROM bindings ORDER BY aor, q DESC, contact"
+                f"SELECT {_BINDING_COLUMNS} FROM bindings WHERE NOT gone "
+                "ORDER BY aor, q DESC, contact"
             )
         return [_binding(row) for row in rows]
+
+    async def bindings_since(self, revision: int, *, exclude_node: str = "") -> BindingChanges:
+        async with self._transaction() as tx:
+            current = await _meta_int(tx, "bindings_revision")
+            rows = await tx.fetch(
+                f"SELECT {_BINDING_COLUMNS}, gone, rev FROM bindings "
+                "WHERE rev > $1 AND node <> $2 ORDER BY rev",
+                int(revision), exclude_node,
+            )
+        saved: list[Binding] = []
+        deleted: list[tuple[str, str]] = []
+        for row in rows:
+            current = max(current, int(row[-1]))
+            if row[-2]:
+                deleted.append((str(row[0]), str(row[1])))
+            else:
+                saved.append(_binding(row[:-2]))
+        return BindingChanges(current, tuple(saved), tuple(deleted))
 
     async def purge_expired_bindings(self, now: float) -> int:
         async with self._transaction() as tx:
             gone = await tx.fetch(
-                "DELETE FROM bindings WHERE expires_at <= $1 RETURNING aor", float(now)
+                "DELETE FROM bindings WHERE expires_at <= $1 RETURNING gone", float(now)
             )
-        return len(gone)
+        return sum(1 for (was_gone,) in gone if not was_gone)
+
+    # ------------------------------------------------------------------ nodes
+
+    async def heartbeat(self, node: Node) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO nodes (id, address, started_at, last_seen, calls, registrations) "
+                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO UPDATE SET "
+                "address = excluded.address, started_at = excluded.started_at, "
+                "last_seen = excluded.last_seen, calls = excluded.calls, "
+                "registrations = excluded.registrations",
+                node.id, node.address, float(node.started_at), float(node.last_seen),
+                node.calls, node.registrations)
+
+    async def list_nodes(self) -> list[Node]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT id, address, started_at, last_seen, calls, "
+                                  "registrations FROM nodes ORDER BY id")
+        return [Node(id=str(i), address=str(a), started_at=float(s), last_seen=float(seen),
+                     calls=int(c), registrations=int(r)) for i, a, s, seen, c, r in rows]
+
+    async def remove_node(self, node_id: str) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch("DELETE FROM nodes WHERE id = $1 RETURNING id", node_id)
+        return bool(gone)
+
+
+_API_KEY_COLUMNS = "id, name, role, department, secret_hash, created_at, revoked_at"
+
+
+def _api_key(row: tuple[Any, ...]) -> ApiKey:
+    key_id, name, role, department, secret_hash, created, revoked = row
+    return ApiKey(id=str(key_id), name=str(name), role=ROLES[ROLES.index(role)],
+                  department=str(department), secret_hash=str(secret_hash),
+                  created_at=float(created),
+                  revoked_at=None if revoked is None else float(revoked))
 
 
 def _voicemail(row: tuple[Any, ...]) -> VoicemailMessage:
@@ -634,7 +1175,7 @@ def _voicemail(row: tuple[Any, ...]) -> VoicemailMessage:
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:
-    aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id = row
+    aor, contact, expires_at, q, call_id, cseq, source, user_agent, instance, reg_id, path = row
     return Binding(
         aor=str(aor),
         contact=str(contact),
@@ -646,7 +1187,19 @@ def _binding(row: tuple[Any, ...]) -> Binding:
         user_agent=str(user_agent),
         instance=str(instance),
         reg_id=None if reg_id is None else int(reg_id),
+        path=_path_values(path),
     )
+
+
+def _path_values(text: object) -> tuple[str, ...]:
+    """A stored Path: a JSON array of strings (anything else reads as no Path)."""
+    try:
+        values = json.loads(str(text))
+    except ValueError:
+        return ()
+    if not isinstance(values, list):
+        return ()
+    return tuple(str(v) for v in values)
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -725,6 +1278,9 @@ class SQLiteStore(_SQLStore):
                 raise
             await conn.execute("COMMIT")
 
+    async def _columns(self, tx: _Tx, table: str) -> set[str]:
+        return {str(row[1]) for row in await tx.fetch(f"PRAGMA table_info({table})")}
+
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -755,6 +1311,7 @@ class PostgresStore(_SQLStore):
     """
 
     _for_share = " FOR SHARE"
+    _for_update = " FOR UPDATE"
 
     def __init__(
         self,
@@ -820,6 +1377,12 @@ class PostgresStore(_SQLStore):
             raise StoreError(f"{self!r} is not open")
         async with pool.acquire() as conn, conn.transaction():
             yield _PostgresTx(conn)
+
+    async def _columns(self, tx: _Tx, table: str) -> set[str]:
+        rows = await tx.fetch("SELECT column_name FROM information_schema.columns "
+                              "WHERE table_schema = current_schema() AND table_name = $1",
+                              table)
+        return {str(row[0]) for row in rows}
 
     async def _lock_for_apply(self, tx: _Tx) -> None:
         # A transaction-scoped advisory lock: schema creation and applies from

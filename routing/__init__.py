@@ -8,7 +8,7 @@ event loop; see :mod:`routing.router` for the rules and the decisions taken
 where the directory contract is silent.
 """
 
-from routing.explain import explain, plan_to_json, render_text, step_to_json
+from routing.explain import explain, parse_when, plan_to_json, render_text, step_to_json
 from routing.router import (
     CONFIRM_SECONDS,
     MAX_FORWARD_HOPS,
@@ -62,6 +62,7 @@ __all__ = [
     "Voicemail",
     "effective_status",
     "explain",
+    "parse_when",
     "plan",
     "plan_to_json",
     "render_text",

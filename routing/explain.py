@@ -43,12 +43,30 @@ from routing.steps import (
     Voicemail,
 )
 
-__all__ = ["explain", "identity_to_json", "plan_to_json", "render_text", "step_to_json"]
+__all__ = [
+    "explain",
+    "identity_to_json",
+    "parse_when",
+    "plan_to_json",
+    "render_text",
+    "step_to_json",
+]
 
 _OUTCOME_END = {"no answer": "480", "busy": "486", "failed": "480/503"}
 
 
 # --------------------------------------------------------------------------- JSON
+
+
+def parse_when(text: str) -> dt.datetime:
+    """The time a what-if question is asked about (``--at``, ``--route-clock``,
+    ``?at=``): ISO 8601; without a zone it is UTC."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an ISO 8601 time like 2026-12-01T10:30:00-05:00")\
+            from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def _target_to_json(target: Target) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,7 @@ class EngineProcess:
         self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"engine-{self.port}.log"
+        self._api_key: str | None = None
 
     @property
     def sip(self) -> tuple[str, int]:
@@ -133,6 +135,24 @@ class EngineProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as r:
             data: bytes = r.read()
             return data
+
+    def api(self, path: str, method: str = "GET") -> bytes:
+        """``/api/v1<path>`` as an owner (an API key made once with the CLI, as an
+        integration would); the body of the answer (an HTTPError for a 4xx/5xx)."""
+        if self._api_key is None:
+            made = self.cli("apikeys", "create", "--role", "owner", "--name", "tests")
+            assert made.returncode == 0, made.stderr
+            self._api_key = made.stdout.strip().splitlines()[-1]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/api/v1{path}", method=method,
+            headers={"Authorization": f"Bearer {self._api_key}", "If-Match": "*"})
+        with urllib.request.urlopen(request, timeout=5) as r:
+            data: bytes = r.read()
+            return data
+
+    def api_get(self, path: str) -> Any:
+        """``GET /api/v1<path>`` as an owner, the JSON answer decoded."""
+        return json.loads(self.api(path))
 
     def health(self) -> dict[str, object]:
         result: dict[str, object] = json.loads(self.http_get("/healthz"))

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from media.codecs import codec_for, pcm_to_array
 from media.rtp import RtpError, RtpPacket, RtpSender, dtmf_packets
 from media.sdp import parse_sdp
 from media.tones import goertzel, tone
-from tests.conftest import EngineProcess
+from media.wav import load_wav
+from tests.conftest import EngineProcess, free_port
 
 PCMU = codec_for("PCMU")
 FRAME = 160  # PCMU bytes (and samples) per 20 ms packet
@@ -144,6 +146,73 @@ def run_to_done(cmd: list[str], log: Path, engine: EngineProcess, timeout: int, 
                     f"--- phone log ---\n{tail(log)}\n--- engine log ---\n"
                     f"{engine.log()[-3000:]}")
     return events
+
+
+class CarrierRun:
+    """One run of pjsua2 phones against a fresh engine whose trunk is the phones'
+    carrier port: the directory (a template with ``{carrier}``, ``{low}``,
+    ``{high}`` and ``fields``), the phones' events, recordings and logs, and the
+    readings the tests make of them. The phone script writes its JSON events to
+    stdout and ``heard-by-<side>.wav`` recordings in the run's folder."""
+
+    def __init__(self, tmp_path: Path, directory: str, **fields: object) -> None:
+        self.tmp = tmp_path
+        self.carrier = free_port()
+        low = 40000 + (free_port() % 10000) // 2 * 2
+        (tmp_path / "directory.toml").write_text(
+            directory.format(carrier=self.carrier, low=low, high=low + 99, **fields))
+        self.log = tmp_path / "pjsua.log"
+        self.engine = EngineProcess(tmp_path, tmp_path / "directory.toml")
+        self.events: list[dict[str, Any]] = []
+
+    def run(self, cmd: list[str], timeout: int, what: str) -> None:
+        """Run the phone script to its "done" event (the JSON lines are kept with
+        the recordings, for a look), else fail saying why."""
+        code, self.events = run_script(cmd, self.log, self.engine, timeout, what,
+                                       self.tmp / "phones.jsonl")
+        if code != 0 or not any(e["event"] == "done" for e in self.events):
+            pytest.fail(f"{what} exited {code}; {self.why()}")
+
+    def why(self, *extra: object) -> str:
+        return (f"{extra}\nevents {self.events}\n--- phone log ---\n{tail(self.log)}\n"
+                f"--- engine log ---\n{self.engine.log()[-6000:]}")
+
+    def one(self, name: str) -> dict[str, Any]:
+        found = [e for e in self.events if e["event"] == name]
+        assert len(found) == 1, self.why(f"{len(found)} {name!r} events")
+        return found[0]
+
+    def heard(self, side: str, begin: float, end: float, rate: int = 8000) -> bytes:
+        """What ``side`` received between two of the phones' times."""
+        start = next(e["t"] for e in self.events
+                     if e["event"] == "recording" and e["side"] == side)
+        pcm = load_wav(self.tmp / f"heard-by-{side}.wav").pcm16
+        a, b = round((begin - start) * rate), round((end - start) * rate)
+        assert 0 <= a < b <= len(pcm) // 2, self.why(side, begin, end, a, b, len(pcm) // 2)
+        return pcm[2 * a: 2 * b]
+
+    def engine_said(self, prefix: str) -> list[dict[str, Any]]:
+        """The engine's log lines whose event starts with ``prefix``, in order."""
+        out = []
+        for line in self.engine.log().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and str(row.get("event", "")).startswith(prefix):
+                out.append(row)
+        return out
+
+
+def started(run: CarrierRun) -> Iterator[CarrierRun]:
+    """A fixture's body: the run's engine up for the test, then stopped cleanly."""
+    require_pjsua2()
+    run.engine.start()
+    try:
+        yield run
+    finally:
+        code = run.engine.stop()
+    assert code == 0, f"engine did not shut down cleanly ({code}):\n{run.engine.log()[-3000:]}"
 
 
 # --- SDP and SIP -------------------------------------------------------------------------
@@ -418,9 +487,11 @@ class Ua:
         return leg
 
     def register(self, user: str, password: str, domain: str = "pbx.test",
-                 timeout: float = 5) -> None:
+                 timeout: float = 5, expires: int = 3600, cseq: int = 1) -> Response:
         """REGISTER ``user`` from this UA's SIP port with digest (MD5): the engine then
-        sends ``user``'s calls here."""
+        sends ``user``'s calls here (``expires`` 0: no more). ``cseq``: of the first
+        of the two REGISTERs (a later registration of the same UA needs a higher one).
+        The 200."""
         def send(cseq: int, auth: str) -> Response:
             lines = [f"REGISTER sip:{domain} SIP/2.0",
                      f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKreg{user}{cseq}"
@@ -428,7 +499,7 @@ class Ua:
                      f"From: <sip:{user}@{domain}>;tag=reg{user}", f"To: <sip:{user}@{domain}>",
                      f"Call-ID: reg-{user}-{self.port}", f"CSeq: {cseq} REGISTER",
                      "Max-Forwards: 70", f"Contact: <sip:{user}@127.0.0.1:{self.port}>",
-                     "Expires: 3600"]
+                     f"Expires: {expires}"]
             if auth:
                 lines.append(f"Authorization: {auth}")
             self.sip.sendto("\r\n".join([*lines, "Content-Length: 0", "", ""]).encode(),
@@ -441,12 +512,13 @@ class Ua:
                     return msg
             raise AssertionError(f"no answer to REGISTER {cseq}: {self.seen}")
 
-        challenge = send(1, "")
+        challenge = send(cseq, "")
         assert challenge.status == 401, challenge.to_bytes()[:400]
         md5 = next(c for c in challenge.get_lines("www-authenticate") if "MD5" in c)
-        ok = send(2, build_authorization(md5, "REGISTER", f"sip:{domain}", user, password,
-                                         "cn"))
+        ok = send(cseq + 1, build_authorization(md5, "REGISTER", f"sip:{domain}", user,
+                                                password, "cn"))
         assert ok.status == 200, ok.to_bytes()[:400]
+        return ok
 
     def take_call(self, timeout: float = 8) -> Request:
         """Answer the next INVITE the engine sends here (200 with our SDP) and wait

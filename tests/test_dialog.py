@@ -1017,9 +1017,9 @@ def test_uac_and_uas_ends_agree() -> None:
         Record-Route: <sip:proxy.example.com;lr>
     """)
     callee = Dialog.uas(invite, callee_tag, "<sip:bob@192.0.2.2:5060>", local_cseq=900)
-    ok = make_response(invite, 200, to_tag=callee_tag, headers=[
-        ("Record-Route", "<sip:proxy.example.com;lr>"),
+    ok = make_response(invite, 200, to_tag=callee_tag, headers=[  # copies Record-Route
         ("Contact", callee.local_contact)])
+    assert ok.get_all("record-route") == ["<sip:proxy.example.com;lr>"]
     callee.on_response_sent("INVITE", 200)
     caller = Dialog.uac(invite, ok)
     assert caller.id == (callee.call_id, callee.remote_tag, callee.local_tag)

@@ -252,7 +252,7 @@ def test_route_explain_cli_and_admin_api(pbx: EngineProcess) -> None:
                   "--at", "2026-03-10T20:00:00-04:00")
     assert out.returncode == 0, out.stderr
     assert "voicemail of 102" in out.stdout and "outside office hours" in out.stdout
-    plan = json.loads(pbx.http_get("/route/explain?from=102&to=101&status=away"))
+    plan = pbx.api_get("/route/explain?from=102&to=101&status=away")
     kinds = [step["type"] for step in plan["steps"]]
     assert kinds[0] == "ring" and "voicemail" in kinds
 
@@ -343,7 +343,7 @@ def test_unregistered_user_follows_the_busy_rule(small_pbx: EngineProcess, work:
 
 def test_directory_change_reaches_the_running_engine(small_pbx: EngineProcess) -> None:
     def first_step() -> dict[str, object]:
-        plan = json.loads(small_pbx.http_get("/route/explain?from=101&to=103"))
+        plan = small_pbx.api_get("/route/explain?from=101&to=103")
         step: dict[str, object] = plan["steps"][0]
         return step
 

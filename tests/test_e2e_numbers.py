@@ -233,7 +233,7 @@ def test_a_phone_presents_an_allowed_number_and_explain_shows_it(office: Office)
     assert (identity["caller_id"], identity["name"]) == ("+15145550200", "Example Support")
     query = urllib.parse.urlencode({"from": "101", "to": "*82+15145550124",
                                     "preferred_identity": "+15145550200"})
-    api = json.loads(engine.http_get(f"/route/explain?{query}"))
+    api = engine.api_get(f"/route/explain?{query}")
     assert api["identity"]["caller_id"] == "+15145550200" and api["identity"]["privacy"]
     assert api["identity"]["origin"].startswith("P-Preferred-Identity")
 

@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import sys
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -39,18 +40,33 @@ def test_options_udp_answered_with_capabilities(engine: EngineProcess) -> None:
     resp = only_response(udp_exchange(engine.sip, options()))
     assert resp.status == 200
     assert "REGISTER" in (resp.get("allow") or "") and resp.get("accept") == "application/sdp"
-    assert resp.get("supported") == "outbound"  # what is done, not Path (RFC 3327)
+    assert resp.get("supported") == "outbound, path"  # RFC 5626 flows, RFC 3327 Path
     via = resp.top_via
     assert via.received == "127.0.0.1" and via.rport not in (None, "")  # RFC 3581
 
 
-def test_register_requiring_path_is_refused_420(engine: EngineProcess) -> None:
-    # RFC 3327 s5: a registrar without Path support answers 420 to Require: path.
+def test_admin_listener_serves_nothing_unauthenticated_but_health(
+        engine: EngineProcess) -> None:
+    assert engine.health()["registrations"] == 0 and engine.metrics()
+    for path in ("/registrations", "/calls", "/recordings", "/route/explain?from=1&to=2"):
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            engine.http_get(path)
+        assert gone.value.code == 404, path
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            engine.http_get("/api/v1" + path)
+        assert anonymous.value.code == 401, path
+
+
+def test_register_requiring_path_is_accepted_and_the_path_echoed(
+        engine: EngineProcess) -> None:
+    # RFC 3327 s5.3: Require: path is no longer refused (420); a REGISTER that needs
+    # no authentication is not reached here, so the challenge shows it was accepted.
     register = options(call_id="reg-path").replace(b"OPTIONS", b"REGISTER").replace(
         b"Max-Forwards: 70\r\n",
-        b"Max-Forwards: 70\r\nRequire: path\r\nContact: <sip:101@127.0.0.1:9>\r\n")
+        b"Max-Forwards: 70\r\nRequire: path\r\nPath: <sip:127.0.0.1:9;lr>\r\n"
+        b"Contact: <sip:101@127.0.0.1:9>\r\n")
     resp = only_response(udp_exchange(engine.sip, register))
-    assert resp.status == 420 and resp.get("unsupported") == "path"
+    assert resp.status == 401 and resp.get("unsupported") is None
 
 
 def test_serve_logs_which_parser_it_runs(engine: EngineProcess) -> None:
@@ -181,8 +197,11 @@ def digest_register(engine: EngineProcess, ext: str, password: str, n: int,
 def test_register_with_digest_then_list(engine: EngineProcess, algorithm: str) -> None:
     ok = digest_register(engine, "101", "alice-secret-101", 1, algorithm)
     assert ok.status == 200
-    assert ok.get_all("contact") == ["<sip:101@127.0.0.1:5062>;expires=600"]
-    rows = json.loads(engine.http_get("/registrations"))
+    # 80-100 % of the 600 s asked (the registrar spreads refreshes)
+    [contact] = ok.get_all("contact")
+    uri, _, granted = contact.partition(";expires=")
+    assert uri == "<sip:101@127.0.0.1:5062>" and 480 <= int(granted) <= 600
+    rows = engine.api_get("/registrations")
     assert [r["extension"] for r in rows] == ["101"]
     assert engine.metrics()["switchboard_registrations_active"] == 1.0
     listed = engine.cli("registrations", "--json")
@@ -217,7 +236,7 @@ def test_bindings_survive_a_restart(engine: EngineProcess) -> None:
     assert engine.stop() == 0
     engine.start(with_directory=False)
     assert engine.health()["registrations"] == 1
-    rows = json.loads(engine.http_get("/registrations"))
+    rows = engine.api_get("/registrations")
     assert [(r["extension"], r["contact"]) for r in rows] == [("102", "sip:102@127.0.0.1:5062")]
 
 

@@ -405,3 +405,20 @@ def test_pooled_random_values_are_in_range_and_not_repeated() -> None:
     assert all(0 <= v < 10**9 for v in values) and len(set(values)) == len(values)
     chunks = [random_bytes(16) for _ in range(600)]
     assert len(set(chunks)) == len(chunks) and all(len(c) == 16 for c in chunks)
+
+
+def test_a_dialog_creating_response_copies_the_record_route() -> None:
+    # RFC 3261 s12.1.1: the UAS copies Record-Route into 101-299 responses to INVITE.
+    raw = (b"INVITE sip:bob@h SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK1\r\n"
+           b"From: <sip:a@h>;tag=1\r\nTo: <sip:bob@h>\r\nCall-ID: rr1\r\nCSeq: 1 INVITE\r\n"
+           b"Record-Route: <sip:edge2;lr>\r\nRecord-Route: <sip:edge1;lr>\r\n"
+           b"Content-Length: 0\r\n\r\n")
+    invite = parse(raw)
+    assert isinstance(invite, Request)
+    for status in (180, 200):
+        assert make_response(invite, status).get_all("record-route") == [
+            "<sip:edge2;lr>", "<sip:edge1;lr>"]
+    for status in (100, 486):
+        assert not make_response(invite, status).has("record-route")
+    bye = parse(raw.replace(b"INVITE sip", b"BYE sip").replace(b"1 INVITE", b"2 BYE"))
+    assert isinstance(bye, Request) and not make_response(bye, 200).has("record-route")

@@ -185,7 +185,7 @@ def test_pjsua2_registers_then_wrong_password_is_refused(engine: EngineProcess,
         row = registered_contact(engine, "101", result["port"])
         assert row["contact"] == f"sip:101@127.0.0.1:{result['port']};ob"
         assert row["user_agent"] == "pjsua2-switchboard-test"
-        assert 250 <= row["expires_in"] <= 300
+        assert 230 <= row["expires_in"] <= 300  # 80-100 % of the 300 s asked, a few s gone
         assert phone.stop() == 0, phone.log_tail()
         assert phone.done(), phone.log_tail()
     # its un-REGISTER (Expires: 0) removed the binding
@@ -278,7 +278,7 @@ def test_baresip_registers(make_engine: EngineFactory, tmp_path: Path) -> None:
             assert mine[0]["contact"].endswith(f"@127.0.0.1:{listen}"), mine
             assert mine[0]["source"] == f"udp:127.0.0.1:{listen}", mine
             assert str(mine[0]["user_agent"]).startswith("baresip"), mine
-            assert 50 <= mine[0]["expires_in"] <= 60, mine
+            assert 50 <= mine[0]["expires_in"] <= 60, mine  # 60 asked: the minimum
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

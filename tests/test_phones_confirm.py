@@ -45,8 +45,7 @@ from media.codecs import codec_for
 from media.prompts import prompt_path
 from media.tones import dominant_frequency, goertzel, rms_dbfs, sinusoid_snr_db, tone
 from media.wav import load_wav, write_wav
-from tests.conftest import EngineProcess, free_port
-from tests.e2e_helpers import SALES_104, best_match, require_pjsua2, run_script, tail
+from tests.e2e_helpers import SALES_104, CarrierRun, best_match, started
 
 pytestmark = pytest.mark.peers
 
@@ -82,63 +81,22 @@ ring_mobile_simultaneously = true
 """
 
 
-class Run:
+class Run(CarrierRun):
     """One run of the phones against a fresh engine: events, recordings, logs."""
 
     def __init__(self, tmp_path: Path, mode: str) -> None:
-        self.tmp = tmp_path
+        super().__init__(tmp_path, DIRECTORY, no_answer=NO_ANSWER)
         self.mode = mode
-        self.carrier = free_port()
-        low = 40000 + (free_port() % 10000) // 2 * 2
-        (tmp_path / "directory.toml").write_text(DIRECTORY.format(
-            carrier=self.carrier, low=low, high=low + 99, no_answer=NO_ANSWER))
         for side, hz in HZ.items():  # whole periods in 1 s: looped without a seam
             write_wav(tmp_path / f"say-{side}.wav", tone(hz, 1000, level=0.4, ramp_ms=0))
-        self.log = tmp_path / "pjsua.log"
-        self.engine = EngineProcess(tmp_path, tmp_path / "directory.toml")
-        self.events: list[dict[str, Any]] = []
 
     def phones(self) -> None:
         """Run the phones to the end (bounded: 40 s inside, 55 s from here)."""
-        cmd = [sys.executable, str(HELPER), "--engine", self.engine.target,
-               "--port", str(self.carrier), "--mode", self.mode, "--folder", str(self.tmp),
-               "--press-after", str(PRESS_AFTER), "--talk", str(TALK),
-               "--confirm-seconds", str(CONFIRM), "--no-answer", str(NO_ANSWER),
-               "--deadline", "40", "--log-level", "5"]
-        code, self.events = run_script(cmd, self.log, self.engine, 55, "pjsua2 phones",
-                                       self.tmp / "phones.jsonl")
-        if code != 0 or not any(e["event"] == "done" for e in self.events):
-            pytest.fail(f"pjsua2 phones exited {code}; {self.why()}")
-
-    def why(self, *extra: object) -> str:
-        return (f"{extra}\nevents {self.events}\n--- phone log ---\n{tail(self.log)}\n"
-                f"--- engine log ---\n{self.engine.log()[-6000:]}")
-
-    def one(self, name: str) -> dict[str, Any]:
-        found = [e for e in self.events if e["event"] == name]
-        assert len(found) == 1, self.why(f"{len(found)} {name!r} events")
-        return found[0]
-
-    def heard(self, side: str, begin: float, end: float) -> bytes:
-        """What ``side`` received between two of the phones' times."""
-        start = next(e["t"] for e in self.events
-                     if e["event"] == "recording" and e["side"] == side)
-        pcm = load_wav(self.tmp / f"heard-by-{side}.wav").pcm16
-        a, b = round((begin - start) * RATE), round((end - start) * RATE)
-        assert 0 <= a < b <= len(pcm) // 2, self.why(side, begin, end, a, b, len(pcm) // 2)
-        return pcm[2 * a: 2 * b]
-
-    def engine_said(self) -> list[dict[str, Any]]:
-        """The engine's log lines about the confirmation, in order."""
-        out = []
-        for line in self.engine.log().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and str(row.get("event", "")).startswith("confirm"):
-                out.append(row)
-        return out
+        self.run([sys.executable, str(HELPER), "--engine", self.engine.target,
+                  "--port", str(self.carrier), "--mode", self.mode, "--folder", str(self.tmp),
+                  "--press-after", str(PRESS_AFTER), "--talk", str(TALK),
+                  "--confirm-seconds", str(CONFIRM), "--no-answer", str(NO_ANSWER),
+                  "--deadline", "40", "--log-level", "5"], 55, "pjsua2 phones")
 
     def left_over(self) -> tuple[list[Any], float]:
         """Calls and carrier channels the engine still holds (its gauges are refreshed
@@ -146,7 +104,7 @@ class Run:
         key = 'switchboard_trunk_channels_in_use{trunk="carrier"}'
         deadline = time.monotonic() + 5
         while True:
-            calls = json.loads(self.engine.http_get("/calls"))
+            calls = self.engine.api_get("/calls")
             channels = self.engine.metrics().get(key, -1.0)
             if (calls == [] and channels == 0) or time.monotonic() > deadline:
                 return calls, channels
@@ -162,14 +120,7 @@ def levels(pcm: bytes) -> dict[str, float]:
 
 @pytest.fixture
 def phones(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Run]:
-    require_pjsua2()
-    run = Run(tmp_path, request.param)
-    run.engine.start()
-    try:
-        yield run
-    finally:
-        code = run.engine.stop()
-    assert code == 0, f"engine did not shut down cleanly ({code}):\n{run.engine.log()[-3000:]}"
+    yield from started(Run(tmp_path, request.param))
 
 
 def asked(run: Run) -> tuple[dict[str, Any], float]:
@@ -232,7 +183,7 @@ def test_pjsua2_mobile_takes_the_call_with_1_and_the_desk_stops(phones: Run) -> 
         run.why(talk)
     assert abs(talk["mobile"]["hz"] - HZ["caller"]) < 15 and talk["mobile"]["caller"] > 0.2, \
         run.why(talk)
-    said = run.engine_said()
+    said = run.engine_said("confirm")
     assert [r["event"] for r in said] == [
         "confirm asking", "confirm screened", "confirm accepted"], run.why(said)
     assert (said[1]["key"], said[1]["accepted"]) == ("1", True), run.why(said)
@@ -257,7 +208,7 @@ def test_pjsua2_mobile_without_a_key_is_released_and_voicemail_follows(phones: R
     # (the caller's recorder starts with its first media: the 200, not before)
     after = run.heard("caller", answered + 0.05, answered + 1.5)
     assert goertzel(after, RATE, BEEP_HZ) > 0.1, run.why(levels(after))
-    said = run.engine_said()
+    said = run.engine_said("confirm")
     events = [r["event"] for r in said]
     assert events[:2] == ["confirm asking", "confirm: no key in time"], run.why(said)
     [released] = [r for r in said if r["event"] == "confirm: leg released"]
@@ -296,7 +247,7 @@ def test_pjsua2_mobile_hanging_up_is_released_and_the_desk_still_takes_the_call(
         run.why(talk)
     assert abs(talk["desk"]["hz"] - HZ["caller"]) < 15 and talk["desk"]["caller"] > 0.2, \
         run.why(talk)
-    said = run.engine_said()
+    said = run.engine_said("confirm")
     assert [r["event"] for r in said] == [
         "confirm asking", "confirm refused: the far end hung up", "confirm: leg released"], \
         run.why(said)

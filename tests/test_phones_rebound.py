@@ -37,8 +37,7 @@ from media.codecs import codec_for
 from media.prompts import prompt_path
 from media.tones import dominant_frequency, goertzel, rms_dbfs, sinusoid_snr_db, tone
 from media.wav import load_wav, write_wav
-from tests.conftest import EngineProcess, free_port
-from tests.e2e_helpers import SALES_104, best_match, require_pjsua2, run_script, tail
+from tests.e2e_helpers import SALES_104, CarrierRun, best_match, started
 
 pytestmark = pytest.mark.peers
 
@@ -72,22 +71,15 @@ busy = {{ external = "voicemail", internal = "voicemail" }}
 """
 
 
-class Run:
+class Run(CarrierRun):
     """One run of the carrier against a fresh engine: events, recordings, logs."""
 
     def __init__(self, tmp_path: Path, key: str) -> None:
-        self.tmp = tmp_path
+        super().__init__(tmp_path, DIRECTORY)
         self.key = key
-        self.carrier = free_port()
-        low = 40000 + (free_port() % 10000) // 2 * 2
-        (tmp_path / "directory.toml").write_text(
-            DIRECTORY.format(carrier=self.carrier, low=low, high=low + 99))
         # whole periods in 1 s, no fades: the players loop them without a seam
         write_wav(tmp_path / "say-700.wav", tone(CALLER_HZ, 1000, level=0.4, ramp_ms=0))
         write_wav(tmp_path / "say-1100.wav", tone(MOBILE_HZ, 1000, level=0.4, ramp_ms=0))
-        self.log = tmp_path / "pjsua.log"
-        self.engine = EngineProcess(tmp_path, tmp_path / "directory.toml")
-        self.events: list[dict[str, Any]] = []
 
     def phones(self) -> None:
         """Run the carrier to the end (bounded: 25 s inside, 35 s from here)."""
@@ -99,41 +91,7 @@ class Run:
                "--mobile-record", str(self.tmp / "heard-by-mobile.wav"),
                "--press-after", str(PRESS_AFTER), "--talk", str(TALK),
                "--codecs", "PCMU", "--deadline", "25", "--log-level", "5"]
-        # the JSON lines are kept with the recordings, for a look
-        code, self.events = run_script(cmd, self.log, self.engine, 35, "pjsua2 carrier",
-                                       self.tmp / "phones.jsonl")
-        if code != 0 or not any(e["event"] == "done" for e in self.events):
-            pytest.fail(f"pjsua2 carrier exited {code}; {self.why()}")
-
-    def why(self, *extra: object) -> str:
-        return (f"{extra}\nevents {self.events}\n--- phone log ---\n{tail(self.log)}\n"
-                f"--- engine log ---\n{self.engine.log()[-5000:]}")
-
-    def one(self, name: str) -> dict[str, Any]:
-        found = [e for e in self.events if e["event"] == name]
-        assert len(found) == 1, self.why(f"{len(found)} {name!r} events")
-        return found[0]
-
-    def heard(self, side: str, begin: float, end: float) -> bytes:
-        """What ``side`` received between two of the phone's times."""
-        start = next(e["t"] for e in self.events
-                     if e["event"] == "recording" and e["side"] == side)
-        pcm = load_wav(self.tmp / f"heard-by-{side}.wav").pcm16
-        a, b = round((begin - start) * RATE), round((end - start) * RATE)
-        assert 0 <= a < b <= len(pcm) // 2, self.why(side, begin, end, a, b, len(pcm) // 2)
-        return pcm[2 * a: 2 * b]
-
-    def engine_said(self) -> list[dict[str, Any]]:
-        """The engine's log lines about the rebound, in order."""
-        out = []
-        for line in self.engine.log().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and str(row.get("event", "")).startswith("rebound"):
-                out.append(row)
-        return out
+        self.run(cmd, 35, "pjsua2 carrier")
 
 
 def levels(pcm: bytes) -> dict[str, float]:
@@ -179,14 +137,7 @@ def common_checks(run: Run) -> tuple[dict[str, Any], float, float]:
 
 @pytest.fixture
 def carrier(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Run]:
-    require_pjsua2()
-    run = Run(tmp_path, request.param)
-    run.engine.start()
-    try:
-        yield run
-    finally:
-        code = run.engine.stop()
-    assert code == 0, f"engine did not shut down cleanly ({code}):\n{run.engine.log()[-3000:]}"
+    yield from started(Run(tmp_path, request.param))
 
 
 @pytest.mark.parametrize("carrier", ["1"], indirect=True)
@@ -237,7 +188,7 @@ def test_pjsua2_mobile_accepts_the_rebound_with_1(carrier: Run) -> None:
         assert abs(got["hz"] - hz) < 15 and got[key] > 0.2, run.why(measured)
 
     # the key reached the engine as an RFC 4733 event (it reads no in-band DTMF)
-    said_log = run.engine_said()
+    said_log = run.engine_said("rebound")
     assert [r["event"] for r in said_log] == [
         "rebound screening", "rebound screened", "rebound accepted"], run.why(said_log)
     assert (said_log[1]["key"], said_log[1]["accepted"]) == ("1", True), run.why(said_log)
@@ -275,7 +226,7 @@ def test_pjsua2_mobile_refuses_the_rebound_with_2(carrier: Run) -> None:
     # the 1 kHz beep (400 ms): at least three 100 ms windows dominated by it
     assert len(beeps) >= 3 and max(beeps) > 0.2, run.why(measured)
 
-    said_log = run.engine_said()
+    said_log = run.engine_said("rebound")
     assert [r["event"] for r in said_log] == [
         "rebound screening", "rebound screened", "rebound refused"], run.why(said_log)
     assert (said_log[1]["key"], said_log[1]["accepted"]) == ("2", False), run.why(said_log)

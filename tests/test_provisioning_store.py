@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pytest
 
 from provisioning.apply import apply_file, format_report
 from provisioning.directory import DirectoryError, load_directory
-from provisioning.model import Binding, Directory, User
+from provisioning.model import Binding, Directory, Node, User
 from provisioning.store import (
     PostgresStore,
     SQLiteStore,
@@ -400,6 +401,106 @@ async def test_write_bindings_is_one_atomic_batch(store: Store) -> None:
         await store.write_bindings([_binding("103", "10.0.3.1", 10.0),
                                     _binding("", "10.0.3.2", 10.0)], [("101", keep.contact)])
     assert len(await store.load_bindings()) == 301
+
+
+async def test_a_binding_keeps_its_path(store: Store) -> None:
+    # RFC 3327: the Path of a REGISTER through the edge survives a restart.
+    path = ("<sip:127.0.0.1:5070;lr;received=sip:127.0.0.1:40000>", "<sip:edge2.test;lr>")
+    through = _binding("101", "10.0.0.1", 2e9, path=path)
+    direct = _binding("101", "10.0.0.2", 2e9)
+    await store.write_bindings([through, direct])
+    loaded = {b.contact: b for b in await store.load_bindings()}
+    assert loaded[through.contact].path == path and loaded[direct.contact].path == ()
+
+
+async def test_a_version_2_database_gains_binding_path_and_sync_columns(backend: Backend) -> None:
+    # A database made before Path: its bindings get an empty Path on upgrade.
+    async with backend.make() as first:
+        await first.save_binding(_binding("101", "10.0.0.1", 2e9))
+    await backend.sql("DROP INDEX bindings_rev; DROP TABLE nodes; "
+                      "ALTER TABLE bindings DROP COLUMN path; "
+                      "ALTER TABLE bindings DROP COLUMN node; "
+                      "ALTER TABLE bindings DROP COLUMN rev; "
+                      "ALTER TABLE bindings DROP COLUMN gone; "
+                      "UPDATE meta SET value = '2' WHERE key = 'schema_version';")
+    async with backend.make() as upgraded:
+        [old] = await upgraded.load_bindings()
+        assert old.path == ()
+        await upgraded.save_binding(_binding("102", "10.0.0.2", 2e9, path=("<sip:e;lr>",)))
+        assert [b.path for b in await upgraded.load_bindings()] == [(), ("<sip:e;lr>",)]
+        # rows from before have revision 0: loaded at start, not reported as news
+        assert [b.aor for b in (await upgraded.bindings_since(0, exclude_node="x")).saved] == [
+            "102"]
+        assert await upgraded.list_nodes() == []
+    async with backend.make() as again:  # the upgrade is recorded: not run twice
+        assert len(await again.load_bindings()) == 2
+
+
+async def test_bindings_since_reports_other_nodes_saves_and_deletions(store: Store) -> None:
+    # Nodes share registrations through the store: each reads what the others wrote.
+    start = await store.bindings_since(0, exclude_node="b")
+    assert start.saved == () and start.deleted == ()
+    a1 = _binding("101", "10.0.0.1", 2e9, path=("<sip:edge;lr>",))
+    a2 = _binding("102", "10.0.0.2", 2e9)
+    await store.write_bindings([a1, a2], node="a")
+    seen_by_b = await store.bindings_since(start.revision, exclude_node="b")
+    assert sorted(seen_by_b.saved, key=lambda b: b.aor) == [a1, a2]
+    assert seen_by_b.revision > start.revision
+    # a node does not read back its own writes
+    assert (await store.bindings_since(start.revision, exclude_node="a")).saved == ()
+    # nothing new: nothing reported, same revision
+    again = await store.bindings_since(seen_by_b.revision, exclude_node="b")
+    assert again.saved == () and again.deleted == () and again.revision == seen_by_b.revision
+    # a deletion is reported as one, and the binding no longer loads
+    await store.write_bindings([], node="a", removed=[a2])
+    gone = await store.bindings_since(seen_by_b.revision, exclude_node="b")
+    assert gone.saved == () and gone.deleted == (("102", a2.contact),)
+    assert await store.load_bindings() == [a1]
+    # saved again after its deletion: live again
+    await store.write_bindings([a2], node="b")
+    assert len(await store.load_bindings()) == 2
+    assert (await store.bindings_since(gone.revision, exclude_node="a")).saved == (a2,)
+
+
+async def test_removing_a_binding_keeps_a_refresh_stored_meanwhile(store: Store) -> None:
+    # Node b drops the registration it knew (expired there) after node a stored the
+    # phone's refresh (same Call-ID, next CSeq): the refresh stays.
+    first = _binding("101", "10.0.0.1", 1000.0, cseq=1)
+    await store.write_bindings([first], node="a")
+    refreshed = dataclasses.replace(first, expires_at=5000.0, cseq=2)
+    await store.write_bindings([refreshed], node="a")
+    await store.write_bindings([], node="b", removed=[first])
+    assert await store.load_bindings() == [refreshed]
+    await store.write_bindings([], node="b", removed=[refreshed])
+    assert await store.load_bindings() == []
+
+
+async def test_a_deleted_binding_is_kept_for_the_other_nodes_then_purged(
+        store: Store) -> None:
+    live = _binding("101", "10.0.0.1", 2e9)
+    await store.write_bindings([live, _binding("102", "10.0.0.2", 2e9)], node="a")
+    before = time.time()
+    await store.write_bindings([], [("102", "sip:102@10.0.0.2:5062;transport=udp")], node="a")
+    assert await store.purge_expired_bindings(before - 1) == 0  # deleted after: kept
+    assert (await store.bindings_since(0, exclude_node="b")).deleted == (
+        ("102", "sip:102@10.0.0.2:5062;transport=udp"),)
+    assert await store.purge_expired_bindings(time.time() + 1) == 0  # not counted
+    assert (await store.bindings_since(0, exclude_node="b")).deleted == ()
+    assert await store.load_bindings() == [live]
+
+
+async def test_nodes_heartbeat_list_and_remove(store: Store) -> None:
+    assert await store.list_nodes() == []
+    a = Node(id="host:5071", address="127.0.0.1:5071", started_at=100.0, last_seen=101.0,
+             calls=0, registrations=0)
+    await store.heartbeat(a)
+    later = dataclasses.replace(a, last_seen=103.0, calls=2, registrations=7)
+    await store.heartbeat(later)
+    b = dataclasses.replace(a, id="host:5072", address="127.0.0.1:5072")
+    await store.heartbeat(b)
+    assert await store.list_nodes() == [later, b]
+    assert await store.remove_node("host:5071") and not await store.remove_node("host:5071")
+    assert await store.list_nodes() == [b]
 
 
 async def test_binding_needs_aor_and_contact(store: Store) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -29,8 +28,9 @@ from engine.transaction import (
     TxKey,
     response_addr,
 )
+from tests.conftest import SHARED
 
-RFC4475 = Path("/work/shared/conformance/rfc4475")
+RFC4475 = SHARED / "conformance" / "rfc4475"
 UAC = ("192.0.2.10", 5070)  # where the test requests come from
 UAS = ("198.51.100.7", 5060)  # where client transactions send to
 T1, T2, T4 = 0.5, 4.0, 5.0

@@ -105,6 +105,7 @@ from engine.message import (
     make_response,
     warning_value,
 )
+from engine.registrar import binding_target, preload_routes
 from engine.transaction import Addr, Send, TxKey
 from media import sdp
 from routing import (
@@ -322,13 +323,14 @@ class Call:
                 for binding in front.registrar.lookup(target.extension, wall):
                     if binding.contact in self.rung:
                         continue
-                    dest = build.binding_dest(binding.source)
-                    if dest is None:
+                    # The binding's Path (RFC 3327) is the callee INVITE's route set.
+                    hop = binding_target(binding)
+                    if hop is None:
                         continue
                     self.rung.add(binding.contact)
-                    uri = build.contact_uri(binding.contact)
-                    events += self._start_leg(step, target, uri, dest[0], dest[1], "",
-                                              f"{target.extension} {uri}", now)
+                    events += self._start_leg(step, target, hop.uri, hop.dest, hop.transport,
+                                              "", f"{target.extension} {hop.uri}", now,
+                                              routes=hop.routes)
             else:
                 if target.number in self.rung:
                     continue
@@ -354,11 +356,14 @@ class Call:
         return events
 
     def _start_leg(self, step: Ring, target: Device | External, uri: str, dest: Addr,
-                   transport: str, trunk: str, label: str, now: float) -> list[CallOutput]:
+                   transport: str, trunk: str, label: str, now: float,
+                   routes: tuple[str, ...] = ()) -> list[CallOutput]:
         offer = self.transfer.offer_for(target) if self.transfer is not None else \
             self.callee_offer(target, self.anchor.music_codec)
         invite = build.callee_invite(self.invite, self.facts, step.diversion, target, uri,
                                      transport, self.local, offer)
+        if routes:
+            invite = preload_routes(invite, routes)
         key, events = self.send(invite, dest, transport, now)
         leg = Leg(call=self, target=target, label=label, invite=invite, dest=dest,
                   transport=transport, key=key, trunk=trunk)

@@ -59,6 +59,7 @@ class CallSummary:
     state: str  # routing, answered
     step: int  # the plan step running, from 1
     started: float  # monotonic seconds
+    members: tuple[str, ...]  # the extensions on the call (what makes them busy)
 
 
 class Calls:
@@ -111,7 +112,7 @@ class Calls:
 
     def calls_in_progress(self) -> list[CallSummary]:
         return [CallSummary(c.id, c.facts.caller, c.facts.callee, str(c.state), c.step + 1,
-                            c.started) for c in self._calls.values()]
+                            c.started, c.members) for c in self._calls.values()]
 
     @property
     def active_count(self) -> int:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from engine.dialog import new_branch, new_call_id, new_tag
 from engine.message import Request, Response, make_response
-from engine.transaction import Addr
 from media import sdp
 from routing import CallFacts, Device, Diversion, External
 
@@ -28,10 +27,8 @@ __all__ = [
     "COMPLETED_ELSEWHERE",
     "SERVER",
     "Local",
-    "binding_dest",
     "callee_invite",
     "cancel_request",
-    "contact_uri",
     "diversion",
     "history_info",
     "parse_replaces",
@@ -190,20 +187,3 @@ def parse_replaces(headers: str) -> tuple[str, str, str] | None:
     if not call_id.strip() or not to_tag or not from_tag:
         return None
     return call_id.strip(), to_tag, from_tag
-
-
-def binding_dest(source: str) -> tuple[Addr, str] | None:
-    """A registration's source, ``udp:127.0.0.1:5062`` -> ((host, port), transport)."""
-    transport, _, rest = source.partition(":")
-    host, _, port = rest.rpartition(":")
-    if not host or not port.isdigit():
-        return None
-    return (host.strip("[]"), int(port)), transport
-
-
-def contact_uri(contact: str) -> str:
-    """The URI of a Contact value: ``<sip:101@host:5062>;expires=60`` -> ``sip:101@...``."""
-    text = contact.strip()
-    if text.startswith("<") and ">" in text:
-        return text[1:text.index(">")]
-    return text

@@ -534,13 +534,19 @@ def make_response(request: Request, status: int, reason: str | None = None,
     """A response to ``request`` per RFC 3261 s8.2.6.2: Via, From, To, Call-ID, CSeq copied.
 
     A To tag is added to final and non-100 responses when the request had
-    none (``to_tag`` chooses it, for a stable dialog identity).
+    none (``to_tag`` chooses it, for a stable dialog identity). A response
+    that creates a dialog (101-299 to INVITE or SUBSCRIBE) also copies the
+    Record-Route (s12.1.1): the caller's in-dialog requests then go through
+    the proxies that asked, such as the edge in front of several engines.
     """
     out: list[Header] = []
     to: Address | None = None
+    copied = ("via", "from", "call-id", "cseq", "record-route") if (
+        100 < status < 300 and request.method in ("INVITE", "SUBSCRIBE")) else (
+        "via", "from", "call-id", "cseq")
     for h in request.headers:
         key = h[0]
-        if key in ("via", "from", "call-id", "cseq"):
+        if key in copied:
             out.append(h)
         elif key == "to":
             value = h[2]

@@ -1,0 +1,391 @@
+"""The cluster with its real pieces: Kamailio from Debian as the edge
+(deploy/kamailio/kamailio.cfg), two `switchboard serve` nodes and PostgreSQL, all
+started by `make cluster`'s script (deploy/cluster.py) on 127.0.0.1.
+
+A phone registers through the edge (its Path is stored), a SIPp caller calls it
+through the edge, the call lands through the node that did not take the REGISTER
+and reaches the phone through the edge, and the caller's BYE reaches the node
+that owns the call. A missing Kamailio or PostgreSQL is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from engine.message import Request, make_response
+from tests.conftest import ROOT, bench_directory, env_database_url, free_port
+from tests.e2e_helpers import Ua
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "sipp"))
+from calls import run_uac
+
+pytestmark = pytest.mark.peers
+
+USERS = {"101": "pw101", "102": "pw102"}
+CALL_ATTEMPTS = 8  # calls until one is hashed to the other node (each 1/2 likely)
+
+
+def kamailio() -> str:
+    found = shutil.which("kamailio") or next(
+        (p for p in ("/usr/sbin/kamailio", "/usr/local/sbin/kamailio") if os.path.isfile(p)),
+        None)
+    if found is None:
+        pytest.fail("peer missing: kamailio (apt-get install kamailio; make peers)",
+                    pytrace=False)
+    return found
+
+
+async def _pg(statement: str, fetch: str | None = None) -> list[tuple[object, ...]]:
+    url = env_database_url()
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is required and unreachable at {url}: {exc}", pytrace=False)
+    try:
+        if fetch is None:
+            await conn.execute(statement)
+            return []
+        return [tuple(r.values()) for r in await conn.fetch(statement)]
+    finally:
+        await conn.close()
+
+
+def free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[str]
+    schema: str
+    db: str
+    edge: tuple[str, int]
+    nodes: dict[str, int]  # node id -> SIP port
+    logs: Path
+    pids: dict[str, int]  # node id -> process id
+    ctl: Path  # Kamailio's control socket (kamcmd)
+
+    def node_log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Running]:
+    kamailio()
+    schema = f"sb_cluster_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg(f'CREATE SCHEMA "{schema}"'))
+    db = f"{env_database_url()}?search_path={schema}"
+    directory = tmp_path / "directory.toml"
+    directory.write_text(bench_directory(USERS, domain="pbx.test"))
+    edge, n1, n2, h1, h2 = free_ports(5)
+    ctl_dir = Path(tempfile.mkdtemp(prefix="sbk-"))  # a short path: Unix sockets hold 107 bytes
+    ctl = ctl_dir / "ctl"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy" / "cluster.py"), "--edge", f"127.0.0.1:{edge}",
+         "--node-ports", f"{n1},{n2}", "--http-ports", f"{h1},{h2}", "--db", db,
+         "--directory", str(directory), "--data-dir", str(tmp_path / "data"),
+         "--log-format", "json", "--ctl-socket", str(ctl),
+         "--digest-algorithms", "MD5"],  # SIPp 3.6 reads only the first challenge
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        seen: list[str] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "Ctrl-C stops" in line:
+                break
+        banner = "".join(seen)
+        assert "cluster ready" in banner, banner
+        assert f"sip:127.0.0.1:{edge}" in banner, banner
+        pids = {name: int(pid) for name, pid in re.findall(r"(node\d): .*pid (\d+)", banner)}
+        assert set(pids) == {"node1", "node2"}, banner
+        yield Running(proc, schema, db, ("127.0.0.1", edge), {"node1": n1, "node2": n2},
+                      tmp_path / "data" / "cluster", pids, ctl)
+        # Ctrl-C: everything stops cleanly
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, banner + rest
+        assert "stopped: kamailio" in rest and "node1 (0)" in rest and "node2 (0)" in rest, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # only when a failure above left it running
+            proc.wait(10)
+        asyncio.run(_pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        shutil.rmtree(ctl_dir, ignore_errors=True)
+
+
+def edge_byes(cluster: Running, node: str) -> int:
+    """Calls the node saw the caller hang up (its BYE: SIPp sends every request to
+    the edge, which relays it to the node that owns the dialog)."""
+    return sum(1 for line in cluster.node_log(node).splitlines()
+               if line.startswith("{") and json.loads(line).get("event") == "caller hung up")
+
+
+def answer_bye(ua: Ua, timeout: float = 8) -> Request | None:
+    """The node's BYE to the phone, answered 200 (None if none came in time)."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        msg = ua.recv(left)
+        if isinstance(msg, Request) and msg.method == "BYE":
+            ua.sip.sendto(make_response(msg, 200, None, [], b"", None).to_bytes(), ua.engine)
+            return msg
+    return None
+
+
+def test_phone_registered_through_the_edge_is_called_through_the_other_node(
+        cluster: Running, tmp_path: Path) -> None:
+    phone = Ua(cluster.edge)
+    try:
+        ok = phone.register("102", "pw102")
+        # RFC 3327: the edge added its Path with where the phone's REGISTER came from
+        path = ok.get("path") or ""
+        assert f"127.0.0.1:{cluster.edge[1]}" in path and "received=" in path, path
+        query = (f'SELECT path, node FROM "{cluster.schema}".bindings WHERE aor = \'102\' '
+                 "AND NOT gone")
+        deadline = time.monotonic() + 10  # written behind the 200, off the hot path
+        rows = asyncio.run(_pg(query, fetch="x"))
+        while not rows and time.monotonic() < deadline:
+            time.sleep(0.2)
+            rows = asyncio.run(_pg(query, fetch="x"))
+        assert len(rows) == 1, rows
+        stored_path, registrar_node = json.loads(str(rows[0][0])), str(rows[0][1])
+        assert stored_path and f"received=sip:127.0.0.1:{phone.port}" in stored_path[0]
+        assert registrar_node in cluster.nodes
+        other = next(n for n in cluster.nodes if n != registrar_node)
+        other_port = cluster.nodes[other]
+        time.sleep(2.5)  # the other node reads the binding within a second or two
+        landed: Request | None = None
+        for attempt in range(CALL_ATTEMPTS):
+            byes_before = {n: edge_byes(cluster, n) for n in cluster.nodes}
+            caller_port = free_port()
+            call = run_uac_in_thread(tmp_path / f"call{attempt}", cluster.edge, caller_port)
+            leg = phone.take_call()
+            bye = answer_bye(phone)
+            result = call.result()
+            assert result.successful == 1 and result.failed == 0, result
+            # the INVITE came from the edge (top Via), which had it from a node
+            vias = leg.vias
+            assert vias[0].port == cluster.edge[1] and len(vias) >= 2, leg.get_all("via")
+            assert leg.uri_text == f"sip:102@127.0.0.1:{phone.port}"
+            if vias[1].port == other_port:
+                landed = leg
+                assert bye is not None and bye.call_id == leg.call_id
+                # the caller's BYE came through the edge to the node that owned the call
+                assert edge_byes(cluster, other) == byes_before[other] + 1, \
+                    cluster.node_log(other)[-3000:]
+                assert edge_byes(cluster, registrar_node) == byes_before[registrar_node]
+                break
+        assert landed is not None, f"no call hashed to {other} in {CALL_ATTEMPTS} calls"
+    finally:
+        phone.close()
+    nodes = subprocess.run(
+        [str(Path(sys.executable).parent / "switchboard"), "nodes", "--json", "--db",
+         cluster.db, "--data-dir", str(tmp_path)], capture_output=True, text=True,
+        timeout=30, check=True)
+    listed = {r["id"]: r for r in json.loads(nodes.stdout)}
+    assert set(listed) == {"node1", "node2"} and all(r["up"] for r in listed.values())
+    assert {r["address"] for r in listed.values()} == {
+        f"127.0.0.1:{p}" for p in cluster.nodes.values()}
+
+
+class _Call:
+    def __init__(self, run: object) -> None:
+        import threading
+
+        self._box: list[object] = []
+        self._thread = threading.Thread(target=lambda: self._box.append(run()), daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join(60)
+        assert self._box, "SIPp did not finish within 60 s"
+        return self._box[0]
+
+
+def run_uac_in_thread(work: Path, edge: tuple[str, int], port: int) -> _Call:
+    work.mkdir(parents=True, exist_ok=True)
+    return _Call(lambda: run_uac(work, f"{edge[0]}:{edge[1]}", caller="101", dialled="102",
+                                 expect=200, auth=("101", "pw101"), port=port, hold_ms=300))
+
+
+def dispatcher_flags(ctl: Path) -> dict[int, str]:
+    """Node SIP port -> its state at the edge (kamcmd dispatcher.list: AP active,
+    IP inactive and probed, ...)."""
+    kamcmd = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
+    if not os.path.isfile(kamcmd):
+        pytest.fail("peer missing: kamcmd (in Debian's kamailio package)", pytrace=False)
+    out = subprocess.run([kamcmd, "-s", f"unix:{ctl}", "dispatcher.list"],
+                         capture_output=True, text=True, timeout=10, check=True).stdout
+    flags: dict[int, str] = {}
+    port: int | None = None
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("URI:"):
+            port = int(line.rsplit(":", 1)[1])
+        elif line.startswith("FLAGS:") and port is not None:
+            flags[port] = line.split(":", 1)[1].strip()
+    return flags
+
+
+def test_a_node_that_stops_answering_is_taken_out_and_comes_back(
+        cluster: Running, tmp_path: Path) -> None:
+    ctl = cluster.ctl
+    until_flags(ctl, lambda f: all(v.startswith("A") for v in f.values()) and len(f) == 2,
+                "both nodes active")
+    stopped = cluster.pids["node2"]
+    os.kill(stopped, signal.SIGSTOP)  # frozen: it answers nothing
+    try:
+        until_flags(ctl, lambda f: f[cluster.nodes["node2"]].startswith("I")
+                    and f[cluster.nodes["node1"]].startswith("A"), "node2 taken out")
+        # every new call now goes to node1: several Call-IDs, all answered by it
+        before = options_seen(cluster, "node1")
+        for i in range(6):
+            reply = options_through_edge(cluster.edge, f"out-{i}-{uuid.uuid4().hex}")
+            assert reply.startswith("SIP/2.0 200"), reply
+        assert options_seen(cluster, "node1") >= before + 6
+    finally:
+        os.kill(stopped, signal.SIGCONT)
+    until_flags(ctl, lambda f: f[cluster.nodes["node2"]].startswith("A"), "node2 back")
+
+
+def until_flags(ctl: Path, check: Any, what: str, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    flags: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        flags = dispatcher_flags(ctl)
+        if flags and check(flags):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not within {seconds} s: {what} ({flags})")
+
+
+def options_seen(cluster: Running, node: str) -> int:
+    """OPTIONS the node answered that did not come from the edge's own probing."""
+    return sum(1 for line in cluster.node_log(node).splitlines()
+               if '"OPTIONS"' in line and '"out-' in line)
+
+
+def options_through_edge(edge: tuple[str, int], call_id: str) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(10)
+        port = s.getsockname()[1]
+        s.sendto((f"OPTIONS sip:pbx.test SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id};rport\r\n"
+                  f"Max-Forwards: 70\r\nFrom: <sip:probe@pbx.test>;tag=t{port}\r\n"
+                  f"To: <sip:pbx.test>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n"
+                  f"Content-Length: 0\r\n\r\n").encode(), edge)
+        while True:
+            text = s.recv(65535).decode(errors="replace")
+            if not text.startswith("SIP/2.0 1"):
+                return text.split("\r\n", 1)[0]
+
+
+class Responder:
+    """A node stand-in on a UDP port that answers every OPTIONS with ``status``
+    (503: a node shedding load), in a thread; bounded by ``seconds``."""
+
+    def __init__(self, status: int, seconds: float = 60.0) -> None:
+        import threading
+
+        self.status = status
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.answered = 0
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + seconds
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from engine.message import parse
+
+        while not self._stop.is_set() and time.monotonic() < self._deadline:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            msg = parse(data)
+            if isinstance(msg, Request) and msg.method == "OPTIONS":
+                self.sock.sendto(make_response(msg, self.status).to_bytes(), addr)
+                self.answered += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def test_a_node_answering_503_to_the_probe_is_taken_out(tmp_path: Path) -> None:
+    # The edge's probing, against the real Kamailio: a node that answers 503 (as the
+    # engine does when it sheds load) is taken out; answering 200 brings it back.
+    binary = kamailio()
+    shedding = Responder(503)
+    try:
+        edge = free_port()
+        listing = tmp_path / "dispatcher.list"
+        listing.write_text(f"1 sip:127.0.0.1:{shedding.port}\n")
+        ctl_dir = Path(tempfile.mkdtemp(prefix="sbk-"))
+        ctl = ctl_dir / "ctl"
+        log = (tmp_path / "kamailio.log").open("wb")
+        proc = subprocess.Popen(
+            [binary, "-f", str(ROOT / "deploy" / "kamailio" / "kamailio.cfg"), "-DD", "-E",
+             "-A", f"LISTEN=udp:127.0.0.1:{edge}", "-A", f'DISPATCHER_LIST="{listing}"',
+             "-A", f'CTL_SOCKET="unix:{ctl}"', "-P", str(tmp_path / "kamailio.pid")],
+            stdout=log, stderr=log, start_new_session=True)
+        try:
+            until_socket(ctl)
+            until_flags(ctl, lambda f: f.get(shedding.port, "").startswith("I"),
+                        "the 503 node taken out")
+            assert shedding.answered >= 1
+            # no node left: a new call is refused by the edge itself
+            assert options_through_edge(("127.0.0.1", edge), "none-left").startswith(
+                "SIP/2.0 503")
+            shedding.status = 200
+            until_flags(ctl, lambda f: f.get(shedding.port, "").startswith("A"),
+                        "the node back once it answers 200")
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            log.close()
+            shutil.rmtree(ctl_dir, ignore_errors=True)
+    finally:
+        shedding.close()
+
+
+def until_socket(path: Path, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Kamailio's control socket {path} not there in {seconds} s")
+        time.sleep(0.1)

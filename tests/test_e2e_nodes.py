@@ -1,0 +1,155 @@
+"""Two `switchboard serve` processes (nodes) on one PostgreSQL database share
+registrations and live statuses through the store: a phone registered on node A
+is called through node B.
+
+PostgreSQL at ``$DATABASE_URL`` (default ``postgresql://127.0.0.1:5432/test``),
+each test in its own schema; unreachable is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.conftest import EngineProcess, bench_directory, env_database_url, switchboard_bin
+from tests.e2e_helpers import Ua
+
+USERS = {"101": "pw101", "102": "pw102", "103": "pw103"}
+
+
+async def _pg(statement: str) -> None:
+    url = env_database_url()
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is required and unreachable at {url}: {exc}", pytrace=False)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def shared_db() -> Iterator[str]:
+    """A store URL on a fresh schema of the test database (dropped afterwards)."""
+    schema = f"sb_nodes_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{env_database_url()}?search_path={schema}"
+    finally:
+        asyncio.run(_pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+def cli(db: str, data_dir: Path, *args: str) -> str:
+    done = subprocess.run([switchboard_bin(), *args, "--db", db, "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def until(what: str, check: Callable[[], bool], seconds: float = 15.0) -> None:
+    """Wait (bounded) for ``check``; fail naming ``what``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not within {seconds} s: {what}")
+
+
+@dataclass
+class Cluster:
+    db: str
+    work: Path
+    a: EngineProcess
+    b: EngineProcess
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        rows = json.loads(cli(self.db, self.work, "nodes", "--json"))
+        return {str(r["id"]): r for r in rows}
+
+
+@pytest.fixture
+def cluster(shared_db: str, tmp_path: Path) -> Iterator[Cluster]:
+    directory = tmp_path / "directory.toml"
+    directory.write_text(bench_directory(USERS, domain="pbx.test"))
+    procs = []
+    for name in ("a", "b"):
+        data = tmp_path / name
+        data.mkdir()
+        procs.append(EngineProcess(data, directory, [
+            "--db", shared_db, "--node-id", name, "--digest-algorithms", "MD5"]))
+    a = procs[0].start()
+    try:
+        b = procs[1].start()
+    except BaseException:
+        a.stop()
+        raise
+    yield Cluster(shared_db, tmp_path, a, b)
+    codes = {p.target: p.stop() for p in procs}
+    assert set(codes.values()) == {0}, (codes, a.log()[-3000:], b.log()[-3000:])
+
+
+def test_a_phone_registered_on_one_node_is_called_through_the_other(cluster: Cluster) -> None:
+    callee = Ua(cluster.a.sip)
+    caller = Ua(cluster.b.sip)
+    try:
+        callee.register("102", "pw102")
+        # B learns the binding from the store (its heartbeat shows what it holds)
+        until("node b holds 102's registration",
+              lambda: cluster.nodes().get("b", {}).get("registrations") == 1)
+        callee.engine = cluster.b.sip  # the callee answers whoever sends the INVITE
+        leg = caller.call_with_auth("sip:102@pbx.test", "101", "pw101", "nodes-call-1",
+                                    callee=callee)
+        assert leg is not None
+        assert leg.top_via.port == cluster.b.port  # the call came through node B
+        assert leg.uri_text == f"sip:102@127.0.0.1:{callee.port}"
+        until("node b counts the call", lambda: cluster.nodes()["b"]["calls"] == 1)
+        caller.hang_up()
+    finally:
+        caller.close()
+        callee.close()
+    nodes = cluster.nodes()
+    assert set(nodes) == {"a", "b"} and all(n["up"] for n in nodes.values())
+    assert nodes["a"]["address"] == cluster.a.target
+    assert nodes["b"]["address"] == cluster.b.target
+
+
+def test_an_unregistration_on_one_node_reaches_the_other(cluster: Cluster) -> None:
+    phone = Ua(cluster.a.sip)
+    try:
+        phone.register("103", "pw103")
+        until("node b holds 103", lambda: cluster.nodes()["b"]["registrations"] == 1)
+        phone.register("103", "pw103", expires=0, cseq=3)
+        until("node b dropped 103", lambda: cluster.nodes()["b"]["registrations"] == 0)
+    finally:
+        phone.close()
+
+
+def test_a_live_status_set_reaches_both_nodes(cluster: Cluster) -> None:
+    cli(cluster.db, cluster.work, "status", "set", "102", "dnd")
+
+    def reloaded(engine: EngineProcess) -> bool:
+        return any('"directory reloaded"' in line and '"live_statuses": 1' in line
+                   for line in engine.log().splitlines())
+
+    until("node a applied the status", lambda: reloaded(cluster.a))
+    until("node b applied the status", lambda: reloaded(cluster.b))
+
+
+def test_a_stopped_node_leaves_the_list(cluster: Cluster) -> None:
+    assert set(cluster.nodes()) == {"a", "b"}
+    assert cluster.b.stop() == 0
+    assert set(cluster.nodes()) == {"a"}
+    text = cli(cluster.db, cluster.work, "nodes")
+    assert "a " in text and cluster.a.target in text and "up" in text
