@@ -148,7 +148,7 @@ def main() -> None:
     gc.collect()
     heap = tracemalloc.get_traced_memory()[0] - heap0 if trace else 0
     rss = rss_kb() - rss0
-    up = len(engine.b2bua.calls)
+    up = engine.calls.active_count
     held = sum(len(o.to_bytes()) for o in oks)  # the benchmark's own copies of the 200s
     if trace:
         tracemalloc.stop()
@@ -156,7 +156,7 @@ def main() -> None:
         engine.datagram(bye_for(ok, i), TRUNK, "udp", now)
     now += 40.0
     engine.timer(now)
-    left = len(engine.b2bua.calls)
+    left = engine.calls.active_count
     print(f"{'calls up':<34} {up:>10,}")
     print(f"{'set-up (INVITE..ACK), s':<34} {setup:>10.2f}  ({args.calls / setup:,.0f} calls/s "
           "in-process, one core)")

@@ -40,10 +40,10 @@ class EngineView:
 
     def calls(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        return [{"call_id": c.id, "caller": c.facts.caller, "callee": c.facts.callee,
-                 "state": c.state, "step": c.step + 1, "seconds": round(now - c.started, 1),
+        return [{"call_id": c.call_id, "caller": c.caller, "callee": c.callee,
+                 "state": c.state, "step": c.step, "seconds": round(now - c.started, 1),
                  "members": list(c.members)}
-                for c in self.server.engine.b2bua.calls.values()]
+                for c in self.server.engine.calls.calls_in_progress()]
 
     def explain(self, caller: str, callee: str, at: str | None, status: str | None,
                 preferred_identity: str) -> dict[str, Any]:
@@ -53,7 +53,7 @@ class EngineView:
         when = parse_when(at) if at else dt.datetime.fromtimestamp(
             time.time() + engine.route_clock_offset, dt.UTC)
         forced = STATUSES[STATUSES.index(status)] if status in STATUSES else None
-        state = engine.b2bua.live_state(engine.directory, time.time())
+        state = engine.calls.live_state(engine.directory, time.time())
         plan = explain(engine.directory, caller, callee, when, status=forced,
                        registered=state.registered, preferred_identity=preferred_identity)
         return plan_to_json(plan)

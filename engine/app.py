@@ -28,16 +28,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from engine import admin_api
-from engine.b2bua import (
+from engine.callmedia import CallMedia
+from engine.calls.events import (
     BridgeMedia,
-    MediaAction,
+    MediaCommand,
     OpenMedia,
     StartMailbox,
     StartVoicemail,
     StopMedia,
     UpdateMedia,
 )
-from engine.callmedia import CallMedia
 from engine.connlimit import (
     SHED_FIRST_MESSAGE,
     SHED_HANDSHAKE,
@@ -627,7 +627,7 @@ class Server:
                         seconds=self._stream_log.window)
 
     # -- media (voicemail) ---------------------------------------------------------
-    def _media_action(self, action: MediaAction) -> None:
+    def _media_action(self, action: MediaCommand) -> None:
         if isinstance(action, BridgeMedia):
             self.calls_media.apply(action)
         elif isinstance(action, OpenMedia):
@@ -831,7 +831,7 @@ class Server:
         await self.store.heartbeat(Node(
             id=self.node_id, address=f"{engine.advertise}:{engine.port}",
             started_at=self._started_wall, last_seen=time.time(),
-            calls=len(engine.b2bua.calls), registrations=engine.registrar.count()))
+            calls=engine.calls.active_count, registrations=engine.registrar.count()))
 
     async def _reload(self) -> None:
         """A directory apply or a status change (another process) reaches the next call;

@@ -1,6 +1,6 @@
 """The media of anchored calls: two endpoints per call, relayed, hold music, recording.
 
-The B2BUA decides (``engine.b2bua.BridgeMedia``: what each endpoint
+The call layer decides (``engine.calls.events.BridgeMedia``: what each endpoint
 negotiated, who is on hold, whether the call is recorded); this module makes
 it so on real sockets, idempotently, each time the state changes:
 
@@ -17,7 +17,7 @@ it so on real sockets, idempotently, each time the state changes:
   :data:`SCREEN_WAIT_SECONDS` after the second announcement refuses; the
   caller hears hold music. A confirm leg (``screen="confirm"``) hears
   "press 1 to take the call", again every :data:`CONFIRM_GAP_SECONDS`; the
-  B2BUA's timer (``routing.CONFIRM_SECONDS``) decides when it has said
+  call's timer (``routing.CONFIRM_SECONDS``) decides when it has said
   nothing, and the caller hears what it heard while ringing (a ringback tone
   when ``ringback_to_caller``);
 * a recorded call: a ``media.mixer.CallRecorder`` on both endpoints from the
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import structlog
 
-from engine.b2bua import BridgeMedia
+from engine.calls.events import BridgeMedia
 from media.codecs import CodecError
 from media.endpoint import MediaEndpoint, MediaError, Relay
 from media.mixer import CallRecorder
@@ -59,7 +59,7 @@ RINGBACK = Pcm(ringback())
 SCREEN_WAIT_SECONDS = 5.0  # after each announcement, for the key
 SCREEN_ANNOUNCEMENTS = 2
 CONFIRM_GAP_SECONDS = 2.0  # between two "press 1 to take the call"
-# A backstop only: the B2BUA ends the question after routing.CONFIRM_SECONDS (10 s,
+# A backstop only: the call ends the question after routing.CONFIRM_SECONDS (10 s,
 # about three prompts); should it not, four prompts without a key refuse.
 CONFIRM_PROMPTS = 4
 
@@ -93,7 +93,7 @@ class CallMedia:
             b: MediaEndpoint) -> None:
         self.bridges[key] = Bridge(call_id, a, b)
 
-    # -- state from the B2BUA ------------------------------------------------------
+    # -- state from the call layer -------------------------------------------------
     def apply(self, action: BridgeMedia) -> None:
         bridge = self.bridges.get(action.call)
         if bridge is None or bridge.a.closed or bridge.b.closed:

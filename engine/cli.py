@@ -308,7 +308,7 @@ GC_THRESHOLDS = (200_000, 50, 10)
 def tune_gc() -> None:
     """The cyclic collector, set for a long-running engine (measured: ``docs/benchmarks.md``).
 
-    Ended calls are freed by reference counting (the B2BUA breaks its own
+    Ended calls are freed by reference counting (the call layer breaks its own
     cycles), so the collector only has to find the rare transient cycle. With
     CPython's default (a pass every 700 allocations, a full pass as soon as a
     quarter of the heap is new) a busy engine spent more CPU collecting than

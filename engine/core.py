@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from engine.auth import AuthResult, DigestAuthenticator, FailureLimiter
-from engine.b2bua import B2BUA, Local, MediaAction
+from engine.calls import Calls
+from engine.calls.events import MediaCommand, is_media_command
+from engine.calls.headers import SERVER, Local
 from engine.message import (
     ParseError,
     Request,
@@ -60,7 +62,6 @@ ACCEPT = "application/sdp"
 # CRLF keep-alives, and Path (RFC 3327): a REGISTER through the edge is stored
 # with its Path, which becomes the route set of calls to that phone.
 SUPPORTED: tuple[str, ...] = ("outbound", "path")
-SERVER = "Switchboard/0.1"
 KNOWN_METHODS = frozenset((
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"))
@@ -73,7 +74,7 @@ class Outcome:
     sends: list[Send] = field(default_factory=list)
     saved: list[Binding] = field(default_factory=list)
     removed: list[Binding] = field(default_factory=list)
-    media: list[MediaAction] = field(default_factory=list)  # for the media service
+    media: list[MediaCommand] = field(default_factory=list)  # for the media service
 
 
 class Engine:
@@ -96,15 +97,16 @@ class Engine:
                                      str]] = []
         self.limiter = limiter or FailureLimiter()
         self.port = port
-        self.tls_port = 0  # the TLS listener's port once it is up (serve --tls)
+        self._tls_port = 0  # the TLS listener's port once it is up (serve --tls)
         self.local_hosts = {h.lower() for h in local_hosts}
         self.wall_clock = wall_clock
         self._auth_key = auth_key or secrets.token_bytes(32)
         self.digest_algorithms = digest_algorithms
         self.directory = directory
         self.registrar = Registrar()
-        self.b2bua = B2BUA(self.transactions, self.registrar, wall_clock, self.metrics,
-                           anchor_media=anchor_media)
+        self.calls = Calls(self.transactions, self.registrar,
+                           Local(advertise, port, directory.system.domain), wall_clock,
+                           self.metrics, anchor_media=anchor_media)
         self.trunkreg = TrunkRegistrar(self.transactions)
         self.mwi = MessageWaiting(self.transactions)
         self.auth = DigestAuthenticator(directory.system.domain, self._auth_key,
@@ -123,7 +125,8 @@ class Engine:
         if self.auth.realm != system.domain:
             self.auth = DigestAuthenticator(system.domain, self._auth_key,
                                             algorithms=self.digest_algorithms)
-        self.b2bua.set_directory(directory)
+        self.calls.set_directory(directory)
+        self.calls.local = self.local
         self.trunkreg.set_trunks(directory.trunks, 0.0, self.advertise)
         self._trunk_nets = [(ipaddress.ip_network(cidr, strict=False), trunk.inbound_port,
                              trunk.name)
@@ -131,14 +134,23 @@ class Engine:
 
     def set_statuses(self, statuses: dict[str, Status]) -> None:
         """Live statuses (``switchboard status set``): they win over the directory."""
-        self.b2bua.statuses = dict(statuses)
+        self.calls.statuses = dict(statuses)
+
+    @property
+    def tls_port(self) -> int:
+        return self._tls_port
+
+    @tls_port.setter
+    def tls_port(self, port: int) -> None:
+        self._tls_port = port
+        self.calls.local = self.local
 
     @property
     def local(self) -> Local:
-        return Local(self.advertise, self.port, self.directory.system.domain, self.tls_port)
+        return Local(self.advertise, self.port, self.directory.system.domain, self._tls_port)
 
     def next_wakeup(self) -> float | None:
-        wakes = [w for w in (self.transactions.next_wakeup(), self.b2bua.next_wakeup(),
+        wakes = [w for w in (self.transactions.next_wakeup(), self.calls.next_wakeup(),
                              self.trunkreg.next_wakeup(), self.mwi.next_wakeup())
                  if w is not None]
         return min(wakes) if wakes else None
@@ -159,37 +171,29 @@ class Engine:
         return user.password
 
     # -- input ----------------------------------------------------------------
-    def datagram(self, data: bytes, source: Addr, transport: str, now: float,
-                 parsed: Request | Response | None = None) -> Outcome:
-        """Handle one datagram (or one framed stream message); ``parsed`` is ``data``
-        already parsed (the receive queue reads each message to class it)."""
-        out = self._datagram(data, source, transport, now, parsed)
-        if self.b2bua.media_actions:
-            out.media.extend(self.b2bua.take_media())
-        return out
-
     # -- the media service's answers (voicemail) ------------------------------------
     def media_ready(self, call: tuple[str, str], ports: tuple[int, ...], now: float) -> Outcome:
-        return self._media(self.b2bua.media_ready(call, ports, now, self.local), now)
+        return self._media(self.calls.media_ready(call, ports, now), now)
 
     def media_failed(self, call: tuple[str, str], reason: str, now: float) -> Outcome:
-        return self._media(self.b2bua.media_failed(call, reason, now, self.local), now)
+        return self._media(self.calls.media_failed(call, reason, now), now)
 
     def screened(self, call: tuple[str, str], accepted: bool, now: float) -> Outcome:
         """A screened leg (rebound, confirm) pressed 1 (``accepted``) or anything else."""
-        return self._media(self.b2bua.screened(call, accepted, now, self.local), now)
+        return self._media(self.calls.screened(call, accepted, now), now)
 
     def hangup(self, call: tuple[str, str], now: float) -> Outcome:
-        return self._media(self.b2bua.hangup(call, now, self.local), now)
+        return self._media(self.calls.hangup(call, now), now)
 
     def _media(self, events: Sequence[object], now: float) -> Outcome:
         out = Outcome()
         self._run(events, now, out)
-        out.media.extend(self.b2bua.take_media())
         return out
 
-    def _datagram(self, data: bytes, source: Addr, transport: str, now: float,
-                  parsed: Request | Response | None) -> Outcome:
+    def datagram(self, data: bytes, source: Addr, transport: str, now: float,
+                 parsed: Request | Response | None = None) -> Outcome:
+        """Handle one datagram (or one framed stream message); ``parsed`` is ``data``
+        already parsed (the receive queue reads each message to class it)."""
         out = Outcome()
         if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             # A keep-alive: phones (pjsip, Linphone) send CRLFs over UDP too, every
@@ -235,10 +239,9 @@ class Engine:
     def timer(self, now: float) -> Outcome:
         out = Outcome()
         self._run(self.transactions.on_timer(now), now, out)
-        self._run(self.b2bua.on_timer(now, self.local), now, out)
+        self._run(self.calls.on_timer(now), now, out)
         self._run(self.trunkreg.on_timer(now, self.local), now, out)
         self._run(self.mwi.expire(now, self.local), now, out)
-        out.media.extend(self.b2bua.take_media())
         return out
 
     def set_mwi_counts(self, counts: dict[str, tuple[int, int]], now: float) -> Outcome:
@@ -250,8 +253,7 @@ class Engine:
     def shutdown(self, now: float) -> Outcome:
         """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
         out = Outcome()
-        self._run(self.b2bua.shutdown(now, self.local), now, out)
-        out.media.extend(self.b2bua.take_media())
+        self._run(self.calls.shutdown(now), now, out)
         return out
 
     def expire(self, now_wall: float) -> Outcome:
@@ -261,10 +263,10 @@ class Engine:
         self.metrics.blocked_sources.set(self.limiter.blocked_count(now_wall))
         for kind, n in self.transactions.counts().items():
             self.metrics.transactions.labels(kind).set(n)
-        self.metrics.calls_active.set(len(self.b2bua.calls))
+        self.metrics.calls_active.set(self.calls.active_count)
+        channels = self.calls.channels_in_use()
         for trunk in self.directory.trunks:
-            self.metrics.trunk_channels.labels(trunk.name).set(
-                self.b2bua.channels.get(trunk.name, 0))
+            self.metrics.trunk_channels.labels(trunk.name).set(channels.get(trunk.name, 0))
         return out
 
     # -- events from the transaction layer -------------------------------------
@@ -273,9 +275,11 @@ class Engine:
             if isinstance(ev, Send):
                 self._count_out(ev.data)
                 out.sends.append(ev)
+            elif is_media_command(ev):  # the call layer's commands to the media service
+                out.media.append(ev)
             elif isinstance(ev, DeliverRequest):
                 if ev.key is None:  # an ACK to a 2xx: the call's business
-                    self._run(self.b2bua.on_ack(ev.request, now, self.local), now, out)
+                    self._run(self.calls.on_ack(ev.request, now), now, out)
                     continue
                 try:
                     self._request(ev.request, ev.key, ev.source, ev.transport, now, out)
@@ -285,19 +289,20 @@ class Engine:
                                   method=ev.request.method, source=_fmt(ev.source))
                     self._respond(ev.key, make_response(ev.request, 500), now, out)
             elif isinstance(ev, CancelRequest):
-                self._run(self.b2bua.on_cancel(ev.invite_key, now, self.local), now, out)
+                self._run(self.calls.on_cancel(ev.invite_key, now), now, out)
             elif isinstance(ev, DeliverResponse):
-                answer = self.trunkreg.on_response(ev.key, ev.response, now, self.local)
+                answer: Sequence[object] | None = self.trunkreg.on_response(
+                    ev.key, ev.response, now, self.local)
                 if answer is None and self.mwi.on_response(ev.key, ev.response):
                     answer = []
                 if answer is None:
-                    answer = self.b2bua.on_response(ev.response, ev.key, now, self.local)
+                    answer = self.calls.on_response(ev.response, ev.key, now)
                 self._run(answer, now, out)
             elif isinstance(ev, TimedOut):
                 if ev.key.side == "client" and not self.trunkreg.on_timed_out(ev.key, now):
-                    self._run(self.b2bua.on_timed_out(ev.key, now, self.local), now, out)
+                    self._run(self.calls.on_timed_out(ev.key, now), now, out)
             elif isinstance(ev, Terminated):
-                self.b2bua.on_terminated(ev.key)
+                self.calls.on_terminated(ev.key)
 
     def _respond(self, key: TxKey, resp: Response, now: float, out: Outcome) -> None:
         self._run(list(self.transactions.respond(key, resp, now)), now, out)
@@ -359,9 +364,9 @@ class Engine:
             answer(483)
             return
         if req.to.tag is not None and req.method not in ("REGISTER", "CANCEL"):
-            events = self.mwi.in_dialog(req, key, now, self.local)
+            events: Sequence[object] | None = self.mwi.in_dialog(req, key, now, self.local)
             if events is None:
-                events = self.b2bua.in_dialog(req, key, source, transport, now, self.local)
+                events = self.calls.in_dialog(req, key, source, transport, now)
             if events is None:
                 answer(481)
             else:
@@ -421,8 +426,7 @@ class Engine:
             facts = CallFacts(caller=username, callee=dialled, source="phone", at=when,
                               caller_name=user.name if user else "",
                               preferred_identity=preferred_identity(req))
-        events = self.b2bua.new_call(req, key, source, transport, facts, self.directory, now,
-                                     self.local)
+        events = self.calls.new_call(req, key, source, transport, facts, self.directory, now)
         self._run(events, now, out)
 
     def _subscribe(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,

@@ -4,7 +4,7 @@ Two parts:
 
 * :class:`MailboxSession`, a sans-I/O state machine: it is fed events
   (:class:`Digit`, :class:`PromptDone`, :class:`Timeout`) and answers with a
-  :class:`Step`: actions to carry out (:class:`Play`, :class:`StopPlaying`,
+  :class:`MenuReply`: actions to carry out (:class:`Play`, :class:`StopPlaying`,
   :class:`MarkRead`, :class:`Delete`, :class:`Hangup`) and how long to wait
   for the caller before a :class:`Timeout` (None: no timer; a prompt is
   playing and ends with :class:`PromptDone`).
@@ -83,13 +83,13 @@ __all__ = [
     "Action",
     "Delete",
     "Digit",
-    "Event",
     "Hangup",
     "MailboxSession",
     "MarkRead",
+    "MenuInput",
+    "MenuReply",
     "Play",
     "PromptDone",
-    "Step",
     "StopPlaying",
     "Timeout",
     "serve_mailbox",
@@ -128,10 +128,10 @@ class PromptDone:
 
 @dataclass(frozen=True, slots=True)
 class Timeout:
-    """The :attr:`Step.timeout` of the last step passed with no other event."""
+    """The :attr:`MenuReply.timeout` of the last step passed with no other event."""
 
 
-Event = Digit | PromptDone | Timeout
+MenuInput = Digit | PromptDone | Timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +170,7 @@ Action = Play | StopPlaying | MarkRead | Delete | Hangup
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
+class MenuReply:
     """What to do after an event: ``actions`` in order, then wait for the next event,
     at most ``timeout`` seconds (then feed :class:`Timeout`); ``None``: no timer."""
 
@@ -269,17 +269,17 @@ class MailboxSession:
     def _prompts(self, *names: str) -> tuple[Path, ...]:
         return tuple(prompt_path(self.language, name) for name in names)
 
-    def _play(self, state: _State, paths: Sequence[Path], *before: Action) -> Step:
+    def _play(self, state: _State, paths: Sequence[Path], *before: Action) -> MenuReply:
         self.state = state
         self.playing = True
         self.timeout = None
-        return Step((*before, Play(tuple(paths))), None)
+        return MenuReply((*before, Play(tuple(paths))), None)
 
-    def _wait(self, seconds: float, *actions: Action) -> Step:
+    def _wait(self, seconds: float, *actions: Action) -> MenuReply:
         self.timeout = seconds
-        return Step(actions, seconds)
+        return MenuReply(actions, seconds)
 
-    def _goodbye(self, *first: str) -> Step:
+    def _goodbye(self, *first: str) -> MenuReply:
         return self._play(_State.GOODBYE, self._prompts(*first, "goodbye"))
 
     def summary_names(self) -> list[str]:
@@ -313,7 +313,7 @@ class MailboxSession:
 
     # -- transitions ----------------------------------------------------------------------
 
-    def start(self) -> Step:
+    def start(self) -> MenuReply:
         """The first step: the PIN prompt, or straight to the summary."""
         if self.started:
             raise RuntimeError("the mailbox session has already started")
@@ -322,17 +322,17 @@ class MailboxSession:
             return self._play(_State.PIN, self._prompts("enter_pin"))
         return self._summary()
 
-    def _summary(self) -> Step:
+    def _summary(self) -> MenuReply:
         if not self.messages:
             return self._goodbye("no_messages")
         return self._play(_State.SUMMARY, self._prompts(*self.summary_names()))
 
-    def _header(self, index: int) -> Step:
+    def _header(self, index: int) -> MenuReply:
         self.index = index
         self.idle = 0
         return self._play(_State.HEADER, self._prompts(*self.header_names(index)))
 
-    def _recording(self) -> Step:
+    def _recording(self) -> MenuReply:
         self.idle = 0
         message = self.messages[self.index]
         before: tuple[Action, ...] = ()
@@ -341,47 +341,47 @@ class MailboxSession:
             before = (MarkRead(message.id),)
         return self._play(_State.RECORDING, [Path(message.path)], *before)
 
-    def _menu(self) -> Step:
+    def _menu(self) -> MenuReply:
         return self._play(_State.MENU, self._prompts("menu"))
 
-    def _end(self) -> Step:
+    def _end(self) -> MenuReply:
         self.index = len(self.messages)
         if not self.messages:
             return self._goodbye("end_of_messages")
         return self._play(_State.END, self._prompts("end_of_messages", "menu_end"))
 
-    def _next(self) -> Step:
+    def _next(self) -> MenuReply:
         if self.index + 1 < len(self.messages):
             return self._header(self.index + 1)
         return self._end()
 
-    def _previous(self) -> Step:
+    def _previous(self) -> MenuReply:
         return self._header(max(0, self.index - 1))  # at the end, index is len(messages)
 
-    def _delete(self) -> Step:
+    def _delete(self) -> MenuReply:
         message = self.messages.pop(self.index)
         self.idle = 0
         return self._play(_State.DELETED, self._prompts("deleted"),
                           Delete(message.id, message.path))
 
-    def handle(self, event: Event) -> Step:
+    def handle(self, event: MenuInput) -> MenuReply:
         """Feed one event; returns what to do next."""
         if not self.started:
             raise RuntimeError("call start() first")
         if self.state is _State.DONE:
-            return Step()
+            return MenuReply()
         if isinstance(event, PromptDone):
             if not self.playing:
-                return Step((), self.timeout)  # stale: nothing was playing
+                return MenuReply((), self.timeout)  # stale: nothing was playing
             self.playing = False
             return self._prompt_done()
         if isinstance(event, Timeout):
             if self.playing:
-                return Step()  # the driver only times out while no prompt plays
+                return MenuReply()  # the driver only times out while no prompt plays
             return self._timed_out()
         return self._digit(event.digit)
 
-    def _prompt_done(self) -> Step:
+    def _prompt_done(self) -> MenuReply:
         state = self.state
         if state is _State.PIN:
             return self._wait(INTER_DIGIT_SECONDS if self.entered else FIRST_DIGIT_SECONDS)
@@ -399,9 +399,9 @@ class MailboxSession:
             return self._wait(MENU_SECONDS)
         # GOODBYE
         self.state = _State.DONE
-        return Step((Hangup(),))
+        return MenuReply((Hangup(),))
 
-    def _timed_out(self) -> Step:
+    def _timed_out(self) -> MenuReply:
         state = self.state
         if state is _State.PIN:
             if self.entered:
@@ -413,9 +413,9 @@ class MailboxSession:
                 return self._goodbye()
             return self._play(state, self._prompts(
                 *(["menu"] if state is _State.MENU else ["menu_end"])))
-        return Step()
+        return MenuReply()
 
-    def _digit(self, digit: str) -> Step:
+    def _digit(self, digit: str) -> MenuReply:
         state = self.state
         if state is _State.PIN:
             return self._pin_digit(digit)
@@ -438,11 +438,11 @@ class MailboxSession:
             if digit in _QUIT or digit in _NEXT:
                 return self._goodbye()
         # An ignored key: a prompt playing goes on; a menu waiting waits again.
-        return Step((), None if self.playing else self._wait(MENU_SECONDS).timeout)
+        return MenuReply((), None if self.playing else self._wait(MENU_SECONDS).timeout)
 
     # -- the PIN ---------------------------------------------------------------------------
 
-    def _pin_digit(self, digit: str) -> Step:
+    def _pin_digit(self, digit: str) -> MenuReply:
         stop: tuple[Action, ...] = (StopPlaying(),) if self.playing else ()
         self.playing = False
         if digit == "#":
@@ -457,16 +457,16 @@ class MailboxSession:
         return self._wait(INTER_DIGIT_SECONDS if self.entered else FIRST_DIGIT_SECONDS, *stop)
 
     @staticmethod
-    def _with(first: tuple[Action, ...], step: Step) -> Step:
-        return Step((*first, *step.actions), step.timeout)
+    def _with(first: tuple[Action, ...], step: MenuReply) -> MenuReply:
+        return MenuReply((*first, *step.actions), step.timeout)
 
-    def _check_pin(self) -> Step:
+    def _check_pin(self) -> MenuReply:
         entered, self.entered = self.entered, ""
         if hmac.compare_digest(entered.encode(), self.pin.encode()):
             return self._summary()
         return self._pin_failed(wrong=True)
 
-    def _pin_failed(self, *, wrong: bool) -> Step:
+    def _pin_failed(self, *, wrong: bool) -> MenuReply:
         self.pin_failures += 1
         first = ["wrong_pin"] if wrong else []
         if self.pin_failures >= MAX_PIN_ATTEMPTS:
@@ -477,7 +477,7 @@ class MailboxSession:
 # --- the driver ------------------------------------------------------------------------------
 
 
-_Queued = tuple[Event | None, int]
+_Queued = tuple[MenuInput | None, int]
 """(event, generation of the Play it belongs to); None: the endpoint closed."""
 
 
@@ -573,7 +573,7 @@ async def serve_mailbox(
 
 async def _next_event(
     queue: asyncio.Queue[_Queued], timeout: float | None, current: Callable[[], int]
-) -> Event | None:
+) -> MenuInput | None:
     """The next event that counts (a PromptDone of a replaced Play does not)."""
     deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
     while True:

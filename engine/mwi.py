@@ -19,7 +19,7 @@ from engine.message import Request, Response, make_response
 from engine.transaction import Addr, Event, TxKey
 
 if TYPE_CHECKING:
-    from engine.b2bua import Local
+    from engine.calls.headers import Local
     from engine.transaction import TransactionLayer
 
 EVENT = "message-summary"

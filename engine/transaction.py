@@ -12,9 +12,9 @@ Four state machines, one method per state:
 * INVITE client (RFC 3261 s17.1.1 as updated by RFC 6026 s7.2: Accepted state)
 * non-INVITE client (RFC 3261 s17.1.2)
 
-Timers live in one heap with lazy deletion: each armed timer has a token in
-its transaction; a heap entry whose token is no longer the transaction's (the
-timer was cancelled or re-armed, or the transaction ended) is skipped.
+Timers live in one heap with lazy deletion (``engine.timerheap``), keyed by
+transaction and timer name: a timer cancelled or re-armed, or whose
+transaction ended, is skipped when its entry comes up.
 
 Every transaction ends in Terminated, is removed from the layer and reported
 with a :class:`Terminated` event. The layer never ends a server transaction
@@ -24,13 +24,13 @@ the TU must answer every :class:`DeliverRequest` that carries a key.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
 from engine.message import ParseError, Request, Response, Via, make_response, random_hex
+from engine.timerheap import TimerHeap
 
 __all__ = [
     "COOKIE",
@@ -265,7 +265,6 @@ class _ServerTx:
     to_tag: str | None = None  # To tag of the latest response that had one
     merge_id: MergeId | None = None
     interval: float = 0.0  # current Timer G interval
-    timers: dict[str, int] = field(default_factory=dict)
 
     @property
     def kind(self) -> Kind:
@@ -287,7 +286,6 @@ class _ClientTx:
     state: State
     ack: bytes | None = None  # the ACK for a 300-699 (s17.1.1.3)
     interval: float = 0.0  # current Timer A / E interval
-    timers: dict[str, int] = field(default_factory=dict)
 
     @property
     def kind(self) -> Kind:
@@ -335,8 +333,6 @@ _Input = _Retransmit | _Ack | _Resp | _Fire
 # gives up 64*T1 after it if no final response came.
 CANCEL_GUARD = "cancel"
 
-_HeapEntry = tuple[float, int, TxKey, str]
-
 
 # --------------------------------------------------------------------------
 # The layer
@@ -354,9 +350,7 @@ class TransactionLayer:
         # RFC 3261 s8.2.2.2: (From tag, Call-ID, CSeq number, CSeq method) of
         # live server transactions whose request had no To tag.
         self._merge: dict[MergeId, TxKey] = {}
-        self._heap: list[_HeapEntry] = []
-        self._seq = 0
-        self._live_timers = 0
+        self.deadlines: TimerHeap[TxKey] = TimerHeap()  # every transaction's timers
         # The state machines as tables: (INVITE?, state) -> the method for that state.
         # Server: s17.2.1 (Figure 7, with RFC 6026 Accepted) and s17.2.2 (Figure 8).
         self._server_table: dict[tuple[bool, State], _ServerHandler] = {
@@ -401,48 +395,27 @@ class TransactionLayer:
     # -- timers ---------------------------------------------------------
     def next_wakeup(self) -> float | None:
         """The deadline of the earliest pending timer, None when none is armed."""
-        heap = self._heap
-        while heap and not self._entry_live(heap[0]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return self.deadlines.next_wakeup()
 
     def on_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now`` in deadline order."""
         events: list[Event] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            if not self._entry_live(entry):
-                continue  # cancelled or re-armed: lazy deletion
-            _, _, key, name = entry
-            tx = self._txs[key]
-            del tx.timers[name]
-            self._live_timers -= 1
-            events += self._step(tx, _Fire(name), now)
+        while (due := self.deadlines.pop(now)) is not None:
+            key, name = due
+            events += self._step(self._txs[key], _Fire(name), now)
         return events
 
-    def _entry_live(self, entry: _HeapEntry) -> bool:
-        tx = self._txs.get(entry[2])
-        return tx is not None and tx.timers.get(entry[3]) == entry[1]
-
     def _arm(self, tx: _Tx, name: str, delay: float, now: float) -> None:
-        self._seq += 1
-        if name not in tx.timers:
-            self._live_timers += 1
-        tx.timers[name] = self._seq
-        heapq.heappush(self._heap, (now + delay, self._seq, tx.key, name))
-        if len(self._heap) > 256 and len(self._heap) > 4 * self._live_timers:
-            self._heap = [e for e in self._heap if self._entry_live(e)]
-            heapq.heapify(self._heap)
+        self.deadlines.arm(tx.key, name, now + delay)
 
     def _disarm(self, tx: _Tx, *names: str) -> None:
         for name in names:
-            if tx.timers.pop(name, None) is not None:
-                self._live_timers -= 1
+            self.deadlines.cancel(tx.key, name)
 
     def _terminate(self, tx: _Tx) -> list[Event]:
         """Enter Terminated: the transaction is destroyed at once (s17.1.1.2, s17.2.1)."""
-        self._disarm(tx, *list(tx.timers))
+        if self._txs.get(tx.key) is tx:
+            self.deadlines.cancel_all(tx.key)
         tx.state = State.TERMINATED
         if self._txs.get(tx.key) is tx:
             del self._txs[tx.key]
@@ -717,7 +690,8 @@ class TransactionLayer:
         self._arm(tx, "B" if invite else "F", self.timers.long, now)
         if method == "CANCEL":
             target = self._txs.get(TxKey("client", "INVITE", branch))
-            if isinstance(target, _ClientTx) and CANCEL_GUARD not in target.timers \
+            if isinstance(target, _ClientTx) \
+                    and not self.deadlines.armed(target.key, CANCEL_GUARD) \
                     and target.state in (State.CALLING, State.PROCEEDING):
                 # RFC 3261 s9.1: without a final response 64*T1 after the
                 # CANCEL, the INVITE client transaction is given up.

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Literal
 import structlog
 
 from engine.auth import build_authorization
+from engine.calls.headers import SERVER
 from engine.dialog import new_branch, new_call_id, new_tag
 from engine.message import ParseError, Request, Response
 from engine.transaction import Event, TxKey
 from provisioning.model import Trunk
 
 if TYPE_CHECKING:
-    from engine.b2bua import Local
+    from engine.calls.headers import Local
     from engine.transaction import TransactionLayer
 
 log = structlog.get_logger("switchboard.trunk")
@@ -98,7 +99,7 @@ class TrunkRegistrar:
             ("CSeq", f"{reg.cseq} REGISTER"),
             ("Contact", local.contact(transport, t.username)),
             ("Expires", str(REQUESTED_EXPIRES)),
-            ("User-Agent", "Switchboard/0.1"),
+            ("User-Agent", SERVER),
         ]
         if auth is not None:
             headers.append(auth)

@@ -1,7 +1,7 @@
 """The values routing takes and returns: call facts, live state, plan steps.
 
 Everything is a frozen, slotted dataclass: a :class:`Plan` can be logged,
-printed by ``route explain`` and handed to the B2BUA without copies.
+printed by ``route explain`` and handed to the call layer without copies.
 
 A plan is a flat table of steps.  Execution starts at step 0; a :class:`Ring`
 names, for each outcome, the index of the next step (always greater than its
@@ -58,7 +58,7 @@ DiversionReason = Literal[
 
 @dataclass(frozen=True, slots=True)
 class CallFacts:
-    """What the B2BUA knows about a new call.
+    """What the call layer knows about a new call.
 
     ``source="phone"``: ``caller`` is the calling extension (authenticated by
     digest) and ``callee`` what it dialled (the Request-URI user).

@@ -121,11 +121,17 @@ class Net:
     clock: Clock
     inbox: dict[Addr, list[Request | Response]] = field(default_factory=dict)
     media: list[object] = field(default_factory=list)
+    # Call-ID -> our To tag in the 2xx the engine sent to a caller's INVITE.
+    tags: dict[str, str] = field(default_factory=dict)
 
     def take(self, outcome: Outcome) -> None:
         self.media.extend(outcome.media)
         for send in outcome.sends:
-            self.inbox.setdefault(send.addr, []).append(parse(send.data))
+            msg = parse(send.data)
+            if isinstance(msg, Response) and msg.status == 200 and msg.to.tag \
+                    and msg.cseq.method == "INVITE":
+                self.tags[msg.call_id] = msg.to.tag
+            self.inbox.setdefault(send.addr, []).append(msg)
 
     def send(self, data: bytes | Request | Response, source: Addr) -> None:
         raw = data if isinstance(data, bytes) else data.to_bytes()
@@ -303,7 +309,7 @@ def test_internal_call_answered_then_caller_hangs_up(net: Net) -> None:
     assert ack.cseq.number == 1 and ack.to.tag == "callee1"
     [ok] = net.responses(src)
     assert ok.status == 200 and ok.body == b"v=0 answer" and ok.to.tag
-    assert net.engine.b2bua.on_call == {"101": 1, "102": 1}
+    assert net.engine.calls.extensions_on_calls() == {"101": 1, "102": 1}
     net.send(in_dialog("ACK", ok, src, cseq=2, call_id="call-1", branch="ack1"), src)
     net.tick(5)
     assert net.responses(src) == []  # ACKed: no 2xx retransmission
@@ -312,7 +318,8 @@ def test_internal_call_answered_then_caller_hangs_up(net: Net) -> None:
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == inv.call_id and bye.to.tag == "callee1"
     net.send(reply(bye, 200), PHONES["102"])
-    assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}
+    calls = net.engine.calls
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_callee_hangs_up_and_unacked_2xx_is_retransmitted(net: Net) -> None:
@@ -332,7 +339,7 @@ def test_callee_hangs_up_and_unacked_2xx_is_retransmitted(net: Net) -> None:
     assert statuses(net.drain(PHONES["102"])) == [200]
     [caller_bye] = net.requests(src, "BYE")
     assert caller_bye.call_id == "call-1" and caller_bye.from_.tag  # our tag toward caller
-    assert net.engine.b2bua.calls == {}
+    assert net.engine.calls.calls_in_progress() == []
 
 
 def test_unknown_dialog_gets_481(net: Net) -> None:
@@ -441,7 +448,7 @@ def test_on_a_call_without_multiple_calls_is_busy(net: Net) -> None:
 
 def voicemail_answered(net: Net, src: Addr, box: str) -> Response:
     """The media service opens an endpoint; the engine answers the caller with SDP."""
-    from engine.b2bua import OpenMedia, StartVoicemail
+    from engine.calls.events import OpenMedia, StartVoicemail
 
     [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
     net.take(net.engine.media_ready(opened.call, (30000,), net.clock.now))
@@ -453,7 +460,7 @@ def voicemail_answered(net: Net, src: Addr, box: str) -> Response:
 
 
 def test_voicemail_answers_with_sdp_then_hangs_up_when_done(net: Net) -> None:
-    from engine.b2bua import OpenMedia, StopMedia
+    from engine.calls.events import OpenMedia, StopMedia
 
     register(net, "101", "102")
     src = phone_call(net, "101", "102")
@@ -465,11 +472,12 @@ def test_voicemail_answers_with_sdp_then_hangs_up_when_done(net: Net) -> None:
     [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
     net.take(net.engine.hangup(opened.call, net.clock.now))  # message recorded ('#')
     assert net.requests(src, "BYE")
-    assert any(isinstance(m, StopMedia) for m in net.media) and net.engine.b2bua.calls == {}
+    calls = net.engine.calls
+    assert any(isinstance(m, StopMedia) for m in net.media) and calls.calls_in_progress() == []
 
 
 def test_voicemail_refuses_g729_only_with_488(net: Net) -> None:
-    from engine.b2bua import OpenMedia
+    from engine.calls.events import OpenMedia
 
     register(net, "101")
     net.engine.set_statuses({"101": "away"})
@@ -501,7 +509,7 @@ def test_trunk_call_rings_desk_and_mobile_desk_answers_mobile_cancelled(net: Net
         '"Caller +15145550199" <sip:+15145550199@pbx.test>'
     assert (mobile.get("from") or "").startswith(
         '"Caller +15145550199" <sip:+15145550199@pbx.test>;tag=')
-    assert net.engine.b2bua.channels == {"carrier": 2}  # the inbound call + the mobile leg
+    assert net.engine.calls.channels_in_use() == {"carrier": 2}  # the inbound call + the mobile leg
     net.send(reply(mobile, 183, tag="mob", body=SDP), TRUNK)  # early media
     assert 183 in statuses(net.drain(TRUNK))
     net.send(reply(desk, 200, contact="<sip:101@127.0.0.1:6101>"), PHONES["101"])
@@ -509,7 +517,7 @@ def test_trunk_call_rings_desk_and_mobile_desk_answers_mobile_cancelled(net: Net
     [cancel] = [m for m in trunk_msgs if isinstance(m, Request) and m.method == "CANCEL"]
     assert "cause=200" in (cancel.get("reason") or "")
     assert 200 in statuses(trunk_msgs)
-    assert net.engine.b2bua.channels == {"carrier": 1}
+    assert net.engine.calls.channels_in_use() == {"carrier": 1}
 
 
 def test_early_media_does_not_stop_the_no_answer_timer(net: Net) -> None:
@@ -522,7 +530,7 @@ def test_early_media_does_not_stop_the_no_answer_timer(net: Net) -> None:
     net.tick(10.5)
     msgs = net.drain(TRUNK)
     assert any(isinstance(m, Request) and m.method == "CANCEL" for m in msgs)
-    from engine.b2bua import OpenMedia
+    from engine.calls.events import OpenMedia
     assert any(isinstance(m, OpenMedia) for m in net.media)  # away, no answer -> voicemail
 
 
@@ -533,7 +541,8 @@ def test_deflection_302_to_a_trunk_that_supports_it(net: Net) -> None:
     [moved] = [r for r in net.responses(TRUNK) if r.status == 302]
     assert moved.contacts[0].uri.user == "+15145550199"
     assert moved.get("diversion") == "<sip:101@pbx.test>;reason=unconditional;counter=1"
-    assert net.engine.b2bua.calls == {} and net.engine.b2bua.channels == {"carrier": 0}
+    calls = net.engine.calls
+    assert calls.calls_in_progress() == [] and calls.channels_in_use() == {"carrier": 0}
 
 
 def test_unknown_did_is_404_and_unknown_source_is_challenged(net: Net) -> None:
@@ -559,7 +568,9 @@ def test_rebound_refused_comes_back_to_voicemail(net: Net) -> None:
 
 def test_channel_limit_gives_503_when_nothing_else_is_planned(net: Net) -> None:
     register(net, "101")
-    net.engine.b2bua.channels["carrier"] = 3  # all busy with other calls
+    for n in range(3):  # the carrier's 3 channels, all busy with other calls
+        trunk_call(net, "+15145550100", call_id=f"busy-{n}")
+    assert net.engine.calls.channels_in_use() == {"carrier": 3}
     src = phone_call(net, "101", "+15145550199")
     assert 503 in statuses(net.drain(src))
 
@@ -572,7 +583,7 @@ def test_outbound_call_through_the_trunk_with_department_caller_id(net: Net) -> 
     assert out.from_.uri.user == "+15145550100"
     net.send(reply(out, 200, contact="<sip:+15145550199@127.0.0.9:5090>"), TRUNK)
     assert 200 in statuses(net.drain(src))
-    assert net.engine.b2bua.channels == {"carrier": 1}
+    assert net.engine.calls.channels_in_use() == {"carrier": 1}
 
 
 def test_external_calls_forbidden_for_user(net: Net) -> None:
@@ -597,7 +608,7 @@ def test_caller_cancel_gives_487_and_cancels_legs(net: Net) -> None:
     net.send(cancel, src)
     assert sorted(statuses(net.drain(src))) == [200, 487]
     assert net.requests(PHONES["102"], "CANCEL")
-    assert net.engine.b2bua.calls == {}
+    assert net.engine.calls.calls_in_progress() == []
 
 
 def test_wrong_password_on_invite_is_refused_and_counted(net: Net) -> None:
@@ -613,16 +624,18 @@ def test_wrong_password_on_invite_is_refused_and_counted(net: Net) -> None:
 
 def test_a_crash_in_one_call_does_not_take_down_another(net: Net,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    register(net, "101", "102", "103")
-    b2bua = net.engine.b2bua
-    original = b2bua._callee_invite
+    from engine.calls import headers
 
-    def explode(call, step, target, uri, transport, local, offer):  # type: ignore[no-untyped-def]
+    register(net, "101", "102", "103")
+    original = headers.callee_invite
+
+    def explode(caller, facts, chain, target, uri, transport, local,  # type: ignore[no-untyped-def]
+                offer=None):
         if "6103" in uri:
             raise RuntimeError("boom")
-        return original(call, step, target, uri, transport, local, offer)
+        return original(caller, facts, chain, target, uri, transport, local, offer)
 
-    monkeypatch.setattr(b2bua, "_callee_invite", explode)
+    monkeypatch.setattr(headers, "callee_invite", explode)
     src = phone_call(net, "101", "103", call_id="bad")
     assert 500 in statuses(net.drain(src))
     src2 = phone_call(net, "101", "102", call_id="good")
@@ -730,7 +743,7 @@ def test_credentials_signed_for_another_uri_are_refused(net: Net) -> None:
 def test_reinvite_on_a_voicemail_call_gets_a_new_answer(net: Net) -> None:
     """pjsip locks the codec it chose with a re-INVITE offering only that one: the engine,
     being the endpoint, answers it on the same port and the media follows."""
-    from engine.b2bua import UpdateMedia
+    from engine.calls.events import UpdateMedia
 
     register(net, "101", "102")
     src = phone_call(net, "101", "102")

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from engine.b2bua import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
+from engine.calls.events import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
 from engine.core import Engine
 from engine.message import Request, Response
 from media.sdp import parse_sdp
@@ -285,7 +285,7 @@ def test_a_refused_rebound_comes_back_to_voicemail(net: Net, how: str) -> None:
     assert start.box == "104"
     assert any(isinstance(m, Response) and m.status == 200 and m.call_id == "tcall-1"
                for m in msgs)
-    assert net.engine.b2bua.channels == {"carrier": 1}  # the mobile leg's channel is free
+    assert net.engine.calls.channels_in_use() == {"carrier": 1}  # the mobile leg's channel is free
 
 
 # ---------------------------------------------------------------------- ring groups
@@ -375,13 +375,14 @@ def test_an_ended_call_is_freed_by_reference_counting(anchored: bool) -> None:
         [bye] = net.requests(PHONES["102"], "BYE")
         net.send(reply(bye, 200), PHONES["102"])
         net.tick(64)  # every transaction of the call ends
-        assert net.engine.b2bua.calls == {}
+        assert net.engine.calls.calls_in_progress() == []
         net.inbox.clear()
         net.media.clear()
         del ok, bye
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        left = {type(o).__name__ for o in gc.garbage} & {"Call", "Leg", "Dialog", "Anchor"}
+        left = {type(o).__name__ for o in gc.garbage} & {
+            "Call", "Leg", "Dialog", "MediaAnchor", "MediaSide", "Transfer"}
         assert left == set()
     finally:
         gc.set_debug(0)

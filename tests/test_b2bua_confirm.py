@@ -9,7 +9,7 @@ import tomllib
 
 import pytest
 
-from engine.b2bua import BridgeMedia, StartVoicemail
+from engine.calls.events import BridgeMedia, StartVoicemail
 from engine.core import Engine
 from engine.message import Request, Response
 from engine.transaction import Addr
@@ -86,7 +86,7 @@ def to_mobile(msgs: list[Request | Response], method: str) -> list[Request]:
 
 
 def channels(net: Net) -> int:
-    return net.engine.b2bua.channels.get("carrier", 0)
+    return net.engine.calls.channels_in_use().get("carrier", 0)
 
 
 def ringing(net: Net, early_media: bool = False) -> tuple[Request, Request]:
@@ -152,7 +152,7 @@ def released(net: Net) -> None:
     [bridge] = bridges(net)
     assert bridge.screen == "" and bridge.callee_media is None  # the prompt stops
     assert not bridge.music_to_caller and not bridge.ringback_to_caller
-    assert net.engine.b2bua.calls  # the call goes on
+    assert net.engine.calls.active_count == 1  # the call goes on
     net.media.clear()
 
 
@@ -175,7 +175,7 @@ def hang_up(net: Net, ok: Response) -> None:
     for bye in to_mobile(net.drain(TRUNK), "BYE"):
         net.send(reply(bye, 200), TRUNK)
     net.tick(64)  # every transaction ends
-    assert net.engine.b2bua.calls == {}
+    assert net.engine.calls.calls_in_progress() == []
     assert channels(net) == 0
 
 
@@ -258,7 +258,7 @@ def test_the_desk_phone_answering_while_the_mobile_is_asked_takes_the_call(
     [desk_bye] = net.requests(DESK, "BYE")
     net.send(reply(desk_bye, 200), DESK)
     net.tick(64)
-    assert net.engine.b2bua.calls == {} and channels(net) == 0
+    assert net.engine.calls.calls_in_progress() == [] and channels(net) == 0
 
 
 def test_the_desk_phone_refusing_while_the_mobile_is_asked_waits_for_its_key(
@@ -331,7 +331,7 @@ def test_a_caller_in_the_carriers_early_media_hears_ringback_not_the_mobile(
     [desk_bye] = net.requests(DESK, "BYE")
     net.send(reply(desk_bye, 200), DESK)
     net.tick(64)
-    assert net.engine.b2bua.calls == {} and channels(net) == 0
+    assert net.engine.calls.calls_in_progress() == [] and channels(net) == 0
 
 
 def test_without_media_relay_the_answer_takes_the_call() -> None:

@@ -12,7 +12,7 @@ import tomllib
 import pytest
 from structlog.testing import capture_logs
 
-from engine.b2bua import BridgeMedia, OpenMedia
+from engine.calls.events import BridgeMedia, OpenMedia
 from engine.core import Engine
 from engine.message import Request
 from engine.metrics import BILLING_GROUP_LABELS, Metrics

@@ -45,7 +45,7 @@ def answered(transport: str) -> tuple[Net, Addr, Response, Request]:
     101 ACKs. Returns the net, 101's address, the engine's 200 to 101 and the
     engine's INVITE to 102."""
     net = make_net()
-    assert not net.engine.b2bua.anchor_media
+    assert not net.engine.calls.anchor_media
     net.engine.tls_port = TLS_PORT
     register(net, "101", "102")
     src = PHONES["101"]

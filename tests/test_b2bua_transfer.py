@@ -5,7 +5,7 @@ it went. Sans-I/O, fake clock (the harness of test_b2bua / test_b2bua_anchor).""
 
 from __future__ import annotations
 
-from engine.b2bua import StartVoicemail
+from engine.calls.events import StartVoicemail
 from engine.message import Request, Response
 from engine.transaction import Addr
 from media.sdp import parse_sdp
@@ -95,24 +95,23 @@ def test_blind_transfer_connects_the_caller_to_the_target_without_a_reinvite() -
     assert not relay.music_to_caller and not relay.music_to_callee
     assert relay.callee_media is not None and relay.callee_media.remote_port == 40002
     assert relay.caller_media is not None and relay.caller_media.codec == "PCMA"
-    b2bua = net.engine.b2bua
-    assert b2bua.on_call == {"102": 1}  # 101 is free again
+    calls = net.engine.calls
+    assert calls.extensions_on_calls() == {"102": 1}  # 101 is free again
     assert net.engine.metrics.transfers.labels("connected")._value.get() == 1
     # The caller hangs up: the BYE goes to the target now.
     net.send(caller_bye(net), TRUNK)
     assert [r.status for r in net.responses(TRUNK)] == [200]
     assert methods(net.drain(PHONES["102"])) == ["BYE"]
-    assert b2bua.calls == {} and b2bua.on_call == {}
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def caller_bye(net: Net) -> Request:
-    """The carrier's BYE in the call's dialog."""
-    [call] = [c for c in net.engine.b2bua.calls.values() if c.id == "tcall-1"]
+    """The carrier's BYE in the call's dialog (our To tag from our 200 to it)."""
     return Request.build("BYE", "sip:switchboard@127.0.0.1:5060", [
         ("Via", f"SIP/2.0/UDP {TRUNK[0]}:{TRUNK[1]};branch=z9hG4bKtbye;rport"),
         ("Max-Forwards", "70"),
         ("From", '"Caller +15145550199" <sip:+15145550199@127.0.0.1>;tag=from-tcall-1'),
-        ("To", f"<sip:+15145550100@127.0.0.1>;tag={call.tag}"),
+        ("To", f"<sip:+15145550100@127.0.0.1>;tag={net.tags['tcall-1']}"),
         ("Call-ID", "tcall-1"), ("CSeq", "2 BYE")])
 
 
@@ -163,7 +162,7 @@ def test_the_transferor_may_hang_up_at_once_and_no_answer_reaches_voicemail() ->
         net.send(reply(notify, 200), RECEPTION)  # a phone answers the NOTIFY
     net.send(from_phone(desk, "BYE", 3, [], RECEPTION, "bye101"), RECEPTION)
     assert [r.status for r in net.responses(RECEPTION)] == [200]
-    assert net.engine.b2bua.on_call == {}  # 101 is free at once
+    assert net.engine.calls.extensions_on_calls() == {}  # 101 is free at once
     [inv] = net.requests(PHONES["102"], "INVITE")
     net.send(reply(inv, 180), PHONES["102"])
     net.tick(10.5)  # 102's no-answer: voicemail
@@ -188,7 +187,8 @@ def test_a_transfer_that_fails_after_the_transferor_left_ends_the_call() -> None
     assert out.from_.uri.user == "+15145550100"  # the caller ID 101 presents outside
     net.send(reply(out, 486), TRUNK)
     assert methods(net.drain(TRUNK)) == ["ACK", "BYE"]  # our ACK of the 486; the caller's BYE
-    assert net.engine.b2bua.calls == {} and net.engine.b2bua.channels.get("carrier", 0) == 0
+    calls = net.engine.calls
+    assert calls.calls_in_progress() == [] and calls.channels_in_use().get("carrier", 0) == 0
     assert net.engine.metrics.transfers.labels("dropped")._value.get() == 1
 
 
@@ -205,7 +205,8 @@ def test_the_caller_hanging_up_during_a_transfer_cancels_the_target() -> None:
     to_reception = net.drain(RECEPTION)
     assert notifies(to_reception) == [("SIP/2.0 487 Request Terminated", "terminated")]
     assert methods(to_reception) == ["NOTIFY", "BYE"]
-    assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}
+    calls = net.engine.calls
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_refused_transfers_name_why_and_the_call_goes_on() -> None:
@@ -253,7 +254,7 @@ def consultation(net: Net, target: str = "102") -> tuple[Request, Response]:
     """101, in a call answered already, calls ``target`` itself (call-y, anchored on
     ports 30004/30006), which answers. Returns the engine's INVITE to the target
     and its 200 to 101."""
-    from engine.b2bua import OpenMedia
+    from engine.calls.events import OpenMedia
     net.media.clear()
     phone_call(net, "101", target, call_id="call-y")
     [action] = [m for m in net.media if isinstance(m, OpenMedia)]
@@ -270,7 +271,7 @@ def consultation(net: Net, target: str = "102") -> tuple[Request, Response]:
 
 
 def test_attended_transfer_moves_the_consulted_target_to_the_caller() -> None:
-    from engine.b2bua import StopMedia
+    from engine.calls.events import StopMedia
     net = anchored_net()
     desk = answered_trunk_call(net, "102")
     to_102, ok_y = consultation(net)
@@ -303,15 +304,15 @@ def test_attended_transfer_moves_the_consulted_target_to_the_caller() -> None:
     relay = bridges(net)[-1]
     assert relay.callee_media is not None and relay.callee_media.remote_port == 40004
     assert not relay.music_to_caller
-    b2bua = net.engine.b2bua
-    assert [c.id for c in b2bua.calls.values()] == ["tcall-1"]
-    assert b2bua.on_call == {"102": 1}
+    calls = net.engine.calls
+    assert [c.call_id for c in calls.calls_in_progress()] == ["tcall-1"]
+    assert calls.extensions_on_calls() == {"102": 1}
     assert net.drain(TRUNK) == []  # the caller saw nothing but hold music
     # The caller hangs up: the BYE reaches 102 in its dialog.
     net.send(caller_bye(net), TRUNK)
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
-    assert b2bua.calls == {} and b2bua.on_call == {}
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_attended_transfer_refused_by_the_target_comes_back() -> None:
@@ -327,7 +328,7 @@ def test_attended_transfer_refused_by_the_target_comes_back() -> None:
     to_reception = net.drain(RECEPTION)
     assert notifies(to_reception) == [("SIP/2.0 488 Not Acceptable Here", "terminated")]
     assert "BYE" not in methods(to_reception)
-    assert len(net.engine.b2bua.calls) == 2  # both calls go on as they were
+    assert net.engine.calls.active_count == 2  # both calls go on as they were
 
 
 def test_replaces_must_name_a_call_of_the_transferor() -> None:
@@ -344,13 +345,13 @@ def test_replaces_must_name_a_call_of_the_transferor() -> None:
 
 
 def test_replaces_is_read_beside_other_headers_of_the_refer_to_uri() -> None:
-    from engine.b2bua import _replaces
+    from engine.calls.headers import parse_replaces
     pjsip = "Require=replaces&Replaces=QA9N%3Bto-tag%3D0f96%3Bfrom-tag%3D73.hs"
-    assert _replaces(pjsip) == ("QA9N", "0f96", "73.hs")
-    assert _replaces("Replaces=a%3Bfrom-tag%3Db%3Bto-tag%3Dc") == ("a", "c", "b")
+    assert parse_replaces(pjsip) == ("QA9N", "0f96", "73.hs")
+    assert parse_replaces("Replaces=a%3Bfrom-tag%3Db%3Bto-tag%3Dc") == ("a", "c", "b")
     for bad in ("Require=replaces", "Replaces=a%3Bto-tag%3Dc", "Replaces=x&Replaces=y",
                 "Replaces=%3Bto-tag%3Da%3Bfrom-tag%3Db"):
-        assert _replaces(bad) is None, bad
+        assert parse_replaces(bad) is None, bad
 
 
 def caller_refer(ok: Response, target: str, cseq: int = 3) -> bytes:
@@ -391,14 +392,14 @@ def test_the_calling_party_can_transfer_the_callee() -> None:
     assert relay.caller_media is not None and relay.caller_media.remote_port == 40002
     assert relay.callee_media is not None and relay.callee_media.remote_port == 40000
     assert not relay.music_to_callee and not relay.music_to_caller
-    b2bua = net.engine.b2bua
-    assert b2bua.on_call == {"102": 1, "103": 1}
+    calls = net.engine.calls
+    assert calls.extensions_on_calls() == {"102": 1, "103": 1}
     # 102 holds: the engine answers, 103 hears music; 103 hangs up: 102 gets the BYE.
     net.send(from_phone(inv, "BYE", 5, [], PHONES["103"], "bye103"), PHONES["103"])
     assert [r.status for r in net.responses(PHONES["103"])] == [200]
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
-    assert b2bua.calls == {} and b2bua.on_call == {}
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
@@ -412,7 +413,7 @@ def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
     net.send(in_dialog("BYE", ok, RECEPTION, cseq=4, call_id="call-1", branch="bye1"),
              RECEPTION)
     assert 200 in [r.status for r in net.responses(RECEPTION)]
-    assert net.engine.b2bua.on_call == {"102": 1}  # 101 is free at once
+    assert net.engine.calls.extensions_on_calls() == {"102": 1}  # 101 is free at once
     [inv] = net.requests(PHONES["103"], "INVITE")
     net.media.clear()
     net.send(reply(inv, 486), PHONES["103"])  # busy: 103's plan is its voicemail
@@ -425,14 +426,15 @@ def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
     net.take(net.engine.hangup(start.call, net.clock.now))
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
-    assert net.engine.b2bua.calls == {} and net.engine.b2bua.on_call == {}
+    calls = net.engine.calls
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_the_calling_party_can_transfer_attended() -> None:
     """101 called 102 (call-1), then called 103 itself (call-y) and transfers 102 to
     103 with Replaces: 103 is re-INVITEd onto call-1's caller-side port with 102's
     codec, in the session 103 knows; 102 is never re-INVITEd."""
-    from engine.b2bua import OpenMedia, StopMedia
+    from engine.calls.events import OpenMedia, StopMedia
     from tests.test_b2bua_anchor import answered_call
     net = anchored_net()
     register(net, "103")
@@ -475,8 +477,8 @@ def test_the_calling_party_can_transfer_attended() -> None:
     assert relay.caller_media is not None and relay.caller_media.remote_port == 40004
     assert relay.callee_media is not None and relay.callee_media.remote_port == 40000
     assert net.drain(PHONES["102"]) == []
-    b2bua = net.engine.b2bua
-    assert b2bua.on_call == {"102": 1, "103": 1}
+    calls = net.engine.calls
+    assert calls.extensions_on_calls() == {"102": 1, "103": 1}
     # 103, now in 101's place, holds: answered by the engine in 103's session.
     hold = TARGET_SDP.replace(b"a=rtpmap", b"a=sendonly\r\na=rtpmap")
     reinvite = from_phone(to_103, "INVITE", 9, [("Content-Type", "application/sdp")],
@@ -490,7 +492,7 @@ def test_the_calling_party_can_transfer_attended() -> None:
     net.send(from_phone(to_103, "BYE", 10, [], PHONES["103"], "bye103"), PHONES["103"])
     [bye] = net.requests(PHONES["102"], "BYE")
     assert bye.call_id == to_102.call_id
-    assert b2bua.calls == {} and b2bua.on_call == {}
+    assert calls.calls_in_progress() == [] and calls.extensions_on_calls() == {}
 
 
 def test_a_transferor_that_held_first_still_gets_the_target_a_two_way_call() -> None:
@@ -525,7 +527,7 @@ def test_the_new_party_can_transfer_the_caller_again() -> None:
     net.send(reply(again, 200, body=CALLEE_SDP, contact="<sip:103@127.0.0.1:6103>"),
              PHONES["103"])
     assert "BYE" in methods(net.drain(PHONES["102"]))
-    assert net.engine.b2bua.on_call == {"103": 1}
+    assert net.engine.calls.extensions_on_calls() == {"103": 1}
     assert net.engine.metrics.transfers.labels("connected")._value.get() == 2
 
 
@@ -554,3 +556,57 @@ def test_after_an_attended_move_our_answers_keep_the_targets_session() -> None:
     origin = parse_sdp(held.body).origin
     assert origin.session_id == moved.session_id
     assert origin.session_version > moved.session_version
+
+
+def test_after_a_transfer_by_the_caller_requests_flow_between_the_new_parties() -> None:
+    """One relay for either side: once 101 transferred 102 to 103, an INFO from 103
+    (in 101's place) reaches 102 in its dialog and one from 102 reaches 103 in its
+    own; each answer comes back to the party that asked."""
+    from tests.test_b2bua_anchor import answered_call
+    net = anchored_net()
+    register(net, "103")
+    ok, to_102 = answered_call(net)
+    net.send(caller_refer(ok, "103"), RECEPTION)
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    net.inbox.clear()
+    info = [("Info-Package", "dtmf")]
+    net.send(from_phone(inv, "INFO", 3, info, PHONES["103"], "info103"), PHONES["103"])
+    [to_callee] = net.requests(PHONES["102"], "INFO")
+    assert to_callee.call_id == to_102.call_id and to_callee.get("info-package") == "dtmf"
+    net.send(reply(to_callee, 200), PHONES["102"])
+    assert [r.status for r in net.responses(PHONES["103"])] == [200]
+    net.send(from_phone(to_102, "INFO", 4, info, PHONES["102"], "info102"), PHONES["102"])
+    [to_partner] = net.requests(PHONES["103"], "INFO")
+    assert to_partner.call_id == inv.call_id and net.drain(RECEPTION) == []
+    net.send(reply(to_partner, 200), PHONES["103"])
+    assert [r.status for r in net.responses(PHONES["102"])] == [200]
+
+
+def test_the_party_in_the_callers_place_hanging_up_cancels_its_own_transfer() -> None:
+    """101 transferred 102 to 103; 102 then transfers 103 on to 104. 103 hangs up
+    while 104 rings: as for the caller it replaced, its BYE cancels 104, tells 102
+    the transfer ended (487) and ends the call."""
+    from tests.test_b2bua_anchor import answered_call
+    net = anchored_net()
+    register(net, "103", "104")
+    ok, to_102 = answered_call(net)
+    net.send(caller_refer(ok, "103"), RECEPTION)
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    net.send(reply(inv, 200, body=TARGET_SDP, contact="<sip:103@127.0.0.1:6103>"),
+             PHONES["103"])
+    net.inbox.clear()
+    net.send(refer(to_102, "104", phone=PHONES["102"], cseq=5, branch="onward"),
+             PHONES["102"])
+    assert [r.status for r in net.drain(PHONES["102"]) if isinstance(r, Response)] == [202]
+    [ring] = net.requests(PHONES["104"], "INVITE")
+    net.send(reply(ring, 180), PHONES["104"])
+    net.send(from_phone(inv, "BYE", 6, [], PHONES["103"], "bye103"), PHONES["103"])
+    assert [r.status for r in net.responses(PHONES["103"])] == [200]
+    assert methods(net.drain(PHONES["104"])) == ["CANCEL"]
+    to_transferor = net.drain(PHONES["102"])
+    assert notifies(to_transferor) == [("SIP/2.0 487 Request Terminated", "terminated")]
+    assert methods(to_transferor) == ["NOTIFY", "BYE"]
+    assert net.engine.metrics.transfers.labels("dropped")._value.get() == 1
+    assert net.engine.calls.calls_in_progress() == []

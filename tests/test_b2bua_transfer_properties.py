@@ -86,10 +86,8 @@ def act(world: World, action: str) -> None:
                             "cbye"), PHONES["102"])
     elif action == "caller_bye" and "caller" not in world.hung_up:
         world.hung_up.add("caller")
-        if net.engine.b2bua.calls:
-            calls = [c for c in net.engine.b2bua.calls.values() if c.id == "tcall-1"]
-            if calls:
-                net.send(caller_bye(net), TRUNK)
+        if any(c.call_id == "tcall-1" for c in net.engine.calls.calls_in_progress()):
+            net.send(caller_bye(net), TRUNK)
     elif action == "tick":
         net.tick(10.5)
     elif action == "notify_ok":
@@ -103,8 +101,8 @@ def act(world: World, action: str) -> None:
 def _caller_side_bye(world: World) -> bytes:
     """101's BYE in its own consultation call (it is the caller there)."""
     net = world.net
-    calls = [c for c in net.engine.b2bua.calls.values() if c.id == "call-y"]
-    tag = calls[0].tag if calls else "gone"
+    going = any(c.call_id == "call-y" for c in net.engine.calls.calls_in_progress())
+    tag = net.tags["call-y"] if going else "gone"
     src: Addr = RECEPTION
     lines = [
         "BYE sip:switchboard@127.0.0.1:5060 SIP/2.0",
@@ -181,8 +179,9 @@ def start_transfer(net: Net, mode: str) -> World:
 
 
 def check_nothing_left(net: Net) -> None:
-    b2bua = net.engine.b2bua
+    calls = net.engine.calls
     assert net.engine.metrics.errors._value.get() == 0
-    assert b2bua.calls == {}, [(c.id, c.state) for c in b2bua.calls.values()]
-    assert b2bua.on_call == {}
-    assert all(n == 0 for n in b2bua.channels.values()), b2bua.channels
+    assert calls.calls_in_progress() == [], calls.calls_in_progress()
+    assert calls.extensions_on_calls() == {}
+    channels = calls.channels_in_use()
+    assert all(n == 0 for n in channels.values()), channels

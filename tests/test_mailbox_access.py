@@ -28,9 +28,9 @@ from engine.mailbox_access import (
     Hangup,
     MailboxSession,
     MarkRead,
+    MenuReply,
     Play,
     PromptDone,
-    Step,
     StopPlaying,
     Timeout,
     serve_mailbox,
@@ -67,7 +67,7 @@ def msg(id_: str, when: float, *, read: bool = False, caller: str = "+1514555019
                             path=path or f"/vm/104/{id_}.wav", read=read)
 
 
-def names(step: Step) -> list[str]:
+def names(step: MenuReply) -> list[str]:
     """The stems of the prompts of the step's Play, a recording by its path."""
     plays = [a for a in step.actions if isinstance(a, Play)]
     assert len(plays) == 1, step
@@ -80,8 +80,8 @@ def session(messages: list[VoicemailMessage], **kw: object) -> MailboxSession:
     return MailboxSession(messages, now=T0, **kw)  # type: ignore[arg-type]
 
 
-def feed(s: MailboxSession, digits: str) -> Step:
-    step = Step()
+def feed(s: MailboxSession, digits: str) -> MenuReply:
+    step = MenuReply()
     for d in digits:
         step = s.handle(Digit(d))
     return step
@@ -232,9 +232,9 @@ def test_right_pin_then_the_summary() -> None:
     step = s.start()
     assert names(step) == ["enter_pin"] and step.timeout is None
     step = s.handle(PromptDone())
-    assert step == Step((), FIRST_DIGIT_SECONDS)
+    assert step == MenuReply((), FIRST_DIGIT_SECONDS)
     for d in "123":
-        assert s.handle(Digit(d)) == Step((), INTER_DIGIT_SECONDS)
+        assert s.handle(Digit(d)) == MenuReply((), INTER_DIGIT_SECONDS)
     step = feed(s, "4#")
     assert names(step) == ["you_have", "1", "new_message"]
 
@@ -244,7 +244,7 @@ def test_a_key_interrupts_the_pin_prompt_and_star_starts_over() -> None:
     s.start()
     step = s.handle(Digit("9"))
     assert step.actions == (StopPlaying(),) and step.timeout == INTER_DIGIT_SECONDS
-    assert s.handle(Digit("*")) == Step((), FIRST_DIGIT_SECONDS)
+    assert s.handle(Digit("*")) == MenuReply((), FIRST_DIGIT_SECONDS)
     step = feed(s, "42#")
     assert names(step) == ["no_messages", "goodbye"]
     assert s.handle(PromptDone()).actions == (Hangup(),)
@@ -262,9 +262,9 @@ def test_three_wrong_pins_say_goodbye_and_hang_up() -> None:
     step = feed(s, "#")
     assert names(step) == ["wrong_pin", "goodbye"]
     assert step.actions[0].paths[0] == PROMPTS_DIR / "fr" / "wrong_pin.wav"  # type: ignore[union-attr]
-    assert feed(s, "1234#") == Step()  # too late: ignored
+    assert feed(s, "1234#") == MenuReply()  # too late: ignored
     assert s.handle(PromptDone()).actions == (Hangup(),)
-    assert s.handle(Digit("1")) == Step()
+    assert s.handle(Digit("1")) == MenuReply()
 
 
 def test_pin_timeouts_submit_or_count_as_a_failure() -> None:
@@ -272,8 +272,8 @@ def test_pin_timeouts_submit_or_count_as_a_failure() -> None:
     s.start()
     s.handle(PromptDone())
     assert names(s.handle(Timeout())) == ["enter_pin"]  # nothing typed: attempt 1
-    assert s.handle(PromptDone()) == Step((), FIRST_DIGIT_SECONDS)
-    assert feed(s, "1234") == Step((), INTER_DIGIT_SECONDS)
+    assert s.handle(PromptDone()) == MenuReply((), FIRST_DIGIT_SECONDS)
+    assert feed(s, "1234") == MenuReply((), INTER_DIGIT_SECONDS)
     assert names(s.handle(Timeout())) == ["you_have", "1", "new_message"]  # no # needed
 
 
@@ -303,7 +303,7 @@ def test_for_user_takes_the_directory_settings() -> None:
 # --- the session: listening ---------------------------------------------------------------
 
 
-def listen(s: MailboxSession) -> Step:
+def listen(s: MailboxSession) -> MenuReply:
     """From the start (no PIN) to the first header."""
     s.start()
     return s.handle(PromptDone())
@@ -324,7 +324,7 @@ def test_listen_new_first_oldest_first_marks_read_and_menu() -> None:
         marks = [a for a in step.actions if isinstance(a, MarkRead)]
         assert marks == ([MarkRead(order[-1])] if order[-1].startswith("new") else [])
         assert names(s.handle(PromptDone())) == ["menu"]
-        assert s.handle(PromptDone()) == Step((), MENU_SECONDS)
+        assert s.handle(PromptDone()) == MenuReply((), MENU_SECONDS)
         step = s.handle(Digit("#" if i % 2 else "6"))
     assert order == ["new1", "new2", "old1", "old2"]
     assert names(step) == ["end_of_messages", "menu_end"]
@@ -344,7 +344,7 @@ def test_replay_previous_and_the_end_menu() -> None:
     assert names(s.handle(Digit("4"))) == ["message", "1", "pause"]
     s.handle(Digit("6"))
     assert names(s.handle(Digit("#"))) == ["end_of_messages", "menu_end"]
-    assert s.handle(Digit("5")) == Step()  # ignored while the prompt plays
+    assert s.handle(Digit("5")) == MenuReply()  # ignored while the prompt plays
     assert names(s.handle(Digit("*"))) == ["message", "2", "pause"]
 
 
@@ -364,7 +364,7 @@ def test_delete_then_the_next_message_keeps_its_number() -> None:
     step = s.handle(Digit("3"))
     assert step.actions[0] == Delete("a", "/vm/104/a.wav")
     assert names(step) == ["deleted"]
-    assert s.handle(Digit("3")) == Step()  # keys ignored while "deleted" plays
+    assert s.handle(Digit("3")) == MenuReply()  # keys ignored while "deleted" plays
     assert names(s.handle(PromptDone())) == ["message", "2", "pause"]
     step = s.handle(Digit("3"))  # barge-in delete during the header
     assert step.actions[0] == Delete("b", "/vm/104/b.wav")
@@ -375,7 +375,7 @@ def test_delete_then_the_next_message_keeps_its_number() -> None:
 def test_empty_box_says_no_messages() -> None:
     s = session([])
     assert names(s.start()) == ["no_messages", "goodbye"]
-    assert s.handle(Digit("1")) == Step()
+    assert s.handle(Digit("1")) == MenuReply()
     assert s.handle(PromptDone()).actions == (Hangup(),)
 
 
@@ -391,8 +391,8 @@ def test_silence_after_a_menu_repeats_it_then_hangs_up() -> None:
     s.handle(PromptDone())
     s.handle(PromptDone())
     for _ in range(2):
-        assert s.handle(PromptDone()) == Step((), MENU_SECONDS)
-        assert s.handle(Digit("8")) == Step((), MENU_SECONDS)  # ignored key: wait again
+        assert s.handle(PromptDone()) == MenuReply((), MENU_SECONDS)
+        assert s.handle(Digit("8")) == MenuReply((), MENU_SECONDS)  # ignored key: wait again
         assert names(s.handle(Timeout())) == ["menu"]
     s.handle(PromptDone())
     assert names(s.handle(Timeout())) == ["goodbye"]
@@ -401,11 +401,11 @@ def test_silence_after_a_menu_repeats_it_then_hangs_up() -> None:
 def test_stale_prompt_done_and_timeouts_while_playing_are_ignored() -> None:
     s = session([msg("a", T0)])
     listen(s)  # header playing
-    assert s.handle(Timeout()) == Step()
+    assert s.handle(Timeout()) == MenuReply()
     s.handle(PromptDone())  # -> recording
     s.handle(PromptDone())  # -> menu
     s.handle(PromptDone())  # menu over, waiting
-    assert s.handle(PromptDone()) == Step((), MENU_SECONDS)
+    assert s.handle(PromptDone()) == MenuReply((), MENU_SECONDS)
     with pytest.raises(RuntimeError):
         s.start()
 
@@ -604,7 +604,7 @@ async def test_serve_mailbox_pin_listen_delete_over_rtp(media: MediaService,
         await until(lambda: not os.path.exists(message.path), 2, "the WAV file to go")
         # "Message deleted. End of messages. Goodbye." then the session hangs up.
         await asyncio.wait_for(task, 15)
-        assert not endpoint.closed  # the B2BUA ends the call
+        assert not endpoint.closed  # the call layer ends the call
     finally:
         phone.transport.close()  # type: ignore[union-attr]
         endpoint.close()

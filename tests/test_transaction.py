@@ -921,7 +921,7 @@ def test_cancelled_timers_never_fire_and_heap_stays_bounded() -> None:
         events = layer.on_response(response(opt, 200), 0.0)
         assert events == [DeliverResponse(events[0].response, key)]  # type: ignore[union-attr]
     assert layer.next_wakeup() == pytest.approx(T4)  # stale E at 0.5 skipped
-    assert len(layer._heap) < 2000
+    assert layer.deadlines.entries < 2000
     events = layer.on_timer(T4)
     assert len(events) == 500 and all(isinstance(e, Terminated) for e in events)
     assert layer.on_timer(1000.0) == []
@@ -935,7 +935,7 @@ def test_heap_compacts_stale_entries() -> None:
         layer.on_response(response(inv, 180), 0.1)  # A and B cancelled: stale entries
     assert layer.next_wakeup() is None
     layer.send_request(options(branch="z9hG4bKlast"), UAS, "udp", 0.2)
-    assert len(layer._heap) == 2  # compacted down to E and F
+    assert layer.deadlines.entries == 2  # compacted down to E and F
     assert layer.next_wakeup() == 0.7
 
 

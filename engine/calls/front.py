@@ -1,0 +1,364 @@
+"""The calls of one engine: the front object of the call layer.
+
+Sans-I/O like the layers below: each entry point takes a message or event and
+``now`` (monotonic seconds) and returns what to send. :class:`Calls` finds the
+call an input belongs to (by the caller's dialog, by a transaction it started,
+by a leg's Call-ID) and hands it over; the call does the rest
+(``engine.calls.call.Call``). An exception while one call handles an input is
+logged with its Call-ID, counted (``switchboard_internal_errors_total``) and
+ends that call only.
+
+It also keeps what calls share: the trunk channels in use, who is on a call
+(busy), live statuses, the directory snapshot and how the engine names itself
+(:class:`~engine.calls.headers.Local`), and one heap of the calls' next timers
+(:meth:`Calls.next_wakeup`, :meth:`Calls.on_timer`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from engine.calls.call import Call, RelayedRequest
+from engine.calls.events import CallKey, CallOutput, StopMedia
+from engine.calls.headers import Local
+from engine.calls.leg import Leg
+from engine.calls.rules import PlanText
+from engine.calls.states import CallEvent, CallState
+from engine.calls.transfer import Transfer
+from engine.dialog import new_tag
+from engine.message import Request, Response, make_response, warning_value
+from engine.timerheap import TimerHeap
+from engine.transaction import Addr, TxKey
+from provisioning.model import Directory, Status
+from routing import CallFacts, LiveState, plan
+
+if TYPE_CHECKING:
+    from engine.metrics import Metrics
+    from engine.registrar import Registrar
+    from engine.transaction import TransactionLayer
+
+__all__ = ["CallSummary", "Calls"]
+
+log = structlog.get_logger("switchboard.call")
+
+_NEXT = "next"  # the one deadline per call in the heap: the call's next timer
+
+
+@dataclass(frozen=True, slots=True)
+class CallSummary:
+    """A call in progress, as the admin API and the tests see it."""
+
+    call_id: str
+    caller: str
+    callee: str
+    state: str  # routing, answered
+    step: int  # the plan step running, from 1
+    started: float  # monotonic seconds
+    members: tuple[str, ...]  # the extensions on the call (what makes them busy)
+
+
+class Calls:
+    """All calls of one engine."""
+
+    def __init__(self, transactions: TransactionLayer, registrar: Registrar, local: Local,
+                 wall_clock: Callable[[], float], metrics: Metrics | None = None,
+                 anchor_media: bool = False) -> None:
+        self.metrics = metrics
+        # True: calls with an SDP offer get their RTP through the engine (hold
+        # music, recording, rebound screening); False: SDP passes end to end.
+        self.anchor_media = anchor_media
+        self.tx = transactions
+        self.timers = transactions.timers
+        self.registrar = registrar
+        self.wall_clock = wall_clock
+        self.local = local  # how the engine names itself (the engine keeps it current)
+        self.directory: Directory | None = None
+        # Trunks by name: (host, port, transport) and channel limits (None: no limit).
+        self.trunk_addresses: dict[str, tuple[str, int, str]] = {}
+        self.trunk_limits: dict[str, int | None] = {}
+        self.statuses: dict[str, Status] = {}
+        self.completed = 0  # calls ended since the engine started
+        self._channels: dict[str, int] = {}  # trunk -> channels in use
+        self._on_call: dict[str, int] = {}  # extension -> calls it is on
+        self._calls: dict[CallKey, Call] = {}  # (Call-ID, caller's From tag)
+        self._by_tag: dict[tuple[str, str], Call] = {}  # (Call-ID, our To tag)
+        self._by_invite: dict[TxKey, Call] = {}  # the caller's INVITE transaction
+        self._legs: dict[TxKey, Leg] = {}  # callee INVITE client transactions
+        self._by_leg_call_id: dict[str, Leg] = {}
+        self._relays: dict[TxKey, RelayedRequest] = {}
+        # Re-INVITEs moving a consultation call's callee to the transferee's call.
+        self._moves: dict[TxKey, Transfer] = {}
+        self._wakeups: TimerHeap[CallKey] = TimerHeap()
+
+    def set_directory(self, directory: Directory) -> None:
+        self.directory = directory
+        if self.metrics is not None:  # file order decides which groups get a label
+            self.metrics.admit_billing_groups(n.billing_group for n in directory.numbers)
+        self.trunk_addresses = {t.name: (t.host, t.port, t.transport) for t in directory.trunks}
+        self.trunk_limits = {t.name: t.channels for t in directory.trunks}
+
+    # ------------------------------------------------------------------ what calls share
+    def live_state(self, directory: Directory, now_wall: float) -> LiveState:
+        registered = frozenset(aor for aor, per in self.registrar.bindings.items()
+                               if any(b.expires_at > now_wall for b in per.values()))
+        busy = frozenset(ext for ext, n in self._on_call.items() if n > 0)
+        return LiveState(statuses=dict(self.statuses), registered=registered, busy=busy,
+                         channels_in_use=dict(self._channels))
+
+    def calls_in_progress(self) -> list[CallSummary]:
+        return [CallSummary(c.id, c.facts.caller, c.facts.callee, str(c.state), c.step + 1,
+                            c.started, c.members) for c in self._calls.values()]
+
+    @property
+    def active_count(self) -> int:
+        return len(self._calls)
+
+    def channels_in_use(self) -> dict[str, int]:
+        """Trunk -> channels its calls hold (inbound calls and outbound legs)."""
+        return dict(self._channels)
+
+    def extensions_on_calls(self) -> dict[str, int]:
+        """Extension -> calls it is on (what routing sees as busy)."""
+        return dict(self._on_call)
+
+    def channel_free(self, trunk: str) -> bool:
+        limit = self.trunk_limits.get(trunk)
+        return limit is None or self._channels.get(trunk, 0) < limit
+
+    def take_channel(self, trunk: str) -> None:
+        self._channels[trunk] = self._channels.get(trunk, 0) + 1
+
+    def free_channel(self, trunk: str) -> None:
+        self._channels[trunk] = max(0, self._channels.get(trunk, 0) - 1)
+
+    def join(self, extension: str) -> None:
+        """One call more for ``extension`` (busy state)."""
+        self._on_call[extension] = self._on_call.get(extension, 0) + 1
+
+    def off_call(self, extension: str) -> None:
+        """One call fewer for ``extension`` (busy state, :meth:`join`'s inverse)."""
+        n = self._on_call.get(extension, 0) - 1
+        if n > 0:
+            self._on_call[extension] = n
+        else:
+            self._on_call.pop(extension, None)
+
+    def count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.calls.labels(outcome).inc()
+
+    def count_transfer(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.transfers.labels(outcome).inc()
+
+    # ------------------------------------------------------------------ lookup tables
+    def track_leg(self, leg: Leg) -> None:
+        self._legs[leg.key] = leg
+        self._by_leg_call_id[leg.invite.call_id] = leg
+
+    def untrack_leg(self, leg: Leg) -> None:
+        self._by_leg_call_id.pop(leg.invite.call_id, None)
+
+    def track_relay(self, key: TxKey, relay: RelayedRequest) -> None:
+        self._relays[key] = relay
+
+    def track_move(self, key: TxKey, transfer: Transfer) -> None:
+        self._moves[key] = transfer
+
+    def find_call(self, call_id: str, tag: str) -> Call | None:
+        """The call whose caller's dialog is (``call_id``, our To tag ``tag``)."""
+        return self._by_tag.get((call_id, tag))
+
+    def forget(self, call: Call) -> None:
+        """``call`` ended: it is found no more."""
+        self.completed += 1
+        self._calls.pop(call.key, None)
+        self._by_tag.pop((call.id, call.tag), None)
+        self._by_invite.pop(call.invite_key, None)
+        self._wakeups.cancel_all(call.key)
+
+    # ------------------------------------------------------------------ timers
+    def next_wakeup(self) -> float | None:
+        return self._wakeups.next_wakeup()
+
+    def reschedule(self, call: Call) -> None:
+        """``call``'s timers changed: keep its one deadline in the heap current."""
+        when = call.next_timer()
+        if when is None or call.state is CallState.ENDED:
+            self._wakeups.cancel(call.key, _NEXT)
+        elif self._wakeups.deadline(call.key, _NEXT) != when:
+            self._wakeups.arm(call.key, _NEXT, when)
+
+    def on_timer(self, now: float) -> list[CallOutput]:
+        events: list[CallOutput] = []
+        while (due := self._wakeups.pop(now)) is not None:
+            call = self._calls.get(due[0])
+            if call is None:
+                continue
+            events += self._guard(call, now, functools.partial(call.on_timer, now))
+            self.reschedule(call)
+        return events
+
+    def _guard(self, call: Call, now: float,
+               action: Callable[[], list[CallOutput]]) -> list[CallOutput]:
+        """Run ``action`` for ``call``; an exception ends this call only."""
+        try:
+            return action()
+        except Exception:
+            log.exception("call failed", call_id=call.id)
+            if self.metrics is not None:
+                self.metrics.errors.inc()
+            try:
+                return call.close(CallEvent.ERROR, now, status=500)
+            except Exception:
+                log.exception("call teardown failed", call_id=call.id)
+                return call.forget(CallEvent.ERROR)
+
+    # ------------------------------------------------------------------ new calls
+    def new_call(self, invite: Request, key: TxKey, source: Addr, transport: str,
+                 facts: CallFacts, directory: Directory, now: float) -> list[CallOutput]:
+        state = self.live_state(directory, self.wall_clock())
+        the_plan = plan(facts, directory, state)
+        tag = new_tag()
+        if (invite.call_id, invite.from_.tag or "") in self._calls:
+            # The same INVITE again with new credentials.
+            try:
+                return [*self.tx.respond(key, make_response(invite, 482, headers=[
+                    ("Warning", warning_value("call already in progress"))], to_tag=tag), now)]
+            except ValueError:
+                return []
+        call = Call(self, id=invite.call_id, invite=invite, invite_key=key, source=source,
+                    transport=transport, facts=facts, plan=the_plan, tag=tag, started=now,
+                    trunk_in=facts.trunk, identity=the_plan.identity)
+        self._calls[call.key] = call
+        self._by_tag[(call.id, call.tag)] = call
+        self._by_invite[key] = call
+        if facts.source == "phone":
+            call.members = (facts.caller,)
+            self.join(facts.caller)
+        if facts.trunk:
+            self.take_channel(facts.trunk)
+        identity = the_plan.identity
+        log.info("call routed", call_id=call.id, caller=facts.caller, callee=facts.callee,
+                 source=facts.source, trunk=facts.trunk or None, transport=transport,
+                 status=the_plan.status_of_callee, caller_id=identity.caller_id or None,
+                 identity=identity.origin or None,
+                 billing_group=identity.billing_group or None, plan=PlanText(the_plan))
+        if identity.ignored:
+            log.info("preferred identity ignored", call_id=call.id, caller=facts.caller,
+                     preferred=identity.preferred, reason=identity.ignored,
+                     caller_id=identity.caller_id or None)
+        if self.metrics is not None:
+            self.metrics.count_billing_group(identity.billing_group)
+        return self._guard(call, now, lambda: call.start(now))
+
+    # ------------------------------------------------------------------ responses
+    def on_response(self, resp: Response, key: TxKey, now: float) -> list[CallOutput]:
+        leg = self._legs.get(key)
+        if leg is not None:
+            call = leg.call
+            return self._guard(call, now, lambda: call.on_leg_response(leg, resp, now))
+        moving = self._moves.get(key)
+        if moving is not None:
+            return self._guard(moving.call, now, lambda: moving.on_moved(resp, now))
+        relay = self._relays.get(key)
+        if relay is not None:
+            if resp.status >= 200:
+                del self._relays[key]
+            return self._guard(relay.call, now,
+                               lambda: relay.call.on_relay_response(relay, resp, now))
+        return []
+
+    def on_timed_out(self, key: TxKey, now: float) -> list[CallOutput]:
+        moving = self._moves.get(key)
+        if moving is not None:
+            return self._guard(moving.call, now, lambda: moving.on_move_timed_out(now))
+        leg = self._legs.get(key)
+        if leg is None:
+            return []
+        call = leg.call
+        return self._guard(call, now, lambda: call.on_leg_timed_out(leg, now))
+
+    def on_terminated(self, key: TxKey) -> None:
+        """A client transaction ended: forget legs that are over."""
+        leg = self._legs.pop(key, None)
+        if leg is not None and leg is not leg.call.callee_leg and leg is not leg.call.caller_leg:
+            self._by_leg_call_id.pop(leg.invite.call_id, None)
+        self._relays.pop(key, None)
+        self._moves.pop(key, None)
+
+    # ------------------------------------------------------------------ requests
+    def on_cancel(self, invite_key: TxKey, now: float) -> list[CallOutput]:
+        """The caller cancelled (the layer answered the CANCEL 200): 487 and CANCEL legs."""
+        call = self._by_invite.get(invite_key)
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.on_cancel(now))
+
+    def on_ack(self, ack: Request, now: float) -> list[CallOutput]:
+        """An ACK for a 2xx (no transaction)."""
+        call = self._by_tag.get((ack.call_id, ack.to.tag or ""))
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.on_ack(ack, now))
+
+    def in_dialog(self, req: Request, key: TxKey, source: Addr, transport: str,
+                  now: float) -> list[CallOutput] | None:
+        """A request with a To tag; None when it belongs to no call we know (481)."""
+        call = self._by_tag.get((req.call_id, req.to.tag or ""))
+        if call is not None:
+            if call.caller_dialog is None:
+                return None
+            return self._guard(call, now, lambda: call.on_request(None, req, key, now))
+        leg = self._by_leg_call_id.get(req.call_id)
+        if leg is None or leg.dialog is None:
+            return None
+        owner = leg.call
+        if leg is owner.callee_leg or leg is owner.caller_leg:
+            return self._guard(owner, now, lambda: owner.on_request(leg, req, key, now))
+        asked = owner.screening
+        if asked is not None and leg is asked.leg and req.method == "BYE" \
+                and leg.dialog.on_request(req) is None:
+            return self._guard(owner, now, lambda: owner.on_screened_bye(req, key, now))
+        return None
+
+    # ------------------------------------------------------------------ the media service
+    def media_ready(self, key: CallKey, ports: tuple[int, ...], now: float) -> list[CallOutput]:
+        """The endpoints asked for are open on ``ports`` (the caller's side first)."""
+        call = self._calls.get(key)
+        if call is None:
+            return [StopMedia(key)]  # the caller left meanwhile
+        return self._guard(call, now, lambda: call.on_media_ready(ports, now))
+
+    def media_failed(self, key: CallKey, reason: str, now: float) -> list[CallOutput]:
+        call = self._calls.get(key)
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.on_media_failed(reason, now))
+
+    def screened(self, key: CallKey, accepted: bool, now: float) -> list[CallOutput]:
+        """The screened leg's key (rebound or confirm): 1 accepts, anything else refuses."""
+        call = self._calls.get(key)
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.on_screened(accepted, now))
+
+    def hangup(self, key: CallKey, now: float) -> list[CallOutput]:
+        """The engine's own endpoint is done (message recorded): BYE the caller."""
+        call = self._calls.get(key)
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.hang_up(now))
+
+    def shutdown(self, now: float) -> list[CallOutput]:
+        """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
+        events: list[CallOutput] = []
+        for call in list(self._calls.values()):
+            events += self._guard(call, now, functools.partial(
+                call.close, CallEvent.SHUTDOWN, now, status=503))
+        return events

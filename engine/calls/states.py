@@ -1,0 +1,207 @@
+"""The states of calls, legs and transfers, and every legal move between them.
+
+Each machine is an enum of states, an enum of the events that move it and a
+table ``(state, event) -> next state``; a move that is not in its table raises
+:class:`IllegalTransition`, which names the event, the role and the state. The
+objects of the call layer (``Call``, ``Leg``, ``Transfer``) change state only
+through :meth:`Machine.move`, so this file is the whole of what can happen to
+them. A move driven by SIP cites the RFC section it comes from.
+
+Three roles:
+
+* **call**: the caller's INVITE as we, its UAS, answer it. ``routing`` while a
+  plan runs (the caller's own, or a transfer target's for a caller we
+  answered earlier), ``answered`` once a party is connected to it (a callee,
+  or the engine's own endpoint: voicemail, mailbox), ``ended``.
+* **leg**: one INVITE we sent a callee, as its UAC: ``calling`` until a
+  provisional response, ``ringing``, ``answered`` on a 2xx, ``done`` when
+  refused, cancelled or hung up. A 2xx that crosses our CANCEL reaches a done
+  leg, which is ACKed and hung up and stays done (RFC 3261 s9.1, s13.2.2.4).
+* **transfer**: a REFER we accepted (RFC 3515). Blind: ``referred`` while the
+  target's plan runs, ``target_ringing`` once a target leg rings, then
+  ``connected``, ``voicemail`` (the plan left a message), ``failed`` or
+  ``abandoned`` (the transferee hung up). Attended (Refer-To with Replaces,
+  RFC 3891): ``moving`` while the consulted target is re-INVITEd to the
+  transferee's call, then ``connected``, ``failed`` or ``abandoned``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Generic, TypeVar
+
+__all__ = [
+    "CALL",
+    "LEG",
+    "TRANSFER",
+    "CallEvent",
+    "CallState",
+    "IllegalTransition",
+    "LegEvent",
+    "LegState",
+    "Machine",
+    "TransferEvent",
+    "TransferState",
+]
+
+
+class IllegalTransition(Exception):
+    """An event that the machine of ``role`` does not allow in ``state``."""
+
+    def __init__(self, event: StrEnum, role: str, state: StrEnum) -> None:
+        super().__init__(f"{role}: event {event.value!r} is not allowed in state "
+                         f"{state.value!r}")
+        self.event = event
+        self.role = role
+        self.state = state
+
+
+S = TypeVar("S", bound=StrEnum)
+E = TypeVar("E", bound=StrEnum)
+
+
+class Machine(Generic[S, E]):
+    """The legal moves of one role: ``(state, event) -> next state``."""
+
+    __slots__ = ("moves", "role")
+
+    def __init__(self, role: str, moves: Mapping[tuple[S, E], S]) -> None:
+        self.role = role
+        self.moves = MappingProxyType(dict(moves))
+
+    def move(self, state: S, event: E) -> S:
+        """The state after ``event`` in ``state``; :class:`IllegalTransition` if none."""
+        try:
+            return self.moves[(state, event)]
+        except KeyError:
+            raise IllegalTransition(event, self.role, state) from None
+
+    def allows(self, state: S, event: E) -> bool:
+        return (state, event) in self.moves
+
+
+# ---------------------------------------------------------------------- calls
+class CallState(StrEnum):
+    ROUTING = "routing"
+    ANSWERED = "answered"
+    ENDED = "ended"
+
+
+class CallEvent(StrEnum):
+    ANSWER = "answer"  # our 2xx to the caller's INVITE
+    REFER = "refer"  # a REFER accepted: a transfer target's plan runs
+    TRANSFER_SETTLED = "transfer_settled"  # connected, to voicemail, or back to the transferor
+    # Every ending goes through Call.close(event):
+    REJECT = "reject"  # a final non-2xx answer to the caller
+    CANCEL = "cancel"  # the caller's CANCEL
+    BYE = "bye"  # a party hung up
+    NO_ACK = "no_ack"  # our 2xx was never ACKed
+    ENDPOINT_DONE = "endpoint_done"  # the engine's endpoint is done (message recorded)
+    REPLACED = "replaced"  # a consultation call whose target moved to another call
+    TRANSFER_DROPPED = "transfer_dropped"  # a transfer failed and its transferor was gone
+    ERROR = "error"  # an exception while handling the call: it ends alone
+    SHUTDOWN = "shutdown"  # the engine stops
+
+
+_R, _A, _X = CallState.ROUTING, CallState.ANSWERED, CallState.ENDED
+CALL: Machine[CallState, CallEvent] = Machine("call", {
+    (_R, CallEvent.ANSWER): _A,  # RFC 3261 s13.3.1.4: the 2xx, retransmitted until its ACK
+    (_A, CallEvent.REFER): _R,  # RFC 3515 s2.4.2: 202 Accepted, the target is called
+    (_R, CallEvent.TRANSFER_SETTLED): _A,  # RFC 3515 s2.4.5: the final NOTIFY
+    (_R, CallEvent.REJECT): _X,  # RFC 3261 s13.3.1.3, s8.2.6 (302: s13.3.1.2)
+    (_R, CallEvent.CANCEL): _X,  # RFC 3261 s9.2: 487 to the INVITE
+    (_A, CallEvent.BYE): _X,  # RFC 3261 s15.1.2
+    # A transferee (answered before its REFER) may hang up while the target rings.
+    (_R, CallEvent.BYE): _X,  # RFC 3261 s15.1.2
+    (_A, CallEvent.NO_ACK): _X,  # RFC 3261 s13.3.1.4: no ACK in 64*T1, BYE
+    (_A, CallEvent.ENDPOINT_DONE): _X,  # RFC 3261 s15.1.1: our BYE
+    # RFC 3891 s3: the dialog named by Replaces ends (the consultation call); it
+    # may be running a transfer of its own.
+    (_A, CallEvent.REPLACED): _X,
+    (_R, CallEvent.REPLACED): _X,
+    (_A, CallEvent.TRANSFER_DROPPED): _X,  # RFC 3261 s15.1.1: our BYE to the transferee
+    (_R, CallEvent.ERROR): _X,
+    (_A, CallEvent.ERROR): _X,
+    (_R, CallEvent.SHUTDOWN): _X,
+    (_A, CallEvent.SHUTDOWN): _X,
+})
+
+
+# ---------------------------------------------------------------------- legs
+class LegState(StrEnum):
+    CALLING = "calling"
+    RINGING = "ringing"
+    ANSWERED = "answered"
+    DONE = "done"
+
+
+class LegEvent(StrEnum):
+    PROVISIONAL = "provisional"  # 101-199
+    ANSWER = "answer"  # a 2xx
+    REFUSED = "refused"  # 300-699 (a time-out counts as 408)
+    GIVE_UP = "give_up"  # given up before any provisional: no CANCEL may be sent
+    CANCEL = "cancel"  # our CANCEL
+    HANG_UP = "hang_up"  # our BYE
+    BYE = "bye"  # the callee's BYE
+
+
+_C, _G, _N, _D = LegState.CALLING, LegState.RINGING, LegState.ANSWERED, LegState.DONE
+LEG: Machine[LegState, LegEvent] = Machine("leg", {
+    (_C, LegEvent.PROVISIONAL): _G,  # RFC 3261 s13.2.2.1
+    (_G, LegEvent.PROVISIONAL): _G,
+    (_C, LegEvent.ANSWER): _N,  # RFC 3261 s13.2.2.4: we ACK it
+    (_G, LegEvent.ANSWER): _N,
+    # RFC 3261 s13.2.2.4, s9.1: a 2xx crossing our CANCEL: ACKed, then BYE.
+    (_D, LegEvent.ANSWER): _D,
+    (_C, LegEvent.REFUSED): _D,  # RFC 3261 s13.2.2.2, s13.2.2.3 (the transaction ACKs)
+    (_G, LegEvent.REFUSED): _D,
+    (_D, LegEvent.REFUSED): _D,  # RFC 3261 s9.1: the 487 answering our CANCEL
+    (_C, LegEvent.GIVE_UP): _D,  # RFC 3261 s9.1: no CANCEL before a provisional
+    (_G, LegEvent.CANCEL): _D,  # RFC 3261 s9.1
+    (_N, LegEvent.HANG_UP): _D,  # RFC 3261 s15.1.1
+    (_D, LegEvent.HANG_UP): _D,  # the BYE of a 2xx that crossed our CANCEL
+    (_N, LegEvent.BYE): _D,  # RFC 3261 s15.1.2
+})
+
+
+# ---------------------------------------------------------------------- transfers
+class TransferState(StrEnum):
+    REFERRED = "referred"
+    TARGET_RINGING = "target_ringing"
+    MOVING = "moving"
+    CONNECTED = "connected"
+    VOICEMAIL = "voicemail"
+    FAILED = "failed"
+    ABANDONED = "abandoned"
+
+
+class TransferEvent(StrEnum):
+    TARGET_RINGING = "target_ringing"  # a provisional response from a target leg
+    TARGET_ANSWERED = "target_answered"  # a target leg's 2xx, usable
+    TO_VOICEMAIL = "to_voicemail"  # the target's plan leaves a message
+    MOVED = "moved"  # the consulted target's 2xx to our re-INVITE
+    FAILED = "failed"  # no answer, refused, or the move refused
+    TRANSFEREE_GONE = "transferee_gone"  # the transferee's call ends (hung up, error...)
+
+
+_P, _T, _M = TransferState.REFERRED, TransferState.TARGET_RINGING, TransferState.MOVING
+TRANSFER: Machine[TransferState, TransferEvent] = Machine("transfer", {
+    (_P, TransferEvent.TARGET_RINGING): _T,  # RFC 3261 s13.2.2.1
+    (_T, TransferEvent.TARGET_RINGING): _T,
+    # RFC 3515 s2.4.5: the final NOTIFY (message/sipfrag 200) follows each of these.
+    (_P, TransferEvent.TARGET_ANSWERED): TransferState.CONNECTED,
+    (_T, TransferEvent.TARGET_ANSWERED): TransferState.CONNECTED,
+    (_P, TransferEvent.TO_VOICEMAIL): TransferState.VOICEMAIL,
+    (_T, TransferEvent.TO_VOICEMAIL): TransferState.VOICEMAIL,
+    (_M, TransferEvent.MOVED): TransferState.CONNECTED,  # RFC 3891 s3, RFC 5589 s7
+    # RFC 3515 s2.4.5: the final NOTIFY carries the failure.
+    (_P, TransferEvent.FAILED): TransferState.FAILED,
+    (_T, TransferEvent.FAILED): TransferState.FAILED,
+    (_M, TransferEvent.FAILED): TransferState.FAILED,
+    # RFC 3261 s15.1.2 (the transferee's BYE); the final NOTIFY says 487.
+    (_P, TransferEvent.TRANSFEREE_GONE): TransferState.ABANDONED,
+    (_T, TransferEvent.TRANSFEREE_GONE): TransferState.ABANDONED,
+    (_M, TransferEvent.TRANSFEREE_GONE): TransferState.ABANDONED,
+})

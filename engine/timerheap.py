@@ -1,0 +1,99 @@
+"""Deadlines of many owners in one heap, earliest first (sans-I/O: no clock).
+
+The transaction layer keeps every transaction's timers here (owner: its key,
+name: "A", "B", ...), the call layer one deadline per call (its next timer).
+
+Lazy deletion: arming pushes an entry with a fresh token and records the token
+as the live one for (owner, name); cancelling or re-arming only changes that
+record, and an entry whose token is no longer live is dropped when it reaches
+the head (:meth:`TimerHeap.next_wakeup` and :meth:`TimerHeap.pop` never return
+one). The heap is rebuilt from its live entries when stale ones outnumber
+them four to one, so it stays bounded however often timers are re-armed.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["TimerHeap"]
+
+K = TypeVar("K", bound=Hashable)
+
+_COMPACT_ABOVE = 256  # entries; below this a rebuild is not worth it
+
+
+class TimerHeap(Generic[K]):
+    """Named deadlines per owner; :meth:`pop` hands out the due ones in order."""
+
+    __slots__ = ("_armed", "_heap", "_live", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, K, str]] = []
+        # owner -> name -> (the live entry's token, its deadline)
+        self._live: dict[K, dict[str, tuple[int, float]]] = {}
+        self._seq = 0
+        self._armed = 0
+
+    @property
+    def entries(self) -> int:
+        """Entries in the heap, stale ones not yet dropped included (its memory)."""
+        return len(self._heap)
+
+    def __len__(self) -> int:
+        """Armed timers."""
+        return self._armed
+
+    def deadline(self, owner: K, name: str) -> float | None:
+        """When ``name`` of ``owner`` fires; None when it is not armed."""
+        live = self._live.get(owner, {}).get(name)
+        return None if live is None else live[1]
+
+    def armed(self, owner: K, name: str) -> bool:
+        return name in self._live.get(owner, {})
+
+    def arm(self, owner: K, name: str, when: float) -> None:
+        """(Re-)arm ``name`` of ``owner`` to fire at ``when``."""
+        self._seq += 1
+        names = self._live.setdefault(owner, {})
+        if name not in names:
+            self._armed += 1
+        names[name] = (self._seq, when)
+        heapq.heappush(self._heap, (when, self._seq, owner, name))
+        if len(self._heap) > _COMPACT_ABOVE and len(self._heap) > 4 * self._armed:
+            self._heap = [e for e in self._heap if self._is_live(e)]
+            heapq.heapify(self._heap)
+
+    def cancel(self, owner: K, name: str) -> None:
+        names = self._live.get(owner)
+        if names is None or names.pop(name, None) is None:
+            return
+        self._armed -= 1
+        if not names:
+            del self._live[owner]
+
+    def cancel_all(self, owner: K) -> None:
+        self._armed -= len(self._live.pop(owner, {}))
+
+    def next_wakeup(self) -> float | None:
+        """The earliest armed deadline, None when nothing is armed."""
+        heap = self._heap
+        while heap and not self._is_live(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def pop(self, now: float) -> tuple[K, str] | None:
+        """The earliest timer due at ``now``, disarmed; None when none is due."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._is_live(entry):
+                _, _, owner, name = entry
+                self.cancel(owner, name)
+                return owner, name
+        return None
+
+    def _is_live(self, entry: tuple[float, int, K, str]) -> bool:
+        live = self._live.get(entry[2], {}).get(entry[3])
+        return live is not None and live[0] == entry[1]
