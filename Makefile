@@ -13,7 +13,7 @@ NODES  ?= 2
 
 .PHONY: run cluster test venv peers buildtools lint typecheck unit bench clean
 
-$(BIN)/switchboard: pyproject.toml setup.py engine/message/_speedups.c
+$(BIN)/switchboard: pyproject.toml setup.py engine/sip/message/_speedups.c
 	@$(MAKE) --no-print-directory buildtools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -32,7 +32,7 @@ cluster: venv peers
 	$(BIN)/python deploy/cluster.py --nodes $(NODES) --edge $(SIP)
 
 # A C compiler and the Python headers build the parser's C quick paths
-# (engine/message/_speedups.c); without them the install still works, on the
+# (engine/sip/message/_speedups.c); without them the install still works, on the
 # pure-Python parser, but CI requires the extension (tests/test_speedups.py).
 buildtools:
 	@missing=""; \
@@ -74,4 +74,4 @@ bench: venv peers
 	$(BIN)/python benchmarks/register_rate.py
 
 clean:
-	rm -rf $(VENV) switchboard-data *.egg-info build engine/message/_speedups*.so
+	rm -rf $(VENV) switchboard-data *.egg-info build engine/sip/message/_speedups*.so

@@ -7,6 +7,6 @@ parser (tests/test_speedups.py fails in CI then, so CI always has it).
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("engine.message._speedups", ["engine/message/_speedups.c"],
+setup(ext_modules=[Extension("engine.sip.message._speedups", ["engine/sip/message/_speedups.c"],
                              optional=True, extra_compile_args=["-O2", "-Wall", "-Wextra",
                                                                 "-Wno-unused-parameter"])])

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.core import Engine
-from engine.message import Request, Response, parse
+from engine.sip.message import Request, Response, parse
 from provisioning.directory import parse_directory
 from provisioning.model import Binding
 

@@ -97,8 +97,8 @@ from sipp import (  # noqa: E402  (tests/sipp: on sys.path above)
     sipp_version,
 )
 
-from engine.auth import build_authorization  # noqa: E402
-from engine.message import Response, parse  # noqa: E402
+from engine.sip.auth import build_authorization  # noqa: E402
+from engine.sip.message import Response, parse  # noqa: E402
 
 TARGETS = ("engine", "kamailio", "sippy")
 GOAL_RATE = 1000  # calls/s on one core: an office's busy hour with room to spare

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.message import parse
+from engine.sip.message import parse
 from tests.samples import PHONE_INVITE, PHONE_REGISTER, TRUNK_INVITE
 
 MESSAGES = {

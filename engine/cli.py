@@ -31,7 +31,7 @@ from provisioning.store import ApplyReport, Store, StoreError, open_store
 from routing import parse_when
 
 if TYPE_CHECKING:
-    from engine.overload import OverloadConfig
+    from engine.shell.overload import OverloadConfig
     from provisioning.api.auth import Principal
     from provisioning.api.errors import ApiError
 
@@ -65,7 +65,7 @@ def version_text() -> str:
     to pure Python (no compiler at install) is visible without starting it."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from engine.message import grammar
+    from engine.sip.message import grammar
 
     try:
         installed = version("switchboard")
@@ -326,7 +326,7 @@ def tune_gc() -> None:
 def overload_config(max_queue_ms: int, source_rate: float, retry_after: str,
                     t1_ms: int) -> OverloadConfig:
     """serve's overload flags, checked: an error names the flag and the value."""
-    from engine.overload import OverloadConfig
+    from engine.shell.overload import OverloadConfig
 
     if max_queue_ms < 1:
         raise ValueError(f"--max-queue-ms must be at least 1, not {max_queue_ms}")
@@ -345,9 +345,9 @@ def overload_config(max_queue_ms: int, source_rate: float, retry_after: str,
 async def _serve(args: argparse.Namespace) -> int:
     import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
 
-    from engine.app import ServerConfig, parse_hostport, serve
-    from engine.connlimit import StreamLimits
     from engine.core import Engine
+    from engine.shell.app import ServerConfig, parse_hostport, serve
+    from engine.shell.connlimit import StreamLimits
 
     sip_host, sip_port = parse_hostport(args.sip, 5060)
     http_host, http_port = parse_hostport(args.http, 8080)
@@ -385,7 +385,7 @@ async def _serve(args: argparse.Namespace) -> int:
         offset = 0.0
         if args.route_clock:
             offset = parse_when(args.route_clock).timestamp() - time.time()
-        from engine.transaction import Timers
+        from engine.sip.transaction import Timers
 
         timers = Timers(t1=args.t1_ms / 1000, t2=args.t2_ms / 1000, t4=args.t4_ms / 1000)
         engine = Engine(loaded, hosts, sip_port, digest_algorithms=algorithms,

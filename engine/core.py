@@ -2,7 +2,7 @@
 
 Sans-I/O like the layers below it: :meth:`Engine.datagram` and friends take
 bytes, the source and ``now`` and return :class:`Send` events (and binding
-changes for the store). ``engine.app`` owns the sockets, the clock and the
+changes for the store). ``engine.shell.app`` owns the sockets, the clock and the
 store; this module owns the decisions, so it is tested without sockets.
 """
 
@@ -17,11 +17,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from engine.auth import AuthResult, DigestAuthenticator, FailureLimiter
 from engine.calls import Calls
 from engine.calls.events import MediaCommand, is_media_command
 from engine.calls.headers import SERVER, Local
-from engine.message import (
+from engine.metrics import Metrics
+from engine.services.mwi import EVENT as MWI_EVENT
+from engine.services.mwi import MessageWaiting
+from engine.services.trunkreg import TrunkRegistrar
+from engine.sip.auth import AuthResult, DigestAuthenticator, FailureLimiter
+from engine.sip.message import (
     ParseError,
     Request,
     Response,
@@ -34,11 +38,8 @@ from engine.message import (
     split_commas,
     warning_value,
 )
-from engine.metrics import Metrics
-from engine.mwi import EVENT as MWI_EVENT
-from engine.mwi import MessageWaiting
-from engine.registrar import Registrar
-from engine.transaction import (
+from engine.sip.registrar import Registrar
+from engine.sip.transaction import (
     Addr,
     CancelRequest,
     DeliverRequest,
@@ -50,7 +51,6 @@ from engine.transaction import (
     TransactionLayer,
     TxKey,
 )
-from engine.trunkreg import TrunkRegistrar
 from provisioning.model import Binding, Directory, Status
 from routing import CallFacts, router_for
 

@@ -21,7 +21,7 @@
   ``o=`` version (RFC 3264 s8).
 
 No socket, no clock. Text is UTF-8 (RFC 8866 s5), bytes that are not are
-kept as they were (``surrogateescape``, like ``engine.message``).
+kept as they were (``surrogateescape``, like ``engine.sip.message``).
 
 Decisions (where no RFC says):
 

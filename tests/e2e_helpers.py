@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.auth import build_authorization
-from engine.message import Request, Response, make_response, parse
+from engine.sip.auth import build_authorization
+from engine.sip.message import Request, Response, make_response, parse
 from media.codecs import codec_for, pcm_to_array
 from media.rtp import RtpError, RtpPacket, RtpSender, dtmf_packets
 from media.sdp import parse_sdp

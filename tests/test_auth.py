@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.auth import (
+from engine.sip.auth import (
     MAX_HEADER_LENGTH,
     AuthResult,
     DigestAuthenticator,
@@ -790,7 +790,7 @@ def _outcome(fn: Callable[[str], object], value: str) -> object:
 @settings(max_examples=2000, deadline=None)
 @given(st.lists(_AUTH_PIECES, max_size=14).map("".join))
 def test_fast_auth_parse_agrees_with_careful_reader(value: str) -> None:
-    from engine.auth import _parse_auth_params_slow
+    from engine.sip.auth import _parse_auth_params_slow
 
     assert _outcome(parse_auth_params, value) == _outcome(_parse_auth_params_slow, value)
 
@@ -800,7 +800,7 @@ def test_fast_auth_parse_agrees_with_careful_reader(value: str) -> None:
                        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
                                max_size=12), min_size=1, max_size=6))
 def test_fast_auth_parse_reads_generated_credentials(params: dict[str, str]) -> None:
-    from engine.auth import _parse_auth_params_slow
+    from engine.sip.auth import _parse_auth_params_slow
 
     value = "Digest " + ", ".join(
         f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'

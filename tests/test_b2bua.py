@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engine.auth import build_authorization
 from engine.core import Engine, Outcome
-from engine.message import Request, Response, parse
-from engine.transaction import Addr
+from engine.sip.auth import build_authorization
+from engine.sip.message import Request, Response, parse
+from engine.sip.transaction import Addr
 from provisioning.directory import parse_directory
 from provisioning.model import Binding
 
@@ -677,7 +677,7 @@ password = "carrier-secret"
 def test_trunk_registers_with_digest_and_refreshes_before_expiry() -> None:
     from structlog.testing import capture_logs
 
-    from engine.auth import DigestAuthenticator
+    from engine.sip.auth import DigestAuthenticator
 
     clock = Clock()
     directory = parse_directory(tomllib.loads(REGISTERING), "<test>")

@@ -10,7 +10,7 @@ import pytest
 
 from engine.calls.events import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
 from engine.core import Engine
-from engine.message import Request, Response
+from engine.sip.message import Request, Response
 from media.sdp import parse_sdp
 from provisioning.directory import parse_directory
 from tests.test_b2bua import (

@@ -11,8 +11,8 @@ import pytest
 
 from engine.calls.events import BridgeMedia, StartVoicemail
 from engine.core import Engine
-from engine.message import Request, Response
-from engine.transaction import Addr
+from engine.sip.message import Request, Response
+from engine.sip.transaction import Addr
 from media.sdp import parse_sdp
 from provisioning.directory import parse_directory
 from provisioning.model import Binding

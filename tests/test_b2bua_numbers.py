@@ -14,9 +14,9 @@ from structlog.testing import capture_logs
 
 from engine.calls.events import BridgeMedia, OpenMedia
 from engine.core import Engine
-from engine.message import Request
 from engine.metrics import BILLING_GROUP_LABELS, Metrics
-from engine.transaction import Addr
+from engine.sip.message import Request
+from engine.sip.transaction import Addr
 from provisioning.directory import parse_directory
 from tests.test_b2bua import (
     PHONES,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.auth import build_authorization
-from engine.message import Request, Response
-from engine.transaction import Addr
+from engine.sip.auth import build_authorization
+from engine.sip.message import Request, Response
+from engine.sip.transaction import Addr
 from tests.test_b2bua import (
     PHONES,
     SDP,

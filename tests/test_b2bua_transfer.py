@@ -6,8 +6,8 @@ it went. Sans-I/O, fake clock (the harness of test_b2bua / test_b2bua_anchor).""
 from __future__ import annotations
 
 from engine.calls.events import StartVoicemail
-from engine.message import Request, Response
-from engine.transaction import Addr
+from engine.sip.message import Request, Response
+from engine.sip.transaction import Addr
 from media.sdp import parse_sdp
 from tests.test_b2bua import PHONES, TRUNK, Net, in_dialog, make_net, phone_call, register, reply
 from tests.test_b2bua_anchor import CALLEE_SDP, anchored_net, bridges, opened

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.message import Request, Response
-from engine.transaction import Addr
+from engine.sip.message import Request, Response
+from engine.sip.transaction import Addr
 from tests.test_b2bua import PHONES, TRUNK, Net, in_dialog, register, reply
 from tests.test_b2bua_anchor import anchored_net, answered_call
 from tests.test_b2bua_transfer import (

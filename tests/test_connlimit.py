@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.connlimit import (
+from engine.shell.connlimit import (
     REFUSED_CAP,
     REFUSED_PER_SOURCE,
     RateLog,

@@ -14,10 +14,10 @@ import tomllib
 
 import pytest
 
-from engine.auth import FailureLimiter, build_authorization
 from engine.core import Engine, Outcome
-from engine.message import Response, parse
-from engine.transaction import Addr
+from engine.sip.auth import FailureLimiter, build_authorization
+from engine.sip.message import Response, parse
+from engine.sip.transaction import Addr
 from provisioning.directory import parse_directory
 
 DIRECTORY = """

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.dialog import (
+from engine.sip.dialog import (
     CONTACT_METHODS,
     TARGET_REFRESH,
     Dialog,
@@ -26,8 +26,8 @@ from engine.dialog import (
     new_call_id,
     new_tag,
 )
-from engine.message import Request, Response, check_request, make_response, parse
-from engine.transaction import Send, TransactionLayer
+from engine.sip.message import Request, Response, check_request, make_response, parse
+from engine.sip.transaction import Send, TransactionLayer
 
 CALLFLOWS = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "callflows"
 TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")

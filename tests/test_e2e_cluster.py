@@ -30,7 +30,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from engine.message import Request, make_response
+from engine.sip.message import Request, make_response
 from tests.conftest import ROOT, bench_directory, env_database_url, free_port
 from tests.e2e_helpers import Ua
 
@@ -328,7 +328,7 @@ class Responder:
         self._thread.start()
 
     def _serve(self) -> None:
-        from engine.message import parse
+        from engine.sip.message import parse
 
         while not self._stop.is_set() and time.monotonic() < self._deadline:
             try:

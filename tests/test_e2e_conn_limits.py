@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.auth import build_authorization
-from engine.message import Request, Response, StreamFramer, make_response, parse
+from engine.sip.auth import build_authorization
+from engine.sip.message import Request, Response, StreamFramer, make_response, parse
 from tests.conftest import EngineProcess, free_port
 from tests.e2e_helpers import PHONE_SYSTEM, SALES, sdp_offer, user_toml
 from tests.stream_flood import flood

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from engine.message import Request
+from engine.sip.message import Request
 from media.tones import dominant_frequency, goertzel, tone
 from media.wav import write_wav
 from tests.conftest import EngineProcess, free_port

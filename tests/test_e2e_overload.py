@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from engine.message import Response, parse
+from engine.sip.message import Response, parse
 from tests.conftest import EngineProcess
 from tests.e2e_helpers import SALES, Ua, user_toml
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.message import Request, Response, make_response, parse
+from engine.sip.message import Request, Response, make_response, parse
 from media.prompts import prompt_path
 from media.rtp import RtpSender
 from media.sdp import parse_sdp

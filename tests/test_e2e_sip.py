@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.auth import build_authorization
-from engine.message import Response, parse
+from engine.sip.auth import build_authorization
+from engine.sip.message import Response, parse
 from tests.conftest import EXAMPLE, SHARED, EngineProcess, bench_directory, udp_exchange
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sipp"))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.auth import build_authorization
-from engine.message import Request, Response, parse
+from engine.sip.auth import build_authorization
+from engine.sip.message import Request, Response, parse
 from media.tones import dominant_frequency
 from media.wav import load_wav, wav_info
 from tests.conftest import EngineProcess, free_port

@@ -28,14 +28,14 @@ import structlog
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from engine.app import Server, ServerConfig
 from engine.core import Engine
-from engine.mail import (
+from engine.services.mail import (
     attachment_name,
     build_voicemail_email,
     email_wanted,
     send_voicemail_email,
 )
+from engine.shell.app import Server, ServerConfig
 from media.tones import tone
 from media.wav import write_wav
 from provisioning.directory import parse_directory

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.mailbox_access import (
+from engine.services.mailbox_access import (
     FIRST_DIGIT_SECONDS,
     INTER_DIGIT_SECONDS,
     MENU_SECONDS,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.message import (
+from engine.sip.message import (
     URI,
     Address,
     CSeq,
@@ -340,7 +340,7 @@ def _view(m: Request | Response) -> object:
 
 
 def _parsed_slow(data: bytes) -> object:
-    from engine.message.core import _parse_slow
+    from engine.sip.message.core import _parse_slow
 
     head, _, body = data.partition(b"\r\n\r\n")
     return _parse_slow(head.decode("utf-8", "surrogateescape"), body, False)
@@ -371,7 +371,7 @@ def test_fast_scan_matches_the_line_by_line_path(start: bytes, lines: list[bytes
 
 
 def test_random_hex_is_unique_and_refills_its_pool() -> None:
-    from engine.message import random_hex
+    from engine.sip.message import random_hex
 
     values = [random_hex(8) for _ in range(2000)]  # 16 KB: the 4 KiB pool refills 3 times
     assert all(len(v) == 16 and int(v, 16) >= 0 for v in values)
@@ -381,7 +381,7 @@ def test_random_hex_is_unique_and_refills_its_pool() -> None:
 
 def test_a_response_keeps_the_parsed_to_from_and_cseq_of_its_request() -> None:
     """make_response hands over what it copied already parsed; it reads as if parsed."""
-    from engine.message import make_response
+    from engine.sip.message import make_response
 
     for to_value in ("<sip:bob@example.test>", "sip:bob@example.test",
                      '"Bob" <sip:bob@b.test>;x=1'):
@@ -399,7 +399,7 @@ def test_a_response_keeps_the_parsed_to_from_and_cseq_of_its_request() -> None:
 
 
 def test_pooled_random_values_are_in_range_and_not_repeated() -> None:
-    from engine.message import random_below, random_bytes
+    from engine.sip.message import random_below, random_bytes
 
     values = [random_below(10**9) for _ in range(2000)]  # crosses a pool refill
     assert all(0 <= v < 10**9 for v in values) and len(set(values)) == len(values)

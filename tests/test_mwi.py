@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.auth import build_authorization
-from engine.message import Request, Response
+from engine.sip.auth import build_authorization
+from engine.sip.message import Request, Response
 from tests.test_b2bua import PASSWORDS, PHONES, Net, make_net, statuses
 
 

@@ -1,4 +1,4 @@
-"""The receive queue's overload policy (engine/overload.py) with a fake clock: how
+"""The receive queue's overload policy (engine/shell/overload.py) with a fake clock: how
 messages are classed, served in order, refused (503) or dropped, and what the
 metrics and the start/stop events say."""
 
@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from engine.message import Response, parse
 from engine.metrics import Metrics
-from engine.overload import Klass, Overload, OverloadConfig, read_head
+from engine.shell.overload import Klass, Overload, OverloadConfig, read_head
+from engine.sip.message import Response, parse
 from tests.samples import PHONE_REGISTER, TRUNK_INVITE
 
 TRUNK = ("203.0.113.5", 5060)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.message import Request, parse
-from engine.registrar import BindingTarget, Registrar, binding_target
+from engine.sip.message import Request, parse
+from engine.sip.registrar import BindingTarget, Registrar, binding_target
 from provisioning.model import Binding
 from tests.test_b2bua import PHONES, SDP, Net, make_net, phone_call, reply, statuses
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.message import Request, parse
-from engine.registrar import MAX_CONTACTS_PER_AOR, Registrar
+from engine.sip.message import Request, parse
+from engine.sip.registrar import MAX_CONTACTS_PER_AOR, Registrar
 
 
 def register(contacts: list[str], call_id: str = "c1", cseq: int = 1,

@@ -1,4 +1,4 @@
-"""The C quick paths of the parser (engine/message/_speedups.c) against the Python parser.
+"""The C quick paths of the parser (engine/sip/message/_speedups.c) against the Python parser.
 
 The contract: for every input, the C function gives what the Python code gives,
 the same value or the same ParseError. The C code takes only the common
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.message import grammar
-from engine.message.core import _LINE_KEYS, _OTHER_KEYS, _scan_py
+from engine.sip.message import grammar
+from engine.sip.message.core import _LINE_KEYS, _OTHER_KEYS, _scan_py
 from tests.samples import PHONE_INVITE, PHONE_REGISTER, TRUNK_INVITE
 from tests.test_message import _ADDRS, _CSEQS, _HEADER_LINES, _URIS, _VIAS, _outcome
 
@@ -37,7 +37,8 @@ def test_the_extension_is_built_and_used_unless_opted_out() -> None:
     if OPTED_OUT:
         assert grammar.SPEEDUPS is None and grammar.parse_uri is grammar.parse_uri_py
     else:
-        assert SPEEDUPS is not None, "engine/message/_speedups.c was not built (pip install -e .)"
+        assert SPEEDUPS is not None, \
+            "engine/sip/message/_speedups.c was not built (pip install -e .)"
         assert grammar.parse_uri is SPEEDUPS.parse_uri
         assert grammar.parse_via is SPEEDUPS.parse_via
         assert grammar.parse_address is SPEEDUPS.parse_address

@@ -1,8 +1,8 @@
-"""engine.timerheap: the one heap of deadlines the transactions and the calls use."""
+"""engine.sip.timerheap: the one heap of deadlines the transactions and the calls use."""
 
 from __future__ import annotations
 
-from engine.timerheap import TimerHeap
+from engine.sip.timerheap import TimerHeap
 
 
 def test_due_timers_come_out_earliest_first_then_in_arming_order() -> None:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.message import Request, Response, make_response, parse, parse_via
-from engine.transaction import (
+from engine.sip.message import Request, Response, make_response, parse, parse_via
+from engine.sip.transaction import (
     CancelRequest,
     DeliverRequest,
     DeliverResponse,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.message import Response, parse
+from engine.sip.message import Response, parse
 from tests.conftest import ROOT, EngineProcess, free_port, udp_exchange
 from tests.e2e_helpers import register_udp
 

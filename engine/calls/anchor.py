@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine.calls.events import BridgeMedia, CallKey, ScreenMode
-from engine.message import random_below
+from engine.sip.message import random_below
 from media import sdp
 
 __all__ = ["DECODABLE", "MediaAnchor", "MediaSide", "callee_answer"]

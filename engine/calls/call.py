@@ -14,7 +14,7 @@ failed) and goes to the step the plan names for it (docs/architecture.md,
 
 RFC notes:
 
-* Each leg is its own dialog (RFC 3261 s12, ``engine.dialog``); the callee
+* Each leg is its own dialog (RFC 3261 s12, ``engine.sip.dialog``); the callee
   legs of one step ring in parallel (RFC 3261 s16.7-like forking, done by a
   UA). The first 2xx wins; the other legs get CANCEL with
   ``Reason: SIP;cause=200;text="Call completed elsewhere"`` (RFC 3326).
@@ -98,15 +98,15 @@ from engine.calls.states import (
 )
 from engine.calls.transfer import Transfer, on_refer
 from engine.calls.transfer import refuse as refuse_transfer
-from engine.dialog import Dialog
-from engine.message import (
+from engine.sip.dialog import Dialog
+from engine.sip.message import (
     Request,
     Response,
     make_response,
     warning_value,
 )
-from engine.registrar import binding_target, preload_routes
-from engine.transaction import Addr, Send, TxKey
+from engine.sip.registrar import binding_target, preload_routes
+from engine.sip.transaction import Addr, Send, TxKey
 from media import sdp
 from routing import (
     Busy,

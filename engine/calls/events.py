@@ -1,10 +1,10 @@
 """What the call layer asks of the media service: the media commands.
 
 Every entry point of the call layer returns one list: the transaction layer's
-events (``Send`` and friends, ``engine.transaction.Event``) and these commands,
+events (``Send`` and friends, ``engine.sip.transaction.Event``) and these commands,
 in the order they arose. ``engine.core`` passes the commands on
-(``Outcome.media``); ``engine.app`` carries them out on real sockets
-(``engine.callmedia`` for the relay of anchored calls, its own tasks for
+(``Outcome.media``); ``engine.shell.app`` carries them out on real sockets
+(``engine.services.callmedia`` for the relay of anchored calls, its own tasks for
 voicemail and the mailbox menu) and reports back through the call layer's
 ``media_ready``, ``media_failed``, ``screened`` and ``hangup``.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeGuard
 
-from engine.transaction import Event
+from engine.sip.transaction import Event
 from media import sdp
 
 __all__ = [

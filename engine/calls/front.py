@@ -30,17 +30,17 @@ from engine.calls.leg import Leg
 from engine.calls.rules import PlanText
 from engine.calls.states import CallEvent, CallState
 from engine.calls.transfer import Transfer
-from engine.dialog import new_tag
-from engine.message import Request, Response, make_response, warning_value
-from engine.timerheap import TimerHeap
-from engine.transaction import Addr, TxKey
+from engine.sip.dialog import new_tag
+from engine.sip.message import Request, Response, make_response, warning_value
+from engine.sip.timerheap import TimerHeap
+from engine.sip.transaction import Addr, TxKey
 from provisioning.model import Directory, Status
 from routing import CallFacts, LiveState, plan
 
 if TYPE_CHECKING:
     from engine.metrics import Metrics
-    from engine.registrar import Registrar
-    from engine.transaction import TransactionLayer
+    from engine.sip.registrar import Registrar
+    from engine.sip.transaction import TransactionLayer
 
 __all__ = ["CallSummary", "Calls"]
 

@@ -18,8 +18,8 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from engine.dialog import new_branch, new_call_id, new_tag
-from engine.message import Request, Response, make_response
+from engine.sip.dialog import new_branch, new_call_id, new_tag
+from engine.sip.message import Request, Response, make_response
 from media import sdp
 from routing import CallFacts, Device, Diversion, External
 

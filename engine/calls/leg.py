@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.calls.states import LEG, LegEvent, LegState
-from engine.dialog import Dialog
-from engine.message import Request
-from engine.transaction import Addr, TxKey
+from engine.sip.dialog import Dialog
+from engine.sip.message import Request
+from engine.sip.transaction import Addr, TxKey
 from media import sdp
 from routing import Device, External
 

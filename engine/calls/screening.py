@@ -33,8 +33,8 @@ from engine.calls import rules
 from engine.calls.events import CallOutput, ScreenMode
 from engine.calls.headers import to_caller
 from engine.calls.states import LegEvent
-from engine.message import Request, Response, make_response
-from engine.transaction import TxKey
+from engine.sip.message import Request, Response, make_response
+from engine.sip.transaction import TxKey
 from routing import CONFIRM_SECONDS, REBOUND_SECONDS, External
 
 if TYPE_CHECKING:

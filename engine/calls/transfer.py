@@ -43,7 +43,7 @@ from engine.calls.states import (
     TransferEvent,
     TransferState,
 )
-from engine.message import (
+from engine.sip.message import (
     URI,
     ParseError,
     Request,
@@ -53,8 +53,8 @@ from engine.message import (
     short_text,
     warning_value,
 )
-from engine.message.core import REASONS
-from engine.transaction import Send, TxKey
+from engine.sip.message.core import REASONS
+from engine.sip.transaction import Send, TxKey
 from media import sdp
 from routing import (
     Busy,

@@ -12,5 +12,5 @@
 
 Plain functions and classes take a store and a :class:`~provisioning.api.live.Live`
 view of the running engine, so they are tested without HTTP; the engine
-provides its view in ``engine/admin_api.py``.
+provides its view in ``engine/shell/admin_api.py``.
 """

@@ -1,7 +1,7 @@
 """What the admin API needs from the running engine, as a protocol.
 
 ``provisioning`` sits below ``engine`` (the engine imports it, never the other
-way), so the engine hands the API this view of itself (``engine/admin_api.py``).
+way), so the engine hands the API this view of itself (``engine/shell/admin_api.py``).
 """
 
 from __future__ import annotations

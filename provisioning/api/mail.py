@@ -10,7 +10,7 @@ its SHA-256 only): ``POST {admin_url}/api/v1/auth/reset/{token}`` with
 minutes for a reset, 72 hours in a welcome). A newer link, any new password or
 the user's removal ends it.
 
-The relay is used as ``engine.mail`` uses it for voicemail (``provisioning``
+The relay is used as ``engine.services.mail`` uses it for voicemail (``provisioning``
 does not import ``engine``, so the rule is repeated): no authentication;
 STARTTLS when a relay off loopback offers it, never on loopback.
 """

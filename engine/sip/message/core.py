@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from engine.message.grammar import (
+from engine.sip.message.grammar import (
     _METHODS,
     SPEEDUPS,
     URI,

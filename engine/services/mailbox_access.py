@@ -56,7 +56,7 @@ from pathlib import Path
 
 import structlog
 
-from engine.zones import zone
+from engine.services.zones import zone
 from media.codecs import CodecError
 from media.endpoint import MediaEndpoint, MediaError
 from media.prompts import (

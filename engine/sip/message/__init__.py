@@ -3,7 +3,7 @@
 No socket, clock or event loop here: bytes in, objects out, and back.
 """
 
-from engine.message.core import (
+from engine.sip.message.core import (
     Header,
     Message,
     Request,
@@ -17,7 +17,7 @@ from engine.message.core import (
     short_text,
     warning_value,
 )
-from engine.message.grammar import (
+from engine.sip.message.grammar import (
     URI,
     Address,
     CSeq,
@@ -31,7 +31,7 @@ from engine.message.grammar import (
     split_commas,
     unquote,
 )
-from engine.message.validate import check_request
+from engine.sip.message.validate import check_request
 
 __all__ = [
     "URI",

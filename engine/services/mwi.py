@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.dialog import Dialog, new_tag
-from engine.message import Request, Response, make_response
-from engine.transaction import Addr, Event, TxKey
+from engine.sip.dialog import Dialog, new_tag
+from engine.sip.message import Request, Response, make_response
+from engine.sip.transaction import Addr, Event, TxKey
 
 if TYPE_CHECKING:
     from engine.calls.headers import Local
-    from engine.transaction import TransactionLayer
+    from engine.sip.transaction import TransactionLayer
 
 EVENT = "message-summary"
 CONTENT_TYPE = "application/simple-message-summary"

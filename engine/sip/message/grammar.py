@@ -591,7 +591,7 @@ def _parse_cseq_general(text: str) -> CSeq:
 
 
 # -- the C quick paths ------------------------------------------------------
-# engine/message/_speedups.c takes the common shapes of URI, name-addr and Via
+# engine/sip/message/_speedups.c takes the common shapes of URI, name-addr and Via
 # (and the framing scan of core.parse) in C and hands everything else to the
 # general Python parsers above, so that results and errors are the same with
 # or without it (tests/test_speedups.py). SWITCHBOARD_NO_EXTENSIONS=1, or a
@@ -604,7 +604,7 @@ def _load_speedups() -> ModuleType | None:
     if os.environ.get("SWITCHBOARD_NO_EXTENSIONS"):
         return None
     try:
-        from engine.message import _speedups
+        from engine.sip.message import _speedups
     except ImportError:
         return None
     _speedups.setup(URI, Address, Via, CSeq, _parse_uri_general, _parse_address_general,

@@ -27,8 +27,6 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from engine import admin_api
-from engine.callmedia import CallMedia
 from engine.calls.events import (
     BridgeMedia,
     MediaCommand,
@@ -38,7 +36,11 @@ from engine.calls.events import (
     StopMedia,
     UpdateMedia,
 )
-from engine.connlimit import (
+from engine.core import Engine, Outcome
+from engine.services.callmedia import CallMedia
+from engine.services.mail import email_voicemail
+from engine.shell import admin_api
+from engine.shell.connlimit import (
     SHED_FIRST_MESSAGE,
     SHED_HANDSHAKE,
     SHED_ROOM,
@@ -46,11 +48,9 @@ from engine.connlimit import (
     StreamLimits,
     StreamPolicy,
 )
-from engine.core import Engine, Outcome
-from engine.mail import email_voicemail
-from engine.message import ParseError, Request, Response, StreamFramer, grammar, parse
-from engine.overload import CLASS_NAMES, Head, Overload, OverloadConfig
-from engine.transaction import Addr, Send, server_key_of
+from engine.shell.overload import CLASS_NAMES, Head, Overload, OverloadConfig
+from engine.sip.message import ParseError, Request, Response, StreamFramer, grammar, parse
+from engine.sip.transaction import Addr, Send, server_key_of
 from media.endpoint import MediaEndpoint, MediaError
 from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
@@ -729,7 +729,7 @@ class Server:
 
     async def _mailbox(self, job: StartMailbox) -> None:
         """The mailbox menu for its owner (PIN, listen, delete), then hang up."""
-        from engine.mailbox_access import serve_mailbox
+        from engine.services.mailbox_access import serve_mailbox
 
         endpoint = self._endpoints.get(job.call)
         directory = self.engine.directory

@@ -1,5 +1,5 @@
 /*
- * C quick paths for the SIP parser (engine/message/core.py, grammar.py).
+ * C quick paths for the SIP parser (engine/sip/message/core.py, grammar.py).
  *
  * Optional: the pure-Python parser is complete without this module, and
  * SWITCHBOARD_NO_EXTENSIONS=1 makes the engine ignore it. Each function here
@@ -309,7 +309,7 @@ not_set_up(void)
 {
     if (cseq_general != NULL)
         return 0;
-    PyErr_SetString(PyExc_RuntimeError, "engine.message._speedups: setup() was not called");
+    PyErr_SetString(PyExc_RuntimeError, "engine.sip.message._speedups: setup() was not called");
     return 1;
 }
 
@@ -658,8 +658,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "engine.message._speedups",
-    "C quick paths for the SIP parser; see engine/message/_speedups.c.", -1, methods,
+    PyModuleDef_HEAD_INIT, "engine.sip.message._speedups",
+    "C quick paths for the SIP parser; see engine/sip/message/_speedups.c.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

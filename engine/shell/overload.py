@@ -48,8 +48,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from engine.message import ParseError, Request, Response, Via, parse, random_hex
 from engine.metrics import Metrics
+from engine.sip.message import ParseError, Request, Response, Via, parse, random_hex
 
 Addr = tuple[str, int]
 Reply = tuple[bytes, Addr, str]  # data, destination, transport

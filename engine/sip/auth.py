@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from engine.message import random_bytes
+from engine.sip.message import random_bytes
 
 __all__ = [
     "MAX_HEADER_LENGTH",

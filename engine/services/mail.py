@@ -28,7 +28,7 @@ from typing import Literal
 import aiosmtplib
 import structlog
 
-from engine.zones import zone
+from engine.services.zones import zone
 from provisioning.mailbox import delete_message
 from provisioning.model import Language, System, User, VoicemailMessage
 from provisioning.store import Store

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Literal
 
 import structlog
 
-from engine.auth import build_authorization
 from engine.calls.headers import SERVER
-from engine.dialog import new_branch, new_call_id, new_tag
-from engine.message import ParseError, Request, Response
-from engine.transaction import Event, TxKey
+from engine.sip.auth import build_authorization
+from engine.sip.dialog import new_branch, new_call_id, new_tag
+from engine.sip.message import ParseError, Request, Response
+from engine.sip.transaction import Event, TxKey
 from provisioning.model import Trunk
 
 if TYPE_CHECKING:
     from engine.calls.headers import Local
-    from engine.transaction import TransactionLayer
+    from engine.sip.transaction import TransactionLayer
 
 log = structlog.get_logger("switchboard.trunk")
 

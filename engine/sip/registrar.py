@@ -14,7 +14,7 @@ import random as _random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from engine.message import Address, ParseError, Request, parse_address, warning_value
+from engine.sip.message import Address, ParseError, Request, parse_address, warning_value
 from provisioning.model import Binding
 
 MAX_CONTACTS_PER_AOR = 10

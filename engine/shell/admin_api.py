@@ -18,13 +18,13 @@ from provisioning.api.http import setup as setup_api
 from provisioning.model import STATUSES, Directory, binding_json
 
 if TYPE_CHECKING:
-    from engine.app import Server
+    from engine.shell.app import Server
 
 __all__ = ["setup"]
 
 
 class EngineView:
-    """:class:`provisioning.api.live.Live` over a running :class:`engine.app.Server`."""
+    """:class:`provisioning.api.live.Live` over a running :class:`engine.shell.app.Server`."""
 
     def __init__(self, server: Server) -> None:
         self.server = server

@@ -18,7 +18,7 @@ set (the Record-Route the proxies inserted, s16.6 step 4, s20.30).
 
 No socket, no clock, no event loop. The only impurity is randomness (branch,
 tags, Call-ID, the initial CSeq of a UAS dialog), from the pooled os.urandom of
-:func:`engine.message.random_bytes`.
+:func:`engine.sip.message.random_bytes`.
 
 Matching is exact and case-sensitive for Call-ID and tags (s19.3, s20.8).
 """
@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 
-from engine.message import (
+from engine.sip.message import (
     Address,
     ParseError,
     Request,
@@ -40,7 +40,7 @@ from engine.message import (
     random_below,
     random_hex,
 )
-from engine.message.core import header_key
+from engine.sip.message.core import header_key
 
 __all__ = [
     "CONTACT_METHODS",

@@ -6,8 +6,8 @@ on, so that a malformed one is answered 400 (or 416/505) naming the fault.
 
 from __future__ import annotations
 
-from engine.message.core import Request
-from engine.message.grammar import KNOWN_SCHEMES, ParseError
+from engine.sip.message.core import Request
+from engine.sip.message.grammar import KNOWN_SCHEMES, ParseError
 
 REQUIRED = ("via", "from", "to", "call-id", "cseq")
 SINGLE = ("from", "to", "call-id", "cseq", "max-forwards", "content-type", "expires")

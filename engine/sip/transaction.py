@@ -12,7 +12,7 @@ Four state machines, one method per state:
 * INVITE client (RFC 3261 s17.1.1 as updated by RFC 6026 s7.2: Accepted state)
 * non-INVITE client (RFC 3261 s17.1.2)
 
-Timers live in one heap with lazy deletion (``engine.timerheap``), keyed by
+Timers live in one heap with lazy deletion (``engine.sip.timerheap``), keyed by
 transaction and timer name: a timer cancelled or re-armed, or whose
 transaction ended, is skipped when its entry comes up.
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from engine.message import ParseError, Request, Response, Via, make_response, random_hex
-from engine.timerheap import TimerHeap
+from engine.sip.message import ParseError, Request, Response, Via, make_response, random_hex
+from engine.sip.timerheap import TimerHeap
 
 __all__ = [
     "COOKIE",

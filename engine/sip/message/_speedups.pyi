@@ -1,8 +1,8 @@
-"""Types of the C quick paths (engine/message/_speedups.c)."""
+"""Types of the C quick paths (engine/sip/message/_speedups.c)."""
 
 from collections.abc import Callable
 
-from engine.message.grammar import URI, Address, CSeq, Via
+from engine.sip.message.grammar import URI, Address, CSeq, Via
 
 def setup(uri: type[URI], address: type[Address], via: type[Via], cseq: type[CSeq],
           uri_general: Callable[[str], URI], address_general: Callable[[str, str], Address],
