@@ -14,6 +14,8 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from typing import Protocol
 
 import structlog
 
@@ -75,6 +77,54 @@ class Outcome:
     saved: list[Binding] = field(default_factory=list)
     removed: list[Binding] = field(default_factory=list)
     media: list[MediaCommand] = field(default_factory=list)  # for the media service
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What one internal step produced. Steps return it and callers add them up, so
+    no step writes into another's result; only the public entry points turn the sum
+    into an :class:`Outcome`."""
+
+    sends: tuple[Send, ...] = ()
+    saved: tuple[Binding, ...] = ()
+    removed: tuple[Binding, ...] = ()
+    media: tuple[MediaCommand, ...] = ()
+
+    def __add__(self, other: Produced) -> Produced:
+        return Produced(self.sends + other.sends, self.saved + other.saved,
+                        self.removed + other.removed, self.media + other.media)
+
+    @staticmethod
+    def join(parts: Sequence[Produced]) -> Produced:
+        """The sum of ``parts`` in order, copied once (many sends: a timer, a shutdown)."""
+        if len(parts) == 1:
+            return parts[0]
+        return Produced(tuple(chain.from_iterable(p.sends for p in parts)),
+                        tuple(chain.from_iterable(p.saved for p in parts)),
+                        tuple(chain.from_iterable(p.removed for p in parts)),
+                        tuple(chain.from_iterable(p.media for p in parts)))
+
+    def outcome(self) -> Outcome:
+        return Outcome(list(self.sends), list(self.saved), list(self.removed),
+                       list(self.media))
+
+
+NOTHING = Produced()
+
+
+class _StepFailed(Exception):
+    """A step raised (its ``__cause__``) after ``produced`` had been produced."""
+
+    def __init__(self, produced: Produced) -> None:
+        super().__init__("step failed")
+        self.produced = produced
+
+
+class Answer(Protocol):
+    """Answers the request being handled; returns what answering produced."""
+
+    def __call__(self, status: int, headers: list[tuple[str, str]] | None = None,
+                 reason: str | None = None) -> Produced: ...
 
 
 class Engine:
@@ -186,30 +236,30 @@ class Engine:
         return self._media(self.calls.hangup(call, now), now)
 
     def _media(self, events: Sequence[object], now: float) -> Outcome:
-        out = Outcome()
-        self._run(events, now, out)
-        return out
+        return self._top(events, now).outcome()
 
     def datagram(self, data: bytes, source: Addr, transport: str, now: float,
                  parsed: Request | Response | None = None) -> Outcome:
         """Handle one datagram (or one framed stream message); ``parsed`` is ``data``
         already parsed (the receive queue reads each message to class it)."""
-        out = Outcome()
+        return self._datagram(data, source, transport, now, parsed).outcome()
+
+    def _datagram(self, data: bytes, source: Addr, transport: str, now: float,
+                  parsed: Request | Response | None) -> Produced:
         if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             # A keep-alive: phones (pjsip, Linphone) send CRLFs over UDP too, every
             # 15-30 s. Nothing to answer, and not a parse error (RFC 3261 s7.5).
-            return out
+            return NOTHING
         try:
             msg = parsed if parsed is not None else parse(data, stream=transport != "udp")
         except ParseError as exc:
             self.metrics.parse_errors.labels(transport).inc()
             partial = exc.partial
             if isinstance(partial, Request) and partial.method != "ACK":
-                self._reply_malformed(partial, exc, source, transport, out)
-            else:
-                log.info("malformed message dropped", source=_fmt(source),
-                         reason=short_text(exc.reason))
-            return out
+                return self._reply_malformed(partial, exc, source, transport)
+            log.info("malformed message dropped", source=_fmt(source),
+                     reason=short_text(exc.reason))
+            return NOTHING
         if isinstance(msg, Response):
             self.metrics.count_in("response", _cseq_method(msg), str(msg.status))
             try:
@@ -218,47 +268,40 @@ class Engine:
                 self.metrics.parse_errors.labels(transport).inc()
                 log.info("malformed response dropped", source=_fmt(source),
                          reason=short_text(exc.reason))
-                return out
+                return NOTHING
             if not events:
                 self.metrics.responses_dropped.inc()
-            self._run(events, now, out)
-            return out
+            return self._top(events, now)
         self.metrics.count_in("request", _method_label(msg.method), "")
         try:
             check_request(msg)
         except ParseError as exc:
             self.metrics.parse_errors.labels(transport).inc()
             if msg.method != "ACK":
-                self._reply_malformed(msg, exc, source, transport, out)
-            return out
+                return self._reply_malformed(msg, exc, source, transport)
+            return NOTHING
         msg = _stamp_via(msg, source)
-        events = self.transactions.on_request(msg, source, transport, now)
-        self._run(events, now, out)
-        return out
+        return self._top(self.transactions.on_request(msg, source, transport, now), now)
 
     def timer(self, now: float) -> Outcome:
-        out = Outcome()
-        self._run(self.transactions.on_timer(now), now, out)
-        self._run(self.calls.on_timer(now), now, out)
-        self._run(self.trunkreg.on_timer(now, self.local), now, out)
-        self._run(self.mwi.expire(now, self.local), now, out)
-        return out
+        # One after the other, as before: each source's events are run (and their
+        # state changes made) before the next source is asked for its own.
+        produced = self._top(self.transactions.on_timer(now), now)
+        produced += self._top(self.calls.on_timer(now), now)
+        produced += self._top(self.trunkreg.on_timer(now, self.local), now)
+        produced += self._top(self.mwi.expire(now, self.local), now)
+        return produced.outcome()
 
     def set_mwi_counts(self, counts: dict[str, tuple[int, int]], now: float) -> Outcome:
         """Mailbox counts changed (a message left, read, deleted): NOTIFY subscribers."""
-        out = Outcome()
-        self._run(self.mwi.set_counts(counts, now, self.local), now, out)
-        return out
+        return self._top(self.mwi.set_counts(counts, now, self.local), now).outcome()
 
     def shutdown(self, now: float) -> Outcome:
         """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
-        out = Outcome()
-        self._run(self.calls.shutdown(now), now, out)
-        return out
+        return self._top(self.calls.shutdown(now), now).outcome()
 
     def expire(self, now_wall: float) -> Outcome:
-        out = Outcome()
-        out.removed.extend(self.registrar.expire(now_wall))
+        removed = self.registrar.expire(now_wall)
         self.metrics.registrations.set(self.registrar.count())
         self.metrics.blocked_sources.set(self.limiter.blocked_count(now_wall))
         for kind, n in self.transactions.counts().items():
@@ -267,48 +310,74 @@ class Engine:
         channels = self.calls.channels_in_use()
         for trunk in self.directory.trunks:
             self.metrics.trunk_channels.labels(trunk.name).set(channels.get(trunk.name, 0))
-        return out
+        return Produced(removed=tuple(removed)).outcome()
 
     # -- events from the transaction layer -------------------------------------
-    def _run(self, events: Sequence[object], now: float, out: Outcome) -> None:
+    def _run(self, events: Sequence[object], now: float) -> Produced:
+        """Run events in order; what each produced is added up in that same order.
+
+        A step that raises takes what its earlier siblings produced with it
+        (:class:`_StepFailed`): those sends were counted and their transactions moved
+        on, so they still go out beside the 500 that answers the failed request."""
+        parts: list[Produced] = []
         for ev in events:
-            if isinstance(ev, Send):
-                self._count_out(ev.data)
-                out.sends.append(ev)
-            elif is_media_command(ev):  # the call layer's commands to the media service
-                out.media.append(ev)
-            elif isinstance(ev, DeliverRequest):
-                if ev.key is None:  # an ACK to a 2xx: the call's business
-                    self._run(self.calls.on_ack(ev.request, now), now, out)
-                    continue
-                try:
-                    self._request(ev.request, ev.key, ev.source, ev.transport, now, out)
-                except Exception:
-                    self.metrics.errors.inc()
-                    log.exception("request handling failed", call_id=_safe_call_id(ev.request),
-                                  method=ev.request.method, source=_fmt(ev.source))
-                    self._respond(ev.key, make_response(ev.request, 500), now, out)
-            elif isinstance(ev, CancelRequest):
-                self._run(self.calls.on_cancel(ev.invite_key, now), now, out)
-            elif isinstance(ev, DeliverResponse):
-                answer: Sequence[object] | None = self.trunkreg.on_response(
-                    ev.key, ev.response, now, self.local)
-                if answer is None and self.mwi.on_response(ev.key, ev.response):
-                    answer = []
-                if answer is None:
-                    answer = self.calls.on_response(ev.response, ev.key, now)
-                self._run(answer, now, out)
-            elif isinstance(ev, TimedOut):
-                if ev.key.side == "client" and not self.trunkreg.on_timed_out(ev.key, now):
-                    self._run(self.calls.on_timed_out(ev.key, now), now, out)
-            elif isinstance(ev, Terminated):
-                self.calls.on_terminated(ev.key)
+            try:
+                parts.append(self._run_one(ev, now))
+            except _StepFailed as failed:
+                raise _StepFailed(Produced.join([*parts, failed.produced])) from failed.__cause__
+            except Exception as exc:
+                raise _StepFailed(Produced.join(parts)) from exc
+        return Produced.join(parts)
 
-    def _respond(self, key: TxKey, resp: Response, now: float, out: Outcome) -> None:
-        self._run(list(self.transactions.respond(key, resp, now)), now, out)
+    def _top(self, events: Sequence[object], now: float) -> Produced:
+        """:meth:`_run` for an entry point: a failure leaves as the exception it was."""
+        try:
+            return self._run(events, now)
+        except _StepFailed as failed:
+            assert failed.__cause__ is not None
+            raise failed.__cause__ from None
 
-    def _reply_malformed(self, req: Request, exc: ParseError, source: Addr, transport: str,
-                         out: Outcome) -> None:
+    def _run_one(self, ev: object, now: float) -> Produced:
+        if isinstance(ev, Send):
+            self._count_out(ev.data)
+            return Produced(sends=(ev,))
+        if is_media_command(ev):  # the call layer's commands to the media service
+            return Produced(media=(ev,))
+        if isinstance(ev, DeliverRequest):
+            if ev.key is None:  # an ACK to a 2xx: the call's business
+                return self._run(self.calls.on_ack(ev.request, now), now)
+            try:
+                return self._request(ev.request, ev.key, ev.source, ev.transport, now)
+            except Exception as exc:
+                partial, cause = ((exc.produced, exc.__cause__) if isinstance(exc, _StepFailed)
+                                  else (NOTHING, exc))
+                self.metrics.errors.inc()
+                log.error("request handling failed", call_id=_safe_call_id(ev.request),
+                          method=ev.request.method, source=_fmt(ev.source), exc_info=cause)
+                return partial + self._respond(ev.key, make_response(ev.request, 500), now)
+        if isinstance(ev, CancelRequest):
+            return self._run(self.calls.on_cancel(ev.invite_key, now), now)
+        if isinstance(ev, DeliverResponse):
+            answer: Sequence[object] | None = self.trunkreg.on_response(
+                ev.key, ev.response, now, self.local)
+            if answer is None and self.mwi.on_response(ev.key, ev.response):
+                answer = []
+            if answer is None:
+                answer = self.calls.on_response(ev.response, ev.key, now)
+            return self._run(answer, now)
+        if isinstance(ev, TimedOut):
+            if ev.key.side == "client" and not self.trunkreg.on_timed_out(ev.key, now):
+                return self._run(self.calls.on_timed_out(ev.key, now), now)
+            return NOTHING
+        if isinstance(ev, Terminated):
+            self.calls.on_terminated(ev.key)
+        return NOTHING
+
+    def _respond(self, key: TxKey, resp: Response, now: float) -> Produced:
+        return self._run(list(self.transactions.respond(key, resp, now)), now)
+
+    def _reply_malformed(self, req: Request, exc: ParseError, source: Addr,
+                         transport: str) -> Produced:
         """Answer a malformed request statelessly, at the address its Via names if readable."""
         status = exc.status if 400 <= exc.status < 600 else 400
         addr = source  # symmetric, as for every response (see _stamp_via)
@@ -319,11 +388,11 @@ class Engine:
         except Exception:  # the headers to copy are too broken to answer at all
             log.info("malformed request dropped", source=_fmt(source),
                      reason=short_text(exc.reason))
-            return
+            return NOTHING
         log.info("malformed request", source=_fmt(source), status=status,
                  reason=short_text(exc.reason))
         self._count_out(data)
-        out.sends.append(Send(data, addr, transport))
+        return Produced(sends=(Send(data, addr, transport),))
 
     def _count_out(self, data: bytes) -> None:
         if data.startswith(b"SIP/"):  # a status line: "SIP/2.0 200 OK"
@@ -333,73 +402,65 @@ class Engine:
             self.metrics.count_out("request", _method_label(method), "")
 
     # -- the transaction user -------------------------------------------------
-    def _request(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
-                 out: Outcome) -> None:
+    def _request(self, req: Request, key: TxKey, source: Addr, transport: str,
+                 now: float) -> Produced:
         def answer(status: int, headers: list[tuple[str, str]] | None = None,
-                   reason: str | None = None) -> None:
+                   reason: str | None = None) -> Produced:
             hs = [("Server", SERVER), *(headers or [])]
-            self._respond(key, make_response(req, status, reason, hs), now, out)
+            produced = self._respond(key, make_response(req, status, reason, hs), now)
             log.info("request", method=req.method, call_id=req.call_id, source=_fmt(source),
                      transport=transport, status=status)
+            return produced
 
         if req.method not in KNOWN_METHODS:
-            answer(501, [("Allow", ALLOW)])
-            return
+            return answer(501, [("Allow", ALLOW)])
         # Loose routing (RFC 3261 s16.4): a Route naming us is ours to remove.
         if req.has("route"):
             routes = req.routes
             if routes and self._is_local(routes[0].uri.host, routes[0].uri.port):
                 routes = routes[1:]
             if routes:
-                answer(403, [("Warning", warning_value("no relay: this engine routes no "
-                                                  "requests onwards yet"))])
-                return
+                return answer(403, [("Warning", warning_value("no relay: this engine routes "
+                                                         "no requests onwards yet"))])
         unsupported = [o for o in req.get_all("proxy-require") + req.get_all("require")
                        if o.strip().lower() not in SUPPORTED]
         if unsupported and req.method not in ("CANCEL", "ACK"):
-            answer(420, [("Unsupported", ", ".join(unsupported))])
-            return
+            return answer(420, [("Unsupported", ", ".join(unsupported))])
         mf = req.max_forwards
         if mf == 0 and req.method not in ("OPTIONS", "REGISTER"):
-            answer(483)
-            return
+            return answer(483)
         if req.to.tag is not None and req.method not in ("REGISTER", "CANCEL"):
             events: Sequence[object] | None = self.mwi.in_dialog(req, key, now, self.local)
             if events is None:
                 events = self.calls.in_dialog(req, key, source, transport, now)
             if events is None:
-                answer(481)
-            else:
-                self._run(events, now, out)
-            return
+                return answer(481)
+            return self._run(events, now)
         if req.method == "OPTIONS":
-            answer(200, [("Allow", ALLOW), ("Accept", ACCEPT), ("Allow-Events", MWI_EVENT),
-                         ("Supported", ", ".join(SUPPORTED))])
-        elif req.method == "REGISTER":
-            self._register(req, source, transport, now, answer, out)
-        elif req.method == "INVITE":
-            self._invite(req, key, source, transport, now, answer, out)
-        elif req.method == "SUBSCRIBE":
-            self._subscribe(req, key, source, transport, now, answer, out)
-        elif req.method in ("BYE", "CANCEL"):
-            answer(481)
-        else:
-            answer(405, [("Allow", ALLOW)])
+            return answer(200, [("Allow", ALLOW), ("Accept", ACCEPT),
+                                ("Allow-Events", MWI_EVENT),
+                                ("Supported", ", ".join(SUPPORTED))])
+        if req.method == "REGISTER":
+            return self._register(req, source, transport, now, answer)
+        if req.method == "INVITE":
+            return self._invite(req, key, source, transport, now, answer)
+        if req.method == "SUBSCRIBE":
+            return self._subscribe(req, key, source, transport, now, answer)
+        if req.method in ("BYE", "CANCEL"):
+            return answer(481)
+        return answer(405, [("Allow", ALLOW)])
 
     def _invite(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
-                answer: Callable[..., None], out: Outcome) -> None:
+                answer: Answer) -> Produced:
         ctype = (req.get("content-type") or "").split(";", 1)[0].strip().lower()
         if req.body and ctype and ctype != "application/sdp" and not ctype.startswith(
                 "multipart/"):
-            answer(415, [("Accept", ACCEPT)])
-            return
+            return answer(415, [("Accept", ACCEPT)])
         accept = [a.split(";", 1)[0].strip().lower() for a in req.get_all("accept")]
         if accept and not any(a in ("application/sdp", "application/*", "*/*") for a in accept):
-            answer(406, [("Accept", ACCEPT)])
-            return
+            return answer(406, [("Accept", ACCEPT)])
         if req.uri.scheme not in ("sip", "sips", "tel"):
-            answer(416)
-            return
+            return answer(416)
         # A tel URI's number is its user part as parsed (RFC 3966); a sip URI's
         # user part may be any form of a DID (Directory.number reads them all).
         dialled = req.uri.user or ""
@@ -420,42 +481,40 @@ class Engine:
                               trunk=trunk, caller_name=req.from_.display or "")
         else:
             username = self._authenticate(req, "INVITE", source, now, answer)
-            if username is None:
-                return
+            if isinstance(username, Produced):
+                return username
             user = self.directory.user(username)
             facts = CallFacts(caller=username, callee=dialled, source="phone", at=when,
                               caller_name=user.name if user else "",
                               preferred_identity=preferred_identity(req))
         events = self.calls.new_call(req, key, source, transport, facts, self.directory, now)
-        self._run(events, now, out)
+        return self._run(events, now)
 
     def _subscribe(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
-                   answer: Callable[..., None], out: Outcome) -> None:
+                   answer: Answer) -> Produced:
         """Message waiting (RFC 3842): a phone subscribes to its own mailbox."""
         event = (req.get("event") or "").split(";", 1)[0].strip().lower()
         if event != MWI_EVENT:
-            answer(489, [("Allow-Events", MWI_EVENT)])  # RFC 6665 s8.2.2: Bad Event
-            return
+            return answer(489, [("Allow-Events", MWI_EVENT)])  # RFC 6665 s8.2.2: Bad Event
         username = self._authenticate(req, "SUBSCRIBE", source, now, answer)
-        if username is None:
-            return
+        if isinstance(username, Produced):
+            return username
         box = req.uri.user or ""
         if box != username:
-            answer(403, [("Warning", warning_value(
+            return answer(403, [("Warning", warning_value(
                 f"user {username!r} may not watch mailbox {box!r}"))])
-            return
-        self._run(self.mwi.subscribe(req, key, box, source, transport, now, self.local), now,
-                  out)
+        return self._run(self.mwi.subscribe(req, key, box, source, transport, now, self.local),
+                         now)
 
     def _authenticate(self, req: Request, method: str, source: Addr, now: float,
-                      answer: Callable[..., None]) -> str | None:
+                      answer: Answer) -> str | Produced:
         """Digest for a request from a phone: as a registrar for REGISTER (RFC 3261
         s22.2: 401, WWW-Authenticate / Authorization), as a proxy for anything else
         (s22.3: 407, Proxy-Authenticate / Proxy-Authorization). One flow for both,
         so the block, the nonce-count and the Request-URI checks cannot drift apart.
 
-        Returns the authenticated username, or None when the request was answered
-        (challenge, refusal, block).
+        Returns the authenticated username, or what answering the request produced
+        when it was answered instead (challenge, refusal, block).
         """
         if method == "REGISTER":
             status, challenge_header, credentials_header = (
@@ -465,25 +524,21 @@ class Engine:
                 407, "Proxy-Authenticate", "proxy-authorization")
         ip = source[0]
         if self.limiter.is_blocked(ip, self.wall_clock()):
-            answer(403, [("Warning",
-                          warning_value("too many failed authentications; retry later"))])
-            return None
+            return answer(403, [("Warning", warning_value(
+                "too many failed authentications; retry later"))])
         credentials = [v for v in req.get_lines(credentials_header)
                        if v.lstrip()[:6].lower() == "digest"]
         if not credentials:
-            answer(status, [(challenge_header, c) for c in self.auth.challenge(now)])
-            return None
+            return answer(status, [(challenge_header, c) for c in self.auth.challenge(now)])
         result = self.auth.verify(method, credentials[0], self.password_of, now)
         if result.ok and not _same_target(result.uri, req, self.local_hosts):
             result = _uri_mismatch(result)
         if result.stale:
-            answer(status, [(challenge_header, c)
-                            for c in self.auth.challenge(now, stale=True)])
-            return None
+            return answer(status, [(challenge_header, c)
+                                   for c in self.auth.challenge(now, stale=True)])
         if not result.ok:
             self._auth_failed(req, result.username, result.reason, source, method)
-            answer(status, [(challenge_header, c) for c in self.auth.challenge(now)])
-            return None
+            return answer(status, [(challenge_header, c) for c in self.auth.challenge(now)])
         self.limiter.success(ip)
         return result.username
 
@@ -499,21 +554,25 @@ class Engine:
                  reason=reason, call_id=req.call_id, method=method)
 
     def _register(self, req: Request, source: Addr, transport: str, now: float,
-                  answer: Callable[..., None], out: Outcome) -> None:
+                  answer: Answer) -> Produced:
         username = self._authenticate(req, "REGISTER", source, now, answer)
-        if username is None:
-            return
+        if isinstance(username, Produced):
+            return username
         wall = self.wall_clock()
         aor = req.to.uri.user or ""
         if aor != username:
-            answer(403, [("Warning", warning_value(
+            return answer(403, [("Warning", warning_value(
                 f"user {username!r} may not register {aor!r}"))])
-            return
         outcome = self.registrar.register(req, aor, f"{transport}:{source[0]}:{source[1]}",
                                           wall)
-        out.saved.extend(outcome.saved)
-        out.removed.extend(outcome.removed)
-        answer(outcome.status, list(outcome.headers), outcome.reason)
+        # The bindings first, then the answer: the order the store and the phone see them.
+        changes = Produced(saved=tuple(outcome.saved), removed=tuple(outcome.removed))
+        try:
+            return changes + answer(outcome.status, list(outcome.headers), outcome.reason)
+        except _StepFailed as failed:  # the registrar has them: the store must too
+            raise _StepFailed(changes + failed.produced) from failed.__cause__
+        except Exception as exc:
+            raise _StepFailed(changes) from exc
 
     def _is_local(self, host: str, port: int | None) -> bool:
         return host.lower() in self.local_hosts and (port is None or port == self.port)

@@ -20,7 +20,6 @@ from engine.sip.dialog import (
     CONTACT_METHODS,
     TARGET_REFRESH,
     Dialog,
-    Dialogs,
     DialogState,
     new_branch,
     new_call_id,
@@ -171,6 +170,18 @@ def in_dialog(method: str, cseq: int, *, contact: str = "", extra: str = "",
         {contact}
         {extra}
     """)
+
+
+def request_id(request: Request) -> tuple[str, str, str]:
+    """The ID of the dialog a request from the peer belongs to, as the receiver
+    files it (s12.2.2): Call-ID, To tag (ours), From tag (theirs)."""
+    return request.call_id, request.to.tag or "", request.from_.tag or ""
+
+
+def response_id(response: Response) -> tuple[str, str, str]:
+    """The ID of the dialog a response to our request belongs to (s12.1.2): Call-ID,
+    From tag (ours), To tag (theirs, '' when absent)."""
+    return response.call_id, response.from_.tag or "", response.to.tag or ""
 
 
 # --------------------------------------------------------------------------
@@ -555,10 +566,8 @@ def test_built_requests_start_client_transactions() -> None:
     key, events = layer.send_request(bye, ("192.0.2.50", 5060), "udp", 0.0)
     assert key.method == "BYE" and key.branch == via_of(bye)[2]
     assert events == [Send(bye.to_bytes(), ("192.0.2.50", 5060), "udp")]
-    # A response the peer builds from it matches the dialog back.
-    dialogs = Dialogs()
-    dialogs.add(d)
-    assert dialogs.match_response(make_response(roundtrip(bye), 200)) is d
+    # A response the peer builds from it carries the dialog's ID back.
+    assert response_id(make_response(roundtrip(bye), 200)) == d.id
 
 
 # --------------------------------------------------------------------------
@@ -894,103 +903,26 @@ def test_on_response_sent_moves_uas_dialog() -> None:
 
 
 # --------------------------------------------------------------------------
-# The registry and forking
+# Forking
 # --------------------------------------------------------------------------
 def test_forked_early_dialogs_are_told_apart() -> None:
     invite = out_invite()
     r1 = answer(180, to_tag="fork-a", contact="Contact: <sip:bob@192.0.2.61>")
     r2 = answer(183, to_tag="fork-b", contact="Contact: <sip:bob@192.0.2.62>",
                 record_route="Record-Route: <sip:p9.example.com;lr>")
-    dialogs = Dialogs()
-    assert dialogs.match_response(r1) is None  # a new fork: not known yet
     a, b = Dialog.uac(invite, r1), Dialog.uac(invite, r2)
-    dialogs.add(a)
-    dialogs.add(b)
-    assert len(dialogs) == 2
     assert a.call_id == b.call_id and a.local_tag == b.local_tag
-    assert dialogs.find("out1@sb.example.net", "ltag1", "fork-a") is a
-    assert dialogs.find("out1@sb.example.net", "ltag1", "fork-b") is b
-    assert dialogs.find("out1@sb.example.net", "ltag1", "fork-c") is None
-    assert dialogs.match_response(r1) is a
-    assert dialogs.match_response(r2) is b
-    assert {d.id for d in dialogs.forks("out1@sb.example.net", "ltag1")} == {a.id, b.id}
+    assert a.id == ("out1@sb.example.net", "ltag1", "fork-a") == response_id(r1)
+    assert b.id == ("out1@sb.example.net", "ltag1", "fork-b") == response_id(r2)
     assert a.remote_target == "sip:bob@192.0.2.61"
     assert b.remote_target == "sip:bob@192.0.2.62"
     assert b.route_set == ("<sip:p9.example.com;lr>",)
     # The 2xx comes from fork b: confirm it, end the others (s12.3 is the TU's call).
     ok = answer(200, to_tag="fork-b", contact="Contact: <sip:bob@192.0.2.62>")
-    matched = dialogs.match_response(ok)
-    assert matched is b
-    matched.on_response("INVITE", ok)
-    for other in dialogs.forks(b.call_id, b.local_tag):
-        if other is not b:
-            other.terminate()
-            dialogs.remove(other)
+    assert response_id(ok) == b.id
+    b.on_response("INVITE", ok)
+    a.terminate()
     assert b.confirmed and a.terminated
-    assert list(dialogs) == [b]
-    assert dialogs.match_response(r1) is None
-
-
-def test_match_request_from_the_peer() -> None:
-    dialogs = Dialogs()
-    d = uas_dialog(confirmed=True)
-    dialogs.add(d)
-    assert dialogs.match_request(in_dialog("BYE", 4712)) is d
-    assert dialogs.match_request(in_dialog("BYE", 4712, to_tag="other")) is None
-    assert dialogs.match_request(in_dialog("BYE", 4712, from_tag="other")) is None
-    assert dialogs.match_request(in_dialog("BYE", 4712, call_id="x@y")) is None
-    # Call-ID and tags compare case-sensitively.
-    assert dialogs.match_request(in_dialog("BYE", 4712, call_id="IN1@198.51.100.5")) is None
-    assert dialogs.match_request(in_invite()) is None  # no To tag: not in a dialog
-    # Our own responses never match as requests: From/To are the other way round.
-    assert dialogs.match_response(make_response(in_dialog("BYE", 4712), 200)) is None
-
-
-def test_match_response_to_our_request() -> None:
-    dialogs = Dialogs()
-    d = uac_dialog(200)
-    dialogs.add(d)
-    assert dialogs.match_response(answer(200)) is d
-    assert dialogs.match_response(answer(200, to_tag="other")) is None
-    assert dialogs.match_response(answer(200, to_tag=None)) is None
-    d2 = uac_dialog(200, to_tag=None)  # RFC 2543 peer: empty remote tag
-    dialogs.add(d2)
-    assert dialogs.match_response(answer(200, to_tag=None)) is d2
-
-
-def test_registry_add_remove_len() -> None:
-    dialogs = Dialogs()
-    d = uas_dialog()
-    assert len(dialogs) == 0 and d not in dialogs
-    dialogs.add(d)
-    dialogs.add(d)  # idempotent
-    assert len(dialogs) == 1 and d in dialogs
-    twin = uas_dialog()
-    assert twin.id == d.id
-    with pytest.raises(ValueError, match="already registered"):
-        dialogs.add(twin)
-    assert twin not in dialogs
-    dialogs.remove(twin)  # not registered: no-op, d stays
-    assert len(dialogs) == 1 and dialogs.find(*d.id) is d
-    dialogs.remove(d)
-    dialogs.remove(d)
-    assert len(dialogs) == 0
-    assert dialogs.find(*d.id) is None
-    assert dialogs.forks(d.call_id, d.local_tag) == []
-    assert list(dialogs) == []
-    assert "not a dialog" not in dialogs
-
-
-def test_registry_of_both_legs_of_a_b2bua_call() -> None:
-    """One B2BUA call: an incoming leg (UAS) and an outgoing leg (UAC) share nothing."""
-    dialogs = Dialogs()
-    inbound = uas_dialog()
-    outbound = uac_dialog(180)
-    dialogs.add(inbound)
-    dialogs.add(outbound)
-    assert len(dialogs) == 2
-    assert dialogs.match_request(in_dialog("BYE", 4712)) is inbound
-    assert dialogs.match_response(answer(200)) is outbound
 
 
 def test_repr() -> None:
@@ -1003,7 +935,7 @@ def test_repr() -> None:
 # --------------------------------------------------------------------------
 def test_uac_and_uas_ends_agree() -> None:
     """Switchboard calls itself: the UAS end is made from the INVITE, the UAC end
-    from the UAS's 200; each end's requests match the other end's registry."""
+    from the UAS's 200; each end's requests carry the other end's dialog ID."""
     caller_tag, callee_tag = new_tag(), new_tag()
     invite = req(f"""
         INVITE sip:bob@192.0.2.2 SIP/2.0
@@ -1024,28 +956,24 @@ def test_uac_and_uas_ends_agree() -> None:
     caller = Dialog.uac(invite, ok)
     assert caller.id == (callee.call_id, callee.remote_tag, callee.local_tag)
     assert caller.route_set == callee.route_set == ("<sip:proxy.example.com;lr>",)
-    caller_side, callee_side = Dialogs(), Dialogs()
-    caller_side.add(caller)
-    callee_side.add(callee)
-
     ack = roundtrip(caller.ack(1, **OUR))
-    assert callee_side.match_request(ack) is callee
+    assert request_id(ack) == callee.id
     assert callee.on_request(ack) is None
 
     info = roundtrip(callee.new_request("INFO", **OUR))
     assert info.get("cseq") == "901 INFO"
     assert info.uri_text == "sip:alice@192.0.2.1:5060"
-    assert caller_side.match_request(info) is caller
+    assert request_id(info) == caller.id
     assert caller.on_request(info) is None and caller.remote_cseq == 901
-    assert caller_side.match_response(make_response(info, 200)) is None  # not ours
+    assert response_id(make_response(info, 200)) != caller.id  # not ours
 
     reinvite = roundtrip(caller.new_request(
         "INVITE", headers=[("Contact", "<sip:alice@192.0.2.99:5060>")], **OUR))
-    assert callee_side.match_request(reinvite) is callee
+    assert request_id(reinvite) == callee.id
     assert callee.on_request(reinvite) is None
     assert callee.remote_target == "sip:alice@192.0.2.99:5060"
     ok2 = make_response(reinvite, 200, headers=[("Contact", "<sip:bob@192.0.2.22>")])
-    assert caller_side.match_response(ok2) is caller
+    assert response_id(ok2) == caller.id
     caller.on_response("INVITE", ok2)
     assert caller.remote_target == "sip:bob@192.0.2.22"
     assert roundtrip(caller.ack(reinvite.cseq.number, **OUR)).get("cseq") == "2 ACK"
@@ -1121,9 +1049,7 @@ def test_rfc3665_session_through_two_proxies() -> None:
     same_except_via_and_uri(bye, f18)
     assert bye.uri_text == "sip:alice@client.atlanta.example.com;transport=tcp"
 
-    alices = Dialogs()
-    alices.add(alice)
-    assert alices.match_request(f20) is alice
+    assert request_id(f20) == alice.id
     assert alice.on_request(f20) is None
     assert alice.terminated and alice.remote_cseq == 1
     bob.on_response("BYE", f23)

@@ -13,8 +13,6 @@ set (the Record-Route the proxies inserted, s16.6 step 4, s20.30).
 * :meth:`Dialog.on_request`, :meth:`Dialog.on_response` and
   :meth:`Dialog.on_response_sent` update it (s12.2.2, s12.2.1.2, s13.2.2.4,
   s14, s15, s12.3);
-* :class:`Dialogs` finds the dialog a message belongs to, telling apart the
-  early dialogs of a forked INVITE (s12.1.2, s13.2.2.4, s19.3).
 
 No socket, no clock, no event loop. The only impurity is randomness (branch,
 tags, Call-ID, the initial CSeq of a UAS dialog), from the pooled os.urandom of
@@ -27,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from enum import StrEnum
 
 from engine.sip.message import (
@@ -50,7 +48,6 @@ __all__ = [
     "Dialog",
     "DialogId",
     "DialogState",
-    "Dialogs",
     "new_branch",
     "new_call_id",
     "new_tag",
@@ -191,8 +188,8 @@ class Dialog:
     empty. ``route_set`` holds Route header values in the order they are put
     in a request. ``local_contact`` is our Contact header value.
 
-    The identity (:attr:`id`) must not change once the dialog is in a
-    :class:`Dialogs` registry.
+    The identity (:attr:`id`) must not change once the dialog is filed by it
+    (the call layer's tables).
     """
 
     __slots__ = (
@@ -599,91 +596,3 @@ class Dialog:
     def terminate(self) -> None:
         """End the dialog: a BYE sent or timed out, a call torn down (s15)."""
         self.state = DialogState.TERMINATED
-
-
-# --------------------------------------------------------------------------
-# The registry
-# --------------------------------------------------------------------------
-class Dialogs:
-    """The dialogs of one element, found by dialog ID (RFC 3261 s12).
-
-    Indexed by (Call-ID, local tag) then remote tag, so that the early
-    dialogs one forked INVITE creates (same Call-ID and local tag, one
-    remote tag per UAS, s12.1.2 and s13.2.2.4) are told apart and can be
-    listed together (:meth:`forks`).
-    """
-
-    __slots__ = ("_count", "_legs")
-
-    def __init__(self) -> None:
-        self._legs: dict[tuple[str, str], dict[str, Dialog]] = {}
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def __iter__(self) -> Iterator[Dialog]:
-        for per_leg in list(self._legs.values()):
-            yield from list(per_leg.values())
-
-    def __contains__(self, dialog: object) -> bool:
-        if not isinstance(dialog, Dialog):
-            return False
-        return self.find(*dialog.id) is dialog
-
-    def add(self, dialog: Dialog) -> None:
-        """Register ``dialog``; ValueError when another one has its ID."""
-        per_leg = self._legs.setdefault((dialog.call_id, dialog.local_tag), {})
-        present = per_leg.get(dialog.remote_tag)
-        if present is dialog:
-            return
-        if present is not None:
-            raise ValueError(f"a dialog with ID {dialog.id!r} is already registered")
-        per_leg[dialog.remote_tag] = dialog
-        self._count += 1
-
-    def remove(self, dialog: Dialog) -> None:
-        """Forget ``dialog``; nothing happens when it is not registered."""
-        key = (dialog.call_id, dialog.local_tag)
-        per_leg = self._legs.get(key)
-        if per_leg is None or per_leg.get(dialog.remote_tag) is not dialog:
-            return
-        del per_leg[dialog.remote_tag]
-        self._count -= 1
-        if not per_leg:
-            del self._legs[key]
-
-    def find(self, call_id: str, local_tag: str, remote_tag: str) -> Dialog | None:
-        per_leg = self._legs.get((call_id, local_tag))
-        return None if per_leg is None else per_leg.get(remote_tag)
-
-    def forks(self, call_id: str, local_tag: str) -> list[Dialog]:
-        """Every dialog sharing ``call_id`` and ``local_tag``: the early dialogs
-        of one forked INVITE, to end them together (s12.3)."""
-        per_leg = self._legs.get((call_id, local_tag))
-        return [] if per_leg is None else list(per_leg.values())
-
-    def match_request(self, request: Request) -> Dialog | None:
-        """The dialog of a request from the peer (s12.2.2): Call-ID, To tag = local
-        tag, From tag = remote tag. None for a request without a To tag (outside
-        any dialog) or with unreadable From/To/Call-ID (run ``check_request``
-        first)."""
-        try:
-            local = request.to.tag
-            if not local:
-                return None
-            return self.find(request.call_id, local, request.from_.tag or "")
-        except ParseError:
-            return None
-
-    def match_response(self, response: Response) -> Dialog | None:
-        """The dialog of a response to our request: Call-ID, From tag = local tag,
-        To tag = remote tag ('' when absent). None when no dialog matches, e.g.
-        the first 1xx/2xx from a new fork: create it with :meth:`Dialog.uac`."""
-        try:
-            local = response.from_.tag
-            if not local:
-                return None
-            return self.find(response.call_id, local, response.to.tag or "")
-        except ParseError:
-            return None
