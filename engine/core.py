@@ -318,16 +318,38 @@ class Engine:
 
         A step that raises takes what its earlier siblings produced with it
         (:class:`_StepFailed`): those sends were counted and their transactions moved
-        on, so they still go out beside the 500 that answers the failed request."""
-        parts: list[Produced] = []
+        on, so they still go out beside the 500 that answers the failed request.
+
+        Sends and media commands, most of what a call produces, are gathered here
+        directly: a result object per Send cost about 4 % of the call rate."""
+        sends: list[Send] = []
+        saved: list[Binding] = []
+        removed: list[Binding] = []
+        media: list[MediaCommand] = []
         for ev in events:
+            if isinstance(ev, Send):
+                self._count_out(ev.data)
+                sends.append(ev)
+                continue
+            if is_media_command(ev):  # the call layer's commands to the media service
+                media.append(ev)
+                continue
             try:
-                parts.append(self._run_one(ev, now))
+                part = self._run_one(ev, now)
             except _StepFailed as failed:
-                raise _StepFailed(Produced.join([*parts, failed.produced])) from failed.__cause__
+                so_far = Produced(tuple(sends), tuple(saved), tuple(removed), tuple(media))
+                raise _StepFailed(so_far + failed.produced) from failed.__cause__
             except Exception as exc:
-                raise _StepFailed(Produced.join(parts)) from exc
-        return Produced.join(parts)
+                so_far = Produced(tuple(sends), tuple(saved), tuple(removed), tuple(media))
+                raise _StepFailed(so_far) from exc
+            if part is not NOTHING:
+                sends.extend(part.sends)
+                saved.extend(part.saved)
+                removed.extend(part.removed)
+                media.extend(part.media)
+        if not (sends or saved or removed or media):
+            return NOTHING
+        return Produced(tuple(sends), tuple(saved), tuple(removed), tuple(media))
 
     def _top(self, events: Sequence[object], now: float) -> Produced:
         """:meth:`_run` for an entry point: a failure leaves as the exception it was."""
@@ -338,11 +360,7 @@ class Engine:
             raise failed.__cause__ from None
 
     def _run_one(self, ev: object, now: float) -> Produced:
-        if isinstance(ev, Send):
-            self._count_out(ev.data)
-            return Produced(sends=(ev,))
-        if is_media_command(ev):  # the call layer's commands to the media service
-            return Produced(media=(ev,))
+        """One event that is not a Send or a media command (:meth:`_run` takes those)."""
         if isinstance(ev, DeliverRequest):
             if ev.key is None:  # an ACK to a 2xx: the call's business
                 return self._run(self.calls.on_ack(ev.request, now), now)
