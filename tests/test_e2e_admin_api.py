@@ -4,10 +4,17 @@ The roles table is checked route by route: every route of ``/api/v1`` (the
 table the handlers and the OpenAPI document are made from) x every role x the
 status it must get, signed in as real users of the example office (plus an
 owner), with web passwords set by ``switchboard users set-password``.
+
+Every test runs twice, once per store of the engine: the embedded SQLite of its
+data dir, and PostgreSQL at ``$DATABASE_URL`` (default
+``postgresql://127.0.0.1:5432/test``) through ``serve --db``, in a fresh schema
+dropped afterwards, so runs do not collide. An unreachable PostgreSQL is a
+failure, never a skip.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -16,17 +23,19 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pyotp
 import pytest
 
 from provisioning.api.http import PREFIX, ROUTES
-from tests.conftest import EXAMPLE, EngineProcess
+from tests.conftest import EXAMPLE, EngineProcess, env_database_url
 
 ROLES = ("user", "receptionist", "department_admin", "manager", "owner")
 # The example office: 102 user, 103 receptionist, 101 department_admin (Sales),
@@ -81,17 +90,46 @@ def sign_in(port: int, user: str, password: str, code: str | None = None) -> Cli
     return Client(port, answer["token"])
 
 
-@pytest.fixture(scope="module")
-def office(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    folder = tmp_path_factory.mktemp("admin-api")
+async def _pg(statement: str) -> Any:
+    url = env_database_url()
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(f"PostgreSQL is required and unreachable at {url}: {exc}", pytrace=False)
+    try:
+        return await conn.fetchval(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def office(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    folder = tmp_path_factory.mktemp(f"admin-api-{request.param}")
     directory = folder / "directory.toml"
     directory.write_text(EXAMPLE.read_text().replace('name = "Emma Lavoie"',
                                                      'name = "Emma Lavoie"\nrole = "owner"'))
-    engine = EngineProcess(folder, directory).start()
-    for role, ext in EXT.items():
-        set_password(engine, ext, f"{role}-web-password")
-    yield engine
-    assert engine.stop() == 0, engine.log()
+    schema = f"sb_admin_api_{uuid.uuid4().hex[:12]}"
+    with pytest.MonkeyPatch.context() as env:
+        if request.param == "postgresql":
+            asyncio.run(_pg(f'CREATE SCHEMA "{schema}"'))
+            # serve and every CLI command the tests run read the store from here
+            env.setenv("SWITCHBOARD_DB", f"{env_database_url()}?search_path={schema}")
+        else:
+            env.delenv("SWITCHBOARD_DB", raising=False)
+        try:
+            engine = EngineProcess(folder, directory).start()
+            for role, ext in EXT.items():
+                set_password(engine, ext, f"{role}-web-password")
+            if request.param == "postgresql":  # the engine and the CLI really use it
+                assert not (folder / "switchboard.db").exists()
+                assert asyncio.run(_pg(f'SELECT count(*) FROM "{schema}".web_credentials'))\
+                    == len(EXT)
+            yield engine
+            assert engine.stop() == 0, engine.log()
+        finally:
+            if request.param == "postgresql":
+                asyncio.run(_pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
 
 @pytest.fixture(scope="module")
