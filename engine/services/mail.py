@@ -8,16 +8,14 @@ plain-text body in the mailbox's language, the WAV attached for ``attach`` and
 the message (store row, then WAV file) only once the relay has accepted the
 email: a send that fails keeps the message and logs a warning.
 
-The relay is used as it is configured: no authentication; STARTTLS when a
-relay that is not on loopback offers it (with its certificate checked), never
-on loopback (a local relay's self-signed certificate must not lose mail).
+The relay is used as :mod:`provisioning.smtp` says, for every email the system
+sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import ipaddress
 import re
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -25,12 +23,12 @@ from email.utils import format_datetime, make_msgid
 from pathlib import Path
 from typing import Literal
 
-import aiosmtplib
 import structlog
 
 from engine.services.zones import zone
 from provisioning.mailbox import delete_message
 from provisioning.model import Language, System, User, VoicemailMessage
+from provisioning.smtp import SMTP_TIMEOUT, relay
 from provisioning.store import Store
 
 __all__ = [
@@ -45,10 +43,6 @@ __all__ = [
 
 log = structlog.get_logger("switchboard.mail")
 
-SMTP_TIMEOUT = 10.0
-"""Seconds for each step of the SMTP session (connect, each command, the data)."""
-SEND_DEADLINE = 30.0
-"""Seconds for the whole session: a relay that trickles cannot hold a task for long."""
 
 SendResult = Literal["skipped", "sent", "failed"]
 
@@ -180,15 +174,6 @@ def build_voicemail_email(system: System, user: User, message: VoicemailMessage,
     return email
 
 
-def _on_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def send_voicemail_email(store: Store, system: System, user: User,
                                message: VoicemailMessage, *,
                                timeout: float = SMTP_TIMEOUT,
@@ -217,10 +202,7 @@ async def send_voicemail_email(store: Store, system: System, user: User,
             wav = await asyncio.to_thread(Path(message.path).read_bytes)
         email = build_voicemail_email(system, user, message, wav,
                                       tz=None if tz is None else zone(tz))
-        await asyncio.wait_for(
-            aiosmtplib.send(email, hostname=smtp.host, port=smtp.port, timeout=timeout,
-                            start_tls=False if _on_loopback(smtp.host) else None),
-            max(timeout, SEND_DEADLINE))
+        await relay(smtp, email, timeout)
     except Exception as exc:  # the relay down, refusing, too slow; the WAV unreadable
         log.warning("voicemail email failed; the message is kept", box=message.box,
                     id=message.id, mode=mode, smtp=f"{smtp.host}:{smtp.port}",

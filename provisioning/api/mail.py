@@ -10,16 +10,12 @@ its SHA-256 only): ``POST {admin_url}/api/v1/auth/reset/{token}`` with
 minutes for a reset, 72 hours in a welcome). A newer link, any new password or
 the user's removal ends it.
 
-The relay is used as ``engine.services.mail`` uses it for voicemail (``provisioning``
-does not import ``engine``, so the rule is repeated): no authentication;
-STARTTLS when a relay off loopback offers it, never on loopback.
+The relay is used as :mod:`provisioning.smtp` says, as for voicemail email.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import ipaddress
 import secrets
 import time
 from email.headerregistry import Address
@@ -31,6 +27,7 @@ import aiosmtplib
 from provisioning.api.auth import sha256
 from provisioning.api.errors import ApiError
 from provisioning.model import Language, System, User
+from provisioning.smtp import relay
 from provisioning.store import Store
 
 __all__ = ["RESET_SECONDS", "WELCOME_SECONDS", "build_reset", "build_welcome", "issue_link",
@@ -38,8 +35,6 @@ __all__ = ["RESET_SECONDS", "WELCOME_SECONDS", "build_reset", "build_welcome", "
 
 RESET_SECONDS = 30 * 60
 WELCOME_SECONDS = 72 * 3600
-SMTP_TIMEOUT = 10.0
-SEND_DEADLINE = 30.0
 
 _TEXT: dict[Language, dict[str, str]] = {
     "en": {
@@ -156,24 +151,12 @@ async def send_welcome(store: Store, system: System, user: User, where: str) -> 
     return user.email
 
 
-def _on_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def send_email(system: System, email: EmailMessage) -> None:
     """Hand ``email`` to the relay; :class:`ApiError` 502 when it does not take it."""
     smtp = system.smtp
     assert smtp is not None
     try:
-        await asyncio.wait_for(
-            aiosmtplib.send(email, hostname=smtp.host, port=smtp.port, timeout=SMTP_TIMEOUT,
-                            start_tls=False if _on_loopback(smtp.host) else None),
-            SEND_DEADLINE)
+        await relay(smtp, email)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         raise ApiError(502, [("system.smtp", f"the relay {smtp.host}:{smtp.port} did not "
                                              f"take the email: {type(exc).__name__}")]) from None
