@@ -46,6 +46,22 @@ CALLEE_SDP = (b"v=0\r\no=phone 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1
               b"m=audio 40000 RTP/AVP 8 101\r\na=rtpmap:101 telephone-event/8000\r\n")
 
 
+
+def mobile_hangs_up(net: Net, mobile: Request) -> None:
+    """The mobile (reached through the trunk by ``mobile``, our INVITE to it, which it
+    answered with To tag ``mob``) sends BYE."""
+    lines = [
+        "BYE sip:switchboard@127.0.0.1:5060 SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.9:5090;branch=z9hG4bKmobbye;rport",
+        "Max-Forwards: 70",
+        f"From: {mobile.get('to')};tag=mob",
+        f"To: {mobile.get('from')}",
+        f"Call-ID: {mobile.call_id}",
+        "CSeq: 1 BYE",
+        "Content-Length: 0",
+    ]
+    net.send(("\r\n".join(lines) + "\r\n\r\n").encode(), TRUNK)
+
 def anchored_net() -> Net:
     clock = Clock()
     directory = parse_directory(tomllib.loads(ANCHORED), "<test>")
@@ -267,17 +283,7 @@ def test_a_refused_rebound_comes_back_to_voicemail(net: Net, how: str) -> None:
     elif how == "timeout":
         net.tick(31)
     else:
-        lines = [
-            "BYE sip:switchboard@127.0.0.1:5060 SIP/2.0",
-            "Via: SIP/2.0/UDP 127.0.0.9:5090;branch=z9hG4bKmobbye;rport",
-            "Max-Forwards: 70",
-            f"From: {mobile.get('to')};tag=mob",
-            f"To: {mobile.get('from')}",
-            f"Call-ID: {mobile.call_id}",
-            "CSeq: 1 BYE",
-            "Content-Length: 0",
-        ]
-        net.send(("\r\n".join(lines) + "\r\n\r\n").encode(), TRUNK)
+        mobile_hangs_up(net, mobile)
     msgs = net.drain(TRUNK)
     byes = {m.get("via") for m in msgs if isinstance(m, Request) and m.method == "BYE"}
     assert len(byes) == (0 if how == "far_end_hangs_up" else 1)

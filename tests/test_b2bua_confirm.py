@@ -18,7 +18,7 @@ from provisioning.directory import parse_directory
 from provisioning.model import Binding
 from routing import CONFIRM_SECONDS
 from tests.test_b2bua import TRUNK, Clock, Net, in_dialog, reply, trunk_call
-from tests.test_b2bua_anchor import ANCHORED, CALLEE_SDP, bridges, opened
+from tests.test_b2bua_anchor import ANCHORED, CALLEE_SDP, bridges, mobile_hangs_up, opened
 
 DESK: Addr = ("127.0.0.1", 6105)
 CALLER_ID = "tcall-1"
@@ -216,17 +216,7 @@ def test_another_key_or_a_hang_up_releases_the_mobile(net: Net, how: str) -> Non
         net.take(net.engine.screened(bridge.call, False, net.clock.now))
         released(net)
     else:
-        lines = [
-            "BYE sip:switchboard@127.0.0.1:5060 SIP/2.0",
-            "Via: SIP/2.0/UDP 127.0.0.9:5090;branch=z9hG4bKmobbye;rport",
-            "Max-Forwards: 70",
-            f"From: {mobile.get('to')};tag=mob",
-            f"To: {mobile.get('from')}",
-            f"Call-ID: {mobile.call_id}",
-            "CSeq: 1 BYE",
-            "Content-Length: 0",
-        ]
-        net.send(("\r\n".join(lines) + "\r\n\r\n").encode(), TRUNK)
+        mobile_hangs_up(net, mobile)
         got = net.drain(TRUNK)
         assert [r.status for r in got if isinstance(r, Response)] == [200]  # its BYE
         assert to_mobile(got, "BYE") == []  # it left: no BYE of ours
