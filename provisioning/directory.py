@@ -69,6 +69,7 @@ from provisioning.model import (
 )
 
 __all__ = [
+    "ROW_WRITERS",
     "TABLES",
     "TABLE_KEYS",
     "DirectoryError",
@@ -1382,7 +1383,7 @@ def user_to_dict(u: User) -> dict[str, Any]:
     }
 
 
-_ROW_WRITERS: Mapping[str, Callable[[Any], dict[str, Any]]] = {
+ROW_WRITERS: Mapping[str, Callable[[Any], dict[str, Any]]] = {
     "trunks": trunk_to_dict,
     "departments": department_to_dict,
     "numbers": number_to_dict,
@@ -1394,7 +1395,7 @@ _ROW_WRITERS: Mapping[str, Callable[[Any], dict[str, Any]]] = {
 def table_rows(d: Directory) -> dict[str, list[dict[str, Any]]]:
     """Each table of ``d`` as a list of row dicts in file order (``system``: one row)."""
     rows: dict[str, list[dict[str, Any]]] = {"system": [system_to_dict(d.system)]}
-    for table, write in _ROW_WRITERS.items():
+    for table, write in ROW_WRITERS.items():
         rows[table] = [write(item) for item in getattr(d, table)]
     return rows
 

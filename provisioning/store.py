@@ -62,10 +62,13 @@ import aiosqlite
 import asyncpg
 
 from provisioning.directory import (
+    ROW_WRITERS,
     TABLE_KEYS,
     TABLES,
+    ParseMemo,
     directory_to_dict,
     parse_directory,
+    system_to_dict,
     table_rows,
     with_statuses,
 )
@@ -88,6 +91,7 @@ __all__ = [
     "ApplyReport",
     "BindingChanges",
     "Change",
+    "DirectorySnapshot",
     "PostgresStore",
     "RevisionConflict",
     "SQLiteStore",
@@ -320,11 +324,33 @@ class ApplyReport:
         return any(c.action == "reordered" and c.table == table for c in self.changes)
 
 
+@dataclass(frozen=True, slots=True)
+class DirectorySnapshot:
+    """The stored directory at one revision, read and validated once per process.
+
+    ``data`` is the file's form (each row as stored: every value explicit), shared by
+    every reader: copy a list before changing it and never change a row in place
+    (:func:`provisioning.api.resources.merge_patch` makes new rows). ``directory`` is
+    ``data`` validated, live statuses not applied. ``rows`` are the stored rows
+    themselves, so a write based on this snapshot compares with them instead of
+    reading the table again.
+    """
+
+    revision: int
+    data: Mapping[str, Any]
+    directory: Directory
+    rows: Mapping[tuple[str, str], tuple[int, str]]
+
+
 # --------------------------------------------------------------------------- interface
 
 
 class Store(abc.ABC):
     """The async store interface.  Use ``async with store:`` or ``open()``/``close()``."""
+
+    #: Every validation of this process's directory goes through it (the snapshot's,
+    #: the admin API's writes): a write reads again only the rows it changed.
+    memo: ParseMemo
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -337,7 +363,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
                               audit: AuditEntry | Sequence[AuditEntry] | None = None,
-                              ) -> ApplyReport:
+                              base: DirectorySnapshot | None = None) -> ApplyReport:
         """Make the stored directory equal ``directory``, in one transaction.
 
         ``directory`` is validated again first (``DirectoryError`` when it is
@@ -345,6 +371,21 @@ class Store(abc.ABC):
         (:class:`RevisionConflict`) unless the directory revision is still that
         one, checked inside the transaction.  ``audit`` is written in the same
         transaction when something changed (several: a bulk write audits each row).
+
+        ``base``: ``directory`` is what :func:`parse_directory` returned for
+        ``base.data`` with some rows changed (the admin API's writes). It is not
+        validated again, the stored rows are not read again (``base.rows`` are
+        them, since the revision is checked to be ``base.revision``: a mismatch is a
+        :class:`RevisionConflict`), only the rows that differ are written, and the
+        result becomes the snapshot of the new revision.
+        """
+
+    @abc.abstractmethod
+    async def directory_snapshot(self) -> DirectorySnapshot | None:
+        """The stored directory, validated, and its revision (``None`` if never applied).
+
+        Kept in memory and read again only when the revision moved (another process,
+        or a write not made through ``base``): one revision query when it has not.
         """
 
     @abc.abstractmethod
@@ -591,13 +632,48 @@ class _Tx(Protocol):
 Rows = dict[tuple[str, str], tuple[int, str]]  # (tbl, key) -> (position, body)
 
 
-def _canonical_rows(directory: Directory) -> Rows:
-    rows: Rows = {}
-    for table, items in table_rows(directory).items():
-        for position, item in enumerate(items):
-            key = "system" if table == "system" else str(item[TABLE_KEYS[table]])
-            rows[(table, key)] = (position, json.dumps(item, sort_keys=True))
+def _canonical_rows(directory: Directory, base: DirectorySnapshot | None = None) -> Rows:
+    """The stored form of each row. With ``base``: a row whose model is the very object
+    of ``base.directory`` (the parse memo gives it back for an unchanged row) keeps its
+    stored body, so only the rows a write changed are serialised again."""
+    if base is None:
+        rows: Rows = {}
+        for table, items in table_rows(directory).items():
+            for position, item in enumerate(items):
+                key = "system" if table == "system" else str(item[TABLE_KEYS[table]])
+                rows[(table, key)] = (position, json.dumps(item, sort_keys=True))
+        return rows
+    rows = {("system", "system"): (0, json.dumps(system_to_dict(directory.system),
+                                                 sort_keys=True))}
+    for table, write in ROW_WRITERS.items():
+        natural = TABLE_KEYS[table]
+        before = {id(item): str(getattr(item, natural))
+                  for item in getattr(base.directory, table)}
+        for position, item in enumerate(getattr(directory, table)):
+            same = before.get(id(item))
+            if same is not None and (table, same) in base.rows:
+                rows[(table, same)] = (position, base.rows[(table, same)][1])
+            else:
+                row = write(item)
+                rows[(table, str(row[natural]))] = (position, json.dumps(row, sort_keys=True))
     return rows
+
+
+def _data_of(rows: Rows, base: DirectorySnapshot) -> dict[str, Any]:
+    """``rows`` in the file's form, sharing ``base.data``'s row for every unchanged body."""
+    old: dict[tuple[str, str], Any] = {("system", "system"): base.data["system"]}
+    for table, natural in TABLE_KEYS.items():
+        for item in base.data.get(table, ()):
+            old[(table, str(item.get(natural)))] = item
+    data: dict[str, Any] = {table: [] for table in TABLES}
+    for (table, key), (_, body) in sorted(rows.items(), key=lambda kv: kv[1][0]):
+        same = base.rows.get((table, key))
+        item = old[(table, key)] if same is not None and same[1] == body else json.loads(body)
+        if table == "system":
+            data["system"] = item
+        else:
+            data[table].append(item)
+    return data
 
 
 def _diff_fields(old: object, new: object, prefix: str = "") -> list[str]:
@@ -613,7 +689,7 @@ def _diff_fields(old: object, new: object, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "(value)"]
 
 
-def _plan(old: Rows, new: Rows) -> list[Change]:
+def _plan(old: Mapping[tuple[str, str], tuple[int, str]], new: Rows) -> list[Change]:
     changes: list[Change] = []
     for table in TABLES:
         old_keys = sorted((k for t, k in old if t == table), key=lambda k: old[(table, k)][0])
@@ -685,9 +761,18 @@ class _SQLStore(Store):
 
     # ------------------------------------------------------------------ directory
 
+    def __init__(self) -> None:
+        self._snapshot: DirectorySnapshot | None = None
+        self._snapshot_lock = asyncio.Lock()
+        # shared by every validation of this process's directory: a write reads
+        # again only the rows it changed (provisioning.directory.ParseMemo)
+        self.memo = ParseMemo()
+
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
                               audit: AuditEntry | Sequence[AuditEntry] | None = None,
-                              ) -> ApplyReport:
+                              base: DirectorySnapshot | None = None) -> ApplyReport:
+        if base is not None:
+            return await self._apply_on(base, directory, expect_revision, audit)
         canonical = parse_directory(directory_to_dict(directory), "<apply_directory>")
         new = _canonical_rows(canonical)
         async with self._transaction() as tx:
@@ -702,55 +787,82 @@ class _SQLStore(Store):
                 )
             }
             changes = _plan(old, new)
-            for (table, key), (position, body) in new.items():
-                before = old.get((table, key))
-                if before is None:
-                    await tx.execute(
-                        "INSERT INTO directory_rows (tbl, key, position, body) "
-                        "VALUES ($1, $2, $3, $4)",
-                        table,
-                        key,
-                        position,
-                        body,
-                    )
-                elif before != (position, body):
-                    await tx.execute(
-                        "UPDATE directory_rows SET position = $3, body = $4 "
-                        "WHERE tbl = $1 AND key = $2",
-                        table,
-                        key,
-                        position,
-                        body,
-                    )
-                    if table == "users" and _status_of(before[1]) != _status_of(body):
-                        await tx.execute("DELETE FROM status_overrides WHERE extension = $1", key)
-            for table, key in old.keys() - new.keys():
-                await tx.execute(
-                    "DELETE FROM directory_rows WHERE tbl = $1 AND key = $2", table, key
-                )
-                if table == "users":
-                    await tx.execute("DELETE FROM bindings WHERE aor = $1", key)
-                    # the admin guide's warning: deleting a user deletes their voicemail
-                    await tx.execute("DELETE FROM voicemail WHERE box = $1", key)
-                    await _bump_revision(tx, "voicemail_revision")
-                    # an extension created again later must not inherit the old
-                    # person's web password, second factor or open sessions
-                    for account_table in ("web_credentials", "sessions", "totp",
-                                          "reset_tokens"):
-                        await tx.execute(
-                            f"DELETE FROM {account_table} WHERE extension = $1", key)
-            await tx.execute(
-                "DELETE FROM status_overrides WHERE extension NOT IN "
-                "(SELECT key FROM directory_rows WHERE tbl = 'users')"
-            )
             if changes:
-                await _bump_revision(tx)
-                await _bump_revision(tx, "directory_revision")
-                revision += 1
-                entries = (audit,) if isinstance(audit, AuditEntry) else audit or ()
-                for entry in entries:
-                    await _insert_audit(tx, entry)
+                revision = await self._write_rows(tx, old, new, audit)
         return ApplyReport(tuple(changes), revision)
+
+    async def _apply_on(self, base: DirectorySnapshot, directory: Directory,
+                        expect_revision: int | None,
+                        audit: AuditEntry | Sequence[AuditEntry] | None) -> ApplyReport:
+        if expect_revision is not None and expect_revision != base.revision:
+            raise RevisionConflict(expect_revision, base.revision)
+        new = _canonical_rows(directory, base)
+        changes = _plan(base.rows, new)
+        if not changes:
+            return ApplyReport((), base.revision)
+        async with self._transaction() as tx:
+            await self._lock_for_apply(tx)
+            revision = await _meta_int(tx, "directory_revision")
+            if revision != base.revision:
+                raise RevisionConflict(base.revision, revision)
+            revision = await self._write_rows(tx, base.rows, new, audit)
+        snapshot = DirectorySnapshot(revision, _data_of(new, base), directory, new)
+        if self._snapshot is None or self._snapshot.revision < revision:
+            self._snapshot = snapshot
+        return ApplyReport(tuple(changes), revision)
+
+    async def _write_rows(self, tx: _Tx, old: Mapping[tuple[str, str], tuple[int, str]],
+                          new: Rows, audit: AuditEntry | Sequence[AuditEntry] | None) -> int:
+        """Write the rows of ``new`` that differ from ``old`` (the stored rows), delete
+        those gone, with what follows (live statuses, bindings, mailboxes, accounts of
+        removed users), the audit and the revisions. Returns the new revision."""
+        for (table, key), (position, body) in new.items():
+            before = old.get((table, key))
+            if before is None:
+                await tx.execute(
+                    "INSERT INTO directory_rows (tbl, key, position, body) "
+                    "VALUES ($1, $2, $3, $4)",
+                    table,
+                    key,
+                    position,
+                    body,
+                )
+            elif before != (position, body):
+                await tx.execute(
+                    "UPDATE directory_rows SET position = $3, body = $4 "
+                    "WHERE tbl = $1 AND key = $2",
+                    table,
+                    key,
+                    position,
+                    body,
+                )
+                if table == "users" and _status_of(before[1]) != _status_of(body):
+                    await tx.execute("DELETE FROM status_overrides WHERE extension = $1", key)
+        for table, key in old.keys() - new.keys():
+            await tx.execute(
+                "DELETE FROM directory_rows WHERE tbl = $1 AND key = $2", table, key
+            )
+            if table == "users":
+                await tx.execute("DELETE FROM bindings WHERE aor = $1", key)
+                # the admin guide's warning: deleting a user deletes their voicemail
+                await tx.execute("DELETE FROM voicemail WHERE box = $1", key)
+                await _bump_revision(tx, "voicemail_revision")
+                # an extension created again later must not inherit the old
+                # person's web password, second factor or open sessions
+                for account_table in ("web_credentials", "sessions", "totp",
+                                      "reset_tokens"):
+                    await tx.execute(
+                        f"DELETE FROM {account_table} WHERE extension = $1", key)
+        await tx.execute(
+            "DELETE FROM status_overrides WHERE extension NOT IN "
+            "(SELECT key FROM directory_rows WHERE tbl = 'users')"
+        )
+        await _bump_revision(tx)
+        await _bump_revision(tx, "directory_revision")
+        entries = (audit,) if isinstance(audit, AuditEntry) else audit or ()
+        for entry in entries:
+            await _insert_audit(tx, entry)
+        return await _meta_int(tx, "directory_revision")
 
     async def save_voicemail(self, message: VoicemailMessage) -> None:
         async with self._transaction() as tx:
@@ -810,38 +922,45 @@ class _SQLStore(Store):
                 if status in STATUSES}
 
     async def load_directory(self) -> Directory | None:
-        async with self._transaction() as tx:
-            rows = await tx.fetch("SELECT tbl, body FROM directory_rows ORDER BY tbl, position")
-            overrides = await tx.fetch("SELECT extension, status FROM status_overrides")
-        data: dict[str, Any] = {}
-        for table, body in rows:
-            if table == "system":
-                data["system"] = json.loads(body)
-            else:
-                data.setdefault(str(table), []).append(json.loads(body))
-        if "system" not in data:
+        snapshot = await self.directory_snapshot()
+        if snapshot is None:
             return None
-        directory = parse_directory(data, "<store>")
-        statuses: dict[str, Status] = {
-            str(ext): STATUSES[STATUSES.index(status)]
-            for ext, status in overrides
-            if status in STATUSES
-        }
-        return with_statuses(directory, statuses)
+        return with_statuses(snapshot.directory, await self.load_status_overrides())
 
     async def load_directory_data(self) -> tuple[dict[str, Any] | None, int]:
-        async with self._transaction() as tx:
-            rows = await tx.fetch("SELECT tbl, body FROM directory_rows ORDER BY tbl, position")
-            revision = await _meta_int(tx, "directory_revision")
-        data: dict[str, Any] = {}
-        for table, body in rows:
-            if table == "system":
-                data["system"] = json.loads(body)
-            else:
-                data.setdefault(str(table), []).append(json.loads(body))
-        if "system" not in data:
-            return None, revision
-        return {table: data.get(table, []) for table in TABLES}, revision
+        snapshot = await self.directory_snapshot()
+        if snapshot is None:
+            return None, await self.directory_revision()
+        return {table: list(rows) if isinstance(rows, list) else rows
+                for table, rows in snapshot.data.items()}, snapshot.revision
+
+    async def directory_snapshot(self) -> DirectorySnapshot | None:
+        revision = await self.directory_revision()
+        cached = self._snapshot
+        if cached is not None and cached.revision == revision:
+            return cached
+        async with self._snapshot_lock:  # one read of a new revision, not one per caller
+            cached = self._snapshot
+            if cached is not None and cached.revision >= revision:
+                return cached
+            async with self._transaction() as tx:
+                found = await tx.fetch(
+                    "SELECT tbl, key, position, body FROM directory_rows ORDER BY tbl, position")
+                revision = await _meta_int(tx, "directory_revision")
+            rows: Rows = {(str(t), str(k)): (int(p), str(b)) for t, k, p, b in found}
+            data: dict[str, Any] = {table: [] for table in TABLES}
+            for table, _, _, body in found:
+                if table == "system":
+                    data["system"] = json.loads(body)
+                else:
+                    data.setdefault(str(table), []).append(json.loads(body))
+            if not isinstance(data["system"], dict):
+                return None
+            directory = parse_directory(data, "<store>", self.memo)
+            snapshot = DirectorySnapshot(revision, data, directory, rows)
+            if self._snapshot is None or self._snapshot.revision < revision:
+                self._snapshot = snapshot
+            return snapshot
 
     async def directory_revision(self) -> int:
         async with self._transaction() as tx:
@@ -1232,6 +1351,7 @@ class SQLiteStore(_SQLStore):
     """
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        super().__init__()
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: aiosqlite.Connection | None = None
@@ -1326,6 +1446,7 @@ class PostgresStore(_SQLStore):
                 f"invalid schema name '{schema}' (lower-case letters, digits and _, "
                 "not starting with a digit)"
             )
+        super().__init__()
         self.url = url
         self.schema = schema
         self.min_connections = min_connections
