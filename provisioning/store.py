@@ -798,7 +798,10 @@ class _SQLStore(Store):
             raise RevisionConflict(expect_revision, base.revision)
         new = _canonical_rows(directory, base)
         changes = _plan(base.rows, new)
-        if not changes:
+        if not changes:  # nothing to write, but the revision is still checked
+            current = await self.directory_revision()
+            if current != base.revision:
+                raise RevisionConflict(base.revision, current)
             return ApplyReport((), base.revision)
         async with self._transaction() as tx:
             await self._lock_for_apply(tx)
