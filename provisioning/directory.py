@@ -294,7 +294,7 @@ class _UserRead:
     digits: int | None
     department: Department | None
     user: User
-    refs: tuple[_Ref, ...]  # the path after the row's
+    refs: tuple[_Ref, ...]  # those that name another row; the path after the row's
 
 
 class ParseMemo:
@@ -523,6 +523,7 @@ class _Parser:
         self.digits_valid = False
         self.memo = memo
         self.read: dict[str, _UserRead] = {}
+        self.departments_equal: dict[tuple[int, int], bool] = {}
 
     def parse(self, data: Mapping[str, Any]) -> Directory:
         root = _Table(self.errors, "", data, TABLES)
@@ -772,8 +773,8 @@ class _Parser:
             return self.user(t, digits, departments)
         dept = departments.get(department)
         known = self.memo.users.get(extension)
-        if (known is not None and known.digits == digits and known.department == dept
-                and known.row == t.data):
+        if (known is not None and known.digits == digits
+                and self.same_department(known.department, dept) and known.row == t.data):
             # what self.user does across rows: the extension is unique, references later
             first = self.extensions.get(extension)
             if first is not None:
@@ -786,14 +787,28 @@ class _Parser:
             return known.user
         errors, refs = len(self.errors.items), len(self.refs)
         user = self.user(t, digits, departments)
-        if len(self.errors.items) == errors and extension not in self.read:
-            cut = len(t.path)
-            self.read[extension] = _UserRead(
-                _copy_row(t.data), digits, dept, user,
-                tuple((base[cut:] + suffix, dest, owner, internal)
-                      for base, items in self.refs[refs:]
-                      for suffix, dest, owner, internal in items))
+        if len(self.errors.items) > errors or extension in self.read:
+            return user
+        # A reference that names no other row (the user's own voicemail or mobile,
+        # an external number...) is checked now, once: the memo keeps the row only if
+        # it is sound, and keeps only the references the other rows decide.
+        cut, across = len(t.path), []
+        for base, items in self.refs[refs:]:
+            for suffix, dest, owner, internal in items:
+                if _names_another_row(dest):
+                    across.append((base[cut:] + suffix, dest, owner, internal))
+                elif _reference_problem(dest, owner, internal, {extension: user}, set(), {}):
+                    return user  # references() names it
+        self.read[extension] = _UserRead(_copy_row(t.data), digits, dept, user, tuple(across))
         return user
+
+    def same_department(self, a: Department | None, b: Department | None) -> bool:
+        """Equal departments (each parse makes new ones), compared once per parse."""
+        key = (id(a), id(b))
+        same = self.departments_equal.get(key)
+        if same is None:
+            same = self.departments_equal[key] = a == b
+        return same
 
     # ------------------------------------------------------------------ user parts
 
@@ -1130,6 +1145,12 @@ class _Parser:
                                              group_exts)
                 if problem:
                     self.errors.add(base + suffix, problem)
+
+
+def _names_another_row(dest: Destination) -> bool:
+    """Whether a user's destination is valid or not depending on other rows."""
+    return dest.kind in ("extension", "ring_group") or (dest.kind == "voicemail"
+                                                       and bool(dest.target))
 
 
 def _reference_problem(
