@@ -65,6 +65,7 @@ from provisioning.directory import (
     ROW_WRITERS,
     TABLE_KEYS,
     TABLES,
+    DirectoryError,
     ParseMemo,
     directory_to_dict,
     parse_directory,
@@ -931,11 +932,32 @@ class _SQLStore(Store):
         return with_statuses(snapshot.directory, await self.load_status_overrides())
 
     async def load_directory_data(self) -> tuple[dict[str, Any] | None, int]:
-        snapshot = await self.directory_snapshot()
+        try:
+            snapshot = await self.directory_snapshot()
+        except DirectoryError:
+            # stored before a stricter validator: still exported as stored, to be fixed
+            data, _, revision = await self._read_rows()
+            return (data if isinstance(data["system"], dict) else None), revision
         if snapshot is None:
             return None, await self.directory_revision()
         return {table: list(rows) if isinstance(rows, list) else rows
                 for table, rows in snapshot.data.items()}, snapshot.revision
+
+    async def _read_rows(self) -> tuple[dict[str, Any], Rows, int]:
+        """The stored rows in the file's form (``system`` is ``[]`` when there is none),
+        as stored, and the revision, read together."""
+        async with self._transaction() as tx:
+            found = await tx.fetch(
+                "SELECT tbl, key, position, body FROM directory_rows ORDER BY tbl, position")
+            revision = await _meta_int(tx, "directory_revision")
+        rows: Rows = {(str(t), str(k)): (int(p), str(b)) for t, k, p, b in found}
+        data: dict[str, Any] = {table: [] for table in TABLES}
+        for table, _, _, body in found:
+            if table == "system":
+                data["system"] = json.loads(body)
+            else:
+                data.setdefault(str(table), []).append(json.loads(body))
+        return data, rows, revision
 
     async def directory_snapshot(self) -> DirectorySnapshot | None:
         revision = await self.directory_revision()
@@ -946,17 +968,7 @@ class _SQLStore(Store):
             cached = self._snapshot
             if cached is not None and cached.revision >= revision:
                 return cached
-            async with self._transaction() as tx:
-                found = await tx.fetch(
-                    "SELECT tbl, key, position, body FROM directory_rows ORDER BY tbl, position")
-                revision = await _meta_int(tx, "directory_revision")
-            rows: Rows = {(str(t), str(k)): (int(p), str(b)) for t, k, p, b in found}
-            data: dict[str, Any] = {table: [] for table in TABLES}
-            for table, _, _, body in found:
-                if table == "system":
-                    data["system"] = json.loads(body)
-                else:
-                    data.setdefault(str(table), []).append(json.loads(body))
+            data, rows, revision = await self._read_rows()
             if not isinstance(data["system"], dict):
                 return None
             directory = parse_directory(data, "<store>", self.memo)

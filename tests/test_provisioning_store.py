@@ -706,3 +706,16 @@ async def test_another_writer_moves_the_revision_and_the_snapshot_follows(
     with pytest.raises(RevisionConflict) as refused:
         await store.apply_directory(first.directory, expect_revision=first.revision, base=first)
     assert refused.value.current == second.revision
+
+
+async def test_a_stored_directory_the_validator_now_refuses_is_still_exported(
+        backend: Backend, store: Store, directory: Directory) -> None:
+    await store.apply_directory(directory)
+    await backend.sql("UPDATE directory_rows SET body = REPLACE(body, '\"name\": \"Bruno', "
+                      "'\"nom\": \"Bruno') WHERE tbl = 'users' AND key = '102'")
+    async with backend.make() as other:  # a process that never read it valid
+        with pytest.raises(DirectoryError):
+            await other.load_directory()
+        data, revision = await other.load_directory_data()
+    assert data is not None and revision == await store.directory_revision()
+    assert any(u.get("nom", "").startswith("Bruno") for u in data["users"])
