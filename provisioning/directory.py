@@ -369,9 +369,11 @@ class _Table:
         self.data: Mapping[Any, Any] = data if isinstance(data, Mapping) else {}
         if not isinstance(data, Mapping):
             errors.add(path, f"must be a table, not {_kind(data)}")
-        for key in self.data:
-            if key not in allowed:
-                errors.add(_join(path, str(key)), "unknown key" + _suggest(str(key), allowed))
+        if not _key_set(allowed).issuperset(self.data):  # one C-level pass when all known
+            for key in self.data:
+                if key not in allowed:
+                    errors.add(_join(path, str(key)),
+                               "unknown key" + _suggest(str(key), allowed))
 
     def at(self, key: str) -> str:
         return _join(self.path, key)
@@ -493,6 +495,17 @@ class _Table:
             _Table(self.errors, f"{self.at(key)}[{i}]", item, allowed)
             for i, item in enumerate(value)
         ]
+
+
+_KEY_SETS: dict[int, tuple[Collection[str], frozenset[str]]] = {}
+
+
+def _key_set(allowed: Collection[str]) -> frozenset[str]:
+    """``allowed`` as a set, made once per declaration (the tuples above)."""
+    found = _KEY_SETS.get(id(allowed))
+    if found is None or found[0] is not allowed:
+        found = _KEY_SETS[id(allowed)] = (allowed, frozenset(allowed))
+    return found[1]
 
 
 def _suggest(key: str, allowed: Collection[str]) -> str:

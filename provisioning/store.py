@@ -691,17 +691,22 @@ def _diff_fields(old: object, new: object, prefix: str = "") -> list[str]:
 
 
 def _plan(old: Mapping[tuple[str, str], tuple[int, str]], new: Rows) -> list[Change]:
+    def in_order(rows: Mapping[tuple[str, str], tuple[int, str]]) -> dict[str, list[str]]:
+        ordered: dict[str, list[tuple[int, str]]] = {table: [] for table in TABLES}
+        for (table, key), (position, _) in rows.items():
+            ordered.setdefault(table, []).append((position, key))
+        return {table: [key for _, key in sorted(keys)] for table, keys in ordered.items()}
+
+    old_order, new_order = in_order(old), in_order(new)
     changes: list[Change] = []
     for table in TABLES:
-        old_keys = sorted((k for t, k in old if t == table), key=lambda k: old[(table, k)][0])
-        new_keys = sorted((k for t, k in new if t == table), key=lambda k: new[(table, k)][0])
+        old_keys, new_keys = old_order[table], new_order[table]
         for key in new_keys:
-            if (table, key) not in old:
+            before = old.get((table, key))
+            if before is None:
                 changes.append(Change(table, key, "added"))
-            elif old[(table, key)][1] != new[(table, key)][1]:
-                fields = _diff_fields(
-                    json.loads(old[(table, key)][1]), json.loads(new[(table, key)][1])
-                )
+            elif before[1] != new[(table, key)][1]:
+                fields = _diff_fields(json.loads(before[1]), json.loads(new[(table, key)][1]))
                 changes.append(Change(table, key, "changed", tuple(fields)))
         changes.extend(Change(table, key, "removed") for key in old_keys if (table, key) not in new)
         kept_old = [k for k in old_keys if (table, k) in new]
