@@ -236,6 +236,13 @@ async def _insert_audit(tx: _Tx, entry: AuditEntry) -> None:
         None if entry.after is None else json.dumps(entry.after, sort_keys=True))
 
 
+async def _drop_orphan_statuses(tx: _Tx) -> None:
+    await tx.execute(
+        "DELETE FROM status_overrides WHERE extension NOT IN "
+        "(SELECT key FROM directory_rows WHERE tbl = 'users')"
+    )
+
+
 async def _bump_revision(tx: _Tx, key: str = "revision") -> None:
     await tx.execute(
         "INSERT INTO meta (key, value) VALUES ($1, '1') ON CONFLICT (key) DO UPDATE "
@@ -382,11 +389,13 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def directory_snapshot(self) -> DirectorySnapshot | None:
+    async def directory_snapshot(self, at: int | None = None) -> DirectorySnapshot | None:
         """The stored directory, validated, and its revision (``None`` if never applied).
 
         Kept in memory and read again only when the revision moved (another process,
         or a write not made through ``base``): one revision query when it has not.
+        ``at``: the revision the caller wants (the one its own write made): the kept
+        snapshot at that revision is returned without asking the database.
         """
 
     @abc.abstractmethod
@@ -794,7 +803,10 @@ class _SQLStore(Store):
             }
             changes = _plan(old, new)
             if changes:
-                revision = await self._write_rows(tx, old, new, audit)
+                await self._write_rows(tx, old, new, audit, full=True)
+                revision = await _meta_int(tx, "directory_revision")
+            else:
+                await _drop_orphan_statuses(tx)
         return ApplyReport(tuple(changes), revision)
 
     async def _apply_on(self, base: DirectorySnapshot, directory: Directory,
@@ -814,17 +826,21 @@ class _SQLStore(Store):
             revision = await _meta_int(tx, "directory_revision")
             if revision != base.revision:
                 raise RevisionConflict(base.revision, revision)
-            revision = await self._write_rows(tx, base.rows, new, audit)
+            await self._write_rows(tx, base.rows, new, audit, full=False)
+            revision += 1  # checked to be base.revision under the apply lock
         snapshot = DirectorySnapshot(revision, _data_of(new, base), directory, new)
         if self._snapshot is None or self._snapshot.revision < revision:
             self._snapshot = snapshot
         return ApplyReport(tuple(changes), revision)
 
     async def _write_rows(self, tx: _Tx, old: Mapping[tuple[str, str], tuple[int, str]],
-                          new: Rows, audit: AuditEntry | Sequence[AuditEntry] | None) -> int:
+                          new: Rows, audit: AuditEntry | Sequence[AuditEntry] | None, *,
+                          full: bool) -> None:
         """Write the rows of ``new`` that differ from ``old`` (the stored rows), delete
         those gone, with what follows (live statuses, bindings, mailboxes, accounts of
-        removed users), the audit and the revisions. Returns the new revision."""
+        removed users), the audit and the revisions. ``full``: a whole apply also drops
+        statuses left without a user; a write on a snapshot only does when it removes
+        users."""
         for (table, key), (position, body) in new.items():
             before = old.get((table, key))
             if before is None:
@@ -862,16 +878,14 @@ class _SQLStore(Store):
                                       "reset_tokens"):
                     await tx.execute(
                         f"DELETE FROM {account_table} WHERE extension = $1", key)
-        await tx.execute(
-            "DELETE FROM status_overrides WHERE extension NOT IN "
-            "(SELECT key FROM directory_rows WHERE tbl = 'users')"
-        )
+        if full or any(table == "users" for table, _ in old.keys() - new.keys()):
+            await _drop_orphan_statuses(tx)
         await _bump_revision(tx)
         await _bump_revision(tx, "directory_revision")
         entries = (audit,) if isinstance(audit, AuditEntry) else audit or ()
         for entry in entries:
             await _insert_audit(tx, entry)
-        return await _meta_int(tx, "directory_revision")
+
 
     async def save_voicemail(self, message: VoicemailMessage) -> None:
         async with self._transaction() as tx:
@@ -931,10 +945,17 @@ class _SQLStore(Store):
                 if status in STATUSES}
 
     async def load_directory(self) -> Directory | None:
-        snapshot = await self.directory_snapshot()
+        async with self._transaction() as tx:  # the revision and the statuses together
+            revision = await _meta_int(tx, "directory_revision")
+            rows = await tx.fetch("SELECT extension, status FROM status_overrides")
+        cached = self._snapshot
+        snapshot = (cached if cached is not None and cached.revision == revision
+                    else await self.directory_snapshot())
         if snapshot is None:
             return None
-        return with_statuses(snapshot.directory, await self.load_status_overrides())
+        return with_statuses(snapshot.directory, {
+            str(ext): STATUSES[STATUSES.index(status)] for ext, status in rows
+            if status in STATUSES})
 
     async def load_directory_data(self) -> tuple[dict[str, Any] | None, int]:
         try:
@@ -964,9 +985,11 @@ class _SQLStore(Store):
                 data.setdefault(str(table), []).append(json.loads(body))
         return data, rows, revision
 
-    async def directory_snapshot(self) -> DirectorySnapshot | None:
-        revision = await self.directory_revision()
+    async def directory_snapshot(self, at: int | None = None) -> DirectorySnapshot | None:
         cached = self._snapshot
+        if at is not None and cached is not None and cached.revision == at:
+            return cached
+        revision = await self.directory_revision()
         if cached is not None and cached.revision == revision:
             return cached
         async with self._snapshot_lock:  # one read of a new revision, not one per caller

@@ -479,7 +479,11 @@ class DirectoryApi:
                                  new_audit(p.actor, source, action, target, before, after))
 
     async def _fresh(self, table: str, key: str, revision: int) -> tuple[dict[str, Any], int]:
-        data, current = await self.snapshot()
+        """The row as the write left it, at the write's revision (the store kept it)."""
+        base = await self.store.directory_snapshot(at=revision)
+        if base is None:
+            raise ApiError(409, "the store has no directory yet")
+        data, current = base.data, base.revision
         if table == "system":
             return redact(table, data["system"]), current
         return redact(table, data[table][self._index(data, table, key)]), current
