@@ -164,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check)
     check.add_argument("file")
     export = psub.add_parser("export", help="write the live directory as a directory file "
-                                            "(TOML, secrets included: keep it private)")
+                                            "(TOML); without SIP passwords and voicemail PINs "
+                                            "unless --with-secrets")
     _common(export)
+    export.add_argument("--with-secrets", action="store_true",
+                        help="write the SIP passwords, trunk passwords and voicemail PINs too "
+                             "(keep that file as private as the store)")
     export.add_argument("file", nargs="?", default="-", help="where (default: standard output)")
 
     users = sub.add_parser("users", help="web sign-in of users (the admin API)")
@@ -366,7 +370,8 @@ async def _serve(args: argparse.Namespace) -> int:
     async with _store(args) as store:
         if args.directory:
             warnings: list[str] = []
-            directory = load_directory(args.directory, warnings)
+            stored, _ = await store.load_directory_data()
+            directory = load_directory(args.directory, warnings, stored)
             for warning in warnings:
                 structlog.get_logger("switchboard").warning("directory", warning=warning)
             report = await store.apply_directory(directory)
@@ -413,14 +418,15 @@ def _print_warnings(warnings: list[str]) -> None:
 
 
 async def _apply(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
     from provisioning.apply import format_report
 
-    warnings: list[str] = []
-    directory = load_directory(args.file, warnings)
-    _print_warnings(warnings)
-    from provisioning.api.auth import new_audit
-
     async with _store(args) as store:
+        warnings: list[str] = []
+        # what the file leaves out of the secrets, the store keeps (an export without them)
+        stored, _ = await store.load_directory_data()
+        directory = load_directory(args.file, warnings, stored)
+        _print_warnings(warnings)
         audit = new_audit(_cli_actor(), "cli", "provision.apply", "directory", None,
                           {"file": str(Path(args.file).resolve())})
         report = await store.apply_directory(directory, audit=audit)
@@ -580,7 +586,10 @@ async def _export(args: argparse.Namespace) -> int:
         data, revision = await store.load_directory_data()
     if data is None:
         raise LookupError("no directory in the store; run 'switchboard provision apply FILE'")
-    text = directory_toml(data, revision)
+    if args.with_secrets:
+        print("switchboard: warning: the export contains SIP passwords, trunk passwords and "
+              "voicemail PINs: keep it as private as the store", file=sys.stderr)
+    text = directory_toml(data, revision, with_secrets=args.with_secrets)
     if args.file == "-":
         sys.stdout.write(text)
     else:
@@ -723,6 +732,7 @@ async def _users_totp(args: argparse.Namespace) -> int:
 
     from provisioning.api.auth import enrol_totp, new_audit
     from provisioning.model import User
+    from provisioning.secretbox import SecretBox
 
     async with _store(args) as store:
         user = await _cli_user(store, args.extension)
@@ -735,7 +745,10 @@ async def _users_totp(args: argparse.Namespace) -> int:
             return 0
         directory = await store.load_directory()
         assert directory is not None
-        enrolment = await enrol_totp(store, user, directory.system.domain)
+        # the data dir's key (or SWITCHBOARD_SECRET_KEY), as `serve` uses: the seed is
+        # stored sealed
+        box = SecretBox.for_data_dir(Path(args.data_dir))
+        enrolment = await enrol_totp(store, box, user, directory.system.domain)
         await store.write_audit(new_audit(_cli_actor(), "cli", "auth.totp.enrol",
                                           f"users/{args.extension}"))
     qr = segno.make(enrolment.uri, error="m")
