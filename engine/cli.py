@@ -739,6 +739,7 @@ async def _users_totp(args: argparse.Namespace) -> int:
         assert isinstance(user, User)
         if args.disable:
             done = await store.delete_totp(args.extension)
+            await store.delete_totp_pending(args.extension)  # and an enrolment begun
             await store.write_audit(new_audit(_cli_actor(), "cli", "auth.totp.disable",
                                               f"users/{args.extension}"))
             print(f"{args.extension}: TOTP " + ("turned off" if done else "was not on"))
