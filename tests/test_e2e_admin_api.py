@@ -817,3 +817,23 @@ def test_require_2fa_gives_a_token_for_enrolling_only(office: EngineProcess,
                                     {"If-Match": "*"})
         assert status == 200 and "require_2fa" not in row
     assert clients["owner"].call("GET", "/users")[0] == 200
+
+
+def test_csv_export_neutralises_formulas_and_the_import_undoes_it(
+        office: EngineProcess, clients: dict[str, Client]) -> None:
+    owner = clients["owner"]
+    status, row, _ = owner.call("POST", "/users", {
+        "extension": "187", "name": "=HYPERLINK(\"x\") Evil", "mobile": "+15145550187",
+        "department": "Support", "password": "sip-secret-187"}, {"If-Match": "*"})
+    assert status == 201, row
+    status, text, headers = owner.call("GET", "/users/export.csv")
+    assert status == 200
+    line = next(x for x in text.decode().splitlines() if x.startswith("187,"))
+    assert line.startswith("187,\"'=HYPERLINK(\"\"x\"\")\",Evil,") and ",'+15145550187," in line
+    status, answer, _ = owner.call("POST", "/users/import", text,
+                                   {"Content-Type": "text/csv", "If-Match": headers["ETag"]})
+    assert status == 200 and answer["changed"] == {} and "187" in answer["unchanged"], answer
+    status, row, _ = owner.call("GET", "/users/187")
+    assert row["name"] == "=HYPERLINK(\"x\") Evil" and row["mobile"] == "+15145550187"
+    cli = office.cli("users", "export", "--csv")
+    assert cli.returncode == 0 and ",'+15145550187," in cli.stdout
