@@ -271,7 +271,8 @@ def test_secretbox_seals_opens_and_refuses_another_key_or_row() -> None:
         box.open(sealed, "totp:102")
     with pytest.raises(SecretBoxError, match="sealed with key"):
         SecretBox(secrets.token_bytes(32)).open(sealed, "totp:101")
-    tampered = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
+    at = len(sealed) - 20  # a character inside the ciphertext (the last ones carry padding)
+    tampered = sealed[:at] + ("A" if sealed[at] != "A" else "B") + sealed[at + 1:]
     with pytest.raises(SecretBoxError):
         box.open(tampered, "totp:101")
 
@@ -300,3 +301,44 @@ async def test_sign_in_with_totp(store: Store, directory: Directory) -> None:
     with pytest.raises(ApiError) as caught:
         await auth.principal("Bearer not-a-token", directory, 1001.0)
     assert caught.value.status == 401
+
+
+async def test_seeds_stored_in_clear_are_sealed_and_still_sign_in(
+        store: Store, directory: Directory) -> None:
+    from provisioning.api.auth import seal_stored_totp
+    from provisioning.model import TotpRecord
+
+    await store.apply_directory(directory)
+    await store.set_web_password("101", hash_password("alice-web-password"))
+    seed = pyotp.random_base32()
+    # as an earlier version stored it
+    await store.set_totp(TotpRecord(extension="101", secret=seed))
+    box = SecretBox(secrets.token_bytes(32))
+    assert await seal_stored_totp(store, box) == 1
+    assert await seal_stored_totp(store, box) == 0  # once
+    record = await store.totp("101")
+    assert record is not None and box.is_sealed(record.secret)
+    assert seed not in record.secret
+    code = pyotp.TOTP(seed).at(5000.0)
+    auth = Authenticator(store, box)
+    await auth.sign_in(directory, "101", "alice-web-password", code, "127.0.0.1", 5000.0)
+    # under another key the seed does not open: the code is refused, not crashed on
+    other = Authenticator(store, SecretBox(secrets.token_bytes(32)))
+    with pytest.raises(ApiError) as caught:
+        await other.sign_in(directory, "101", "alice-web-password",
+                            pyotp.TOTP(seed).at(5030.0), "127.0.0.1", 5030.0)
+    assert caught.value.status == 401
+
+
+def test_the_key_file_is_made_once_with_mode_0600(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("SWITCHBOARD_SECRET_KEY", raising=False)
+    first = SecretBox.for_data_dir(tmp_path)
+    assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert SecretBox.for_data_dir(tmp_path).key_id == first.key_id  # read, not remade
+    key = (tmp_path / "secret.key").read_text().strip()
+    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", key)
+    assert SecretBox.for_data_dir(tmp_path / "elsewhere").key_id == first.key_id
+    assert not (tmp_path / "elsewhere" / "secret.key").exists()  # the variable wins
+    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", "too-short")
+    with pytest.raises(SecretBoxError, match="SWITCHBOARD_SECRET_KEY"):
+        SecretBox.for_data_dir(tmp_path)
