@@ -22,12 +22,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from provisioning.directory import DirectoryError, load_directory
-from provisioning.store import ApplyReport, Store, StoreError, open_store
+from provisioning.store import DEFAULT_SQLITE_NAME, ApplyReport, Store, StoreError, open_store
 from routing import parse_when
 
 if TYPE_CHECKING:
@@ -410,6 +410,20 @@ async def _serve(args: argparse.Namespace) -> int:
         tune_gc()
         await serve(engine, store, config)
     return 0
+
+
+async def _stored_for_check(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The store's directory, whose secrets a checked file may leave out (as apply
+    keeps them); None without a store, and check never creates one."""
+    if args.db is None and not (Path(args.data_dir) / DEFAULT_SQLITE_NAME).exists():
+        return None
+    try:
+        async with _store(args) as store:
+            stored, _ = await store.load_directory_data()
+    except StoreError as exc:
+        print(f"switchboard: warning: the file is checked alone ({exc})", file=sys.stderr)
+        return None
+    return stored
 
 
 def _print_warnings(warnings: list[str]) -> None:
@@ -859,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return uvloop.run(_serve(args))
         if args.command == "provision" and args.action == "check":
             warnings: list[str] = []
-            load_directory(args.file, warnings)
+            load_directory(args.file, warnings, asyncio.run(_stored_for_check(args)))
             _print_warnings(warnings)
             print(f"{args.file}: valid")
             return 0

@@ -685,6 +685,17 @@ def test_export_after_api_edits_applies_as_no_change(office: EngineProcess,
                               'department = "Sales"\n')
     refused = office.cli("provision", "apply", str(lacking))
     assert refused.returncode != 0 and "password" in refused.stderr, refused.stderr
+    # check reads the secrets it lacks from the store too (and never creates one)
+    checked = office.cli("provision", "check", str(exported))
+    assert checked.returncode == 0 and "valid" in checked.stdout, checked.stderr
+    refused = office.cli("provision", "check", str(lacking))
+    assert refused.returncode != 0 and ".password: missing" in refused.stderr, refused.stderr
+    alone = subprocess.run([office.binary, "provision", "check", str(exported), "--data-dir",
+                            str(tmp_path / "no-store")], capture_output=True, text=True,
+                           timeout=60, env={k: v for k, v in os.environ.items()
+                                            if k != "SWITCHBOARD_DB"})
+    assert alone.returncode != 0 and ".password" in alone.stderr, alone.stderr
+    assert not (tmp_path / "no-store" / "switchboard.db").exists()
     # the file is the source when used as one: applying the original replaces API edits
     back = office.cli("provision", "apply", str(office.directory))
     assert back.returncode == 0 and "users 102" in back.stdout, back.stdout
