@@ -281,6 +281,9 @@ class System:
     rtp_port_max: int = 29999
     smtp: Smtp | None = None
     admin_url: str = ""  # the admin listener's public URL, for links in emails
+    # Every web sign-in needs TOTP: a user without it gets a token good for enrolling
+    # only (provisioning/api/auth.py). API keys are not people and are not concerned.
+    require_2fa: bool = False
 
     @property
     def outbound_pin_prefix(self) -> str:

@@ -182,6 +182,25 @@ _SCHEMA = (
         extension TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL)""",
+    # An enrolment begun and not yet confirmed with a code (the seed sealed, as in
+    # totp): it signs nobody in; confirming moves it to totp.
+    """CREATE TABLE IF NOT EXISTS totp_pending (
+        extension TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL)""",
+    # Failed sign-ins and reset requests, counted in the store so every node sharing
+    # it counts the same attempts (a guesser cannot spread them over the nodes).
+    # key: a SHA-256 (of "user:101", "name:<as typed>", "source:<address>"), so no
+    # identifier typed by a stranger is kept.
+    """CREATE TABLE IF NOT EXISTS rate_limits (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        window_start DOUBLE PRECISION NOT NULL,
+        failures INTEGER NOT NULL,
+        locked_until DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (scope, key))""",
+    "CREATE INDEX IF NOT EXISTS rate_limits_expires_at ON rate_limits (expires_at)",
     """CREATE TABLE IF NOT EXISTS audit (
         id TEXT PRIMARY KEY,
         at DOUBLE PRECISION NOT NULL,
@@ -429,6 +448,49 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def use_recovery_code(self, extension: str, code_hash: str) -> bool:
         """Spend one recovery code; False when it is not (or no longer) there."""
+
+    @abc.abstractmethod
+    async def all_totp(self) -> list[TotpRecord]:
+        """Every enrolment (to seal seeds stored before they were sealed)."""
+
+    @abc.abstractmethod
+    async def set_totp_secret(self, extension: str, old: str, new: str) -> bool:
+        """Replace the stored form of a seed (the same seed, sealed), unless it changed
+        since it was read as ``old`` (a new enrolment meanwhile)."""
+
+    @abc.abstractmethod
+    async def set_totp_pending(self, extension: str, secret: str, now: float) -> None:
+        """Begin (or begin again) an enrolment: the seed waits for a first code."""
+
+    @abc.abstractmethod
+    async def totp_pending(self, extension: str) -> tuple[str, float] | None:
+        """``(seed as stored, created_at)`` of an enrolment begun, if any."""
+
+    @abc.abstractmethod
+    async def delete_totp_pending(self, extension: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def confirm_totp(self, record: TotpRecord) -> bool:
+        """Make a begun enrolment the user's TOTP (replacing any earlier one) and drop
+        the pending one, in one transaction; False when nothing was pending."""
+
+    # ------------------------------------------------------------------ attempt limits
+
+    @abc.abstractmethod
+    async def attempts_locked(self, scope: str, keys: Sequence[str],
+                              now: float) -> dict[str, float]:
+        """``key -> locked_until`` for each of ``keys`` locked at ``now``."""
+
+    @abc.abstractmethod
+    async def attempt_failed(self, scope: str, key: str, *, limit: int, window: float,
+                             lock_seconds: float, now: float) -> bool:
+        """Count a failure of ``key``: ``limit`` failures within ``window`` seconds of the
+        first lock it for ``lock_seconds``. True when this failure locked it. One
+        transaction, so nodes counting at once lose no failure."""
+
+    @abc.abstractmethod
+    async def attempts_cleared(self, scope: str, key: str) -> None:
+        """Forget the failures of ``key`` (a success)."""
 
     @abc.abstractmethod
     async def write_audit(self, entry: AuditEntry) -> None: ...
@@ -736,7 +798,7 @@ class _SQLStore(Store):
                     # an extension created again later must not inherit the old
                     # person's web password, second factor or open sessions
                     for account_table in ("web_credentials", "sessions", "totp",
-                                          "reset_tokens"):
+                                          "totp_pending", "reset_tokens"):
                         await tx.execute(
                             f"DELETE FROM {account_table} WHERE extension = $1", key)
             await tx.execute(
@@ -996,6 +1058,99 @@ class _SQLStore(Store):
             await tx.execute("UPDATE totp SET recovery = $2 WHERE extension = $1",
                              extension, json.dumps(codes))
         return True
+
+    async def all_totp(self) -> list[TotpRecord]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT extension FROM totp ORDER BY extension")
+        found = [await self.totp(str(row[0])) for row in rows]
+        return [r for r in found if r is not None]
+
+    async def set_totp_secret(self, extension: str, old: str, new: str) -> bool:
+        async with self._transaction() as tx:
+            done = await tx.fetch("UPDATE totp SET secret = $3 WHERE extension = $1 "
+                                  "AND secret = $2 RETURNING extension", extension, old, new)
+        return bool(done)
+
+    async def set_totp_pending(self, extension: str, secret: str, now: float) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO totp_pending (extension, secret, created_at) VALUES ($1, $2, $3) "
+                "ON CONFLICT (extension) DO UPDATE SET secret = excluded.secret, "
+                "created_at = excluded.created_at", extension, secret, float(now))
+
+    async def totp_pending(self, extension: str) -> tuple[str, float] | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT secret, created_at FROM totp_pending "
+                                  "WHERE extension = $1", extension)
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    async def delete_totp_pending(self, extension: str) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch("DELETE FROM totp_pending WHERE extension = $1 "
+                                  "RETURNING extension", extension)
+        return bool(gone)
+
+    async def confirm_totp(self, record: TotpRecord) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch("DELETE FROM totp_pending WHERE extension = $1 "
+                                  "RETURNING extension", record.extension)
+            if not gone:
+                return False
+            await tx.execute(
+                "INSERT INTO totp (extension, secret, recovery, last_counter, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (extension) DO UPDATE SET "
+                "secret = excluded.secret, recovery = excluded.recovery, "
+                "last_counter = excluded.last_counter, created_at = excluded.created_at",
+                record.extension, record.secret, json.dumps(list(record.recovery_hashes)),
+                record.last_counter, float(record.created_at))
+        return True
+
+    async def attempts_locked(self, scope: str, keys: Sequence[str],
+                              now: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        async with self._transaction() as tx:
+            for key in keys:
+                rows = await tx.fetch("SELECT locked_until FROM rate_limits WHERE scope = $1 "
+                                      "AND key = $2 AND locked_until > $3", scope, key,
+                                      float(now))
+                if rows:
+                    out[key] = float(rows[0][0])
+        return out
+
+    async def attempt_failed(self, scope: str, key: str, *, limit: int, window: float,
+                             lock_seconds: float, now: float) -> bool:
+        now = float(now)
+        async with self._transaction() as tx:
+            await tx.execute("DELETE FROM rate_limits WHERE expires_at <= $1", now)
+            await tx.execute(
+                "INSERT INTO rate_limits (scope, key, window_start, failures, locked_until, "
+                "expires_at) VALUES ($1, $2, $3, 0, 0, $4) ON CONFLICT (scope, key) DO NOTHING",
+                scope, key, now, now + window)
+            # the row is locked until the end of the transaction (SQLite: the whole
+            # database is, from BEGIN IMMEDIATE): concurrent failures count one by one
+            rows = await tx.fetch("SELECT window_start, failures, locked_until FROM rate_limits "
+                                  "WHERE scope = $1 AND key = $2" + self._for_update,
+                                  scope, key)
+            start, failures, locked_until = float(rows[0][0]), int(rows[0][1]), \
+                float(rows[0][2])
+            if locked_until > now:
+                return False  # already locked: the lock is not stretched
+            if now - start >= window:
+                start, failures = now, 0
+            failures += 1
+            locked = failures >= limit
+            if locked:
+                start, failures, locked_until = now, 0, now + lock_seconds
+            await tx.execute(
+                "UPDATE rate_limits SET window_start = $3, failures = $4, locked_until = $5, "
+                "expires_at = $6 WHERE scope = $1 AND key = $2", scope, key, start, failures,
+                locked_until, max(start + window, locked_until))
+        return locked
+
+    async def attempts_cleared(self, scope: str, key: str) -> None:
+        async with self._transaction() as tx:
+            await tx.execute("DELETE FROM rate_limits WHERE scope = $1 AND key = $2",
+                             scope, key)
 
     async def write_audit(self, entry: AuditEntry) -> None:
         async with self._transaction() as tx:
