@@ -346,7 +346,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
 
     from engine.core import Engine
-    from engine.shell.app import ServerConfig, parse_hostport, serve
+    from engine.shell.app import NODE_ID, ServerConfig, parse_hostport, serve
     from engine.shell.connlimit import StreamLimits
 
     sip_host, sip_port = parse_hostport(args.sip, 5060)
@@ -355,6 +355,9 @@ async def _serve(args: argparse.Namespace) -> int:
                         ("--tcp-per-source", args.tcp_per_source)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, not {value}")
+    if args.node_id and not NODE_ID.fullmatch(args.node_id):
+        raise ValueError(f"--node-id {args.node_id!r}: letters, digits and . _ : - only "
+                         "(at most 63, starting with a letter or digit); it goes in Call-IDs")
     if not args.tcp_first_message_seconds > 0:
         raise ValueError(f"--tcp-first-message-seconds must be more than 0, "
                          f"not {args.tcp_first_message_seconds}")
