@@ -21,16 +21,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from engine.sip.message import Request, make_response
+from engine.sip.message import Request, Response, make_response
 from tests.conftest import ROOT, bench_directory, env_database_url, free_port
 from tests.e2e_helpers import Ua
 
@@ -87,6 +88,8 @@ class Running:
     logs: Path
     pids: dict[str, int]  # node id -> process id
     ctl: Path  # Kamailio's control socket (kamcmd)
+    https: dict[str, int] = field(default_factory=dict)  # node id -> admin HTTP port
+    killed: set[str] = field(default_factory=set)  # nodes a test killed (SIGKILL)
 
     def node_log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
@@ -127,13 +130,17 @@ def cluster(tmp_path: Path) -> Iterator[Running]:
         assert f"sip:127.0.0.1:{edge}" in banner, banner
         pids = {name: int(pid) for name, pid in re.findall(r"(node\d): .*pid (\d+)", banner)}
         assert set(pids) == {"node1", "node2"}, banner
-        yield Running(proc, schema, db, ("127.0.0.1", edge), {"node1": n1, "node2": n2},
-                      tmp_path / "data" / "cluster", pids, ctl)
-        # Ctrl-C: everything stops cleanly
+        running = Running(proc, schema, db, ("127.0.0.1", edge), {"node1": n1, "node2": n2},
+                          tmp_path / "data" / "cluster", pids, ctl, {"node1": h1, "node2": h2})
+        yield running
+        # Ctrl-C: everything stops cleanly (what a test killed said so, and the rest ran on)
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, banner + rest
-        assert "stopped: kamailio" in rest and "node1 (0)" in rest and "node2 (0)" in rest, rest
+        assert proc.returncode == (1 if running.killed else 0), banner + rest
+        assert "stopped: kamailio" in rest, rest
+        for node in ("node1", "node2"):
+            code = -signal.SIGKILL if node in running.killed else 0
+            assert f"{node} ({code})" in rest, rest
     finally:
         if proc.poll() is None:
             proc.kill()  # only when a failure above left it running
@@ -389,3 +396,146 @@ def until_socket(path: Path, seconds: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"Kamailio's control socket {path} not there in {seconds} s")
         time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------- calls owned by a node
+
+
+def wait_for_binding(cluster: Running, aor: str) -> None:
+    """Both nodes hold ``aor``'s registration (written behind, read by the other node
+    within a second or two)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        nodes = json.loads(subprocess.run(
+            [str(Path(sys.executable).parent / "switchboard"), "nodes", "--json", "--db",
+             cluster.db, "--data-dir", str(cluster.logs)], capture_output=True, text=True,
+            timeout=30, check=True).stdout)
+        if len(nodes) == 2 and all(n["registrations"] >= 1 for n in nodes):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"not within 15 s: both nodes hold {aor}'s registration")
+
+
+def caller_waiting_for_bye(cluster: Running, work: Path) -> _Call:
+    """A SIPp caller (101) through the edge that stays on the call until it gets a BYE."""
+    work.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    return _Call(lambda: run_uac(work, f"{cluster.edge[0]}:{cluster.edge[1]}", caller="101",
+                                 dialled="102", expect=200, auth=("101", "pw101"), port=port,
+                                 wait_bye_ms=45_000, timeout=60))
+
+
+def owner_of(cluster: Running, leg: Request) -> str:
+    """The node that sent ``leg`` (the INVITE the phone got): the Via under the edge's."""
+    port = leg.vias[1].port
+    return next(name for name, p in cluster.nodes.items() if p == port)
+
+
+def stored_dialogs(cluster: Running) -> list[tuple[object, ...]]:
+    return asyncio.run(_pg(f'SELECT id, node, claimed_by FROM "{cluster.schema}".dialogs',
+                           fetch="x"))
+
+
+def log_events(cluster: Running, node: str, event: str) -> list[dict[str, Any]]:
+    return [e for e in (json.loads(line) for line in cluster.node_log(node).splitlines()
+                        if line.startswith("{")) if e.get("event") == event]
+
+
+def test_a_dead_nodes_calls_are_ended_by_a_survivor(cluster: Running, tmp_path: Path) -> None:
+    phone = Ua(cluster.edge)
+    try:
+        phone.register("102", "pw102")
+        wait_for_binding(cluster, "102")
+        caller = caller_waiting_for_bye(cluster, tmp_path / "call")
+        leg = phone.take_call()
+        owner = owner_of(cluster, leg)
+        survivor = next(n for n in cluster.nodes if n != owner)
+        # the leg's Call-ID names the node that made it
+        assert leg.call_id.split("@")[0].endswith(f"-{owner}"), leg.call_id
+        # the answered call's record reaches the store, behind the answer
+        deadline = time.monotonic() + 10
+        while not (rows := stored_dialogs(cluster)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [(r[1], r[2]) for r in rows] == [(owner, "")], rows
+        os.kill(cluster.pids[owner], signal.SIGKILL)
+        cluster.killed.add(owner)
+        killed_at = time.monotonic()
+        bye = answer_bye(phone, timeout=30)
+        phone_bye_s = time.monotonic() - killed_at
+        assert bye is not None, f"no BYE to the callee within 30 s: {phone.seen}"
+        assert bye.call_id == leg.call_id and "node holding the call" in (bye.get("reason") or "")
+        # it came through the edge, from the survivor (its Via under the edge's)
+        assert bye.vias[0].port == cluster.edge[1] and bye.vias[1].port == cluster.nodes[survivor]
+        result = caller.result()
+        caller_bye_s = time.monotonic() - killed_at
+        assert result.successful == 1 and result.failed == 0, result  # SIPp got its BYE
+        assert caller_bye_s <= 30, caller_bye_s
+        print(f"BYE after kill -9: callee {phone_bye_s:.1f} s, caller <= {caller_bye_s:.1f} s")
+        [said] = log_events(cluster, survivor, "node dead: its calls ended")
+        assert said["node"] == owner and said["calls"] == 1 and said["by"] == survivor
+        assert stored_dialogs(cluster) == []
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{cluster.https[survivor]}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert "switchboard_calls_ended_for_dead_node_total 1.0" in metrics
+        # a new call still completes, through the survivor (the edge took the dead out)
+        until_flags(cluster.ctl, lambda f: f[cluster.nodes[owner]].startswith("I"),
+                    f"{owner} taken out")
+        call = run_uac_in_thread(tmp_path / "after", cluster.edge, free_port())
+        leg2 = phone.take_call()
+        bye2 = answer_bye(phone)
+        result2 = call.result()
+        assert result2.successful == 1 and result2.failed == 0, result2
+        assert owner_of(cluster, leg2) == survivor and bye2 is not None
+    finally:
+        phone.close()
+
+
+def bye_from_callee(ua: Ua, invite: Request, cseq: int = 1) -> Response:
+    """The called phone hangs up: a BYE in the dialog ``invite`` made (RFC 3261 s12.2.1.1,
+    as its UAS: the Record-Route in order as Route, the caller's Contact as target),
+    sent to the edge; its final response."""
+    lines = [f"BYE {invite.contacts[0].uri} SIP/2.0",
+             f"Via: SIP/2.0/UDP 127.0.0.1:{ua.port};branch=z9hG4bKcb{uuid.uuid4().hex};rport",
+             "Max-Forwards: 70", *[f"Route: {r}" for r in invite.get_all("record-route")],
+             f"From: {invite.get('to')};tag=ua{ua.port}", f"To: {invite.get('from')}",
+             f"Call-ID: {invite.call_id}", f"CSeq: {cseq} BYE", "Content-Length: 0", "", ""]
+    ua.sip.sendto("\r\n".join(lines).encode(), ua.engine)
+    return ua.response_to("BYE", cseq)
+
+
+def test_a_phones_bye_reaches_the_node_that_made_its_call(
+        cluster: Running, tmp_path: Path) -> None:
+    phone = Ua(cluster.edge)
+    try:
+        phone.register("102", "pw102")
+        wait_for_binding(cluster, "102")
+        registrar = str(asyncio.run(_pg(
+            f'SELECT node FROM "{cluster.schema}".bindings WHERE aor = \'102\'',
+            fetch="x"))[0][0])
+        landed: str | None = None
+        for attempt in range(CALL_ATTEMPTS):
+            before = {n: len(log_events(cluster, n, "callee hung up")) for n in cluster.nodes}
+            caller = caller_waiting_for_bye(cluster, tmp_path / f"call{attempt}")
+            leg = phone.take_call()
+            maker = owner_of(cluster, leg)
+            ok = bye_from_callee(phone, leg)
+            assert ok.status == 200, ok.to_bytes()[:300]
+            result = caller.result()
+            assert result.successful == 1, result  # the caller got the node's BYE
+            after = {n: len(log_events(cluster, n, "callee hung up")) for n in cluster.nodes}
+            # the BYE went to the node that made the leg (named in its Call-ID), only
+            assert leg.call_id.split("@")[0].endswith(f"-{maker}")
+            assert after[maker] == before[maker] + 1, cluster.node_log(maker)[-2000:]
+            assert all(after[n] == before[n] for n in cluster.nodes if n != maker)
+            if maker != registrar:  # made by the node that did not take the REGISTER
+                landed = maker
+                break
+        assert landed is not None, f"no call made by the other node in {CALL_ATTEMPTS} calls"
+        # every call ended: its record is deleted (behind the BYE)
+        deadline = time.monotonic() + 10
+        while (rows := stored_dialogs(cluster)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rows == [], rows
+    finally:
+        phone.close()
