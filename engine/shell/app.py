@@ -264,6 +264,7 @@ class Server:
         left = await self.store.claim_own_dialogs(self.node_id, time.time())
         if left:
             self._end_dialogs(Takeover((), tuple(left)), previous_run=True)
+            await self.store.write_dialogs([], [r.id for r in left])
         self._tasks.append(asyncio.create_task(self._writer()))
         self._tasks.append(asyncio.create_task(self._share_bindings()))
         self._schedule()  # trunks that register start at once
