@@ -190,6 +190,9 @@ class Server:
         # DialogRecord) and ("dialog_end", record id), in order, in batches.
         self._writes: asyncio.Queue[tuple[str, Binding | DialogRecord | str]] = asyncio.Queue()
         self._takeover_at = 0.0
+        # Since when the store has answered every sync and heartbeat (None: it failed
+        # last time): a node judges others dead only after DEAD_AFTER_SECONDS of that.
+        self._store_ok_since: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._revision = 0
@@ -854,7 +857,13 @@ class Server:
                 await self._sync_bindings()
                 now = time.monotonic()
                 await self._heartbeat(now)
-                if now - self._takeover_at >= TAKEOVER_SECONDS:
+                if self._store_ok_since is None:
+                    self._store_ok_since = now
+                # Judge the others only after DEAD_AFTER_SECONDS of store access without a
+                # break: back from a store outage, every other node's heartbeat looks old
+                # until it has beaten again, and none of them is dead for that.
+                if now - self._takeover_at >= TAKEOVER_SECONDS \
+                        and now - self._store_ok_since >= DEAD_AFTER_SECONDS:
                     self._takeover_at = now
                     wall = time.time()
                     took = await self.store.take_over(
@@ -866,6 +875,7 @@ class Server:
                     self._purged_at = now
                     await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
             except Exception:
+                self._store_ok_since = None
                 log.exception("binding sync failed; keeping the bindings held")
 
     def _end_dialogs(self, took: Takeover, previous_run: bool = False) -> None:
