@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "challenge and know only MD5 (SIPp 3.6) need 'MD5'")
     serve.add_argument("--node-id", default="", metavar="NAME",
                        help="this process's name among the nodes sharing the store "
-                            "(default: hostname:SIP port); see 'switchboard nodes'")
+                            "(default: hostname:SIP port; letters, digits and . _ : -): "
+                            "in the Call-IDs of the legs it makes and its calls' records; "
+                            "see 'switchboard nodes'")
     serve.add_argument("--advertise", default=None,
                        help="host or IP the engine puts in Via and Contact of the calls it "
                             "places (default: the --sip host, or 127.0.0.1 when that is 0.0.0.0)")
