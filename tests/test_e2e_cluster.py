@@ -36,7 +36,8 @@ from tests.conftest import ROOT, bench_directory, env_database_url, free_port
 from tests.e2e_helpers import Ua
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sipp"))
-from calls import run_uac
+from calls import run_uac, start_uas
+from sipp import auth_csv_line, run_sipp
 
 pytestmark = pytest.mark.peers
 
@@ -442,53 +443,60 @@ def log_events(cluster: Running, node: str, event: str) -> list[dict[str, Any]]:
 
 
 def test_a_dead_nodes_calls_are_ended_by_a_survivor(cluster: Running, tmp_path: Path) -> None:
-    phone = Ua(cluster.edge)
-    try:
-        phone.register("102", "pw102")
-        wait_for_binding(cluster, "102")
-        caller = caller_waiting_for_bye(cluster, tmp_path / "call")
-        leg = phone.take_call()
-        owner = owner_of(cluster, leg)
-        survivor = next(n for n in cluster.nodes if n != owner)
-        # the leg's Call-ID names the node that made it
-        assert leg.call_id.split("@")[0].endswith(f"-{owner}"), leg.call_id
-        # the answered call's record reaches the store, behind the answer
-        deadline = time.monotonic() + 10
-        while not (rows := stored_dialogs(cluster)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert [(r[1], r[2]) for r in rows] == [(owner, "")], rows
-        os.kill(cluster.pids[owner], signal.SIGKILL)
-        cluster.killed.add(owner)
-        killed_at = time.monotonic()
-        bye = answer_bye(phone, timeout=30)
-        phone_bye_s = time.monotonic() - killed_at
-        assert bye is not None, f"no BYE to the callee within 30 s: {phone.seen}"
-        assert bye.call_id == leg.call_id and "node holding the call" in (bye.get("reason") or "")
-        # it came through the edge, from the survivor (its Via under the edge's)
-        assert bye.vias[0].port == cluster.edge[1] and bye.vias[1].port == cluster.nodes[survivor]
-        result = caller.result()
-        caller_bye_s = time.monotonic() - killed_at
-        assert result.successful == 1 and result.failed == 0, result  # SIPp got its BYE
-        assert caller_bye_s <= 30, caller_bye_s
-        print(f"BYE after kill -9: callee {phone_bye_s:.1f} s, caller <= {caller_bye_s:.1f} s")
-        [said] = log_events(cluster, survivor, "node dead: its calls ended")
-        assert said["node"] == owner and said["calls"] == 1 and said["by"] == survivor
-        assert stored_dialogs(cluster) == []
-        with urllib.request.urlopen(
-                f"http://127.0.0.1:{cluster.https[survivor]}/metrics", timeout=10) as r:
-            metrics = r.read().decode()
-        assert "switchboard_calls_ended_for_dead_node_total 1.0" in metrics
-        # a new call still completes, through the survivor (the edge took the dead out)
-        until_flags(cluster.ctl, lambda f: f[cluster.nodes[owner]].startswith("I"),
-                    f"{owner} taken out")
-        call = run_uac_in_thread(tmp_path / "after", cluster.edge, free_port())
-        leg2 = phone.take_call()
-        bye2 = answer_bye(phone)
-        result2 = call.result()
-        assert result2.successful == 1 and result2.failed == 0, result2
-        assert owner_of(cluster, leg2) == survivor and bye2 is not None
-    finally:
-        phone.close()
+    # Two SIPp phones through the edge: 102 registers and answers (then waits for a
+    # BYE), 101 calls it and stays on the call until a BYE comes.
+    edge = f"{cluster.edge[0]}:{cluster.edge[1]}"
+    callee_port = free_port()
+    registered = run_sipp("register_auth.xml", edge, [auth_csv_line("102", "pw102")], calls=1,
+                          rate=1, timeout=20, keys={"domain": "pbx.test"},
+                          extra_args=["-p", str(callee_port), "-t", "u1"],
+                          workdir=tmp_path / "register")
+    assert registered.successful == 1, registered.describe()
+    wait_for_binding(cluster, "102")
+    for work in ("callee", "callee2"):
+        (tmp_path / work).mkdir()
+    callee = start_uas(tmp_path / "callee", "answer", callee_port, edge, ring_ms=200,
+                       timeout=90)
+    caller = caller_waiting_for_bye(cluster, tmp_path / "call")
+    # the answered call's record reaches the store, behind the answer: it names the
+    # node holding the call, whose id also ends the Call-ID of the leg it made
+    deadline = time.monotonic() + 20
+    while not (rows := stored_dialogs(cluster)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(rows) == 1 and rows[0][2] == "", rows
+    owner = str(rows[0][1])
+    survivor = next(n for n in cluster.nodes if n != owner)
+    legs = json.loads(str(asyncio.run(_pg(
+        f'SELECT legs FROM "{cluster.schema}".dialogs', fetch="x"))[0][0]))
+    assert len(legs) == 2 and legs[1]["call_id"].split("@")[0].endswith(f"-{owner}"), legs
+    os.kill(cluster.pids[owner], signal.SIGKILL)
+    cluster.killed.add(owner)
+    killed_at = time.monotonic()
+    answered = callee.result(timeout=60)  # the callee's SIPp took its BYE and said 200
+    callee_s = time.monotonic() - killed_at
+    result = caller.result()  # so did the caller's
+    caller_s = time.monotonic() - killed_at
+    assert answered.successful == 1 and answered.failed == 0, answered.describe()
+    assert result.successful == 1 and result.failed == 0, result.describe()
+    assert max(callee_s, caller_s) <= 30, (callee_s, caller_s)
+    print(f"BYE after kill -9: callee <= {callee_s:.1f} s, caller <= {caller_s:.1f} s")
+    [said] = log_events(cluster, survivor, "node dead: its calls ended")
+    assert said["node"] == owner and said["calls"] == 1 and said["by"] == survivor
+    assert stored_dialogs(cluster) == []
+    with urllib.request.urlopen(
+            f"http://127.0.0.1:{cluster.https[survivor]}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert "switchboard_calls_ended_for_dead_node_total 1.0" in metrics
+    # a new call still completes, through the survivor (the edge took the dead out)
+    until_flags(cluster.ctl, lambda f: f[cluster.nodes[owner]].startswith("I"),
+                f"{owner} taken out")
+    answered_before = len(log_events(cluster, survivor, "call answered"))
+    callee = start_uas(tmp_path / "callee2", "answer", callee_port, edge, ring_ms=200)
+    call = run_uac_in_thread(tmp_path / "after", cluster.edge, free_port())
+    result = call.result()
+    assert result.successful == 1 and result.failed == 0, result.describe()
+    assert callee.result().successful == 1
+    assert len(log_events(cluster, survivor, "call answered")) == answered_before + 1
 
 
 def bye_from_callee(ua: Ua, invite: Request, cseq: int = 1) -> Response:
