@@ -232,9 +232,9 @@ class _Call:
         self._thread = threading.Thread(target=lambda: self._box.append(run()), daemon=True)
         self._thread.start()
 
-    def result(self) -> Any:
-        self._thread.join(60)
-        assert self._box, "SIPp did not finish within 60 s"
+    def result(self, timeout: float = 60) -> Any:
+        self._thread.join(timeout)
+        assert self._box, f"SIPp did not finish within {timeout:.0f} s"
         return self._box[0]
 
 
@@ -472,17 +472,21 @@ def test_a_dead_nodes_calls_are_ended_by_a_survivor(cluster: Running, tmp_path: 
     os.kill(cluster.pids[owner], signal.SIGKILL)
     cluster.killed.add(owner)
     killed_at = time.monotonic()
-    answered = callee.result(timeout=60)  # the callee's SIPp took its BYE and said 200
+    # Both phones' SIPp finish once they took their BYE (answered 200): waited for
+    # 30 s from the kill at most.
+    answered = callee.result(timeout=30)
     callee_s = time.monotonic() - killed_at
-    result = caller.result()  # so did the caller's
+    result = caller.result(timeout=max(1.0, 30 - callee_s))
     caller_s = time.monotonic() - killed_at
     assert answered.successful == 1 and answered.failed == 0, answered.describe()
     assert result.successful == 1 and result.failed == 0, result.describe()
-    assert max(callee_s, caller_s) <= 30, (callee_s, caller_s)
     print(f"BYE after kill -9: callee <= {callee_s:.1f} s, caller <= {caller_s:.1f} s")
     [said] = log_events(cluster, survivor, "node dead: its calls ended")
     assert said["node"] == owner and said["calls"] == 1 and said["by"] == survivor
-    assert stored_dialogs(cluster) == []
+    deadline = time.monotonic() + 10  # the claimed record is deleted behind the BYEs
+    while (rows := stored_dialogs(cluster)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rows == [], rows
     with urllib.request.urlopen(
             f"http://127.0.0.1:{cluster.https[survivor]}/metrics", timeout=10) as r:
         metrics = r.read().decode()
