@@ -10,6 +10,7 @@ from engine.calls.records import CSEQ_MARGIN, REASON, bye_requests
 from engine.sip.message import Request, Response, parse
 from tests.test_b2bua import (
     PHONES,
+    TRUNK,
     Net,
     in_dialog,
     make_net,
@@ -17,6 +18,15 @@ from tests.test_b2bua import (
     register,
     reply,
     statuses,
+)
+from tests.test_b2bua_anchor import anchored_net
+from tests.test_b2bua_transfer import (
+    RECEPTION,
+    TARGET_SDP,
+    answered_trunk_call,
+    caller_bye,
+    consultation,
+    from_phone,
 )
 
 
@@ -104,3 +114,30 @@ def test_a_survivor_byes_both_parties_from_the_record() -> None:
         survivor.send(reply(msg, 200), send.addr)
     assert statuses(survivor.drain(PHONES["101"])) == []
     assert survivor.engine.calls.calls_in_progress() == []
+
+
+def test_an_attended_transfer_rewrites_the_record_and_drops_the_consultations() -> None:
+    # 101 answers a carrier's call, calls 102 itself (the consultation), then transfers
+    # the carrier to 102 with Replaces: the carrier's call now holds 102's dialog (its
+    # record is written again) and the consultation ended (its record is deleted),
+    # though the input was the first call's REFER.
+    net = anchored_net()
+    calls = net.engine.calls
+    desk = answered_trunk_call(net, "102")
+    [first], _ = calls.take_records()
+    assert [g.call_id for g in first.legs] == ["tcall-1", desk.call_id]
+    to_102, ok_y = consultation(net)
+    [consult], [] = calls.take_records()
+    assert consult.id == "call-y;from-call-y"
+    replaces = f"call-y%3Bto-tag%3D{ok_y.to.tag}%3Bfrom-tag%3Dfrom-call-y"
+    net.send(from_phone(desk, "REFER", 2, [
+        ("Refer-To", f"<sip:102@pbx.test?Replaces={replaces}>")], RECEPTION, "att"), RECEPTION)
+    [move] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(move, 200, body=TARGET_SDP, contact="<sip:102@127.0.0.1:6102>"),
+             PHONES["102"])
+    saved, ended = calls.take_records()
+    assert consult.id in ended
+    assert saved[-1].id == first.id
+    assert [g.call_id for g in saved[-1].legs] == ["tcall-1", to_102.call_id]
+    net.send(caller_bye(net), TRUNK)
+    assert calls.take_records()[1] == [first.id]
