@@ -105,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "challenge and know only MD5 (SIPp 3.6) need 'MD5'")
     serve.add_argument("--node-id", default="", metavar="NAME",
                        help="this process's name among the nodes sharing the store "
-                            "(default: hostname:SIP port); see 'switchboard nodes'")
+                            "(default: hostname:SIP port; letters, digits and . _ : -): "
+                            "in the Call-IDs of the legs it makes and its calls' records; "
+                            "see 'switchboard nodes'")
     serve.add_argument("--advertise", default=None,
                        help="host or IP the engine puts in Via and Contact of the calls it "
                             "places (default: the --sip host, or 127.0.0.1 when that is 0.0.0.0)")
@@ -350,7 +352,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
 
     from engine.core import Engine
-    from engine.shell.app import ServerConfig, parse_hostport, serve
+    from engine.shell.app import NODE_ID, ServerConfig, parse_hostport, serve
     from engine.shell.connlimit import StreamLimits
 
     sip_host, sip_port = parse_hostport(args.sip, 5060)
@@ -359,6 +361,9 @@ async def _serve(args: argparse.Namespace) -> int:
                         ("--tcp-per-source", args.tcp_per_source)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, not {value}")
+    if args.node_id and not NODE_ID.fullmatch(args.node_id):
+        raise ValueError(f"--node-id {args.node_id!r}: letters, digits and . _ : - only "
+                         "(at most 63, starting with a letter or digit); it goes in Call-IDs")
     if not args.tcp_first_message_seconds > 0:
         raise ValueError(f"--tcp-first-message-seconds must be more than 0, "
                          f"not {args.tcp_first_message_seconds}")

@@ -64,6 +64,10 @@ class Metrics:
             "switchboard_transfers", "Blind transfers (REFER) by outcome: connected, "
             "voicemail, failed (back to the transferor), dropped (the transferor had left), "
             "refused", ["outcome"], registry=r)
+        self.calls_taken_over = Counter(
+            "switchboard_calls_ended_for_dead_node", "Calls another node held, ended by "
+            "this one (a BYE to each party) after that node stopped heartbeating",
+            registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
         self.calls_by_billing_group = Counter(

@@ -18,6 +18,8 @@ row every binding write locks, so revisions commit in order) and the writing
 ``node``; a deleted binding stays as a row with ``gone`` set until purged, so
 :meth:`Store.bindings_since` reports deletions as well as saves. ``nodes`` holds
 each running node's heartbeat (id, address, started, last seen, load).
+``dialogs`` holds a record per answered call (its dialogs as JSON) under the node
+that holds it; :meth:`Store.take_over` lets one survivor claim a dead node's.
 
 ``directory_rows`` holds each directory table as rows keyed by their natural
 key (``system``; trunks, departments and ring groups by name; numbers by
@@ -75,6 +77,8 @@ from provisioning.model import (
     ApiKey,
     AuditEntry,
     Binding,
+    DialogLeg,
+    DialogRecord,
     Directory,
     Node,
     Session,
@@ -93,6 +97,7 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "Takeover",
     "UnknownExtensionError",
     "open_store",
 ]
@@ -211,6 +216,16 @@ _SCHEMA = (
         before TEXT,
         after TEXT)""",
     "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+    # Answered calls by the node holding them (DialogRecord as JSON in ``legs``):
+    # when a node dies, a survivor claims its rows (claimed_by) and ends the calls.
+    """CREATE TABLE IF NOT EXISTS dialogs (
+        id TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        legs TEXT NOT NULL,
+        answered_at DOUBLE PRECISION NOT NULL,
+        claimed_by TEXT NOT NULL DEFAULT '',
+        claimed_at DOUBLE PRECISION NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS dialogs_node ON dialogs (node)",
 )
 
 _BINDING_COLUMNS = (
@@ -293,6 +308,15 @@ class BindingChanges:
     revision: int
     saved: tuple[Binding, ...] = ()
     deleted: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """What one survivor claimed (:meth:`Store.take_over`): the dead nodes whose rows
+    it removed, and the dialog records of calls nobody holds any more."""
+
+    dead: tuple[str, ...]
+    records: tuple[DialogRecord, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +599,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def remove_node(self, node_id: str) -> bool:
         """Drop a node's row (it stopped); True if there was one."""
+
+    @abc.abstractmethod
+    async def write_dialogs(self, saved: Sequence[DialogRecord],
+                            ended: Sequence[str] = ()) -> None:
+        """Upsert ``saved`` and delete the records whose id is in ``ended``, in one
+        transaction (the engine's write-behind batches them)."""
+
+    @abc.abstractmethod
+    async def load_dialogs(self, node: str | None = None) -> list[DialogRecord]:
+        """The dialog records (of ``node`` only, when given), by id."""
+
+    @abc.abstractmethod
+    async def take_over(self, claimer: str, stale_before: float, now: float,
+                        reclaim_before: float) -> Takeover:
+        """One atomic claim by the node ``claimer``: remove the rows of nodes whose
+        heartbeat is older than ``stale_before`` (those are dead), then claim the
+        dialog records of every node that has no row (UPDATE ... SET claimed_by):
+        unclaimed ones, and ones claimed before ``reclaim_before`` (their claimer
+        died before ending them). Two survivors running this at once split nothing:
+        each record, and each dead node, goes to one of them."""
+
+    @abc.abstractmethod
+    async def claim_own_dialogs(self, node: str, now: float) -> list[DialogRecord]:
+        """At a node's start: the unclaimed records it left in a previous run (it
+        died and came back before anyone noticed), claimed by itself."""
 
     async def save_binding(self, binding: Binding) -> None:
         """Insert or replace the binding of (``aor``, ``contact``)."""
@@ -1311,6 +1360,59 @@ class _SQLStore(Store):
             gone = await tx.fetch("DELETE FROM nodes WHERE id = $1 RETURNING id", node_id)
         return bool(gone)
 
+    # ------------------------------------------------------------------ dialogs
+
+    async def write_dialogs(self, saved: Sequence[DialogRecord],
+                            ended: Sequence[str] = ()) -> None:
+        for record in saved:
+            if not record.id or not record.node:
+                raise ValueError("a dialog record needs an id and a node")
+        if not saved and not ended:
+            return
+        async with self._transaction() as tx:
+            if ended:
+                await tx.executemany("DELETE FROM dialogs WHERE id = $1",
+                                     [(i,) for i in ended])
+            if saved:
+                await tx.executemany(
+                    "INSERT INTO dialogs (id, node, legs, answered_at, claimed_by, claimed_at) "
+                    "VALUES ($1, $2, $3, $4, '', 0) ON CONFLICT (id) DO UPDATE SET "
+                    "node = excluded.node, legs = excluded.legs, "
+                    "answered_at = excluded.answered_at, claimed_by = '', claimed_at = 0",
+                    [(r.id, r.node, _legs_json(r.legs), float(r.answered_at)) for r in saved])
+
+    async def load_dialogs(self, node: str | None = None) -> list[DialogRecord]:
+        async with self._transaction() as tx:
+            if node is None:
+                rows = await tx.fetch(f"SELECT {_DIALOG_COLUMNS} FROM dialogs ORDER BY id")
+            else:
+                rows = await tx.fetch(f"SELECT {_DIALOG_COLUMNS} FROM dialogs WHERE node = $1 "
+                                      "ORDER BY id", node)
+        return [_dialog_record(row) for row in rows]
+
+    async def take_over(self, claimer: str, stale_before: float, now: float,
+                        reclaim_before: float) -> Takeover:
+        async with self._transaction() as tx:
+            # The DELETE locks each stale row: a second survivor's DELETE waits, then
+            # finds it gone. The UPDATE then re-checks claimed_by row by row.
+            dead = await tx.fetch("DELETE FROM nodes WHERE last_seen < $1 AND id <> $2 "
+                                  "RETURNING id", float(stale_before), claimer)
+            rows = await tx.fetch(
+                "UPDATE dialogs SET claimed_by = $1, claimed_at = $2 "
+                "WHERE node <> $1 AND node NOT IN (SELECT id FROM nodes) "
+                "AND (claimed_by = '' OR claimed_at < $3) "
+                f"RETURNING {_DIALOG_COLUMNS}", claimer, float(now), float(reclaim_before))
+        return Takeover(tuple(sorted(str(d[0]) for d in dead)),
+                        tuple(sorted((_dialog_record(r) for r in rows), key=lambda r: r.id)))
+
+    async def claim_own_dialogs(self, node: str, now: float) -> list[DialogRecord]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE dialogs SET claimed_by = $1, claimed_at = $2 "
+                f"WHERE node = $1 AND claimed_by = '' RETURNING {_DIALOG_COLUMNS}",
+                node, float(now))
+        return sorted((_dialog_record(r) for r in rows), key=lambda r: r.id)
+
 
 _API_KEY_COLUMNS = "id, name, role, department, secret_hash, created_at, revoked_at"
 
@@ -1327,6 +1429,35 @@ def _voicemail(row: tuple[Any, ...]) -> VoicemailMessage:
     id_, box, caller, when, duration, path, is_read = row
     return VoicemailMessage(id=str(id_), box=str(box), caller=str(caller), time=float(when),
                             duration=float(duration), path=str(path), read=bool(is_read))
+
+
+_DIALOG_COLUMNS = "id, node, legs, answered_at"
+
+
+def _legs_json(legs: Sequence[DialogLeg]) -> str:
+    return json.dumps([{
+        "call_id": g.call_id, "local_tag": g.local_tag, "remote_tag": g.remote_tag,
+        "local_uri": g.local_uri, "remote_uri": g.remote_uri,
+        "remote_target": g.remote_target, "route_set": list(g.route_set),
+        "local_cseq": g.local_cseq, "local_contact": g.local_contact,
+        "transport": g.transport, "peer_host": g.peer_host, "peer_port": g.peer_port,
+    } for g in legs], sort_keys=True)
+
+
+def _dialog_record(row: tuple[Any, ...]) -> DialogRecord:
+    record_id, node, legs, answered_at = row
+    return DialogRecord(id=str(record_id), node=str(node), answered_at=float(answered_at),
+                        legs=tuple(DialogLeg(
+                            call_id=str(g["call_id"]), local_tag=str(g["local_tag"]),
+                            remote_tag=str(g["remote_tag"]), local_uri=str(g["local_uri"]),
+                            remote_uri=str(g["remote_uri"]),
+                            remote_target=str(g["remote_target"]),
+                            route_set=tuple(str(r) for r in g["route_set"]),
+                            local_cseq=int(g["local_cseq"]),
+                            local_contact=str(g["local_contact"]),
+                            transport=str(g["transport"]), peer_host=str(g["peer_host"]),
+                            peer_port=int(g["peer_port"]))
+                            for g in json.loads(str(legs))))
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import re
 import resource
 import signal
 import socket
@@ -56,8 +57,8 @@ from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
-from provisioning.model import Binding, Node, VoicemailMessage
-from provisioning.store import Store
+from provisioning.model import Binding, DialogRecord, Node, VoicemailMessage
+from provisioning.store import Store, Takeover
 
 log = structlog.get_logger("switchboard.app")
 
@@ -72,6 +73,15 @@ HEARTBEAT_SECONDS = 2.0
 # node has read a deletion by then), checked every BINDING_PURGE_PERIOD.
 BINDING_PURGE_GRACE = 300.0
 BINDING_PURGE_PERIOD = 60.0
+# A node whose heartbeat is older than this is dead (three heartbeats missed, plus
+# the sync tick): one survivor claims its calls' dialog records and ends the calls
+# with a BYE to each party. Checked every TAKEOVER_SECONDS, so a dead node's calls
+# end within about DEAD_AFTER_SECONDS + TAKEOVER_SECONDS + one BYE round trip. A
+# claim whose claimer died before ending the calls is taken again after
+# RECLAIM_SECONDS. Heartbeat times are each node's wall clock: keep them in sync (NTP).
+DEAD_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS
+TAKEOVER_SECONDS = 2.0
+RECLAIM_SECONDS = 60.0
 CONNECT_SECONDS = 10.0  # an outbound TCP/TLS connection (with its handshake)
 MAX_STREAM_MESSAGE = 256 * 1024
 LISTEN_BACKLOG = 1024  # a burst of connections waits in the kernel, not refused by it
@@ -92,6 +102,15 @@ HTTP_MAX_HEADERS = 64
 # buffer and INVITEs waited over T1 before being read.
 DRAIN_SECONDS = 0.0005
 LAG_PERIOD = 0.05  # the event loop's lag is sampled this often
+
+
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
+
+
+def default_node_id(port: int) -> str:
+    """This host's name and the SIP port, as a node id (what a Call-ID may carry)."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).strip("-.") or "node"
+    return f"{host[:56]}:{port}"
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -167,7 +186,13 @@ class Server:
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._writes: asyncio.Queue[tuple[str, Binding]] = asyncio.Queue()
+        # Write-behind to the store: ("save" | "delete", Binding), ("dialog",
+        # DialogRecord) and ("dialog_end", record id), in order, in batches.
+        self._writes: asyncio.Queue[tuple[str, Binding | DialogRecord | str]] = asyncio.Queue()
+        self._takeover_at = 0.0
+        # Since when the store has answered every sync and heartbeat (None: it failed
+        # last time): a node judges others dead only after DEAD_AFTER_SECONDS of that.
+        self._store_ok_since: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._revision = 0
@@ -233,9 +258,16 @@ class Server:
         self._apply(self.engine.set_mwi_counts(await self.store.voicemail_counts(),
                                                time.monotonic()))
         if not self.node_id:
-            self.node_id = f"{socket.gethostname()}:{bound_port}"
+            self.node_id = default_node_id(bound_port)
+        self.engine.node_id = self.node_id
         await self._sync_bindings()
         await self._heartbeat(time.monotonic())
+        # Calls this node held when it last died (killed, and back before another node
+        # noticed): nobody holds them now; their parties get a BYE.
+        left = await self.store.claim_own_dialogs(self.node_id, time.time())
+        if left:
+            self._end_dialogs(Takeover((), tuple(left)), previous_run=True)
+            await self.store.write_dialogs([], [r.id for r in left])
         self._tasks.append(asyncio.create_task(self._writer()))
         self._tasks.append(asyncio.create_task(self._share_bindings()))
         self._schedule()  # trunks that register start at once
@@ -387,6 +419,11 @@ class Server:
             self.streams.trust(_source_ip(b.source))
         for b in outcome.removed:
             self._writes.put_nowait(("delete", b))
+        saved, ended = self.engine.calls.take_records()
+        for record in saved:
+            self._writes.put_nowait(("dialog", record))
+        for record_id in ended:
+            self._writes.put_nowait(("dialog_end", record_id))
         self._schedule()
 
     def _send(self, send: Send) -> None:
@@ -765,21 +802,35 @@ class Server:
         """Write binding changes through to the store, in order, off the hot path.
 
         Whatever piled up while the previous batch was written goes in one
-        transaction; for one (aor, contact) only the last change counts.
+        transaction; for one (aor, contact) only the last change counts. Dialog
+        records the same way: one transaction per batch, the last change of a call
+        counts (a call answered and ended within one batch is only deleted).
         """
         while True:
             batch = [await self._writes.get()]
             while not self._writes.empty() and len(batch) < WRITE_BATCH:
                 batch.append(self._writes.get_nowait())
             latest: dict[tuple[str, str], tuple[str, Binding]] = {}
-            for op, b in batch:
-                latest[(b.aor, b.contact)] = (op, b)
+            dialogs: dict[str, DialogRecord | None] = {}
+            for op, item in batch:
+                if isinstance(item, Binding):
+                    latest[(item.aor, item.contact)] = (op, item)
+                elif isinstance(item, DialogRecord):
+                    dialogs[item.id] = item
+                else:
+                    dialogs[item] = None
             saved = [b for op, b in latest.values() if op == "save"]
             removed = [b for op, b in latest.values() if op == "delete"]
             try:
-                await self.store.write_bindings(saved, node=self.node_id, removed=removed)
+                if latest:
+                    await self.store.write_bindings(saved, node=self.node_id, removed=removed)
+                if dialogs:
+                    await self.store.write_dialogs(
+                        [r for r in dialogs.values() if r is not None],
+                        [i for i, r in dialogs.items() if r is None])
             except Exception:
-                log.exception("store write failed", saved=len(saved), deleted=len(removed))
+                log.exception("store write failed", saved=len(saved), deleted=len(removed),
+                              dialogs=len(dialogs))
             finally:
                 for _ in batch:
                     self._writes.task_done()
@@ -806,11 +857,41 @@ class Server:
                 await self._sync_bindings()
                 now = time.monotonic()
                 await self._heartbeat(now)
+                if self._store_ok_since is None:
+                    self._store_ok_since = now
+                # Judge the others only after DEAD_AFTER_SECONDS of store access without a
+                # break: back from a store outage, every other node's heartbeat looks old
+                # until it has beaten again, and none of them is dead for that.
+                if now - self._takeover_at >= TAKEOVER_SECONDS \
+                        and now - self._store_ok_since >= DEAD_AFTER_SECONDS:
+                    self._takeover_at = now
+                    wall = time.time()
+                    took = await self.store.take_over(
+                        self.node_id, wall - DEAD_AFTER_SECONDS, wall, wall - RECLAIM_SECONDS)
+                    if took.dead or took.records:
+                        self._end_dialogs(took)
+                        await self.store.write_dialogs([], [r.id for r in took.records])
                 if now - self._purged_at >= BINDING_PURGE_PERIOD:
                     self._purged_at = now
                     await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
             except Exception:
+                self._store_ok_since = None
                 log.exception("binding sync failed; keeping the bindings held")
+
+    def _end_dialogs(self, took: Takeover, previous_run: bool = False) -> None:
+        """BYE both parties of each call in ``took`` (engine.calls.records), and say so
+        once per node whose calls they were."""
+        self._apply(self.engine.end_dialogs(took.records, time.monotonic()))
+        per_node: dict[str, int] = dict.fromkeys(took.dead, 0)
+        for record in took.records:
+            per_node[record.node] = per_node.get(record.node, 0) + 1
+        for node, calls in sorted(per_node.items()):
+            if previous_run:
+                log.warning("calls of this node's previous run ended", node=node, calls=calls)
+            else:
+                log.warning("node dead: its calls ended", node=node, calls=calls,
+                            by=self.node_id, heartbeat_missing=node in took.dead,
+                            dead_after_seconds=DEAD_AFTER_SECONDS)
 
     async def _sync_bindings(self) -> None:
         """Bindings other nodes saved or deleted since the last look, into the registrar:
