@@ -49,6 +49,7 @@ from engine.shell.connlimit import (
     StreamPolicy,
 )
 from engine.shell.overload import CLASS_NAMES, Head, Overload, OverloadConfig
+from engine.shell.storelink import StoreLink
 from engine.sip.message import ParseError, Request, Response, StreamFramer, grammar, parse
 from engine.sip.transaction import Addr, Send, server_key_of
 from media.endpoint import MediaEndpoint, MediaError
@@ -56,13 +57,15 @@ from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
-from provisioning.model import Binding, Node, VoicemailMessage
-from provisioning.store import Store
+from provisioning.model import Node, VoicemailMessage
+from provisioning.store import Store, connection_lost
 
 log = structlog.get_logger("switchboard.app")
 
 MIN_MESSAGE_SECONDS = 0.5  # shorter recordings (a hang-up at the beep) are not kept
-WRITE_BATCH = 500  # binding changes per store transaction
+# At a clean stop, changes still queued for the store get this long to be written
+# (the store may be away: the stop must end anyway, and says how many were lost).
+STOP_FLUSH_SECONDS = 5.0
 # Nodes sharing a store: how often each reads the bindings the others wrote (a
 # phone registered through one node is reachable through the others after
 # about this long) and refreshes its heartbeat row (see `switchboard nodes`).
@@ -167,7 +170,7 @@ class Server:
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._writes: asyncio.Queue[tuple[str, Binding]] = asyncio.Queue()
+        self.link = StoreLink(store, engine.metrics)  # writes behind; the store's ups and downs
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._revision = 0
@@ -234,9 +237,10 @@ class Server:
                                                time.monotonic()))
         if not self.node_id:
             self.node_id = f"{socket.gethostname()}:{bound_port}"
+        self.link.node_id = self.node_id
         await self._sync_bindings()
         await self._heartbeat(time.monotonic())
-        self._tasks.append(asyncio.create_task(self._writer()))
+        self._tasks.append(asyncio.create_task(self.link.run()))
         self._tasks.append(asyncio.create_task(self._share_bindings()))
         self._schedule()  # trunks that register start at once
         self._tasks.append(asyncio.create_task(self._housekeeping()))
@@ -276,7 +280,9 @@ class Server:
                     handle.cancel()  # a TLS handshake in progress
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.tcp.wait_closed(), 2.0)
-        await self._writes.join()
+        left = await self.link.flush(STOP_FLUSH_SECONDS)
+        if left:
+            log.error("store changes not written at stop", count=left, store_up=self.link.up)
         for recorder in list(self._recorders.values()):
             recorder.stop("hangup")  # messages being left are kept
         if self._media_tasks:
@@ -288,10 +294,13 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.link.close()
         try:
-            await self.store.remove_node(self.node_id)
-        except Exception:
-            log.exception("node row not removed", node=self.node_id)
+            if self.link.up:
+                await self.store.remove_node(self.node_id)
+        except Exception as exc:
+            if not connection_lost(exc):
+                log.exception("node row not removed", node=self.node_id)
         if self.http is not None:
             await self.http.cleanup()
         log.info("stopped")
@@ -383,10 +392,10 @@ class Server:
                 log.exception("media action failed", action=type(action).__name__,
                               call_id=action.call[0])
         for b in outcome.saved:
-            self._writes.put_nowait(("save", b))
+            self.link.save_binding(b)
             self.streams.trust(_source_ip(b.source))
         for b in outcome.removed:
-            self._writes.put_nowait(("delete", b))
+            self.link.delete_binding(b)
         self._schedule()
 
     def _send(self, send: Send) -> None:
@@ -710,7 +719,7 @@ class Server:
                 message = VoicemailMessage(
                     id=message_id, box=job.box, caller=job.caller, time=time.time(),
                     duration=recording.duration, path=str(recording.path.resolve()))
-                await self.store.save_voicemail(message)
+                await self.link.save_voicemail(message)
                 log.info("voicemail left", call_id=job.call_id, box=job.box, id=message_id,
                          seconds=round(recording.duration, 1), ended_by=recording.reason)
                 self._email_voicemail(message)
@@ -761,29 +770,6 @@ class Server:
                                         tz=directory.timezone_for(user)))
 
     # -- background work -----------------------------------------------------------
-    async def _writer(self) -> None:
-        """Write binding changes through to the store, in order, off the hot path.
-
-        Whatever piled up while the previous batch was written goes in one
-        transaction; for one (aor, contact) only the last change counts.
-        """
-        while True:
-            batch = [await self._writes.get()]
-            while not self._writes.empty() and len(batch) < WRITE_BATCH:
-                batch.append(self._writes.get_nowait())
-            latest: dict[tuple[str, str], tuple[str, Binding]] = {}
-            for op, b in batch:
-                latest[(b.aor, b.contact)] = (op, b)
-            saved = [b for op, b in latest.values() if op == "save"]
-            removed = [b for op, b in latest.values() if op == "delete"]
-            try:
-                await self.store.write_bindings(saved, node=self.node_id, removed=removed)
-            except Exception:
-                log.exception("store write failed", saved=len(saved), deleted=len(removed))
-            finally:
-                for _ in batch:
-                    self._writes.task_done()
-
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -794,7 +780,7 @@ class Server:
                     or self.engine.directory is not self._trust_directory):
                 self._refresh_trust(now)
             try:
-                await self._reload()
+                await self.link.attempt("reload", self._reload)
             except Exception:
                 log.exception("directory reload failed; serving the previous snapshot")
 
@@ -803,14 +789,17 @@ class Server:
         while True:
             await asyncio.sleep(BINDING_SYNC_SECONDS)
             try:
-                await self._sync_bindings()
-                now = time.monotonic()
-                await self._heartbeat(now)
-                if now - self._purged_at >= BINDING_PURGE_PERIOD:
-                    self._purged_at = now
-                    await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
+                await self.link.attempt("binding sync", self._share_once)
             except Exception:
                 log.exception("binding sync failed; keeping the bindings held")
+
+    async def _share_once(self) -> None:
+        await self._sync_bindings()
+        now = time.monotonic()
+        await self._heartbeat(now)
+        if now - self._purged_at >= BINDING_PURGE_PERIOD:
+            self._purged_at = now
+            await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
 
     async def _sync_bindings(self) -> None:
         """Bindings other nodes saved or deleted since the last look, into the registrar:
@@ -858,12 +847,15 @@ class Server:
     # -- admin HTTP ----------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
         self.engine.expire(time.time())
+        self.engine.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
         return web.Response(body=self.engine.metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "registrations": self.engine.registrar.count(),
-                                  "transactions": len(self.engine.transactions)})
+                                  "transactions": len(self.engine.transactions),
+                                  "store": "up" if self.link.up else "down",
+                                  "store_queued": len(self.link.pending)})
 
 
 def _listen(host: str, port: int) -> socket.socket:
