@@ -48,6 +48,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import logging
 import re
 import time
 import urllib.parse
@@ -353,7 +354,7 @@ class Store(abc.ABC):
         """One round trip to the database (``SELECT 1``): raises when it is unreachable
         (:func:`connection_lost` tells that from other errors)."""
 
-    def reset_connections(self) -> None:  # noqa: B027 (a no-op unless pooled)
+    async def reset_connections(self) -> None:  # noqa: B027 (a no-op unless pooled)
         """Drop the connections held, so that the next statement opens new ones: after
         the database was restarted, each pooled connection would fail once first."""
 
@@ -1330,6 +1331,13 @@ class _PostgresTx:
         return [tuple(row.values()) for row in rows]
 
 
+# asyncpg's pool keeps its minimum size by reconnecting on its own, and warns with a
+# traceback at every failed try: while the database is away that is a traceback
+# every few seconds. The engine says once that the store went and once that it is
+# back (engine/shell/storelink.py); the pool's errors proper still show.
+logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+
+
 class PostgresStore(_SQLStore):
     """PostgreSQL through an asyncpg pool.
 
@@ -1401,11 +1409,11 @@ class PostgresStore(_SQLStore):
         if pool is not None:
             await pool.close()
 
-    def reset_connections(self) -> None:
+    async def reset_connections(self) -> None:
         # Each pooled connection is replaced at its next use: after a restart of the
         # server they are all dead, and each would otherwise fail one statement first.
         if self._pool is not None:
-            self._pool.expire_connections()
+            await self._pool.expire_connections()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Tx]:

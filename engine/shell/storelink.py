@@ -220,7 +220,7 @@ class StoreLink:
             await asyncio.sleep(step * (0.5 + self._rng()))
             tries += 1
             self.metrics.store_reconnect_attempts.inc()
-            self.store.reset_connections()
+            await self.store.reset_connections()
             try:
                 await asyncio.wait_for(self.store.ping(), PING_SECONDS)
             except Exception as exc:
