@@ -400,7 +400,8 @@ def measure(target: str, what: str, args: argparse.Namespace, work: Path,
             rig = Rig(edge, nodes, standin, row, step)
             started = time.monotonic()
             label = f"{target} {what}"
-            args.start_rate = args.register_start if what == "register" else args.calls_start
+            args.start_rate = (args.edge_start if not nodes_wanted else
+                               args.register_start if what == "register" else args.calls_start)
             ramp_steps(row, edge, args, sub, log, rig.run, label=label, started=started)
             skip = len(row.edge_cpu_pct) - len(row.steps)  # the warm-up
             for name in ("edge_cpu_pct", "nodes_cpu_pct", "standin_cpu_pct", "other_cpu_pct",
@@ -465,6 +466,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--users", type=int, default=1000, help="users in the directory")
     p.add_argument("--register-start", type=int, default=200, help="REGISTER ramp start, /s")
     p.add_argument("--calls-start", type=int, default=100, help="calls ramp start, /s")
+    p.add_argument("--edge-start", type=int, default=2000,
+                   help="ramp start of the kamailio target (the edge alone), /s: ten times "
+                        "the nodes' so that its ramp ends within the same budget")
     p.add_argument("--kamailio-shm-mb", type=int, default=1024)
     add_ramp_arguments(p, name="cluster", unit="calls", start_rate=100, max_seconds=60.0,
                        budget_help="time budget per target and measure (ramp only)")
