@@ -51,6 +51,11 @@ MAX_QUEUED_WRITES = 50_000
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 8.0
 PING_SECONDS = 5.0  # one reconnect try (connect + SELECT 1)
+# A batch not written within this long counts as the store gone (a server that
+# stopped answering without closing its connections): the batch stays queued and is
+# written again once a ping gets through. Bindings are upserts and a message's row
+# has its own id, so a batch that did commit after all is harmless to write again.
+WRITE_SECONDS = 30.0
 
 Key = tuple[str, ...]
 
@@ -176,7 +181,7 @@ class StoreLink:
         left it, and the WAV is on disk already."""
         if self.up:
             try:
-                await self.store.save_voicemail(message)
+                await asyncio.wait_for(self.store.save_voicemail(message), WRITE_SECONDS)
                 return
             except Exception as exc:
                 if not connection_lost(exc):
@@ -249,7 +254,7 @@ class StoreLink:
             await self._back.wait()
             taken = pending.head(WRITE_BATCH)
             try:
-                await self._write(taken)
+                await asyncio.wait_for(self._write(taken), WRITE_SECONDS)
             except Exception as exc:
                 if connection_lost(exc):
                     self.lost(exc, "write")
