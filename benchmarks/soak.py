@@ -36,6 +36,7 @@ that, or any failed or unfinished call or registration: exit status 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -252,7 +253,10 @@ def find_rate(args: argparse.Namespace, engine: Server, hold_xml: Path, hold_por
         extra = [*sipp_args(rate, hold_port, "all", max(200, int(rate * 4))), "-s", DID]
         result = run_sipp(hold_xml, (HOST, engine.sip_port), None, calls, rate, timeout, extra,
                           keys={"caller": CALLER, "domain": DOMAIN}, workdir=work / "find")
-        return result, 0.0, 0.0
+        # SIPp's elapsed time runs to the end of the last call, which lasts
+        # talk + hold: the rate calls were placed at leaves that out
+        held = max(result.elapsed_s - (args.talk_ms + args.hold_ms) / 1000, 1e-3)
+        return dataclasses.replace(result, elapsed_s=held), 0.0, 0.0
 
     args.max_seconds = args.find_seconds
     ramp_steps(row, engine, args, work, lambda msg: print(msg, file=sys.stderr, flush=True),
