@@ -50,6 +50,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import logging
 import re
 import time
 import urllib.parse
@@ -99,11 +100,13 @@ __all__ = [
     "StoreError",
     "Takeover",
     "UnknownExtensionError",
+    "connection_lost",
     "open_store",
 ]
 
 SCHEMA_VERSION = 3
 DEFAULT_SQLITE_NAME = "switchboard.db"
+CONNECT_SECONDS = 10.0  # opening one PostgreSQL connection
 
 Action = Literal["added", "changed", "removed", "reordered"]
 
@@ -290,6 +293,18 @@ class RevisionConflict(StoreError):
         self.current = current
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached right now (refused, reset,
+    shutting down or starting up, timed out), as opposed to a statement that failed:
+    the first is worth retrying the same write later, the second is not."""
+    if isinstance(exc, StoreError) and exc.__cause__ is not None:
+        return connection_lost(exc.__cause__)
+    return isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                            asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                            asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+                            asyncpg.exceptions.ConnectionDoesNotExistError))
+
+
 class UnknownExtensionError(StoreError, LookupError):
     """No user has this extension in the stored directory."""
 
@@ -376,6 +391,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the connection(s); safe to call twice."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """One round trip to the database (``SELECT 1``): raises when it is unreachable
+        (:func:`connection_lost` tells that from other errors)."""
+
+    async def reset_connections(self) -> None:  # noqa: B027 (a no-op unless pooled)
+        """Drop the connections held, so that the next statement opens new ones: after
+        the database was restarted, each pooled connection would fail once first."""
 
     @abc.abstractmethod
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
@@ -759,6 +783,10 @@ class _SQLStore(Store):
     @abc.abstractmethod
     def _transaction(self) -> AbstractAsyncContextManager[_Tx]:
         """A transaction; commits on normal exit, rolls back on an exception."""
+
+    async def ping(self) -> None:
+        async with self._transaction() as tx:
+            await tx.fetch("SELECT 1")
 
     async def _lock_for_apply(self, tx: _Tx) -> None:
         """Serialise concurrent applies (no-op where the transaction already does)."""
@@ -1589,6 +1617,13 @@ class _PostgresTx:
         return [tuple(row.values()) for row in rows]
 
 
+# asyncpg's pool keeps its minimum size by reconnecting on its own, and warns with a
+# traceback at every failed try: while the database is away that is a traceback
+# every few seconds. The engine says once that the store went and once that it is
+# back (engine/shell/storelink.py); the pool's errors proper still show.
+logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+
+
 class PostgresStore(_SQLStore):
     """PostgreSQL through an asyncpg pool.
 
@@ -1640,6 +1675,10 @@ class PostgresStore(_SQLStore):
                 min_size=self.min_connections,
                 max_size=self.max_connections,
                 server_settings=dict(settings),
+                # A new connection (the pool's, or one replacing a dead one) gives up
+                # after this long rather than asyncpg's 60 s: a node whose store went
+                # away learns it, and retries, on its own schedule.
+                timeout=CONNECT_SECONDS,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {_redact(self.url)}: {exc}") from exc
@@ -1655,6 +1694,12 @@ class PostgresStore(_SQLStore):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    async def reset_connections(self) -> None:
+        # Each pooled connection is replaced at its next use: after a restart of the
+        # server they are all dead, and each would otherwise fail one statement first.
+        if self._pool is not None:
+            await self._pool.expire_connections()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Tx]:

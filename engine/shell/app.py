@@ -50,6 +50,7 @@ from engine.shell.connlimit import (
     StreamPolicy,
 )
 from engine.shell.overload import CLASS_NAMES, Head, Overload, OverloadConfig
+from engine.shell.storelink import StoreLink
 from engine.sip.message import ParseError, Request, Response, StreamFramer, grammar, parse
 from engine.sip.transaction import Addr, Send, server_key_of
 from media.endpoint import MediaEndpoint, MediaError
@@ -57,13 +58,15 @@ from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
-from provisioning.model import Binding, DialogRecord, Node, VoicemailMessage
-from provisioning.store import Store, Takeover
+from provisioning.model import Node, VoicemailMessage
+from provisioning.store import Store, Takeover, connection_lost
 
 log = structlog.get_logger("switchboard.app")
 
 MIN_MESSAGE_SECONDS = 0.5  # shorter recordings (a hang-up at the beep) are not kept
-WRITE_BATCH = 500  # binding changes per store transaction
+# At a clean stop, changes still queued for the store get this long to be written
+# (the store may be away: the stop must end anyway, and says how many were lost).
+STOP_FLUSH_SECONDS = 5.0
 # Nodes sharing a store: how often each reads the bindings the others wrote (a
 # phone registered through one node is reachable through the others after
 # about this long) and refreshes its heartbeat row (see `switchboard nodes`).
@@ -186,9 +189,7 @@ class Server:
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        # Write-behind to the store: ("save" | "delete", Binding), ("dialog",
-        # DialogRecord) and ("dialog_end", record id), in order, in batches.
-        self._writes: asyncio.Queue[tuple[str, Binding | DialogRecord | str]] = asyncio.Queue()
+        self.link = StoreLink(store, engine.metrics)  # writes behind; the store's ups and downs
         self._takeover_at = 0.0
         # Since when the store has answered every sync and heartbeat (None: it failed
         # last time): a node judges others dead only after DEAD_AFTER_SECONDS of that.
@@ -260,6 +261,7 @@ class Server:
         if not self.node_id:
             self.node_id = default_node_id(bound_port)
         self.engine.node_id = self.node_id
+        self.link.node_id = self.node_id
         await self._sync_bindings()
         await self._heartbeat(time.monotonic())
         # Calls this node held when it last died (killed, and back before another node
@@ -268,7 +270,7 @@ class Server:
         if left:
             self._end_dialogs(Takeover((), tuple(left)), previous_run=True)
             await self.store.write_dialogs([], [r.id for r in left])
-        self._tasks.append(asyncio.create_task(self._writer()))
+        self._tasks.append(asyncio.create_task(self.link.run()))
         self._tasks.append(asyncio.create_task(self._share_bindings()))
         self._schedule()  # trunks that register start at once
         self._tasks.append(asyncio.create_task(self._housekeeping()))
@@ -308,7 +310,9 @@ class Server:
                     handle.cancel()  # a TLS handshake in progress
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.tcp.wait_closed(), 2.0)
-        await self._writes.join()
+        left = await self.link.flush(STOP_FLUSH_SECONDS)
+        if left:
+            log.error("store changes not written at stop", count=left, store_up=self.link.up)
         for recorder in list(self._recorders.values()):
             recorder.stop("hangup")  # messages being left are kept
         if self._media_tasks:
@@ -320,10 +324,13 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.link.close()
         try:
-            await self.store.remove_node(self.node_id)
-        except Exception:
-            log.exception("node row not removed", node=self.node_id)
+            if self.link.up:
+                await self.store.remove_node(self.node_id)
+        except Exception as exc:
+            if not connection_lost(exc):
+                log.exception("node row not removed", node=self.node_id)
         if self.http is not None:
             await self.http.cleanup()
         log.info("stopped")
@@ -415,15 +422,15 @@ class Server:
                 log.exception("media action failed", action=type(action).__name__,
                               call_id=action.call[0])
         for b in outcome.saved:
-            self._writes.put_nowait(("save", b))
+            self.link.save_binding(b)
             self.streams.trust(_source_ip(b.source))
         for b in outcome.removed:
-            self._writes.put_nowait(("delete", b))
+            self.link.delete_binding(b)
         saved, ended = self.engine.calls.take_records()
         for record in saved:
-            self._writes.put_nowait(("dialog", record))
+            self.link.save_dialog(record)
         for record_id in ended:
-            self._writes.put_nowait(("dialog_end", record_id))
+            self.link.end_dialog(record_id)
         self._schedule()
 
     def _send(self, send: Send) -> None:
@@ -747,7 +754,7 @@ class Server:
                 message = VoicemailMessage(
                     id=message_id, box=job.box, caller=job.caller, time=time.time(),
                     duration=recording.duration, path=str(recording.path.resolve()))
-                await self.store.save_voicemail(message)
+                await self.link.save_voicemail(message)
                 log.info("voicemail left", call_id=job.call_id, box=job.box, id=message_id,
                          seconds=round(recording.duration, 1), ended_by=recording.reason)
                 self._email_voicemail(message)
@@ -798,43 +805,6 @@ class Server:
                                         tz=directory.timezone_for(user)))
 
     # -- background work -----------------------------------------------------------
-    async def _writer(self) -> None:
-        """Write binding changes through to the store, in order, off the hot path.
-
-        Whatever piled up while the previous batch was written goes in one
-        transaction; for one (aor, contact) only the last change counts. Dialog
-        records the same way: one transaction per batch, the last change of a call
-        counts (a call answered and ended within one batch is only deleted).
-        """
-        while True:
-            batch = [await self._writes.get()]
-            while not self._writes.empty() and len(batch) < WRITE_BATCH:
-                batch.append(self._writes.get_nowait())
-            latest: dict[tuple[str, str], tuple[str, Binding]] = {}
-            dialogs: dict[str, DialogRecord | None] = {}
-            for op, item in batch:
-                if isinstance(item, Binding):
-                    latest[(item.aor, item.contact)] = (op, item)
-                elif isinstance(item, DialogRecord):
-                    dialogs[item.id] = item
-                else:
-                    dialogs[item] = None
-            saved = [b for op, b in latest.values() if op == "save"]
-            removed = [b for op, b in latest.values() if op == "delete"]
-            try:
-                if latest:
-                    await self.store.write_bindings(saved, node=self.node_id, removed=removed)
-                if dialogs:
-                    await self.store.write_dialogs(
-                        [r for r in dialogs.values() if r is not None],
-                        [i for i, r in dialogs.items() if r is None])
-            except Exception:
-                log.exception("store write failed", saved=len(saved), deleted=len(removed),
-                              dialogs=len(dialogs))
-            finally:
-                for _ in batch:
-                    self._writes.task_done()
-
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -845,7 +815,7 @@ class Server:
                     or self.engine.directory is not self._trust_directory):
                 self._refresh_trust(now)
             try:
-                await self._reload()
+                await self.link.attempt("reload", self._reload)
             except Exception:
                 log.exception("directory reload failed; serving the previous snapshot")
 
@@ -854,26 +824,8 @@ class Server:
         while True:
             await asyncio.sleep(BINDING_SYNC_SECONDS)
             try:
-                await self._sync_bindings()
-                now = time.monotonic()
-                await self._heartbeat(now)
-                if self._store_ok_since is None:
-                    self._store_ok_since = now
-                # Judge the others only after DEAD_AFTER_SECONDS of store access without a
-                # break: back from a store outage, every other node's heartbeat looks old
-                # until it has beaten again, and none of them is dead for that.
-                if now - self._takeover_at >= TAKEOVER_SECONDS \
-                        and now - self._store_ok_since >= DEAD_AFTER_SECONDS:
-                    self._takeover_at = now
-                    wall = time.time()
-                    took = await self.store.take_over(
-                        self.node_id, wall - DEAD_AFTER_SECONDS, wall, wall - RECLAIM_SECONDS)
-                    if took.dead or took.records:
-                        self._end_dialogs(took)
-                        await self.store.write_dialogs([], [r.id for r in took.records])
-                if now - self._purged_at >= BINDING_PURGE_PERIOD:
-                    self._purged_at = now
-                    await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
+                if not await self.link.attempt("binding sync", self._share_once):
+                    self._store_ok_since = None
             except Exception:
                 self._store_ok_since = None
                 log.exception("binding sync failed; keeping the bindings held")
@@ -892,6 +844,28 @@ class Server:
                 log.warning("node dead: its calls ended", node=node, calls=calls,
                             by=self.node_id, heartbeat_missing=node in took.dead,
                             dead_after_seconds=DEAD_AFTER_SECONDS)
+
+    async def _share_once(self) -> None:
+        await self._sync_bindings()
+        now = time.monotonic()
+        await self._heartbeat(now)
+        if self._store_ok_since is None:
+            self._store_ok_since = now
+        # Judge the others only after DEAD_AFTER_SECONDS of store access without a
+        # break: back from a store outage, every other node's heartbeat looks old
+        # until it has beaten again, and none of them is dead for that.
+        if now - self._takeover_at >= TAKEOVER_SECONDS \
+                and now - self._store_ok_since >= DEAD_AFTER_SECONDS:
+            self._takeover_at = now
+            wall = time.time()
+            took = await self.store.take_over(
+                self.node_id, wall - DEAD_AFTER_SECONDS, wall, wall - RECLAIM_SECONDS)
+            if took.dead or took.records:
+                self._end_dialogs(took)
+                await self.store.write_dialogs([], [r.id for r in took.records])
+        if now - self._purged_at >= BINDING_PURGE_PERIOD:
+            self._purged_at = now
+            await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
 
     async def _sync_bindings(self) -> None:
         """Bindings other nodes saved or deleted since the last look, into the registrar:
@@ -939,12 +913,15 @@ class Server:
     # -- admin HTTP ----------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
         self.engine.expire(time.time())
+        self.engine.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
         return web.Response(body=self.engine.metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "registrations": self.engine.registrar.count(),
-                                  "transactions": len(self.engine.transactions)})
+                                  "transactions": len(self.engine.transactions),
+                                  "store": "up" if self.link.up else "down",
+                                  "store_queued": len(self.link.pending)})
 
 
 def _listen(host: str, port: int) -> socket.socket:
