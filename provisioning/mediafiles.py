@@ -1,9 +1,9 @@
-"""The audio files a directory names: voicemail greetings and hold-music playlists.
+"""The audio files a directory names: voicemail greetings, IVR prompts, hold-music playlists.
 
 Checked once, when a directory *file* is loaded (``provision apply|check``,
 ``serve --directory``), relative paths taken from the file's own folder:
 
-* a file that exists is validated: a greeting must be what the admin guide
+* a file that exists is validated: a greeting (and an IVR's ``prompt``) must be what the admin guide
   says (PCM, 8 kHz, 16-bit, mono, at most 10 MB: :func:`media.wav.validate_greeting`),
   a hold-music file any integer-PCM WAV the engine can convert
   (:func:`media.wav.wav_info`). A bad file refuses the directory whole, with
@@ -81,5 +81,11 @@ def resolve_media_files(directory: Directory, source: str,
                                                          n.hold_music))
                     for i, n in enumerate(directory.numbers))
     users = tuple(check.user(i, u) for i, u in enumerate(directory.users))
-    resolved = replace(directory, system=system, numbers=numbers, users=users)
+    # An IVR prompt is held to the greeting's rules: it is played the same way.
+    ivrs = tuple(replace(v, prompt=check.path(f"ivrs[{i}].prompt", v.prompt, greeting=True))
+                 if v.prompt else v for i, v in enumerate(directory.ivrs))
+    queues = tuple(replace(q, hold_music=check.playlist(f"queues[{i}].hold_music", q.hold_music))
+                   for i, q in enumerate(directory.queues))
+    resolved = replace(directory, system=system, numbers=numbers, users=users, ivrs=ivrs,
+                       queues=queues)
     return resolved, check.errors, check.warnings
