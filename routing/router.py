@@ -132,7 +132,6 @@ from types import MappingProxyType
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from provisioning.model import Ivr as IvrTable
 from provisioning.model import (
     PHONE_RE,
     Department,
@@ -146,6 +145,7 @@ from provisioning.model import (
     User,
     WeeklyHours,
 )
+from provisioning.model import Ivr as IvrTable
 from routing.steps import (
     Busy,
     CallFacts,
