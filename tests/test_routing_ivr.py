@@ -33,7 +33,6 @@ name = "main"
 extension = "850"
 text = "Pour les ventes, faites le 1."
 language = "fr"
-keys = { "1" = "ring_group:sales", "0" = "extension:101", "9" = "voicemail:102", "#" = "external:+15145550199", "2" = "ivr:other" }
 dial_by_extension = true
 timeout_seconds = 4
 repeat = 2
@@ -41,6 +40,12 @@ on_timeout = "extension:101"
 on_invalid = "ivr:main"
 outside_office_hours = "voicemail:101"
 department = "Sales"
+[ivrs.keys]
+"1" = "ring_group:sales"
+"0" = "extension:101"
+"9" = "voicemail:102"
+"#" = "external:+15145550199"
+"2" = "ivr:other"
 
 [[ivrs]]
 name = "other"
