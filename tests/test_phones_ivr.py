@@ -106,7 +106,8 @@ def call_menu(engine: EngineProcess, name: str, dial: str, keys: str, *, method:
 
 
 def ivr_metrics(engine: EngineProcess) -> dict[str, float]:
-    return {k: v for k, v in engine.metrics().items() if k.startswith("switchboard_ivr") and "_created" not in k}
+    return {k: v for k, v in engine.metrics().items()
+            if k.startswith("switchboard_ivr") and "_created" not in k}
 
 
 def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
