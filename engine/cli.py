@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from provisioning.directory import DirectoryError, load_directory
+from provisioning.mediafiles import render_ivr_texts
 from provisioning.store import ApplyReport, Store, StoreError, open_store
 from routing import parse_when
 
@@ -367,6 +368,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.directory:
             warnings: list[str] = []
             directory = load_directory(args.directory, warnings)
+            warnings += render_ivr_texts(directory, Path(args.data_dir))
             for warning in warnings:
                 structlog.get_logger("switchboard").warning("directory", warning=warning)
             report = await store.apply_directory(directory)
@@ -417,6 +419,7 @@ async def _apply(args: argparse.Namespace) -> int:
 
     warnings: list[str] = []
     directory = load_directory(args.file, warnings)
+    warnings += render_ivr_texts(directory, Path(args.data_dir))
     _print_warnings(warnings)
     from provisioning.api.auth import new_audit
 

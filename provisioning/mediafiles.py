@@ -25,7 +25,7 @@ from pathlib import Path
 from media.wav import WavError, validate_greeting, wav_info
 from provisioning.model import STATUSES, Directory, Forwarding, StatusRules, User
 
-__all__ = ["resolve_media_files"]
+__all__ = ["render_ivr_texts", "resolve_media_files"]
 
 
 class _Checker:
@@ -89,3 +89,20 @@ def resolve_media_files(directory: Directory, source: str,
     resolved = replace(directory, system=system, numbers=numbers, users=users, ivrs=ivrs,
                        queues=queues)
     return resolved, check.errors, check.warnings
+
+
+def render_ivr_texts(directory: Directory, data_dir: Path) -> list[str]:
+    """Speak each IVR's ``text`` to its WAV under ``data_dir`` now (``provision apply``,
+    ``serve --directory``), so that the first caller does not wait for it; what
+    cannot be rendered is a warning (the engine tries again when it plays it)."""
+    from media.prompts.render import RenderError, render_text
+
+    warnings: list[str] = []
+    for i, ivr in enumerate(directory.ivrs):
+        if not ivr.text:
+            continue
+        try:
+            render_text(data_dir, ivr.text, ivr.language)
+        except (RenderError, OSError) as exc:
+            warnings.append(f"ivrs[{i}].text: not rendered: {exc}")
+    return warnings
