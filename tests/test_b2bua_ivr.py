@@ -21,20 +21,23 @@ from tests.test_b2bua import (
     Net,
     in_dialog,
     phone_call,
+    TRUNK,
     register,
     reply,
+    trunk_call,
 )
 
 # 103 answers in the only codec it was offered: the caller's (PCMU)
 CALLEE_SDP = (b"v=0\r\no=phone 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
               b"m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
 
-MENU = DIRECTORY + """
+MENU = DIRECTORY.replace('number = "+15145550102"\nroute_to = "extension:102"',
+                         'number = "+15145550102"\nroute_to = "ivr:main"') + """
 [[ivrs]]
 name = "main"
 extension = "850"
 prompt = "menu.wav"
-keys = { "1" = "extension:102", "9" = "busy" }
+keys = { "1" = "extension:102", "9" = "busy", "0" = "external:+15145550177" }
 dial_by_extension = true
 timeout_seconds = 4
 repeat = 1
@@ -178,3 +181,20 @@ def test_without_the_engines_media_the_menu_is_refused_with_a_warning() -> None:
     [final] = [r for r in net.responses(PHONES["101"]) if r.status >= 300]
     assert final.status == 480
     assert "serve --media relay" in (final.get("warning") or "")
+
+
+def test_a_trunk_caller_chooses_an_external_number_through_the_trunk() -> None:
+    net = ivr_net()
+    register(net, "102")
+    trunk_call(net, "+15145550102")  # the DID routes to the menu
+    [opened] = [m for m in net.media if isinstance(m, OpenMedia)]
+    net.take(net.engine.media_ready(opened.call, (30000, 30002), net.clock.now))
+    got = net.drain(TRUNK)
+    [ok] = [r for r in got if isinstance(r, Response) and r.status == 200]
+    assert b"m=audio 30000" in ok.body
+    assert net.engine.calls.channels_in_use() == {"carrier": 1}
+    net.take(net.engine.ivr_digit(opened.call, "0", net.clock.now))
+    [out] = [r for r in net.drain(TRUNK) if isinstance(r, Request) and r.method == "INVITE"]
+    assert out.uri_text.startswith("sip:+15145550177@")
+    assert "+15145550199" in (out.get("p-asserted-identity") or "")  # the trunk caller's
+    assert net.engine.calls.channels_in_use() == {"carrier": 2}  # in and out
