@@ -17,11 +17,11 @@ from provisioning.directory import parse_directory
 from tests.test_b2bua import (
     DIRECTORY,
     PHONES,
+    TRUNK,
     Clock,
     Net,
     in_dialog,
     phone_call,
-    TRUNK,
     register,
     reply,
     trunk_call,
