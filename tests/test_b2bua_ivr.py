@@ -32,7 +32,8 @@ CALLEE_SDP = (b"v=0\r\no=phone 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1
               b"m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
 
 MENU = DIRECTORY.replace('number = "+15145550102"\nroute_to = "extension:102"',
-                         'number = "+15145550102"\nroute_to = "ivr:main"') + """
+                         'number = "+15145550102"\nroute_to = "ivr:main"\n'
+                         'record_inbound = true') + """
 [[ivrs]]
 name = "main"
 extension = "850"
@@ -198,3 +199,8 @@ def test_a_trunk_caller_chooses_an_external_number_through_the_trunk() -> None:
     assert out.uri_text.startswith("sip:+15145550177@")
     assert "+15145550199" in (out.get("p-asserted-identity") or "")  # the trunk caller's
     assert net.engine.calls.channels_in_use() == {"carrier": 2}  # in and out
+    net.send(reply(out, 200, body=CALLEE_SDP, contact="<sip:+15145550177@127.0.0.9:5090>"),
+             TRUNK)
+    last = [b for b in net.media if isinstance(b, BridgeMedia)][-1]
+    assert last.callee_media is not None and not last.music_to_caller
+    assert last.record == "number +15145550102 records inbound calls"  # as a DID call is

@@ -350,6 +350,9 @@ class IvrChoice(Transfer):
             call.join(leg.target.extension)
         call.callee_leg = leg
         call.anchor.take_side(False, media, leg.offer)
+        # Recorded as the same call straight to that party would be (the user's
+        # record_calls, the number's record_inbound/outbound).
+        call.anchor.record = rules.record_reason(call.front.directory, call.facts, leg.target)
         return events + call.bridge()
 
     def to_voicemail(self, step: Voicemail, now: float) -> list[CallOutput]:
