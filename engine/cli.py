@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from provisioning.directory import DirectoryError, load_directory
+from provisioning.mediafiles import render_ivr_texts
 from provisioning.store import DEFAULT_SQLITE_NAME, ApplyReport, Store, StoreError, open_store
 from routing import parse_when
 
@@ -377,6 +378,7 @@ async def _serve(args: argparse.Namespace) -> int:
             warnings: list[str] = []
             stored, _ = await store.load_directory_data()
             directory = load_directory(args.directory, warnings, stored)
+            warnings += render_ivr_texts(directory, Path(args.data_dir))
             for warning in warnings:
                 structlog.get_logger("switchboard").warning("directory", warning=warning)
             report = await store.apply_directory(directory)
@@ -445,6 +447,7 @@ async def _apply(args: argparse.Namespace) -> int:
         # what the file leaves out of the secrets, the store keeps (an export without them)
         stored, _ = await store.load_directory_data()
         directory = load_directory(args.file, warnings, stored)
+        warnings += render_ivr_texts(directory, Path(args.data_dir))
         _print_warnings(warnings)
         audit = new_audit(_cli_actor(), "cli", "provision.apply", "directory", None,
                           {"file": str(Path(args.file).resolve())})

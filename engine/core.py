@@ -259,6 +259,13 @@ class Engine:
     def hangup(self, call: tuple[str, str], now: float) -> Outcome:
         return self._media(self.calls.hangup(call, now), now)
 
+    def ivr_digit(self, call: tuple[str, str], digit: str, now: float) -> Outcome:
+        """A key (RFC 4733) from the caller of an IVR menu."""
+        return self._media(self.calls.ivr_digit(call, digit, now), now)
+
+    def ivr_prompt_done(self, call: tuple[str, str], generation: int, now: float) -> Outcome:
+        return self._media(self.calls.ivr_prompt_done(call, generation, now), now)
+
     def _media(self, events: Sequence[object], now: float) -> Outcome:
         return self._top(events, now).outcome()
 

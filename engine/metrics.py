@@ -70,6 +70,11 @@ class Metrics:
             registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
+        self.ivr_calls = Counter(
+            "switchboard_ivr_calls", "Calls that entered an IVR menu", registry=self.registry)
+        self.ivr_outcomes = Counter(
+            "switchboard_ivr_outcomes", "How IVR menus ended: key, extension (dial by "
+            "extension), timeout, invalid, hangup", ["outcome"], registry=self.registry)
         self.calls_by_billing_group = Counter(
             "switchboard_calls_by_billing_group", "Calls routed, by the billing_group of "
             f"their number (the first {BILLING_GROUP_LABELS} groups in directory order, "

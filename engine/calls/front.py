@@ -159,6 +159,15 @@ class Calls:
         if self.metrics is not None:
             self.metrics.calls.labels(outcome).inc()
 
+    def count_ivr(self, outcome: str) -> None:
+        """An IVR menu entered (``""``) or how it ended (key, extension, timeout,
+        invalid, hangup); never who called."""
+        if self.metrics is not None:
+            if outcome:
+                self.metrics.ivr_outcomes.labels(outcome).inc()
+            else:
+                self.metrics.ivr_calls.inc()
+
     def count_transfer(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.transfers.labels(outcome).inc()
@@ -383,6 +392,20 @@ class Calls:
         if call is None:
             return []
         return self._guard(call, now, lambda: call.on_screened(accepted, now))
+
+    def ivr_digit(self, key: CallKey, digit: str, now: float) -> list[CallOutput]:
+        """A key (RFC 4733) from the caller of an IVR menu."""
+        call = self._calls.get(key)
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.on_ivr_digit(digit, now))
+
+    def ivr_prompt_done(self, key: CallKey, generation: int, now: float) -> list[CallOutput]:
+        """An IVR's prompt played to its end."""
+        call = self._calls.get(key)
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.on_ivr_prompt_done(generation, now))
 
     def hangup(self, key: CallKey, now: float) -> list[CallOutput]:
         """The engine's own endpoint is done (message recorded): BYE the caller."""

@@ -30,6 +30,8 @@ from aiohttp.typedefs import Handler
 
 from engine.calls.events import (
     BridgeMedia,
+    IvrPlay,
+    IvrQuiet,
     MediaCommand,
     OpenMedia,
     StartMailbox,
@@ -39,6 +41,7 @@ from engine.calls.events import (
 )
 from engine.core import Engine, Outcome
 from engine.services.callmedia import CallMedia
+from engine.services.ivrmedia import IvrMedia
 from engine.services.mail import email_voicemail
 from engine.shell import admin_api
 from engine.shell.connlimit import (
@@ -208,6 +211,12 @@ class Server:
                                   host=config.sip_host or "0.0.0.0")
         self._endpoints: dict[tuple[str, str], MediaEndpoint] = {}  # facing the caller
         self.calls_media = CallMedia(self.media, config.data_dir, self._screened)
+        self.ivr_media = IvrMedia(
+            self.media, config.data_dir, self._endpoints.get,
+            lambda call, digit: self._apply(self.engine.ivr_digit(call, digit,
+                                                                  time.monotonic())),
+            lambda call, gen: self._apply(self.engine.ivr_prompt_done(call, gen,
+                                                                      time.monotonic())))
         self._recorders: dict[tuple[str, str], Recorder] = {}
         self._media_tasks: set[asyncio.Task[None]] = set()
         self.overload = Overload(
@@ -674,6 +683,8 @@ class Server:
     def _media_action(self, action: MediaCommand) -> None:
         if isinstance(action, BridgeMedia):
             self.calls_media.apply(action)
+        elif isinstance(action, IvrPlay | IvrQuiet):
+            self.ivr_media.apply(action)
         elif isinstance(action, OpenMedia):
             self._spawn(self._open_media(action.call, action.bridge))
         elif isinstance(action, StartVoicemail):
@@ -690,6 +701,7 @@ class Server:
             if endpoint is not None and not endpoint.closed:
                 endpoint.configure(action.negotiated)
         elif isinstance(action, StopMedia):
+            self.ivr_media.close(action.call)
             recorder = self._recorders.get(action.call)
             if recorder is not None:
                 recorder.stop("hangup")  # the voicemail task saves and closes

@@ -535,6 +535,11 @@ ROUTES: list[Route] = [
                    "department_admin: their hours and holidays; manager, owner"),
     *_table_routes("ring_groups", "ring groups", "members, their department; manager, owner",
                    "department_admin: their department's; manager, owner"),
+    *_table_routes("ivrs", "IVRs (digital receptionists)", "receptionist, department_admin: "
+                   "their department's; manager, owner", "department_admin: their "
+                   "department's; owner"),
+    *_table_routes("queues", "call queues", "agents, their department; manager, owner",
+                   "department_admin: their department's; owner"),
     *_table_routes("trunks", "trunks", "owner", "owner"),
     Route("GET", "/statuses", _action(lambda a, r, p: a.statuses(p)),
           "Effective statuses of the users one may see", _ANY, _LIST),
