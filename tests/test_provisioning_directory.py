@@ -502,6 +502,23 @@ def test_a_memo_reads_only_changed_users_and_gives_the_same_directory(
     assert memo.hits - hits == users - same_dept
 
 
+def test_a_memoised_user_still_sees_what_it_names_go_away(data: dict[str, Any]) -> None:
+    """A user's forward to an IVR, a queue, a ring group or another user's mailbox is
+    checked against the other rows on every parse, memo or not."""
+    targets = {"busy": "ivr:reception", "no_answer": "queue:support"}
+    data["users"][0] = {**data["users"][0], "forwarding": {"away": {
+        key: {"external": value} for key, value in targets.items()}}}
+    memo = ParseMemo()
+    parse_directory(data, SOURCE, memo)
+    data["ivrs"], data["queues"] = [], []
+    with pytest.raises(DirectoryError) as memoised:
+        parse_directory(data, SOURCE, memo)
+    assert memo.hits == len(data["users"])
+    paths = {path for path, _ in memoised.value.fields}
+    assert {"users[0].forwarding.away.busy.external",
+            "users[0].forwarding.away.no_answer.external"} <= paths
+
+
 def test_every_caller_id_problem_is_named_at_once(data: dict[str, Any]) -> None:
     data["users"][2]["outbound_caller_id"] = "+18005550100"  # toll-free
     data["users"][4]["outbound_caller_id"] = "+15145550999"  # not one of [[numbers]]

@@ -22,10 +22,12 @@ from provisioning.model import (
     CODECS,
     DESTINATION_KINDS,
     DIGITS_RE,
+    IVR_KEYS,
     LANGUAGES,
     NAME_RE,
     NUMBER_TYPES,
     PHONE_RE,
+    QUEUE_STRATEGIES,
     READ_DATETIMES,
     RECORD_CALLS,
     ROLES,
@@ -134,6 +136,7 @@ TABLE_SCHEMAS: Mapping[str, Mapping[str, Schema]] = {
         "smtp": obj({"host": string(nonempty=True), "port": integer(1, 65535),
                      "sender": {"type": "string"}}, ["host"]),
         "admin_url": string(d.ADMIN_URL_RE, optional=True),
+        "require_2fa": BOOLEAN,
     },
     "trunks": {
         "name": string(NAME_RE), "host": string(nonempty=True), "port": integer(1, 65535),
@@ -160,6 +163,26 @@ TABLE_SCHEMAS: Mapping[str, Mapping[str, Schema]] = {
         "name": string(NAME_RE), "extension": string(DIGITS_RE), "strategy": enum(STRATEGIES),
         "members": strings(string(DIGITS_RE), min_items=1), "ring_seconds": integer(1, 600),
         "no_answer": DESTINATION,
+    },
+    "ivrs": {
+        "name": string(NAME_RE), "extension": string(DIGITS_RE),
+        "prompt": string(r"[\s\S]*\.[wW][aA][vV]", optional=True),
+        "text": {"type": "string", "maxLength": d.IVR_TEXT_MAX},
+        "language": enum(LANGUAGES),
+        "keys": obj({key: DESTINATION for key in IVR_KEYS}),
+        "dial_by_extension": BOOLEAN, "timeout_seconds": integer(1, 60),
+        "repeat": integer(0, 10), "on_timeout": DESTINATION, "on_invalid": DESTINATION,
+        "outside_office_hours": DESTINATION, "department": {"type": "string"},
+    },
+    "queues": {
+        "name": string(NAME_RE), "extension": string(DIGITS_RE),
+        "strategy": enum(QUEUE_STRATEGIES), "agents": strings(string(DIGITS_RE), min_items=1),
+        "agents_start_logged_in": BOOLEAN, "ring_seconds": integer(1, 600),
+        "wrap_up_seconds": integer(0, 600), "max_wait_seconds": integer(1, 86400),
+        "max_callers": integer(1, 10000), "on_timeout": DESTINATION,
+        "when_no_agents": {"oneOf": [{"const": "join"}, DESTINATION]},
+        "hold_music": strings(unique=False), "announce_position_every": integer(0, 3600),
+        "service_level_seconds": integer(1, 3600),
     },
     "users": {
         "extension": string(DIGITS_RE), "name": string(nonempty=True),
@@ -191,6 +214,9 @@ _DECLARED: Mapping[str, tuple[Schema, Sequence[str]]] = {
     "numbers": (obj(TABLE_SCHEMAS["numbers"]), d.NUMBER_KEYS),
     "ring_groups": (obj(TABLE_SCHEMAS["ring_groups"]), d.RING_GROUP_KEYS),
     "users": (obj(TABLE_SCHEMAS["users"]), d.USER_KEYS),
+    "ivrs": (obj(TABLE_SCHEMAS["ivrs"]), d.IVR_TABLE_KEYS),
+    "ivrs.keys": (TABLE_SCHEMAS["ivrs"]["keys"], IVR_KEYS),
+    "queues": (obj(TABLE_SCHEMAS["queues"]), d.QUEUE_KEYS),
     "users.voicemail": (TABLE_SCHEMAS["users"]["voicemail"], d.VOICEMAIL_KEYS),
     "users.schedule": (TABLE_SCHEMAS["users"]["schedule"], d.SCHEDULE_KEYS),
     "users.forwarding.<status>": (_RULES, d.STATUS_KEYS),
@@ -202,6 +228,7 @@ REQUIRED: Mapping[str, tuple[str, ...]] = {
     "trunks": ("name", "host"), "departments": ("name", "caller_id"),
     "numbers": ("number", "route_to"), "ring_groups": ("name", "extension", "members"),
     "users": ("extension", "name", "department"), "system": ("domain",),
+    "ivrs": ("name", "extension"), "queues": ("name", "extension", "agents"),
 }
 SECRET_KEYS: Mapping[str, tuple[str, ...]] = {
     "users": ("password", "voicemail_pin"), "trunks": ("password",),
@@ -257,7 +284,7 @@ def _patchable(schema: Schema) -> Schema:
 #: The name of a table's row in the OpenAPI document's ``components/schemas``.
 ROW_NAMES: Mapping[str, str] = {
     "system": "System", "trunks": "Trunk", "departments": "Department", "numbers": "Number",
-    "ring_groups": "RingGroup", "users": "User",
+    "ring_groups": "RingGroup", "users": "User", "ivrs": "Ivr", "queues": "Queue",
 }
 
 
