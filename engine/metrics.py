@@ -64,6 +64,17 @@ class Metrics:
             "switchboard_transfers", "Blind transfers (REFER) by outcome: connected, "
             "voicemail, failed (back to the transferor), dropped (the transferor had left), "
             "refused", ["outcome"], registry=r)
+        # SIP events (engine.services.subscriptions): busy lamps and presence.
+        self.subscriptions_active = Gauge(
+            "switchboard_subscriptions_active", "Live subscriptions by event package: dialog "
+            "(busy lamps), presence", ["package"], registry=r)
+        self.notifies_sent = Counter(
+            "switchboard_notifies_sent", "NOTIFYs sent, by event package (dialog, presence)",
+            ["package"], registry=r)
+        self.notifies_failed = Counter(
+            "switchboard_notifies_failed", "NOTIFYs that failed, by event package and reason: "
+            "timeout (no answer), 481 (the subscription ended), or the error status",
+            ["package", "reason"], registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
         self.calls_by_billing_group = Counter(

@@ -94,6 +94,9 @@ class Calls:
         # Re-INVITEs moving a consultation call's callee to the transferee's call.
         self._moves: dict[TxKey, Transfer] = {}
         self._wakeups: TimerHeap[CallKey] = TimerHeap()
+        # Calls and legs whose state moved (or that began) since the engine last took
+        # them: the busy lamps and presence follow them (engine.services.dialoginfo).
+        self.changed: list[Call | Leg] = []
 
     def set_directory(self, directory: Directory) -> None:
         self.directory = directory
@@ -156,10 +159,16 @@ class Calls:
         if self.metrics is not None:
             self.metrics.transfers.labels(outcome).inc()
 
+    def take_changes(self) -> list[Call | Leg]:
+        """The calls and legs noted in :attr:`changed` since the last take."""
+        changed, self.changed = self.changed, []
+        return changed
+
     # ------------------------------------------------------------------ lookup tables
     def track_leg(self, leg: Leg) -> None:
         self._legs[leg.key] = leg
         self._by_leg_call_id[leg.invite.call_id] = leg
+        self.changed.append(leg)
 
     def untrack_leg(self, leg: Leg) -> None:
         self._by_leg_call_id.pop(leg.invite.call_id, None)
@@ -238,6 +247,7 @@ class Calls:
         self._calls[call.key] = call
         self._by_tag[(call.id, call.tag)] = call
         self._by_invite[key] = call
+        self.changed.append(call)
         if facts.source == "phone":
             call.members = (facts.caller,)
             self.join(facts.caller)

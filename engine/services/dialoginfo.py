@@ -1,0 +1,223 @@
+"""What the dialog (RFC 4235) and presence (RFC 3856) NOTIFYs say, sans-I/O.
+
+:class:`DialogBook` follows the calls: the call layer notes each call and leg
+whose state moved (``Calls.changed``), the engine hands them here after each
+input, and the book keeps, per extension, a :class:`DialogView` of each of its
+dialogs: a leg ringing its phone (``recipient``), a call it placed
+(``initiator``). :func:`dialog_info` and :func:`pidf` write the documents.
+
+Decisions:
+
+* A leg is the dialog the watched phone sees, so its Call-ID and tags are what
+  the document names (the phone's own tag is ``local-tag``), and its INVITE's
+  From and To are the ``<remote>`` and ``<local>`` identities: what a phone needs
+  to show who calls and to pick the call up from the key.
+* An ended dialog stays in the documents, in state ``terminated``, for
+  :data:`ENDED_LINGER` seconds, so every watcher's next NOTIFY reports the end
+  even when NOTIFYs are paced, then it is dropped.
+* An idle extension's document holds one ``<dialog>`` in state ``terminated``
+  (no call-id or tags). RFC 4235 s4.1 allows zero or more dialogs, so an empty
+  document is also valid; but phones differ on which they read as idle, and a
+  terminated dialog is read as idle by all of them (Yealink, Polycom, Snom and
+  Grandstream key it the way Asterisk and Kamailio's presence server send it),
+  while some older firmware leaves a lamp as it was on an empty document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from xml.sax.saxutils import escape, quoteattr
+
+from engine.calls.states import CallState, LegState
+from routing import Device
+
+if TYPE_CHECKING:
+    from engine.calls.call import Call
+    from engine.calls.leg import Leg
+    from engine.sip.message.grammar import Address
+
+__all__ = [
+    "ENDED_LINGER",
+    "PRESENCE_NOTES",
+    "DialogBook",
+    "DialogView",
+    "dialog_info",
+    "pidf",
+]
+
+ENDED_LINGER = 30.0
+
+# RFC 4235 s4.1.2 <state>: a leg we sent (the watched phone is its UAS).
+_LEG_STATE = {LegState.CALLING: "trying", LegState.RINGING: "early",
+              LegState.ANSWERED: "confirmed", LegState.DONE: "terminated"}
+
+
+@dataclass(frozen=True, slots=True)
+class DialogView:
+    """One dialog of an extension, as RFC 4235 s4.1 describes it."""
+
+    id: str
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    direction: str  # initiator | recipient
+    state: str  # trying | proceeding | early | confirmed | terminated
+    local: tuple[str, str]  # (URI, display name)
+    remote: tuple[str, str]
+
+
+class DialogBook:
+    """Every extension's dialogs, kept current from the call layer's changes."""
+
+    def __init__(self) -> None:
+        self._dialogs: dict[str, dict[str, DialogView]] = {}  # ext -> id -> view
+        self._ended: dict[tuple[str, str], float] = {}  # (ext, id) -> when it ended
+
+    def update(self, changed: Iterable[Call | Leg], now: float) -> set[str]:
+        """Apply the calls and legs whose state moved; returns the extensions whose
+        dialogs changed."""
+        touched: set[str] = set()
+        for item in changed:
+            for ext, view in _views(item):
+                per = self._dialogs.setdefault(ext, {})
+                if per.get(view.id) == view:
+                    continue
+                if view.state == "terminated" and view.id not in per:
+                    continue  # ended before anyone saw it start (a retransmission...)
+                per[view.id] = view
+                touched.add(ext)
+                if view.state == "terminated":
+                    self._ended[(ext, view.id)] = now
+        return touched
+
+    def views(self, ext: str, now: float) -> tuple[DialogView, ...]:
+        """``ext``'s dialogs now (ended ones for :data:`ENDED_LINGER` seconds)."""
+        per = self._dialogs.get(ext)
+        if not per:
+            return ()
+        for did in [d for d, v in per.items() if v.state == "terminated"
+                    and self._ended.get((ext, d), now) + ENDED_LINGER <= now]:
+            del per[did]
+            self._ended.pop((ext, did), None)
+        if not per:
+            del self._dialogs[ext]
+            return ()
+        return tuple(per.values())
+
+    def on_call(self, ext: str) -> bool:
+        """``ext`` has a connected call (presence: "on the phone")."""
+        return any(v.state == "confirmed" for v in self._dialogs.get(ext, {}).values())
+
+
+def _views(item: Call | Leg) -> list[tuple[str, DialogView]]:
+    from engine.calls.leg import Leg  # the call layer imports nothing from here
+
+    if isinstance(item, Leg):
+        leg, target = item, item.target
+        if not isinstance(target, Device):
+            return _views(leg.call)
+        invite = leg.invite
+        call_id = invite.call_id
+        local_tag = leg.dialog.remote_tag if leg.dialog is not None else ""
+        # The caller's dialog follows its legs (a ringing leg makes it early).
+        return [*_views(leg.call), (target.extension, DialogView(
+            id=_id(call_id, invite.from_.tag or ""), call_id=call_id, local_tag=local_tag or "",
+            remote_tag=invite.from_.tag or "", direction="recipient",
+            state=_LEG_STATE[leg.state], local=_identity(invite.to),
+            remote=_identity(invite.from_)))]
+    call = item
+    if call.facts.source != "phone":
+        return []
+    if call.state is CallState.ENDED:
+        state = "terminated"
+    elif call.state is CallState.ANSWERED or call.caller_dialog is not None:
+        state = "confirmed"
+    elif call.early_sent or any(leg.state is LegState.RINGING for leg in call.legs):
+        state = "early"
+    else:
+        state = "trying"
+    invite = call.invite
+    local_tag = invite.from_.tag or ""
+    return [(call.facts.caller, DialogView(
+        id=_id(call.id, local_tag), call_id=call.id, local_tag=local_tag, remote_tag=call.tag,
+        direction="initiator", state=state, local=_identity(invite.from_),
+        remote=_identity(invite.to)))]
+
+
+def _id(call_id: str, tag: str) -> str:
+    return hashlib.sha1(f"{call_id};{tag}".encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def _identity(addr: Address) -> tuple[str, str]:
+    uri = addr.uri
+    plain = f"{uri.scheme}:{uri.user}@{uri.host}" if uri.user else f"{uri.scheme}:{uri.host}"
+    return plain, (addr.display or "").strip().strip('"')
+
+
+def dialog_info(entity: str, ext: str, views: tuple[DialogView, ...], version: int) -> bytes:
+    """The ``application/dialog-info+xml`` document (RFC 4235 s4.1), full state."""
+    out = ['<?xml version="1.0" encoding="UTF-8"?>\n'
+           f'<dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" version="{version}" '
+           f'state="full" entity={quoteattr(entity)}>\n']
+    if not views:  # idle: see the module's decisions
+        out.append(f'  <dialog id={quoteattr(ext)}><state>terminated</state></dialog>\n')
+    for v in views:
+        attrs = f"id={quoteattr(v.id)} call-id={quoteattr(v.call_id)}"
+        if v.local_tag:
+            attrs += f" local-tag={quoteattr(v.local_tag)}"
+        if v.remote_tag:
+            attrs += f" remote-tag={quoteattr(v.remote_tag)}"
+        out.append(f'  <dialog {attrs} direction="{v.direction}">\n'
+                   f"    <state>{v.state}</state>\n"
+                   f"    <local>{_identity_xml(v.local)}</local>\n"
+                   f"    <remote>{_identity_xml(v.remote)}</remote>\n"
+                   "  </dialog>\n")
+    out.append("</dialog-info>\n")
+    return "".join(out).encode()
+
+
+def _identity_xml(identity: tuple[str, str]) -> str:
+    uri, display = identity
+    shown = f" display={quoteattr(display)}" if display else ""
+    return f"<identity{shown}>{escape(uri)}</identity>"
+
+
+# status -> (RFC 3863 basic, RFC 4480 activity or "", the note softphones show).
+# basic is "open" when the user takes calls as usual; a status that forwards
+# calls away (away, do not disturb, lunch, business trip) reads "closed".
+PRESENCE_NOTES: dict[str, tuple[str, str, str]] = {
+    "available": ("open", "", "Available"),
+    "away": ("closed", "away", "Away"),
+    "dnd": ("closed", "busy", "Do not disturb"),
+    "lunch": ("closed", "lunch", "Lunch"),
+    "business_trip": ("closed", "travel", "Business trip"),
+}
+
+
+def pidf(entity: str, ext: str, status: str, on_call: bool, version: int) -> bytes:
+    """The ``application/pidf+xml`` document (RFC 3863, RPID RFC 4480 activities).
+
+    On a call: activity ``on-the-phone`` and the note "On a call" (a softphone's
+    buddy shows it); the basic status stays the user's. ``version`` is unused by
+    PIDF (full state by definition, RFC 3856 s6.6) and kept for one signature."""
+    del version
+    basic, activity, note = PRESENCE_NOTES.get(status, ("open", "", status))
+    if on_call:
+        activity, note = "on-the-phone", f"On a call ({note})"
+    activities = f"<rpid:{activity}/>" if activity else "<rpid:unknown/>"
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<presence xmlns="urn:ietf:params:xml:ns:pidf" '
+            'xmlns:dm="urn:ietf:params:xml:ns:pidf:data-model" '
+            f'xmlns:rpid="urn:ietf:params:xml:ns:pidf:rpid" entity={quoteattr(entity)}>\n'
+            f'  <tuple id={quoteattr("t" + ext)}>\n'
+            f"    <status><basic>{basic}</basic></status>\n"
+            f"    <note>{escape(note)}</note>\n"
+            "  </tuple>\n"
+            f'  <dm:person id={quoteattr("p" + ext)}>\n'
+            f"    <rpid:activities>{activities}</rpid:activities>\n"
+            f"    <dm:note>{escape(note)}</dm:note>\n"
+            "  </dm:person>\n"
+            "</presence>\n").encode()
