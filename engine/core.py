@@ -377,9 +377,11 @@ class Engine:
         return self._top(self.mwi.set_counts(counts, now, self.local), now).outcome()
 
     def shutdown(self, now: float) -> Outcome:
-        """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
+        """Hang up every call (SIGTERM): BYE the answered ones, 503 the others; end
+        every dialog and presence subscription (the phones subscribe again)."""
         produced = self._top(self.calls.shutdown(now), now)
-        return (produced + self._publish(now)).outcome()
+        produced += self._top(self.subs.shutdown(now, self.local), now)
+        return produced.outcome()
 
     def expire(self, now_wall: float) -> Outcome:
         removed = self.registrar.expire(now_wall)

@@ -262,17 +262,37 @@ def test_notifies_that_time_out_three_times_end_the_subscription(net: Net) -> No
 def test_notifies_are_paced(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subs_mod, "NOTIFY_BURST", 3)
     register(net, "101", "102")
+    src = PHONES["103"]
+    # Seven phones subscribing at once (after a restart): 200 to each at once, their
+    # first NOTIFYs three per tick.
+    first: list[Request] = []
     for i in range(7):
-        authorized(net, "103", "102", call_id=f"w{i}")
-    answer_notifies(net, "103")
+        net.send(subscribe("103", "102", call_id=f"w{i}"), src)
+        [challenge] = [r for r in net.responses(src) if r.status == 407]
+        auth = build_authorization(challenge.get("proxy-authenticate") or "", "SUBSCRIBE",
+                                   "sip:102@pbx.test", "103", "pw103", f"cn{i}")
+        net.send(subscribe("103", "102", auth=auth, cseq=2, call_id=f"w{i}"), src)
+        msgs = net.drain(src)
+        assert statuses(msgs) == [200]
+        first += notifies(msgs)
+    assert len(first) == 3
+    for n in first:
+        net.send(reply(n, 200, tag=n.to.tag or "w"), src)
+    assert len(net.engine.subs.subs) == 7
+    for expected in (3, 1):
+        wake = net.engine.next_wakeup()
+        assert wake is not None and wake <= net.clock.now + subs_mod.NOTIFY_TICK
+        net.tick(subs_mod.NOTIFY_TICK)
+        assert len(answer_notifies(net, "103")) == expected
+    # A change of 102 for all seven: the same pace.
+    net.tick(1)
     phone_call(net, "101", "102")
-    assert len(notifies(net.drain(PHONES["103"]))) == 3  # the rest wait for the tick
-    wake = net.engine.next_wakeup()
-    assert wake is not None and wake <= net.clock.now + subs_mod.NOTIFY_TICK
+    assert len(answer_notifies(net, "103")) == 3
     net.tick(subs_mod.NOTIFY_TICK)
-    assert len(notifies(net.drain(PHONES["103"]))) == 3
+    assert len(answer_notifies(net, "103")) == 3
     net.tick(subs_mod.NOTIFY_TICK)
-    assert len(notifies(net.drain(PHONES["103"]))) == 1
+    last = answer_notifies(net, "103")
+    assert len(last) == 1 and [s for s, _ in dialogs(last[0])] == ["trying"]
 
 
 def test_subscriptions_per_phone_are_bounded(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -339,3 +359,39 @@ def test_presence_follows_status_and_calls(net: Net) -> None:
     assert presence_of(on_call) == ("open", "on-the-phone", "On a call (Available)")
     assert net.engine.metrics.notifies_sent.labels("presence")._value.get() >= 7
     del src
+
+
+def test_shutdown_ends_every_subscription_deactivated(net: Net) -> None:
+    watching(net)
+    authorized(net, "103", "101", event="presence", call_id="p1")
+    net.take(net.engine.shutdown(net.clock.now))
+    last = notifies(net.drain(PHONES["103"]))
+    assert sorted(n.get("event") or "" for n in last) == ["dialog", "presence"]
+    assert {n.get("subscription-state") for n in last} == {"terminated;reason=deactivated"}
+    assert net.engine.subs.subs == {}
+
+
+def test_caller_cancel_ends_the_ringing_dialog_and_the_book_forgets_it(net: Net) -> None:
+    register(net, "101", "102")
+    watching(net)
+    src = phone_call(net, "101", "102")
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 180), PHONES["102"])
+    answer_notifies(net, "103")
+    net.drain(src)
+    cancel = "\r\n".join([  # the caller's CANCEL of its second INVITE (same branch)
+        "CANCEL sip:102@pbx.test SIP/2.0",
+        f"Via: SIP/2.0/UDP {src[0]}:{src[1]};branch=z9hG4bKcall-1-2;rport",
+        "Max-Forwards: 70", 'From: "Caller 101" <sip:101@pbx.test>;tag=from-call-1',
+        "To: <sip:102@pbx.test>", "Call-ID: call-1", "CSeq: 2 CANCEL",
+        "Content-Length: 0", "", ""])
+    net.send(cancel.encode(), src)
+    [ended] = answer_notifies(net, "103")
+    assert [s for s, _ in dialogs(ended)] == ["terminated"]
+    assert dialogs(ended)[0][1].get("call-id") == inv.call_id
+    book = net.engine.dialogs
+    assert book.views("102", net.clock.now)  # the end is reported for a while
+    net.tick(31)
+    net.send(reply(inv, 487), PHONES["102"])
+    assert book.views("102", net.clock.now) == () and book.views("101", net.clock.now) == ()
+    assert book._dialogs == {} and book._ended == {}

@@ -91,21 +91,28 @@ class DialogBook:
                 touched.add(ext)
                 if view.state == "terminated":
                     self._ended[(ext, view.id)] = now
+        self._prune(now)
         return touched
+
+    def _prune(self, now: float) -> None:
+        """Forget the dialogs that ended :data:`ENDED_LINGER` seconds ago (oldest
+        first: ``_ended`` is in the order they ended)."""
+        while self._ended:
+            (ext, did), ended = next(iter(self._ended.items()))
+            if ended + ENDED_LINGER > now:
+                return
+            del self._ended[(ext, did)]
+            per = self._dialogs.get(ext)
+            if per is not None:
+                per.pop(did, None)
+                if not per:
+                    del self._dialogs[ext]
 
     def views(self, ext: str, now: float) -> tuple[DialogView, ...]:
         """``ext``'s dialogs now (ended ones for :data:`ENDED_LINGER` seconds)."""
+        self._prune(now)
         per = self._dialogs.get(ext)
-        if not per:
-            return ()
-        for did in [d for d, v in per.items() if v.state == "terminated"
-                    and self._ended.get((ext, d), now) + ENDED_LINGER <= now]:
-            del per[did]
-            self._ended.pop((ext, did), None)
-        if not per:
-            del self._dialogs[ext]
-            return ()
-        return tuple(per.values())
+        return tuple(per.values()) if per else ()
 
     def on_call(self, ext: str) -> bool:
         """``ext`` has a connected call (presence: "on the phone")."""
@@ -113,24 +120,34 @@ class DialogBook:
 
 
 def _views(item: Call | Leg) -> list[tuple[str, DialogView]]:
+    """(extension, view) of each dialog ``item`` shows: a leg's own, and its call's
+    caller side (a ringing leg makes the caller's dialog early)."""
     from engine.calls.leg import Leg  # the call layer imports nothing from here
 
     if isinstance(item, Leg):
-        leg, target = item, item.target
-        if not isinstance(target, Device):
-            return _views(leg.call)
-        invite = leg.invite
-        call_id = invite.call_id
-        local_tag = leg.dialog.remote_tag if leg.dialog is not None else ""
-        # The caller's dialog follows its legs (a ringing leg makes it early).
-        return [*_views(leg.call), (target.extension, DialogView(
-            id=_id(call_id, invite.from_.tag or ""), call_id=call_id, local_tag=local_tag or "",
-            remote_tag=invite.from_.tag or "", direction="recipient",
-            state=_LEG_STATE[leg.state], local=_identity(invite.to),
-            remote=_identity(invite.from_)))]
-    call = item
-    if call.facts.source != "phone":
-        return []
+        own = _leg_view(item)
+        return _call_views(item.call) + ([own] if own is not None else [])
+    return _call_views(item)
+
+
+def _leg_view(leg: Leg, state: str = "") -> tuple[str, DialogView] | None:
+    """The dialog of a leg ringing a phone, as that phone's extension sees it."""
+    target = leg.target
+    if not isinstance(target, Device):
+        return None
+    invite = leg.invite
+    call_id = invite.call_id
+    local_tag = leg.dialog.remote_tag if leg.dialog is not None else ""
+    return target.extension, DialogView(
+        id=_id(call_id, invite.from_.tag or ""), call_id=call_id, local_tag=local_tag or "",
+        remote_tag=invite.from_.tag or "", direction="recipient",
+        state=state or _LEG_STATE[leg.state], local=_identity(invite.to),
+        remote=_identity(invite.from_))
+
+
+def _call_views(call: Call) -> list[tuple[str, DialogView]]:
+    """The caller's dialog of a call placed by a phone; when the call ended, also its
+    legs that were still open (they end with it)."""
     if call.state is CallState.ENDED:
         state = "terminated"
     elif call.state is CallState.ANSWERED or call.caller_dialog is not None:
@@ -139,12 +156,22 @@ def _views(item: Call | Leg) -> list[tuple[str, DialogView]]:
         state = "early"
     else:
         state = "trying"
+    out: list[tuple[str, DialogView]] = []
+    if state == "terminated":
+        for leg in (*call.legs, call.callee_leg, call.caller_leg):
+            if leg is not None and leg.state is not LegState.DONE:
+                view = _leg_view(leg, "terminated")
+                if view is not None:
+                    out.append(view)
+    if call.facts.source != "phone":
+        return out
     invite = call.invite
     local_tag = invite.from_.tag or ""
-    return [(call.facts.caller, DialogView(
+    out.append((call.facts.caller, DialogView(
         id=_id(call.id, local_tag), call_id=call.id, local_tag=local_tag, remote_tag=call.tag,
         direction="initiator", state=state, local=_identity(invite.from_),
-        remote=_identity(invite.to)))]
+        remote=_identity(invite.to))))
+    return out
 
 
 def _id(call_id: str, tag: str) -> str:

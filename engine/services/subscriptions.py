@@ -23,8 +23,14 @@ Decisions (where the RFCs leave a choice):
 * A document identical to the last one sent to that subscription is not sent
   again (a second 180, a status set to what it was).
 * NOTIFYs are paced: at most :data:`NOTIFY_BURST` per :data:`NOTIFY_TICK`
-  seconds; the rest wait in order (a restart, a status change of a user watched
-  by 200 phones). The engine's timer comes back for them.
+  seconds; the rest wait in order (a status change of a user watched by 200
+  phones; after a restart, every phone subscribing again, whose first NOTIFYs wait
+  their turn too). The engine's timer comes back for them. Final NOTIFYs
+  (terminated) are not held back: the subscription is gone once they leave.
+* When the engine stops, each subscription ends with ``reason=deactivated``
+  (RFC 6665 s4.1.3: subscribe again at once), so phones move their lamps to the
+  engine that takes over (or this one, restarted) instead of waiting for a refresh
+  that could be an hour away.
 * A NOTIFY that times out or gets an error other than 481 does not end the
   subscription: a phone that missed one (rebooting, a lost datagram burst) keeps
   its lamps, and the next change or refresh brings it the whole state again.
@@ -107,6 +113,7 @@ class SubEvent(StrEnum):
     GIVE_UP = "give_up"  # MAX_FAILURES NOTIFYs in a row failed
     GONE = "gone"  # 481 to a NOTIFY: the subscriber has no such subscription
     REVOKED = "revoked"  # the watcher or the watched extension left the directory
+    SHUTDOWN = "shutdown"  # the engine stops
 
 
 _N, _A, _T = SubState.NEW, SubState.ACTIVE, SubState.TERMINATED
@@ -121,6 +128,7 @@ SUBSCRIPTION: Machine[SubState, SubEvent] = Machine("subscription", {
     (_A, SubEvent.GIVE_UP): _T,  # RFC 6665 s4.2.2: SHOULD remove after a timeout
     (_A, SubEvent.GONE): _T,  # RFC 6665 s4.2.2: a 481 removes the subscription
     (_A, SubEvent.REVOKED): _T,  # RFC 6665 s4.2.2 (s4.1.3 reasons rejected, noresource)
+    (_A, SubEvent.SHUTDOWN): _T,  # RFC 6665 s4.1.3 reason deactivated: subscribe again
     # The response to the final NOTIFY arrives after the subscription ended.
     (_T, SubEvent.NOTIFY_OK): _T,
     (_T, SubEvent.NOTIFY_FAILED): _T,
@@ -209,7 +217,7 @@ class Subscriptions:
         self._add(sub)
         log.info("subscribed", package=package, watcher=watcher, target=target,
                  expires=expires, call_id=req.call_id)
-        return events + self._send(sub, now, local)
+        return events + self._send_or_queue(sub, now, local)
 
     def in_dialog(self, req: Request, key: TxKey, now: float,
                   local: Local) -> list[Event] | None:
@@ -236,8 +244,7 @@ class Subscriptions:
         sub.move(SubEvent.REFRESH)
         sub.expires_at = now + expires
         self._expiry.arm(sub.ident, "expires", sub.expires_at)
-        sub.last = None  # RFC 6665 s4.2.1.2: a refresh is answered by a NOTIFY
-        return events + self._send(sub, now, local)
+        return events + self._send_or_queue(sub, now, local)
 
     # ------------------------------------------------------------------ changes
     def changed(self, package: str, extensions: Iterable[str]) -> None:
@@ -253,10 +260,35 @@ class Subscriptions:
     def pending(self) -> bool:
         return bool(self._queue)
 
-    def flush(self, now: float, local: Local) -> list[Event]:
-        """Send queued NOTIFYs, at most :data:`NOTIFY_BURST` per :data:`NOTIFY_TICK`."""
+    def _budget(self, now: float) -> bool:
+        """Whether one more NOTIFY may leave in this tick (a new tick starts when due)."""
         if now >= self._tick_start + NOTIFY_TICK:
             self._tick_start, self._sent_in_tick = now, 0
+        return self._sent_in_tick < NOTIFY_BURST
+
+    def _send_or_queue(self, sub: Subscription, now: float, local: Local) -> list[Event]:
+        """The NOTIFY that follows a 200 (RFC 6665 s4.2.1.2): now, or first in the queue
+        when this tick's budget is spent."""
+        sub.last = None  # sent even when the state is the one last sent
+        if self._budget(now):
+            return self._send(sub, now, local)
+        if sub not in self._queued:
+            self._queued.add(sub)
+            self._queue.appendleft(sub)
+        return []
+
+    def shutdown(self, now: float, local: Local) -> list[Event]:
+        """The engine stops: every subscription ends (``reason=deactivated``)."""
+        events: list[Event] = []
+        for sub in list(self.subs.values()):
+            sub.move(SubEvent.SHUTDOWN)
+            self._remove(sub, "shutdown")
+            events += self._send(sub, now, local, "terminated;reason=deactivated")
+        return events
+
+    def flush(self, now: float, local: Local) -> list[Event]:
+        """Send queued NOTIFYs, at most :data:`NOTIFY_BURST` per :data:`NOTIFY_TICK`."""
+        self._budget(now)
         events: list[Event] = []
         while self._queue and self._sent_in_tick < NOTIFY_BURST:
             sub = self._queue.popleft()
