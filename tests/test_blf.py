@@ -394,4 +394,4 @@ def test_caller_cancel_ends_the_ringing_dialog_and_the_book_forgets_it(net: Net)
     net.tick(31)
     net.send(reply(inv, 487), PHONES["102"])
     assert book.views("102", net.clock.now) == () and book.views("101", net.clock.now) == ()
-    assert book._dialogs == {} and book._ended == {}
+    assert book._items == {} and book._ended == {}

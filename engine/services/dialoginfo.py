@@ -70,84 +70,100 @@ class DialogView:
 
 
 class DialogBook:
-    """Every extension's dialogs, kept current from the call layer's changes."""
+    """Every extension's calls and legs, kept from the call layer's changes; their
+    views are made only when a document is written (the call path stays cheap when
+    no one watches)."""
 
     def __init__(self) -> None:
-        self._dialogs: dict[str, dict[str, DialogView]] = {}  # ext -> id -> view
-        self._ended: dict[tuple[str, str], float] = {}  # (ext, id) -> when it ended
+        # ext -> the calls (caller side) and legs (callee side) it is on, in order
+        self._items: dict[str, dict[Call | Leg, None]] = {}
+        # (ext, item) -> when it ended, in the order they ended
+        self._ended: dict[tuple[str, Call | Leg], float] = {}
 
     def update(self, changed: Iterable[Call | Leg], now: float) -> set[str]:
-        """Apply the calls and legs whose state moved; returns the extensions whose
-        dialogs changed."""
+        """Note the calls and legs whose state moved; returns the extensions they
+        concern (their documents may have changed)."""
+        from engine.calls.leg import Leg  # the call layer imports nothing from here
+
         touched: set[str] = set()
         for item in changed:
-            for ext, view in _views(item):
-                per = self._dialogs.setdefault(ext, {})
-                if per.get(view.id) == view:
-                    continue
-                if view.state == "terminated" and view.id not in per:
-                    continue  # ended before anyone saw it start (a retransmission...)
-                per[view.id] = view
-                touched.add(ext)
-                if view.state == "terminated":
-                    self._ended[(ext, view.id)] = now
+            if isinstance(item, Leg):
+                target = item.target
+                if isinstance(target, Device):
+                    self._note(target.extension, item, item.state is LegState.DONE
+                               or item.call.state is CallState.ENDED, now, touched)
+                call = item.call  # the caller's side follows its legs (early)
+            else:
+                call = item
+            ended = call.state is CallState.ENDED
+            if call.facts.source == "phone":
+                self._note(call.facts.caller, call, ended, now, touched)
+            if ended:  # its legs still open end with it
+                for leg in (*call.legs, call.callee_leg, call.caller_leg):
+                    if leg is not None and isinstance(leg.target, Device):
+                        self._note(leg.target.extension, leg, True, now, touched)
         self._prune(now)
         return touched
 
+    def _note(self, ext: str, item: Call | Leg, ended: bool, now: float,
+              touched: set[str]) -> None:
+        per = self._items.get(ext)
+        if ended:
+            if per is None or item not in per or (ext, item) in self._ended:
+                return  # never seen alive (or its end already noted): nothing to show
+            self._ended[(ext, item)] = now
+        elif per is None:
+            per = self._items[ext] = {}
+        per[item] = None
+        touched.add(ext)
+
     def _prune(self, now: float) -> None:
-        """Forget the dialogs that ended :data:`ENDED_LINGER` seconds ago (oldest
-        first: ``_ended`` is in the order they ended)."""
+        """Forget what ended :data:`ENDED_LINGER` seconds ago (oldest first)."""
         while self._ended:
-            (ext, did), ended = next(iter(self._ended.items()))
+            (ext, item), ended = next(iter(self._ended.items()))
             if ended + ENDED_LINGER > now:
                 return
-            del self._ended[(ext, did)]
-            per = self._dialogs.get(ext)
+            del self._ended[(ext, item)]
+            per = self._items.get(ext)
             if per is not None:
-                per.pop(did, None)
+                per.pop(item, None)
                 if not per:
-                    del self._dialogs[ext]
+                    del self._items[ext]
 
     def views(self, ext: str, now: float) -> tuple[DialogView, ...]:
         """``ext``'s dialogs now (ended ones for :data:`ENDED_LINGER` seconds)."""
+        from engine.calls.leg import Leg
+
         self._prune(now)
-        per = self._dialogs.get(ext)
-        return tuple(per.values()) if per else ()
+        out = []
+        for item in self._items.get(ext, ()):
+            view = _leg_view(item) if isinstance(item, Leg) else _caller_view(item)
+            if view is not None:
+                out.append(view)
+        return tuple(out)
 
     def on_call(self, ext: str) -> bool:
         """``ext`` has a connected call (presence: "on the phone")."""
-        return any(v.state == "confirmed" for v in self._dialogs.get(ext, {}).values())
+        return any(v.state == "confirmed" for v in self.views(ext, float("-inf")))
 
 
-def _views(item: Call | Leg) -> list[tuple[str, DialogView]]:
-    """(extension, view) of each dialog ``item`` shows: a leg's own, and its call's
-    caller side (a ringing leg makes the caller's dialog early)."""
-    from engine.calls.leg import Leg  # the call layer imports nothing from here
-
-    if isinstance(item, Leg):
-        own = _leg_view(item)
-        return _call_views(item.call) + ([own] if own is not None else [])
-    return _call_views(item)
-
-
-def _leg_view(leg: Leg, state: str = "") -> tuple[str, DialogView] | None:
-    """The dialog of a leg ringing a phone, as that phone's extension sees it."""
-    target = leg.target
-    if not isinstance(target, Device):
+def _leg_view(leg: Leg) -> DialogView | None:
+    """The dialog of a leg ringing a phone, as that phone sees it (it ends with its
+    call)."""
+    if not isinstance(leg.target, Device):
         return None
     invite = leg.invite
     call_id = invite.call_id
     local_tag = leg.dialog.remote_tag if leg.dialog is not None else ""
-    return target.extension, DialogView(
+    state = "terminated" if leg.call.state is CallState.ENDED else _LEG_STATE[leg.state]
+    return DialogView(
         id=_id(call_id, invite.from_.tag or ""), call_id=call_id, local_tag=local_tag or "",
-        remote_tag=invite.from_.tag or "", direction="recipient",
-        state=state or _LEG_STATE[leg.state], local=_identity(invite.to),
-        remote=_identity(invite.from_))
+        remote_tag=invite.from_.tag or "", direction="recipient", state=state,
+        local=_identity(invite.to), remote=_identity(invite.from_))
 
 
-def _call_views(call: Call) -> list[tuple[str, DialogView]]:
-    """The caller's dialog of a call placed by a phone; when the call ended, also its
-    legs that were still open (they end with it)."""
+def _caller_view(call: Call) -> DialogView:
+    """The caller's dialog of a call a phone placed."""
     if call.state is CallState.ENDED:
         state = "terminated"
     elif call.state is CallState.ANSWERED or call.caller_dialog is not None:
@@ -156,22 +172,12 @@ def _call_views(call: Call) -> list[tuple[str, DialogView]]:
         state = "early"
     else:
         state = "trying"
-    out: list[tuple[str, DialogView]] = []
-    if state == "terminated":
-        for leg in (*call.legs, call.callee_leg, call.caller_leg):
-            if leg is not None and leg.state is not LegState.DONE:
-                view = _leg_view(leg, "terminated")
-                if view is not None:
-                    out.append(view)
-    if call.facts.source != "phone":
-        return out
     invite = call.invite
     local_tag = invite.from_.tag or ""
-    out.append((call.facts.caller, DialogView(
+    return DialogView(
         id=_id(call.id, local_tag), call_id=call.id, local_tag=local_tag, remote_tag=call.tag,
         direction="initiator", state=state, local=_identity(invite.from_),
-        remote=_identity(invite.to))))
-    return out
+        remote=_identity(invite.to))
 
 
 def _id(call_id: str, tag: str) -> str:
