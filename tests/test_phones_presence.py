@@ -11,6 +11,7 @@ import select
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,18 @@ class Softphone:
         return self.events + [json.loads(line) for line in rest if line.startswith(b"{")]
 
 
+def put_status(pbx: EngineProcess, ext: str, status: str) -> None:
+    """``PUT /api/v1/users/EXT/status`` as an owner (an API key made with the CLI)."""
+    pbx.api_get("/users")  # makes the key
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{pbx.http_port}/api/v1/users/{ext}/status", method="PUT",
+        data=json.dumps({"status": status}).encode(),
+        headers={"Authorization": f"Bearer {pbx._api_key}", "If-Match": "*",
+                 "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        assert answer.status == 200
+
+
 @pytest.fixture
 def pbx(tmp_path: Path) -> Iterator[EngineProcess]:
     directory = tmp_path / "directory.toml"
@@ -107,6 +120,8 @@ def test_pjsua2_buddy_sees_status_changes_and_calls(pbx: EngineProcess, tmp_path
         phone.buddy(note="Lunch")
         assert pbx.cli("status", "set", "102", "business_trip").returncode == 0
         phone.buddy(note="Business trip")
+        put_status(pbx, "102", "dnd")  # the admin API's way
+        phone.buddy(note="Do not disturb")
         assert pbx.cli("status", "clear", "102").returncode == 0
         phone.buddy(note="Available", online=True)
         # On a call: 102 (a SIPp phone) answers 101 (a SIPp caller).
