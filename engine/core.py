@@ -610,7 +610,7 @@ class Engine:
             accept = [a.split(";", 1)[0].strip().lower() for a in req.get_all("accept")]
             wanted = PACKAGES[event]
             if accept and not any(a in (wanted, "application/*", "*/*") for a in accept):
-                return answer(406, [("Accept", wanted)])  # RFC 6665 s4.2.1.1
+                return answer(406, [("Accept", wanted)])  # RFC 3261 s21.4.7
         username = self._authenticate(req, "SUBSCRIBE", source, now, answer)
         if isinstance(username, Produced):
             return username
