@@ -3,6 +3,7 @@ Engine.datagram with a fake clock, no sockets; the subscription state table."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -305,16 +306,20 @@ def test_subscriptions_per_phone_are_bounded(net: Net, monkeypatch: pytest.Monke
     assert net.engine.subs.watched_by("103") == 2
 
 
-def test_removed_user_ends_watchers_subscriptions(net: Net) -> None:
+def test_directory_changes_end_subscriptions_they_no_longer_allow(net: Net) -> None:
     watching(net, "103", "104")
+    authorized(net, "101", "102", call_id="by-101")
+    authorized(net, "102", "101", call_id="kept")
     directory = net.engine.directory
-    users = tuple(u for u in directory.users if u.extension != "104")
-    import dataclasses
+    users = tuple(dataclasses.replace(u, disabled=True) if u.extension == "101" else u
+                  for u in directory.users if u.extension != "104")
     net.engine.set_directory(dataclasses.replace(directory, users=users))
     net.tick(0.01)
-    [last] = notifies(net.drain(PHONES["103"]))
-    assert last.get("subscription-state") == "terminated;reason=noresource"
-    assert net.engine.subs.subs == {}
+    [gone] = notifies(net.drain(PHONES["103"]))
+    assert gone.get("subscription-state") == "terminated;reason=noresource"
+    [refused] = notifies(net.drain(PHONES["101"]))  # its watcher is disabled
+    assert refused.get("subscription-state") == "terminated;reason=rejected"
+    assert [s.dialog.call_id for s in net.engine.subs.subs.values()] == ["kept"]
 
 
 # ---------------------------------------------------------------------- presence
