@@ -400,3 +400,21 @@ def test_caller_cancel_ends_the_ringing_dialog_and_the_book_forgets_it(net: Net)
     net.send(reply(inv, 487), PHONES["102"])
     assert book.views("102", net.clock.now) == () and book.views("101", net.clock.now) == ()
     assert book._items == {} and book._ended == {}
+
+
+def test_a_document_is_bounded_ringing_first_newest_first(net: Net) -> None:
+    register(net, "101", "102")
+    watching(net)
+    legs = []
+    for i in range(6):
+        phone_call(net, "101", "102", call_id=f"c{i}")
+        net.drain(PHONES["101"])
+        [inv] = net.requests(PHONES["102"], "INVITE")
+        legs.append(inv)
+    net.send(reply(legs[0], 180), PHONES["102"])
+    [*_, last] = answer_notifies(net, "103")
+    shown = dialogs(last)
+    assert len(shown) == 4 and len(last.body) < 2000
+    assert shown[0][0] == "early" and shown[0][1].get("call-id") == legs[0].call_id
+    assert [s for s, _ in shown[1:]] == ["trying"] * 3
+    assert [d.get("call-id") for _, d in shown[1:]] == [legs[i].call_id for i in (5, 4, 3)]

@@ -15,6 +15,13 @@ Decisions:
 * An ended dialog stays in the documents, in state ``terminated``, for
   :data:`ENDED_LINGER` seconds, so every watcher's next NOTIFY reports the end
   even when NOTIFYs are paced, then it is dropped.
+* A document names at most :data:`MAX_DIALOGS` dialogs, of which at most
+  :data:`ENDED_SHOWN` ended ones: ringing first (what a key picks up), then
+  connected, then being set up, then the latest ended; newest first within each.
+  A lamp needs no more, and a NOTIFY over UDP must stay well under the path MTU
+  (RFC 3261 s18.1.1): four dialogs are about 1.8 kB. A busy line taking a call a
+  second would otherwise list every call of the linger time. In a full-state
+  document a dialog left out is over (RFC 4235 s4.1), which is what it says.
 * An idle extension's document holds one ``<dialog>`` in state ``terminated``
   (no call-id or tags). RFC 4235 s4.1 allows zero or more dialogs, so an empty
   document is also valid; but phones differ on which they read as idle, and a
@@ -41,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENDED_LINGER",
+    "ENDED_SHOWN",
+    "MAX_DIALOGS",
     "PRESENCE_NOTES",
     "DialogBook",
     "DialogView",
@@ -48,7 +57,11 @@ __all__ = [
     "pidf",
 ]
 
-ENDED_LINGER = 30.0
+ENDED_LINGER = 10.0
+MAX_DIALOGS = 4
+ENDED_SHOWN = 2
+# The order dialogs are listed in (and kept in, past MAX_DIALOGS).
+_RANK = {"early": 0, "proceeding": 0, "confirmed": 1, "trying": 2, "terminated": 3}
 
 # RFC 4235 s4.1.2 <state>: a leg we sent (the watched phone is its UAS).
 _LEG_STATE = {LegState.CALLING: "trying", LegState.RINGING: "early",
@@ -136,11 +149,13 @@ class DialogBook:
 
         self._prune(now)
         out = []
-        for item in self._items.get(ext, ()):
+        for item in reversed(self._items.get(ext, {})):  # newest first
             view = _leg_view(item) if isinstance(item, Leg) else _caller_view(item)
             if view is not None:
                 out.append(view)
-        return tuple(out)
+        out.sort(key=lambda v: _RANK[v.state])  # stable: newest first within a state
+        ended = [v for v in out if v.state == "terminated"][:ENDED_SHOWN]
+        return tuple([v for v in out if v.state != "terminated"] + ended)[:MAX_DIALOGS]
 
     def on_call(self, ext: str) -> bool:
         """``ext`` has a connected call (presence: "on the phone")."""
