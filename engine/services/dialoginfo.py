@@ -149,13 +149,19 @@ class DialogBook:
 
         self._prune(now)
         out = []
+        ended = 0
         for item in reversed(self._items.get(ext, {})):  # newest first
+            if (ext, item) in self._ended:
+                if ended == ENDED_SHOWN:
+                    continue  # not shown: no view made (a busy line has many)
+                ended += 1
             view = _leg_view(item) if isinstance(item, Leg) else _caller_view(item)
             if view is not None:
                 out.append(view)
         out.sort(key=lambda v: _RANK[v.state])  # stable: newest first within a state
-        ended = [v for v in out if v.state == "terminated"][:ENDED_SHOWN]
-        return tuple([v for v in out if v.state != "terminated"] + ended)[:MAX_DIALOGS]
+        shown = [v for v in out if v.state != "terminated"]
+        return tuple(shown + [v for v in out if v.state == "terminated"][:ENDED_SHOWN])[
+            :MAX_DIALOGS]
 
     def on_call(self, ext: str) -> bool:
         """``ext`` has a connected call (presence: "on the phone")."""
