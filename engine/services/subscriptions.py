@@ -267,14 +267,14 @@ class Subscriptions:
         return self._sent_in_tick < NOTIFY_BURST
 
     def _send_or_queue(self, sub: Subscription, now: float, local: Local) -> list[Event]:
-        """The NOTIFY that follows a 200 (RFC 6665 s4.2.1.2): now, or first in the queue
-        when this tick's budget is spent."""
+        """The NOTIFY that follows a 200 (RFC 6665 s4.2.1.2): now, or in the queue, in
+        arrival order, when this tick's budget is spent."""
         sub.last = None  # sent even when the state is the one last sent
         if self._budget(now):
             return self._send(sub, now, local)
         if sub not in self._queued:
             self._queued.add(sub)
-            self._queue.appendleft(sub)
+            self._queue.append(sub)
         return []
 
     def shutdown(self, now: float, local: Local) -> list[Event]:
