@@ -25,9 +25,9 @@ Decisions:
 * An idle extension's document holds one ``<dialog>`` in state ``terminated``
   (no call-id or tags). RFC 4235 s4.1 allows zero or more dialogs, so an empty
   document is also valid; but phones differ on which they read as idle, and a
-  terminated dialog is read as idle by all of them (Yealink, Polycom, Snom and
-  Grandstream key it the way Asterisk and Kamailio's presence server send it),
-  while some older firmware leaves a lamp as it was on an empty document.
+  terminated dialog is what Asterisk sends for an idle hint, the server desk
+  phones (Yealink, Polycom, Snom, Grandstream) are most tested against: a phone
+  that lights idle from either reads this one right.
 """
 
 from __future__ import annotations
