@@ -64,8 +64,17 @@ class Metrics:
             "switchboard_transfers", "Blind transfers (REFER) by outcome: connected, "
             "voicemail, failed (back to the transferor), dropped (the transferor had left), "
             "refused", ["outcome"], registry=r)
+        self.calls_taken_over = Counter(
+            "switchboard_calls_ended_for_dead_node", "Calls another node held, ended by "
+            "this one (a BYE to each party) after that node stopped heartbeating",
+            registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
+        self.ivr_calls = Counter(
+            "switchboard_ivr_calls", "Calls that entered an IVR menu", registry=self.registry)
+        self.ivr_outcomes = Counter(
+            "switchboard_ivr_outcomes", "How IVR menus ended: key, extension (dial by "
+            "extension), timeout, invalid, hangup", ["outcome"], registry=self.registry)
         self.calls_by_billing_group = Counter(
             "switchboard_calls_by_billing_group", "Calls routed, by the billing_group of "
             f"their number (the first {BILLING_GROUP_LABELS} groups in directory order, "

@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 from engine.metrics import Metrics
-from engine.shell.storelink import BindingWrite, PendingWrites, StoreLink, VoicemailWrite
-from provisioning.model import Binding, VoicemailMessage
+from engine.shell.storelink import (
+    BindingWrite,
+    DialogWrite,
+    PendingWrites,
+    StoreLink,
+    VoicemailWrite,
+)
+from provisioning.model import Binding, DialogRecord, VoicemailMessage
 from provisioning.store import PostgresStore, SQLiteStore, StoreError, connection_lost
 from tests.throwaway_pg import ThrowawayPostgres
 
@@ -38,6 +44,16 @@ def test_one_entry_per_key_in_the_order_of_last_change() -> None:
         assert q.put(w)
     assert len(q) == 2
     assert q.head() == [b1, a2]  # 101's refresh replaced its save and went last
+
+
+def test_a_call_answered_and_ended_before_its_batch_is_only_deleted() -> None:
+    q = PendingWrites()
+    record = DialogRecord(id="c1;t1", node="n1", legs=(), answered_at=time.time())
+    reg = BindingWrite("save", binding("101"))
+    q.put(DialogWrite(record.id, record))
+    q.put(reg)
+    q.put(DialogWrite(record.id, None))
+    assert q.head() == [reg, DialogWrite("c1;t1", None)]  # bindings and dialogs in one batch
 
 
 def test_a_change_made_while_its_batch_is_written_is_kept() -> None:

@@ -35,12 +35,12 @@ from typing import Literal
 import structlog
 
 from engine.metrics import Metrics
-from provisioning.model import Binding, VoicemailMessage
+from provisioning.model import Binding, DialogRecord, VoicemailMessage
 from provisioning.store import Store, connection_lost
 
 log = structlog.get_logger("switchboard.store")
 
-WRITE_BATCH = 500  # binding changes per store transaction
+WRITE_BATCH = 500  # binding and dialog changes per store transaction
 # Distinct keys queued at most. A binding takes about 1 KiB here: 50,000 is about
 # 50 MiB, and covers an outage during which every phone of a large office
 # registers (a refresh of a queued binding takes no new room).
@@ -79,7 +79,19 @@ class VoicemailWrite:
         return ("voicemail", self.message.id)
 
 
-Write = BindingWrite | VoicemailWrite
+@dataclass(frozen=True, slots=True)
+class DialogWrite:
+    """A call's dialog record (``record`` set) or its end (``record`` None): the record
+    lets another node end the call if this one dies."""
+    id: str
+    record: DialogRecord | None
+
+    @property
+    def key(self) -> Key:
+        return ("dialog", self.id)
+
+
+Write = BindingWrite | DialogWrite | VoicemailWrite
 
 
 class PendingWrites:
@@ -115,8 +127,8 @@ class PendingWrites:
         return True
 
     def head(self, limit: int = WRITE_BATCH) -> list[Write]:
-        """The oldest changes that go in one store call: up to ``limit`` binding changes
-        in a row, or one voicemail message."""
+        """The oldest changes that go in one store call: up to ``limit`` binding and
+        dialog changes in a row, or one voicemail message."""
         taken: list[Write] = []
         for write in self._entries.values():
             if isinstance(write, VoicemailWrite):
@@ -164,6 +176,12 @@ class StoreLink:
 
     def delete_binding(self, binding: Binding) -> None:
         self._put(BindingWrite("delete", binding))
+
+    def save_dialog(self, record: DialogRecord) -> None:
+        self._put(DialogWrite(record.id, record))
+
+    def end_dialog(self, record_id: str) -> None:
+        self._put(DialogWrite(record_id, None))
 
     def _put(self, write: Write) -> None:
         if not self.pending.put(write):
@@ -274,10 +292,22 @@ class StoreLink:
             return
         saved: list[Binding] = []
         removed: list[Binding] = []
+        records: list[DialogRecord] = []
+        ended: list[str] = []
         for write in taken:
             if isinstance(write, BindingWrite):
                 (saved if write.op == "save" else removed).append(write.binding)
-        await self.store.write_bindings(saved, node=self.node_id, removed=removed)
+            elif isinstance(write, DialogWrite):
+                if write.record is None:
+                    ended.append(write.id)
+                else:
+                    records.append(write.record)
+        if saved or removed:
+            await self.store.write_bindings(saved, node=self.node_id, removed=removed)
+        # Records are upserts and deletions by id: a batch written twice (a store that
+        # committed but did not answer in time) leaves the same rows.
+        if records or ended:
+            await self.store.write_dialogs(records, ended)
 
     async def flush(self, seconds: float) -> int:
         """Wait up to ``seconds`` for the queue to empty (a clean stop); how many
