@@ -374,9 +374,6 @@ class Subscriptions:
             self._remove(sub, "gave up")
 
     # ------------------------------------------------------------------ bookkeeping
-    def count(self, package: str) -> int:
-        return sum(len(subs) for (pkg, _), subs in self._watching.items() if pkg == package)
-
     def watched_by(self, watcher: str) -> int:
         return self._per_watcher.get(watcher, 0)
 
