@@ -178,9 +178,9 @@ from routing.steps import (
 
 __all__ = [
     "CONFIRM_SECONDS",
+    "MAX_FORWARD_HOPS",
     "QUEUE_LOGIN_CODE",
     "QUEUE_LOGOUT_CODE",
-    "MAX_FORWARD_HOPS",
     "REBOUND_SECONDS",
     "Router",
     "effective_status",

@@ -5,7 +5,7 @@ leads to (``Router.choose``) and dial by extension (``Router.dialled``)."""
 from __future__ import annotations
 
 from provisioning.model import Destination, Directory
-from routing import External, Ivr, Reject, Ring, Voicemail, plan, render_text, router_for
+from routing import External, Ivr, Ring, Voicemail, plan, render_text, router_for
 from tests.test_routing import (
     CHRISTMAS,
     EVENING,
