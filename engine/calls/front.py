@@ -86,6 +86,10 @@ class Calls:
         self.trunk_limits: dict[str, int | None] = {}
         # Every queue: callers, agents, their timers (one deadline in the heap).
         self.queues = Queues(self)
+        if metrics is not None:
+            metrics.read_queues(lambda now: [
+                f.to_json() for name in list(self.queues.rooms)
+                if (f := self.queues.figures(name, now)) is not None])
         self._statuses: dict[str, Status] = {}
         self.completed = 0  # calls ended since the engine started
         self._channels: dict[str, int] = {}  # trunk -> channels in use
