@@ -418,3 +418,5 @@ def test_random_arrivals_answers_hangups_and_logouts_leave_nothing(
     # every caller is counted once: answered, abandoned or sent on after its wait
     assert fig.answered + fig.abandoned + fig.timed_out == n
     assert fig.callers_waiting == 0 and fig.agents_on_call == 0
+    assert all(n == 0 for n in net.engine.calls.channels_in_use().values())  # trunk channels
+    assert net.engine.calls.next_wakeup() is None  # no call or queue timer
