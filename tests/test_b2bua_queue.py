@@ -420,3 +420,28 @@ def test_random_arrivals_answers_hangups_and_logouts_leave_nothing(
     assert fig.callers_waiting == 0 and fig.agents_on_call == 0
     assert all(n == 0 for n in net.engine.calls.channels_in_use().values())  # trunk channels
     assert net.engine.calls.next_wakeup() is None  # no call or queue timer
+
+
+def test_an_agent_transferring_the_caller_out_wraps_up_and_leaves_nothing() -> None:
+    from tests.test_b2bua_transfer import refer
+
+    net = queue_net("hunt")
+    register(net, "101", "102")
+    key, ok = arrive(net)
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    answer(net, inv, "102")
+    net.requests(PHONES["102"])
+    net.tick(4)
+    net.send(refer(inv, "101", phone=PHONES["102"]), PHONES["102"])  # blind, to 101
+    [target] = net.requests(PHONES["101"], "INVITE")
+    net.send(reply(target, 200, body=AGENT_SDP, contact="<sip:101@127.0.0.1:6101>"),
+             PHONES["101"])
+    assert "BYE" in [r.method for r in net.requests(PHONES["102"])]  # the agent is let go
+    assert queues(net).agents["102"].state is AgentState.WRAP_UP
+    assert net.engine.calls.extensions_on_calls() == {"101": 1}
+    fig = net.engine.calls.queue_figures("support", net.clock.now)
+    assert fig is not None and fig.average_talk_seconds == 4.0
+    hang_up_caller(net, ok, key[0])
+    net.tick(6)
+    assert queues(net).leftovers() == []
+    assert net.engine.calls.calls_in_progress() == []

@@ -263,6 +263,7 @@ class Calls:
     def _guard(self, call: Call, now: float,
                action: Callable[[], list[CallOutput]]) -> list[CallOutput]:
         """Run ``action`` for ``call``; an exception ends this call only."""
+        self.queues.now = now  # the time of what the queues hear of without a "now"
         try:
             return action()
         except Exception:
