@@ -445,3 +445,16 @@ def test_an_agent_transferring_the_caller_out_wraps_up_and_leaves_nothing() -> N
     net.tick(6)
     assert queues(net).leftovers() == []
     assert net.engine.calls.calls_in_progress() == []
+
+
+def test_a_queue_removed_while_callers_wait_still_times_them_out() -> None:
+    net = queue_net("hunt", logged_in=False)
+    arrive(net)
+    without = parse_directory(tomllib.loads(DIRECTORY), "<test>")
+    net.engine.calls.set_directory(without)
+    assert queues(net).rooms["support"].logged_in == set()
+    net.tick(60.1)
+    assert "BYE" in [r.method for r in net.drain(TRUNK) if isinstance(r, Request)]
+    assert queues(net).leftovers() == []
+    net.engine.calls.set_directory(without)
+    assert queues(net).rooms == {}

@@ -191,8 +191,8 @@ class Queues:
     def set_directory(self, directory: Directory) -> None:
         """A new snapshot: queues added start with their agents logged in or not by
         ``agents_start_logged_in``; kept queues keep who is logged in (less the
-        agents no longer in them); removed queues empty (their callers stay on
-        their calls, rung no more)."""
+        agents no longer in them); a removed queue stays until its last caller
+        leaves (its callers still time out), nobody logged in, and takes no one new."""
         rooms: dict[str, Room] = {}
         for table in directory.queues:
             step = queue_step(table, f"queue {table.name}")
@@ -205,6 +205,10 @@ class Queues:
             rooms[table.name] = room
             for ext in table.agents:
                 self.agents.setdefault(ext, Agent(ext))
+        for name, room in self.rooms.items():
+            if name not in rooms and room.callers:
+                room.logged_in.clear()
+                rooms[name] = room
         self.rooms = rooms
 
     def room(self, name: str) -> Room | None:
