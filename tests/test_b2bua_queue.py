@@ -353,10 +353,11 @@ ACTIONS = st.lists(st.tuples(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(strategy=st.sampled_from(["ring_all", "hunt", "round_robin", "longest_idle",
-                                 "fewest_answered", "least_talk_time"]), actions=ACTIONS)
+                                 "fewest_answered", "least_talk_time"]), actions=ACTIONS,
+       announce=st.booleans())
 def test_random_arrivals_answers_hangups_and_logouts_leave_nothing(
-        strategy: str, actions: list[tuple[str, int, float]]) -> None:
-    net = queue_net(strategy)
+        strategy: str, actions: list[tuple[str, int, float]], announce: bool) -> None:
+    net = queue_net(strategy, extra="announce_position_every = 5" if announce else "")
     register(net, "102", "103", "104")
     agents = ("102", "103", "104")
     callers: dict[int, Response] = {}
@@ -458,3 +459,29 @@ def test_a_queue_removed_while_callers_wait_still_times_them_out() -> None:
     assert queues(net).leftovers() == []
     net.engine.calls.set_directory(without)
     assert queues(net).rooms == {}
+
+
+def test_waiting_callers_hear_their_position_every_n_seconds() -> None:
+    net = queue_net("hunt", logged_in=False, extra="announce_position_every = 20")
+    register(net, "102")
+    k1, _ = arrive(net, 1)
+    k2, _ = arrive(net, 2)
+    net.tick(20.1)
+    said = {p.call: p for p in net.media if isinstance(p, IvrPlay)}
+    assert said[k1].text == "You are caller number 1."
+    assert said[k2].text == "You are caller number 2."
+    quiet = [b for b in net.media if isinstance(b, BridgeMedia) and b.call == k1][-1]
+    assert not quiet.music_to_caller  # the music pauses while the position is said
+    net.take(net.engine.queue_login("102", ("support",), True, net.clock.now))
+    assert net.requests(PHONES["102"]) == []  # no try while its position is said
+    net.take(net.engine.ivr_prompt_done(k1, said[k1].generation, net.clock.now))
+    again = [b for b in net.media if isinstance(b, BridgeMedia) and b.call == k1][-1]
+    assert again.music_to_caller and again.playlist == ("moh/queue.wav",)
+    [inv] = net.requests(PHONES["102"], "INVITE")  # caller 1 is tried now
+    answer(net, inv, "102")
+    net.media.clear()
+    net.tick(16)  # caller 2's announcement never reported done: its guard timer ends it
+    assert [b for b in net.media if isinstance(b, BridgeMedia)][-1].music_to_caller
+    net.tick(4.1)  # caller 2 again, now with the expected wait (1 answered after 20 s)
+    [second] = [p for p in net.media if isinstance(p, IvrPlay)]
+    assert second.text == "You are caller number 1. Your expected wait is about 1 minute."

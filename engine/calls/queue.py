@@ -121,6 +121,8 @@ class QueueCaller:
     tried: set[str] = field(default_factory=set)  # rung since the last round began
     try_started: float = 0.0
     not_before: float = 0.0  # the next try, no sooner
+    announce_at: float = 0.0  # the next position announcement (0: never)
+    announcing: bool = False  # its position is being said: no music, no try
 
 
 @dataclass(slots=True)
@@ -326,6 +328,8 @@ class Queues:
             return _leave_to(call, step.when_no_agents, f"queue {step.name}: no agent logged "
                              f"in and available: when_no_agents -> {step.when_no_agents}", now)
         caller = QueueCaller(call, room, now, now + step.max_wait_seconds)
+        if step.announce_position_every > 0:
+            caller.announce_at = now + step.announce_position_every
         call.queued = caller
         room.callers.append(caller)
         log.info("queue joined", call_id=call.id, queue=step.name, position=len(room.callers))
@@ -347,7 +351,7 @@ class Queues:
                 state = LiveState(statuses=dict(self.front.statuses))
                 for room in self.rooms.values():
                     for caller in list(room.callers):
-                        if caller.ringing or caller.not_before > now \
+                        if caller.ringing or caller.not_before > now or caller.announcing \
                                 or caller.call.queued is not caller:
                             continue
                         agents = self.pick(room, caller, self._free(room, wall, state))
@@ -476,6 +480,8 @@ class Queues:
         for room in self.rooms.values():
             for caller in room.callers:
                 times.append(caller.deadline)
+                if caller.announce_at and not caller.announcing:
+                    times.append(caller.announce_at)
                 if not caller.ringing:
                     times.append(max(caller.not_before, self.now + POLL_SECONDS))
         return min(times, default=None)
@@ -491,13 +497,53 @@ class Queues:
             for caller in list(room.callers):
                 if caller.deadline <= now:
                     events += self._timed_out(caller, now)
+                elif caller.announce_at and caller.announce_at <= now \
+                        and not caller.announcing:
+                    events += self._announce(caller, now)
         return events + self.dispatch(now)
+
+    def _announce(self, caller: QueueCaller, now: float) -> list[CallOutput]:
+        """Say the caller's position (and the expected wait, once callers were
+        answered); a caller whose agents ring hears it after the try."""
+        room = caller.room
+        step = room.step
+        call = caller.call
+        caller.announce_at = now + step.announce_position_every
+        if caller.ringing or call.ivr is not None:
+            return []
+        position = room.callers.index(caller) + 1
+        text = f"You are caller number {position}."
+        if room.answered:
+            # the average wait of the answered callers, per caller ahead and this one,
+            # less what this caller waited already
+            left = room.wait_total / room.answered * position - (now - caller.joined)
+            minutes = max(1, round(left / 60))
+            text += f" Your expected wait is about {minutes} minute{'s' if minutes > 1 else ''}."
+        caller.announcing = True
+        log.info("queue position", call_id=call.id, queue=step.name, position=position)
+        notice = QueueNotice(call, _spoken(f"queue-{step.name}", text, step.reason))
+        notice.after = "music"
+        call.ivr = notice
+        call.arm("ivr", now + NOTICE_SECONDS * 2)
+        return call.bridge() + notice.play_once()
+
+    def announced(self, caller: QueueCaller, now: float) -> list[CallOutput]:
+        """The position was said: music again, and a try when an agent is free."""
+        caller.announcing = False
+        if caller.call.queued is not caller:
+            return []
+        return caller.call.bridge() + self.dispatch(now)
 
     def _timed_out(self, caller: QueueCaller, now: float) -> list[CallOutput]:
         call = caller.call
         room = caller.room
         step = room.step
         events: list[CallOutput] = []
+        if caller.announcing and isinstance(call.ivr, QueueNotice):
+            call.ivr = None
+            call.disarm("ivr")
+            caller.announcing = False
+            events.append(IvrQuiet(call.key, done=True))
         attempt = call.transfer
         if isinstance(attempt, QueueTry):  # agents ring: stop the try
             attempt.move(TransferEvent.FAILED)
@@ -643,8 +689,8 @@ def queue_music(call: Call, bridge: BridgeMedia) -> BridgeMedia:
     if caller is None:
         return bridge
     playlist = caller.room.step.hold_music or bridge.playlist
-    return dataclasses.replace(bridge, music_to_caller=True, playlist=playlist,
-                               ringback_to_caller=False)
+    return dataclasses.replace(bridge, music_to_caller=not caller.announcing,
+                               playlist=playlist, ringback_to_caller=False)
 
 
 # ---------------------------------------------------------------------- log in by phone
@@ -667,14 +713,22 @@ def _notice_step(step: QueueLogin) -> Ivr:
     """The confirmation as an IVR prompt: the built-in text, spoken like IVR texts."""
     said = "You are logged in to " if step.login else "You are logged out of "
     text = said + (" and ".join(step.queues) if len(step.queues) < 4 else "your queues") + "."
-    return Ivr(f"queue-{'login' if step.login else 'logout'}", "", "", text, "en", (), False, 1,
-               0, Destination("busy"), Destination("busy"), step.reason)
+    return _spoken(f"queue-{'login' if step.login else 'logout'}", text, step.reason)
+
+
+def _spoken(name: str, text: str, reason: str) -> Ivr:
+    """``text`` as an IVR prompt (English, espeak-ng like IVR texts), no keys."""
+    return Ivr(name, "", "", text, "en", (), False, 1, 0, Destination("busy"),
+               Destination("busy"), reason)
 
 
 @dataclass(slots=True, eq=False)
 class QueueNotice(IvrSession):
-    """The confirmation of a log-in code: played once, then the call ends; keys are
-    ignored."""
+    """Something said to the caller once, keys ignored: a log-in code's confirmation
+    (then the call ends) or a queue caller's position (``after = "music"``: then it
+    waits on)."""
+
+    after: str = "hang_up"
 
     def play_once(self) -> list[CallOutput]:
         return self._play()
@@ -697,5 +751,9 @@ class QueueNotice(IvrSession):
         call = self.call
         call.ivr = None
         call.disarm("ivr")
-        return [IvrQuiet(call.key, done=True), *call.close(CallEvent.ENDPOINT_DONE, now)]
+        quiet: list[CallOutput] = [IvrQuiet(call.key, done=True)]
+        if self.after == "music":
+            caller = call.queued
+            return quiet + (call.front.queues.announced(caller, now) if caller else [])
+        return [*quiet, *call.close(CallEvent.ENDPOINT_DONE, now)]
 
