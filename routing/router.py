@@ -1036,7 +1036,7 @@ class _Builder:
             f"{why}; queue {q.name} ({q.extension}): {q.strategy} over "
             f"{', '.join(q.agents) or 'no agents'}, {q.ring_seconds} s a try; "
             f"wait at most {q.max_wait_seconds} s, {q.max_callers} callers -> "
-            f"{_describe(q.on_timeout)}; no agent free to take calls -> {no_agents}",
+            f"{_describe(q.on_timeout)}; no agent logged in and available -> {no_agents}",
             path.chain))
 
     def queue_login(self, user: User, dialled: str) -> int:

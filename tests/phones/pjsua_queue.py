@@ -158,6 +158,13 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
     phones.pump(lambda: (caller is None or caller.disconnected)
                 and (agent is None or agent.disconnected), 5)
     result["agent_ended"] = bool(agent and agent.disconnected)
+    # Every call is over: drop the players and calls while the library still runs
+    # and give it a moment, rather than at teardown (a Call or player freed next to
+    # libDestroy can crash pjsua2).
+    agent = caller = None
+    phones.release()
+    gc.collect()
+    phones.pump(lambda: False, 0.3)
 
 
 def main() -> int:
