@@ -9,6 +9,8 @@ The queues' live state is the engine's (``Live.queue_stats``, ``queue_agents``,
   the queue's department (a queue is a department's when every agent is);
 * log an agent in or out: the agent themself, the admin of the agent's
   department, owners.
+
+A queue one may not see is not there (404), as for the directory's tables.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _visible(live: Live, p: Principal, name: str) -> Queue:
     d = live.directory()
     q = _queue(d, name)
     if not _may_see(p, d, q):
-        raise ApiError(403, f"queue '{name}' is not one a {p.role} of another department sees")
+        raise ApiError(404, f"no queue '{name}'")
     return q
 
 
@@ -60,7 +62,7 @@ async def queue_agents(live: Live, p: Principal, name: str) -> dict[str, Any]:
 async def set_queue_agent(live: Live, p: Principal, name: str, extension: str,
                           body: object) -> dict[str, Any]:
     d = live.directory()
-    q = _queue(d, name)
+    q = _visible(live, p, name)
     if extension not in q.agents:
         raise ApiError(404, f"{extension} is not an agent of queue '{name}'")
     user = d.user(extension)
