@@ -23,6 +23,10 @@ Three roles:
   ``abandoned`` (the transferee hung up). Attended (Refer-To with Replaces,
   RFC 3891): ``moving`` while the consulted target is re-INVITEd to the
   transferee's call, then ``connected``, ``failed`` or ``abandoned``.
+* **agent** (``engine.calls.queue``): a queue agent as the queues see it, one
+  state across all its queues: ``idle``, ``ringing`` (a try's INVITE), ``on_call``
+  (it answered a queue caller), ``wrap_up`` (after that call, for the queue's
+  ``wrap_up_seconds``), then ``idle`` again.
 """
 
 from __future__ import annotations
