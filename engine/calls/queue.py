@@ -72,6 +72,7 @@ from engine.calls.states import (
 )
 from engine.sip.message import warning_value
 from provisioning.model import Destination, Directory, Status
+from provisioning.model import Queue as QueueTable
 from routing import Device, Ivr, LiveState, Plan, Queue, QueueLogin, Ring, router_for
 
 if TYPE_CHECKING:
@@ -167,11 +168,8 @@ class Room:
     talks: int = 0
 
 
-def queue_step(table: object, reason: str) -> Queue:
+def queue_step(table: QueueTable, reason: str) -> Queue:
     """The :class:`~routing.Queue` of a directory's ``[[queues]]`` entry."""
-    from provisioning.model import Queue as QueueTable
-
-    assert isinstance(table, QueueTable)
     return Queue(table.name, table.extension, table.strategy, table.agents, table.ring_seconds,
                  table.wrap_up_seconds, table.max_wait_seconds, table.max_callers,
                  table.on_timeout, table.when_no_agents, table.hold_music,
