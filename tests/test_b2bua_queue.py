@@ -241,6 +241,18 @@ def test_agents_who_may_not_be_rung_are_skipped() -> None:
     assert list(invites(net, "102", "103", "104")) == ["103"]
 
 
+def test_an_agent_whose_phone_rings_for_another_call_is_skipped() -> None:
+    net = queue_net("hunt")
+    register(net, "101", "102", "103")
+    phone_call(net, "101", "102", call_id="direct-1")  # 102's phone rings for 101
+    net.take(net.engine.media_ready(("direct-1", "from-direct-1"), (31000, 31002),
+                                    net.clock.now))
+    [direct] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(direct, 180), PHONES["102"])
+    arrive(net)
+    assert list(invites(net, "102", "103")) == ["103"]  # hunt skips 102, ringing
+
+
 def test_logged_out_agents_and_wrap_up_are_skipped() -> None:
     net = queue_net("hunt", logged_in=False)
     register(net, "102", "103", "104")

@@ -151,6 +151,10 @@ class Calls:
         """Extension -> calls it is on (what routing sees as busy)."""
         return dict(self._on_call)
 
+    def extensions_ringing(self) -> set[str]:
+        """Extensions whose phones ring now (a leg sent, no final answer yet)."""
+        return {leg.extension for leg in self._legs.values() if leg.pending and leg.extension}
+
     def channel_free(self, trunk: str) -> bool:
         limit = self.trunk_limits.get(trunk)
         return limit is None or self._channels.get(trunk, 0) < limit

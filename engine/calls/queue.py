@@ -24,7 +24,8 @@ Decisions:
   the call's media through the engine (``serve --media relay``) and an SDP offer.
 * **Who may be rung**: an agent logged in to the queue, idle (not ringing for
   another caller, not on a queue call, not in wrap-up: per agent, across
-  queues), on no call at all (the front's busy marks: any call), registered, and
+  queues), on no call at all (the front's busy marks: any call), its phone not
+  ringing for another call, registered, and
   whose effective status is ``available`` (DND, away, lunch, business trip are
   skipped). A try that ended within a second (the phone refused at once) is
   followed by the next one no sooner than :data:`RETRY_SECONDS` later, so a
@@ -258,6 +259,7 @@ class Queues:
         """The agents of ``room`` that may be rung now, in the order of ``agents``."""
         front = self.front
         on_call = front.extensions_on_calls()
+        ringing = front.extensions_ringing()  # any call's leg, not only the queues'
         directory = front.directory
         if directory is None:
             return []
@@ -267,7 +269,8 @@ class Queues:
         for ext in room.step.agents:
             agent = self.agents.get(ext)
             if ext not in room.logged_in or agent is None or agent.state is not AgentState.IDLE \
-                    or on_call.get(ext, 0) > 0 or not front.registrar.lookup(ext, wall) \
+                    or on_call.get(ext, 0) > 0 or ext in ringing \
+                    or not front.registrar.lookup(ext, wall) \
                     or router.status_of(ext, at, state) != "available":
                 continue
             out.append(ext)
