@@ -10,7 +10,8 @@ calls):
   up later (the agent gets the BYE);
 * a pjsua2 caller into the ring_all queue: both agents ring at once, 103 answers;
 * 102 dials ``*63``: the engine answers, confirms and hangs up; a caller into the
-  ring_all queue then rings 103 only;
+  ring_all queue then rings 103 only; ``*62861`` logs 102 back in to that queue
+  only, and the next caller rings both;
 
 then the queue's figures, in the stats API and the metrics. A missing pjsua2 or
 SIPp fails the test (it never skips).
@@ -124,10 +125,10 @@ def test_a_caller_into_a_ring_all_queue_rings_every_agent(office: EngineProcess)
 
 
 def test_an_agent_logged_out_by_star_63_is_not_rung(office: EngineProcess) -> None:
-    result = agents(office, "logout", "--logout", "102", "--dial", "861", "--answer", "103",
-                    "--stay", "2")
+    result = agents(office, "logout", "--code-by", "102", "--code", "*63", "--dial", "861",
+                    "--answer", "103", "--stay", "2")
     why = result["why"]
-    assert result["logout_answered"] and result["logout_ended_by_engine"], why
+    assert result["code_answered"] and result["code_ended_by_engine"], why
     assert result["caller_answered"], why
     assert result["rung"] == ["103"], why  # 102 logged out of every queue
     assert result["answered_by"] == "103" and result["agent_connected"], why
@@ -135,13 +136,25 @@ def test_an_agent_logged_out_by_star_63_is_not_rung(office: EngineProcess) -> No
     assert agents_now["102"]["logged_in"] is False, agents_now
 
 
+def test_star_62_with_a_queue_extension_logs_in_to_that_queue(office: EngineProcess) -> None:
+    result = agents(office, "login", "--code-by", "102", "--code", "*62861", "--dial", "861",
+                    "--answer", "102", "--stay", "2")
+    why = result["why"]
+    assert result["code_answered"] and result["code_ended_by_engine"], why
+    assert sorted(result["rung"]) == ["102", "103"], why  # ring_all: 102 is back
+    assert result["answered_by"] == "102" and result["agent_connected"], why
+    assert office.api_get("/queues/sales/agents")["102"]["logged_in"] is True
+    assert office.api_get("/queues/support/agents")["102"]["logged_in"] is False
+
+
 def test_the_wallboard_figures(office: EngineProcess) -> None:
     stats = office.api_get("/queues/sales/stats")
     assert stats["queue"] == "sales"
-    assert stats["answered"] == 2 and stats["callers_waiting"] == 0, stats
-    assert stats["answered_within_service_level"] == 2, stats
+    assert stats["answered"] == 3 and stats["callers_waiting"] == 0, stats
+    assert stats["answered_within_service_level"] == 3, stats
+    assert stats["agents_logged_in"] == 2 and stats["average_talk_seconds"] > 0, stats
     metrics = office.metrics()
-    assert metrics['switchboard_queue_answered_total{queue="sales"}'] == 2.0, \
+    assert metrics['switchboard_queue_answered_total{queue="sales"}'] == 3.0, \
         json.dumps(metrics, indent=1)
     assert metrics['switchboard_queue_answered_total{queue="support"}'] == 1.0
     assert metrics['switchboard_queue_callers_waiting{queue="support"}'] == 0.0

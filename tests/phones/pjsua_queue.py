@@ -7,8 +7,8 @@ and the library is always destroyed before exit.
 Every account registers (digest, the engine as outbound proxy, one UDP
 transport). Then, in order:
 
-1. ``--logout EXT``: that agent dials ``--logout-code`` (``*63``) and waits for the
-   engine to answer, confirm and hang up;
+1. ``--code-by EXT``: that agent dials ``--code`` (``*63``, ``*62``...) and waits
+   for the engine to answer, confirm and hang up;
 2. the caller (``--caller``; ``--no-caller`` when SIPp calls instead) dials
    ``--dial`` and waits until the engine answers it (or, with ``--no-caller``, the
    agents wait for the first incoming call);
@@ -22,7 +22,7 @@ Output, one JSON object per line on stdout:
   {"event": "registered", "ok": true, ...}
   {"event": "incoming", "account": "102", "t": ...}
   {"event": "result", "rung": ["102", "103"], "rung_at": {...}, "answered_by": "103",
-   "caller_answered": true, "agent_connected": true, "logout_answered": true, ...}
+   "caller_answered": true, "agent_connected": true, "code_answered": true, ...}
   {"event": "done"}
 Exit status: 0 once run, 2 when a REGISTER failed, 3 on an error.
 """
@@ -124,13 +124,13 @@ class Phones(Pump):
 
 def run(phones: Phones, result: dict[str, Any]) -> None:
     args = phones.args
-    if args.logout:
-        acc = phones.accounts[args.logout]
-        out = Call(acc, "logout")
-        out.makeCall(f"sip:{args.logout_code}@{args.domain}", pj.CallOpParam(True))
+    if args.code_by:
+        acc = phones.accounts[args.code_by]
+        out = Call(acc, "code")
+        out.makeCall(f"sip:{args.code}@{args.domain}", pj.CallOpParam(True))
         phones.pump(lambda: out.disconnected, 15)
-        result["logout_answered"] = out.confirmed
-        result["logout_ended_by_engine"] = out.disconnected
+        result["code_answered"] = out.confirmed
+        result["code_ended_by_engine"] = out.disconnected
         if not out.disconnected:
             out.hangup(pj.CallOpParam(True))
             phones.pump(lambda: out.disconnected, 3)
@@ -177,8 +177,8 @@ def main() -> int:
     ap.add_argument("--dial", default="860", help="the queue's extension")
     ap.add_argument("--answer", default="", help="the agent that answers ('' none)")
     ap.add_argument("--answer-after", type=float, default=0.5)
-    ap.add_argument("--logout", default="", help="an agent that dials the log-out code first")
-    ap.add_argument("--logout-code", default="*63")
+    ap.add_argument("--code-by", default="", help="an agent that dials --code first")
+    ap.add_argument("--code", default="*63", help="a queue feature code (*63: log out)")
     ap.add_argument("--wait-first", type=float, default=15.0)
     ap.add_argument("--wait-answer", type=float, default=15.0)
     ap.add_argument("--stay", type=float, default=2.0)
