@@ -58,7 +58,9 @@ class TimerHeap(Generic[K]):
     def arm(self, owner: K, name: str, when: float) -> None:
         """(Re-)arm ``name`` of ``owner`` to fire at ``when``."""
         self._seq += 1
-        names = self._live.setdefault(owner, {})
+        names = self._live.get(owner)
+        if names is None:  # not setdefault: that builds an empty dict on every arm
+            names = self._live[owner] = {}
         if name not in names:
             self._armed += 1
         names[name] = (self._seq, when)
