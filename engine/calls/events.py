@@ -25,6 +25,8 @@ __all__ = [
     "BridgeMedia",
     "CallKey",
     "CallOutput",
+    "IvrPlay",
+    "IvrQuiet",
     "MediaCommand",
     "OpenMedia",
     "ScreenMode",
@@ -120,10 +122,38 @@ class BridgeMedia:
     ringback_to_caller: bool = False
 
 
-MediaCommand = OpenMedia | StartVoicemail | StartMailbox | UpdateMedia | StopMedia | BridgeMedia
+@dataclass(frozen=True, slots=True)
+class IvrPlay:
+    """An IVR's caller (answered, on the endpoint facing it, in ``negotiated``) hears
+    its prompt: ``prompt`` (a WAV) or ``text`` rendered to speech in ``language``.
+    The media service reports the end of this play with its ``generation``
+    (``ivr_prompt_done``) and every key the caller sends (RFC 4733) with
+    ``ivr_digit``, until :class:`IvrQuiet` with ``done``."""
+
+    call: CallKey
+    call_id: str
+    negotiated: sdp.Negotiated
+    prompt: str
+    text: str
+    language: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class IvrQuiet:
+    """Stop the IVR's prompt (a key interrupts it); with ``done`` stop listening to
+    keys too: the caller chose, its call goes on."""
+
+    call: CallKey
+    done: bool = False
+
+
+MediaCommand = (OpenMedia | StartVoicemail | StartMailbox | UpdateMedia | StopMedia | BridgeMedia
+                | IvrPlay | IvrQuiet)
 # The classes of MediaCommand, for isinstance where a function call per item costs
 # (engine.core sorts every output of every input with it).
-MEDIA_COMMANDS = (OpenMedia, StartVoicemail, StartMailbox, UpdateMedia, StopMedia, BridgeMedia)
+MEDIA_COMMANDS = (OpenMedia, StartVoicemail, StartMailbox, UpdateMedia, StopMedia, BridgeMedia,
+                  IvrPlay, IvrQuiet)
 # One item of what an entry point of the call layer returns.
 CallOutput = Event | MediaCommand
 
