@@ -20,7 +20,7 @@ from typing import Protocol
 import structlog
 
 from engine.calls import Calls
-from engine.calls.events import MediaCommand, is_media_command
+from engine.calls.events import MEDIA_COMMANDS, MediaCommand
 from engine.calls.headers import SERVER, Local
 from engine.calls.records import bye_requests
 from engine.metrics import Metrics
@@ -451,7 +451,7 @@ class Engine:
                 self._count_out(ev.data)
                 sends.append(ev)
                 continue
-            if is_media_command(ev):  # the call layer's commands to the media service
+            if isinstance(ev, MEDIA_COMMANDS):  # the call layer's commands to the media service
                 media.append(ev)
                 continue
             try:

@@ -205,11 +205,13 @@ class Call:
     # ring time), "screen" (a screened leg's time to answer), "ok" (the 2xx
     # retransmission, RFC 3261 s13.3.1.4).
     timers: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # (Call-ID, the caller's From tag): how the front and the media service know the
+    # call. Set once from the INVITE (neither changes): it is read on every input
+    # and timer change, and the From header would be looked up each time.
+    key: CallKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> CallKey:
-        """(Call-ID, the caller's From tag): how the media service knows the call."""
-        return (self.id, self.invite.from_.tag or "")
+    def __post_init__(self) -> None:
+        self.key = (self.id, self.invite.from_.tag or "")
 
     @property
     def local(self) -> Local:
@@ -232,15 +234,19 @@ class Call:
     # ------------------------------------------------------------------ timers
     def next_timer(self) -> float | None:
         """When :meth:`on_timer` is due next; None when no timer is armed."""
-        return min((deadline for deadline, _ in self.timers.values()), default=None)
+        timers = self.timers
+        # (deadline, arming order) tuples: the least one holds the earliest deadline.
+        return min(timers.values())[0] if timers else None
 
     def on_timer(self, now: float) -> list[CallOutput]:
         """Fire the earliest timer due at ``now`` (the front calls again for the next)."""
-        due = min(self.timers.items(), key=lambda item: item[1], default=None)
-        if due is None or due[1][0] > now:
+        timers = self.timers
+        if not timers:
             return []
-        name = due[0]
-        del self.timers[name]
+        name = min(timers, key=timers.__getitem__)
+        if timers[name][0] > now:
+            return []
+        del timers[name]
         self.front.reschedule(self)
         return self._fire(name, now)
 

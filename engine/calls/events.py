@@ -21,6 +21,7 @@ from engine.sip.transaction import Event
 from media import sdp
 
 __all__ = [
+    "MEDIA_COMMANDS",
     "BridgeMedia",
     "CallKey",
     "CallOutput",
@@ -149,12 +150,14 @@ class IvrQuiet:
 
 MediaCommand = (OpenMedia | StartVoicemail | StartMailbox | UpdateMedia | StopMedia | BridgeMedia
                 | IvrPlay | IvrQuiet)
-_COMMANDS = (OpenMedia, StartVoicemail, StartMailbox, UpdateMedia, StopMedia, BridgeMedia,
-             IvrPlay, IvrQuiet)
+# The classes of MediaCommand, for isinstance where a function call per item costs
+# (engine.core sorts every output of every input with it).
+MEDIA_COMMANDS = (OpenMedia, StartVoicemail, StartMailbox, UpdateMedia, StopMedia, BridgeMedia,
+                  IvrPlay, IvrQuiet)
 # One item of what an entry point of the call layer returns.
 CallOutput = Event | MediaCommand
 
 
 def is_media_command(item: object) -> TypeGuard[MediaCommand]:
     """Whether ``item`` (of a call layer's output) is for the media service."""
-    return isinstance(item, _COMMANDS)
+    return isinstance(item, MEDIA_COMMANDS)

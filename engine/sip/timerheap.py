@@ -47,16 +47,20 @@ class TimerHeap(Generic[K]):
 
     def deadline(self, owner: K, name: str) -> float | None:
         """When ``name`` of ``owner`` fires; None when it is not armed."""
-        live = self._live.get(owner, {}).get(name)
+        names = self._live.get(owner)
+        live = None if names is None else names.get(name)
         return None if live is None else live[1]
 
     def armed(self, owner: K, name: str) -> bool:
-        return name in self._live.get(owner, {})
+        names = self._live.get(owner)
+        return names is not None and name in names
 
     def arm(self, owner: K, name: str, when: float) -> None:
         """(Re-)arm ``name`` of ``owner`` to fire at ``when``."""
         self._seq += 1
-        names = self._live.setdefault(owner, {})
+        names = self._live.get(owner)
+        if names is None:  # not setdefault: that builds an empty dict on every arm
+            names = self._live[owner] = {}
         if name not in names:
             self._armed += 1
         names[name] = (self._seq, when)
@@ -95,5 +99,6 @@ class TimerHeap(Generic[K]):
         return None
 
     def _is_live(self, entry: tuple[float, int, K, str]) -> bool:
-        live = self._live.get(entry[2], {}).get(entry[3])
+        names = self._live.get(entry[2])
+        live = None if names is None else names.get(entry[3])
         return live is not None and live[0] == entry[1]

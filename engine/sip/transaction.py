@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from engine.sip.message import ParseError, Request, Response, Via, make_response, random_hex
 from engine.sip.timerheap import TimerHeap
@@ -84,9 +84,14 @@ class Timers:
         return 64 * self.t1
 
 
-@dataclass(frozen=True, slots=True)
-class TxKey:
+class TxKey(NamedTuple):
     """Identifies one transaction; hashable.
+
+    A NamedTuple, not a frozen dataclass: it is hashed on every lookup of the
+    transaction, timer and call tables (several per message), and a tuple's hash
+    and equality run in C where a dataclass's ``__hash__`` is a Python call that
+    builds a tuple each time. Being a tuple, a key equals the plain tuple of its
+    fields.
 
     Server keys (RFC 3261 s17.2.3): ``branch`` + ``sent_by`` + ``method``
     (ACK maps to INVITE) when the top Via branch carries the magic cookie;
