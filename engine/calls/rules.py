@@ -71,9 +71,9 @@ def srtp_refusal(directory: Directory | None, facts: CallFacts, transport: str,
                 "only over TLS (RFC 4568 s8.3); register and call over TLS")
     if only_srtp and mode == "off":
         who = f"user {facts.caller}" if facts.source == "phone" else "calls from trunks"
-        return f"SRTP is off for {who} (srtp = \"off\"): offer RTP/AVP"
+        return f"SRTP is off for {who} (srtp = off): offer RTP/AVP"
     if mode == "required" and not (secure and tls):
-        return (f"user {facts.caller} requires SRTP (srtp = \"required\"): offer "
+        return (f"user {facts.caller} requires SRTP (srtp = required): offer "
                 "RTP/SAVP with a=crypto over TLS")
     return None
 
