@@ -9,8 +9,10 @@ engine announced on that leg, or it would not decrypt.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +26,9 @@ from engine.services.callmedia import CallMedia
 from media import sdp, srtp
 from media.codecs import codec_for
 from media.endpoint import MediaEndpoint
-from media.rtp import RtpPacket, RtpSender
+from media.rtp import RtpPacket, RtpSender, dtmf_packets
 from media.session import MediaService
+from media.tones import dominant_frequency, tone
 from tests.test_media_endpoint import HOST, Phone, new_service, open_phone, until
 
 KEY = bytes(range(30))
@@ -293,3 +296,32 @@ async def test_hold_music_to_an_srtp_leg_is_protected(rig: Rig) -> None:
 def test_context_refuses_wrong_key_lengths() -> None:
     with pytest.raises(srtp.SrtpError, match="send key must be 30 bytes"):
         srtp.SrtpContext(os.urandom(16), KEY)
+
+
+async def test_voicemail_recording_and_keys_on_an_srtp_leg(tmp_path: Path) -> None:
+    """What the engine consumes itself (a voicemail recorder, RFC 4733 keys) hears the
+    phone's SRTP decrypted: the WAV holds the tone, '#' ends it."""
+    media = new_service()
+    socket = await open_phone()
+    try:
+        endpoint = await media.open_endpoint()
+        key = srtp.new_key()
+        leg(endpoint, socket.port, key)
+        tx = session(key, True)
+        recorder = media.record(endpoint, tmp_path / "vm.wav")
+        sender = RtpSender.create(0, 8000)
+        audio = PCMU.encode(tone(1000, 1000))
+        for i in range(0, len(audio), 160):
+            socket.send(tx.protect(sender.audio(audio[i:i + 160]).build()), endpoint.rtp_port)
+            await asyncio.sleep(0.004)
+        for packet in dtmf_packets(sender, "#"):
+            socket.send(tx.protect(packet.build()), endpoint.rtp_port)
+        recording = await asyncio.wait_for(recorder.wait(), 5.0)
+    finally:
+        socket.close()
+        await media.close_all()
+    assert (recording.reason, recording.digit) == ("dtmf", "#")
+    with wave.open(str(recording.path), "rb") as w:
+        pcm = w.readframes(w.getnframes())
+    assert abs(dominant_frequency(pcm, 8000) - 1000) < 10
+    assert endpoint.srtp_rejected == 0
