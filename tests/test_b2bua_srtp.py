@@ -14,7 +14,7 @@ from engine.sip.auth import build_authorization
 from engine.sip.registrar import Binding
 from media import sdp, srtp
 from provisioning.directory import parse_directory
-from tests.test_b2bua import PHONES, SDP, Clock, Net, ack_for, invite, reply
+from tests.test_b2bua import PHONES, SDP, Clock, Net, ack_for, in_dialog, invite, reply
 from tests.test_b2bua_anchor import ANCHORED, CALLEE_SDP
 from tests.test_b2bua_relay import send
 
@@ -155,3 +155,33 @@ def test_srtp_user_registered_over_udp_is_offered_plain_rtp() -> None:
     ring(net, SRTP_SDP)
     [inv] = net.requests(PHONES["102"], "INVITE")
     assert sdp.parse_sdp(inv.body).media[0].protocol == "RTP/AVP"
+
+
+def test_hold_from_the_srtp_caller_is_answered_savp_with_the_same_key() -> None:
+    net = srtp_net({"101": "allowed"})
+    register_on(net, {"102": "udp"})
+    ring(net, SRTP_SDP)
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 200, body=CALLEE_SDP, contact="<sip:102@127.0.0.1:6102>"),
+             PHONES["102"])
+    [ok] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    first = srtp.parse_crypto(sdp.parse_sdp(ok.body).media[0].attribute("crypto") or "").key
+    src = PHONES["101"]
+    send(net, in_dialog("ACK", ok, src, cseq=2, call_id="call-1", branch="ack1"), src, "tls")
+    net.media.clear()
+    hold = SRTP_SDP.replace(b"a=rtpmap:101", b"a=sendonly\r\na=rtpmap:101")
+    send(net, in_dialog("INVITE", ok, src, cseq=3, call_id="call-1", branch="hold1",
+                        body=hold), src, "tls")
+    [answer] = [r for r in net.responses(src) if r.status == 200]
+    m = sdp.parse_sdp(answer.body).media[0]
+    assert m.protocol == "RTP/SAVP" and m.attribute("recvonly") is None
+    assert b"a=recvonly" in answer.body
+    assert srtp.parse_crypto(m.attribute("crypto") or "").key == first  # kept: no re-key
+    [bridge] = [b for b in net.media if isinstance(b, BridgeMedia)]
+    assert bridge.music_to_callee and bridge.caller_media is not None
+    assert bridge.caller_media.send_key == first
+    # A plain re-offer on the SRTP side is answered too (srtp allowed, not required).
+    send(net, in_dialog("INVITE", ok, src, cseq=4, call_id="call-1", branch="plain1",
+                        body=SDP), src, "tls")
+    [plain] = [r for r in net.responses(src) if r.status == 200]
+    assert b"RTP/AVP" in plain.body and b"crypto" not in plain.body

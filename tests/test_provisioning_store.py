@@ -649,3 +649,10 @@ async def test_voicemail_counts_and_revision_for_message_waiting(store: Store,
     assert await store.mark_voicemail_read("101", "c0")
     assert await store.voicemail_counts() == {"101": (1, 1), "102": (1, 0)}
     assert await store.voicemail_revision() > first
+
+
+async def test_a_users_srtp_is_stored_and_loaded(store: Store, directory: Directory) -> None:
+    edited = _replace_user(directory, "101", srtp="required")
+    await store.apply_directory(edited)
+    assert _user(await store.load_directory(), "101").srtp == "required"
+    assert _user(await store.load_directory(), "102").srtp == "off"
