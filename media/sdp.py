@@ -44,9 +44,13 @@ Decisions (where no RFC says):
   ``G722/16000`` or ``PCMU/8000/2`` are not taken for G.722 or PCMU (the
   audio would be garbled); ``telephone-event`` is accepted at any rate.
 * :func:`answer` accepts the first audio stream it can use (RTP/AVP or
-  RTP/AVPF, unicast, port not 0, a codec in common) and rejects every other
-  stream with port 0 (RFC 3264 s6): best-effort SRTP offers that put an
-  ``RTP/SAVP`` line before an ``RTP/AVP`` one get the plain one. It lists
+  RTP/AVPF, unicast, port not 0, a codec in common; RTP/SAVP(F) with a usable
+  ``a=crypto`` only when given an SRTP key, :mod:`media.srtp`) and rejects every
+  other stream with port 0 (RFC 3264 s6): without a key, best-effort SRTP
+  offers that put an ``RTP/SAVP`` line before an ``RTP/AVP`` one get the plain
+  one. :func:`negotiated` carries the SDES keys (ours, the peer's: each side's
+  ``a=crypto`` is the key it sends with, RFC 4568 s6.1); :func:`with_srtp` and
+  :func:`without_srtp` make an offer SRTP or plain for a callee. It lists
   every common codec in *our* priority order (the device's or user's
   ``codecs``), with the offer's payload type numbers and ``fmtp``, and an
   ``rtpmap`` even for static types (RFC 3264 s6.1 SHOULD). One
@@ -65,8 +69,9 @@ Decisions (where no RFC says):
   name the old addresses, and the ``a=rtcp`` (RFC 3605) of the rewritten
   stream. A stream on RFC 2543 hold (``c=0.0.0.0``) stays on hold.
 * Refusals carry 488 (RFC 3261 s21.4.26) and a Warning code (s20.43): 304
-  (no audio stream), 302 (only a transport we do not support, e.g. SRTP or
-  multicast), 305 (no common codec, or only codecs the engine cannot decode:
+  (no audio stream), 302 (only a transport we do not support or may not use
+  here: SRTP without a key, an unusable ``a=crypto``, plain RTP where SRTP is
+  required, multicast), 305 (no common codec, or only codecs the engine cannot decode:
   G.729 is relayed, never transcoded).
 """
 

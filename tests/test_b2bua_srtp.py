@@ -185,3 +185,22 @@ def test_hold_from_the_srtp_caller_is_answered_savp_with_the_same_key() -> None:
                         body=SDP), src, "tls")
     [plain] = [r for r in net.responses(src) if r.status == 200]
     assert b"RTP/AVP" in plain.body and b"crypto" not in plain.body
+
+
+def test_a_required_users_plain_reoffer_gets_488_and_the_call_keeps_srtp() -> None:
+    net = srtp_net({"101": "required"})
+    register_on(net, {"102": "udp"})
+    ring(net, SRTP_SDP)
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 200, body=CALLEE_SDP, contact="<sip:102@127.0.0.1:6102>"),
+             PHONES["102"])
+    [ok] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    src = PHONES["101"]
+    send(net, in_dialog("ACK", ok, src, cseq=2, call_id="call-1", branch="ack1"), src, "tls")
+    net.media.clear()
+    send(net, in_dialog("INVITE", ok, src, cseq=3, call_id="call-1", branch="plain1",
+                        body=SDP), src, "tls")
+    [refused] = [r for r in net.responses(src) if r.status >= 200]
+    assert refused.status == 488 and "SRTP" in (refused.get("warning") or "")
+    assert "required" in (refused.get("warning") or "")
+    assert [b for b in net.media if isinstance(b, BridgeMedia)] == []  # nothing changed

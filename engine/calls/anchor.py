@@ -288,6 +288,9 @@ class MediaAnchor:
         if caller:
             assert offer is not None
             self.offer = offer
+            # It was offered plain RTP (caller_side_offer): the caller's SRTP rules and
+            # key were the caller's, not its.
+            side.srtp_ok = side.srtp_required = False
         side.media, side.sdp, side.holds = media, ours, False
         if origin is not None:
             side.session, side.version = origin
