@@ -79,3 +79,18 @@ def test_every_state_can_end_and_nothing_leaves_an_end(
                     seen.add(after)
                     todo.append(after)
         assert seen & ends, f"{machine.role}: no way to an end from {start}"
+
+
+def test_every_agent_state_comes_back_to_idle() -> None:
+    """Agents have no end: whatever happens, an agent is idle (rung again) later."""
+    from engine.calls.states import AGENT, AgentState
+
+    for start in AgentState:
+        seen, todo = {start}, [start]
+        while todo:
+            here = todo.pop()
+            for (state, _), after in AGENT.moves.items():
+                if state == here and after not in seen:
+                    seen.add(after)
+                    todo.append(after)
+        assert AgentState.IDLE in seen, start

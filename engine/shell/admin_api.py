@@ -58,6 +58,18 @@ class EngineView:
                        registered=state.registered, preferred_identity=preferred_identity)
         return plan_to_json(plan)
 
+    def queue_stats(self, name: str) -> dict[str, Any]:
+        figures = self.server.engine.calls.queue_figures(name, time.monotonic())
+        return figures.to_json() if figures is not None else {}
+
+    def queue_agents(self, name: str) -> dict[str, Any]:
+        return self.server.engine.calls.queues.agent_states(name)
+
+    def queue_login(self, name: str, extension: str, logged_in: bool) -> None:
+        server = self.server
+        server._apply(server.engine.queue_login(extension, (name,), logged_in,
+                                                time.monotonic()))
+
     async def reload(self) -> None:
         await self.server._reload()
 
