@@ -274,14 +274,27 @@ async def test_forged_or_replayed_srtp_is_dropped_and_never_relayed(rig: Rig) ->
 
 async def test_srtcp_is_relayed_decrypted_and_reencrypted(rig: Rig) -> None:
     rig.calls.apply(rig.state())
-    # RTCP goes to the latched address's port + 1: latch both legs first.
+    # RTCP goes where the peer's RTCP comes from (else the latched RTP port + 1): the
+    # phones send theirs from their RTP sockets, so the relayed reports come back there.
     rig.secure.send(pcmu_stream(5, 1)[0], rig.a.rtp_port)
     rig.plain.send(pcmu_stream(6, 1)[0], rig.b.rtp_port)
-    await until(lambda: rig.a.latch.latched and rig.b.latch.latched)
-    report = RtpSender.create(0, 8000).sender_report(1.0).build()
-    rig.secure.send_rtcp(report, rig.a.rtcp_port)  # from the SRTP phone's RTP port
-    rig.plain.send(report, rig.b.rtcp_port)
-    await until(lambda: rig.a.rtcp_received == 1 and rig.b.rtcp_received == 1)
+    await until(lambda: len(rig.plain.received) == 1 and len(rig.secure.socket.received) == 1)
+    from_plain = RtpSender.create(0, 8000).sender_report(1.0).build()
+    from_secure = RtpSender.create(0, 8000).sender_report(2.0).build()
+    # The first SRTCP teaches a where the SRTP phone's RTCP comes from (its copy goes to
+    # the plain phone's RTP port + 1, where nobody listens); then one report each way.
+    rig.secure.send_rtcp(RtpSender.create(0, 8000).sender_report(0.5).build(), rig.a.rtcp_port)
+    await until(lambda: rig.a.rtcp_received == 1)
+    rig.plain.send(from_plain, rig.b.rtcp_port)
+    await until(lambda: len(rig.secure.socket.received) == 2)
+    rig.secure.send_rtcp(from_secure, rig.a.rtcp_port)
+    await until(lambda: len(rig.plain.received) == 2)
+    # The plain phone gets the SRTP phone's report decrypted ...
+    assert rig.plain.received[1][1] == from_secure
+    # ... and the SRTP phone the plain one's as SRTCP under the engine's key on its leg.
+    wire = rig.secure.socket.received[1][1]
+    assert wire != from_plain
+    assert rig.secure.rx is not None and rig.secure.rx.unprotect_rtcp(wire) == from_plain
     assert rig.a.srtp_rejected == 0
 
 
