@@ -118,6 +118,7 @@ __all__ = [
     "offers_plain_rtp",
     "offers_srtp",
     "parse_sdp",
+    "srtp_fault",
     "with_codec_order",
     "with_connection",
     "with_direction",
@@ -1422,6 +1423,15 @@ def _active_audio(sdp: SessionDescription) -> list[MediaDescription]:
 def offers_srtp(sdp: SessionDescription) -> bool:
     """Some active audio stream is ``RTP/SAVP`` (or SAVPF): the offer carries keys."""
     return any(m.protocol.upper() in _SRTP_PROFILES for m in _active_audio(sdp))
+
+
+def srtp_fault(sdp: SessionDescription) -> str | None:
+    """Why none of the offer's active SRTP audio streams has a usable ``a=crypto``
+    (:mod:`media.srtp`); None when one has (or there is no SRTP stream)."""
+    faults = [_crypto_of(m) for m in _active_audio(sdp) if m.protocol.upper() in _SRTP_PROFILES]
+    if not faults or any(not isinstance(f, str) for f in faults):
+        return None
+    return str(faults[0])
 
 
 def offers_plain_rtp(sdp: SessionDescription) -> bool:

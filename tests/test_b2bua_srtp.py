@@ -204,3 +204,12 @@ def test_a_required_users_plain_reoffer_gets_488_and_the_call_keeps_srtp() -> No
     assert refused.status == 488 and "SRTP" in (refused.get("warning") or "")
     assert "required" in (refused.get("warning") or "")
     assert [b for b in net.media if isinstance(b, BridgeMedia)] == []  # nothing changed
+
+
+def test_srtp_with_an_unusable_crypto_line_is_refused_naming_it() -> None:
+    net = srtp_net({"101": "allowed"})
+    register_on(net, {"102": "udp"})
+    body = SRTP_SDP.replace(b"AES_CM_128_HMAC_SHA1_80", b"AES_256_CM_HMAC_SHA1_80")
+    warning = refusal(call(net, body, "tls"))
+    assert "crypto suite AES_256_CM_HMAC_SHA1_80 is not supported" in warning
+    assert net.requests(PHONES["102"], "INVITE") == []

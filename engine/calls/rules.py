@@ -72,6 +72,8 @@ def srtp_refusal(directory: Directory | None, facts: CallFacts, transport: str,
     if only_srtp and mode == "off":
         who = f"user {facts.caller}" if facts.source == "phone" else "calls from trunks"
         return f"SRTP is off for {who} (srtp = off): offer RTP/AVP"
+    if only_srtp and (fault := sdp.srtp_fault(offer)) is not None:
+        return fault
     if mode == "required" and not (secure and tls):
         return (f"user {facts.caller} requires SRTP (srtp = required): offer "
                 "RTP/SAVP with a=crypto over TLS")
