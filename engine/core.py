@@ -734,7 +734,9 @@ class Engine:
             raise _StepFailed(changes) from exc
 
     def _is_local(self, host: str, port: int | None) -> bool:
-        return host.lower() in self.local_hosts and (port is None or port == self.port)
+        # Our TLS listener is us too: a TLS phone's outbound proxy (Route) names it.
+        return host.lower() in self.local_hosts and (
+            port is None or port == self.port or (bool(self._tls_port) and port == self._tls_port))
 
 
 def preferred_identity(req: Request) -> str:

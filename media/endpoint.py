@@ -38,6 +38,16 @@ Decisions:
   of streams started together do not report on the same tick; the first
   one after half an interval (s6.2). Received RTCP is passed to subscribers
   (the relay forwards it) and not interpreted.
+* SDES-SRTP (RFC 4568, RFC 3711): when :class:`Negotiated` carries keys the
+  endpoint owns an :class:`media.srtp.SrtpContext`; what arrives is
+  unprotected (RTP and RTCP) before the latch sees it, so a packet that fails
+  authentication never moves the latch and is dropped (``srtp_rejected``);
+  what leaves (relayed bytes, the engine's own audio, sender reports) is
+  protected last. Everything between (relay, players, recorders, DTMF) sees
+  plain RTP, so each leg of a call is protected on its own, with its own keys,
+  and a plain leg can be relayed to an SRTP one. The context is kept across a
+  re-INVITE that keeps both keys (libsrtp's rollover counter and replay window
+  survive); new keys make a new one.
 * The audio send path builds the 12-byte header with one ``struct.pack``,
   updating the :class:`RtpSender` exactly as :meth:`RtpSender.audio` would
   (the tests check the bytes are identical): it runs 25 000 times a second
@@ -73,6 +83,7 @@ from media.rtp import (
     build_compound,
 )
 from media.sdp import Negotiated
+from media.srtp import SrtpContext
 
 __all__ = [
     "AudioCallback",
@@ -269,6 +280,8 @@ class MediaEndpoint:
         self._next_report: float | None = None
         self._last_sent_at = 0.0
         self._last_sent_ts = 0
+        self.srtp: SrtpContext | None = None
+        self.srtp_rejected = 0
         self.packets_received = 0
         self.rtcp_received = 0
         self.reports_sent = 0
@@ -330,6 +343,11 @@ class MediaEndpoint:
             raise MediaError(f"c= address {negotiated.remote_address!r} is not an IP address "
                              "(host names in SDP are not resolved)") from None
         old = self.negotiated
+        if negotiated.send_key is None or negotiated.receive_key is None:
+            self.srtp = None
+        elif self.srtp is None or (self.srtp.send_key, self.srtp.receive_key) != (
+                negotiated.send_key, negotiated.receive_key):
+            self.srtp = SrtpContext(negotiated.send_key, negotiated.receive_key)
         signalled = (negotiated.remote_address, negotiated.remote_port)
         self._audio_pts = frozenset({negotiated.payload_type, negotiated.receive_payload_type})
         self._event_pts = frozenset(
@@ -431,6 +449,13 @@ class MediaEndpoint:
     def _rtp_received(self, data: bytes, source: Address) -> None:
         if self.closed:
             return
+        srtp = self.srtp
+        if srtp is not None:
+            plain = srtp.unprotect(data)
+            if plain is None:
+                self.srtp_rejected += 1
+                return
+            data = plain
         was = self.latch.remote
         packet = self.latch.accept_datagram(source, data, time.monotonic())
         if packet is None:
@@ -464,6 +489,13 @@ class MediaEndpoint:
         peer = self.latch.target
         if peer is None or source[0] != peer[0]:
             return
+        srtp = self.srtp
+        if srtp is not None:
+            plain = srtp.unprotect_rtcp(data)
+            if plain is None:
+                self.srtp_rejected += 1
+                return
+            data = plain
         self.rtcp_received += 1
         self._rtcp_remote = source
         for callback in tuple(self._rtcp_callbacks):
@@ -493,11 +525,11 @@ class MediaEndpoint:
             sender.skip(1)
             return False
         marker = 0x80 if sender.talkspurt_pending else 0
-        self._rtp.sendto(
-            _RTP_HEADER.pack(0x80, marker | sender.payload_type, sender.sequence,
-                             sender.timestamp, sender.ssrc) + payload,
-            target,
-        )
+        packet = _RTP_HEADER.pack(0x80, marker | sender.payload_type, sender.sequence,
+                                  sender.timestamp, sender.ssrc) + payload
+        if self.srtp is not None:
+            packet = self.srtp.protect(packet)
+        self._rtp.sendto(packet, target)
         self._last_sent_ts = sender.timestamp
         sender.sequence = (sender.sequence + 1) & 0xFFFF
         sender.timestamp = (sender.timestamp + self._step) % TS_MOD
@@ -547,6 +579,8 @@ class MediaEndpoint:
         data = build_compound(report, self.cname)
         if bye:
             data += _RTCP_BYE.pack(0x81, 203, 1, sender.ssrc)
+        if self.srtp is not None:
+            data = self.srtp.protect_rtcp(data)
         self._rtcp.sendto(data, target)
         self.reports_sent += 1
         return True
@@ -556,6 +590,8 @@ class MediaEndpoint:
         target = self._send_to
         if target is None or self.closed:
             return False
+        if self.srtp is not None:
+            data = self.srtp.protect(data)
         self._rtp.sendto(data, target)
         return True
 
@@ -564,6 +600,8 @@ class MediaEndpoint:
         target = self.rtcp_target
         if target is None or self.closed or self.negotiated is None:
             return False
+        if self.srtp is not None:
+            data = self.srtp.protect_rtcp(data)
         self._rtcp.sendto(data, target)
         return True
 

@@ -44,9 +44,13 @@ Decisions (where no RFC says):
   ``G722/16000`` or ``PCMU/8000/2`` are not taken for G.722 or PCMU (the
   audio would be garbled); ``telephone-event`` is accepted at any rate.
 * :func:`answer` accepts the first audio stream it can use (RTP/AVP or
-  RTP/AVPF, unicast, port not 0, a codec in common) and rejects every other
-  stream with port 0 (RFC 3264 s6): best-effort SRTP offers that put an
-  ``RTP/SAVP`` line before an ``RTP/AVP`` one get the plain one. It lists
+  RTP/AVPF, unicast, port not 0, a codec in common; RTP/SAVP(F) with a usable
+  ``a=crypto`` only when given an SRTP key, :mod:`media.srtp`) and rejects every
+  other stream with port 0 (RFC 3264 s6): without a key, best-effort SRTP
+  offers that put an ``RTP/SAVP`` line before an ``RTP/AVP`` one get the plain
+  one. :func:`negotiated` carries the SDES keys (ours, the peer's: each side's
+  ``a=crypto`` is the key it sends with, RFC 4568 s6.1); :func:`with_srtp` and
+  :func:`without_srtp` make an offer SRTP or plain for a callee. It lists
   every common codec in *our* priority order (the device's or user's
   ``codecs``), with the offer's payload type numbers and ``fmtp``, and an
   ``rtpmap`` even for static types (RFC 3264 s6.1 SHOULD). One
@@ -65,8 +69,9 @@ Decisions (where no RFC says):
   name the old addresses, and the ``a=rtcp`` (RFC 3605) of the rewritten
   stream. A stream on RFC 2543 hold (``c=0.0.0.0``) stays on hold.
 * Refusals carry 488 (RFC 3261 s21.4.26) and a Warning code (s20.43): 304
-  (no audio stream), 302 (only a transport we do not support, e.g. SRTP or
-  multicast), 305 (no common codec, or only codecs the engine cannot decode:
+  (no audio stream), 302 (only a transport we do not support or may not use
+  here: SRTP without a key, an unusable ``a=crypto``, plain RTP where SRTP is
+  required, multicast), 305 (no common codec, or only codecs the engine cannot decode:
   G.729 is relayed, never transcoded).
 """
 
@@ -80,6 +85,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal, get_args
+
+from media import srtp
 
 __all__ = [
     "CODECS",
@@ -108,11 +115,16 @@ __all__ = [
     "codec",
     "make_offer",
     "negotiated",
+    "offers_plain_rtp",
+    "offers_srtp",
     "parse_sdp",
+    "srtp_fault",
     "with_codec_order",
     "with_connection",
     "with_direction",
     "with_origin",
+    "with_srtp",
+    "without_srtp",
 ]
 
 Direction = Literal["sendrecv", "sendonly", "recvonly", "inactive"]
@@ -131,6 +143,9 @@ TELEPHONE_EVENT = "telephone-event"
 DEFAULT_CODECS: tuple[str, ...] = ("G722", "PCMU", "PCMA", "G729")
 
 _RTP_PROFILES = frozenset({"RTP/AVP", "RTP/AVPF"})  # what the engine answers
+# SDES-SRTP (RFC 4568): answered only when the caller passes a key (the leg came over
+# TLS and its user allows SRTP); the plain profile each maps to.
+_SRTP_PROFILES = {"RTP/SAVP": "RTP/AVP", "RTP/SAVPF": "RTP/AVPF"}
 _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 _SEND: frozenset[str] = frozenset({"sendrecv", "sendonly"})
 _RECV: frozenset[str] = frozenset({"sendrecv", "recvonly"})
@@ -946,6 +961,8 @@ def answer(
     ptime: int = DEFAULT_PTIME,
     telephone_event: bool = True,
     can_decode: frozenset[str] | None = None,
+    srtp_key: bytes | None = None,
+    require_srtp: bool = False,
 ) -> SessionDescription | AnswerRefused:
     """Answer ``offer`` (RFC 3264 s6, s6.1).
 
@@ -958,6 +975,10 @@ def answer(
     ``sendonly``/``inactive`` to hold); the answer's is narrowed by the
     offer's (:func:`answer_direction`). ``address``/``port`` are where we
     receive; ``session_id``/``session_version`` make our ``o=`` line.
+    ``srtp_key`` (30 bytes): an ``RTP/SAVP`` stream with a usable
+    ``a=crypto`` (:mod:`media.srtp`) may be accepted, answered with this key
+    under the offer's tag (RFC 4568 s6.1); without it SAVP streams are refused
+    as before. ``require_srtp``: plain RTP streams are refused.
 
     Returns the answer, or :class:`AnswerRefused` (488) when no audio stream
     can be accepted. Raises :class:`SdpError` when the stream to accept has
@@ -970,11 +991,25 @@ def answer(
     decodable = None if can_decode is None else frozenset(n.casefold() for n in can_decode)
     refusal: AnswerRefused | None = None
     accepted: tuple[int, list[PayloadFormat]] | None = None
+    crypto: srtp.Crypto | None = None
     for index, m in enumerate(offer.media):
         if m.media.casefold() != "audio" or m.port == 0:
             continue
         stream = offer.stream(index)
-        if m.protocol.upper() not in _RTP_PROFILES:
+        profile = m.protocol.upper()
+        crypto = None
+        if profile in _SRTP_PROFILES and srtp_key is not None:
+            found = _crypto_of(m)
+            if isinstance(found, str):
+                refusal = refusal or AnswerRefused(found, warning=302)
+                continue
+            crypto = found
+        elif profile in _RTP_PROFILES and require_srtp:
+            refusal = refusal or AnswerRefused(
+                f"audio offered over {m.protocol}: SRTP (RTP/SAVP with a=crypto) is "
+                "required for this user", warning=302)
+            continue
+        elif profile not in _RTP_PROFILES:
             refusal = refusal or AnswerRefused(
                 f"audio offered only over {m.protocol}; we support RTP/AVP", warning=302)
             continue
@@ -991,6 +1026,8 @@ def answer(
             continue
         accepted = index, picked
         break
+    else:
+        crypto = None
     if accepted is None:
         if refusal is not None:
             return refusal
@@ -1011,11 +1048,15 @@ def answer(
     if stream.unspecified_address and offered_direction in _RECV:
         # RFC 2543 hold: the offerer does not want media (RFC 3264 s8.4).
         offered_direction = "sendonly" if offered_direction == "sendrecv" else "inactive"
+    attributes = _media_attributes(formats, ptime,
+                                   answer_direction(offered_direction, direction))
+    if crypto is not None:
+        assert srtp_key is not None
+        attributes += (("crypto", srtp.format_crypto(crypto.tag, srtp_key)),)
     media = tuple(
         MediaDescription(
             m.media, port, m.protocol, tuple(str(f.payload_type) for f in formats),
-            attributes=_media_attributes(
-                formats, ptime, answer_direction(offered_direction, direction)),
+            attributes=attributes,
         )
         if i == index
         else MediaDescription(m.media, 0, m.protocol, m.formats)
@@ -1110,6 +1151,14 @@ class Negotiated:
     remote_port: int
     direction: Direction
     ptime: int
+    # SDES-SRTP (RFC 4568): the key we send with (in our description) and the one
+    # the peer sends with (in its); None on plain RTP.
+    send_key: bytes | None = field(default=None, repr=False)
+    receive_key: bytes | None = field(default=None, repr=False)
+
+    @property
+    def srtp(self) -> bool:
+        return self.send_key is not None
 
     @property
     def sends(self) -> bool:
@@ -1178,6 +1227,7 @@ def negotiated(
     if theirs.address is None:
         remote = "answer" if local == "offerer" else "offer"
         raise SdpError(f"audio stream {index + 1}: the {remote} has no c= for it")
+    keys = _keys(offer.media[index], answer.media[index], local)
     send = (mine.direction in _SEND and theirs.direction in _RECV
             and not theirs.unspecified_address and theirs.port != 0)
     receive = (mine.direction in _RECV and theirs.direction in _SEND
@@ -1196,7 +1246,50 @@ def negotiated(
         remote_port=theirs.port,
         direction=_direction(send, receive),
         ptime=theirs.ptime,
+        send_key=None if keys is None else keys[0],
+        receive_key=None if keys is None else keys[1],
     )
+
+
+def _crypto_of(m: MediaDescription) -> srtp.Crypto | str:
+    """The first usable ``a=crypto`` of an SRTP stream, else why there is none."""
+    faults: list[str] = []
+    for name, value in m.attributes:
+        if name.casefold() == "crypto" and value is not None:
+            try:
+                return srtp.parse_crypto(value)
+            except srtp.SrtpError as exc:
+                faults.append(str(exc))
+    if not faults:
+        return f"audio offered over {m.protocol} without an a=crypto line (RFC 4568)"
+    return f"no usable a=crypto in the {m.protocol} stream: {'; '.join(faults)}"
+
+
+def _keys(offered: MediaDescription, answered: MediaDescription,
+          local: Literal["offerer", "answerer"]) -> tuple[bytes, bytes] | None:
+    """(our send key, the peer's send key) of an SRTP stream (RFC 4568 s6.1: the
+    answer's crypto names the offer's by its tag); None when it is plain RTP."""
+    if answered.protocol.upper() not in _SRTP_PROFILES:
+        return None
+    theirs = _crypto_of(answered)
+    if isinstance(theirs, str):
+        raise SdpError(f"SRTP answer: {theirs}")
+    chosen: srtp.Crypto | None = None
+    for name, value in offered.attributes:
+        if name.casefold() == "crypto" and value is not None:
+            try:
+                crypto = srtp.parse_crypto(value)
+            except srtp.SrtpError:
+                continue
+            if crypto.tag == theirs.tag:
+                chosen = crypto
+                break
+    if chosen is None:
+        raise SdpError(f"SRTP answer: its crypto tag {theirs.tag} is not one of the offer's")
+    # In SDES each side announces the key it sends with.
+    if local == "offerer":
+        return chosen.key, theirs.key
+    return theirs.key, chosen.key
 
 
 # -- rewriting --------------------------------------------------------------
@@ -1318,3 +1411,78 @@ def with_origin(sdp: SessionDescription, session_id: int, version: int,
     """``sdp`` under our own ``o=`` line (a B2BUA speaks for itself on each leg)."""
     addrtype = Connection.to(address).addrtype
     return replace(sdp, origin=Origin("-", str(session_id), version, address, addrtype))
+
+
+# -- SDES-SRTP ----------------------------------------------------------------
+
+
+def _active_audio(sdp: SessionDescription) -> list[MediaDescription]:
+    return [m for m in sdp.media if m.media.casefold() == "audio" and m.port != 0]
+
+
+def offers_srtp(sdp: SessionDescription) -> bool:
+    """Some active audio stream is ``RTP/SAVP`` (or SAVPF): the offer carries keys."""
+    return any(m.protocol.upper() in _SRTP_PROFILES for m in _active_audio(sdp))
+
+
+def srtp_fault(sdp: SessionDescription) -> str | None:
+    """Why none of the offer's active SRTP audio streams has a usable ``a=crypto``
+    (:mod:`media.srtp`); None when one has (or there is no SRTP stream)."""
+    faults = [_crypto_of(m) for m in _active_audio(sdp) if m.protocol.upper() in _SRTP_PROFILES]
+    if not faults or any(not isinstance(f, str) for f in faults):
+        return None
+    return str(faults[0])
+
+
+def offers_plain_rtp(sdp: SessionDescription) -> bool:
+    """Some active audio stream is plain ``RTP/AVP`` (or AVPF)."""
+    return any(m.protocol.upper() in _RTP_PROFILES for m in _active_audio(sdp))
+
+
+def _first_audio_index(sdp: SessionDescription, profiles: Iterable[str]) -> int | None:
+    wanted = set(profiles)
+    return next((i for i, m in enumerate(sdp.media) if m.media.casefold() == "audio"
+                 and m.port != 0 and m.protocol.upper() in wanted), None)
+
+
+def _keep_one_audio(sdp: SessionDescription, index: int,
+                    m: MediaDescription) -> SessionDescription:
+    """``sdp`` with ``m`` at ``index`` and every other active audio stream disabled
+    (port 0): a best-effort offer's plain twin of the SRTP stream is not offered on."""
+    media = tuple(m if i == index else
+                  replace(other, port=0) if other.media.casefold() == "audio" else other
+                  for i, other in enumerate(sdp.media))
+    return replace(sdp, media=media)
+
+
+def with_srtp(sdp: SessionDescription, key: bytes) -> SessionDescription:
+    """``sdp`` as an SRTP offer: its first active audio stream ``RTP/SAVP`` (SAVPF
+    for AVPF) with one ``a=crypto:1`` carrying ``key`` (RFC 4568 s9.1), other
+    crypto lines dropped; other active audio streams disabled."""
+    index = _first_audio_index(sdp, (*_SRTP_PROFILES, *_RTP_PROFILES))
+    if index is None:
+        return sdp
+    m = sdp.media[index]
+    profile = m.protocol.upper()
+    protocol = profile if profile in _SRTP_PROFILES else "RTP/SAVPF" \
+        if profile == "RTP/AVPF" else "RTP/SAVP"
+    attributes = tuple(a for a in m.attributes if a[0].casefold() != "crypto")
+    m = replace(m, protocol=protocol,
+                attributes=(*attributes, ("crypto", srtp.format_crypto(1, key))))
+    return _keep_one_audio(sdp, index, m)
+
+
+def without_srtp(sdp: SessionDescription) -> SessionDescription:
+    """``sdp`` as a plain RTP offer: the first active audio stream (SRTP or not) as
+    ``RTP/AVP`` (AVPF for SAVPF), its crypto lines dropped; other active audio
+    streams disabled (a best-effort offer's twin would be a duplicate)."""
+    if not offers_srtp(sdp):
+        return sdp
+    index = _first_audio_index(sdp, (*_SRTP_PROFILES, *_RTP_PROFILES))
+    if index is None:
+        return sdp
+    m = sdp.media[index]
+    profile = m.protocol.upper()
+    m = replace(m, protocol=_SRTP_PROFILES.get(profile, m.protocol),
+                attributes=tuple(a for a in m.attributes if a[0].casefold() != "crypto"))
+    return _keep_one_audio(sdp, index, m)

@@ -29,6 +29,9 @@ QueueStrategy = Literal[
     "ring_all", "hunt", "round_robin", "longest_idle", "fewest_answered", "least_talk_time"
 ]
 RecordCalls = Literal["off", "external", "all"]
+# SDES-SRTP (RFC 4568) on the user's phones: refused, taken when offered over TLS,
+# or the only media they may use.
+SrtpMode = Literal["off", "allowed", "required"]
 Language = Literal["fr", "en"]
 ReadDatetime = Literal["none", "ampm", "24h"]
 VoicemailEmail = Literal["none", "notify", "attach", "attach_and_delete"]
@@ -54,6 +57,7 @@ QUEUE_STRATEGIES: tuple[QueueStrategy, ...] = get_args(QueueStrategy)
 #: The keys of a phone's keypad an IVR menu answers to (RFC 4733 events 0-11).
 IVR_KEYS: tuple[str, ...] = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#")
 RECORD_CALLS: tuple[RecordCalls, ...] = get_args(RecordCalls)
+SRTP_MODES: tuple[SrtpMode, ...] = get_args(SrtpMode)
 LANGUAGES: tuple[Language, ...] = get_args(Language)
 READ_DATETIMES: tuple[ReadDatetime, ...] = get_args(ReadDatetime)
 VOICEMAIL_EMAILS: tuple[VoicemailEmail, ...] = get_args(VoicemailEmail)
@@ -592,6 +596,7 @@ class User:
     # An external leg of this user's plan (the mobile rung with the desk phones, a
     # forward to the mobile or to a number) must press 1 before it gets the call.
     confirm_external_answer: bool = False
+    srtp: SrtpMode = "off"
     voicemail: VoicemailSettings = VoicemailSettings()
     schedule: Schedule = Schedule()
 

@@ -379,3 +379,14 @@ def test_the_key_file_is_made_once_with_mode_0600(tmp_path: Any, monkeypatch: An
     monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", "too-short")
     with pytest.raises(SecretBoxError, match="SWITCHBOARD_SECRET_KEY"):
         SecretBox.for_data_dir(tmp_path)
+
+
+async def test_srtp_is_written_through_the_api_and_a_bad_value_refused(
+        api: DirectoryApi, store: Store) -> None:
+    await api.update(OWNER, "users", "102", {"srtp": "allowed"}, 1, "test")
+    loaded = await store.load_directory()
+    assert loaded is not None and loaded.user("102").srtp == "allowed"  # type: ignore[union-attr]
+    with pytest.raises(ApiError) as caught:
+        await api.update(OWNER, "users", "102", {"srtp": "always"}, 2, "test")
+    assert caught.value.status == 422
+    assert [path for path, _ in _errors(caught)] == ["users[1].srtp"]

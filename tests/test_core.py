@@ -134,6 +134,14 @@ def test_a_route_naming_us_is_ours_to_remove(engine: Engine, clock: Clock) -> No
     assert resp.status == 200
 
 
+def test_a_route_naming_our_tls_listener_is_ours_too(engine: Engine, clock: Clock) -> None:
+    """A TLS phone with the engine's TLS listener as outbound proxy (SRTP phones)."""
+    route = "Route: <sip:127.0.0.1:5061;transport=tls;lr>\r\n"
+    assert answer(engine, request("OPTIONS", extra=route), clock).status == 403  # no TLS yet
+    engine.tls_port = 5061
+    assert answer(engine, request("OPTIONS", extra=route), clock).status == 200
+
+
 def test_an_unknown_required_extension_gets_420(engine: Engine, clock: Clock) -> None:
     resp = answer(engine, request("OPTIONS", extra="Require: 100rel, foo\r\n"), clock)
     assert resp.status == 420 and resp.get("unsupported") == "100rel, foo"

@@ -751,3 +751,16 @@ def test_audio_files_resolve_against_the_files_folder_and_bad_ones_refuse_it(
     assert any("users[0].forwarding.available.greeting: 'later.wav' not found" in w
                for w in warnings)
     assert any("system.hold_music[0]: 'moh/default.wav' not found" in w for w in warnings)
+
+
+def test_srtp_is_read_defaults_off_round_trips_and_a_bad_value_is_named(
+        data: dict[str, Any]) -> None:
+    data["users"][0]["srtp"] = "required"
+    data["users"][1]["srtp"] = "allowed"
+    d = parse_directory(data, "srtp.toml")
+    assert [u.srtp for u in d.users[:3]] == ["required", "allowed", "off"]  # default off
+    written = directory_to_dict(d)
+    assert [u["srtp"] for u in written["users"][:3]] == ["required", "allowed", "off"]
+    assert parse_directory(written, "round-trip") == d
+    data["users"][2]["srtp"] = "sometimes"
+    assert_error(errors_of(data), "users[2].srtp", "sometimes")

@@ -719,3 +719,10 @@ async def test_a_stored_directory_the_validator_now_refuses_is_still_exported(
         data, revision = await other.load_directory_data()
     assert data is not None and revision == await store.directory_revision()
     assert any(u.get("nom", "").startswith("Bruno") for u in data["users"])
+
+
+async def test_a_users_srtp_is_stored_and_loaded(store: Store, directory: Directory) -> None:
+    edited = _replace_user(directory, "101", srtp="required")
+    await store.apply_directory(edited)
+    assert _user(await store.load_directory(), "101").srtp == "required"
+    assert _user(await store.load_directory(), "102").srtp == "off"

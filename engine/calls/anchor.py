@@ -20,6 +20,11 @@ Two uses, one object:
 * **endpoint**: the engine answers the caller itself (voicemail, the mailbox
   menu, music while a ring group rings) from the caller-side address, with a
   codec it can decode (:data:`DECODABLE`).
+
+SDES-SRTP (RFC 4568): each side has its own fresh key (:meth:`MediaSide.srtp_key`),
+used in our answers and offers on that side only when that side may use SRTP
+(``srtp_ok``: the caller's INVITE came over TLS and its user allows it; a callee
+leg was offered SAVP), so the media service protects each leg on its own.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 
 from engine.calls.events import BridgeMedia, CallKey, ScreenMode
 from engine.sip.message import random_below
-from media import sdp
+from media import sdp, srtp
 
 __all__ = ["DECODABLE", "MediaAnchor", "MediaSide", "callee_answer"]
 
@@ -51,6 +56,18 @@ class MediaSide:
     media: sdp.Negotiated | None = None
     sdp: sdp.SessionDescription | None = None
     holds: bool = False
+    srtp_ok: bool = False  # SAVP may be answered/offered on this side
+    srtp_required: bool = False  # plain RTP is refused on this side (user srtp "required")
+    key: bytes = b""  # our SRTP key||salt on this side, drawn when first needed
+
+    def srtp_key(self) -> bytes | None:
+        """Our key on this side when it may use SRTP (drawn once: a re-INVITE keeps
+        it, so the endpoint's SRTP context survives)."""
+        if not self.srtp_ok:
+            return None
+        if not self.key:
+            self.key = srtp.new_key()
+        return self.key
 
     def next_origin(self) -> tuple[int, int]:
         """(session, version) for our next description on this side."""
@@ -126,14 +143,22 @@ class MediaAnchor:
 
     # -- offers to the callees ----------------------------------------------------
     def callee_offer(self, host: str, codecs: Sequence[str] | None, only: str,
-                     sendrecv: bool) -> sdp.SessionDescription | None:
+                     sendrecv: bool, srtp: bool = False) -> sdp.SessionDescription | None:
         """The caller's offer as we make it to a callee: our callee-side address and
         ``o=`` line, codecs in ``codecs``' order (a user's; None: the caller's),
         only ``only`` when the caller is already in a codec (answered early, or
-        in a call being transferred), ``sendrecv`` whoever held the call."""
+        in a call being transferred), ``sendrecv`` whoever held the call; ``srtp``:
+        RTP/SAVP with our callee-side key (an SRTP user over TLS), else plain RTP."""
         offer = self.offer
         if offer is None or not self.callee.port:
             return None
+        if srtp:
+            self.callee.srtp_ok = True
+            key = self.callee.srtp_key()
+            assert key is not None
+            offer = sdp.with_srtp(offer, key)
+        else:
+            offer = sdp.without_srtp(offer)
         offer = sdp.with_connection(offer, host, self.callee.port)
         if codecs is not None:
             offer = sdp.with_codec_order(offer, codecs)
@@ -153,7 +178,7 @@ class MediaAnchor:
         offer = self.offer
         if offer is None or not self.caller.port:
             return None
-        offer = sdp.with_connection(offer, host, self.caller.port)
+        offer = sdp.with_connection(sdp.without_srtp(offer), host, self.caller.port)
         offer = sdp.with_codec_order(offer, [codec])
         offer = sdp.with_direction(offer, "sendrecv")
         session, version = self.caller.next_origin()
@@ -167,7 +192,9 @@ class MediaAnchor:
         assert self.offer is not None
         session, version = self.caller.next_origin()
         ours = sdp.answer(self.offer, [callee.codec], address=host, port=self.caller.port,
-                          session_id=session, session_version=version)
+                          session_id=session, session_version=version,
+                          srtp_key=self.caller.srtp_key(),
+                          require_srtp=self.caller.srtp_required)
         if isinstance(ours, sdp.AnswerRefused):
             return ours
         self.caller.media = sdp.negotiated(self.offer, ours)
@@ -182,7 +209,9 @@ class MediaAnchor:
         assert self.offer is not None
         ours = sdp.answer(self.offer, [codec], address=host, port=self.caller.port,
                           session_id=self.caller.session,
-                          session_version=self.caller.version + 1)
+                          session_version=self.caller.version + 1,
+                          srtp_key=self.caller.srtp_key(),
+                          require_srtp=self.caller.srtp_required)
         return ours if isinstance(ours, sdp.AnswerRefused) else None
 
     def ask(self, callee: sdp.Negotiated, offered: sdp.SessionDescription | None) -> None:
@@ -202,7 +231,8 @@ class MediaAnchor:
         session, version = self.caller.next_origin()
         answer = sdp.answer(offer, codecs, address=host, port=self.caller.port,
                             session_id=session, session_version=version,
-                            can_decode=DECODABLE)
+                            can_decode=DECODABLE, srtp_key=self.caller.srtp_key(),
+                            require_srtp=self.caller.srtp_required)
         if isinstance(answer, sdp.AnswerRefused):
             return answer.reason
         return answer, sdp.negotiated(offer, answer)
@@ -234,7 +264,8 @@ class MediaAnchor:
         assert current is not None
         session, version = side.next_origin()
         ours = sdp.answer(offer, [current.codec], address=host, port=side.port,
-                          session_id=session, session_version=version)
+                          session_id=session, session_version=version,
+                          srtp_key=side.srtp_key(), require_srtp=side.srtp_required)
         if isinstance(ours, sdp.AnswerRefused):
             return ours
         media = sdp.negotiated(offer, ours)
@@ -257,6 +288,9 @@ class MediaAnchor:
         if caller:
             assert offer is not None
             self.offer = offer
+            # It was offered plain RTP (caller_side_offer): the caller's SRTP rules and
+            # key were the caller's, not its.
+            side.srtp_ok = side.srtp_required = False
         side.media, side.sdp, side.holds = media, ours, False
         if origin is not None:
             side.session, side.version = origin

@@ -278,8 +278,29 @@ class Call:
 
     # ------------------------------------------------------------------ steps
     def start(self, now: float) -> list[CallOutput]:
-        """Run the plan from its first step."""
+        """Run the plan from its first step, once the offer's SRTP is acceptable."""
+        if self.invite.body:
+            refused = self._srtp_policy()
+            if refused is not None:
+                log.info("srtp refused", call_id=self.id, reason=refused)
+                return self._unanswered(488, now, [("Warning", warning_value(refused))])
         return self.run_step(0, now)
+
+    def _srtp_policy(self) -> str | None:
+        """Refuse an offer whose SRTP the caller may not use (rules.srtp_refusal), else
+        let the caller's side answer SAVP when it came over TLS from an SRTP user."""
+        try:
+            offer = sdp.parse_sdp(self.invite.body)
+        except sdp.SdpError:
+            return None  # the steps say why an unreadable offer cannot be used
+        directory, facts = self.front.directory, self.facts
+        refused = rules.srtp_refusal(directory, facts, self.transport, offer)
+        if refused is None and facts.source == "phone":
+            mode = rules.user_srtp(directory, facts.caller)
+            side = self.anchor.caller
+            side.srtp_ok = mode != "off" and self.transport.lower() == "tls"
+            side.srtp_required = mode == "required"
+        return refused
 
     def run_step(self, index: int, now: float) -> list[CallOutput]:
         self.step = index
@@ -384,7 +405,7 @@ class Call:
                    transport: str, trunk: str, label: str, now: float,
                    routes: tuple[str, ...] = ()) -> list[CallOutput]:
         offer = self.transfer.offer_for(target) if self.transfer is not None else \
-            self.callee_offer(target, self.anchor.music_codec)
+            self.callee_offer(target, self.anchor.music_codec, transport=transport)
         invite = build.callee_invite(self.invite, self.facts, step.diversion, target, uri,
                                      transport, self.local, offer)
         if routes:
@@ -401,15 +422,20 @@ class Call:
         return events
 
     def callee_offer(self, target: Device | External, only: str = "",
-                     sendrecv: bool = False) -> sdp.SessionDescription | None:
+                     sendrecv: bool = False, transport: str = "",
+                     ) -> sdp.SessionDescription | None:
         """The caller's offer as we make it to a callee on an anchored call: our
         address, our o= line, codecs in the order of the user on that leg (a
         trunk gets the caller's order). ``only``: the caller was answered early in
         this codec, or is in a call in it (a transfer): the callee gets only that
-        codec, relayed without transcoding."""
+        codec, relayed without transcoding. ``transport``: the leg's; a phone of an
+        SRTP user (allowed or required) reached over TLS is offered SAVP with our
+        key, anyone else plain RTP."""
+        srtp = isinstance(target, Device) and transport.lower() == "tls" and \
+            rules.user_srtp(self.front.directory, target.extension) != "off"
         return self.anchor.callee_offer(self.local.host,
                                         rules.callee_codecs(self.front.directory, target),
-                                        only, sendrecv)
+                                        only, sendrecv, srtp)
 
     # ------------------------------------------------------------------ outcomes
     def step_outcome(self, outcome: StepOutcome, now: float) -> list[CallOutput]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from provisioning.model import DEFAULT_CODECS, Directory
+from media import sdp
+from provisioning.model import DEFAULT_CODECS, Directory, SrtpMode
 from routing import CallFacts, Device, External, Identity, Plan, Ring, Step
 from routing.explain import render_text
 
@@ -23,6 +24,8 @@ __all__ = [
     "party_name",
     "prompt_language",
     "record_reason",
+    "srtp_refusal",
+    "user_srtp",
     "voicemail_seconds",
 ]
 
@@ -42,6 +45,39 @@ def callee_codecs(directory: Directory | None,
         return None
     user = directory.user(target.extension)
     return user.codecs if user is not None else None
+
+
+def user_srtp(directory: Directory | None, extension: str) -> SrtpMode:
+    """A user's ``srtp`` (``off`` for anyone not in the directory, trunks included)."""
+    user = directory.user(extension) if directory else None
+    return user.srtp if user is not None else "off"
+
+
+def srtp_refusal(directory: Directory | None, facts: CallFacts, transport: str,
+                 offer: sdp.SessionDescription) -> str | None:
+    """Why a new call's offer is refused for its SRTP (RFC 4568), None when it is not.
+
+    Keys travel in the SDP, so an offer carrying them is taken only over TLS
+    (RFC 4568 s8.3: SDES needs a protected signalling path) from a user whose
+    ``srtp`` allows it; a ``required`` user's offer must be SRTP (over TLS). A
+    best-effort offer (an SRTP stream and a plain one) is not refused: the plain
+    stream is answered where SRTP cannot be."""
+    mode = user_srtp(directory, facts.caller) if facts.source == "phone" else "off"
+    secure = sdp.offers_srtp(offer)
+    only_srtp = secure and not sdp.offers_plain_rtp(offer)
+    tls = transport.lower() == "tls"
+    if only_srtp and not tls:
+        return (f"SRTP offered over {transport.upper()}: SDES keys (a=crypto) are taken "
+                "only over TLS (RFC 4568 s8.3); register and call over TLS")
+    if only_srtp and mode == "off":
+        who = f"user {facts.caller}" if facts.source == "phone" else "calls from trunks"
+        return f"SRTP is off for {who} (srtp = off): offer RTP/AVP"
+    if only_srtp and (fault := sdp.srtp_fault(offer)) is not None:
+        return fault
+    if mode == "required" and not (secure and tls):
+        return (f"user {facts.caller} requires SRTP (srtp = required): offer "
+                "RTP/SAVP with a=crypto over TLS")
+    return None
 
 
 def voicemail_seconds(directory: Directory | None, box: str) -> int:

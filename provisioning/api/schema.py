@@ -31,6 +31,7 @@ from provisioning.model import (
     READ_DATETIMES,
     RECORD_CALLS,
     ROLES,
+    SRTP_MODES,
     STATUSES,
     STRATEGIES,
     TARGETED_KINDS,
@@ -194,6 +195,7 @@ TABLE_SCHEMAS: Mapping[str, Mapping[str, Schema]] = {
         "outbound_pin_required": BOOLEAN,
         "codecs": strings(enum(CODECS), min_items=1),
         "record_calls": enum(RECORD_CALLS), "confirm_external_answer": BOOLEAN,
+        "srtp": enum(SRTP_MODES),
         "voicemail": obj({
             "enabled": BOOLEAN, "language": enum(LANGUAGES), "pin_required": BOOLEAN,
             "read_datetime": enum(READ_DATETIMES), "announce_caller": BOOLEAN,

@@ -21,6 +21,12 @@ wait ``--resume`` s, 101 hangs up; the engine's BYE ends 102's call. The confere
 connections are made again after every media change (pjsua may rebuild a
 stream's bridge port on a re-INVITE).
 
+``--caller-tls HOST:PORT`` registers and calls as 101 over TLS to the engine's TLS
+listener (its certificate is not verified: a test certificate); ``--caller-srtp``
+makes 101's calls SDES-SRTP only (``srtpUse`` mandatory: an answer without
+a=crypto fails the call); the result then says the caller's stream protocol
+(``caller_proto``: ``RTP/SAVP`` or ``RTP/AVP``).
+
 ``--session-expires N`` makes the caller ask for an RFC 4028 session timer of
 N s (pjsua2's default is 1800 s with ``Supported: timer``), to see whether the
 call survives past N s without a refresh from the engine.
@@ -156,6 +162,8 @@ def converse(pair: Pair, result: dict[str, Any]) -> None:
     if pair.up() and not pair.over():
         si = caller.getStreamInfo(caller.audio_index)
         result["codec"] = f"{si.codecName}/{si.codecClockRate}"
+        result["caller_proto"] = "RTP/SAVP" if si.proto == pj.PJMEDIA_TP_PROTO_RTP_SAVP \
+            else "RTP/AVP" if si.proto == pj.PJMEDIA_TP_PROTO_RTP_AVP else str(si.proto)
         emit(event="talk", t=time.monotonic(), codec=result["codec"])
         pair.pump(pair.over, args.talk)
 
@@ -207,6 +215,8 @@ def main() -> int:
                     help="offer exactly these codecs, in order ('' for pjsua2's own)")
     ap.add_argument("--transports", choices=["one", "two"], default="one",
                     help="one UDP transport for both accounts, or one each")
+    ap.add_argument("--caller-tls", default="", help="HOST:PORT: the caller over TLS")
+    ap.add_argument("--caller-srtp", action="store_true", help="the caller: SRTP only")
     ap.add_argument("--session-expires", type=int, default=0,
                     help="the caller's Session-Expires (RFC 4028; >= 90), 0: pjsua2's 1800")
     ap.add_argument("--deadline", type=float, default=25.0, help="seconds for everything")
@@ -231,6 +241,12 @@ def main() -> int:
             tid, port = pjcommon.udp_transport(ep)
             tids.append(tid)
             ports.append(port)
+        if args.caller_tls:
+            tcfg = pj.TransportConfig()
+            tcfg.boundAddress = "127.0.0.1"
+            tcfg.port = 0
+            tcfg.tlsConfig.verifyServer = False
+            tls_tid = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tcfg)
         ep.libStart()
         if args.codecs:
             set_codecs(ep, args.codecs)
@@ -240,6 +256,16 @@ def main() -> int:
             user, _, password = spec.partition(":")
             acfg = pjcommon.registered_config(user, password, args.domain, args.registrar,
                                               tids[min(n, len(tids) - 1)])
+            if n == 0 and args.caller_tls:
+                # The domain as registrar (the engine takes requests for its domain on any
+                # listener), its TLS listener as outbound proxy.
+                acfg.regConfig.registrarUri = f"sip:{args.domain};transport=tls"
+                acfg.sipConfig.transportId = tls_tid
+                acfg.sipConfig.proxies.clear()
+                acfg.sipConfig.proxies.append(f"sip:{args.caller_tls};transport=tls;lr")
+            if n == 0 and args.caller_srtp:
+                acfg.mediaConfig.srtpUse = pj.PJMEDIA_SRTP_MANDATORY
+                acfg.mediaConfig.srtpSecureSignaling = 0  # sip: over TLS, not sips:
             if args.session_expires and n == 0:
                 acfg.callConfig.timerSessExpiresSec = args.session_expires
                 acfg.callConfig.timerMinSESec = min(90, args.session_expires)
