@@ -111,6 +111,21 @@ class Metrics:
             "switchboard_transfers", "Blind transfers (REFER) by outcome: connected, "
             "voicemail, failed (back to the transferor), dropped (the transferor had left), "
             "refused", ["outcome"], registry=r)
+        self.calls_taken_over = Counter(
+            "switchboard_calls_ended_for_dead_node", "Calls another node held, ended by "
+            "this one (a BYE to each party) after that node stopped heartbeating",
+            registry=r)
+        # SIP events (engine.services.subscriptions): busy lamps and presence.
+        self.subscriptions_active = Gauge(
+            "switchboard_subscriptions_active", "Live subscriptions by event package: dialog "
+            "(busy lamps), presence", ["package"], registry=r)
+        self.notifies_sent = Counter(
+            "switchboard_notifies_sent", "NOTIFYs sent, by event package (dialog, presence)",
+            ["package"], registry=r)
+        self.notifies_failed = Counter(
+            "switchboard_notifies_failed", "NOTIFYs that failed, by event package and reason: "
+            "timeout (no answer), 481 (the subscription ended), or the error status",
+            ["package", "reason"], registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
         self.ivr_calls = Counter(
@@ -151,6 +166,26 @@ class Metrics:
         self.queue_length = Gauge(
             "switchboard_sip_queue_length", "Messages waiting in the receive queue, by class",
             ["class"], registry=r)
+        # The store (engine.shell.storelink): reachable or not, changes waiting for it.
+        self.store_up = Gauge(
+            "switchboard_store_up", "1 while the store answers, 0 while it is away (the "
+            "engine serves from memory and queues its changes)", registry=r)
+        self.store_queued_writes = Gauge(
+            "switchboard_store_queued_writes", "Changes (bindings, voicemail rows) waiting "
+            "to be written to the store", registry=r)
+        self.store_reconnects = Counter(
+            "switchboard_store_reconnects", "Times the store came back after being away",
+            registry=r)
+        self.store_reconnect_attempts = Counter(
+            "switchboard_store_reconnect_attempts", "Pings of an unreachable store "
+            "(backoff from 0.25 s to 8 s)", registry=r)
+        self.store_writes_dropped = Counter(
+            "switchboard_store_writes_dropped", "Changes never written to the store, by "
+            "reason: full (the queue at its bound), refused (the store failed the "
+            "statement itself)", ["reason"], registry=r)
+        self.asyncio_tasks = Gauge(
+            "switchboard_asyncio_tasks", "asyncio tasks alive in the engine process "
+            "(read when /metrics is served)", registry=r)
         self._shed: dict[tuple[str, str], Counter] = {}
         self._wait: dict[str, Histogram] = {}
         self._billing_groups: set[str] = set()

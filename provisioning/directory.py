@@ -125,6 +125,7 @@ SYSTEM_KEYS = (
     "rtp_ports",
     "smtp",
     "admin_url",
+    "require_2fa",
 )
 TRUNK_KEYS = (
     "name",
@@ -265,12 +266,47 @@ class DirectoryError(ValueError):
 # --------------------------------------------------------------------------- entry points
 
 
-def load_directory(path: str | Path, warnings: list[str] | None = None) -> Directory:
+#: The secrets of each table a file may leave out (an export without --with-secrets).
+KEPT_SECRETS: Mapping[str, tuple[str, ...]] = {"users": ("password", "voicemail_pin"),
+                                               "trunks": ("password",)}
+
+
+def keep_secrets(data: Mapping[str, Any], stored: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data`` with each secret it leaves out taken from ``stored`` (the store's rows).
+
+    The rule: a user (by extension) or a trunk (by name) already in the store that
+    the file gives without ``password`` (or, for a user, without ``voicemail_pin``)
+    keeps the stored one; a file that wants a secret empty says ``= ""``. A new user
+    or trunk without its secret gets no help here: the validator names what is
+    missing. So an export without secrets applies as no change, and cannot wipe
+    the SIP passwords and PINs of a system.
+    """
+    out = dict(data)
+    if not stored:
+        return out
+    for table, keys in KEPT_SECRETS.items():
+        rows, key_name = data.get(table), TABLE_KEYS[table]
+        if not isinstance(rows, list):
+            continue
+        known = {str(r.get(key_name)): r for r in stored.get(table, []) if isinstance(r, dict)}
+        filled = []
+        for row in rows:
+            old = known.get(str(row.get(key_name))) if isinstance(row, dict) else None
+            if old is not None and isinstance(row, dict):
+                row = dict(row) | {k: old[k] for k in keys if k not in row and old.get(k)}
+            filled.append(row)
+        out[table] = filled
+    return out
+
+
+def load_directory(path: str | Path, warnings: list[str] | None = None,
+                   stored: Mapping[str, Any] | None = None) -> Directory:
     """Read, parse and validate a directory TOML file.
 
     The audio files it names (greetings, hold music) are checked against the
     file's folder (:mod:`provisioning.mediafiles`): a bad file is an error, a
-    missing one a line added to ``warnings``.
+    missing one a line added to ``warnings``. ``stored``: the store's directory
+    (its rows), whose secrets the file may leave out (:func:`keep_secrets`).
     """
     source = str(path)
     try:
@@ -288,7 +324,7 @@ def load_directory(path: str | Path, warnings: list[str] | None = None) -> Direc
         raise DirectoryError([_toml_error(source, exc)]) from None
     from provisioning.mediafiles import resolve_media_files
 
-    directory = parse_directory(data, source)
+    directory = parse_directory(keep_secrets(data, stored), source)
     resolved, errors, found = resolve_media_files(directory, source,
                                                   Path(path).resolve().parent)
     if errors:
@@ -633,6 +669,7 @@ class _Parser:
             smtp=smtp,
             admin_url=t.string("admin_url", "", check=ADMIN_URL_RE.fullmatch,
                                expect="an http(s) URL like https://pbx.example.com:8443").rstrip("/"),
+            require_2fa=t.boolean("require_2fa", False),
         )
 
     def trunk(self, t: _Table) -> Trunk:
@@ -1335,6 +1372,8 @@ def system_to_dict(s: System) -> dict[str, Any]:
         out["smtp"] = {"host": s.smtp.host, "port": s.smtp.port, "sender": s.smtp.sender}
     if s.admin_url:  # only when set: a directory without it exports as before
         out["admin_url"] = s.admin_url
+    if s.require_2fa:  # likewise
+        out["require_2fa"] = True
     return out
 
 

@@ -287,6 +287,9 @@ class System:
     rtp_port_max: int = 29999
     smtp: Smtp | None = None
     admin_url: str = ""  # the admin listener's public URL, for links in emails
+    # Every web sign-in needs TOTP: a user without it gets a token good for enrolling
+    # only (provisioning/api/auth.py). API keys are not people and are not concerned.
+    require_2fa: bool = False
 
     @property
     def outbound_pin_prefix(self) -> str:
@@ -734,6 +737,37 @@ class Node:
     last_seen: float  # epoch seconds of the last heartbeat
     calls: int  # calls it holds
     registrations: int  # live bindings it holds in memory (its own and the others')
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialogLeg:
+    """One dialog of an answered call as the node holding it left it in the store:
+    enough for another node to send a BYE in it (RFC 3261 s12.2.1.1) when that node
+    dies. ``local_cseq`` is the last CSeq sent when the record was written."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_uri: str  # our From value, without its tag
+    remote_uri: str  # our To value, without its tag
+    remote_target: str  # the peer's Contact URI: the Request-URI
+    route_set: tuple[str, ...] = ()  # Route values in the order they are sent
+    local_cseq: int
+    local_contact: str = ""
+    transport: str  # udp, tcp, tls
+    peer_host: str  # where its requests went: the edge, a trunk, a phone
+    peer_port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialogRecord:
+    """An answered call held by ``node``: its dialogs (the caller's, the callee's),
+    written behind the answer and deleted when the call ends."""
+
+    id: str  # the call: the caller's Call-ID and From tag ("call-id;from-tag")
+    node: str  # the node id holding the call
+    legs: tuple[DialogLeg, ...]
+    answered_at: float  # epoch seconds
 
 
 # --------------------------------------------------------------------------- voicemail

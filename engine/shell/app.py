@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import re
 import resource
 import signal
 import socket
@@ -52,6 +53,7 @@ from engine.shell.connlimit import (
     StreamPolicy,
 )
 from engine.shell.overload import CLASS_NAMES, Head, Overload, OverloadConfig
+from engine.shell.storelink import StoreLink
 from engine.sip.message import ParseError, Request, Response, StreamFramer, grammar, parse
 from engine.sip.transaction import Addr, Send, server_key_of
 from media.endpoint import MediaEndpoint, MediaError
@@ -59,13 +61,15 @@ from media.session import Clip, MediaService, Pcm, Recorder
 from media.tones import beep
 from media.wav import WavError, load_wav
 from provisioning.mailbox import mailbox_dir
-from provisioning.model import Binding, Node, VoicemailMessage
-from provisioning.store import Store
+from provisioning.model import Node, VoicemailMessage
+from provisioning.store import Store, Takeover, connection_lost
 
 log = structlog.get_logger("switchboard.app")
 
 MIN_MESSAGE_SECONDS = 0.5  # shorter recordings (a hang-up at the beep) are not kept
-WRITE_BATCH = 500  # binding changes per store transaction
+# At a clean stop, changes still queued for the store get this long to be written
+# (the store may be away: the stop must end anyway, and says how many were lost).
+STOP_FLUSH_SECONDS = 5.0
 # Nodes sharing a store: how often each reads the bindings the others wrote (a
 # phone registered through one node is reachable through the others after
 # about this long) and refreshes its heartbeat row (see `switchboard nodes`).
@@ -75,6 +79,15 @@ HEARTBEAT_SECONDS = 2.0
 # node has read a deletion by then), checked every BINDING_PURGE_PERIOD.
 BINDING_PURGE_GRACE = 300.0
 BINDING_PURGE_PERIOD = 60.0
+# A node whose heartbeat is older than this is dead (three heartbeats missed, plus
+# the sync tick): one survivor claims its calls' dialog records and ends the calls
+# with a BYE to each party. Checked every TAKEOVER_SECONDS, so a dead node's calls
+# end within about DEAD_AFTER_SECONDS + TAKEOVER_SECONDS + one BYE round trip. A
+# claim whose claimer died before ending the calls is taken again after
+# RECLAIM_SECONDS. Heartbeat times are each node's wall clock: keep them in sync (NTP).
+DEAD_AFTER_SECONDS = 4 * HEARTBEAT_SECONDS
+TAKEOVER_SECONDS = 2.0
+RECLAIM_SECONDS = 60.0
 CONNECT_SECONDS = 10.0  # an outbound TCP/TLS connection (with its handshake)
 MAX_STREAM_MESSAGE = 256 * 1024
 LISTEN_BACKLOG = 1024  # a burst of connections waits in the kernel, not refused by it
@@ -95,6 +108,15 @@ HTTP_MAX_HEADERS = 64
 # buffer and INVITEs waited over T1 before being read.
 DRAIN_SECONDS = 0.0005
 LAG_PERIOD = 0.05  # the event loop's lag is sampled this often
+
+
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
+
+
+def default_node_id(port: int) -> str:
+    """This host's name and the SIP port, as a node id (what a Call-ID may carry)."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).strip("-.") or "node"
+    return f"{host[:56]}:{port}"
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
@@ -170,7 +192,11 @@ class Server:
         self._stream_tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._writes: asyncio.Queue[tuple[str, Binding]] = asyncio.Queue()
+        self.link = StoreLink(store, engine.metrics)  # writes behind; the store's ups and downs
+        self._takeover_at = 0.0
+        # Since when the store has answered every sync and heartbeat (None: it failed
+        # last time): a node judges others dead only after DEAD_AFTER_SECONDS of that.
+        self._store_ok_since: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._revision = 0
@@ -242,10 +268,18 @@ class Server:
         self._apply(self.engine.set_mwi_counts(await self.store.voicemail_counts(),
                                                time.monotonic()))
         if not self.node_id:
-            self.node_id = f"{socket.gethostname()}:{bound_port}"
+            self.node_id = default_node_id(bound_port)
+        self.engine.node_id = self.node_id
+        self.link.node_id = self.node_id
         await self._sync_bindings()
         await self._heartbeat(time.monotonic())
-        self._tasks.append(asyncio.create_task(self._writer()))
+        # Calls this node held when it last died (killed, and back before another node
+        # noticed): nobody holds them now; their parties get a BYE.
+        left = await self.store.claim_own_dialogs(self.node_id, time.time())
+        if left:
+            self._end_dialogs(Takeover((), tuple(left)), previous_run=True)
+            await self.store.write_dialogs([], [r.id for r in left])
+        self._tasks.append(asyncio.create_task(self.link.run()))
         self._tasks.append(asyncio.create_task(self._share_bindings()))
         self._schedule()  # trunks that register start at once
         self._tasks.append(asyncio.create_task(self._housekeeping()))
@@ -285,7 +319,9 @@ class Server:
                     handle.cancel()  # a TLS handshake in progress
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.tcp.wait_closed(), 2.0)
-        await self._writes.join()
+        left = await self.link.flush(STOP_FLUSH_SECONDS)
+        if left:
+            log.error("store changes not written at stop", count=left, store_up=self.link.up)
         for recorder in list(self._recorders.values()):
             recorder.stop("hangup")  # messages being left are kept
         if self._media_tasks:
@@ -297,10 +333,13 @@ class Server:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.link.close()
         try:
-            await self.store.remove_node(self.node_id)
-        except Exception:
-            log.exception("node row not removed", node=self.node_id)
+            if self.link.up:
+                await self.store.remove_node(self.node_id)
+        except Exception as exc:
+            if not connection_lost(exc):
+                log.exception("node row not removed", node=self.node_id)
         if self.http is not None:
             await self.http.cleanup()
         log.info("stopped")
@@ -392,10 +431,15 @@ class Server:
                 log.exception("media action failed", action=type(action).__name__,
                               call_id=action.call[0])
         for b in outcome.saved:
-            self._writes.put_nowait(("save", b))
+            self.link.save_binding(b)
             self.streams.trust(_source_ip(b.source))
         for b in outcome.removed:
-            self._writes.put_nowait(("delete", b))
+            self.link.delete_binding(b)
+        saved, ended = self.engine.calls.take_records()
+        for record in saved:
+            self.link.save_dialog(record)
+        for record_id in ended:
+            self.link.end_dialog(record_id)
         self._schedule()
 
     def _send(self, send: Send) -> None:
@@ -722,7 +766,7 @@ class Server:
                 message = VoicemailMessage(
                     id=message_id, box=job.box, caller=job.caller, time=time.time(),
                     duration=recording.duration, path=str(recording.path.resolve()))
-                await self.store.save_voicemail(message)
+                await self.link.save_voicemail(message)
                 log.info("voicemail left", call_id=job.call_id, box=job.box, id=message_id,
                          seconds=round(recording.duration, 1), ended_by=recording.reason)
                 self._email_voicemail(message)
@@ -773,29 +817,6 @@ class Server:
                                         tz=directory.timezone_for(user)))
 
     # -- background work -----------------------------------------------------------
-    async def _writer(self) -> None:
-        """Write binding changes through to the store, in order, off the hot path.
-
-        Whatever piled up while the previous batch was written goes in one
-        transaction; for one (aor, contact) only the last change counts.
-        """
-        while True:
-            batch = [await self._writes.get()]
-            while not self._writes.empty() and len(batch) < WRITE_BATCH:
-                batch.append(self._writes.get_nowait())
-            latest: dict[tuple[str, str], tuple[str, Binding]] = {}
-            for op, b in batch:
-                latest[(b.aor, b.contact)] = (op, b)
-            saved = [b for op, b in latest.values() if op == "save"]
-            removed = [b for op, b in latest.values() if op == "delete"]
-            try:
-                await self.store.write_bindings(saved, node=self.node_id, removed=removed)
-            except Exception:
-                log.exception("store write failed", saved=len(saved), deleted=len(removed))
-            finally:
-                for _ in batch:
-                    self._writes.task_done()
-
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -806,7 +827,7 @@ class Server:
                     or self.engine.directory is not self._trust_directory):
                 self._refresh_trust(now)
             try:
-                await self._reload()
+                await self.link.attempt("reload", self._reload)
             except Exception:
                 log.exception("directory reload failed; serving the previous snapshot")
 
@@ -815,14 +836,48 @@ class Server:
         while True:
             await asyncio.sleep(BINDING_SYNC_SECONDS)
             try:
-                await self._sync_bindings()
-                now = time.monotonic()
-                await self._heartbeat(now)
-                if now - self._purged_at >= BINDING_PURGE_PERIOD:
-                    self._purged_at = now
-                    await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
+                if not await self.link.attempt("binding sync", self._share_once):
+                    self._store_ok_since = None
             except Exception:
+                self._store_ok_since = None
                 log.exception("binding sync failed; keeping the bindings held")
+
+    def _end_dialogs(self, took: Takeover, previous_run: bool = False) -> None:
+        """BYE both parties of each call in ``took`` (engine.calls.records), and say so
+        once per node whose calls they were."""
+        self._apply(self.engine.end_dialogs(took.records, time.monotonic()))
+        per_node: dict[str, int] = dict.fromkeys(took.dead, 0)
+        for record in took.records:
+            per_node[record.node] = per_node.get(record.node, 0) + 1
+        for node, calls in sorted(per_node.items()):
+            if previous_run:
+                log.warning("calls of this node's previous run ended", node=node, calls=calls)
+            else:
+                log.warning("node dead: its calls ended", node=node, calls=calls,
+                            by=self.node_id, heartbeat_missing=node in took.dead,
+                            dead_after_seconds=DEAD_AFTER_SECONDS)
+
+    async def _share_once(self) -> None:
+        await self._sync_bindings()
+        now = time.monotonic()
+        await self._heartbeat(now)
+        if self._store_ok_since is None:
+            self._store_ok_since = now
+        # Judge the others only after DEAD_AFTER_SECONDS of store access without a
+        # break: back from a store outage, every other node's heartbeat looks old
+        # until it has beaten again, and none of them is dead for that.
+        if now - self._takeover_at >= TAKEOVER_SECONDS \
+                and now - self._store_ok_since >= DEAD_AFTER_SECONDS:
+            self._takeover_at = now
+            wall = time.time()
+            took = await self.store.take_over(
+                self.node_id, wall - DEAD_AFTER_SECONDS, wall, wall - RECLAIM_SECONDS)
+            if took.dead or took.records:
+                self._end_dialogs(took)
+                await self.store.write_dialogs([], [r.id for r in took.records])
+        if now - self._purged_at >= BINDING_PURGE_PERIOD:
+            self._purged_at = now
+            await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
 
     async def _sync_bindings(self) -> None:
         """Bindings other nodes saved or deleted since the last look, into the registrar:
@@ -870,12 +925,15 @@ class Server:
     # -- admin HTTP ----------------------------------------------------------------------
     async def _metrics(self, request: web.Request) -> web.Response:
         self.engine.expire(time.time())
+        self.engine.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
         return web.Response(body=self.engine.metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "registrations": self.engine.registrar.count(),
-                                  "transactions": len(self.engine.transactions)})
+                                  "transactions": len(self.engine.transactions),
+                                  "store": "up" if self.link.up else "down",
+                                  "store_queued": len(self.link.pending)})
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -135,6 +135,7 @@ TABLE_SCHEMAS: Mapping[str, Mapping[str, Schema]] = {
         "smtp": obj({"host": string(nonempty=True), "port": integer(1, 65535),
                      "sender": {"type": "string"}}, ["host"]),
         "admin_url": string(d.ADMIN_URL_RE, optional=True),
+        "require_2fa": BOOLEAN,
     },
     "trunks": {
         "name": string(NAME_RE), "host": string(nonempty=True), "port": integer(1, 65535),
