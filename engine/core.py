@@ -74,7 +74,8 @@ ACCEPT = "application/sdp"
 # Only what is implemented is advertised: RFC 5626 reg-id/instance bindings and
 # CRLF keep-alives, and Path (RFC 3327): a REGISTER through the edge is stored
 # with its Path, which becomes the route set of calls to that phone.
-SUPPORTED: tuple[str, ...] = ("outbound", "path")
+# Replaces (RFC 3891): an INVITE naming a ringing call picks it up (engine.calls.pickup).
+SUPPORTED: tuple[str, ...] = ("outbound", "path", "replaces")
 KNOWN_METHODS = frozenset((
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"))

@@ -89,6 +89,7 @@ from engine.calls.events import (
 from engine.calls.headers import COMPLETED_ELSEWHERE, Local, to_caller
 from engine.calls.ivr import IvrSession, start_ivr
 from engine.calls.leg import Leg
+from engine.calls.pickup import start_pickup
 from engine.calls.queue import QueueCaller, queue_music, start_queue, start_queue_login
 from engine.calls.screening import Screening, screen, screen_mode
 from engine.calls.states import (
@@ -119,11 +120,14 @@ from routing import (
     Identity,
     Ivr,
     MailboxAccess,
+    Park,
+    Pickup,
     Plan,
     Queue,
     QueueLogin,
     Reject,
     Ring,
+    Unpark,
     Voicemail,
 )
 
@@ -196,6 +200,7 @@ class Call:
     ivr: IvrSession | None = None  # an IVR menu the caller is in (engine.calls.ivr)
     menus: int = 0  # IVR menus entered in this call
     queued: QueueCaller | None = None  # waiting in a queue (engine.calls.queue)
+    replaces: str = ""  # an INVITE with Replaces: the Call-ID of the ringing leg it names
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint). None: the caller's own
@@ -293,6 +298,15 @@ class Call:
             if self.transfer is not None:  # a code is dialled, not transferred to
                 return self.transfer.failed(403, now)
             return start_queue_login(self, step, now)
+        if isinstance(step, Pickup):  # engine.calls.pickup
+            return start_pickup(self, step, now, self.replaces)
+        if isinstance(step, Park | Unpark):
+            # Park and its retrieval are routed (route explain shows them) but not run
+            # by the call layer yet: refused with a reason rather than misrouted.
+            if self.transfer is not None:
+                return self.transfer.failed(501, now)
+            return self._unanswered(501, now, [("Warning", warning_value(
+                "call park is not available on this engine yet"))], reason="Not Implemented")
         if self.transfer is not None:  # the target's plan decides how the transfer ends
             return self.transfer.run_step(step, now)
         if isinstance(step, Deflect):
@@ -381,6 +395,8 @@ class Call:
             self.callee_offer(target, self.anchor.music_codec)
         invite = build.callee_invite(self.invite, self.facts, step.diversion, target, uri,
                                      transport, self.local, offer)
+        if step.intercom and isinstance(target, Device):
+            invite = build.intercom(invite, self.local)
         if routes:
             invite = preload_routes(invite, routes)
         key, events = self.send(invite, dest, transport, now)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -27,6 +27,7 @@ from engine.calls.call import Call, RelayedRequest
 from engine.calls.events import CallKey, CallOutput, StopMedia
 from engine.calls.headers import Local
 from engine.calls.leg import Leg
+from engine.calls.pickup import replaces_target
 from engine.calls.queue import QueueFigures, Queues
 from engine.calls.records import dialog_record, mark, parties, record_id
 from engine.calls.rules import PlanText
@@ -204,6 +205,20 @@ class Calls:
         if self.metrics is not None:
             self.metrics.transfers.labels(outcome).inc()
 
+    def count_pickup(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.pickups.labels(outcome).inc()
+
+    def ringing_legs(self) -> list[Leg]:
+        """Legs whose phones ring now (a leg sent, no final answer yet)."""
+        return [leg for leg in self._legs.values() if leg.pending]
+
+    def track_picker(self, leg: Leg) -> None:
+        """A picker's INVITE, now a leg of the call it picked up (engine.calls.pickup):
+        its in-dialog requests carry its Call-ID, found as a leg's are."""
+        self._by_leg_call_id[leg.invite.call_id] = leg
+        self.changed.append(leg)
+
     def take_changes(self) -> list[Call | Leg]:
         """The calls and legs noted in :attr:`changed` since the last take."""
         changed, self.changed = self.changed, []
@@ -328,6 +343,21 @@ class Calls:
     # ------------------------------------------------------------------ new calls
     def new_call(self, invite: Request, key: TxKey, source: Addr, transport: str,
                  facts: CallFacts, directory: Directory, now: float) -> list[CallOutput]:
+        replaced = ""
+        if facts.source == "phone" and invite.has("replaces"):
+            # RFC 3891: a phone's INVITE naming a ringing leg (read from a dialog-info
+            # document) picks that call up, with the rights of a directed pickup.
+            leg = replaces_target(invite, self.ringing_legs())
+            if leg is None:  # s3: no such dialog (or no longer early)
+                try:
+                    return [*self.tx.respond(key, make_response(invite, 481, headers=[
+                        ("Warning", warning_value("Replaces names no ringing call"))],
+                        to_tag=new_tag()), now)]
+                except ValueError:
+                    return []
+            codes = directory.system.feature_codes
+            facts = replace(facts, callee=f"{codes.pickup_directed}{leg.extension}")
+            replaced = leg.invite.call_id
         state = self.live_state(directory, self.wall_clock())
         the_plan = plan(facts, directory, state)
         tag = new_tag()
@@ -341,6 +371,7 @@ class Calls:
         call = Call(self, id=invite.call_id, invite=invite, invite_key=key, source=source,
                     transport=transport, facts=facts, plan=the_plan, tag=tag, started=now,
                     trunk_in=facts.trunk, identity=the_plan.identity)
+        call.replaces = replaced
         self._calls[call.key] = call
         self._by_tag[(call.id, call.tag)] = call
         self._by_invite[key] = call

@@ -112,6 +112,7 @@ class CallEvent(StrEnum):
     NO_ACK = "no_ack"  # our 2xx was never ACKed
     ENDPOINT_DONE = "endpoint_done"  # the engine's endpoint is done (message recorded)
     REPLACED = "replaced"  # a consultation call whose target moved to another call
+    PICKED = "picked"  # a picker's call: its INVITE answers the call it picked up
     TRANSFER_DROPPED = "transfer_dropped"  # a transfer failed and its transferor was gone
     ERROR = "error"  # an exception while handling the call: it ends alone
     SHUTDOWN = "shutdown"  # the engine stops
@@ -137,6 +138,9 @@ CALL: Machine[CallState, CallEvent] = Machine("call", {
     # may be running a transfer of its own.
     (_A, CallEvent.REPLACED): _X,
     (_R, CallEvent.REPLACED): _X,
+    # RFC 3891 s3 (a pickup by Replaces, or by code): the picker's INVITE is answered
+    # by the call it picked up; its own call object ends without a word.
+    (_R, CallEvent.PICKED): _X,
     (_A, CallEvent.TRANSFER_DROPPED): _X,  # RFC 3261 s15.1.1: our BYE to the transferee
     (_R, CallEvent.ERROR): _X,
     (_A, CallEvent.ERROR): _X,

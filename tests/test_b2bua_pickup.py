@@ -1,0 +1,172 @@
+"""Call pickup in the call layer (engine.calls.pickup) through Engine.datagram, on
+anchored calls: ``**102`` and ``*8`` take the oldest call ringing, an INVITE with
+Replaces takes the leg it names; the ringing phone is cancelled ("Call completed
+elsewhere"), the caller and the picker are answered from the engine's endpoints
+and relayed; BYEs cross; nothing to pick up is 404; a direct-media call is 488;
+the intercom code's INVITE carries the auto-answer headers. Sans-I/O, fake clock
+(the harness of test_b2bua)."""
+
+from __future__ import annotations
+
+from engine.calls.events import BridgeMedia, OpenMedia, StopMedia
+from engine.sip.message import Request
+from media.sdp import parse_sdp
+from tests.test_b2bua import (
+    PHONES,
+    SDP,
+    Net,
+    in_dialog,
+    make_net,
+    phone_call,
+    register,
+    reply,
+    statuses,
+)
+from tests.test_b2bua_anchor import anchored_net
+
+PICKER_SDP = (b"v=0\r\no=picker 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+              b"m=audio 41000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
+
+
+def ringing_call(net: Net, call_id: str = "call-1") -> Request:
+    """101 calls 102 (anchored: the endpoints open first); 102 rings. Returns the
+    INVITE 102 got."""
+    register(net, "101", "102", "103", "104")
+    phone_call(net, "101", "102", call_id=call_id)
+    [action] = [m for m in net.media if isinstance(m, OpenMedia) and m.call[0] == call_id]
+    net.take(net.engine.media_ready(action.call, (30000, 30002), net.clock.now))
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 180, tag="ring102"), PHONES["102"])
+    return inv
+
+
+def picker_invite(net: Net, dialled: str, call_id: str = "pick-1",
+                  extra: tuple[str, ...] = ()) -> None:
+    """103 dials ``dialled`` with PICKER_SDP (the harness INVITE, body swapped)."""
+    import tests.test_b2bua as harness
+    saved = harness.SDP
+    harness.SDP = PICKER_SDP
+    try:
+        phone_call(net, "103", dialled, call_id=call_id, extra=extra)
+    finally:
+        harness.SDP = saved
+
+
+def test_directed_pickup_takes_the_ringing_call() -> None:
+    net = anchored_net()
+    inv = ringing_call(net)
+    net.drain(PHONES["101"])
+    picker_invite(net, "**102")
+    # 102 is cancelled, with the reason phones show as "answered elsewhere"
+    [cancel] = net.requests(PHONES["102"], "CANCEL")
+    assert cancel.call_id == inv.call_id
+    assert "Call completed elsewhere" in (cancel.get("reason") or "")
+    # the picker gets 200 from the engine's callee-side endpoint, in PCMA (the ringing
+    # phone was offered its user's order, PCMA first; the picker offers 8 first)
+    [ok_picker] = [r for r in net.responses(PHONES["103"]) if r.status == 200]
+    ours = parse_sdp(ok_picker.body).audio()
+    assert ours is not None and ours.port == 30002
+    assert next(f.name for f in ours.formats) == "PCMA"
+    # the caller is answered from its endpoint in the same codec
+    [ok_caller] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    caller_side = parse_sdp(ok_caller.body).audio()
+    assert caller_side is not None and caller_side.port == 30000
+    [bridge] = [m for m in net.media if isinstance(m, BridgeMedia)]
+    assert bridge.callee_media is not None and bridge.callee_media.remote_port == 41000
+    assert bridge.caller_media is not None and bridge.caller_media.codec == "PCMA"
+    assert net.engine.calls.extensions_on_calls() == {"101": 1, "103": 1}
+    assert [c.callee for c in net.engine.calls.calls_in_progress()] == ["102"]
+    # the picker hangs up: the caller gets a BYE, the call is over
+    net.send(in_dialog("ACK", ok_picker, PHONES["103"], cseq=2, call_id="pick-1",
+                       branch="pack"), PHONES["103"])
+    net.send(in_dialog("BYE", ok_picker, PHONES["103"], cseq=3, call_id="pick-1",
+                       branch="pbye"), PHONES["103"])
+    assert statuses(net.drain(PHONES["103"])) == [200]
+    [bye] = net.requests(PHONES["101"], "BYE")
+    assert bye.call_id == "call-1"
+    assert net.engine.calls.calls_in_progress() == []
+    assert any(isinstance(m, StopMedia) for m in net.media)
+
+
+def test_the_caller_hanging_up_sends_the_picker_a_bye() -> None:
+    net = anchored_net()
+    ringing_call(net)
+    picker_invite(net, "**102")
+    [ok_caller] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    [ok_picker] = [r for r in net.responses(PHONES["103"]) if r.status == 200]
+    net.send(in_dialog("BYE", ok_caller, PHONES["101"], cseq=3, call_id="call-1",
+                       branch="cbye"), PHONES["101"])
+    [bye] = net.requests(PHONES["103"], "BYE")
+    assert bye.call_id == "pick-1" and bye.from_.tag == ok_picker.to.tag
+    assert bye.uri_text == "sip:103@127.0.0.1:6103"  # the picker's Contact
+
+
+def test_group_pickup_takes_the_oldest_ringing_call() -> None:
+    net = anchored_net()
+    ringing_call(net, "call-1")
+    net.clock.advance(1)
+    register(net, "104")
+    phone_call(net, "104", "102", call_id="call-2")  # 102 accepts one call: busy
+    net.drain(PHONES["104"])
+    picker_invite(net, "*8")
+    assert [r.status for r in net.responses(PHONES["103"]) if r.status >= 200] == [200]
+    assert [r.status for r in net.responses(PHONES["101"]) if r.status >= 200] == [200]
+
+
+def test_nothing_ringing_is_404_and_the_picker_is_free() -> None:
+    net = anchored_net()
+    register(net, "101", "102", "103")
+    picker_invite(net, "**102")
+    [final] = [r for r in net.responses(PHONES["103"]) if r.status >= 200]
+    assert final.status == 404 and "no call is ringing 102" in (final.get("warning") or "")
+    assert net.engine.calls.calls_in_progress() == []
+
+
+def test_replaces_names_the_ringing_leg() -> None:
+    net = anchored_net()
+    inv = ringing_call(net)
+    # what a dialog-info document gave the phone: the leg's Call-ID, our tag, 102's tag
+    replaces = f"Replaces: {inv.call_id};to-tag={inv.from_.tag};from-tag=ring102;early-only"
+    picker_invite(net, "102", extra=(replaces,))
+    assert [r.status for r in net.responses(PHONES["103"]) if r.status >= 200] == [200]
+    assert [r.method for r in net.requests(PHONES["102"])] == ["CANCEL"]
+    assert [r.status for r in net.responses(PHONES["101"]) if r.status >= 200] == [200]
+
+
+def test_replaces_naming_no_ringing_call_is_481() -> None:
+    net = anchored_net()
+    register(net, "101", "102", "103")
+    picker_invite(net, "102", extra=("Replaces: nope@x;to-tag=a;from-tag=b",))
+    assert [r.status for r in net.responses(PHONES["103"]) if r.status >= 200] == [481]
+
+
+def test_a_call_whose_media_is_not_anchored_cannot_be_picked_up() -> None:
+    net = make_net()
+    register(net, "101", "102", "103")
+    phone_call(net, "101", "102")
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 180), PHONES["102"])
+    picker_invite(net, "**102")
+    [final] = [r for r in net.responses(PHONES["103"]) if r.status >= 200]
+    assert final.status == 488 and "media through the engine" in (final.get("warning") or "")
+    assert net.requests(PHONES["102"], "CANCEL") == []  # 102 still rings
+
+
+def test_intercom_invite_asks_the_phone_to_answer_at_once() -> None:
+    net = make_net()
+    register(net, "101", "102")
+    phone_call(net, "101", "*9102")
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    assert inv.get("call-info") == "<sip:pbx.test>;answer-after=0"
+    assert inv.get("alert-info") == "<http://127.0.0.1>;info=alert-autoanswer"
+    net.send(reply(inv, 200, body=SDP, contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    assert 200 in statuses(net.drain(PHONES["101"]))
+
+
+def test_a_phones_own_auto_answer_headers_are_not_passed_on() -> None:
+    net = make_net()
+    register(net, "101", "102")
+    phone_call(net, "101", "102", extra=("Call-Info: <sip:x>;answer-after=0",
+                                         "Alert-Info: <http://x>;info=alert-autoanswer"))
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    assert inv.get("call-info") is None and inv.get("alert-info") is None
