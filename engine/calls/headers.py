@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from engine.sip.dialog import new_branch, new_call_id, new_tag
-from engine.sip.message import Request, Response, make_response
+from engine.sip.message import Message, Request, Response, make_response
 from media import sdp
 from routing import CallFacts, Device, Diversion, External
 
@@ -83,7 +83,7 @@ def to_caller(invite: Request, status: int, tag: str, headers: Iterable[tuple[st
 
 def intercom(invite: Request, local: Local) -> Request:
     """``invite`` with :func:`intercom_headers` (an intercom step's legs to phones)."""
-    out: Request | Response = invite
+    out: Message = invite
     for name, value in intercom_headers(local):
         out = out.replace(name, value)
     assert isinstance(out, Request)
