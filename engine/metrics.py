@@ -115,6 +115,8 @@ class Metrics:
             "switchboard_pickups", "Call pickups by outcome: directed, group, nothing "
             "(no call ringing), refused (media not anchored, no common codec)", ["outcome"],
             registry=r)
+        self.parked_calls = Gauge(
+            "switchboard_parked_calls", "Calls waiting on a park orbit", registry=r)
         self.calls_taken_over = Counter(
             "switchboard_calls_ended_for_dead_node", "Calls another node held, ended by "
             "this one (a BYE to each party) after that node stopped heartbeating",

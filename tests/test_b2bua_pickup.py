@@ -3,7 +3,9 @@ anchored calls: ``**102`` and ``*8`` take the oldest call ringing, an INVITE wit
 Replaces takes the leg it names; the ringing phone is cancelled ("Call completed
 elsewhere"), the caller and the picker are answered from the engine's endpoints
 and relayed; BYEs cross; nothing to pick up is 404; a direct-media call is 488;
-the intercom code's INVITE carries the auto-answer headers. Sans-I/O, fake clock
+the intercom code's INVITE carries the auto-answer headers. Park: a blind transfer
+to ``*0`` holds the caller on the first free orbit with music (the final NOTIFY
+names it), ``*1701`` or ``701`` retrieves it. Sans-I/O, fake clock
 (the harness of test_b2bua)."""
 
 from __future__ import annotations
@@ -22,7 +24,16 @@ from tests.test_b2bua import (
     reply,
     statuses,
 )
-from tests.test_b2bua_anchor import anchored_net
+from tests.test_b2bua_anchor import anchored_net, bridges
+from tests.test_b2bua_transfer import (
+    RECEPTION,
+    TRUNK,
+    answered_trunk_call,
+    caller_bye,
+    methods,
+    notifies,
+    refer,
+)
 
 PICKER_SDP = (b"v=0\r\no=picker 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
               b"m=audio 41000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
@@ -170,3 +181,76 @@ def test_a_phones_own_auto_answer_headers_are_not_passed_on() -> None:
                                          "Alert-Info: <http://x>;info=alert-autoanswer"))
     [inv] = net.requests(PHONES["102"], "INVITE")
     assert inv.get("call-info") is None and inv.get("alert-info") is None
+
+
+# ---------------------------------------------------------------------- park
+def parked_call(net: Net) -> Request:
+    """The carrier calls +15145550100, 101 answers and transfers it to ``*0``."""
+    desk = answered_trunk_call(net, "102", "103", "104")
+    net.send(refer(desk, "*0"), RECEPTION)
+    return desk
+
+
+def test_a_transfer_to_the_park_code_parks_the_caller_with_music() -> None:
+    net = anchored_net()
+    parked_call(net)
+    to_reception = net.drain(RECEPTION)
+    assert notifies(to_reception) == [("SIP/2.0 100 Trying", "active"),
+                                      ("SIP/2.0 200 Parked on 701", "terminated")]
+    assert methods(to_reception) == ["NOTIFY", "NOTIFY", "BYE"]  # the parker is let go
+    music = bridges(net)[-1]
+    assert music.music_to_caller
+    assert net.drain(TRUNK) == []  # the caller keeps its dialog, untouched
+    [summary] = net.engine.calls.calls_in_progress()
+    assert summary.members == ()  # the parker is off the call
+
+
+def test_the_orbit_dialled_retrieves_the_parked_call() -> None:
+    net = anchored_net()
+    parked_call(net)
+    net.media.clear()
+    picker_invite(net, "*1701")
+    [ok] = [r for r in net.responses(PHONES["103"]) if r.status == 200]
+    ours = parse_sdp(ok.body).audio()
+    assert ours is not None and ours.port == 30002  # the callee-side endpoint
+    assert next(f.name for f in ours.formats) == "PCMA"  # the parked caller's codec
+    [relay] = bridges(net)
+    assert not relay.music_to_caller
+    assert relay.callee_media is not None and relay.callee_media.remote_port == 41000
+    assert net.engine.calls.extensions_on_calls() == {"103": 1}
+    # the retriever hangs up: the carrier's caller gets the BYE
+    net.send(in_dialog("ACK", ok, PHONES["103"], cseq=2, call_id="pick-1", branch="ua"),
+             PHONES["103"])
+    net.send(in_dialog("BYE", ok, PHONES["103"], cseq=3, call_id="pick-1", branch="ub"),
+             PHONES["103"])
+    assert methods(net.drain(TRUNK)) == ["BYE"]
+    assert net.engine.calls.calls_in_progress() == []
+
+
+def test_a_second_park_takes_the_next_orbit_and_the_number_alone_retrieves() -> None:
+    net = anchored_net()
+    parked_call(net)
+    front = net.engine.calls
+    assert front.parked_call("701") is not None and front.free_orbit(("701", "702")) == "702"
+    picker_invite(net, "701")
+    assert [r.status for r in net.responses(PHONES["103"]) if r.status >= 200] == [200]
+    assert front.parked_call("701") is None
+
+
+def test_nothing_parked_is_404_and_a_hang_up_frees_the_orbit() -> None:
+    net = anchored_net()
+    parked_call(net)
+    picker_invite(net, "*1702")
+    [final] = [r for r in net.responses(PHONES["103"]) if r.status >= 200]
+    assert final.status == 404 and "no call is parked on 702" in (final.get("warning") or "")
+    net.send(caller_bye(net), TRUNK)
+    assert net.engine.calls.parked_call("701") is None
+    assert net.engine.calls.calls_in_progress() == []
+
+
+def test_the_park_code_dialled_is_refused() -> None:
+    net = anchored_net()
+    register(net, "101", "102", "103")
+    picker_invite(net, "*0")
+    [final] = [r for r in net.responses(PHONES["103"]) if r.status >= 200]
+    assert final.status == 403 and "transfer target" in (final.get("warning") or "")

@@ -89,7 +89,7 @@ from engine.calls.events import (
 from engine.calls.headers import COMPLETED_ELSEWHERE, Local, to_caller
 from engine.calls.ivr import IvrSession, start_ivr
 from engine.calls.leg import Leg
-from engine.calls.pickup import start_pickup
+from engine.calls.pickup import start_pickup, start_unpark
 from engine.calls.queue import QueueCaller, queue_music, start_queue, start_queue_login
 from engine.calls.screening import Screening, screen, screen_mode
 from engine.calls.states import (
@@ -201,6 +201,8 @@ class Call:
     menus: int = 0  # IVR menus entered in this call
     queued: QueueCaller | None = None  # waiting in a queue (engine.calls.queue)
     replaces: str = ""  # an INVITE with Replaces: the Call-ID of the ringing leg it names
+    parked: str = ""  # the park orbit the caller waits on (engine.calls.transfer.park)
+    parker: str = ""  # who parked it
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint). None: the caller's own
@@ -300,13 +302,15 @@ class Call:
             return start_queue_login(self, step, now)
         if isinstance(step, Pickup):  # engine.calls.pickup
             return start_pickup(self, step, now, self.replaces)
-        if isinstance(step, Park | Unpark):
-            # Park and its retrieval are routed (route explain shows them) but not run
-            # by the call layer yet: refused with a reason rather than misrouted.
+        if isinstance(step, Park):  # a blind transfer's target (engine.calls.transfer)
             if self.transfer is not None:
-                return self.transfer.failed(501, now)
-            return self._unanswered(501, now, [("Warning", warning_value(
-                "call park is not available on this engine yet"))], reason="Not Implemented")
+                return self.transfer.park(step, now)
+            return self._unanswered(403, now, [("Warning", warning_value(
+                "the park code is a transfer target: transfer the call to it"))])
+        if isinstance(step, Unpark):  # engine.calls.pickup
+            if self.transfer is not None:
+                return self.transfer.failed(403, now)
+            return start_unpark(self, step, now)
         if self.transfer is not None:  # the target's plan decides how the transfer ends
             return self.transfer.run_step(step, now)
         if isinstance(step, Deflect):
@@ -679,6 +683,9 @@ class Call:
         transferee = ""
         if transfer is not None and transfer.codec.upper() in DECODABLE:
             transferee = transfer.transferee
+        elif self.parked and anchor.caller.media is not None \
+                and anchor.caller.media.codec.upper() in DECODABLE:
+            transferee = "caller"  # a parked caller hears hold music
         routing = self.state is CallState.ROUTING
         answered = self.callee_leg.target if self.callee_leg is not None else None
         bridge = anchor.bridge(
@@ -1102,6 +1109,9 @@ class Call:
             self.ivr.gone()
             self.ivr = None
         self.timers.clear()
+        if self.parked:
+            front.unpark(self.parked)
+            self.parked = ""
         front.queues.call_gone(self, now)
         front.forget(self)
         for ext in self.members:

@@ -105,6 +105,7 @@ class Calls:
         # Re-INVITEs moving a consultation call's callee to the transferee's call.
         self._moves: dict[TxKey, Transfer] = {}
         self._wakeups: TimerHeap[CallKey] = TimerHeap()
+        self._parked: dict[str, Call] = {}  # park orbit -> the call waiting there
         # Dialog records (engine.calls.records): the mark last recorded per answered
         # call, and what to write or delete in the store since the last take_records.
         self._recorded: dict[CallKey, tuple[object, ...]] = {}
@@ -208,6 +209,24 @@ class Calls:
     def count_pickup(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.pickups.labels(outcome).inc()
+
+    def free_orbit(self, orbits: tuple[str, ...]) -> str | None:
+        """The first orbit of ``orbits`` no call is parked on."""
+        return next((o for o in orbits if o not in self._parked), None)
+
+    def park(self, orbit: str, call: Call) -> None:
+        self._parked[orbit] = call
+        if self.metrics is not None:
+            self.metrics.parked_calls.set(len(self._parked))
+
+    def unpark(self, orbit: str) -> Call | None:
+        call = self._parked.pop(orbit, None)
+        if self.metrics is not None:
+            self.metrics.parked_calls.set(len(self._parked))
+        return call
+
+    def parked_call(self, orbit: str) -> Call | None:
+        return self._parked.get(orbit)
 
     def ringing_legs(self) -> list[Leg]:
         """Legs whose phones ring now (a leg sent, no final answer yet)."""

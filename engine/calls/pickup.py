@@ -1,5 +1,6 @@
 """Call pickup: a phone takes a call ringing another phone (directed: ``**102``,
-or an INVITE with Replaces naming that ringing dialog, RFC 3891; group: ``*8``).
+or an INVITE with Replaces naming that ringing dialog, RFC 3891; group: ``*8``);
+and its sibling, retrieving a parked call (``*1701`` or ``701`` dialled).
 
 The picker's INVITE becomes the answering leg of the call it picks up: the call
 answers its caller with the picker's media (through the engine's anchor), the
@@ -32,13 +33,13 @@ from engine.calls.states import CallEvent, CallState, LegEvent
 from engine.sip.dialog import Dialog
 from engine.sip.message import ParseError, Request, warning_value
 from media import sdp
-from routing import Device, Pickup
+from routing import Device, Pickup, Unpark
 
 if TYPE_CHECKING:
     from engine.calls.call import Call
     from engine.calls.events import CallOutput
 
-__all__ = ["replaces_target", "start_pickup"]
+__all__ = ["replaces_target", "start_pickup", "start_unpark"]
 
 log = structlog.get_logger("switchboard.call")
 
@@ -119,20 +120,69 @@ def start_pickup(picker: Call, step: Pickup, now: float,
     log.info("picked up", call_id=call.id, picker=step.picker, leg=leg.label,
              by=picker.id, directed=step.directed)
     # The picker's call ends without a word: its INVITE is answered by the picked call.
+    # Our answer is the leg's "offer" and the picker's offer its "answer": the roles
+    # connect() reads (the codec: the picker's first that we answered with).
+    mine, events = _adopt(picker, call, step.picker, f"{step.picker} pickup", ours, now)
+    call.legs.append(mine)
+    events += call.connect(mine, picker.invite.body, "application/sdp", now)
+    picker.front.count_pickup("directed" if step.directed else "group")
+    return events
+
+
+def _adopt(picker: Call, call: Call, extension: str, label: str,
+           ours: sdp.SessionDescription, now: float) -> tuple[Leg, list[CallOutput]]:
+    """The picker's INVITE as a leg of ``call``, answered 200 with ``ours``; the
+    picker's own call ends silently."""
     events = picker.forget(CallEvent.PICKED, now)
     contact = picker.local.contact(picker.transport)
-    mine = Leg(call=call, target=Device(step.picker), label=f"{step.picker} pickup",
-               invite=picker.invite, dest=picker.source, transport=picker.transport,
-               key=picker.invite_key)
-    mine.offer = ours  # "our offer" to this leg, its SDP "the answer": roles as connect reads
+    mine = Leg(call=call, target=Device(extension), label=label, invite=picker.invite,
+               dest=picker.source, transport=picker.transport, key=picker.invite_key)
+    mine.offer = ours
     mine.ack = b""  # its 2xx ACK is the picker's, not ours to send
     mine.dialog = Dialog.uas(picker.invite, picker.tag, contact, confirmed=True)
-    call.legs.append(mine)
     picker.front.track_picker(mine)
     mine.move(LegEvent.ANSWER)  # RFC 3261 s13.3.1.4: our 2xx to the picker below
     ok = to_caller(picker.invite, 200, picker.tag, [
         ("Contact", contact), ("Content-Type", "application/sdp")], ours.to_bytes())
-    events += call.respond(picker.invite_key, ok, now)
-    events += call.connect(mine, picker.invite.body, "application/sdp", now)
-    picker.front.count_pickup("directed" if step.directed else "group")
-    return events
+    return mine, events + call.respond(picker.invite_key, ok, now)
+
+
+def start_unpark(picker: Call, step: Unpark, now: float) -> list[CallOutput]:
+    """Retrieve the call parked on ``step.orbit``: the retriever's INVITE becomes its
+    callee leg, answered from the engine's callee-side port in the parked caller's
+    codec (relayed without transcoding); the hold music stops."""
+    front = picker.front
+    call = front.parked_call(step.orbit)
+    if call is None or call is picker:
+        return picker._unanswered(404, now, [("Warning", warning_value(
+            f"no call is parked on {step.orbit}"))], reason="Nothing Parked")
+    media = call.anchor.caller.media
+    if media is None or not call.anchor.callee_port:
+        return picker._unanswered(488, now, [("Warning", warning_value(
+            "the parked call has no media through the engine"))])
+    try:
+        theirs = sdp.parse_sdp(picker.invite.body) if picker.invite.body else None
+    except (sdp.SdpError, ParseError) as exc:
+        return picker._unanswered(488, now, [("Warning", warning_value(
+            f"unreadable SDP offer: {exc}"))])
+    if theirs is None:
+        return picker._unanswered(480, now, [("Warning", warning_value(
+            "retrieving a parked call needs an SDP offer in the INVITE"))])
+    session, version = call.anchor.callee.next_origin()
+    ours = sdp.answer(theirs, [media.codec], address=picker.local.host,
+                      port=call.anchor.callee_port, session_id=session,
+                      session_version=version)
+    if isinstance(ours, sdp.AnswerRefused):
+        return picker._unanswered(488, now, [("Warning", warning_value(
+            f"{ours.reason} (the parked call is in {media.codec}; the engine does not "
+            "transcode)"))])
+    extension = picker.facts.caller
+    log.info("unparked", call_id=call.id, orbit=step.orbit, by=extension)
+    front.unpark(step.orbit)
+    call.parked = call.parker = ""
+    mine, events = _adopt(picker, call, extension, f"{extension} unpark {step.orbit}",
+                          ours, now)
+    call.callee_leg = mine
+    call.anchor.take_side(False, sdp.negotiated(theirs, ours), ours)
+    call.join(extension)
+    return events + call.bridge()

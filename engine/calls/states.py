@@ -195,6 +195,7 @@ class TransferState(StrEnum):
     VOICEMAIL = "voicemail"
     FAILED = "failed"
     ABANDONED = "abandoned"
+    PARKED = "parked"
 
 
 class TransferEvent(StrEnum):
@@ -204,6 +205,7 @@ class TransferEvent(StrEnum):
     MOVED = "moved"  # the consulted target's 2xx to our re-INVITE
     FAILED = "failed"  # no answer, refused, or the move refused
     TRANSFEREE_GONE = "transferee_gone"  # the transferee's call ends (hung up, error...)
+    PARKED = "parked"  # the target is the park code: the transferee waits on an orbit
 
 
 _P, _T, _M = TransferState.REFERRED, TransferState.TARGET_RINGING, TransferState.MOVING
@@ -216,6 +218,8 @@ TRANSFER: Machine[TransferState, TransferEvent] = Machine("transfer", {
     (_P, TransferEvent.TO_VOICEMAIL): TransferState.VOICEMAIL,
     (_T, TransferEvent.TO_VOICEMAIL): TransferState.VOICEMAIL,
     (_M, TransferEvent.MOVED): TransferState.CONNECTED,  # RFC 3891 s3, RFC 5589 s7
+    # RFC 3515 s2.4.5: the final NOTIFY (200, its phrase naming the orbit) follows.
+    (_P, TransferEvent.PARKED): TransferState.PARKED,
     # RFC 3515 s2.4.5: the final NOTIFY carries the failure.
     (_P, TransferEvent.FAILED): TransferState.FAILED,
     (_T, TransferEvent.FAILED): TransferState.FAILED,

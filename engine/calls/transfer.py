@@ -63,6 +63,7 @@ from routing import (
     Device,
     External,
     MailboxAccess,
+    Park,
     Reject,
     Step,
     Voicemail,
@@ -446,7 +447,31 @@ class Transfer:
         else:
             call.leave(self.transferor)
 
-    def notify(self, status: int, now: float) -> list[CallOutput]:
+    def park(self, step: Park, now: float) -> list[CallOutput]:
+        """The target is the park code: the transferee waits on the first free orbit
+        with hold music; the final NOTIFY's phrase names the orbit ("200 Parked on
+        701", what a phone showing the sipfrag displays) and the transferor is let
+        go. Only the answering side parks (its caller): a calling party's transfer
+        to the code fails back to it (403)."""
+        call = self.call
+        if self.by_caller or self.transferor is None:
+            return self.failed(403, now)
+        orbit = call.front.free_orbit(step.orbits)
+        if orbit is None:
+            log.info("park: every orbit taken", call_id=call.id)
+            return self.failed(486, now)
+        self.move(TransferEvent.PARKED)
+        call.transfer = None
+        call.move(CallEvent.TRANSFER_SETTLED)
+        call.parked, call.parker = orbit, step.parker
+        call.front.park(orbit, call)
+        call.disarm("no_answer")
+        log.info("parked", call_id=call.id, orbit=orbit, parker=step.parker)
+        call.front.count_transfer("parked")
+        events = self._let_transferor_go(200, now, f"Parked on {orbit}")
+        return events + call.bridge()
+
+    def notify(self, status: int, now: float, phrase: str = "") -> list[CallOutput]:
         """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5), in the
         transferor's dialog: its leg's, or the caller's (a transfer by the caller)."""
         call = self.call
@@ -465,16 +490,16 @@ class Transfer:
                 ("Event", "refer"),
                 ("Subscription-State",
                  "terminated;reason=noresource" if final else "active;expires=60")],
-            body=f"SIP/2.0 {status} {REASONS.get(status, 'Unknown')}\r\n".encode(),
+            body=f"SIP/2.0 {status} {phrase or REASONS.get(status, 'Unknown')}\r\n".encode(),
             content_type="message/sipfrag;version=2.0")
         _, events = call.send(notify, dest, transport, now)
         return events
 
-    def _let_transferor_go(self, status: int, now: float) -> list[CallOutput]:
+    def _let_transferor_go(self, status: int, now: float, phrase: str = "") -> list[CallOutput]:
         """The final NOTIFY, then BYE the transferor if it is still on the call."""
         call = self.call
         leg = self.transferor
-        events = self.notify(status, now)
+        events = self.notify(status, now, phrase)
         if leg is None:
             if self.transferor_here:
                 events += call.bye_caller(now)
