@@ -195,6 +195,7 @@ __all__ = [
     "QUEUE_LOGIN_CODE",
     "QUEUE_LOGOUT_CODE",
     "REBOUND_SECONDS",
+    "RING_BACK_SECONDS",
     "Router",
     "effective_status",
     "plan",
@@ -212,6 +213,8 @@ QUEUE_LOGIN_CODE = "*62"
 """The default queue log-in code (``[system.feature_codes] queue_login``)."""
 QUEUE_LOGOUT_CODE = "*63"
 """The default queue log-out code (``[system.feature_codes] queue_logout``)."""
+RING_BACK_SECONDS = 20
+"""How long a parked call rings its parker back before ``ring_back_to``."""
 INTERCOM_SECONDS = 20
 """No-answer timer of an intercom call (a phone that does not auto-answer rings)."""
 
@@ -506,6 +509,22 @@ class Router:
         presented), the rules of ``dest`` apply as to any call reaching it."""
         builder = _Builder(self, call, state)
         return self._finish(builder, builder.resume(dest, why))
+
+    def ring_back(self, call: CallFacts, parker: str, orbit: str, seconds: int,
+                  dest: Destination, state: LiveState = _EMPTY_STATE) -> Plan:
+        """The plan of a call parked on ``orbit`` too long: ring ``parker``'s phones for
+        ``seconds``, then ``dest`` (``[system.park] ring_back_to``; ``voicemail``
+        alone: the parker's mailbox). The call's identity is its own (the parker
+        sees who waits)."""
+        builder = _Builder(self, call, state)
+        ring = builder.reserve()
+        if dest == Destination("voicemail"):
+            dest = Destination("voicemail", parker)
+        why = f"parked on {orbit} and not retrieved: ring {parker} back"
+        nxt = builder.resume(dest, f"{why}; not answered: ring_back_to {_describe(dest)}")
+        builder.steps[ring] = Ring((self.device(parker),), seconds, why, on_no_answer=nxt,
+                                   on_busy=nxt, on_failed=nxt)
+        return self._finish(builder, ring)
 
     def _finish(self, builder: _Builder, root: int | None) -> Plan:
         call = builder.call

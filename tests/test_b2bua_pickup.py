@@ -5,12 +5,13 @@ elsewhere"), the caller and the picker are answered from the engine's endpoints
 and relayed; BYEs cross; nothing to pick up is 404; a direct-media call is 488;
 the intercom code's INVITE carries the auto-answer headers. Park: a blind transfer
 to ``*0`` holds the caller on the first free orbit with music (the final NOTIFY
-names it), ``*1701`` or ``701`` retrieves it. Sans-I/O, fake clock
+names it), ``*1701`` or ``701`` retrieves it; not retrieved, the parker's phones
+ring, then its voicemail. Sans-I/O, fake clock
 (the harness of test_b2bua)."""
 
 from __future__ import annotations
 
-from engine.calls.events import BridgeMedia, OpenMedia, StopMedia
+from engine.calls.events import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
 from engine.sip.message import Request
 from media.sdp import parse_sdp
 from tests.test_b2bua import (
@@ -24,7 +25,7 @@ from tests.test_b2bua import (
     reply,
     statuses,
 )
-from tests.test_b2bua_anchor import anchored_net, bridges
+from tests.test_b2bua_anchor import CALLEE_SDP, anchored_net, bridges
 from tests.test_b2bua_transfer import (
     RECEPTION,
     TRUNK,
@@ -254,3 +255,40 @@ def test_the_park_code_dialled_is_refused() -> None:
     picker_invite(net, "*0")
     [final] = [r for r in net.responses(PHONES["103"]) if r.status >= 200]
     assert final.status == 403 and "transfer target" in (final.get("warning") or "")
+
+
+def one_invite(sent: list[Request]) -> Request:
+    """The one INVITE in ``sent`` (the fake clock's ticks retransmit it on UDP)."""
+    assert sent and {r.call_id for r in sent} == {sent[0].call_id}
+    return sent[0]
+
+
+def test_not_retrieved_in_time_rings_the_parker_back_who_gets_the_caller() -> None:
+    net = anchored_net()
+    parked_call(net)
+    net.drain(RECEPTION)
+    net.tick(119)
+    assert net.requests(RECEPTION, "INVITE") == []
+    net.tick(2)  # ring_back_seconds = 120 (the default)
+    inv = one_invite(net.requests(RECEPTION, "INVITE"))
+    offer = parse_sdp(inv.body).audio()
+    assert offer is not None and offer.port == 30002
+    assert [f.name for f in offer.formats] == ["PCMA", "telephone-event"]
+    assert net.engine.calls.parked_call("701") is None  # the orbit is free again
+    net.media.clear()
+    net.send(reply(inv, 200, body=CALLEE_SDP, contact="<sip:101@127.0.0.1:6101>",
+                   tag="back"), RECEPTION)
+    [relay] = bridges(net)
+    assert not relay.music_to_caller and relay.callee_media is not None
+    assert net.drain(TRUNK) == []  # the caller, answered long ago, is not disturbed
+
+
+def test_a_ring_back_not_answered_goes_to_the_parkers_voicemail() -> None:
+    net = anchored_net()
+    parked_call(net)
+    net.tick(121)
+    inv = one_invite(net.requests(RECEPTION, "INVITE"))
+    net.send(reply(inv, 180, tag="back"), RECEPTION)
+    net.tick(21)  # RING_BACK_SECONDS
+    [start] = [m for m in net.media if isinstance(m, StartVoicemail)]
+    assert start.box == "101"

@@ -264,6 +264,8 @@ class Call:
             return self.screening.expired(now)
         if name == "ivr" and self.ivr is not None:
             return self.ivr.on_timer(now)
+        if name == "park" and self.parked and self.state is CallState.ANSWERED:
+            return Transfer.ring_back(self, now)
         if name == "no_answer" and self.state is CallState.ROUTING:
             log.info("no answer", call_id=self.id, step=self.step + 1)
             events = self.cancel_legs(now, None)
@@ -1109,7 +1111,7 @@ class Call:
             self.ivr.gone()
             self.ivr = None
         self.timers.clear()
-        if self.parked:
+        if self.parked:  # the caller hung up while parked
             front.unpark(self.parked)
             self.parked = ""
         front.queues.call_gone(self, now)

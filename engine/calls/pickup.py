@@ -180,6 +180,7 @@ def start_unpark(picker: Call, step: Unpark, now: float) -> list[CallOutput]:
     log.info("unparked", call_id=call.id, orbit=step.orbit, by=extension)
     front.unpark(step.orbit)
     call.parked = call.parker = ""
+    call.disarm("park")
     mine, events = _adopt(picker, call, extension, f"{extension} unpark {step.orbit}",
                           ours, now)
     call.callee_leg = mine

@@ -104,6 +104,7 @@ class CallEvent(StrEnum):
     REFER = "refer"  # a REFER accepted: a transfer target's plan runs
     TRANSFER_SETTLED = "transfer_settled"  # connected, to voicemail, or back to the transferor
     IVR_CHOSE = "ivr_chose"  # the caller of an IVR chose: that destination's plan runs
+    RING_BACK = "ring_back"  # a parked call not retrieved: its parker rings again
     IVR_SETTLED = "ivr_settled"  # the choice is connected, leaves a message, or is an IVR
     # Every ending goes through Call.close(event):
     REJECT = "reject"  # a final non-2xx answer to the caller
@@ -126,6 +127,9 @@ CALL: Machine[CallState, CallEvent] = Machine("call", {
     # An IVR's caller is answered (s13.3.1.4) and keeps its dialog while the plan of
     # its choice rings; no SIP goes to the caller for either move.
     (_A, CallEvent.IVR_CHOSE): _R,
+    # A parked caller (answered) waits while its parker's phones ring (RFC 3261
+    # s13.2.1: new INVITEs on the callee side, nothing to the caller).
+    (_A, CallEvent.RING_BACK): _R,
     (_R, CallEvent.IVR_SETTLED): _A,
     (_R, CallEvent.REJECT): _X,  # RFC 3261 s13.3.1.3, s8.2.6 (302: s13.3.1.2)
     (_R, CallEvent.CANCEL): _X,  # RFC 3261 s9.2: 487 to the INVITE

@@ -68,7 +68,9 @@ from routing import (
     Step,
     Voicemail,
     plan,
+    router_for,
 )
+from routing.router import RING_BACK_SECONDS
 
 if TYPE_CHECKING:
     from engine.calls.call import Call
@@ -466,10 +468,38 @@ class Transfer:
         call.parked, call.parker = orbit, step.parker
         call.front.park(orbit, call)
         call.disarm("no_answer")
+        call.arm("park", now + step.ring_back_seconds)
         log.info("parked", call_id=call.id, orbit=orbit, parker=step.parker)
         call.front.count_transfer("parked")
         events = self._let_transferor_go(200, now, f"Parked on {orbit}")
         return events + call.bridge()
+
+    @staticmethod
+    def ring_back(call: Call, now: float) -> list[CallOutput]:
+        """A parked call not retrieved in time: its orbit is freed and the parker's
+        phones ring with it, then ``ring_back_to`` (routing's ring-back plan), run as
+        a blind transfer whose transferor (the parker, gone) hears nothing: offered
+        the callee-side port in the caller's codec, the music playing meanwhile."""
+        front = call.front
+        directory = front.directory
+        media = call.anchor.caller.media
+        parker, orbit, old = call.parker, call.parked, call.callee_leg
+        if directory is None or media is None or old is None:
+            return call.close(CallEvent.TRANSFER_DROPPED, now)
+        front.unpark(orbit)
+        call.parked = call.parker = ""
+        wall = front.wall_clock()
+        the_plan = router_for(directory).ring_back(
+            call.facts, parker, orbit, RING_BACK_SECONDS, directory.system.park.ring_back_to,
+            front.live_state(directory, wall))
+        log.info("park ring back", call_id=call.id, orbit=orbit, parker=parker,
+                 plan=PlanText(the_plan))
+        call.transfer = Transfer(call, old, parker, media.codec)
+        call.plan = the_plan
+        call.move(CallEvent.RING_BACK)
+        call.legs = []
+        call.rung = set()
+        return call.bridge() + call.run_step(0, now)
 
     def notify(self, status: int, now: float, phrase: str = "") -> list[CallOutput]:
         """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5), in the
