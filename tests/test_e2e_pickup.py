@@ -8,6 +8,9 @@ relayed, the default) in between.
 * The audio path of a picked-up call: the caller and the picker are plain UDP
   sockets here (the test must know their RTP ports and the engine's), and RTP
   sent by each reaches the other through the engine.
+* Park: 102 answers and transfers its caller to ``*0`` (the final NOTIFY says
+  "200 Parked on 701", checked by the SIPp phone); 103 dials ``*1701`` and gets
+  the caller, who gets the BYE when 103 hangs up.
 * Intercom: ``*9102``'s INVITE to 102 carries the auto-answer headers (the SIPp
   phone checks them, failing the call when they are missing).
 """
@@ -298,3 +301,104 @@ def test_picked_up_call_carries_audio_both_ways(pbx: EngineProcess, tmp_path: Pa
     finally:
         caller.close()
         picker.close()
+
+
+def _answer_notify() -> str:
+    return """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+
+PARKER_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="answers, then parks the caller (REFER to *0)">
+  <recv request="INVITE" rrs="true">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="From:" assign_to="from"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:102@[local_ip]:[local_port]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+v=0
+o=sipp 1 1 IN IP4 [local_ip]
+s=-
+c=IN IP4 [local_ip]
+t=0 0
+m=audio 20000 RTP/AVP 8 0 101
+a=rtpmap:101 telephone-event/8000
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+  <pause milliseconds="500"/>
+  <send retrans="500">
+    <![CDATA[
+      REFER [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      From: <sip:102@pbx.test>;tag=[pid]SIPpTag01[call_number]
+      To: [$from]
+      Call-ID: [call_id]
+      CSeq: 1 REFER
+      Contact: <sip:102@[local_ip]:[local_port]>
+      Refer-To: <sip:*0@pbx.test>
+      Referred-By: <sip:102@pbx.test>
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="202"/>
+  <recv request="NOTIFY"/>
+""" + _answer_notify() + """
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="SIP/2.0 200 Parked on 701" search_in="body" check_it="true"
+            assign_to="parked"/>
+    </action>
+  </recv>
+""" + _answer_notify() + """
+  <Reference variables="parked"/>
+  <recv request="BYE"/>
+""" + _answer_notify() + """
+</scenario>
+"""
+
+
+def test_park_by_transfer_to_star_0_then_retrieve_from_another_phone(
+        pbx: EngineProcess, tmp_path: Path) -> None:
+    xml = tmp_path / "parker_uas.xml"
+    xml.write_text(PARKER_UAS)
+    parker = in_background(lambda: run_sipp(
+        xml, pbx.target, None, calls=1, rate=1, timeout=30,
+        extra_args=["-p", str(PORTS["102"]), "-t", "u1"], workdir=tmp_path / "uas-parker"))
+    time.sleep(0.3)
+    caller = in_background(lambda: run_uac(
+        tmp_path, pbx.target, caller="101", dialled="102", expect=200,
+        auth=("101", "pw101"), port=PORTS["caller"], wait_bye_ms=20000))
+    ok(parker.result())  # answered, REFER to *0, NOTIFY "200 Parked on 701", BYE
+    [parked] = pbx.events("parked")
+    assert parked["orbit"] == "701" and parked["parker"] == "102"
+    assert pbx.metrics()["switchboard_parked_calls"] == 1.0
+    ok(run_uac(tmp_path, pbx.target, caller="103", dialled="*1701", expect=200,
+               auth=("103", "pw103"), port=PORTS["picker"], hold_ms=1000))
+    ok(caller.result())  # the retriever hung up: the caller got the BYE
+    [unparked] = pbx.events("unparked")
+    assert unparked["orbit"] == "701" and unparked["by"] == "103"
+    assert pbx.metrics()["switchboard_parked_calls"] == 0.0
