@@ -241,7 +241,8 @@ class Engine:
         watcher = self.directory.user(sub.watcher)
         if watcher is None or watcher.disabled:
             return "rejected"
-        if self.directory.user(sub.target) is None:
+        if self.directory.user(sub.target) is None and not (
+                sub.package == DIALOG and sub.target in self.directory.system.park.orbits):
             return "noresource"
         return ""
 
@@ -654,7 +655,9 @@ class Engine:
             return username
         if event in PACKAGES:
             target = req.uri.user or ""
-            if self.directory.user(target) is None:
+            # A park orbit is watched for its dialogs (a BLF key showing a parked call).
+            orbit = event == DIALOG and target in self.directory.system.park.orbits
+            if self.directory.user(target) is None and not orbit:
                 return answer(404, [("Warning", warning_value(
                     f"no user with extension {target!r} to watch"))])
             return self._run(self.subs.subscribe(req, key, event, username, target, source,

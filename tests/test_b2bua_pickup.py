@@ -12,7 +12,7 @@ ring, then its voicemail. Sans-I/O, fake clock
 from __future__ import annotations
 
 from engine.calls.events import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
-from engine.sip.message import Request
+from engine.sip.message import Request, Response
 from media.sdp import parse_sdp
 from tests.test_b2bua import (
     PHONES,
@@ -35,6 +35,7 @@ from tests.test_b2bua_transfer import (
     notifies,
     refer,
 )
+from tests.test_blf import NS, answer_notifies, authorized, dialogs, watching
 
 PICKER_SDP = (b"v=0\r\no=picker 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
               b"m=audio 41000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
@@ -292,3 +293,28 @@ def test_a_ring_back_not_answered_goes_to_the_parkers_voicemail() -> None:
     net.tick(21)  # RING_BACK_SECONDS
     [start] = [m for m in net.media if isinstance(m, StartVoicemail)]
     assert start.box == "101"
+
+
+def test_an_orbit_is_a_busy_lamp_lit_while_a_call_is_parked_there() -> None:
+    net = anchored_net()
+    watching(net, "104", "701")  # an orbit may be watched (dialog package only)
+    parked_call(net)
+    net.tick(1)
+    [lit] = answer_notifies(net, "104")[-1:]
+    [(state, dialog)] = dialogs(lit)  # validated against the RFC 4235 schema
+    assert state == "confirmed" and dialog.get("direction") == "recipient"
+    assert dialog.get("call-id") == "tcall-1"
+    assert "+15145550199" in (dialog.findtext("d:remote/d:identity", namespaces=NS) or "")
+    picker_invite(net, "701")
+    net.tick(1)
+    [out] = answer_notifies(net, "104")[-1:]
+    assert [s for s, _ in dialogs(out)] == ["terminated"]
+
+
+def test_presence_of_an_orbit_and_unknown_orbits_are_404() -> None:
+    net = anchored_net()
+    register(net, "104")
+    msgs = authorized(net, "104", "701", event="presence", call_id="p-1")
+    assert 404 in [m.status for m in msgs if isinstance(m, Response)]
+    msgs = authorized(net, "104", "710", call_id="p-2")
+    assert 404 in [m.status for m in msgs if isinstance(m, Response)]
