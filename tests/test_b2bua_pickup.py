@@ -318,3 +318,29 @@ def test_presence_of_an_orbit_and_unknown_orbits_are_404() -> None:
     assert 404 in [m.status for m in msgs if isinstance(m, Response)]
     msgs = authorized(net, "104", "710", call_id="p-2")
     assert 404 in [m.status for m in msgs if isinstance(m, Response)]
+
+
+def test_our_200_to_the_picker_is_sent_again_until_its_ack() -> None:
+    net = anchored_net()
+    ringing_call(net)
+    picker_invite(net, "**102")
+    [ok] = [r for r in net.responses(PHONES["103"]) if r.status == 200]
+    net.tick(0.6)  # T1 = 0.5 s
+    assert [r.status for r in net.responses(PHONES["103"])] == [200]
+    net.send(in_dialog("ACK", ok, PHONES["103"], cseq=2, call_id="pick-1", branch="pa"),
+             PHONES["103"])
+    net.tick(10)
+    assert net.responses(PHONES["103"]) == []
+    assert [c.callee for c in net.engine.calls.calls_in_progress()] == ["102"]
+
+
+def test_a_picker_that_never_acks_ends_the_call() -> None:
+    net = anchored_net()
+    ringing_call(net)
+    picker_invite(net, "**102")
+    [ok_caller] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    net.send(in_dialog("ACK", ok_caller, PHONES["101"], cseq=2, call_id="call-1",
+                       branch="ca"), PHONES["101"])
+    net.tick(40)  # 64 * T1 (32 s), checked at the next resend
+    assert "BYE" in [m.method for m in net.drain(PHONES["101"]) if isinstance(m, Request)]
+    assert net.engine.calls.calls_in_progress() == []

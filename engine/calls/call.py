@@ -201,6 +201,12 @@ class Call:
     menus: int = 0  # IVR menus entered in this call
     queued: QueueCaller | None = None  # waiting in a queue (engine.calls.queue)
     replaces: str = ""  # an INVITE with Replaces: the Call-ID of the ringing leg it names
+    # A picker's (or retriever's) INVITE this call answered (engine.calls.pickup): our
+    # 2xx to it, retransmitted on UDP until its ACK as the caller's is.
+    adopted: Leg | None = None
+    adopted_ok: Response | None = None
+    adopted_interval: float = 0.0
+    adopted_deadline: float = 0.0
     parked: str = ""  # the park orbit the caller waits on (engine.calls.transfer.park)
     parker: str = ""  # who parked it
     transfer: Transfer | None = None
@@ -264,6 +270,8 @@ class Call:
             return self.screening.expired(now)
         if name == "ivr" and self.ivr is not None:
             return self.ivr.on_timer(now)
+        if name == "adopted_ok" and self.adopted is not None and self.adopted_ok is not None:
+            return self._resend_adopted_ok(now)
         if name == "park" and self.parked and self.state is CallState.ANSWERED:
             return Transfer.ring_back(self, now)
         if name == "no_answer" and self.state is CallState.ROUTING:
@@ -278,6 +286,36 @@ class Call:
             self.arm("ok", now + self.ok_interval)
             return self.respond_caller(self.pending_ok, now)
         return []
+
+    def adopt_ok(self, leg: Leg, ok: Response, now: float) -> list[CallOutput]:
+        """Our 2xx to a picker whose INVITE ``leg`` now is: sent, and on UDP sent
+        again until its ACK (RFC 3261 s13.3.1.4: T1 doubling to T2, for 64*T1)."""
+        self.adopted, self.adopted_ok = leg, ok
+        if leg.transport == "udp":
+            timers = self.front.timers
+            self.adopted_interval = timers.t1
+            self.adopted_deadline = now + timers.long
+            self.arm("adopted_ok", now + self.adopted_interval)
+        return self.respond(leg.key, ok, now)
+
+    def adopted_acked(self) -> None:
+        self.adopted = self.adopted_ok = None
+        self.disarm("adopted_ok")
+
+    def _resend_adopted_ok(self, now: float) -> list[CallOutput]:
+        leg, ok = self.adopted, self.adopted_ok
+        assert leg is not None and ok is not None
+        if now >= self.adopted_deadline:
+            log.warning("no ACK from the picker: ending the call", call_id=self.id,
+                        leg=leg.label)
+            self.adopted = self.adopted_ok = None
+            return self.close(CallEvent.NO_ACK, now)
+        self.adopted_interval = min(self.adopted_interval * 2, self.front.timers.t2)
+        self.arm("adopted_ok", now + self.adopted_interval)
+        try:
+            return self.respond(leg.key, ok, now)
+        except ValueError:  # the transaction is gone: nothing to send again
+            return []
 
     # ------------------------------------------------------------------ steps
     def start(self, now: float) -> list[CallOutput]:

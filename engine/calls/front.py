@@ -461,6 +461,10 @@ class Calls:
         """An ACK for a 2xx (no transaction)."""
         call = self._by_tag.get((ack.call_id, ack.to.tag or ""))
         if call is None:
+            # A picker's ACK of the 200 the call it took sent it (engine.calls.pickup).
+            leg = self._by_leg_call_id.get(ack.call_id)
+            if leg is not None and leg is leg.call.adopted:
+                leg.call.adopted_acked()
             return []
         return self._guard(call, now, lambda: call.on_ack(ack, now))
 

@@ -144,7 +144,7 @@ def _adopt(picker: Call, call: Call, extension: str, label: str,
     mine.move(LegEvent.ANSWER)  # RFC 3261 s13.3.1.4: our 2xx to the picker below
     ok = to_caller(picker.invite, 200, picker.tag, [
         ("Contact", contact), ("Content-Type", "application/sdp")], ours.to_bytes())
-    return mine, events + call.respond(picker.invite_key, ok, now)
+    return mine, events + call.adopt_ok(mine, ok, now)
 
 
 def start_unpark(picker: Call, step: Unpark, now: float) -> list[CallOutput]:
