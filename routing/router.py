@@ -271,6 +271,7 @@ class Router:
         "_groups",
         "_holidays",
         "_ivrs",
+        "_orbits",
         "_prefixes",
         "_queues",
         "_trunks",
@@ -284,6 +285,7 @@ class Router:
         self._ivrs: dict[str, IvrTable] = {i.name: i for i in directory.ivrs}
         self._queues: dict[str, QueueTable] = {q.name: q for q in directory.queues}
         self._prefixes: frozenset[str] | None = None
+        self._orbits = frozenset(directory.system.park.orbits)
         self._departments: dict[str, Department] = {d.name: d for d in directory.departments}
         self._trunks: dict[str, Trunk] = {t.name: t for t in directory.trunks}
         self._caller_ids: dict[str, Identity] = {}
@@ -347,7 +349,7 @@ class Router:
 
     def orbits(self) -> frozenset[str]:
         """The park orbits (``[system.park] orbits``), each dialable."""
-        return frozenset(self.directory.system.park.orbits)
+        return self._orbits
 
     def ring_group(self, name: str) -> RingGroup | None:
         return self._groups.get(name)
