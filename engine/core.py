@@ -74,7 +74,8 @@ ACCEPT = "application/sdp"
 # Only what is implemented is advertised: RFC 5626 reg-id/instance bindings and
 # CRLF keep-alives, and Path (RFC 3327): a REGISTER through the edge is stored
 # with its Path, which becomes the route set of calls to that phone.
-SUPPORTED: tuple[str, ...] = ("outbound", "path")
+# Replaces (RFC 3891): an INVITE naming a ringing call picks it up (engine.calls.pickup).
+SUPPORTED: tuple[str, ...] = ("outbound", "path", "replaces")
 KNOWN_METHODS = frozenset((
     "INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
     "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"))
@@ -240,7 +241,8 @@ class Engine:
         watcher = self.directory.user(sub.watcher)
         if watcher is None or watcher.disabled:
             return "rejected"
-        if self.directory.user(sub.target) is None:
+        if self.directory.user(sub.target) is None and not (
+                sub.package == DIALOG and sub.target in self.directory.system.park.orbits):
             return "noresource"
         return ""
 
@@ -653,7 +655,9 @@ class Engine:
             return username
         if event in PACKAGES:
             target = req.uri.user or ""
-            if self.directory.user(target) is None:
+            # A park orbit is watched for its dialogs (a BLF key showing a parked call).
+            orbit = event == DIALOG and target in self.directory.system.park.orbits
+            if self.directory.user(target) is None and not orbit:
                 return answer(404, [("Warning", warning_value(
                     f"no user with extension {target!r} to watch"))])
             return self._run(self.subs.subscribe(req, key, event, username, target, source,

@@ -111,6 +111,12 @@ class Metrics:
             "switchboard_transfers", "Blind transfers (REFER) by outcome: connected, "
             "voicemail, failed (back to the transferor), dropped (the transferor had left), "
             "refused", ["outcome"], registry=r)
+        self.pickups = Counter(
+            "switchboard_pickups", "Call pickups by outcome: directed, group, nothing "
+            "(no call ringing), refused (media not anchored, no common codec)", ["outcome"],
+            registry=r)
+        self.parked_calls = Gauge(
+            "switchboard_parked_calls", "Calls waiting on a park orbit", registry=r)
         self.calls_taken_over = Counter(
             "switchboard_calls_ended_for_dead_node", "Calls another node held, ended by "
             "this one (a BYE to each party) after that node stopped heartbeating",

@@ -32,6 +32,8 @@ from provisioning.model import (
     CODECS,
     DEFAULT_CODECS,
     DIGITS_RE,
+    FEATURE_CODE_RE,
+    FEATURE_CODES_WITH_SUFFIX,
     IVR_KEYS,
     LANGUAGES,
     NAME_RE,
@@ -52,11 +54,13 @@ from provisioning.model import (
     Destination,
     DestinationError,
     Directory,
+    FeatureCodes,
     Forwarding,
     Ivr,
     Language,
     Number,
     NumberIndex,
+    Park,
     Queue,
     RingGroup,
     RuleTargets,
@@ -129,7 +133,13 @@ SYSTEM_KEYS = (
     "smtp",
     "admin_url",
     "require_2fa",
+    "feature_codes",
+    "park",
 )
+FEATURE_CODE_KEYS = tuple(key for key, _ in FeatureCodes().items())
+PARK_KEYS = ("orbits", "ring_back_seconds", "ring_back_to")
+ORBITS_RE = re.compile(r"([0-9]{1,8})-([0-9]{1,8})")
+MAX_ORBITS = 100
 TRUNK_KEYS = (
     "name",
     "host",
@@ -614,6 +624,7 @@ class _Parser:
         self.memo = memo
         self.read: dict[str, _UserRead] = {}
         self.departments_equal: dict[tuple[int, int], bool] = {}
+        self.system_table: _Table | None = None
 
     def parse(self, data: Mapping[str, Any]) -> Directory:
         root = _Table(self.errors, "", data, TABLES)
@@ -621,6 +632,7 @@ class _Parser:
         if system_table is None:
             self.errors.add("system", "missing (the [system] table is required)")
         system = self.system(system_table) if system_table is not None else None
+        self.system_table = system_table
         # extension lengths are only checked against a valid extension_digits
         digits = system.extension_digits if system is not None and self.digits_valid else None
         trunk_tables = root.tables("trunks", TRUNK_KEYS)
@@ -665,6 +677,14 @@ class _Parser:
         }.items() if ext not in users_by_ext}
         self.references(users_by_ext, {g.name for g in ring_groups}, system_exts,
                         {i.name for i in ivrs}, {q.name for q in queues})
+        if system is not None and self.system_table is not None:
+            self.feature_collisions(system, self.system_table, {
+                **{n.number: f"number {n.number}" for n in numbers},
+                **{e: f"ring group '{n}'" for e, n in group_exts.items()},
+                **{i.extension: f"IVR '{i.name}'" for i in ivrs},
+                **{q.extension: f"queue '{q.name}'" for q in queues},
+                **{u.extension: f"extension {u.extension}" for u in users},
+            })
         if self.errors.items or system is None:
             raise DirectoryError(self.errors.items, self.errors.fields)
         return Directory(
@@ -723,7 +743,97 @@ class _Parser:
             admin_url=t.string("admin_url", "", check=ADMIN_URL_RE.fullmatch,
                                expect="an http(s) URL like https://pbx.example.com:8443").rstrip("/"),
             require_2fa=t.boolean("require_2fa", False),
+            feature_codes=self.feature_codes(t),
+            park=self.park(t),
         )
+
+    def feature_codes(self, system: _Table) -> FeatureCodes:
+        t = system.table("feature_codes", FEATURE_CODE_KEYS)
+        defaults = FeatureCodes()
+        if t is None:
+            return defaults
+        codes = {key: t.string(key, code, check=FEATURE_CODE_RE.fullmatch,
+                               expect="a code of 1 to 8 characters among * # 0-9")
+                 for key, code in defaults.items()}
+        return FeatureCodes(**codes)
+
+    def park(self, system: _Table) -> Park:
+        t = system.table("park", PARK_KEYS)
+        defaults = Park()
+        if t is None:
+            return defaults
+        orbits = t.string("orbits", f"{defaults.orbit_min}-{defaults.orbit_max}")
+        lo, hi, digits = defaults.orbit_min, defaults.orbit_max, defaults.digits
+        found = ORBITS_RE.fullmatch(orbits)
+        if found is None:
+            t.error("orbits", f"'{orbits}' is not a range of orbit numbers like '701-709'")
+        elif len(found[1]) != len(found[2]) or int(found[1]) > int(found[2]):
+            t.error("orbits", f"'{orbits}': the first and last orbit must have as many digits, "
+                    "the first not above the last")
+        elif int(found[2]) - int(found[1]) + 1 > MAX_ORBITS:
+            t.error("orbits", f"'{orbits}': at most {MAX_ORBITS} orbits")
+        else:
+            lo, hi, digits = int(found[1]), int(found[2]), len(found[1])
+        ring_back_to = defaults.ring_back_to
+        raw = t.get("ring_back_to")
+        if raw is not _MISSING:
+            # "voicemail" alone is the parker's mailbox: no owner to check it against here
+            try:
+                ring_back_to = parse_destination(raw)
+            except DestinationError as exc:
+                self.errors.add(_join(t.at("ring_back_to"), exc.key), exc.message)
+            else:
+                if ring_back_to.kind in ("mobile", "same_as_external"):
+                    t.error("ring_back_to", f"'{ring_back_to}' is not a destination for a "
+                            "parked call (use voicemail, extension:, ring_group:, queue:, ivr:, "
+                            "external: or busy)")
+                elif ring_back_to != Destination("voicemail"):
+                    self.refs.append((t.at("ring_back_to"), (("", ring_back_to, None, True),)))
+        return Park(orbit_min=lo, orbit_max=hi, digits=digits,
+                    ring_back_seconds=t.integer("ring_back_seconds", defaults.ring_back_seconds,
+                                                lo=10, hi=3600),
+                    ring_back_to=ring_back_to)
+
+    def feature_collisions(self, system: System, t: _Table, taken: Mapping[str, str]) -> None:
+        """A feature code equal to an extension, a number, an orbit, a reserved number
+        or another code, or one that another code or extension starts with while it
+        takes digits after it (``**`` + 102 against a code ``**1``), refuses the file,
+        naming the key."""
+        codes = system.feature_codes
+        reserved: dict[str, str] = {
+            **taken,
+            system.voicemail_number: "system.voicemail_number",
+            system.outbound_pin_prefix: "the outbound PIN prefix",
+            **{n: "system.emergency_numbers" for n in system.emergency_numbers},
+            **{o: f"park orbit {o} (system.park.orbits)" for o in system.park.orbits},
+        }
+        where = t.at("feature_codes")  # the defaults collide under the same name
+        for orbit in system.park.orbits:
+            if orbit in taken:
+                self.errors.add(_join(t.at("park"), "orbits"),
+                                f"orbit {orbit} collides with {taken[orbit]}")
+                break
+        seen: list[tuple[str, str]] = []
+        for key, code in codes.items():
+            path = _join(where, key)
+            suffix = key in FEATURE_CODES_WITH_SUFFIX
+            for other, other_code in seen:
+                other_suffix = other in FEATURE_CODES_WITH_SUFFIX
+                if code == other_code:
+                    self.errors.add(path, f"'{code}' is also the code of {other}")
+                elif (other_suffix and code.startswith(other_code)) or (
+                        suffix and other_code.startswith(code)):
+                    self.errors.add(path, f"'{code}' and {other} ('{other_code}') are ambiguous "
+                                    "(one starts with the other, which takes digits after it)")
+            seen.append((key, code))
+            if code.startswith(system.outbound_pin_prefix):
+                self.errors.add(path, f"'{code}' starts with the outbound PIN prefix "
+                                f"({system.outbound_pin_prefix})")
+                continue
+            for number, what in reserved.items():
+                if number == code or (suffix and number.startswith(code)):
+                    self.errors.add(path, f"'{code}' collides with {what}")
+                    break
 
     def trunk(self, t: _Table) -> Trunk:
         transport = t.choice("transport", TRANSPORTS, "udp")
@@ -1494,6 +1604,12 @@ def system_to_dict(s: System) -> dict[str, Any]:
         out["admin_url"] = s.admin_url
     if s.require_2fa:  # likewise
         out["require_2fa"] = True
+    if s.feature_codes != FeatureCodes():  # likewise: the defaults are not written out
+        out["feature_codes"] = dict(s.feature_codes.items())
+    if s.park != Park():
+        out["park"] = {"orbits": f"{s.park.orbits[0]}-{s.park.orbits[-1]}",
+                       "ring_back_seconds": s.park.ring_back_seconds,
+                       "ring_back_to": s.park.ring_back_to.to_value()}
     return out
 
 

@@ -278,6 +278,69 @@ class Smtp:
     sender: str = ""
 
 
+#: ``[system.feature_codes]`` keys whose code is followed by more digits (an
+#: extension, an orbit, a queue's extension): another code or an extension that
+#: starts with one of these is ambiguous, so the file is refused.
+FEATURE_CODES_WITH_SUFFIX: tuple[str, ...] = (
+    "queue_login", "queue_logout", "pickup_directed", "unpark", "intercom",
+)
+FEATURE_CODE_RE = re.compile(r"[*#0-9]{1,8}")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureCodes:
+    """What a phone dials for desk-phone features (``[system.feature_codes]``).
+
+    ``queue_login``/``queue_logout`` alone or + a queue's extension; ``pickup_group``
+    alone; ``pickup_directed``, ``intercom`` + an extension; ``park`` alone (a
+    transfer target); ``unpark`` + an orbit."""
+
+    queue_login: str = "*62"
+    queue_logout: str = "*63"
+    pickup_group: str = "*8"
+    pickup_directed: str = "**"
+    park: str = "*0"
+    unpark: str = "*1"
+    intercom: str = "*9"
+
+    def items(self) -> tuple[tuple[str, str], ...]:
+        """``(key, code)`` in file order."""
+        return (("queue_login", self.queue_login), ("queue_logout", self.queue_logout),
+                ("pickup_group", self.pickup_group), ("pickup_directed", self.pickup_directed),
+                ("park", self.park), ("unpark", self.unpark), ("intercom", self.intercom))
+
+    def match(self, dialled: str) -> tuple[str, str] | None:
+        """``(key, what follows the code)`` for a dialled string, ``None``: no code.
+        The longest code wins (the validator refuses the ambiguous sets)."""
+        best: tuple[str, str] | None = None
+        size = -1
+        for key, code in self.items():
+            if not dialled.startswith(code) or len(code) <= size:
+                continue
+            rest = dialled[len(code):]
+            if rest and key not in FEATURE_CODES_WITH_SUFFIX:
+                continue
+            best, size = (key, rest), len(code)
+        return best
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """``[system.park]``: the orbits ``orbit_min``..``orbit_max`` (dialable: each
+    retrieves its call); a call parked ``ring_back_seconds`` rings its parker back,
+    then goes to ``ring_back_to`` (``voicemail``: the parker's mailbox)."""
+
+    orbit_min: int = 701
+    orbit_max: int = 709
+    digits: int = 3
+    ring_back_seconds: int = 120
+    ring_back_to: Destination = Destination("voicemail")
+
+    @property
+    def orbits(self) -> tuple[str, ...]:
+        return tuple(str(n).zfill(self.digits) for n in range(self.orbit_min, self.orbit_max + 1))
+
+
 @dataclass(frozen=True, slots=True)
 class System:
     domain: str
@@ -294,6 +357,8 @@ class System:
     # Every web sign-in needs TOTP: a user without it gets a token good for enrolling
     # only (provisioning/api/auth.py). API keys are not people and are not concerned.
     require_2fa: bool = False
+    feature_codes: FeatureCodes = FeatureCodes()
+    park: Park = Park()
 
     @property
     def outbound_pin_prefix(self) -> str:

@@ -30,6 +30,8 @@ from routing.steps import (
     Ivr,
     LiveState,
     MailboxAccess,
+    Park,
+    Pickup,
     Plan,
     Queue,
     QueueLogin,
@@ -38,6 +40,7 @@ from routing.steps import (
     Source,
     Step,
     Target,
+    Unpark,
     Voicemail,
 )
 
@@ -56,6 +59,8 @@ __all__ = [
     "Ivr",
     "LiveState",
     "MailboxAccess",
+    "Park",
+    "Pickup",
     "Plan",
     "Queue",
     "QueueLogin",
@@ -65,6 +70,7 @@ __all__ = [
     "Source",
     "Step",
     "Target",
+    "Unpark",
     "Voicemail",
     "effective_status",
     "explain",

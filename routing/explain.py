@@ -37,12 +37,15 @@ from routing.steps import (
     Ivr,
     LiveState,
     MailboxAccess,
+    Park,
+    Pickup,
     Plan,
     Queue,
     QueueLogin,
     Ring,
     Step,
     Target,
+    Unpark,
     Voicemail,
 )
 
@@ -121,6 +124,7 @@ def step_to_json(index: int, step: Step) -> dict[str, Any]:
             reason=step.reason,
             diversion=_diversion_to_json(step.diversion),
             music=step.music,
+            intercom=step.intercom,
         )
     elif isinstance(step, Deflect):
         out.update(
@@ -177,6 +181,15 @@ def step_to_json(index: int, step: Step) -> dict[str, Any]:
     elif isinstance(step, QueueLogin):
         out.update(type="queue_login", agent=step.agent, queues=list(step.queues),
                    login=step.login, reason=step.reason)
+    elif isinstance(step, Pickup):
+        out.update(type="pickup", picker=step.picker, extensions=list(step.extensions),
+                   directed=step.directed, reason=step.reason)
+    elif isinstance(step, Park):
+        out.update(type="park", parker=step.parker, orbits=[step.orbits[0], step.orbits[-1]],
+                   ring_back_seconds=step.ring_back_seconds,
+                   ring_back_to=str(step.ring_back_to), reason=step.reason)
+    elif isinstance(step, Unpark):
+        out.update(type="unpark", orbit=step.orbit, reason=step.reason)
     elif isinstance(step, Busy):
         out.update(type="busy", status=486, reason=step.reason)
     else:
@@ -237,7 +250,8 @@ def _step_text(step: Step) -> str:
         duration = f"for {step.seconds} s" if step.seconds is not None else "with no timer"
         targets = " + ".join(_target_text(t) for t in step.targets)
         return f"ring {targets} {duration}" + (" (caller hears hold music)" if step.music
-                                                else "")
+                                                else "") + (
+            " (intercom: answered automatically)" if step.intercom else "")
     if isinstance(step, Deflect):
         return f"deflect (302) to {step.number} through {step.trunk}"
     if isinstance(step, Voicemail):
@@ -253,6 +267,15 @@ def _step_text(step: Step) -> str:
     if isinstance(step, QueueLogin):
         return (f"{'log in' if step.login else 'log out'} {step.agent} "
                 f"{'to' if step.login else 'of'} {', '.join(step.queues)}, confirm, hang up")
+    if isinstance(step, Pickup):
+        return (f"{step.picker} picks up the oldest call ringing "
+                f"{', '.join(step.extensions)}")
+    if isinstance(step, Park):
+        return (f"park the call {step.parker} transfers on the first free orbit of "
+                f"{step.orbits[0]}-{step.orbits[-1]}, hold music; ring {step.parker} back after "
+                f"{step.ring_back_seconds} s, then {step.ring_back_to}")
+    if isinstance(step, Unpark):
+        return f"retrieve the call parked on orbit {step.orbit}"
     if isinstance(step, Busy):
         return "busy (486)"
     return f"reject {step.status} {step.text}"

@@ -125,6 +125,16 @@ Where the directory contract (``shared/spec/directory.toml``) is silent:
   out), alone (every queue they are an agent of) or followed by a queue's
   extension, gets a :class:`~routing.steps.QueueLogin` step; a code naming a
   queue they are not an agent of is refused 404.
+* **Feature codes** (``[system.feature_codes]``, validated against extensions,
+  numbers, orbits and each other): ``pickup_directed`` + an extension and
+  ``pickup_group`` give a :class:`~routing.steps.Pickup` of the extensions whose
+  ringing call the picker may take: the same department by default (directed: the
+  target's department is the picker's; group: the picker's department and the
+  members of ring groups the picker is in); ``park`` a
+  :class:`~routing.steps.Park` (reached as a blind transfer's target);
+  ``unpark`` + an orbit, or the orbit dialled, an :class:`~routing.steps.Unpark`;
+  ``intercom`` + an extension a :class:`~routing.steps.Ring` with ``intercom``
+  set, for callers of the callee's department only (a 403 otherwise).
 * **Hand-built directories** (no validation): an unknown extension is 404, a
   ``mobile`` destination of a user without a mobile goes to that user's
   voicemail, an unknown mailbox is Busy.
@@ -166,6 +176,8 @@ from routing.steps import (
     Ivr,
     LiveState,
     MailboxAccess,
+    Park,
+    Pickup,
     Plan,
     Queue,
     QueueLogin,
@@ -173,6 +185,7 @@ from routing.steps import (
     Ring,
     Step,
     Target,
+    Unpark,
     Voicemail,
 )
 
@@ -182,6 +195,7 @@ __all__ = [
     "QUEUE_LOGIN_CODE",
     "QUEUE_LOGOUT_CODE",
     "REBOUND_SECONDS",
+    "RING_BACK_SECONDS",
     "Router",
     "effective_status",
     "plan",
@@ -196,9 +210,13 @@ CONFIRM_SECONDS = 10
 """How long an answered ``confirm`` leg has to press 1 (the step's timer keeps running)."""
 
 QUEUE_LOGIN_CODE = "*62"
-"""Dialled by an agent: log in to their queues (or the one whose extension follows)."""
+"""The default queue log-in code (``[system.feature_codes] queue_login``)."""
 QUEUE_LOGOUT_CODE = "*63"
-"""Dialled by an agent: log out of their queues (or the one whose extension follows)."""
+"""The default queue log-out code (``[system.feature_codes] queue_logout``)."""
+RING_BACK_SECONDS = 20
+"""How long a parked call rings its parker back before ``ring_back_to``."""
+INTERCOM_SECONDS = 20
+"""No-answer timer of an intercom call (a phone that does not auto-answer rings)."""
 
 _T = TypeVar("_T", bound=Target)
 _UTC = ZoneInfo("UTC")
@@ -253,6 +271,7 @@ class Router:
         "_groups",
         "_holidays",
         "_ivrs",
+        "_orbits",
         "_prefixes",
         "_queues",
         "_trunks",
@@ -266,6 +285,7 @@ class Router:
         self._ivrs: dict[str, IvrTable] = {i.name: i for i in directory.ivrs}
         self._queues: dict[str, QueueTable] = {q.name: q for q in directory.queues}
         self._prefixes: frozenset[str] | None = None
+        self._orbits = frozenset(directory.system.park.orbits)
         self._departments: dict[str, Department] = {d.name: d for d in directory.departments}
         self._trunks: dict[str, Trunk] = {t.name: t for t in directory.trunks}
         self._caller_ids: dict[str, Identity] = {}
@@ -326,6 +346,10 @@ class Router:
             found = frozenset(e[:n] for e in exts for n in range(1, len(e)))
             self._prefixes = found
         return found
+
+    def orbits(self) -> frozenset[str]:
+        """The park orbits (``[system.park] orbits``), each dialable."""
+        return self._orbits
 
     def ring_group(self, name: str) -> RingGroup | None:
         return self._groups.get(name)
@@ -487,6 +511,22 @@ class Router:
         presented), the rules of ``dest`` apply as to any call reaching it."""
         builder = _Builder(self, call, state)
         return self._finish(builder, builder.resume(dest, why))
+
+    def ring_back(self, call: CallFacts, parker: str, orbit: str, seconds: int,
+                  dest: Destination, state: LiveState = _EMPTY_STATE) -> Plan:
+        """The plan of a call parked on ``orbit`` too long: ring ``parker``'s phones for
+        ``seconds``, then ``dest`` (``[system.park] ring_back_to``; ``voicemail``
+        alone: the parker's mailbox). The call's identity is its own (the parker
+        sees who waits)."""
+        builder = _Builder(self, call, state)
+        ring = builder.reserve()
+        if dest == Destination("voicemail"):
+            dest = Destination("voicemail", parker)
+        why = f"parked on {orbit} and not retrieved: ring {parker} back"
+        nxt = builder.resume(dest, f"{why}; not answered: ring_back_to {_describe(dest)}")
+        builder.steps[ring] = Ring((self.device(parker),), seconds, why, on_no_answer=nxt,
+                                   on_busy=nxt, on_failed=nxt)
+        return self._finish(builder, ring)
 
     def _finish(self, builder: _Builder, root: int | None) -> Plan:
         call = builder.call
@@ -856,8 +896,12 @@ class _Builder:
             return self.follow(Destination("ivr", ivr.name), None, path,
                                f"internal call from {user.extension} to IVR {ivr.name} "
                                f"({ivr.extension})", hop=False)
-        if dialled.startswith((QUEUE_LOGIN_CODE, QUEUE_LOGOUT_CODE)):
-            return self.queue_login(user, dialled)
+        feature = system.feature_codes.match(dialled)
+        if feature is not None:
+            return self.feature(user, feature[0], feature[1], dialled)
+        if dialled in self.router.orbits():
+            return self.emit(Unpark(dialled, f"{user.extension} dialled orbit {dialled}: "
+                                    "retrieve the call parked there"))
         queue = self.router.queue_by_extension(dialled)
         if queue is not None:
             return self.follow(Destination("queue", queue.name), None, path,
@@ -1039,10 +1083,63 @@ class _Builder:
             f"{_describe(q.on_timeout)}; no agent logged in and available -> {no_agents}",
             path.chain))
 
-    def queue_login(self, user: User, dialled: str) -> int:
-        login = dialled.startswith(QUEUE_LOGIN_CODE)
-        code = QUEUE_LOGIN_CODE if login else QUEUE_LOGOUT_CODE
-        rest = dialled[len(code):]
+    def feature(self, user: User, key: str, rest: str, dialled: str) -> int:
+        """A dialled feature code: ``key`` of ``[system.feature_codes]``, ``rest``
+        what followed it."""
+        codes = self.directory.system.feature_codes
+        if key in ("queue_login", "queue_logout"):
+            return self.queue_login(user, key == "queue_login",
+                                    codes.queue_login if key == "queue_login"
+                                    else codes.queue_logout, rest, dialled)
+        who = f"{user.extension} dialled {dialled}"
+        users = self.directory.users_by_extension
+        if key == "pickup_directed":
+            target = users.get(rest)
+            if target is None:
+                return self.emit(Reject(404, "Not Found", f"{who} (directed pickup): "
+                                        f"{rest or 'nothing'} is no user"))
+            if target.department != user.department:
+                return self.emit(Reject(403, "Forbidden", f"{who} (directed pickup): {rest} is "
+                                        f"in {target.department}, {user.extension} in "
+                                        f"{user.department} (pickup stays in a department)"))
+            return self.emit(Pickup(user.extension, (rest,), True,
+                                    f"{who}: directed pickup of the oldest call ringing {rest}"))
+        if key == "pickup_group":
+            mine = [u.extension for u in self.directory.users
+                    if u.department == user.department and u.extension != user.extension]
+            groups = [g for g in self.directory.ring_groups if user.extension in g.members]
+            for g in groups:
+                mine.extend(m for m in g.members if m != user.extension and m not in mine)
+            names = f" and ring groups {', '.join(g.name for g in groups)}" if groups else ""
+            return self.emit(Pickup(user.extension, tuple(mine), False,
+                                    f"{who}: group pickup in department {user.department}"
+                                    f"{names}"))
+        park = self.directory.system.park
+        if key == "park":
+            return self.emit(Park(user.extension, park.orbits, park.ring_back_seconds,
+                                  park.ring_back_to,
+                                  f"{who}: park on the first free orbit of "
+                                  f"{park.orbits[0]}-{park.orbits[-1]}"))
+        if key == "unpark":
+            if rest not in park.orbits:
+                return self.emit(Reject(404, "Not Found", f"{who}: {rest or 'nothing'} is no "
+                                        f"orbit ({park.orbits[0]}-{park.orbits[-1]})"))
+            return self.emit(Unpark(rest, f"{who}: retrieve the call parked on {rest}"))
+        # intercom
+        target = users.get(rest)
+        if target is None or target.disabled:
+            return self.emit(Reject(404, "Not Found", f"{who} (intercom): "
+                                    f"{rest or 'nothing'} is no user that takes calls"))
+        if target.department != user.department:
+            return self.emit(Reject(403, "Forbidden", f"{who} (intercom): {rest} is in "
+                                    f"{target.department}, {user.extension} in "
+                                    f"{user.department} (intercom stays in a department)"))
+        self.callee_extension = rest
+        return self.emit(Ring((self.router.device(rest),), INTERCOM_SECONDS,
+                              f"{who}: intercom to {rest}, answered automatically by its phone",
+                              intercom=True))
+
+    def queue_login(self, user: User, login: bool, code: str, rest: str, dialled: str) -> int:
         mine = tuple(q.name for q in self.directory.queues if user.extension in q.agents)
         what = "log in to" if login else "log out of"
         if rest:

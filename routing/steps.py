@@ -32,6 +32,8 @@ __all__ = [
     "Ivr",
     "LiveState",
     "MailboxAccess",
+    "Park",
+    "Pickup",
     "Plan",
     "Queue",
     "QueueLogin",
@@ -40,6 +42,7 @@ __all__ = [
     "Source",
     "Step",
     "Target",
+    "Unpark",
     "Voicemail",
 ]
 
@@ -198,6 +201,9 @@ class Ring:
     on_failed: int | None = None
     diversion: tuple[Diversion, ...] = ()
     music: bool = False  # the caller hears hold music while it rings (ring groups)
+    # an intercom call (the intercom feature code): the INVITE asks the phone to
+    # answer at once (Call-Info answer-after=0, Alert-Info info=alert-autoanswer)
+    intercom: bool = False
 
     @property
     def next_steps(self) -> tuple[int | None, int | None, int | None]:
@@ -302,6 +308,42 @@ class QueueLogin:
 
 
 @dataclass(frozen=True, slots=True)
+class Pickup:
+    """``picker`` takes the oldest call ringing one of ``extensions`` (directed
+    pickup: one; group pickup: their department and ring groups); the engine finds
+    it (a ringing leg is live state), cancels that leg and answers the caller on the
+    picker's INVITE. None ringing: 404."""
+
+    picker: str
+    extensions: tuple[str, ...]
+    directed: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """``parker`` sent its caller to the park code (a blind transfer to it): the
+    engine holds that caller on the first free orbit of ``orbits`` with music and
+    tells the parker the orbit; not retrieved in ``ring_back_seconds``: the parker
+    rings again, then ``ring_back_to``."""
+
+    parker: str
+    orbits: tuple[str, ...]
+    ring_back_seconds: int
+    ring_back_to: Destination
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unpark:
+    """A phone retrieves the call parked on ``orbit`` (the unpark code + the orbit,
+    or the orbit dialled). Nothing parked there: 404."""
+
+    orbit: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Busy:
     """Answer 486 Busy Here."""
 
@@ -317,7 +359,8 @@ class Reject:
     reason: str
 
 
-Step = Ring | Deflect | Voicemail | MailboxAccess | Ivr | Queue | QueueLogin | Busy | Reject
+Step = (Ring | Deflect | Voicemail | MailboxAccess | Ivr | Queue | QueueLogin | Pickup | Park
+        | Unpark | Busy | Reject)
 
 
 @dataclass(frozen=True, slots=True)

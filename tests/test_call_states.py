@@ -28,7 +28,7 @@ ENDS: list[tuple[Machine[Any, Any], set[Any]]] = [
     (CALL, {CallState.ENDED}),
     (LEG, {LegState.DONE}),
     (TRANSFER, {TransferState.CONNECTED, TransferState.VOICEMAIL, TransferState.FAILED,
-                TransferState.ABANDONED}),
+                TransferState.ABANDONED, TransferState.PARKED}),
     (IVR, {IvrState.DONE}),
 ]
 
@@ -57,6 +57,8 @@ def test_legal_moves() -> None:
     assert LEG.move(LegState.DONE, LegEvent.ANSWER) is LegState.DONE  # crossed our CANCEL
     assert CALL.move(CallState.ANSWERED, CallEvent.REFER) is CallState.ROUTING
     assert TRANSFER.move(TransferState.MOVING, TransferEvent.MOVED) is TransferState.CONNECTED
+    assert TRANSFER.move(TransferState.REFERRED, TransferEvent.PARKED) is TransferState.PARKED
+    assert CALL.move(CallState.ROUTING, CallEvent.PICKED) is CallState.ENDED
     assert CALL.move(CallState.ANSWERED, CallEvent.IVR_CHOSE) is CallState.ROUTING
     assert CALL.move(CallState.ROUTING, CallEvent.IVR_SETTLED) is CallState.ANSWERED
     assert IVR.move(IvrState.PLAYING, IvrEvent.DIGIT) is IvrState.DIALLING

@@ -120,7 +120,7 @@ def test_options_answers_with_capabilities(engine: Engine, clock: Clock) -> None
     resp = answer(engine, request("OPTIONS"), clock)
     assert resp.status == 200
     assert "INVITE" in (resp.get("allow") or "") and resp.get("accept") == "application/sdp"
-    assert resp.get("supported") == "outbound, path"
+    assert resp.get("supported") == "outbound, path, replaces"
 
 
 def test_a_route_to_elsewhere_is_refused_no_open_relay(engine: Engine, clock: Clock) -> None:

@@ -40,7 +40,7 @@ def test_options_udp_answered_with_capabilities(engine: EngineProcess) -> None:
     resp = only_response(udp_exchange(engine.sip, options()))
     assert resp.status == 200
     assert "REGISTER" in (resp.get("allow") or "") and resp.get("accept") == "application/sdp"
-    assert resp.get("supported") == "outbound, path"  # RFC 5626 flows, RFC 3327 Path
+    assert resp.get("supported") == "outbound, path, replaces"  # RFC 5626 flows, RFC 3327 Path
     via = resp.top_via
     assert via.received == "127.0.0.1" and via.rport not in (None, "")  # RFC 3581
 

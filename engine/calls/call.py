@@ -89,6 +89,7 @@ from engine.calls.events import (
 from engine.calls.headers import COMPLETED_ELSEWHERE, Local, to_caller
 from engine.calls.ivr import IvrSession, start_ivr
 from engine.calls.leg import Leg
+from engine.calls.pickup import start_pickup, start_unpark
 from engine.calls.queue import QueueCaller, queue_music, start_queue, start_queue_login
 from engine.calls.screening import Screening, screen, screen_mode
 from engine.calls.states import (
@@ -119,11 +120,14 @@ from routing import (
     Identity,
     Ivr,
     MailboxAccess,
+    Park,
+    Pickup,
     Plan,
     Queue,
     QueueLogin,
     Reject,
     Ring,
+    Unpark,
     Voicemail,
 )
 
@@ -196,6 +200,15 @@ class Call:
     ivr: IvrSession | None = None  # an IVR menu the caller is in (engine.calls.ivr)
     menus: int = 0  # IVR menus entered in this call
     queued: QueueCaller | None = None  # waiting in a queue (engine.calls.queue)
+    replaces: str = ""  # an INVITE with Replaces: the Call-ID of the ringing leg it names
+    # A picker's (or retriever's) INVITE this call answered (engine.calls.pickup): our
+    # 2xx to it, retransmitted on UDP until its ACK as the caller's is.
+    adopted: Leg | None = None
+    adopted_ok: Response | None = None
+    adopted_interval: float = 0.0
+    adopted_deadline: float = 0.0
+    parked: str = ""  # the park orbit the caller waits on (engine.calls.transfer.park)
+    parker: str = ""  # who parked it
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint). None: the caller's own
@@ -263,6 +276,10 @@ class Call:
             return self.screening.expired(now)
         if name == "ivr" and self.ivr is not None:
             return self.ivr.on_timer(now)
+        if name == "adopted_ok" and self.adopted is not None and self.adopted_ok is not None:
+            return self._resend_adopted_ok(now)
+        if name == "park" and self.parked and self.state is CallState.ANSWERED:
+            return Transfer.ring_back(self, now)
         if name == "no_answer" and self.state is CallState.ROUTING:
             log.info("no answer", call_id=self.id, step=self.step + 1)
             events = self.cancel_legs(now, None)
@@ -275,6 +292,36 @@ class Call:
             self.arm("ok", now + self.ok_interval)
             return self.respond_caller(self.pending_ok, now)
         return []
+
+    def adopt_ok(self, leg: Leg, ok: Response, now: float) -> list[CallOutput]:
+        """Our 2xx to a picker whose INVITE ``leg`` now is: sent, and on UDP sent
+        again until its ACK (RFC 3261 s13.3.1.4: T1 doubling to T2, for 64*T1)."""
+        self.adopted, self.adopted_ok = leg, ok
+        if leg.transport == "udp":
+            timers = self.front.timers
+            self.adopted_interval = timers.t1
+            self.adopted_deadline = now + timers.long
+            self.arm("adopted_ok", now + self.adopted_interval)
+        return self.respond(leg.key, ok, now)
+
+    def adopted_acked(self) -> None:
+        self.adopted = self.adopted_ok = None
+        self.disarm("adopted_ok")
+
+    def _resend_adopted_ok(self, now: float) -> list[CallOutput]:
+        leg, ok = self.adopted, self.adopted_ok
+        assert leg is not None and ok is not None
+        if now >= self.adopted_deadline:
+            log.warning("no ACK from the picker: ending the call", call_id=self.id,
+                        leg=leg.label)
+            self.adopted = self.adopted_ok = None
+            return self.close(CallEvent.NO_ACK, now)
+        self.adopted_interval = min(self.adopted_interval * 2, self.front.timers.t2)
+        self.arm("adopted_ok", now + self.adopted_interval)
+        try:
+            return self.respond(leg.key, ok, now)
+        except ValueError:  # the transaction is gone: nothing to send again
+            return []
 
     # ------------------------------------------------------------------ steps
     def start(self, now: float) -> list[CallOutput]:
@@ -320,6 +367,17 @@ class Call:
             if self.transfer is not None:  # a code is dialled, not transferred to
                 return self.transfer.failed(403, now)
             return start_queue_login(self, step, now)
+        if isinstance(step, Pickup):  # engine.calls.pickup
+            return start_pickup(self, step, now, self.replaces)
+        if isinstance(step, Park):  # a blind transfer's target (engine.calls.transfer)
+            if self.transfer is not None:
+                return self.transfer.park(step, now)
+            return self._unanswered(403, now, [("Warning", warning_value(
+                "the park code is a transfer target: transfer the call to it"))])
+        if isinstance(step, Unpark):  # engine.calls.pickup
+            if self.transfer is not None:
+                return self.transfer.failed(403, now)
+            return start_unpark(self, step, now)
         if self.transfer is not None:  # the target's plan decides how the transfer ends
             return self.transfer.run_step(step, now)
         if isinstance(step, Deflect):
@@ -408,6 +466,8 @@ class Call:
             self.callee_offer(target, self.anchor.music_codec, transport=transport)
         invite = build.callee_invite(self.invite, self.facts, step.diversion, target, uri,
                                      transport, self.local, offer)
+        if step.intercom and isinstance(target, Device):
+            invite = build.intercom(invite, self.local)
         if routes:
             invite = preload_routes(invite, routes)
         key, events = self.send(invite, dest, transport, now)
@@ -695,6 +755,9 @@ class Call:
         transferee = ""
         if transfer is not None and transfer.codec.upper() in DECODABLE:
             transferee = transfer.transferee
+        elif self.parked and anchor.caller.media is not None \
+                and anchor.caller.media.codec.upper() in DECODABLE:
+            transferee = "caller"  # a parked caller hears hold music
         routing = self.state is CallState.ROUTING
         answered = self.callee_leg.target if self.callee_leg is not None else None
         bridge = anchor.bridge(
@@ -1118,6 +1181,9 @@ class Call:
             self.ivr.gone()
             self.ivr = None
         self.timers.clear()
+        if self.parked:  # the caller hung up while parked
+            front.unpark(self.parked)
+            self.parked = ""
         front.queues.call_gone(self, now)
         front.forget(self)
         for ext in self.members:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -27,6 +27,7 @@ from engine.calls.call import Call, RelayedRequest
 from engine.calls.events import CallKey, CallOutput, StopMedia
 from engine.calls.headers import Local
 from engine.calls.leg import Leg
+from engine.calls.pickup import replaces_target
 from engine.calls.queue import QueueFigures, Queues
 from engine.calls.records import dialog_record, mark, parties, record_id
 from engine.calls.rules import PlanText
@@ -104,6 +105,7 @@ class Calls:
         # Re-INVITEs moving a consultation call's callee to the transferee's call.
         self._moves: dict[TxKey, Transfer] = {}
         self._wakeups: TimerHeap[CallKey] = TimerHeap()
+        self._parked: dict[str, Call] = {}  # park orbit -> the call waiting there
         # Dialog records (engine.calls.records): the mark last recorded per answered
         # call, and what to write or delete in the store since the last take_records.
         self._recorded: dict[CallKey, tuple[object, ...]] = {}
@@ -203,6 +205,38 @@ class Calls:
     def count_transfer(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.transfers.labels(outcome).inc()
+
+    def count_pickup(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.pickups.labels(outcome).inc()
+
+    def free_orbit(self, orbits: tuple[str, ...]) -> str | None:
+        """The first orbit of ``orbits`` no call is parked on."""
+        return next((o for o in orbits if o not in self._parked), None)
+
+    def park(self, orbit: str, call: Call) -> None:
+        self._parked[orbit] = call
+        if self.metrics is not None:
+            self.metrics.parked_calls.set(len(self._parked))
+
+    def unpark(self, orbit: str) -> Call | None:
+        call = self._parked.pop(orbit, None)
+        if self.metrics is not None:
+            self.metrics.parked_calls.set(len(self._parked))
+        return call
+
+    def parked_call(self, orbit: str) -> Call | None:
+        return self._parked.get(orbit)
+
+    def ringing_legs(self) -> list[Leg]:
+        """Legs whose phones ring now (a leg sent, no final answer yet)."""
+        return [leg for leg in self._legs.values() if leg.pending]
+
+    def track_picker(self, leg: Leg) -> None:
+        """A picker's INVITE, now a leg of the call it picked up (engine.calls.pickup):
+        its in-dialog requests carry its Call-ID, found as a leg's are."""
+        self._by_leg_call_id[leg.invite.call_id] = leg
+        self.changed.append(leg)
 
     def take_changes(self) -> list[Call | Leg]:
         """The calls and legs noted in :attr:`changed` since the last take."""
@@ -328,6 +362,21 @@ class Calls:
     # ------------------------------------------------------------------ new calls
     def new_call(self, invite: Request, key: TxKey, source: Addr, transport: str,
                  facts: CallFacts, directory: Directory, now: float) -> list[CallOutput]:
+        replaced = ""
+        if facts.source == "phone" and invite.has("replaces"):
+            # RFC 3891: a phone's INVITE naming a ringing leg (read from a dialog-info
+            # document) picks that call up, with the rights of a directed pickup.
+            leg = replaces_target(invite, self.ringing_legs())
+            if leg is None:  # s3: no such dialog (or no longer early)
+                try:
+                    return [*self.tx.respond(key, make_response(invite, 481, headers=[
+                        ("Warning", warning_value("Replaces names no ringing call"))],
+                        to_tag=new_tag()), now)]
+                except ValueError:
+                    return []
+            codes = directory.system.feature_codes
+            facts = replace(facts, callee=f"{codes.pickup_directed}{leg.extension}")
+            replaced = leg.invite.call_id
         state = self.live_state(directory, self.wall_clock())
         the_plan = plan(facts, directory, state)
         tag = new_tag()
@@ -341,6 +390,7 @@ class Calls:
         call = Call(self, id=invite.call_id, invite=invite, invite_key=key, source=source,
                     transport=transport, facts=facts, plan=the_plan, tag=tag, started=now,
                     trunk_in=facts.trunk, identity=the_plan.identity)
+        call.replaces = replaced
         self._calls[call.key] = call
         self._by_tag[(call.id, call.tag)] = call
         self._by_invite[key] = call
@@ -411,6 +461,10 @@ class Calls:
         """An ACK for a 2xx (no transaction)."""
         call = self._by_tag.get((ack.call_id, ack.to.tag or ""))
         if call is None:
+            # A picker's ACK of the 200 the call it took sent it (engine.calls.pickup).
+            leg = self._by_leg_call_id.get(ack.call_id)
+            if leg is not None and leg is leg.call.adopted:
+                leg.call.adopted_acked()
             return []
         return self._guard(call, now, lambda: call.on_ack(ack, now))
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from engine.sip.dialog import new_branch, new_call_id, new_tag
-from engine.sip.message import Request, Response, make_response
+from engine.sip.message import Message, Request, Response, make_response
 from media import sdp
 from routing import CallFacts, Device, Diversion, External
 
@@ -31,6 +31,8 @@ __all__ = [
     "cancel_request",
     "diversion",
     "history_info",
+    "intercom",
+    "intercom_headers",
     "parse_replaces",
     "to_caller",
 ]
@@ -77,6 +79,25 @@ def to_caller(invite: Request, status: int, tag: str, headers: Iterable[tuple[st
     """Our response to the caller's INVITE (``tag``: our To tag), with Server."""
     return make_response(invite, status, reason, [("Server", SERVER), *headers], body,
                          to_tag=tag)
+
+
+def intercom(invite: Request, local: Local) -> Request:
+    """``invite`` with :func:`intercom_headers` (an intercom step's legs to phones)."""
+    out: Message = invite
+    for name, value in intercom_headers(local):
+        out = out.replace(name, value)
+    assert isinstance(out, Request)
+    return out
+
+
+def intercom_headers(local: Local) -> list[tuple[str, str]]:
+    """What makes a desk phone answer at once: ``Call-Info: <sip:domain>;answer-after=0``
+    (Polycom, Yealink, Grandstream; the draft-ietf-sip-answermode precursor phones
+    kept) and ``Alert-Info: <http://127.0.0.1>;info=alert-autoanswer`` (Snom, Yealink,
+    Cisco SPA). Both are sent: a phone ignores the one it does not know. Only the
+    engine sets them (an intercom step): a phone's own are never copied to a callee."""
+    return [("Call-Info", f"<sip:{local.domain}>;answer-after=0"),
+            ("Alert-Info", "<http://127.0.0.1>;info=alert-autoanswer")]
 
 
 def callee_invite(caller: Request, facts: CallFacts, chain: tuple[Diversion, ...],

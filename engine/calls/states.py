@@ -104,6 +104,7 @@ class CallEvent(StrEnum):
     REFER = "refer"  # a REFER accepted: a transfer target's plan runs
     TRANSFER_SETTLED = "transfer_settled"  # connected, to voicemail, or back to the transferor
     IVR_CHOSE = "ivr_chose"  # the caller of an IVR chose: that destination's plan runs
+    RING_BACK = "ring_back"  # a parked call not retrieved: its parker rings again
     IVR_SETTLED = "ivr_settled"  # the choice is connected, leaves a message, or is an IVR
     # Every ending goes through Call.close(event):
     REJECT = "reject"  # a final non-2xx answer to the caller
@@ -112,6 +113,7 @@ class CallEvent(StrEnum):
     NO_ACK = "no_ack"  # our 2xx was never ACKed
     ENDPOINT_DONE = "endpoint_done"  # the engine's endpoint is done (message recorded)
     REPLACED = "replaced"  # a consultation call whose target moved to another call
+    PICKED = "picked"  # a picker's call: its INVITE answers the call it picked up
     TRANSFER_DROPPED = "transfer_dropped"  # a transfer failed and its transferor was gone
     ERROR = "error"  # an exception while handling the call: it ends alone
     SHUTDOWN = "shutdown"  # the engine stops
@@ -125,6 +127,9 @@ CALL: Machine[CallState, CallEvent] = Machine("call", {
     # An IVR's caller is answered (s13.3.1.4) and keeps its dialog while the plan of
     # its choice rings; no SIP goes to the caller for either move.
     (_A, CallEvent.IVR_CHOSE): _R,
+    # A parked caller (answered) waits while its parker's phones ring (RFC 3261
+    # s13.2.1: new INVITEs on the callee side, nothing to the caller).
+    (_A, CallEvent.RING_BACK): _R,
     (_R, CallEvent.IVR_SETTLED): _A,
     (_R, CallEvent.REJECT): _X,  # RFC 3261 s13.3.1.3, s8.2.6 (302: s13.3.1.2)
     (_R, CallEvent.CANCEL): _X,  # RFC 3261 s9.2: 487 to the INVITE
@@ -137,6 +142,9 @@ CALL: Machine[CallState, CallEvent] = Machine("call", {
     # may be running a transfer of its own.
     (_A, CallEvent.REPLACED): _X,
     (_R, CallEvent.REPLACED): _X,
+    # RFC 3891 s3 (a pickup by Replaces, or by code): the picker's INVITE is answered
+    # by the call it picked up; its own call object ends without a word.
+    (_R, CallEvent.PICKED): _X,
     (_A, CallEvent.TRANSFER_DROPPED): _X,  # RFC 3261 s15.1.1: our BYE to the transferee
     (_R, CallEvent.ERROR): _X,
     (_A, CallEvent.ERROR): _X,
@@ -191,6 +199,7 @@ class TransferState(StrEnum):
     VOICEMAIL = "voicemail"
     FAILED = "failed"
     ABANDONED = "abandoned"
+    PARKED = "parked"
 
 
 class TransferEvent(StrEnum):
@@ -200,6 +209,7 @@ class TransferEvent(StrEnum):
     MOVED = "moved"  # the consulted target's 2xx to our re-INVITE
     FAILED = "failed"  # no answer, refused, or the move refused
     TRANSFEREE_GONE = "transferee_gone"  # the transferee's call ends (hung up, error...)
+    PARKED = "parked"  # the target is the park code: the transferee waits on an orbit
 
 
 _P, _T, _M = TransferState.REFERRED, TransferState.TARGET_RINGING, TransferState.MOVING
@@ -212,6 +222,8 @@ TRANSFER: Machine[TransferState, TransferEvent] = Machine("transfer", {
     (_P, TransferEvent.TO_VOICEMAIL): TransferState.VOICEMAIL,
     (_T, TransferEvent.TO_VOICEMAIL): TransferState.VOICEMAIL,
     (_M, TransferEvent.MOVED): TransferState.CONNECTED,  # RFC 3891 s3, RFC 5589 s7
+    # RFC 3515 s2.4.5: the final NOTIFY (200, its phrase naming the orbit) follows.
+    (_P, TransferEvent.PARKED): TransferState.PARKED,
     # RFC 3515 s2.4.5: the final NOTIFY carries the failure.
     (_P, TransferEvent.FAILED): TransferState.FAILED,
     (_T, TransferEvent.FAILED): TransferState.FAILED,

@@ -63,11 +63,14 @@ from routing import (
     Device,
     External,
     MailboxAccess,
+    Park,
     Reject,
     Step,
     Voicemail,
     plan,
+    router_for,
 )
+from routing.router import RING_BACK_SECONDS
 
 if TYPE_CHECKING:
     from engine.calls.call import Call
@@ -446,7 +449,59 @@ class Transfer:
         else:
             call.leave(self.transferor)
 
-    def notify(self, status: int, now: float) -> list[CallOutput]:
+    def park(self, step: Park, now: float) -> list[CallOutput]:
+        """The target is the park code: the transferee waits on the first free orbit
+        with hold music; the final NOTIFY's phrase names the orbit ("200 Parked on
+        701", what a phone showing the sipfrag displays) and the transferor is let
+        go. Only the answering side parks (its caller): a calling party's transfer
+        to the code fails back to it (403)."""
+        call = self.call
+        if self.by_caller or self.transferor is None:
+            return self.failed(403, now)
+        orbit = call.front.free_orbit(step.orbits)
+        if orbit is None:
+            log.info("park: every orbit taken", call_id=call.id)
+            return self.failed(486, now)
+        self.move(TransferEvent.PARKED)
+        call.transfer = None
+        call.move(CallEvent.TRANSFER_SETTLED)
+        call.parked, call.parker = orbit, step.parker
+        call.front.park(orbit, call)
+        call.disarm("no_answer")
+        call.arm("park", now + step.ring_back_seconds)
+        log.info("parked", call_id=call.id, orbit=orbit, parker=step.parker)
+        call.front.count_transfer("parked")
+        events = self._let_transferor_go(200, now, f"Parked on {orbit}")
+        return events + call.bridge()
+
+    @staticmethod
+    def ring_back(call: Call, now: float) -> list[CallOutput]:
+        """A parked call not retrieved in time: its orbit is freed and the parker's
+        phones ring with it, then ``ring_back_to`` (routing's ring-back plan), run as
+        a blind transfer whose transferor (the parker, gone) hears nothing: offered
+        the callee-side port in the caller's codec, the music playing meanwhile."""
+        front = call.front
+        directory = front.directory
+        media = call.anchor.caller.media
+        parker, orbit, old = call.parker, call.parked, call.callee_leg
+        if directory is None or media is None or old is None:
+            return call.close(CallEvent.TRANSFER_DROPPED, now)
+        front.unpark(orbit)
+        call.parked = call.parker = ""
+        wall = front.wall_clock()
+        the_plan = router_for(directory).ring_back(
+            call.facts, parker, orbit, RING_BACK_SECONDS, directory.system.park.ring_back_to,
+            front.live_state(directory, wall))
+        log.info("park ring back", call_id=call.id, orbit=orbit, parker=parker,
+                 plan=PlanText(the_plan))
+        call.transfer = Transfer(call, old, parker, media.codec)
+        call.plan = the_plan
+        call.move(CallEvent.RING_BACK)
+        call.legs = []
+        call.rung = set()
+        return call.bridge() + call.run_step(0, now)
+
+    def notify(self, status: int, now: float, phrase: str = "") -> list[CallOutput]:
         """How the transfer goes, as a message/sipfrag NOTIFY (RFC 3515 s2.4.5), in the
         transferor's dialog: its leg's, or the caller's (a transfer by the caller)."""
         call = self.call
@@ -465,16 +520,16 @@ class Transfer:
                 ("Event", "refer"),
                 ("Subscription-State",
                  "terminated;reason=noresource" if final else "active;expires=60")],
-            body=f"SIP/2.0 {status} {REASONS.get(status, 'Unknown')}\r\n".encode(),
+            body=f"SIP/2.0 {status} {phrase or REASONS.get(status, 'Unknown')}\r\n".encode(),
             content_type="message/sipfrag;version=2.0")
         _, events = call.send(notify, dest, transport, now)
         return events
 
-    def _let_transferor_go(self, status: int, now: float) -> list[CallOutput]:
+    def _let_transferor_go(self, status: int, now: float, phrase: str = "") -> list[CallOutput]:
         """The final NOTIFY, then BYE the transferor if it is still on the call."""
         call = self.call
         leg = self.transferor
-        events = self.notify(status, now)
+        events = self.notify(status, now, phrase)
         if leg is None:
             if self.transferor_here:
                 events += call.bye_caller(now)

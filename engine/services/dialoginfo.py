@@ -92,6 +92,10 @@ class DialogBook:
         self._items: dict[str, dict[Call | Leg, None]] = {}
         # (ext, item) -> when it ended, in the order they ended
         self._ended: dict[tuple[str, Call | Leg], float] = {}
+        # Park orbits are watched like extensions: a parked call is filed under its
+        # orbit (a confirmed dialog there) until it is retrieved, rings back or ends.
+        self._orbit_of: dict[Call, str] = {}
+        self._parked: set[tuple[str, Call]] = set()  # (orbit, call) filed as parked
 
     def update(self, changed: Iterable[Call | Leg], now: float) -> set[str]:
         """Note the calls and legs whose state moved; returns the extensions they
@@ -109,6 +113,7 @@ class DialogBook:
             else:
                 call = item
             ended = call.state is CallState.ENDED
+            self._orbit(call, ended, now, touched)
             if call.facts.source == "phone":
                 self._note(call.facts.caller, call, ended, now, touched)
             if ended:  # its legs still open end with it
@@ -117,6 +122,21 @@ class DialogBook:
                         self._note(leg.target.extension, leg, True, now, touched)
         self._prune(now)
         return touched
+
+    def _orbit(self, call: Call, ended: bool, now: float, touched: set[str]) -> None:
+        """File ``call`` under the orbit it is parked on, or end it under the one it
+        left."""
+        before = self._orbit_of.get(call, "")
+        now_on = "" if ended else call.parked
+        if before == now_on:
+            return
+        if before:
+            del self._orbit_of[call]
+            self._note(before, call, True, now, touched)
+        if now_on:
+            self._orbit_of[call] = now_on
+            self._parked.add((now_on, call))
+            self._note(now_on, call, False, now, touched)
 
     def _note(self, ext: str, item: Call | Leg, ended: bool, now: float,
               touched: set[str]) -> None:
@@ -137,6 +157,7 @@ class DialogBook:
             if ended + ENDED_LINGER > now:
                 return
             del self._ended[(ext, item)]
+            self._parked.discard((ext, item))  # a leg was never there
             per = self._items.get(ext)
             if per is not None:
                 per.pop(item, None)
@@ -155,7 +176,12 @@ class DialogBook:
                 if ended == ENDED_SHOWN:
                     continue  # not shown: no view made (a busy line has many)
                 ended += 1
-            view = _leg_view(item) if isinstance(item, Leg) else _caller_view(item)
+            if isinstance(item, Leg):
+                view = _leg_view(item)
+            elif (ext, item) in self._parked:
+                view = _parked_view(item, ext)
+            else:
+                view = _caller_view(item)
             if view is not None:
                 out.append(view)
         out.sort(key=lambda v: _RANK[v.state])  # stable: newest first within a state
@@ -181,6 +207,18 @@ def _leg_view(leg: Leg) -> DialogView | None:
         id=_id(call_id, invite.from_.tag or ""), call_id=call_id, local_tag=local_tag or "",
         remote_tag=invite.from_.tag or "", direction="recipient", state=state,
         local=_identity(invite.to), remote=_identity(invite.from_))
+
+
+def _parked_view(call: Call, orbit: str) -> DialogView:
+    """A call parked on ``orbit``: a confirmed dialog there (RFC 4235 s4.1.2), the
+    parked caller its remote party; terminated once it left the orbit."""
+    invite = call.invite
+    state = "confirmed" if call.parked == orbit and call.state is not CallState.ENDED \
+        else "terminated"
+    return DialogView(
+        id=_id(call.id, f"park-{orbit}"), call_id=call.id, local_tag=call.tag,
+        remote_tag=invite.from_.tag or "", direction="recipient", state=state,
+        local=(f"sip:{orbit}@{invite.to.uri.host}", ""), remote=_identity(invite.from_))
 
 
 def _caller_view(call: Call) -> DialogView:

@@ -22,6 +22,7 @@ from provisioning.model import (
     CODECS,
     DESTINATION_KINDS,
     DIGITS_RE,
+    FEATURE_CODE_RE,
     IVR_KEYS,
     LANGUAGES,
     NAME_RE,
@@ -138,6 +139,10 @@ TABLE_SCHEMAS: Mapping[str, Mapping[str, Schema]] = {
                      "sender": {"type": "string"}}, ["host"]),
         "admin_url": string(d.ADMIN_URL_RE, optional=True),
         "require_2fa": BOOLEAN,
+        "feature_codes": obj({key: string(FEATURE_CODE_RE) for key in d.FEATURE_CODE_KEYS},
+                             []),
+        "park": obj({"orbits": string(d.ORBITS_RE), "ring_back_seconds": integer(10, 3600),
+                     "ring_back_to": DESTINATION}, []),
     },
     "trunks": {
         "name": string(NAME_RE), "host": string(nonempty=True), "port": integer(1, 65535),
