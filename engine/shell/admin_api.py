@@ -10,17 +10,30 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from engine.core import Engine
+from engine.shell.config import ServerConfig
 from provisioning.api.http import setup as setup_api
 from provisioning.model import STATUSES, Directory, binding_json
+from provisioning.store import Store
 
-if TYPE_CHECKING:
-    from engine.shell.app import Server
+__all__ = ["Server", "setup"]
 
-__all__ = ["setup"]
+
+class Server(Protocol):
+    """What the API needs of the running process (:class:`engine.shell.app.Server`),
+    named here so that the process imports this module and not the other way round."""
+
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def config(self) -> ServerConfig: ...
+    async def reload(self) -> None: ...
 
 
 class EngineView:
@@ -59,7 +72,7 @@ class EngineView:
         return plan_to_json(plan)
 
     async def reload(self) -> None:
-        await self.server._reload()
+        await self.server.reload()
 
 
 def setup(app: web.Application, server: Server) -> None:
