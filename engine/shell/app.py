@@ -32,7 +32,7 @@ from engine.shell.storesync import StoreSync
 from engine.shell.timer import Timer
 from engine.shell.transports import Transports
 from engine.sip.message import Request, Response, grammar
-from engine.sip.transaction import Addr
+from engine.sip.transaction import Addr, Send
 from provisioning.store import Store
 
 __all__ = ["Server", "ServerConfig", "parse_hostport", "raise_open_file_limit", "serve"]
@@ -49,9 +49,10 @@ class Server:
         self.config = config
         self.stopped = asyncio.Event()
         self.timer = Timer(self._fire)
-        self.transports = Transports(engine, config, self.receive)
-        self.intake = Intake(config.overload, engine, self.handle, self.transports.send,
+        # Receive: the sockets hand each message straight to the receive queue.
+        self.intake = Intake(config.overload, engine, self.handle, self._send,
                              is_known=lambda source: self.transports.streams.trusted(source[0]))
+        self.transports = Transports(engine, config, self.intake.receive)
         self.media_jobs = MediaJobs(engine, store, config.sip_host, config.data_dir, self.apply)
         self.storesync = StoreSync(engine, store, config.node_id)
         self.reloader = Reloader(engine, store, self.apply, self.rearm)
@@ -110,10 +111,6 @@ class Server:
         return self.storesync.node_id
 
     # -- receive, process, transmit, re-arm --------------------------------------
-    def receive(self, data: bytes, source: Addr, transport: str) -> None:
-        """A message from a socket, into the receive queue (served by class)."""
-        self.intake.receive(data, source, transport)
-
     def handle(self, data: bytes, source: Addr, transport: str,
                parsed: Request | Response | None = None) -> None:
         """One message from the receive queue through the engine."""
@@ -152,6 +149,9 @@ class Server:
         for b in outcome.removed:
             self.storesync.delete(b)
         self.timer.arm(self.engine.next_wakeup())
+
+    def _send(self, send: Send) -> None:
+        self.transports.send(send)
 
     def rearm(self) -> None:
         """The engine's next deadline may be earlier than the timer's."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from pathlib import Path
 
 from engine.calls.events import (
@@ -64,9 +65,9 @@ class MediaJobs:
             kept = self.calls_media.detach(action.call, keep_callee=action.callee_side)
             if action.callee_side and kept is not None:
                 self.endpoints[action.call] = kept  # the caller's side is closed
-            self.spawn(self._voicemail(action))
+            self.spawn(self._on_endpoint(action.call, partial(self.voicemail.leave, action)))
         elif isinstance(action, StartMailbox):
-            self.spawn(self._mailbox(action))
+            self.spawn(self._on_endpoint(action.call, partial(self.voicemail.mailbox, action)))
         elif isinstance(action, UpdateMedia):
             endpoint = self.endpoints.get(action.call)
             if endpoint is not None and not endpoint.closed:
@@ -116,25 +117,16 @@ class MediaJobs:
         self.apply(self.engine.media_ready(call, tuple(e.rtp_port for e in opened),
                                            time.monotonic()))
 
-    async def _voicemail(self, job: StartVoicemail) -> None:
-        endpoint = self.endpoints.get(job.call)
+    async def _on_endpoint(self, call: CallRef,
+                           work: Callable[[MediaEndpoint], Awaitable[None]]) -> None:
+        """A voicemail or mailbox session on the endpoint facing the caller, which is
+        closed after it (the call's media ends with the session)."""
+        endpoint = self.endpoints.get(call)
         if endpoint is None:
             return
         try:
-            await self.voicemail.leave(job, endpoint)
+            await work(endpoint)
         finally:
-            self._close_endpoint(job.call)
-
-    async def _mailbox(self, job: StartMailbox) -> None:
-        endpoint = self.endpoints.get(job.call)
-        if endpoint is None:
-            return
-        try:
-            await self.voicemail.mailbox(job, endpoint)
-        finally:
-            self._close_endpoint(job.call)
-
-    def _close_endpoint(self, call: CallRef) -> None:
-        gone = self.endpoints.pop(call, None)
-        if gone is not None:
-            gone.close()
+            gone = self.endpoints.pop(call, None)
+            if gone is not None:
+                gone.close()
