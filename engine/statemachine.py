@@ -57,3 +57,17 @@ class Machine(Generic[S, E]):
 
     def allows(self, state: S, event: E) -> bool:
         return (state, event) in self.moves
+
+    def states(self) -> set[S]:
+        """Every state a move starts from or leads to."""
+        return {state for state, _ in self.moves} | set(self.moves.values())
+
+    def reachable(self, start: S) -> set[S]:
+        """The states some sequence of moves leads to from ``start`` (itself included)."""
+        seen, todo = {start}, [start]
+        while todo:
+            for after in self._rows.get(todo.pop(), {}).values():
+                if after not in seen:
+                    seen.add(after)
+                    todo.append(after)
+        return seen
