@@ -201,7 +201,10 @@ class TxEvent(StrEnum):
 _CALLING, _TRYING, _PROCEEDING = State.CALLING, State.TRYING, State.PROCEEDING
 _COMPLETED, _CONFIRMED, _ACCEPTED = State.COMPLETED, State.CONFIRMED, State.ACCEPTED
 _TERMINATED = State.TERMINATED
+# Module names for the members the message path uses: an enum member read as a class
+# attribute costs about 150 ns on Python 3.11, a module global about 10 ns.
 _1XX, _2XX, _FAIL = TxEvent.PROVISIONAL, TxEvent.SUCCESS, TxEvent.FAILURE
+_ACK, _TIMEOUT, _WAIT_OVER = TxEvent.ACK, TxEvent.TIMEOUT, TxEvent.WAIT_OVER
 
 # RFC 3261 s17.1.1.2 (Figure 5) as updated by RFC 6026 s7.2 (Accepted).
 INVITE_CLIENT: Machine[State, TxEvent] = Machine("invite_client", {
@@ -211,10 +214,10 @@ INVITE_CLIENT: Machine[State, TxEvent] = Machine("invite_client", {
     (_PROCEEDING, _2XX): _ACCEPTED,
     (_CALLING, _FAIL): _COMPLETED,  # s17.1.1.3: the transaction ACKs; Timer D
     (_PROCEEDING, _FAIL): _COMPLETED,
-    (_CALLING, TxEvent.TIMEOUT): _TERMINATED,  # Timer B; s9.1 CANCEL guard
-    (_PROCEEDING, TxEvent.TIMEOUT): _TERMINATED,  # s9.1 CANCEL guard
-    (_COMPLETED, TxEvent.WAIT_OVER): _TERMINATED,  # Timer D
-    (_ACCEPTED, TxEvent.WAIT_OVER): _TERMINATED,  # RFC 6026 s7.2: Timer M
+    (_CALLING, _TIMEOUT): _TERMINATED,  # Timer B; s9.1 CANCEL guard
+    (_PROCEEDING, _TIMEOUT): _TERMINATED,  # s9.1 CANCEL guard
+    (_COMPLETED, _WAIT_OVER): _TERMINATED,  # Timer D
+    (_ACCEPTED, _WAIT_OVER): _TERMINATED,  # RFC 6026 s7.2: Timer M
 })
 
 # RFC 3261 s17.1.2.2 (Figure 6).
@@ -225,9 +228,9 @@ NON_INVITE_CLIENT: Machine[State, TxEvent] = Machine("non_invite_client", {
     (_TRYING, _FAIL): _COMPLETED,
     (_PROCEEDING, _2XX): _COMPLETED,
     (_PROCEEDING, _FAIL): _COMPLETED,
-    (_TRYING, TxEvent.TIMEOUT): _TERMINATED,  # Timer F
-    (_PROCEEDING, TxEvent.TIMEOUT): _TERMINATED,
-    (_COMPLETED, TxEvent.WAIT_OVER): _TERMINATED,  # Timer K
+    (_TRYING, _TIMEOUT): _TERMINATED,  # Timer F
+    (_PROCEEDING, _TIMEOUT): _TERMINATED,
+    (_COMPLETED, _WAIT_OVER): _TERMINATED,  # Timer K
 })
 
 # RFC 3261 s17.2.1 (Figure 7) as updated by RFC 6026 s7.1 (Accepted).
@@ -235,12 +238,12 @@ INVITE_SERVER: Machine[State, TxEvent] = Machine("invite_server", {
     (_PROCEEDING, _1XX): _PROCEEDING,
     (_PROCEEDING, _2XX): _ACCEPTED,  # RFC 6026 s7.1: Timer L
     (_PROCEEDING, _FAIL): _COMPLETED,  # Timers G (unreliable) and H
-    (_COMPLETED, TxEvent.ACK): _CONFIRMED,  # Timer I
-    (_COMPLETED, TxEvent.TIMEOUT): _TERMINATED,  # Timer H: no ACK
-    (_CONFIRMED, TxEvent.WAIT_OVER): _TERMINATED,  # Timer I
+    (_COMPLETED, _ACK): _CONFIRMED,  # Timer I
+    (_COMPLETED, _TIMEOUT): _TERMINATED,  # Timer H: no ACK
+    (_CONFIRMED, _WAIT_OVER): _TERMINATED,  # Timer I
     (_ACCEPTED, _2XX): _ACCEPTED,  # RFC 6026 s7.1: the TU's 2xx retransmissions
-    (_ACCEPTED, TxEvent.ACK): _ACCEPTED,  # RFC 6026 s7.1: passed to the TU
-    (_ACCEPTED, TxEvent.WAIT_OVER): _TERMINATED,  # RFC 6026 s7.1: Timer L
+    (_ACCEPTED, _ACK): _ACCEPTED,  # RFC 6026 s7.1: passed to the TU
+    (_ACCEPTED, _WAIT_OVER): _TERMINATED,  # RFC 6026 s7.1: Timer L
 })
 
 # RFC 3261 s17.2.2 (Figure 8).
@@ -251,7 +254,7 @@ NON_INVITE_SERVER: Machine[State, TxEvent] = Machine("non_invite_server", {
     (_TRYING, _FAIL): _COMPLETED,
     (_PROCEEDING, _2XX): _COMPLETED,
     (_PROCEEDING, _FAIL): _COMPLETED,
-    (_COMPLETED, TxEvent.WAIT_OVER): _TERMINATED,  # Timer J
+    (_COMPLETED, _WAIT_OVER): _TERMINATED,  # Timer J
 })
 
 
@@ -511,7 +514,7 @@ class TransactionLayer:
     def _wait(self, tx: _Tx, name: str, delay: float, now: float) -> list[Event]:
         """Arm a waiting timer (D, I, J, K), or terminate now when it is zero."""
         if delay <= 0:
-            return self._terminate(tx, TxEvent.WAIT_OVER)
+            return self._terminate(tx, _WAIT_OVER)
         self._arm(tx, name, delay, now)
         return []
 
@@ -588,10 +591,10 @@ class TransactionLayer:
         invite = req.method == "INVITE"
         addr = response_addr(req.top_via, source, transport)
         if invite:
-            tx = _ServerTx(key, True, req, source, transport, addr, State.PROCEEDING,
+            tx = _ServerTx(key, True, req, source, transport, addr, _PROCEEDING,
                            INVITE_SERVER)
         else:
-            tx = _ServerTx(key, False, req, source, transport, addr, State.TRYING,
+            tx = _ServerTx(key, False, req, source, transport, addr, _TRYING,
                            NON_INVITE_SERVER)
         self._txs[key] = tx
         return tx
@@ -628,7 +631,7 @@ class TransactionLayer:
         # The To tag SHOULD be the one of the INVITE's responses (s9.2).
         ok = make_response(req, 200, to_tag=invite.to_tag or _new_tag())
         events = self._server_step(tx, _Resp(ok), now)
-        if invite.state == State.PROCEEDING:
+        if invite.state == _PROCEEDING:
             events.append(CancelRequest(req, invite.key))
         # Otherwise a final response was sent already: the CANCEL has no effect.
         return events
@@ -661,9 +664,9 @@ class TransactionLayer:
             events = self._send_response(tx, inp.response)
             event = _response_event(status)
             tx.state = INVITE_SERVER.move(tx.state, event)
-            if event is TxEvent.PROVISIONAL:
+            if event is _1XX:
                 return events
-            if event is TxEvent.SUCCESS:
+            if event is _2XX:
                 # RFC 6026 s7.1: 2xx -> Accepted, Timer L = 64*T1.
                 self._arm(tx, "L", self.timers.long, now)
                 return events
@@ -681,7 +684,7 @@ class TransactionLayer:
         if isinstance(inp, _Ack):
             # -> Confirmed; G and H stop; Timer I = T4 (unreliable) or 0.
             self._disarm(tx, "G", "H")
-            tx.state = INVITE_SERVER.move(tx.state, TxEvent.ACK)
+            tx.state = INVITE_SERVER.move(tx.state, _ACK)
             return self._wait(tx, "I", 0 if tx.reliable else self.timers.t4, now)
         if isinstance(inp, _Fire):
             if inp.name == "G":
@@ -689,27 +692,27 @@ class TransactionLayer:
                 self._arm(tx, "G", tx.interval, now)
                 return self._resend_response(tx)
             if inp.name == "H":
-                return [TimedOut(tx.key), *self._terminate(tx, TxEvent.TIMEOUT)]
+                return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
         return []  # further responses from the TU are discarded
 
     def _ist_confirmed(self, tx: _ServerTx, inp: _Input, now: float) -> list[Event]:
         # Absorbs ACK and INVITE retransmissions until Timer I fires.
         if isinstance(inp, _Fire) and inp.name == "I":
-            return self._terminate(tx, TxEvent.WAIT_OVER)
+            return self._terminate(tx, _WAIT_OVER)
         return []
 
     def _ist_accepted(self, tx: _ServerTx, inp: _Input, now: float) -> list[Event]:
         if isinstance(inp, _Ack):
             # RFC 6026 s7.1: ACKs are passed to the TU, not absorbed.
-            tx.state = INVITE_SERVER.move(tx.state, TxEvent.ACK)
+            tx.state = INVITE_SERVER.move(tx.state, _ACK)
             return [DeliverRequest(inp.request, None, inp.source, inp.transport)]
         if isinstance(inp, _Resp) and 200 <= inp.response.status < 300:
             # The TU's 2xx retransmissions (RFC 3261 s13.3.1.4) go through.
             events = self._send_response(tx, inp.response)
-            tx.state = INVITE_SERVER.move(tx.state, TxEvent.SUCCESS)
+            tx.state = INVITE_SERVER.move(tx.state, _2XX)
             return events
         if isinstance(inp, _Fire) and inp.name == "L":
-            return self._terminate(tx, TxEvent.WAIT_OVER)
+            return self._terminate(tx, _WAIT_OVER)
         return []  # INVITE retransmissions are absorbed; other responses discarded
 
     # -- non-INVITE server: RFC 3261 s17.2.2 (Figure 8) ------------------
@@ -729,7 +732,7 @@ class TransactionLayer:
         events = self._send_response(tx, response)
         event = _response_event(response.status)
         tx.state = NON_INVITE_SERVER.move(tx.state, event)
-        if event is TxEvent.PROVISIONAL:
+        if event is _1XX:
             return events
         # Final -> Completed; Timer J = 64*T1 (unreliable) or 0.
         return events + self._wait(tx, "J", 0 if tx.reliable else self.timers.long, now)
@@ -738,7 +741,7 @@ class TransactionLayer:
         if isinstance(inp, _Retransmit):
             return self._resend_response(tx)  # the final response
         if isinstance(inp, _Fire) and inp.name == "J":
-            return self._terminate(tx, TxEvent.WAIT_OVER)
+            return self._terminate(tx, _WAIT_OVER)
         return []  # other final responses from the TU are discarded
 
     # ======================================================================
@@ -772,10 +775,10 @@ class TransactionLayer:
         invite = method == "INVITE"
         data = request.to_bytes()
         if invite:
-            tx = _ClientTx(key, True, request, data, dest, transport, State.CALLING,
+            tx = _ClientTx(key, True, request, data, dest, transport, _CALLING,
                            INVITE_CLIENT)
         else:
-            tx = _ClientTx(key, False, request, data, dest, transport, State.TRYING,
+            tx = _ClientTx(key, False, request, data, dest, transport, _TRYING,
                            NON_INVITE_CLIENT)
         self._txs[key] = tx
         # s17.1.1.2: Timer A (unreliable only) and B; s17.1.2.2: Timer E and F.
@@ -787,7 +790,7 @@ class TransactionLayer:
             target = self._txs.get(TxKey("client", "INVITE", branch))
             if isinstance(target, _ClientTx) \
                     and not self.deadlines.armed(target.key, CANCEL_GUARD) \
-                    and target.state in (State.CALLING, State.PROCEEDING):
+                    and target.state in (_CALLING, _PROCEEDING):
                 # RFC 3261 s9.1: without a final response 64*T1 after the
                 # CANCEL, the INVITE client transaction is given up.
                 self._arm(target, CANCEL_GUARD, self.timers.long, now)
@@ -823,7 +826,7 @@ class TransactionLayer:
                 self._arm(tx, "A", tx.interval, now)
                 return self._resend_request(tx)
             if inp.name in ("B", CANCEL_GUARD):
-                return [TimedOut(tx.key), *self._terminate(tx, TxEvent.TIMEOUT)]
+                return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
             return []
         if isinstance(inp, _Resp):
             self._disarm(tx, "A", "B")
@@ -832,7 +835,7 @@ class TransactionLayer:
 
     def _ict_proceeding(self, tx: _ClientTx, inp: _Input, now: float) -> list[Event]:
         if isinstance(inp, _Fire) and inp.name == CANCEL_GUARD:
-            return [TimedOut(tx.key), *self._terminate(tx, TxEvent.TIMEOUT)]
+            return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
         if isinstance(inp, _Resp):
             return self._ict_response(tx, inp.response, now)
         return []
@@ -841,10 +844,10 @@ class TransactionLayer:
         """A response in Calling or Proceeding."""
         event = _response_event(response.status)
         tx.state = INVITE_CLIENT.move(tx.state, event)
-        if event is TxEvent.PROVISIONAL:
+        if event is _1XX:
             return [DeliverResponse(response, tx.key)]
         self._disarm(tx, CANCEL_GUARD)
-        if event is TxEvent.SUCCESS:
+        if event is _2XX:
             # RFC 6026 s7.2: 2xx -> Accepted, Timer M = 64*T1; the TU ACKs.
             self._arm(tx, "M", self.timers.long, now)
             return [DeliverResponse(response, tx.key)]
@@ -859,7 +862,7 @@ class TransactionLayer:
             # A retransmitted final response: ACK again, not passed up.
             return [Send(tx.ack, tx.dest, tx.transport)]
         if isinstance(inp, _Fire) and inp.name == "D":
-            return self._terminate(tx, TxEvent.WAIT_OVER)
+            return self._terminate(tx, _WAIT_OVER)
         return []
 
     def _ict_accepted(self, tx: _ClientTx, inp: _Input, now: float) -> list[Event]:
@@ -867,7 +870,7 @@ class TransactionLayer:
             # RFC 6026 s7.2: every 2xx (retransmitted or forked) goes to the TU.
             return [DeliverResponse(inp.response, tx.key)]
         if isinstance(inp, _Fire) and inp.name == "M":
-            return self._terminate(tx, TxEvent.WAIT_OVER)
+            return self._terminate(tx, _WAIT_OVER)
         return []
 
     # -- non-INVITE client: RFC 3261 s17.1.2 (Figure 6) ------------------
@@ -878,7 +881,7 @@ class TransactionLayer:
                 self._arm(tx, "E", tx.interval, now)
                 return self._resend_request(tx)
             if inp.name == "F":
-                return [TimedOut(tx.key), *self._terminate(tx, TxEvent.TIMEOUT)]
+                return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
             return []
         if isinstance(inp, _Resp):
             return self._nict_response(tx, inp.response, now)
@@ -892,7 +895,7 @@ class TransactionLayer:
                 self._arm(tx, "E", tx.interval, now)
                 return self._resend_request(tx)
             if inp.name == "F":
-                return [TimedOut(tx.key), *self._terminate(tx, TxEvent.TIMEOUT)]
+                return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
             return []
         if isinstance(inp, _Resp):
             return self._nict_response(tx, inp.response, now)
@@ -902,7 +905,7 @@ class TransactionLayer:
         event = _response_event(response.status)
         tx.state = NON_INVITE_CLIENT.move(tx.state, event)
         events: list[Event] = [DeliverResponse(response, tx.key)]
-        if event is TxEvent.PROVISIONAL:
+        if event is _1XX:
             return events
         # Final -> Completed; E and F stop; Timer K = T4 (unreliable) or 0.
         self._disarm(tx, "E", "F")
@@ -911,15 +914,15 @@ class TransactionLayer:
     def _nict_completed(self, tx: _ClientTx, inp: _Input, now: float) -> list[Event]:
         # Absorbs response retransmissions until Timer K fires.
         if isinstance(inp, _Fire) and inp.name == "K":
-            return self._terminate(tx, TxEvent.WAIT_OVER)
+            return self._terminate(tx, _WAIT_OVER)
         return []
 
 
 def _response_event(status: int) -> TxEvent:
     """The move a response of ``status`` makes (1xx, 2xx, 300-699)."""
     if status < 200:
-        return TxEvent.PROVISIONAL
-    return TxEvent.SUCCESS if status < 300 else TxEvent.FAILURE
+        return _1XX
+    return _2XX if status < 300 else _FAIL
 
 
 def _build_ack(request: Request, response: Response) -> Request:
