@@ -6,8 +6,10 @@ kamailio.cfg) spreads new requests over the nodes and keeps phones' NAT flows.
 Each node listens on its own SIP port (NODE_HOST:FIRST_NODE_PORT + i) and admin
 HTTP port; all use one data folder (voicemail and recordings are files there).
 Phones point at the edge; trunks at a node for now (the engine knows a trunk by
-its source address, and through the edge every source is the edge's). Ctrl-C
-(or SIGTERM) stops everything.
+its source address, and through the edge every source is the edge's). A node
+that dies leaves the others serving (the edge takes it out; a survivor ends its
+calls); the edge's exit, or the last node's, stops the rest. Ctrl-C (or SIGTERM)
+stops everything.
 
     python deploy/cluster.py [--nodes 2] [--edge 0.0.0.0:5060] [--db URL]
 """
@@ -231,11 +233,22 @@ class Cluster:
         return "\n".join(lines)
 
     def wait(self) -> str | None:
-        """Until a signal or a process's exit; the name of one that exited, if any."""
+        """Until a signal, the edge's exit or the last node's: the name of what ended
+        it (None: a signal). A node that exits is said once and the others carry on:
+        the edge takes it out, and a survivor ends its calls (docs/architecture.md)."""
+        told: set[str] = set()
+        nodes = {name for name, _, _ in self.nodes}
         while True:
             for name, proc in self.procs:
-                if proc.poll() is not None:
+                if proc.poll() is None or name in told:
+                    continue
+                told.add(name)
+                if name == "kamailio":
                     return name
+                print(f"{name} exited ({proc.returncode}); the other nodes carry on",
+                      file=sys.stderr, flush=True)
+            if nodes <= told:
+                return "every node"
             time.sleep(0.5)
 
     def stop(self) -> list[tuple[str, int]]:

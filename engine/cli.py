@@ -22,12 +22,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from provisioning.directory import DirectoryError, load_directory
-from provisioning.store import ApplyReport, Store, StoreError, open_store
+from provisioning.mediafiles import render_ivr_texts
+from provisioning.store import DEFAULT_SQLITE_NAME, ApplyReport, Store, StoreError, open_store
 from routing import parse_when
 
 if TYPE_CHECKING:
@@ -105,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "challenge and know only MD5 (SIPp 3.6) need 'MD5'")
     serve.add_argument("--node-id", default="", metavar="NAME",
                        help="this process's name among the nodes sharing the store "
-                            "(default: hostname:SIP port); see 'switchboard nodes'")
+                            "(default: hostname:SIP port; letters, digits and . _ : -): "
+                            "in the Call-IDs of the legs it makes and its calls' records; "
+                            "see 'switchboard nodes'")
     serve.add_argument("--advertise", default=None,
                        help="host or IP the engine puts in Via and Contact of the calls it "
                             "places (default: the --sip host, or 127.0.0.1 when that is 0.0.0.0)")
@@ -164,8 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check)
     check.add_argument("file")
     export = psub.add_parser("export", help="write the live directory as a directory file "
-                                            "(TOML, secrets included: keep it private)")
+                                            "(TOML); without SIP passwords and voicemail PINs "
+                                            "unless --with-secrets")
     _common(export)
+    export.add_argument("--with-secrets", action="store_true",
+                        help="write the SIP passwords, trunk passwords and voicemail PINs too "
+                             "(keep that file as private as the store)")
     export.add_argument("file", nargs="?", default="-", help="where (default: standard output)")
 
     users = sub.add_parser("users", help="web sign-in of users (the admin API)")
@@ -346,7 +353,7 @@ async def _serve(args: argparse.Namespace) -> int:
     import uvloop  # noqa: F401  (checked here so a missing install is a clear error)
 
     from engine.core import Engine
-    from engine.shell.app import ServerConfig, parse_hostport, serve
+    from engine.shell.app import NODE_ID, ServerConfig, parse_hostport, serve
     from engine.shell.connlimit import StreamLimits
 
     sip_host, sip_port = parse_hostport(args.sip, 5060)
@@ -355,6 +362,9 @@ async def _serve(args: argparse.Namespace) -> int:
                         ("--tcp-per-source", args.tcp_per_source)):
         if value < 1:
             raise ValueError(f"{flag} must be at least 1, not {value}")
+    if args.node_id and not NODE_ID.fullmatch(args.node_id):
+        raise ValueError(f"--node-id {args.node_id!r}: letters, digits and . _ : - only "
+                         "(at most 63, starting with a letter or digit); it goes in Call-IDs")
     if not args.tcp_first_message_seconds > 0:
         raise ValueError(f"--tcp-first-message-seconds must be more than 0, "
                          f"not {args.tcp_first_message_seconds}")
@@ -366,7 +376,9 @@ async def _serve(args: argparse.Namespace) -> int:
     async with _store(args) as store:
         if args.directory:
             warnings: list[str] = []
-            directory = load_directory(args.directory, warnings)
+            stored, _ = await store.load_directory_data()
+            directory = load_directory(args.directory, warnings, stored)
+            warnings += render_ivr_texts(directory, Path(args.data_dir))
             for warning in warnings:
                 structlog.get_logger("switchboard").warning("directory", warning=warning)
             report = await store.apply_directory(directory)
@@ -407,20 +419,36 @@ async def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _stored_for_check(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The store's directory, whose secrets a checked file may leave out (as apply
+    keeps them); None without a store, and check never creates one."""
+    if args.db is None and not (Path(args.data_dir) / DEFAULT_SQLITE_NAME).exists():
+        return None
+    try:
+        async with _store(args) as store:
+            stored, _ = await store.load_directory_data()
+    except StoreError as exc:
+        print(f"switchboard: warning: the file is checked alone ({exc})", file=sys.stderr)
+        return None
+    return stored
+
+
 def _print_warnings(warnings: list[str]) -> None:
     for warning in warnings:
         print(f"switchboard: warning: {warning}", file=sys.stderr)
 
 
 async def _apply(args: argparse.Namespace) -> int:
+    from provisioning.api.auth import new_audit
     from provisioning.apply import format_report
 
-    warnings: list[str] = []
-    directory = load_directory(args.file, warnings)
-    _print_warnings(warnings)
-    from provisioning.api.auth import new_audit
-
     async with _store(args) as store:
+        warnings: list[str] = []
+        # what the file leaves out of the secrets, the store keeps (an export without them)
+        stored, _ = await store.load_directory_data()
+        directory = load_directory(args.file, warnings, stored)
+        warnings += render_ivr_texts(directory, Path(args.data_dir))
+        _print_warnings(warnings)
         audit = new_audit(_cli_actor(), "cli", "provision.apply", "directory", None,
                           {"file": str(Path(args.file).resolve())})
         report = await store.apply_directory(directory, audit=audit)
@@ -580,7 +608,10 @@ async def _export(args: argparse.Namespace) -> int:
         data, revision = await store.load_directory_data()
     if data is None:
         raise LookupError("no directory in the store; run 'switchboard provision apply FILE'")
-    text = directory_toml(data, revision)
+    if args.with_secrets:
+        print("switchboard: warning: the export contains SIP passwords, trunk passwords and "
+              "voicemail PINs: keep it as private as the store", file=sys.stderr)
+    text = directory_toml(data, revision, with_secrets=args.with_secrets)
     if args.file == "-":
         sys.stdout.write(text)
     else:
@@ -723,19 +754,24 @@ async def _users_totp(args: argparse.Namespace) -> int:
 
     from provisioning.api.auth import enrol_totp, new_audit
     from provisioning.model import User
+    from provisioning.secretbox import SecretBox
 
     async with _store(args) as store:
         user = await _cli_user(store, args.extension)
         assert isinstance(user, User)
         if args.disable:
             done = await store.delete_totp(args.extension)
+            await store.delete_totp_pending(args.extension)  # and an enrolment begun
             await store.write_audit(new_audit(_cli_actor(), "cli", "auth.totp.disable",
                                               f"users/{args.extension}"))
             print(f"{args.extension}: TOTP " + ("turned off" if done else "was not on"))
             return 0
         directory = await store.load_directory()
         assert directory is not None
-        enrolment = await enrol_totp(store, user, directory.system.domain)
+        # the data dir's key (or SWITCHBOARD_SECRET_KEY), as `serve` uses: the seed is
+        # stored sealed
+        box = SecretBox.for_data_dir(Path(args.data_dir))
+        enrolment = await enrol_totp(store, box, user, directory.system.domain)
         await store.write_audit(new_audit(_cli_actor(), "cli", "auth.totp.enrol",
                                           f"users/{args.extension}"))
     qr = segno.make(enrolment.uri, error="m")
@@ -845,7 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return uvloop.run(_serve(args))
         if args.command == "provision" and args.action == "check":
             warnings: list[str] = []
-            load_directory(args.file, warnings)
+            load_directory(args.file, warnings, asyncio.run(_stored_for_check(args)))
             _print_warnings(warnings)
             print(f"{args.file}: valid")
             return 0

@@ -22,6 +22,7 @@ import structlog
 from engine.calls import Calls
 from engine.calls.events import MediaCommand, is_media_command
 from engine.calls.headers import SERVER, Local
+from engine.calls.records import bye_requests
 from engine.metrics import Metrics
 from engine.services.mwi import EVENT as MWI_EVENT
 from engine.services.mwi import MessageWaiting
@@ -53,7 +54,7 @@ from engine.sip.transaction import (
     TransactionLayer,
     TxKey,
 )
-from provisioning.model import Binding, Directory, Status
+from provisioning.model import Binding, DialogRecord, Directory, Status
 from routing import CallFacts, router_for
 
 log = structlog.get_logger("switchboard.engine")
@@ -148,6 +149,7 @@ class Engine:
         self.limiter = limiter or FailureLimiter()
         self.port = port
         self._tls_port = 0  # the TLS listener's port once it is up (serve --tls)
+        self._node_id = ""  # this process among the nodes sharing the store
         self.local_hosts = {h.lower() for h in local_hosts}
         self.wall_clock = wall_clock
         self._auth_key = auth_key or secrets.token_bytes(32)
@@ -196,8 +198,30 @@ class Engine:
         self.calls.local = self.local
 
     @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @node_id.setter
+    def node_id(self, node: str) -> None:
+        self._node_id = node
+        self.calls.local = self.local
+
+    @property
     def local(self) -> Local:
-        return Local(self.advertise, self.port, self.directory.system.domain, self._tls_port)
+        return Local(self.advertise, self.port, self.directory.system.domain, self._tls_port,
+                     self._node_id)
+
+    def end_dialogs(self, records: Sequence[DialogRecord], now: float) -> Outcome:
+        """Calls another node held and can no longer end (it died): a BYE in each of
+        their dialogs, from this node (engine.calls.records). Their answers come
+        back here and end the transactions; no call of ours is touched."""
+        events: list[object] = []
+        for record in records:
+            for bye, dest, transport in bye_requests(record, self.local):
+                _, sent = self.transactions.send_request(bye, dest, transport, now)
+                events += sent
+            self.metrics.calls_taken_over.inc()
+        return self._top(events, now).outcome()
 
     def next_wakeup(self) -> float | None:
         wakes = [w for w in (self.transactions.next_wakeup(), self.calls.next_wakeup(),
@@ -234,6 +258,13 @@ class Engine:
 
     def hangup(self, call: tuple[str, str], now: float) -> Outcome:
         return self._media(self.calls.hangup(call, now), now)
+
+    def ivr_digit(self, call: tuple[str, str], digit: str, now: float) -> Outcome:
+        """A key (RFC 4733) from the caller of an IVR menu."""
+        return self._media(self.calls.ivr_digit(call, digit, now), now)
+
+    def ivr_prompt_done(self, call: tuple[str, str], generation: int, now: float) -> Outcome:
+        return self._media(self.calls.ivr_prompt_done(call, generation, now), now)
 
     def _media(self, events: Sequence[object], now: float) -> Outcome:
         return self._top(events, now).outcome()

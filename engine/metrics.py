@@ -64,8 +64,17 @@ class Metrics:
             "switchboard_transfers", "Blind transfers (REFER) by outcome: connected, "
             "voicemail, failed (back to the transferor), dropped (the transferor had left), "
             "refused", ["outcome"], registry=r)
+        self.calls_taken_over = Counter(
+            "switchboard_calls_ended_for_dead_node", "Calls another node held, ended by "
+            "this one (a BYE to each party) after that node stopped heartbeating",
+            registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
+        self.ivr_calls = Counter(
+            "switchboard_ivr_calls", "Calls that entered an IVR menu", registry=self.registry)
+        self.ivr_outcomes = Counter(
+            "switchboard_ivr_outcomes", "How IVR menus ended: key, extension (dial by "
+            "extension), timeout, invalid, hangup", ["outcome"], registry=self.registry)
         self.calls_by_billing_group = Counter(
             "switchboard_calls_by_billing_group", "Calls routed, by the billing_group of "
             f"their number (the first {BILLING_GROUP_LABELS} groups in directory order, "
@@ -99,6 +108,26 @@ class Metrics:
         self.queue_length = Gauge(
             "switchboard_sip_queue_length", "Messages waiting in the receive queue, by class",
             ["class"], registry=r)
+        # The store (engine.shell.storelink): reachable or not, changes waiting for it.
+        self.store_up = Gauge(
+            "switchboard_store_up", "1 while the store answers, 0 while it is away (the "
+            "engine serves from memory and queues its changes)", registry=r)
+        self.store_queued_writes = Gauge(
+            "switchboard_store_queued_writes", "Changes (bindings, voicemail rows) waiting "
+            "to be written to the store", registry=r)
+        self.store_reconnects = Counter(
+            "switchboard_store_reconnects", "Times the store came back after being away",
+            registry=r)
+        self.store_reconnect_attempts = Counter(
+            "switchboard_store_reconnect_attempts", "Pings of an unreachable store "
+            "(backoff from 0.25 s to 8 s)", registry=r)
+        self.store_writes_dropped = Counter(
+            "switchboard_store_writes_dropped", "Changes never written to the store, by "
+            "reason: full (the queue at its bound), refused (the store failed the "
+            "statement itself)", ["reason"], registry=r)
+        self.asyncio_tasks = Gauge(
+            "switchboard_asyncio_tasks", "asyncio tasks alive in the engine process "
+            "(read when /metrics is served)", registry=r)
         self._shed: dict[tuple[str, str], Counter] = {}
         self._wait: dict[str, Histogram] = {}
         self._billing_groups: set[str] = set()

@@ -17,13 +17,14 @@ async def apply_file(
 ) -> ApplyReport:
     """Load and validate ``path``, then apply it to the store at ``db_url``.
 
-    Raises ``DirectoryError`` (before touching the store) when the file is
-    invalid and ``StoreError`` when the store cannot be opened; in both cases,
-    and on any failure during the apply, the store is left unchanged.
+    Raises ``DirectoryError`` when the file is invalid and ``StoreError`` when
+    the store cannot be opened; in both cases, and on any failure during the
+    apply, the store is left unchanged. Secrets the file leaves out are kept
+    from the store (:func:`provisioning.directory.keep_secrets`).
     """
-    directory = load_directory(path)
     async with open_store(db_url, data_dir, schema=schema) as store:
-        return await store.apply_directory(directory)
+        stored, _ = await store.load_directory_data()
+        return await store.apply_directory(load_directory(path, stored=stored))
 
 
 def format_report(report: ApplyReport) -> str:

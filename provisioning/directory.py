@@ -32,10 +32,12 @@ from provisioning.model import (
     CODECS,
     DEFAULT_CODECS,
     DIGITS_RE,
+    IVR_KEYS,
     LANGUAGES,
     NAME_RE,
     NUMBER_TYPES,
     PHONE_RE,
+    QUEUE_STRATEGIES,
     READ_DATETIMES,
     RECORD_CALLS,
     ROLES,
@@ -50,9 +52,11 @@ from provisioning.model import (
     DestinationError,
     Directory,
     Forwarding,
+    Ivr,
     Language,
     Number,
     NumberIndex,
+    Queue,
     RingGroup,
     RuleTargets,
     Schedule,
@@ -89,6 +93,8 @@ TABLE_KEYS: Mapping[str, str] = {
     "numbers": "number",
     "ring_groups": "name",
     "users": "extension",
+    "ivrs": "name",
+    "queues": "name",
 }
 #: Every table of the file, ``system`` first.
 TABLES: tuple[str, ...] = ("system", *TABLE_KEYS)
@@ -119,6 +125,7 @@ SYSTEM_KEYS = (
     "rtp_ports",
     "smtp",
     "admin_url",
+    "require_2fa",
 )
 TRUNK_KEYS = (
     "name",
@@ -156,6 +163,39 @@ NUMBER_KEYS = (
     "billing_group",
 )
 RING_GROUP_KEYS = ("name", "extension", "strategy", "members", "ring_seconds", "no_answer")
+IVR_TABLE_KEYS = (
+    "name",
+    "extension",
+    "prompt",
+    "text",
+    "language",
+    "keys",
+    "dial_by_extension",
+    "timeout_seconds",
+    "repeat",
+    "on_timeout",
+    "on_invalid",
+    "outside_office_hours",
+    "department",
+)
+QUEUE_KEYS = (
+    "name",
+    "extension",
+    "strategy",
+    "agents",
+    "agents_start_logged_in",
+    "ring_seconds",
+    "wrap_up_seconds",
+    "max_wait_seconds",
+    "max_callers",
+    "on_timeout",
+    "when_no_agents",
+    "hold_music",
+    "announce_position_every",
+    "service_level_seconds",
+)
+#: The longest ``text`` of an IVR rendered to speech (about a minute and a half spoken).
+IVR_TEXT_MAX = 1000
 USER_KEYS = (
     "extension",
     "name",
@@ -226,12 +266,47 @@ class DirectoryError(ValueError):
 # --------------------------------------------------------------------------- entry points
 
 
-def load_directory(path: str | Path, warnings: list[str] | None = None) -> Directory:
+#: The secrets of each table a file may leave out (an export without --with-secrets).
+KEPT_SECRETS: Mapping[str, tuple[str, ...]] = {"users": ("password", "voicemail_pin"),
+                                               "trunks": ("password",)}
+
+
+def keep_secrets(data: Mapping[str, Any], stored: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``data`` with each secret it leaves out taken from ``stored`` (the store's rows).
+
+    The rule: a user (by extension) or a trunk (by name) already in the store that
+    the file gives without ``password`` (or, for a user, without ``voicemail_pin``)
+    keeps the stored one; a file that wants a secret empty says ``= ""``. A new user
+    or trunk without its secret gets no help here: the validator names what is
+    missing. So an export without secrets applies as no change, and cannot wipe
+    the SIP passwords and PINs of a system.
+    """
+    out = dict(data)
+    if not stored:
+        return out
+    for table, keys in KEPT_SECRETS.items():
+        rows, key_name = data.get(table), TABLE_KEYS[table]
+        if not isinstance(rows, list):
+            continue
+        known = {str(r.get(key_name)): r for r in stored.get(table, []) if isinstance(r, dict)}
+        filled = []
+        for row in rows:
+            old = known.get(str(row.get(key_name))) if isinstance(row, dict) else None
+            if old is not None and isinstance(row, dict):
+                row = dict(row) | {k: old[k] for k in keys if k not in row and old.get(k)}
+            filled.append(row)
+        out[table] = filled
+    return out
+
+
+def load_directory(path: str | Path, warnings: list[str] | None = None,
+                   stored: Mapping[str, Any] | None = None) -> Directory:
     """Read, parse and validate a directory TOML file.
 
     The audio files it names (greetings, hold music) are checked against the
     file's folder (:mod:`provisioning.mediafiles`): a bad file is an error, a
-    missing one a line added to ``warnings``.
+    missing one a line added to ``warnings``. ``stored``: the store's directory
+    (its rows), whose secrets the file may leave out (:func:`keep_secrets`).
     """
     source = str(path)
     try:
@@ -249,7 +324,7 @@ def load_directory(path: str | Path, warnings: list[str] | None = None) -> Direc
         raise DirectoryError([_toml_error(source, exc)]) from None
     from provisioning.mediafiles import resolve_media_files
 
-    directory = parse_directory(data, source)
+    directory = parse_directory(keep_secrets(data, stored), source)
     resolved, errors, found = resolve_media_files(directory, source,
                                                   Path(path).resolve().parent)
     if errors:
@@ -508,20 +583,35 @@ class _Parser:
         dept_by_name = {d.name: d for d in departments}
         user_tables = root.tables("users", USER_KEYS)
         users = tuple(self.user(t, digits, dept_by_name) for t in user_tables)
+        ivr_tables = root.tables("ivrs", IVR_TABLE_KEYS)
+        ivrs = tuple(self.ivr(t, digits, dept_by_name) for t in ivr_tables)
+        queue_tables = root.tables("queues", QUEUE_KEYS)
+        queues = tuple(self.queue(t, digits) for t in queue_tables)
 
         self.unique("name", trunks, trunk_tables, lambda t: t.name)
         self.unique("name", departments, department_tables, lambda d: d.name)
         index = self.same_numbers(numbers, number_tables)
         self.unique("name", ring_groups, group_tables, lambda g: g.name)
+        self.unique("name", ivrs, ivr_tables, lambda i: i.name)
+        self.unique("name", queues, queue_tables, lambda q: q.name)
         self.trunk_sources(trunks, trunk_tables)
         if system is not None:
-            self.reserved_numbers(system, user_tables, users, group_tables, ring_groups)
+            self.reserved_numbers(system, [*user_tables, *ivr_tables, *queue_tables],
+                                  [*users, *ivrs, *queues], group_tables, ring_groups)
         users_by_ext = {u.extension: u for u in users}
         group_exts = {g.extension: g.name for g in ring_groups}
         self.ring_group_members(group_tables, ring_groups, users_by_ext)
+        self.queue_agents(queue_tables, queues, users_by_ext)
         self.caller_ids(index, numbers, department_tables, departments, user_tables, users)
         self.outbound_callers(number_tables, numbers, users_by_ext, group_exts)
-        self.references(users_by_ext, {g.name for g in ring_groups}, group_exts)
+        system_exts = {ext: what for ext, what in {
+            **{g.extension: f"ring group '{g.name}'; use 'ring_group:{g.name}'"
+               for g in ring_groups},
+            **{i.extension: f"IVR '{i.name}'; use 'ivr:{i.name}'" for i in ivrs},
+            **{q.extension: f"queue '{q.name}'; use 'queue:{q.name}'" for q in queues},
+        }.items() if ext not in users_by_ext}
+        self.references(users_by_ext, {g.name for g in ring_groups}, system_exts,
+                        {i.name for i in ivrs}, {q.name for q in queues})
         if self.errors.items or system is None:
             raise DirectoryError(self.errors.items, self.errors.fields)
         return Directory(
@@ -531,6 +621,8 @@ class _Parser:
             numbers=numbers,
             ring_groups=ring_groups,
             users=users,
+            ivrs=ivrs,
+            queues=queues,
         )
 
     # ------------------------------------------------------------------ tables
@@ -577,6 +669,7 @@ class _Parser:
             smtp=smtp,
             admin_url=t.string("admin_url", "", check=ADMIN_URL_RE.fullmatch,
                                expect="an http(s) URL like https://pbx.example.com:8443").rstrip("/"),
+            require_2fa=t.boolean("require_2fa", False),
         )
 
     def trunk(self, t: _Table) -> Trunk:
@@ -673,6 +766,86 @@ class _Parser:
             members=members,
             ring_seconds=t.integer("ring_seconds", 20, lo=1, hi=600),
             no_answer=self.destination(t, "no_answer", Destination("busy"), owner=None),
+        )
+
+    def ivr(self, t: _Table, digits: int | None, departments: Mapping[str, Department]) -> Ivr:
+        name = t.string("name", check=NAME_RE.fullmatch, expect=_NAME)
+        extension = self.extension(t, digits)
+        department = t.string("department", "")
+        dept = departments.get(department)
+        if department and dept is None:
+            t.error("department", f"unknown department '{department}'"
+                    + _suggest(department, list(departments)))
+        prompt = t.string("prompt", "")
+        text = t.string("text", "")
+        if prompt and not prompt.lower().endswith(".wav"):
+            t.error("prompt", f"'{prompt}' must be a .wav file (PCM, 8 kHz, 16-bit, mono)")
+        if prompt and text:
+            t.error("text", "give a prompt (a WAV file) or a text (rendered to speech), "
+                    "not both")
+        elif not prompt and not text.strip():
+            t.error("prompt", "missing (a WAV file, or text = \"...\" rendered to speech "
+                    "when the directory is applied)")
+        elif len(text) > IVR_TEXT_MAX:
+            t.error("text", f"at most {IVR_TEXT_MAX} characters, not {len(text)}")
+        keys: list[tuple[str, Destination]] = []
+        keys_table = t.table("keys", IVR_KEYS)
+        if keys_table is not None:
+            for key in IVR_KEYS:
+                if keys_table.has(key):
+                    keys.append((key, self.destination(keys_table, key, None, owner=None)))
+        dial = t.boolean("dial_by_extension", False)
+        if not keys and not dial:
+            t.error("keys", "the menu needs at least one key, or dial_by_extension = true")
+        outside: Destination | None = None
+        if t.has("outside_office_hours"):
+            outside = self.destination(t, "outside_office_hours", None, owner=None)
+            if not department:
+                t.error("outside_office_hours", "needs the IVR's department (whose office "
+                        "hours and holidays decide)")
+        here = Destination("ivr", name) if name else Destination("busy")
+        return Ivr(
+            name=name,
+            extension=extension,
+            keys=tuple(keys),
+            prompt=prompt,
+            text=text,
+            language=t.choice("language", LANGUAGES, dept.language if dept else "en"),
+            dial_by_extension=dial,
+            timeout_seconds=t.integer("timeout_seconds", 6, lo=1, hi=60),
+            repeat=t.integer("repeat", 1, lo=0, hi=10),
+            on_timeout=self.destination(t, "on_timeout", Destination("busy"), owner=None),
+            on_invalid=self.destination(t, "on_invalid", here, owner=None),
+            outside_office_hours=outside,
+            department=department,
+        )
+
+    def queue(self, t: _Table, digits: int | None) -> Queue:
+        name = t.string("name", check=NAME_RE.fullmatch, expect=_NAME)
+        extension = self.extension(t, digits)
+        agents = t.strings("agents", check=DIGITS_RE.fullmatch, expect="an extension (digits)")
+        if not t.has("agents"):
+            t.error("agents", "missing (required)")
+        elif not agents and isinstance(t.get("agents"), list):
+            t.error("agents", "must list at least one extension")
+        no_agents: Destination | None = None
+        if t.get("when_no_agents") != "join" and t.has("when_no_agents"):
+            no_agents = self.destination(t, "when_no_agents", None, owner=None)
+        return Queue(
+            name=name,
+            extension=extension,
+            agents=agents,
+            strategy=t.choice("strategy", QUEUE_STRATEGIES, "ring_all"),
+            agents_start_logged_in=t.boolean("agents_start_logged_in", True),
+            ring_seconds=t.integer("ring_seconds", 15, lo=1, hi=600),
+            wrap_up_seconds=t.integer("wrap_up_seconds", 10, lo=0, hi=600),
+            max_wait_seconds=t.integer("max_wait_seconds", 300, lo=1, hi=86400),
+            max_callers=t.integer("max_callers", 20, lo=1, hi=10000),
+            on_timeout=self.destination(t, "on_timeout", Destination("busy"), owner=None),
+            when_no_agents=no_agents,
+            hold_music=t.strings("hold_music", unique=False),
+            announce_position_every=t.integer("announce_position_every", 0, lo=0, hi=3600),
+            service_level_seconds=t.integer("service_level_seconds", 20, lo=1, hi=3600),
         )
 
     def user(self, t: _Table, digits: int | None, departments: Mapping[str, Department]) -> User:
@@ -1013,7 +1186,7 @@ class _Parser:
         self,
         system: System,
         user_tables: Sequence[_Table],
-        users: Sequence[User],
+        users: Sequence[User | Ivr | Queue],
         group_tables: Sequence[_Table],
         groups: Sequence[RingGroup],
     ) -> None:
@@ -1023,7 +1196,7 @@ class _Parser:
         }
         for number in system.emergency_numbers:
             reserved[number] = "system.emergency_numbers"
-        pairs: list[tuple[User | RingGroup, _Table]] = [
+        pairs: list[tuple[User | Ivr | Queue | RingGroup, _Table]] = [
             *zip(users, user_tables, strict=True),
             *zip(groups, group_tables, strict=True),
         ]
@@ -1051,11 +1224,33 @@ class _Parser:
                 else:
                     self.errors.add(where, f"unknown extension '{member}'")
 
+    def queue_agents(
+        self, tables: Sequence[_Table], queues: Sequence[Queue], users: Mapping[str, User]
+    ) -> None:
+        for queue, t in zip(queues, tables, strict=True):
+            for i, agent in enumerate(queue.agents):
+                if agent not in users:
+                    where = f"{t.at('agents')}[{i}]"
+                    first = self.extensions.get(agent)
+                    self.errors.add(where, f"'{agent}' is {first}; agents are users" if first
+                                    else f"unknown extension '{agent}'")
+
     def references(
-        self, users: Mapping[str, User], group_names: set[str], group_exts: Mapping[str, str]
+        self,
+        users: Mapping[str, User],
+        group_names: set[str],
+        system_exts: Mapping[str, str],
+        ivr_names: set[str],
+        queue_names: set[str],
     ) -> None:
         for ref in self.refs:
-            problem = _reference_problem(ref, users, group_names, group_exts)
+            problem = _reference_problem(ref, users, group_names, system_exts)
+            if not problem and ref.dest.kind == "ivr" and ref.dest.target not in ivr_names:
+                problem = f"unknown IVR '{ref.dest.target}'" + (
+                    _suggest(ref.dest.target, ivr_names) if ivr_names else " (no [[ivrs]])")
+            if not problem and ref.dest.kind == "queue" and ref.dest.target not in queue_names:
+                problem = f"unknown queue '{ref.dest.target}'" + (
+                    _suggest(ref.dest.target, queue_names) if queue_names else " (no [[queues]])")
             if problem:
                 self.errors.add(ref.path, problem)
 
@@ -1064,7 +1259,7 @@ def _reference_problem(
     ref: _DestRef,
     users: Mapping[str, User],
     group_names: set[str],
-    group_exts: Mapping[str, str],
+    system_exts: Mapping[str, str],
 ) -> str:
     dest = ref.dest
     owner = users.get(ref.owner) if ref.owner is not None else None
@@ -1081,11 +1276,8 @@ def _reference_problem(
         if box is not None and not box.voicemail.enabled:
             return f"the voicemail of {box.extension} is disabled"
     if dest.kind == "extension":
-        if dest.target in group_exts:
-            return (
-                f"'{dest.target}' is ring group '{group_exts[dest.target]}'; "
-                f"use 'ring_group:{group_exts[dest.target]}'"
-            )
+        if dest.target in system_exts:
+            return f"'{dest.target}' is {system_exts[dest.target]}"
         if dest.target not in users:
             return f"unknown extension '{dest.target}'"
         if dest.target == ref.owner:
@@ -1180,6 +1372,8 @@ def system_to_dict(s: System) -> dict[str, Any]:
         out["smtp"] = {"host": s.smtp.host, "port": s.smtp.port, "sender": s.smtp.sender}
     if s.admin_url:  # only when set: a directory without it exports as before
         out["admin_url"] = s.admin_url
+    if s.require_2fa:  # likewise
+        out["require_2fa"] = True
     return out
 
 
@@ -1240,6 +1434,46 @@ def ring_group_to_dict(g: RingGroup) -> dict[str, Any]:
         "members": list(g.members),
         "ring_seconds": g.ring_seconds,
         "no_answer": g.no_answer.to_value(),
+    }
+
+
+def ivr_to_dict(i: Ivr) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": i.name, "extension": i.extension}
+    if i.text:
+        out["text"] = i.text
+    else:
+        out["prompt"] = i.prompt
+    out.update({
+        "language": i.language,
+        "keys": {key: dest.to_value() for key, dest in i.keys},
+        "dial_by_extension": i.dial_by_extension,
+        "timeout_seconds": i.timeout_seconds,
+        "repeat": i.repeat,
+        "on_timeout": i.on_timeout.to_value(),
+        "on_invalid": i.on_invalid.to_value(),
+    })
+    if i.outside_office_hours is not None:
+        out["outside_office_hours"] = i.outside_office_hours.to_value()
+    out["department"] = i.department
+    return out
+
+
+def queue_to_dict(q: Queue) -> dict[str, Any]:
+    return {
+        "name": q.name,
+        "extension": q.extension,
+        "strategy": q.strategy,
+        "agents": list(q.agents),
+        "agents_start_logged_in": q.agents_start_logged_in,
+        "ring_seconds": q.ring_seconds,
+        "wrap_up_seconds": q.wrap_up_seconds,
+        "max_wait_seconds": q.max_wait_seconds,
+        "max_callers": q.max_callers,
+        "on_timeout": q.on_timeout.to_value(),
+        "when_no_agents": "join" if q.when_no_agents is None else q.when_no_agents.to_value(),
+        "hold_music": list(q.hold_music),
+        "announce_position_every": q.announce_position_every,
+        "service_level_seconds": q.service_level_seconds,
     }
 
 
@@ -1307,6 +1541,8 @@ _ROW_WRITERS: Mapping[str, Callable[[Any], dict[str, Any]]] = {
     "numbers": number_to_dict,
     "ring_groups": ring_group_to_dict,
     "users": user_to_dict,
+    "ivrs": ivr_to_dict,
+    "queues": queue_to_dict,
 }
 
 

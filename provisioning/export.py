@@ -5,8 +5,13 @@ every value explicit), so the export is those rows written as TOML. Applying
 the export changes nothing: it *is* the stored directory. Live statuses are
 not part of it (they are live state, like registrations), and neither are
 web passwords, second factors or API keys (they are accounts, not
-configuration). SIP passwords and voicemail PINs are: the file is a complete
-system, so keep it as private as the store.
+configuration: never exported, not even with secrets).
+
+Secrets: SIP passwords, trunk passwords and voicemail PINs are left out unless
+``with_secrets`` (``--with-secrets``). Applying a file that leaves a secret
+out keeps the stored one (:func:`provisioning.directory.keep_secrets`), so the
+export without secrets still applies as no change; a new user in it needs its
+password written in.
 """
 
 from __future__ import annotations
@@ -16,14 +21,28 @@ from typing import Any
 
 import tomli_w
 
-from provisioning.directory import TABLES
+from provisioning.directory import KEPT_SECRETS, TABLES
 
-__all__ = ["directory_toml"]
+__all__ = ["directory_toml", "without_secrets"]
 
 
-def directory_toml(data: Mapping[str, Any], revision: int = 0) -> str:
+def without_secrets(data: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for table, keys in KEPT_SECRETS.items():
+        out[table] = [{k: v for k, v in row.items() if k not in keys}
+                      for row in data.get(table, [])]
+    return out
+
+
+def directory_toml(data: Mapping[str, Any], revision: int = 0, *,
+                   with_secrets: bool = False) -> str:
+    if not with_secrets:
+        data = without_secrets(data)
     ordered = {table: data[table] for table in TABLES if data.get(table)}
+    what = ("Contains secrets (SIP and trunk passwords, voicemail PINs): keep it private."
+            if with_secrets else
+            "No secrets: applying it keeps the SIP and trunk passwords and PINs in the store.")
     head = (f"# Exported from the Switchboard store (directory revision {revision}).\n"
             "# `switchboard provision apply` of this file changes nothing; applying it later\n"
-            "# replaces what was changed since (by the admin API too). Contains secrets.\n\n")
+            f"# replaces what was changed since (by the admin API too). {what}\n\n")
     return head + tomli_w.dumps(ordered)

@@ -1,9 +1,9 @@
-"""The audio files a directory names: voicemail greetings and hold-music playlists.
+"""The audio files a directory names: voicemail greetings, IVR prompts, hold-music playlists.
 
 Checked once, when a directory *file* is loaded (``provision apply|check``,
 ``serve --directory``), relative paths taken from the file's own folder:
 
-* a file that exists is validated: a greeting must be what the admin guide
+* a file that exists is validated: a greeting (and an IVR's ``prompt``) must be what the admin guide
   says (PCM, 8 kHz, 16-bit, mono, at most 10 MB: :func:`media.wav.validate_greeting`),
   a hold-music file any integer-PCM WAV the engine can convert
   (:func:`media.wav.wav_info`). A bad file refuses the directory whole, with
@@ -25,7 +25,7 @@ from pathlib import Path
 from media.wav import WavError, validate_greeting, wav_info
 from provisioning.model import STATUSES, Directory, Forwarding, StatusRules, User
 
-__all__ = ["resolve_media_files"]
+__all__ = ["render_ivr_texts", "resolve_media_files"]
 
 
 class _Checker:
@@ -81,5 +81,28 @@ def resolve_media_files(directory: Directory, source: str,
                                                          n.hold_music))
                     for i, n in enumerate(directory.numbers))
     users = tuple(check.user(i, u) for i, u in enumerate(directory.users))
-    resolved = replace(directory, system=system, numbers=numbers, users=users)
+    # An IVR prompt is held to the greeting's rules: it is played the same way.
+    ivrs = tuple(replace(v, prompt=check.path(f"ivrs[{i}].prompt", v.prompt, greeting=True))
+                 if v.prompt else v for i, v in enumerate(directory.ivrs))
+    queues = tuple(replace(q, hold_music=check.playlist(f"queues[{i}].hold_music", q.hold_music))
+                   for i, q in enumerate(directory.queues))
+    resolved = replace(directory, system=system, numbers=numbers, users=users, ivrs=ivrs,
+                       queues=queues)
     return resolved, check.errors, check.warnings
+
+
+def render_ivr_texts(directory: Directory, data_dir: Path) -> list[str]:
+    """Speak each IVR's ``text`` to its WAV under ``data_dir`` now (``provision apply``,
+    ``serve --directory``), so that the first caller does not wait for it; what
+    cannot be rendered is a warning (the engine tries again when it plays it)."""
+    from media.prompts.render import RenderError, render_text
+
+    warnings: list[str] = []
+    for i, ivr in enumerate(directory.ivrs):
+        if not ivr.text:
+            continue
+        try:
+            render_text(data_dir, ivr.text, ivr.language)
+        except (RenderError, OSError) as exc:
+            warnings.append(f"ivrs[{i}].text: not rendered: {exc}")
+    return warnings

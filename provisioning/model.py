@@ -25,6 +25,9 @@ Role = Literal["user", "receptionist", "department_admin", "manager", "owner"]
 Transport = Literal["udp", "tcp", "tls"]
 NumberType = Literal["toll_free", "inbound_only", "bidirectional"]
 Strategy = Literal["ring_all", "hunt"]
+QueueStrategy = Literal[
+    "ring_all", "hunt", "round_robin", "longest_idle", "fewest_answered", "least_talk_time"
+]
 RecordCalls = Literal["off", "external", "all"]
 Language = Literal["fr", "en"]
 ReadDatetime = Literal["none", "ampm", "24h"]
@@ -47,6 +50,9 @@ ROLES: tuple[Role, ...] = get_args(Role)
 TRANSPORTS: tuple[Transport, ...] = get_args(Transport)
 NUMBER_TYPES: tuple[NumberType, ...] = get_args(NumberType)
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+QUEUE_STRATEGIES: tuple[QueueStrategy, ...] = get_args(QueueStrategy)
+#: The keys of a phone's keypad an IVR menu answers to (RFC 4733 events 0-11).
+IVR_KEYS: tuple[str, ...] = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "*", "#")
 RECORD_CALLS: tuple[RecordCalls, ...] = get_args(RecordCalls)
 LANGUAGES: tuple[Language, ...] = get_args(Language)
 READ_DATETIMES: tuple[ReadDatetime, ...] = get_args(ReadDatetime)
@@ -281,6 +287,9 @@ class System:
     rtp_port_max: int = 29999
     smtp: Smtp | None = None
     admin_url: str = ""  # the admin listener's public URL, for links in emails
+    # Every web sign-in needs TOTP: a user without it gets a token good for enrolling
+    # only (provisioning/api/auth.py). API keys are not people and are not concerned.
+    require_2fa: bool = False
 
     @property
     def outbound_pin_prefix(self) -> str:
@@ -443,6 +452,62 @@ class RingGroup:
     no_answer: Destination = Destination("busy")
 
 
+@dataclass(frozen=True, slots=True)
+class Ivr:
+    """A digital receptionist (``[[ivrs]]``, destination ``ivr:NAME``).
+
+    The caller is answered, hears ``prompt`` (a WAV) or ``text`` (rendered to a
+    WAV in ``language`` when the directory is applied), and presses a key of
+    ``keys`` (each a destination), or dials an extension when
+    ``dial_by_extension``. Nothing within ``timeout_seconds`` after the prompt:
+    the prompt plays again, ``repeat`` more times, then ``on_timeout``. A key
+    that leads nowhere: ``on_invalid``. ``outside_office_hours`` (``None``: not
+    used) replaces the menu outside the hours of ``department``.
+    """
+
+    name: str
+    extension: str
+    keys: tuple[tuple[str, Destination], ...] = ()  # (key, destination) in IVR_KEYS order
+    prompt: str = ""  # a WAV file; "" when ``text`` is given
+    text: str = ""
+    language: Language = "en"
+    dial_by_extension: bool = False
+    timeout_seconds: int = 6
+    repeat: int = 1
+    on_timeout: Destination = Destination("busy")
+    on_invalid: Destination = Destination("busy")
+    outside_office_hours: Destination | None = None
+    department: str = ""
+
+    def key(self, key: str) -> Destination | None:
+        """The destination of ``key`` (``None``: the key is not in the menu)."""
+        return next((dest for k, dest in self.keys if k == key), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """A call queue (``[[queues]]``, destination ``queue:NAME``).
+
+    Read and validated; the engine answers ``queue:`` destinations 480 until
+    queues are built. ``when_no_agents``: ``None`` is "join" (wait anyway).
+    """
+
+    name: str
+    extension: str
+    agents: tuple[str, ...]
+    strategy: QueueStrategy = "ring_all"
+    agents_start_logged_in: bool = True
+    ring_seconds: int = 15
+    wrap_up_seconds: int = 10
+    max_wait_seconds: int = 300
+    max_callers: int = 20
+    on_timeout: Destination = Destination("busy")
+    when_no_agents: Destination | None = None
+    hold_music: tuple[str, ...] = ()
+    announce_position_every: int = 0
+    service_level_seconds: int = 20
+
+
 # --------------------------------------------------------------------------- users
 
 
@@ -548,10 +613,15 @@ class Directory:
     numbers: tuple[Number, ...] = ()
     ring_groups: tuple[RingGroup, ...] = ()
     users: tuple[User, ...] = ()
+    ivrs: tuple[Ivr, ...] = ()
+    queues: tuple[Queue, ...] = ()
     users_by_extension: Mapping[str, User] = field(
         init=False, repr=False, compare=False, hash=False
     )
     ring_groups_by_extension: Mapping[str, RingGroup] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    ivrs_by_extension: Mapping[str, Ivr] = field(
         init=False, repr=False, compare=False, hash=False
     )
     numbers_index: NumberIndex = field(init=False, repr=False, compare=False, hash=False)
@@ -566,12 +636,21 @@ class Directory:
             "ring_groups_by_extension",
             MappingProxyType({g.extension: g for g in self.ring_groups}),
         )
+        object.__setattr__(
+            self, "ivrs_by_extension", MappingProxyType({i.extension: i for i in self.ivrs})
+        )
 
     def user(self, extension: str) -> User | None:
         return self.users_by_extension.get(extension)
 
     def ring_group(self, name: str) -> RingGroup | None:
         return next((g for g in self.ring_groups if g.name == name), None)
+
+    def ivr(self, name: str) -> Ivr | None:
+        return next((i for i in self.ivrs if i.name == name), None)
+
+    def queue(self, name: str) -> Queue | None:
+        return next((q for q in self.queues if q.name == name), None)
 
     def department(self, name: str) -> Department | None:
         return next((d for d in self.departments if d.name == name), None)
@@ -658,6 +737,37 @@ class Node:
     last_seen: float  # epoch seconds of the last heartbeat
     calls: int  # calls it holds
     registrations: int  # live bindings it holds in memory (its own and the others')
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialogLeg:
+    """One dialog of an answered call as the node holding it left it in the store:
+    enough for another node to send a BYE in it (RFC 3261 s12.2.1.1) when that node
+    dies. ``local_cseq`` is the last CSeq sent when the record was written."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_uri: str  # our From value, without its tag
+    remote_uri: str  # our To value, without its tag
+    remote_target: str  # the peer's Contact URI: the Request-URI
+    route_set: tuple[str, ...] = ()  # Route values in the order they are sent
+    local_cseq: int
+    local_contact: str = ""
+    transport: str  # udp, tcp, tls
+    peer_host: str  # where its requests went: the edge, a trunk, a phone
+    peer_port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DialogRecord:
+    """An answered call held by ``node``: its dialogs (the caller's, the callee's),
+    written behind the answer and deleted when the call ends."""
+
+    id: str  # the call: the caller's Call-ID and From tag ("call-id;from-tag")
+    node: str  # the node id holding the call
+    legs: tuple[DialogLeg, ...]
+    answered_at: float  # epoch seconds
 
 
 # --------------------------------------------------------------------------- voicemail

@@ -18,6 +18,8 @@ row every binding write locks, so revisions commit in order) and the writing
 ``node``; a deleted binding stays as a row with ``gone`` set until purged, so
 :meth:`Store.bindings_since` reports deletions as well as saves. ``nodes`` holds
 each running node's heartbeat (id, address, started, last seen, load).
+``dialogs`` holds a record per answered call (its dialogs as JSON) under the node
+that holds it; :meth:`Store.take_over` lets one survivor claim a dead node's.
 
 ``directory_rows`` holds each directory table as rows keyed by their natural
 key (``system``; trunks, departments and ring groups by name; numbers by
@@ -48,6 +50,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import logging
 import re
 import time
 import urllib.parse
@@ -75,6 +78,8 @@ from provisioning.model import (
     ApiKey,
     AuditEntry,
     Binding,
+    DialogLeg,
+    DialogRecord,
     Directory,
     Node,
     Session,
@@ -93,12 +98,15 @@ __all__ = [
     "SQLiteStore",
     "Store",
     "StoreError",
+    "Takeover",
     "UnknownExtensionError",
+    "connection_lost",
     "open_store",
 ]
 
 SCHEMA_VERSION = 3
 DEFAULT_SQLITE_NAME = "switchboard.db"
+CONNECT_SECONDS = 10.0  # opening one PostgreSQL connection
 
 Action = Literal["added", "changed", "removed", "reordered"]
 
@@ -182,6 +190,25 @@ _SCHEMA = (
         extension TEXT NOT NULL,
         created_at DOUBLE PRECISION NOT NULL,
         expires_at DOUBLE PRECISION NOT NULL)""",
+    # An enrolment begun and not yet confirmed with a code (the seed sealed, as in
+    # totp): it signs nobody in; confirming moves it to totp.
+    """CREATE TABLE IF NOT EXISTS totp_pending (
+        extension TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL)""",
+    # Failed sign-ins and reset requests, counted in the store so every node sharing
+    # it counts the same attempts (a guesser cannot spread them over the nodes).
+    # key: a SHA-256 (of "user:101", "name:<as typed>", "source:<address>"), so no
+    # identifier typed by a stranger is kept.
+    """CREATE TABLE IF NOT EXISTS rate_limits (
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        window_start DOUBLE PRECISION NOT NULL,
+        failures INTEGER NOT NULL,
+        locked_until DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (scope, key))""",
+    "CREATE INDEX IF NOT EXISTS rate_limits_expires_at ON rate_limits (expires_at)",
     """CREATE TABLE IF NOT EXISTS audit (
         id TEXT PRIMARY KEY,
         at DOUBLE PRECISION NOT NULL,
@@ -192,6 +219,16 @@ _SCHEMA = (
         before TEXT,
         after TEXT)""",
     "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
+    # Answered calls by the node holding them (DialogRecord as JSON in ``legs``):
+    # when a node dies, a survivor claims its rows (claimed_by) and ends the calls.
+    """CREATE TABLE IF NOT EXISTS dialogs (
+        id TEXT PRIMARY KEY,
+        node TEXT NOT NULL,
+        legs TEXT NOT NULL,
+        answered_at DOUBLE PRECISION NOT NULL,
+        claimed_by TEXT NOT NULL DEFAULT '',
+        claimed_at DOUBLE PRECISION NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS dialogs_node ON dialogs (node)",
 )
 
 _BINDING_COLUMNS = (
@@ -256,6 +293,18 @@ class RevisionConflict(StoreError):
         self.current = current
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot be reached right now (refused, reset,
+    shutting down or starting up, timed out), as opposed to a statement that failed:
+    the first is worth retrying the same write later, the second is not."""
+    if isinstance(exc, StoreError) and exc.__cause__ is not None:
+        return connection_lost(exc.__cause__)
+    return isinstance(exc, (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                            asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                            asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
+                            asyncpg.exceptions.ConnectionDoesNotExistError))
+
+
 class UnknownExtensionError(StoreError, LookupError):
     """No user has this extension in the stored directory."""
 
@@ -274,6 +323,15 @@ class BindingChanges:
     revision: int
     saved: tuple[Binding, ...] = ()
     deleted: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """What one survivor claimed (:meth:`Store.take_over`): the dead nodes whose rows
+    it removed, and the dialog records of calls nobody holds any more."""
+
+    dead: tuple[str, ...]
+    records: tuple[DialogRecord, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +391,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the connection(s); safe to call twice."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """One round trip to the database (``SELECT 1``): raises when it is unreachable
+        (:func:`connection_lost` tells that from other errors)."""
+
+    async def reset_connections(self) -> None:  # noqa: B027 (a no-op unless pooled)
+        """Drop the connections held, so that the next statement opens new ones: after
+        the database was restarted, each pooled connection would fail once first."""
 
     @abc.abstractmethod
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
@@ -431,6 +498,49 @@ class Store(abc.ABC):
         """Spend one recovery code; False when it is not (or no longer) there."""
 
     @abc.abstractmethod
+    async def all_totp(self) -> list[TotpRecord]:
+        """Every enrolment (to seal seeds stored before they were sealed)."""
+
+    @abc.abstractmethod
+    async def set_totp_secret(self, extension: str, old: str, new: str) -> bool:
+        """Replace the stored form of a seed (the same seed, sealed), unless it changed
+        since it was read as ``old`` (a new enrolment meanwhile)."""
+
+    @abc.abstractmethod
+    async def set_totp_pending(self, extension: str, secret: str, now: float) -> None:
+        """Begin (or begin again) an enrolment: the seed waits for a first code."""
+
+    @abc.abstractmethod
+    async def totp_pending(self, extension: str) -> tuple[str, float] | None:
+        """``(seed as stored, created_at)`` of an enrolment begun, if any."""
+
+    @abc.abstractmethod
+    async def delete_totp_pending(self, extension: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def confirm_totp(self, record: TotpRecord) -> bool:
+        """Make a begun enrolment the user's TOTP (replacing any earlier one) and drop
+        the pending one, in one transaction; False when nothing was pending."""
+
+    # ------------------------------------------------------------------ attempt limits
+
+    @abc.abstractmethod
+    async def attempts_locked(self, scope: str, keys: Sequence[str],
+                              now: float) -> dict[str, float]:
+        """``key -> locked_until`` for each of ``keys`` locked at ``now``."""
+
+    @abc.abstractmethod
+    async def attempt_failed(self, scope: str, key: str, *, limit: int, window: float,
+                             lock_seconds: float, now: float) -> bool:
+        """Count a failure of ``key``: ``limit`` failures within ``window`` seconds of the
+        first lock it for ``lock_seconds``. True when this failure locked it. One
+        transaction, so nodes counting at once lose no failure."""
+
+    @abc.abstractmethod
+    async def attempts_cleared(self, scope: str, key: str) -> None:
+        """Forget the failures of ``key`` (a success)."""
+
+    @abc.abstractmethod
     async def write_audit(self, entry: AuditEntry) -> None: ...
 
     @abc.abstractmethod
@@ -513,6 +623,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def remove_node(self, node_id: str) -> bool:
         """Drop a node's row (it stopped); True if there was one."""
+
+    @abc.abstractmethod
+    async def write_dialogs(self, saved: Sequence[DialogRecord],
+                            ended: Sequence[str] = ()) -> None:
+        """Upsert ``saved`` and delete the records whose id is in ``ended``, in one
+        transaction (the engine's write-behind batches them)."""
+
+    @abc.abstractmethod
+    async def load_dialogs(self, node: str | None = None) -> list[DialogRecord]:
+        """The dialog records (of ``node`` only, when given), by id."""
+
+    @abc.abstractmethod
+    async def take_over(self, claimer: str, stale_before: float, now: float,
+                        reclaim_before: float) -> Takeover:
+        """One atomic claim by the node ``claimer``: remove the rows of nodes whose
+        heartbeat is older than ``stale_before`` (those are dead), then claim the
+        dialog records of every node that has no row (UPDATE ... SET claimed_by):
+        unclaimed ones, and ones claimed before ``reclaim_before`` (their claimer
+        died before ending them). Two survivors running this at once split nothing:
+        each record, and each dead node, goes to one of them."""
+
+    @abc.abstractmethod
+    async def claim_own_dialogs(self, node: str, now: float) -> list[DialogRecord]:
+        """At a node's start: the unclaimed records it left in a previous run (it
+        died and came back before anyone noticed), claimed by itself."""
 
     async def save_binding(self, binding: Binding) -> None:
         """Insert or replace the binding of (``aor``, ``contact``)."""
@@ -649,6 +784,10 @@ class _SQLStore(Store):
     def _transaction(self) -> AbstractAsyncContextManager[_Tx]:
         """A transaction; commits on normal exit, rolls back on an exception."""
 
+    async def ping(self) -> None:
+        async with self._transaction() as tx:
+            await tx.fetch("SELECT 1")
+
     async def _lock_for_apply(self, tx: _Tx) -> None:
         """Serialise concurrent applies (no-op where the transaction already does)."""
 
@@ -736,7 +875,7 @@ class _SQLStore(Store):
                     # an extension created again later must not inherit the old
                     # person's web password, second factor or open sessions
                     for account_table in ("web_credentials", "sessions", "totp",
-                                          "reset_tokens"):
+                                          "totp_pending", "reset_tokens"):
                         await tx.execute(
                             f"DELETE FROM {account_table} WHERE extension = $1", key)
             await tx.execute(
@@ -997,6 +1136,99 @@ class _SQLStore(Store):
                              extension, json.dumps(codes))
         return True
 
+    async def all_totp(self) -> list[TotpRecord]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT extension FROM totp ORDER BY extension")
+        found = [await self.totp(str(row[0])) for row in rows]
+        return [r for r in found if r is not None]
+
+    async def set_totp_secret(self, extension: str, old: str, new: str) -> bool:
+        async with self._transaction() as tx:
+            done = await tx.fetch("UPDATE totp SET secret = $3 WHERE extension = $1 "
+                                  "AND secret = $2 RETURNING extension", extension, old, new)
+        return bool(done)
+
+    async def set_totp_pending(self, extension: str, secret: str, now: float) -> None:
+        async with self._transaction() as tx:
+            await tx.execute(
+                "INSERT INTO totp_pending (extension, secret, created_at) VALUES ($1, $2, $3) "
+                "ON CONFLICT (extension) DO UPDATE SET secret = excluded.secret, "
+                "created_at = excluded.created_at", extension, secret, float(now))
+
+    async def totp_pending(self, extension: str) -> tuple[str, float] | None:
+        async with self._transaction() as tx:
+            rows = await tx.fetch("SELECT secret, created_at FROM totp_pending "
+                                  "WHERE extension = $1", extension)
+        return (str(rows[0][0]), float(rows[0][1])) if rows else None
+
+    async def delete_totp_pending(self, extension: str) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch("DELETE FROM totp_pending WHERE extension = $1 "
+                                  "RETURNING extension", extension)
+        return bool(gone)
+
+    async def confirm_totp(self, record: TotpRecord) -> bool:
+        async with self._transaction() as tx:
+            gone = await tx.fetch("DELETE FROM totp_pending WHERE extension = $1 "
+                                  "RETURNING extension", record.extension)
+            if not gone:
+                return False
+            await tx.execute(
+                "INSERT INTO totp (extension, secret, recovery, last_counter, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (extension) DO UPDATE SET "
+                "secret = excluded.secret, recovery = excluded.recovery, "
+                "last_counter = excluded.last_counter, created_at = excluded.created_at",
+                record.extension, record.secret, json.dumps(list(record.recovery_hashes)),
+                record.last_counter, float(record.created_at))
+        return True
+
+    async def attempts_locked(self, scope: str, keys: Sequence[str],
+                              now: float) -> dict[str, float]:
+        out: dict[str, float] = {}
+        async with self._transaction() as tx:
+            for key in keys:
+                rows = await tx.fetch("SELECT locked_until FROM rate_limits WHERE scope = $1 "
+                                      "AND key = $2 AND locked_until > $3", scope, key,
+                                      float(now))
+                if rows:
+                    out[key] = float(rows[0][0])
+        return out
+
+    async def attempt_failed(self, scope: str, key: str, *, limit: int, window: float,
+                             lock_seconds: float, now: float) -> bool:
+        now = float(now)
+        async with self._transaction() as tx:
+            await tx.execute("DELETE FROM rate_limits WHERE expires_at <= $1", now)
+            await tx.execute(
+                "INSERT INTO rate_limits (scope, key, window_start, failures, locked_until, "
+                "expires_at) VALUES ($1, $2, $3, 0, 0, $4) ON CONFLICT (scope, key) DO NOTHING",
+                scope, key, now, now + window)
+            # the row is locked until the end of the transaction (SQLite: the whole
+            # database is, from BEGIN IMMEDIATE): concurrent failures count one by one
+            rows = await tx.fetch("SELECT window_start, failures, locked_until FROM rate_limits "
+                                  "WHERE scope = $1 AND key = $2" + self._for_update,
+                                  scope, key)
+            start, failures, locked_until = float(rows[0][0]), int(rows[0][1]), \
+                float(rows[0][2])
+            if locked_until > now:
+                return False  # already locked: the lock is not stretched
+            if now - start >= window:
+                start, failures = now, 0
+            failures += 1
+            locked = failures >= limit
+            if locked:
+                start, failures, locked_until = now, 0, now + lock_seconds
+            await tx.execute(
+                "UPDATE rate_limits SET window_start = $3, failures = $4, locked_until = $5, "
+                "expires_at = $6 WHERE scope = $1 AND key = $2", scope, key, start, failures,
+                locked_until, max(start + window, locked_until))
+        return locked
+
+    async def attempts_cleared(self, scope: str, key: str) -> None:
+        async with self._transaction() as tx:
+            await tx.execute("DELETE FROM rate_limits WHERE scope = $1 AND key = $2",
+                             scope, key)
+
     async def write_audit(self, entry: AuditEntry) -> None:
         async with self._transaction() as tx:
             await _insert_audit(tx, entry)
@@ -1156,6 +1388,59 @@ class _SQLStore(Store):
             gone = await tx.fetch("DELETE FROM nodes WHERE id = $1 RETURNING id", node_id)
         return bool(gone)
 
+    # ------------------------------------------------------------------ dialogs
+
+    async def write_dialogs(self, saved: Sequence[DialogRecord],
+                            ended: Sequence[str] = ()) -> None:
+        for record in saved:
+            if not record.id or not record.node:
+                raise ValueError("a dialog record needs an id and a node")
+        if not saved and not ended:
+            return
+        async with self._transaction() as tx:
+            if ended:
+                await tx.executemany("DELETE FROM dialogs WHERE id = $1",
+                                     [(i,) for i in ended])
+            if saved:
+                await tx.executemany(
+                    "INSERT INTO dialogs (id, node, legs, answered_at, claimed_by, claimed_at) "
+                    "VALUES ($1, $2, $3, $4, '', 0) ON CONFLICT (id) DO UPDATE SET "
+                    "node = excluded.node, legs = excluded.legs, "
+                    "answered_at = excluded.answered_at, claimed_by = '', claimed_at = 0",
+                    [(r.id, r.node, _legs_json(r.legs), float(r.answered_at)) for r in saved])
+
+    async def load_dialogs(self, node: str | None = None) -> list[DialogRecord]:
+        async with self._transaction() as tx:
+            if node is None:
+                rows = await tx.fetch(f"SELECT {_DIALOG_COLUMNS} FROM dialogs ORDER BY id")
+            else:
+                rows = await tx.fetch(f"SELECT {_DIALOG_COLUMNS} FROM dialogs WHERE node = $1 "
+                                      "ORDER BY id", node)
+        return [_dialog_record(row) for row in rows]
+
+    async def take_over(self, claimer: str, stale_before: float, now: float,
+                        reclaim_before: float) -> Takeover:
+        async with self._transaction() as tx:
+            # The DELETE locks each stale row: a second survivor's DELETE waits, then
+            # finds it gone. The UPDATE then re-checks claimed_by row by row.
+            dead = await tx.fetch("DELETE FROM nodes WHERE last_seen < $1 AND id <> $2 "
+                                  "RETURNING id", float(stale_before), claimer)
+            rows = await tx.fetch(
+                "UPDATE dialogs SET claimed_by = $1, claimed_at = $2 "
+                "WHERE node <> $1 AND node NOT IN (SELECT id FROM nodes) "
+                "AND (claimed_by = '' OR claimed_at < $3) "
+                f"RETURNING {_DIALOG_COLUMNS}", claimer, float(now), float(reclaim_before))
+        return Takeover(tuple(sorted(str(d[0]) for d in dead)),
+                        tuple(sorted((_dialog_record(r) for r in rows), key=lambda r: r.id)))
+
+    async def claim_own_dialogs(self, node: str, now: float) -> list[DialogRecord]:
+        async with self._transaction() as tx:
+            rows = await tx.fetch(
+                "UPDATE dialogs SET claimed_by = $1, claimed_at = $2 "
+                f"WHERE node = $1 AND claimed_by = '' RETURNING {_DIALOG_COLUMNS}",
+                node, float(now))
+        return sorted((_dialog_record(r) for r in rows), key=lambda r: r.id)
+
 
 _API_KEY_COLUMNS = "id, name, role, department, secret_hash, created_at, revoked_at"
 
@@ -1172,6 +1457,35 @@ def _voicemail(row: tuple[Any, ...]) -> VoicemailMessage:
     id_, box, caller, when, duration, path, is_read = row
     return VoicemailMessage(id=str(id_), box=str(box), caller=str(caller), time=float(when),
                             duration=float(duration), path=str(path), read=bool(is_read))
+
+
+_DIALOG_COLUMNS = "id, node, legs, answered_at"
+
+
+def _legs_json(legs: Sequence[DialogLeg]) -> str:
+    return json.dumps([{
+        "call_id": g.call_id, "local_tag": g.local_tag, "remote_tag": g.remote_tag,
+        "local_uri": g.local_uri, "remote_uri": g.remote_uri,
+        "remote_target": g.remote_target, "route_set": list(g.route_set),
+        "local_cseq": g.local_cseq, "local_contact": g.local_contact,
+        "transport": g.transport, "peer_host": g.peer_host, "peer_port": g.peer_port,
+    } for g in legs], sort_keys=True)
+
+
+def _dialog_record(row: tuple[Any, ...]) -> DialogRecord:
+    record_id, node, legs, answered_at = row
+    return DialogRecord(id=str(record_id), node=str(node), answered_at=float(answered_at),
+                        legs=tuple(DialogLeg(
+                            call_id=str(g["call_id"]), local_tag=str(g["local_tag"]),
+                            remote_tag=str(g["remote_tag"]), local_uri=str(g["local_uri"]),
+                            remote_uri=str(g["remote_uri"]),
+                            remote_target=str(g["remote_target"]),
+                            route_set=tuple(str(r) for r in g["route_set"]),
+                            local_cseq=int(g["local_cseq"]),
+                            local_contact=str(g["local_contact"]),
+                            transport=str(g["transport"]), peer_host=str(g["peer_host"]),
+                            peer_port=int(g["peer_port"]))
+                            for g in json.loads(str(legs))))
 
 
 def _binding(row: tuple[Any, ...]) -> Binding:
@@ -1303,6 +1617,13 @@ class _PostgresTx:
         return [tuple(row.values()) for row in rows]
 
 
+# asyncpg's pool keeps its minimum size by reconnecting on its own, and warns with a
+# traceback at every failed try: while the database is away that is a traceback
+# every few seconds. The engine says once that the store went and once that it is
+# back (engine/shell/storelink.py); the pool's errors proper still show.
+logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
+
+
 class PostgresStore(_SQLStore):
     """PostgreSQL through an asyncpg pool.
 
@@ -1354,6 +1675,10 @@ class PostgresStore(_SQLStore):
                 min_size=self.min_connections,
                 max_size=self.max_connections,
                 server_settings=dict(settings),
+                # A new connection (the pool's, or one replacing a dead one) gives up
+                # after this long rather than asyncpg's 60 s: a node whose store went
+                # away learns it, and retries, on its own schedule.
+                timeout=CONNECT_SECONDS,
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {_redact(self.url)}: {exc}") from exc
@@ -1369,6 +1694,12 @@ class PostgresStore(_SQLStore):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    async def reset_connections(self) -> None:
+        # Each pooled connection is replaced at its next use: after a restart of the
+        # server they are all dead, and each would otherwise fail one statement first.
+        if self._pool is not None:
+            await self._pool.expire_connections()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[_Tx]:

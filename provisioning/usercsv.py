@@ -17,6 +17,13 @@ Secrets: an export never carries the SIP password (``AuthPassword``) or the
 voicemail PIN (``PIN``): those columns are written empty, and an empty cell on
 import leaves the stored value as it is, so an export imported back changes
 nothing. An import that fills them sets them.
+
+Formula injection: a spreadsheet runs a cell that begins with ``=``, ``+``, ``-`` or
+``@`` (or a tab or carriage return before one) as a formula, so a name or caller ID
+typed as ``=HYPERLINK(...)`` would run on the admin's machine when the export is
+opened. The export writes such a cell with one ``'`` in front (what spreadsheets
+show as text), and the import takes exactly that one ``'`` off again, and only
+before those characters: an export imported back changes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +34,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["COLUMNS", "CsvRow", "export_csv", "parse_csv", "row_label"]
+__all__ = ["COLUMNS", "CsvRow", "export_csv", "neutralise", "parse_csv", "restore", "row_label"]
+
+#: What makes a spreadsheet read a cell as a formula (OWASP's CSV injection list).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(cell: str) -> str:
+    """A cell a spreadsheet reads as text: ``'`` before a formula's first character."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell
+
+
+def restore(cell: str) -> str:
+    """Undo :func:`neutralise` exactly: one ``'`` off, only before a formula character."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_START) else cell
 
 
 def _bool(text: str) -> bool:
@@ -147,7 +167,8 @@ def parse_csv(text: str) -> tuple[list[CsvRow], list[str], list[tuple[str, str]]
         if len(record) > len(header):
             errors.append((f"row {line}", f"{len(record)} cells for {len(header)} columns"))
             continue
-        cells = {h: record[i] if i < len(record) else "" for i, h in enumerate(header)}
+        cells = {h: restore(record[i]) if i < len(record) else ""
+                 for i, h in enumerate(header)}
         extension = cells.get("Number", "").strip()
         if not extension:
             errors.append((row_label(line, "Number"), "empty: every row needs an extension"))
@@ -205,5 +226,5 @@ def export_csv(users: Sequence[Mapping[str, Any]]) -> str:
                 cells.append("")
             else:
                 cells.append(column.write(value))
-        writer.writerow(cells)
+        writer.writerow([neutralise(c) for c in cells])
     return out.getvalue()

@@ -6,7 +6,7 @@ Assumptions, since a what-if has no live state:
 
 * a caller that is a user's extension makes a phone call; anything else is
   an external call arriving on the first trunk of the directory;
-* an external caller whose callee is an extension (a user or a ring group)
+* an external caller whose callee is an extension (a user, a ring group, an IVR)
   rather than one of our numbers is routed as if a DID pointed straight at
   it (external rules), so one can ask about a user without knowing a DID;
 * ``status`` forces the status of the callee user (the dialled extension,
@@ -34,6 +34,7 @@ from routing.steps import (
     Diversion,
     External,
     Identity,
+    Ivr,
     LiveState,
     MailboxAccess,
     Plan,
@@ -137,6 +138,23 @@ def step_to_json(index: int, step: Step) -> dict[str, Any]:
         )
     elif isinstance(step, MailboxAccess):
         out.update(type="mailbox_access", box=step.box, reason=step.reason)
+    elif isinstance(step, Ivr):
+        out.update(
+            type="ivr",
+            name=step.name,
+            extension=step.extension,
+            prompt=step.prompt or None,
+            text=step.text or None,
+            language=step.language,
+            keys={k: str(d) for k, d in step.keys},
+            dial_by_extension=step.dial_by_extension,
+            timeout_seconds=step.timeout_seconds,
+            repeat=step.repeat,
+            on_timeout=str(step.on_timeout),
+            on_invalid=str(step.on_invalid),
+            reason=step.reason,
+            diversion=_diversion_to_json(step.diversion),
+        )
     elif isinstance(step, Busy):
         out.update(type="busy", status=486, reason=step.reason)
     else:
@@ -204,6 +222,9 @@ def _step_text(step: Step) -> str:
         return f"voicemail of {step.box} (greeting {step.greeting})"
     if isinstance(step, MailboxAccess):
         return f"mailbox of {step.box}"
+    if isinstance(step, Ivr):
+        spoken = f"prompt {step.prompt}" if step.prompt else f"text ({step.language})"
+        return f"IVR {step.name} ({step.extension}): answer, play the {spoken}"
     if isinstance(step, Busy):
         return "busy (486)"
     return f"reject {step.status} {step.text}"
@@ -249,6 +270,14 @@ def render_text(plan: Plan) -> str:
                     )
                 )
             )
+        if isinstance(step, Ivr):
+            for key, dest in step.keys:
+                lines.append(f"   key {key} -> {dest}")
+            if step.dial_by_extension:
+                lines.append("   digits -> the extension dialled (users, ring groups, IVRs)")
+            lines.append(f"   no key within {step.timeout_seconds} s, prompt played "
+                         f"{step.repeat + 1} time(s) -> {step.on_timeout}")
+            lines.append(f"   invalid key or extension -> {step.on_invalid}")
         chain = getattr(step, "diversion", ())
         if chain:
             lines.append(
@@ -294,6 +323,8 @@ def explain(
             callee_user = callee
         elif callee in directory.ring_groups_by_extension:
             route_to = Destination("ring_group", directory.ring_groups_by_extension[callee].name)
+        elif callee in directory.ivrs_by_extension:
+            route_to = Destination("ivr", directory.ivrs_by_extension[callee].name)
     state = LiveState(
         statuses={callee_user: status} if status is not None and callee_user else {},
         registered=frozenset(users) if registered is None else registered,

@@ -107,6 +107,17 @@ Where the directory contract (``shared/spec/directory.toml``) is silent:
 * **Loops and the hop cap** (``MAX_FORWARD_HOPS = 5`` extension or ring group
   forwards): the step becomes the voicemail of the first user who forwarded
   the call (Busy when disabled or when no user forwarded it).
+* **IVRs** (``ivr:NAME``): an :class:`~routing.steps.Ivr` step, terminal: the
+  caller's key decides what follows, and :meth:`Router.choose` compiles that
+  destination then, as a plan of its own for the same call (the caller, its
+  identity and its rights stay those of the call; a key to an external
+  number goes out like a DID's ``route_to``). Outside the hours of the IVR's
+  department (a holiday, or office hours defined and not containing the
+  local time, the users' rule), ``outside_office_hours`` replaces the menu
+  when set. An IVR entered again on one path (``outside_office_hours`` of
+  two IVRs pointing at each other) stops like a forward loop. Dial by
+  extension reaches users, ring groups and IVRs (:meth:`Router.dialled`).
+  Queues (``queue:NAME``) answer 480 until they are built.
 * **Hand-built directories** (no validation): an unknown extension is 404, a
   ``mobile`` destination of a user without a mobile goes to that user's
   voicemail, an unknown mailbox is Busy.
@@ -134,6 +145,7 @@ from provisioning.model import (
     User,
     WeeklyHours,
 )
+from provisioning.model import Ivr as IvrTable
 from routing.steps import (
     Busy,
     CallFacts,
@@ -143,6 +155,7 @@ from routing.steps import (
     DiversionReason,
     External,
     Identity,
+    Ivr,
     LiveState,
     MailboxAccess,
     Plan,
@@ -222,6 +235,8 @@ class Router:
         "_devices",
         "_groups",
         "_holidays",
+        "_ivrs",
+        "_prefixes",
         "_trunks",
         "_zones",
         "directory",
@@ -230,6 +245,8 @@ class Router:
     def __init__(self, directory: Directory) -> None:
         self.directory = directory
         self._groups: dict[str, RingGroup] = {g.name: g for g in directory.ring_groups}
+        self._ivrs: dict[str, IvrTable] = {i.name: i for i in directory.ivrs}
+        self._prefixes: frozenset[str] | None = None
         self._departments: dict[str, Department] = {d.name: d for d in directory.departments}
         self._trunks: dict[str, Trunk] = {t.name: t for t in directory.trunks}
         self._caller_ids: dict[str, Identity] = {}
@@ -255,8 +272,47 @@ class Router:
         found = self._devices.get(extension)
         return found if found is not None else Device(extension)
 
+    def ivr(self, name: str) -> IvrTable | None:
+        return self._ivrs.get(name)
+
+    def dialled(self, digits: str) -> Destination | None:
+        """What an IVR caller dialling ``digits`` (dial by extension) reaches: a user,
+        a ring group or an IVR by its extension; ``None``: nothing (queues wait for
+        their build)."""
+        d = self.directory
+        if digits in d.users_by_extension:
+            return Destination("extension", digits)
+        group = d.ring_groups_by_extension.get(digits)
+        if group is not None:
+            return Destination("ring_group", group.name)
+        ivr = d.ivrs_by_extension.get(digits)
+        return Destination("ivr", ivr.name) if ivr is not None else None
+
+    def extension_prefixes(self) -> frozenset[str]:
+        """Every leading part of a dialable extension (users, ring groups, IVRs): an
+        IVR waits for more digits while what was typed is one of these."""
+        found = self._prefixes
+        if found is None:
+            d = self.directory
+            exts = [*d.users_by_extension, *d.ring_groups_by_extension, *d.ivrs_by_extension]
+            found = frozenset(e[:n] for e in exts for n in range(1, len(e)))
+            self._prefixes = found
+        return found
+
     def ring_group(self, name: str) -> RingGroup | None:
         return self._groups.get(name)
+
+    def department_outside(self, name: str, clock: _Clock) -> str:
+        """Why department ``name`` is outside its office hours at the clock's time
+        (``"holiday"``, ``"outside office hours"``), ``""`` inside (or no hours
+        defined: never outside, as for users)."""
+        if clock.holiday(name):
+            return f"a holiday of {name}"
+        dept = self.department(name)
+        if dept is not None and dept.office_hours is not None and \
+                not clock.inside(name, dept.office_hours):
+            return f"outside the office hours of {name}"
+        return ""
 
     def department(self, name: str) -> Department | None:
         return self._departments.get(name)
@@ -393,6 +449,19 @@ class Router:
         """
         builder = _Builder(self, call, state)
         root = builder.phone() if call.source == "phone" else builder.trunk_call(route_to)
+        return self._finish(builder, root)
+
+    def choose(self, call: CallFacts, dest: Destination, why: str,
+               state: LiveState = _EMPTY_STATE) -> Plan:
+        """The plan of ``call`` from ``dest`` on: what an IVR's caller chose (a key,
+        an extension dialled, no key, an invalid key), ``why`` saying which. The
+        caller is who called (a phone's own devices are not rung, its identity is
+        presented), the rules of ``dest`` apply as to any call reaching it."""
+        builder = _Builder(self, call, state)
+        return self._finish(builder, builder.resume(dest, why))
+
+    def _finish(self, builder: _Builder, root: int | None) -> Plan:
+        call = builder.call
         if root is None:
             if builder.steps:  # pragma: no cover - compile invariant
                 raise AssertionError("routing emitted steps but returned no entry")
@@ -524,6 +593,18 @@ class _Path:
             self.groups,
         )
 
+    def enter(self, key: str) -> _Path:
+        """An IVR (``ivr:NAME``) is entered on this path."""
+        return _Path(
+            self.external,
+            self.chain,
+            self.users,
+            self.first_user,
+            self.rung,
+            self.hops,
+            self.groups | {key},
+        )
+
     def hop(self) -> _Path:
         return _Path(
             self.external,
@@ -646,6 +727,30 @@ class _Builder:
             self.callee_extension = route_to.target
         return self.follow(route_to, None, path, why, hop=False)
 
+    def resume(self, dest: Destination, why: str) -> int | None:
+        """The call goes on to ``dest`` (an IVR's choice): the caller's identity and
+        path as at the start of the call, then ``dest``."""
+        call = self.call
+        if call.source == "trunk":
+            self.caller_id, self.caller_name = call.caller, call.caller_name
+            self.privacy = call.caller.strip().lower() in ("", "anonymous")
+            number = self.router.number_for(call.callee)
+            self.identity = Identity(call.caller, call.caller_name, self.privacy,
+                                     "the trunk caller",
+                                     billing_group=number.billing_group if number else "")
+            path = _Path(external=True)
+        else:
+            user = self.directory.users_by_extension.get(call.caller)
+            if user is not None:
+                self.identity = self.router.caller_identity(user, call.preferred_identity)
+            self.caller_id, self.caller_name = self.identity.caller_id, self.identity.name
+            self.privacy = self.identity.privacy
+            path = _Path(external=False, users=frozenset((call.caller,)),
+                         rung=frozenset((call.caller,)))
+        if dest.kind == "extension":
+            self.callee_extension = dest.target
+        return self.follow(dest, None, path, why, hop=False)
+
     def phone(self) -> int | None:
         call, d = self.call, self.directory
         user = d.users_by_extension.get(call.caller)
@@ -718,6 +823,16 @@ class _Builder:
                 f"internal call from {user.extension} to ring group {group.name} "
                 f"({group.extension})",
             )
+        ivr = d.ivrs_by_extension.get(dialled)
+        if ivr is not None:
+            return self.follow(Destination("ivr", ivr.name), None, path,
+                               f"internal call from {user.extension} to IVR {ivr.name} "
+                               f"({ivr.extension})", hop=False)
+        queue = next((q for q in d.queues if q.extension == dialled), None)
+        if queue is not None:
+            return self.follow(Destination("queue", queue.name), None, path,
+                               f"internal call from {user.extension} to queue {queue.name} "
+                               f"({queue.extension})", hop=False)
         if PHONE_RE.fullmatch(dialled):
             return self.outbound(user, dialled, pin_ok)
         return self.emit(
@@ -840,15 +955,46 @@ class _Builder:
             return self.external(owner.mobile, dest, owner, path, why, owner.extension)
         if kind == "external":
             return self.external(dest.target, dest, owner, path, why, "")
-        if kind in ("queue", "ivr"):
+        if kind == "ivr":
+            return self.ivr(dest.target, path, why)
+        if kind == "queue":
             return self.emit(
-                Reject(480, "Not Available In This Build", f"{why}: {kind}s are not available "
+                Reject(480, "Not Available In This Build", f"{why}: queues are not available "
                        "in this build")
             )
         if kind == "busy":
             return self.emit(Busy(why))
         # same_as_external is resolved by RuleTargets.for_caller; elsewhere it is invalid
         return self.emit(Reject(404, "Not Found", f"{why}: {dest} is not a destination here"))
+
+    def ivr(self, name: str, path: _Path, why: str) -> int | None:
+        ivr = self.router.ivr(name)
+        if ivr is None:
+            return self.emit(Reject(404, "Not Found", f"{why}: no IVR named {name!r}"))
+        label = f"ivr {ivr.name} ({ivr.extension})"
+        key = f"ivr:{ivr.name}"  # ring group names have no ':', so no clash in path.groups
+        if key in path.groups:
+            return self.stop(path, f"{why}: loop ({label} already entered on this path)")
+        path = path.enter(key)
+        outside = ""
+        if ivr.outside_office_hours is not None and ivr.department:
+            outside = self.router.department_outside(ivr.department, self.clock)
+        if outside and ivr.outside_office_hours is not None:
+            dest = ivr.outside_office_hours
+            return self.follow(dest, None, path, f"{why}; {label}: {outside}: "
+                               f"outside_office_hours -> {_describe(dest)}", hop=False)
+        keys = ", ".join(f"{k} -> {_describe(d)}" for k, d in ivr.keys) or "none"
+        dial = "; dial by extension" if ivr.dial_by_extension else ""
+        hours = (f"; inside the hours of {ivr.department}" if ivr.outside_office_hours
+                 is not None else "")
+        return self.emit(Ivr(
+            ivr.name, ivr.extension, ivr.prompt, ivr.text, ivr.language, ivr.keys,
+            ivr.dial_by_extension, ivr.timeout_seconds, ivr.repeat, ivr.on_timeout,
+            ivr.on_invalid,
+            f"{why}; {label}{hours}: keys {keys}{dial}; no key in {ivr.timeout_seconds} s "
+            f"(prompt {ivr.repeat + 1}x) -> {_describe(ivr.on_timeout)}; invalid -> "
+            f"{_describe(ivr.on_invalid)}",
+            path.chain))
 
     def stop(self, path: _Path, why: str) -> int:
         """A loop or too many hops: the first forwarding user's voicemail, else busy."""

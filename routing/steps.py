@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from provisioning.model import Status
+from provisioning.model import Destination, Language, Status
 
 __all__ = [
     "Busy",
@@ -29,6 +29,7 @@ __all__ = [
     "DiversionReason",
     "External",
     "Identity",
+    "Ivr",
     "LiveState",
     "MailboxAccess",
     "Plan",
@@ -231,6 +232,35 @@ class MailboxAccess:
 
 
 @dataclass(frozen=True, slots=True)
+class Ivr:
+    """The engine answers and plays the menu of IVR ``name``; the caller's key (or
+    an extension dialled, with ``dial_by_extension``) picks a destination, which
+    routing compiles then (:meth:`routing.Router.choose`) as the call goes on.
+    ``prompt`` is a WAV file, or ``""`` when the IVR speaks ``text`` (rendered to a
+    WAV in ``language``). Nothing pressed ``timeout_seconds`` after the prompt: it
+    plays again, ``repeat`` more times, then ``on_timeout``; a key that is not in
+    ``keys``: ``on_invalid``. Terminal in the plan: what follows is decided by
+    the caller."""
+
+    name: str
+    extension: str
+    prompt: str
+    text: str
+    language: Language
+    keys: tuple[tuple[str, Destination], ...]
+    dial_by_extension: bool
+    timeout_seconds: int
+    repeat: int
+    on_timeout: Destination
+    on_invalid: Destination
+    reason: str
+    diversion: tuple[Diversion, ...] = ()
+
+    def key(self, key: str) -> Destination | None:
+        return next((dest for k, dest in self.keys if k == key), None)
+
+
+@dataclass(frozen=True, slots=True)
 class Busy:
     """Answer 486 Busy Here."""
 
@@ -246,7 +276,7 @@ class Reject:
     reason: str
 
 
-Step = Ring | Deflect | Voicemail | MailboxAccess | Busy | Reject
+Step = Ring | Deflect | Voicemail | MailboxAccess | Ivr | Busy | Reject
 
 
 @dataclass(frozen=True, slots=True)

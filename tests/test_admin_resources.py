@@ -5,6 +5,7 @@ never returned, the audit entry, and the export that applies as a no-op."""
 # ruff: noqa: F811  (the store fixtures, imported, are parameters here)
 from __future__ import annotations
 
+import secrets
 import tomllib
 from typing import Any
 
@@ -13,18 +14,19 @@ import pytest
 
 from provisioning.api import schema
 from provisioning.api.auth import (
+    AttemptLimiter,
     Authenticator,
     Principal,
-    SignInLimiter,
     check_second_factor,
     enrol_totp,
     hash_password,
 )
 from provisioning.api.errors import ApiError
 from provisioning.api.resources import DirectoryApi, merge_patch, parse_if_match
-from provisioning.directory import parse_directory
+from provisioning.directory import keep_secrets, parse_directory
 from provisioning.export import directory_toml
 from provisioning.model import Directory
+from provisioning.secretbox import SecretBox, SecretBoxError
 from provisioning.store import Store
 from tests.test_provisioning_store import (  # noqa: F401  (fixtures)
     backend,
@@ -179,11 +181,33 @@ async def test_the_export_applies_as_no_change(api: DirectoryApi, store: Store) 
     await api.update(OWNER, "users", "102", {"mobile": "+15145550123"}, 1, "t")
     data, revision = await store.load_directory_data()
     assert data is not None
-    text = directory_toml(data, revision)
-    exported = parse_directory(tomllib.loads(text), "export.toml")
-    report = await store.apply_directory(exported)
-    assert not report.changed
-    assert exported.user("102").mobile == "+15145550123"  # type: ignore[union-attr]
+    for with_secrets in (True, False):
+        text = directory_toml(data, revision, with_secrets=with_secrets)
+        assert ("bruno-secret-102" in text) == with_secrets
+        assert ("password" in text.split("[[users]]", 1)[1]) == with_secrets
+        exported = parse_directory(keep_secrets(tomllib.loads(text), data), "export.toml")
+        report = await store.apply_directory(exported)
+        assert not report.changed
+        assert exported.user("102").mobile == "+15145550123"  # type: ignore[union-attr]
+        assert exported.user("102").password == "bruno-secret-102"  # type: ignore[union-attr]
+
+
+def test_a_file_without_secrets_keeps_the_stored_ones_only() -> None:
+    stored = {"users": [{"extension": "101", "password": "old-sip", "voicemail_pin": "2468"},
+                        {"extension": "102", "password": "b-sip", "voicemail_pin": ""}],
+              "trunks": [{"name": "carrier", "password": "trunk-pw"}]}
+    data = {"users": [{"extension": "101"}, {"extension": "102", "password": "new-sip"},
+                      {"extension": "103"}, {"extension": "101", "voicemail_pin": ""}],
+            "trunks": [{"name": "carrier"}, {"name": "other"}]}
+    kept = keep_secrets(data, stored)
+    assert kept["users"] == [
+        {"extension": "101", "password": "old-sip", "voicemail_pin": "2468"},  # kept
+        {"extension": "102", "password": "new-sip"},  # given: taken; no PIN stored
+        {"extension": "103"},  # new: nothing to keep, the validator names it
+        {"extension": "101", "password": "old-sip", "voicemail_pin": ""}]  # "" empties
+    assert kept["trunks"] == [{"name": "carrier", "password": "trunk-pw"}, {"name": "other"}]
+    assert data["users"][0] == {"extension": "101"}  # the input is not changed
+    assert keep_secrets(data, None) == data
 
 
 def test_merge_patch_follows_rfc_7396() -> None:
@@ -200,30 +224,70 @@ def test_the_schema_holds_every_key_the_validator_declares() -> None:
     assert users["record_calls"]["enum"] == list(RECORD_CALLS)
 
 
-def test_limiter_locks_an_account_and_a_source() -> None:
-    limiter = SignInLimiter(account_limit=3, source_limit=5, window=60, lock_seconds=100)
+async def test_limiter_locks_an_account_and_a_source(store: Store) -> None:
+    limiter = AttemptLimiter(store, "sign_in", account_limit=3, source_limit=5, window=60,
+                             lock_seconds=100)
     for i in range(3):
-        assert limiter.locked("user:101", "10.0.0.1", i) is None
-        limiter.failed("user:101", "10.0.0.1", i)
-    locked = limiter.locked("user:101", "10.0.0.2", 3)
-    assert locked is not None and locked[0] == "account"
-    assert limiter.locked("user:101", "10.0.0.2", 103) is None  # the lock ends
+        assert await limiter.locked("user:101", "10.0.0.1", i) is None
+        await limiter.failed("user:101", "10.0.0.1", i)
+    locked = await limiter.locked("user:101", "10.0.0.2", 3)
+    assert locked is not None and locked[0] == "account" and locked[1] == 99
+    # another limiter on the same store (another node) sees the same lock
+    other = AttemptLimiter(store, "sign_in", account_limit=3, source_limit=5, window=60,
+                           lock_seconds=100)
+    assert await other.locked("user:101", "10.0.0.3", 50) == ("account", 52)
+    assert await other.locked("user:101", "10.0.0.2", 103) is None  # the lock ends
+    # failures older than the window are forgotten
+    await limiter.failed("user:102", "10.0.1.1", 200)
+    await limiter.failed("user:102", "10.0.1.2", 201)
+    await limiter.failed("user:102", "10.0.1.3", 300)
+    assert await limiter.locked("user:102", "10.0.1.4", 301) is None
     for i in range(5):
-        limiter.failed(f"name:x{i}", "10.0.0.9", 200)
-    locked = limiter.locked("user:102", "10.0.0.9", 201)
+        await limiter.failed(f"name:x{i}", "10.0.0.9", 400)
+    locked = await limiter.locked("user:103", "10.0.0.9", 401)
     assert locked is not None and locked[0] == "source"
+    # a success clears the account's count, not the source's
+    await other.failed("user:104", "10.0.2.1", 500)
+    await other.failed("user:104", "10.0.2.1", 500)
+    await other.succeeded("user:104")
+    await other.failed("user:104", "10.0.2.1", 501)
+    await other.failed("user:104", "10.0.2.1", 501)
+    assert await other.locked("user:104", "10.0.2.2", 502) is None
+    # scopes are apart: reset requests do not count as sign-ins
+    resets = AttemptLimiter(store, "reset", account_limit=1)
+    await resets.failed("user:105", "10.0.3.1", 600)
+    assert await limiter.locked("user:105", "10.0.3.1", 601) is None
+    assert await resets.locked("user:105", "10.0.3.1", 601) is not None
+
+
+def test_secretbox_seals_opens_and_refuses_another_key_or_row() -> None:
+    box = SecretBox(secrets.token_bytes(32))
+    sealed = box.seal("JBSWY3DPEHPK3PXP", "totp:101")
+    assert sealed.startswith(f"sb1:{box.key_id}:") and "JBSWY3DPEHPK3PXP" not in sealed
+    assert box.seal("JBSWY3DPEHPK3PXP", "totp:101") != sealed  # a fresh nonce each time
+    assert box.open(sealed, "totp:101") == "JBSWY3DPEHPK3PXP"
+    assert box.open("JBSWY3DPEHPK3PXP", "totp:101") == "JBSWY3DPEHPK3PXP"  # before sealing
+    with pytest.raises(SecretBoxError, match="moved from another row"):
+        box.open(sealed, "totp:102")
+    with pytest.raises(SecretBoxError, match="sealed with key"):
+        SecretBox(secrets.token_bytes(32)).open(sealed, "totp:101")
+    at = len(sealed) - 20  # a character inside the ciphertext (the last ones carry padding)
+    tampered = sealed[:at] + ("A" if sealed[at] != "A" else "B") + sealed[at + 1:]
+    with pytest.raises(SecretBoxError):
+        box.open(tampered, "totp:101")
 
 
 async def test_sign_in_with_totp(store: Store, directory: Directory) -> None:
     await store.apply_directory(directory)
     await store.set_web_password("101", hash_password("alice-web-password"))
-    auth = Authenticator(store)
+    box = SecretBox(secrets.token_bytes(32))
+    auth = Authenticator(store, box)
     token, _, user = await auth.sign_in(directory, "ALICE@example.test", "alice-web-password",
                                         None, "127.0.0.1", 1000.0)
     assert user.extension == "101"
     p = await auth.principal(f"Bearer {token}", directory, 1001.0)
     assert p.role == "department_admin" and p.department == "Sales"
-    enrolment = await enrol_totp(store, user, "pbx.example.test")
+    enrolment = await enrol_totp(store, box, user, "pbx.example.test")
     assert enrolment.uri.startswith("otpauth://totp/")
     with pytest.raises(ApiError) as caught:
         await auth.sign_in(directory, "101", "alice-web-password", None, "127.0.0.1", 1000.0)
@@ -231,9 +295,50 @@ async def test_sign_in_with_totp(store: Store, directory: Directory) -> None:
     code = pyotp.TOTP(enrolment.secret).at(1000.0)
     await auth.sign_in(directory, "101", "alice-web-password", code, "127.0.0.1", 1000.0)
     record = await store.totp("101")
-    assert record is not None
-    assert not await check_second_factor(store, record, code, 1000.0)  # used once
-    assert await check_second_factor(store, record, enrolment.recovery_codes[0], 1000.0)
+    assert record is not None and enrolment.secret not in record.secret  # sealed
+    assert not await check_second_factor(store, box, record, code, 1000.0)  # used once
+    assert await check_second_factor(store, box, record, enrolment.recovery_codes[0], 1000.0)
     with pytest.raises(ApiError) as caught:
         await auth.principal("Bearer not-a-token", directory, 1001.0)
     assert caught.value.status == 401
+
+
+async def test_seeds_stored_in_clear_are_sealed_and_still_sign_in(
+        store: Store, directory: Directory) -> None:
+    from provisioning.api.auth import seal_stored_totp
+    from provisioning.model import TotpRecord
+
+    await store.apply_directory(directory)
+    await store.set_web_password("101", hash_password("alice-web-password"))
+    seed = pyotp.random_base32()
+    # as an earlier version stored it
+    await store.set_totp(TotpRecord(extension="101", secret=seed))
+    box = SecretBox(secrets.token_bytes(32))
+    assert await seal_stored_totp(store, box) == 1
+    assert await seal_stored_totp(store, box) == 0  # once
+    record = await store.totp("101")
+    assert record is not None and box.is_sealed(record.secret)
+    assert seed not in record.secret
+    code = pyotp.TOTP(seed).at(5000.0)
+    auth = Authenticator(store, box)
+    await auth.sign_in(directory, "101", "alice-web-password", code, "127.0.0.1", 5000.0)
+    # under another key the seed does not open: the code is refused, not crashed on
+    other = Authenticator(store, SecretBox(secrets.token_bytes(32)))
+    with pytest.raises(ApiError) as caught:
+        await other.sign_in(directory, "101", "alice-web-password",
+                            pyotp.TOTP(seed).at(5030.0), "127.0.0.1", 5030.0)
+    assert caught.value.status == 401
+
+
+def test_the_key_file_is_made_once_with_mode_0600(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.delenv("SWITCHBOARD_SECRET_KEY", raising=False)
+    first = SecretBox.for_data_dir(tmp_path)
+    assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
+    assert SecretBox.for_data_dir(tmp_path).key_id == first.key_id  # read, not remade
+    key = (tmp_path / "secret.key").read_text().strip()
+    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", key)
+    assert SecretBox.for_data_dir(tmp_path / "elsewhere").key_id == first.key_id
+    assert not (tmp_path / "elsewhere" / "secret.key").exists()  # the variable wins
+    monkeypatch.setenv("SWITCHBOARD_SECRET_KEY", "too-short")
+    with pytest.raises(SecretBoxError, match="SWITCHBOARD_SECRET_KEY"):
+        SecretBox.for_data_dir(tmp_path)

@@ -5,6 +5,7 @@ the audit log, and what removing a user takes with it."""
 # ruff: noqa: F811  (the store fixtures, imported, are parameters here)
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 
@@ -151,3 +152,44 @@ async def test_reset_tokens_are_one_time_short_lived_and_ended_by_a_new_password
     await store.create_reset_token("102", sha256("third"), now, now + 60)
     await store.set_web_password("102", "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA")
     assert await store.take_reset_token(sha256("third"), now) is None  # a new password
+
+
+async def test_a_begun_enrolment_is_confirmed_once_and_goes_with_its_user(
+        store: Store, directory: Directory) -> None:
+    await store.apply_directory(directory)
+    await store.set_totp_pending("102", "sealed-one", 10.0)
+    await store.set_totp_pending("102", "sealed-two", 20.0)  # begun again: replaces
+    assert await store.totp_pending("102") == ("sealed-two", 20.0)
+    assert await store.totp("102") is None  # begun is not on
+    record = TotpRecord(extension="102", secret="sealed-two", recovery_hashes=("h1",),
+                        last_counter=7, created_at=30.0)
+    assert await store.confirm_totp(record)
+    assert not await store.confirm_totp(record)  # once
+    assert await store.totp_pending("102") is None
+    assert await store.totp("102") == record
+    assert [r.extension for r in await store.all_totp()] == ["102"]
+    assert not await store.set_totp_secret("102", "not-what-is-stored", "x")
+    assert await store.set_totp_secret("102", "sealed-two", "sealed-three")
+    assert (await store.totp("102")).secret == "sealed-three"  # type: ignore[union-attr]
+    await store.set_totp_pending("203", "pending", 40.0)
+    gone = dataclasses.replace(directory, users=tuple(u for u in directory.users
+                                                      if u.extension != "203"))
+    await store.apply_directory(gone)
+    assert await store.totp_pending("203") is None  # a new 203 starts afresh
+    assert await store.delete_totp_pending("102") is False
+
+
+async def test_failures_counted_at_once_by_two_nodes_are_all_counted(
+        backend: Backend) -> None:
+    async with backend.make() as one, backend.make() as two:
+        now = time.time()
+        locks = await asyncio.gather(*(
+            (one, two)[i % 2].attempt_failed("sign_in", "k", limit=12, window=60,
+                                             lock_seconds=30, now=now) for i in range(12)))
+        assert sum(locks) == 1  # exactly the twelfth locked it, whichever node counted it
+        assert await two.attempts_locked("sign_in", ["k", "other"], now + 1) == {
+            "k": now + 30}
+        assert await one.attempts_locked("sign_in", ["k"], now + 31) == {}
+        await one.attempts_cleared("sign_in", "k")
+        assert not await two.attempt_failed("sign_in", "k", limit=12, window=60,
+                                            lock_seconds=30, now=now + 32)

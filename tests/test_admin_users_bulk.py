@@ -249,3 +249,33 @@ async def test_bulk_edit_is_all_or_nothing(api: DirectoryApi, store: Store) -> N
             "no_answer_seconds": 12}}}}, None, "t")
     assert result["changed"] == {"102": ["forwarding.lunch.no_answer_seconds"]}
     assert revision == 2 and await store.directory_revision() == 2
+
+
+def test_formula_cells_are_neutralised_and_restored_exactly() -> None:
+    from provisioning.usercsv import export_csv, neutralise, restore
+
+    for cell in ("=HYPERLINK(\"http://x\")", "+15145550144", "-2+3", "@SUM(A1)", "\t=1",
+                 "\r=1"):
+        assert neutralise(cell) == "'" + cell and restore(neutralise(cell)) == cell
+    for cell in ("Denis", "'quoted", "''=x", "a=b", ""):  # left as they are, both ways
+        assert neutralise(cell) == cell and restore(cell) == cell
+    text = export_csv([{"extension": "104", "name": "=cmd|' /C calc'!A0 Evil",
+                        "mobile": "+15145550144", "email": "@x@example.test"}])
+    row = text.splitlines()[1].split(",")
+    assert row[1:3] == ["'=cmd|'", "/C calc'!A0 Evil"] and row[4] == "'+15145550144"
+    assert row[3] == "'@x@example.test"
+    rows, _, errors = parse_csv(text)
+    assert errors == [] and rows[0].values["name"] == "=cmd|' /C calc'!A0 Evil"
+    assert rows[0].values["mobile"] == "+15145550144"
+
+
+async def test_a_formula_name_round_trips_through_export_and_import(
+        api: DirectoryApi, store: Store) -> None:
+    await api.update(OWNER, "users", "102", {"name": "=1+2 Bruno", "mobile": "+15145550122"},
+                     1, "test")
+    text, revision = await api.export_users(OWNER)
+    assert "\r\n102,'=1+2,Bruno," in text and ",'+15145550122," in text
+    report, again = await api.import_users(OWNER, text, revision, "test")
+    assert report["changed"] == {} and again == revision  # exactly undone: no change
+    loaded = await store.load_directory()
+    assert loaded is not None and loaded.user("102").name == "=1+2 Bruno"  # type: ignore[union-attr]

@@ -9,11 +9,14 @@ import pytest
 
 from engine.calls.states import (
     CALL,
+    IVR,
     LEG,
     TRANSFER,
     CallEvent,
     CallState,
     IllegalTransition,
+    IvrEvent,
+    IvrState,
     LegEvent,
     LegState,
     Machine,
@@ -26,6 +29,7 @@ ENDS: list[tuple[Machine[Any, Any], set[Any]]] = [
     (LEG, {LegState.DONE}),
     (TRANSFER, {TransferState.CONNECTED, TransferState.VOICEMAIL, TransferState.FAILED,
                 TransferState.ABANDONED}),
+    (IVR, {IvrState.DONE}),
 ]
 
 
@@ -39,6 +43,13 @@ def test_an_illegal_move_names_event_role_and_state() -> None:
         CALL.move(CallState.ANSWERED, CallEvent.ANSWER)
     with pytest.raises(IllegalTransition, match=r"transfer: event 'moved' .* 'referred'"):
         TRANSFER.move(TransferState.REFERRED, TransferEvent.MOVED)
+    # an IVR plays its prompt again only once it is over, and chooses once
+    with pytest.raises(IllegalTransition, match=r"ivr: event 'replay' .* state 'playing'"):
+        IVR.move(IvrState.PLAYING, IvrEvent.REPLAY)
+    with pytest.raises(IllegalTransition, match=r"ivr: event 'chose' .* state 'done'"):
+        IVR.move(IvrState.DONE, IvrEvent.CHOSE)
+    with pytest.raises(IllegalTransition, match=r"ivr: event 'no_input' .* 'dialling'"):
+        IVR.move(IvrState.DIALLING, IvrEvent.NO_INPUT)
 
 
 def test_legal_moves() -> None:
@@ -46,6 +57,11 @@ def test_legal_moves() -> None:
     assert LEG.move(LegState.DONE, LegEvent.ANSWER) is LegState.DONE  # crossed our CANCEL
     assert CALL.move(CallState.ANSWERED, CallEvent.REFER) is CallState.ROUTING
     assert TRANSFER.move(TransferState.MOVING, TransferEvent.MOVED) is TransferState.CONNECTED
+    assert CALL.move(CallState.ANSWERED, CallEvent.IVR_CHOSE) is CallState.ROUTING
+    assert CALL.move(CallState.ROUTING, CallEvent.IVR_SETTLED) is CallState.ANSWERED
+    assert IVR.move(IvrState.PLAYING, IvrEvent.DIGIT) is IvrState.DIALLING
+    assert IVR.move(IvrState.WAITING, IvrEvent.REPLAY) is IvrState.PLAYING
+    assert IVR.move(IvrState.DIALLING, IvrEvent.CHOSE) is IvrState.DONE
 
 
 @pytest.mark.parametrize(("machine", "ends"), ENDS, ids=lambda x: getattr(x, "role", ""))

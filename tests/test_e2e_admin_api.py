@@ -18,8 +18,11 @@ import asyncio
 import io
 import json
 import math
+import os
+import sqlite3
 import struct
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -312,6 +315,31 @@ CASES: list[Case] = [
     Case("DELETE", "/ring_groups/{key}", "/ring_groups/{target}", _roles(NO, NO, OK, OK, OK),
          prepare=_create("/ring_groups", lambda n: {"name": f"d{n}", "extension": f"82{n[-1]}",
                                                     "members": ["102"]}, "name")),
+    # IVRs are their department's (reception: Sales); its admin and owners change them
+    Case("GET", "/ivrs", "/ivrs", _all(OK),
+         check=_count({"user": 0, "receptionist": 1, "department_admin": 1, "manager": 1,
+                       "owner": 1})),
+    Case("GET", "/ivrs/{key}", "/ivrs/reception", _roles(HIDDEN, OK, OK, OK, OK)),
+    Case("POST", "/ivrs", "/ivrs", _roles(NO, NO, 201, NO, 201),
+         body=lambda n: {"name": f"menu{n}", "extension": f"87{n}", "text": "Bonjour",
+                         "keys": {"1": "extension:102", "2": "ring_group:sales"},
+                         "department": "Sales"}),
+    Case("PATCH", "/ivrs/{key}", "/ivrs/reception", _roles(HIDDEN, NO, OK, NO, OK),
+         body=lambda n: {"timeout_seconds": 5 + int(n)}),
+    Case("DELETE", "/ivrs/{key}", "/ivrs/{target}", _roles(HIDDEN, NO, OK, NO, OK),
+         prepare=_create("/ivrs", lambda n: {"name": f"gone{n}", "extension": f"89{n[-1]}",
+                                             "prompt": "menu.wav", "dial_by_extension": True,
+                                             "department": "Sales"}, "name")),
+    # a queue is a department's when every agent is (support: Support)
+    Case("GET", "/queues", "/queues", _all(OK)),
+    Case("GET", "/queues/{key}", "/queues/support", _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
+    Case("POST", "/queues", "/queues", _roles(NO, NO, 201, NO, 201),
+         body=lambda n: {"name": f"q{n}", "extension": f"88{n}", "agents": ["101", "102"]}),
+    Case("PATCH", "/queues/{key}", "/queues/support", _roles(HIDDEN, HIDDEN, HIDDEN, NO, OK),
+         body=lambda n: {"ring_seconds": 10 + int(n)}),
+    Case("DELETE", "/queues/{key}", "/queues/{target}", _roles(NO, NO, OK, NO, OK),
+         prepare=_create("/queues", lambda n: {"name": f"gq{n}", "extension": f"84{n[-1]}",
+                                               "agents": ["102"]}, "name")),
     Case("GET", "/trunks", "/trunks", _roles(NO, NO, NO, NO, OK)),
     Case("GET", "/trunks/{key}", "/trunks/carrier", _roles(NO, NO, NO, NO, OK)),
     Case("POST", "/trunks", "/trunks", _roles(NO, NO, NO, NO, 201),
@@ -334,6 +362,19 @@ CASES: list[Case] = [
          _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
     Case("PUT", "/users/{extension}/password", "/users/203/password",
          _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK), body=lambda n: {"password": f"former-{n}-pw"}),
+    # two-factor enrolment: one's own, or the users one manages (as a web password)
+    Case("GET", "/users/{extension}/totp", "/users/102/totp", _roles(OK, NO, OK, OK, OK),
+         check=lambda role, answer: None if answer["enabled"] is False else
+         pytest.fail(str(answer))),
+    Case("POST", "/users/{extension}/totp", "/users/102/totp", _roles(201, NO, 201, 201, 201),
+         check=lambda role, answer: None if answer["qr"].startswith("data:image/svg+xml")
+         and answer["uri"].startswith("otpauth://totp/") else pytest.fail(str(answer))),
+    # nothing begun for 101: past the role check, 409 says so
+    Case("POST", "/users/{extension}/totp/confirm", "/users/101/totp/confirm",
+         _roles(HIDDEN, NO, 409, 409, 409), body=lambda n: {"code": "123456"}),
+    # one's own needs a code (400 without); another's, whoever manages them
+    Case("POST", "/users/{extension}/totp/disable", "/users/201/totp/disable",
+         _roles(HIDDEN, HIDDEN, HIDDEN, 400, OK), body=lambda n: {}),
     Case("GET", "/users/{extension}/voicemail", "/users/102/voicemail", _roles(OK, NO, NO, NO,
                                                                               OK)),
     Case("DELETE", "/users/{extension}/voicemail/{id}", "/users/102/voicemail/nope",
@@ -648,8 +689,187 @@ def test_export_after_api_edits_applies_as_no_change(office: EngineProcess,
     exported = tmp_path / "export.toml"
     done = office.cli("provision", "export", str(exported))
     assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr
+    text = exported.read_text()
+    # no SIP password, trunk password or PIN without --with-secrets
+    assert "-secret-" not in text and "voicemail_pin" not in text and "2468" not in text
+    assert "\npassword" not in text
+    secret = tmp_path / "secret.toml"
+    done = office.cli("provision", "export", "--with-secrets", str(secret))
+    assert done.returncode == 0 and "warning: the export contains SIP passwords" in done.stderr
+    assert 'password = "bruno-secret-102"' in secret.read_text()
     again = office.cli("provision", "apply", str(exported))
     assert again.returncode == 0 and again.stdout.strip() == "no change", again.stdout
+    # applying the file without secrets kept every one of them
+    after = tmp_path / "after.toml"
+    assert office.cli("provision", "export", "--with-secrets", str(after)).returncode == 0
+    assert after.read_text() == secret.read_text()
+    # a new user in such a file still needs its password written in
+    lacking = tmp_path / "lacking.toml"
+    lacking.write_text(text + '\n[[users]]\nextension = "188"\nname = "No Secret"\n'
+                              'department = "Sales"\n')
+    refused = office.cli("provision", "apply", str(lacking))
+    assert refused.returncode != 0 and "password" in refused.stderr, refused.stderr
+    # check reads the secrets it lacks from the store too (and never creates one)
+    checked = office.cli("provision", "check", str(exported))
+    assert checked.returncode == 0 and "valid" in checked.stdout, checked.stderr
+    refused = office.cli("provision", "check", str(lacking))
+    assert refused.returncode != 0 and ".password: missing" in refused.stderr, refused.stderr
+    alone = subprocess.run([office.binary, "provision", "check", str(exported), "--data-dir",
+                            str(tmp_path / "no-store")], capture_output=True, text=True,
+                           timeout=60, env={k: v for k, v in os.environ.items()
+                                            if k != "SWITCHBOARD_DB"})
+    assert alone.returncode != 0 and ".password" in alone.stderr, alone.stderr
+    assert not (tmp_path / "no-store" / "switchboard.db").exists()
     # the file is the source when used as one: applying the original replaces API edits
     back = office.cli("provision", "apply", str(office.directory))
     assert back.returncode == 0 and "users 102" in back.stdout, back.stdout
+
+
+# --------------------------------------------------------------------------- two factors
+
+
+def _stored_totp(extension: str, office: EngineProcess) -> str:
+    """The seed as the store keeps it, read past the engine."""
+    url = os.environ.get("SWITCHBOARD_DB")
+    if url is None:
+        with sqlite3.connect(office.data_dir / "switchboard.db") as db:
+            row = db.execute("SELECT secret FROM totp WHERE extension = ?",
+                             (extension,)).fetchone()
+        return str(row[0])
+
+    async def read() -> str:
+        conn = await asyncpg.connect(url, timeout=10)  # ?search_path=: the test's schema
+        try:
+            return str(await conn.fetchval("SELECT secret FROM totp WHERE extension = $1",
+                                           extension))
+        finally:
+            await conn.close()
+    return asyncio.run(read())
+
+
+def _not_now(totp: pyotp.TOTP) -> str:
+    """A six-digit code that is none of the ones accepted now."""
+    near = {totp.at(time.time() + d) for d in (-30, 0, 30)}
+    return next(c for c in (f"{i:06d}" for i in range(10)) if c not in near)
+
+
+def test_totp_enrolment_over_the_api(office: EngineProcess,
+                                     clients: dict[str, Client]) -> None:
+    port = office.http_port
+    chloe = clients["receptionist"]  # 103, on her own account
+    status, begun, _ = chloe.call("POST", "/users/103/totp")
+    assert status == 201, begun
+    assert begun["qr"].startswith("data:image/svg+xml;") and "<svg" in \
+        urllib.parse.unquote(begun["qr"])
+    assert pyotp.parse_uri(begun["uri"]).secret == begun["secret"]
+    status, info, _ = chloe.call("GET", "/users/103/totp")
+    assert info == {"extension": "103", "enabled": False, "pending": True,
+                    "recovery_codes_left": 0, "required": False}
+    sign_in(port, "103", "receptionist-web-password")  # not on until confirmed
+    totp = pyotp.TOTP(begun["secret"])
+    status, answer, _ = chloe.call("POST", "/users/103/totp/confirm", {"code": _not_now(totp)})
+    assert status == 422 and answer["errors"][0]["path"] == "code"
+    status, done, _ = chloe.call("POST", "/users/103/totp/confirm", {"code": totp.now()})
+    assert status == 200 and done["enabled"] is True, done
+    codes = done["recovery_codes"]
+    assert len(set(codes)) == 10
+    # sealed at rest, under a key file only its owner reads
+    stored = _stored_totp("103", office)
+    assert stored.startswith("sb1:") and begun["secret"] not in stored
+    assert (office.data_dir / "secret.key").stat().st_mode & 0o777 == 0o600
+    # sign-in needs a code now; a recovery code signs in once
+    status, answer, _ = Client(port).call("POST", "/auth/token", {
+        "user": "103", "password": "receptionist-web-password"})
+    assert status == 401 and answer["errors"][0]["path"] == "code"
+    again = sign_in(port, "103", "receptionist-web-password", codes[0])
+    status, answer, _ = Client(port).call("POST", "/auth/token", {
+        "user": "103", "password": "receptionist-web-password", "code": codes[0]})
+    assert status == 401
+    assert again.call("GET", "/users/103/totp")[1]["recovery_codes_left"] == 9
+    status, answer, _ = again.call("POST", "/users/103/totp")
+    assert status == 409  # on already: turned off first, with a code
+    # turning one's own off takes a code
+    assert again.call("POST", "/users/103/totp/disable", {})[0] == 400
+    status, answer, _ = again.call("POST", "/users/103/totp/disable", {"code": _not_now(totp)})
+    assert status == 422 and answer["errors"][0]["path"] == "code"
+    status, answer, _ = again.call("POST", "/users/103/totp/disable", {"code": codes[1]})
+    assert status == 200 and answer == {"extension": "103", "enabled": False,
+                                        "was_enabled": True}
+    sign_in(port, "103", "receptionist-web-password")
+    # an admin enrols a user of theirs, and turns it off without a code (a lost phone)
+    alice = clients["department_admin"]
+    status, begun, _ = alice.call("POST", "/users/102/totp")
+    assert status == 201
+    code = pyotp.TOTP(begun["secret"]).now()
+    assert alice.call("POST", "/users/102/totp/confirm", {"code": code})[0] == 200
+    assert clients["user"].call("GET", "/users/102/totp")[1]["enabled"] is True
+    status, answer, _ = alice.call("POST", "/users/102/totp/disable", {})
+    assert status == 200 and answer["was_enabled"] is True
+    audit = json.loads(office.cli("audit", "--json", "--target", "users/102").stdout)
+    assert [e["action"] for e in audit[:3]] == ["auth.totp.disable", "auth.totp.enable",
+                                                "auth.totp.begin"]
+    assert all(e["actor"] == "user:101" for e in audit[:3])
+    assert begun["secret"] not in json.dumps(audit) and begun["secret"] not in office.log()
+    assert not any(c in office.log() for c in codes)
+
+
+def test_require_2fa_gives_a_token_for_enrolling_only(office: EngineProcess,
+                                                      clients: dict[str, Client]) -> None:
+    port = office.http_port
+    made = office.cli("apikeys", "create", "--role", "owner", "--name", "2fa-admin")
+    assert made.returncode == 0, made.stderr
+    admin = Client(port, made.stdout.strip().splitlines()[-1])  # a key is not a person
+    status, row, _ = admin.call("PATCH", "/system", {"require_2fa": True}, {"If-Match": "*"})
+    assert status == 200 and row["require_2fa"] is True, row
+    try:
+        status, answer, _ = Client(port).call("POST", "/auth/token", {
+            "user": "102", "password": "user-web-password"})
+        assert status == 200 and answer["enrol_2fa"] is True
+        bruno = Client(port, answer["token"])
+        status, answer, _ = bruno.call("GET", "/users")
+        assert status == 403 and "two-factor sign-in is required" in \
+            answer["errors"][0]["message"] and "/users/102/totp" in \
+            answer["errors"][0]["message"]
+        # sessions opened before the setting are held to it as well
+        assert clients["owner"].call("GET", "/users")[0] == 403
+        assert bruno.call("PUT", "/users/102/status", {"status": "away"})[0] == 403
+        assert bruno.call("GET", "/users/101/totp")[0] == 403  # one's own enrolment only
+        assert bruno.call("GET", "/me")[1]["enrol_2fa"] is True
+        status, begun, _ = bruno.call("POST", "/users/102/totp")
+        assert status == 201
+        status, done, _ = bruno.call("POST", "/users/102/totp/confirm",
+                                     {"code": pyotp.TOTP(begun["secret"]).now()})
+        assert status == 200
+        assert bruno.call("GET", "/users")[0] == 200  # the same token, at once
+        status, answer, _ = Client(port).call("POST", "/auth/token", {
+            "user": "102", "password": "user-web-password",
+            "code": done["recovery_codes"][0]})
+        assert status == 200 and answer["enrol_2fa"] is False
+        assert admin.call("GET", "/users")[0] == 200
+    finally:
+        admin.call("POST", "/users/102/totp/disable", {})
+        status, row, _ = admin.call("PATCH", "/system", {"require_2fa": False},
+                                    {"If-Match": "*"})
+        assert status == 200 and "require_2fa" not in row
+    assert clients["owner"].call("GET", "/users")[0] == 200
+
+
+def test_csv_export_neutralises_formulas_and_the_import_undoes_it(
+        office: EngineProcess, clients: dict[str, Client]) -> None:
+    owner = clients["owner"]
+    status, row, _ = owner.call("POST", "/users", {
+        "extension": "187", "name": "=HYPERLINK(\"x\") Evil", "mobile": "+15145550187",
+        "department": "Support", "password": "sip-secret-187"}, {"If-Match": "*"})
+    assert status == 201, row
+    status, text, headers = owner.call("GET", "/users/export.csv")
+    assert status == 200
+    line = next(x for x in text.decode().splitlines() if x.startswith("187,"))
+    assert line.startswith("187,\"'=HYPERLINK(\"\"x\"\")\",Evil,") and ",'+15145550187," in line
+    status, answer, _ = owner.call("POST", "/users/import", text,
+                                   {"Content-Type": "text/csv", "If-Match": headers["ETag"]})
+    assert status == 200 and answer["changed"] == {} and "187" in answer["unchanged"], answer
+    status, row, _ = owner.call("GET", "/users/187")
+    assert row["name"] == "=HYPERLINK(\"x\") Evil" and row["mobile"] == "+15145550187"
+    cli = office.cli("users", "export", "--csv")
+    assert cli.returncode == 0 and ",'+15145550187," in cli.stdout

@@ -21,6 +21,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from provisioning.model import DialogLeg, DialogRecord
+from provisioning.store import open_store
 from tests.conftest import EngineProcess, bench_directory, env_database_url, switchboard_bin
 from tests.e2e_helpers import Ua
 
@@ -153,3 +155,45 @@ def test_a_stopped_node_leaves_the_list(cluster: Cluster) -> None:
     assert set(cluster.nodes()) == {"a"}
     text = cli(cluster.db, cluster.work, "nodes")
     assert "a " in text and cluster.a.target in text and "up" in text
+
+
+def test_a_node_back_from_a_crash_ends_the_calls_it_left(shared_db: str,
+                                                          tmp_path: Path) -> None:
+    # Node a died holding a call and came back before another node noticed: its record
+    # is still in the store under its id. At start it BYEs the call's party itself.
+    phone = Ua(("127.0.0.1", 9))
+    record = DialogRecord(id="left-1;ftag", node="a", answered_at=time.time() - 60, legs=(
+        DialogLeg(call_id="left-1", local_tag="ours", remote_tag="theirs",
+                  local_uri="<sip:102@pbx.test>", remote_uri="<sip:101@pbx.test>",
+                  remote_target=f"sip:101@127.0.0.1:{phone.port}", local_cseq=5,
+                  transport="udp", peer_host="127.0.0.1", peer_port=phone.port),))
+
+    async def records(saved: list[DialogRecord]) -> list[DialogRecord]:
+        async with open_store(shared_db, tmp_path) as store:
+            await store.write_dialogs(saved)
+            return await store.load_dialogs()
+
+    assert asyncio.run(records([record])) == [record]
+    directory = tmp_path / "directory.toml"
+    directory.write_text(bench_directory(USERS, domain="pbx.test"))
+    (tmp_path / "a").mkdir()
+    node = EngineProcess(tmp_path / "a", directory, ["--db", shared_db, "--node-id", "a"])
+    node.start()
+    try:
+        phone.engine = node.sip
+        bye = phone.engine_bye(10)  # answered 200
+        assert bye.call_id == "left-1" and bye.to.tag == "theirs" and bye.from_.tag == "ours"
+        assert bye.cseq.number > 5 and bye.top_via.port == node.port
+        until("the record deleted", lambda: asyncio.run(records([])) == [])
+        [said] = node.events("calls of this node's previous run ended")
+        assert said["node"] == "a" and said["calls"] == 1
+    finally:
+        phone.close()
+        assert node.stop() == 0
+
+
+def test_a_node_id_that_cannot_go_in_a_call_id_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run([switchboard_bin(), "serve", "--node-id", "node one",
+                           "--data-dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode != 0 and "--node-id 'node one'" in done.stderr, done.stderr

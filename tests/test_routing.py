@@ -22,6 +22,7 @@ from routing import (
     Device,
     Diversion,
     External,
+    Ivr,
     LiveState,
     MailboxAccess,
     Plan,
@@ -552,7 +553,7 @@ voicemail_outside_office_hours = true
     assert isinstance(plan(trunk("+15145550100", at=OFFICE), d, live(d)).steps[0], Ring)
 
 
-def test_queue_and_ivr_not_available() -> None:
+def test_queue_not_available_ivr_is_a_step() -> None:
     d = build(
         user_toml(
             "101",
@@ -565,7 +566,18 @@ no_answer = { external = "queue:support", internal = "ivr:main" }
         + """
 [[numbers]]
 number = "+15145550150"
-route_to = "ivr:main"
+route_to = "queue:support"
+
+[[ivrs]]
+name = "main"
+extension = "850"
+prompt = "main.wav"
+keys = { "1" = "extension:102" }
+
+[[queues]]
+name = "support"
+extension = "860"
+agents = ["101", "102"]
 """
     )
     p = plan(trunk("+15145550100"), d, live(d))
@@ -574,8 +586,9 @@ route_to = "ivr:main"
     rej = only(plan(trunk("+15145550150"), d, live(d)))
     assert isinstance(rej, Reject) and rej.status == 480
     p = plan(phone("102", "101"), d, live(d))
-    rej = at_index(p, ring(p, 0).on_no_answer)
-    assert isinstance(rej, Reject) and "ivrs are not available" in rej.reason
+    menu = at_index(p, ring(p, 0).on_no_answer)
+    assert isinstance(menu, Ivr) and menu.name == "main"
+    assert menu.diversion == (Diversion("101", "no-answer"),)
 
 
 def test_busy_destination() -> None:

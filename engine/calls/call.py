@@ -87,6 +87,7 @@ from engine.calls.events import (
     UpdateMedia,
 )
 from engine.calls.headers import COMPLETED_ELSEWHERE, Local, to_caller
+from engine.calls.ivr import IvrSession, start_ivr
 from engine.calls.leg import Leg
 from engine.calls.screening import Screening, screen, screen_mode
 from engine.calls.states import (
@@ -115,6 +116,7 @@ from routing import (
     Device,
     External,
     Identity,
+    Ivr,
     MailboxAccess,
     Plan,
     Reject,
@@ -188,6 +190,8 @@ class Call:
     anchor: MediaAnchor = field(default_factory=MediaAnchor)  # the engine's endpoints
     waiting_step: int | None = None  # a Ring step waiting for its media endpoints
     screening: Screening | None = None  # an answered leg being asked (rebound, confirm)
+    ivr: IvrSession | None = None  # an IVR menu the caller is in (engine.calls.ivr)
+    menus: int = 0  # IVR menus entered in this call
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint). None: the caller's own
@@ -246,6 +250,8 @@ class Call:
     def _fire(self, name: str, now: float) -> list[CallOutput]:
         if name == "screen" and self.screening is not None:
             return self.screening.expired(now)
+        if name == "ivr" and self.ivr is not None:
+            return self.ivr.on_timer(now)
         if name == "no_answer" and self.state is CallState.ROUTING:
             log.info("no answer", call_id=self.id, step=self.step + 1)
             events = self.cancel_legs(now, None)
@@ -274,6 +280,8 @@ class Call:
                 self.waiting_step = index
                 return [OpenMedia(self.key, bridge=True)]
             return self._ring(step, now)
+        if isinstance(step, Ivr):  # the engine answers and plays the menu (engine.calls.ivr)
+            return start_ivr(self, step, now)
         if self.transfer is not None:  # the target's plan decides how the transfer ends
             return self.transfer.run_step(step, now)
         if isinstance(step, Deflect):
@@ -530,6 +538,15 @@ class Call:
             return []
         return self.screening.on_key(accepted, now)
 
+    # ------------------------------------------------------------------ IVR
+    def on_ivr_digit(self, digit: str, now: float) -> list[CallOutput]:
+        """A key the caller sent (RFC 4733) while in an IVR menu."""
+        return [] if self.ivr is None else self.ivr.on_digit(digit, now)
+
+    def on_ivr_prompt_done(self, generation: int, now: float) -> list[CallOutput]:
+        """The IVR's prompt (play ``generation``) played to its end."""
+        return [] if self.ivr is None else self.ivr.on_prompt_done(generation, now)
+
     # ------------------------------------------------------------------ answered
     def connect(self, leg: Leg, body: bytes, ctype: str | None, now: float) -> list[CallOutput]:
         """``leg`` takes the call: 200 to the caller, the other legs cancelled."""
@@ -764,12 +781,17 @@ class Call:
             return []
         events = self._unanchor() if not self.anchor.callee_port else []
         step = self.plan.steps[index]
+        if isinstance(step, Ivr):
+            return events + start_ivr(self, step, now)
         assert isinstance(step, Ring)
         return events + self._ring(step, now)
 
     def on_media_failed(self, reason: str, now: float) -> list[CallOutput]:
         if self.state is not CallState.ROUTING:
             return []
+        if self.waiting_step is not None and isinstance(self.plan.steps[self.waiting_step], Ivr):
+            log.warning("no media for the IVR", call_id=self.id, reason=reason)
+            return self._unanswered(503, now, [("Warning", warning_value(reason))])
         if self.waiting_step is not None:  # no media relay: the call still goes through
             log.warning("media not anchored: no endpoint", call_id=self.id, reason=reason)
             self.anchor.stop_relay()  # nothing is open
@@ -860,6 +882,8 @@ class Call:
                 return refuse_transfer(self, req, key, now, 501,
                                        "this call was transferred once already")
             return on_refer(self, leg, req, key, now)
+        if leg is None and self.ivr is not None and req.method == "INFO":
+            return self.ivr.on_info(req, key, now)
         if leg is None and self.engine_step is not None and self.anchor.caller_port:
             return self._endpoint_request(req, key, now)
         if self.caller_dialog is None:  # not answered: nothing to relay to
@@ -1039,6 +1063,9 @@ class Call:
             return []
         self.move(event)
         front = self.front
+        if self.ivr is not None:
+            self.ivr.gone()
+            self.ivr = None
         self.timers.clear()
         front.forget(self)
         for ext in self.members:

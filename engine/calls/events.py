@@ -24,6 +24,8 @@ __all__ = [
     "BridgeMedia",
     "CallKey",
     "CallOutput",
+    "IvrPlay",
+    "IvrQuiet",
     "MediaCommand",
     "OpenMedia",
     "ScreenMode",
@@ -119,8 +121,36 @@ class BridgeMedia:
     ringback_to_caller: bool = False
 
 
-MediaCommand = OpenMedia | StartVoicemail | StartMailbox | UpdateMedia | StopMedia | BridgeMedia
-_COMMANDS = (OpenMedia, StartVoicemail, StartMailbox, UpdateMedia, StopMedia, BridgeMedia)
+@dataclass(frozen=True, slots=True)
+class IvrPlay:
+    """An IVR's caller (answered, on the endpoint facing it, in ``negotiated``) hears
+    its prompt: ``prompt`` (a WAV) or ``text`` rendered to speech in ``language``.
+    The media service reports the end of this play with its ``generation``
+    (``ivr_prompt_done``) and every key the caller sends (RFC 4733) with
+    ``ivr_digit``, until :class:`IvrQuiet` with ``done``."""
+
+    call: CallKey
+    call_id: str
+    negotiated: sdp.Negotiated
+    prompt: str
+    text: str
+    language: str
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class IvrQuiet:
+    """Stop the IVR's prompt (a key interrupts it); with ``done`` stop listening to
+    keys too: the caller chose, its call goes on."""
+
+    call: CallKey
+    done: bool = False
+
+
+MediaCommand = (OpenMedia | StartVoicemail | StartMailbox | UpdateMedia | StopMedia | BridgeMedia
+                | IvrPlay | IvrQuiet)
+_COMMANDS = (OpenMedia, StartVoicemail, StartMailbox, UpdateMedia, StopMedia, BridgeMedia,
+             IvrPlay, IvrQuiet)
 # One item of what an entry point of the call layer returns.
 CallOutput = Event | MediaCommand
 

@@ -27,6 +27,7 @@ from engine.calls.call import Call, RelayedRequest
 from engine.calls.events import CallKey, CallOutput, StopMedia
 from engine.calls.headers import Local
 from engine.calls.leg import Leg
+from engine.calls.records import dialog_record, mark, parties, record_id
 from engine.calls.rules import PlanText
 from engine.calls.states import CallEvent, CallState
 from engine.calls.transfer import Transfer
@@ -34,7 +35,7 @@ from engine.sip.dialog import new_tag
 from engine.sip.message import Request, Response, make_response, warning_value
 from engine.sip.timerheap import TimerHeap
 from engine.sip.transaction import Addr, TxKey
-from provisioning.model import Directory, Status
+from provisioning.model import DialogRecord, Directory, Status
 from routing import CallFacts, LiveState, plan
 
 if TYPE_CHECKING:
@@ -94,6 +95,12 @@ class Calls:
         # Re-INVITEs moving a consultation call's callee to the transferee's call.
         self._moves: dict[TxKey, Transfer] = {}
         self._wakeups: TimerHeap[CallKey] = TimerHeap()
+        # Dialog records (engine.calls.records): the mark last recorded per answered
+        # call, and what to write or delete in the store since the last take_records.
+        self._recorded: dict[CallKey, tuple[object, ...]] = {}
+        self._answered_wall: dict[CallKey, float] = {}
+        self._records_saved: list[DialogRecord] = []
+        self._records_ended: list[str] = []
 
     def set_directory(self, directory: Directory) -> None:
         self.directory = directory
@@ -152,6 +159,15 @@ class Calls:
         if self.metrics is not None:
             self.metrics.calls.labels(outcome).inc()
 
+    def count_ivr(self, outcome: str) -> None:
+        """An IVR menu entered (``""``) or how it ended (key, extension, timeout,
+        invalid, hangup); never who called."""
+        if self.metrics is not None:
+            if outcome:
+                self.metrics.ivr_outcomes.labels(outcome).inc()
+            else:
+                self.metrics.ivr_calls.inc()
+
     def count_transfer(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.transfers.labels(outcome).inc()
@@ -181,6 +197,9 @@ class Calls:
         self._by_tag.pop((call.id, call.tag), None)
         self._by_invite.pop(call.invite_key, None)
         self._wakeups.cancel_all(call.key)
+        if self._recorded.pop(call.key, None) is not None:  # its record goes too
+            self._answered_wall.pop(call.key, None)
+            self._records_ended.append(record_id(*call.key))
 
     # ------------------------------------------------------------------ timers
     def next_wakeup(self) -> float | None:
@@ -204,20 +223,46 @@ class Calls:
             self.reschedule(call)
         return events
 
+    # ------------------------------------------------------------------ dialog records
+    def take_records(self) -> tuple[list[DialogRecord], list[str]]:
+        """Dialog records to write and record ids to delete since the last call (the
+        shell writes them behind, in batches: nothing waits on the store)."""
+        saved, ended = self._records_saved, self._records_ended
+        self._records_saved, self._records_ended = [], []
+        return saved, ended
+
+    def _note(self, call: Call) -> None:
+        """After ``call`` handled an input: its record is written when it changed
+        (answered, a transfer, a request sent in a dialog). An ended call's record is
+        deleted by :meth:`forget`, whichever call's input ended it."""
+        if call.state is CallState.ENDED or call.caller_dialog is None:
+            return
+        key = call.key
+        found = parties(call)
+        now_mark = mark(found)
+        if self._recorded.get(key) != now_mark:
+            self._recorded[key] = now_mark
+            answered = self._answered_wall.setdefault(key, self.wall_clock())
+            self._records_saved.append(dialog_record(call, found, self.local.node, answered))
+
     def _guard(self, call: Call, now: float,
                action: Callable[[], list[CallOutput]]) -> list[CallOutput]:
         """Run ``action`` for ``call``; an exception ends this call only."""
         try:
-            return action()
+            return self._noted(call, action())
         except Exception:
             log.exception("call failed", call_id=call.id)
             if self.metrics is not None:
                 self.metrics.errors.inc()
             try:
-                return call.close(CallEvent.ERROR, now, status=500)
+                return self._noted(call, call.close(CallEvent.ERROR, now, status=500))
             except Exception:
                 log.exception("call teardown failed", call_id=call.id)
-                return call.forget(CallEvent.ERROR)
+                return self._noted(call, call.forget(CallEvent.ERROR))
+
+    def _noted(self, call: Call, out: list[CallOutput]) -> list[CallOutput]:
+        self._note(call)
+        return out
 
     # ------------------------------------------------------------------ new calls
     def new_call(self, invite: Request, key: TxKey, source: Addr, transport: str,
@@ -347,6 +392,20 @@ class Calls:
         if call is None:
             return []
         return self._guard(call, now, lambda: call.on_screened(accepted, now))
+
+    def ivr_digit(self, key: CallKey, digit: str, now: float) -> list[CallOutput]:
+        """A key (RFC 4733) from the caller of an IVR menu."""
+        call = self._calls.get(key)
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.on_ivr_digit(digit, now))
+
+    def ivr_prompt_done(self, key: CallKey, generation: int, now: float) -> list[CallOutput]:
+        """An IVR's prompt played to its end."""
+        call = self._calls.get(key)
+        if call is None:
+            return []
+        return self._guard(call, now, lambda: call.on_ivr_prompt_done(generation, now))
 
     def hangup(self, key: CallKey, now: float) -> list[CallOutput]:
         """The engine's own endpoint is done (message recorded): BYE the caller."""

@@ -58,6 +58,8 @@ class Local:
     port: int
     domain: str
     tls_port: int = 0  # the TLS listener (serve --tls), 0: none
+    # This process's node id (serve --node-id): in the Call-IDs of the legs it makes.
+    node: str = ""
 
     def port_for(self, transport: str) -> int:
         """Our port as written in a Via or Contact for ``transport``."""
@@ -106,7 +108,7 @@ def callee_invite(caller: Request, facts: CallFacts, chain: tuple[Diversion, ...
         ("From", f"{from_value};tag={new_tag()}"),
         ("To", f"<sip:{target.extension}@{domain}>" if isinstance(target, Device)
          else f"<{uri}>"),
-        ("Call-ID", new_call_id(local.host)),
+        ("Call-ID", new_call_id(local.host, local.node)),
         ("CSeq", "1 INVITE"),
         ("Contact", local.contact(t)),
         ("P-Asserted-Identity", pai),

@@ -34,11 +34,14 @@ from engine.statemachine import IllegalTransition, Machine
 
 __all__ = [
     "CALL",
+    "IVR",
     "LEG",
     "TRANSFER",
     "CallEvent",
     "CallState",
     "IllegalTransition",
+    "IvrEvent",
+    "IvrState",
     "LegEvent",
     "LegState",
     "Machine",
@@ -58,6 +61,8 @@ class CallEvent(StrEnum):
     ANSWER = "answer"  # our 2xx to the caller's INVITE
     REFER = "refer"  # a REFER accepted: a transfer target's plan runs
     TRANSFER_SETTLED = "transfer_settled"  # connected, to voicemail, or back to the transferor
+    IVR_CHOSE = "ivr_chose"  # the caller of an IVR chose: that destination's plan runs
+    IVR_SETTLED = "ivr_settled"  # the choice is connected, leaves a message, or is an IVR
     # Every ending goes through Call.close(event):
     REJECT = "reject"  # a final non-2xx answer to the caller
     CANCEL = "cancel"  # the caller's CANCEL
@@ -75,6 +80,10 @@ CALL: Machine[CallState, CallEvent] = Machine("call", {
     (_R, CallEvent.ANSWER): _A,  # RFC 3261 s13.3.1.4: the 2xx, retransmitted until its ACK
     (_A, CallEvent.REFER): _R,  # RFC 3515 s2.4.2: 202 Accepted, the target is called
     (_R, CallEvent.TRANSFER_SETTLED): _A,  # RFC 3515 s2.4.5: the final NOTIFY
+    # An IVR's caller is answered (s13.3.1.4) and keeps its dialog while the plan of
+    # its choice rings; no SIP goes to the caller for either move.
+    (_A, CallEvent.IVR_CHOSE): _R,
+    (_R, CallEvent.IVR_SETTLED): _A,
     (_R, CallEvent.REJECT): _X,  # RFC 3261 s13.3.1.3, s8.2.6 (302: s13.3.1.2)
     (_R, CallEvent.CANCEL): _X,  # RFC 3261 s9.2: 487 to the INVITE
     (_A, CallEvent.BYE): _X,  # RFC 3261 s15.1.2
@@ -169,4 +178,44 @@ TRANSFER: Machine[TransferState, TransferEvent] = Machine("transfer", {
     (_P, TransferEvent.TRANSFEREE_GONE): TransferState.ABANDONED,
     (_T, TransferEvent.TRANSFEREE_GONE): TransferState.ABANDONED,
     (_M, TransferEvent.TRANSFEREE_GONE): TransferState.ABANDONED,
+})
+
+
+# ---------------------------------------------------------------------- IVRs
+class IvrState(StrEnum):
+    PLAYING = "playing"  # the prompt plays; a key interrupts it
+    WAITING = "waiting"  # the prompt is over: the response timer runs
+    DIALLING = "dialling"  # digits of an extension: the inter-digit timer runs
+    DONE = "done"  # chosen, timed out, invalid, or the caller left
+
+
+class IvrEvent(StrEnum):
+    PROMPT_DONE = "prompt_done"  # the media service played the prompt to its end
+    REPLAY = "replay"  # no key in time, a repeat left: the prompt again
+    DIGIT = "digit"  # a digit that may start or continue an extension
+    CHOSE = "chose"  # a key of the menu, or an extension dialled
+    INVALID = "invalid"  # a key not in the menu, or digits that are no extension
+    NO_INPUT = "no_input"  # no key in time and no repeat left
+    GONE = "gone"  # the call ended (the caller hung up)
+
+
+_PL, _WA, _DI, _DN = IvrState.PLAYING, IvrState.WAITING, IvrState.DIALLING, IvrState.DONE
+# Keys arrive as RFC 4733 telephone-events (s3.2) or SIP INFO application/dtmf-relay
+# (RFC 6086 carries it; the body is the de facto Signal=/Duration= form).
+IVR: Machine[IvrState, IvrEvent] = Machine("ivr", {
+    (_PL, IvrEvent.PROMPT_DONE): _WA,
+    (_WA, IvrEvent.REPLAY): _PL,
+    (_PL, IvrEvent.DIGIT): _DI,
+    (_WA, IvrEvent.DIGIT): _DI,
+    (_DI, IvrEvent.DIGIT): _DI,
+    (_PL, IvrEvent.CHOSE): _DN,
+    (_WA, IvrEvent.CHOSE): _DN,
+    (_DI, IvrEvent.CHOSE): _DN,
+    (_PL, IvrEvent.INVALID): _DN,
+    (_WA, IvrEvent.INVALID): _DN,
+    (_DI, IvrEvent.INVALID): _DN,
+    (_WA, IvrEvent.NO_INPUT): _DN,
+    (_PL, IvrEvent.GONE): _DN,
+    (_WA, IvrEvent.GONE): _DN,
+    (_DI, IvrEvent.GONE): _DN,
 })

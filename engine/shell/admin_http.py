@@ -1,4 +1,5 @@
-"""The admin HTTP listener: /metrics, /healthz and the admin API (``/api/v1``).
+"""The admin HTTP listener: /metrics, /healthz (with the store's state) and the
+admin API (``/api/v1``).
 
 Bounded on every side: a request's head must arrive within HTTP_IDLE_SECONDS
 of connecting (or of the previous answer), else the connection is closed, so a
@@ -16,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from engine.core import Engine
+from engine.shell.storelink import StoreLink
 
 __all__ = ["HTTP_MAX_BODY", "AdminHttp"]
 
@@ -29,8 +31,9 @@ HTTP_MAX_HEADERS = 64
 class AdminHttp:
     """One aiohttp runner on ``host:port``; ``mount`` adds the admin API's routes."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, link: StoreLink) -> None:
         self.engine = engine
+        self.link = link  # /healthz says whether the store is reachable
         self.runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int,
@@ -52,12 +55,15 @@ class AdminHttp:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.engine.expire(time.time())
+        self.engine.metrics.asyncio_tasks.set(len(asyncio.all_tasks()))
         return web.Response(body=self.engine.metrics.render(),
                             content_type="text/plain", charset="utf-8")
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "registrations": self.engine.registrar.count(),
-                                  "transactions": len(self.engine.transactions)})
+                                  "transactions": len(self.engine.transactions),
+                                  "store": "up" if self.link.up else "down",
+                                  "store_queued": len(self.link.pending)})
 
 
 @web.middleware

@@ -5,9 +5,11 @@ shell's parts around it, as aioquic's asyncio protocol does around its QUIC
 connection: receive (:mod:`~engine.shell.transports` -> the receive queue,
 :mod:`~engine.shell.intake`), process (``Engine.datagram`` / ``Engine.timer``),
 transmit (:meth:`Server.apply`: Sends to the sockets, media commands to
-:mod:`~engine.shell.media_jobs`, binding changes to
-:mod:`~engine.shell.storesync`), re-arm the timer (:mod:`~engine.shell.timer`).
-Beside that, :mod:`~engine.shell.reload` polls the store and
+:mod:`~engine.shell.media_jobs`, binding changes and dialog records to
+:mod:`~engine.shell.storesync`, which writes them behind through
+:mod:`~engine.shell.storelink`), re-arm the timer (:mod:`~engine.shell.timer`).
+Beside that, :mod:`~engine.shell.storesync` shares bindings with the other nodes
+and ends a dead node's calls, :mod:`~engine.shell.reload` polls the store and
 :mod:`~engine.shell.admin_http` serves metrics and the admin API.
 """
 
@@ -24,7 +26,7 @@ import structlog
 from engine.core import Engine, Outcome
 from engine.shell import admin_api
 from engine.shell.admin_http import AdminHttp
-from engine.shell.config import ServerConfig, parse_hostport
+from engine.shell.config import NODE_ID, ServerConfig, default_node_id, parse_hostport
 from engine.shell.intake import Intake
 from engine.shell.media_jobs import MediaJobs
 from engine.shell.reload import Reloader
@@ -35,7 +37,8 @@ from engine.sip.message import Request, Response, grammar
 from engine.sip.transaction import Addr, Send
 from provisioning.store import Store
 
-__all__ = ["Server", "ServerConfig", "parse_hostport", "raise_open_file_limit", "serve"]
+__all__ = ["NODE_ID", "Server", "ServerConfig", "default_node_id", "parse_hostport",
+           "raise_open_file_limit", "serve"]
 
 log = structlog.get_logger("switchboard.app")
 
@@ -53,10 +56,12 @@ class Server:
         self.intake = Intake(config.overload, engine, self.handle, self._send,
                              is_known=lambda source: self.transports.streams.trusted(source[0]))
         self.transports = Transports(engine, config, self.intake.receive)
-        self.media_jobs = MediaJobs(engine, store, config.sip_host, config.data_dir, self.apply)
-        self.storesync = StoreSync(engine, store, config.node_id)
+        self.storesync = StoreSync(engine, store, config.node_id, self.apply)
+        self.link = self.storesync.link  # writes behind; the store's ups and downs
+        self.media_jobs = MediaJobs(engine, store, config.sip_host, config.data_dir, self.apply,
+                                    self.link.save_voicemail)
         self.reloader = Reloader(engine, store, self.apply, self.rearm)
-        self.http = AdminHttp(engine)
+        self.http = AdminHttp(engine, self.link)
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -------------------------------------------------------------
@@ -148,6 +153,7 @@ class Server:
             self.transports.trust(b.source)
         for b in outcome.removed:
             self.storesync.delete(b)
+        self.storesync.take_records()  # dialog records written or ended by this input
         self.timer.arm(self.engine.next_wakeup())
 
     def _send(self, send: Send) -> None:
@@ -168,7 +174,7 @@ class Server:
             self.apply(self.engine.expire(time.time()))
             self.transports.housekeeping(time.monotonic())
             try:
-                await self.reloader.reload()
+                await self.link.attempt("reload", self.reloader.reload)
             except Exception:
                 log.exception("directory reload failed; serving the previous snapshot")
 

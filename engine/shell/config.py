@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.shell.connlimit import StreamLimits
 from engine.shell.overload import OverloadConfig
 
-__all__ = ["ServerConfig", "parse_hostport"]
+__all__ = ["NODE_ID", "ServerConfig", "default_node_id", "parse_hostport"]
+
+# What a node id may be: it goes in the Call-IDs of the legs the node makes (so an
+# edge can send in-dialog requests to it) and in its calls' dialog records.
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
+
+
+def default_node_id(port: int) -> str:
+    """This host's name and the SIP port, as a node id (what a Call-ID may carry)."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()).strip("-.") or "node"
+    return f"{host[:56]}:{port}"
 
 
 def parse_hostport(text: str, default_port: int) -> tuple[str, int]:

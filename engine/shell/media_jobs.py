@@ -2,10 +2,12 @@
 
 The call layer returns media commands (``engine.calls.events``) with its Sends;
 :class:`MediaJobs` opens and closes the RTP endpoints facing callers (it owns
-them), hands bridges to :class:`~engine.services.callmedia.CallMedia`, and runs
+them), hands bridges to :class:`~engine.services.callmedia.CallMedia` and IVR
+prompts and keys to :class:`~engine.services.ivrmedia.IvrMedia`, and runs
 voicemail and mailbox sessions (:class:`~engine.shell.voicemail.Voicemail`) as
-tasks. What a job learns (ports opened, a screening answered, a message done)
-goes back to the engine, whose outcome the ``apply`` callback carries out.
+tasks. What a job learns (ports opened, a screening answered, a key pressed, a
+prompt played, a message done) goes back to the engine, whose outcome the
+``apply`` callback carries out.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from engine.calls.events import (
     BridgeMedia,
+    IvrPlay,
+    IvrQuiet,
     MediaCommand,
     OpenMedia,
     StartMailbox,
@@ -27,9 +31,11 @@ from engine.calls.events import (
 )
 from engine.core import Engine, Outcome
 from engine.services.callmedia import CallMedia
+from engine.services.ivrmedia import IvrMedia
 from engine.shell.voicemail import Voicemail
 from media.endpoint import MediaEndpoint, MediaError
 from media.session import MediaService
+from provisioning.model import VoicemailMessage
 from provisioning.store import Store
 
 __all__ = ["MediaJobs"]
@@ -38,10 +44,12 @@ CallRef = tuple[str, str]
 
 
 class MediaJobs:
-    """Every call's media on this process: endpoints, relays, voicemail tasks."""
+    """Every call's media on this process: endpoints, relays, IVR menus, voicemail
+    tasks."""
 
     def __init__(self, engine: Engine, store: Store, host: str, data_dir: Path,
-                 apply: Callable[[Outcome], None]) -> None:
+                 apply: Callable[[Outcome], None],
+                 save_voicemail: Callable[[VoicemailMessage], Awaitable[None]]) -> None:
         self.engine = engine
         self.apply = apply
         system = engine.directory.system
@@ -49,14 +57,19 @@ class MediaJobs:
                                   host=host or "0.0.0.0")
         self.endpoints: dict[CallRef, MediaEndpoint] = {}  # facing the caller
         self.calls_media = CallMedia(self.media, data_dir, self._screened)
+        self.ivr_media = IvrMedia(self.media, data_dir, self.endpoints.get,
+                                  self._ivr_digit, self._ivr_prompt_done)
         self.tasks: set[asyncio.Task[None]] = set()
         self.voicemail = Voicemail(self.media, store, data_dir, lambda: engine.directory,
-                                   self.calls_media.resolve, self._hangup, self.spawn)
+                                   self.calls_media.resolve, self._hangup, self.spawn,
+                                   save_voicemail)
 
     def run(self, action: MediaCommand) -> None:
         """Carry out one media command of the engine's outcome."""
         if isinstance(action, BridgeMedia):
             self.calls_media.apply(action)
+        elif isinstance(action, IvrPlay | IvrQuiet):
+            self.ivr_media.apply(action)
         elif isinstance(action, OpenMedia):
             self.spawn(self._open_media(action.call, action.bridge))
         elif isinstance(action, StartVoicemail):
@@ -72,8 +85,10 @@ class MediaJobs:
             endpoint = self.endpoints.get(action.call)
             if endpoint is not None and not endpoint.closed:
                 endpoint.configure(action.negotiated)
-        elif isinstance(action, StopMedia) and not self.voicemail.stop(action.call):
-            # A message being left is stopped instead: its task saves it, then closes.
+        elif isinstance(action, StopMedia):
+            self.ivr_media.close(action.call)
+            if self.voicemail.stop(action.call):
+                return  # a message being left: its task saves it, then closes
             self.calls_media.close(action.call)
             endpoint = self.endpoints.pop(action.call, None)
             if endpoint is not None:
@@ -96,6 +111,12 @@ class MediaJobs:
 
     def _screened(self, call: CallRef, accepted: bool) -> None:
         self.apply(self.engine.screened(call, accepted, time.monotonic()))
+
+    def _ivr_digit(self, call: CallRef, digit: str) -> None:
+        self.apply(self.engine.ivr_digit(call, digit, time.monotonic()))
+
+    def _ivr_prompt_done(self, call: CallRef, generation: int) -> None:
+        self.apply(self.engine.ivr_prompt_done(call, generation, time.monotonic()))
 
     def _hangup(self, call: CallRef) -> None:
         self.apply(self.engine.hangup(call, time.monotonic()))

@@ -1,7 +1,8 @@
 """The voicemail workflow on a call's endpoint: leave a message, or the mailbox menu.
 
 A message: greeting, beep, record until the caller hangs up (or the limit), the
-file into the mailbox folder and its row into the store, then the owner's email.
+file into the mailbox folder and its row into the store (queued while the store is
+away), then the owner's email.
 The endpoint belongs to :class:`~engine.shell.media_jobs.MediaJobs`, which closes
 it after; this module owns the recorders of messages being left.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 
 import structlog
@@ -40,9 +41,13 @@ class Voicemail:
     def __init__(self, media: MediaService, store: Store, data_dir: Path,
                  directory: Callable[[], Directory], resolve: Callable[[str], Path],
                  hangup: Callable[[CallRef], None],
-                 spawn: Callable[[Coroutine[object, object, None]], None]) -> None:
+                 spawn: Callable[[Coroutine[object, object, None]], None],
+                 save: Callable[[VoicemailMessage], Awaitable[None]]) -> None:
         self.media = media
         self.store = store
+        # A message's row: through the store link, which queues it while the store is
+        # away (the caller has left it, and the WAV is on disk already).
+        self.save = save
         self.data_dir = data_dir
         self.directory = directory  # the engine's current snapshot
         self.resolve = resolve  # a prompt or greeting name -> its file
@@ -90,7 +95,7 @@ class Voicemail:
                 message = VoicemailMessage(
                     id=message_id, box=job.box, caller=job.caller, time=time.time(),
                     duration=recording.duration, path=str(recording.path.resolve()))
-                await self.store.save_voicemail(message)
+                await self.save(message)
                 log.info("voicemail left", call_id=job.call_id, box=job.box, id=message_id,
                          seconds=round(recording.duration, 1), ended_by=recording.reason)
                 self.email(message)

@@ -95,9 +95,13 @@ def new_tag() -> str:
     return random_hex(8)
 
 
-def new_call_id(host: str = "") -> str:
-    """A Call-ID: 128 random bits, ``@host`` when ``host`` is given (RFC 3261 s8.1.1.4)."""
+def new_call_id(host: str = "", node: str = "") -> str:
+    """A Call-ID: 128 random bits, ``@host`` when ``host`` is given (RFC 3261 s8.1.1.4);
+    ``-node`` after them names the node that made it (several engine processes
+    behind one edge: logs, and the dialog records, say whose call it is)."""
     local = random_hex(16)
+    if node:
+        local = f"{local}-{node}"
     return f"{local}@{host}" if host else local
 
 

@@ -1,5 +1,6 @@
 """The admin API's operations beside the directory tables: live status, registrations,
-calls, route explain, voicemail, recordings, web passwords, API keys, the audit log.
+calls, route explain, voicemail, recordings, web passwords, two-factor enrolment, API
+keys, the audit log.
 
 Each takes the principal and returns plain data or raises :class:`ApiError`;
 ``provisioning.api.http`` only turns requests into calls of these.
@@ -19,8 +20,11 @@ import structlog
 
 from provisioning.api.auth import (
     API_KEY_ROLES,
+    AttemptLimiter,
     Principal,
-    SignInLimiter,
+    begin_totp,
+    check_second_factor,
+    confirm_totp,
     create_api_key,
     find_user,
     hash_password,
@@ -50,6 +54,7 @@ from provisioning.api.policy import (
 from provisioning.mailbox import delete_message, message_json
 from provisioning.model import STATUSES, ApiKey, AuditEntry, User
 from provisioning.recordings import delete_recording, list_recordings
+from provisioning.secretbox import SecretBox
 from provisioning.store import Store, UnknownExtensionError
 
 __all__ = ["Actions"]
@@ -76,12 +81,17 @@ def api_key_json(key: ApiKey) -> dict[str, Any]:
 
 
 class Actions:
-    def __init__(self, store: Store, live: Live) -> None:
+    def __init__(self, store: Store, live: Live, box: SecretBox) -> None:
         self.store = store
         self.live = live
+        self.box = box
         # Reset requests: 3 per account and 10 per address in 15 minutes (each request
         # counts, known account or not); past them nothing is sent for 15 minutes.
-        self.reset_limiter = SignInLimiter(account_limit=3, source_limit=10)
+        # Counted in the store, as sign-ins are: every node sees the same counts.
+        self.reset_limiter = AttemptLimiter(store, "reset", account_limit=3, source_limit=10)
+        # Wrong codes when confirming or turning off TOTP: a stolen session must not
+        # be a way to guess the six digits.
+        self.totp_limiter = AttemptLimiter(store, "totp", account_limit=5, source_limit=20)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _data(self) -> dict[str, Any]:
@@ -298,6 +308,114 @@ class Actions:
         return {"extension": extension, "web_password_set": True,
                 "sessions": "ended: sign in again with the new password"}
 
+    # ------------------------------------------------------------------ TOTP enrolment
+
+    async def _totp_target(self, p: Principal, extension: str) -> tuple[bool, User]:
+        """``(own, user)`` when ``p`` may manage the two factors of ``extension``: their
+        own, or a user they manage (as for a web password)."""
+        row, _ = await self._user(p, extension)
+        own = extension == p.extension
+        if not own and not may_manage_user(p, row):
+            raise ApiError(403, [("extension", "you may manage your own two-factor sign-in, "
+                                               "or that of the users you manage")])
+        user = self.live.directory().user(extension)
+        if user is None:
+            raise ApiError(404, f"no user '{extension}'")
+        return own, user
+
+    async def totp_status(self, p: Principal, extension: str) -> dict[str, Any]:
+        await self._totp_target(p, extension)
+        record = await self.store.totp(extension)
+        return {"extension": extension, "enabled": record is not None,
+                "pending": await self.store.totp_pending(extension) is not None,
+                "recovery_codes_left": len(record.recovery_hashes) if record else 0,
+                "required": self.live.directory().system.require_2fa}
+
+    async def totp_begin(self, p: Principal, extension: str, source: str) -> dict[str, Any]:
+        import segno
+
+        _, user = await self._totp_target(p, extension)
+        if await self.store.totp(extension) is not None:
+            raise ApiError(409, [("extension", "two-factor sign-in is already on: turn it off "
+                                               "first (POST .../totp/disable)")])
+        issuer = self.live.directory().system.domain
+        secret, uri = await begin_totp(self.store, self.box, user, issuer, time.time())
+        await self.store.write_audit(new_audit(p.actor, source, "auth.totp.begin",
+                                               f"users/{extension}"))
+        qr = segno.make(uri, error="m")
+        return {"extension": extension, "secret": secret, "uri": uri,
+                "qr": qr.svg_data_uri(scale=4),
+                "next": f"POST /api/v1/users/{extension}/totp/confirm with a current code "
+                        "from the app"}
+
+    def _code(self, body: object, required: bool) -> str | None:
+        if not isinstance(body, Mapping):
+            raise ApiError(400, [("", "the body must be a JSON object")])
+        unknown = sorted(str(k) for k in body if k != "code")
+        code = body.get("code")
+        errors = [(k, "unknown key") for k in unknown]
+        if code is not None and not isinstance(code, str):
+            errors.append(("code", "must be a string"))
+        elif required and not code:
+            errors.append(("code", "missing: a current code from the authenticator app"))
+        if errors:
+            raise ApiError(400, errors)
+        return str(code) if code else None
+
+    async def _limit_codes(self, extension: str, source: str, now: float) -> None:
+        locked = await self.totp_limiter.locked(extension, source, now)
+        if locked is not None:
+            raise ApiError(429, "too many wrong codes; try again in "
+                                f"{int(locked[1]) + 1} s",
+                           {"Retry-After": str(int(locked[1]) + 1)})
+
+    async def totp_confirm(self, p: Principal, extension: str, body: object,
+                           source: str) -> dict[str, Any]:
+        await self._totp_target(p, extension)
+        code = self._code(body, required=True)
+        assert code is not None
+        now = time.time()
+        await self._limit_codes(extension, source, now)
+        try:
+            codes = await confirm_totp(self.store, self.box, extension, code, now)
+        except LookupError:
+            raise ApiError(409, [("extension", "no enrolment begun: POST "
+                                               f"/api/v1/users/{extension}/totp first")]) \
+                from None
+        if codes is None:
+            await self.totp_limiter.failed(extension, source, now)
+            raise ApiError(422, [("code", "not a current code of the secret being enrolled "
+                                          "(check the app's clock)")])
+        await self.totp_limiter.succeeded(extension)
+        await self.store.write_audit(new_audit(p.actor, source, "auth.totp.enable",
+                                               f"users/{extension}"))
+        return {"extension": extension, "enabled": True, "recovery_codes": list(codes),
+                "message": "each recovery code signs in once instead of a code; they are "
+                           "shown this once"}
+
+    async def totp_disable(self, p: Principal, extension: str, body: object,
+                           source: str) -> dict[str, Any]:
+        """One's own: with a current code (or a recovery code). Another user's: whoever
+        manages them, without one (the user lost their phone)."""
+        own, _ = await self._totp_target(p, extension)
+        code = self._code(body, required=own)
+        record = await self.store.totp(extension)
+        if own and record is not None:
+            assert code is not None
+            now = time.time()
+            await self._limit_codes(extension, source, now)
+            if not await check_second_factor(self.store, self.box, record, code, now):
+                await self.totp_limiter.failed(extension, source, now)
+                raise ApiError(422, [("code", "not a current (unused) code, nor an unused "
+                                              "recovery code")])
+            await self.totp_limiter.succeeded(extension)
+        was_on = await self.store.delete_totp(extension)
+        await self.store.delete_totp_pending(extension)
+        if was_on:
+            await self.store.write_audit(new_audit(p.actor, source, "auth.totp.disable",
+                                                   f"users/{extension}"))
+        return {"extension": extension, "enabled": False, "was_enabled": was_on}
+
     # ------------------------------------------------------------------ welcome, reset
 
     async def welcome(self, p: Principal, extension: str, source: str) -> dict[str, Any]:
@@ -326,11 +444,12 @@ class Actions:
             raise ApiError(400, [(k, "unknown key") for k in unknown])
         identifier = body["user"].strip()
         now = time.time()
-        locked = self.reset_limiter.locked(identifier.lower(), source, now)
+        locked = await self.reset_limiter.locked(identifier.lower(), source, now)
         if locked is not None and locked[0] == "source":
             raise ApiError(429, "too many reset requests from this address; try later",
                            {"Retry-After": str(int(locked[1]) + 1)})
-        self.reset_limiter.failed(identifier.lower(), source, now)  # every request counts
+        # every request counts
+        await self.reset_limiter.failed(identifier.lower(), source, now)
         user = find_user(self.live.directory(), identifier)
         if locked is None and user is not None and not user.disabled and user.email:
             task = asyncio.create_task(self._send_reset(user, source))
@@ -358,7 +477,7 @@ class Actions:
 
     async def reset_password(self, token: str, body: object, source: str) -> dict[str, Any]:
         now = time.time()
-        locked = self.reset_limiter.locked("", source, now)
+        locked = await self.reset_limiter.locked(None, source, now)
         if locked is not None and locked[0] == "source":
             raise ApiError(429, "too many attempts from this address; try later",
                            {"Retry-After": str(int(locked[1]) + 1)})
@@ -370,7 +489,7 @@ class Actions:
             raise ApiError(422, [("password", str(exc))]) from None
         extension = await self.store.take_reset_token(sha256(token), now)
         if extension is None or self.live.directory().user(extension) is None:
-            self.reset_limiter.failed("", source, now)
+            await self.reset_limiter.failed(None, source, now)
             raise ApiError(404, [("token", "this link is unknown, used or expired; ask for a "
                                            "new one")])
         await self.store.set_web_password(extension, hashed)

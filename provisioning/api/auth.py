@@ -10,10 +10,14 @@
   department for ``department_admin``), revocable, shown once.
 - **TOTP** (RFC 6238, 30 s steps, 6 digits, one step of clock drift either
   way): a code is accepted once (the store remembers the last step used); ten
-  one-time recovery codes are given at enrolment.
-- **Failed sign-ins** are limited per account and per source address
-  (:class:`SignInLimiter`); the account key is the identifier as typed when
-  it names no user, so a locked account and an unknown one answer alike.
+  one-time recovery codes (kept as SHA-256) are given when enrolment is
+  confirmed. Seeds are sealed in the store (:mod:`provisioning.secretbox`).
+  With ``[system] require_2fa`` a user without TOTP who signs in gets a token
+  good for enrolling only (:data:`ENROL_ONLY`).
+- **Failed sign-ins** are limited per account and per source address, counted
+  in the store (:class:`AttemptLimiter`), so nodes sharing a store share the
+  counts; the account key is the identifier as typed when it names no user,
+  so a locked account and an unknown one answer alike.
 """
 
 from __future__ import annotations
@@ -24,32 +28,39 @@ import hmac
 import secrets
 import time
 import uuid
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pyotp
+import structlog
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from provisioning.api.errors import ApiError
 from provisioning.model import ROLES, ApiKey, AuditEntry, Directory, Role, Session, TotpRecord, User
+from provisioning.secretbox import SecretBox, SecretBoxError
 from provisioning.store import Store
 
 __all__ = [
     "API_KEY_ROLES",
     "MIN_PASSWORD_LENGTH",
     "TOKEN_SECONDS",
+    "AttemptLimiter",
     "Authenticator",
     "Principal",
-    "SignInLimiter",
+    "begin_totp",
+    "check_second_factor",
+    "confirm_totp",
     "create_api_key",
     "enrol_totp",
     "find_user",
     "hash_password",
     "new_audit",
+    "seal_stored_totp",
     "sha256",
 ]
+
+log = structlog.get_logger("switchboard.api")
 
 TOKEN_SECONDS = 8 * 3600
 MIN_PASSWORD_LENGTH = 10
@@ -104,6 +115,8 @@ class Principal:
     extension: str = ""
     department: str = ""
     token_hash: str = ""  # the session's, for sign-out
+    # [system] require_2fa and no TOTP yet: this token enrols its user, nothing else
+    enrol_only: bool = False
 
 
 def find_user(directory: Directory, identifier: str) -> User | None:
@@ -120,63 +133,56 @@ def find_user(directory: Directory, identifier: str) -> User | None:
 # --------------------------------------------------------------------------- the limiter
 
 
-@dataclass(slots=True)
-class _Failures:
-    times: deque[float] = field(default_factory=deque)
-    locked_until: float = 0.0
+class AttemptLimiter:
+    """Failed attempts per account and per source address, counted in the store.
 
-
-class SignInLimiter:
-    """Failed sign-ins, per account and per source (sans-I/O: every call takes ``now``).
-
-    ``account_limit`` failures within ``window`` seconds lock the account for
-    ``lock_seconds``; ``source_limit`` failures from one address block that
-    address as long. A success clears the account's failures (not the
-    source's: a guesser who owns one account must not reset its count).
+    Every node sharing the store counts the same attempts: a guesser who spreads
+    tries over the nodes behind a balancer meets the same limits as one who does
+    not. ``account_limit`` failures within ``window`` seconds (of the first) lock
+    the account for ``lock_seconds``; ``source_limit`` failures from one address
+    block that address as long. A success clears the account's failures (not the
+    source's: a guesser who owns one account must not reset its count). ``scope``
+    keeps the sign-in and the reset counts apart.
     """
 
-    def __init__(self, *, account_limit: int = 5, source_limit: int = 20,
-                 window: float = 900.0, lock_seconds: float = 900.0,
-                 max_entries: int = 100_000) -> None:
+    def __init__(self, store: Store, scope: str, *, account_limit: int = 5,
+                 source_limit: int = 20, window: float = 900.0,
+                 lock_seconds: float = 900.0) -> None:
+        self.store = store
+        self.scope = scope
         self.account_limit = account_limit
         self.source_limit = source_limit
         self.window = window
         self.lock_seconds = lock_seconds
-        self.max_entries = max_entries
-        self._accounts: dict[str, _Failures] = {}
-        self._sources: dict[str, _Failures] = {}
 
-    def locked(self, account: str, source: str, now: float) -> tuple[str, float] | None:
-        """``("account" | "source", seconds left)`` when a sign-in must be refused."""
-        for kind, table, key in (("source", self._sources, source),
-                                 ("account", self._accounts, account)):
-            entry = table.get(key)
-            if entry is not None and entry.locked_until > now:
-                return kind, entry.locked_until - now
+    @staticmethod
+    def _key(kind: str, value: str) -> str:
+        return sha256(f"{kind}:{value}")
+
+    async def locked(self, account: str | None, source: str,
+                     now: float) -> tuple[str, float] | None:
+        """``("account" | "source", seconds left)`` when an attempt must be refused."""
+        keys = {"source": self._key("source", source)}
+        if account is not None:
+            keys["account"] = self._key("account", account)
+        found = await self.store.attempts_locked(self.scope, list(keys.values()), now)
+        for kind in ("source", "account"):
+            if kind in keys and keys[kind] in found:
+                return kind, found[keys[kind]] - now
         return None
 
-    def failed(self, account: str, source: str, now: float) -> None:
-        for table, key, limit in ((self._accounts, account, self.account_limit),
-                                  (self._sources, source, self.source_limit)):
-            if key not in table and len(table) >= self.max_entries:
-                self._prune(table, now)
-            entry = table.setdefault(key, _Failures())
-            entry.times.append(now)
-            while entry.times and entry.times[0] <= now - self.window:
-                entry.times.popleft()
-            if len(entry.times) >= limit:
-                entry.locked_until = now + self.lock_seconds
-                entry.times.clear()
+    async def failed(self, account: str | None, source: str, now: float) -> None:
+        """Count a failure; ``account`` None counts the source only."""
+        if account is not None:
+            await self.store.attempt_failed(
+                self.scope, self._key("account", account), limit=self.account_limit,
+                window=self.window, lock_seconds=self.lock_seconds, now=now)
+        await self.store.attempt_failed(
+            self.scope, self._key("source", source), limit=self.source_limit,
+            window=self.window, lock_seconds=self.lock_seconds, now=now)
 
-    def succeeded(self, account: str) -> None:
-        self._accounts.pop(account, None)
-
-    def _prune(self, table: dict[str, _Failures], now: float) -> None:
-        for key in [k for k, e in table.items() if e.locked_until <= now
-                    and (not e.times or e.times[-1] <= now - self.window)]:
-            del table[key]
-        while len(table) >= self.max_entries:  # still full: forget the oldest
-            del table[next(iter(table))]
+    async def succeeded(self, account: str) -> None:
+        await self.store.attempts_cleared(self.scope, self._key("account", account))
 
 
 # --------------------------------------------------------------------------- TOTP
@@ -199,31 +205,103 @@ def _normal_code(code: str) -> str:
     return code.strip().lower().replace(" ", "")
 
 
-async def enrol_totp(store: Store, user: User, issuer: str) -> TotpEnrolment:
-    """Enrol ``user`` (a new secret replaces any previous one) and return what to
-    show once: the otpauth URI (for a QR code) and the recovery codes."""
-    secret = pyotp.random_base32()
-    codes = tuple(_recovery_code() for _ in range(RECOVERY_CODES))
-    await store.set_totp(TotpRecord(extension=user.extension, secret=secret,
-                                    recovery_hashes=tuple(sha256(c) for c in codes),
-                                    created_at=time.time()))
+def totp_context(extension: str) -> str:
+    """What a sealed seed is bound to: its row."""
+    return f"totp:{extension}"
+
+
+def totp_uri(secret: str, user: User, issuer: str) -> str:
     name = user.email or f"{user.extension}@{issuer}"
-    uri = pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name=f"Switchboard {issuer}")
-    return TotpEnrolment(uri, secret, codes)
+    return pyotp.TOTP(secret).provisioning_uri(name=name, issuer_name=f"Switchboard {issuer}")
 
 
-async def check_second_factor(store: Store, record: TotpRecord, code: str, now: float) -> bool:
+def _recovery() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    codes = tuple(_recovery_code() for _ in range(RECOVERY_CODES))
+    return codes, tuple(sha256(c) for c in codes)
+
+
+async def enrol_totp(store: Store, box: SecretBox, user: User, issuer: str) -> TotpEnrolment:
+    """Enrol ``user`` at once (the CLI: whoever runs it shows the QR code to the user;
+    a new secret replaces any previous one) and return what to show once: the
+    otpauth URI (for a QR code) and the recovery codes."""
+    secret = pyotp.random_base32()
+    codes, hashes = _recovery()
+    await store.set_totp(TotpRecord(extension=user.extension,
+                                    secret=box.seal(secret, totp_context(user.extension)),
+                                    recovery_hashes=hashes, created_at=time.time()))
+    return TotpEnrolment(totp_uri(secret, user, issuer), secret, codes)
+
+
+async def begin_totp(store: Store, box: SecretBox, user: User, issuer: str,
+                     now: float) -> tuple[str, str]:
+    """Begin an enrolment: ``(secret, otpauth URI)``. Nothing changes for sign-in until
+    :func:`confirm_totp` sees a code of this secret (an enrolment that the user's app
+    never took cannot lock them out)."""
+    secret = pyotp.random_base32()
+    await store.set_totp_pending(user.extension, box.seal(secret, totp_context(user.extension)),
+                                 now)
+    return secret, totp_uri(secret, user, issuer)
+
+
+def _matching_step(secret: str, code: str, now: float) -> int | None:
+    """The time step whose code ``code`` is: this one or one either side (clock drift)."""
+    code = _normal_code(code)
+    if not (code.isdigit() and len(code) == 6):
+        return None
+    totp = pyotp.TOTP(secret)
+    step = int(now // totp.interval)
+    for counter in (step - 1, step, step + 1):
+        if hmac.compare_digest(totp.generate_otp(counter), code):
+            return counter
+    return None
+
+
+async def confirm_totp(store: Store, box: SecretBox, extension: str, code: str,
+                       now: float) -> tuple[str, ...] | None:
+    """Turn a begun enrolment on when ``code`` is a current code of its secret: the
+    recovery codes to show once; None for a wrong code. LookupError when no
+    enrolment was begun."""
+    pending = await store.totp_pending(extension)
+    if pending is None:
+        raise LookupError(extension)
+    sealed, _ = pending
+    counter = _matching_step(box.open(sealed, totp_context(extension)), code, now)
+    if counter is None:
+        return None
+    codes, hashes = _recovery()
+    record = TotpRecord(extension=extension, secret=sealed, recovery_hashes=hashes,
+                        last_counter=counter, created_at=now)  # this code is spent
+    if not await store.confirm_totp(record):
+        raise LookupError(extension)  # confirmed (or dropped) by another request meanwhile
+    return codes
+
+
+async def check_second_factor(store: Store, box: SecretBox, record: TotpRecord, code: str,
+                              now: float) -> bool:
     """A TOTP code of this step or one step either side, not used before; or an unused
     recovery code (spent by this call)."""
     code = _normal_code(code)
     if code.isdigit() and len(code) == 6:
-        totp = pyotp.TOTP(record.secret)
-        step = int(now // totp.interval)
-        for counter in (step - 1, step, step + 1):
-            if hmac.compare_digest(totp.generate_otp(counter), code):
-                return await store.use_totp_counter(record.extension, counter)
-        return False
+        try:
+            secret = box.open(record.secret, totp_context(record.extension))
+        except SecretBoxError as exc:  # another key: the log says which (never the seed)
+            log.error("a TOTP seed does not open", extension=record.extension,
+                      reason=str(exc))
+            return False
+        counter = _matching_step(secret, code, now)
+        return counter is not None and await store.use_totp_counter(record.extension, counter)
     return await store.use_recovery_code(record.extension, sha256(code))
+
+
+async def seal_stored_totp(store: Store, box: SecretBox) -> int:
+    """Seal the seeds stored in clear by an earlier version; how many."""
+    done = 0
+    for record in await store.all_totp():
+        if not box.is_sealed(record.secret) and await store.set_totp_secret(
+                record.extension, record.secret,
+                box.seal(record.secret, totp_context(record.extension))):
+            done += 1
+    return done
 
 
 # --------------------------------------------------------------------------- API keys
@@ -252,10 +330,11 @@ async def create_api_key(store: Store, name: str, role: str,
 class Authenticator:
     """Signs users in and turns a ``Bearer`` credential into a :class:`Principal`."""
 
-    def __init__(self, store: Store, limiter: SignInLimiter | None = None,
+    def __init__(self, store: Store, box: SecretBox, limiter: AttemptLimiter | None = None,
                  token_seconds: float = TOKEN_SECONDS) -> None:
         self.store = store
-        self.limiter = limiter or SignInLimiter()
+        self.box = box
+        self.limiter = limiter or AttemptLimiter(store, "sign_in")
         self.token_seconds = token_seconds
 
     async def sign_in(self, directory: Directory, identifier: str, password: str,
@@ -269,7 +348,7 @@ class Authenticator:
         user = find_user(directory, identifier)
         account = f"user:{user.extension}" if user is not None else \
             f"name:{identifier.strip().lower()}"
-        locked = self.limiter.locked(account, source, now)
+        locked = await self.limiter.locked(account, source, now)
         if locked is not None:
             kind, left = locked
             what = "this account" if kind == "account" else "this address"
@@ -278,7 +357,7 @@ class Authenticator:
         stored = await self.store.web_password_hash(user.extension) if user else None
         good = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
         if not good or stored is None or user is None or user.disabled:
-            self.limiter.failed(account, source, now)
+            await self.limiter.failed(account, source, now)
             raise ApiError(401, "wrong user, password or code")
         record = await self.store.totp(user.extension)
         if record is not None:
@@ -286,10 +365,10 @@ class Authenticator:
                 # only someone who knows the password learns that a code is needed
                 raise ApiError(401, [("code", "this account needs a code from its "
                                               "authenticator app (or a recovery code)")])
-            if not await check_second_factor(self.store, record, code, now):
-                self.limiter.failed(account, source, now)
+            if not await check_second_factor(self.store, self.box, record, code, now):
+                await self.limiter.failed(account, source, now)
                 raise ApiError(401, "wrong user, password or code")
-        self.limiter.succeeded(account)
+        await self.limiter.succeeded(account)
         token = secrets.token_urlsafe(32)
         expires = now + self.token_seconds
         await self.store.create_session(Session(token_hash=sha256(token), extension=user.extension,
@@ -321,9 +400,13 @@ class Authenticator:
         if user is None or user.disabled:
             await self.store.delete_sessions(session.extension)
             raise _bad_credential()
+        # checked at each request, not at sign-in: turning the setting on restricts the
+        # sessions already open too, and a confirmed enrolment lifts it at once
+        enrol_only = directory.system.require_2fa and \
+            await self.store.totp(user.extension) is None
         return Principal(actor=f"user:{user.extension}", role=user.role,
                          extension=user.extension, department=user.department,
-                         token_hash=token_hash)
+                         token_hash=token_hash, enrol_only=enrol_only)
 
 
 def _bad_credential() -> ApiError:

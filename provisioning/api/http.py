@@ -30,12 +30,13 @@ from aiohttp import web
 from media.wav import GREETING_MAX_BYTES, WavError, validate_greeting
 from provisioning.api import schema as sch
 from provisioning.api.actions import Actions
-from provisioning.api.auth import Authenticator, Principal
+from provisioning.api.auth import Authenticator, Principal, seal_stored_totp
 from provisioning.api.errors import ApiError
 from provisioning.api.events import STREAM_SECONDS, EventHub, involved
 from provisioning.api.live import Live
 from provisioning.api.resources import DirectoryApi, parse_if_match
 from provisioning.model import ROLES, STATUSES
+from provisioning.secretbox import SecretBox
 from provisioning.store import Store
 
 __all__ = ["ROUTES", "Api", "openapi", "setup"]
@@ -67,12 +68,13 @@ class Route:
 
 class Api:
     def __init__(self, store: Store, live: Live, authenticator: Authenticator | None = None,
-                 ) -> None:
+                 box: SecretBox | None = None) -> None:
         self.store = store
         self.live = live
-        self.auth = authenticator or Authenticator(store)
+        self.box = box or SecretBox.for_data_dir(live.data_dir)
+        self.auth = authenticator or Authenticator(store, self.box)
         self.directory = DirectoryApi(store, live.reload)
-        self.actions = Actions(store, live)
+        self.actions = Actions(store, live, self.box)
         self.events = EventHub(live)
 
 
@@ -195,8 +197,10 @@ async def _sign_in(api: Api, request: web.Request, p: Principal | None) -> web.S
         api.live.directory(), body["user"], body["password"], code, _source(request),
         time.time())
     log.info("signed in", extension=user.extension, source=_source(request))
+    enrol = api.live.directory().system.require_2fa and \
+        await api.store.totp(user.extension) is None
     return _json({"token": token, "expires": int(expires), "extension": user.extension,
-                  "role": user.role})
+                  "role": user.role, "enrol_2fa": enrol})
 
 
 async def _sign_out(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
@@ -210,7 +214,7 @@ async def _sign_out(api: Api, request: web.Request, p: Principal | None) -> web.
 async def _me(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
     assert p is not None
     return _json({"actor": p.actor, "role": p.role, "extension": p.extension or None,
-                  "department": p.department or None})
+                  "department": p.department or None, "enrol_2fa": p.enrol_only})
 
 
 def _action(call: Callable[[Actions, web.Request, Principal], Awaitable[Any]],
@@ -422,6 +426,10 @@ _STATUS_OUT = sch.obj({"extension": {"type": "string"}, "status": sch.enum(STATU
                        "configured": sch.enum(STATUSES), "live": sch.BOOLEAN})
 _STATUS_OUT["additionalProperties"] = True
 _LIST: sch.Schema = {"type": "array", "items": {"type": "object"}}
+_TOTP_WHO = "self; those one manages (as for a web password)"
+_TOTP_STATUS = sch.obj({"extension": {"type": "string"}, "enabled": sch.BOOLEAN,
+                        "pending": sch.BOOLEAN, "recovery_codes_left": {"type": "integer"},
+                        "required": sch.BOOLEAN})
 _STRINGS: sch.Schema = {"type": "array", "items": {"type": "string"}}
 _COPY_OUT: sch.Schema = {**sch.output_schema("users")}
 _COPY_OUT["properties"] = {**_COPY_OUT.get("properties", {}),
@@ -442,7 +450,9 @@ ROUTES: list[Route] = [
     Route("POST", "/auth/token", _sign_in, "Sign in: a bearer token", "anyone", sch.obj({
         "token": {"type": "string"}, "expires": {"type": "integer",
                                                  "description": "epoch seconds"},
-        "extension": {"type": "string"}, "role": sch.enum(ROLES)}),
+        "extension": {"type": "string"}, "role": sch.enum(ROLES),
+        "enrol_2fa": {"type": "boolean", "description": "[system] require_2fa and no TOTP "
+                      "yet: this token is good for enrolling only"}}),
           body=sch.obj({"user": {"type": "string", "minLength": 1,
                                  "description": "extension or email"},
                         "password": {"type": "string", "minLength": 1},
@@ -525,6 +535,11 @@ ROUTES: list[Route] = [
                    "department_admin: their hours and holidays; manager, owner"),
     *_table_routes("ring_groups", "ring groups", "members, their department; manager, owner",
                    "department_admin: their department's; manager, owner"),
+    *_table_routes("ivrs", "IVRs (digital receptionists)", "receptionist, department_admin: "
+                   "their department's; manager, owner", "department_admin: their "
+                   "department's; owner"),
+    *_table_routes("queues", "call queues", "agents, their department; manager, owner",
+                   "department_admin: their department's; owner"),
     *_table_routes("trunks", "trunks", "owner", "owner"),
     Route("GET", "/statuses", _action(lambda a, r, p: a.statuses(p)),
           "Effective statuses of the users one may see", _ANY, _LIST),
@@ -550,6 +565,36 @@ ROUTES: list[Route] = [
           body=sch.obj({"password": {"type": "string"},
                         "current_password": {"type": "string"}}, ["password"]),
           errors=(400, 403, 404, 422)),
+    Route("GET", f"/users/{_EXT}/totp", _action(
+        lambda a, r, p: a.totp_status(p, r.match_info["extension"])),
+          "Whether two-factor sign-in (TOTP) is on, begun, and how many recovery codes are "
+          "left", _TOTP_WHO, _TOTP_STATUS, errors=(403, 404)),
+    Route("POST", f"/users/{_EXT}/totp", _action(
+        lambda a, r, p: a.totp_begin(p, r.match_info["extension"], _source(r)), 201),
+          "Begin TOTP enrolment (RFC 6238): a new secret, its otpauth URI and a QR code "
+          "(an SVG data URI), shown this once; sign-in is unchanged until confirmed",
+          _TOTP_WHO, sch.obj({"extension": {"type": "string"}, "secret": {"type": "string"},
+                              "uri": {"type": "string"}, "qr": {"type": "string"},
+                              "next": {"type": "string"}}),
+          errors=(403, 404, 409)),
+    Route("POST", f"/users/{_EXT}/totp/confirm", _action(
+        lambda a, r, p: _with_body(r, lambda b: a.totp_confirm(p, r.match_info["extension"],
+                                                              b, _source(r)))),
+          "Confirm the enrolment with a current code: TOTP is on; the recovery codes are in "
+          "this answer only", _TOTP_WHO,
+          sch.obj({"extension": {"type": "string"}, "enabled": sch.BOOLEAN,
+                   "recovery_codes": _STRINGS, "message": {"type": "string"}}),
+          body=sch.obj({"code": {"type": "string", "minLength": 1}}, ["code"]),
+          errors=(400, 403, 404, 409, 422, 429), ok=200),
+    Route("POST", f"/users/{_EXT}/totp/disable", _action(
+        lambda a, r, p: _with_body(r, lambda b: a.totp_disable(p, r.match_info["extension"],
+                                                              b, _source(r)))),
+          "Turn TOTP off: one's own with a current code (or a recovery code); another's by "
+          "whoever manages them", _TOTP_WHO,
+          sch.obj({"extension": {"type": "string"}, "enabled": sch.BOOLEAN,
+                   "was_enabled": sch.BOOLEAN}),
+          body=sch.obj({"code": {"type": "string"}}),
+          errors=(400, 403, 404, 422, 429), ok=200),
     Route("GET", f"/users/{_EXT}/voicemail", _action(
         lambda a, r, p: a.voicemail(p, r.match_info["extension"])),
           "A mailbox's messages", "its user; owner", _LIST, errors=(403, 404)),
@@ -619,6 +664,11 @@ def _wrap(api: Api, route: Route) -> Callable[[web.Request], Awaitable[web.Strea
             if not route.public:
                 principal = await api.auth.principal(request.headers.get("Authorization", ""),
                                                      api.live.directory(), time.time())
+                if principal.enrol_only and not _enrolling(route, request, principal):
+                    raise ApiError(403, "two-factor sign-in is required on this system: enrol "
+                                        f"first (POST {PREFIX}/users/{principal.extension}/"
+                                        "totp, then .../totp/confirm with a code); until "
+                                        "then this token is good for that only")
             return await route.handler(api, request, principal)
         except ApiError as exc:
             return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
@@ -631,9 +681,27 @@ def _wrap(api: Api, route: Route) -> Callable[[web.Request], Awaitable[web.Strea
     return handler
 
 
+#: What a token of a user who must enrol first ([system] require_2fa) may call: its
+#: own enrolment, who it is, and sign-out.
+ENROL_ONLY: frozenset[tuple[str, str]] = frozenset({
+    ("GET", "/me"), ("DELETE", "/auth/token"), ("GET", "/users/{extension}/totp"),
+    ("POST", "/users/{extension}/totp"), ("POST", "/users/{extension}/totp/confirm")})
+
+
+def _enrolling(route: Route, request: web.Request, p: Principal) -> bool:
+    own = request.match_info.get("extension", p.extension) == p.extension
+    return (route.method, route.path) in ENROL_ONLY and own
+
+
 def setup(app: web.Application, store: Store, live: Live) -> Api:
     """Register ``/api/v1`` on the admin application."""
     api = Api(store, live)
+
+    async def seal_seeds(_: web.Application) -> None:
+        sealed = await seal_stored_totp(store, api.box)
+        if sealed:
+            log.info("TOTP seeds sealed in the store", count=sealed, key_id=api.box.key_id)
+    app.on_startup.append(seal_seeds)
     for route in ROUTES:
         app.router.add_route(route.method, PREFIX + route.path, _wrap(api, route))
     # A fixed path under a parameterised one (/users/import under /users/{key}) would

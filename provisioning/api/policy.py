@@ -14,6 +14,13 @@
 ``owner``          everything
 =================  ==========================================================
 
+IVRs belong to their ``department``; a queue to a department when every agent
+is of it. Their department's admin and owners change them (a manager reads
+them): where callers of the department's numbers are sent is that department's
+decision, and an IVR's keys may reach any destination only an owner may
+grant. A department admin's IVR or queue sends calls inside the department
+only (its users, ring groups, IVRs and queues), in what they write.
+
 A department's numbers are the ones it presents (``caller_id``) or that route
 to one of its users, their voicemail or one of its ring groups; a ring group is
 a department's when every member is. Rules are functions of the principal and
@@ -84,7 +91,40 @@ def _destination_in_dept(value: object, data: Data, department: str) -> bool:
         return dest.target in dept_extensions(data, department)
     if dest.kind == "ring_group":
         return dest.target in _dept_groups(data, department)
+    if dest.kind == "ivr":
+        return dest.target in _dept_ivrs(data, department)
+    if dest.kind == "queue":
+        return dest.target in _dept_queues(data, department)
     return False
+
+
+def _dept_ivrs(data: Data, department: str) -> set[str]:
+    return {str(i.get("name")) for i in data.get("ivrs", []) if i.get("department") == department}
+
+
+def _queue_in_dept(queue: Row, members_of_dept: set[str]) -> bool:
+    agents = queue.get("agents") or []
+    return bool(agents) and all(str(a) in members_of_dept for a in agents)
+
+
+def _dept_queues(data: Data, department: str) -> set[str]:
+    exts = dept_extensions(data, department)
+    return {str(q.get("name")) for q in data.get("queues", []) if _queue_in_dept(q, exts)}
+
+
+def _row_destinations(table: str, row: Row) -> list[tuple[str, object]]:
+    """(field, destination) of every destination an IVR or queue row names."""
+    out: list[tuple[str, object]] = []
+    if table == "ivrs":
+        keys = row.get("keys")
+        if isinstance(keys, Mapping):
+            out += [(f"keys.{k}", v) for k, v in keys.items()]
+        out += [(k, row[k]) for k in ("on_timeout", "on_invalid", "outside_office_hours")
+                if k in row]
+    else:
+        out += [(k, row[k]) for k in ("on_timeout", "when_no_agents")
+                if k in row and row[k] != "join"]
+    return out
 
 
 def _number_in_dept(number: Row, data: Data, department: str) -> bool:
@@ -125,6 +165,14 @@ def visible(p: Principal, table: str, row: Row, data: Data) -> bool:
             _group_in_dept(row, dept_extensions(data, p.department))
     if table == "numbers":
         return p.role == "department_admin" and _number_in_dept(row, data, p.department)
+    if table == "ivrs":
+        return at_least(p, "receptionist") and bool(p.department) and \
+            row.get("department") == p.department
+    if table == "queues":
+        if p.extension and p.extension in (row.get("agents") or []):
+            return True
+        return at_least(p, "receptionist") and \
+            _queue_in_dept(row, dept_extensions(data, p.department))
     return False
 
 
@@ -188,6 +236,8 @@ def check_write(p: Principal, table: str, old: Row | None, new: Row | None, chan
         errors = _group_write(p, old, new, data, where)
     elif table == "departments":
         errors = _department_write(p, old, new, changed, where)
+    elif table in ("ivrs", "queues"):
+        errors = _menu_write(p, table, old, new, changed, data, where)
     if errors:
         raise ApiError(403, errors)
 
@@ -262,6 +312,40 @@ def _group_write(p: Principal, old: Row | None, new: Row | None, data: Data,
             not _destination_in_dept(new["no_answer"], data, p.department):
         errors.append((f"{where}.no_answer", f"a department admin routes to the users and ring "
                                              f"groups of '{p.department}' only"))
+    return errors
+
+
+def _menu_write(p: Principal, table: str, old: Row | None, new: Row | None,
+                changed: Sequence[str], data: Data, where: str) -> list[FieldError]:
+    """IVRs and queues: an owner, or the admin of their department (see the module
+    notes); what a department admin writes sends calls inside the department."""
+    if p.role == "owner":
+        return []
+    what = "IVRs" if table == "ivrs" else "queues"
+    if p.role != "department_admin":
+        return [(where, f"a {p.role} does not change {what} (their department's admin or "
+                        "an owner does)")]
+    exts = dept_extensions(data, p.department)
+    for r in (old, new):
+        if r is None:
+            continue
+        mine = r.get("department") == p.department if table == "ivrs" else \
+            _queue_in_dept(r, exts)
+        if not mine:
+            field = "department" if table == "ivrs" else "agents"
+            return [(f"{where}.{field}", f"a department admin's {what} are "
+                                         f"'{p.department}''s only")]
+    errors: list[FieldError] = []
+    if new is not None:
+        itself = f"ivr:{new.get('name')}" if table == "ivrs" else ""
+        for field, dest in _row_destinations(table, new):
+            touched = old is None or any(c == field or c.startswith(field + ".")
+                                         or field.startswith(c + ".") for c in changed)
+            if touched and dest != itself and \
+                    not _destination_in_dept(dest, data, p.department):
+                errors.append((f"{where}.{field}", f"a department admin routes to the users, "
+                                                   f"ring groups, IVRs and queues of "
+                                                   f"'{p.department}' only"))
     return errors
 
 

@@ -45,6 +45,8 @@ SECRETS: Mapping[str, tuple[str, ...]] = {
     "departments": (),
     "numbers": (),
     "ring_groups": (),
+    "ivrs": (),
+    "queues": (),
 }
 MASK = "********"
 #: What a copy takes from the body; what it never takes from the user copied (identity,

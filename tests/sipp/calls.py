@@ -76,8 +76,11 @@ def _uac_request(method: str, cseq: int, *, in_dialog: bool, retrans: bool = Fal
 """
 
 
-def uac_scenario(work: Path, *, auth: bool, expect: int, hold_ms: int = 500) -> Path:
-    """One call: (407 dance), then ``expect``; a 200 is ACKed and hung up after ``hold_ms``."""
+def uac_scenario(work: Path, *, auth: bool, expect: int, hold_ms: int = 500,
+                 wait_bye_ms: int = 0) -> Path:
+    """One call: (407 dance), then ``expect``; a 200 is ACKed and hung up after ``hold_ms``,
+    or, with ``wait_bye_ms``, kept until the far end's BYE (answered 200) comes within
+    that long."""
     parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="uac">',
              _invite(1, auth=False)]
     if auth:
@@ -91,7 +94,11 @@ def uac_scenario(work: Path, *, auth: bool, expect: int, hold_ms: int = 500) -> 
   <recv response="183" optional="true"/>
   <recv response="180" optional="true"/>
 """)
-    if expect == 200:
+    if expect == 200 and wait_bye_ms:
+        parts += ['  <recv response="200" rrs="true"/>', _uac_request("ACK", cseq, in_dialog=True),
+                  f'  <recv request="BYE" timeout="{wait_bye_ms}"/>',
+                  _reply("200 OK", contact=False).replace(";tag=[pid]SIPpTag01[call_number]", "")]
+    elif expect == 200:
         parts += ['  <recv response="200" rrs="true"/>', _uac_request("ACK", cseq, in_dialog=True),
                   f'  <pause milliseconds="{hold_ms}"/>',
                   _uac_request("BYE", cseq + 1, in_dialog=True, retrans=True),
@@ -99,7 +106,7 @@ def uac_scenario(work: Path, *, auth: bool, expect: int, hold_ms: int = 500) -> 
     else:
         parts += [f'  <recv response="{expect}"/>', _uac_request("ACK", cseq, in_dialog=False)]
     parts.append("</scenario>\n")
-    path = work / f"uac_{'auth' if auth else 'trunk'}_{expect}.xml"
+    path = work / f"uac_{'auth' if auth else 'trunk'}_{expect}{'_waits' if wait_bye_ms else ''}.xml"
     path.write_text("\n".join(parts))
     return path
 
@@ -201,8 +208,9 @@ def start_uas(work: Path, behaviour: str, port: int, engine_target: str, *,
 
 def run_uac(work: Path, engine_target: str, *, caller: str, dialled: str, expect: int,
             auth: tuple[str, str] | None = None, port: int, hold_ms: int = 500,
-            timeout: float = 30.0, domain: str = "pbx.test") -> SippResult:
-    xml = uac_scenario(work, auth=auth is not None, expect=expect, hold_ms=hold_ms)
+            timeout: float = 30.0, domain: str = "pbx.test", wait_bye_ms: int = 0) -> SippResult:
+    xml = uac_scenario(work, auth=auth is not None, expect=expect, hold_ms=hold_ms,
+                       wait_bye_ms=wait_bye_ms)
     args = ["-s", dialled, "-p", str(port), "-t", "u1"]
     if auth is not None:
         args += ["-au", auth[0], "-ap", auth[1]]
