@@ -24,8 +24,17 @@ from engine.calls.events import MediaCommand, is_media_command
 from engine.calls.headers import SERVER, Local
 from engine.calls.records import bye_requests
 from engine.metrics import Metrics
+from engine.services.dialoginfo import DialogBook, dialog_info, pidf
 from engine.services.mwi import EVENT as MWI_EVENT
 from engine.services.mwi import MessageWaiting
+from engine.services.subscriptions import (
+    DIALOG,
+    PACKAGES,
+    PRESENCE,
+    Document,
+    Subscription,
+    Subscriptions,
+)
 from engine.services.trunkreg import TrunkRegistrar
 from engine.sip.auth import AuthResult, DigestAuthenticator, FailureLimiter
 from engine.sip.message import (
@@ -60,6 +69,7 @@ from routing import CallFacts, router_for
 log = structlog.get_logger("switchboard.engine")
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, SUBSCRIBE"
+ALLOW_EVENTS = f"{MWI_EVENT}, {DIALOG}, {PRESENCE}"
 ACCEPT = "application/sdp"
 # Only what is implemented is advertised: RFC 5626 reg-id/instance bindings and
 # CRLF keep-alives, and Path (RFC 3327): a REGISTER through the edge is stored
@@ -161,6 +171,12 @@ class Engine:
                            self.metrics, anchor_media=anchor_media)
         self.trunkreg = TrunkRegistrar(self.transactions)
         self.mwi = MessageWaiting(self.transactions)
+        # Busy lamps (RFC 4235) and presence (RFC 3856): the extensions' dialogs,
+        # kept from the call layer's changes, and the subscriptions to them.
+        self.dialogs = DialogBook()
+        self.subs = Subscriptions(self.transactions, self._document, self.metrics)
+        self._presence: dict[str, str] = {}  # extension -> the status presence last saw
+        self._revoke_due = False  # the directory changed: subscriptions to check
         self.auth = DigestAuthenticator(directory.system.domain, self._auth_key,
                                         algorithms=digest_algorithms)
         self.set_directory(directory)
@@ -179,6 +195,8 @@ class Engine:
                                             algorithms=self.digest_algorithms)
         self.calls.set_directory(directory)
         self.calls.local = self.local
+        self._revoke_due = bool(self.subs.subs)
+        self._statuses_changed()
         self.trunkreg.set_trunks(directory.trunks, 0.0, self.advertise)
         self._trunk_nets = [(ipaddress.ip_network(cidr, strict=False), trunk.inbound_port,
                              trunk.name)
@@ -187,6 +205,56 @@ class Engine:
     def set_statuses(self, statuses: dict[str, Status]) -> None:
         """Live statuses (``switchboard status set``): they win over the directory."""
         self.calls.statuses = dict(statuses)
+        # Presence NOTIFYs are queued; the engine's next timer sends them (paced).
+        self._statuses_changed()
+
+    def status_of(self, extension: str) -> str:
+        """The user's status now: the live one (``status set``) or the directory's."""
+        live = self.calls.statuses.get(extension)
+        if live is not None:
+            return live
+        user = self.directory.user(extension)
+        return user.status if user is not None else "available"
+
+    def _statuses_changed(self) -> None:
+        now = {u.extension: self.status_of(u.extension) for u in self.directory.users}
+        changed = {ext for ext in now.keys() | self._presence.keys()
+                   if now.get(ext) != self._presence.get(ext)}
+        self._presence = now
+        if changed:
+            self.subs.changed(PRESENCE, changed)
+
+    def _document(self, package: str, extension: str, now: float) -> Document:
+        """What a NOTIFY of ``package`` says about ``extension`` now."""
+        entity = f"sip:{extension}@{self.directory.system.domain}"
+        if package == DIALOG:
+            views = self.dialogs.views(extension, now)
+            return Document(views, lambda version: dialog_info(entity, extension, views,
+                                                               version))
+        status, on_call = self.status_of(extension), self.dialogs.on_call(extension)
+        return Document((status, on_call),
+                        lambda version: pidf(entity, extension, status, on_call, version))
+
+    def _allowed(self, sub: Subscription) -> str:
+        """Why ``sub`` may not go on (RFC 6665 s4.1.3 reason), ``""``: it may."""
+        watcher = self.directory.user(sub.watcher)
+        if watcher is None or watcher.disabled:
+            return "rejected"
+        if self.directory.user(sub.target) is None:
+            return "noresource"
+        return ""
+
+    def _publish(self, now: float) -> Produced:
+        """The calls that moved reach the busy lamps and presence: NOTIFYs, paced."""
+        changes = self.calls.take_changes()
+        if changes:
+            extensions = self.dialogs.update(changes, now)
+            if extensions:
+                self.subs.changed(DIALOG, extensions)
+                self.subs.changed(PRESENCE, extensions)  # "on a call"; unchanged: not sent
+        if not self.subs.pending:
+            return NOTHING
+        return self._top(self.subs.flush(now, self.local), now)
 
     @property
     def tls_port(self) -> int:
@@ -225,7 +293,8 @@ class Engine:
 
     def next_wakeup(self) -> float | None:
         wakes = [w for w in (self.transactions.next_wakeup(), self.calls.next_wakeup(),
-                             self.trunkreg.next_wakeup(), self.mwi.next_wakeup())
+                             self.trunkreg.next_wakeup(), self.mwi.next_wakeup(),
+                             self.subs.next_wakeup(), 0.0 if self._revoke_due else None)
                  if w is not None]
         return min(wakes) if wakes else None
 
@@ -267,13 +336,19 @@ class Engine:
         return self._media(self.calls.ivr_prompt_done(call, generation, now), now)
 
     def _media(self, events: Sequence[object], now: float) -> Outcome:
-        return self._top(events, now).outcome()
+        produced = self._top(events, now)
+        if self.calls.changed or self.subs.pending:
+            produced += self._publish(now)
+        return produced.outcome()
 
     def datagram(self, data: bytes, source: Addr, transport: str, now: float,
                  parsed: Request | Response | None = None) -> Outcome:
         """Handle one datagram (or one framed stream message); ``parsed`` is ``data``
         already parsed (the receive queue reads each message to class it)."""
-        return self._datagram(data, source, transport, now, parsed).outcome()
+        produced = self._datagram(data, source, transport, now, parsed)
+        if self.calls.changed or self.subs.pending:
+            produced += self._publish(now)
+        return produced.outcome()
 
     def _datagram(self, data: bytes, source: Addr, transport: str, now: float,
                   parsed: Request | Response | None) -> Produced:
@@ -321,6 +396,11 @@ class Engine:
         produced += self._top(self.calls.on_timer(now), now)
         produced += self._top(self.trunkreg.on_timer(now, self.local), now)
         produced += self._top(self.mwi.expire(now, self.local), now)
+        if self._revoke_due:
+            self._revoke_due = False
+            produced += self._top(self.subs.revoke(self._allowed, now, self.local), now)
+        produced += self._publish(now)
+        produced += self._top(self.subs.on_timer(now, self.local), now)
         return produced.outcome()
 
     def set_mwi_counts(self, counts: dict[str, tuple[int, int]], now: float) -> Outcome:
@@ -328,8 +408,11 @@ class Engine:
         return self._top(self.mwi.set_counts(counts, now, self.local), now).outcome()
 
     def shutdown(self, now: float) -> Outcome:
-        """Hang up every call (SIGTERM): BYE the answered ones, 503 the others."""
-        return self._top(self.calls.shutdown(now), now).outcome()
+        """Hang up every call (SIGTERM): BYE the answered ones, 503 the others; end
+        every dialog and presence subscription (the phones subscribe again)."""
+        produced = self._top(self.calls.shutdown(now), now)
+        produced += self._top(self.subs.shutdown(now, self.local), now)
+        return produced.outcome()
 
     def expire(self, now_wall: float) -> Outcome:
         removed = self.registrar.expire(now_wall)
@@ -409,12 +492,15 @@ class Engine:
         if isinstance(ev, DeliverResponse):
             answer: Sequence[object] | None = self.trunkreg.on_response(
                 ev.key, ev.response, now, self.local)
-            if answer is None and self.mwi.on_response(ev.key, ev.response):
+            if answer is None and (self.mwi.on_response(ev.key, ev.response)
+                                   or self.subs.on_response(ev.key, ev.response)):
                 answer = []
             if answer is None:
                 answer = self.calls.on_response(ev.response, ev.key, now)
             return self._run(answer, now)
         if isinstance(ev, TimedOut):
+            if ev.key.side == "client" and self.subs.on_timed_out(ev.key):
+                return NOTHING
             if ev.key.side == "client" and not self.trunkreg.on_timed_out(ev.key, now):
                 return self._run(self.calls.on_timed_out(ev.key, now), now)
             return NOTHING
@@ -481,13 +567,15 @@ class Engine:
         if req.to.tag is not None and req.method not in ("REGISTER", "CANCEL"):
             events: Sequence[object] | None = self.mwi.in_dialog(req, key, now, self.local)
             if events is None:
+                events = self.subs.in_dialog(req, key, now, self.local)
+            if events is None:
                 events = self.calls.in_dialog(req, key, source, transport, now)
             if events is None:
                 return answer(481)
             return self._run(events, now)
         if req.method == "OPTIONS":
             return answer(200, [("Allow", ALLOW), ("Accept", ACCEPT),
-                                ("Allow-Events", MWI_EVENT),
+                                ("Allow-Events", ALLOW_EVENTS),
                                 ("Supported", ", ".join(SUPPORTED))])
         if req.method == "REGISTER":
             return self._register(req, source, transport, now, answer)
@@ -541,13 +629,29 @@ class Engine:
 
     def _subscribe(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
                    answer: Answer) -> Produced:
-        """Message waiting (RFC 3842): a phone subscribes to its own mailbox."""
+        """Message waiting (RFC 3842): a phone subscribes to its own mailbox. Busy
+        lamps (dialog, RFC 4235) and presence (RFC 3856): a user subscribes to any
+        extension of the directory it signs in to (one directory is one office: no
+        presence for strangers), digest-authenticated like its calls."""
         event = (req.get("event") or "").split(";", 1)[0].strip().lower()
-        if event != MWI_EVENT:
-            return answer(489, [("Allow-Events", MWI_EVENT)])  # RFC 6665 s8.2.2: Bad Event
+        if event != MWI_EVENT and event not in PACKAGES:
+            # RFC 6665 s8.2.2: Bad Event
+            return answer(489, [("Allow-Events", ALLOW_EVENTS)])
+        if event in PACKAGES:
+            accept = [a.split(";", 1)[0].strip().lower() for a in req.get_all("accept")]
+            wanted = PACKAGES[event]
+            if accept and not any(a in (wanted, "application/*", "*/*") for a in accept):
+                return answer(406, [("Accept", wanted)])  # RFC 3261 s21.4.7
         username = self._authenticate(req, "SUBSCRIBE", source, now, answer)
         if isinstance(username, Produced):
             return username
+        if event in PACKAGES:
+            target = req.uri.user or ""
+            if self.directory.user(target) is None:
+                return answer(404, [("Warning", warning_value(
+                    f"no user with extension {target!r} to watch"))])
+            return self._run(self.subs.subscribe(req, key, event, username, target, source,
+                                                 transport, now, self.local), now)
         box = req.uri.user or ""
         if box != username:
             return answer(403, [("Warning", warning_value(

@@ -68,6 +68,17 @@ class Metrics:
             "switchboard_calls_ended_for_dead_node", "Calls another node held, ended by "
             "this one (a BYE to each party) after that node stopped heartbeating",
             registry=r)
+        # SIP events (engine.services.subscriptions): busy lamps and presence.
+        self.subscriptions_active = Gauge(
+            "switchboard_subscriptions_active", "Live subscriptions by event package: dialog "
+            "(busy lamps), presence", ["package"], registry=r)
+        self.notifies_sent = Counter(
+            "switchboard_notifies_sent", "NOTIFYs sent, by event package (dialog, presence)",
+            ["package"], registry=r)
+        self.notifies_failed = Counter(
+            "switchboard_notifies_failed", "NOTIFYs that failed, by event package and reason: "
+            "timeout (no answer), 481 (the subscription ended), or the error status",
+            ["package", "reason"], registry=r)
         self.trunk_channels = Gauge(
             "switchboard_trunk_channels_in_use", "Trunk channels held", ["trunk"], registry=r)
         self.ivr_calls = Counter(

@@ -80,9 +80,9 @@ def test_unsubscribe_and_expiry_end_with_terminated(net: Net) -> None:
     assert net.engine.mwi.subs == {}
 
 
-def test_only_your_own_mailbox_and_only_message_summary(net: Net) -> None:
+def test_only_your_own_mailbox_and_only_known_events(net: Net) -> None:
     src = PHONES["101"]
-    net.send(subscribe("101", "101", event="presence"), src)
+    net.send(subscribe("101", "101", event="conference"), src)
     assert 489 in statuses(net.drain(src))
     net.send(subscribe("101", "102", call_id="other"), src)
     [challenge] = [r for r in net.responses(src) if r.status == 407]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ from engine.shell.storelink import (
     VoicemailWrite,
 )
 from provisioning.model import Binding, DialogRecord, VoicemailMessage
-from provisioning.store import PostgresStore, StoreError, connection_lost
+from provisioning.store import PostgresStore, SQLiteStore, StoreError, connection_lost
 from tests.throwaway_pg import ThrowawayPostgres
 
 
@@ -75,6 +76,17 @@ def test_the_bound_refuses_new_keys_but_not_changes_to_queued_ones() -> None:
     assert (len(q), q.dropped) == (2, 1)
     with pytest.raises(ValueError, match="limit"):
         PendingWrites(limit=0)
+
+
+def test_at_the_bound_a_change_is_dropped_and_counted_without_waiting(tmp_path: Path) -> None:
+    metrics = Metrics()
+    link = StoreLink(SQLiteStore(tmp_path / "unopened.db"), metrics, limit=1)
+    link.save_binding(binding("101"))
+    link.save_binding(binding("102"))  # no room: dropped at once, the caller goes on
+    link.save_binding(binding("101", cseq=2))  # a queued binding's refresh takes none
+    assert len(link.pending) == 1 and link.pending.head()[0].binding.cseq == 2
+    assert sample(metrics, "switchboard_store_writes_dropped_total", reason="full") == 1
+    assert sample(metrics, "switchboard_store_queued_writes") == 1
 
 
 def test_a_batch_is_bindings_in_a_row_or_one_message() -> None:
@@ -161,8 +173,8 @@ def test_changes_made_while_the_store_is_away_are_written_in_order_when_back(
     asyncio.run(run())
 
 
-def sample(metrics: Metrics, name: str) -> float | None:
-    return metrics.registry.get_sample_value(name)
+def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
 
 
 async def _fail_if_called() -> None:

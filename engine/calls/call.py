@@ -213,6 +213,7 @@ class Call:
 
     def move(self, event: CallEvent) -> None:
         self.state = CALL.move(self.state, event)
+        self.front.changed.append(self)  # BLF (engine.services.dialoginfo)
 
     def respond(self, key: TxKey, resp: Response, now: float) -> list[CallOutput]:
         """Answer a request we received (its server transaction ``key``)."""

@@ -101,6 +101,9 @@ class Calls:
         self._answered_wall: dict[CallKey, float] = {}
         self._records_saved: list[DialogRecord] = []
         self._records_ended: list[str] = []
+        # Calls and legs whose state moved (or that began) since the engine last took
+        # them: the busy lamps and presence follow them (engine.services.dialoginfo).
+        self.changed: list[Call | Leg] = []
 
     def set_directory(self, directory: Directory) -> None:
         self.directory = directory
@@ -172,10 +175,16 @@ class Calls:
         if self.metrics is not None:
             self.metrics.transfers.labels(outcome).inc()
 
+    def take_changes(self) -> list[Call | Leg]:
+        """The calls and legs noted in :attr:`changed` since the last take."""
+        changed, self.changed = self.changed, []
+        return changed
+
     # ------------------------------------------------------------------ lookup tables
     def track_leg(self, leg: Leg) -> None:
         self._legs[leg.key] = leg
         self._by_leg_call_id[leg.invite.call_id] = leg
+        self.changed.append(leg)
 
     def untrack_leg(self, leg: Leg) -> None:
         self._by_leg_call_id.pop(leg.invite.call_id, None)
@@ -283,6 +292,7 @@ class Calls:
         self._calls[call.key] = call
         self._by_tag[(call.id, call.tag)] = call
         self._by_invite[key] = call
+        self.changed.append(call)
         if facts.source == "phone":
             call.members = (facts.caller,)
             self.join(facts.caller)

@@ -42,6 +42,7 @@ class Leg:
 
     def move(self, event: LegEvent) -> None:
         self.state = LEG.move(self.state, event)
+        self.call.front.changed.append(self)  # BLF (engine.services.dialoginfo)
 
     @property
     def pending(self) -> bool:

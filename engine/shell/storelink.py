@@ -267,6 +267,7 @@ class StoreLink:
         pending = self.pending
         while True:
             if not pending:
+                self._full_logged = False  # drained: a next overflow is news again
                 self._queued.clear()
                 await self._queued.wait()
             await self._back.wait()
