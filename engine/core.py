@@ -335,6 +335,12 @@ class Engine:
     def ivr_prompt_done(self, call: tuple[str, str], generation: int, now: float) -> Outcome:
         return self._media(self.calls.ivr_prompt_done(call, generation, now), now)
 
+    def queue_login(self, extension: str, queues: tuple[str, ...], logged_in: bool,
+                    now: float) -> Outcome:
+        """Log an agent in to (or out of) ``queues`` (the admin API): a log-in may ring
+        it for a caller waiting."""
+        return self._media(self.calls.queues.log_in(extension, queues, logged_in, now), now)
+
     def _media(self, events: Sequence[object], now: float) -> Outcome:
         produced = self._top(events, now)
         if self.calls.changed or self.subs.pending:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 #: Billing groups with a label of their own in ``switchboard_calls_by_billing_group``;
 #: any further group is counted as ``other`` (calls with none as ``none``), so the
@@ -12,10 +14,55 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 BILLING_GROUP_LABELS = 20
 
 
+# The queues' figures at scrape time, by queue only (never a caller): name -> help.
+_QUEUE_GAUGES = {
+    "callers_waiting": "Callers waiting in the queue",
+    "longest_wait_seconds": "How long the caller waiting longest has waited",
+    "agents_logged_in": "Agents logged in to the queue",
+    "agents_idle": "Agents logged in, idle and on no call",
+    "agents_on_call": "Agents logged in and on a call (any call)",
+    "average_wait_seconds": "Average wait of the answered callers",
+    "average_talk_seconds": "Average talk time of the queue's answered calls",
+}
+_QUEUE_COUNTERS = {
+    "answered": "Queue callers an agent answered",
+    "abandoned": "Queue callers who hung up before an agent answered",
+    "timed_out": "Queue callers sent to on_timeout (max wait, or the queue full)",
+    "answered_within_service_level": "Queue callers answered within service_level_seconds",
+}
+QueueSource = Callable[[float], Iterable[Mapping[str, object]]]
+
+
+class _QueueCollector:
+    """Reads every queue's figures (``QueueFigures.to_json``) when scraped."""
+
+    def __init__(self) -> None:
+        self.source: QueueSource | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        source = self.source
+        rows = list(source(time.monotonic())) if source is not None else []
+        for name, text in _QUEUE_GAUGES.items():
+            gauge = GaugeMetricFamily(f"switchboard_queue_{name}", text, labels=["queue"])
+            for row in rows:
+                gauge.add_metric([str(row["queue"])], float(str(row[name])))
+            yield gauge
+        for name, text in _QUEUE_COUNTERS.items():
+            counter = CounterMetricFamily(f"switchboard_queue_{name}", text, labels=["queue"])
+            for row in rows:
+                counter.add_metric([str(row["queue"])], float(str(row[name])))
+            yield counter
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._queues = _QueueCollector()
+        r.register(self._queues)
         self.messages_in = Counter(
             "switchboard_sip_messages_in", "SIP messages received",
             ["kind", "method", "status"], registry=r)
@@ -195,6 +242,10 @@ class Metrics:
 
     def count_billing_group(self, group: str) -> None:
         self.calls_by_billing_group.labels(self.billing_label(group)).inc()
+
+    def read_queues(self, source: QueueSource) -> None:
+        """Where the queue metrics come from (the call layer's queues)."""
+        self._queues.source = source
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -836,7 +836,7 @@ class _Parser:
             extension=extension,
             agents=agents,
             strategy=t.choice("strategy", QUEUE_STRATEGIES, "ring_all"),
-            agents_start_logged_in=t.boolean("agents_start_logged_in", True),
+            agents_start_logged_in=t.boolean("agents_start_logged_in", False),
             ring_seconds=t.integer("ring_seconds", 15, lo=1, hi=600),
             wrap_up_seconds=t.integer("wrap_up_seconds", 10, lo=0, hi=600),
             max_wait_seconds=t.integer("max_wait_seconds", 300, lo=1, hi=86400),

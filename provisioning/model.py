@@ -496,7 +496,7 @@ class Queue:
     extension: str
     agents: tuple[str, ...]
     strategy: QueueStrategy = "ring_all"
-    agents_start_logged_in: bool = True
+    agents_start_logged_in: bool = False
     ring_seconds: int = 15
     wrap_up_seconds: int = 10
     max_wait_seconds: int = 300

@@ -38,6 +38,8 @@ from routing.steps import (
     LiveState,
     MailboxAccess,
     Plan,
+    Queue,
+    QueueLogin,
     Ring,
     Step,
     Target,
@@ -155,6 +157,26 @@ def step_to_json(index: int, step: Step) -> dict[str, Any]:
             reason=step.reason,
             diversion=_diversion_to_json(step.diversion),
         )
+    elif isinstance(step, Queue):
+        out.update(
+            type="queue",
+            name=step.name,
+            extension=step.extension,
+            strategy=step.strategy,
+            agents=list(step.agents),
+            ring_seconds=step.ring_seconds,
+            wrap_up_seconds=step.wrap_up_seconds,
+            max_wait_seconds=step.max_wait_seconds,
+            max_callers=step.max_callers,
+            on_timeout=str(step.on_timeout),
+            when_no_agents="join" if step.when_no_agents is None else str(step.when_no_agents),
+            service_level_seconds=step.service_level_seconds,
+            reason=step.reason,
+            diversion=_diversion_to_json(step.diversion),
+        )
+    elif isinstance(step, QueueLogin):
+        out.update(type="queue_login", agent=step.agent, queues=list(step.queues),
+                   login=step.login, reason=step.reason)
     elif isinstance(step, Busy):
         out.update(type="busy", status=486, reason=step.reason)
     else:
@@ -225,6 +247,12 @@ def _step_text(step: Step) -> str:
     if isinstance(step, Ivr):
         spoken = f"prompt {step.prompt}" if step.prompt else f"text ({step.language})"
         return f"IVR {step.name} ({step.extension}): answer, play the {spoken}"
+    if isinstance(step, Queue):
+        return (f"queue {step.name} ({step.extension}): answer, hold music, ring "
+                f"{', '.join(step.agents) or 'no agents'} by {step.strategy}")
+    if isinstance(step, QueueLogin):
+        return (f"{'log in' if step.login else 'log out'} {step.agent} "
+                f"{'to' if step.login else 'of'} {', '.join(step.queues)}, confirm, hang up")
     if isinstance(step, Busy):
         return "busy (486)"
     return f"reject {step.status} {step.text}"
@@ -278,6 +306,14 @@ def render_text(plan: Plan) -> str:
             lines.append(f"   no key within {step.timeout_seconds} s, prompt played "
                          f"{step.repeat + 1} time(s) -> {step.on_timeout}")
             lines.append(f"   invalid key or extension -> {step.on_invalid}")
+        if isinstance(step, Queue):
+            lines.append(f"   strategy {step.strategy}, {step.ring_seconds} s a try, wrap-up "
+                         f"{step.wrap_up_seconds} s; agents {', '.join(step.agents)}")
+            lines.append(f"   wait over {step.max_wait_seconds} s or {step.max_callers} callers "
+                         f"waiting -> {step.on_timeout}")
+            lines.append("   no agent logged in, registered and available -> " + (
+                "join (wait anyway)" if step.when_no_agents is None
+                else str(step.when_no_agents)))
         chain = getattr(step, "diversion", ())
         if chain:
             lines.append(

@@ -117,7 +117,14 @@ Where the directory contract (``shared/spec/directory.toml``) is silent:
   when set. An IVR entered again on one path (``outside_office_hours`` of
   two IVRs pointing at each other) stops like a forward loop. Dial by
   extension reaches users, ring groups and IVRs (:meth:`Router.dialled`).
-  Queues (``queue:NAME``) answer 480 until they are built.
+* **Queues** (``queue:NAME``): a :class:`~routing.steps.Queue` step, terminal:
+  the engine answers, holds the caller and rings the queue's agents by its
+  strategy (who is free is live state the engine keeps). A queue's extension
+  dialled reaches it, from a phone and by an IVR's dial by extension.
+* **Queue feature codes**: a user dialling ``*62`` (log in) or ``*63`` (log
+  out), alone (every queue they are an agent of) or followed by a queue's
+  extension, gets a :class:`~routing.steps.QueueLogin` step; a code naming a
+  queue they are not an agent of is refused 404.
 * **Hand-built directories** (no validation): an unknown extension is 404, a
   ``mobile`` destination of a user without a mobile goes to that user's
   voicemail, an unknown mailbox is Busy.
@@ -146,6 +153,7 @@ from provisioning.model import (
     WeeklyHours,
 )
 from provisioning.model import Ivr as IvrTable
+from provisioning.model import Queue as QueueTable
 from routing.steps import (
     Busy,
     CallFacts,
@@ -159,6 +167,8 @@ from routing.steps import (
     LiveState,
     MailboxAccess,
     Plan,
+    Queue,
+    QueueLogin,
     Reject,
     Ring,
     Step,
@@ -169,6 +179,8 @@ from routing.steps import (
 __all__ = [
     "CONFIRM_SECONDS",
     "MAX_FORWARD_HOPS",
+    "QUEUE_LOGIN_CODE",
+    "QUEUE_LOGOUT_CODE",
     "REBOUND_SECONDS",
     "Router",
     "effective_status",
@@ -182,6 +194,11 @@ REBOUND_SECONDS = 30
 """No-answer timer of a rebound (screened) external leg."""
 CONFIRM_SECONDS = 10
 """How long an answered ``confirm`` leg has to press 1 (the step's timer keeps running)."""
+
+QUEUE_LOGIN_CODE = "*62"
+"""Dialled by an agent: log in to their queues (or the one whose extension follows)."""
+QUEUE_LOGOUT_CODE = "*63"
+"""Dialled by an agent: log out of their queues (or the one whose extension follows)."""
 
 _T = TypeVar("_T", bound=Target)
 _UTC = ZoneInfo("UTC")
@@ -237,6 +254,7 @@ class Router:
         "_holidays",
         "_ivrs",
         "_prefixes",
+        "_queues",
         "_trunks",
         "_zones",
         "directory",
@@ -246,6 +264,7 @@ class Router:
         self.directory = directory
         self._groups: dict[str, RingGroup] = {g.name: g for g in directory.ring_groups}
         self._ivrs: dict[str, IvrTable] = {i.name: i for i in directory.ivrs}
+        self._queues: dict[str, QueueTable] = {q.name: q for q in directory.queues}
         self._prefixes: frozenset[str] | None = None
         self._departments: dict[str, Department] = {d.name: d for d in directory.departments}
         self._trunks: dict[str, Trunk] = {t.name: t for t in directory.trunks}
@@ -275,10 +294,15 @@ class Router:
     def ivr(self, name: str) -> IvrTable | None:
         return self._ivrs.get(name)
 
+    def queue(self, name: str) -> QueueTable | None:
+        return self._queues.get(name)
+
+    def queue_by_extension(self, extension: str) -> QueueTable | None:
+        return next((q for q in self._queues.values() if q.extension == extension), None)
+
     def dialled(self, digits: str) -> Destination | None:
         """What an IVR caller dialling ``digits`` (dial by extension) reaches: a user,
-        a ring group or an IVR by its extension; ``None``: nothing (queues wait for
-        their build)."""
+        a ring group, an IVR or a queue by its extension; ``None``: nothing."""
         d = self.directory
         if digits in d.users_by_extension:
             return Destination("extension", digits)
@@ -286,7 +310,10 @@ class Router:
         if group is not None:
             return Destination("ring_group", group.name)
         ivr = d.ivrs_by_extension.get(digits)
-        return Destination("ivr", ivr.name) if ivr is not None else None
+        if ivr is not None:
+            return Destination("ivr", ivr.name)
+        queue = self.queue_by_extension(digits)
+        return Destination("queue", queue.name) if queue is not None else None
 
     def extension_prefixes(self) -> frozenset[str]:
         """Every leading part of a dialable extension (users, ring groups, IVRs): an
@@ -294,7 +321,8 @@ class Router:
         found = self._prefixes
         if found is None:
             d = self.directory
-            exts = [*d.users_by_extension, *d.ring_groups_by_extension, *d.ivrs_by_extension]
+            exts = [*d.users_by_extension, *d.ring_groups_by_extension, *d.ivrs_by_extension,
+                    *(q.extension for q in d.queues)]
             found = frozenset(e[:n] for e in exts for n in range(1, len(e)))
             self._prefixes = found
         return found
@@ -828,7 +856,9 @@ class _Builder:
             return self.follow(Destination("ivr", ivr.name), None, path,
                                f"internal call from {user.extension} to IVR {ivr.name} "
                                f"({ivr.extension})", hop=False)
-        queue = next((q for q in d.queues if q.extension == dialled), None)
+        if dialled.startswith((QUEUE_LOGIN_CODE, QUEUE_LOGOUT_CODE)):
+            return self.queue_login(user, dialled)
+        queue = self.router.queue_by_extension(dialled)
         if queue is not None:
             return self.follow(Destination("queue", queue.name), None, path,
                                f"internal call from {user.extension} to queue {queue.name} "
@@ -958,10 +988,7 @@ class _Builder:
         if kind == "ivr":
             return self.ivr(dest.target, path, why)
         if kind == "queue":
-            return self.emit(
-                Reject(480, "Not Available In This Build", f"{why}: queues are not available "
-                       "in this build")
-            )
+            return self.queue(dest.target, path, why)
         if kind == "busy":
             return self.emit(Busy(why))
         # same_as_external is resolved by RuleTargets.for_caller; elsewhere it is invalid
@@ -995,6 +1022,42 @@ class _Builder:
             f"(prompt {ivr.repeat + 1}x) -> {_describe(ivr.on_timeout)}; invalid -> "
             f"{_describe(ivr.on_invalid)}",
             path.chain))
+
+    def queue(self, name: str, path: _Path, why: str) -> int:
+        q = self.router.queue(name)
+        if q is None:
+            return self.emit(Reject(404, "Not Found", f"{why}: no queue named {name!r}"))
+        no_agents = "join (wait anyway)" if q.when_no_agents is None else \
+            _describe(q.when_no_agents)
+        return self.emit(Queue(
+            q.name, q.extension, q.strategy, q.agents, q.ring_seconds, q.wrap_up_seconds,
+            q.max_wait_seconds, q.max_callers, q.on_timeout, q.when_no_agents, q.hold_music,
+            q.announce_position_every, q.service_level_seconds,
+            f"{why}; queue {q.name} ({q.extension}): {q.strategy} over "
+            f"{', '.join(q.agents) or 'no agents'}, {q.ring_seconds} s a try; "
+            f"wait at most {q.max_wait_seconds} s, {q.max_callers} callers -> "
+            f"{_describe(q.on_timeout)}; no agent logged in and available -> {no_agents}",
+            path.chain))
+
+    def queue_login(self, user: User, dialled: str) -> int:
+        login = dialled.startswith(QUEUE_LOGIN_CODE)
+        code = QUEUE_LOGIN_CODE if login else QUEUE_LOGOUT_CODE
+        rest = dialled[len(code):]
+        mine = tuple(q.name for q in self.directory.queues if user.extension in q.agents)
+        what = "log in to" if login else "log out of"
+        if rest:
+            q = self.router.queue_by_extension(rest)
+            if q is None or q.name not in mine:
+                return self.emit(Reject(404, "Not Found", (
+                    f"{user.extension} dialled {code}{rest}: {rest} is no queue "
+                    f"{user.extension} is an agent of")))
+            mine = (q.name,)
+        if not mine:
+            return self.emit(Reject(404, "Not Found", (
+                f"{user.extension} dialled {code}: an agent of no queue")))
+        return self.emit(QueueLogin(user.extension, mine, login,
+                                    f"{user.extension} dialled {dialled}: {what} "
+                                    f"{', '.join(mine)}"))
 
     def stop(self, path: _Path, why: str) -> int:
         """A loop or too many hops: the first forwarding user's voicemail, else busy."""

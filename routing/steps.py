@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from provisioning.model import Destination, Language, Status
+from provisioning.model import Destination, Language, QueueStrategy, Status
 
 __all__ = [
     "Busy",
@@ -33,6 +33,8 @@ __all__ = [
     "LiveState",
     "MailboxAccess",
     "Plan",
+    "Queue",
+    "QueueLogin",
     "Reject",
     "Ring",
     "Source",
@@ -261,6 +263,45 @@ class Ivr:
 
 
 @dataclass(frozen=True, slots=True)
+class Queue:
+    """The engine answers and the caller waits in queue ``name`` (hold music) while
+    its ``agents`` are rung by ``strategy``, ``ring_seconds`` per try; after
+    ``max_wait_seconds``, or when ``max_callers`` wait already, ``on_timeout``;
+    with no agent logged in, registered and available, ``when_no_agents``
+    (``None``: wait anyway). Which agent rings is decided by the engine as the
+    call waits (who is logged in, idle, not on a call): routing states the rules.
+    Terminal in the plan."""
+
+    name: str
+    extension: str
+    strategy: QueueStrategy
+    agents: tuple[str, ...]
+    ring_seconds: int
+    wrap_up_seconds: int
+    max_wait_seconds: int
+    max_callers: int
+    on_timeout: Destination
+    when_no_agents: Destination | None
+    hold_music: tuple[str, ...]
+    announce_position_every: int
+    service_level_seconds: int
+    reason: str
+    diversion: tuple[Diversion, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLogin:
+    """An agent dialled the queue log-in (``*62``) or log-out (``*63``) code: the
+    engine logs ``agent`` in or out of ``queues``, answers and confirms it with a
+    tone, then hangs up. ``queues`` empty: the code named no queue of theirs."""
+
+    agent: str
+    queues: tuple[str, ...]
+    login: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Busy:
     """Answer 486 Busy Here."""
 
@@ -276,7 +317,7 @@ class Reject:
     reason: str
 
 
-Step = Ring | Deflect | Voicemail | MailboxAccess | Ivr | Busy | Reject
+Step = Ring | Deflect | Voicemail | MailboxAccess | Ivr | Queue | QueueLogin | Busy | Reject
 
 
 @dataclass(frozen=True, slots=True)

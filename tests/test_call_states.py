@@ -71,3 +71,11 @@ def test_every_state_can_end_and_nothing_leaves_an_end(
         assert state not in ends or after == state, (state, event)
     for start in machine.states() - ends:
         assert machine.reachable(start) & ends, f"{machine.role}: no way to an end from {start}"
+
+
+def test_every_agent_state_comes_back_to_idle() -> None:
+    """Agents have no end: whatever happens, an agent is idle (rung again) later."""
+    from engine.calls.states import AGENT, AgentState
+
+    for start in AgentState:
+        assert AgentState.IDLE in AGENT.reachable(start), start

@@ -340,6 +340,13 @@ CASES: list[Case] = [
     Case("DELETE", "/queues/{key}", "/queues/{target}", _roles(NO, NO, OK, NO, OK),
          prepare=_create("/queues", lambda n: {"name": f"gq{n}", "extension": f"84{n[-1]}",
                                                "agents": ["102"]}, "name")),
+    Case("GET", "/queues/{key}/stats", "/queues/support/stats",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
+    Case("GET", "/queues/{key}/agents", "/queues/support/agents",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK)),
+    # 201 (the manager) is an agent of support: it logs itself in; the owner may too
+    Case("PUT", "/queues/{key}/agents/{extension}", "/queues/support/agents/201",
+         _roles(HIDDEN, HIDDEN, HIDDEN, OK, OK), body=lambda n: {"logged_in": True}),
     Case("GET", "/trunks", "/trunks", _roles(NO, NO, NO, NO, OK)),
     Case("GET", "/trunks/{key}", "/trunks/carrier", _roles(NO, NO, NO, NO, OK)),
     Case("POST", "/trunks", "/trunks", _roles(NO, NO, NO, NO, 201),

@@ -26,6 +26,7 @@ from routing import (
     LiveState,
     MailboxAccess,
     Plan,
+    Queue,
     Reject,
     Ring,
     Router,
@@ -553,7 +554,7 @@ voicemail_outside_office_hours = true
     assert isinstance(plan(trunk("+15145550100", at=OFFICE), d, live(d)).steps[0], Ring)
 
 
-def test_queue_not_available_ivr_is_a_step() -> None:
+def test_queue_and_ivr_are_steps_after_a_forward() -> None:
     d = build(
         user_toml(
             "101",
@@ -581,10 +582,11 @@ agents = ["101", "102"]
 """
     )
     p = plan(trunk("+15145550100"), d, live(d))
-    rej = at_index(p, ring(p, 0).on_no_answer)
-    assert isinstance(rej, Reject) and rej.status == 480 and "not available" in rej.reason
-    rej = only(plan(trunk("+15145550150"), d, live(d)))
-    assert isinstance(rej, Reject) and rej.status == 480
+    queued = at_index(p, ring(p, 0).on_no_answer)
+    assert isinstance(queued, Queue) and queued.name == "support"
+    assert queued.diversion == (Diversion("101", "no-answer"),)
+    queued = only(plan(trunk("+15145550150"), d, live(d)))
+    assert isinstance(queued, Queue) and queued.agents == ("101", "102")
     p = plan(phone("102", "101"), d, live(d))
     menu = at_index(p, ring(p, 0).on_no_answer)
     assert isinstance(menu, Ivr) and menu.name == "main"

@@ -5,7 +5,7 @@ leads to (``Router.choose``) and dial by extension (``Router.dialled``)."""
 from __future__ import annotations
 
 from provisioning.model import Destination, Directory
-from routing import External, Ivr, Reject, Ring, Voicemail, plan, render_text, router_for
+from routing import External, Ivr, Ring, Voicemail, plan, render_text, router_for
 from tests.test_routing import (
     CHRISTMAS,
     EVENING,
@@ -157,14 +157,3 @@ department = "Sales"
     step = only(plan(phone("101", "850", at=EVENING), d, live(d)))
     assert not isinstance(step, Ivr)
     assert "loop" in step.reason
-
-
-def test_unknown_queue_is_not_planned_but_queue_answers_480() -> None:
-    d = build(user_toml("101") + """
-[[queues]]
-name = "support"
-extension = "860"
-agents = ["101"]
-""")
-    step = only(plan(phone("101", "860"), d, live(d)))
-    assert isinstance(step, Reject) and step.status == 480

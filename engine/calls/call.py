@@ -89,6 +89,7 @@ from engine.calls.events import (
 from engine.calls.headers import COMPLETED_ELSEWHERE, Local, to_caller
 from engine.calls.ivr import IvrSession, start_ivr
 from engine.calls.leg import Leg
+from engine.calls.queue import QueueCaller, queue_music, start_queue, start_queue_login
 from engine.calls.screening import Screening, screen, screen_mode
 from engine.calls.states import (
     CALL,
@@ -119,6 +120,8 @@ from routing import (
     Ivr,
     MailboxAccess,
     Plan,
+    Queue,
+    QueueLogin,
     Reject,
     Ring,
     Voicemail,
@@ -192,6 +195,7 @@ class Call:
     screening: Screening | None = None  # an answered leg being asked (rebound, confirm)
     ivr: IvrSession | None = None  # an IVR menu the caller is in (engine.calls.ivr)
     menus: int = 0  # IVR menus entered in this call
+    queued: QueueCaller | None = None  # waiting in a queue (engine.calls.queue)
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint). None: the caller's own
@@ -283,6 +287,12 @@ class Call:
             return self._ring(step, now)
         if isinstance(step, Ivr):  # the engine answers and plays the menu (engine.calls.ivr)
             return start_ivr(self, step, now)
+        if isinstance(step, Queue):  # the engine answers, the caller waits (engine.calls.queue)
+            return start_queue(self, step, now)
+        if isinstance(step, QueueLogin):
+            if self.transfer is not None:  # a code is dialled, not transferred to
+                return self.transfer.failed(403, now)
+            return start_queue_login(self, step, now)
         if self.transfer is not None:  # the target's plan decides how the transfer ends
             return self.transfer.run_step(step, now)
         if isinstance(step, Deflect):
@@ -661,6 +671,8 @@ class Call:
             playlist=rules.hold_playlist(directory, self.facts, self.identity,
                                          anchor.holder_is_caller, answered),
             parties=(self.facts.caller, rules.party_name(self.facts, answered)))
+        if bridge is not None and self.queued is not None:
+            bridge = queue_music(self, bridge)
         return [] if bridge is None else [bridge]
 
     def _anchored_offer(self, req: Request, key: TxKey, from_caller: bool,
@@ -784,13 +796,18 @@ class Call:
         step = self.plan.steps[index]
         if isinstance(step, Ivr):
             return events + start_ivr(self, step, now)
+        if isinstance(step, Queue):
+            return events + start_queue(self, step, now)
+        if isinstance(step, QueueLogin):
+            return events + start_queue_login(self, step, now)
         assert isinstance(step, Ring)
         return events + self._ring(step, now)
 
     def on_media_failed(self, reason: str, now: float) -> list[CallOutput]:
         if self.state is not CallState.ROUTING:
             return []
-        if self.waiting_step is not None and isinstance(self.plan.steps[self.waiting_step], Ivr):
+        if self.waiting_step is not None and isinstance(self.plan.steps[self.waiting_step],
+                                                        Ivr | Queue | QueueLogin):
             log.warning("no media for the IVR", call_id=self.id, reason=reason)
             return self._unanswered(503, now, [("Warning", warning_value(reason))])
         if self.waiting_step is not None:  # no media relay: the call still goes through
@@ -982,6 +999,7 @@ class Call:
             members.remove(extension)
             self.members = tuple(members)
             self.front.off_call(extension)
+            self.front.queues.agent_left(self, extension)
 
     # ------------------------------------------------------------------ hanging up
     def bye_leg(self, leg: Leg, now: float) -> list[CallOutput]:
@@ -1054,9 +1072,9 @@ class Call:
                 log.info("call ended", call_id=self.id, answered=True,
                          seconds=round(now - self.answered_at, 1),
                          billing_group=self.identity.billing_group or None)
-        return events + self.forget(event)
+        return events + self.forget(event, now)
 
-    def forget(self, event: CallEvent) -> list[CallOutput]:
+    def forget(self, event: CallEvent, now: float | None = None) -> list[CallOutput]:
         """The call is over: let go of what it holds, without a word to anyone on SIP
         (what had to be said, :meth:`close` said); the media service is told to close
         the call's endpoints."""
@@ -1068,6 +1086,7 @@ class Call:
             self.ivr.gone()
             self.ivr = None
         self.timers.clear()
+        front.queues.call_gone(self, now)
         front.forget(self)
         for ext in self.members:
             front.off_call(ext)

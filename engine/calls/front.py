@@ -27,6 +27,7 @@ from engine.calls.call import Call, RelayedRequest
 from engine.calls.events import CallKey, CallOutput, StopMedia
 from engine.calls.headers import Local
 from engine.calls.leg import Leg
+from engine.calls.queue import QueueFigures, Queues
 from engine.calls.records import dialog_record, mark, parties, record_id
 from engine.calls.rules import PlanText
 from engine.calls.states import CallEvent, CallState
@@ -48,6 +49,8 @@ __all__ = ["CallSummary", "Calls"]
 log = structlog.get_logger("switchboard.call")
 
 _NEXT = "next"  # the one deadline per call in the heap: the call's next timer
+# The queues' earliest deadline files under this key (no Call-ID is empty).
+_QUEUES: CallKey = ("", "queues")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,13 @@ class Calls:
         # Trunks by name: (host, port, transport) and channel limits (None: no limit).
         self.trunk_addresses: dict[str, tuple[str, int, str]] = {}
         self.trunk_limits: dict[str, int | None] = {}
-        self.statuses: dict[str, Status] = {}
+        # Every queue: callers, agents, their timers (one deadline in the heap).
+        self.queues = Queues(self)
+        if metrics is not None:
+            metrics.read_queues(lambda now: [
+                f.to_json() for name in list(self.queues.rooms)
+                if (f := self.queues.figures(name, now)) is not None])
+        self._statuses: dict[str, Status] = {}
         self.completed = 0  # calls ended since the engine started
         self._channels: dict[str, int] = {}  # trunk -> channels in use
         self._on_call: dict[str, int] = {}  # extension -> calls it is on
@@ -111,6 +120,22 @@ class Calls:
             self.metrics.admit_billing_groups(n.billing_group for n in directory.numbers)
         self.trunk_addresses = {t.name: (t.host, t.port, t.transport) for t in directory.trunks}
         self.trunk_limits = {t.name: t.channels for t in directory.trunks}
+        self.queues.set_directory(directory)
+
+    @property
+    def statuses(self) -> dict[str, Status]:
+        """Live statuses (``switchboard status set``, the admin API)."""
+        return self._statuses
+
+    @statuses.setter
+    def statuses(self, statuses: dict[str, Status]) -> None:
+        # A status whose rules say log_out_of_queues logs its agent out as it is set.
+        self.queues.statuses_changed(self._statuses, statuses)
+        self._statuses = statuses
+
+    def queue_figures(self, name: str, now: float) -> QueueFigures | None:
+        """The wallboard's figures of queue ``name`` (None: no such queue)."""
+        return self.queues.figures(name, now)
 
     # ------------------------------------------------------------------ what calls share
     def live_state(self, directory: Directory, now_wall: float) -> LiveState:
@@ -135,6 +160,10 @@ class Calls:
     def extensions_on_calls(self) -> dict[str, int]:
         """Extension -> calls it is on (what routing sees as busy)."""
         return dict(self._on_call)
+
+    def extensions_ringing(self) -> set[str]:
+        """Extensions whose phones ring now (a leg sent, no final answer yet)."""
+        return {leg.extension for leg in self._legs.values() if leg.pending and leg.extension}
 
     def channel_free(self, trunk: str) -> bool:
         limit = self.trunk_limits.get(trunk)
@@ -222,9 +251,31 @@ class Calls:
         elif self._wakeups.deadline(call.key, _NEXT) != when:
             self._wakeups.arm(call.key, _NEXT, when)
 
+    def reschedule_queues(self) -> None:
+        """The queues' timers changed: keep their one deadline in the heap current."""
+        when = self.queues.next_timer()
+        if when is None:
+            self._wakeups.cancel(_QUEUES, _NEXT)
+        elif self._wakeups.deadline(_QUEUES, _NEXT) != when:
+            self._wakeups.arm(_QUEUES, _NEXT, when)
+
+    def _queue_timer(self, now: float) -> list[CallOutput]:
+        try:
+            return self.queues.on_timer(now)
+        except Exception:  # the queues go on: a call that failed in them ends alone
+            log.exception("queue timer failed")
+            if self.metrics is not None:
+                self.metrics.errors.inc()
+            return []
+        finally:
+            self.reschedule_queues()
+
     def on_timer(self, now: float) -> list[CallOutput]:
         events: list[CallOutput] = []
         while (due := self._wakeups.pop(now)) is not None:
+            if due[0] == _QUEUES:
+                events += self._queue_timer(now)
+                continue
             call = self._calls.get(due[0])
             if call is None:
                 continue
@@ -257,6 +308,7 @@ class Calls:
     def _guard(self, call: Call, now: float,
                action: Callable[[], list[CallOutput]]) -> list[CallOutput]:
         """Run ``action`` for ``call``; an exception ends this call only."""
+        self.queues.now = now  # the time of what the queues hear of without a "now"
         try:
             return self._noted(call, action())
         except Exception:

@@ -23,6 +23,10 @@ Three roles:
   ``abandoned`` (the transferee hung up). Attended (Refer-To with Replaces,
   RFC 3891): ``moving`` while the consulted target is re-INVITEd to the
   transferee's call, then ``connected``, ``failed`` or ``abandoned``.
+* **agent** (``engine.calls.queue``): a queue agent as the queues see it, one
+  state across all its queues: ``idle``, ``ringing`` (a try's INVITE), ``on_call``
+  (it answered a queue caller), ``wrap_up`` (after that call, for the queue's
+  ``wrap_up_seconds``), then ``idle`` again.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ from enum import StrEnum
 from engine.statemachine import IllegalTransition, Machine
 
 __all__ = [
+    "AGENT",
     "CALL",
     "IVR",
     "LEG",
     "TRANSFER",
+    "AgentEvent",
+    "AgentState",
     "CallEvent",
     "CallState",
     "IllegalTransition",
@@ -218,4 +225,34 @@ IVR: Machine[IvrState, IvrEvent] = Machine("ivr", {
     (_PL, IvrEvent.GONE): _DN,
     (_WA, IvrEvent.GONE): _DN,
     (_DI, IvrEvent.GONE): _DN,
+})
+
+
+# ---------------------------------------------------------------------- queue agents
+class AgentState(StrEnum):
+    IDLE = "idle"  # may be rung (when logged in, registered, available, not on a call)
+    RINGING = "ringing"  # a queue caller's leg rings this agent's phones
+    ON_CALL = "on_call"  # connected to a queue caller
+    WRAP_UP = "wrap_up"  # after a queue call: not rung for the queue's wrap_up_seconds
+
+
+class AgentEvent(StrEnum):
+    RING = "ring"  # a queue caller's INVITE sent to the agent
+    ANSWER = "answer"  # the agent's 2xx, relayed to the caller
+    NO_ANSWER = "no_answer"  # no answer in ring_seconds, refused, or the caller left
+    HANG_UP = "hang_up"  # the queue call ended (either side's BYE, or a transfer out)
+    WRAP_DONE = "wrap_done"  # wrap_up_seconds passed
+
+
+_AI, _AR, _AO, _AW = AgentState.IDLE, AgentState.RINGING, AgentState.ON_CALL, \
+    AgentState.WRAP_UP
+# One agent across every queue it is in: rung for one caller at a time. The INVITE
+# to it follows RFC 3261 s13.2 (its leg's own states are LEG); these are the
+# queue's view of the agent.
+AGENT: Machine[AgentState, AgentEvent] = Machine("agent", {
+    (_AI, AgentEvent.RING): _AR,  # RFC 3261 s13.2.1: the INVITE to the agent
+    (_AR, AgentEvent.ANSWER): _AO,  # RFC 3261 s13.2.2.4: its 2xx
+    (_AR, AgentEvent.NO_ANSWER): _AI,  # s13.2.2.3 a refusal, s9.1 our CANCEL
+    (_AO, AgentEvent.HANG_UP): _AW,  # RFC 3261 s15.1: BYE on the queue call
+    (_AW, AgentEvent.WRAP_DONE): _AI,
 })

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from engine.core import Engine
+from engine.core import Engine, Outcome
 from engine.shell.config import ServerConfig
 from provisioning.api.http import setup as setup_api
 from provisioning.model import STATUSES, Directory, binding_json
@@ -34,6 +34,7 @@ class Server(Protocol):
     @property
     def config(self) -> ServerConfig: ...
     async def reload(self) -> None: ...
+    def apply(self, outcome: Outcome) -> None: ...
 
 
 class EngineView:
@@ -70,6 +71,18 @@ class EngineView:
         plan = explain(engine.directory, caller, callee, when, status=forced,
                        registered=state.registered, preferred_identity=preferred_identity)
         return plan_to_json(plan)
+
+    def queue_stats(self, name: str) -> dict[str, Any]:
+        figures = self.server.engine.calls.queue_figures(name, time.monotonic())
+        return figures.to_json() if figures is not None else {}
+
+    def queue_agents(self, name: str) -> dict[str, Any]:
+        return self.server.engine.calls.queues.agent_states(name)
+
+    def queue_login(self, name: str, extension: str, logged_in: bool) -> None:
+        server = self.server
+        server.apply(server.engine.queue_login(extension, (name,), logged_in,
+                                               time.monotonic()))
 
     async def reload(self) -> None:
         await self.server.reload()

@@ -34,6 +34,7 @@ from provisioning.api.auth import Authenticator, Principal, seal_stored_totp
 from provisioning.api.errors import ApiError
 from provisioning.api.events import STREAM_SECONDS, EventHub, involved
 from provisioning.api.live import Live
+from provisioning.api.queues import queue_agents, queue_stats, set_queue_agent
 from provisioning.api.resources import DirectoryApi, parse_if_match
 from provisioning.model import ROLES, STATUSES
 from provisioning.secretbox import SecretBox
@@ -421,6 +422,8 @@ async def _openapi(api: Api, request: web.Request, p: Principal | None) -> web.S
 
 _EXT = "{extension}"
 _ANY = "any signed-in user"
+_QUEUE_SEE = "the queue's agents; receptionist, department_admin: their department's; " \
+    "manager, owner"
 _OBJ: sch.Schema = {"type": "object"}
 _STATUS_OUT = sch.obj({"extension": {"type": "string"}, "status": sch.enum(STATUSES),
                        "configured": sch.enum(STATUSES), "live": sch.BOOLEAN})
@@ -541,6 +544,22 @@ ROUTES: list[Route] = [
     *_table_routes("queues", "call queues", "agents, their department; manager, owner",
                    "department_admin: their department's; owner"),
     *_table_routes("trunks", "trunks", "owner", "owner"),
+    Route("GET", "/queues/{key}/stats", _action(
+        lambda a, r, p: queue_stats(a.live, p, r.match_info["key"])),
+          "A queue's figures now, for a wallboard (callers waiting, longest wait, agents "
+          "logged in/idle/on a call, answered, abandoned, within the service level, average "
+          "wait and talk)", _QUEUE_SEE, _OBJ, errors=(403, 404)),
+    Route("GET", "/queues/{key}/agents", _action(
+        lambda a, r, p: queue_agents(a.live, p, r.match_info["key"])),
+          "Each agent of a queue: logged in, and its state (idle, ringing, on_call, wrap_up)",
+          _QUEUE_SEE, _OBJ, errors=(403, 404)),
+    Route("PUT", "/queues/{key}/agents/" + _EXT, _action(
+        lambda a, r, p: _with_body(r, lambda b: set_queue_agent(
+            a.live, p, r.match_info["key"], r.match_info["extension"], b))),
+          "Log an agent in to or out of a queue (as *62/*63 from their phone)",
+          "the agent; department_admin: their department's agents; owner", _OBJ,
+          body=sch.obj({"logged_in": sch.BOOLEAN}, ["logged_in"]),
+          errors=(400, 403, 404, 422)),
     Route("GET", "/statuses", _action(lambda a, r, p: a.statuses(p)),
           "Effective statuses of the users one may see", _ANY, _LIST),
     Route("GET", f"/users/{_EXT}/status", _action(

@@ -30,5 +30,14 @@ class Live(Protocol):
                 preferred_identity: str) -> dict[str, Any]:
         """The plan of a call that has not happened (ValueError for a bad input)."""
 
+    def queue_stats(self, name: str) -> dict[str, Any]:
+        """A queue's figures now (callers waiting, longest wait, agents, answered...)."""
+
+    def queue_agents(self, name: str) -> dict[str, Any]:
+        """Each agent of a queue: ``{"logged_in": bool, "state": str}``."""
+
+    def queue_login(self, name: str, extension: str, logged_in: bool) -> None:
+        """Log an agent of a queue in or out (a log-in may ring it at once)."""
+
     async def reload(self) -> None:
         """Take the store's directory and statuses now (after an API write)."""
