@@ -73,9 +73,11 @@ from provisioning.model import (
 )
 
 __all__ = [
+    "ROW_WRITERS",
     "TABLES",
     "TABLE_KEYS",
     "DirectoryError",
+    "ParseMemo",
     "directory_to_dict",
     "load_directory",
     "parse_directory",
@@ -346,13 +348,45 @@ def _toml_error(source: str, exc: tomllib.TOMLDecodeError) -> str:
     return f"{source}: invalid TOML: {message}"
 
 
-def parse_directory(data: Mapping[str, Any], source: str = "<directory>") -> Directory:
+def parse_directory(data: Mapping[str, Any], source: str = "<directory>",
+                    memo: ParseMemo | None = None) -> Directory:
     """Validate a decoded directory (a ``tomllib`` result) into a :class:`Directory`.
 
     ``source`` names the file in error messages.  Raises :class:`DirectoryError`
     listing every problem found; nothing is returned unless all is valid.
+    ``memo`` (kept by whoever validates the same directory again and again, as the
+    store does for the admin API) skips reading again a user row equal to one read
+    without error in the same context; every check between rows still runs.
     """
-    return _Parser(source).parse(data)
+    return _Parser(source, memo).parse(data)
+
+
+@dataclass(frozen=True, slots=True)
+class _UserRead:
+    """One user row read without error, and what reading it depends on."""
+
+    row: Mapping[str, Any]  # a private copy: a caller changing its row cannot fool the memo
+    digits: int | None
+    department: Department | None
+    user: User
+    refs: tuple[_Ref, ...]  # those that name another row; the path after the row's
+
+
+class ParseMemo:
+    """The users of the last :func:`parse_directory` that used it, by extension.
+
+    A user row is a function of the row itself, ``system.extension_digits`` and its
+    department; those three equal, the row's :class:`User` and the destinations it
+    names are taken from here instead of read again (most of the cost of a
+    1,000-user directory: every status's forwarding spelled out). Uniqueness of the
+    extension and the references between rows are checked on every parse, so the
+    result and the errors are the same as without the memo. Each parse replaces the
+    memo with the rows it read; rows that had an error are never kept.
+    """
+
+    def __init__(self) -> None:
+        self.users: dict[str, _UserRead] = {}
+        self.hits = 0  # rows taken from the memo (for tests and profiling)
 
 
 # --------------------------------------------------------------------------- table reader
@@ -410,9 +444,11 @@ class _Table:
         self.data: Mapping[Any, Any] = data if isinstance(data, Mapping) else {}
         if not isinstance(data, Mapping):
             errors.add(path, f"must be a table, not {_kind(data)}")
-        for key in self.data:
-            if key not in allowed:
-                errors.add(_join(path, str(key)), "unknown key" + _suggest(str(key), allowed))
+        if not _key_set(allowed).issuperset(self.data):  # one C-level pass when all known
+            for key in self.data:
+                if key not in allowed:
+                    errors.add(_join(path, str(key)),
+                               "unknown key" + _suggest(str(key), allowed))
 
     def at(self, key: str) -> str:
         return _join(self.path, key)
@@ -536,6 +572,17 @@ class _Table:
         ]
 
 
+_KEY_SETS: dict[int, tuple[Collection[str], frozenset[str]]] = {}
+
+
+def _key_set(allowed: Collection[str]) -> frozenset[str]:
+    """``allowed`` as a set, made once per declaration (the tuples above)."""
+    found = _KEY_SETS.get(id(allowed))
+    if found is None or found[0] is not allowed:
+        found = _KEY_SETS[id(allowed)] = (allowed, frozenset(allowed))
+    return found[1]
+
+
 def _suggest(key: str, allowed: Collection[str]) -> str:
     close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
     if close:
@@ -546,23 +593,25 @@ def _suggest(key: str, allowed: Collection[str]) -> str:
 # --------------------------------------------------------------------------- the parser
 
 
-@dataclass(slots=True)
-class _DestRef:
-    """A destination whose references are checked once everything is read."""
-
-    path: str
-    dest: Destination
-    owner: str | None  # the user's extension when the rule belongs to a user
-    internal: bool  # an internal-callers rule (may be same_as_external)
+_Ref = tuple[str, Destination, str | None, bool]
+"""A destination whose references are checked once everything is read: the rest of
+its path after a base path, the destination, the user's extension when the rule
+belongs to a user, and whether it is an internal-callers rule (may be
+same_as_external)."""
 
 
 class _Parser:
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, memo: ParseMemo | None = None) -> None:
         self.errors = _Errors(source)
-        self.refs: list[_DestRef] = []
+        # (base path, refs under it): one entry per destination read, or per user row
+        # taken from the memo (its refs as they were, without a new object each)
+        self.refs: list[tuple[str, tuple[_Ref, ...]]] = []
         # where each extension / name was first defined, for "already used by" messages
         self.extensions: dict[str, str] = {}
         self.digits_valid = False
+        self.memo = memo
+        self.read: dict[str, _UserRead] = {}
+        self.departments_equal: dict[tuple[int, int], bool] = {}
 
     def parse(self, data: Mapping[str, Any]) -> Directory:
         root = _Table(self.errors, "", data, TABLES)
@@ -582,7 +631,9 @@ class _Parser:
         ring_groups = tuple(self.ring_group(t, digits) for t in group_tables)
         dept_by_name = {d.name: d for d in departments}
         user_tables = root.tables("users", USER_KEYS)
-        users = tuple(self.user(t, digits, dept_by_name) for t in user_tables)
+        users = tuple(self.user_once(t, digits, dept_by_name) for t in user_tables)
+        if self.memo is not None:
+            self.memo.users = self.read
         ivr_tables = root.tables("ivrs", IVR_TABLE_KEYS)
         ivrs = tuple(self.ivr(t, digits, dept_by_name) for t in ivr_tables)
         queue_tables = root.tables("queues", QUEUE_KEYS)
@@ -898,6 +949,53 @@ class _Parser:
             self.needs_office_hours(t, user, dept)
         return user
 
+    def user_once(self, t: _Table, digits: int | None,
+                  departments: Mapping[str, Department]) -> User:
+        """:meth:`user`, or the memo's reading of an equal row in the same context."""
+        if self.memo is None:
+            return self.user(t, digits, departments)
+        extension, department = t.data.get("extension"), t.data.get("department")
+        if not isinstance(extension, str) or not isinstance(department, str):
+            return self.user(t, digits, departments)
+        dept = departments.get(department)
+        known = self.memo.users.get(extension)
+        if (known is not None and known.digits == digits
+                and self.same_department(known.department, dept) and known.row == t.data):
+            # what self.user does across rows: the extension is unique, references later
+            first = self.extensions.get(extension)
+            if first is not None:
+                t.error("extension", f"'{extension}' is already used by {first}")
+            else:
+                self.extensions[extension] = t.path
+            self.refs.append((t.path, known.refs))
+            self.read[extension] = known
+            self.memo.hits += 1
+            return known.user
+        errors, refs = len(self.errors.items), len(self.refs)
+        user = self.user(t, digits, departments)
+        if len(self.errors.items) > errors or extension in self.read:
+            return user
+        # A reference that names no other row (the user's own voicemail or mobile,
+        # an external number...) is checked now, once: the memo keeps the row only if
+        # it is sound, and keeps only the references the other rows decide.
+        cut, across = len(t.path), []
+        for base, items in self.refs[refs:]:
+            for suffix, dest, owner, internal in items:
+                if _names_another_row(dest):
+                    across.append((base[cut:] + suffix, dest, owner, internal))
+                elif _reference_problem(dest, owner, internal, {extension: user}, set(), {}):
+                    return user  # references() names it
+        self.read[extension] = _UserRead(_copy_row(t.data), digits, dept, user, tuple(across))
+        return user
+
+    def same_department(self, a: Department | None, b: Department | None) -> bool:
+        """Equal departments (each parse makes new ones), compared once per parse."""
+        key = (id(a), id(b))
+        same = self.departments_equal.get(key)
+        if same is None:
+            same = self.departments_equal[key] = a == b
+        return same
+
     # ------------------------------------------------------------------ user parts
 
     def voicemail(self, user: _Table, dept: Department | None, email: str) -> VoicemailSettings:
@@ -1074,7 +1172,7 @@ class _Parser:
         except DestinationError as exc:
             self.errors.add(_join(t.at(key), exc.key), exc.message)
             return default or Destination("busy")
-        self.refs.append(_DestRef(t.at(key), dest, owner, internal))
+        self.refs.append((t.at(key), (("", dest, owner, internal),)))
         return dest
 
     # ------------------------------------------------------------------ cross-checks
@@ -1243,29 +1341,39 @@ class _Parser:
         ivr_names: set[str],
         queue_names: set[str],
     ) -> None:
-        for ref in self.refs:
-            problem = _reference_problem(ref, users, group_names, system_exts)
-            if not problem and ref.dest.kind == "ivr" and ref.dest.target not in ivr_names:
-                problem = f"unknown IVR '{ref.dest.target}'" + (
-                    _suggest(ref.dest.target, ivr_names) if ivr_names else " (no [[ivrs]])")
-            if not problem and ref.dest.kind == "queue" and ref.dest.target not in queue_names:
-                problem = f"unknown queue '{ref.dest.target}'" + (
-                    _suggest(ref.dest.target, queue_names) if queue_names else " (no [[queues]])")
-            if problem:
-                self.errors.add(ref.path, problem)
+        for base, items in self.refs:
+            for suffix, dest, owner, internal in items:
+                problem = _reference_problem(dest, owner, internal, users, group_names,
+                                             system_exts)
+                if not problem and dest.kind == "ivr" and dest.target not in ivr_names:
+                    problem = f"unknown IVR '{dest.target}'" + (
+                        _suggest(dest.target, ivr_names) if ivr_names else " (no [[ivrs]])")
+                if not problem and dest.kind == "queue" and dest.target not in queue_names:
+                    problem = f"unknown queue '{dest.target}'" + (
+                        _suggest(dest.target, queue_names) if queue_names
+                        else " (no [[queues]])")
+                if problem:
+                    self.errors.add(base + suffix, problem)
+
+
+def _names_another_row(dest: Destination) -> bool:
+    """Whether a user's destination is valid or not depending on other rows."""
+    return dest.kind in ("extension", "ring_group", "ivr", "queue") or (
+        dest.kind == "voicemail" and bool(dest.target))
 
 
 def _reference_problem(
-    ref: _DestRef,
+    dest: Destination,
+    owner_extension: str | None,
+    internal: bool,
     users: Mapping[str, User],
     group_names: set[str],
     system_exts: Mapping[str, str],
 ) -> str:
-    dest = ref.dest
-    owner = users.get(ref.owner) if ref.owner is not None else None
-    if dest.kind == "same_as_external" and not ref.internal:
+    owner = users.get(owner_extension) if owner_extension is not None else None
+    if dest.kind == "same_as_external" and not internal:
         return "'same_as_external' is only valid for internal callers"
-    if dest.kind in ("mobile", "voicemail") and not dest.target and ref.owner is None:
+    if dest.kind in ("mobile", "voicemail") and not dest.target and owner_extension is None:
         return f"'{dest.kind}' needs a user; name one (e.g. 'voicemail:101' or 'external:+1...')"
     if dest.kind == "mobile" and owner is not None and not owner.mobile:
         return "'mobile' but the user has no mobile number"
@@ -1280,11 +1388,20 @@ def _reference_problem(
             return f"'{dest.target}' is {system_exts[dest.target]}"
         if dest.target not in users:
             return f"unknown extension '{dest.target}'"
-        if dest.target == ref.owner:
+        if dest.target == owner_extension:
             return f"'{dest}' forwards the user to themselves"
     if dest.kind == "ring_group" and dest.target not in group_names:
         return f"unknown ring group '{dest.target}'" + _suggest(dest.target, group_names)
     return ""
+
+
+def _copy_row(value: Any) -> Any:
+    """A deep copy of decoded TOML/JSON (tables, arrays, scalars), faster than deepcopy."""
+    if isinstance(value, Mapping):
+        return {k: _copy_row(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_row(v) for v in value]
+    return value
 
 
 def _display_name(text: str) -> bool:
@@ -1535,7 +1652,7 @@ def user_to_dict(u: User) -> dict[str, Any]:
     }
 
 
-_ROW_WRITERS: Mapping[str, Callable[[Any], dict[str, Any]]] = {
+ROW_WRITERS: Mapping[str, Callable[[Any], dict[str, Any]]] = {
     "trunks": trunk_to_dict,
     "departments": department_to_dict,
     "numbers": number_to_dict,
@@ -1549,7 +1666,7 @@ _ROW_WRITERS: Mapping[str, Callable[[Any], dict[str, Any]]] = {
 def table_rows(d: Directory) -> dict[str, list[dict[str, Any]]]:
     """Each table of ``d`` as a list of row dicts in file order (``system``: one row)."""
     rows: dict[str, list[dict[str, Any]]] = {"system": [system_to_dict(d.system)]}
-    for table, write in _ROW_WRITERS.items():
+    for table, write in ROW_WRITERS.items():
         rows[table] = [write(item) for item in getattr(d, table)]
     return rows
 

@@ -65,10 +65,14 @@ import aiosqlite
 import asyncpg
 
 from provisioning.directory import (
+    ROW_WRITERS,
     TABLE_KEYS,
     TABLES,
+    DirectoryError,
+    ParseMemo,
     directory_to_dict,
     parse_directory,
+    system_to_dict,
     table_rows,
     with_statuses,
 )
@@ -93,6 +97,7 @@ __all__ = [
     "ApplyReport",
     "BindingChanges",
     "Change",
+    "DirectorySnapshot",
     "PostgresStore",
     "RevisionConflict",
     "SQLiteStore",
@@ -268,6 +273,13 @@ async def _insert_audit(tx: _Tx, entry: AuditEntry) -> None:
         None if entry.after is None else json.dumps(entry.after, sort_keys=True))
 
 
+async def _drop_orphan_statuses(tx: _Tx) -> None:
+    await tx.execute(
+        "DELETE FROM status_overrides WHERE extension NOT IN "
+        "(SELECT key FROM directory_rows WHERE tbl = 'users')"
+    )
+
+
 async def _bump_revision(tx: _Tx, key: str = "revision") -> None:
     await tx.execute(
         "INSERT INTO meta (key, value) VALUES ($1, '1') ON CONFLICT (key) DO UPDATE "
@@ -378,11 +390,33 @@ class ApplyReport:
         return any(c.action == "reordered" and c.table == table for c in self.changes)
 
 
+@dataclass(frozen=True, slots=True)
+class DirectorySnapshot:
+    """The stored directory at one revision, read and validated once per process.
+
+    ``data`` is the file's form (each row as stored: every value explicit), shared by
+    every reader: copy a list before changing it and never change a row in place
+    (:func:`provisioning.api.resources.merge_patch` makes new rows). ``directory`` is
+    ``data`` validated, live statuses not applied. ``rows`` are the stored rows
+    themselves, so a write based on this snapshot compares with them instead of
+    reading the table again.
+    """
+
+    revision: int
+    data: Mapping[str, Any]
+    directory: Directory
+    rows: Mapping[tuple[str, str], tuple[int, str]]
+
+
 # --------------------------------------------------------------------------- interface
 
 
 class Store(abc.ABC):
     """The async store interface.  Use ``async with store:`` or ``open()``/``close()``."""
+
+    #: Every validation of this process's directory goes through it (the snapshot's,
+    #: the admin API's writes): a write reads again only the rows it changed.
+    memo: ParseMemo
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -404,7 +438,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
                               audit: AuditEntry | Sequence[AuditEntry] | None = None,
-                              ) -> ApplyReport:
+                              base: DirectorySnapshot | None = None) -> ApplyReport:
         """Make the stored directory equal ``directory``, in one transaction.
 
         ``directory`` is validated again first (``DirectoryError`` when it is
@@ -412,6 +446,23 @@ class Store(abc.ABC):
         (:class:`RevisionConflict`) unless the directory revision is still that
         one, checked inside the transaction.  ``audit`` is written in the same
         transaction when something changed (several: a bulk write audits each row).
+
+        ``base``: ``directory`` is what :func:`parse_directory` returned for
+        ``base.data`` with some rows changed (the admin API's writes). It is not
+        validated again, the stored rows are not read again (``base.rows`` are
+        them, since the revision is checked to be ``base.revision``: a mismatch is a
+        :class:`RevisionConflict`), only the rows that differ are written, and the
+        result becomes the snapshot of the new revision.
+        """
+
+    @abc.abstractmethod
+    async def directory_snapshot(self, at: int | None = None) -> DirectorySnapshot | None:
+        """The stored directory, validated, and its revision (``None`` if never applied).
+
+        Kept in memory and read again only when the revision moved (another process,
+        or a write not made through ``base``): one revision query when it has not.
+        ``at``: the revision the caller wants (the one its own write made): the kept
+        snapshot at that revision is returned without asking the database.
         """
 
     @abc.abstractmethod
@@ -726,13 +777,48 @@ class _Tx(Protocol):
 Rows = dict[tuple[str, str], tuple[int, str]]  # (tbl, key) -> (position, body)
 
 
-def _canonical_rows(directory: Directory) -> Rows:
-    rows: Rows = {}
-    for table, items in table_rows(directory).items():
-        for position, item in enumerate(items):
-            key = "system" if table == "system" else str(item[TABLE_KEYS[table]])
-            rows[(table, key)] = (position, json.dumps(item, sort_keys=True))
+def _canonical_rows(directory: Directory, base: DirectorySnapshot | None = None) -> Rows:
+    """The stored form of each row. With ``base``: a row whose model is the very object
+    of ``base.directory`` (the parse memo gives it back for an unchanged row) keeps its
+    stored body, so only the rows a write changed are serialised again."""
+    if base is None:
+        rows: Rows = {}
+        for table, items in table_rows(directory).items():
+            for position, item in enumerate(items):
+                key = "system" if table == "system" else str(item[TABLE_KEYS[table]])
+                rows[(table, key)] = (position, json.dumps(item, sort_keys=True))
+        return rows
+    rows = {("system", "system"): (0, json.dumps(system_to_dict(directory.system),
+                                                 sort_keys=True))}
+    for table, write in ROW_WRITERS.items():
+        natural = TABLE_KEYS[table]
+        before = {id(item): str(getattr(item, natural))
+                  for item in getattr(base.directory, table)}
+        for position, item in enumerate(getattr(directory, table)):
+            same = before.get(id(item))
+            if same is not None and (table, same) in base.rows:
+                rows[(table, same)] = (position, base.rows[(table, same)][1])
+            else:
+                row = write(item)
+                rows[(table, str(row[natural]))] = (position, json.dumps(row, sort_keys=True))
     return rows
+
+
+def _data_of(rows: Rows, base: DirectorySnapshot) -> dict[str, Any]:
+    """``rows`` in the file's form, sharing ``base.data``'s row for every unchanged body."""
+    old: dict[tuple[str, str], Any] = {("system", "system"): base.data["system"]}
+    for table, natural in TABLE_KEYS.items():
+        for item in base.data.get(table, ()):
+            old[(table, str(item.get(natural)))] = item
+    data: dict[str, Any] = {table: [] for table in TABLES}
+    for (table, key), (_, body) in sorted(rows.items(), key=lambda kv: kv[1][0]):
+        same = base.rows.get((table, key))
+        item = old[(table, key)] if same is not None and same[1] == body else json.loads(body)
+        if table == "system":
+            data["system"] = item
+        else:
+            data[table].append(item)
+    return data
 
 
 def _diff_fields(old: object, new: object, prefix: str = "") -> list[str]:
@@ -748,18 +834,23 @@ def _diff_fields(old: object, new: object, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix or "(value)"]
 
 
-def _plan(old: Rows, new: Rows) -> list[Change]:
+def _plan(old: Mapping[tuple[str, str], tuple[int, str]], new: Rows) -> list[Change]:
+    def in_order(rows: Mapping[tuple[str, str], tuple[int, str]]) -> dict[str, list[str]]:
+        ordered: dict[str, list[tuple[int, str]]] = {table: [] for table in TABLES}
+        for (table, key), (position, _) in rows.items():
+            ordered.setdefault(table, []).append((position, key))
+        return {table: [key for _, key in sorted(keys)] for table, keys in ordered.items()}
+
+    old_order, new_order = in_order(old), in_order(new)
     changes: list[Change] = []
     for table in TABLES:
-        old_keys = sorted((k for t, k in old if t == table), key=lambda k: old[(table, k)][0])
-        new_keys = sorted((k for t, k in new if t == table), key=lambda k: new[(table, k)][0])
+        old_keys, new_keys = old_order[table], new_order[table]
         for key in new_keys:
-            if (table, key) not in old:
+            before = old.get((table, key))
+            if before is None:
                 changes.append(Change(table, key, "added"))
-            elif old[(table, key)][1] != new[(table, key)][1]:
-                fields = _diff_fields(
-                    json.loads(old[(table, key)][1]), json.loads(new[(table, key)][1])
-                )
+            elif before[1] != new[(table, key)][1]:
+                fields = _diff_fields(json.loads(before[1]), json.loads(new[(table, key)][1]))
                 changes.append(Change(table, key, "changed", tuple(fields)))
         changes.extend(Change(table, key, "removed") for key in old_keys if (table, key) not in new)
         kept_old = [k for k in old_keys if (table, k) in new]
@@ -824,9 +915,18 @@ class _SQLStore(Store):
 
     # ------------------------------------------------------------------ directory
 
+    def __init__(self) -> None:
+        self._snapshot: DirectorySnapshot | None = None
+        self._snapshot_lock = asyncio.Lock()
+        # shared by every validation of this process's directory: a write reads
+        # again only the rows it changed (provisioning.directory.ParseMemo)
+        self.memo = ParseMemo()
+
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
                               audit: AuditEntry | Sequence[AuditEntry] | None = None,
-                              ) -> ApplyReport:
+                              base: DirectorySnapshot | None = None) -> ApplyReport:
+        if base is not None:
+            return await self._apply_on(base, directory, expect_revision, audit)
         canonical = parse_directory(directory_to_dict(directory), "<apply_directory>")
         new = _canonical_rows(canonical)
         async with self._transaction() as tx:
@@ -841,55 +941,90 @@ class _SQLStore(Store):
                 )
             }
             changes = _plan(old, new)
-            for (table, key), (position, body) in new.items():
-                before = old.get((table, key))
-                if before is None:
-                    await tx.execute(
-                        "INSERT INTO directory_rows (tbl, key, position, body) "
-                        "VALUES ($1, $2, $3, $4)",
-                        table,
-                        key,
-                        position,
-                        body,
-                    )
-                elif before != (position, body):
-                    await tx.execute(
-                        "UPDATE directory_rows SET position = $3, body = $4 "
-                        "WHERE tbl = $1 AND key = $2",
-                        table,
-                        key,
-                        position,
-                        body,
-                    )
-                    if table == "users" and _status_of(before[1]) != _status_of(body):
-                        await tx.execute("DELETE FROM status_overrides WHERE extension = $1", key)
-            for table, key in old.keys() - new.keys():
-                await tx.execute(
-                    "DELETE FROM directory_rows WHERE tbl = $1 AND key = $2", table, key
-                )
-                if table == "users":
-                    await tx.execute("DELETE FROM bindings WHERE aor = $1", key)
-                    # the admin guide's warning: deleting a user deletes their voicemail
-                    await tx.execute("DELETE FROM voicemail WHERE box = $1", key)
-                    await _bump_revision(tx, "voicemail_revision")
-                    # an extension created again later must not inherit the old
-                    # person's web password, second factor or open sessions
-                    for account_table in ("web_credentials", "sessions", "totp",
-                                          "totp_pending", "reset_tokens"):
-                        await tx.execute(
-                            f"DELETE FROM {account_table} WHERE extension = $1", key)
-            await tx.execute(
-                "DELETE FROM status_overrides WHERE extension NOT IN "
-                "(SELECT key FROM directory_rows WHERE tbl = 'users')"
-            )
             if changes:
-                await _bump_revision(tx)
-                await _bump_revision(tx, "directory_revision")
-                revision += 1
-                entries = (audit,) if isinstance(audit, AuditEntry) else audit or ()
-                for entry in entries:
-                    await _insert_audit(tx, entry)
+                await self._write_rows(tx, old, new, audit, full=True)
+                revision = await _meta_int(tx, "directory_revision")
+            else:
+                await _drop_orphan_statuses(tx)
         return ApplyReport(tuple(changes), revision)
+
+    async def _apply_on(self, base: DirectorySnapshot, directory: Directory,
+                        expect_revision: int | None,
+                        audit: AuditEntry | Sequence[AuditEntry] | None) -> ApplyReport:
+        if expect_revision is not None and expect_revision != base.revision:
+            raise RevisionConflict(expect_revision, base.revision)
+        new = _canonical_rows(directory, base)
+        changes = _plan(base.rows, new)
+        if not changes:  # nothing to write, but the revision is still checked
+            current = await self.directory_revision()
+            if current != base.revision:
+                raise RevisionConflict(base.revision, current)
+            return ApplyReport((), base.revision)
+        async with self._transaction() as tx:
+            await self._lock_for_apply(tx)
+            revision = await _meta_int(tx, "directory_revision")
+            if revision != base.revision:
+                raise RevisionConflict(base.revision, revision)
+            await self._write_rows(tx, base.rows, new, audit, full=False)
+            revision += 1  # checked to be base.revision under the apply lock
+        snapshot = DirectorySnapshot(revision, _data_of(new, base), directory, new)
+        if self._snapshot is None or self._snapshot.revision < revision:
+            self._snapshot = snapshot
+        return ApplyReport(tuple(changes), revision)
+
+    async def _write_rows(self, tx: _Tx, old: Mapping[tuple[str, str], tuple[int, str]],
+                          new: Rows, audit: AuditEntry | Sequence[AuditEntry] | None, *,
+                          full: bool) -> None:
+        """Write the rows of ``new`` that differ from ``old`` (the stored rows), delete
+        those gone, with what follows (live statuses, bindings, mailboxes, accounts of
+        removed users), the audit and the revisions. ``full``: a whole apply also drops
+        statuses left without a user; a write on a snapshot only does when it removes
+        users."""
+        for (table, key), (position, body) in new.items():
+            before = old.get((table, key))
+            if before is None:
+                await tx.execute(
+                    "INSERT INTO directory_rows (tbl, key, position, body) "
+                    "VALUES ($1, $2, $3, $4)",
+                    table,
+                    key,
+                    position,
+                    body,
+                )
+            elif before != (position, body):
+                await tx.execute(
+                    "UPDATE directory_rows SET position = $3, body = $4 "
+                    "WHERE tbl = $1 AND key = $2",
+                    table,
+                    key,
+                    position,
+                    body,
+                )
+                if table == "users" and _status_of(before[1]) != _status_of(body):
+                    await tx.execute("DELETE FROM status_overrides WHERE extension = $1", key)
+        for table, key in old.keys() - new.keys():
+            await tx.execute(
+                "DELETE FROM directory_rows WHERE tbl = $1 AND key = $2", table, key
+            )
+            if table == "users":
+                await tx.execute("DELETE FROM bindings WHERE aor = $1", key)
+                # the admin guide's warning: deleting a user deletes their voicemail
+                await tx.execute("DELETE FROM voicemail WHERE box = $1", key)
+                await _bump_revision(tx, "voicemail_revision")
+                # an extension created again later must not inherit the old
+                # person's web password, second factor or open sessions
+                for account_table in ("web_credentials", "sessions", "totp",
+                                      "totp_pending", "reset_tokens"):
+                    await tx.execute(
+                        f"DELETE FROM {account_table} WHERE extension = $1", key)
+        if full or any(table == "users" for table, _ in old.keys() - new.keys()):
+            await _drop_orphan_statuses(tx)
+        await _bump_revision(tx)
+        await _bump_revision(tx, "directory_revision")
+        entries = (audit,) if isinstance(audit, AuditEntry) else audit or ()
+        for entry in entries:
+            await _insert_audit(tx, entry)
+
 
     async def save_voicemail(self, message: VoicemailMessage) -> None:
         async with self._transaction() as tx:
@@ -949,38 +1084,65 @@ class _SQLStore(Store):
                 if status in STATUSES}
 
     async def load_directory(self) -> Directory | None:
-        async with self._transaction() as tx:
-            rows = await tx.fetch("SELECT tbl, body FROM directory_rows ORDER BY tbl, position")
-            overrides = await tx.fetch("SELECT extension, status FROM status_overrides")
-        data: dict[str, Any] = {}
-        for table, body in rows:
-            if table == "system":
-                data["system"] = json.loads(body)
-            else:
-                data.setdefault(str(table), []).append(json.loads(body))
-        if "system" not in data:
+        async with self._transaction() as tx:  # the revision and the statuses together
+            revision = await _meta_int(tx, "directory_revision")
+            rows = await tx.fetch("SELECT extension, status FROM status_overrides")
+        cached = self._snapshot
+        snapshot = (cached if cached is not None and cached.revision == revision
+                    else await self.directory_snapshot())
+        if snapshot is None:
             return None
-        directory = parse_directory(data, "<store>")
-        statuses: dict[str, Status] = {
-            str(ext): STATUSES[STATUSES.index(status)]
-            for ext, status in overrides
-            if status in STATUSES
-        }
-        return with_statuses(directory, statuses)
+        return with_statuses(snapshot.directory, {
+            str(ext): STATUSES[STATUSES.index(status)] for ext, status in rows
+            if status in STATUSES})
 
     async def load_directory_data(self) -> tuple[dict[str, Any] | None, int]:
+        try:
+            snapshot = await self.directory_snapshot()
+        except DirectoryError:
+            # stored before a stricter validator: still exported as stored, to be fixed
+            data, _, revision = await self._read_rows()
+            return (data if isinstance(data["system"], dict) else None), revision
+        if snapshot is None:
+            return None, await self.directory_revision()
+        return {table: list(rows) if isinstance(rows, list) else rows
+                for table, rows in snapshot.data.items()}, snapshot.revision
+
+    async def _read_rows(self) -> tuple[dict[str, Any], Rows, int]:
+        """The stored rows in the file's form (``system`` is ``[]`` when there is none),
+        as stored, and the revision, read together."""
         async with self._transaction() as tx:
-            rows = await tx.fetch("SELECT tbl, body FROM directory_rows ORDER BY tbl, position")
+            found = await tx.fetch(
+                "SELECT tbl, key, position, body FROM directory_rows ORDER BY tbl, position")
             revision = await _meta_int(tx, "directory_revision")
-        data: dict[str, Any] = {}
-        for table, body in rows:
+        rows: Rows = {(str(t), str(k)): (int(p), str(b)) for t, k, p, b in found}
+        data: dict[str, Any] = {table: [] for table in TABLES}
+        for table, _, _, body in found:
             if table == "system":
                 data["system"] = json.loads(body)
             else:
                 data.setdefault(str(table), []).append(json.loads(body))
-        if "system" not in data:
-            return None, revision
-        return {table: data.get(table, []) for table in TABLES}, revision
+        return data, rows, revision
+
+    async def directory_snapshot(self, at: int | None = None) -> DirectorySnapshot | None:
+        cached = self._snapshot
+        if at is not None and cached is not None and cached.revision == at:
+            return cached
+        revision = await self.directory_revision()
+        if cached is not None and cached.revision == revision:
+            return cached
+        async with self._snapshot_lock:  # one read of a new revision, not one per caller
+            cached = self._snapshot
+            if cached is not None and cached.revision >= revision:
+                return cached
+            data, rows, revision = await self._read_rows()
+            if not isinstance(data["system"], dict):
+                return None
+            directory = parse_directory(data, "<store>", self.memo)
+            snapshot = DirectorySnapshot(revision, data, directory, rows)
+            if self._snapshot is None or self._snapshot.revision < revision:
+                self._snapshot = snapshot
+            return snapshot
 
     async def directory_revision(self) -> int:
         async with self._transaction() as tx:
@@ -1546,6 +1708,7 @@ class SQLiteStore(_SQLStore):
     """
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        super().__init__()
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self._conn: aiosqlite.Connection | None = None
@@ -1647,6 +1810,7 @@ class PostgresStore(_SQLStore):
                 f"invalid schema name '{schema}' (lower-case letters, digits and _, "
                 "not starting with a digit)"
             )
+        super().__init__()
         self.url = url
         self.schema = schema
         self.min_connections = min_connections

@@ -5,12 +5,14 @@ never returned, the audit entry, and the export that applies as a no-op."""
 # ruff: noqa: F811  (the store fixtures, imported, are parameters here)
 from __future__ import annotations
 
+import json
 import secrets
 import tomllib
 from typing import Any
 
 import pyotp
 import pytest
+from openapi_spec_validator import validate as validate_openapi
 
 from provisioning.api import schema
 from provisioning.api.auth import (
@@ -22,6 +24,7 @@ from provisioning.api.auth import (
     hash_password,
 )
 from provisioning.api.errors import ApiError
+from provisioning.api.http import PREFIX, openapi
 from provisioning.api.resources import DirectoryApi, merge_patch, parse_if_match
 from provisioning.directory import keep_secrets, parse_directory
 from provisioning.export import directory_toml
@@ -222,6 +225,40 @@ def test_the_schema_holds_every_key_the_validator_declares() -> None:
     from provisioning.model import RECORD_CALLS, STATUSES
     assert users["status"]["enum"] == list(STATUSES)
     assert users["record_calls"]["enum"] == list(RECORD_CALLS)
+
+
+def test_the_openapi_document_is_valid_and_shares_its_schemas() -> None:
+    """OpenAPI 3.1 valid; every schema of schema.components() is written once, under
+    components/schemas, and referenced: none is inlined in a path or in another."""
+    document = openapi()
+    validate_openapi(document)
+    shared = schema.components()
+    assert set(shared) <= set(document["components"]["schemas"])
+    inlined = {json.dumps(s, sort_keys=True): name for name, s in shared.items()}
+    refs: set[str] = set()
+
+    def walk(node: Any, own: str) -> None:
+        if isinstance(node, dict):
+            name = inlined.get(json.dumps(node, sort_keys=True))
+            assert name is None or name == own, f"{name} inlined in {own or 'paths'}"
+            if "$ref" in node:
+                refs.add(node["$ref"])
+            for value in node.values():
+                walk(value, "")
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, "")
+
+    walk(document["paths"], "")
+    for name, body in document["components"]["schemas"].items():
+        for value in body.values():
+            walk(value, name)
+    assert {f"#/components/schemas/{name}" for name in shared} <= refs
+    user = document["paths"][f"{PREFIX}/users/{{key}}"]
+    assert user["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/User"}
+    assert user["patch"]["requestBody"]["content"]["application/merge-patch+json"][
+        "schema"] == {"$ref": "#/components/schemas/UserPatch"}
 
 
 async def test_limiter_locks_an_account_and_a_source(store: Store) -> None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from provisioning.directory import (
     DirectoryError,
+    ParseMemo,
     directory_to_dict,
     load_directory,
     parse_directory,
@@ -460,6 +461,62 @@ def test_each_error_names_file_table_and_key(
     parse_directory(data, SOURCE)  # the base is valid
     mutate(data)
     assert_error(errors_of(data), path, fragment)
+
+
+@pytest.mark.parametrize(
+    "mutate", [case[1] for case in ERROR_CASES], ids=[case[0] for case in ERROR_CASES])
+def test_a_memo_changes_no_error(data: dict[str, Any], mutate: Mutation) -> None:
+    """The memo of an earlier parse (rows changed in place after it, as here) gives the
+    same errors, in the same order, as a parse without it."""
+    memo = ParseMemo()
+    parse_directory(data, SOURCE, memo)
+    assert memo.users  # the valid users were kept
+    mutate(data)
+    with pytest.raises(DirectoryError) as plain:
+        parse_directory(copy.deepcopy(data), SOURCE)
+    with pytest.raises(DirectoryError) as memoised:
+        parse_directory(data, SOURCE, memo)
+    assert memoised.value.errors == plain.value.errors
+    assert memoised.value.fields == plain.value.fields
+
+
+def test_a_memo_reads_only_changed_users_and_gives_the_same_directory(
+        data: dict[str, Any]) -> None:
+    memo = ParseMemo()
+    first = parse_directory(data, SOURCE, memo)
+    assert memo.hits == 0
+    users = len(data["users"])
+    data["users"][0] = {**data["users"][0], "name": "Renamed"}
+    second = parse_directory(data, SOURCE, memo)
+    assert memo.hits == users - 1
+    assert second == parse_directory(copy.deepcopy(data), SOURCE)
+    assert second.users[0].name == "Renamed" and second.users[1] is first.users[1]
+    # a department's change reads its users again (their language and hours follow it)
+    dept = data["users"][1]["department"]
+    data["departments"] = [{**d, "holidays": ["2027-07-01"]} if d["name"] == dept else d
+                           for d in data["departments"]]
+    hits = memo.hits
+    third = parse_directory(data, SOURCE, memo)
+    assert third == parse_directory(copy.deepcopy(data), SOURCE)
+    same_dept = sum(u.get("department") == dept for u in data["users"])
+    assert memo.hits - hits == users - same_dept
+
+
+def test_a_memoised_user_still_sees_what_it_names_go_away(data: dict[str, Any]) -> None:
+    """A user's forward to an IVR, a queue, a ring group or another user's mailbox is
+    checked against the other rows on every parse, memo or not."""
+    targets = {"busy": "ivr:reception", "no_answer": "queue:support"}
+    data["users"][0] = {**data["users"][0], "forwarding": {"away": {
+        key: {"external": value} for key, value in targets.items()}}}
+    memo = ParseMemo()
+    parse_directory(data, SOURCE, memo)
+    data["ivrs"], data["queues"] = [], []
+    with pytest.raises(DirectoryError) as memoised:
+        parse_directory(data, SOURCE, memo)
+    assert memo.hits == len(data["users"])
+    paths = {path for path, _ in memoised.value.fields}
+    assert {"users[0].forwarding.away.busy.external",
+            "users[0].forwarding.away.no_answer.external"} <= paths
 
 
 def test_every_caller_id_problem_is_named_at_once(data: dict[str, Any]) -> None:

@@ -22,10 +22,11 @@ import asyncpg
 import pytest
 
 from provisioning.apply import apply_file, format_report
-from provisioning.directory import DirectoryError, load_directory
+from provisioning.directory import DirectoryError, load_directory, parse_directory
 from provisioning.model import Binding, Directory, Node, User
 from provisioning.store import (
     PostgresStore,
+    RevisionConflict,
     SQLiteStore,
     Store,
     StoreError,
@@ -649,3 +650,72 @@ async def test_voicemail_counts_and_revision_for_message_waiting(store: Store,
     assert await store.mark_voicemail_read("101", "c0")
     assert await store.voicemail_counts() == {"101": (1, 1), "102": (1, 0)}
     assert await store.voicemail_revision() > first
+
+
+# --------------------------------------------------------------------------- snapshot writes
+
+
+async def _row_bodies(backend: Backend) -> dict[tuple[str, str], str]:
+    async with backend.make() as other:  # a second process's view: the stored rows
+        snapshot = await other.directory_snapshot()
+    assert snapshot is not None
+    return {key: body for key, (_, body) in snapshot.rows.items()}
+
+
+async def test_a_write_on_the_snapshot_writes_only_its_rows_and_is_the_next_snapshot(
+        backend: Backend, store: Store, directory: Directory) -> None:
+    await store.apply_directory(directory)
+    base = await store.directory_snapshot()
+    assert base is not None and await store.directory_snapshot() is base  # kept, not re-read
+    data = {table: list(rows) if isinstance(rows, list) else rows
+            for table, rows in base.data.items()}
+    index = next(i for i, u in enumerate(data["users"]) if u["extension"] == "102")
+    data["users"][index] = {**data["users"][index], "name": "Bruno Renamed"}
+    changed = parse_directory(data, "<test>", store.memo)
+    # every other user is the snapshot's own object: only 102 is serialised and written
+    assert sum(u is not b for u, b in zip(changed.users, base.directory.users,
+                                          strict=True)) == 1
+    report = await store.apply_directory(changed, expect_revision=base.revision, base=base)
+    assert [(c.table, c.key, c.action, c.fields) for c in report.changes] == [
+        ("users", "102", "changed", ("name",))]
+    assert report.revision == base.revision + 1 == await store.directory_revision()
+    after = await store.directory_snapshot()
+    assert after is not None and after.revision == report.revision
+    assert after.directory is changed and after.data["users"][index]["name"] == "Bruno Renamed"
+    assert after.data["users"][0] is base.data["users"][0]
+    # what another process reads back is exactly what this one believes is stored
+    assert await _row_bodies(backend) == {k: b for k, (_, b) in after.rows.items()}
+    loaded = await store.load_directory()
+    assert loaded is not None and _user(loaded, "102").name == "Bruno Renamed"
+    # a write on a snapshot someone else has moved past is refused, nothing written
+    with pytest.raises(RevisionConflict):
+        await store.apply_directory(changed, expect_revision=base.revision, base=base)
+    assert await store.directory_revision() == report.revision
+
+
+async def test_another_writer_moves_the_revision_and_the_snapshot_follows(
+        backend: Backend, store: Store, directory: Directory) -> None:
+    await store.apply_directory(directory)
+    first = await store.directory_snapshot()
+    assert first is not None
+    async with backend.make() as other:  # the CLI or another node
+        await other.apply_directory(_replace_user(directory, "102", name="From Elsewhere"))
+    second = await store.directory_snapshot()
+    assert second is not None and second.revision == first.revision + 1
+    assert _user(second.directory, "102").name == "From Elsewhere"
+    with pytest.raises(RevisionConflict) as refused:
+        await store.apply_directory(first.directory, expect_revision=first.revision, base=first)
+    assert refused.value.current == second.revision
+
+
+async def test_a_stored_directory_the_validator_now_refuses_is_still_exported(
+        backend: Backend, store: Store, directory: Directory) -> None:
+    await store.apply_directory(directory)
+    await backend.sql("UPDATE directory_rows SET body = REPLACE(body, '\"name\": \"Bruno', "
+                      "'\"nom\": \"Bruno') WHERE tbl = 'users' AND key = '102'")
+    async with backend.make() as other:  # a process that never read it valid
+        with pytest.raises(DirectoryError):
+            await other.load_directory()
+        data, revision = await other.load_directory_data()
+    assert data is not None and revision == await store.directory_revision()
+    assert any(u.get("nom", "").startswith("Bruno") for u in data["users"])

@@ -5,9 +5,12 @@ One route table (:data:`ROUTES`) registers the handlers and generates the
 OpenAPI document (``GET /api/v1/openapi.json``), so the two cannot drift.
 
 Conventions: JSON in and out; every refusal is ``{"errors": [{"path",
-"message"}]}``; every directory resource answers with ``ETag: "<revision>"``
-and every write to one needs ``If-Match`` (428 without it, 412 when the
-directory changed since; ``If-Match: *`` overwrites whatever is there). Live
+"message"}]}``; every directory resource (a row, a table, the whole directory at
+``/directory``, the CSV export) answers with ``ETag: "<revision>"``, the revision
+of the whole directory, and every write to one needs ``If-Match`` (428 without it;
+412 when the directory changed since, with the current ``"revision"`` in the body
+and as the ``ETag``; ``If-Match: *`` overwrites whatever is there). A ``GET`` with
+``If-None-Match`` naming the current revision answers 304 without a body. Live
 state (a status, a password) is not part of the directory and takes no
 ``If-Match``. Nothing here logs a request body, so secrets never reach a log.
 """
@@ -15,6 +18,8 @@ state (a status, a password) is not part of the directory and takes no
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import hashlib
 import json
 import secrets
@@ -36,6 +41,7 @@ from provisioning.api.events import STREAM_SECONDS, EventHub, involved
 from provisioning.api.live import Live
 from provisioning.api.queues import queue_agents, queue_stats, set_queue_agent
 from provisioning.api.resources import DirectoryApi, parse_if_match
+from provisioning.directory import TABLE_KEYS
 from provisioning.model import ROLES, STATUSES
 from provisioning.secretbox import SecretBox
 from provisioning.store import Store
@@ -416,8 +422,14 @@ async def _users_export(api: Api, request: web.Request,
         "ETag": f'"{revision}"', "Content-Disposition": 'attachment; filename="users.csv"'})
 
 
+async def _directory(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
+    assert p is not None
+    tables, revision = await api.directory.export(p)
+    return _json(tables, revision=revision)
+
+
 async def _openapi(api: Api, request: web.Request, p: Principal | None) -> web.StreamResponse:
-    return _json(openapi())
+    return web.Response(body=_openapi_text(), content_type="application/json")
 
 
 _EXT = "{extension}"
@@ -434,10 +446,11 @@ _TOTP_STATUS = sch.obj({"extension": {"type": "string"}, "enabled": sch.BOOLEAN,
                         "pending": sch.BOOLEAN, "recovery_codes_left": {"type": "integer"},
                         "required": sch.BOOLEAN})
 _STRINGS: sch.Schema = {"type": "array", "items": {"type": "string"}}
-_COPY_OUT: sch.Schema = {**sch.output_schema("users")}
-_COPY_OUT["properties"] = {**_COPY_OUT.get("properties", {}),
-                           "sip_password": {"type": "string"},
-                           "voicemail_pin": {"type": "string"}}
+# a user as returned (its additionalProperties are open) and the generated secrets
+_COPY_OUT: sch.Schema = {"allOf": [sch.output_schema("users"), {
+    "type": "object", "properties": {"sip_password": {"type": "string"},
+                                     "voicemail_pin": {"type": "string"}},
+    "required": ["sip_password", "voicemail_pin"]}]}
 _BULK_OUT = sch.obj({"changed": {"type": "object", "additionalProperties": {
     "type": "array", "items": {"type": "string"}}}, "unchanged": {
     "type": "array", "items": {"type": "string"}}})
@@ -479,6 +492,12 @@ ROUTES: list[Route] = [
           sch.obj({"signed_out": sch.BOOLEAN}), errors=(400,)),
     Route("GET", "/me", _me, "Who the credential is", _ANY, _OBJ),
     Route("GET", "/openapi.json", _openapi, "This document", "anyone", _OBJ, public=True),
+    Route("GET", "/directory", _directory,
+          "Every table at once, each with the rows one may see (as the table's own list), "
+          "at one revision: the ETag", "as each table's list", sch.obj({
+              "system": sch.output_schema("system"),
+              **{table: {"type": "array", "items": sch.output_schema(table)}
+                 for table in TABLE_KEYS}}, list(TABLE_KEYS)), etag=True),
     Route("GET", "/system", _system_get, "The system table", "manager, owner",
           sch.output_schema("system"), etag=True),
     Route("PATCH", "/system", _system_patch, "Change the system table (merge patch)", "owner",
@@ -688,7 +707,11 @@ def _wrap(api: Api, route: Route) -> Callable[[web.Request], Awaitable[web.Strea
                                         f"first (POST {PREFIX}/users/{principal.extension}/"
                                         "totp, then .../totp/confirm with a code); until "
                                         "then this token is good for that only")
-            return await route.handler(api, request, principal)
+            response = await route.handler(api, request, principal)
+            if route.etag and route.method == "GET" and _not_modified(
+                    request.headers.get("If-None-Match"), response.headers.get("ETag")):
+                return web.Response(status=304, headers={"ETag": response.headers["ETag"]})
+            return response
         except ApiError as exc:
             return web.json_response(exc.body(), status=exc.status, headers=exc.headers)
         except (web.HTTPException, TimeoutError):
@@ -698,6 +721,14 @@ def _wrap(api: Api, route: Route) -> Callable[[web.Request], Awaitable[web.Strea
             return web.json_response(ApiError(500, "internal error (logged)").body(),
                                      status=500)
     return handler
+
+
+def _not_modified(if_none_match: str | None, etag: str | None) -> bool:
+    """``If-None-Match`` names ``etag`` (weak comparison, RFC 9110 s13.1.2), or is ``*``."""
+    if if_none_match is None or etag is None:
+        return False
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 #: What a token of a user who must enrol first ([system] require_2fa) may call: its
@@ -765,6 +796,50 @@ _REASONS = {400: "Bad request (named by field)", 401: "Not signed in, or a bad c
 
 
 def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of :data:`ROUTES`: the routes' own schemas, with every
+    schema of :func:`provisioning.api.schema.components` (found by value) replaced by a
+    ``$ref`` to it under ``components/schemas``."""
+    return copy.deepcopy(_openapi_document())
+
+
+@functools.cache
+def _openapi_text() -> bytes:
+    return json.dumps(_openapi_document(), separators=(",", ":")).encode()
+
+
+@functools.cache
+def _openapi_document() -> dict[str, Any]:
+    shared = sch.components()
+    names: dict[str, str] = {}
+    for name, schema in shared.items():
+        names.setdefault(_key(schema), name)
+    document = _inline_openapi()
+    document["paths"] = _with_refs(document["paths"], names, "")
+    schemas = document["components"]["schemas"]
+    for name, schema in shared.items():
+        schemas[name] = _with_refs(schema, names, name)
+    return document
+
+
+def _key(schema: object) -> str:
+    return json.dumps(schema, sort_keys=True)
+
+
+def _with_refs(node: Any, names: Mapping[str, str], own: str) -> Any:
+    """``node`` with each shared schema found in it (not ``own``, the one being
+    written out) replaced by its ``$ref``."""
+    if isinstance(node, dict):
+        if "type" in node or "oneOf" in node or "anyOf" in node:
+            name = names.get(_key(node))
+            if name is not None and name != own:
+                return {"$ref": f"#/components/schemas/{name}"}
+        return {k: _with_refs(v, names, own) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_refs(v, names, own) for v in node]
+    return node
+
+
+def _inline_openapi() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         item = paths.setdefault(PREFIX + route.path, {})
@@ -775,10 +850,10 @@ def openapi() -> dict[str, Any]:
         for name, (schema, required) in route.query.items():
             params.append({"name": name, "in": "query", "required": required,
                            "schema": schema})
+        if route.etag and route.method == "GET":
+            params.append({"$ref": "#/components/parameters/IfNoneMatch"})
         if route.write:
-            params.append({"name": "If-Match", "in": "header", "required": True,
-                           "description": 'the ETag read ("42"), or * to overwrite',
-                           "schema": {"type": "string", "minLength": 1}})
+            params.append({"$ref": "#/components/parameters/IfMatch"})
         ok = route.ok or (201 if route.method == "POST" and route.path != "/auth/token"
                           else 200)
         content: dict[str, Any] = ({"audio/wav": {"schema": {"type": "string",
@@ -788,14 +863,14 @@ def openapi() -> dict[str, Any]:
                                     {"schema": route.response}})
         responses: dict[str, Any] = {str(ok): {"description": "OK", "content": content}}
         if route.etag:
-            responses[str(ok)]["headers"] = {"ETag": {"schema": {"type": "string"},
-                                                      "description": "the directory revision"}}
+            responses[str(ok)]["headers"] = {"ETag": {"$ref": "#/components/headers/ETag"}}
+            if route.method == "GET":
+                responses["304"] = {"$ref": "#/components/responses/NotModified"}
         codes = set(route.errors) | ({401} if not route.public else set())
         if not route.public:
             codes |= {403}
         for code in sorted(codes | {400} if route.body is not None else codes):
-            responses[str(code)] = {"description": _REASONS[code], "content": {
-                "application/json": {"schema": _ERROR}}}
+            responses[str(code)] = {"$ref": f"#/components/responses/Error{code}"}
         operation: dict[str, Any] = {
             "summary": route.summary, "description": f"Who: {route.roles}.",
             "operationId": _operation_id(route), "parameters": params, "responses": responses,
@@ -818,9 +893,30 @@ def openapi() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "a sign-in token or an API key"}},
+            "parameters": {
+                "IfMatch": {"name": "If-Match", "in": "header", "required": True,
+                            "description": 'the ETag read ("42"), or * to overwrite',
+                            "schema": {"type": "string", "minLength": 1}},
+                "IfNoneMatch": {"name": "If-None-Match", "in": "header", "required": False,
+                                "description": 'the ETag read ("42"): 304 while the '
+                                               "directory is still at that revision",
+                                "schema": {"type": "string"}},
+            },
+            "headers": {"ETag": {"schema": {"type": "string"},
+                                 "description": "the directory revision"}},
+            "responses": {
+                "NotModified": {"description": "Not modified: the directory is still at the "
+                                               "revision If-None-Match names",
+                                "headers": {"ETag": {"$ref": "#/components/headers/ETag"}}},
+                **{f"Error{code}": {"description": reason, "content": {
+                    "application/json": {"schema": _ERROR}}}
+                   for code, reason in sorted(_REASONS.items())},
+            },
             "schemas": {"Errors": sch.obj({"errors": {"type": "array", "items": sch.obj({
                 "path": {"type": "string"}, "message": {"type": "string"}},
-                ["path", "message"])}}, ["errors"])},
+                ["path", "message"])}, "revision": {
+                    "type": "integer", "description": "412: the directory's current revision "
+                                                      "(also the ETag)"}}, ["errors"])},
         },
     }
 

@@ -1,12 +1,15 @@
 """The directory's tables as resources: one model, one validation.
 
-A write is: the live directory as a dict (the file's form,
-:func:`~provisioning.store.Store.load_directory_data`), the change applied to
-it, the **whole** result run through :func:`~provisioning.directory.parse_directory`
-(the file's checks, every error named by field, all or nothing), then stored by
-``apply_directory`` with the revision the client read (``If-Match``) checked in
-the same transaction, and the audit entry written in it. The running engine
-reloads at once, so the next call uses the change.
+A write is: the live directory as a dict (the file's form, from the store's
+snapshot, :meth:`~provisioning.store.Store.directory_snapshot`: read and validated
+once per revision, not per request), the change applied to it, the **whole**
+result run through :func:`~provisioning.directory.parse_directory` (the file's
+checks, every error named by field, all or nothing; the store's parse memo skips
+reading again the rows the change left equal), then stored by ``apply_directory``
+on that snapshot (only the rows that differ are written) with the revision the
+client read (``If-Match``) checked in the same transaction, and the audit entry
+written in it. The running engine reloads at once, so the next call uses the
+change, and takes the validated directory from the store's snapshot.
 
 Secrets (SIP passwords, voicemail PINs, trunk passwords) are write-only: a
 row is returned without them and with ``<key>_set: true|false`` instead.
@@ -25,7 +28,7 @@ from provisioning.api.errors import ApiError, FieldError
 from provisioning.api.policy import at_least, check_write, number_row_index, visible
 from provisioning.directory import TABLE_KEYS, DirectoryError, parse_directory
 from provisioning.model import AuditEntry, Directory
-from provisioning.store import RevisionConflict, Store
+from provisioning.store import DirectorySnapshot, RevisionConflict, Store
 from provisioning.usercsv import KEY_COLUMN, export_csv, parse_csv, row_label
 
 __all__ = [
@@ -138,11 +141,18 @@ class DirectoryApi:
         self.on_change = on_change
 
     async def snapshot(self) -> tuple[dict[str, Any], int]:
-        data, revision = await self.store.load_directory_data()
-        if data is None:
+        data, base = await self._read()
+        return data, base.revision
+
+    async def _read(self) -> tuple[dict[str, Any], DirectorySnapshot]:
+        """The directory to change (its tables' lists are copies; rows are shared and
+        never changed in place) and the snapshot it is, for the write."""
+        base = await self.store.directory_snapshot()
+        if base is None:
             raise ApiError(409, "the store has no directory yet: apply one first "
                                 "(switchboard provision apply FILE)")
-        return data, revision
+        return {table: list(rows) if isinstance(rows, list) else rows
+                for table, rows in base.data.items()}, base
 
     # ------------------------------------------------------------------ reads
 
@@ -162,27 +172,39 @@ class DirectoryApi:
             raise _not_found(table, key)  # 404, not 403: what one may not see is not there
         return redact(table, row), revision
 
+    async def export(self, p: Principal) -> tuple[dict[str, Any], int]:
+        """Every table in one answer, each with the rows ``p`` may see (no secrets):
+        one read, one revision, for a client that caches the whole directory."""
+        data, revision = await self.snapshot()
+        out: dict[str, Any] = {}
+        if visible(p, "system", data["system"], data):
+            out["system"] = redact("system", data["system"])
+        for table in TABLE_KEYS:
+            out[table] = [redact(table, r) for r in data[table] if visible(p, table, r, data)]
+        return out, revision
+
     # ------------------------------------------------------------------ writes
 
     async def create(self, p: Principal, table: str, body: object, if_match: int | None,
                      source: str) -> tuple[dict[str, Any], int]:
         row = _body(body)
-        data, revision = await self.snapshot()
-        _expect(if_match, revision)
+        data, base = await self._read()
+        _expect(if_match, base.revision)
         where = f"{table}[{len(data[table])}]"
         check_write(p, table, None, row, sorted(row), data, where)
         self._check_greetings(None, row, where)
         data[table].append(row)
         key = str(row.get(TABLE_KEYS[table], ""))
         after = _mask(table, row)
-        new_revision = await self._store(p, data, revision, if_match, source,
+        new_revision = await self._store(p, data, base, source,
                                          f"{table}.create", f"{table}/{key}", None, after)
         return await self._fresh(table, key, new_revision)
 
     async def update(self, p: Principal, table: str, key: str, body: object,
                      if_match: int | None, source: str) -> tuple[dict[str, Any], int]:
         patch = _body(body)
-        data, revision = await self.snapshot()
+        data, base = await self._read()
+        revision = base.revision
         _expect(if_match, revision)
         if table == "system":
             old, where = data["system"], "system"
@@ -208,7 +230,7 @@ class DirectoryApi:
         else:
             data[table][index] = new
         new_revision = await self._store(
-            p, data, revision, if_match, source, f"{table}.update",
+            p, data, base, source, f"{table}.update",
             table if table == "system" else f"{table}/{old.get(natural or '')}",
             _pick(_mask(table, old), changed), _pick(_mask(table, new), changed))
         return await self._fresh(table, "" if table == "system" else str(old.get(natural or "")),
@@ -216,8 +238,8 @@ class DirectoryApi:
 
     async def delete(self, p: Principal, table: str, key: str, if_match: int | None,
                      source: str) -> int:
-        data, revision = await self.snapshot()
-        _expect(if_match, revision)
+        data, base = await self._read()
+        _expect(if_match, base.revision)
         index = self._index(data, table, key)
         old = data[table][index]
         where = f"{table}[{index}]"
@@ -225,7 +247,7 @@ class DirectoryApi:
             raise _not_found(table, key)
         check_write(p, table, old, None, sorted(old), data, where)
         del data[table][index]
-        return await self._store(p, data, revision, if_match, source, f"{table}.delete",
+        return await self._store(p, data, base, source, f"{table}.delete",
                                  f"{table}/{old.get(TABLE_KEYS[table])}", _mask(table, old), None)
 
     # ------------------------------------------------------------------ users in bulk
@@ -247,7 +269,8 @@ class DirectoryApi:
         rows, ignored, errors = parse_csv(text)
         if errors:
             raise ApiError(422, errors)
-        data, revision = await self.snapshot()
+        data, base = await self._read()
+        revision = base.revision
         _expect(if_match, revision)
         report: dict[str, Any] = {"added": [], "changed": {}, "unchanged": [],
                                   "ignored_columns": ignored, "dry_run": dry_run}
@@ -291,13 +314,13 @@ class DirectoryApi:
         if refused:
             raise ApiError(403, refused)
         try:
-            directory = parse_directory(data, "<csv>")
+            directory = parse_directory(data, "<csv>", self.store.memo)
         except DirectoryError as exc:
             raise ApiError(422, _csv_errors(exc.fields or [("", e) for e in exc.errors],
                                             lines)) from None
         if dry_run or not entries:
             return report, revision
-        new_revision = await self._apply(directory, revision, entries)
+        new_revision = await self._apply(directory, base, entries)
         return report, new_revision
 
     async def bulk_update(self, p: Principal, body: object, if_match: int | None,
@@ -326,7 +349,8 @@ class DirectoryApi:
             raise ApiError(422 if any(path.startswith("set.") for path, _ in errors) else 400,
                            errors)
         assert isinstance(extensions, list) and isinstance(patch, Mapping)
-        data, revision = await self.snapshot()
+        data, base = await self._read()
+        revision = base.revision
         _expect(if_match, revision)
         result: dict[str, Any] = {"changed": {}, "unchanged": []}
         entries: list[AuditEntry] = []
@@ -360,12 +384,12 @@ class DirectoryApi:
         if refused:
             raise ApiError(403, refused)
         try:
-            directory = parse_directory(data, "<api>")
+            directory = parse_directory(data, "<api>", self.store.memo)
         except DirectoryError as exc:
             raise ApiError(422, exc.fields or [("", e) for e in exc.errors]) from None
         if not entries:
             return result, revision
-        return result, await self._apply(directory, revision, entries)
+        return result, await self._apply(directory, base, entries)
 
     async def copy_user(self, p: Principal, extension: str, body: object,
                         if_match: int | None, source: str) -> tuple[dict[str, Any], int]:
@@ -382,8 +406,8 @@ class DirectoryApi:
                    if k not in COPY_IDENTITY]
         if errors:
             raise ApiError(400, errors)
-        data, revision = await self.snapshot()
-        _expect(if_match, revision)
+        data, base = await self._read()
+        _expect(if_match, base.revision)
         template = data["users"][self._index(data, "users", extension)]
         if not visible(p, "users", template, data):
             raise _not_found("users", extension)
@@ -400,23 +424,24 @@ class DirectoryApi:
         where = f"users[{len(data['users'])}]"
         check_write(p, "users", None, new, sorted(new), data, where)
         data["users"].append(new)
-        new_revision = await self._store(p, data, revision, if_match, source, "users.copy",
+        new_revision = await self._store(p, data, base, source, "users.copy",
                                          f"users/{new['extension']}", {"from": extension},
                                          _mask("users", new))
         row, current = await self._fresh("users", str(new["extension"]), new_revision)
         return row | {"sip_password": sip_password, "voicemail_pin": pin}, current
 
-    async def _apply(self, directory: Directory, revision: int,
+    async def _apply(self, directory: Directory, base: DirectorySnapshot,
                      audit: AuditEntry | Sequence[AuditEntry]) -> int:
         try:
             report = await self.store.apply_directory(
-                directory, expect_revision=revision, audit=audit)
+                directory, expect_revision=base.revision, audit=audit, base=base)
         except RevisionConflict as exc:
             raise ApiError(412, [("If-Match", f"the directory changed meanwhile (now revision "
-                                              f"{exc.current}); read it again")]) from None
+                                              f"{exc.current}); read it again")],
+                           revision=exc.current) from None
         if report.changed and self.on_change is not None:
             await self.on_change()
-        return report.revision if report.changed else revision
+        return report.revision if report.changed else base.revision
 
     # ------------------------------------------------------------------ helpers
 
@@ -444,19 +469,23 @@ class DirectoryApi:
         if errors:
             raise ApiError(422, errors)
 
-    async def _store(self, p: Principal, data: dict[str, Any], revision: int,
-                     if_match: int | None, source: str, action: str, target: str,
+    async def _store(self, p: Principal, data: dict[str, Any], base: DirectorySnapshot,
+                     source: str, action: str, target: str,
                      before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> int:
         try:
-            directory = parse_directory(data, "<api>")
+            directory = parse_directory(data, "<api>", self.store.memo)
         except DirectoryError as exc:
             raise ApiError(422, exc.fields or [("", e) for e in exc.errors]) from None
         # read, checked, then someone else wrote: 412, the client must read again
-        return await self._apply(directory, revision,
+        return await self._apply(directory, base,
                                  new_audit(p.actor, source, action, target, before, after))
 
     async def _fresh(self, table: str, key: str, revision: int) -> tuple[dict[str, Any], int]:
-        data, current = await self.snapshot()
+        """The row as the write left it, at the write's revision (the store kept it)."""
+        base = await self.store.directory_snapshot(at=revision)
+        if base is None:
+            raise ApiError(409, "the store has no directory yet")
+        data, current = base.data, base.revision
         if table == "system":
             return redact(table, data["system"]), current
         return redact(table, data[table][self._index(data, table, key)]), current
@@ -519,7 +548,7 @@ def _body(body: object) -> dict[str, Any]:
 def _expect(if_match: int | None, revision: int) -> None:
     if if_match is not None and if_match != revision:
         raise ApiError(412, [("If-Match", f"the directory is at revision {revision}, not "
-                                          f"{if_match}; read it again")])
+                                          f"{if_match}; read it again")], revision=revision)
 
 
 def _not_found(table: str, key: str) -> ApiError:

@@ -39,7 +39,8 @@ from provisioning.model import (
     WEEKDAYS,
 )
 
-__all__ = ["TABLE_SCHEMAS", "check_declarations", "input_schema", "output_schema"]
+__all__ = ["TABLE_SCHEMAS", "check_declarations", "components", "input_schema",
+           "output_schema"]
 
 Schema = dict[str, Any]
 
@@ -278,3 +279,33 @@ def _patchable(schema: Schema) -> Schema:
             for k, v in schema["properties"].items()}
         return obj(props)
     return schema
+
+
+#: The name of a table's row in the OpenAPI document's ``components/schemas``.
+ROW_NAMES: Mapping[str, str] = {
+    "system": "System", "trunks": "Trunk", "departments": "Department", "numbers": "Number",
+    "ring_groups": "RingGroup", "users": "User", "ivrs": "Ivr", "queues": "Queue",
+}
+
+
+def components() -> dict[str, Schema]:
+    """The schemas the OpenAPI document shares by name (``$ref``) instead of repeating:
+    each table's row as returned, as created and as a merge patch, and the parts used
+    in many places (a destination, a forwarding rule, weekly hours). These are the very
+    schemas the routes are built from, so the document puts a ``$ref`` wherever one of
+    them appears; nothing is declared twice."""
+    named: dict[str, Schema] = {
+        "Destination": DESTINATION,
+        "ForwardingRule": _RULES,
+        "ForwardingRulePatch": _patchable(_RULES),
+        "WeeklyHours": HOURS,
+        "WeeklyHoursPatch": _patchable(HOURS),
+        "HoursOrDepartment": _HOURS_OR_DEPARTMENT,
+        "Greeting": GREETING,
+    }
+    for table, name in ROW_NAMES.items():
+        named[name] = output_schema(table)
+        if table != "system":
+            named[f"New{name}"] = input_schema(table)
+        named[f"{name}Patch"] = input_schema(table, patch=True)
+    return named
