@@ -2,7 +2,7 @@
 
 Sans-I/O like the layers below it: :meth:`Engine.datagram` and friends take
 bytes, the source and ``now`` and return :class:`Send` events (and binding
-changes for the store). ``engine.shell.app`` owns the sockets, the clock and the
+changes for the store). ``engine.shell`` owns the sockets, the clock and the
 store; this module owns the decisions, so it is tested without sockets.
 """
 

@@ -14,7 +14,7 @@ from engine.services import subscriptions as subs_mod
 from engine.services.subscriptions import SUBSCRIPTION, SubEvent, SubState
 from engine.sip.auth import build_authorization
 from engine.sip.message import Request, Response
-from tests.test_b2bua import (
+from tests.test_calls import (
     PASSWORDS,
     PHONES,
     SDP,

@@ -1,14 +1,14 @@
 """Dialog records through Engine.datagram (engine.calls.records): an answered call
 gives one record with both its dialogs, a change in a dialog writes it again, the
 end deletes it; the BYEs another node builds from it; the node id in leg Call-IDs.
-Real SIP bytes, a fake clock, no sockets (tests/test_b2bua.py's scripted phones).
+Real SIP bytes, a fake clock, no sockets (tests/test_calls.py's scripted phones).
 """
 
 from __future__ import annotations
 
 from engine.calls.records import CSEQ_MARGIN, REASON, bye_requests
 from engine.sip.message import Request, Response, parse
-from tests.test_b2bua import (
+from tests.test_calls import (
     PHONES,
     TRUNK,
     Net,
@@ -19,8 +19,8 @@ from tests.test_b2bua import (
     reply,
     statuses,
 )
-from tests.test_b2bua_anchor import anchored_net
-from tests.test_b2bua_transfer import (
+from tests.test_calls_anchor import anchored_net
+from tests.test_calls_transfer import (
     RECEPTION,
     TARGET_SDP,
     answered_trunk_call,

@@ -69,18 +69,10 @@ def test_legal_moves() -> None:
 @pytest.mark.parametrize(("machine", "ends"), ENDS, ids=lambda x: getattr(x, "role", ""))
 def test_every_state_can_end_and_nothing_leaves_an_end(
         machine: Machine[Any, Any], ends: set[Any]) -> None:
-    states = {state for state, _ in machine.moves} | set(machine.moves.values())
     for (state, event), after in machine.moves.items():
         assert state not in ends or after == state, (state, event)
-    for start in states - ends:
-        seen, todo = {start}, [start]
-        while todo:
-            here = todo.pop()
-            for (state, _), after in machine.moves.items():
-                if state == here and after not in seen:
-                    seen.add(after)
-                    todo.append(after)
-        assert seen & ends, f"{machine.role}: no way to an end from {start}"
+    for start in machine.states() - ends:
+        assert machine.reachable(start) & ends, f"{machine.role}: no way to an end from {start}"
 
 
 def test_every_agent_state_comes_back_to_idle() -> None:
@@ -88,11 +80,4 @@ def test_every_agent_state_comes_back_to_idle() -> None:
     from engine.calls.states import AGENT, AgentState
 
     for start in AgentState:
-        seen, todo = {start}, [start]
-        while todo:
-            here = todo.pop()
-            for (state, _), after in AGENT.moves.items():
-                if state == here and after not in seen:
-                    seen.add(after)
-                    todo.append(after)
-        assert AgentState.IDLE in seen, start
+        assert AgentState.IDLE in AGENT.reachable(start), start

@@ -228,7 +228,8 @@ def test_wrong_passwords_block_the_source_then_403(engine: Engine, clock: Clock)
         resp = with_credentials(engine, clock, "REGISTER", "sip:pbx.test", "101", "wrong",
                                 "Authorization")
         assert resp.status == 401
-    assert engine.metrics.auth_failures.labels("REGISTER")._value.get() == 3
+    assert engine.metrics.registry.get_sample_value(
+        "switchboard_auth_failures_total", {"method": "REGISTER"}) == 3
     blocked = answer(engine, request("REGISTER", user="101"), clock)
     assert blocked.status == 403 and "retry later" in (blocked.get("warning") or "")
     # The block covers calls from that source too; another source is unaffected.

@@ -293,7 +293,7 @@ def test_the_time_is_labelled_with_its_zone(machine_in_vancouver: None) -> None:
 
 async def test_the_engine_emails_in_the_owners_department_time_zone(
         store: Store, tmp_path: Path, relay: Relay, machine_in_vancouver: None) -> None:
-    """The engine's own path after a recording (Server._email_voicemail) writes the
+    """The engine's own path after a recording (Voicemail.email) writes the
     time and the attachment's name in the owner's department time zone, the one
     the mailbox menu reads times in, not the machine's."""
     directory = parse_directory(tomllib.loads(TOKYO.format(port=relay.port)), "tokyo")
@@ -304,8 +304,8 @@ async def test_the_engine_emails_in_the_owners_department_time_zone(
     server = Server(Engine(directory, {"127.0.0.1"}, 5060), store,
                     ServerConfig(data_dir=tmp_path))
     message = await _left(store, tmp_path)  # 2026-03-10 14:05:07-04:00
-    server._email_voicemail(message)
-    await asyncio.wait_for(asyncio.gather(*server._media_tasks), 15)
+    server.media_jobs.voicemail.email(message)
+    await asyncio.wait_for(asyncio.gather(*server.media_jobs.tasks), 15)
     [msg] = relay.sink.messages()
     body = msg.get_body(preferencelist=("plain",))
     assert body is not None

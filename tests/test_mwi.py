@@ -6,7 +6,7 @@ import pytest
 
 from engine.sip.auth import build_authorization
 from engine.sip.message import Request, Response
-from tests.test_b2bua import PASSWORDS, PHONES, Net, make_net, statuses
+from tests.test_calls import PASSWORDS, PHONES, Net, make_net, statuses
 
 
 @pytest.fixture(name="net")

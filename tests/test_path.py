@@ -8,7 +8,7 @@ import dataclasses
 from engine.sip.message import Request, parse
 from engine.sip.registrar import BindingTarget, Registrar, binding_target
 from provisioning.model import Binding
-from tests.test_b2bua import PHONES, SDP, Net, make_net, phone_call, reply, statuses
+from tests.test_calls import PHONES, SDP, Net, make_net, phone_call, reply, statuses
 
 EDGE = ("127.0.0.1", 5070)
 EDGE_PATH = "<sip:127.0.0.1:5070;lr;received=sip:10.1.2.3:40000>"

@@ -19,7 +19,7 @@ from provisioning.api.errors import ApiError
 from provisioning.api.queues import queue_agents, queue_stats, set_queue_agent
 from provisioning.directory import parse_directory
 from provisioning.model import Directory
-from tests.test_b2bua_queue import queue_directory
+from tests.test_calls_queue import queue_directory
 
 OTHER = """
 [[departments]]

@@ -15,6 +15,11 @@ from hypothesis import strategies as st
 
 from engine.sip.message import Request, Response, make_response, parse, parse_via
 from engine.sip.transaction import (
+    INVITE_CLIENT,
+    INVITE_SERVER,
+    KINDS,
+    NON_INVITE_CLIENT,
+    NON_INVITE_SERVER,
     CancelRequest,
     DeliverRequest,
     DeliverResponse,
@@ -25,9 +30,11 @@ from engine.sip.transaction import (
     TimedOut,
     Timers,
     TransactionLayer,
+    TxEvent,
     TxKey,
     response_addr,
 )
+from engine.statemachine import IllegalTransition, Machine
 from tests.conftest import SHARED
 
 RFC4475 = SHARED / "conformance" / "rfc4475"
@@ -224,6 +231,49 @@ def test_events_are_frozen_and_keys_hashable() -> None:
 # ==========================================================================
 # INVITE server transaction (RFC 3261 s17.2.1, RFC 6026 s7.1)
 # ==========================================================================
+# --------------------------------------------------------------------------
+# The tables (RFC 3261 s17 Figures 5-8, RFC 6026 s7)
+# --------------------------------------------------------------------------
+MACHINES: list[tuple[Machine[State, TxEvent], State]] = [
+    (INVITE_CLIENT, State.CALLING), (NON_INVITE_CLIENT, State.TRYING),
+    (INVITE_SERVER, State.PROCEEDING), (NON_INVITE_SERVER, State.TRYING)]
+
+
+def test_an_illegal_transaction_move_names_event_role_and_state() -> None:
+    with pytest.raises(IllegalTransition) as info:
+        INVITE_SERVER.move(State.CONFIRMED, TxEvent.SUCCESS)
+    assert (info.value.event, info.value.role, info.value.state) == (
+        TxEvent.SUCCESS, "invite_server", State.CONFIRMED)
+    assert str(info.value) == "invite_server: event '2xx' is not allowed in state 'confirmed'"
+    # A non-INVITE transaction has no ACK; nothing moves a terminated transaction.
+    with pytest.raises(IllegalTransition, match=r"non_invite_server: event 'ack' .* 'completed'"):
+        NON_INVITE_SERVER.move(State.COMPLETED, TxEvent.ACK)
+    with pytest.raises(IllegalTransition, match=r"invite_client: event '1xx' .* 'terminated'"):
+        INVITE_CLIENT.move(State.TERMINATED, TxEvent.PROVISIONAL)
+
+
+def test_the_tables_follow_the_rfc_figures() -> None:
+    assert {machine.role for machine, _ in MACHINES} == set(KINDS)  # the metrics' kinds
+    # RFC 6026 s7: a 2xx moves INVITE transactions to Accepted, not Terminated.
+    assert INVITE_CLIENT.move(State.PROCEEDING, TxEvent.SUCCESS) is State.ACCEPTED
+    assert INVITE_SERVER.move(State.PROCEEDING, TxEvent.SUCCESS) is State.ACCEPTED
+    # RFC 3261 s17.2.1: a 300-699 waits for its ACK in Completed, then Confirmed.
+    assert INVITE_SERVER.move(State.PROCEEDING, TxEvent.FAILURE) is State.COMPLETED
+    assert INVITE_SERVER.move(State.COMPLETED, TxEvent.ACK) is State.CONFIRMED
+    # RFC 3261 s17.1.2.2: any final response completes a non-INVITE transaction.
+    for event in (TxEvent.SUCCESS, TxEvent.FAILURE):
+        assert NON_INVITE_CLIENT.move(State.TRYING, event) is State.COMPLETED
+
+
+@pytest.mark.parametrize(("machine", "start"), MACHINES, ids=lambda x: getattr(x, "role", ""))
+def test_every_transaction_state_reaches_terminated_and_none_leaves_it(
+        machine: Machine[State, TxEvent], start: State) -> None:
+    assert machine.reachable(start) == machine.states()  # every state is used
+    assert machine.reachable(State.TERMINATED) == {State.TERMINATED}
+    for origin in machine.states():
+        assert State.TERMINATED in machine.reachable(origin), (machine.role, origin)
+
+
 def test_invite_server_sends_100_at_once_then_delivers() -> None:
     layer = TransactionLayer()
     inv = invite(extra=["Timestamp: 54.3"])

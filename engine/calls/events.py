@@ -3,7 +3,7 @@
 Every entry point of the call layer returns one list: the transaction layer's
 events (``Send`` and friends, ``engine.sip.transaction.Event``) and these commands,
 in the order they arose. ``engine.core`` passes the commands on
-(``Outcome.media``); ``engine.shell.app`` carries them out on real sockets
+(``Outcome.media``); ``engine.shell.media_jobs`` carries them out on real sockets
 (``engine.services.callmedia`` for the relay of anchored calls, its own tasks for
 voicemail and the mailbox menu) and reports back through the call layer's
 ``media_ready``, ``media_failed``, ``screened`` and ``hangup``.

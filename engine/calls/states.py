@@ -31,10 +31,10 @@ Three roles:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from enum import StrEnum
-from types import MappingProxyType
-from typing import Generic, TypeVar
+
+# The machine and its error are shared with the transaction layer (engine/sip).
+from engine.statemachine import IllegalTransition, Machine
 
 __all__ = [
     "AGENT",
@@ -55,41 +55,6 @@ __all__ = [
     "TransferEvent",
     "TransferState",
 ]
-
-
-class IllegalTransition(Exception):
-    """An event that the machine of ``role`` does not allow in ``state``."""
-
-    def __init__(self, event: StrEnum, role: str, state: StrEnum) -> None:
-        super().__init__(f"{role}: event {event.value!r} is not allowed in state "
-                         f"{state.value!r}")
-        self.event = event
-        self.role = role
-        self.state = state
-
-
-S = TypeVar("S", bound=StrEnum)
-E = TypeVar("E", bound=StrEnum)
-
-
-class Machine(Generic[S, E]):
-    """The legal moves of one role: ``(state, event) -> next state``."""
-
-    __slots__ = ("moves", "role")
-
-    def __init__(self, role: str, moves: Mapping[tuple[S, E], S]) -> None:
-        self.role = role
-        self.moves = MappingProxyType(dict(moves))
-
-    def move(self, state: S, event: E) -> S:
-        """The state after ``event`` in ``state``; :class:`IllegalTransition` if none."""
-        try:
-            return self.moves[(state, event)]
-        except KeyError:
-            raise IllegalTransition(event, self.role, state) from None
-
-    def allows(self, state: S, event: E) -> bool:
-        return (state, event) in self.moves
 
 
 # ---------------------------------------------------------------------- calls

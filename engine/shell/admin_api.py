@@ -10,17 +10,31 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from engine.core import Engine, Outcome
+from engine.shell.config import ServerConfig
 from provisioning.api.http import setup as setup_api
 from provisioning.model import STATUSES, Directory, binding_json
+from provisioning.store import Store
 
-if TYPE_CHECKING:
-    from engine.shell.app import Server
+__all__ = ["Server", "setup"]
 
-__all__ = ["setup"]
+
+class Server(Protocol):
+    """What the API needs of the running process (:class:`engine.shell.app.Server`),
+    named here so that the process imports this module and not the other way round."""
+
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def store(self) -> Store: ...
+    @property
+    def config(self) -> ServerConfig: ...
+    async def reload(self) -> None: ...
+    def apply(self, outcome: Outcome) -> None: ...
 
 
 class EngineView:
@@ -67,11 +81,11 @@ class EngineView:
 
     def queue_login(self, name: str, extension: str, logged_in: bool) -> None:
         server = self.server
-        server._apply(server.engine.queue_login(extension, (name,), logged_in,
-                                                time.monotonic()))
+        server.apply(server.engine.queue_login(extension, (name,), logged_in,
+                                               time.monotonic()))
 
     async def reload(self) -> None:
-        await self.server._reload()
+        await self.server.reload()
 
 
 def setup(app: web.Application, server: Server) -> None:

@@ -13,7 +13,7 @@ opening connections and sending nothing (or half a header). The policy:
   registered bindings) are not held to ``per_source`` and their connections
   are never closed to make room: strangers cannot crowd them out.
 
-:class:`StreamPolicy` decides; ``engine.shell.app`` applies (closes sockets, counts,
+:class:`StreamPolicy` decides; ``engine.shell.transports`` applies (closes sockets, counts,
 logs). Time is ``now`` in monotonic seconds, passed in.
 """
 

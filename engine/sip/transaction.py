@@ -5,12 +5,19 @@ any monotonic origin) and returns a list of events for the caller to carry
 out: :class:`Send` bytes, deliver a request or response to the transaction
 user (TU), report a time-out or a termination.
 
-Four state machines, one method per state:
+Four state machines, each a table of its legal moves (:data:`INVITE_CLIENT`,
+:data:`NON_INVITE_CLIENT`, :data:`INVITE_SERVER`, :data:`NON_INVITE_SERVER`, in
+the style of ``engine.calls.states``) and one method per state for what is sent
+and armed:
 
 * INVITE server (RFC 3261 s17.2.1 as updated by RFC 6026 s7.1: Accepted state)
 * non-INVITE server (RFC 3261 s17.2.2)
 * INVITE client (RFC 3261 s17.1.1 as updated by RFC 6026 s7.2: Accepted state)
 * non-INVITE client (RFC 3261 s17.1.2)
+
+A transaction's state changes only through its table; a move not in it raises
+:class:`~engine.statemachine.IllegalTransition` naming the event, the role and
+the state.
 
 Timers live in one heap with lazy deletion (``engine.sip.timerheap``), keyed by
 transaction and timer name: a timer cancelled or re-armed, or whose
@@ -31,9 +38,14 @@ from typing import Literal, NamedTuple
 
 from engine.sip.message import ParseError, Request, Response, Via, make_response, random_hex
 from engine.sip.timerheap import TimerHeap
+from engine.statemachine import Machine
 
 __all__ = [
     "COOKIE",
+    "INVITE_CLIENT",
+    "INVITE_SERVER",
+    "NON_INVITE_CLIENT",
+    "NON_INVITE_SERVER",
     "Addr",
     "CancelRequest",
     "DeliverRequest",
@@ -45,6 +57,7 @@ __all__ = [
     "TimedOut",
     "Timers",
     "TransactionLayer",
+    "TxEvent",
     "TxKey",
     "response_addr",
 ]
@@ -178,6 +191,78 @@ class State(StrEnum):
     TERMINATED = "terminated"
 
 
+class TxEvent(StrEnum):
+    """What moves a transaction: a response (the TU's on the server side, the
+    network's on the client side), an ACK, or a timer."""
+
+    PROVISIONAL = "1xx"
+    SUCCESS = "2xx"
+    FAILURE = "300-699"
+    ACK = "ack"  # an ACK matched a server INVITE transaction
+    TIMEOUT = "timeout"  # Timer B, F or H; or the RFC 3261 s9.1 CANCEL guard
+    WAIT_OVER = "wait_over"  # Timer D, I, J, K, L or M (zero on reliable transports)
+
+
+_CALLING, _TRYING, _PROCEEDING = State.CALLING, State.TRYING, State.PROCEEDING
+_COMPLETED, _CONFIRMED, _ACCEPTED = State.COMPLETED, State.CONFIRMED, State.ACCEPTED
+_TERMINATED = State.TERMINATED
+# Module names for the members the message path uses: an enum member read as a class
+# attribute costs about 150 ns on Python 3.11, a module global about 10 ns.
+_1XX, _2XX, _FAIL = TxEvent.PROVISIONAL, TxEvent.SUCCESS, TxEvent.FAILURE
+_ACK, _TIMEOUT, _WAIT_OVER = TxEvent.ACK, TxEvent.TIMEOUT, TxEvent.WAIT_OVER
+
+# RFC 3261 s17.1.1.2 (Figure 5) as updated by RFC 6026 s7.2 (Accepted).
+INVITE_CLIENT: Machine[State, TxEvent] = Machine("invite_client", {
+    (_CALLING, _1XX): _PROCEEDING,
+    (_PROCEEDING, _1XX): _PROCEEDING,
+    (_CALLING, _2XX): _ACCEPTED,  # RFC 6026 s7.2: the TU ACKs; Timer M
+    (_PROCEEDING, _2XX): _ACCEPTED,
+    (_CALLING, _FAIL): _COMPLETED,  # s17.1.1.3: the transaction ACKs; Timer D
+    (_PROCEEDING, _FAIL): _COMPLETED,
+    (_CALLING, _TIMEOUT): _TERMINATED,  # Timer B; s9.1 CANCEL guard
+    (_PROCEEDING, _TIMEOUT): _TERMINATED,  # s9.1 CANCEL guard
+    (_COMPLETED, _WAIT_OVER): _TERMINATED,  # Timer D
+    (_ACCEPTED, _WAIT_OVER): _TERMINATED,  # RFC 6026 s7.2: Timer M
+})
+
+# RFC 3261 s17.1.2.2 (Figure 6).
+NON_INVITE_CLIENT: Machine[State, TxEvent] = Machine("non_invite_client", {
+    (_TRYING, _1XX): _PROCEEDING,
+    (_PROCEEDING, _1XX): _PROCEEDING,
+    (_TRYING, _2XX): _COMPLETED,  # a final response: Timer K
+    (_TRYING, _FAIL): _COMPLETED,
+    (_PROCEEDING, _2XX): _COMPLETED,
+    (_PROCEEDING, _FAIL): _COMPLETED,
+    (_TRYING, _TIMEOUT): _TERMINATED,  # Timer F
+    (_PROCEEDING, _TIMEOUT): _TERMINATED,
+    (_COMPLETED, _WAIT_OVER): _TERMINATED,  # Timer K
+})
+
+# RFC 3261 s17.2.1 (Figure 7) as updated by RFC 6026 s7.1 (Accepted).
+INVITE_SERVER: Machine[State, TxEvent] = Machine("invite_server", {
+    (_PROCEEDING, _1XX): _PROCEEDING,
+    (_PROCEEDING, _2XX): _ACCEPTED,  # RFC 6026 s7.1: Timer L
+    (_PROCEEDING, _FAIL): _COMPLETED,  # Timers G (unreliable) and H
+    (_COMPLETED, _ACK): _CONFIRMED,  # Timer I
+    (_COMPLETED, _TIMEOUT): _TERMINATED,  # Timer H: no ACK
+    (_CONFIRMED, _WAIT_OVER): _TERMINATED,  # Timer I
+    (_ACCEPTED, _2XX): _ACCEPTED,  # RFC 6026 s7.1: the TU's 2xx retransmissions
+    (_ACCEPTED, _ACK): _ACCEPTED,  # RFC 6026 s7.1: passed to the TU
+    (_ACCEPTED, _WAIT_OVER): _TERMINATED,  # RFC 6026 s7.1: Timer L
+})
+
+# RFC 3261 s17.2.2 (Figure 8).
+NON_INVITE_SERVER: Machine[State, TxEvent] = Machine("non_invite_server", {
+    (_TRYING, _1XX): _PROCEEDING,
+    (_PROCEEDING, _1XX): _PROCEEDING,
+    (_TRYING, _2XX): _COMPLETED,  # a final response: Timer J
+    (_TRYING, _FAIL): _COMPLETED,
+    (_PROCEEDING, _2XX): _COMPLETED,
+    (_PROCEEDING, _FAIL): _COMPLETED,
+    (_COMPLETED, _WAIT_OVER): _TERMINATED,  # Timer J
+})
+
+
 # --------------------------------------------------------------------------
 # Response addressing
 # --------------------------------------------------------------------------
@@ -266,6 +351,7 @@ class _ServerTx:
     transport: str
     addr: Addr  # response_addr() of the request
     state: State
+    machine: Machine[State, TxEvent]  # INVITE_SERVER or NON_INVITE_SERVER
     last_response: bytes | None = None  # most recent response sent (s17.2.1, s17.2.2)
     to_tag: str | None = None  # To tag of the latest response that had one
     merge_id: MergeId | None = None
@@ -289,6 +375,7 @@ class _ClientTx:
     dest: Addr
     transport: str
     state: State
+    machine: Machine[State, TxEvent]  # INVITE_CLIENT or NON_INVITE_CLIENT
     ack: bytes | None = None  # the ACK for a 300-699 (s17.1.1.3)
     interval: float = 0.0  # current Timer A / E interval
 
@@ -417,11 +504,11 @@ class TransactionLayer:
         for name in names:
             self.deadlines.cancel(tx.key, name)
 
-    def _terminate(self, tx: _Tx) -> list[Event]:
+    def _terminate(self, tx: _Tx, event: TxEvent) -> list[Event]:
         """Enter Terminated: the transaction is destroyed at once (s17.1.1.2, s17.2.1)."""
+        tx.state = tx.machine.move(tx.state, event)
         if self._txs.get(tx.key) is tx:
             self.deadlines.cancel_all(tx.key)
-        tx.state = State.TERMINATED
         if self._txs.get(tx.key) is tx:
             del self._txs[tx.key]
         if isinstance(tx, _ServerTx) and tx.merge_id is not None \
@@ -432,7 +519,7 @@ class TransactionLayer:
     def _wait(self, tx: _Tx, name: str, delay: float, now: float) -> list[Event]:
         """Arm a waiting timer (D, I, J, K), or terminate now when it is zero."""
         if delay <= 0:
-            return self._terminate(tx)
+            return self._terminate(tx, _WAIT_OVER)
         self._arm(tx, name, delay, now)
         return []
 
@@ -507,9 +594,13 @@ class TransactionLayer:
     def _new_server(self, req: Request, key: TxKey, source: Addr,
                     transport: str) -> _ServerTx:
         invite = req.method == "INVITE"
-        tx = _ServerTx(key, invite, req, source, transport,
-                       response_addr(req.top_via, source, transport),
-                       State.PROCEEDING if invite else State.TRYING)
+        addr = response_addr(req.top_via, source, transport)
+        if invite:
+            tx = _ServerTx(key, True, req, source, transport, addr, _PROCEEDING,
+                           INVITE_SERVER)
+        else:
+            tx = _ServerTx(key, False, req, source, transport, addr, _TRYING,
+                           NON_INVITE_SERVER)
         self._txs[key] = tx
         return tx
 
@@ -545,7 +636,7 @@ class TransactionLayer:
         # The To tag SHOULD be the one of the INVITE's responses (s9.2).
         ok = make_response(req, 200, to_tag=invite.to_tag or _new_tag())
         events = self._server_step(tx, _Resp(ok), now)
-        if invite.state == State.PROCEEDING:
+        if invite.state == _PROCEEDING:
             events.append(CancelRequest(req, invite.key))
         # Otherwise a final response was sent already: the CANCEL has no effect.
         return events
@@ -576,15 +667,15 @@ class TransactionLayer:
         if isinstance(inp, _Resp):
             status = inp.response.status
             events = self._send_response(tx, inp.response)
-            if status < 200:
+            event = _response_event(status)
+            tx.state = INVITE_SERVER.move(tx.state, event)
+            if event is _1XX:
                 return events
-            if status < 300:
+            if event is _2XX:
                 # RFC 6026 s7.1: 2xx -> Accepted, Timer L = 64*T1.
-                tx.state = State.ACCEPTED
                 self._arm(tx, "L", self.timers.long, now)
                 return events
             # 300-699 -> Completed; Timer G on unreliable transports, Timer H.
-            tx.state = State.COMPLETED
             if not tx.reliable:
                 tx.interval = self.timers.t1
                 self._arm(tx, "G", tx.interval, now)
@@ -598,7 +689,7 @@ class TransactionLayer:
         if isinstance(inp, _Ack):
             # -> Confirmed; G and H stop; Timer I = T4 (unreliable) or 0.
             self._disarm(tx, "G", "H")
-            tx.state = State.CONFIRMED
+            tx.state = INVITE_SERVER.move(tx.state, _ACK)
             return self._wait(tx, "I", 0 if tx.reliable else self.timers.t4, now)
         if isinstance(inp, _Fire):
             if inp.name == "G":
@@ -606,24 +697,27 @@ class TransactionLayer:
                 self._arm(tx, "G", tx.interval, now)
                 return self._resend_response(tx)
             if inp.name == "H":
-                return [TimedOut(tx.key), *self._terminate(tx)]
+                return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
         return []  # further responses from the TU are discarded
 
     def _ist_confirmed(self, tx: _ServerTx, inp: _Input, now: float) -> list[Event]:
         # Absorbs ACK and INVITE retransmissions until Timer I fires.
         if isinstance(inp, _Fire) and inp.name == "I":
-            return self._terminate(tx)
+            return self._terminate(tx, _WAIT_OVER)
         return []
 
     def _ist_accepted(self, tx: _ServerTx, inp: _Input, now: float) -> list[Event]:
         if isinstance(inp, _Ack):
             # RFC 6026 s7.1: ACKs are passed to the TU, not absorbed.
+            tx.state = INVITE_SERVER.move(tx.state, _ACK)
             return [DeliverRequest(inp.request, None, inp.source, inp.transport)]
         if isinstance(inp, _Resp) and 200 <= inp.response.status < 300:
             # The TU's 2xx retransmissions (RFC 3261 s13.3.1.4) go through.
-            return self._send_response(tx, inp.response)
+            events = self._send_response(tx, inp.response)
+            tx.state = INVITE_SERVER.move(tx.state, _2XX)
+            return events
         if isinstance(inp, _Fire) and inp.name == "L":
-            return self._terminate(tx)
+            return self._terminate(tx, _WAIT_OVER)
         return []  # INVITE retransmissions are absorbed; other responses discarded
 
     # -- non-INVITE server: RFC 3261 s17.2.2 (Figure 8) ------------------
@@ -641,18 +735,18 @@ class TransactionLayer:
 
     def _nist_respond(self, tx: _ServerTx, response: Response, now: float) -> list[Event]:
         events = self._send_response(tx, response)
-        if response.status < 200:
-            tx.state = State.PROCEEDING
+        event = _response_event(response.status)
+        tx.state = NON_INVITE_SERVER.move(tx.state, event)
+        if event is _1XX:
             return events
         # Final -> Completed; Timer J = 64*T1 (unreliable) or 0.
-        tx.state = State.COMPLETED
         return events + self._wait(tx, "J", 0 if tx.reliable else self.timers.long, now)
 
     def _nist_completed(self, tx: _ServerTx, inp: _Input, now: float) -> list[Event]:
         if isinstance(inp, _Retransmit):
             return self._resend_response(tx)  # the final response
         if isinstance(inp, _Fire) and inp.name == "J":
-            return self._terminate(tx)
+            return self._terminate(tx, _WAIT_OVER)
         return []  # other final responses from the TU are discarded
 
     # ======================================================================
@@ -685,8 +779,12 @@ class TransactionLayer:
             raise ValueError(f"a client transaction {key!r} is already live")
         invite = method == "INVITE"
         data = request.to_bytes()
-        tx = _ClientTx(key, invite, request, data, dest, transport,
-                       State.CALLING if invite else State.TRYING)
+        if invite:
+            tx = _ClientTx(key, True, request, data, dest, transport, _CALLING,
+                           INVITE_CLIENT)
+        else:
+            tx = _ClientTx(key, False, request, data, dest, transport, _TRYING,
+                           NON_INVITE_CLIENT)
         self._txs[key] = tx
         # s17.1.1.2: Timer A (unreliable only) and B; s17.1.2.2: Timer E and F.
         if not tx.reliable:
@@ -697,7 +795,7 @@ class TransactionLayer:
             target = self._txs.get(TxKey("client", "INVITE", branch))
             if isinstance(target, _ClientTx) \
                     and not self.deadlines.armed(target.key, CANCEL_GUARD) \
-                    and target.state in (State.CALLING, State.PROCEEDING):
+                    and target.state in (_CALLING, _PROCEEDING):
                 # RFC 3261 s9.1: without a final response 64*T1 after the
                 # CANCEL, the INVITE client transaction is given up.
                 self._arm(target, CANCEL_GUARD, self.timers.long, now)
@@ -733,7 +831,7 @@ class TransactionLayer:
                 self._arm(tx, "A", tx.interval, now)
                 return self._resend_request(tx)
             if inp.name in ("B", CANCEL_GUARD):
-                return [TimedOut(tx.key), *self._terminate(tx)]
+                return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
             return []
         if isinstance(inp, _Resp):
             self._disarm(tx, "A", "B")
@@ -742,25 +840,23 @@ class TransactionLayer:
 
     def _ict_proceeding(self, tx: _ClientTx, inp: _Input, now: float) -> list[Event]:
         if isinstance(inp, _Fire) and inp.name == CANCEL_GUARD:
-            return [TimedOut(tx.key), *self._terminate(tx)]
+            return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
         if isinstance(inp, _Resp):
             return self._ict_response(tx, inp.response, now)
         return []
 
     def _ict_response(self, tx: _ClientTx, response: Response, now: float) -> list[Event]:
         """A response in Calling or Proceeding."""
-        status = response.status
-        if status < 200:
-            tx.state = State.PROCEEDING
+        event = _response_event(response.status)
+        tx.state = INVITE_CLIENT.move(tx.state, event)
+        if event is _1XX:
             return [DeliverResponse(response, tx.key)]
         self._disarm(tx, CANCEL_GUARD)
-        if status < 300:
+        if event is _2XX:
             # RFC 6026 s7.2: 2xx -> Accepted, Timer M = 64*T1; the TU ACKs.
-            tx.state = State.ACCEPTED
             self._arm(tx, "M", self.timers.long, now)
             return [DeliverResponse(response, tx.key)]
         # 300-699 -> Completed: the transaction ACKs (s17.1.1.3); Timer D.
-        tx.state = State.COMPLETED
         tx.ack = _build_ack(tx.request, response).to_bytes()
         events: list[Event] = [Send(tx.ack, tx.dest, tx.transport),
                                DeliverResponse(response, tx.key)]
@@ -771,7 +867,7 @@ class TransactionLayer:
             # A retransmitted final response: ACK again, not passed up.
             return [Send(tx.ack, tx.dest, tx.transport)]
         if isinstance(inp, _Fire) and inp.name == "D":
-            return self._terminate(tx)
+            return self._terminate(tx, _WAIT_OVER)
         return []
 
     def _ict_accepted(self, tx: _ClientTx, inp: _Input, now: float) -> list[Event]:
@@ -779,7 +875,7 @@ class TransactionLayer:
             # RFC 6026 s7.2: every 2xx (retransmitted or forked) goes to the TU.
             return [DeliverResponse(inp.response, tx.key)]
         if isinstance(inp, _Fire) and inp.name == "M":
-            return self._terminate(tx)
+            return self._terminate(tx, _WAIT_OVER)
         return []
 
     # -- non-INVITE client: RFC 3261 s17.1.2 (Figure 6) ------------------
@@ -790,7 +886,7 @@ class TransactionLayer:
                 self._arm(tx, "E", tx.interval, now)
                 return self._resend_request(tx)
             if inp.name == "F":
-                return [TimedOut(tx.key), *self._terminate(tx)]
+                return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
             return []
         if isinstance(inp, _Resp):
             return self._nict_response(tx, inp.response, now)
@@ -804,27 +900,34 @@ class TransactionLayer:
                 self._arm(tx, "E", tx.interval, now)
                 return self._resend_request(tx)
             if inp.name == "F":
-                return [TimedOut(tx.key), *self._terminate(tx)]
+                return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
             return []
         if isinstance(inp, _Resp):
             return self._nict_response(tx, inp.response, now)
         return []
 
     def _nict_response(self, tx: _ClientTx, response: Response, now: float) -> list[Event]:
+        event = _response_event(response.status)
+        tx.state = NON_INVITE_CLIENT.move(tx.state, event)
         events: list[Event] = [DeliverResponse(response, tx.key)]
-        if response.status < 200:
-            tx.state = State.PROCEEDING
+        if event is _1XX:
             return events
         # Final -> Completed; E and F stop; Timer K = T4 (unreliable) or 0.
         self._disarm(tx, "E", "F")
-        tx.state = State.COMPLETED
         return events + self._wait(tx, "K", 0 if tx.reliable else self.timers.t4, now)
 
     def _nict_completed(self, tx: _ClientTx, inp: _Input, now: float) -> list[Event]:
         # Absorbs response retransmissions until Timer K fires.
         if isinstance(inp, _Fire) and inp.name == "K":
-            return self._terminate(tx)
+            return self._terminate(tx, _WAIT_OVER)
         return []
+
+
+def _response_event(status: int) -> TxEvent:
+    """The move a response of ``status`` makes (1xx, 2xx, 300-699)."""
+    if status < 200:
+        return _1XX
+    return _2XX if status < 300 else _FAIL
 
 
 def _build_ack(request: Request, response: Response) -> Request:

@@ -246,9 +246,9 @@ async def _recording_get(api: Api, request: web.Request,
     return web.FileResponse(path, headers={"Content-Type": "audio/wav"})
 
 
-# The admin listener caps a body at 64 KiB (engine/shell/app.py HTTP_MAX_BODY, for JSON). A file
-# route reads the stream itself, in chunks, up to its own cap: the cap holds per route
-# without a second application or a change to the listener.
+# The admin listener caps a body at 64 KiB (engine/shell/admin_http.py HTTP_MAX_BODY, for
+# JSON). A file route reads the stream itself, in chunks, up to its own cap: the cap
+# holds per route without a second application or a change to the listener.
 MAX_CSV = 4 * 1024 * 1024  # some 30 000 users
 
 

@@ -94,6 +94,71 @@ class TrackedCall(pj.Call):  # type: ignore[misc]
         return ci
 
 
+class SideCall(TrackedCall):
+    """One side's call (``side``: caller, callee, mobile, desk...), reported as JSON
+    lines as it goes: each state (``call``, and its first time in ``at``), each
+    media change (``media_state``; ``media_changes`` tells a :class:`Leg` to connect
+    the bridge again), each request the far end sends in the dialog
+    (``rx_request``, once per CSeq: retransmissions are not counted again)."""
+
+    def __init__(self, acc: Any, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(acc, call_id)
+        self.side = side
+        self.status = "none"  # the audio's status at the last media change
+        self.at: dict[str, float] = {}  # state text -> first time seen
+        self.hung_up = False  # this script hung it up (else the far end did)
+        self.media_changes = 0
+        self.media_at = 0.0  # first active audio
+        self.rx_requests: list[str] = []  # requests received inside the dialog
+        self.seen_cseqs: set[str] = set()
+
+    def onCallState(self, prm: Any) -> None:
+        ci = self.track_state()
+        state = str(ci.stateText)
+        now = time.monotonic()
+        self.at.setdefault(state, now)
+        emit(event="call", side=self.side, state=state, code=self.last_code,
+             reason=self.last_reason, t=now)
+
+    def onCallMediaState(self, prm: Any) -> None:
+        ci = self.getInfo()
+        found = audio_status(ci)
+        if found is None:
+            self.status = "none"
+        else:
+            self.audio_index, self.status = found
+        now = time.monotonic()
+        if self.audio_index >= 0 and not self.media_at:
+            self.media_at = now
+        self.media_changes += 1
+        emit(event="media_state", side=self.side, status=self.status,
+             call_state=str(ci.stateText), audio_index=self.audio_index, t=now)
+
+    def onCallTsxState(self, prm: Any) -> None:
+        if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        state = prm.e.body.tsxState
+        if state.type != pj.PJSIP_EVENT_RX_MSG or state.tsx.role != pj.PJSIP_ROLE_UAS:
+            return
+        whole = str(state.src.rdata.wholeMsg)
+        cseq = next((line.split(":", 1)[1].strip() for line in whole.split("\r\n")
+                     if line.lower().startswith("cseq:")), "")
+        if cseq and cseq not in self.seen_cseqs:
+            self.seen_cseqs.add(cseq)
+            method = str(state.tsx.method)
+            self.rx_requests.append(method)
+            emit(event="rx_request", side=self.side, method=method, cseq=cseq,
+                 t=time.monotonic())
+
+
+def request_target(prm: Any) -> tuple[str, str]:
+    """In ``onIncomingCall``: the INVITE's request URI and its user part (which
+    account pjsua hands a call to says little when several share a transport)."""
+    first = str(prm.rdata.wholeMsg).split("\r\n", 1)[0]  # INVITE sip:USER@HOST SIP/2.0
+    uri = first.split(" ")[1] if " " in first else ""
+    return uri, uri.partition(":")[2].partition("@")[0]
+
+
 def set_codecs(ep: Any, wanted: str) -> None:
     """Offer exactly the codecs named in ``wanted`` ("G722,PCMU"), in that order."""
     names = [n.strip().casefold() for n in wanted.split(",") if n.strip()]

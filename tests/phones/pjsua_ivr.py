@@ -18,6 +18,7 @@ engine did not), and both wait for the end.
 Output, one JSON object per line on stdout:
   {"event": "registered", "ok": true, ...}
   {"event": "call", "side": "caller"|"callee", "state": "CONFIRMED", "code": 200, "t": ...}
+  (and pjcommon.SideCall's media_state and rx_request lines)
   {"event": "incoming", "account": "102", "t": ...}
   {"event": "key", "key": "1", "method": "rfc4733", "t": ...}
   {"event": "result", "answered": true, "callee_rang": true, "callee_answered": true,
@@ -36,36 +37,17 @@ from typing import Any
 
 import pjcommon
 import pjsua2 as pj
-from pjcommon import Leg, Log, Pump, emit
-
-
-class Call(pjcommon.TrackedCall):
-    def __init__(self, acc: Any, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, call_id)
-        self.side = side
-        self.status = "none"
-        self.media_changes = 0
-
-    def onCallState(self, prm: Any) -> None:
-        ci = self.track_state()
-        emit(event="call", side=self.side, state=str(ci.stateText), code=self.last_code,
-             reason=self.last_reason, t=time.monotonic())
-
-    def onCallMediaState(self, prm: Any) -> None:
-        found = pjcommon.audio_status(self.getInfo())
-        if found is not None:
-            self.audio_index, self.status = found
-        self.media_changes += 1
+from pjcommon import Leg, Log, Pump, SideCall, emit
 
 
 class Account(pjcommon.RegAccount):
     def __init__(self, user: str) -> None:
         super().__init__(user)
         self.seen = 0
-        self.incoming: list[Call] = []  # kept referenced: a collected Call hangs up
+        self.incoming: list[SideCall] = []  # kept referenced: a collected pj.Call hangs up
 
     def onIncomingCall(self, prm: Any) -> None:
-        call = Call(self, "callee", prm.callId)
+        call = SideCall(self, "callee", prm.callId)
         self.incoming.append(call)
         emit(event="incoming", account=self.user, t=time.monotonic())
 
@@ -97,7 +79,7 @@ class Phones(Pump):
             acc.incoming.clear()
 
 
-def press(call: Call, key: str, method: str) -> None:
+def press(call: SideCall, key: str, method: str) -> None:
     if method == "info":
         prm = pj.CallSendDtmfParam()
         prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
@@ -111,7 +93,7 @@ def press(call: Call, key: str, method: str) -> None:
 
 def run(phones: Phones, result: dict[str, Any]) -> None:
     args = phones.args
-    caller = Call(phones.accounts[0], "caller")
+    caller = SideCall(phones.accounts[0], "caller")
     phones.legs["caller"] = Leg(caller, args.callee_wav, args.caller_record)
     caller.makeCall(f"sip:{args.dial}@{args.domain}", pj.CallOpParam(True))
     phones.pump(lambda: (caller.confirmed and caller.audio_index >= 0) or caller.disconnected,

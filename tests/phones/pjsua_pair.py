@@ -40,6 +40,7 @@ Output, one JSON object per line on stdout; ``t`` is this process's
   {"event": "call", "side": "caller"|"callee", "state": "CONFIRMED", "code": 200, "t": ...}
   {"event": "media_state", "side": ..., "status": "active"|"local_hold"|..., "t": ...}
   {"event": "recording", "side": "callee", "path": "...", "t": ...}  the recorder's sample 0
+  {"event": "rx_request", "side": ..., "method": "BYE", "t": ...}  once per CSeq
   {"event": "talk"|"hold"|"held"|"resume"|"resumed"|"hangup", "t": ...}   the phases
   {"event": "result", "confirmed": true, "media": true, "codec": "PCMU/8000",
    "hold_status": "local_hold", "resume_status": "active", "callee_reoffers": 0,
@@ -62,28 +63,12 @@ import pjsua2 as pj
 from pjcommon import Leg, Log, Pump, emit, set_codecs
 
 
-class Call(pjcommon.TrackedCall):
-    """Records what happened; the main loop acts on it."""
+class Call(pjcommon.SideCall):
+    """Records what happened, and the offers the far end makes in the dialog."""
 
     def __init__(self, acc: Account, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, call_id)
-        self.side = side
-        self.status = "none"
-        self.media_changes = 0  # bumped on each onCallMediaState: reconnect the bridge
+        super().__init__(acc, side, call_id)
         self.reoffers = 0  # re-INVITE / UPDATE offers received in the dialog
-
-    def onCallState(self, prm: Any) -> None:
-        ci = self.track_state()
-        emit(event="call", side=self.side, state=str(ci.stateText), code=self.last_code,
-             reason=self.last_reason, t=time.monotonic())
-
-    def onCallMediaState(self, prm: Any) -> None:
-        found = pjcommon.audio_status(self.getInfo())
-        if found is not None:
-            self.audio_index, self.status = found
-        self.media_changes += 1
-        emit(event="media_state", side=self.side, status=self.status,
-             audio_index=self.audio_index, t=time.monotonic())
 
     def onCallRxOffer(self, prm: Any) -> None:
         self.reoffers += 1

@@ -37,27 +37,16 @@ from typing import Any
 
 import pjcommon
 import pjsua2 as pj
-from pjcommon import Leg, Log, Pump, emit
+from pjcommon import Leg, Log, Pump, SideCall, emit
 
 
-class Call(pjcommon.TrackedCall):
+class Call(SideCall):
+    """pjcommon's tracked call, and when this script sent 180 for it (an agent's
+    ring-no-answer is timed from then)."""
+
     def __init__(self, acc: Any, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, call_id)
-        self.side = side
-        self.status = "none"
-        self.media_changes = 0
+        super().__init__(acc, side, call_id)
         self.ringing_since = 0.0
-
-    def onCallState(self, prm: Any) -> None:
-        ci = self.track_state()
-        emit(event="call", side=self.side, state=str(ci.stateText), code=self.last_code,
-             t=time.monotonic())
-
-    def onCallMediaState(self, prm: Any) -> None:
-        found = pjcommon.audio_status(self.getInfo())
-        if found is not None:
-            self.audio_index, self.status = found
-        self.media_changes += 1
 
 
 class Account(pjcommon.RegAccount):

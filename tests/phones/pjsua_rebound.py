@@ -51,58 +51,7 @@ import pjcommon
 import pjsua2 as pj
 from pjcommon import Leg, Log, Pump, codec_of, emit, set_codecs
 
-
-class Call(pjcommon.TrackedCall):
-    """Records what happened; the main loop acts on it."""
-
-    def __init__(self, acc: Account, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, call_id)
-        self.side = side
-        self.at: dict[str, float] = {}  # state text -> first time seen
-        self.hung_up = False  # this script hung it up (else the far end did)
-        self.media_changes = 0  # bumped on each onCallMediaState: reconnect the bridge
-        self.media_at = 0.0  # first active audio
-        self.rx_requests: list[str] = []  # requests received inside the dialog
-        self.seen_cseqs: set[str] = set()
-
-    def onCallState(self, prm: Any) -> None:
-        ci = self.track_state()
-        state = str(ci.stateText)
-        now = time.monotonic()
-        self.at.setdefault(state, now)
-        emit(event="call", side=self.side, state=state, code=self.last_code,
-             reason=self.last_reason, t=now)
-
-    def onCallMediaState(self, prm: Any) -> None:
-        ci = self.getInfo()
-        status = "none"
-        found = pjcommon.audio_status(ci)
-        if found is not None:
-            self.audio_index, status = found
-        now = time.monotonic()
-        if self.audio_index >= 0 and not self.media_at:
-            self.media_at = now
-        self.media_changes += 1
-        emit(event="media_state", side=self.side, status=status, call_state=str(ci.stateText),
-             audio_index=self.audio_index, t=now)
-
-    def onCallTsxState(self, prm: Any) -> None:
-        """Note each request the far end sends in this dialog (the engine's BYE),
-        once per CSeq (retransmissions are not counted again)."""
-        if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
-            return
-        state = prm.e.body.tsxState
-        if state.type != pj.PJSIP_EVENT_RX_MSG or state.tsx.role != pj.PJSIP_ROLE_UAS:
-            return
-        whole = str(state.src.rdata.wholeMsg)
-        cseq = next((line.split(":", 1)[1].strip() for line in whole.split("\r\n")
-                     if line.lower().startswith("cseq:")), "")
-        if cseq and cseq not in self.seen_cseqs:
-            self.seen_cseqs.add(cseq)
-            method = str(state.tsx.method)
-            self.rx_requests.append(method)
-            emit(event="rx_request", side=self.side, method=method, cseq=cseq,
-                 t=time.monotonic())
+Call = pjcommon.SideCall  # records what happened; the main loop acts on it
 
 
 class Account(pj.Account):  # type: ignore[misc]
@@ -114,9 +63,7 @@ class Account(pj.Account):  # type: ignore[misc]
         call = Call(self, "mobile", prm.callId)
         self.incoming.append(call)
         ci = call.getInfo()
-        first = str(prm.rdata.wholeMsg).split("\r\n", 1)[0]  # INVITE sip:USER@HOST SIP/2.0
-        uri = first.split(" ")[1] if " " in first else ""
-        user = uri.partition(":")[2].partition("@")[0]
+        uri, user = pjcommon.request_target(prm)
         emit(event="incoming", local=str(ci.localUri), remote=str(ci.remoteUri),
              request_uri=uri, request_user=user, t=time.monotonic())
 

@@ -1,7 +1,7 @@
 """In-dialog requests the B2BUA relays (media not anchored, ``serve --media direct``):
 the 2xx it passes back names the engine in a Contact fit for the leg it goes to
 (RFC 3261 s12.2.2, s19.1.1: ;transport=tcp|tls and the listener's port on TCP/TLS).
-Sans-I/O, fake clock, the harness of test_b2bua; the caller's messages go through
+Sans-I/O, fake clock, the harness of test_calls; the caller's messages go through
 Engine.datagram with the transport they would arrive on."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from engine.sip.auth import build_authorization
 from engine.sip.message import Request, Response
 from engine.sip.transaction import Addr
-from tests.test_b2bua import (
+from tests.test_calls import (
     PHONES,
     SDP,
     Net,

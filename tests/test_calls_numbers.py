@@ -1,7 +1,7 @@
 """The number contract in the B2BUA: what an outbound leg presents (From,
 P-Asserted-Identity, the phone's P-Preferred-Identity), which number's hold music
 and recording a call gets whatever form its DID came in, and billing groups in
-logs and metrics. Sans-I/O through Engine.datagram, fake clock (test_b2bua's
+logs and metrics. Sans-I/O through Engine.datagram, fake clock (test_calls's
 harness); the sockets side is in test_e2e_numbers.py.
 """
 
@@ -18,19 +18,20 @@ from engine.metrics import BILLING_GROUP_LABELS, Metrics
 from engine.sip.message import Request
 from engine.sip.transaction import Addr
 from provisioning.directory import parse_directory
-from tests.test_b2bua import (
+from tests.test_calls import (
     PHONES,
     SDP,
     TRUNK,
     Clock,
     Net,
+    counted,
     in_dialog,
     invite,
     register,
     reply,
     statuses,
 )
-from tests.test_b2bua import phone_call as b2bua_phone_call
+from tests.test_calls import phone_call as calls_phone_call
 
 DIRECTORY = """
 [system]
@@ -95,10 +96,10 @@ def make_net(anchor: bool = False) -> Net:
 
 
 def phone_call(net: Net, caller: str, dialled: str, ppi: str = "") -> Addr:
-    """test_b2bua's phone call, with a P-Preferred-Identity header when ``ppi`` is given
+    """test_calls's phone call, with a P-Preferred-Identity header when ``ppi`` is given
     (as a desk phone with several lines sends it)."""
     extra = [f"P-Preferred-Identity: {ppi}"] if ppi else []
-    return b2bua_phone_call(net, caller, dialled, extra=extra)
+    return calls_phone_call(net, caller, dialled, extra=extra)
 
 
 def trunk_leg(net: Net) -> Request:
@@ -215,7 +216,7 @@ def test_a_did_in_any_form_gets_its_numbers_music_recording_and_billing(
     [routed] = [e for e in logs if e["event"] == "call routed"]
     assert routed["billing_group"] == "sales"
     metrics = net.engine.metrics
-    assert metrics.calls_by_billing_group.labels("sales")._value.get() == 1
+    assert counted(metrics, "switchboard_calls_by_billing_group", billing_group="sales") == 1
 
 
 def answered_outbound(net: Net, dialled: str, ppi: str = "") -> Request:
@@ -283,7 +284,8 @@ def test_call_ended_logs_carry_the_billing_group() -> None:
     ended = {e["call_id"]: e for e in logs if e["event"] == "call ended"}
     assert ended["tcall-2"]["billing_group"] == "sales" and ended["tcall-2"]["answered"]
     assert ended["tcall-3"]["billing_group"] is None and ended["tcall-3"]["status"] == 404
-    assert net.engine.metrics.calls_by_billing_group.labels("none")._value.get() == 1
+    assert counted(net.engine.metrics, "switchboard_calls_by_billing_group",
+                   billing_group="none") == 1
 
 
 def test_billing_group_labels_are_few_whatever_the_directory_holds() -> None:

@@ -1,5 +1,5 @@
 """IVR menus in the call layer, sans-I/O with a fake clock (the harness of
-test_b2bua): the engine answers, plays the prompt (``IvrPlay``), times out and
+test_calls): the engine answers, plays the prompt (``IvrPlay``), times out and
 plays again, reads keys from the media service (RFC 4733) and from SIP INFO
 application/dtmf-relay, dials by extension with its inter-digit timer, and runs
 the choice as the answered caller's plan. The sockets side is
@@ -14,7 +14,7 @@ from engine.calls.ivr import INTER_DIGIT_SECONDS
 from engine.core import Engine
 from engine.sip.message import Request, Response
 from provisioning.directory import parse_directory
-from tests.test_b2bua import (
+from tests.test_calls import (
     DIRECTORY,
     PHONES,
     TRUNK,

@@ -1,5 +1,5 @@
 """Call queues in the call layer, sans-I/O with a fake clock (the harness of
-test_b2bua): the engine answers the caller and plays the queue's hold music,
+test_calls): the engine answers the caller and plays the queue's hold music,
 rings agents by strategy (hunt, ring_all, round_robin...), skips agents that
 may not be rung, bridges the agent that answers, wraps up, times callers out,
 forgets callers who hang up, logs agents in and out by *62/*63 and by status;
@@ -20,7 +20,7 @@ from engine.calls.states import AGENT, AgentEvent, AgentState, IllegalTransition
 from engine.core import Engine
 from engine.sip.message import Request, Response
 from provisioning.directory import parse_directory
-from tests.test_b2bua import (
+from tests.test_calls import (
     DIRECTORY,
     PHONES,
     TRUNK,
@@ -436,7 +436,7 @@ def test_random_arrivals_answers_hangups_and_logouts_leave_nothing(
 
 
 def test_an_agent_transferring_the_caller_out_wraps_up_and_leaves_nothing() -> None:
-    from tests.test_b2bua_transfer import refer
+    from tests.test_calls_transfer import refer
 
     net = queue_net("hunt")
     register(net, "101", "102")

@@ -1,6 +1,6 @@
 """Anchored media in the B2BUA: SDP rewritten on each leg, hold answered by the
 engine, hold-music playlist and recording decisions. Sans-I/O, fake clock (the
-harness of test_b2bua); the sockets side is in test_e2e_hold.py."""
+harness of test_calls); the sockets side is in test_e2e_hold.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from engine.core import Engine
 from engine.sip.message import Request, Response
 from media.sdp import parse_sdp
 from provisioning.directory import parse_directory
-from tests.test_b2bua import (
+from tests.test_calls import (
     DIRECTORY,
     PHONES,
     SDP,
@@ -340,7 +340,7 @@ def test_a_caller_waiting_in_a_ring_group_hears_music_in_a_codec_every_leg_gets(
 def test_the_callee_leg_of_an_anchored_call_is_offered_no_session_timer(net: Net) -> None:
     """The engine answers the caller's refreshes itself: a timer on the callee leg with
     the engine as refresher would drop the call when it expires (RFC 4028)."""
-    from tests.test_b2bua import invite
+    from tests.test_calls import invite
 
     register(net, "101")
     data = invite("+15145550100", "+15145550199", TRUNK, call_id="timer", host="127.0.0.1")
@@ -360,7 +360,7 @@ def test_an_ended_call_is_freed_by_reference_counting(anchored: bool) -> None:
     run rarely: cycles would pile up between its passes)."""
     import gc
 
-    from tests.test_b2bua import make_net
+    from tests.test_calls import make_net
 
     net = anchored_net() if anchored else make_net()
     gc.collect()

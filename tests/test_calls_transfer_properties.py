@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from engine.sip.message import Request, Response
 from engine.sip.transaction import Addr
-from tests.test_b2bua import PHONES, TRUNK, Net, in_dialog, register, reply
-from tests.test_b2bua_anchor import anchored_net, answered_call
-from tests.test_b2bua_transfer import (
+from tests.test_calls import PHONES, TRUNK, Net, counted, in_dialog, register, reply
+from tests.test_calls_anchor import anchored_net, answered_call
+from tests.test_calls_transfer import (
     RECEPTION,
     TARGET_SDP,
     answered_trunk_call,
@@ -180,7 +180,7 @@ def start_transfer(net: Net, mode: str) -> World:
 
 def check_nothing_left(net: Net) -> None:
     calls = net.engine.calls
-    assert net.engine.metrics.errors._value.get() == 0
+    assert counted(net.engine.metrics, "switchboard_internal_errors") == 0
     assert calls.calls_in_progress() == [], calls.calls_in_progress()
     assert calls.extensions_on_calls() == {}
     channels = calls.channels_in_use()

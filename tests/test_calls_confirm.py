@@ -1,6 +1,6 @@
 """Answer confirmation on external legs (``confirm_external_answer``) in the B2BUA:
 an answered mobile must press 1 before it takes the call, while the desk phone
-rings on. Sans-I/O, fake clock (the harness of test_b2bua and test_b2bua_anchor);
+rings on. Sans-I/O, fake clock (the harness of test_calls and test_calls_anchor);
 real phones are in test_phones_confirm.py."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from media.sdp import parse_sdp
 from provisioning.directory import parse_directory
 from provisioning.model import Binding
 from routing import CONFIRM_SECONDS
-from tests.test_b2bua import TRUNK, Clock, Net, in_dialog, reply, trunk_call
-from tests.test_b2bua_anchor import ANCHORED, CALLEE_SDP, bridges, mobile_hangs_up, opened
+from tests.test_calls import TRUNK, Clock, Net, in_dialog, reply, trunk_call
+from tests.test_calls_anchor import ANCHORED, CALLEE_SDP, bridges, mobile_hangs_up, opened
 
 DESK: Addr = ("127.0.0.1", 6105)
 CALLER_ID = "tcall-1"

@@ -7,14 +7,15 @@ the intercom code's INVITE carries the auto-answer headers. Park: a blind transf
 to ``*0`` holds the caller on the first free orbit with music (the final NOTIFY
 names it), ``*1701`` or ``701`` retrieves it; not retrieved, the parker's phones
 ring, then its voicemail. Sans-I/O, fake clock
-(the harness of test_b2bua)."""
+(the harness of test_calls)."""
 
 from __future__ import annotations
 
 from engine.calls.events import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
 from engine.sip.message import Request, Response
 from media.sdp import parse_sdp
-from tests.test_b2bua import (
+from tests.test_blf import NS, answer_notifies, authorized, dialogs, watching
+from tests.test_calls import (
     PHONES,
     SDP,
     Net,
@@ -25,8 +26,8 @@ from tests.test_b2bua import (
     reply,
     statuses,
 )
-from tests.test_b2bua_anchor import CALLEE_SDP, anchored_net, bridges
-from tests.test_b2bua_transfer import (
+from tests.test_calls_anchor import CALLEE_SDP, anchored_net, bridges
+from tests.test_calls_transfer import (
     RECEPTION,
     TRUNK,
     answered_trunk_call,
@@ -35,7 +36,6 @@ from tests.test_b2bua_transfer import (
     notifies,
     refer,
 )
-from tests.test_blf import NS, answer_notifies, authorized, dialogs, watching
 
 PICKER_SDP = (b"v=0\r\no=picker 9 9 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
               b"m=audio 41000 RTP/AVP 8 0 101\r\na=rtpmap:101 telephone-event/8000\r\n")
@@ -56,7 +56,7 @@ def ringing_call(net: Net, call_id: str = "call-1") -> Request:
 def picker_invite(net: Net, dialled: str, call_id: str = "pick-1",
                   extra: tuple[str, ...] = ()) -> None:
     """103 dials ``dialled`` with PICKER_SDP (the harness INVITE, body swapped)."""
-    import tests.test_b2bua as harness
+    import tests.test_calls as harness
     saved = harness.SDP
     harness.SDP = PICKER_SDP
     try:

@@ -1,4 +1,4 @@
-"""SDES-SRTP in the B2BUA (sans-I/O, the harness of test_b2bua): who may offer
+"""SDES-SRTP in the call layer (sans-I/O, the harness of test_calls): who may offer
 RTP/SAVP (TLS only, a user whose ``srtp`` allows it), the 488s with the Warning
 saying why, the engine's own fresh key on each leg, and SAVP offered only to an
 SRTP user's phone registered over TLS."""
@@ -14,9 +14,9 @@ from engine.sip.auth import build_authorization
 from engine.sip.registrar import Binding
 from media import sdp, srtp
 from provisioning.directory import parse_directory
-from tests.test_b2bua import PHONES, SDP, Clock, Net, ack_for, in_dialog, invite, reply
-from tests.test_b2bua_anchor import ANCHORED, CALLEE_SDP
-from tests.test_b2bua_relay import send
+from tests.test_calls import PHONES, SDP, Clock, Net, ack_for, in_dialog, invite, reply
+from tests.test_calls_anchor import ANCHORED, CALLEE_SDP
+from tests.test_calls_relay import send
 
 KEY = bytes(range(30))
 SRTP_SDP = SDP.replace(b"RTP/AVP", b"RTP/SAVP") + \

@@ -1,7 +1,7 @@
 """Blind transfer (REFER from the answered callee, RFC 3515 / RFC 5589 s6) on an
 anchored call: the caller keeps its dialog and RTP port and hears hold music,
 the target is offered the caller's codec only, NOTIFYs tell the transferor how
-it went. Sans-I/O, fake clock (the harness of test_b2bua / test_b2bua_anchor)."""
+it went. Sans-I/O, fake clock (the harness of test_calls / test_calls_anchor)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,18 @@ from engine.calls.events import StartVoicemail
 from engine.sip.message import Request, Response
 from engine.sip.transaction import Addr
 from media.sdp import parse_sdp
-from tests.test_b2bua import PHONES, TRUNK, Net, in_dialog, make_net, phone_call, register, reply
-from tests.test_b2bua_anchor import CALLEE_SDP, anchored_net, bridges, opened
+from tests.test_calls import (
+    PHONES,
+    TRUNK,
+    Net,
+    counted,
+    in_dialog,
+    make_net,
+    phone_call,
+    register,
+    reply,
+)
+from tests.test_calls_anchor import CALLEE_SDP, anchored_net, bridges, opened
 
 RECEPTION = PHONES["101"]  # +15145550100 rings 101
 TARGET_SDP = CALLEE_SDP.replace(b"40000", b"40002").replace(b"phone 7 7", b"target 9 9")
@@ -50,7 +60,7 @@ def answered_trunk_call(net: Net, *extensions: str) -> Request:
 
 
 def _trunk_invite() -> bytes:
-    from tests.test_b2bua import invite
+    from tests.test_calls import invite
     return invite("+15145550100", "+15145550199", TRUNK, call_id="tcall-1", host="127.0.0.1")
 
 
@@ -97,7 +107,7 @@ def test_blind_transfer_connects_the_caller_to_the_target_without_a_reinvite() -
     assert relay.caller_media is not None and relay.caller_media.codec == "PCMA"
     calls = net.engine.calls
     assert calls.extensions_on_calls() == {"102": 1}  # 101 is free again
-    assert net.engine.metrics.transfers.labels("connected")._value.get() == 1
+    assert counted(net.engine.metrics, "switchboard_transfers", outcome="connected") == 1
     # The caller hangs up: the BYE goes to the target now.
     net.send(caller_bye(net), TRUNK)
     assert [r.status for r in net.responses(TRUNK)] == [200]
@@ -129,7 +139,7 @@ def test_a_failed_transfer_comes_back_to_the_transferor() -> None:
     back = bridges(net)[-1]  # relayed to 101 again, as before the transfer
     assert not back.music_to_caller and back.callee_media is not None
     assert back.callee_media.remote_port == 40000
-    assert net.engine.metrics.transfers.labels("failed")._value.get() == 1
+    assert counted(net.engine.metrics, "switchboard_transfers", outcome="failed") == 1
     # 101 can transfer again.
     net.send(refer(desk, "102", cseq=3, branch="refer2"), RECEPTION)
     assert [r.status for r in net.responses(RECEPTION)] == [202]
@@ -171,7 +181,7 @@ def test_the_transferor_may_hang_up_at_once_and_no_answer_reaches_voicemail() ->
     assert start.box == "102" and start.caller == "+15145550199"
     assert start.negotiated.codec == "PCMA" and start.negotiated.remote_port == 20000  # the caller
     assert net.drain(TRUNK) == [] and net.drain(RECEPTION) == []
-    assert net.engine.metrics.transfers.labels("voicemail")._value.get() == 1
+    assert counted(net.engine.metrics, "switchboard_transfers", outcome="voicemail") == 1
 
 
 def test_a_transfer_that_fails_after_the_transferor_left_ends_the_call() -> None:
@@ -189,7 +199,7 @@ def test_a_transfer_that_fails_after_the_transferor_left_ends_the_call() -> None
     assert methods(net.drain(TRUNK)) == ["ACK", "BYE"]  # our ACK of the 486; the caller's BYE
     calls = net.engine.calls
     assert calls.calls_in_progress() == [] and calls.channels_in_use().get("carrier", 0) == 0
-    assert net.engine.metrics.transfers.labels("dropped")._value.get() == 1
+    assert counted(net.engine.metrics, "switchboard_transfers", outcome="dropped") == 1
 
 
 def test_the_caller_hanging_up_during_a_transfer_cancels_the_target() -> None:
@@ -364,7 +374,7 @@ def caller_refer(ok: Response, target: str, cseq: int = 3) -> bytes:
 def test_the_calling_party_can_transfer_the_callee() -> None:
     """101 called 102 and transfers 102 to 103: 102 hears hold music, 103 is offered
     the engine's caller-side port with 102's codec and takes 101's place."""
-    from tests.test_b2bua_anchor import answered_call
+    from tests.test_calls_anchor import answered_call
     net = anchored_net()
     register(net, "103")
     ok, to_102 = answered_call(net)  # 101 -> 102, ports 30000 (101) / 30002 (102), PCMA
@@ -405,7 +415,7 @@ def test_the_calling_party_can_transfer_the_callee() -> None:
 def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
     """101 transfers 102 to 103 and hangs up; 103 is busy: 102 leaves a message in
     103's mailbox, recorded from the engine's endpoint facing 102."""
-    from tests.test_b2bua_anchor import answered_call
+    from tests.test_calls_anchor import answered_call
     net = anchored_net()
     register(net, "103")
     ok, to_102 = answered_call(net)
@@ -421,7 +431,7 @@ def test_a_callers_transfer_to_a_busy_target_leaves_a_message_there() -> None:
     assert start.box == "103" and start.callee_side and start.caller == "102"
     assert start.negotiated.codec == "PCMA" and start.negotiated.remote_port == 40000
     assert net.requests(PHONES["102"]) == []  # 102 stays on, hearing the greeting
-    assert net.engine.metrics.transfers.labels("voicemail")._value.get() == 1
+    assert counted(net.engine.metrics, "switchboard_transfers", outcome="voicemail") == 1
     # The message is recorded; the engine hangs up on 102.
     net.take(net.engine.hangup(start.call, net.clock.now))
     [bye] = net.requests(PHONES["102"], "BYE")
@@ -435,7 +445,7 @@ def test_the_calling_party_can_transfer_attended() -> None:
     103 with Replaces: 103 is re-INVITEd onto call-1's caller-side port with 102's
     codec, in the session 103 knows; 102 is never re-INVITEd."""
     from engine.calls.events import OpenMedia, StopMedia
-    from tests.test_b2bua_anchor import answered_call
+    from tests.test_calls_anchor import answered_call
     net = anchored_net()
     register(net, "103")
     ok, to_102 = answered_call(net)  # ports 30000 (101) / 30002 (102), PCMA
@@ -499,8 +509,8 @@ def test_a_transferor_that_held_first_still_gets_the_target_a_two_way_call() -> 
     """Desk phones hold the call before they send REFER: the hold (sendonly) is the
     caller's latest offer, but the target is offered the engine's endpoint both
     ways (a=sendrecv), not the hold."""
-    from tests.test_b2bua import SDP
-    from tests.test_b2bua_anchor import answered_call
+    from tests.test_calls import SDP
+    from tests.test_calls_anchor import answered_call
     net = anchored_net()
     register(net, "103")
     ok, _ = answered_call(net)
@@ -528,7 +538,7 @@ def test_the_new_party_can_transfer_the_caller_again() -> None:
              PHONES["103"])
     assert "BYE" in methods(net.drain(PHONES["102"]))
     assert net.engine.calls.extensions_on_calls() == {"103": 1}
-    assert net.engine.metrics.transfers.labels("connected")._value.get() == 2
+    assert counted(net.engine.metrics, "switchboard_transfers", outcome="connected") == 2
 
 
 def test_after_an_attended_move_our_answers_keep_the_targets_session() -> None:
@@ -562,7 +572,7 @@ def test_after_a_transfer_by_the_caller_requests_flow_between_the_new_parties() 
     """One relay for either side: once 101 transferred 102 to 103, an INFO from 103
     (in 101's place) reaches 102 in its dialog and one from 102 reaches 103 in its
     own; each answer comes back to the party that asked."""
-    from tests.test_b2bua_anchor import answered_call
+    from tests.test_calls_anchor import answered_call
     net = anchored_net()
     register(net, "103")
     ok, to_102 = answered_call(net)
@@ -588,7 +598,7 @@ def test_the_party_in_the_callers_place_hanging_up_cancels_its_own_transfer() ->
     """101 transferred 102 to 103; 102 then transfers 103 on to 104. 103 hangs up
     while 104 rings: as for the caller it replaced, its BYE cancels 104, tells 102
     the transfer ended (487) and ends the call."""
-    from tests.test_b2bua_anchor import answered_call
+    from tests.test_calls_anchor import answered_call
     net = anchored_net()
     register(net, "103", "104")
     ok, to_102 = answered_call(net)
@@ -608,5 +618,5 @@ def test_the_party_in_the_callers_place_hanging_up_cancels_its_own_transfer() ->
     to_transferor = net.drain(PHONES["102"])
     assert notifies(to_transferor) == [("SIP/2.0 487 Request Terminated", "terminated")]
     assert methods(to_transferor) == ["NOTIFY", "BYE"]
-    assert net.engine.metrics.transfers.labels("dropped")._value.get() == 1
+    assert counted(net.engine.metrics, "switchboard_transfers", outcome="dropped") == 1
     assert net.engine.calls.calls_in_progress() == []
