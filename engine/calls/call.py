@@ -348,14 +348,20 @@ class Call:
     def _srtp_policy(self) -> str | None:
         """Refuse an offer whose SRTP the caller may not use (rules.srtp_refusal), else
         let the caller's side answer SAVP when it came over TLS from an SRTP user."""
+        directory, facts = self.front.directory, self.facts
+        mode = rules.user_srtp(directory, facts.caller) if facts.source == "phone" else "off"
+        body = self.invite.body
+        if mode == "off" and b"savp" not in body.lower():
+            # No RTP/SAVP(F) line and no SRTP for this caller: nothing to refuse and
+            # nothing to set, so most calls skip parsing the offer here (the relay
+            # parses it once, in MediaAnchor.wants_relay; a direct call never).
+            return None
         try:
-            offer = sdp.parse_sdp(self.invite.body)
+            offer = sdp.parse_sdp(body)
         except sdp.SdpError:
             return None  # the steps say why an unreadable offer cannot be used
-        directory, facts = self.front.directory, self.facts
         refused = rules.srtp_refusal(directory, facts, self.transport, offer)
         if refused is None and facts.source == "phone":
-            mode = rules.user_srtp(directory, facts.caller)
             srtp_ok = mode != "off" and self.transport.lower() == "tls"
             if srtp_ok or mode == "required":  # else the side's defaults say it
                 side = self.anchor.caller
