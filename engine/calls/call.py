@@ -244,7 +244,9 @@ class Call:
 
     def move(self, event: CallEvent) -> None:
         self.state = CALL.move(self.state, event)
-        self.front.changed.append(self)  # BLF (engine.services.dialoginfo)
+        front = self.front
+        if front.notes_changes:  # BLF (engine.services.dialoginfo)
+            front.changed.append(self)
 
     def respond(self, key: TxKey, resp: Response, now: float) -> list[CallOutput]:
         """Answer a request we received (its server transaction ``key``)."""
