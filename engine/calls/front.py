@@ -363,7 +363,9 @@ class Calls:
         """Run ``action`` for ``call``; an exception ends this call only."""
         self.queues.now = now  # the time of what the queues hear of without a "now"
         try:
-            return self._noted(call, action())
+            out = action()
+            self._note(call)
+            return out
         except Exception:
             log.exception("call failed", call_id=call.id)
             if self.metrics is not None:
