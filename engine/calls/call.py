@@ -730,14 +730,15 @@ class Call:
             return None
         theirs, callee = answered
         leg.early = theirs
-        ours = self.anchor.connect(callee, leg.offer, self.local.host)
+        anchor = self.anchor
+        ours = anchor.connect(callee, leg.offer, self.local.host)
         if isinstance(ours, sdp.AnswerRefused):
             log.warning("caller offer has not the callee's codec", call_id=self.id,
                         codec=callee.codec, reason=ours.reason)
             return None
         if final:
-            self.anchor.record = rules.record_reason(self.front.directory, self.facts,
-                                                     leg.target)
+            anchor.record = rules.record_reason(self.front.directory, self.facts,
+                                                leg.target)
         return ours.to_bytes()
 
     def callee_answer(self, leg: Leg, body: bytes, what: str,
@@ -902,10 +903,11 @@ class Call:
     def on_media_ready(self, ports: tuple[int, ...], now: float) -> list[CallOutput]:
         """The endpoints asked for are open on ``ports`` (the caller's side first):
         answer a voicemail call, or ring the callees of an anchored one."""
-        if self.state is not CallState.ROUTING or self.anchor.open or (
+        anchor = self.anchor
+        if self.state is not CallState.ROUTING or anchor.open or (
                 self.engine_step is None and self.waiting_step is None):
             return [StopMedia(self.key)]  # the caller left meanwhile
-        self.anchor.opened(ports)
+        anchor.opened(ports)
         if self.engine_step is not None:
             return self._answer_voicemail(self.engine_step, now)
         return self._resume_ring(now)
