@@ -103,6 +103,12 @@ class Produced:
     media: tuple[MediaCommand, ...] = ()
 
     def __add__(self, other: Produced) -> Produced:
+        # Most sums add nothing on one side (a publish with no NOTIFY to send): the
+        # other side is the sum, as both are immutable, with no copy made.
+        if other is NOTHING:
+            return self
+        if self is NOTHING:
+            return other
         return Produced(self.sends + other.sends, self.saved + other.saved,
                         self.removed + other.removed, self.media + other.media)
 
