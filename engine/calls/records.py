@@ -70,8 +70,12 @@ def mark(found: list[Party]) -> tuple[object, ...]:
     """What a record holds that can change while the call lasts. A dialog stands for
     its ID (Call-ID and tags are never changed on a Dialog), so the mark is compared
     by identity there, without building the ID on every input."""
-    return tuple([(d, d.local_cseq, d.remote_target, d.route_set, dest)
-                  for d, dest, _ in found])
+    # One flat tuple: the node keeps a mark per answered call, and each tuple more
+    # per call is one more object for the collector to walk.
+    out: list[object] = []
+    for d, dest, _ in found:
+        out += (d, d.local_cseq, d.remote_target, d.route_set, dest)
+    return tuple(out)
 
 
 def dialog_record(call: Call, found: list[Party], node: str, answered_at: float,
