@@ -86,6 +86,8 @@ class Server:
                  domain=self.engine.directory.system.domain,
                  users=len(self.engine.directory.users),
                  registrations=self.engine.registrar.count(), node=self.node_id,
+                 edges=",".join(ip if port is None else f"{ip}:{port}"
+                                for ip, port in self.engine.edge.edges),
                  parser="c" if grammar.SPEEDUPS is not None else "python",
                  max_tcp_connections=cfg.limits.max_connections,
                  tcp_per_source=cfg.limits.per_source,
