@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: hostname:SIP port; letters, digits and . _ : -): "
                             "in the Call-IDs of the legs it makes and its calls' records; "
                             "see 'switchboard nodes'")
+    serve.add_argument("--binding-poll-seconds", type=float, default=1.0, metavar="S",
+                       help="nodes sharing a store: read the others' registrations at least "
+                            "this often (default 1; on PostgreSQL each write also notifies "
+                            "them at once, so this is the fallback)")
     serve.add_argument("--edge", default="", metavar="ADDR[,ADDR]",
                        help="edge proxies (IP or IP:PORT) whose X-Switchboard-Source header "
                             "names a request's real source (trunks, limits, blocks); from "
@@ -379,6 +383,9 @@ async def _serve(args: argparse.Namespace) -> int:
     overload = overload_config(args.max_queue_ms, args.source_rate, args.retry_after,
                                args.t1_ms)
     edges = parse_edges(args.edge)
+    if not args.binding_poll_seconds > 0:
+        raise ValueError(f"--binding-poll-seconds must be more than 0, "
+                         f"not {args.binding_poll_seconds}")
     async with _store(args) as store:
         if args.directory:
             warnings: list[str] = []
@@ -414,6 +421,7 @@ async def _serve(args: argparse.Namespace) -> int:
         config.limits = limits
         config.overload = overload
         config.node_id = args.node_id
+        config.binding_poll_seconds = args.binding_poll_seconds
         if args.tls or args.tls_cert:
             if not args.tls_cert:
                 raise ValueError("--tls needs --tls-cert (and --tls-key unless the key is in it)")
