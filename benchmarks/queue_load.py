@@ -138,15 +138,21 @@ def receiver_main(conn: Connection, n: int, queues: int, sip_port: int,
     sip.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sip.setblocking(False)
     rtp: list[socket.socket] = []
+    rtcp: list[socket.socket] = []  # the engine's sender reports: drained, not measured
     port = low + (low % 2)
     while len(rtp) < n and port < high:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             s.bind((HOST, port))
-        except OSError:
+            c.bind((HOST, port + 1))
+        except OSError:  # taken (the SIP socket among them): the next pair
             s.close()
+            c.close()
             port += 2
             continue
+        c.setblocking(False)
+        rtcp.append(c)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         s.setblocking(False)
@@ -159,6 +165,9 @@ def receiver_main(conn: Connection, n: int, queues: int, sip_port: int,
     ep = select.epoll()
     stream_of = {s.fileno(): i for i, s in enumerate(rtp)}
     for fd in stream_of:
+        ep.register(fd, select.EPOLLIN)
+    drain = {c.fileno(): c for c in rtcp}
+    for fd in drain:
         ep.register(fd, select.EPOLLIN)
     ep.register(sip.fileno(), select.EPOLLIN)
     ctl = conn.fileno()
@@ -198,6 +207,10 @@ def receiver_main(conn: Connection, n: int, queues: int, sip_port: int,
                     t_stop = time.time_ns()
                     stop_at = time.monotonic() + 0.3
                     ep.unregister(ctl)
+                continue
+            if fd in drain:
+                with contextlib.suppress(OSError):
+                    drain[fd].recv(2048)
                 continue
             if fd == sip.fileno():
                 for _ in range(256):
@@ -266,7 +279,7 @@ def receiver_main(conn: Connection, n: int, queues: int, sip_port: int,
             sip.sendto(bye.encode(), engine)
         if i % 50 == 49:
             time.sleep(0.05)
-    for s in [*rtp, sip]:
+    for s in [*rtp, *rtcp, sip]:
         s.close()
 
 
