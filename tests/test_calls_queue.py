@@ -529,14 +529,29 @@ def test_positions_are_said_in_the_queue_language() -> None:
 
 
 def test_a_caller_from_a_french_menu_hears_french() -> None:
-    net = queue_net("hunt", logged_in=False, extra="announce_position_every = 20")
-    register(net, "102")
-    key, _ = arrive(net, 1)
-    caller = queues(net).rooms["support"].callers[0]
-    caller.call.menu_language = "fr"  # what IvrSession.start records for a French menu
+    menu = """
+[[ivrs]]
+name = "accueil"
+extension = "850"
+prompt = "menu.wav"
+language = "fr"
+keys = { "1" = "queue:support" }
+"""
+    net = queue_net("hunt", logged_in=False, extra="announce_position_every = 20" + menu)
+    register(net, "101", "102")
+    phone_call(net, "101", "850")  # 101 calls the French menu and presses 1
+    key = ("call-1", "from-call-1")
+    net.take(net.engine.media_ready(key, (30000, 30002), net.clock.now))
+    [ok] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    net.send(in_dialog("ACK", ok, PHONES["101"], cseq=2, call_id="call-1", branch="ack1"),
+             PHONES["101"])
+    net.take(net.engine.ivr_digit(key, "1", net.clock.now))
+    [caller] = queues(net).rooms["support"].callers
+    assert caller.call.key == key
+    net.media.clear()
     net.tick(20.1)
     [said] = [p for p in net.media if isinstance(p, IvrPlay) and p.call == key]
-    assert spoken(said)[0] == "fr/caller_number"
+    assert spoken(said) == ["fr/caller_number", "fr/1", "fr/pause"]
 
 
 # ---------------------------------------------------------------------- priority callers
