@@ -5,8 +5,9 @@ directory and the registrations all nodes share; Kamailio (deploy/kamailio/
 kamailio.cfg) spreads new requests over the nodes and keeps phones' NAT flows.
 Each node listens on its own SIP port (NODE_HOST:FIRST_NODE_PORT + i) and admin
 HTTP port; all use one data folder (voicemail and recordings are files there).
-Phones point at the edge; trunks at a node for now (the engine knows a trunk by
-its source address, and through the edge every source is the edge's). A node
+Phones and trunks point at the edge: it tells the nodes where each request came
+from (X-Switchboard-Source), and the nodes believe that from the edge's address
+only (serve --edge), so a trunk is still known by its own source address. A node
 that dies leaves the others serving (the edge takes it out; a survivor ends its
 calls); the edge's exit, or the last node's, stops the rest. Ctrl-C (or SIGTERM)
 stops everything.
@@ -169,6 +170,10 @@ class Cluster:
         kamailio = kamailio_binary(args.kamailio)
         sb = args.switchboard
         common = ["--db", args.db, "--data-dir", str(self.work)]
+        # The address the nodes see the edge's requests come from: its listening
+        # address, or (listening on every address) the one it reaches the nodes by.
+        edge_ip = self.edge_host if self.edge_host not in ("0.0.0.0", "::", "") \
+            else args.node_host
         applied = subprocess.run([sb, "provision", "apply", args.directory, *common],
                                  capture_output=True, text=True, timeout=60, check=False)
         if applied.returncode != 0:
@@ -178,6 +183,7 @@ class Cluster:
                                "--sip", f"{args.node_host}:{port}",
                                "--http", f"127.0.0.1:{http}",
                                "--log-format", args.log_format,
+                               "--edge", f"{edge_ip}:{self.edge_port}",
                                *(["--digest-algorithms", args.digest_algorithms]
                                  if args.digest_algorithms else [])])
         dispatcher = self.logs / "dispatcher.list"
@@ -218,9 +224,8 @@ class Cluster:
         lines = [
             f"cluster ready: Kamailio edge on udp {self.edge_host}:{self.edge_port}, "
             f"{len(self.nodes)} nodes",
-            f"  point phones (registrar and outbound proxy) at sip:{edge}:{self.edge_port}",
-            "  point trunks at a node: a trunk is known by its source address, which the "
-            "edge would hide",
+            f"  point phones (registrar and outbound proxy) and trunks at "
+            f"sip:{edge}:{self.edge_port}",
         ]
         pids = dict((name, proc.pid) for name, proc in self.procs)
         for name, port, http in self.nodes:

@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default: hostname:SIP port; letters, digits and . _ : -): "
                             "in the Call-IDs of the legs it makes and its calls' records; "
                             "see 'switchboard nodes'")
+    serve.add_argument("--binding-poll-seconds", type=float, default=1.0, metavar="S",
+                       help="nodes sharing a store: read the others' registrations at least "
+                            "this often (default 1; on PostgreSQL each write also notifies "
+                            "them at once, so this is the fallback)")
+    serve.add_argument("--edge", default="", metavar="ADDR[,ADDR]",
+                       help="edge proxies (IP or IP:PORT) whose X-Switchboard-Source header "
+                            "names a request's real source (trunks, limits, blocks); from "
+                            "anyone else the header is ignored (default: none)")
     serve.add_argument("--advertise", default=None,
                        help="host or IP the engine puts in Via and Contact of the calls it "
                             "places (default: the --sip host, or 127.0.0.1 when that is 0.0.0.0)")
@@ -355,6 +363,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from engine.core import Engine
     from engine.shell.app import NODE_ID, ServerConfig, parse_hostport, serve
     from engine.shell.connlimit import StreamLimits
+    from engine.sip.edge import EdgeTrust, parse_edges
 
     sip_host, sip_port = parse_hostport(args.sip, 5060)
     http_host, http_port = parse_hostport(args.http, 8080)
@@ -373,6 +382,10 @@ async def _serve(args: argparse.Namespace) -> int:
                           first_message_seconds=args.tcp_first_message_seconds)
     overload = overload_config(args.max_queue_ms, args.source_rate, args.retry_after,
                                args.t1_ms)
+    edges = parse_edges(args.edge)
+    if not args.binding_poll_seconds > 0:
+        raise ValueError(f"--binding-poll-seconds must be more than 0, "
+                         f"not {args.binding_poll_seconds}")
     async with _store(args) as store:
         if args.directory:
             warnings: list[str] = []
@@ -402,12 +415,13 @@ async def _serve(args: argparse.Namespace) -> int:
         timers = Timers(t1=args.t1_ms / 1000, t2=args.t2_ms / 1000, t4=args.t4_ms / 1000)
         engine = Engine(loaded, hosts, sip_port, digest_algorithms=algorithms,
                         advertise=advertise, route_clock_offset=offset, timers=timers,
-                        anchor_media=args.media == "relay")
+                        anchor_media=args.media == "relay", edge=EdgeTrust(edges))
         engine.registrar.load(await store.load_bindings(), time.time())
         config = ServerConfig(sip_host, sip_port, http_host, http_port, Path(args.data_dir))
         config.limits = limits
         config.overload = overload
         config.node_id = args.node_id
+        config.binding_poll_seconds = args.binding_poll_seconds
         if args.tls or args.tls_cert:
             if not args.tls_cert:
                 raise ValueError("--tls needs --tls-cert (and --tls-key unless the key is in it)")

@@ -37,6 +37,7 @@ from engine.services.subscriptions import (
 )
 from engine.services.trunkreg import TrunkRegistrar
 from engine.sip.auth import AuthResult, DigestAuthenticator, FailureLimiter
+from engine.sip.edge import EdgeTrust
 from engine.sip.message import (
     ParseError,
     Request,
@@ -155,8 +156,11 @@ class Engine:
                  wall_clock: Callable[[], float] = time.time,
                  digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5"),
                  advertise: str = "127.0.0.1", route_clock_offset: float = 0.0,
-                 anchor_media: bool = False) -> None:
+                 anchor_media: bool = False, edge: EdgeTrust | None = None) -> None:
         self.metrics = metrics or Metrics()
+        # The edge proxies whose X-Switchboard-Source names a request's real source
+        # (serve --edge; none by default: the header is then ignored and dropped).
+        self.edge = edge or EdgeTrust()
         self.transactions = TransactionLayer(timers or Timers())
         self.advertise = advertise
         # Schedules are evaluated at wall clock + this offset (``serve --route-clock``).
@@ -415,7 +419,7 @@ class Engine:
             if msg.method != "ACK":
                 return self._reply_malformed(msg, exc, source, transport)
             return NOTHING
-        msg = _stamp_via(msg, source)
+        msg = _stamp_via(self.edge.strip(msg, source), source)
         return self._top(self.transactions.on_request(msg, source, transport, now), now)
 
     def timer(self, now: float) -> Outcome:
@@ -606,18 +610,22 @@ class Engine:
             return answer(200, [("Allow", ALLOW), ("Accept", ACCEPT),
                                 ("Allow-Events", ALLOW_EVENTS),
                                 ("Supported", ", ".join(SUPPORTED))])
+        # Who sent it: the edge's X-Switchboard-Source when ``source`` is an edge. It
+        # names the trunk and keys the failed-authentication block; answers and the
+        # dialog still go to ``source``.
+        origin = self.edge.origin(req, source)
         if req.method == "REGISTER":
-            return self._register(req, source, transport, now, answer)
+            return self._register(req, source, origin, transport, now, answer)
         if req.method == "INVITE":
-            return self._invite(req, key, source, transport, now, answer)
+            return self._invite(req, key, source, origin, transport, now, answer)
         if req.method == "SUBSCRIBE":
-            return self._subscribe(req, key, source, transport, now, answer)
+            return self._subscribe(req, key, source, origin, transport, now, answer)
         if req.method in ("BYE", "CANCEL"):
             return answer(481)
         return answer(405, [("Allow", ALLOW)])
 
-    def _invite(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
-                answer: Answer) -> Produced:
+    def _invite(self, req: Request, key: TxKey, source: Addr, origin: Addr, transport: str,
+                now: float, answer: Answer) -> Produced:
         ctype = (req.get("content-type") or "").split(";", 1)[0].strip().lower()
         if req.body and ctype and ctype != "application/sdp" and not ctype.startswith(
                 "multipart/"):
@@ -633,7 +641,7 @@ class Engine:
         if req.uri.scheme == "tel" and not dialled:
             dialled = req.uri.host
         when = dt.datetime.fromtimestamp(self.wall_clock() + self.route_clock_offset, dt.UTC)
-        trunk = self.trunk_of(source)
+        trunk = self.trunk_of(origin)
         if trunk is not None:
             # IP-authenticated trunk (RFC 3261 s26.3.2.2 leaves trunk auth to policy).
             # A carrier we register to sends calls to our Contact (the trunk's username):
@@ -646,7 +654,7 @@ class Engine:
             facts = CallFacts(caller=caller, callee=dialled, source="trunk", at=when,
                               trunk=trunk, caller_name=req.from_.display or "")
         else:
-            username = self._authenticate(req, "INVITE", source, now, answer)
+            username = self._authenticate(req, "INVITE", origin, now, answer)
             if isinstance(username, Produced):
                 return username
             user = self.directory.user(username)
@@ -656,8 +664,8 @@ class Engine:
         events = self.calls.new_call(req, key, source, transport, facts, self.directory, now)
         return self._run(events, now)
 
-    def _subscribe(self, req: Request, key: TxKey, source: Addr, transport: str, now: float,
-                   answer: Answer) -> Produced:
+    def _subscribe(self, req: Request, key: TxKey, source: Addr, origin: Addr,
+                   transport: str, now: float, answer: Answer) -> Produced:
         """Message waiting (RFC 3842): a phone subscribes to its own mailbox. Busy
         lamps (dialog, RFC 4235) and presence (RFC 3856): a user subscribes to any
         extension of the directory it signs in to (one directory is one office: no
@@ -671,7 +679,7 @@ class Engine:
             wanted = PACKAGES[event]
             if accept and not any(a in (wanted, "application/*", "*/*") for a in accept):
                 return answer(406, [("Accept", wanted)])  # RFC 3261 s21.4.7
-        username = self._authenticate(req, "SUBSCRIBE", source, now, answer)
+        username = self._authenticate(req, "SUBSCRIBE", origin, now, answer)
         if isinstance(username, Produced):
             return username
         if event in PACKAGES:
@@ -696,6 +704,9 @@ class Engine:
         s22.2: 401, WWW-Authenticate / Authorization), as a proxy for anything else
         (s22.3: 407, Proxy-Authenticate / Proxy-Authorization). One flow for both,
         so the block, the nonce-count and the Request-URI checks cannot drift apart.
+
+        ``source`` is the request's real source (behind an edge, the address the edge
+        names): the block is per sender, not per edge.
 
         Returns the authenticated username, or what answering the request produced
         when it was answered instead (challenge, refusal, block).
@@ -737,9 +748,9 @@ class Engine:
         log.info("authentication failed", source=_fmt(source), username=username,
                  reason=reason, call_id=req.call_id, method=method)
 
-    def _register(self, req: Request, source: Addr, transport: str, now: float,
+    def _register(self, req: Request, source: Addr, origin: Addr, transport: str, now: float,
                   answer: Answer) -> Produced:
-        username = self._authenticate(req, "REGISTER", source, now, answer)
+        username = self._authenticate(req, "REGISTER", origin, now, answer)
         if isinstance(username, Produced):
             return username
         wall = self.wall_clock()

@@ -39,6 +39,7 @@ from provisioning.model import (
     NAME_RE,
     NUMBER_TYPES,
     PHONE_RE,
+    PRIORITY_RE,
     QUEUE_STRATEGIES,
     READ_DATETIMES,
     RECORD_CALLS,
@@ -206,6 +207,8 @@ QUEUE_KEYS = (
     "hold_music",
     "announce_position_every",
     "service_level_seconds",
+    "language",
+    "priority_callers",
 )
 #: The longest ``text`` of an IVR rendered to speech (about a minute and a half spoken).
 IVR_TEXT_MAX = 1000
@@ -1009,6 +1012,11 @@ class _Parser:
             hold_music=t.strings("hold_music", unique=False),
             announce_position_every=t.integer("announce_position_every", 0, lo=0, hi=3600),
             service_level_seconds=t.integer("service_level_seconds", 20, lo=1, hi=3600),
+            language=t.choice("language", LANGUAGES, "en") if t.has("language") else None,
+            priority_callers=t.strings(
+                "priority_callers", check=PRIORITY_RE.fullmatch,
+                expect="a number (+15145550199), an extension (101) or a prefix ending in "
+                       "'*' (+1514*)"),
         )
 
     def user(self, t: _Table, digits: int | None, departments: Mapping[str, Department]) -> User:
@@ -1710,7 +1718,8 @@ def queue_to_dict(q: Queue) -> dict[str, Any]:
         "hold_music": list(q.hold_music),
         "announce_position_every": q.announce_position_every,
         "service_level_seconds": q.service_level_seconds,
-    }
+        "priority_callers": list(q.priority_callers),
+    } | ({} if q.language is None else {"language": q.language})
 
 
 def _rules_to_dict(r: StatusRules) -> dict[str, Any]:

@@ -81,6 +81,22 @@ PHONE_RE = re.compile(r"\+[1-9][0-9]{1,14}|[0-9]{2,20}")
 All patterns here are meant for ``fullmatch``."""
 DIGITS_RE = re.compile(r"[0-9]+")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+PRIORITY_RE = re.compile(r"\+?[0-9]{1,20}\*?")
+"""An entry of a queue's ``priority_callers``: a number (E.164 or digits), an
+extension, or a prefix ending in ``*`` (``+1514*``: every number starting so)."""
+
+
+def priority_caller(patterns: tuple[str, ...], caller: str) -> bool:
+    """Whether ``caller`` (an extension, or an external caller's number) is one of
+    ``patterns`` (a queue's ``priority_callers``): equal to an entry, or starting
+    with an entry's prefix (``+1514*``)."""
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            if caller.startswith(pattern[:-1]):
+                return True
+        elif caller == pattern:
+            return True
+    return False
 """Names used in ``kind:name`` destinations (ring groups, queues, IVRs, trunks)."""
 
 
@@ -575,6 +591,8 @@ class Queue:
     hold_music: tuple[str, ...] = ()
     announce_position_every: int = 0
     service_level_seconds: int = 20
+    language: Language | None = None  # None: the IVR's the caller came through, else English
+    priority_callers: tuple[str, ...] = ()  # numbers, extensions, prefixes ending in "*"
 
 
 # --------------------------------------------------------------------------- users

@@ -54,7 +54,7 @@ import logging
 import re
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +112,9 @@ __all__ = [
 SCHEMA_VERSION = 3
 DEFAULT_SQLITE_NAME = "switchboard.db"
 CONNECT_SECONDS = 10.0  # opening one PostgreSQL connection
+# PostgreSQL: binding writes NOTIFY this channel (suffixed with the schema) in their
+# transaction, so the other nodes read them at once instead of at their next poll.
+BINDINGS_CHANNEL = "switchboard_bindings"
 
 Action = Literal["added", "changed", "removed", "reordered"]
 
@@ -434,6 +437,18 @@ class Store(abc.ABC):
     async def reset_connections(self) -> None:  # noqa: B027 (a no-op unless pooled)
         """Drop the connections held, so that the next statement opens new ones: after
         the database was restarted, each pooled connection would fail once first."""
+
+    async def listen_bindings(self, notified: Callable[[str], None],
+                              lost: Callable[[], None]) -> bool:
+        """Be told at once when any node writes bindings: ``notified(node)`` (the
+        writer's node id) after each such commit, on a connection of its own, until
+        ``lost()`` says that connection went (listen again once the store is back).
+        False when the backend cannot (SQLite: one process; readers poll
+        :meth:`bindings_since`). Raises like a statement when the store is away."""
+        return False
+
+    async def unlisten_bindings(self) -> None:  # noqa: B027 (a no-op unless listening)
+        """Stop what :meth:`listen_bindings` started."""
 
     @abc.abstractmethod
     async def apply_directory(self, directory: Directory, *, expect_revision: int | None = None,
@@ -874,6 +889,10 @@ class _SQLStore(Store):
     @abc.abstractmethod
     def _transaction(self) -> AbstractAsyncContextManager[_Tx]:
         """A transaction; commits on normal exit, rolls back on an exception."""
+
+    async def _notify_bindings(self, tx: _Tx, node: str) -> None:
+        """Tell the listening nodes, in the transaction that wrote (it reaches them at
+        its commit, not before; nothing if it rolls back). A no-op without LISTEN."""
 
     async def ping(self) -> None:
         async with self._transaction() as tx:
@@ -1484,6 +1503,7 @@ class _SQLStore(Store):
             if saved:
                 await tx.executemany(_UPSERT_BINDING,
                                      [(*_binding_row(b), node, rev) for b in saved])
+            await self._notify_bindings(tx, node)
 
     async def delete_bindings(self, aor: str) -> None:
         async with self._transaction() as tx:
@@ -1491,6 +1511,7 @@ class _SQLStore(Store):
             rev = await _meta_int(tx, "bindings_revision")
             await tx.execute("UPDATE bindings SET gone = TRUE, node = '', rev = $2, "
                              "expires_at = $3 WHERE aor = $1", aor, rev, time.time())
+            await self._notify_bindings(tx, "")
 
     async def load_bindings(self) -> list[Binding]:
         async with self._transaction() as tx:
@@ -1816,6 +1837,11 @@ class PostgresStore(_SQLStore):
         self.min_connections = min_connections
         self.max_connections = max_connections
         self._pool: Any = None
+        self._settings: dict[str, str] = {}
+        # The channel binding writes NOTIFY on: one per schema, so stores sharing a
+        # database (tests, two offices) do not wake each other. Set at open.
+        self._channel = BINDINGS_CHANNEL
+        self._listener: Any = None  # the connection that LISTENs (not the pool's)
 
     def __repr__(self) -> str:
         return f"PostgresStore({_redact(self.url)!r}, schema={self.schema!r})"
@@ -1847,17 +1873,60 @@ class PostgresStore(_SQLStore):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StoreError(f"cannot connect to PostgreSQL at {_redact(self.url)}: {exc}") from exc
         self._pool = pool
+        self._settings = dict(settings)
         try:
             await self._create_schema()
+            async with pool.acquire() as conn:
+                schema = await conn.fetchval("SELECT current_schema()")
+            self._channel = f"{BINDINGS_CHANNEL}_{schema or 'public'}"[:63]
         except BaseException:
             self._pool = None
             await pool.close()
             raise
 
     async def close(self) -> None:
+        await self.unlisten_bindings()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    async def listen_bindings(self, notified: Callable[[str], None],
+                              lost: Callable[[], None]) -> bool:
+        # A connection of its own: LISTEN belongs to a session, and a pooled one would
+        # go back to the pool (and its notifications with it). When it goes (the
+        # server restarted, the network cut), ``lost`` says so; the caller listens
+        # again once the store answers.
+        await self.unlisten_bindings()
+        conn = await asyncpg.connect(self.url, server_settings=self._settings,
+                                     timeout=CONNECT_SECONDS)
+
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            notified(payload)
+
+        def on_close(_conn: object) -> None:
+            if self._listener is conn:
+                self._listener = None
+                lost()
+
+        try:
+            await conn.add_listener(self._channel, on_notify)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(on_close)
+        self._listener = conn
+        return True
+
+    async def unlisten_bindings(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), CONNECT_SECONDS)
+            except Exception:
+                conn.terminate()
+
+    async def _notify_bindings(self, tx: _Tx, node: str) -> None:
+        await tx.execute("SELECT pg_notify($1, $2)", self._channel, node)
 
     async def reset_connections(self) -> None:
         # Each pooled connection is replaced at its next use: after a restart of the

@@ -1080,8 +1080,10 @@ class _Builder:
             f"{why}; queue {q.name} ({q.extension}): {q.strategy} over "
             f"{', '.join(q.agents) or 'no agents'}, {q.ring_seconds} s a try; "
             f"wait at most {q.max_wait_seconds} s, {q.max_callers} callers -> "
-            f"{_describe(q.on_timeout)}; no agent logged in and available -> {no_agents}",
-            path.chain))
+            f"{_describe(q.on_timeout)}; no agent logged in and available -> {no_agents}"
+            + (f"; priority callers: {', '.join(q.priority_callers)}"
+               if q.priority_callers else ""),
+            path.chain, language=q.language or "", priority_callers=q.priority_callers))
 
     def feature(self, user: User, key: str, rest: str, dialled: str) -> int:
         """A dialled feature code: ``key`` of ``[system.feature_codes]``, ``rest``

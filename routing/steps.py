@@ -293,6 +293,8 @@ class Queue:
     service_level_seconds: int
     reason: str
     diversion: tuple[Diversion, ...] = ()
+    language: str = ""  # "": the language of the IVR the caller came through, else "en"
+    priority_callers: tuple[str, ...] = ()  # see :func:`priority_caller`
 
 
 @dataclass(frozen=True, slots=True)

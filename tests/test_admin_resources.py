@@ -390,3 +390,21 @@ async def test_srtp_is_written_through_the_api_and_a_bad_value_refused(
         await api.update(OWNER, "users", "102", {"srtp": "always"}, 2, "test")
     assert caught.value.status == 422
     assert [path for path, _ in _errors(caught)] == ["users[1].srtp"]
+
+
+async def test_a_queue_s_priority_callers_and_language_through_the_api(
+        api: DirectoryApi, store: Store) -> None:
+    await api.update(OWNER, "queues", "support",
+                     {"priority_callers": ["+15145550123", "+1438*"], "language": "fr"}, 1,
+                     "test")
+    loaded = await store.load_directory()
+    assert loaded is not None
+    [queue] = loaded.queues
+    assert (queue.priority_callers, queue.language) == (("+15145550123", "+1438*"), "fr")
+    with pytest.raises(ApiError) as caught:
+        await api.update(OWNER, "queues", "support", {"priority_callers": ["vip"]}, 2, "test")
+    assert caught.value.status == 422
+    assert [path for path, _ in _errors(caught)] == ["queues[0].priority_callers[0]"]
+    with pytest.raises(ApiError) as caught:
+        await api.update(OWNER, "queues", "support", {"language": "de"}, 2, "test")
+    assert [path for path, _ in _errors(caught)] == ["queues[0].language"]

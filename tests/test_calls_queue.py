@@ -9,6 +9,7 @@ sockets side is tests/test_phones_queue.py."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -480,8 +481,9 @@ def test_waiting_callers_hear_their_position_every_n_seconds() -> None:
     k2, _ = arrive(net, 2)
     net.tick(20.1)
     said = {p.call: p for p in net.media if isinstance(p, IvrPlay)}
-    assert said[k1].text == "You are caller number 1."
-    assert said[k2].text == "You are caller number 2."
+    assert spoken(said[k1]) == ["en/caller_number", "en/1", "en/pause"]
+    assert spoken(said[k2]) == ["en/caller_number", "en/2", "en/pause"]
+    assert all(Path(f).is_file() for f in said[k1].prompts)  # committed built-in prompts
     quiet = [b for b in net.media if isinstance(b, BridgeMedia) and b.call == k1][-1]
     assert not quiet.music_to_caller  # the music pauses while the position is said
     net.take(net.engine.queue_login("102", ("support",), True, net.clock.now))
@@ -496,4 +498,92 @@ def test_waiting_callers_hear_their_position_every_n_seconds() -> None:
     assert [b for b in net.media if isinstance(b, BridgeMedia)][-1].music_to_caller
     net.tick(4.1)  # caller 2 again, now with the expected wait (1 answered after 20 s)
     [second] = [p for p in net.media if isinstance(p, IvrPlay)]
-    assert second.text == "You are caller number 1. Your expected wait is about 1 minute."
+    # "You are caller number 1. Your expected wait is about 1 minute."
+    assert spoken(second) == ["en/caller_number", "en/1", "en/pause", "en/expected_wait",
+                              "en/1", "en/minute"]
+
+
+def spoken(play: IvrPlay) -> list[str]:
+    """The built-in prompts of a play, as language/name."""
+    return [f"{Path(f).parent.name}/{Path(f).stem}" for f in play.prompts]
+
+
+def test_positions_are_said_in_the_queue_language() -> None:
+    net = queue_net("hunt", logged_in=False,
+                    extra='announce_position_every = 20\nlanguage = "fr"')
+    register(net, "102")
+    key, _ = arrive(net, 1)
+    net.tick(20.1)
+    [said] = [p for p in net.media if isinstance(p, IvrPlay) and p.call == key]
+    # "Vous êtes l'appelant numéro 1."
+    assert spoken(said) == ["fr/caller_number", "fr/1", "fr/pause"]
+    net.take(net.engine.ivr_prompt_done(key, said.generation, net.clock.now))
+    room = queues(net).rooms["support"]
+    room.answered, room.wait_total = 1, 1300.0  # 21 min 40 s, less the 40 s waited
+    net.media.clear()
+    net.tick(20)
+    [again] = [p for p in net.media if isinstance(p, IvrPlay) and p.call == key]
+    # "... Votre attente est estimée à environ vingt et une minutes." (feminine)
+    assert spoken(again) == ["fr/caller_number", "fr/1", "fr/pause", "fr/expected_wait",
+                             "fr/21f", "fr/minutes"]
+
+
+def test_a_caller_from_a_french_menu_hears_french() -> None:
+    menu = """
+[[ivrs]]
+name = "accueil"
+extension = "850"
+prompt = "menu.wav"
+language = "fr"
+keys = { "1" = "queue:support" }
+"""
+    net = queue_net("hunt", logged_in=False, extra="announce_position_every = 20" + menu)
+    register(net, "101", "102")
+    phone_call(net, "101", "850")  # 101 calls the French menu and presses 1
+    key = ("call-1", "from-call-1")
+    net.take(net.engine.media_ready(key, (30000, 30002), net.clock.now))
+    [ok] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    net.send(in_dialog("ACK", ok, PHONES["101"], cseq=2, call_id="call-1", branch="ack1"),
+             PHONES["101"])
+    net.take(net.engine.ivr_digit(key, "1", net.clock.now))
+    [caller] = queues(net).rooms["support"].callers
+    assert caller.call.key == key
+    net.media.clear()
+    net.tick(20.1)
+    [said] = [p for p in net.media if isinstance(p, IvrPlay) and p.call == key]
+    assert spoken(said) == ["fr/caller_number", "fr/1", "fr/pause"]
+
+
+# ---------------------------------------------------------------------- priority callers
+def test_priority_callers_go_ahead_of_the_others() -> None:
+    net = queue_net("hunt", logged_in=False,
+                    extra='priority_callers = ["+15145550123", "+1438*"]')
+    register(net, "102")
+    for n, number in enumerate(("+15145550199", "+14385550001", "+15145550123"), start=1):
+        arrive_from(net, n, number)  # max_callers = 3
+    room = queues(net).rooms["support"]
+    order = [c.call.facts.caller for c in room.callers]
+    # the two priority callers first, in their arrival order, then the others
+    assert order == ["+14385550001", "+15145550123", "+15145550199"]
+    assert [c.priority for c in room.callers] == [True, True, False]
+    # the first try goes to the first priority caller
+    net.take(net.engine.queue_login("102", ("support",), True, net.clock.now))
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    assert room.callers[0].ringing == ("102",)
+    assert room.callers[0].call.facts.caller == "+14385550001"
+    answer(net, inv, "102")
+    assert [c.call.facts.caller for c in room.callers] == ["+15145550123", "+15145550199"]
+
+
+def arrive_from(net: Net, n: int, number: str) -> tuple[str, str]:
+    """Like :func:`arrive` with the caller's number ``number``."""
+    call_id = f"tcall-{n}"
+    trunk_call(net, DID, call_id=call_id, caller=number)
+    key = (call_id, f"from-{call_id}")
+    net.take(net.engine.media_ready(key, (30000 + 10 * n, 30002 + 10 * n), net.clock.now))
+    oks = [r for r in net.drain(TRUNK)
+           if isinstance(r, Response) and r.status == 200 and r.call_id == call_id]
+    assert oks, "the queue answers its caller"
+    net.send(in_dialog("ACK", oks[0], TRUNK, cseq=1, call_id=call_id, branch=f"ack-{call_id}"),
+             TRUNK)
+    return key

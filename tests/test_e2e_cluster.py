@@ -43,6 +43,16 @@ pytestmark = pytest.mark.peers
 
 USERS = {"101": "pw101", "102": "pw102"}
 CALL_ATTEMPTS = 8  # calls until one is hashed to the other node (each 1/2 likely)
+DID = "+15145550100"  # bench_directory's number: rings 101
+TRUNK = """
+[[trunks]]
+name = "carrier"
+host = "127.0.0.1"
+port = {port}
+channels = 4
+inbound_from = ["127.0.0.1/32"]
+inbound_port = {port}
+"""
 
 
 def kamailio() -> str:
@@ -90,6 +100,7 @@ class Running:
     pids: dict[str, int]  # node id -> process id
     ctl: Path  # Kamailio's control socket (kamcmd)
     https: dict[str, int] = field(default_factory=dict)  # node id -> admin HTTP port
+    trunk_port: int = 0  # the carrier's source port (its inbound_port), through the edge
     killed: set[str] = field(default_factory=set)  # nodes a test killed (SIGKILL)
 
     def node_log(self, name: str) -> str:
@@ -103,8 +114,9 @@ def cluster(tmp_path: Path) -> Iterator[Running]:
     asyncio.run(_pg(f'CREATE SCHEMA "{schema}"'))
     db = f"{env_database_url()}?search_path={schema}"
     directory = tmp_path / "directory.toml"
-    directory.write_text(bench_directory(USERS, domain="pbx.test"))
-    edge, n1, n2, h1, h2 = free_ports(5)
+    edge, n1, n2, h1, h2, trunk = free_ports(6)
+    # A carrier on this machine: every peer here is 127.0.0.1, so its port names it.
+    directory.write_text(bench_directory(USERS, domain="pbx.test") + TRUNK.format(port=trunk))
     ctl_dir = Path(tempfile.mkdtemp(prefix="sbk-"))  # a short path: Unix sockets hold 107 bytes
     ctl = ctl_dir / "ctl"
     proc = subprocess.Popen(
@@ -132,7 +144,8 @@ def cluster(tmp_path: Path) -> Iterator[Running]:
         pids = {name: int(pid) for name, pid in re.findall(r"(node\d): .*pid (\d+)", banner)}
         assert set(pids) == {"node1", "node2"}, banner
         running = Running(proc, schema, db, ("127.0.0.1", edge), {"node1": n1, "node2": n2},
-                          tmp_path / "data" / "cluster", pids, ctl, {"node1": h1, "node2": h2})
+                          tmp_path / "data" / "cluster", pids, ctl, {"node1": h1, "node2": h2},
+                          trunk_port=trunk)
         yield running
         # Ctrl-C: everything stops cleanly (what a test killed said so, and the rest ran on)
         proc.send_signal(signal.SIGINT)
@@ -551,3 +564,58 @@ def test_a_phones_bye_reaches_the_node_that_made_its_call(
         assert rows == [], rows
     finally:
         phone.close()
+
+
+# ---------------------------------------------------------------------- trunks through the edge
+
+
+def test_a_trunk_calls_a_did_through_the_edge(cluster: Running, tmp_path: Path) -> None:
+    # The edge names the carrier's address in X-Switchboard-Source and the nodes
+    # believe it from the edge: the INVITE is taken as the trunk's (no challenge:
+    # SIPp sends no credentials and expects 200) and rings 101, registered through
+    # the edge, whichever node took either.
+    phone = Ua(cluster.edge)
+    try:
+        phone.register("101", "pw101")
+        wait_for_binding(cluster, "101")
+        for attempt in range(2):  # two Call-IDs: most likely both nodes take one
+            work = tmp_path / f"trunk{attempt}"
+            work.mkdir()
+            call = _Call(lambda work=work: run_uac(  # type: ignore[misc]
+                work, f"{cluster.edge[0]}:{cluster.edge[1]}", caller="+15145550199",
+                dialled=DID, expect=200, port=cluster.trunk_port, hold_ms=300))
+            leg = phone.take_call()
+            assert leg.uri_text == f"sip:101@127.0.0.1:{phone.port}"
+            assert leg.vias[0].port == cluster.edge[1]  # through the edge, as phones are
+            bye = answer_bye(phone)
+            result = call.result()
+            assert result.successful == 1 and result.failed == 0, result.describe()
+            assert bye is not None and bye.call_id == leg.call_id
+        routed = [e for n in cluster.nodes for e in log_events(cluster, n, "call routed")]
+        assert len(routed) == 2 and all(e.get("trunk") == "carrier" for e in routed), routed
+    finally:
+        phone.close()
+
+
+def test_a_phone_writing_the_header_is_not_a_trunk(cluster: Running) -> None:
+    # The carrier's address in X-Switchboard-Source, from a phone: sent to a node
+    # directly (not from the edge: ignored, logged) and through the edge (which puts
+    # the real source in its place). Both INVITEs are a phone's: 407, challenged.
+    spoof = f"X-Switchboard-Source: 127.0.0.1:{cluster.trunk_port};proto=udp\r\n"
+    uri = f"sip:{DID}@pbx.test"
+    for name, target in (("node1", ("127.0.0.1", cluster.nodes["node1"])),
+                         ("edge", cluster.edge)):
+        ua = Ua(target)
+        try:
+            call_id = f"spoof{name}{uuid.uuid4().hex[:8]}"
+            ua.invite(uri, "101", call_id, extra=spoof)
+            final = ua.final(1)
+            assert final.status == 407, final.to_bytes()[:300]
+            ua.ack(final, uri, f"z9hG4bK{call_id}1")
+        finally:
+            ua.close()
+    [ignored] = log_events(cluster, "node1", "X-Switchboard-Source ignored")
+    assert ignored["reason"] == "not an edge" and ignored["method"] == "INVITE", ignored
+    assert not log_events(cluster, "node2", "X-Switchboard-Source ignored")
+    for node in cluster.nodes:
+        assert not any(e.get("trunk") for e in log_events(cluster, node, "call routed"))

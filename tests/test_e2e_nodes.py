@@ -83,6 +83,11 @@ class Cluster:
 
 @pytest.fixture
 def cluster(shared_db: str, tmp_path: Path) -> Iterator[Cluster]:
+    yield from two_nodes(shared_db, tmp_path)
+
+
+def two_nodes(shared_db: str, tmp_path: Path, extra: tuple[str, ...] = ()) -> Iterator[Cluster]:
+    """Nodes a and b on ``shared_db``, stopped (cleanly) after the test."""
     directory = tmp_path / "directory.toml"
     directory.write_text(bench_directory(USERS, domain="pbx.test"))
     procs = []
@@ -90,7 +95,7 @@ def cluster(shared_db: str, tmp_path: Path) -> Iterator[Cluster]:
         data = tmp_path / name
         data.mkdir()
         procs.append(EngineProcess(data, directory, [
-            "--db", shared_db, "--node-id", name, "--digest-algorithms", "MD5"]))
+            "--db", shared_db, "--node-id", name, "--digest-algorithms", "MD5", *extra]))
     a = procs[0].start()
     try:
         b = procs[1].start()
@@ -125,6 +130,39 @@ def test_a_phone_registered_on_one_node_is_called_through_the_other(cluster: Clu
     assert set(nodes) == {"a", "b"} and all(n["up"] for n in nodes.values())
     assert nodes["a"]["address"] == cluster.a.target
     assert nodes["b"]["address"] == cluster.b.target
+
+
+@pytest.fixture
+def unpolled(shared_db: str, tmp_path: Path) -> Iterator[Cluster]:
+    """Two nodes that poll the store for each other's bindings once an hour: what
+    they learn within a test, they learn from PostgreSQL's NOTIFY."""
+    yield from two_nodes(shared_db, tmp_path, ("--binding-poll-seconds", "3600"))
+
+
+def test_a_registration_reaches_the_other_node_by_notify(unpolled: Cluster) -> None:
+    cluster = unpolled
+    for node in (cluster.a, cluster.b):
+        assert '"listening for binding changes"' in node.log()
+    callee = Ua(cluster.a.sip)
+    caller = Ua(cluster.b.sip)
+    try:
+        callee.register("102", "pw102")
+        # B holds it (its heartbeat row says so) long before its next poll (an hour)
+        until("node b holds 102's registration",
+              lambda: cluster.nodes().get("b", {}).get("registrations") == 1)
+        callee.engine = cluster.b.sip
+        leg = caller.call_with_auth("sip:102@pbx.test", "101", "pw101", "notify-call-1",
+                                    callee=callee)
+        assert leg is not None and leg.top_via.port == cluster.b.port
+        caller.hang_up()
+        # and the unregistration: B stops calling the phone
+        callee.engine = cluster.a.sip
+        callee.register("102", "pw102", expires=0, cseq=3)
+        until("node b dropped 102's registration",
+              lambda: cluster.nodes().get("b", {}).get("registrations") == 0)
+    finally:
+        callee.close()
+        caller.close()
 
 
 def test_an_unregistration_on_one_node_reaches_the_other(cluster: Cluster) -> None:

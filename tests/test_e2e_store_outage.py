@@ -185,6 +185,12 @@ def test_store_restarted_under_load_loses_no_acknowledged_registration(
         assert not noise, noise[:5]
         # the node's heartbeat is back too
         assert engine.health()["store"] == "up"
+        # the LISTEN for other nodes' bindings went with its connection and was made
+        # again once the store answered (the poll covered in between)
+        lost = engine.events("binding notifications lost: polling until listening again")
+        until(lambda: len(engine.events("listening for binding changes")) == 2,
+              "listening again")
+        assert len(lost) == 1, lost
     finally:
         code = engine.stop()
     assert code == 0, engine.log()[-3000:]

@@ -46,6 +46,8 @@ from media.prompts import (
     datetime_names,
     digit_names,
     number_names,
+    position_names,
+    position_paths,
     prompt_names,
     prompt_path,
 )
@@ -186,6 +188,21 @@ def test_every_time_of_day_and_date_uses_existing_prompts() -> None:
 def test_phone_numbers_are_read_digit_by_digit() -> None:
     assert digit_names("+1 (514) 555-0199", "fr") == list("15145550199")
     assert digit_names("anonymous", "en") == []
+
+
+def test_a_queue_position_and_expected_wait_in_both_languages() -> None:
+    assert position_names(2, 0, "en") == ["caller_number", "2", "pause"]
+    assert position_names(1, 1, "en") == ["caller_number", "1", "pause", "expected_wait", "1",
+                                          "minute"]
+    # "Vous êtes l'appelant numéro 71. Votre attente est estimée à environ une minute."
+    assert position_names(71, 1, "fr") == ["caller_number", "60", "and", "11", "pause",
+                                           "expected_wait", "1f", "minute"]
+    assert position_names(3, 21, "fr")[-2:] == ["21f", "minutes"]
+    for language in LANGUAGES:
+        known = set(prompt_names(language))
+        for position in range(1, 200):
+            assert set(position_names(position, position % 90, language)) <= known
+        assert all(p.is_file() for p in position_paths(120, 45, language))
 
 
 def test_prompt_path_refuses_unknown_names_and_languages() -> None:

@@ -19,7 +19,7 @@ from provisioning.directory import (
     load_directory,
     parse_directory,
 )
-from provisioning.model import Destination
+from provisioning.model import Destination, priority_caller
 from tests.test_provisioning_directory import EXAMPLE, EXAMPLE_DATA, assert_error, errors_of
 
 NEXT = Path(__file__).resolve().parent.parent.parent / "shared" / "spec" / "directory-next.toml"
@@ -128,11 +128,42 @@ def test_ivr_errors(data: dict[str, Any], row: dict[str, Any], path: str,
     ({"on_timeout": "queue:support2"}, "queues[0].on_timeout", "unknown queue 'support2'"),
     ({"extension": "850"}, "queues[0].extension", "'850' is already used by ivrs[0]"),
     ({"max_callers": 0}, "queues[0].max_callers", "at least 1"),
+    ({"priority_callers": ["+1514*", "boss"]}, "queues[0].priority_callers[1]",
+     "'boss' is not a number (+15145550199), an extension (101) or a prefix ending in '*'"),
+    ({"priority_callers": ["+1*514"]}, "queues[0].priority_callers[0]", "'+1*514' is not"),
+    ({"priority_callers": ["101", "101"]}, "queues[0].priority_callers[1]",
+     "'101' is listed twice"),
+    ({"priority_callers": "101"}, "queues[0].priority_callers", "must be an array"),
+    ({"language": "de"}, "queues[0].language", "not one of: fr, en"),
 ])
 def test_queue_errors(data: dict[str, Any], changes: dict[str, Any], path: str,
                       fragment: str) -> None:
     data["queues"][0].update(changes)
     assert_error(errors_of(data), path, fragment)
+
+
+def test_priority_callers_and_language_are_read_and_round_trip(data: dict[str, Any]) -> None:
+    data["queues"][0].update(priority_callers=["+15145550123", "201", "+1438*"],
+                             language="fr")
+    d = parse_directory(data)
+    [queue] = d.queues
+    assert queue.priority_callers == ("+15145550123", "201", "+1438*")
+    assert queue.language == "fr"
+    assert parse_directory(directory_to_dict(d)) == d
+    del data["queues"][0]["language"], data["queues"][0]["priority_callers"]
+    [plain] = parse_directory(data).queues
+    assert (plain.language, plain.priority_callers) == (None, ())  # the defaults
+    assert "language" not in directory_to_dict(parse_directory(data))["queues"][0]
+
+
+def test_priority_caller_matching() -> None:
+    patterns = ("+15145550123", "201", "+1438*")
+    assert priority_caller(patterns, "+15145550123")
+    assert priority_caller(patterns, "201")
+    assert priority_caller(patterns, "+14385550001")
+    assert not priority_caller(patterns, "+15145550124")
+    assert not priority_caller(patterns, "2010")  # an extension matches whole
+    assert not priority_caller((), "201")
 
 
 def test_every_ivr_and_queue_destination_anywhere_must_exist(data: dict[str, Any]) -> None:

@@ -463,6 +463,48 @@ async def test_bindings_since_reports_other_nodes_saves_and_deletions(store: Sto
     assert (await store.bindings_since(gone.revision, exclude_node="a")).saved == (a2,)
 
 
+async def test_binding_writes_notify_the_listening_nodes(backend: Backend,
+                                                         store: Store) -> None:
+    # PostgreSQL: another node's store LISTENs and hears each binding write (the
+    # writer's node id) at its commit; SQLite cannot (one process), and says so.
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    lost: list[bool] = []
+    async with backend.make() as other:
+        listening = await other.listen_bindings(heard.put_nowait, lambda: lost.append(True))
+        assert listening is (backend.name == "postgres")
+        await store.write_bindings([_binding("101", "10.0.0.1", 2e9)], node="a")
+        await store.delete_bindings("101")
+        if not listening:
+            assert heard.empty()
+            return
+        assert await asyncio.wait_for(heard.get(), 10) == "a"
+        assert await asyncio.wait_for(heard.get(), 10) == ""  # removed with the user
+        # another schema in the same database: a store of its own, not woken
+        stranger = PostgresStore(PG_URL, schema=f"sb_other_{uuid.uuid4().hex[:12]}")
+        await stranger.open()
+        try:
+            await stranger.write_bindings([_binding("102", "10.0.0.2", 2e9)], node="x")
+            await store.write_bindings([_binding("103", "10.0.0.3", 2e9)], node="c")
+            assert await asyncio.wait_for(heard.get(), 10) == "c"
+            assert heard.empty()
+        finally:
+            await _pg_sql("public", f'DROP SCHEMA IF EXISTS "{stranger.schema}" CASCADE')
+            await stranger.close()
+        # the listening connection goes (the server ended it): lost() says so once
+        assert isinstance(other, PostgresStore)
+        pid = other._listener.get_server_pid()
+        await _pg_sql("public", f"SELECT pg_terminate_backend({pid})")
+        deadline = asyncio.get_running_loop().time() + 10
+        while not lost and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert lost == [True]
+        # listening again works, and hears the next write
+        assert await other.listen_bindings(heard.put_nowait, lambda: lost.append(True))
+        await store.write_bindings([_binding("104", "10.0.0.4", 2e9)], node="d")
+        assert await asyncio.wait_for(heard.get(), 10) == "d"
+    assert lost == [True]  # closing the store is not a loss
+
+
 async def test_removing_a_binding_keeps_a_refresh_stored_meanwhile(store: Store) -> None:
     # Node b drops the registration it knew (expired there) after node a stored the
     # phone's refresh (same Call-ID, next CSeq): the refresh stays.

@@ -94,3 +94,17 @@ def test_explain_shows_strategy_agents_and_limits() -> None:
     j = step_to_json(0, p.steps[0])
     assert j["type"] == "queue" and j["strategy"] == "hunt" and j["max_callers"] == 3
     assert j["agents"] == ["102", "103"] and j["when_no_agents"] == "extension:101"
+
+
+def test_priority_callers_and_language_reach_the_step_and_explain() -> None:
+    d = build(user_toml("101") + user_toml("102") + user_toml("103")
+              + QUEUES.replace('service_level_seconds = 30',
+                               'service_level_seconds = 30\n'
+                               'priority_callers = ["+1514*", "101"]\nlanguage = "fr"'))
+    step = only(plan(trunk("+15145550170"), d, live(d)))
+    assert isinstance(step, Queue)
+    assert (step.priority_callers, step.language) == (("+1514*", "101"), "fr")
+    assert "priority callers: +1514*, 101" in step.reason
+    plain = only(plan(phone("101", "861"), d, live(d)))
+    assert isinstance(plain, Queue)
+    assert (plain.priority_callers, plain.language) == ((), "")  # unset: the menu's, or en

@@ -202,6 +202,7 @@ class Call:
     screening: Screening | None = None  # an answered leg being asked (rebound, confirm)
     ivr: IvrSession | None = None  # an IVR menu the caller is in (engine.calls.ivr)
     menus: int = 0  # IVR menus entered in this call
+    menu_language: str = ""  # the language of the last IVR menu the caller heard
     queued: QueueCaller | None = None  # waiting in a queue (engine.calls.queue)
     replaces: str = ""  # an INVITE with Replaces: the Call-ID of the ringing leg it names
     # A picker's (or retriever's) INVITE this call answered (engine.calls.pickup): our

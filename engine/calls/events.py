@@ -125,7 +125,8 @@ class BridgeMedia:
 @dataclass(frozen=True, slots=True)
 class IvrPlay:
     """An IVR's caller (answered, on the endpoint facing it, in ``negotiated``) hears
-    its prompt: ``prompt`` (a WAV) or ``text`` rendered to speech in ``language``.
+    its prompt: ``prompt`` (a WAV) or ``text`` rendered to speech in ``language``, or
+    ``prompts``, built-in prompt files (``media/prompts``) said one after another.
     The media service reports the end of this play with its ``generation``
     (``ivr_prompt_done``) and every key the caller sends (RFC 4733) with
     ``ivr_digit``, until :class:`IvrQuiet` with ``done``."""
@@ -137,6 +138,7 @@ class IvrPlay:
     text: str
     language: str
     generation: int
+    prompts: tuple[str, ...] = ()  # built-in prompt files said in order (instead of the above)
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,6 +153,7 @@ class IvrSession:
         if self.step.dial_by_extension and directory is not None:
             self.prefixes = router_for(directory).extension_prefixes()
         self.call.front.count_ivr("")
+        self.call.menu_language = self.step.language
         log.info("ivr menu", call_id=self.call.id, ivr=self.step.name)
         return self._play()
 

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from engine.calls import rules
-from engine.calls.events import BridgeMedia, CallOutput, IvrQuiet, OpenMedia
+from engine.calls.events import BridgeMedia, CallOutput, IvrPlay, IvrQuiet, OpenMedia
 from engine.calls.headers import to_caller
 from engine.calls.ivr import IvrChoice, IvrSession
 from engine.calls.states import (
@@ -72,7 +72,8 @@ from engine.calls.states import (
     TransferEvent,
 )
 from engine.sip.message import warning_value
-from provisioning.model import Destination, Directory, Status
+from media.prompts import Language, position_paths
+from provisioning.model import Destination, Directory, Status, priority_caller
 from provisioning.model import Queue as QueueTable
 from routing import Device, Ivr, LiveState, Plan, Queue, QueueLogin, Ring, router_for
 
@@ -125,6 +126,7 @@ class QueueCaller:
     not_before: float = 0.0  # the next try, no sooner
     announce_at: float = 0.0  # the next position announcement (0: never)
     announcing: bool = False  # its position is being said: no music, no try
+    priority: bool = False  # one of the queue's priority_callers: ahead of the others
 
 
 @dataclass(slots=True)
@@ -174,7 +176,8 @@ def queue_step(table: QueueTable, reason: str) -> Queue:
     return Queue(table.name, table.extension, table.strategy, table.agents, table.ring_seconds,
                  table.wrap_up_seconds, table.max_wait_seconds, table.max_callers,
                  table.on_timeout, table.when_no_agents, table.hold_music,
-                 table.announce_position_every, table.service_level_seconds, reason)
+                 table.announce_position_every, table.service_level_seconds, reason,
+                 language=table.language or "", priority_callers=table.priority_callers)
 
 
 class Queues:
@@ -328,12 +331,20 @@ class Queues:
         if step.when_no_agents is not None and not self._staffed(room, wall, state):
             return _leave_to(call, step.when_no_agents, f"queue {step.name}: no agent logged "
                              f"in and available: when_no_agents -> {step.when_no_agents}", now)
-        caller = QueueCaller(call, room, now, now + step.max_wait_seconds)
+        caller = QueueCaller(call, room, now, now + step.max_wait_seconds,
+                             priority=priority_caller(step.priority_callers, call.facts.caller))
         if step.announce_position_every > 0:
             caller.announce_at = now + step.announce_position_every
         call.queued = caller
-        room.callers.append(caller)
-        log.info("queue joined", call_id=call.id, queue=step.name, position=len(room.callers))
+        # A priority caller goes behind the priority callers already waiting and ahead
+        # of everyone else; each group keeps its arrival order.
+        position = len(room.callers)
+        if caller.priority:
+            position = next((i for i, c in enumerate(room.callers) if not c.priority),
+                            position)
+        room.callers.insert(position, caller)
+        log.info("queue joined", call_id=call.id, queue=step.name, position=position + 1,
+                 priority=caller.priority)
         return call.bridge() + self.dispatch(now)
 
     def dispatch(self, now: float) -> list[CallOutput]:
@@ -513,16 +524,21 @@ class Queues:
         if caller.ringing or call.ivr is not None:
             return []
         position = room.callers.index(caller) + 1
-        text = f"You are caller number {position}."
+        minutes = 0
         if room.answered:
             # the average wait of the answered callers, per caller ahead and this one,
             # less what this caller waited already
             left = room.wait_total / room.answered * position - (now - caller.joined)
             minutes = max(1, round(left / 60))
-            text += f" Your expected wait is about {minutes} minute{'s' if minutes > 1 else ''}."
+        # The queue's language, else the menu's that sent the caller here, else English.
+        language: Language = "fr" if (step.language or call.menu_language) == "fr" else "en"
         caller.announcing = True
-        log.info("queue position", call_id=call.id, queue=step.name, position=position)
-        notice = QueueNotice(call, _spoken(f"queue-{step.name}", text, step.reason))
+        log.info("queue position", call_id=call.id, queue=step.name, position=position,
+                 language=language)
+        # Built-in prompts (committed WAVs, in the frame cache after the first play):
+        # nothing is rendered while the caller's music is paused.
+        notice = QueueNotice(call, _spoken(f"queue-{step.name}", "", step.reason))
+        notice.prompts = tuple(str(p) for p in position_paths(position, minutes, language))
         notice.after = "music"
         call.ivr = notice
         call.arm("ivr", now + NOTICE_SECONDS * 2)
@@ -730,9 +746,18 @@ class QueueNotice(IvrSession):
     waits on)."""
 
     after: str = "hang_up"
+    prompts: tuple[str, ...] = ()  # built-in prompt files instead of the step's text
 
     def play_once(self) -> list[CallOutput]:
-        return self._play()
+        if not self.prompts:
+            return self._play()
+        call = self.call
+        media = call.anchor.caller.media
+        assert media is not None  # a queue's caller is answered from its endpoint
+        self.plays += 1
+        self.generation += 1
+        return [IvrPlay(call.key, call.id, media, "", "", self.step.language, self.generation,
+                        self.prompts)]
 
     def on_prompt_done(self, generation: int, now: float) -> list[CallOutput]:
         if generation != self.generation:

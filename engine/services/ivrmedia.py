@@ -5,7 +5,8 @@ what it is told on the endpoint facing the caller of an anchored call:
 
 * ``IvrPlay``: play the IVR's prompt (a WAV, looked up like hold music: absolute,
   else under the data dir, else the working directory; or its ``text``,
-  rendered once to ``DATA_DIR/ivr-prompts`` by :func:`media.prompts.render.render_text`)
+  rendered once to ``DATA_DIR/ivr-prompts`` by :func:`media.prompts.render.render_text`;
+  or a list of built-in prompt files, a queue caller's position)
   and report its end (``on_prompt_done`` with the play's generation). A prompt
   that cannot be played is logged and reported done at once: the caller still
   gets the menu's timer and keys;
@@ -108,10 +109,11 @@ class IvrMedia:
         generation = action.generation
         completed = False
         try:
-            path = await self._prompt(action)
+            # built-in prompts are committed files: played at once, nothing to render
+            paths = [Path(p) for p in action.prompts] or [await self._prompt(action)]
             if menu.generation != generation or menu.endpoint.closed:
                 return
-            player = menu.player = await self.media.play(menu.endpoint, [path])
+            player = menu.player = await self.media.play(menu.endpoint, paths)
             completed = await player.wait()
         except (MediaError, CodecError, WavError, RenderError, OSError) as exc:
             log.error("ivr prompt cannot be played", call_id=action.call_id,

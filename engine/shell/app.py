@@ -56,7 +56,8 @@ class Server:
         self.intake = Intake(config.overload, engine, self.handle, self._send,
                              is_known=lambda source: self.transports.streams.trusted(source[0]))
         self.transports = Transports(engine, config, self.intake.receive)
-        self.storesync = StoreSync(engine, store, config.node_id, self.apply)
+        self.storesync = StoreSync(engine, store, config.node_id, self.apply,
+                                   config.binding_poll_seconds)
         self.link = self.storesync.link  # writes behind; the store's ups and downs
         self.media_jobs = MediaJobs(engine, store, config.sip_host, config.data_dir, self.apply,
                                     self.link.save_voicemail)
@@ -86,6 +87,8 @@ class Server:
                  domain=self.engine.directory.system.domain,
                  users=len(self.engine.directory.users),
                  registrations=self.engine.registrar.count(), node=self.node_id,
+                 edges=",".join(ip if port is None else f"{ip}:{port}"
+                                for ip, port in self.engine.edge.edges),
                  parser="c" if grammar.SPEEDUPS is not None else "python",
                  max_tcp_connections=cfg.limits.max_connections,
                  tcp_per_source=cfg.limits.per_source,

@@ -56,3 +56,6 @@ class ServerConfig:
     overload: OverloadConfig = field(default_factory=OverloadConfig)
     # This process's name among the nodes sharing the store ("" : host:port).
     node_id: str = ""
+    # Seconds between reads of the other nodes' bindings when no NOTIFY came sooner
+    # (engine.shell.storesync: the fallback on PostgreSQL, the only way on SQLite).
+    binding_poll_seconds: float = 1.0

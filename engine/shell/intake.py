@@ -47,7 +47,8 @@ class Intake:
         self.send = send
         self.overload = Overload(
             config, engine.metrics, retransmits=self._retransmits, is_known=is_known,
-            rng=random.Random(), oc_seq_base=time.time() - time.monotonic())
+            origin=engine.edge.origin, rng=random.Random(),
+            oc_seq_base=time.time() - time.monotonic())
         self._draining: asyncio.Handle | None = None
 
     def receive(self, data: bytes, source: Addr, transport: str) -> None:

@@ -182,6 +182,10 @@ def _nobody(source: Addr) -> bool:
     return False
 
 
+def _as_received(req: Request, source: Addr) -> Addr:
+    return source
+
+
 class Overload:
     """The receive queue's policy: classification, admission, order, shedding, state.
 
@@ -194,12 +198,17 @@ class Overload:
     def __init__(self, config: OverloadConfig | None = None, metrics: Metrics | None = None,
                  *, retransmits: Callable[[Head], bool] = _no_transaction,
                  is_known: Callable[[Addr], bool] = _nobody,
+                 origin: Callable[[Request, Addr], Addr] = _as_received,
                  rng: random.Random | None = None, oc_seq_base: float = 0.0,
                  server: str = "Switchboard") -> None:
         self.config = config or OverloadConfig()
         self.metrics = metrics or Metrics()
         self._retransmits = retransmits
         self._known = is_known
+        # A request's real source (engine.sip.edge: behind a trusted edge, the address
+        # the edge names): it picks the class and the token bucket, so that one edge
+        # does not count as one source for every phone and trunk behind it.
+        self._origin = origin
         self._rng = rng or random.Random()
         self._oc_seq_base = oc_seq_base
         self._server = server.encode()
@@ -294,7 +303,9 @@ class Overload:
         if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             return  # a keep-alive (RFC 5626 s4.4.1 over UDP): nothing to serve
         head = read_head(data, transport != "udp")
-        cls = self._classify(head, source)
+        msg = head.msg if head is not None else None
+        origin = self._origin(msg, source) if isinstance(msg, Request) else source
+        cls = self._classify(head, origin)
         key: tuple[str, str, str] | None = None
         if head is not None and not head.response:
             via = head.via
@@ -314,8 +325,8 @@ class Overload:
         if cls >= Klass.REFRESH:
             self._roll(now)
             self._offered += 1
-            if (cls >= Klass.INVITE and not self._known(source)
-                    and not self._bucket_allows(source[0], now)):
+            if (cls >= Klass.INVITE and not self._known(origin)
+                    and not self._bucket_allows(origin[0], now)):
                 self._shed(data, head, source, transport, cls, SOURCE_RATE, now)
                 return
             if self.wait(cls, now) > self.config.limit(cls):

@@ -4,7 +4,8 @@ Registrations change in memory at once (the registrar), and the call layer keeps
 a dialog record per answered call (``engine.calls.records``); this module hands
 those changes to the :class:`~engine.shell.storelink.StoreLink`, which writes
 them behind in batches and rides out the store going away. In the background it
-reads back what the other nodes sharing the store registered, keeps a heartbeat
+reads back what the other nodes sharing the store registered (at once when
+PostgreSQL notifies a write, and every ``poll_seconds`` anyway), keeps a heartbeat
 row per node (``switchboard nodes``), purges expired bindings, and, when another
 node's heartbeat has stopped, claims that node's dialog records and ends its
 calls with a BYE to each party (the takeover).
@@ -32,10 +33,13 @@ log = structlog.get_logger("switchboard.app")
 # At a clean stop, changes still queued for the store get this long to be written
 # (the store may be away: the stop must end anyway, and says how many were lost).
 STOP_FLUSH_SECONDS = 5.0
-# Nodes sharing a store: how often each reads the bindings the others wrote (a
-# phone registered through one node is reachable through the others after
-# about this long) and refreshes its heartbeat row (see `switchboard nodes`).
+# Nodes sharing a store: how often each reads the bindings the others wrote when
+# nothing told it sooner. On PostgreSQL every binding write NOTIFYs and the others
+# read it at once (milliseconds); this poll is the fallback (a notification lost
+# with its connection, until the node listens again) and the only way on SQLite.
 BINDING_SYNC_SECONDS = 1.0
+# The background loop's tick: heartbeat, takeover, purge, listening again.
+TICK_SECONDS = 1.0
 HEARTBEAT_SECONDS = 2.0
 # Expired and deleted bindings leave the store this long after their time (every
 # node has read a deletion by then), checked every BINDING_PURGE_PERIOD.
@@ -57,7 +61,8 @@ class StoreSync:
     read, its heartbeat, and the takeover of dead nodes' calls."""
 
     def __init__(self, engine: Engine, store: Store, node_id: str,
-                 apply: Callable[[Outcome], None]) -> None:
+                 apply: Callable[[Outcome], None],
+                 poll_seconds: float = BINDING_SYNC_SECONDS) -> None:
         self.engine = engine
         self.store = store
         self.node_id = node_id
@@ -65,6 +70,12 @@ class StoreSync:
         self.link = StoreLink(store, engine.metrics)  # writes behind; the store's ups and downs
         self._tasks: list[asyncio.Task[None]] = []
         self._binding_revision = 0  # the first sync reads every other node's binding
+        self.poll_seconds = poll_seconds  # reading the others' bindings unasked
+        self._synced_at = 0.0
+        # Another node wrote bindings (PostgreSQL NOTIFY): read them now.
+        self._notified = asyncio.Event()
+        self._listening = False
+        self._listen_supported = True  # until the store says it cannot (SQLite)
         self._started_wall = time.time()
         self._heartbeat_at = 0.0
         self._purged_at = time.monotonic()
@@ -98,6 +109,7 @@ class StoreSync:
             self.node_id = default_node_id(port)
         self.engine.node_id = self.node_id
         self.link.node_id = self.node_id
+        await self._listen()  # first: a write between the sync and the LISTEN is not missed
         await self._sync_bindings()
         await self._heartbeat(time.monotonic())
         # Calls this node held when it last died (killed, and back before another node
@@ -124,6 +136,9 @@ class StoreSync:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._listening = False
+        with contextlib.suppress(Exception):
+            await self.store.unlisten_bindings()
         await self.link.close()
         try:
             if self.link.up:
@@ -134,19 +149,70 @@ class StoreSync:
 
     # -- background work -------------------------------------------------------------------
     async def _share_bindings(self) -> None:
-        """Read what the other nodes registered, heartbeat, take over; off the hot path."""
+        """Read what the other nodes registered (when told, else every poll_seconds),
+        heartbeat, take over, listen again; off the hot path."""
+        tick_at = time.monotonic() + TICK_SECONDS
         while True:
-            await asyncio.sleep(BINDING_SYNC_SECONDS)
+            left = tick_at - time.monotonic()
+            if left > 0 and not self._notified.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._notified.wait(), left)
+            now = time.monotonic()
+            # Not woken by a notification: the tick (the loop's timer may fire a
+            # hair before tick_at by this clock).
+            tick = now >= tick_at or not self._notified.is_set()
+            if tick:
+                tick_at = now + TICK_SECONDS
+            # Cleared before reading: a write committed while the read runs sets it
+            # again, and is read next round.
+            self._notified.clear()
             try:
-                if not await self.link.attempt("binding sync", self._share_once):
+                if tick:
+                    ok = await self.link.attempt("binding sync", self._share_once)
+                else:
+                    ok = await self.link.attempt("binding sync", self._sync_bindings)
+                if not ok:
                     self._store_ok_since = None
             except Exception:
                 self._store_ok_since = None
                 log.exception("binding sync failed; keeping the bindings held")
 
+    def _on_notify(self, node: str) -> None:
+        if node != self.node_id:  # our own writes: nothing to read
+            self._notified.set()
+
+    def _on_listen_lost(self) -> None:
+        # The listening connection went (its notifications with it): the poll covers
+        # until the next tick listens again, once the store answers.
+        if self._listening:
+            self._listening = False
+            log.info("binding notifications lost: polling until listening again",
+                     poll_seconds=self.poll_seconds)
+
+    async def _listen(self) -> None:
+        """LISTEN for other nodes' binding writes, when the store can; read once after
+        (what was written while nobody listened)."""
+        if not self._listen_supported or self._listening:
+            return
+        try:
+            listening = await self.store.listen_bindings(self._on_notify, self._on_listen_lost)
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
+            return  # the store is away: the link notices on its next statement
+        if not listening:
+            self._listen_supported = False
+            return
+        self._listening = True
+        self._notified.set()
+        log.info("listening for binding changes", poll_seconds=self.poll_seconds)
+
     async def _share_once(self) -> None:
-        await self._sync_bindings()
+        await self._listen()
         now = time.monotonic()
+        if self._notified.is_set() or now - self._synced_at >= self.poll_seconds:
+            self._notified.clear()
+            await self._sync_bindings()
         await self._heartbeat(now)
         if self._store_ok_since is None:
             self._store_ok_since = now
@@ -184,6 +250,7 @@ class StoreSync:
     async def _sync_bindings(self) -> None:
         """Bindings other nodes saved or deleted since the last look, into the registrar:
         the next call to one of those phones goes where it registered last."""
+        self._synced_at = time.monotonic()
         changes = await self.store.bindings_since(self._binding_revision,
                                                   exclude_node=self.node_id)
         self._binding_revision = changes.revision

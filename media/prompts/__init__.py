@@ -40,6 +40,8 @@ __all__ = [
     "digit_paths",
     "number_names",
     "number_paths",
+    "position_names",
+    "position_paths",
     "prompt_names",
     "prompt_path",
 ]
@@ -91,6 +93,10 @@ _EN: dict[str, str] = {
     "deleted": "Message deleted.",
     "end_of_messages": "End of messages.",
     "menu_end": "For the previous message, press star. To end, press 9.",
+    "caller_number": "You are caller number",
+    "expected_wait": "Your expected wait is about",
+    "minute": "minute",
+    "minutes": "minutes",
     **{d: d.capitalize() for d in _WEEKDAYS},
     **{m: m.capitalize() for m in _MONTHS},
     **{str(n): str(n) for n in range(60)},
@@ -137,6 +143,10 @@ _FR: dict[str, str] = {
     "deleted": "Message supprimé.",
     "end_of_messages": "Fin des messages.",
     "menu_end": "Pour le message précédent, tapez étoile. Pour terminer, tapez 9.",
+    "caller_number": "Vous êtes l'appelant numéro",
+    "expected_wait": "Votre attente est estimée à environ",
+    "minute": "minute",
+    "minutes": "minutes",
     "monday": "lundi",
     "tuesday": "mardi",
     "wednesday": "mercredi",
@@ -243,6 +253,22 @@ def number_names(n: int, language: Language, *, feminine: bool = False) -> list[
 def number_paths(n: int, language: Language, *, feminine: bool = False) -> list[Path]:
     """:func:`number_names` as files."""
     return _paths(language, number_names(n, language, feminine=feminine))
+
+
+def position_names(position: int, minutes: int, language: Language) -> list[str]:
+    """A queue caller's position ("You are caller number 2."), then, when ``minutes``
+    is not 0, the expected wait ("Your expected wait is about 3 minutes."; French
+    "environ une minute", feminine)."""
+    names = ["caller_number", *number_names(position, language), "pause"]
+    if minutes:
+        names += ["expected_wait", *number_names(minutes, language, feminine=True),
+                  "minute" if minutes == 1 else "minutes"]
+    return names
+
+
+def position_paths(position: int, minutes: int, language: Language) -> list[Path]:
+    """:func:`position_names` as files."""
+    return _paths(language, position_names(position, language=language, minutes=minutes))
 
 
 def digit_names(text: str, language: Language) -> list[str]:

@@ -28,6 +28,7 @@ from provisioning.model import (
     NAME_RE,
     NUMBER_TYPES,
     PHONE_RE,
+    PRIORITY_RE,
     QUEUE_STRATEGIES,
     READ_DATETIMES,
     RECORD_CALLS,
@@ -188,7 +189,8 @@ TABLE_SCHEMAS: Mapping[str, Mapping[str, Schema]] = {
         "max_callers": integer(1, 10000), "on_timeout": DESTINATION,
         "when_no_agents": {"oneOf": [{"const": "join"}, DESTINATION]},
         "hold_music": strings(unique=False), "announce_position_every": integer(0, 3600),
-        "service_level_seconds": integer(1, 3600),
+        "service_level_seconds": integer(1, 3600), "language": enum(LANGUAGES),
+        "priority_callers": strings(string(PRIORITY_RE)),
     },
     "users": {
         "extension": string(DIGITS_RE), "name": string(nonempty=True),

@@ -11,7 +11,8 @@ transport). Then, in order:
    for the engine to answer, confirm and hang up;
 2. the caller (``--caller``; ``--no-caller`` when SIPp calls instead) dials
    ``--dial`` and waits until the engine answers it (or, with ``--no-caller``, the
-   agents wait for the first incoming call);
+   agents wait for the first incoming call); with ``--keys`` it then presses
+   them (RFC 4733), ``--key-wait`` s after the answer (an IVR's menu);
 3. each agent's phone rings (180) when called; ``--answer EXT`` answers after
    ``--answer-after`` s of ringing and plays ``--agent-wav``; the others never
    answer (the queue moves on or cancels them);
@@ -130,6 +131,12 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
         caller.makeCall(f"sip:{args.dial}@{args.domain}", pj.CallOpParam(True))
         phones.pump(lambda: caller.confirmed or caller.disconnected, 10)
         result["caller_answered"] = caller.confirmed
+        if args.keys and caller.confirmed:  # a menu answered: press its keys (RFC 4733)
+            phones.pump(lambda: False, args.key_wait)
+            for key in args.keys:
+                caller.dialDtmf(key)
+                phones.pump(lambda: False, 0.4)
+            result["keys_sent"] = args.keys
     else:
         phones.pump(lambda: bool(phones.rung), args.wait_first)
     phones.pump(lambda: phones.answered_call is not None and phones.answered_call.confirmed,
@@ -168,6 +175,9 @@ def main() -> int:
     ap.add_argument("--answer-after", type=float, default=0.5)
     ap.add_argument("--code-by", default="", help="an agent that dials --code first")
     ap.add_argument("--code", default="*63", help="a queue feature code (*63: log out)")
+    ap.add_argument("--keys", default="", help="keys the caller presses once answered "
+                    "(RFC 4733), e.g. an IVR's key to the queue")
+    ap.add_argument("--key-wait", type=float, default=1.0, help="seconds before the keys")
     ap.add_argument("--wait-first", type=float, default=15.0)
     ap.add_argument("--wait-answer", type=float, default=15.0)
     ap.add_argument("--stay", type=float, default=2.0)
