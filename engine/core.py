@@ -104,6 +104,12 @@ class Produced:
     media: tuple[MediaCommand, ...] = ()
 
     def __add__(self, other: Produced) -> Produced:
+        # Most sums add nothing on one side (a publish with no NOTIFY to send): the
+        # other side is the sum, as both are immutable, with no copy made.
+        if other is NOTHING:
+            return self
+        if self is NOTHING:
+            return other
         return Produced(self.sends + other.sends, self.saved + other.saved,
                         self.removed + other.removed, self.media + other.media)
 
@@ -233,10 +239,10 @@ class Engine:
         """What a NOTIFY of ``package`` says about ``extension`` now."""
         entity = f"sip:{extension}@{self.directory.system.domain}"
         if package == DIALOG:
-            views = self.dialogs.views(extension, now)
+            views = self._book(now).views(extension, now)
             return Document(views, lambda version: dialog_info(entity, extension, views,
                                                                version))
-        status, on_call = self.status_of(extension), self.dialogs.on_call(extension)
+        status, on_call = self.status_of(extension), self._book(now).on_call(extension)
         return Document((status, on_call),
                         lambda version: pidf(entity, extension, status, on_call, version))
 
@@ -250,10 +256,25 @@ class Engine:
             return "noresource"
         return ""
 
+    def _book(self, now: float) -> DialogBook:
+        """The dialog book, current: made from the live calls when the calls were not
+        noting their changes (no one watched), and kept from their changes after."""
+        calls = self.calls
+        if not calls.notes_changes:
+            self.dialogs.reset(calls.live_items(), now)
+            calls.notes_changes = True
+        return self.dialogs
+
     def _publish(self, now: float) -> Produced:
         """The calls that moved reach the busy lamps and presence: NOTIFYs, paced."""
         changes = self.calls.take_changes()
-        if changes:
+        if changes and not self.subs.subs:
+            # The last watcher left: stop noting (a call path with no watcher makes no
+            # change entries and no book updates); the next watcher's first document
+            # builds the book again (_book).
+            self.calls.notes_changes = False
+            self.dialogs.reset((), now)
+        elif changes:
             extensions = self.dialogs.update(changes, now)
             if extensions:
                 self.subs.changed(DIALOG, extensions)

@@ -163,6 +163,42 @@ def test_call_to_watched_extension_notifies_trying_early_confirmed_terminated(
     assert [version(n) for n in (confirmed, ended)] == [3, 4]
 
 
+def test_a_watcher_arriving_mid_call_sees_it_and_one_after_the_last_left_too(
+        net: Net) -> None:
+    # With no watcher the calls note no changes and the engine keeps no book: the
+    # first watcher's document is made from the calls alive then.
+    register(net, "101", "102")
+    src = phone_call(net, "101", "102")
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    net.send(reply(inv, 180), PHONES["102"])
+    assert not net.engine.calls.notes_changes and net.engine.calls.changed == []
+    msgs = authorized(net, "103", "102")
+    [first] = notifies(msgs)
+    net.send(reply(first, 200, tag=first.to.tag or "w"), PHONES["103"])
+    [(state, d)] = dialogs(first)
+    assert state == "early" and d.get("call-id") == inv.call_id
+    assert d.get("direction") == "recipient" and net.engine.calls.notes_changes
+    # The last watcher leaves; the call is answered meanwhile: no notes, no book.
+    [ok] = [m for m in msgs if isinstance(m, Response) and m.status == 200]
+    net.send(subscribe("103", "102", expires=0, cseq=3, to_tag=ok.to.tag or ""),
+             PHONES["103"])
+    answer_notifies(net, "103")
+    net.send(reply(inv, 200, body=SDP, contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    [answered] = [r for r in net.responses(src) if r.status == 200]
+    assert not net.engine.calls.notes_changes and net.engine.dialogs.views("102", 0) == ()
+    # A new watcher of the caller sees the call confirmed, and its end.
+    msgs = authorized(net, "103", "101", call_id="blf-2")
+    [again] = notifies(msgs)
+    net.send(reply(again, 200, tag=again.to.tag or "w"), PHONES["103"])
+    [(state, d)] = dialogs(again)
+    assert state == "confirmed" and d.get("direction") == "initiator"
+    assert d.get("call-id") == "call-1"
+    net.send(in_dialog("ACK", answered, src, cseq=2, call_id="call-1", branch="a1"), src)
+    net.send(in_dialog("BYE", answered, src, cseq=3, call_id="call-1", branch="b1"), src)
+    [ended] = answer_notifies(net, "103")
+    assert [s for s, _ in dialogs(ended)] == ["terminated"]
+
+
 def test_caller_side_is_an_initiator_dialog(net: Net) -> None:
     register(net, "101", "102")
     watching(net, "103", "101")

@@ -194,7 +194,10 @@ class Call:
     # The step the engine answers itself (leaving a message, listening to one's
     # mailbox), waiting for or holding its media endpoint.
     engine_step: Voicemail | MailboxAccess | None = None
-    anchor: MediaAnchor = field(default_factory=MediaAnchor)  # the engine's endpoints
+    # The engine's endpoints (:attr:`anchor`), made when first needed: a call whose
+    # media goes end to end (``--media direct``, no voicemail or IVR) never needs
+    # one, and an anchor with its two sides was a third of such a call's objects.
+    _anchor: MediaAnchor | None = field(default=None, init=False, repr=False, compare=False)
     waiting_step: int | None = None  # a Ring step waiting for its media endpoints
     screening: Screening | None = None  # an answered leg being asked (rebound, confirm)
     ivr: IvrSession | None = None  # an IVR menu the caller is in (engine.calls.ivr)
@@ -231,9 +234,20 @@ class Call:
     def local(self) -> Local:
         return self.front.local
 
+    @property
+    def anchor(self) -> MediaAnchor:
+        """The call's media anchor, made on first use (paths that only ask whether the
+        engine's endpoints are open read ``_anchor``, so they make none)."""
+        anchor = self._anchor
+        if anchor is None:
+            anchor = self._anchor = MediaAnchor()
+        return anchor
+
     def move(self, event: CallEvent) -> None:
         self.state = CALL.move(self.state, event)
-        self.front.changed.append(self)  # BLF (engine.services.dialoginfo)
+        front = self.front
+        if front.notes_changes:  # BLF (engine.services.dialoginfo)
+            front.changed.append(self)
 
     def respond(self, key: TxKey, resp: Response, now: float) -> list[CallOutput]:
         """Answer a request we received (its server transaction ``key``)."""
@@ -337,17 +351,25 @@ class Call:
     def _srtp_policy(self) -> str | None:
         """Refuse an offer whose SRTP the caller may not use (rules.srtp_refusal), else
         let the caller's side answer SAVP when it came over TLS from an SRTP user."""
+        directory, facts = self.front.directory, self.facts
+        mode = rules.user_srtp(directory, facts.caller) if facts.source == "phone" else "off"
+        body = self.invite.body
+        if mode == "off" and b"savp" not in body.lower():
+            # No RTP/SAVP(F) line and no SRTP for this caller: nothing to refuse and
+            # nothing to set, so most calls skip parsing the offer here (the relay
+            # parses it once, in MediaAnchor.wants_relay; a direct call never).
+            return None
         try:
-            offer = sdp.parse_sdp(self.invite.body)
+            offer = sdp.parse_sdp(body)
         except sdp.SdpError:
             return None  # the steps say why an unreadable offer cannot be used
-        directory, facts = self.front.directory, self.facts
         refused = rules.srtp_refusal(directory, facts, self.transport, offer)
         if refused is None and facts.source == "phone":
-            mode = rules.user_srtp(directory, facts.caller)
-            side = self.anchor.caller
-            side.srtp_ok = mode != "off" and self.transport.lower() == "tls"
-            side.srtp_required = mode == "required"
+            srtp_ok = mode != "off" and self.transport.lower() == "tls"
+            if srtp_ok or mode == "required":  # else the side's defaults say it
+                side = self.anchor.caller
+                side.srtp_ok = srtp_ok
+                side.srtp_required = mode == "required"
         return refused
 
     def run_step(self, index: int, now: float) -> list[CallOutput]:
@@ -416,9 +438,9 @@ class Call:
 
     def _ring(self, step: Ring, now: float) -> list[CallOutput]:
         events: list[CallOutput] = []
-        anchor = self.anchor
-        if step.music and anchor.relaying and anchor.open and not anchor.music_codec \
-                and self.transfer is None:
+        anchor = self._anchor
+        if step.music and anchor is not None and anchor.relaying and anchor.open \
+                and not anchor.music_codec and self.transfer is None:
             events += self._music_while_ringing(now)
         self.legs = []
         front = self.front
@@ -463,8 +485,13 @@ class Call:
     def _start_leg(self, step: Ring, target: Device | External, uri: str, dest: Addr,
                    transport: str, trunk: str, label: str, now: float,
                    routes: tuple[str, ...] = ()) -> list[CallOutput]:
-        offer = self.transfer.offer_for(target) if self.transfer is not None else \
-            self.callee_offer(target, self.anchor.music_codec, transport=transport)
+        anchor = self._anchor
+        if self.transfer is not None:
+            offer = self.transfer.offer_for(target)
+        elif anchor is None or not anchor.relaying:  # the SDP goes end to end
+            offer = None
+        else:
+            offer = self.callee_offer(target, anchor.music_codec, transport=transport)
         invite = build.callee_invite(self.invite, self.facts, step.diversion, target, uri,
                                      transport, self.local, offer)
         if step.intercom and isinstance(target, Device):
@@ -704,14 +731,15 @@ class Call:
             return None
         theirs, callee = answered
         leg.early = theirs
-        ours = self.anchor.connect(callee, leg.offer, self.local.host)
+        anchor = self.anchor
+        ours = anchor.connect(callee, leg.offer, self.local.host)
         if isinstance(ours, sdp.AnswerRefused):
             log.warning("caller offer has not the callee's codec", call_id=self.id,
                         codec=callee.codec, reason=ours.reason)
             return None
         if final:
-            self.anchor.record = rules.record_reason(self.front.directory, self.facts,
-                                                     leg.target)
+            anchor.record = rules.record_reason(self.front.directory, self.facts,
+                                                leg.target)
         return ours.to_bytes()
 
     def callee_answer(self, leg: Leg, body: bytes, what: str,
@@ -876,10 +904,11 @@ class Call:
     def on_media_ready(self, ports: tuple[int, ...], now: float) -> list[CallOutput]:
         """The endpoints asked for are open on ``ports`` (the caller's side first):
         answer a voicemail call, or ring the callees of an anchored one."""
-        if self.state is not CallState.ROUTING or self.anchor.open or (
+        anchor = self.anchor
+        if self.state is not CallState.ROUTING or anchor.open or (
                 self.engine_step is None and self.waiting_step is None):
             return [StopMedia(self.key)]  # the caller left meanwhile
-        self.anchor.opened(ports)
+        anchor.opened(ports)
         if self.engine_step is not None:
             return self._answer_voicemail(self.engine_step, now)
         return self._resume_ring(now)
@@ -998,11 +1027,13 @@ class Call:
             return on_refer(self, leg, req, key, now)
         if leg is None and self.ivr is not None and req.method == "INFO":
             return self.ivr.on_info(req, key, now)
-        if leg is None and self.engine_step is not None and self.anchor.caller_port:
+        anchor = self._anchor
+        if leg is None and self.engine_step is not None and anchor is not None \
+                and anchor.caller_port:
             return self._endpoint_request(req, key, now)
         if self.caller_dialog is None:  # not answered: nothing to relay to
             return self.respond(key, make_response(req, 481), now)
-        if self.anchor.relaying and req.method in ("INVITE", "UPDATE"):
+        if anchor is not None and anchor.relaying and req.method in ("INVITE", "UPDATE"):
             return self._anchored_offer(req, key, from_caller, now)
         to = self.callee_leg if from_caller else self.caller_leg
         if to is not None and to.dialog is None:
@@ -1205,4 +1236,5 @@ class Call:
         self.legs = []
         self.callee_leg = self.caller_leg = self.screening = None
         self.transfer = None
-        return [StopMedia(self.key)] if self.anchor.open else []
+        anchor = self._anchor
+        return [StopMedia(self.key)] if anchor is not None and anchor.open else []

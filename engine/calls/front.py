@@ -114,6 +114,10 @@ class Calls:
         self._records_ended: list[str] = []
         # Calls and legs whose state moved (or that began) since the engine last took
         # them: the busy lamps and presence follow them (engine.services.dialoginfo).
+        # Noted only while the engine keeps its dialog book (someone watches a lamp or
+        # a presence): with no watcher a call makes no entries, and the engine builds
+        # the book afresh from :meth:`live_items` when the first watcher comes.
+        self.notes_changes = False
         self.changed: list[Call | Leg] = []
 
     def set_directory(self, directory: Directory) -> None:
@@ -236,18 +240,33 @@ class Calls:
         """A picker's INVITE, now a leg of the call it picked up (engine.calls.pickup):
         its in-dialog requests carry its Call-ID, found as a leg's are."""
         self._by_leg_call_id[leg.invite.call_id] = leg
-        self.changed.append(leg)
+        if self.notes_changes:
+            self.changed.append(leg)
 
     def take_changes(self) -> list[Call | Leg]:
         """The calls and legs noted in :attr:`changed` since the last take."""
         changed, self.changed = self.changed, []
         return changed
 
+    def live_items(self) -> list[Call | Leg]:
+        """Every live call, each followed by its legs, oldest call first: what the
+        busy lamps start from when the engine begins to note changes."""
+        items: dict[Call | Leg, None] = {}
+        for call in self._calls.values():
+            items[call] = None
+            for leg in (*call.legs, call.callee_leg, call.caller_leg, call.adopted):
+                if leg is not None:
+                    items[leg] = None
+        for leg in self._legs.values():  # legs still ringing or answering, any call
+            items.setdefault(leg, None)
+        return list(items)
+
     # ------------------------------------------------------------------ lookup tables
     def track_leg(self, leg: Leg) -> None:
         self._legs[leg.key] = leg
         self._by_leg_call_id[leg.invite.call_id] = leg
-        self.changed.append(leg)
+        if self.notes_changes:
+            self.changed.append(leg)
 
     def untrack_leg(self, leg: Leg) -> None:
         self._by_leg_call_id.pop(leg.invite.call_id, None)
@@ -344,7 +363,9 @@ class Calls:
         """Run ``action`` for ``call``; an exception ends this call only."""
         self.queues.now = now  # the time of what the queues hear of without a "now"
         try:
-            return self._noted(call, action())
+            out = action()
+            self._note(call)
+            return out
         except Exception:
             log.exception("call failed", call_id=call.id)
             if self.metrics is not None:
@@ -394,7 +415,8 @@ class Calls:
         self._calls[call.key] = call
         self._by_tag[(call.id, call.tag)] = call
         self._by_invite[key] = call
-        self.changed.append(call)
+        if self.notes_changes:
+            self.changed.append(call)
         if facts.source == "phone":
             call.members = (facts.caller,)
             self.join(facts.caller)

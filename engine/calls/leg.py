@@ -42,7 +42,9 @@ class Leg:
 
     def move(self, event: LegEvent) -> None:
         self.state = LEG.move(self.state, event)
-        self.call.front.changed.append(self)  # BLF (engine.services.dialoginfo)
+        front = self.call.front
+        if front.notes_changes:  # BLF (engine.services.dialoginfo)
+            front.changed.append(self)
 
     @property
     def pending(self) -> bool:

@@ -47,23 +47,35 @@ def record_id(call_id: str, from_tag: str) -> str:
 
 def parties(call: Call) -> list[Party]:
     """The live dialogs of an answered call: the caller side, then the callee side."""
+    # Run after every input of an answered call: one pass, no filtering copy.
     out: list[Party] = []
     caller = call.caller_leg
     if caller is not None:
-        if caller.dialog is not None:
-            out.append((caller.dialog, caller.dest, caller.transport))
-    elif call.caller_dialog is not None:
-        out.append((call.caller_dialog, call.source, call.transport))
+        dialog = caller.dialog
+        if dialog is not None and dialog.state is not DialogState.TERMINATED:
+            out.append((dialog, caller.dest, caller.transport))
+    else:
+        dialog = call.caller_dialog
+        if dialog is not None and dialog.state is not DialogState.TERMINATED:
+            out.append((dialog, call.source, call.transport))
     callee = call.callee_leg
-    if callee is not None and callee.dialog is not None:
-        out.append((callee.dialog, callee.dest, callee.transport))
-    return [p for p in out if not p[0].terminated]
+    if callee is not None:
+        dialog = callee.dialog
+        if dialog is not None and dialog.state is not DialogState.TERMINATED:
+            out.append((dialog, callee.dest, callee.transport))
+    return out
 
 
 def mark(found: list[Party]) -> tuple[object, ...]:
-    """What a record holds that can change while the call lasts."""
-    return tuple((d.id, d.local_cseq, d.remote_target, d.route_set, dest)
-                 for d, dest, _ in found)
+    """What a record holds that can change while the call lasts. A dialog stands for
+    its ID (Call-ID and tags are never changed on a Dialog), so the mark is compared
+    by identity there, without building the ID on every input."""
+    # One flat tuple: the node keeps a mark per answered call, and each tuple more
+    # per call is one more object for the collector to walk.
+    out: list[object] = []
+    for d, dest, _ in found:
+        out += (d, d.local_cseq, d.remote_target, d.route_set, dest)
+    return tuple(out)
 
 
 def dialog_record(call: Call, found: list[Party], node: str, answered_at: float,

@@ -97,6 +97,16 @@ class DialogBook:
         self._orbit_of: dict[Call, str] = {}
         self._parked: set[tuple[str, Call]] = set()  # (orbit, call) filed as parked
 
+    def reset(self, live: Iterable[Call | Leg], now: float) -> None:
+        """Start again from ``live``, the calls and legs alive now (none: an empty
+        book). Dialogs that ended before are not shown (a new watcher's first
+        document needs only what is going on)."""
+        self._items.clear()
+        self._ended.clear()
+        self._orbit_of.clear()
+        self._parked.clear()
+        self.update(live, now)
+
     def update(self, changed: Iterable[Call | Leg], now: float) -> set[str]:
         """Note the calls and legs whose state moved; returns the extensions they
         concern (their documents may have changed)."""

@@ -57,15 +57,18 @@ class TimerHeap(Generic[K]):
 
     def arm(self, owner: K, name: str, when: float) -> None:
         """(Re-)arm ``name`` of ``owner`` to fire at ``when``."""
-        self._seq += 1
-        names = self._live.get(owner)
+        # Six arms a call and more per transaction: attributes are read once here.
+        seq = self._seq = self._seq + 1
+        live = self._live
+        names = live.get(owner)
         if names is None:  # not setdefault: that builds an empty dict on every arm
-            names = self._live[owner] = {}
+            names = live[owner] = {}
         if name not in names:
             self._armed += 1
-        names[name] = (self._seq, when)
-        heapq.heappush(self._heap, (when, self._seq, owner, name))
-        if len(self._heap) > _COMPACT_ABOVE and len(self._heap) > 4 * self._armed:
+        names[name] = (seq, when)
+        heap = self._heap
+        heapq.heappush(heap, (when, seq, owner, name))
+        if len(heap) > _COMPACT_ABOVE and len(heap) > 4 * self._armed:
             self._heap = [e for e in self._heap if self._is_live(e)]
             heapq.heapify(self._heap)
 
