@@ -13,7 +13,8 @@ relayed, the default) in between.
   NOTIFY, and sends an INVITE with ``Replaces`` (RFC 3891) built from them: it
   gets the call as ``**102`` would. A Replaces naming no ringing call is 481.
 * Park: 102 answers and transfers its caller to ``*0`` (the final NOTIFY says
-  "200 Parked on 701", checked by the SIPp phone); 103 dials ``*1701`` and gets
+  "200 Parked on 701", checked by the SIPp phone, and 102 hears the orbit before
+  the engine's BYE); 103 dials ``*1701`` and gets
   the caller, who gets the BYE when 103 hangs up.
 * Intercom: ``*9102``'s INVITE to 102 carries the auto-answer headers (the SIPp
   phone checks them, failing the call when they are missing).
@@ -518,6 +519,8 @@ def test_park_by_transfer_to_star_0_then_retrieve_from_another_phone(
         tmp_path, pbx.target, caller="101", dialled="102", expect=200,
         auth=("101", "pw101"), port=PORTS["caller"], wait_bye_ms=20000))
     ok(parker.result())  # answered, REFER to *0, NOTIFY "200 Parked on 701", BYE
+    [told] = pbx.events("orbit told")  # "parked on 7 0 1" played to 102 before the BYE
+    assert told["orbit"] == "701"
     [parked] = pbx.events("parked")
     assert parked["orbit"] == "701" and parked["parker"] == "102"
     assert pbx.metrics()["switchboard_parked_calls"] == 1.0
