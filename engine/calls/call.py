@@ -282,7 +282,7 @@ class Call:
             return self.ivr.on_timer(now)
         if name == "adopted_ok" and self.adopted is not None and self.adopted_ok is not None:
             return self._resend_adopted_ok(now)
-        if name == "park_told":
+        if name == "park_told" and self.park_telling is not None:
             return self.let_parker_go(now) + self.bridge()
         if name == "park" and self.parked and self.state is CallState.ANSWERED:
             return self.let_parker_go(now) + Transfer.ring_back(self, now)
