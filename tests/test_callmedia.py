@@ -10,11 +10,12 @@ bounded by a packet count and a timeout.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import wave
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,11 @@ from engine.services.callmedia import CallMedia
 from media import sdp
 from media.codecs import codec_for
 from media.endpoint import MediaEndpoint
+from media.prompts import digit_paths, prompt_path
 from media.rtp import RtpSender
 from media.session import MediaService
 from media.tones import goertzel, tone
-from media.wav import write_wav
+from media.wav import wav_info, write_wav
 from tests.test_media_endpoint import (
     HOST,
     Phone,
@@ -232,3 +234,22 @@ async def test_stop_media_closes_the_endpoints_and_frees_their_ports(rig: Rig) -
     # A late BridgeMedia for the ended call does nothing.
     rig.calls.apply(rig.state())
     assert rig.media.ports.in_use == 0
+
+
+async def test_a_parker_hears_the_orbit_once_while_the_caller_hears_music(rig: Rig) -> None:
+    """``tell_orbit``: "parked on 7 0 1" (committed prompts) goes to the callee side
+    once, not looped, while the caller hears the hold music; nothing is relayed."""
+    told = replace(rig.state(music_to_caller=True), tell_orbit="701", language="en")
+    rig.calls.apply(told)
+    rig.calls.apply(told)  # the same state again: said once, not restarted
+    clips = [prompt_path("en", "parked_on"), *digit_paths("701", "en")]
+    frames = sum(wav_info(c).duration for c in clips) / 0.02
+    await until(lambda: len(rig.callee.received) >= frames - 5, 8.0)
+    await asyncio.sleep(0.6)  # a loop or a second telling would go on sending
+    said = datagrams(rig.callee)
+    assert frames - 5 <= len(said) <= frames + 5, (len(said), frames)
+    assert len({ssrc(d) for d in said}) == 1  # one player, one stream
+    assert goertzel(decoded(said), 8000, TUNE_START[0]) < 0.1  # speech, not the tune
+    assert len(rig.caller.received) >= 50  # the caller's music meanwhile
+    rig.calls.apply(rig.state(music_to_caller=True))  # the parker let go: nothing more
+    assert rig.calls.bridges[KEY].tell is None

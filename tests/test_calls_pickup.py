@@ -12,8 +12,11 @@ ring, then its voicemail. Sans-I/O, fake clock
 from __future__ import annotations
 
 from engine.calls.events import BridgeMedia, OpenMedia, StartVoicemail, StopMedia
+from engine.calls.transfer import PARK_TELL_SECONDS
 from engine.sip.message import Request, Response
+from media.prompts import LANGUAGES, digit_paths, prompt_path
 from media.sdp import parse_sdp
+from media.wav import wav_info
 from tests.test_blf import NS, answer_notifies, authorized, dialogs, watching
 from tests.test_calls import (
     PHONES,
@@ -32,6 +35,7 @@ from tests.test_calls_transfer import (
     TRUNK,
     answered_trunk_call,
     caller_bye,
+    from_phone,
     methods,
     notifies,
     refer,
@@ -199,12 +203,67 @@ def test_a_transfer_to_the_park_code_parks_the_caller_with_music() -> None:
     to_reception = net.drain(RECEPTION)
     assert notifies(to_reception) == [("SIP/2.0 100 Trying", "active"),
                                       ("SIP/2.0 200 Parked on 701", "terminated")]
-    assert methods(to_reception) == ["NOTIFY", "NOTIFY", "BYE"]  # the parker is let go
+    # the parker stays on the line to hear the orbit, the caller hears the music
+    assert methods(to_reception) == ["NOTIFY", "NOTIFY"]
     music = bridges(net)[-1]
-    assert music.music_to_caller
+    assert music.music_to_caller and not music.music_to_callee
+    assert music.tell_orbit == "701" and music.language == "en"
     assert net.drain(TRUNK) == []  # the caller keeps its dialog, untouched
+    net.media.clear()
+    net.tick(PARK_TELL_SECONDS)
+    # then the parker is let go (the NOTIFYs, unanswered here, are sent again on UDP)
+    assert [m for m in methods(net.drain(RECEPTION)) if m != "NOTIFY"] == ["BYE"]
+    [quiet] = bridges(net)
+    assert quiet.music_to_caller and quiet.tell_orbit == ""
     [summary] = net.engine.calls.calls_in_progress()
     assert summary.members == ()  # the parker is off the call
+    assert net.engine.calls.parked_call("701") is not None
+
+
+def test_the_orbit_is_said_in_the_parkers_language_from_committed_prompts() -> None:
+    # What the media service plays: "parked on" and the orbit's digits, each a
+    # committed prompt; said in full before the engine's BYE in both languages.
+    for language in LANGUAGES:
+        clips = [prompt_path(language, "parked_on"), *digit_paths("709", language)]
+        seconds = sum(wav_info(c).duration for c in clips)
+        assert 0.5 < seconds < PARK_TELL_SECONDS - 0.5, (language, seconds)
+
+
+def test_a_parker_hanging_up_while_told_leaves_the_call_parked() -> None:
+    net = anchored_net()
+    desk = parked_call(net)
+    net.drain(RECEPTION)
+    net.send(from_phone(desk, "BYE", 3, [], RECEPTION, "parkerbye"), RECEPTION)
+    assert [r.status for r in net.responses(RECEPTION)][-1:] == [200]
+    assert net.drain(TRUNK) == []  # the caller is not hung up on
+    net.media.clear()
+    net.tick(PARK_TELL_SECONDS)
+    assert net.requests(RECEPTION, "BYE") == []  # no BYE to a leg already gone
+    assert net.engine.calls.parked_call("701") is not None
+
+
+def test_the_caller_hanging_up_while_the_parker_is_told_ends_both() -> None:
+    net = anchored_net()
+    desk = parked_call(net)
+    net.drain(RECEPTION)
+    net.send(from_phone(desk, "REFER", 3, [("Refer-To", "<sip:*0@pbx.test>")], RECEPTION,
+                        "again"), RECEPTION)
+    assert [r.status for r in net.responses(RECEPTION)] == [403]  # parked once is enough
+    net.send(caller_bye(net), TRUNK)
+    assert methods(net.drain(RECEPTION)) == ["BYE"]
+    assert net.engine.calls.parked_call("701") is None
+    assert net.engine.calls.calls_in_progress() == []
+
+
+def test_retrieved_while_the_parker_is_told_lets_the_parker_go() -> None:
+    net = anchored_net()
+    parked_call(net)
+    net.drain(RECEPTION)
+    picker_invite(net, "*1701")
+    assert methods(net.drain(RECEPTION)) == ["BYE"]
+    assert [r.status for r in net.responses(PHONES["103"]) if r.status >= 200] == [200]
+    [relay] = bridges(net)[-1:]
+    assert relay.tell_orbit == "" and not relay.music_to_caller
 
 
 def test_the_orbit_dialled_retrieves_the_parked_call() -> None:

@@ -8,8 +8,13 @@ relayed, the default) in between.
 * The audio path of a picked-up call: the caller and the picker are plain UDP
   sockets here (the test must know their RTP ports and the engine's), and RTP
   sent by each reaches the other through the engine.
+* Pickup from a BLF key: 103 fetches 102's dialog state (SUBSCRIBE, ``Expires:
+  0``) while 102 rings, reads the ringing dialog's call-id and tags from the
+  NOTIFY, and sends an INVITE with ``Replaces`` (RFC 3891) built from them: it
+  gets the call as ``**102`` would. A Replaces naming no ringing call is 481.
 * Park: 102 answers and transfers its caller to ``*0`` (the final NOTIFY says
-  "200 Parked on 701", checked by the SIPp phone); 103 dials ``*1701`` and gets
+  "200 Parked on 701", checked by the SIPp phone, and 102 hears the orbit before
+  the engine's BYE); 103 dials ``*1701`` and gets
   the caller, who gets the BYE when 103 hangs up.
 * Intercom: ``*9102``'s INVITE to 102 carries the auto-answer headers (the SIPp
   phone checks them, failing the call when they are missing).
@@ -25,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from engine.sip.auth import build_authorization
 from engine.sip.message import Request, Response, parse
@@ -33,7 +39,7 @@ from tests.conftest import EngineProcess, free_port
 from tests.e2e_helpers import register_udp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sipp"))
-from calls import in_background, run_uac, start_uas
+from calls import in_background, run_uac, start_uas, uac_scenario
 from sipp import run_sipp
 
 pytestmark = pytest.mark.peers
@@ -106,6 +112,141 @@ def test_directed_pickup_takes_the_call_ringing_102(pbx: EngineProcess, tmp_path
     answered = [e for e in pbx.events("call answered") if e.get("leg") == "103 pickup"]
     assert answered, "the caller's call was answered by the picker's leg"
     assert pbx.metrics()['switchboard_pickups_total{outcome="directed"}'] == 1.0
+
+
+def _answer_notify() -> str:
+    return """  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+
+# --- pickup from a BLF key: Replaces read from the dialog-info document -------------
+
+# A fetch (RFC 6665 s4.1.2.1: Expires 0 on a new SUBSCRIBE): one NOTIFY with the
+# whole state, then the subscription is over. The test reads the body from SIPp's
+# message trace: SIPp could capture the values, but its INVITE would have to leave
+# on another Call-ID than the SUBSCRIBE's, which one SIPp call cannot receive on.
+FETCH_DIALOGS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="fetch 102's dialogs">
+""" + "".join(f"""
+  <send retrans="500">
+    <![CDATA[
+      SUBSCRIBE sip:102@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+      Max-Forwards: 70
+      From: <sip:103@pbx.test>;tag=[pid]BLF[call_number]
+      To: <sip:102@pbx.test>
+      Call-ID: [call_id]
+      CSeq: {cseq} SUBSCRIBE
+      Contact: <sip:103@[local_ip]:[local_port]>
+      Event: dialog
+      Accept: application/dialog-info+xml
+      Expires: 0{auth}
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="{status}"{extra}/>
+""" for cseq, auth, status, extra in ((1, "", 407, ' auth="true"'),
+                                      (2, "\n      [authentication]", 200, ""))) + """
+  <recv request="NOTIFY">
+    <action>
+      <ereg regexp="^ *terminated" search_in="hdr" header="Subscription-State:"
+            check_it="true" assign_to="ended"/>
+    </action>
+  </recv>
+""" + _answer_notify() + """
+  <Reference variables="ended"/>
+</scenario>
+"""
+
+NS = {"d": "urn:ietf:params:xml:ns:dialog-info"}
+
+
+def ringing_dialog(trace: Path) -> etree._Element:
+    """The early dialog in the one NOTIFY of a SIPp message trace."""
+    text = trace.read_text(errors="replace").replace("\r\n", "\n")
+    start = text.find("NOTIFY sip:")
+    assert start >= 0, "no NOTIFY in the trace"
+    body = text[start:].partition("\n\n")[2]
+    body = body[:body.index("</dialog-info>") + len("</dialog-info>")]
+    doc = etree.fromstring(body.strip().encode())
+    early = [d for d in doc.findall("d:dialog", NS) if d.findtext("d:state", namespaces=NS)
+             == "early"]
+    assert len(early) == 1, body
+    return early[0]
+
+
+def run_replacing_invite(tmp_path: Path, pbx: EngineProcess, replaces: str, expect: int,
+                         name: str) -> object:
+    """103's INVITE to 102 with ``Replaces: replaces`` (the SIPp caller scenario with
+    the header added), expecting ``expect``; a 200 is held 1 s, then hung up."""
+    work = tmp_path / name
+    work.mkdir()
+    xml = uac_scenario(work, auth=True, expect=expect, hold_ms=1000)
+    text = xml.read_text()
+    for cseq in (1, 2):
+        text = text.replace(f"CSeq: {cseq} INVITE\n",
+                            f"CSeq: {cseq} INVITE\n      Replaces: {replaces}\n")
+    assert text.count("Replaces:") == 2  # both INVITEs (before and after the 407)
+    xml.write_text(text)
+    return run_sipp(xml, pbx.target, None, calls=1, rate=1, timeout=30,
+                    extra_args=["-s", "102", "-p", str(PORTS["picker"]), "-t", "u1",
+                                "-au", "103", "-ap", "pw103"],
+                    keys={"caller": "103", "domain": "pbx.test"}, workdir=work / "sipp")
+
+
+def test_blf_pickup_by_invite_with_replaces_read_from_the_notify(
+        pbx: EngineProcess, tmp_path: Path) -> None:
+    ringing = start_uas(tmp_path, "noanswer", PORTS["102"], pbx.target)  # 180, then CANCEL
+    time.sleep(0.3)
+    before_rang = sum(1 for e in pbx.events("ringing") if str(e.get("leg", "")).startswith("102"))
+    before_picked = len(pbx.events("picked up"))
+    caller = in_background(lambda: run_uac(
+        tmp_path, pbx.target, caller="101", dialled="102", expect=200,
+        auth=("101", "pw101"), port=PORTS["caller"], wait_bye_ms=15000))
+    deadline = time.monotonic() + 10
+    while sum(1 for e in pbx.events("ringing")
+              if str(e.get("leg", "")).startswith("102")) == before_rang:
+        assert time.monotonic() < deadline, "102 never rang"
+        time.sleep(0.1)
+    xml, trace = tmp_path / "fetch.xml", tmp_path / "fetch-messages.log"
+    xml.write_text(FETCH_DIALOGS)
+    fetched = run_sipp(xml, pbx.target, None, calls=1, rate=1, timeout=20,
+                       extra_args=["-p", str(free_port()), "-t", "u1", "-au", "103",
+                                   "-ap", "pw103", "-trace_msg", "-message_file", str(trace)],
+                       keys={"domain": "pbx.test"}, workdir=tmp_path / "fetch")
+    ok(fetched)
+    dialog = ringing_dialog(trace)
+    assert dialog.get("direction") == "recipient"
+    call_id, engine_tag = dialog.get("call-id"), dialog.get("remote-tag")
+    assert call_id and engine_tag
+    # the engine's tag as to-tag; the phone's own tag (local-tag) as from-tag, which a
+    # ringing dialog's document does not carry yet: the engine matches on its own tag
+    phone_tag = dialog.get("local-tag") or "none"
+    # a Replaces naming no ringing call: 481 (RFC 3891 s3), and 102 keeps ringing
+    ok(run_replacing_invite(tmp_path, pbx, f"{call_id}x;to-tag={engine_tag};from-tag={phone_tag}",
+                            481, "stale"))
+    ok(run_replacing_invite(tmp_path, pbx, f"{call_id};to-tag=other;from-tag={phone_tag}",
+                            481, "wrong-tag"))
+    assert len(pbx.events("picked up")) == before_picked
+    ok(run_replacing_invite(tmp_path, pbx, f"{call_id};to-tag={engine_tag};from-tag={phone_tag}",
+                            200, "replaces"))
+    ok(ringing.result())  # 102 was cancelled (200 to CANCEL, 487, ACK)
+    ok(caller.result())  # answered, then the BYE when the picker hung up
+    picked = pbx.events("picked up")[before_picked:]
+    assert len(picked) == 1 and picked[0]["picker"] == "103" and picked[0]["directed"] is True
+    cancels = [e for e in pbx.events("call answered") if e.get("leg") == "103 pickup"]
+    assert cancels, "the caller's call was answered by the picker's leg"
 
 
 INTERCOM_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -303,21 +444,6 @@ def test_picked_up_call_carries_audio_both_ways(pbx: EngineProcess, tmp_path: Pa
         picker.close()
 
 
-def _answer_notify() -> str:
-    return """  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
-
-
 PARKER_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="answers, then parks the caller (REFER to *0)">
   <recv request="INVITE" rrs="true">
@@ -393,6 +519,8 @@ def test_park_by_transfer_to_star_0_then_retrieve_from_another_phone(
         tmp_path, pbx.target, caller="101", dialled="102", expect=200,
         auth=("101", "pw101"), port=PORTS["caller"], wait_bye_ms=20000))
     ok(parker.result())  # answered, REFER to *0, NOTIFY "200 Parked on 701", BYE
+    [told] = pbx.events("orbit told")  # "parked on 7 0 1" played to 102 before the BYE
+    assert told["orbit"] == "701"
     [parked] = pbx.events("parked")
     assert parked["orbit"] == "701" and parked["parker"] == "102"
     assert pbx.metrics()["switchboard_parked_calls"] == 1.0

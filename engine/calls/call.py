@@ -68,7 +68,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 import structlog
@@ -213,6 +213,9 @@ class Call:
     adopted_deadline: float = 0.0
     parked: str = ""  # the park orbit the caller waits on (engine.calls.transfer.park)
     parker: str = ""  # who parked it
+    # The parker's leg while it hears the orbit (engine.calls.transfer.park), let go
+    # by the "park_told" timer or its own BYE.
+    park_telling: Leg | None = None
     transfer: Transfer | None = None
     # After a transfer by the calling party: the leg that took the caller's place
     # (we are its UAC; it faces the caller-side endpoint). None: the caller's own
@@ -293,8 +296,10 @@ class Call:
             return self.ivr.on_timer(now)
         if name == "adopted_ok" and self.adopted is not None and self.adopted_ok is not None:
             return self._resend_adopted_ok(now)
+        if name == "park_told" and self.park_telling is not None:
+            return self.let_parker_go(now) + self.bridge()
         if name == "park" and self.parked and self.state is CallState.ANSWERED:
-            return Transfer.ring_back(self, now)
+            return self.let_parker_go(now) + Transfer.ring_back(self, now)
         if name == "no_answer" and self.state is CallState.ROUTING:
             log.info("no answer", call_id=self.id, step=self.step + 1)
             events = self.cancel_legs(now, None)
@@ -797,6 +802,10 @@ class Call:
             parties=(self.facts.caller, rules.party_name(self.facts, answered)))
         if bridge is not None and self.queued is not None:
             bridge = queue_music(self, bridge)
+        if bridge is not None and self.park_telling is not None and self.parked:
+            user = directory.user(self.parker) if directory is not None else None
+            bridge = replace(bridge, tell_orbit=self.parked,
+                             language=user.voicemail.language if user is not None else "en")
         return [] if bridge is None else [bridge]
 
     def _anchored_offer(self, req: Request, key: TxKey, from_caller: bool,
@@ -1010,6 +1019,13 @@ class Call:
             events = self.respond(key, make_response(req, 200), now)
             if leg is not None:
                 leg.move(LegEvent.BYE)
+            if leg is not None and leg is self.park_telling:
+                # The parker hung up while hearing the orbit: the parked call stays.
+                log.info("parker hung up", call_id=self.id, **labels)
+                self.park_telling = None
+                self.disarm("park_told")
+                self.leave(leg)
+                return events + self.bridge()
             if self.transfer is not None and self.transfer.is_transferor(leg):
                 # A blind transfer: the transferor need not wait for the outcome.
                 log.info("transferor hung up", call_id=self.id, **labels)
@@ -1021,6 +1037,9 @@ class Call:
                 self.release_leg(leg)
             return events + self.close(CallEvent.BYE, now)
         if req.method == "REFER":
+            if leg is not None and leg is self.park_telling:
+                return refuse_transfer(self, req, key, now, 403,
+                                       "the call is parked already")
             if leg is not None and leg is self.caller_leg:
                 return refuse_transfer(self, req, key, now, 501,
                                        "this call was transferred once already")
@@ -1113,6 +1132,18 @@ class Call:
         return party.dialog, party.dest, party.transport
 
     # ------------------------------------------------------------------ transfer
+    def let_parker_go(self, now: float) -> list[CallOutput]:
+        """The parker heard the orbit (or the call moves on): BYE its leg (the
+        caller sends the next BridgeMedia)."""
+        leg = self.park_telling
+        if leg is None:
+            return []
+        self.park_telling = None
+        self.disarm("park_told")
+        events = self.bye_leg(leg, now) if leg.state is not LegState.DONE else []
+        self.leave(leg)
+        return events  # the caller's next bridge() stops the telling
+
     def leave(self, leg: Leg) -> None:
         """The transferor's leg is over: it is no longer on the call (busy state)."""
         self.release_leg(leg)

@@ -120,6 +120,9 @@ class BridgeMedia:
     # The caller has our early media and nothing else feeds it (a confirm leg is
     # asked, or the leg that fed it was released): it hears a ringback tone.
     ringback_to_caller: bool = False
+    # A parker still on the line hears "parked on 7 0 1" (this orbit) once, in
+    # ``language``, on the callee side, until the call lets it go (the caller hears music).
+    tell_orbit: str = ""
 
 
 @dataclass(frozen=True, slots=True)

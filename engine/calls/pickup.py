@@ -178,6 +178,7 @@ def start_unpark(picker: Call, step: Unpark, now: float) -> list[CallOutput]:
             "transcode)"))])
     extension = picker.facts.caller
     log.info("unparked", call_id=call.id, orbit=step.orbit, by=extension)
+    told = call.let_parker_go(now)  # retrieved while the parker hears the orbit
     front.unpark(step.orbit)
     call.parked = call.parker = ""
     call.disarm("park")
@@ -186,4 +187,4 @@ def start_unpark(picker: Call, step: Unpark, now: float) -> list[CallOutput]:
     call.callee_leg = mine
     call.anchor.take_side(False, sdp.negotiated(theirs, ours), ours)
     call.join(extension)
-    return events + call.bridge()
+    return told + events + call.bridge()

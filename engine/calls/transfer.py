@@ -32,6 +32,7 @@ import structlog
 
 from engine.calls import headers as build
 from engine.calls import rules
+from engine.calls.anchor import DECODABLE
 from engine.calls.events import CallOutput, StartVoicemail
 from engine.calls.headers import COMPLETED_ELSEWHERE
 from engine.calls.rules import PlanText
@@ -76,7 +77,12 @@ if TYPE_CHECKING:
     from engine.calls.call import Call
     from engine.calls.leg import Leg
 
-__all__ = ["Transfer", "on_refer"]
+__all__ = ["PARK_TELL_SECONDS", "Transfer", "on_refer"]
+
+# How long the parker stays on the line to hear "parked on 7 0 1" (the longest
+# orbit said in the slower language takes under 3 s; tests/test_calls_pickup.py
+# checks the committed prompts against it), then the engine sends its BYE.
+PARK_TELL_SECONDS = 4.0
 
 log = structlog.get_logger("switchboard.call")
 
@@ -471,8 +477,18 @@ class Transfer:
         call.arm("park", now + step.ring_back_seconds)
         log.info("parked", call_id=call.id, orbit=orbit, parker=step.parker)
         call.front.count_transfer("parked")
-        events = self._let_transferor_go(200, now, f"Parked on {orbit}")
-        return events + call.bridge()
+        leg = self.transferor
+        callee = call.anchor.callee.media
+        if leg is None or leg.state is LegState.DONE or callee is None \
+                or callee.codec.upper() not in DECODABLE:
+            events = self._let_transferor_go(200, now, f"Parked on {orbit}")
+            return events + call.bridge()
+        # Desk phones show nothing of the NOTIFY: the parker stays on the line to hear
+        # "parked on 7 0 1" from the callee-side endpoint (the caller hears the music,
+        # nothing is relayed), then is let go when the "park_told" timer fires.
+        call.park_telling = leg
+        call.arm("park_told", now + PARK_TELL_SECONDS)
+        return self.notify(200, now, f"Parked on {orbit}") + call.bridge()
 
     @staticmethod
     def ring_back(call: Call, now: float) -> list[CallOutput]:

@@ -75,6 +75,7 @@ class Bridge:
     music: dict[MediaEndpoint, asyncio.Task[None]] = field(default_factory=dict)
     ringback: bool = False  # what plays to the caller (in ``music``) is the ringback tone
     screen: asyncio.Task[None] | None = None
+    tell: asyncio.Task[None] | None = None  # the orbit said to the parker
 
 
 class CallMedia:
@@ -137,6 +138,14 @@ class CallMedia:
             player = self.media.player(bridge.b)
             if player is not None:
                 player.stop()
+        if action.tell_orbit and bridge.tell is None and action.callee_media is not None:
+            bridge.tell = self._spawn(self._tell_orbit(bridge, action))
+        elif not action.tell_orbit and bridge.tell is not None:
+            bridge.tell.cancel()
+            bridge.tell = None
+            player = self.media.player(bridge.b)
+            if player is not None:
+                player.stop()
         if action.record and bridge.recorder is None and ready and not action.screen:
             self._start_recording(bridge, action)
 
@@ -164,6 +173,8 @@ class CallMedia:
     def _close(self, bridge: Bridge, keep_caller: bool, keep_callee: bool = False) -> None:
         if bridge.screen is not None:
             bridge.screen.cancel()
+        if bridge.tell is not None:
+            bridge.tell.cancel()
         for endpoint in list(bridge.music):
             self._stop_music(bridge, endpoint)
         if bridge.relay is not None:
@@ -290,6 +301,21 @@ class CallMedia:
         bridge.screen = None
         if self.on_screened is not None:
             self.on_screened(key, accepted)
+
+    async def _tell_orbit(self, bridge: Bridge, action: BridgeMedia) -> None:
+        """ "Parked on 7 0 1", once, to the parker (the callee side); the call lets
+        the parker go after ``engine.calls.transfer.PARK_TELL_SECONDS``."""
+        from media.prompts import Language, digit_paths, prompt_path
+
+        language: Language = "fr" if action.language == "fr" else "en"
+        clips: list[Clip] = [prompt_path(language, "parked_on"),
+                             *digit_paths(action.tell_orbit, language)]
+        try:
+            player = await self.media.play(bridge.b, clips)
+            log.info("orbit told", call_id=bridge.call_id, orbit=action.tell_orbit)
+            await player.wait()
+        except (MediaError, CodecError, WavError) as exc:
+            log.warning("orbit not told", call_id=bridge.call_id, error=str(exc))
 
     # -- recording -----------------------------------------------------------------
     def _start_recording(self, bridge: Bridge, action: BridgeMedia) -> None:

@@ -65,6 +65,7 @@ _EN: dict[str, str] = {
     "rebound_unknown": "You have a call from an unknown number.",
     "rebound_menu": "To accept the call, press 1. To refuse it, press any other key.",
     "confirm_answer": "Press 1 to take the call.",
+    "parked_on": "Call parked on",
     "wrong_pin": "Incorrect PIN.",
     "goodbye": "Goodbye.",
     "you_have": "You have",
@@ -110,6 +111,7 @@ _FR: dict[str, str] = {
     "rebound_menu": "Pour accepter l'appel, appuyez sur 1. Pour le refuser, appuyez sur "
                     "une autre touche.",
     "confirm_answer": "Appuyez sur 1 pour prendre l'appel.",
+    "parked_on": "Appel mis en attente sur le",
     "wrong_pin": "Code personnel incorrect.",
     "goodbye": "Au revoir.",
     "you_have": "Vous avez",
