@@ -180,7 +180,7 @@ def step_to_json(index: int, step: Step) -> dict[str, Any]:
         )
     elif isinstance(step, QueueLogin):
         out.update(type="queue_login", agent=step.agent, queues=list(step.queues),
-                   login=step.login, reason=step.reason)
+                   login=step.login, language=step.language or "en", reason=step.reason)
     elif isinstance(step, Pickup):
         out.update(type="pickup", picker=step.picker, extensions=list(step.extensions),
                    directed=step.directed, reason=step.reason)
@@ -266,7 +266,8 @@ def _step_text(step: Step) -> str:
                 f"{', '.join(step.agents) or 'no agents'} by {step.strategy}")
     if isinstance(step, QueueLogin):
         return (f"{'log in' if step.login else 'log out'} {step.agent} "
-                f"{'to' if step.login else 'of'} {', '.join(step.queues)}, confirm, hang up")
+                f"{'to' if step.login else 'of'} {', '.join(step.queues)}, confirm "
+                f"({step.language or 'en'}), hang up")
     if isinstance(step, Pickup):
         return (f"{step.picker} picks up the oldest call ringing "
                 f"{', '.join(step.extensions)}")

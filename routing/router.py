@@ -1154,9 +1154,10 @@ class _Builder:
         if not mine:
             return self.emit(Reject(404, "Not Found", (
                 f"{user.extension} dialled {code}: an agent of no queue")))
+        first = next(q for q in self.directory.queues if q.name == mine[0])
         return self.emit(QueueLogin(user.extension, mine, login,
                                     f"{user.extension} dialled {dialled}: {what} "
-                                    f"{', '.join(mine)}"))
+                                    f"{', '.join(mine)}", language=first.language or ""))
 
     def stop(self, path: _Path, why: str) -> int:
         """A loop or too many hops: the first forwarding user's voicemail, else busy."""

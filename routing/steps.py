@@ -300,13 +300,16 @@ class Queue:
 @dataclass(frozen=True, slots=True)
 class QueueLogin:
     """An agent dialled the queue log-in (``*62``) or log-out (``*63``) code: the
-    engine logs ``agent`` in or out of ``queues``, answers and confirms it with a
-    tone, then hangs up. ``queues`` empty: the code named no queue of theirs."""
+    engine logs ``agent`` in or out of ``queues``, answers and confirms it in
+    ``language``, then hangs up. ``queues`` empty: the code named no queue of theirs."""
 
     agent: str
     queues: tuple[str, ...]
     login: bool
     reason: str
+    # The confirmation's language: the named queue's, else the first of the agent's
+    # queues', "" (English) when that queue has none.
+    language: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -324,12 +324,43 @@ def test_star_63_logs_the_agent_out_with_a_spoken_confirmation() -> None:
     net.take(net.engine.media_ready(opened.call, (30000, 30002), net.clock.now))
     assert [r.status for r in net.responses(src) if r.status >= 200] == [200]
     [play] = [m for m in net.media if isinstance(m, IvrPlay)]
-    assert play.text == "You are logged out of support."
+    # a committed prompt, nothing rendered at call time
+    assert spoken(play) == ["en/queue_logged_out"] and play.text == ""
+    assert all(Path(f).is_file() for f in play.prompts)
     assert "103" not in queues(net).rooms["support"].logged_in
     net.take(net.engine.ivr_prompt_done(opened.call, play.generation, net.clock.now))
     assert [r.method for r in net.requests(src)] == ["BYE"]
     phone_call(net, "103", "*62860", call_id="call-2")
     assert "103" in queues(net).rooms["support"].logged_in
+
+
+def test_log_in_codes_confirm_in_the_queue_language() -> None:
+    # support (French) is 103's first queue; billing names no language
+    net = queue_net("hunt", extra="""language = "fr"
+
+[[queues]]
+name = "billing"
+extension = "861"
+agents = ["103"]
+""")
+    register(net, "103")
+    confirmations = []
+    for n, code in enumerate(("*62", "*63861", "*62860"), 1):
+        before = len(net.media)
+        phone_call(net, "103", code, call_id=f"code-{n}")
+        [opened] = [m for m in net.media[before:] if isinstance(m, OpenMedia)]
+        net.take(net.engine.media_ready(opened.call, (30000 + 10 * n, 30002 + 10 * n),
+                                        net.clock.now))
+        [play] = [m for m in net.media[before:] if isinstance(m, IvrPlay)]
+        confirmations.append(spoken(play))
+        net.take(net.engine.ivr_prompt_done(opened.call, play.generation, net.clock.now))
+    # *62: both queues, the first's language; *63861: billing's (none: English);
+    # *62860: support's
+    assert confirmations == [["fr/queue_logged_in"], ["en/queue_logged_out"],
+                             ["fr/queue_logged_in"]]
+    assert "103" in queues(net).rooms["support"].logged_in
+    assert "103" not in queues(net).rooms["billing"].logged_in
+    assert net.engine.calls.calls_in_progress() == []
 
 
 def test_a_status_that_logs_out_of_queues() -> None:

@@ -225,9 +225,10 @@ def test_every_prompt_exists_as_8khz_16bit_mono_and_the_set_is_small() -> None:
             assert (info.rate, info.bits, info.channels) == (8000, 16, 1), name
             assert 0.05 < info.duration < 15, name
             total += info.file_size
-    # 8 kHz 16-bit speech is 16 kB a second: the whole set is about 3.2 MB; the cap
-    # leaves room for a few short prompts (each pair, en and fr, ~50 kB).
-    assert total < 3_400_000
+    # 8 kHz 16-bit speech is 16 kB a second: the whole set is about 3.4 MB (with the
+    # queue log-in confirmations); the cap leaves room for a few short prompts (each
+    # pair, en and fr, ~50 kB).
+    assert total < 3_500_000
     assert set(TEXTS["en"]) | {"1f", "21f", "31f", "41f", "51f", "first", "hour", "hours",
                                 "noon", "midnight", "evening"} == set(TEXTS["fr"]) | {
                                     "70", "90", "oh"}

@@ -12,6 +12,15 @@ position are the engine's memory, so tests must not share one) with agents 102,
   since log-in, longer than 102) which does not answer, then 104, who answers;
   the third rings 103 first (still idle since log-in: ringing does not count
   as work; round robin would ring 102, after 104);
+* ``fewest_answered``: 102 answers the first call; the second rings 103 and 104
+  (no call answered yet), neither answers, and 102 answers it too; 103 answers
+  the third, rung first; the fourth rings 104 (none answered; ringing does not
+  count), then 103 (one answered) before 102 (two), though 102 is idle longer
+  and comes next in round-robin order;
+* ``least_talk_time``: 102 answers the first call and talks 6 s; the second
+  rings 103 (no talk yet), who talks 1 s; the third rings 104 (no talk yet),
+  unanswered, then 103 (1 s) before 102 (6 s), though both answered one call,
+  102 is idle longer and comes first in the queue's order;
 * wrap-up: 102 answers a call of a ``hunt`` queue with 30 s of wrap-up; right
   after it, the API shows 102 in wrap_up and the next caller rings 103 only;
 * an IVR key into a queue: the pjsua2 caller dials the menu, presses 1
@@ -117,6 +126,37 @@ def test_longest_idle_rings_the_agent_idle_longest(tmp_path: Path) -> None:
         agents = engine.api_get("/queues/idle/agents")
         assert {ext: a["state"] for ext, a in agents.items()} == {
             "102": "idle", "103": "idle", "104": "idle"}, agents
+
+
+def test_fewest_answered_rings_the_agent_with_the_fewest_calls(tmp_path: Path) -> None:
+    with office(tmp_path, queue_toml("few", "866", "fewest_answered")) as engine:
+        first = call(engine, "few1", "866", "102")
+        assert first["rung"] == ["102"], first["why"]  # none answered yet: the order
+        second = call(engine, "few2", "866", "102")
+        # 102 answered one: 103 and 104 (none) first, both unanswered, then 102
+        assert second["rung"] == ["103", "104", "102"], second["why"]
+        third = call(engine, "few3", "866", "103")
+        assert third["rung"] == ["103"], third["why"]  # 103 and 104 answered none: order
+        fourth = call(engine, "few4", "866", "103")
+        # 104 (none answered), then 103 (one) before 102 (two): longest_idle would
+        # ring 102 second (idle since the second call), round_robin 102 too (after 104)
+        assert fourth["rung"] == ["104", "103"], fourth["why"]
+        stats = engine.api_get("/queues/few/stats")
+        assert stats["answered"] == 4 and stats["callers_waiting"] == 0, stats
+
+
+def test_least_talk_time_rings_the_agent_who_talked_least(tmp_path: Path) -> None:
+    with office(tmp_path, queue_toml("talk", "867", "least_talk_time")) as engine:
+        first = call(engine, "talk1", "867", "102", "--stay", "6")
+        assert first["rung"] == ["102"], first["why"]  # nobody talked yet: the order
+        second = call(engine, "talk2", "867", "103", "--stay", "1")
+        assert second["rung"] == ["103"], second["why"]  # 102 talked 6 s, 103 none
+        third = call(engine, "talk3", "867", "103", "--stay", "1")
+        # 104 (no talk) unanswered, then 103 (1 s) before 102 (6 s): fewest_answered,
+        # longest_idle and hunt would ring 102 second, round_robin 104 then 102
+        assert third["rung"] == ["104", "103"], third["why"]
+        stats = engine.api_get("/queues/talk/stats")
+        assert stats["answered"] == 3 and stats["callers_waiting"] == 0, stats
 
 
 def test_an_agent_in_wrap_up_is_not_rung(tmp_path: Path) -> None:

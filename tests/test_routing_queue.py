@@ -74,6 +74,17 @@ def test_login_codes_name_all_queues_or_one() -> None:
     assert isinstance(one, QueueLogin) and one.queues == ("billing",) and not one.login
 
 
+def test_login_codes_confirm_in_the_named_or_first_queue_language() -> None:
+    d = build(user_toml("101") + user_toml("102") + user_toml("103")
+              + QUEUES.replace('agents = ["103"]', 'agents = ["103"]\nlanguage = "fr"'))
+    first = only(plan(phone("103", "*62"), d, live(d)))
+    assert isinstance(first, QueueLogin) and first.language == ""  # support: none (English)
+    named = only(plan(phone("103", "*63861"), d, live(d)))
+    assert isinstance(named, QueueLogin) and named.language == "fr"  # billing's
+    assert "confirm (fr), hang up" in render_text(plan(phone("103", "*63861"), d, live(d)))
+    assert step_to_json(0, named)["language"] == "fr"
+
+
 def test_login_code_for_a_queue_not_theirs_is_refused() -> None:
     d = directory()
     step = only(plan(phone("102", "*62861"), d, live(d)))

@@ -72,7 +72,7 @@ from engine.calls.states import (
     TransferEvent,
 )
 from engine.sip.message import warning_value
-from media.prompts import Language, position_paths
+from media.prompts import Language, position_paths, prompt_path
 from provisioning.model import Destination, Directory, Status, priority_caller
 from provisioning.model import Queue as QueueTable
 from routing import Device, Ivr, LiveState, Plan, Queue, QueueLogin, Ring, router_for
@@ -720,21 +720,20 @@ def start_queue_login(call: Call, step: QueueLogin, now: float) -> list[CallOutp
         if not answered:
             return events + answering
         events += answering
-    notice = QueueNotice(call, _notice_step(step))
+    # A committed prompt (no espeak-ng at call time): the queue names are free text
+    # and cannot be said from prompts, so the confirmation does not repeat them.
+    language: Language = "fr" if step.language == "fr" else "en"
+    name = "queue_logged_in" if step.login else "queue_logged_out"
+    notice = QueueNotice(call, _spoken(f"queue-{'login' if step.login else 'logout'}", "",
+                                       step.reason))
+    notice.prompts = (str(prompt_path(language, name)),)
     call.ivr = notice
     call.arm("ivr", now + NOTICE_SECONDS)
     return events + notice.play_once()
 
 
-def _notice_step(step: QueueLogin) -> Ivr:
-    """The confirmation as an IVR prompt: the built-in text, spoken like IVR texts."""
-    said = "You are logged in to " if step.login else "You are logged out of "
-    text = said + (" and ".join(step.queues) if len(step.queues) < 4 else "your queues") + "."
-    return _spoken(f"queue-{'login' if step.login else 'logout'}", text, step.reason)
-
-
 def _spoken(name: str, text: str, reason: str) -> Ivr:
-    """``text`` as an IVR prompt (English, espeak-ng like IVR texts), no keys."""
+    """An IVR step for a :class:`QueueNotice` (its ``prompts`` are said), no keys."""
     return Ivr(name, "", "", text, "en", (), False, 1, 0, Destination("busy"),
                Destination("busy"), reason)
 
