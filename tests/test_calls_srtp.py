@@ -150,11 +150,29 @@ def test_srtp_user_over_tls_is_offered_savp_with_another_fresh_key() -> None:
 
 
 def test_srtp_user_registered_over_udp_is_offered_plain_rtp() -> None:
-    net = srtp_net({"101": "allowed", "102": "required"})
+    net = srtp_net({"101": "allowed", "102": "allowed"})
     register_on(net, {"102": "udp"})
     ring(net, SRTP_SDP)
     [inv] = net.requests(PHONES["102"], "INVITE")
     assert sdp.parse_sdp(inv.body).media[0].protocol == "RTP/AVP"
+
+
+def test_a_required_users_phone_registered_over_udp_is_not_rung() -> None:
+    net = srtp_net({"101": "allowed", "102": "required"})
+    register_on(net, {"102": "udp"})
+    ring(net, SRTP_SDP)
+    assert net.requests(PHONES["102"], "INVITE") == []  # plain RTP would break its rule
+    # the plan goes on as with nothing to ring: here, the busy rule's voicemail
+    assert [type(m).__name__ for m in net.media] == ["OpenMedia", "StartVoicemail"]
+    assert [r.status for r in net.responses(PHONES["101"])] == [200]
+
+
+def test_a_required_users_phone_over_tls_is_rung_with_savp() -> None:
+    net = srtp_net({"101": "allowed", "102": "required"})
+    register_on(net, {"102": "tls"})
+    ring(net, SRTP_SDP)
+    [inv] = net.requests(PHONES["102"], "INVITE")
+    assert sdp.parse_sdp(inv.body).media[0].protocol == "RTP/SAVP"
 
 
 def test_hold_from_the_srtp_caller_is_answered_savp_with_the_same_key() -> None:

@@ -452,12 +452,20 @@ class Call:
         wall = front.wall_clock()
         for target in step.targets:
             if isinstance(target, Device):
+                # A user whose srtp is "required" takes no call without SRTP, and SRTP
+                # keys travel in SDP only over TLS: a phone of theirs registered over
+                # UDP or TCP is not rung (the plan goes on as if it were not there).
+                tls_only = rules.user_srtp(front.directory, target.extension) == "required"
                 for binding in front.registrar.lookup(target.extension, wall):
                     if binding.contact in self.rung:
                         continue
                     # The binding's Path (RFC 3327) is the callee INVITE's route set.
                     hop = binding_target(binding)
                     if hop is None:
+                        continue
+                    if tls_only and hop.transport != "tls":
+                        log.info("srtp required: phone not over TLS not rung", call_id=self.id,
+                                 extension=target.extension, transport=hop.transport)
                         continue
                     self.rung.add(binding.contact)
                     events += self._start_leg(step, target, hop.uri, hop.dest, hop.transport,
