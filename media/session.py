@@ -460,11 +460,16 @@ class Player:
         if self._done.done():
             return
         self._done.set_result(completed)
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-        if self.on_done is not None:
+        # Both callbacks are dropped once used: each may hold this player (the
+        # endpoint's on_close holds ``self.stop``), and a finished player must be
+        # freed by reference counting, not left in a cycle for the collector.
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        on_done, self.on_done = self.on_done, None
+        if unsubscribe is not None:
+            unsubscribe()
+        if on_done is not None:
             try:
-                self.on_done(completed)
+                on_done(completed)
             except Exception:
                 log.exception("player on_done failed", port=self.endpoint.rtp_port)
 
@@ -620,7 +625,10 @@ class Recorder:
         self.recording = False
         if self._watchdog is not None:
             self._watchdog.cancel()
-        for unsubscribe in self._unsubscribe:
+        # Dropped once used: they hold this recorder's bound methods (a cycle the
+        # collector would have to find; see Player._finish).
+        unsubscribers, self._unsubscribe = self._unsubscribe, []
+        for unsubscribe in unsubscribers:
             unsubscribe()
         end = len(self._pcm)
         if reason == "silence":

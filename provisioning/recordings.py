@@ -35,7 +35,11 @@ def write_listing(wav: Path, info: dict[str, object]) -> None:
     """Write the JSON beside ``wav`` (via a temporary name: readers see all or nothing)."""
     target = wav.with_suffix(".json")
     tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=1, sort_keys=True))
+    # One line, no ``indent``: with an indent the json module builds its encoder
+    # from nested closures that refer to each other, a reference cycle per call
+    # left to the cyclic collector; the engine writes one listing per recorded
+    # call and is tuned to rely on reference counting (``engine.cli.tune_gc``).
+    tmp.write_text(json.dumps(info, sort_keys=True))
     tmp.replace(target)
 
 
