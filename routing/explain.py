@@ -21,7 +21,7 @@ Assumptions, since a what-if has no live state:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from typing import Any
 
 from provisioning.model import Destination, Directory, Status
@@ -355,7 +355,7 @@ def explain(
     callee: str,
     at: dt.datetime,
     status: Status | None = None,
-    registered: frozenset[str] | None = None,
+    registered: Set[str] | None = None,
     preferred_identity: str = "",
 ) -> Plan:
     """Plan a what-if call (see the module docstring for the assumptions).

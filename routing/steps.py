@@ -13,7 +13,7 @@ Every other step is terminal.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -96,12 +96,13 @@ class LiveState:
     the directory and over ``auto_status``.  ``registered``: extensions with
     at least one registered device.  ``busy``: extensions on a call.
     ``channels_in_use``: per trunk name, including the call being routed
-    when it came in on that trunk.
+    when it came in on that trunk.  The engine passes views of its own state
+    (read during one :func:`~routing.plan`), so none of these is to be kept.
     """
 
     statuses: Mapping[str, Status] = field(default_factory=lambda: MappingProxyType({}))
-    registered: frozenset[str] = frozenset()
-    busy: frozenset[str] = frozenset()
+    registered: Set[str] = frozenset()
+    busy: Set[str] = frozenset()
     channels_in_use: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
 

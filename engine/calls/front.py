@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import structlog
@@ -145,11 +146,13 @@ class Calls:
 
     # ------------------------------------------------------------------ what calls share
     def live_state(self, directory: Directory, now_wall: float) -> LiveState:
-        registered = frozenset(aor for aor, per in self.registrar.bindings.items()
-                               if any(b.expires_at > now_wall for b in per.values()))
-        busy = frozenset(ext for ext, n in self._on_call.items() if n > 0)
-        return LiveState(statuses=dict(self.statuses), registered=registered, busy=busy,
-                         channels_in_use=dict(self._channels))
+        # Views, not copies: a call's plan is built at once from them, and copying
+        # every registration, status and busy extension per call grew with the
+        # office (``_on_call`` holds only extensions on at least one call; the
+        # status dict is replaced whole, never changed in place).
+        return LiveState(statuses=MappingProxyType(self._statuses),
+                         registered=self.registrar.registered(now_wall),
+                         busy=self._on_call.keys(), channels_in_use=dict(self._channels))
 
     def calls_in_progress(self) -> list[CallSummary]:
         return [CallSummary(c.id, c.facts.caller, c.facts.callee, str(c.state), c.step + 1,
