@@ -245,6 +245,25 @@ def growth(first: float, last: float, tolerance: tuple[float, float]) -> bool:
     return last > first * (1 + relative) + absolute
 
 
+def settle(http_port: int, timeout: float = 60.0) -> None:
+    """Wait until the calls of the rate search have ended and the engine has not
+    shed for a few seconds: the search's last step overloads it on purpose, and a
+    soak started into that backlog would count the search's 503s as its own."""
+    deadline = time.monotonic() + timeout
+    quiet_since = time.monotonic()
+    shed = -1.0
+    while time.monotonic() < deadline:
+        m = metrics(http_port)
+        now_shed = sum(v for k, v in m.items() if k.startswith("switchboard_sip_shed_total"))
+        if m.get("switchboard_calls_active", 0) or now_shed != shed:
+            quiet_since = time.monotonic()
+        shed = now_shed
+        if time.monotonic() - quiet_since >= 5.0:
+            return
+        time.sleep(0.5)
+    raise TargetError(f"the engine did not settle within {timeout:g} s after the rate search")
+
+
 def find_rate(args: argparse.Namespace, engine: Server, hold_xml: Path, hold_port: int,
               work: Path) -> int:
     row = Row(target="engine", auth=False)
@@ -286,6 +305,8 @@ def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         stack.callback(phone.stop)
         hold_xml = hold_scenario(work, args.talk_ms, args.hold_ms)
         rate = args.rate or find_rate(args, engine, hold_xml, hold_port, work)
+        if not args.rate:
+            settle(http)
         total = rate / 2 if not args.rate else rate
         rates = {name: max(0.2, total * share) for name, share in SHARES.items()}
         # every message is a WAV on disk: an hour at 10 % of a few hundred/s would be
