@@ -11,12 +11,30 @@ import tomllib
 from engine.calls.events import BridgeMedia, OpenMedia
 from engine.core import Engine
 from engine.sip.auth import build_authorization
+from engine.sip.message import Request
 from engine.sip.registrar import Binding
 from media import sdp, srtp
 from provisioning.directory import parse_directory
-from tests.test_calls import PHONES, SDP, Clock, Net, ack_for, in_dialog, invite, reply
-from tests.test_calls_anchor import ANCHORED, CALLEE_SDP
+from tests.test_calls import (
+    PHONES,
+    SDP,
+    Clock,
+    Net,
+    ack_for,
+    in_dialog,
+    invite,
+    phone_call,
+    reply,
+)
+from tests.test_calls_anchor import ANCHORED, CALLEE_SDP, answered_call
 from tests.test_calls_relay import send
+from tests.test_calls_transfer import (
+    TARGET_SDP,
+    answered_trunk_call,
+    caller_refer,
+    from_phone,
+    refer,
+)
 
 KEY = bytes(range(30))
 SRTP_SDP = SDP.replace(b"RTP/AVP", b"RTP/SAVP") + \
@@ -231,3 +249,105 @@ def test_srtp_with_an_unusable_crypto_line_is_refused_naming_it() -> None:
     warning = refusal(call(net, body, "tls"))
     assert "crypto suite AES_256_CM_HMAC_SHA1_80 is not supported" in warning
     assert net.requests(PHONES["102"], "INVITE") == []
+
+
+# ---------------------------------------------------------------------- transfer legs
+def savp_answer(body: bytes, key: bytes) -> bytes:
+    """A phone's SAVP answer to an SRTP offer, with its own ``key``."""
+    return body.replace(b"RTP/AVP", b"RTP/SAVP") + (
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"
+        f"{base64.b64encode(key).decode()}\r\n").encode()
+
+
+def our_key(inv: Request) -> bytes:
+    """The key of our SAVP offer in ``inv`` (fails on a plain RTP offer)."""
+    m = sdp.parse_sdp(inv.body).media[0]
+    assert m.protocol == "RTP/SAVP"
+    return srtp.parse_crypto(m.attribute("crypto") or "").key
+
+
+def test_a_blind_transfer_offers_an_srtp_users_tls_phone_savp_like_a_first_call() -> None:
+    """101 calls 102 (plain RTP, UDP); 102 transfers 101 to 103, an SRTP user over
+    TLS: 103 is offered SAVP with our callee-side key, as it would be if called."""
+    net = srtp_net({"103": "allowed"})
+    register_on(net, {"103": "tls"})
+    _, to_102 = answered_call(net)
+    net.send(refer(to_102, "103", phone=PHONES["102"]), PHONES["102"])
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    ours, theirs = our_key(inv), srtp.new_key()
+    net.media.clear()
+    net.send(reply(inv, 200, body=savp_answer(TARGET_SDP, theirs),
+                   contact="<sip:103@127.0.0.1:6103>"), PHONES["103"])
+    relay = [b for b in net.media if isinstance(b, BridgeMedia)][-1]
+    assert relay.callee_media is not None and relay.caller_media is not None
+    assert (relay.callee_media.send_key, relay.callee_media.receive_key) == (ours, theirs)
+    assert not relay.caller_media.srtp  # 101 stays on plain RTP
+
+
+def test_a_callers_transfer_offers_the_target_savp_in_the_callers_place() -> None:
+    """101 transfers 102 to 103 (SRTP user over TLS): 103 takes 101's place on the
+    caller-side endpoint, offered SAVP with our caller-side key."""
+    net = srtp_net({"103": "allowed"})
+    register_on(net, {"103": "tls"})
+    ok, _ = answered_call(net)
+    net.send(caller_refer(ok, "103"), PHONES["101"])
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    ours, theirs = our_key(inv), srtp.new_key()
+    net.media.clear()
+    net.send(reply(inv, 200, body=savp_answer(TARGET_SDP, theirs),
+                   contact="<sip:103@127.0.0.1:6103>"), PHONES["103"])
+    relay = [b for b in net.media if isinstance(b, BridgeMedia)][-1]
+    assert relay.caller_media is not None and relay.callee_media is not None
+    assert (relay.caller_media.send_key, relay.caller_media.receive_key) == (ours, theirs)
+    assert not relay.callee_media.srtp  # 102 stays on plain RTP
+
+
+def test_a_transfer_to_an_srtp_users_udp_phone_offers_plain_rtp() -> None:
+    net = srtp_net({"103": "allowed"})
+    register_on(net, {"103": "udp"})
+    _, to_102 = answered_call(net)
+    net.send(refer(to_102, "103", phone=PHONES["102"]), PHONES["102"])
+    [inv] = net.requests(PHONES["103"], "INVITE")
+    assert sdp.parse_sdp(inv.body).media[0].protocol == "RTP/AVP" and b"crypto" not in inv.body
+
+
+def test_a_transfer_does_not_ring_a_required_users_phone_over_udp() -> None:
+    net = srtp_net({"103": "required"})
+    register_on(net, {"103": "udp"})
+    _, to_102 = answered_call(net)
+    net.send(refer(to_102, "103", phone=PHONES["102"]), PHONES["102"])
+    assert net.requests(PHONES["103"], "INVITE") == []  # plain RTP would break its rule
+
+
+def test_an_attended_transfer_moves_an_srtp_target_with_savp() -> None:
+    """102 (SRTP user, TLS) answered 101's consultation call with SAVP; 101 transfers
+    the trunk caller to it attended: its re-INVITE offers SAVP again (the engine's
+    key of the caller's call), not a fall back to plain RTP."""
+    net = srtp_net({"102": "allowed"})
+    register_on(net, {"102": "tls"})
+    desk = answered_trunk_call(net)
+    net.media.clear()
+    phone_call(net, "101", "102", call_id="call-y")
+    [action] = [m for m in net.media if isinstance(m, OpenMedia)]
+    net.take(net.engine.media_ready(action.call, (30004, 30006), net.clock.now))
+    [to_102] = net.requests(PHONES["102"], "INVITE")
+    our_key(to_102)  # the consultation leg is SAVP (a first call's rule)
+    net.send(reply(to_102, 200, body=savp_answer(TARGET_SDP, srtp.new_key()),
+                   contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    net.drain(PHONES["102"])
+    [ok_y] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    net.send(in_dialog("ACK", ok_y, PHONES["101"], cseq=2, call_id="call-y",
+                       branch="acky"), PHONES["101"])
+    replaces = f"call-y%3Bto-tag%3D{ok_y.to.tag}%3Bfrom-tag%3Dfrom-call-y"
+    net.send(from_phone(desk, "REFER", 2, [
+        ("Refer-To", f"<sip:102@pbx.test?Replaces={replaces}>")], PHONES["101"], "att"),
+        PHONES["101"])
+    [move] = net.requests(PHONES["102"], "INVITE")
+    assert move.call_id == to_102.call_id
+    ours, theirs = our_key(move), srtp.new_key()
+    net.media.clear()
+    net.send(reply(move, 200, body=savp_answer(TARGET_SDP.replace(b"40002", b"40004"), theirs),
+                   contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    relay = [b for b in net.media if isinstance(b, BridgeMedia)][-1]
+    assert relay.callee_media is not None and relay.callee_media.remote_port == 40004
+    assert (relay.callee_media.send_key, relay.callee_media.receive_key) == (ours, theirs)

@@ -227,14 +227,20 @@ class Transfer:
         call.rung = {b.contact for b in front.registrar.lookup(extension, wall)}
         return events + call.bridge() + call.run_step(0, now)
 
-    def offer_for(self, target: Device | External) -> sdp.SessionDescription | None:
-        """The offer to a target: the port facing the transferor, the transferee's
-        codec only, sendrecv whoever held the call. A target taking the caller's
-        place (a transfer by the caller) is offered the caller-side endpoint."""
+    def offer_for(self, target: Device | External,
+                  transport: str) -> sdp.SessionDescription | None:
+        """The offer to a target reached over ``transport``: the port facing the
+        transferor, the transferee's codec only, sendrecv whoever held the call,
+        SRTP by the rule of every leg (``rules.leg_srtp``: an SRTP user's phone over
+        TLS). A target taking the caller's place (a transfer by the caller) is
+        offered the caller-side endpoint."""
         call = self.call
         if self.by_caller:
-            return call.anchor.caller_side_offer(call.local.host, self.codec)
-        return call.callee_offer(target, call.anchor.music_codec or self.codec, sendrecv=True)
+            return call.anchor.caller_side_offer(
+                call.local.host, self.codec,
+                srtp=rules.leg_srtp(call.front.directory, target, transport))
+        return call.callee_offer(target, call.anchor.music_codec or self.codec, sendrecv=True,
+                                 transport=transport)
 
     def target_ringing(self) -> None:
         self.move(TransferEvent.TARGET_RINGING)
@@ -356,7 +362,7 @@ class Transfer:
         # Our new offer to the target: this call's port on the transferor's side, the
         # transferee's codec only, in the session the target knows (RFC 3264 s8:
         # same o=, the version one up).
-        offer = self.offer_for(target.target)
+        offer = self.offer_for(target.target, target.transport)
         assert offer is not None
         session, version = other.anchor.callee.next_origin()
         offer = sdp.with_origin(offer, session, version, local.host)
