@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import tomllib
 
+import pytest
+
 from engine.calls.events import BridgeMedia, OpenMedia
 from engine.core import Engine
 from engine.sip.auth import build_authorization
@@ -266,57 +268,48 @@ def our_key(inv: Request) -> bytes:
     return srtp.parse_crypto(m.attribute("crypto") or "").key
 
 
-def test_a_blind_transfer_offers_an_srtp_users_tls_phone_savp_like_a_first_call() -> None:
-    """101 calls 102 (plain RTP, UDP); 102 transfers 101 to 103, an SRTP user over
-    TLS: 103 is offered SAVP with our callee-side key, as it would be if called."""
-    net = srtp_net({"103": "allowed"})
-    register_on(net, {"103": "tls"})
-    _, to_102 = answered_call(net)
-    net.send(refer(to_102, "103", phone=PHONES["102"]), PHONES["102"])
-    [inv] = net.requests(PHONES["103"], "INVITE")
+def transferred_to_103(mode: str, transport: str,
+                       by_caller: bool = False) -> tuple[Net, list[Request]]:
+    """101 calls 102 (plain RTP, UDP); then 102 transfers 101 (``by_caller``: 101
+    transfers 102) blind to 103, whose ``srtp`` is ``mode`` and whose phone is
+    registered over ``transport``. Returns the INVITEs 103 got."""
+    net = srtp_net({"103": mode})
+    register_on(net, {"103": transport})
+    ok, to_102 = answered_call(net)
+    if by_caller:
+        net.send(caller_refer(ok, "103"), PHONES["101"])
+    else:
+        net.send(refer(to_102, "103", phone=PHONES["102"]), PHONES["102"])
+    return net, net.requests(PHONES["103"], "INVITE")
+
+
+@pytest.mark.parametrize("by_caller", [False, True])
+def test_a_transfer_offers_an_srtp_users_tls_phone_savp_like_a_first_call(
+        by_caller: bool) -> None:
+    """103 is offered SAVP as it would be if called: in 102's place with our
+    callee-side key, or (a transfer by the caller) in 101's place with our
+    caller-side key. The party that stays keeps plain RTP."""
+    net, [inv] = transferred_to_103("allowed", "tls", by_caller)
     ours, theirs = our_key(inv), srtp.new_key()
     net.media.clear()
     net.send(reply(inv, 200, body=savp_answer(TARGET_SDP, theirs),
                    contact="<sip:103@127.0.0.1:6103>"), PHONES["103"])
     relay = [b for b in net.media if isinstance(b, BridgeMedia)][-1]
-    assert relay.callee_media is not None and relay.caller_media is not None
-    assert (relay.callee_media.send_key, relay.callee_media.receive_key) == (ours, theirs)
-    assert not relay.caller_media.srtp  # 101 stays on plain RTP
-
-
-def test_a_callers_transfer_offers_the_target_savp_in_the_callers_place() -> None:
-    """101 transfers 102 to 103 (SRTP user over TLS): 103 takes 101's place on the
-    caller-side endpoint, offered SAVP with our caller-side key."""
-    net = srtp_net({"103": "allowed"})
-    register_on(net, {"103": "tls"})
-    ok, _ = answered_call(net)
-    net.send(caller_refer(ok, "103"), PHONES["101"])
-    [inv] = net.requests(PHONES["103"], "INVITE")
-    ours, theirs = our_key(inv), srtp.new_key()
-    net.media.clear()
-    net.send(reply(inv, 200, body=savp_answer(TARGET_SDP, theirs),
-                   contact="<sip:103@127.0.0.1:6103>"), PHONES["103"])
-    relay = [b for b in net.media if isinstance(b, BridgeMedia)][-1]
-    assert relay.caller_media is not None and relay.callee_media is not None
-    assert (relay.caller_media.send_key, relay.caller_media.receive_key) == (ours, theirs)
-    assert not relay.callee_media.srtp  # 102 stays on plain RTP
+    new, stays = (relay.caller_media, relay.callee_media) if by_caller else \
+        (relay.callee_media, relay.caller_media)
+    assert new is not None and stays is not None
+    assert (new.send_key, new.receive_key) == (ours, theirs)
+    assert not stays.srtp
 
 
 def test_a_transfer_to_an_srtp_users_udp_phone_offers_plain_rtp() -> None:
-    net = srtp_net({"103": "allowed"})
-    register_on(net, {"103": "udp"})
-    _, to_102 = answered_call(net)
-    net.send(refer(to_102, "103", phone=PHONES["102"]), PHONES["102"])
-    [inv] = net.requests(PHONES["103"], "INVITE")
+    _, [inv] = transferred_to_103("allowed", "udp")
     assert sdp.parse_sdp(inv.body).media[0].protocol == "RTP/AVP" and b"crypto" not in inv.body
 
 
 def test_a_transfer_does_not_ring_a_required_users_phone_over_udp() -> None:
-    net = srtp_net({"103": "required"})
-    register_on(net, {"103": "udp"})
-    _, to_102 = answered_call(net)
-    net.send(refer(to_102, "103", phone=PHONES["102"]), PHONES["102"])
-    assert net.requests(PHONES["103"], "INVITE") == []  # plain RTP would break its rule
+    _, invites = transferred_to_103("required", "udp")
+    assert invites == []  # plain RTP would break its rule
 
 
 def test_an_attended_transfer_moves_an_srtp_target_with_savp() -> None:
