@@ -786,7 +786,7 @@ class Engine:
         outcome = self.registrar.register(req, aor, f"{transport}:{source[0]}:{source[1]}",
                                           wall)
         if outcome.saved or outcome.removed:  # a queue agent may be reachable now
-            self.calls.queues.changed()
+            self.calls.queues.changed(aor)
         # The bindings first, then the answer: the order the store and the phone see them.
         changes = Produced(saved=tuple(outcome.saved), removed=tuple(outcome.removed))
         try:

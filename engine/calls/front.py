@@ -194,7 +194,7 @@ class Calls:
             self._on_call[extension] = n
         else:
             self._on_call.pop(extension, None)
-            self.queues.changed()  # off every call: free for a queue's caller
+            self.queues.changed(extension)  # off every call: free for a queue's caller
 
     def count(self, outcome: str) -> None:
         if self.metrics is not None:

@@ -229,11 +229,14 @@ class Queues:
                 rooms[name] = room
         self.rooms = rooms
 
-    def changed(self) -> None:
+    def changed(self, extension: str | None = None) -> None:
         """A registration was added or removed, a live status set, a call or a ringing
         leg ended, or the directory changed: an agent may be free to ring now. Only
-        noted here (a flag: the call path pays nothing more); :meth:`wake` acts."""
-        self.due = True
+        noted here (a flag: the call path pays a dict lookup); :meth:`wake` acts.
+        ``extension``: whose change it is; one that is nobody's agent changes nothing
+        (a busy office's calls do not wake the queues)."""
+        if extension is None or extension in self.agents:
+            self.due = True
 
     def wake(self, now: float) -> list[CallOutput]:
         """After an input that :meth:`changed` the queues: a caller waiting with
