@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.calls.events import BridgeMedia, IvrPlay, OpenMedia, StopMedia
-from engine.calls.queue import QueueCaller, Queues, Room, queue_step
+from engine.calls.queue import SCHEDULE_POLL_SECONDS, QueueCaller, Queues, Room, queue_step
 from engine.calls.states import AGENT, AgentEvent, AgentState, IllegalTransition
 from engine.core import Engine
 from engine.sip.auth import build_authorization
@@ -291,6 +291,25 @@ def test_an_agent_registered_through_another_node_is_rung_when_its_binding_is_re
     assert not outcome.saved  # another node's: not written back
     net.take(outcome)
     assert list(invites(net, "102", "103", "104")) == ["104"]
+
+
+def test_a_scheduled_status_is_looked_at_again_while_a_caller_waits() -> None:
+    """103's status follows its office hours (from 10:14 Toronto; the clock starts at
+    10:13:20): nothing tells the queue when they begin, so it looks every 15 s."""
+    net = queue_net("hunt")
+    text = queue_directory("hunt").replace('external_calls = false\n', (
+        'external_calls = false\n[users.schedule]\nauto_status = true\n'
+        'office_hours = { mon = ["10:14-18:00"] }\n'), 1)
+    net.engine.set_directory(parse_directory(tomllib.loads(text), "<test>"))
+    register(net, "103")
+    net.tick(0)
+    arrive(net)
+    assert invites(net, "103") == {}  # dnd before its hours
+    assert net.engine.next_wakeup() == net.clock.now + SCHEDULE_POLL_SECONDS
+    net.tick(30)  # 10:13:50
+    assert invites(net, "103") == {}
+    net.tick(15)  # 10:14:05: the next look finds it available
+    assert list(invites(net, "103")) == ["103"]
 
 
 def test_an_agent_whose_other_call_ends_is_rung_as_it_ends() -> None:
