@@ -234,8 +234,8 @@ class Queues:
         leg ended, or the directory changed: an agent may be free to ring now. Only
         noted here (a flag: the call path pays a dict lookup); :meth:`wake` acts.
         ``extension``: whose change it is; one that is nobody's agent changes nothing
-        (a busy office's calls do not wake the queues)."""
-        if extension is None or extension in self.agents:
+        (a busy office's calls do not wake the queues), nor anything without queues."""
+        if (self.agents and extension is None) or extension in self.agents:
             self.due = True
 
     def wake(self, now: float) -> list[CallOutput]:
