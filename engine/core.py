@@ -321,7 +321,9 @@ class Engine:
     def next_wakeup(self) -> float | None:
         wakes = [w for w in (self.transactions.next_wakeup(), self.calls.next_wakeup(),
                              self.trunkreg.next_wakeup(), self.mwi.next_wakeup(),
-                             self.subs.next_wakeup(), 0.0 if self._revoke_due else None)
+                             self.subs.next_wakeup(), 0.0 if self._revoke_due else None,
+                             # a status or directory set between inputs: wake the queues
+                             0.0 if self.calls.queues.due else None)
                  if w is not None]
         return min(wakes) if wakes else None
 
@@ -370,6 +372,7 @@ class Engine:
 
     def _media(self, events: Sequence[object], now: float) -> Outcome:
         produced = self._top(events, now)
+        produced += self._wake_queues(now)
         if self.calls.changed or self.subs.pending:
             produced += self._publish(now)
         return produced.outcome()
@@ -379,6 +382,7 @@ class Engine:
         """Handle one datagram (or one framed stream message); ``parsed`` is ``data``
         already parsed (the receive queue reads each message to class it)."""
         produced = self._datagram(data, source, transport, now, parsed)
+        produced += self._wake_queues(now)
         if self.calls.changed or self.subs.pending:
             produced += self._publish(now)
         return produced.outcome()
@@ -427,6 +431,7 @@ class Engine:
         # state changes made) before the next source is asked for its own.
         produced = self._top(self.transactions.on_timer(now), now)
         produced += self._top(self.calls.on_timer(now), now)
+        produced += self._wake_queues(now)
         produced += self._top(self.trunkreg.on_timer(now, self.local), now)
         produced += self._top(self.mwi.expire(now, self.local), now)
         if self._revoke_due:
@@ -434,6 +439,26 @@ class Engine:
             produced += self._top(self.subs.revoke(self._allowed, now, self.local), now)
         produced += self._publish(now)
         produced += self._top(self.subs.on_timer(now, self.local), now)
+        return produced.outcome()
+
+    def _wake_queues(self, now: float) -> Produced:
+        """The input changed who may be rung (a registration, a status, a call
+        ending): a queue's waiting caller is offered to a free agent in this same
+        outcome, not at a later poll (engine.calls.queue)."""
+        if not self.calls.queues.due:
+            return NOTHING
+        return self._top(self.calls.wake_queues(now), now)
+
+    def merge_bindings(self, saved: Sequence[Binding], deleted: Sequence[tuple[str, str]],
+                       now_wall: float, now: float) -> Outcome:
+        """Bindings other nodes saved or deleted (read from the store) into the
+        registrar; a queue agent who registered through another node is offered a
+        waiting caller now. Nothing here is written back to the store."""
+        self.registrar.merge(saved, deleted, now_wall)
+        self.calls.queues.changed()
+        produced = self._wake_queues(now)
+        if self.calls.changed or self.subs.pending:
+            produced += self._publish(now)
         return produced.outcome()
 
     def set_mwi_counts(self, counts: dict[str, tuple[int, int]], now: float) -> Outcome:
@@ -760,6 +785,8 @@ class Engine:
                 f"user {username!r} may not register {aor!r}"))])
         outcome = self.registrar.register(req, aor, f"{transport}:{source[0]}:{source[1]}",
                                           wall)
+        if outcome.saved or outcome.removed:  # a queue agent may be reachable now
+            self.calls.queues.changed(aor)
         # The bindings first, then the answer: the order the store and the phone see them.
         changes = Produced(saved=tuple(outcome.saved), removed=tuple(outcome.removed))
         try:

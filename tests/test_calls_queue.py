@@ -16,13 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.calls.events import BridgeMedia, IvrPlay, OpenMedia, StopMedia
-from engine.calls.queue import QueueCaller, Queues, Room, queue_step
+from engine.calls.queue import SCHEDULE_POLL_SECONDS, QueueCaller, Queues, Room, queue_step
 from engine.calls.states import AGENT, AgentEvent, AgentState, IllegalTransition
 from engine.core import Engine
+from engine.sip.auth import build_authorization
 from engine.sip.message import Request, Response
 from provisioning.directory import parse_directory
+from provisioning.model import Binding
 from tests.test_calls import (
     DIRECTORY,
+    PASSWORDS,
     PHONES,
     TRUNK,
     Clock,
@@ -237,9 +240,89 @@ def test_agents_who_may_not_be_rung_are_skipped() -> None:
     assert net.engine.calls.extensions_on_calls() == {"102": 1}
     arrive(net)
     assert invites(net, "102", "103", "104") == {}
-    net.engine.set_statuses({})  # 103 available again: seen within the poll
-    net.tick(2.1)
+    net.engine.set_statuses({})  # 103 available again: the queues are told
+    assert net.engine.next_wakeup() == 0.0  # the engine's very next timer, no poll
+    net.tick(0)
     assert list(invites(net, "102", "103", "104")) == ["103"]
+
+
+def sip_register(net: Net, ext: str) -> None:
+    """``ext``'s phone REGISTERs over SIP: 401, then again with its credentials."""
+    addr = PHONES[ext]
+
+    def message(cseq: int, auth: str = "") -> bytes:
+        lines = ["REGISTER sip:pbx.test SIP/2.0",
+                 f"Via: SIP/2.0/UDP {addr[0]}:{addr[1]};branch=z9hG4bKreg{ext}-{cseq};rport",
+                 "Max-Forwards: 70", f"From: <sip:{ext}@pbx.test>;tag=reg-{ext}",
+                 f"To: <sip:{ext}@pbx.test>", f"Call-ID: reg-{ext}", f"CSeq: {cseq} REGISTER",
+                 f"Contact: <sip:{ext}@{addr[0]}:{addr[1]}>", "Expires: 3600"]
+        if auth:
+            lines.append(f"Authorization: {auth}")
+        return ("\r\n".join([*lines, "Content-Length: 0"]) + "\r\n\r\n").encode()
+
+    net.send(message(1), addr)
+    [challenge] = [m for m in net.drain(addr) if isinstance(m, Response) and m.status == 401]
+    auth = build_authorization(challenge.get("www-authenticate") or "", "REGISTER",
+                               "sip:pbx.test", ext, PASSWORDS[ext], "cn")
+    net.send(message(2, auth), addr)
+
+
+def test_an_agent_registering_while_a_caller_waits_is_rung_at_its_register() -> None:
+    net = queue_net("hunt")
+    arrive(net)  # no agent registered: the caller waits with music
+    assert invites(net, "102", "103", "104") == {}
+    assert net.engine.next_wakeup() is None or net.engine.next_wakeup() > net.clock.now + 30
+    at = net.clock.now
+    sip_register(net, "103")  # the clock does not move: the REGISTER's own outcome rings
+    assert net.clock.now == at
+    got = [m for m in net.drain(PHONES["103"])]
+    assert [m.status for m in got if isinstance(m, Response)] == [200]
+    assert [m.method for m in got if isinstance(m, Request)] == ["INVITE"]
+
+
+def test_an_agent_registered_through_another_node_is_rung_when_its_binding_is_read() -> None:
+    net = queue_net("hunt")
+    arrive(net)
+    addr = PHONES["104"]
+    binding = Binding(aor="104", contact=f"sip:104@{addr[0]}:{addr[1]}",
+                      expires_at=net.clock.wall + 3600, call_id="reg104", cseq=1,
+                      source=f"udp:{addr[0]}:{addr[1]}")
+    outcome = net.engine.merge_bindings([binding], [], net.clock.wall, net.clock.now)
+    assert not outcome.saved  # another node's: not written back
+    net.take(outcome)
+    assert list(invites(net, "102", "103", "104")) == ["104"]
+
+
+def test_a_scheduled_status_is_looked_at_again_while_a_caller_waits() -> None:
+    """103's status follows its office hours (from 10:14 Toronto; the clock starts at
+    10:13:20): nothing tells the queue when they begin, so it looks every 15 s."""
+    net = queue_net("hunt")
+    text = queue_directory("hunt").replace('external_calls = false\n', (
+        'external_calls = false\n[users.schedule]\nauto_status = true\n'
+        'office_hours = { mon = ["10:14-18:00"] }\n'), 1)
+    net.engine.set_directory(parse_directory(tomllib.loads(text), "<test>"))
+    register(net, "103")
+    net.tick(0)
+    arrive(net)
+    assert invites(net, "103") == {}  # dnd before its hours
+    assert net.engine.next_wakeup() == net.clock.now + SCHEDULE_POLL_SECONDS
+    net.tick(30)  # 10:13:50
+    assert invites(net, "103") == {}
+    net.tick(15)  # 10:14:05: the next look finds it available
+    assert list(invites(net, "103")) == ["103"]
+
+
+def test_an_agent_whose_other_call_ends_is_rung_as_it_ends() -> None:
+    net = queue_net("hunt")
+    register(net, "101", "102")
+    phone_call(net, "102", "101", call_id="other-1")  # 102 calls 101: on a call
+    net.take(net.engine.media_ready(("other-1", "from-other-1"), (31000, 31002),
+                                    net.clock.now))
+    [other] = net.requests(PHONES["101"], "INVITE")
+    arrive(net)
+    assert invites(net, "102") == {}
+    net.send(reply(other, 486), PHONES["101"])  # 101 is busy: 102's call ends
+    assert list(invites(net, "102")) == ["102"]
 
 
 def test_an_agent_whose_phone_rings_for_another_call_is_skipped() -> None:

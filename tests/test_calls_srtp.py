@@ -8,15 +8,35 @@ from __future__ import annotations
 import base64
 import tomllib
 
+import pytest
+
 from engine.calls.events import BridgeMedia, OpenMedia
 from engine.core import Engine
 from engine.sip.auth import build_authorization
+from engine.sip.message import Request
 from engine.sip.registrar import Binding
 from media import sdp, srtp
 from provisioning.directory import parse_directory
-from tests.test_calls import PHONES, SDP, Clock, Net, ack_for, in_dialog, invite, reply
-from tests.test_calls_anchor import ANCHORED, CALLEE_SDP
+from tests.test_calls import (
+    PHONES,
+    SDP,
+    Clock,
+    Net,
+    ack_for,
+    in_dialog,
+    invite,
+    phone_call,
+    reply,
+)
+from tests.test_calls_anchor import ANCHORED, CALLEE_SDP, answered_call
 from tests.test_calls_relay import send
+from tests.test_calls_transfer import (
+    TARGET_SDP,
+    answered_trunk_call,
+    caller_refer,
+    from_phone,
+    refer,
+)
 
 KEY = bytes(range(30))
 SRTP_SDP = SDP.replace(b"RTP/AVP", b"RTP/SAVP") + \
@@ -231,3 +251,96 @@ def test_srtp_with_an_unusable_crypto_line_is_refused_naming_it() -> None:
     warning = refusal(call(net, body, "tls"))
     assert "crypto suite AES_256_CM_HMAC_SHA1_80 is not supported" in warning
     assert net.requests(PHONES["102"], "INVITE") == []
+
+
+# ---------------------------------------------------------------------- transfer legs
+def savp_answer(body: bytes, key: bytes) -> bytes:
+    """A phone's SAVP answer to an SRTP offer, with its own ``key``."""
+    return body.replace(b"RTP/AVP", b"RTP/SAVP") + (
+        "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"
+        f"{base64.b64encode(key).decode()}\r\n").encode()
+
+
+def our_key(inv: Request) -> bytes:
+    """The key of our SAVP offer in ``inv`` (fails on a plain RTP offer)."""
+    m = sdp.parse_sdp(inv.body).media[0]
+    assert m.protocol == "RTP/SAVP"
+    return srtp.parse_crypto(m.attribute("crypto") or "").key
+
+
+def transferred_to_103(mode: str, transport: str,
+                       by_caller: bool = False) -> tuple[Net, list[Request]]:
+    """101 calls 102 (plain RTP, UDP); then 102 transfers 101 (``by_caller``: 101
+    transfers 102) blind to 103, whose ``srtp`` is ``mode`` and whose phone is
+    registered over ``transport``. Returns the INVITEs 103 got."""
+    net = srtp_net({"103": mode})
+    register_on(net, {"103": transport})
+    ok, to_102 = answered_call(net)
+    if by_caller:
+        net.send(caller_refer(ok, "103"), PHONES["101"])
+    else:
+        net.send(refer(to_102, "103", phone=PHONES["102"]), PHONES["102"])
+    return net, net.requests(PHONES["103"], "INVITE")
+
+
+@pytest.mark.parametrize("by_caller", [False, True])
+def test_a_transfer_offers_an_srtp_users_tls_phone_savp_like_a_first_call(
+        by_caller: bool) -> None:
+    """103 is offered SAVP as it would be if called: in 102's place with our
+    callee-side key, or (a transfer by the caller) in 101's place with our
+    caller-side key. The party that stays keeps plain RTP."""
+    net, [inv] = transferred_to_103("allowed", "tls", by_caller)
+    ours, theirs = our_key(inv), srtp.new_key()
+    net.media.clear()
+    net.send(reply(inv, 200, body=savp_answer(TARGET_SDP, theirs),
+                   contact="<sip:103@127.0.0.1:6103>"), PHONES["103"])
+    relay = [b for b in net.media if isinstance(b, BridgeMedia)][-1]
+    new, stays = (relay.caller_media, relay.callee_media) if by_caller else \
+        (relay.callee_media, relay.caller_media)
+    assert new is not None and stays is not None
+    assert (new.send_key, new.receive_key) == (ours, theirs)
+    assert not stays.srtp
+
+
+def test_a_transfer_to_an_srtp_users_udp_phone_offers_plain_rtp() -> None:
+    _, [inv] = transferred_to_103("allowed", "udp")
+    assert sdp.parse_sdp(inv.body).media[0].protocol == "RTP/AVP" and b"crypto" not in inv.body
+
+
+def test_a_transfer_does_not_ring_a_required_users_phone_over_udp() -> None:
+    _, invites = transferred_to_103("required", "udp")
+    assert invites == []  # plain RTP would break its rule
+
+
+def test_an_attended_transfer_moves_an_srtp_target_with_savp() -> None:
+    """102 (SRTP user, TLS) answered 101's consultation call with SAVP; 101 transfers
+    the trunk caller to it attended: its re-INVITE offers SAVP again (the engine's
+    key of the caller's call), not a fall back to plain RTP."""
+    net = srtp_net({"102": "allowed"})
+    register_on(net, {"102": "tls"})
+    desk = answered_trunk_call(net)
+    net.media.clear()
+    phone_call(net, "101", "102", call_id="call-y")
+    [action] = [m for m in net.media if isinstance(m, OpenMedia)]
+    net.take(net.engine.media_ready(action.call, (30004, 30006), net.clock.now))
+    [to_102] = net.requests(PHONES["102"], "INVITE")
+    our_key(to_102)  # the consultation leg is SAVP (a first call's rule)
+    net.send(reply(to_102, 200, body=savp_answer(TARGET_SDP, srtp.new_key()),
+                   contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    net.drain(PHONES["102"])
+    [ok_y] = [r for r in net.responses(PHONES["101"]) if r.status == 200]
+    net.send(in_dialog("ACK", ok_y, PHONES["101"], cseq=2, call_id="call-y",
+                       branch="acky"), PHONES["101"])
+    replaces = f"call-y%3Bto-tag%3D{ok_y.to.tag}%3Bfrom-tag%3Dfrom-call-y"
+    net.send(from_phone(desk, "REFER", 2, [
+        ("Refer-To", f"<sip:102@pbx.test?Replaces={replaces}>")], PHONES["101"], "att"),
+        PHONES["101"])
+    [move] = net.requests(PHONES["102"], "INVITE")
+    assert move.call_id == to_102.call_id
+    ours, theirs = our_key(move), srtp.new_key()
+    net.media.clear()
+    net.send(reply(move, 200, body=savp_answer(TARGET_SDP.replace(b"40002", b"40004"), theirs),
+                   contact="<sip:102@127.0.0.1:6102>"), PHONES["102"])
+    relay = [b for b in net.media if isinstance(b, BridgeMedia)][-1]
+    assert relay.callee_media is not None and relay.callee_media.remote_port == 40004
+    assert (relay.callee_media.send_key, relay.callee_media.receive_key) == (ours, theirs)

@@ -63,8 +63,12 @@ class MediaSide:
     def srtp_key(self) -> bytes | None:
         """Our key on this side when it may use SRTP (drawn once: a re-INVITE keeps
         it, so the endpoint's SRTP context survives)."""
-        if not self.srtp_ok:
-            return None
+        return self.offer_key() if self.srtp_ok else None
+
+    def offer_key(self) -> bytes:
+        """Our key on this side for an SRTP offer (drawn once, as :meth:`srtp_key`),
+        without letting this side's present party answer SAVP: a transfer's target
+        is offered it before it takes the side (:meth:`MediaAnchor.take_side`)."""
         if not self.key:
             self.key = srtp.new_key()
         return self.key
@@ -169,16 +173,20 @@ class MediaAnchor:
         session, version = self.callee.next_origin()
         return sdp.with_origin(offer, session, version, host)
 
-    def caller_side_offer(self, host: str, codec: str) -> sdp.SessionDescription | None:
+    def caller_side_offer(self, host: str, codec: str,
+                          srtp: bool = False) -> sdp.SessionDescription | None:
         """The offer to a party taking the caller's place (a transfer by the caller):
         the caller-side address, ``codec`` only, our caller-side ``o=`` session
-        (which our later answers on that side continue). The caller's latest
+        (which our later answers on that side continue); ``srtp``: RTP/SAVP with our
+        caller-side key (an SRTP user over TLS), else plain RTP. The caller's latest
         offer may have been its hold (sendonly) before the REFER: the target is
         offered the engine's endpoint, which sends and receives."""
         offer = self.offer
         if offer is None or not self.caller.port:
             return None
-        offer = sdp.with_connection(sdp.without_srtp(offer), host, self.caller.port)
+        offer = sdp.with_srtp(offer, self.caller.offer_key()) if srtp else \
+            sdp.without_srtp(offer)
+        offer = sdp.with_connection(offer, host, self.caller.port)
         offer = sdp.with_codec_order(offer, [codec])
         offer = sdp.with_direction(offer, "sendrecv")
         session, version = self.caller.next_origin()
@@ -288,9 +296,11 @@ class MediaAnchor:
         if caller:
             assert offer is not None
             self.offer = offer
-            # It was offered plain RTP (caller_side_offer): the caller's SRTP rules and
-            # key were the caller's, not its.
-            side.srtp_ok = side.srtp_required = False
+            # The caller's SRTP rules were the caller's, not its: it may use SRTP on
+            # this side when it was offered SAVP (caller_side_offer, rules.leg_srtp),
+            # as a callee offered SAVP may on the other.
+            side.srtp_ok = ours is not None and sdp.offers_srtp(ours)
+            side.srtp_required = False
         side.media, side.sdp, side.holds = media, ours, False
         if origin is not None:
             side.session, side.version = origin

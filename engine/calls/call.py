@@ -500,7 +500,7 @@ class Call:
                    routes: tuple[str, ...] = ()) -> list[CallOutput]:
         anchor = self._anchor
         if self.transfer is not None:
-            offer = self.transfer.offer_for(target)
+            offer = self.transfer.offer_for(target, transport)
         elif anchor is None or not anchor.relaying:  # the SDP goes end to end
             offer = None
         else:
@@ -532,11 +532,10 @@ class Call:
         codec, relayed without transcoding. ``transport``: the leg's; a phone of an
         SRTP user (allowed or required) reached over TLS is offered SAVP with our
         key, anyone else plain RTP."""
-        srtp = isinstance(target, Device) and transport.lower() == "tls" and \
-            rules.user_srtp(self.front.directory, target.extension) != "off"
         return self.anchor.callee_offer(self.local.host,
                                         rules.callee_codecs(self.front.directory, target),
-                                        only, sendrecv, srtp)
+                                        only, sendrecv,
+                                        rules.leg_srtp(self.front.directory, target, transport))
 
     # ------------------------------------------------------------------ outcomes
     def step_outcome(self, outcome: StepOutcome, now: float) -> list[CallOutput]:

@@ -128,6 +128,7 @@ class Calls:
         self.trunk_addresses = {t.name: (t.host, t.port, t.transport) for t in directory.trunks}
         self.trunk_limits = {t.name: t.channels for t in directory.trunks}
         self.queues.set_directory(directory)
+        self.queues.changed()  # agents added, logged in at start, schedules changed
 
     @property
     def statuses(self) -> dict[str, Status]:
@@ -139,6 +140,7 @@ class Calls:
         # A status whose rules say log_out_of_queues logs its agent out as it is set.
         self.queues.statuses_changed(self._statuses, statuses)
         self._statuses = statuses
+        self.queues.changed()  # an agent made available is offered a caller at once
 
     def queue_figures(self, name: str, now: float) -> QueueFigures | None:
         """The wallboard's figures of queue ``name`` (None: no such queue)."""
@@ -195,6 +197,7 @@ class Calls:
             self._on_call[extension] = n
         else:
             self._on_call.pop(extension, None)
+            self.queues.changed(extension)  # off every call: free for a queue's caller
 
     def count(self, outcome: str) -> None:
         if self.metrics is not None:
@@ -315,9 +318,18 @@ class Calls:
         elif self._wakeups.deadline(_QUEUES, _NEXT) != when:
             self._wakeups.arm(_QUEUES, _NEXT, when)
 
-    def _queue_timer(self, now: float) -> list[CallOutput]:
+    def wake_queues(self, now: float) -> list[CallOutput]:
+        """After an input: when it changed who may be rung (:meth:`Queues.changed`),
+        waiting callers are offered to the agents free now."""
+        if not self.queues.due:
+            return []
+        return self._queue_timer(now, self.queues.wake)
+
+    def _queue_timer(self, now: float,
+                     run: Callable[[float], list[CallOutput]] | None = None,
+                     ) -> list[CallOutput]:
         try:
-            return self.queues.on_timer(now)
+            return (run or self.queues.on_timer)(now)
         except Exception:  # the queues go on: a call that failed in them ends alone
             log.exception("queue timer failed")
             if self.metrics is not None:

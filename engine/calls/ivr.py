@@ -36,13 +36,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import structlog
 
 from engine.calls import rules
 from engine.calls.events import CallOutput, IvrPlay, IvrQuiet, OpenMedia, StartVoicemail
-from engine.calls.headers import COMPLETED_ELSEWHERE, to_caller
+from engine.calls.headers import to_caller
 from engine.calls.rules import PlanText
 from engine.calls.states import (
     IVR,
@@ -56,7 +56,7 @@ from engine.calls.transfer import Transfer
 from engine.sip.message import Request, make_response, warning_value
 from engine.sip.transaction import TxKey
 from provisioning.model import Destination
-from routing import Busy, Deflect, Device, Ivr, MailboxAccess, Reject, Step, Voicemail, router_for
+from routing import Ivr, Voicemail, router_for
 
 if TYPE_CHECKING:
     from engine.calls.call import Call
@@ -275,6 +275,9 @@ class IvrChoice(Transfer):
     transfer's target plan with no transferor (nobody to NOTIFY, nobody to hand
     the call back to), the caller waiting as the transferee."""
 
+    SETTLED: ClassVar[CallEvent] = CallEvent.IVR_SETTLED
+    UNUSABLE: ClassVar[str] = "answer to an IVR choice unusable"
+
     @staticmethod
     def begin_choice(call: Call, dest: Destination, why: str, now: float) -> list[CallOutput]:
         front = call.front
@@ -316,45 +319,14 @@ class IvrChoice(Transfer):
         call.transfer = None
         call.move(CallEvent.IVR_SETTLED)
 
-    def run_step(self, step: Step, now: float) -> list[CallOutput]:
-        if isinstance(step, Voicemail):
-            return self.to_voicemail(step, now)
-        if isinstance(step, Busy):
-            return self.failed(486, now)
-        if isinstance(step, Reject):
-            return self.failed(step.status, now)
-        assert isinstance(step, Deflect | MailboxAccess)
-        return self.failed(403, now)
-
-    def target_answered(self, leg: Leg, body: bytes, now: float) -> list[CallOutput]:
-        """A callee of the choice answered: relayed to the caller (same port, same
-        codec: no re-INVITE), the other legs cancelled."""
+    def connected(self, leg: Leg, now: float) -> list[CallOutput]:
+        """A callee of the choice answered (nobody to tell): recorded as the same call
+        straight to that party would be (the user's record_calls, the number's
+        record_inbound/outbound)."""
         call = self.call
-        answered = call.callee_answer(leg, body, "answer to an IVR choice unusable")
-        if answered is None:
-            hung_up = call.bye_leg(leg, now)
-            leg.status = 488
-            if any(other.pending for other in call.legs):
-                return hung_up
-            return hung_up + call.step_outcome("failed", now)
-        _, media = answered
-        self.move(TransferEvent.TARGET_ANSWERED)
-        call.transfer = None
-        call.move(CallEvent.IVR_SETTLED)
-        call.disarm("no_answer")
         log.info("ivr choice connected", call_id=call.id, leg=leg.label)
-        events: list[CallOutput] = []
-        for other in call.legs:
-            if other is not leg:
-                events += call.cancel_leg(other, now, COMPLETED_ELSEWHERE)
-        if isinstance(leg.target, Device):
-            call.join(leg.target.extension)
-        call.callee_leg = leg
-        call.anchor.take_side(False, media, leg.offer)
-        # Recorded as the same call straight to that party would be (the user's
-        # record_calls, the number's record_inbound/outbound).
         call.anchor.record = rules.record_reason(call.front.directory, call.facts, leg.target)
-        return events + call.bridge()
+        return []
 
     def to_voicemail(self, step: Voicemail, now: float) -> list[CallOutput]:
         """The choice leaves a message: greeting and beep on the caller's endpoint."""

@@ -43,6 +43,8 @@ class Leg:
     def move(self, event: LegEvent) -> None:
         self.state = LEG.move(self.state, event)
         front = self.call.front
+        if not self.pending:  # the phone stopped ringing: a queue agent may be free
+            front.queues.changed(self.extension)
         if front.notes_changes:  # BLF (engine.services.dialoginfo)
             front.changed.append(self)
 

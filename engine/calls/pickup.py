@@ -98,25 +98,16 @@ def start_pickup(picker: Call, step: Pickup, now: float,
         picker.front.count_pickup("refused")
         return picker._unanswered(488, now, [("Warning", warning_value(
             "call pickup needs the call's media through the engine (serve --media relay)"))])
-    try:
-        theirs = sdp.parse_sdp(picker.invite.body) if picker.invite.body else None
-    except (sdp.SdpError, ParseError) as exc:
-        return picker._unanswered(488, now, [("Warning", warning_value(
-            f"unreadable SDP offer: {exc}"))])
-    if theirs is None:
-        return picker._unanswered(480, now, [("Warning", warning_value(
-            "call pickup needs an SDP offer in the INVITE (late offer is not supported)"))])
     # The picker's offer answered from the callee-side port, in a codec the ringing
     # phone was offered (so the caller is relayed as it would have been).
     offered = [f.name for f in leg.offer.stream(0).formats if f.name.lower()
                != "telephone-event"] if leg.offer.media else []
-    session, version = call.anchor.callee.next_origin()
-    ours = sdp.answer(theirs, offered, address=picker.local.host, port=call.anchor.callee_port,
-                      session_id=session, session_version=version)
-    if isinstance(ours, sdp.AnswerRefused):
-        picker.front.count_pickup("refused")
-        return picker._unanswered(488, now, [("Warning", warning_value(
-            f"{ours.reason} (the engine does not transcode)"))])
+    answered = _answer_picker(
+        picker, call, offered, now, "call pickup needs an SDP offer in the INVITE (late "
+        "offer is not supported)", "the engine does not transcode", count_refused=True)
+    if isinstance(answered, list):
+        return answered
+    _, ours = answered
     log.info("picked up", call_id=call.id, picker=step.picker, leg=leg.label,
              by=picker.id, directed=step.directed)
     # The picker's call ends without a word: its INVITE is answered by the picked call.
@@ -127,6 +118,32 @@ def start_pickup(picker: Call, step: Pickup, now: float,
     events += call.connect(mine, picker.invite.body, "application/sdp", now)
     picker.front.count_pickup("directed" if step.directed else "group")
     return events
+
+
+def _answer_picker(picker: Call, call: Call, codecs: list[str], now: float, no_offer: str,
+                   no_codec: str, count_refused: bool = False,
+                   ) -> tuple[sdp.SessionDescription, sdp.SessionDescription] | list[CallOutput]:
+    """The picker's SDP offer answered from ``call``'s callee-side port in one of
+    ``codecs`` (those the caller can be relayed in without transcoding): (its offer,
+    our answer); or the refusal sent to the picker (488 unreadable or no common
+    codec, 480 ``no_offer`` without SDP), whose picker's call then ends. A pickup and
+    a park retrieval take a call the same way, so they answer the same way."""
+    try:
+        theirs = sdp.parse_sdp(picker.invite.body) if picker.invite.body else None
+    except (sdp.SdpError, ParseError) as exc:
+        return picker._unanswered(488, now, [("Warning", warning_value(
+            f"unreadable SDP offer: {exc}"))])
+    if theirs is None:
+        return picker._unanswered(480, now, [("Warning", warning_value(no_offer))])
+    session, version = call.anchor.callee.next_origin()
+    ours = sdp.answer(theirs, codecs, address=picker.local.host, port=call.anchor.callee_port,
+                      session_id=session, session_version=version)
+    if isinstance(ours, sdp.AnswerRefused):
+        if count_refused:
+            picker.front.count_pickup("refused")
+        return picker._unanswered(488, now, [("Warning", warning_value(
+            f"{ours.reason} ({no_codec})"))])
+    return theirs, ours
 
 
 def _adopt(picker: Call, call: Call, extension: str, label: str,
@@ -160,22 +177,13 @@ def start_unpark(picker: Call, step: Unpark, now: float) -> list[CallOutput]:
     if media is None or not call.anchor.callee_port:
         return picker._unanswered(488, now, [("Warning", warning_value(
             "the parked call has no media through the engine"))])
-    try:
-        theirs = sdp.parse_sdp(picker.invite.body) if picker.invite.body else None
-    except (sdp.SdpError, ParseError) as exc:
-        return picker._unanswered(488, now, [("Warning", warning_value(
-            f"unreadable SDP offer: {exc}"))])
-    if theirs is None:
-        return picker._unanswered(480, now, [("Warning", warning_value(
-            "retrieving a parked call needs an SDP offer in the INVITE"))])
-    session, version = call.anchor.callee.next_origin()
-    ours = sdp.answer(theirs, [media.codec], address=picker.local.host,
-                      port=call.anchor.callee_port, session_id=session,
-                      session_version=version)
-    if isinstance(ours, sdp.AnswerRefused):
-        return picker._unanswered(488, now, [("Warning", warning_value(
-            f"{ours.reason} (the parked call is in {media.codec}; the engine does not "
-            "transcode)"))])
+    answered = _answer_picker(
+        picker, call, [media.codec], now,
+        "retrieving a parked call needs an SDP offer in the INVITE",
+        f"the parked call is in {media.codec}; the engine does not transcode")
+    if isinstance(answered, list):
+        return answered
+    theirs, ours = answered
     extension = picker.facts.caller
     log.info("unparked", call_id=call.id, orbit=step.orbit, by=extension)
     told = call.let_parker_go(now)  # retrieved while the parker hears the orbit

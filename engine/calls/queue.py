@@ -29,10 +29,18 @@ Decisions:
   whose effective status is ``available`` (DND, away, lunch, business trip are
   skipped). A try that ended within a second (the phone refused at once) is
   followed by the next one no sooner than :data:`RETRY_SECONDS` later, so a
-  phone that refuses everything is not rung in a tight loop. Agents freed by the
-  queues (a try unanswered, a wrap-up over, a log-in) are rung at once; changes
-  the queues are not told of (a registration, a status, a call outside the
-  queues ending) are seen within :data:`POLL_SECONDS`.
+  phone that refuses everything is not rung in a tight loop. An agent who may
+  be rung is offered the next caller at once, as busy lamps are told of a change
+  rather than polling for it: the queues free agents themselves (a try unanswered,
+  a wrap-up over, a log-in), and whatever else decides who may be rung tells them
+  (:meth:`Queues.changed`; the engine then runs :meth:`Queues.wake` before it
+  answers the input that changed it): a registration added or removed (a REGISTER,
+  another node's binding read from the store), a live status set (``switchboard
+  status set``, the admin API), a new directory, a call ending or a phone's
+  ringing leg ending. Only a status that follows a schedule (``auto_status``:
+  office hours, holidays) changes with the clock and tells nobody: while such an
+  agent may be rung for a waiting caller, the queues look again every
+  :data:`SCHEDULE_POLL_SECONDS`.
 * **Strategies** pick among the agents who may be rung: ``ring_all`` rings them
   all; the others one at a time, each agent once per caller before any is
   rung again: ``hunt`` in the order of ``agents``; ``round_robin`` the next
@@ -89,9 +97,11 @@ log = structlog.get_logger("switchboard.call")
 
 RETRY_SECONDS = 1.0
 """The shortest time between two tries for one caller when a try ended at once."""
-POLL_SECONDS = 2.0
-"""A caller waits with nobody rung: who may be rung is looked at again this often
-(registrations, statuses and calls outside the queues change without telling them)."""
+SCHEDULE_POLL_SECONDS = 15.0
+"""A caller waits with nobody rung and an agent of its queue has a scheduled status
+(``auto_status``): who may be rung is looked at again this often, since the clock
+turns that status available and nothing tells the queues. Everything else that
+decides who may be rung notifies them (:meth:`Queues.changed`)."""
 NOTICE_SECONDS = 8.0
 """A log-in confirmation call is hung up by then even if its tone never reports done."""
 
@@ -190,6 +200,10 @@ class Queues:
         self.now = 0.0  # the latest monotonic time an entry point was given
         self._dispatching = False
         self._again = False
+        # Something that decides who may be rung changed since the last wake (a
+        # registration, a status, a call or a ringing leg ending): the engine calls
+        # wake() after the input that did it.
+        self.due = False
 
     # ------------------------------------------------------------------ configuration
     def set_directory(self, directory: Directory) -> None:
@@ -214,6 +228,26 @@ class Queues:
                 room.logged_in.clear()
                 rooms[name] = room
         self.rooms = rooms
+
+    def changed(self, extension: str | None = None) -> None:
+        """A registration was added or removed, a live status set, a call or a ringing
+        leg ended, or the directory changed: an agent may be free to ring now. Only
+        noted here (a flag: the call path pays a dict lookup); :meth:`wake` acts.
+        ``extension``: whose change it is; one that is nobody's agent changes nothing
+        (a busy office's calls do not wake the queues), nor anything without queues."""
+        if (self.agents and extension is None) or extension in self.agents:
+            self.due = True
+
+    def wake(self, now: float) -> list[CallOutput]:
+        """After an input that :meth:`changed` the queues: a caller waiting with
+        nobody rung is offered to the agents who may be rung now."""
+        try:
+            waiting = any(not c.ringing for room in self.rooms.values() for c in room.callers)
+            return self.dispatch(now) if waiting else []
+        finally:
+            # Cleared after, even when dispatch failed (the engine's next wakeup is
+            # "now" while it is set): what dispatch changed (its legs) is its own doing.
+            self.due = False
 
     def room(self, name: str) -> Room | None:
         return self.rooms.get(name)
@@ -494,9 +528,25 @@ class Queues:
                 times.append(caller.deadline)
                 if caller.announce_at and not caller.announcing:
                     times.append(caller.announce_at)
-                if not caller.ringing:
-                    times.append(max(caller.not_before, self.now + POLL_SECONDS))
+                if caller.ringing:
+                    continue
+                if caller.not_before > self.now:
+                    times.append(caller.not_before)
+                elif self._scheduled(room):
+                    times.append(self.now + SCHEDULE_POLL_SECONDS)
         return min(times, default=None)
+
+    def _scheduled(self, room: Room) -> bool:
+        """Whether an agent logged in to ``room`` has a status that follows a schedule
+        (``auto_status``), which the clock changes without telling the queues."""
+        directory = self.front.directory
+        if directory is None:
+            return False
+        for ext in room.logged_in:
+            user = directory.user(ext)
+            if user is not None and user.schedule.auto_status:
+                return True
+        return False
 
     def on_timer(self, now: float) -> list[CallOutput]:
         self.now = now

@@ -21,6 +21,7 @@ __all__ = [
     "callee_codecs",
     "caller_codecs",
     "hold_playlist",
+    "leg_srtp",
     "party_name",
     "prompt_language",
     "record_reason",
@@ -51,6 +52,16 @@ def user_srtp(directory: Directory | None, extension: str) -> SrtpMode:
     """A user's ``srtp`` (``off`` for anyone not in the directory, trunks included)."""
     user = directory.user(extension) if directory else None
     return user.srtp if user is not None else "off"
+
+
+def leg_srtp(directory: Directory | None, target: Device | External, transport: str) -> bool:
+    """Whether a leg the engine makes to ``target`` over ``transport`` is offered
+    SDES-SRTP (RTP/SAVP with our key): a phone of a user whose ``srtp`` is
+    ``allowed`` or ``required`` reached over TLS, the only path the keys may travel
+    (RFC 4568 s8.3); anyone else plain RTP. One rule for every leg: a call's first
+    legs, a transfer's target (blind or attended), an IVR choice, a queue's agents."""
+    return isinstance(target, Device) and transport.lower() == "tls" and \
+        user_srtp(directory, target.extension) != "off"
 
 
 def srtp_refusal(directory: Directory | None, facts: CallFacts, transport: str,

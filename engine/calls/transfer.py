@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import structlog
 
@@ -178,6 +178,10 @@ class Transfer:
     reinvite: sdp.SessionDescription | None = None  # our offer in that re-INVITE
     ack: Send | None = None  # our ACK of its 2xx, sent again for a retransmitted 2xx
     state: TransferState = TransferState.REFERRED
+    # What the call is told when the target's answer settles it, and the reason
+    # logged when that answer is unusable (an IVR choice says its own).
+    SETTLED: ClassVar[CallEvent] = CallEvent.TRANSFER_SETTLED
+    UNUSABLE: ClassVar[str] = "transfer target's answer unusable"
 
     def move(self, event: TransferEvent) -> None:
         self.state = TRANSFER.move(self.state, event)
@@ -223,14 +227,20 @@ class Transfer:
         call.rung = {b.contact for b in front.registrar.lookup(extension, wall)}
         return events + call.bridge() + call.run_step(0, now)
 
-    def offer_for(self, target: Device | External) -> sdp.SessionDescription | None:
-        """The offer to a target: the port facing the transferor, the transferee's
-        codec only, sendrecv whoever held the call. A target taking the caller's
-        place (a transfer by the caller) is offered the caller-side endpoint."""
+    def offer_for(self, target: Device | External,
+                  transport: str) -> sdp.SessionDescription | None:
+        """The offer to a target reached over ``transport``: the port facing the
+        transferor, the transferee's codec only, sendrecv whoever held the call,
+        SRTP by the rule of every leg (``rules.leg_srtp``: an SRTP user's phone over
+        TLS). A target taking the caller's place (a transfer by the caller) is
+        offered the caller-side endpoint."""
         call = self.call
         if self.by_caller:
-            return call.anchor.caller_side_offer(call.local.host, self.codec)
-        return call.callee_offer(target, call.anchor.music_codec or self.codec, sendrecv=True)
+            return call.anchor.caller_side_offer(
+                call.local.host, self.codec,
+                srtp=rules.leg_srtp(call.front.directory, target, transport))
+        return call.callee_offer(target, call.anchor.music_codec or self.codec, sendrecv=True,
+                                 transport=transport)
 
     def target_ringing(self) -> None:
         self.move(TransferEvent.TARGET_RINGING)
@@ -250,9 +260,11 @@ class Transfer:
 
     def target_answered(self, leg: Leg, body: bytes, now: float) -> list[CallOutput]:
         """The target answered: relay it to the transferee (same port, same codec: no
-        re-INVITE), NOTIFY 200 and BYE to the transferor, the other legs cancelled."""
+        re-INVITE), the other legs cancelled, then :meth:`connected` (a transfer tells
+        its transferor; an IVR choice has none). One path for both, so a transfer's
+        target and an IVR caller's choice are joined the same way."""
         call = self.call
-        answered = call.callee_answer(leg, body, "transfer target's answer unusable")
+        answered = call.callee_answer(leg, body, self.UNUSABLE)
         if answered is None:
             hung_up = call.bye_leg(leg, now)
             leg.status = 488
@@ -262,15 +274,13 @@ class Transfer:
         theirs, media = answered
         self.move(TransferEvent.TARGET_ANSWERED)
         call.transfer = None
-        call.move(CallEvent.TRANSFER_SETTLED)
+        call.move(self.SETTLED)
         call.disarm("no_answer")
-        log.info("transfer connected", call_id=call.id, leg=leg.label)
-        call.front.count_transfer("connected")
         events: list[CallOutput] = []
         for other in call.legs:
             if other is not leg:
                 events += call.cancel_leg(other, now, COMPLETED_ELSEWHERE)
-        events += self._let_transferor_go(200, now)
+        events += self.connected(leg, now)
         if isinstance(leg.target, Device):
             call.join(leg.target.extension)
         if self.by_caller:  # the target takes the caller's place
@@ -281,6 +291,12 @@ class Transfer:
             call.callee_leg = leg
             call.anchor.take_side(False, media, leg.offer)
         return events + call.bridge()
+
+    def connected(self, leg: Leg, now: float) -> list[CallOutput]:
+        """The target's answer is taken: NOTIFY 200 and BYE to the transferor."""
+        log.info("transfer connected", call_id=self.call.id, leg=leg.label)
+        self.call.front.count_transfer("connected")
+        return self._let_transferor_go(200, now)
 
     def to_voicemail(self, step: Voicemail, now: float) -> list[CallOutput]:
         """The target's plan leaves a message: the transferee, already answered, gets
@@ -346,7 +362,7 @@ class Transfer:
         # Our new offer to the target: this call's port on the transferor's side, the
         # transferee's codec only, in the session the target knows (RFC 3264 s8:
         # same o=, the version one up).
-        offer = self.offer_for(target.target)
+        offer = self.offer_for(target.target, target.transport)
         assert offer is not None
         session, version = other.anchor.callee.next_origin()
         offer = sdp.with_origin(offer, session, version, local.host)

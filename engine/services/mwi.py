@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from engine.sip.dialog import Dialog, new_tag
 from engine.sip.message import Request, Response, make_response
+from engine.sip.subscribe import expires_asked, refresh
 from engine.sip.transaction import Addr, Event, TxKey
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class MessageWaiting:
     def subscribe(self, req: Request, key: TxKey, box: str, source: Addr, transport: str,
                   now: float, local: Local) -> list[Event]:
         """A new SUBSCRIBE (no To tag) from the authenticated owner of ``box``."""
-        expires = _expires(req)
+        expires = expires_asked(req, MAX_EXPIRES)
         if 0 < expires < MIN_EXPIRES:
             return self.tx.respond(key, make_response(
                 req, 423, headers=[("Min-Expires", str(MIN_EXPIRES))]), now)
@@ -74,24 +75,17 @@ class MessageWaiting:
     def in_dialog(self, req: Request, key: TxKey, now: float,
                   local: Local) -> list[Event] | None:
         """A refresh or an unsubscribe (SUBSCRIBE with our To tag); None: not ours."""
-        sub = self.subs.get((req.call_id, req.to.tag or ""))
+        ident = (req.call_id, req.to.tag or "")
+        sub = self.subs.get(ident)
         if sub is None:
             return None
-        if req.method != "SUBSCRIBE":
-            return self.tx.respond(key, make_response(req, 405, headers=[
-                ("Allow", "SUBSCRIBE")]), now)
-        check = sub.dialog.on_request(req)
-        if check is not None:
-            return self.tx.respond(key, make_response(req, check), now)
-        expires = _expires(req)
-        if 0 < expires < MIN_EXPIRES:
-            return self.tx.respond(key, make_response(
-                req, 423, headers=[("Min-Expires", str(MIN_EXPIRES))]), now)
-        events = self.tx.respond(key, make_response(req, 200, headers=[
-            ("Expires", str(expires)), ("Contact", sub.dialog.local_contact)]), now)
+        events, expires = refresh(self.tx, req, key, sub.dialog, now, MIN_EXPIRES,
+                                  MAX_EXPIRES)
+        if expires is None:
+            return events
         sub.expires_at = now + expires
         if not expires:
-            del self.subs[(req.call_id, req.to.tag or "")]
+            del self.subs[ident]
         return events + self._notify(sub, now, local, terminated=not expires)
 
     def set_counts(self, counts: dict[str, tuple[int, int]], now: float,
@@ -142,11 +136,6 @@ class MessageWaiting:
         key, events = self.tx.send_request(request, sub.dest, sub.transport, now)
         self._notifies.add(key)
         return events
-
-
-def _expires(req: Request) -> int:
-    value = req.expires
-    return MAX_EXPIRES if value is None else min(value, MAX_EXPIRES)
 
 
 def _contact(local: Local, transport: str) -> str:

@@ -56,6 +56,7 @@ import structlog
 from engine.calls.states import Machine
 from engine.sip.dialog import Dialog, new_tag
 from engine.sip.message import Request, Response, make_response, warning_value
+from engine.sip.subscribe import expires_asked, refresh
 from engine.sip.timerheap import TimerHeap
 from engine.sip.transaction import Addr, Event, TxKey
 
@@ -194,7 +195,7 @@ class Subscriptions:
                   source: Addr, transport: str, now: float, local: Local) -> list[Event]:
         """A new SUBSCRIBE (no To tag), authenticated as ``watcher`` and allowed to
         watch ``target`` (the engine checked both)."""
-        expires = _expires(req)
+        expires = expires_asked(req, MAX_EXPIRES)
         if 0 < expires < MIN_EXPIRES:  # RFC 6665 s4.2.1.1: 423 with Min-Expires
             return self.tx.respond(key, make_response(
                 req, 423, headers=[("Min-Expires", str(MIN_EXPIRES))]), now)
@@ -225,18 +226,10 @@ class Subscriptions:
         sub = self.subs.get((req.call_id, req.to.tag or ""))
         if sub is None:
             return None
-        if req.method != "SUBSCRIBE":
-            return self.tx.respond(key, make_response(req, 405, headers=[
-                ("Allow", "SUBSCRIBE")]), now)
-        check = sub.dialog.on_request(req)
-        if check is not None:
-            return self.tx.respond(key, make_response(req, check), now)
-        expires = _expires(req)
-        if 0 < expires < MIN_EXPIRES:
-            return self.tx.respond(key, make_response(
-                req, 423, headers=[("Min-Expires", str(MIN_EXPIRES))]), now)
-        events = self.tx.respond(key, make_response(req, 200, headers=[
-            ("Expires", str(expires)), ("Contact", sub.dialog.local_contact)]), now)
+        events, expires = refresh(self.tx, req, key, sub.dialog, now, MIN_EXPIRES,
+                                  MAX_EXPIRES)
+        if expires is None:
+            return events
         if not expires:
             sub.move(SubEvent.UNSUBSCRIBE)
             self._remove(sub, "unsubscribed")
@@ -427,8 +420,3 @@ class Subscriptions:
         if self.metrics is not None:
             self.metrics.notifies_sent.labels(sub.package).inc()
         return events
-
-
-def _expires(req: Request) -> int:
-    value = req.expires
-    return MAX_EXPIRES if value is None else min(value, MAX_EXPIRES)

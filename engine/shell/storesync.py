@@ -66,7 +66,7 @@ class StoreSync:
         self.engine = engine
         self.store = store
         self.node_id = node_id
-        self.apply = apply  # carries out the BYEs of a takeover
+        self.apply = apply  # carries out the BYEs of a takeover, the rings a merged binding brings
         self.link = StoreLink(store, engine.metrics)  # writes behind; the store's ups and downs
         self._tasks: list[asyncio.Task[None]] = []
         self._binding_revision = 0  # the first sync reads every other node's binding
@@ -255,7 +255,8 @@ class StoreSync:
                                                   exclude_node=self.node_id)
         self._binding_revision = changes.revision
         if changes.saved or changes.deleted:
-            self.engine.registrar.merge(changes.saved, changes.deleted, time.time())
+            self.apply(self.engine.merge_bindings(changes.saved, changes.deleted, time.time(),
+                                                  time.monotonic()))
             log.debug("bindings from other nodes", saved=len(changes.saved),
                       deleted=len(changes.deleted), revision=changes.revision)
 
