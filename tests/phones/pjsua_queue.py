@@ -41,24 +41,15 @@ import pjsua2 as pj
 from pjcommon import Leg, Log, Pump, SideCall, emit
 
 
-class Call(SideCall):
-    """pjcommon's tracked call, and when this script sent 180 for it (an agent's
-    ring-no-answer is timed from then)."""
-
-    def __init__(self, acc: Any, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, side, call_id)
-        self.ringing_since = 0.0
-
-
 class Account(pjcommon.RegAccount):
     def __init__(self, user: str) -> None:
         super().__init__(user)
         self.seen = 0
-        self.incoming: list[Call] = []  # kept referenced: a collected Call hangs up
-        self.rang_to: list[Call] = []  # incoming calls answered 180 already
+        self.incoming: list[SideCall] = []  # kept referenced: a collected Call hangs up
+        self.rang_to: list[SideCall] = []  # incoming calls answered 180 already
 
     def onIncomingCall(self, prm: Any) -> None:
-        call = Call(self, f"agent {self.user}", prm.callId)
+        call = SideCall(self, f"agent {self.user}", prm.callId)
         self.incoming.append(call)
         emit(event="incoming", account=self.user, t=time.monotonic())
 
@@ -72,7 +63,7 @@ class Phones(Pump):
         self.rung: list[str] = []
         self.rung_at: dict[str, float] = {}
         self.answered_by = ""
-        self.answered_call: Call | None = None
+        self.answered_call: SideCall | None = None
 
     def service(self) -> None:
         """Each poll: 180 to each new incoming call, answer the chosen agent's."""
@@ -116,7 +107,7 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
     args = phones.args
     if args.code_by:
         acc = phones.accounts[args.code_by]
-        out = Call(acc, "code")
+        out = SideCall(acc, "code")
         out.makeCall(f"sip:{args.code}@{args.domain}", pj.CallOpParam(True))
         phones.pump(lambda: out.disconnected, 15)
         result["code_answered"] = out.confirmed
@@ -124,9 +115,9 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
         if not out.disconnected:
             out.hangup(pj.CallOpParam(True))
             phones.pump(lambda: out.disconnected, 3)
-    caller: Call | None = None
+    caller: SideCall | None = None
     if args.caller:
-        caller = Call(phones.accounts[args.caller.partition(":")[0]], "caller")
+        caller = SideCall(phones.accounts[args.caller.partition(":")[0]], "caller")
         phones.legs["caller"] = Leg(caller, args.agent_wav, None)
         caller.makeCall(f"sip:{args.dial}@{args.domain}", pj.CallOpParam(True))
         phones.pump(lambda: caller.confirmed or caller.disconnected, 10)
