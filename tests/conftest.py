@@ -100,6 +100,9 @@ class EngineProcess:
                 return self
             except OSError:
                 time.sleep(0.1)
+        # not left running: a stray engine would hold its ports and CPU for the tests after
+        self.proc.kill()
+        self.proc.wait(5)
         raise RuntimeError(f"engine did not come up:\n{self.log()}")
 
     def stop(self) -> int:
