@@ -91,7 +91,9 @@ class EngineProcess:
             cmd += ["--directory", str(self.directory)]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=self.data_dir)
-        deadline = time.monotonic() + 20
+        # generous: a box busy with other work can take many seconds to import the
+        # engine; a healthy start returns as soon as /healthz answers
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"engine exited {self.proc.returncode}:\n{self.log()}")
@@ -100,6 +102,9 @@ class EngineProcess:
                 return self
             except OSError:
                 time.sleep(0.1)
+        # not left running: a stray engine would hold its ports and CPU for the tests after
+        self.proc.kill()
+        self.proc.wait(5)
         raise RuntimeError(f"engine did not come up:\n{self.log()}")
 
     def stop(self) -> int:

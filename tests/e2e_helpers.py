@@ -148,22 +148,49 @@ def run_to_done(cmd: list[str], log: Path, engine: EngineProcess, timeout: int, 
     return events
 
 
+class CarrierOffice:
+    """An engine whose trunk is the pjsua2 phones' carrier port: the directory (a
+    template with ``{carrier}``, ``{low}``, ``{high}`` and ``fields``) in ``folder``.
+    One serves every run of a module (:func:`shared_office`)."""
+
+    def __init__(self, folder: Path, directory: str, **fields: object) -> None:
+        self.carrier = free_port()
+        low = 40000 + (free_port() % 10000) // 2 * 2
+        (folder / "directory.toml").write_text(
+            directory.format(carrier=self.carrier, low=low, high=low + 99, **fields))
+        self.engine = EngineProcess(folder, folder / "directory.toml")
+
+
+def shared_office(folder: Path, directory: str, **fields: object) -> Iterator[CarrierOffice]:
+    """A module fixture's body: one carrier office for the module's runs, stopped
+    cleanly at the end. Each run reads the engine's log from its own start."""
+    require_pjsua2()
+    office = CarrierOffice(folder, directory, **fields)
+    office.engine.start()
+    try:
+        yield office
+    finally:
+        code = office.engine.stop()
+    assert code == 0, f"engine did not shut down cleanly ({code}):\n{office.engine.log()[-3000:]}"
+
+
 class CarrierRun:
-    """One run of pjsua2 phones against a fresh engine whose trunk is the phones'
-    carrier port: the directory (a template with ``{carrier}``, ``{low}``,
-    ``{high}`` and ``fields``), the phones' events, recordings and logs, and the
+    """One run of pjsua2 phones against ``office``, the module's engine whose trunk is
+    the phones' carrier port: the phones' events, recordings and logs, and the
     readings the tests make of them. The phone script writes its JSON events to
     stdout and ``heard-by-<side>.wav`` recordings in the run's folder."""
 
-    def __init__(self, tmp_path: Path, directory: str, **fields: object) -> None:
+    def __init__(self, tmp_path: Path, office: CarrierOffice) -> None:
         self.tmp = tmp_path
-        self.carrier = free_port()
-        low = 40000 + (free_port() % 10000) // 2 * 2
-        (tmp_path / "directory.toml").write_text(
-            directory.format(carrier=self.carrier, low=low, high=low + 99, **fields))
+        self.carrier = office.carrier
         self.log = tmp_path / "pjsua.log"
-        self.engine = EngineProcess(tmp_path, tmp_path / "directory.toml")
+        self.engine = office.engine
+        self.since = len(self.engine.log())  # this run's part of the engine's log
         self.events: list[dict[str, Any]] = []
+
+    def engine_log(self) -> str:
+        """The engine's log since this run began."""
+        return self.engine.log()[self.since:]
 
     def run(self, cmd: list[str], timeout: int, what: str) -> None:
         """Run the phone script to its "done" event (the JSON lines are kept with
@@ -192,9 +219,10 @@ class CarrierRun:
         return pcm[2 * a: 2 * b]
 
     def engine_said(self, prefix: str) -> list[dict[str, Any]]:
-        """The engine's log lines whose event starts with ``prefix``, in order."""
+        """The engine's log lines of this run whose event starts with ``prefix``, in
+        order."""
         out = []
-        for line in self.engine.log().splitlines():
+        for line in self.engine_log().splitlines():
             try:
                 row = json.loads(line)
             except ValueError:
@@ -202,17 +230,6 @@ class CarrierRun:
             if isinstance(row, dict) and str(row.get("event", "")).startswith(prefix):
                 out.append(row)
         return out
-
-
-def started(run: CarrierRun) -> Iterator[CarrierRun]:
-    """A fixture's body: the run's engine up for the test, then stopped cleanly."""
-    require_pjsua2()
-    run.engine.start()
-    try:
-        yield run
-    finally:
-        code = run.engine.stop()
-    assert code == 0, f"engine did not shut down cleanly ({code}):\n{run.engine.log()[-3000:]}"
 
 
 # --- SDP and SIP -------------------------------------------------------------------------

@@ -111,7 +111,6 @@ def test_a_wallboard_sees_status_registration_and_a_call(office: EngineProcess,
     phone = free_port()
     register_udp(office, "102", "bruno-secret-102", phone, domain=DOMAIN)
     callee = start_uas(tmp_path, "answer", phone, office.target, ring_ms=1500)
-    time.sleep(0.3)
     result = run_uac(tmp_path, office.target, caller="101", dialled="102", expect=200,
                      auth=("101", "alice-secret-101"), port=free_port(), hold_ms=2500,
                      domain=DOMAIN)

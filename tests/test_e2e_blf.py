@@ -116,7 +116,6 @@ def test_subscriber_sees_early_confirmed_terminated_and_unsubscribes(
         workdir=tmp_path / "subscriber"))
     wait_for(pbx, "subscribed", before + 1)
     callee = start_uas(tmp_path, "answer", phone102, pbx.target, ring_ms=1000)
-    time.sleep(0.3)
     call = run_uac(tmp_path, pbx.target, caller="101", dialled="102", expect=200,
                    auth=("101", "pw101"), port=caller, hold_ms=1000)
     assert call.ok, call.describe()

@@ -184,7 +184,6 @@ def log_events(pbx: EngineProcess, event: str) -> list[str]:
 
 def test_phone_calls_phone_answered_and_hung_up(pbx: EngineProcess, work: Path) -> None:
     callee = start_uas(work, "answer", PORTS["102"], pbx.target)
-    time.sleep(0.3)
     ok(run_uac(work, pbx.target, caller="101", dialled="102", expect=200,
                auth=("101", "pw101"), port=PORTS["uac"]))
     ok(callee.result())
@@ -197,7 +196,6 @@ def test_phone_calls_phone_answered_and_hung_up(pbx: EngineProcess, work: Path) 
 def test_no_answer_forwards_to_the_rule_target(pbx: EngineProcess, work: Path) -> None:
     desk = start_uas(work, "noanswer", PORTS["101"], pbx.target)
     forward = start_uas(work, "answer", PORTS["103"], pbx.target)
-    time.sleep(0.3)
     started = time.monotonic()
     ok(run_uac(work, pbx.target, caller="+15145550199", dialled="+15145550101", expect=200,
                port=PORTS["trunkin"]))
@@ -209,7 +207,6 @@ def test_no_answer_forwards_to_the_rule_target(pbx: EngineProcess, work: Path) -
 def test_busy_forwards_to_the_rule_target(pbx: EngineProcess, work: Path) -> None:
     desk = start_uas(work, "busy", PORTS["101"], pbx.target)
     forward = start_uas(work, "answer", PORTS["103"], pbx.target)
-    time.sleep(0.3)
     ok(run_uac(work, pbx.target, caller="102", dialled="101", expect=200,
                auth=("102", "pw102"), port=PORTS["uac"]))
     ok(desk.result())
@@ -222,7 +219,6 @@ def test_mobile_rings_with_the_desk_and_is_cancelled_when_the_desk_answers(
     try:
         desk = start_uas(work, "answer", PORTS["101"], pbx.target, ring_ms=1500)
         mobile = start_uas(work, "early", PORTS["trunk"], pbx.target)
-        time.sleep(0.3)
         ok(run_uac(work, pbx.target, caller="+15145550199", dialled="+15145550101",
                    expect=200, port=PORTS["trunkin"]))
         ok(desk.result())
@@ -243,7 +239,6 @@ def test_deflection_302_seen_by_the_trunk(pbx: EngineProcess, work: Path) -> Non
 def test_rebound_refused_comes_back_to_voicemail(pbx: EngineProcess, work: Path) -> None:
     desk = start_uas(work, "noanswer", PORTS["104"], pbx.target)
     mobile = start_uas(work, "refuse", PORTS["trunk"], pbx.target)
-    time.sleep(0.3)
     ok(run_uac(work, pbx.target, caller="+15145550199", dialled="+15145550104", expect=200,
                port=PORTS["trunkin"]))  # voicemail answers
     ok(desk.result())
@@ -308,11 +303,11 @@ def test_no_free_channel_for_a_forward_gives_503(small_pbx: EngineProcess, work:
 
 
 def test_trunk_registers_to_its_carrier_and_refreshes(tmp_path: Path) -> None:
-    from calls import start_carrier_registrar
+    from calls import listening, start_carrier_registrar
 
     port = free_port()
     carrier = start_carrier_registrar(tmp_path, port, "127.0.0.1:5060", "acct42", expires=3)
-    time.sleep(0.3)
+    listening(carrier, port)
     directory = tmp_path / "directory.toml"
     directory.write_text(f"""
 [system]
@@ -339,6 +334,10 @@ route_to = "busy"
     engine = EngineProcess(tmp_path, directory).start()
     try:
         ok(carrier.result(30))  # challenged, registered, refreshed before 3 s ran out
+        # SIPp is done once it sent its last 200; the engine logs it on receipt
+        deadline = time.monotonic() + 5
+        while len(log_events(engine, "trunk registered")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(log_events(engine, "trunk registered")) >= 2
         assert "carrier-secret" not in engine.log()
     finally:

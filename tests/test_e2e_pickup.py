@@ -26,7 +26,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,8 +39,8 @@ from tests.conftest import EngineProcess, free_port
 from tests.e2e_helpers import register_udp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "sipp"))
-from calls import in_background, run_uac, start_uas, uac_scenario
-from sipp import run_sipp
+from calls import Background, in_background, run_uac, start_phone, start_uas, uac_scenario
+from sipp import SippResult, run_sipp
 
 pytestmark = pytest.mark.peers
 
@@ -92,17 +92,42 @@ def ok(result: object) -> None:
     assert result.ok, result.describe()  # type: ignore[attr-defined]
 
 
-def test_directed_pickup_takes_the_call_ringing_102(pbx: EngineProcess, tmp_path: Path) -> None:
-    ringing = start_uas(tmp_path, "noanswer", PORTS["102"], pbx.target)  # 180, then CANCEL
-    time.sleep(0.3)
-    # the caller keeps the call until the engine's BYE (the picker hangs up first)
-    caller = in_background(lambda: run_uac(
-        tmp_path, pbx.target, caller="101", dialled="102", expect=200,
-        auth=("101", "pw101"), port=PORTS["caller"], wait_bye_ms=15000))
+def phone_102(pbx: EngineProcess, tmp_path: Path, scenario: str, name: str) -> Background:
+    """102's phone: SIPp playing ``scenario`` (XML text) on 102's registered port,
+    listening once this returns."""
+    xml = tmp_path / f"{name}.xml"
+    xml.write_text(scenario)
+    return start_phone(xml, PORTS["102"], pbx.target, tmp_path / name)
+
+
+def ring_102(pbx: EngineProcess, tmp_path: Path,
+             place: Callable[[], SippResult]) -> tuple[Background, Background]:
+    """102's SIPp phone rings (180, then takes the CANCEL: 200, 487, ACK) and
+    ``place`` calls 102 in the background; back once the engine logs 102's leg
+    ringing, with the phone and the call in progress."""
+    ringing = start_uas(tmp_path, "noanswer", PORTS["102"], pbx.target)
+
+    def rang() -> int:
+        return sum(1 for e in pbx.events("ringing") if str(e.get("leg", "")).startswith("102"))
+
+    before = rang()
+    call = in_background(place)
     deadline = time.monotonic() + 10
-    while not any(str(e.get("leg", "")).startswith("102") for e in pbx.events("ringing")):
+    while rang() == before:
         assert time.monotonic() < deadline, "102 never rang"
-        time.sleep(0.1)
+        time.sleep(0.05)
+    return ringing, call
+
+
+def caller_101(pbx: EngineProcess, tmp_path: Path) -> Callable[[], SippResult]:
+    """SIPp as 101 calling 102, kept on the call until the engine's BYE (the picker or
+    the retriever hangs up first)."""
+    return lambda: run_uac(tmp_path, pbx.target, caller="101", dialled="102", expect=200,
+                           auth=("101", "pw101"), port=PORTS["caller"], wait_bye_ms=20000)
+
+
+def test_directed_pickup_takes_the_call_ringing_102(pbx: EngineProcess, tmp_path: Path) -> None:
+    ringing, caller = ring_102(pbx, tmp_path, caller_101(pbx, tmp_path))
     ok(run_uac(tmp_path, pbx.target, caller="103", dialled="**102", expect=200,
                auth=("103", "pw103"), port=PORTS["picker"], hold_ms=1000))
     ok(ringing.result())  # 102 was cancelled (200 to CANCEL, 487, ACK)
@@ -207,18 +232,8 @@ def run_replacing_invite(tmp_path: Path, pbx: EngineProcess, replaces: str, expe
 
 def test_blf_pickup_by_invite_with_replaces_read_from_the_notify(
         pbx: EngineProcess, tmp_path: Path) -> None:
-    ringing = start_uas(tmp_path, "noanswer", PORTS["102"], pbx.target)  # 180, then CANCEL
-    time.sleep(0.3)
-    before_rang = sum(1 for e in pbx.events("ringing") if str(e.get("leg", "")).startswith("102"))
     before_picked = len(pbx.events("picked up"))
-    caller = in_background(lambda: run_uac(
-        tmp_path, pbx.target, caller="101", dialled="102", expect=200,
-        auth=("101", "pw101"), port=PORTS["caller"], wait_bye_ms=15000))
-    deadline = time.monotonic() + 10
-    while sum(1 for e in pbx.events("ringing")
-              if str(e.get("leg", "")).startswith("102")) == before_rang:
-        assert time.monotonic() < deadline, "102 never rang"
-        time.sleep(0.1)
+    ringing, caller = ring_102(pbx, tmp_path, caller_101(pbx, tmp_path))
     xml, trace = tmp_path / "fetch.xml", tmp_path / "fetch-messages.log"
     xml.write_text(FETCH_DIALOGS)
     fetched = run_sipp(xml, pbx.target, None, calls=1, rate=1, timeout=20,
@@ -301,12 +316,7 @@ a=rtpmap:101 telephone-event/8000
 
 def test_intercom_invite_carries_the_auto_answer_headers(pbx: EngineProcess,
                                                           tmp_path: Path) -> None:
-    xml = tmp_path / "intercom_uas.xml"
-    xml.write_text(INTERCOM_UAS)
-    phone = in_background(lambda: run_sipp(
-        xml, pbx.target, None, calls=1, rate=1, timeout=30,
-        extra_args=["-p", str(PORTS["102"]), "-t", "u1"], workdir=tmp_path / "uas-intercom"))
-    time.sleep(0.3)
+    phone = phone_102(pbx, tmp_path, INTERCOM_UAS, "uas-intercom")
     ok(run_uac(tmp_path, pbx.target, caller="101", dialled="*9102", expect=200,
                auth=("101", "pw101"), port=PORTS["caller"]))
     ok(phone.result())
@@ -412,20 +422,10 @@ def engine_port(resp: Response) -> int:
 
 
 def test_picked_up_call_carries_audio_both_ways(pbx: EngineProcess, tmp_path: Path) -> None:
-    ringing = start_uas(tmp_path, "noanswer", PORTS["102"], pbx.target)
-    time.sleep(0.3)
     caller, picker = UdpPhone(pbx, "101"), UdpPhone(pbx, "103")
-
-    def rang() -> int:
-        return sum(1 for e in pbx.events("ringing") if str(e.get("leg", "")).startswith("102"))
-
-    before = rang()
     try:
-        answered = in_background(lambda: caller.call("102"))  # type: ignore[arg-type,return-value]
-        deadline = time.monotonic() + 10
-        while rang() == before:
-            assert time.monotonic() < deadline, "102 never rang"
-            time.sleep(0.1)
+        ringing, answered = ring_102(
+            pbx, tmp_path, lambda: caller.call("102"))  # type: ignore[arg-type,return-value]
         ok_picker = picker.call("**102")
         assert ok_picker.status == 200
         answered.thread.join(10)
@@ -509,15 +509,8 @@ a=rtpmap:101 telephone-event/8000
 
 def test_park_by_transfer_to_star_0_then_retrieve_from_another_phone(
         pbx: EngineProcess, tmp_path: Path) -> None:
-    xml = tmp_path / "parker_uas.xml"
-    xml.write_text(PARKER_UAS)
-    parker = in_background(lambda: run_sipp(
-        xml, pbx.target, None, calls=1, rate=1, timeout=30,
-        extra_args=["-p", str(PORTS["102"]), "-t", "u1"], workdir=tmp_path / "uas-parker"))
-    time.sleep(0.3)
-    caller = in_background(lambda: run_uac(
-        tmp_path, pbx.target, caller="101", dialled="102", expect=200,
-        auth=("101", "pw101"), port=PORTS["caller"], wait_bye_ms=20000))
+    parker = phone_102(pbx, tmp_path, PARKER_UAS, "uas-parker")
+    caller = in_background(caller_101(pbx, tmp_path))
     ok(parker.result())  # answered, REFER to *0, NOTIFY "200 Parked on 701", BYE
     [told] = pbx.events("orbit told")  # "parked on 7 0 1" played to 102 before the BYE
     assert told["orbit"] == "701"

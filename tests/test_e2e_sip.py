@@ -7,6 +7,7 @@ import re
 import socket
 import sys
 import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,10 @@ from sipp import auth_csv_line, run_sipp
 TORTURE = SHARED / "conformance" / "rfc4475"
 
 
-def options(branch: str = "z9hG4bKo1", call_id: str = "opt-1") -> bytes:
+def options(branch: str | None = None, call_id: str = "opt-1") -> bytes:
+    # A branch of each Call-ID's own: the tests sharing an engine would otherwise send
+    # one transaction's retransmissions (RFC 3261 s17.2.3), answered to its first sender.
+    branch = branch or f"z9hG4bK-{call_id}"
     return (f"OPTIONS sip:pbx.example.test SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP 127.0.0.1:9;branch={branch};rport\r\n"
             f"From: <sip:probe@example.test>;tag=p1\r\nTo: <sip:pbx.example.test>\r\n"
@@ -36,7 +40,20 @@ def only_response(replies: list[bytes]) -> Response:
     return msg
 
 
-def test_options_udp_answered_with_capabilities(engine: EngineProcess) -> None:
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    """One engine for the tests that leave no state behind (no binding, no failed
+    authentication, nothing malformed in its log); the digest tests share another
+    (``registrar``); a test that blocks a source, sends torture messages or restarts
+    the engine has its own (``engine``)."""
+    proc = EngineProcess(tmp_path_factory.mktemp("quiet"), EXAMPLE).start()
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"engine did not shut down cleanly ({code}):\n{proc.log()}"
+
+
+def test_options_udp_answered_with_capabilities(quiet: EngineProcess) -> None:
+    engine = quiet
     resp = only_response(udp_exchange(engine.sip, options()))
     assert resp.status == 200
     assert "REGISTER" in (resp.get("allow") or "") and resp.get("accept") == "application/sdp"
@@ -46,7 +63,8 @@ def test_options_udp_answered_with_capabilities(engine: EngineProcess) -> None:
 
 
 def test_admin_listener_serves_nothing_unauthenticated_but_health(
-        engine: EngineProcess) -> None:
+        quiet: EngineProcess) -> None:
+    engine = quiet
     assert engine.health()["registrations"] == 0 and engine.metrics()
     for path in ("/registrations", "/calls", "/recordings", "/route/explain?from=1&to=2"):
         with pytest.raises(urllib.error.HTTPError) as gone:
@@ -58,7 +76,8 @@ def test_admin_listener_serves_nothing_unauthenticated_but_health(
 
 
 def test_register_requiring_path_is_accepted_and_the_path_echoed(
-        engine: EngineProcess) -> None:
+        quiet: EngineProcess) -> None:
+    engine = quiet
     # RFC 3327 s5.3: Require: path is no longer refused (420); a REGISTER that needs
     # no authentication is not reached here, so the challenge shows it was accepted.
     register = options(call_id="reg-path").replace(b"OPTIONS", b"REGISTER").replace(
@@ -69,14 +88,16 @@ def test_register_requiring_path_is_accepted_and_the_path_echoed(
     assert resp.status == 401 and resp.get("unsupported") is None
 
 
-def test_serve_logs_which_parser_it_runs(engine: EngineProcess) -> None:
+def test_serve_logs_which_parser_it_runs(quiet: EngineProcess) -> None:
+    engine = quiet
     # Operators see whether the C quick paths were built (tests/test_speedups.py).
     serving = [json.loads(line) for line in engine.log().splitlines()
                if line.startswith("{") and '"serving"' in line]
     assert len(serving) == 1 and serving[0]["parser"] == "c"
 
 
-def test_udp_crlf_keepalives_are_ignored_quietly(engine: EngineProcess) -> None:
+def test_udp_crlf_keepalives_are_ignored_quietly(quiet: EngineProcess) -> None:
+    engine = quiet
     # pjsip and Linphone send CRLFs over UDP every 15-30 s: no answer, no parse error.
     before = engine.metrics().get('switchboard_sip_parse_errors_total{transport="udp"}', 0.0)
     for ping in (b"\r\n\r\n", b"\r\n"):
@@ -88,7 +109,8 @@ def test_udp_crlf_keepalives_are_ignored_quietly(engine: EngineProcess) -> None:
     assert "malformed" not in engine.log()
 
 
-def test_options_tcp_and_crlf_keepalive(engine: EngineProcess) -> None:
+def test_options_tcp_and_crlf_keepalive(quiet: EngineProcess) -> None:
+    engine = quiet
     with socket.create_connection(engine.sip, timeout=3) as s:
         s.sendall(b"\r\n\r\n")
         assert s.recv(16) == b"\r\n"  # RFC 5626 s3.5.1 pong
@@ -193,9 +215,22 @@ def digest_register(engine: EngineProcess, ext: str, password: str, n: int,
                                                            auth)))
 
 
-@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
-def test_register_with_digest_then_list(engine: EngineProcess, algorithm: str) -> None:
-    ok = digest_register(engine, "101", "alice-secret-101", 1, algorithm)
+@pytest.fixture(scope="module")
+def registrar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    """One engine for the digest tests that stay below the failure limit: 101's one
+    binding (each registration replaces it, with a higher CSeq on its Call-ID) and
+    two failed authentications, counted as a delta."""
+    proc = EngineProcess(tmp_path_factory.mktemp("registrar"), EXAMPLE).start()
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"engine did not shut down cleanly ({code}):\n{proc.log()}"
+
+
+@pytest.mark.parametrize(("algorithm", "n"), [("SHA-256", 1), ("MD5", 3)])
+def test_register_with_digest_then_list(registrar: EngineProcess, algorithm: str,
+                                        n: int) -> None:
+    engine = registrar
+    ok = digest_register(engine, "101", "alice-secret-101", n, algorithm)
     assert ok.status == 200
     # 80-100 % of the 600 s asked (the registrar spreads refreshes)
     [contact] = ok.get_all("contact")
@@ -210,12 +245,15 @@ def test_register_with_digest_then_list(engine: EngineProcess, algorithm: str) -
         ("101", "sip:101@127.0.0.1:5062")]
 
 
-def test_wrong_password_and_unknown_user_look_the_same(engine: EngineProcess) -> None:
-    bad = digest_register(engine, "101", "wrong", 1)
-    unknown = digest_register(engine, "555", "whatever", 2)
+def test_wrong_password_and_unknown_user_look_the_same(registrar: EngineProcess) -> None:
+    engine = registrar
+    key = 'switchboard_auth_failures_total{method="REGISTER"}'
+    before = engine.metrics().get(key, 0.0)
+    bad = digest_register(engine, "101", "wrong", 10)
+    unknown = digest_register(engine, "555", "whatever", 11)
     assert bad.status == unknown.status == 401
     assert bad.reason == unknown.reason
-    assert engine.metrics()['switchboard_auth_failures_total{method="REGISTER"}'] == 2.0
+    assert engine.metrics()[key] - before == 2.0
     assert "alice-secret-101" not in engine.log() and "whatever" not in engine.log()
 
 

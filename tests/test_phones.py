@@ -42,19 +42,21 @@ BARESIP_MODULES = Path("/usr/lib/baresip/modules")
 EngineFactory = Callable[..., EngineProcess]
 
 
-@pytest.fixture
-def make_engine(tmp_path: Path) -> Iterator[EngineFactory]:
-    """Start engines with extra ``serve`` flags; all are stopped (cleanly) afterwards."""
-    started: list[EngineProcess] = []
+@pytest.fixture(scope="module")
+def make_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineFactory]:
+    """Engines with extra ``serve`` flags, one per set of flags for the module (the
+    tests that share one register different users, or the same user one after the
+    other, each phone unregistering as it stops); all stopped cleanly at the end."""
+    started: dict[tuple[str, ...], EngineProcess] = {}
 
     def make(*extra: str) -> EngineProcess:
-        data = tmp_path / f"engine{len(started)}"
-        data.mkdir()
-        started.append(EngineProcess(data, EXAMPLE, extra=list(extra)).start())
-        return started[-1]
+        if extra not in started:
+            data = tmp_path_factory.mktemp("engine")
+            started[extra] = EngineProcess(data, EXAMPLE, extra=list(extra)).start()
+        return started[extra]
 
     yield make
-    codes = [(e.stop(), e) for e in started]
+    codes = [(e.stop(), e) for e in started.values()]
     for code, e in codes:
         assert code == 0, f"engine did not shut down cleanly ({code}):\n{e.log()[-3000:]}"
 

@@ -45,7 +45,7 @@ from media.codecs import codec_for
 from media.prompts import prompt_path
 from media.tones import dominant_frequency, goertzel, rms_dbfs, sinusoid_snr_db, tone
 from media.wav import load_wav, write_wav
-from tests.e2e_helpers import SALES_104, CarrierRun, best_match, started
+from tests.e2e_helpers import SALES_104, CarrierOffice, CarrierRun, best_match, shared_office
 
 pytestmark = pytest.mark.peers
 
@@ -82,10 +82,10 @@ ring_mobile_simultaneously = true
 
 
 class Run(CarrierRun):
-    """One run of the phones against a fresh engine: events, recordings, logs."""
+    """One run of the phones against the module's engine: events, recordings, logs."""
 
-    def __init__(self, tmp_path: Path, mode: str) -> None:
-        super().__init__(tmp_path, DIRECTORY, no_answer=NO_ANSWER)
+    def __init__(self, tmp_path: Path, mode: str, office: CarrierOffice) -> None:
+        super().__init__(tmp_path, office)
         self.mode = mode
         for side, hz in HZ.items():  # whole periods in 1 s: looped without a seam
             write_wav(tmp_path / f"say-{side}.wav", tone(hz, 1000, level=0.4, ramp_ms=0))
@@ -118,9 +118,18 @@ def levels(pcm: bytes) -> dict[str, float]:
             "snr_db": round(sinusoid_snr_db(pcm, RATE, hz), 1)}
 
 
+@pytest.fixture(scope="module")
+def office(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarrierOffice]:
+    """One engine for the module: the desk phone unregisters 104 as its run ends, each
+    run reads the engine's log from its own start, and only the run without a key
+    leaves 104 a message."""
+    yield from shared_office(tmp_path_factory.mktemp("confirm"), DIRECTORY,
+                             no_answer=NO_ANSWER)
+
+
 @pytest.fixture
-def phones(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Run]:
-    yield from started(Run(tmp_path, request.param))
+def phones(tmp_path: Path, request: pytest.FixtureRequest, office: CarrierOffice) -> Run:
+    return Run(tmp_path, request.param, office)
 
 
 def asked(run: Run) -> tuple[dict[str, Any], float]:
@@ -214,7 +223,7 @@ def test_pjsua2_mobile_without_a_key_is_released_and_voicemail_follows(phones: R
     [released] = [r for r in said if r["event"] == "confirm: leg released"]
     assert released["channels_in_use"] == {"carrier": 1}, run.why(said)  # the caller's only
     assert released["ringing"] == 1, run.why(said)  # the desk phone
-    assert "voicemail answered" in run.engine.log(), run.why()
+    assert "voicemail answered" in run.engine_log(), run.why()
     listed = run.engine.cli("voicemail", "list", "104", "--json")
     assert listed.returncode == 0, listed.stderr
     [message] = json.loads(listed.stdout)

@@ -128,7 +128,6 @@ def test_pjsua2_buddy_sees_status_changes_and_calls(pbx: EngineProcess, tmp_path
         port = free_port()
         register_udp(pbx, "102", "pw102", port)
         callee = start_uas(tmp_path, "answer", port, pbx.target, ring_ms=300)
-        time.sleep(0.3)
         call = run_uac(tmp_path, pbx.target, caller="101", dialled="102", expect=200,
                        auth=("101", "pw101"), port=free_port(), hold_ms=1500)
         assert call.ok, call.describe()

@@ -3,7 +3,8 @@
 Each test starts its own engine (the agents' idle times and the round-robin
 position are the engine's memory, so tests must not share one) with agents 102,
 103 and 104 logged in from the start, and runs ``tests/phones/pjsua_queue.py``
-(the agents, and a pjsua2 caller 101) once per call, in order:
+(the agents, and a pjsua2 caller 101) once, its calls one after the other
+(``--then``: the agents register once per test, not once per call), in order:
 
 * ``round_robin``: the first call rings 102 (unanswered for ring_seconds), then
   103, who answers; the next call starts after 103: 104 rings first (hunt or
@@ -31,6 +32,7 @@ Every run is bounded by the helper's deadline. A missing pjsua2 fails (never ski
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -84,44 +86,56 @@ def office(tmp_path: Path, extra: str) -> Iterator[EngineProcess]:
     assert code == 0, f"engine did not shut down cleanly ({code}):\n{engine.log()[-3000:]}"
 
 
-def call(engine: EngineProcess, name: str, dial: str, answer: str, *args: str) -> dict[str, Any]:
-    """One pjsua2 call from 101 to ``dial``; ``answer`` answers after 0.5 s of ringing,
-    the other agents never do."""
+Call = tuple[str, str, tuple[str, ...]]  # dial, the agent who answers, more options
+
+
+def calls(engine: EngineProcess, name: str, *sequence: Call) -> list[dict[str, Any]]:
+    """pjsua2 calls from 101, one after the other, in one run of the phones (the
+    agents register once): each dials, its agent answers after 0.5 s of ringing, the
+    other agents never do. Their results, in order."""
     folder = engine.data_dir
     log = folder / f"pjsua-{name}.log"
+    (dial, answer, extra), *more = sequence
     cmd = [sys.executable, str(HELPER), "--registrar", engine.target, "--domain", DOMAIN,
            "--agents", AGENTS, "--agent-wav", str(folder / "agent.wav"), "--dial", dial,
-           "--answer", answer, "--answer-after", "0.5", "--stay", "2", "--deadline", "40",
-           "--log-level", "5", *args]
-    events = run_to_done(cmd, log, engine, 60, "pjsua2 queue agents")
+           "--answer", answer, "--answer-after", "0.5", "--stay", "2",
+           "--deadline", str(20 + 20 * len(sequence)), "--log-level", "5", *extra]
+    for dial, answer, extra in more:  # each --then changes what it names only
+        cmd += ["--then", shlex.join(["--dial", dial, "--answer", answer, "--stay", "2",
+                                      *extra])]
+    events = run_to_done(cmd, log, engine, 40 + 20 * len(sequence), "pjsua2 queue agents")
     results = [e for e in events if e["event"] == "result"]
-    assert results, f"events {events}\n{tail(log)}\n{engine.log()[-3000:]}"
-    result: dict[str, Any] = results[0]
-    result["why"] = (f"events {events}\n--- phone log ---\n{tail(log)}\n"
-                     f"--- engine log ---\n{engine.log()[-5000:]}")
-    assert result["caller_answered"], result["why"]
-    assert result["answered_by"] == answer and result["agent_connected"], result["why"]
-    return result
+    why = (f"events {events}\n--- phone log ---\n{tail(log)}\n"
+           f"--- engine log ---\n{engine.log()[-5000:]}")
+    assert [r["call"] for r in results] == list(range(len(sequence))), why
+    for result, (_, answer, _) in zip(results, sequence, strict=True):
+        result["why"] = why
+        assert result["caller_answered"], why
+        assert result["answered_by"] == answer and result["agent_connected"], why
+    return results
+
+
+def call(engine: EngineProcess, name: str, dial: str, answer: str, *args: str) -> dict[str, Any]:
+    """One pjsua2 call from 101 to ``dial`` (see :func:`calls`)."""
+    return calls(engine, name, (dial, answer, args))[0]
 
 
 def test_round_robin_starts_after_the_last_agent_rung(tmp_path: Path) -> None:
     with office(tmp_path, queue_toml("rr", "862", "round_robin")) as engine:
-        first = call(engine, "rr1", "862", "103")
+        first, second = calls(engine, "rr", ("862", "103", ()), ("862", "104", ()))
         assert first["rung"] == ["102", "103"], first["why"]  # 102 unanswered, then 103
         gap = first["rung_at"]["103"] - first["rung_at"]["102"]
         assert gap >= 2.5, first["why"]  # 103 only after 102's ring_seconds (3 s)
-        second = call(engine, "rr2", "862", "104")
         assert second["rung"] == ["104"], second["why"]  # the next after 103
 
 
 def test_longest_idle_rings_the_agent_idle_longest(tmp_path: Path) -> None:
     with office(tmp_path, queue_toml("idle", "863", "longest_idle")) as engine:
-        first = call(engine, "idle1", "863", "102")
+        first, second, third = calls(engine, "idle", ("863", "102", ()), ("863", "104", ()),
+                                     ("863", "103", ()))
         assert first["rung"] == ["102"], first["why"]  # all idle since log-in: the order
-        second = call(engine, "idle2", "863", "104")
         # 102 just worked: 103 (idle since log-in) first, unanswered, then 104
         assert second["rung"] == ["103", "104"], second["why"]
-        third = call(engine, "idle3", "863", "103")
         assert third["rung"][0] == "103", third["why"]  # ringing is not work: idle longest
         agents = engine.api_get("/queues/idle/agents")
         assert {ext: a["state"] for ext, a in agents.items()} == {
@@ -130,14 +144,13 @@ def test_longest_idle_rings_the_agent_idle_longest(tmp_path: Path) -> None:
 
 def test_fewest_answered_rings_the_agent_with_the_fewest_calls(tmp_path: Path) -> None:
     with office(tmp_path, queue_toml("few", "866", "fewest_answered")) as engine:
-        first = call(engine, "few1", "866", "102")
+        first, second, third, fourth = calls(engine, "few", ("866", "102", ()),
+                                             ("866", "102", ()), ("866", "103", ()),
+                                             ("866", "103", ()))
         assert first["rung"] == ["102"], first["why"]  # none answered yet: the order
-        second = call(engine, "few2", "866", "102")
         # 102 answered one: 103 and 104 (none) first, both unanswered, then 102
         assert second["rung"] == ["103", "104", "102"], second["why"]
-        third = call(engine, "few3", "866", "103")
         assert third["rung"] == ["103"], third["why"]  # 103 and 104 answered none: order
-        fourth = call(engine, "few4", "866", "103")
         # 104 (none answered), then 103 (one) before 102 (two): longest_idle would
         # ring 102 second (idle since the second call), round_robin 102 too (after 104)
         assert fourth["rung"] == ["104", "103"], fourth["why"]
@@ -147,11 +160,11 @@ def test_fewest_answered_rings_the_agent_with_the_fewest_calls(tmp_path: Path) -
 
 def test_least_talk_time_rings_the_agent_who_talked_least(tmp_path: Path) -> None:
     with office(tmp_path, queue_toml("talk", "867", "least_talk_time")) as engine:
-        first = call(engine, "talk1", "867", "102", "--stay", "6")
+        first, second, third = calls(engine, "talk", ("867", "102", ("--stay", "6")),
+                                     ("867", "103", ("--stay", "1")),
+                                     ("867", "103", ("--stay", "1")))
         assert first["rung"] == ["102"], first["why"]  # nobody talked yet: the order
-        second = call(engine, "talk2", "867", "103", "--stay", "1")
         assert second["rung"] == ["103"], second["why"]  # 102 talked 6 s, 103 none
-        third = call(engine, "talk3", "867", "103", "--stay", "1")
         # 104 (no talk) unanswered, then 103 (1 s) before 102 (6 s): fewest_answered,
         # longest_idle and hunt would ring 102 second, round_robin 104 then 102
         assert third["rung"] == ["104", "103"], third["why"]

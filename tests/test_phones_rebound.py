@@ -37,7 +37,7 @@ from media.codecs import codec_for
 from media.prompts import prompt_path
 from media.tones import dominant_frequency, goertzel, rms_dbfs, sinusoid_snr_db, tone
 from media.wav import load_wav, write_wav
-from tests.e2e_helpers import SALES_104, CarrierRun, best_match, started
+from tests.e2e_helpers import SALES_104, CarrierOffice, CarrierRun, best_match, shared_office
 
 pytestmark = pytest.mark.peers
 
@@ -72,10 +72,10 @@ busy = {{ external = "voicemail", internal = "voicemail" }}
 
 
 class Run(CarrierRun):
-    """One run of the carrier against a fresh engine: events, recordings, logs."""
+    """One run of the carrier against the module's engine: events, recordings, logs."""
 
-    def __init__(self, tmp_path: Path, key: str) -> None:
-        super().__init__(tmp_path, DIRECTORY)
+    def __init__(self, tmp_path: Path, key: str, office: CarrierOffice) -> None:
+        super().__init__(tmp_path, office)
         self.key = key
         # whole periods in 1 s, no fades: the players loop them without a seam
         write_wav(tmp_path / "say-700.wav", tone(CALLER_HZ, 1000, level=0.4, ramp_ms=0))
@@ -135,9 +135,16 @@ def common_checks(run: Run) -> tuple[dict[str, Any], float, float]:
     return result, result["mobile_media_at"], press["t"]
 
 
+@pytest.fixture(scope="module")
+def office(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CarrierOffice]:
+    """One engine for the module: the carrier registers nothing, each run reads the
+    engine's log from its own start, and only the refusal leaves 104 a message."""
+    yield from shared_office(tmp_path_factory.mktemp("rebound"), DIRECTORY)
+
+
 @pytest.fixture
-def carrier(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Run]:
-    yield from started(Run(tmp_path, request.param))
+def carrier(tmp_path: Path, request: pytest.FixtureRequest, office: CarrierOffice) -> Run:
+    return Run(tmp_path, request.param, office)
 
 
 @pytest.mark.parametrize("carrier", ["1"], indirect=True)
@@ -230,7 +237,7 @@ def test_pjsua2_mobile_refuses_the_rebound_with_2(carrier: Run) -> None:
     assert [r["event"] for r in said_log] == [
         "rebound screening", "rebound screened", "rebound refused"], run.why(said_log)
     assert (said_log[1]["key"], said_log[1]["accepted"]) == ("2", False), run.why(said_log)
-    assert "voicemail answered" in run.engine.log(), run.why()
+    assert "voicemail answered" in run.engine_log(), run.why()
 
     # the caller's 700 Hz after the beep is the message left for 104
     listed = run.engine.cli("voicemail", "list", "104", "--json")

@@ -99,7 +99,11 @@ class SideCall(TrackedCall):
     lines as it goes: each state (``call``, and its first time in ``at``), each
     media change (``media_state``; ``media_changes`` tells a :class:`Leg` to connect
     the bridge again), each request the far end sends in the dialog
-    (``rx_request``, once per CSeq: retransmissions are not counted again)."""
+    (``rx_request``, once per CSeq: retransmissions are not counted again), each
+    offer the far end makes in the dialog (``rx_offer``; ``reoffers`` counts
+    re-INVITEs and UPDATEs with SDP) and each NOTIFY about a REFER this side sent
+    (``xfer_status``; ``xfer_codes``). One class for the calls of every script, so
+    that what a phone saw is reported alike whichever test drives it."""
 
     def __init__(self, acc: Any, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(acc, call_id)
@@ -111,6 +115,9 @@ class SideCall(TrackedCall):
         self.media_at = 0.0  # first active audio
         self.rx_requests: list[str] = []  # requests received inside the dialog
         self.seen_cseqs: set[str] = set()
+        self.reoffers = 0  # re-INVITE / UPDATE offers received in the dialog
+        self.xfer_codes: list[int] = []  # the NOTIFYs' codes of this side's REFER
+        self.ringing_since = 0.0  # when this script answered it 180 (0: never)
 
     def onCallState(self, prm: Any) -> None:
         ci = self.track_state()
@@ -133,6 +140,15 @@ class SideCall(TrackedCall):
         self.media_changes += 1
         emit(event="media_state", side=self.side, status=self.status,
              call_state=str(ci.stateText), audio_index=self.audio_index, t=now)
+
+    def onCallRxOffer(self, prm: Any) -> None:
+        self.reoffers += 1  # answered by pjsua2's default (200 with its own SDP)
+        emit(event="rx_offer", side=self.side, t=time.monotonic())
+
+    def onCallTransferStatus(self, prm: Any) -> None:
+        self.xfer_codes.append(int(prm.statusCode))
+        emit(event="xfer_status", side=self.side, code=int(prm.statusCode),
+             final=bool(prm.finalNotify), t=time.monotonic())
 
     def onCallTsxState(self, prm: Any) -> None:
         if prm.e.type != pj.PJSIP_EVENT_TSX_STATE:
@@ -272,6 +288,18 @@ class Pump:
             if time.monotonic() >= stop:
                 return False
             self.ep.libHandleEvents(10)
+
+
+def unregister(pump: Pump, accounts: list[RegAccount], limit: float = 3.0) -> bool:
+    """Remove each account's binding (REGISTER with Expires 0) and wait, bounded, for
+    the answers: a later run against the same engine then finds only its own
+    bindings, not a contact that no longer listens."""
+    seen = [len(acc.codes) for acc in accounts]
+    for acc in accounts:
+        acc.setRegistration(False)
+    return pump.pump(lambda: all(len(acc.codes) > n for acc, n in zip(accounts, seen,
+                                                                         strict=True)),
+                     limit)
 
 
 class Leg:

@@ -44,6 +44,8 @@ Output, one JSON object per line on stdout; ``t`` is this process's
   {"event": "result", "caller_states": [...], "mobile_states": [...], ...}
   {"event": "error", "error": "...", ...}                   a pjsua2 call raised (exit 3)
   {"event": "done"}                                          after libDestroy
+The desk phone unregisters before the script exits (the engine may serve the next
+run too).
 Exit status: 0 once a call was tried, 2 when the desk phone did not register, 3 on
 an error.
 """
@@ -282,6 +284,7 @@ def main() -> int:
             return 2
         scenario(phones, carrier, result)
         emit(event="result", **result)
+        pjcommon.unregister(phones, [desk])  # the module's next run, same engine
     except Exception as e:
         pjcommon.report_error(e, result)  # and ``e`` is dropped here (see there)
         code = 3

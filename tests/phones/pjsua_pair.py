@@ -60,29 +60,17 @@ from typing import Any
 
 import pjcommon
 import pjsua2 as pj
-from pjcommon import Leg, Log, Pump, emit, set_codecs
-
-
-class Call(pjcommon.SideCall):
-    """Records what happened, and the offers the far end makes in the dialog."""
-
-    def __init__(self, acc: Account, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, side, call_id)
-        self.reoffers = 0  # re-INVITE / UPDATE offers received in the dialog
-
-    def onCallRxOffer(self, prm: Any) -> None:
-        self.reoffers += 1
-        emit(event="rx_offer", side=self.side, t=time.monotonic())
+from pjcommon import Leg, Log, Pump, SideCall, emit, set_codecs
 
 
 class Account(pjcommon.RegAccount):
     def __init__(self, user: str) -> None:
         super().__init__(user)
         self.seen = 0  # len(codes) when the un-REGISTER went out
-        self.incoming: list[Call] = []  # kept referenced: a collected Call hangs up
+        self.incoming: list[SideCall] = []  # kept referenced: a collected Call hangs up
 
     def onIncomingCall(self, prm: Any) -> None:
-        call = Call(self, "callee", prm.callId)
+        call = SideCall(self, "callee", prm.callId)
         self.incoming.append(call)
         ci = call.getInfo()
         emit(event="incoming", account=self.user, local=str(ci.localUri),
@@ -131,7 +119,7 @@ def converse(pair: Pair, result: dict[str, Any]) -> None:
     """101 calls 102; talk, hold, resume, hang up. The caller's Call lives in this
     frame and in ``pair.legs`` only."""
     args = pair.args
-    caller = Call(pair.accounts[0], "caller")
+    caller = SideCall(pair.accounts[0], "caller")
     pair.legs["caller"] = Leg(caller, args.caller_wav, args.caller_record)
     callee_user = args.callee.partition(":")[0]
     caller.makeCall(f"sip:{callee_user}@{args.domain}", pj.CallOpParam(True))

@@ -19,11 +19,18 @@ transport). Then, in order:
 4. after ``--stay`` s with an agent connected (or ``--stay`` s anyway), everybody
    hangs up.
 
+Each ``--then "ARGS"`` (repeatable) is one more call, made in the same process once
+the one before has ended, with the call options in ARGS (``--dial``, ``--answer``,
+``--stay``...) changed from those of the call before: the agents register once
+for a test's whole sequence of calls. Each call has its own ``result`` event
+(``call``: 0, 1...; ``ended_at``: when its last leg ended).
+
 Output, one JSON object per line on stdout:
   {"event": "registered", "ok": true, ...}
   {"event": "incoming", "account": "102", "t": ...}
-  {"event": "result", "rung": ["102", "103"], "rung_at": {...}, "answered_by": "103",
-   "caller_answered": true, "agent_connected": true, "code_answered": true, ...}
+  {"event": "result", "call": 0, "rung": ["102", "103"], "rung_at": {...},
+   "answered_by": "103", "caller_answered": true, "agent_connected": true,
+   "code_answered": true, "ended_at": ..., ...}
   {"event": "done"}
 Exit status: 0 once run, 2 when a REGISTER failed, 3 on an error.
 """
@@ -31,7 +38,9 @@ Exit status: 0 once run, 2 when a REGISTER failed, 3 on an error.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
+import shlex
 import sys
 import time
 from typing import Any
@@ -41,24 +50,15 @@ import pjsua2 as pj
 from pjcommon import Leg, Log, Pump, SideCall, emit
 
 
-class Call(SideCall):
-    """pjcommon's tracked call, and when this script sent 180 for it (an agent's
-    ring-no-answer is timed from then)."""
-
-    def __init__(self, acc: Any, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, side, call_id)
-        self.ringing_since = 0.0
-
-
 class Account(pjcommon.RegAccount):
     def __init__(self, user: str) -> None:
         super().__init__(user)
         self.seen = 0
-        self.incoming: list[Call] = []  # kept referenced: a collected Call hangs up
-        self.rang_to: list[Call] = []  # incoming calls answered 180 already
+        self.incoming: list[SideCall] = []  # kept referenced: a collected Call hangs up
+        self.rang_to: list[SideCall] = []  # incoming calls answered 180 already
 
     def onIncomingCall(self, prm: Any) -> None:
-        call = Call(self, f"agent {self.user}", prm.callId)
+        call = SideCall(self, f"agent {self.user}", prm.callId)
         self.incoming.append(call)
         emit(event="incoming", account=self.user, t=time.monotonic())
 
@@ -72,7 +72,7 @@ class Phones(Pump):
         self.rung: list[str] = []
         self.rung_at: dict[str, float] = {}
         self.answered_by = ""
-        self.answered_call: Call | None = None
+        self.answered_call: SideCall | None = None
 
     def service(self) -> None:
         """Each poll: 180 to each new incoming call, answer the chosen agent's."""
@@ -116,7 +116,7 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
     args = phones.args
     if args.code_by:
         acc = phones.accounts[args.code_by]
-        out = Call(acc, "code")
+        out = SideCall(acc, "code")
         out.makeCall(f"sip:{args.code}@{args.domain}", pj.CallOpParam(True))
         phones.pump(lambda: out.disconnected, 15)
         result["code_answered"] = out.confirmed
@@ -124,9 +124,9 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
         if not out.disconnected:
             out.hangup(pj.CallOpParam(True))
             phones.pump(lambda: out.disconnected, 3)
-    caller: Call | None = None
+    caller: SideCall | None = None
     if args.caller:
-        caller = Call(phones.accounts[args.caller.partition(":")[0]], "caller")
+        caller = SideCall(phones.accounts[args.caller.partition(":")[0]], "caller")
         phones.legs["caller"] = Leg(caller, args.agent_wav, None)
         caller.makeCall(f"sip:{args.dial}@{args.domain}", pj.CallOpParam(True))
         phones.pump(lambda: caller.confirmed or caller.disconnected, 10)
@@ -154,6 +154,7 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
     phones.pump(lambda: (caller is None or caller.disconnected)
                 and (agent is None or agent.disconnected), 5)
     result["agent_ended"] = bool(agent and agent.disconnected)
+    result["ended_at"] = round(time.monotonic(), 3)
     # Every call is over: drop the players and calls while the library still runs
     # and give it a moment, rather than at teardown (a Call or player freed next to
     # libDestroy can crash pjsua2).
@@ -161,6 +162,28 @@ def run(phones: Phones, result: dict[str, Any]) -> None:
     phones.release()
     gc.collect()
     phones.pump(lambda: False, 0.3)
+    phones.rung, phones.rung_at, phones.answered_by = [], {}, ""  # the next call's
+
+
+def call_options(ap: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """The options of one call: the first call's (``defaults``), or a ``--then``'s
+    (no defaults: what it does not name stays as in the call before)."""
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    ap.add_argument("--dial", default=default("860"), help="the queue's extension")
+    ap.add_argument("--answer", default=default(""), help="the agent that answers ('' none)")
+    ap.add_argument("--answer-after", type=float, default=default(0.5))
+    ap.add_argument("--code-by", default=default(""), help="an agent that dials --code first")
+    ap.add_argument("--code", default=default("*63"),
+                    help="a queue feature code (*63: log out)")
+    ap.add_argument("--keys", default=default(""), help="keys the caller presses once "
+                    "answered (RFC 4733), e.g. an IVR's key to the queue")
+    ap.add_argument("--key-wait", type=float, default=default(1.0),
+                    help="seconds before the keys")
+    ap.add_argument("--wait-first", type=float, default=default(15.0))
+    ap.add_argument("--wait-answer", type=float, default=default(15.0))
+    ap.add_argument("--stay", type=float, default=default(2.0))
 
 
 def main() -> int:
@@ -170,23 +193,21 @@ def main() -> int:
     ap.add_argument("--caller", default="101:pw101", help="USER:PASSWORD of the caller")
     ap.add_argument("--no-caller", action="store_true", help="another program calls")
     ap.add_argument("--agents", required=True, help="USER:PASSWORD,... of the agents")
-    ap.add_argument("--dial", default="860", help="the queue's extension")
-    ap.add_argument("--answer", default="", help="the agent that answers ('' none)")
-    ap.add_argument("--answer-after", type=float, default=0.5)
-    ap.add_argument("--code-by", default="", help="an agent that dials --code first")
-    ap.add_argument("--code", default="*63", help="a queue feature code (*63: log out)")
-    ap.add_argument("--keys", default="", help="keys the caller presses once answered "
-                    "(RFC 4733), e.g. an IVR's key to the queue")
-    ap.add_argument("--key-wait", type=float, default=1.0, help="seconds before the keys")
-    ap.add_argument("--wait-first", type=float, default=15.0)
-    ap.add_argument("--wait-answer", type=float, default=15.0)
-    ap.add_argument("--stay", type=float, default=2.0)
+    call_options(ap)
+    ap.add_argument("--then", action="append", default=[],
+                    help="one more call, after the one before: its changed call options")
     ap.add_argument("--agent-wav", required=True)
     ap.add_argument("--deadline", type=float, default=50.0)
     ap.add_argument("--log-level", type=int, default=3)
     args = ap.parse_args()
     if args.no_caller:
         args.caller = ""
+    # each call's options: the call before's, changed by its --then (no defaults there)
+    then = argparse.ArgumentParser(prog="--then")
+    call_options(then, defaults=False)
+    sequence = [args]
+    for extra in args.then:
+        sequence.append(then.parse_args(shlex.split(extra), copy.copy(sequence[-1])))
 
     writer = Log(args.log_level)
     ep = pj.Endpoint()
@@ -212,8 +233,11 @@ def main() -> int:
         emit(event="registered", ok=ok, codes={a.user: a.codes for a in accounts}, port=port)
         if not ok:
             return 2
-        run(phones, result)
-        emit(event="result", **result)
+        for index, call_args in enumerate(sequence):
+            phones.args = call_args
+            result = {"call": index, "caller_answered": False}
+            run(phones, result)
+            emit(event="result", **result)
         for acc in accounts:
             acc.seen = len(acc.codes)
             acc.setRegistration(False)

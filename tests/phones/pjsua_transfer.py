@@ -22,14 +22,17 @@ receives. 102 and 103 answer 200 at once. Sequence: 101 calls 102; both talk
 
 the engine connects the transferee (101, or 102 in caller mode) with 103 and
 hangs up the transferor (both its calls); they talk ``--after`` s; the
-transferee hangs up. With ``--silent-target`` 103 lets it ring: the transferee
+transferee hangs up. Then every account unregisters (the engine may serve the
+next run too). With ``--silent-target`` 103 lets it ring: the transferee
 gets 103's voicemail and speaks ``--after`` s into it.
 
 Output, one JSON object per line on stdout (``t``: this process's monotonic clock):
   {"event": "registered", "ok": true, "codes": {...}}
   {"event": "call", "side": "101"|"102"|"103", "state": "CONFIRMED", "code": 200, "t": ...}
   {"event": "recording", "side": ..., "path": ..., "t": ...}   the recorder's sample 0
-  {"event": "xfer_status", "code": 100|200|..., "final": bool, "t": ...}   102's NOTIFYs
+  {"event": "xfer_status", "side": ..., "code": 100|200|..., "final": bool, "t": ...}
+      the NOTIFYs about the transferor's REFER
+  (and pjcommon.SideCall's media_state, rx_offer and rx_request lines)
   {"event": "talk"|"consult"|"xfer"|"transferred"|"hangup", "t": ...}   the phases
   {"event": "result", "calls": {"101": {...}, ...}, "xfer_codes": [...]}
   {"event": "error", "error": "..."}   a pjsua2 call raised (exit 3)
@@ -47,46 +50,18 @@ from typing import Any
 
 import pjcommon
 import pjsua2 as pj
-from pjcommon import Leg, Log, Pump, emit, set_codecs
+from pjcommon import Leg, Log, Pump, SideCall, emit, set_codecs
 
 USERS = ("101", "102", "103")
-
-
-class Call(pjcommon.TrackedCall):
-    def __init__(self, acc: Account, side: str, call_id: int = pj.PJSUA_INVALID_ID) -> None:
-        super().__init__(acc, call_id)
-        self.side = side
-        self.media_changes = 0
-        self.reoffers = 0
-        self.xfer_codes: list[int] = []
-
-    def onCallState(self, prm: Any) -> None:
-        ci = self.track_state()
-        emit(event="call", side=self.side, state=str(ci.stateText), code=self.last_code,
-             t=time.monotonic())
-
-    def onCallMediaState(self, prm: Any) -> None:
-        found = pjcommon.audio_status(self.getInfo())
-        if found is not None:
-            self.audio_index = found[0]
-        self.media_changes += 1
-
-    def onCallRxOffer(self, prm: Any) -> None:
-        self.reoffers += 1
-
-    def onCallTransferStatus(self, prm: Any) -> None:
-        self.xfer_codes.append(int(prm.statusCode))
-        emit(event="xfer_status", code=int(prm.statusCode), final=bool(prm.finalNotify),
-             t=time.monotonic())
 
 
 class Account(pjcommon.RegAccount):
     def __init__(self, user: str) -> None:
         super().__init__(user)
-        self.incoming: list[Call] = []  # kept referenced: a collected Call hangs up
+        self.incoming: list[SideCall] = []  # kept referenced: a collected Call hangs up
 
     def onIncomingCall(self, prm: Any) -> None:
-        self.incoming.append(Call(self, self.user or "?", prm.callId))
+        self.incoming.append(SideCall(self, self.user or "?", prm.callId))
 
 
 class Phones(Pump):
@@ -132,11 +107,11 @@ class Phones(Pump):
             acc.incoming.clear()
 
 
-def consult_by(phones: Phones, held: Call, user: str) -> None:
+def consult_by(phones: Phones, held: SideCall, user: str) -> None:
     """``user`` holds ``held``, calls 103 (the leg "102y", whoever places it) and
     talks with it; then the REFER with Replaces may go."""
     held.setHold(pj.CallOpParam(True))
-    consult = Call(phones.accounts[user], "102y")
+    consult = SideCall(phones.accounts[user], "102y")
     phones.legs["102y"] = Leg(consult, phones.wav(user), None)
     consult.makeCall(f"sip:103@{phones.args.domain}", pj.CallOpParam(True))
     phones.pump(lambda: phones.up("102y") and phones.up("103"), 10)
@@ -147,7 +122,7 @@ def consult_by(phones: Phones, held: Call, user: str) -> None:
 
 def run(phones: Phones, result: dict[str, Any]) -> None:
     args = phones.args
-    caller = Call(phones.accounts["101"], "101")
+    caller = SideCall(phones.accounts["101"], "101")
     phones.legs["101"] = Leg(caller, phones.wav("101"), phones.record("101"))
     caller.makeCall(f"sip:102@{args.domain}", pj.CallOpParam(True))
     phones.pump(lambda: (phones.up("101") and phones.up("102")) or caller.disconnected, 10)
@@ -231,6 +206,7 @@ def main() -> int:
             return 2
         run(phones, result)
         emit(event="result", **result)
+        pjcommon.unregister(phones, accounts)  # the module's next run, same engine
     except Exception as e:
         pjcommon.report_error(e, result)
         code = 3

@@ -15,6 +15,7 @@ Each returns the path of an XML file written under ``work``.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,14 +197,40 @@ def in_background(run: Callable[[], SippResult]) -> Background:
     return Background(thread, box)
 
 
+def listening(phone: Background, port: int, limit: float = 10.0) -> None:
+    """Wait, bounded, until a UDP socket is bound on ``port`` (as /proc/net/udp says) or
+    ``phone``'s SIPp has ended (its result says why). A fixed sleep is too long on a
+    quiet machine and too short on a busy one; a probe binding the port itself could
+    take it from SIPp."""
+    needle = f":{port:04X}"
+    deadline = time.monotonic() + limit
+    while phone.thread.is_alive():
+        with open("/proc/net/udp") as table:
+            if any(line.split()[1].endswith(needle) for line in table.readlines()[1:]):
+                return
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"SIPp does not listen on UDP port {port} after {limit} s")
+        time.sleep(0.02)
+
+
 def start_uas(work: Path, behaviour: str, port: int, engine_target: str, *,
               ring_ms: int = 500, timeout: float = 30.0) -> Background:
-    """A SIPp phone on 127.0.0.1:``port`` that takes one call and behaves so."""
+    """A SIPp phone on 127.0.0.1:``port`` that takes one call and behaves so; it
+    listens once this returns."""
     xml = uas_scenario(work, behaviour, ring_ms)
     sub = work / f"uas-{port}-{behaviour}"
-    return in_background(lambda: run_sipp(
+    return start_phone(xml, port, engine_target, sub, timeout=timeout)
+
+
+def start_phone(xml: Path, port: int, engine_target: str, workdir: Path, *,
+                timeout: float = 30.0) -> Background:
+    """SIPp playing the scenario ``xml`` once as a phone on 127.0.0.1:``port`` (UDP),
+    in the background; it listens once this returns."""
+    phone = in_background(lambda: run_sipp(
         xml, engine_target, None, calls=1, rate=1, timeout=timeout,
-        extra_args=["-p", str(port), "-t", "u1"], workdir=sub))
+        extra_args=["-p", str(port), "-t", "u1"], workdir=workdir))
+    listening(phone, port)
+    return phone
 
 
 def run_uac(work: Path, engine_target: str, *, caller: str, dialled: str, expect: int,
