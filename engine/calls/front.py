@@ -288,6 +288,7 @@ class Calls:
         self._by_tag.pop((call.id, call.tag), None)
         self._by_invite.pop(call.invite_key, None)
         self._wakeups.cancel_all(call.key)
+        call.wakeup = None
         if self._recorded.pop(call.key, None) is not None:  # its record goes too
             self._answered_wall.pop(call.key, None)
             self._records_ended.append(record_id(*call.key))
@@ -297,11 +298,15 @@ class Calls:
         return self._wakeups.next_wakeup()
 
     def reschedule(self, call: Call) -> None:
-        """``call``'s timers changed: keep its one deadline in the heap current."""
+        """``call``'s timers changed: keep its one deadline in the heap current (the
+        call keeps what is filed, :attr:`Call.wakeup`, so the heap is not asked)."""
         when = call.next_timer()
         if when is None or call.state is CallState.ENDED:
-            self._wakeups.cancel(call.key, _NEXT)
-        elif self._wakeups.deadline(call.key, _NEXT) != when:
+            if call.wakeup is not None:
+                call.wakeup = None
+                self._wakeups.cancel(call.key, _NEXT)
+        elif call.wakeup != when:
+            call.wakeup = when
             self._wakeups.arm(call.key, _NEXT, when)
 
     def reschedule_queues(self) -> None:
@@ -332,6 +337,7 @@ class Calls:
             call = self._calls.get(due[0])
             if call is None:
                 continue
+            call.wakeup = None  # popped: no longer filed
             events += self._guard(call, now, functools.partial(call.on_timer, now))
             self.reschedule(call)
         return events

@@ -13,8 +13,8 @@ them four to one, so it stays bounded however often timers are re-armed.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Hashable
+from heapq import heapify, heappop, heappush
 from typing import Generic, TypeVar
 
 __all__ = ["TimerHeap"]
@@ -57,44 +57,47 @@ class TimerHeap(Generic[K]):
 
     def arm(self, owner: K, name: str, when: float) -> None:
         """(Re-)arm ``name`` of ``owner`` to fire at ``when``."""
-        # Six arms a call and more per transaction: attributes are read once here.
-        seq = self._seq = self._seq + 1
-        live = self._live
-        names = live.get(owner)
+        # Six arms a call and more per transaction: attributes are read once here, and
+        # an owner's first timer makes its dict in one expression.
+        self._seq = seq = self._seq + 1
+        names = self._live.get(owner)
         if names is None:  # not setdefault: that builds an empty dict on every arm
-            names = live[owner] = {}
-        if name not in names:
+            self._live[owner] = {name: (seq, when)}
             self._armed += 1
-        names[name] = (seq, when)
+        else:
+            if name not in names:
+                self._armed += 1
+            names[name] = (seq, when)
         heap = self._heap
-        heapq.heappush(heap, (when, seq, owner, name))
+        heappush(heap, (when, seq, owner, name))
         if len(heap) > _COMPACT_ABOVE and len(heap) > 4 * self._armed:
-            self._heap = [e for e in self._heap if self._is_live(e)]
-            heapq.heapify(self._heap)
+            self._heap = [e for e in heap if self._is_live(e)]
+            heapify(self._heap)
 
     def cancel(self, owner: K, name: str) -> None:
         names = self._live.get(owner)
-        if names is None or names.pop(name, None) is None:
-            return
-        self._armed -= 1
-        if not names:
-            del self._live[owner]
+        if names is not None and names.pop(name, None) is not None:
+            self._armed -= 1
+            if not names:
+                del self._live[owner]
 
     def cancel_all(self, owner: K) -> None:
-        self._armed -= len(self._live.pop(owner, {}))
+        names = self._live.pop(owner, None)
+        if names is not None:
+            self._armed -= len(names)
 
     def next_wakeup(self) -> float | None:
         """The earliest armed deadline, None when nothing is armed."""
         heap = self._heap
         while heap and not self._is_live(heap[0]):
-            heapq.heappop(heap)
+            heappop(heap)
         return heap[0][0] if heap else None
 
     def pop(self, now: float) -> tuple[K, str] | None:
         """The earliest timer due at ``now``, disarmed; None when none is due."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
+            entry = heappop(heap)
             if self._is_live(entry):
                 _, _, owner, name = entry
                 self.cancel(owner, name)

@@ -378,6 +378,9 @@ class _ClientTx:
     machine: Machine[State, TxEvent]  # INVITE_CLIENT or NON_INVITE_CLIENT
     ack: bytes | None = None  # the ACK for a 300-699 (s17.1.1.3)
     interval: float = 0.0  # current Timer A / E interval
+    # The RFC 3261 s9.1 CANCEL guard was armed: only then has a final response one to
+    # stop (most INVITEs are never cancelled; the heap is not asked for nothing).
+    guarded: bool = False
 
     @property
     def kind(self) -> Kind:
@@ -497,8 +500,8 @@ class TransactionLayer:
             events += self._step(self._txs[key], _Fire(name), now)
         return events
 
-    def _arm(self, tx: _Tx, name: str, delay: float, now: float) -> None:
-        self.deadlines.arm(tx.key, name, now + delay)
+    # Timers are armed with ``self.deadlines.arm(tx.key, name, now + delay)`` where they
+    # start: one call, not two, on the message path (six arms a call).
 
     def _disarm(self, tx: _Tx, *names: str) -> None:
         for name in names:
@@ -520,7 +523,7 @@ class TransactionLayer:
         """Arm a waiting timer (D, I, J, K), or terminate now when it is zero."""
         if delay <= 0:
             return self._terminate(tx, _WAIT_OVER)
-        self._arm(tx, name, delay, now)
+        self.deadlines.arm(tx.key, name, now + delay)
         return []
 
     def _step(self, tx: _Tx, inp: _Input, now: float) -> list[Event]:
@@ -673,13 +676,13 @@ class TransactionLayer:
                 return events
             if event is _2XX:
                 # RFC 6026 s7.1: 2xx -> Accepted, Timer L = 64*T1.
-                self._arm(tx, "L", self.timers.long, now)
+                self.deadlines.arm(tx.key, "L", now + self.timers.long)
                 return events
             # 300-699 -> Completed; Timer G on unreliable transports, Timer H.
             if not tx.reliable:
                 tx.interval = self.timers.t1
-                self._arm(tx, "G", tx.interval, now)
-            self._arm(tx, "H", self.timers.long, now)
+                self.deadlines.arm(tx.key, "G", now + tx.interval)
+            self.deadlines.arm(tx.key, "H", now + self.timers.long)
             return events
         return []  # an ACK before any final response, or a stale timer: ignored
 
@@ -694,7 +697,7 @@ class TransactionLayer:
         if isinstance(inp, _Fire):
             if inp.name == "G":
                 tx.interval = min(2 * tx.interval, self.timers.t2)
-                self._arm(tx, "G", tx.interval, now)
+                self.deadlines.arm(tx.key, "G", now + tx.interval)
                 return self._resend_response(tx)
             if inp.name == "H":
                 return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
@@ -789,8 +792,8 @@ class TransactionLayer:
         # s17.1.1.2: Timer A (unreliable only) and B; s17.1.2.2: Timer E and F.
         if not tx.reliable:
             tx.interval = self.timers.t1
-            self._arm(tx, "A" if invite else "E", tx.interval, now)
-        self._arm(tx, "B" if invite else "F", self.timers.long, now)
+            self.deadlines.arm(tx.key, "A" if invite else "E", now + tx.interval)
+        self.deadlines.arm(tx.key, "B" if invite else "F", now + self.timers.long)
         if method == "CANCEL":
             target = self._txs.get(TxKey("client", "INVITE", branch))
             if isinstance(target, _ClientTx) \
@@ -798,7 +801,8 @@ class TransactionLayer:
                     and target.state in (_CALLING, _PROCEEDING):
                 # RFC 3261 s9.1: without a final response 64*T1 after the
                 # CANCEL, the INVITE client transaction is given up.
-                self._arm(target, CANCEL_GUARD, self.timers.long, now)
+                self.deadlines.arm(target.key, CANCEL_GUARD, now + self.timers.long)
+                target.guarded = True
         return key, [Send(data, dest, transport)]
 
     def on_response(self, response: Response, now: float) -> list[Event]:
@@ -828,7 +832,7 @@ class TransactionLayer:
             if inp.name == "A":
                 # Timer A doubles with every retransmission (no T2 cap for INVITE).
                 tx.interval *= 2
-                self._arm(tx, "A", tx.interval, now)
+                self.deadlines.arm(tx.key, "A", now + tx.interval)
                 return self._resend_request(tx)
             if inp.name in ("B", CANCEL_GUARD):
                 return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
@@ -851,10 +855,12 @@ class TransactionLayer:
         tx.state = INVITE_CLIENT.move(tx.state, event)
         if event is _1XX:
             return [DeliverResponse(response, tx.key)]
-        self._disarm(tx, CANCEL_GUARD)
+        if tx.guarded:
+            tx.guarded = False
+            self.deadlines.cancel(tx.key, CANCEL_GUARD)
         if event is _2XX:
             # RFC 6026 s7.2: 2xx -> Accepted, Timer M = 64*T1; the TU ACKs.
-            self._arm(tx, "M", self.timers.long, now)
+            self.deadlines.arm(tx.key, "M", now + self.timers.long)
             return [DeliverResponse(response, tx.key)]
         # 300-699 -> Completed: the transaction ACKs (s17.1.1.3); Timer D.
         tx.ack = _build_ack(tx.request, response).to_bytes()
@@ -883,7 +889,7 @@ class TransactionLayer:
         if isinstance(inp, _Fire):
             if inp.name == "E":
                 tx.interval = min(2 * tx.interval, self.timers.t2)
-                self._arm(tx, "E", tx.interval, now)
+                self.deadlines.arm(tx.key, "E", now + tx.interval)
                 return self._resend_request(tx)
             if inp.name == "F":
                 return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
@@ -897,7 +903,7 @@ class TransactionLayer:
             if inp.name == "E":
                 # In Proceeding Timer E is reset to T2 every time.
                 tx.interval = self.timers.t2
-                self._arm(tx, "E", tx.interval, now)
+                self.deadlines.arm(tx.key, "E", now + tx.interval)
                 return self._resend_request(tx)
             if inp.name == "F":
                 return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
