@@ -8,7 +8,9 @@ as the live one for (owner, name); cancelling or re-arming only changes that
 record, and an entry whose token is no longer live is dropped when it reaches
 the head (:meth:`TimerHeap.next_wakeup` and :meth:`TimerHeap.pop` never return
 one). The heap is rebuilt from its live entries when stale ones outnumber
-them four to one, so it stays bounded however often timers are re-armed.
+them four to one, looked at each time it outgrows four times the timers armed at
+the last look (at least 256 entries), so it stays bounded however often timers
+are re-armed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _COMPACT_ABOVE = 256  # entries; below this a rebuild is not worth it
 class TimerHeap(Generic[K]):
     """Named deadlines per owner; :meth:`pop` hands out the due ones in order."""
 
-    __slots__ = ("_armed", "_heap", "_live", "_seq")
+    __slots__ = ("_armed", "_check_at", "_heap", "_live", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, K, str]] = []
@@ -35,6 +37,7 @@ class TimerHeap(Generic[K]):
         self._live: dict[K, dict[str, tuple[int, float]]] = {}
         self._seq = 0
         self._armed = 0
+        self._check_at = _COMPACT_ABOVE  # heap entries above which _compact looks
 
     @property
     def entries(self) -> int:
@@ -70,9 +73,18 @@ class TimerHeap(Generic[K]):
             names[name] = (seq, when)
         heap = self._heap
         heappush(heap, (when, seq, owner, name))
-        if len(heap) > _COMPACT_ABOVE and len(heap) > 4 * self._armed:
-            self._heap = [e for e in heap if self._is_live(e)]
+        if len(heap) > self._check_at:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap from its live entries when stale ones outnumber them four
+        to one; either way, the next look is when the heap outgrows four times the
+        timers armed now (or :data:`_COMPACT_ABOVE`): one comparison per arm, not a
+        count of the live ones."""
+        if len(self._heap) > 4 * self._armed:
+            self._heap = [e for e in self._heap if self._is_live(e)]
             heapify(self._heap)
+        self._check_at = max(_COMPACT_ABOVE, 4 * self._armed)
 
     def cancel(self, owner: K, name: str) -> None:
         names = self._live.get(owner)
