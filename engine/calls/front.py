@@ -357,12 +357,12 @@ class Calls:
         if call.state is CallState.ENDED or call.caller_dialog is None:
             return
         key = call.key
-        found = parties(call)
-        now_mark = mark(found)
+        now_mark = mark(call)
         if self._recorded.get(key) != now_mark:
             self._recorded[key] = now_mark
             answered = self._answered_wall.setdefault(key, self.wall_clock())
-            self._records_saved.append(dialog_record(call, found, self.local.node, answered))
+            self._records_saved.append(dialog_record(call, parties(call), self.local.node,
+                                                     answered))
 
     def _guard(self, call: Call, now: float,
                action: Callable[[], list[CallOutput]]) -> list[CallOutput]:
@@ -370,7 +370,10 @@ class Calls:
         self.queues.now = now  # the time of what the queues hear of without a "now"
         try:
             out = action()
-            self._note(call)
+            # _note's own first test, here: a call not answered (most inputs of a
+            # call) has no record to check, and costs no call.
+            if call.caller_dialog is not None:
+                self._note(call)
             return out
         except Exception:
             log.exception("call failed", call_id=call.id)
