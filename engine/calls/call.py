@@ -251,7 +251,7 @@ class Call:
         return anchor
 
     def move(self, event: CallEvent) -> None:
-        self.state = CALL.move(self.state, event)
+        self.state = CALL.rows[self.state][event]  # IllegalTransition if not in CALL
         front = self.front
         if front.notes_changes:  # BLF (engine.services.dialoginfo)
             front.changed.append(self)

@@ -17,7 +17,8 @@ and armed:
 
 A transaction's state changes only through its table; a move not in it raises
 :class:`~engine.statemachine.IllegalTransition` naming the event, the role and
-the state.
+the state. Moves are written ``MACHINE.rows[state][event]`` (the table's rows
+refuse a missing event themselves), which costs no Python call per message.
 
 Timers live in one heap with lazy deletion (``engine.sip.timerheap``), keyed by
 transaction and timer name: a timer cancelled or re-armed, or whose
@@ -509,7 +510,7 @@ class TransactionLayer:
 
     def _terminate(self, tx: _Tx, event: TxEvent) -> list[Event]:
         """Enter Terminated: the transaction is destroyed at once (s17.1.1.2, s17.2.1)."""
-        tx.state = tx.machine.move(tx.state, event)
+        tx.state = tx.machine.rows[tx.state][event]
         if self._txs.get(tx.key) is tx:
             self.deadlines.cancel_all(tx.key)
         if self._txs.get(tx.key) is tx:
@@ -671,7 +672,7 @@ class TransactionLayer:
             status = inp.response.status
             events = self._send_response(tx, inp.response)
             event = _response_event(status)
-            tx.state = INVITE_SERVER.move(tx.state, event)
+            tx.state = INVITE_SERVER.rows[tx.state][event]
             if event is _1XX:
                 return events
             if event is _2XX:
@@ -692,7 +693,7 @@ class TransactionLayer:
         if isinstance(inp, _Ack):
             # -> Confirmed; G and H stop; Timer I = T4 (unreliable) or 0.
             self._disarm(tx, "G", "H")
-            tx.state = INVITE_SERVER.move(tx.state, _ACK)
+            tx.state = INVITE_SERVER.rows[tx.state][_ACK]
             return self._wait(tx, "I", 0 if tx.reliable else self.timers.t4, now)
         if isinstance(inp, _Fire):
             if inp.name == "G":
@@ -712,12 +713,12 @@ class TransactionLayer:
     def _ist_accepted(self, tx: _ServerTx, inp: _Input, now: float) -> list[Event]:
         if isinstance(inp, _Ack):
             # RFC 6026 s7.1: ACKs are passed to the TU, not absorbed.
-            tx.state = INVITE_SERVER.move(tx.state, _ACK)
+            tx.state = INVITE_SERVER.rows[tx.state][_ACK]
             return [DeliverRequest(inp.request, None, inp.source, inp.transport)]
         if isinstance(inp, _Resp) and 200 <= inp.response.status < 300:
             # The TU's 2xx retransmissions (RFC 3261 s13.3.1.4) go through.
             events = self._send_response(tx, inp.response)
-            tx.state = INVITE_SERVER.move(tx.state, _2XX)
+            tx.state = INVITE_SERVER.rows[tx.state][_2XX]
             return events
         if isinstance(inp, _Fire) and inp.name == "L":
             return self._terminate(tx, _WAIT_OVER)
@@ -739,7 +740,7 @@ class TransactionLayer:
     def _nist_respond(self, tx: _ServerTx, response: Response, now: float) -> list[Event]:
         events = self._send_response(tx, response)
         event = _response_event(response.status)
-        tx.state = NON_INVITE_SERVER.move(tx.state, event)
+        tx.state = NON_INVITE_SERVER.rows[tx.state][event]
         if event is _1XX:
             return events
         # Final -> Completed; Timer J = 64*T1 (unreliable) or 0.
@@ -852,7 +853,7 @@ class TransactionLayer:
     def _ict_response(self, tx: _ClientTx, response: Response, now: float) -> list[Event]:
         """A response in Calling or Proceeding."""
         event = _response_event(response.status)
-        tx.state = INVITE_CLIENT.move(tx.state, event)
+        tx.state = INVITE_CLIENT.rows[tx.state][event]
         if event is _1XX:
             return [DeliverResponse(response, tx.key)]
         if tx.guarded:
@@ -914,7 +915,7 @@ class TransactionLayer:
 
     def _nict_response(self, tx: _ClientTx, response: Response, now: float) -> list[Event]:
         event = _response_event(response.status)
-        tx.state = NON_INVITE_CLIENT.move(tx.state, event)
+        tx.state = NON_INVITE_CLIENT.rows[tx.state][event]
         events: list[Event] = [DeliverResponse(response, tx.key)]
         if event is _1XX:
             return events
