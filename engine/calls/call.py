@@ -290,7 +290,11 @@ class Call:
         old = timers.get(name)
         timers[name] = (when, next(_ORDER))
         filed = self.wakeup
-        if filed is not None and when >= filed and (old is None or old[0] != filed):
+        if filed is None or when < filed:
+            if self.state is not CallState.ENDED:  # the new earliest: filed as it is
+                self.front.file_wakeup(self, when)
+                return
+        elif old is None or old[0] != filed:
             return  # the filed deadline is still the earliest
         self.front.reschedule(self)
 

@@ -309,6 +309,12 @@ class Calls:
             call.wakeup = when
             self._wakeups.arm(call.key, _NEXT, when)
 
+    def file_wakeup(self, call: Call, when: float) -> None:
+        """``when`` is ``call``'s earliest deadline now (a timer armed before the one
+        filed): file it, without looking at its other timers."""
+        call.wakeup = when
+        self._wakeups.arm(call.key, _NEXT, when)
+
     def reschedule_queues(self) -> None:
         """The queues' timers changed: keep their one deadline in the heap current."""
         when = self.queues.next_timer()
