@@ -561,13 +561,16 @@ class Engine:
         if isinstance(ev, CancelRequest):
             return self.calls.on_cancel(ev.invite_key, now)
         if isinstance(ev, DeliverResponse):
-            answer: Sequence[object] | None = self.trunkreg.on_response(
-                ev.key, ev.response, now, self.local)
-            if answer is None and (self.mwi.on_response(ev.key, ev.response)
-                                   or self.subs.on_response(ev.key, ev.response)):
-                answer = []
+            # Each client transaction belongs to one of them; the call layer's (the
+            # most, two or more a call) are asked for first, with no service asked.
+            answer: Sequence[object] | None = self.calls.on_response(ev.response, ev.key,
+                                                                     now)
             if answer is None:
-                answer = self.calls.on_response(ev.response, ev.key, now)
+                answer = self.trunkreg.on_response(ev.key, ev.response, now, self.local)
+            if answer is None:
+                self.mwi.on_response(ev.key, ev.response) or self.subs.on_response(
+                    ev.key, ev.response)
+                answer = []
             return answer
         if isinstance(ev, TimedOut):
             if ev.key.side == "client" and self.subs.on_timed_out(ev.key):

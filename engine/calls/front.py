@@ -452,7 +452,9 @@ class Calls:
         return self._guard(call, now, lambda: call.start(now))
 
     # ------------------------------------------------------------------ responses
-    def on_response(self, resp: Response, key: TxKey, now: float) -> list[CallOutput]:
+    def on_response(self, resp: Response, key: TxKey, now: float) -> list[CallOutput] | None:
+        """A response in one of the call layer's client transactions; None when ``key``
+        is not one of them (the engine then asks its services)."""
         leg = self._legs.get(key)
         if leg is not None:
             call = leg.call
@@ -466,7 +468,7 @@ class Calls:
                 del self._relays[key]
             return self._guard(relay.call, now,
                                lambda: relay.call.on_relay_response(relay, resp, now))
-        return []
+        return None
 
     def on_timed_out(self, key: TxKey, now: float) -> list[CallOutput]:
         moving = self._moves.get(key)
