@@ -671,7 +671,7 @@ class TransactionLayer:
         if isinstance(inp, _Resp):
             status = inp.response.status
             events = self._send_response(tx, inp.response)
-            event = _response_event(status)
+            event = _RESPONSE_EVENT[status // 100]
             tx.state = INVITE_SERVER.rows[tx.state][event]
             if event is _1XX:
                 return events
@@ -739,7 +739,7 @@ class TransactionLayer:
 
     def _nist_respond(self, tx: _ServerTx, response: Response, now: float) -> list[Event]:
         events = self._send_response(tx, response)
-        event = _response_event(response.status)
+        event = _RESPONSE_EVENT[response.status // 100]
         tx.state = NON_INVITE_SERVER.rows[tx.state][event]
         if event is _1XX:
             return events
@@ -852,7 +852,7 @@ class TransactionLayer:
 
     def _ict_response(self, tx: _ClientTx, response: Response, now: float) -> list[Event]:
         """A response in Calling or Proceeding."""
-        event = _response_event(response.status)
+        event = _RESPONSE_EVENT[response.status // 100]
         tx.state = INVITE_CLIENT.rows[tx.state][event]
         if event is _1XX:
             return [DeliverResponse(response, tx.key)]
@@ -914,7 +914,7 @@ class TransactionLayer:
         return []
 
     def _nict_response(self, tx: _ClientTx, response: Response, now: float) -> list[Event]:
-        event = _response_event(response.status)
+        event = _RESPONSE_EVENT[response.status // 100]
         tx.state = NON_INVITE_CLIENT.rows[tx.state][event]
         events: list[Event] = [DeliverResponse(response, tx.key)]
         if event is _1XX:
@@ -930,11 +930,10 @@ class TransactionLayer:
         return []
 
 
-def _response_event(status: int) -> TxEvent:
-    """The move a response of ``status`` makes (1xx, 2xx, 300-699)."""
-    if status < 200:
-        return _1XX
-    return _2XX if status < 300 else _FAIL
+# The move a response makes, by its status class (``status // 100``): 1xx, 2xx,
+# 300-699 (every three-digit status has its entry; the parser and respond() allow
+# 100-699). Indexed where a response moves a transaction: no call per response.
+_RESPONSE_EVENT: tuple[TxEvent, ...] = (_1XX, _1XX, _2XX) + (_FAIL,) * 7
 
 
 def _build_ack(request: Request, response: Response) -> Request:
