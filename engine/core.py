@@ -91,6 +91,13 @@ class Outcome:
     removed: list[Binding] = field(default_factory=list)
     media: list[MediaCommand] = field(default_factory=list)  # for the media service
 
+    def add(self, produced: Produced) -> None:
+        """Append what a step produced (an entry point building its own outcome)."""
+        self.sends.extend(produced.sends)
+        self.saved.extend(produced.saved)
+        self.removed.extend(produced.removed)
+        self.media.extend(produced.media)
+
 
 @dataclass(frozen=True, slots=True)
 class Produced:
@@ -371,24 +378,29 @@ class Engine:
         return self._media(self.calls.queues.log_in(extension, queues, logged_in, now), now)
 
     def _media(self, events: Sequence[object], now: float) -> Outcome:
-        produced = self._top(events, now)
-        produced += self._wake_queues(now)
-        if self.calls.changed or self.subs.pending:
-            produced += self._publish(now)
-        return produced.outcome()
+        out = self._outcome(events, now)
+        if self.calls.queues.due:
+            out.add(self._wake_queues(now))
+        if self.calls.changed or self.subs.queue:
+            out.add(self._publish(now))
+        return out
 
     def datagram(self, data: bytes, source: Addr, transport: str, now: float,
                  parsed: Request | Response | None = None) -> Outcome:
         """Handle one datagram (or one framed stream message); ``parsed`` is ``data``
         already parsed (the receive queue reads each message to class it)."""
-        produced = self._datagram(data, source, transport, now, parsed)
-        produced += self._wake_queues(now)
-        if self.calls.changed or self.subs.pending:
-            produced += self._publish(now)
-        return produced.outcome()
+        got = self._datagram(data, source, transport, now, parsed)
+        out = got.outcome() if isinstance(got, Produced) else self._outcome(got, now)
+        if self.calls.queues.due:
+            out.add(self._wake_queues(now))
+        if self.calls.changed or self.subs.queue:
+            out.add(self._publish(now))
+        return out
 
     def _datagram(self, data: bytes, source: Addr, transport: str, now: float,
-                  parsed: Request | Response | None) -> Produced:
+                  parsed: Request | Response | None) -> Produced | Sequence[object]:
+        """What one datagram produced without running anything (a keep-alive, a
+        malformed message), or the transaction layer's events for it, to run."""
         if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
             # A keep-alive: phones (pjsip, Linphone) send CRLFs over UDP too, every
             # 15-30 s. Nothing to answer, and not a parse error (RFC 3261 s7.5).
@@ -414,7 +426,7 @@ class Engine:
                 return NOTHING
             if not events:
                 self.metrics.responses_dropped.inc()
-            return self._top(events, now)
+            return events
         self.metrics.count_in("request", _method_label(msg.method), "")
         try:
             check_request(msg)
@@ -424,7 +436,7 @@ class Engine:
                 return self._reply_malformed(msg, exc, source, transport)
             return NOTHING
         msg = _stamp_via(self.edge.strip(msg, source), source)
-        return self._top(self.transactions.on_request(msg, source, transport, now), now)
+        return self.transactions.on_request(msg, source, transport, now)
 
     def timer(self, now: float) -> Outcome:
         # One after the other, as before: each source's events are run (and their
@@ -490,14 +502,40 @@ class Engine:
 
         A step that raises takes what its earlier siblings produced with it
         (:class:`_StepFailed`): those sends were counted and their transactions moved
-        on, so they still go out beside the 500 that answers the failed request.
-
-        Sends and media commands, most of what a call produces, are gathered here
-        directly: a result object per Send cost about 4 % of the call rate."""
+        on, so they still go out beside the 500 that answers the failed request."""
         sends: list[Send] = []
         saved: list[Binding] = []
         removed: list[Binding] = []
         media: list[MediaCommand] = []
+        self._gather(events, now, sends, saved, removed, media)
+        if not (sends or saved or removed or media):
+            return NOTHING
+        return Produced(tuple(sends), tuple(saved), tuple(removed), tuple(media))
+
+    def _outcome(self, events: Sequence[object], now: float) -> Outcome:
+        """:meth:`_run` for an entry point: the :class:`Outcome` is gathered into
+        directly (a fresh one, the entry point's own), with no :class:`Produced` made
+        on the way; a failure leaves as the exception it was."""
+        out = Outcome()
+        try:
+            self._gather(events, now, out.sends, out.saved, out.removed, out.media)
+        except _StepFailed as failed:
+            assert failed.__cause__ is not None
+            raise failed.__cause__ from None
+        return out
+
+    def _gather(self, events: Sequence[object], now: float, sends: list[Send],
+                saved: list[Binding], removed: list[Binding],
+                media: list[MediaCommand]) -> None:
+        """The loop of :meth:`_run` and :meth:`_outcome`, into the lists of that one
+        run (never a list another step returned: those are frozen :class:`Produced`).
+
+        Sends and media commands, most of what a call produces, are gathered here
+        directly: a result object per Send cost about 4 % of the call rate. Events a
+        step hands back to be run (the call layer's answer to a response, an ACK, a
+        CANCEL, a time-out) are run into the same lists, in place: what they produce
+        comes at their step's place in the order, as a nested run's sum would, with
+        no result object made and copied for each of them."""
         for ev in events:
             if isinstance(ev, Send):
                 self._count_out(ev.data)
@@ -514,14 +552,15 @@ class Engine:
             except Exception as exc:
                 so_far = Produced(tuple(sends), tuple(saved), tuple(removed), tuple(media))
                 raise _StepFailed(so_far) from exc
-            if part is not NOTHING:
+            if part is NOTHING:
+                continue
+            if isinstance(part, Produced):
                 sends.extend(part.sends)
                 saved.extend(part.saved)
                 removed.extend(part.removed)
                 media.extend(part.media)
-        if not (sends or saved or removed or media):
-            return NOTHING
-        return Produced(tuple(sends), tuple(saved), tuple(removed), tuple(media))
+            else:  # events to run: a failure among them carries these lists whole
+                self._gather(part, now, sends, saved, removed, media)
 
     def _top(self, events: Sequence[object], now: float) -> Produced:
         """:meth:`_run` for an entry point: a failure leaves as the exception it was."""
@@ -531,11 +570,12 @@ class Engine:
             assert failed.__cause__ is not None
             raise failed.__cause__ from None
 
-    def _run_one(self, ev: object, now: float) -> Produced:
-        """One event that is not a Send or a media command (:meth:`_run` takes those)."""
+    def _run_one(self, ev: object, now: float) -> Produced | Sequence[object]:
+        """One event that is not a Send or a media command (:meth:`_gather` takes
+        those): what it produced, or the events it led to, for the caller to run."""
         if isinstance(ev, DeliverRequest):
             if ev.key is None:  # an ACK to a 2xx: the call's business
-                return self._run(self.calls.on_ack(ev.request, now), now)
+                return self.calls.on_ack(ev.request, now)
             try:
                 return self._request(ev.request, ev.key, ev.source, ev.transport, now)
             except Exception as exc:
@@ -546,21 +586,24 @@ class Engine:
                           method=ev.request.method, source=_fmt(ev.source), exc_info=cause)
                 return partial + self._respond(ev.key, make_response(ev.request, 500), now)
         if isinstance(ev, CancelRequest):
-            return self._run(self.calls.on_cancel(ev.invite_key, now), now)
+            return self.calls.on_cancel(ev.invite_key, now)
         if isinstance(ev, DeliverResponse):
-            answer: Sequence[object] | None = self.trunkreg.on_response(
-                ev.key, ev.response, now, self.local)
-            if answer is None and (self.mwi.on_response(ev.key, ev.response)
-                                   or self.subs.on_response(ev.key, ev.response)):
-                answer = []
+            # Each client transaction belongs to one of them; the call layer's (the
+            # most, two or more a call) are asked for first, with no service asked.
+            answer: Sequence[object] | None = self.calls.on_response(ev.response, ev.key,
+                                                                     now)
             if answer is None:
-                answer = self.calls.on_response(ev.response, ev.key, now)
-            return self._run(answer, now)
+                answer = self.trunkreg.on_response(ev.key, ev.response, now, self.local)
+            if answer is None:
+                self.mwi.on_response(ev.key, ev.response) or self.subs.on_response(
+                    ev.key, ev.response)
+                answer = []
+            return answer
         if isinstance(ev, TimedOut):
             if ev.key.side == "client" and self.subs.on_timed_out(ev.key):
                 return NOTHING
             if ev.key.side == "client" and not self.trunkreg.on_timed_out(ev.key, now):
-                return self._run(self.calls.on_timed_out(ev.key, now), now)
+                return self.calls.on_timed_out(ev.key, now)
             return NOTHING
         if isinstance(ev, Terminated):
             self.calls.on_terminated(ev.key)

@@ -225,6 +225,10 @@ class Call:
     # ring time), "screen" (a screened leg's time to answer), "ok" (the 2xx
     # retransmission, RFC 3261 s13.3.1.4).
     timers: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # The earliest of them as filed in the front's heap (None: none filed). Kept here
+    # so that arming a timer later than it, or disarming one that is not it, leaves
+    # the heap alone: the front's heap is asked only when the earliest one moves.
+    wakeup: float | None = None
     # (Call-ID, the caller's From tag): how the front and the media service know the
     # call. Set once from the INVITE (neither changes): it is read on every input
     # and timer change, and the From header would be looked up each time.
@@ -247,7 +251,7 @@ class Call:
         return anchor
 
     def move(self, event: CallEvent) -> None:
-        self.state = CALL.move(self.state, event)
+        self.state = CALL.rows[self.state][event]  # IllegalTransition if not in CALL
         front = self.front
         if front.notes_changes:  # BLF (engine.services.dialoginfo)
             front.changed.append(self)
@@ -282,11 +286,21 @@ class Call:
         return self._fire(name, now)
 
     def arm(self, name: str, when: float) -> None:
-        self.timers[name] = (when, next(_ORDER))
+        timers = self.timers
+        old = timers.get(name)
+        timers[name] = (when, next(_ORDER))
+        filed = self.wakeup
+        if filed is None or when < filed:
+            if self.state is not CallState.ENDED:  # the new earliest: filed as it is
+                self.front.file_wakeup(self, when)
+                return
+        elif old is None or old[0] != filed:
+            return  # the filed deadline is still the earliest
         self.front.reschedule(self)
 
     def disarm(self, name: str) -> None:
-        if self.timers.pop(name, None) is not None:
+        old = self.timers.pop(name, None)
+        if old is not None and old[0] == self.wakeup:  # the earliest one went
             self.front.reschedule(self)
 
     def _fire(self, name: str, now: float) -> list[CallOutput]:
@@ -699,7 +713,6 @@ class Call:
         self.move(CallEvent.ANSWER)
         self.callee_leg = leg
         self.answered_at = now
-        self.disarm("no_answer")
         if isinstance(leg.target, Device):
             self.join(leg.target.extension)
         contact = self.local.contact(self.transport)
@@ -715,6 +728,9 @@ class Call:
             headers.append(("Content-Type", ctype))
         events += self._answer_caller(to_caller(self.invite, 200, self.tag, headers, body),
                                       contact, now)
+        # After the 2xx's retransmission timer is armed (earlier than the ring time):
+        # that re-files the call's deadline once, and this disarm leaves it alone.
+        self.disarm("no_answer")
         log.info("call answered", call_id=self.id, leg=leg.label, step=self.step + 1)
         for other in self.legs:
             if other is not leg:

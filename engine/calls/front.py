@@ -294,6 +294,7 @@ class Calls:
         self._by_tag.pop((call.id, call.tag), None)
         self._by_invite.pop(call.invite_key, None)
         self._wakeups.cancel_all(call.key)
+        call.wakeup = None
         if self._recorded.pop(call.key, None) is not None:  # its record goes too
             self._answered_wall.pop(call.key, None)
             self._records_ended.append(record_id(*call.key))
@@ -303,12 +304,22 @@ class Calls:
         return self._wakeups.next_wakeup()
 
     def reschedule(self, call: Call) -> None:
-        """``call``'s timers changed: keep its one deadline in the heap current."""
+        """``call``'s timers changed: keep its one deadline in the heap current (the
+        call keeps what is filed, :attr:`Call.wakeup`, so the heap is not asked)."""
         when = call.next_timer()
         if when is None or call.state is CallState.ENDED:
-            self._wakeups.cancel(call.key, _NEXT)
-        elif self._wakeups.deadline(call.key, _NEXT) != when:
+            if call.wakeup is not None:
+                call.wakeup = None
+                self._wakeups.cancel(call.key, _NEXT)
+        elif call.wakeup != when:
+            call.wakeup = when
             self._wakeups.arm(call.key, _NEXT, when)
+
+    def file_wakeup(self, call: Call, when: float) -> None:
+        """``when`` is ``call``'s earliest deadline now (a timer armed before the one
+        filed): file it, without looking at its other timers."""
+        call.wakeup = when
+        self._wakeups.arm(call.key, _NEXT, when)
 
     def reschedule_queues(self) -> None:
         """The queues' timers changed: keep their one deadline in the heap current."""
@@ -347,6 +358,7 @@ class Calls:
             call = self._calls.get(due[0])
             if call is None:
                 continue
+            call.wakeup = None  # popped: no longer filed
             events += self._guard(call, now, functools.partial(call.on_timer, now))
             self.reschedule(call)
         return events
@@ -366,12 +378,12 @@ class Calls:
         if call.state is CallState.ENDED or call.caller_dialog is None:
             return
         key = call.key
-        found = parties(call)
-        now_mark = mark(found)
+        now_mark = mark(call)
         if self._recorded.get(key) != now_mark:
             self._recorded[key] = now_mark
             answered = self._answered_wall.setdefault(key, self.wall_clock())
-            self._records_saved.append(dialog_record(call, found, self.local.node, answered))
+            self._records_saved.append(dialog_record(call, parties(call), self.local.node,
+                                                     answered))
 
     def _guard(self, call: Call, now: float,
                action: Callable[[], list[CallOutput]]) -> list[CallOutput]:
@@ -379,7 +391,10 @@ class Calls:
         self.queues.now = now  # the time of what the queues hear of without a "now"
         try:
             out = action()
-            self._note(call)
+            # _note's own first test, here: a call not answered (most inputs of a
+            # call) has no record to check, and costs no call.
+            if call.caller_dialog is not None:
+                self._note(call)
             return out
         except Exception:
             log.exception("call failed", call_id=call.id)
@@ -452,7 +467,9 @@ class Calls:
         return self._guard(call, now, lambda: call.start(now))
 
     # ------------------------------------------------------------------ responses
-    def on_response(self, resp: Response, key: TxKey, now: float) -> list[CallOutput]:
+    def on_response(self, resp: Response, key: TxKey, now: float) -> list[CallOutput] | None:
+        """A response in one of the call layer's client transactions; None when ``key``
+        is not one of them (the engine then asks its services)."""
         leg = self._legs.get(key)
         if leg is not None:
             call = leg.call
@@ -466,7 +483,7 @@ class Calls:
                 del self._relays[key]
             return self._guard(relay.call, now,
                                lambda: relay.call.on_relay_response(relay, resp, now))
-        return []
+        return None
 
     def on_timed_out(self, key: TxKey, now: float) -> list[CallOutput]:
         moving = self._moves.get(key)

@@ -41,7 +41,7 @@ class Leg:
     early: sdp.SessionDescription | None = None  # its answer in a 183, if any
 
     def move(self, event: LegEvent) -> None:
-        self.state = LEG.move(self.state, event)
+        self.state = LEG.rows[self.state][event]  # IllegalTransition if not in LEG
         front = self.call.front
         if not self.pending:  # the phone stopped ringing: a queue agent may be free
             front.queues.changed(self.extension)

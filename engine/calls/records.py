@@ -46,8 +46,8 @@ def record_id(call_id: str, from_tag: str) -> str:
 
 
 def parties(call: Call) -> list[Party]:
-    """The live dialogs of an answered call: the caller side, then the callee side."""
-    # Run after every input of an answered call: one pass, no filtering copy.
+    """The live dialogs of an answered call: the caller side, then the callee side
+    (:func:`mark` reads the same ones)."""
     out: list[Party] = []
     caller = call.caller_leg
     if caller is not None:
@@ -66,16 +66,31 @@ def parties(call: Call) -> list[Party]:
     return out
 
 
-def mark(found: list[Party]) -> tuple[object, ...]:
-    """What a record holds that can change while the call lasts. A dialog stands for
-    its ID (Call-ID and tags are never changed on a Dialog), so the mark is compared
-    by identity there, without building the ID on every input."""
-    # One flat tuple: the node keeps a mark per answered call, and each tuple more
-    # per call is one more object for the collector to walk.
-    out: list[object] = []
-    for d, dest, _ in found:
-        out += (d, d.local_cseq, d.remote_target, d.route_set, dest)
-    return tuple(out)
+def mark(call: Call) -> tuple[object, ...]:
+    """What a record of ``call`` holds that can change while the call lasts, for the
+    parties :func:`parties` finds, in its order. A dialog stands for its ID (Call-ID
+    and tags are never changed on a Dialog), so the mark is compared by identity
+    there, without building the ID on every input."""
+    # Run after every input of an answered call, where it is nearly always unchanged:
+    # read straight from the call (no list of parties first), one flat tuple (the
+    # node keeps a mark per answered call: one object for the collector, not one per
+    # dialog).
+    terminated = DialogState.TERMINATED
+    caller = call.caller_leg
+    if caller is not None:
+        dialog, dest = caller.dialog, caller.dest
+    else:
+        dialog, dest = call.caller_dialog, call.source
+    out: tuple[object, ...] = ()
+    if dialog is not None and dialog.state is not terminated:
+        out = (dialog, dialog.local_cseq, dialog.remote_target, dialog.route_set, dest)
+    callee = call.callee_leg
+    if callee is not None:
+        dialog = callee.dialog
+        if dialog is not None and dialog.state is not terminated:
+            out += (dialog, dialog.local_cseq, dialog.remote_target, dialog.route_set,
+                    callee.dest)
+    return out
 
 
 def dialog_record(call: Call, found: list[Party], node: str, answered_at: float,

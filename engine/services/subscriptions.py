@@ -185,7 +185,9 @@ class Subscriptions:
         self._per_watcher: dict[str, int] = {}
         self._expiry: TimerHeap[tuple[str, str]] = TimerHeap()
         self._notifies: dict[TxKey, Subscription] = {}
-        self._queue: deque[Subscription] = deque()
+        # Subscriptions whose NOTIFY waits for the pace; the engine reads it after every
+        # input (a deque's truth, no call: :attr:`pending` says the same).
+        self.queue: deque[Subscription] = deque()
         self._queued: set[Subscription] = set()
         self._tick_start = float("-inf")
         self._sent_in_tick = 0
@@ -247,11 +249,11 @@ class Subscriptions:
             for sub in self._watching.get((package, ext), ()):
                 if sub not in self._queued:
                     self._queued.add(sub)
-                    self._queue.append(sub)
+                    self.queue.append(sub)
 
     @property
     def pending(self) -> bool:
-        return bool(self._queue)
+        return bool(self.queue)
 
     def _budget(self, now: float) -> bool:
         """Whether one more NOTIFY may leave in this tick (a new tick starts when due)."""
@@ -267,7 +269,7 @@ class Subscriptions:
             return self._send(sub, now, local)
         if sub not in self._queued:
             self._queued.add(sub)
-            self._queue.append(sub)
+            self.queue.append(sub)
         return []
 
     def shutdown(self, now: float, local: Local) -> list[Event]:
@@ -283,8 +285,8 @@ class Subscriptions:
         """Send queued NOTIFYs, at most :data:`NOTIFY_BURST` per :data:`NOTIFY_TICK`."""
         self._budget(now)
         events: list[Event] = []
-        while self._queue and self._sent_in_tick < NOTIFY_BURST:
-            sub = self._queue.popleft()
+        while self.queue and self._sent_in_tick < NOTIFY_BURST:
+            sub = self.queue.popleft()
             self._queued.discard(sub)
             if sub.state is SubState.ACTIVE:
                 events += self._send(sub, now, local, skip_unchanged=True)
@@ -306,7 +308,7 @@ class Subscriptions:
     # ------------------------------------------------------------------ timers
     def next_wakeup(self) -> float | None:
         expiry = self._expiry.next_wakeup()
-        if self._queue:
+        if self.queue:
             tick = self._tick_start + NOTIFY_TICK
             return tick if expiry is None else min(tick, expiry)
         return expiry

@@ -8,13 +8,15 @@ as the live one for (owner, name); cancelling or re-arming only changes that
 record, and an entry whose token is no longer live is dropped when it reaches
 the head (:meth:`TimerHeap.next_wakeup` and :meth:`TimerHeap.pop` never return
 one). The heap is rebuilt from its live entries when stale ones outnumber
-them four to one, so it stays bounded however often timers are re-armed.
+them four to one, looked at each time it outgrows four times the timers armed at
+the last look (at least 256 entries), so it stays bounded however often timers
+are re-armed.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Hashable
+from heapq import heapify, heappop, heappush
 from typing import Generic, TypeVar
 
 __all__ = ["TimerHeap"]
@@ -27,7 +29,7 @@ _COMPACT_ABOVE = 256  # entries; below this a rebuild is not worth it
 class TimerHeap(Generic[K]):
     """Named deadlines per owner; :meth:`pop` hands out the due ones in order."""
 
-    __slots__ = ("_armed", "_heap", "_live", "_seq")
+    __slots__ = ("_armed", "_check_at", "_heap", "_live", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, K, str]] = []
@@ -35,6 +37,7 @@ class TimerHeap(Generic[K]):
         self._live: dict[K, dict[str, tuple[int, float]]] = {}
         self._seq = 0
         self._armed = 0
+        self._check_at = _COMPACT_ABOVE  # heap entries above which _compact looks
 
     @property
     def entries(self) -> int:
@@ -57,44 +60,56 @@ class TimerHeap(Generic[K]):
 
     def arm(self, owner: K, name: str, when: float) -> None:
         """(Re-)arm ``name`` of ``owner`` to fire at ``when``."""
-        # Six arms a call and more per transaction: attributes are read once here.
-        seq = self._seq = self._seq + 1
-        live = self._live
-        names = live.get(owner)
+        # Six arms a call and more per transaction: attributes are read once here, and
+        # an owner's first timer makes its dict in one expression.
+        self._seq = seq = self._seq + 1
+        names = self._live.get(owner)
         if names is None:  # not setdefault: that builds an empty dict on every arm
-            names = live[owner] = {}
-        if name not in names:
+            self._live[owner] = {name: (seq, when)}
             self._armed += 1
-        names[name] = (seq, when)
+        else:
+            if name not in names:
+                self._armed += 1
+            names[name] = (seq, when)
         heap = self._heap
-        heapq.heappush(heap, (when, seq, owner, name))
-        if len(heap) > _COMPACT_ABOVE and len(heap) > 4 * self._armed:
+        heappush(heap, (when, seq, owner, name))
+        if len(heap) > self._check_at:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap from its live entries when stale ones outnumber them four
+        to one; either way, the next look is when the heap outgrows four times the
+        timers armed now (or :data:`_COMPACT_ABOVE`): one comparison per arm, not a
+        count of the live ones."""
+        if len(self._heap) > 4 * self._armed:
             self._heap = [e for e in self._heap if self._is_live(e)]
-            heapq.heapify(self._heap)
+            heapify(self._heap)
+        self._check_at = max(_COMPACT_ABOVE, 4 * self._armed)
 
     def cancel(self, owner: K, name: str) -> None:
         names = self._live.get(owner)
-        if names is None or names.pop(name, None) is None:
-            return
-        self._armed -= 1
-        if not names:
-            del self._live[owner]
+        if names is not None and names.pop(name, None) is not None:
+            self._armed -= 1
+            if not names:
+                del self._live[owner]
 
     def cancel_all(self, owner: K) -> None:
-        self._armed -= len(self._live.pop(owner, {}))
+        names = self._live.pop(owner, None)
+        if names is not None:
+            self._armed -= len(names)
 
     def next_wakeup(self) -> float | None:
         """The earliest armed deadline, None when nothing is armed."""
         heap = self._heap
         while heap and not self._is_live(heap[0]):
-            heapq.heappop(heap)
+            heappop(heap)
         return heap[0][0] if heap else None
 
     def pop(self, now: float) -> tuple[K, str] | None:
         """The earliest timer due at ``now``, disarmed; None when none is due."""
         heap = self._heap
         while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
+            entry = heappop(heap)
             if self._is_live(entry):
                 _, _, owner, name = entry
                 self.cancel(owner, name)

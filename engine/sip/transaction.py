@@ -17,7 +17,8 @@ and armed:
 
 A transaction's state changes only through its table; a move not in it raises
 :class:`~engine.statemachine.IllegalTransition` naming the event, the role and
-the state.
+the state. Moves are written ``MACHINE.rows[state][event]`` (the table's rows
+refuse a missing event themselves), which costs no Python call per message.
 
 Timers live in one heap with lazy deletion (``engine.sip.timerheap``), keyed by
 transaction and timer name: a timer cancelled or re-armed, or whose
@@ -378,6 +379,9 @@ class _ClientTx:
     machine: Machine[State, TxEvent]  # INVITE_CLIENT or NON_INVITE_CLIENT
     ack: bytes | None = None  # the ACK for a 300-699 (s17.1.1.3)
     interval: float = 0.0  # current Timer A / E interval
+    # The RFC 3261 s9.1 CANCEL guard was armed: only then has a final response one to
+    # stop (most INVITEs are never cancelled; the heap is not asked for nothing).
+    guarded: bool = False
 
     @property
     def kind(self) -> Kind:
@@ -497,8 +501,8 @@ class TransactionLayer:
             events += self._step(self._txs[key], _Fire(name), now)
         return events
 
-    def _arm(self, tx: _Tx, name: str, delay: float, now: float) -> None:
-        self.deadlines.arm(tx.key, name, now + delay)
+    # Timers are armed with ``self.deadlines.arm(tx.key, name, now + delay)`` where they
+    # start: one call, not two, on the message path (six arms a call).
 
     def _disarm(self, tx: _Tx, *names: str) -> None:
         for name in names:
@@ -506,7 +510,7 @@ class TransactionLayer:
 
     def _terminate(self, tx: _Tx, event: TxEvent) -> list[Event]:
         """Enter Terminated: the transaction is destroyed at once (s17.1.1.2, s17.2.1)."""
-        tx.state = tx.machine.move(tx.state, event)
+        tx.state = tx.machine.rows[tx.state][event]
         if self._txs.get(tx.key) is tx:
             self.deadlines.cancel_all(tx.key)
         if self._txs.get(tx.key) is tx:
@@ -520,7 +524,7 @@ class TransactionLayer:
         """Arm a waiting timer (D, I, J, K), or terminate now when it is zero."""
         if delay <= 0:
             return self._terminate(tx, _WAIT_OVER)
-        self._arm(tx, name, delay, now)
+        self.deadlines.arm(tx.key, name, now + delay)
         return []
 
     def _step(self, tx: _Tx, inp: _Input, now: float) -> list[Event]:
@@ -667,19 +671,19 @@ class TransactionLayer:
         if isinstance(inp, _Resp):
             status = inp.response.status
             events = self._send_response(tx, inp.response)
-            event = _response_event(status)
-            tx.state = INVITE_SERVER.move(tx.state, event)
+            event = _RESPONSE_EVENT[status // 100]
+            tx.state = INVITE_SERVER.rows[tx.state][event]
             if event is _1XX:
                 return events
             if event is _2XX:
                 # RFC 6026 s7.1: 2xx -> Accepted, Timer L = 64*T1.
-                self._arm(tx, "L", self.timers.long, now)
+                self.deadlines.arm(tx.key, "L", now + self.timers.long)
                 return events
             # 300-699 -> Completed; Timer G on unreliable transports, Timer H.
             if not tx.reliable:
                 tx.interval = self.timers.t1
-                self._arm(tx, "G", tx.interval, now)
-            self._arm(tx, "H", self.timers.long, now)
+                self.deadlines.arm(tx.key, "G", now + tx.interval)
+            self.deadlines.arm(tx.key, "H", now + self.timers.long)
             return events
         return []  # an ACK before any final response, or a stale timer: ignored
 
@@ -689,12 +693,12 @@ class TransactionLayer:
         if isinstance(inp, _Ack):
             # -> Confirmed; G and H stop; Timer I = T4 (unreliable) or 0.
             self._disarm(tx, "G", "H")
-            tx.state = INVITE_SERVER.move(tx.state, _ACK)
+            tx.state = INVITE_SERVER.rows[tx.state][_ACK]
             return self._wait(tx, "I", 0 if tx.reliable else self.timers.t4, now)
         if isinstance(inp, _Fire):
             if inp.name == "G":
                 tx.interval = min(2 * tx.interval, self.timers.t2)
-                self._arm(tx, "G", tx.interval, now)
+                self.deadlines.arm(tx.key, "G", now + tx.interval)
                 return self._resend_response(tx)
             if inp.name == "H":
                 return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
@@ -709,12 +713,12 @@ class TransactionLayer:
     def _ist_accepted(self, tx: _ServerTx, inp: _Input, now: float) -> list[Event]:
         if isinstance(inp, _Ack):
             # RFC 6026 s7.1: ACKs are passed to the TU, not absorbed.
-            tx.state = INVITE_SERVER.move(tx.state, _ACK)
+            tx.state = INVITE_SERVER.rows[tx.state][_ACK]
             return [DeliverRequest(inp.request, None, inp.source, inp.transport)]
         if isinstance(inp, _Resp) and 200 <= inp.response.status < 300:
             # The TU's 2xx retransmissions (RFC 3261 s13.3.1.4) go through.
             events = self._send_response(tx, inp.response)
-            tx.state = INVITE_SERVER.move(tx.state, _2XX)
+            tx.state = INVITE_SERVER.rows[tx.state][_2XX]
             return events
         if isinstance(inp, _Fire) and inp.name == "L":
             return self._terminate(tx, _WAIT_OVER)
@@ -735,8 +739,8 @@ class TransactionLayer:
 
     def _nist_respond(self, tx: _ServerTx, response: Response, now: float) -> list[Event]:
         events = self._send_response(tx, response)
-        event = _response_event(response.status)
-        tx.state = NON_INVITE_SERVER.move(tx.state, event)
+        event = _RESPONSE_EVENT[response.status // 100]
+        tx.state = NON_INVITE_SERVER.rows[tx.state][event]
         if event is _1XX:
             return events
         # Final -> Completed; Timer J = 64*T1 (unreliable) or 0.
@@ -789,8 +793,8 @@ class TransactionLayer:
         # s17.1.1.2: Timer A (unreliable only) and B; s17.1.2.2: Timer E and F.
         if not tx.reliable:
             tx.interval = self.timers.t1
-            self._arm(tx, "A" if invite else "E", tx.interval, now)
-        self._arm(tx, "B" if invite else "F", self.timers.long, now)
+            self.deadlines.arm(tx.key, "A" if invite else "E", now + tx.interval)
+        self.deadlines.arm(tx.key, "B" if invite else "F", now + self.timers.long)
         if method == "CANCEL":
             target = self._txs.get(TxKey("client", "INVITE", branch))
             if isinstance(target, _ClientTx) \
@@ -798,7 +802,8 @@ class TransactionLayer:
                     and target.state in (_CALLING, _PROCEEDING):
                 # RFC 3261 s9.1: without a final response 64*T1 after the
                 # CANCEL, the INVITE client transaction is given up.
-                self._arm(target, CANCEL_GUARD, self.timers.long, now)
+                self.deadlines.arm(target.key, CANCEL_GUARD, now + self.timers.long)
+                target.guarded = True
         return key, [Send(data, dest, transport)]
 
     def on_response(self, response: Response, now: float) -> list[Event]:
@@ -828,7 +833,7 @@ class TransactionLayer:
             if inp.name == "A":
                 # Timer A doubles with every retransmission (no T2 cap for INVITE).
                 tx.interval *= 2
-                self._arm(tx, "A", tx.interval, now)
+                self.deadlines.arm(tx.key, "A", now + tx.interval)
                 return self._resend_request(tx)
             if inp.name in ("B", CANCEL_GUARD):
                 return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
@@ -847,14 +852,16 @@ class TransactionLayer:
 
     def _ict_response(self, tx: _ClientTx, response: Response, now: float) -> list[Event]:
         """A response in Calling or Proceeding."""
-        event = _response_event(response.status)
-        tx.state = INVITE_CLIENT.move(tx.state, event)
+        event = _RESPONSE_EVENT[response.status // 100]
+        tx.state = INVITE_CLIENT.rows[tx.state][event]
         if event is _1XX:
             return [DeliverResponse(response, tx.key)]
-        self._disarm(tx, CANCEL_GUARD)
+        if tx.guarded:
+            tx.guarded = False
+            self.deadlines.cancel(tx.key, CANCEL_GUARD)
         if event is _2XX:
             # RFC 6026 s7.2: 2xx -> Accepted, Timer M = 64*T1; the TU ACKs.
-            self._arm(tx, "M", self.timers.long, now)
+            self.deadlines.arm(tx.key, "M", now + self.timers.long)
             return [DeliverResponse(response, tx.key)]
         # 300-699 -> Completed: the transaction ACKs (s17.1.1.3); Timer D.
         tx.ack = _build_ack(tx.request, response).to_bytes()
@@ -883,7 +890,7 @@ class TransactionLayer:
         if isinstance(inp, _Fire):
             if inp.name == "E":
                 tx.interval = min(2 * tx.interval, self.timers.t2)
-                self._arm(tx, "E", tx.interval, now)
+                self.deadlines.arm(tx.key, "E", now + tx.interval)
                 return self._resend_request(tx)
             if inp.name == "F":
                 return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
@@ -897,7 +904,7 @@ class TransactionLayer:
             if inp.name == "E":
                 # In Proceeding Timer E is reset to T2 every time.
                 tx.interval = self.timers.t2
-                self._arm(tx, "E", tx.interval, now)
+                self.deadlines.arm(tx.key, "E", now + tx.interval)
                 return self._resend_request(tx)
             if inp.name == "F":
                 return [TimedOut(tx.key), *self._terminate(tx, _TIMEOUT)]
@@ -907,8 +914,8 @@ class TransactionLayer:
         return []
 
     def _nict_response(self, tx: _ClientTx, response: Response, now: float) -> list[Event]:
-        event = _response_event(response.status)
-        tx.state = NON_INVITE_CLIENT.move(tx.state, event)
+        event = _RESPONSE_EVENT[response.status // 100]
+        tx.state = NON_INVITE_CLIENT.rows[tx.state][event]
         events: list[Event] = [DeliverResponse(response, tx.key)]
         if event is _1XX:
             return events
@@ -923,11 +930,10 @@ class TransactionLayer:
         return []
 
 
-def _response_event(status: int) -> TxEvent:
-    """The move a response of ``status`` makes (1xx, 2xx, 300-699)."""
-    if status < 200:
-        return _1XX
-    return _2XX if status < 300 else _FAIL
+# The move a response makes, by its status class (``status // 100``): 1xx, 2xx,
+# 300-699 (every three-digit status has its entry; the parser and respond() allow
+# 100-699). Indexed where a response moves a transaction: no call per response.
+_RESPONSE_EVENT: tuple[TxEvent, ...] = (_1XX, _1XX, _2XX) + (_FAIL,) * 7
 
 
 def _build_ack(request: Request, response: Response) -> Request:
