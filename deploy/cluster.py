@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -68,12 +69,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ctl-socket", default="",
                    help="Kamailio's control socket for kamcmd (default: "
                         "DATA_DIR/cluster/kamailio.ctl)")
+    p.add_argument("--serve-args", action="append", default=[], metavar="N=ARGS",
+                   help="more serve options for node N (repeatable), e.g. "
+                        "'2=--source-rate 0.5' (tests: a node that sheds load)")
+    p.add_argument("--edge-source-limit", type=int, default=40, metavar="N",
+                   help="new requests one address may send the edge in 2 s before it is "
+                        "refused there (503; default 40)")
     p.add_argument("--kamailio", default="kamailio")
     p.add_argument("--switchboard", default=str(Path(sys.executable).parent / "switchboard"))
     p.add_argument("--log-format", choices=("console", "json"), default="console")
     args = p.parse_args(argv)
     if not 1 <= args.nodes <= 32:
         p.error("--nodes: from 1 to 32")
+    if args.edge_source_limit < 1:
+        p.error("--edge-source-limit: at least 1")
+    args.node_extra = {}
+    for item in args.serve_args:
+        number, eq, rest = item.partition("=")
+        if not eq or not number.isdigit() or int(number) < 1:
+            p.error(f"--serve-args {item!r}: expected N=ARGS (N the node's number, from 1)")
+        args.node_extra[f"node{int(number)}"] = shlex.split(rest)
     return args
 
 
@@ -154,6 +169,10 @@ class Cluster:
             raise SystemExit("make cluster: --http-ports: one per node")
         self.nodes = [(f"node{i + 1}", port, http)
                       for i, (port, http) in enumerate(zip(ports, https, strict=True))]
+        unknown = set(args.node_extra) - {name for name, _, _ in self.nodes}
+        if unknown:
+            raise SystemExit(f"make cluster: --serve-args for {', '.join(sorted(unknown))}: "
+                             f"there are {len(self.nodes)} nodes")
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
@@ -185,7 +204,8 @@ class Cluster:
                                "--log-format", args.log_format,
                                "--edge", f"{edge_ip}:{self.edge_port}",
                                *(["--digest-algorithms", args.digest_algorithms]
-                                 if args.digest_algorithms else [])])
+                                 if args.digest_algorithms else []),
+                               *args.node_extra.get(name, [])])
         dispatcher = self.logs / "dispatcher.list"
         dispatcher.write_text("".join(f"1 sip:{args.node_host}:{port}\n"
                                       for _, port, _ in self.nodes))
@@ -193,8 +213,9 @@ class Cluster:
                "-A", f"LISTEN=udp:{self.edge_host}:{self.edge_port}",
                "-A", f'DISPATCHER_LIST="{dispatcher}"',
                "-A", f'CTL_SOCKET="unix:{self.ctl_socket}"',
+               "-A", f"SOURCE_LIMIT={args.edge_source_limit}",
                "-P", str(self.logs / "kamailio.pid")]
-        check = subprocess.run([*cmd[:3], *cmd[5:11], "-c"], capture_output=True, text=True,
+        check = subprocess.run([*cmd[:3], *cmd[5:13], "-c"], capture_output=True, text=True,
                                timeout=30, check=False)
         if check.returncode != 0:
             raise ClusterError(f"kamailio refused its config:\n{check.stderr[-2000:]}")

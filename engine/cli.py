@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "the busiest address) is closed for the newcomer")
     serve.add_argument("--tcp-per-source", type=int, default=32, metavar="N",
                        help="SIP TCP+TLS connections one IP address may hold (default 32); "
-                            "trunks (inbound_from) and addresses with registered phones are "
-                            "not limited this way")
+                            "trunks (inbound_from), addresses with registered phones and "
+                            "--edge addresses are not limited this way")
     serve.add_argument("--tcp-first-message-seconds", type=float, default=5.0, metavar="S",
                        help="a new TCP/TLS connection must finish its TLS handshake and send "
                             "a complete SIP message within S seconds (default 5); then it "

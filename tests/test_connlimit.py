@@ -195,3 +195,22 @@ def test_rate_log_is_bounded() -> None:
     assert log.hit(("10.0.0.3", "refused:cap"), 1.0)
     assert not log.hit(("10.0.0.4", "refused:cap"), 1.0)
     assert (("*", "refused:cap"), 1) in log.flush(61.0)
+
+
+def test_an_edge_has_no_per_source_limit_and_stays_trusted_through_reloads() -> None:
+    # The edge (serve --edge) carries every phone behind it over its connections:
+    # more than per_source of them are admitted, none is closed for a stranger, and
+    # the registrar's and directory's trust (set_trusted) does not replace it.
+    p = policy(cap=5, per_source=2)
+    p.set_edges(["10.0.0.1"])
+    p.set_trusted([], [])
+    assert all(p.admit(i, "10.0.0.1", "tcp", 0.0).admitted for i in range(4))
+    assert p.trusted("10.0.0.1") and p.held_by("10.0.0.1") == 4
+    assert p.admit(10, "10.0.0.66", "tcp", 1.0).admitted
+    # At the cap a stranger's newcomer can only take its own source's room, never
+    # an edge connection's.
+    [shed] = p.admit(11, "10.0.0.66", "tcp", 2.0).shed
+    assert shed.conn == 10 and p.held_by("10.0.0.1") == 4
+    p.closed(0)
+    assert p.admit(12, "10.0.0.66", "tcp", 3.0).admitted
+    assert p.admit(13, "10.0.0.66", "tcp", 3.0).refused == REFUSED_PER_SOURCE  # its limit

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from engine.sip.message import Request, Response, make_response
+from engine.sip.message import Request, Response, make_response, parse
 from tests.conftest import ROOT, bench_directory, env_database_url, free_port
 from tests.e2e_helpers import Ua
 
@@ -108,7 +108,9 @@ class Running:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Running]:
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    # indirect parametrization: {"node2": "--source-rate 0.5", ...}, more serve options
+    extra: dict[str, str] = getattr(request, "param", {})
     kamailio()
     schema = f"sb_cluster_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg(f'CREATE SCHEMA "{schema}"'))
@@ -124,7 +126,9 @@ def cluster(tmp_path: Path) -> Iterator[Running]:
          "--node-ports", f"{n1},{n2}", "--http-ports", f"{h1},{h2}", "--db", db,
          "--directory", str(directory), "--data-dir", str(tmp_path / "data"),
          "--log-format", "json", "--ctl-socket", str(ctl),
-         "--digest-algorithms", "MD5"],  # SIPp 3.6 reads only the first challenge
+         "--digest-algorithms", "MD5",  # SIPp 3.6 reads only the first challenge
+         *[arg for node, options in extra.items()
+           for arg in ("--serve-args", f"{node.removeprefix('node')}={options}")]],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
         start_new_session=True)
     try:
@@ -146,6 +150,10 @@ def cluster(tmp_path: Path) -> Iterator[Running]:
         running = Running(proc, schema, db, ("127.0.0.1", edge), {"node1": n1, "node2": n2},
                           tmp_path / "data" / "cluster", pids, ctl, {"node1": h1, "node2": h2},
                           trunk_port=trunk)
+        # Ready when the edge holds both nodes in: on a loaded box its first probe can
+        # go unanswered, and a request before the next one would find no node.
+        until_flags(ctl, lambda f: len(f) == 2 and all(v.startswith("A") for v in f.values()),
+                    "both nodes active at the edge")
         yield running
         # Ctrl-C: everything stops cleanly (what a test killed said so, and the rest ran on)
         proc.send_signal(signal.SIGINT)
@@ -619,3 +627,202 @@ def test_a_phone_writing_the_header_is_not_a_trunk(cluster: Running) -> None:
     assert not log_events(cluster, "node2", "X-Switchboard-Source ignored")
     for node in cluster.nodes:
         assert not any(e.get("trunk") for e in log_events(cluster, node, "call routed"))
+
+
+# ---------------------------------------------------------------------- per source, behind the edge
+# Every address in 127.0.0.0/8 is this machine's: the edge and the nodes are on
+# 127.0.0.1 (the nodes' --edge), a flooding host on 127.0.0.2, another office's
+# phone on 127.0.0.3.
+FLOODER = "127.0.0.2"
+OTHER_HOST = "127.0.0.3"
+FLOOD = 200  # new requests the flooder sends the edge, as fast as it can
+
+
+def sip_request(method: str, port: int, ip: str, call_id: str, user: str = "102",
+                cseq: int = 1, extra: str = "") -> bytes:
+    uri = "sip:pbx.test" if method in ("REGISTER", "OPTIONS") else f"sip:{DID}@pbx.test"
+    to = f"<sip:{user}@pbx.test>" if method == "REGISTER" else f"<{uri}>"
+    return (f"{method} {uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {ip}:{port};branch=z9hG4bK{call_id}{cseq};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{user}@pbx.test>;tag=f{port}\r\nTo: {to}\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
+            f"Contact: <sip:{user}@{ip}:{port}>\r\nExpires: 60\r\n{extra}"
+            "Content-Length: 0\r\n\r\n").encode()
+
+
+def register_from(ip: str, edge: tuple[str, int], user: str, password: str) -> str:
+    """``user`` registers from ``ip`` through the edge (challenge, then credentials):
+    the final status line."""
+    from engine.sip.auth import build_authorization
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((ip, 0))
+        s.settimeout(10)
+        port = s.getsockname()[1]
+        call_id = f"reg{uuid.uuid4().hex}"
+        auth = ""
+        for cseq in (1, 2):
+            s.sendto(sip_request("REGISTER", port, ip, call_id, user, cseq, auth), edge)
+            while True:
+                reply = parse(s.recv(65535))
+                if isinstance(reply, Response) and reply.status >= 200:
+                    break
+            if reply.status != 401:
+                break
+            auth = "Authorization: " + build_authorization(
+                reply.get_lines("www-authenticate")[0], "REGISTER", "sip:pbx.test", user,
+                password, "cn1") + "\r\n"
+        return f"{reply.status} {reply.reason}"
+
+
+def stream_options(node: tuple[str, int], ip: str, count: int) -> list[str]:
+    """``count`` TCP connections from ``ip`` to ``node``, held open together, each
+    sending one OPTIONS: each one's first status line, or "refused" when the node
+    closed it unanswered."""
+    conns: list[socket.socket] = []
+    answers: list[str] = []
+    try:
+        for i in range(count):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            conns.append(c)
+            c.bind((ip, 0))
+            c.settimeout(10)
+            c.connect(node)
+            port = c.getsockname()[1]
+            c.sendall(sip_request("OPTIONS", port, ip, f"tcp{i}-{uuid.uuid4().hex}").replace(
+                b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+            try:
+                data = c.recv(65535)
+            except (ConnectionResetError, TimeoutError):
+                data = b""
+            answers.append(data.split(b"\r\n", 1)[0].decode() if data else "refused")
+    finally:
+        for c in conns:
+            c.close()
+    return answers
+
+
+@pytest.mark.parametrize("cluster", [{"node1": "--tcp-per-source 4",
+                                      "node2": "--tcp-per-source 4"}], indirect=True)
+def test_a_flooding_host_is_refused_at_the_edge_and_another_still_registers(
+        cluster: Running) -> None:
+    # One host floods the edge with new REGISTERs and INVITEs: past the edge's limit
+    # for its address (pike, 40 in 2 s) the edge answers them 503 itself; the rest
+    # reach the nodes (challenged). Another host's phone registers at once. Behind
+    # the edge the nodes hold TCP connections per real source, not per edge.
+    refused = passed = 0
+    answers: dict[str, int] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((FLOODER, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        port = s.getsockname()[1]
+        for i in range(FLOOD):
+            method = "REGISTER" if i % 2 else "INVITE"
+            s.sendto(sip_request(method, port, FLOODER, f"flood{i}-{uuid.uuid4().hex[:8]}"),
+                     cluster.edge)
+        s.settimeout(3)
+        finals: set[str] = set()
+        while refused + passed < FLOOD:
+            try:
+                reply = parse(s.recv(65535))
+            except TimeoutError:
+                break
+            if not isinstance(reply, Response) or reply.status < 200:
+                continue
+            key = reply.call_id
+            if key in finals:
+                continue  # a retransmitted final response
+            finals.add(key)
+            if reply.status == 503 and reply.reason == "Too many requests from your address":
+                assert reply.get("retry-after"), reply.to_bytes()[:300]
+                refused += 1
+            else:
+                passed += 1  # the nodes' challenge (or their own per-source 503)
+                what = f"{reply.status} {reply.reason}"
+                answers[what] = answers.get(what, 0) + 1
+    print(f"flood of {FLOOD} new requests from one host: {refused} refused at the edge, "
+          f"{passed} passed to the nodes (their answers: {answers})")
+    assert refused >= FLOOD // 2 and 0 < passed <= FLOOD - refused, (refused, passed)
+    # a node's own 503 (both nodes refused) goes back as a 503, never a 500
+    assert not any(what.startswith("500") for what in answers), answers
+    # The nodes count the edge as no single source: more than --tcp-per-source (4)
+    # connections from the edge's address are all served (nobody registered yet);
+    # another address is held to 4.
+    node = ("127.0.0.1", cluster.nodes["node1"])
+    from_edge = stream_options(node, "127.0.0.1", 8)
+    assert from_edge == ["SIP/2.0 200 OK"] * 8, from_edge
+    from_other = stream_options(node, FLOODER, 5)
+    assert from_other == ["SIP/2.0 200 OK"] * 4 + ["refused"], from_other
+    # Another host's phone registers at once, and the node that took it knows that
+    # host (the Path's received=), not the edge, as a registered phone's address:
+    # it is no longer held to 4.
+    assert register_from(OTHER_HOST, cluster.edge, "102", "pw102") == "200 OK"
+    query = f'SELECT node FROM "{cluster.schema}".bindings WHERE aor = \'102\' AND NOT gone'
+    deadline = time.monotonic() + 10  # written behind the 200
+    while not (rows := asyncio.run(_pg(query, fetch="x"))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(rows) == 1, rows
+    registrar = ("127.0.0.1", cluster.nodes[str(rows[0][0])])
+    from_phone_host = stream_options(registrar, OTHER_HOST, 5)
+    assert from_phone_host == ["SIP/2.0 200 OK"] * 5, from_phone_host
+
+
+# ---------------------------------------------------------------------- a node shedding load
+
+
+def shed_count(cluster: Running, node: str) -> float:
+    with urllib.request.urlopen(
+            f"http://127.0.0.1:{cluster.https[node]}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("switchboard_sip_shed_total{")
+               and 'reason="source_rate"' in line)
+
+
+@pytest.mark.parametrize("cluster", [{"node2": "--source-rate 0.5"}], indirect=True)
+def test_a_node_answering_503_stays_in_and_its_requests_go_to_the_other(
+        cluster: Running) -> None:
+    # node2 sheds (its per-source limit: one new request per 2 s from an unknown
+    # address, 503 with Retry-After). The edge tries each refused request on node1
+    # and keeps node2 in (it still answers the edge's probe: a known source).
+    ctl = cluster.ctl
+    sent = 12  # per round: Call-IDs hashed over both nodes
+    statuses: list[int] = []
+    shed = 0.0
+    for round_ in range(3):  # until node2 has refused one (a round hashes some to it)
+        until_flags(ctl, lambda f: all(v.startswith("A") for v in f.values()),
+                    "both nodes active")
+        statuses = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((OTHER_HOST, 0))
+            s.settimeout(10)
+            port = s.getsockname()[1]
+            for i in range(sent):
+                s.sendto(sip_request("OPTIONS", port, OTHER_HOST,
+                                     f"shed{round_}x{i}-{uuid.uuid4().hex}"), cluster.edge)
+                while True:
+                    reply = parse(s.recv(65535))
+                    if isinstance(reply, Response) and reply.status >= 200:
+                        statuses.append(reply.status)
+                        break
+        shed = shed_count(cluster, "node2")
+        if shed >= 1:
+            break
+    served = {n: sum(1 for line in cluster.node_log(n).splitlines()
+                     if '"OPTIONS"' in line and '"shed' in line) for n in cluster.nodes}
+    print(f"{sent} OPTIONS through the edge: node2 refused {shed:.0f} (503), "
+          f"answers {statuses.count(200)} x 200; node1 logged {served['node1']}, "
+          f"node2 {served['node2']} ({round_ + 1} round)")
+    assert statuses == [200] * sent, statuses
+    assert shed >= 1
+    flags = dispatcher_flags(ctl)
+    assert flags[cluster.nodes["node2"]].startswith("A"), flags  # still in
+    assert flags[cluster.nodes["node1"]].startswith("A"), flags
+    # A node that is gone is still taken out, and the other serves everything.
+    os.kill(cluster.pids["node2"], signal.SIGKILL)
+    cluster.killed.add("node2")
+    until_flags(ctl, lambda f: f[cluster.nodes["node2"]].startswith("I")
+                and f[cluster.nodes["node1"]].startswith("A"), "node2 taken out")
+    for i in range(4):
+        reply_line = options_through_edge(cluster.edge, f"out-{i}-{uuid.uuid4().hex}")
+        assert reply_line.startswith("SIP/2.0 200"), (reply_line, dispatcher_flags(ctl))

@@ -133,3 +133,43 @@ def test_the_receive_queue_classes_by_the_real_source(clock: Clock) -> None:
     assert len(policy.outbox) == 3 and len(policy.queues[Klass.INVITE]) == 3
     policy.offer(request("OPTIONS", source=EDGE, extra=header(TRUNK)), EDGE, "udp", 100.0)
     assert len(policy.queues[Klass.REFRESH]) == 1
+
+
+def test_a_phone_registered_through_the_edge_is_known_by_its_own_address() -> None:
+    # The binding's source is the edge; the Path the edge put first names where the
+    # phone's REGISTER came from (received=, escaped or not): that address is the one
+    # the receive queue and the connection policy know. Without an edge, or from a
+    # source that is not one, the source stays.
+    edge = EdgeTrust(parse_edges(f"{EDGE[0]}:{EDGE[1]}"))
+    path = (f"<sip:{EDGE[0]}:{EDGE[1]};lr;received=sip:198.51.100.7:40000>",
+            "<sip:proxy.example;lr>")
+    assert edge.registered_ip(EDGE[0], path) == "198.51.100.7"
+    escaped = (f"<sip:{EDGE[0]};lr;received=sip%3A198.51.100.8%3A5062%3Btransport%3Dudp>",)
+    assert edge.registered_ip(EDGE[0], escaped) == "198.51.100.8"
+    assert edge.registered_ip(EDGE[0], ()) == EDGE[0]
+    assert edge.registered_ip(EDGE[0], ("<sip:edge;lr>",)) == EDGE[0]
+    assert edge.registered_ip(EDGE[0], ("<sip:edge;lr;received=nonsense>",)) == EDGE[0]
+    assert edge.registered_ip("203.0.113.9", path) == "203.0.113.9"  # not from an edge
+    assert EdgeTrust().registered_ip(EDGE[0], path) == EDGE[0]
+
+
+def test_the_edges_own_probe_is_a_known_sources_request(clock: Clock) -> None:
+    # The edge's OPTIONS probe (no header: the edge's own request) is classed as a
+    # known source's, past any per-source bucket, so a node refusing strangers with
+    # 503 still answers its edge and stays in; a stranger behind the edge is held to
+    # its bucket.
+    from engine.shell.connlimit import StreamPolicy
+
+    streams = StreamPolicy()
+    streams.set_edges([EDGE[0]])
+    edge = EdgeTrust([EDGE])
+    policy = Overload(OverloadConfig(source_rate=0.5, source_burst=1.0), Metrics(),
+                      is_known=lambda source: streams.trusted(source[0]), origin=edge.origin)
+    for _ in range(4):
+        policy.offer(request("OPTIONS", source=EDGE), EDGE, "udp", 100.0)
+    assert len(policy.queues[Klass.REFRESH]) == 4 and not policy.outbox
+    stranger: Addr = ("203.0.113.66", 5060)
+    for _ in range(3):
+        policy.offer(request("OPTIONS", source=EDGE, extra=header(stranger)), EDGE, "udp",
+                     100.0)
+    assert len(policy.queues[Klass.OTHER]) == 1 and len(policy.outbox) == 2

@@ -153,7 +153,7 @@ class Server:
                               call_id=action.call[0])
         for b in outcome.saved:
             self.storesync.save(b)
-            self.transports.trust(b.source)
+            self.transports.trust(b)
         for b in outcome.removed:
             self.storesync.delete(b)
         self.storesync.take_records()  # dialog records written or ended by this input

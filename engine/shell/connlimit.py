@@ -11,7 +11,13 @@ opening connections and sending nothing (or half a header). The policy:
   the newcomer instead of refusing it;
 * trusted sources (a trunk's ``inbound_from`` networks, an address holding
   registered bindings) are not held to ``per_source`` and their connections
-  are never closed to make room: strangers cannot crowd them out.
+  are never closed to make room: strangers cannot crowd them out;
+* an edge proxy's address (``serve --edge``) is trusted the same way, by IP
+  alone (its connections come from any port): the edge holds a few long-lived
+  connections that carry every phone and trunk behind it, so a per-source cap
+  on it would lock the whole office out at once. Per real source the edge
+  limits itself (deploy/kamailio/kamailio.cfg: pike), and the node's request
+  limits use the source the edge names (engine.sip.edge).
 
 :class:`StreamPolicy` decides; ``engine.shell.transports`` applies (closes sockets, counts,
 logs). Time is ``now`` in monotonic seconds, passed in.
@@ -94,8 +100,16 @@ class StreamPolicy:
     _by_transport: dict[str, int] = field(default_factory=dict)
     _trusted_ips: set[str] = field(default_factory=set)
     _trusted_nets: tuple[IpNetwork, ...] = ()
+    _edge_ips: frozenset[str] = frozenset()
 
     # -- trust ----------------------------------------------------------------------
+    def set_edges(self, ips: Iterable[str]) -> None:
+        """The edge proxies' addresses: trusted whatever the directory and the
+        registrations say (:meth:`set_trusted` does not replace them)."""
+        self._edge_ips = frozenset(ips)
+        for ip, source in self._sources.items():
+            source.trusted = self._is_trusted(ip)
+
     def set_trusted(self, ips: Iterable[str], networks: Iterable[str]) -> None:
         """Replace the trusted addresses (registered sources) and networks (trunks)."""
         self._trusted_ips = set(ips)
@@ -115,7 +129,7 @@ class StreamPolicy:
         return source.trusted if source is not None else self._is_trusted(ip)
 
     def _is_trusted(self, ip: str) -> bool:
-        if ip in self._trusted_ips:
+        if ip in self._trusted_ips or ip in self._edge_ips:
             return True
         if not self._trusted_nets:
             return False

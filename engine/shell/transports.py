@@ -32,6 +32,7 @@ from engine.shell.connlimit import (
 )
 from engine.sip.message import ParseError, StreamFramer, parse
 from engine.sip.transaction import Addr, Send
+from provisioning.model import Binding
 
 __all__ = ["LISTEN_BACKLOG", "Receive", "Transports", "source_ip"]
 
@@ -71,6 +72,9 @@ class Transports:
         self._tls_task: asyncio.Task[None] | None = None
         self._server_tls: ssl.SSLContext | None = None
         self.streams = StreamPolicy(config.limits)
+        # The edge carries everyone behind it over a few connections: no per-source cap
+        # on it, and nothing closed for a stranger (engine.shell.connlimit).
+        self.streams.set_edges(ip for ip, _ in engine.edge.edges)
         self._stream_ids = itertools.count(1)
         # What closes an admitted stream the policy sheds: its transport, or the task
         # of a TLS handshake in progress.
@@ -337,16 +341,21 @@ class Transports:
             writer.close()
 
     # -- who is trusted --------------------------------------------------------------
-    def trust(self, binding_source: str) -> None:
-        """A phone registered from ``binding_source``: its address is trusted."""
-        self.streams.trust(source_ip(binding_source))
+    def trust(self, binding: Binding) -> None:
+        """A phone registered: the address it registered from is trusted."""
+        self.streams.trust(self._binding_ip(binding))
+
+    def _binding_ip(self, binding: Binding) -> str:
+        """Where ``binding``'s phone is: its source, or behind an edge the address the
+        edge's Path names (the edge's own address is trusted anyway)."""
+        return self.engine.edge.registered_ip(source_ip(binding.source), binding.path)
 
     def refresh_trust(self, now: float) -> None:
         """Sources that may exceed the per-source limit and are never closed for a
         stranger: trunks' ``inbound_from`` networks and addresses holding bindings."""
         directory = self.engine.directory
         wall = time.time()
-        ips = {source_ip(b.source) for b in self.engine.registrar.all() if b.expires_at > wall}
+        ips = {self._binding_ip(b) for b in self.engine.registrar.all() if b.expires_at > wall}
         self.streams.set_trusted(ips, [cidr for trunk in directory.trunks
                                        for cidr in trunk.inbound_from])
         self._trust_directory = directory

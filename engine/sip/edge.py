@@ -19,12 +19,13 @@ Sans-I/O: a request and its source in, an address out.
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import structlog
 
-from engine.sip.message import Request
+from engine.sip.message import ParseError, Request, parse_address
 
 __all__ = ["HEADER", "EdgeTrust", "parse_edges"]
 
@@ -87,6 +88,32 @@ class EdgeTrust:
         self.edges = tuple(edges)
         self._ips = {ip for ip, _ in self.edges}
         self._warned: OrderedDict[str, None] = OrderedDict()
+
+    def is_edge_ip(self, ip: str) -> bool:
+        """``ip`` is an edge's, whatever the port (its TCP connections come from any)."""
+        return ip in self._ips
+
+    def registered_ip(self, source_ip: str, path: Sequence[str]) -> str:
+        """The address a phone registered from: behind an edge, the ``received=`` of
+        the Path the edge put first (RFC 3327; Kamailio's add_path_received), else
+        ``source_ip``. It makes the phone a known source for the receive queue's
+        classes and token bucket, as a phone registered directly is."""
+        if source_ip not in self._ips or not path:
+            return source_ip
+        try:
+            received = parse_address(path[0], "Path").uri.param("received")
+        except ParseError:
+            return source_ip
+        if not received:
+            return source_ip
+        text = urllib.parse.unquote(received)
+        text = text.partition(":")[2] if text.lower().startswith(("sip:", "sips:")) else text
+        hostport = text.split(";", 1)[0]
+        try:
+            ip, _ = _addr(hostport, "received")
+        except ValueError:
+            return source_ip
+        return ip
 
     def is_edge(self, source: Addr) -> bool:
         if source[0] not in self._ips:
