@@ -128,6 +128,11 @@ class Metrics:
         self.notifies_sent = Counter(
             "switchboard_notifies_sent", "NOTIFYs sent, by event package (dialog, presence)",
             ["package"], registry=r)
+        self.lamp_writes = Counter(
+            "switchboard_lamp_writes", "Busy-lamp changes queued for the store, for the "
+            "other nodes: watch (a resource this node's subscriptions began or stopped "
+            "watching), dialogs (this node's dialogs of a resource another node watches)",
+            ["kind"], registry=r)
         self.notifies_failed = Counter(
             "switchboard_notifies_failed", "NOTIFYs that failed, by event package and reason: "
             "timeout (no answer), 481 (the subscription ended), or the error status",
