@@ -251,7 +251,7 @@ def test_a_lamp_at_one_node_follows_a_call_through_the_other(pair: Pair) -> None
         confirmed, confirmed_at = watcher.wait(lambda s: s == ["confirmed"], "answered",
                                                early)
         ended = hang_up(caller, phone, "watched")
-        over, over_at = watcher.wait(
+        _, over_at = watcher.wait(
             lambda s: bool(s) and all(x == "terminated" for x in s), "the call ended",
             confirmed)
         # B published 102's dialogs only while A watched: trying/early, confirmed, ended
