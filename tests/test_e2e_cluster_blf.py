@@ -19,7 +19,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -47,9 +49,10 @@ class Pair:
     db: str
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    work = tmp_path_factory.mktemp("lamps")
+@contextmanager
+def started_pair(work: Path, log_level: list[str] | None = None) -> Iterator[Pair]:
+    """Two nodes on a fresh PostgreSQL schema (dropped at the end); the benchmark
+    (benchmarks/blf_cluster.py) starts the same pair."""
     schema = f"sb_lamps_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg(f'CREATE SCHEMA "{schema}"'))
     db = f"{env_database_url()}?search_path={schema}"
@@ -62,7 +65,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             data.mkdir()
             node = EngineProcess(data, directory, [
                 "--db", db, "--node-id", name, "--advertise", "127.0.0.1",
-                "--digest-algorithms", "MD5"])
+                "--digest-algorithms", "MD5", *(log_level or [])])
             if not nodes:  # the directory into the shared store, once
                 applied = node.cli("provision", "apply", str(directory), "--db", db)
                 assert applied.returncode == 0, applied.stderr
@@ -72,6 +75,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
         for node in nodes:
             node.stop()
         asyncio.run(_pg(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with started_pair(tmp_path_factory.mktemp("lamps")) as running:
+        yield running
 
 
 @dataclass
@@ -210,7 +219,9 @@ def answer(caller: Ua, phone: Ua, invite: Request, call_id: str) -> float:
 
 
 def hang_up(caller: Ua, phone: Ua, call_id: str) -> float:
-    """The caller's BYE; the phone answers the node's BYE. When the phone answered."""
+    """The caller's BYE; the phone answers the node's BYE. When the caller sent it (the
+    call ends at its node then)."""
+    sent = time.monotonic()
     caller.in_dialog("BYE", 3, f"z9hG4bK{call_id}bye")
     deadline = time.monotonic() + 8
     while (left := deadline - time.monotonic()) > 0:
@@ -218,7 +229,7 @@ def hang_up(caller: Ua, phone: Ua, call_id: str) -> float:
         if isinstance(msg, Request) and msg.method == "BYE":
             phone.sip.sendto(make_response(msg, 200, None, [], b"", None).to_bytes(),
                              phone.engine)
-            return time.monotonic()
+            return sent
     raise AssertionError(f"no BYE reached the phone: {phone.seen}")
 
 
