@@ -190,6 +190,7 @@ class Engine:
         # The same across the nodes sharing the store: what the others watch and
         # publish, what this node watches and publishes for them (the shell moves it).
         self.lamps = ClusterLamps()
+        self.calls.held_elsewhere = self.lamps.holder
         self._presence: dict[str, str] = {}  # extension -> the status presence last saw
         self._revoke_due = False  # the directory changed: subscriptions to check
         self.auth = DigestAuthenticator(directory.system.domain, self._auth_key,

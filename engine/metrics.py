@@ -113,7 +113,8 @@ class Metrics:
             "refused", ["outcome"], registry=r)
         self.pickups = Counter(
             "switchboard_pickups", "Call pickups by outcome: directed, group, nothing "
-            "(no call ringing), refused (media not anchored, no common codec)", ["outcome"],
+            "(no call ringing), elsewhere (ringing at another node: 480), refused (media not "
+            "anchored, no common codec)", ["outcome"],
             registry=r)
         self.parked_calls = Gauge(
             "switchboard_parked_calls", "Calls waiting on a park orbit", registry=r)

@@ -15,7 +15,7 @@ from tests import test_provisioning_store as stores
 from tests.test_blf import answer_notifies, authorized, dialogs, presence_of, watching
 from tests.test_calls import PHONES, SDP, Net, in_dialog, make_net, phone_call, register, reply
 from tests.test_calls_anchor import anchored_net
-from tests.test_calls_pickup import parked_call, picker_invite
+from tests.test_calls_pickup import parked_call, picker_invite, ringing_call
 
 backend = stores.backend
 store = stores.store
@@ -51,11 +51,38 @@ async def test_an_orbit_watched_at_one_node_lights_for_a_call_parked_at_another(
     [lit] = answer_notifies(a, "104")[-1:]
     [(state, dialog)] = dialogs(lit)  # validated against the RFC 4235 schema
     assert state == "confirmed" and dialog.get("call-id") == "tcall-1"
+    # Retrieved at a, which does not hold it: 480 naming the holder, not 404.
+    register(a, "103")
+    picker_invite(a, "701", call_id="pick-a")
+    [refused] = [r for r in a.responses(PHONES["103"]) if r.status >= 300]
+    assert refused.status == 480 and refused.reason == "Held By Another Node"
+    assert "held by node b" in (refused.get("warning") or "")
+    # and a call parked at a now takes the next orbit, 701 being b's
+    assert a.engine.calls.free_orbit(("701", "702")) == "702"
     picker_invite(b, "701")  # retrieved at b
     b.tick(1)
     await share(store, nodes)
     [out] = answer_notifies(a, "104")[-1:]
     assert [s for s, _ in dialogs(out)] == ["terminated"]
+
+
+async def test_a_directed_pickup_at_a_node_not_ringing_names_the_holder(
+        store: Store) -> None:
+    a, b = anchored_net(), anchored_net()
+    nodes = {"a": a, "b": b}
+    watching(a, "104", "102")  # a BLF key on 102 at a: b publishes 102's dialogs
+    await share(store, nodes)
+    ringing_call(b)  # 101 calls 102 at b; 102 rings
+    await share(store, nodes)
+    register(a, "103")
+    picker_invite(a, "**102", call_id="pick-a")
+    [refused] = [r for r in a.responses(PHONES["103"]) if r.status >= 300]
+    assert refused.status == 480 and "ringing 102 is held by node b" in (
+        refused.get("warning") or "")
+    assert a.engine.metrics.pickups.labels("elsewhere")._value.get() == 1
+    # b, which holds it, picks it up as before
+    picker_invite(b, "**102", call_id="pick-b")
+    assert b.engine.metrics.pickups.labels("directed")._value.get() == 1
 
 
 async def test_presence_at_one_node_says_on_a_call_carried_by_another(store: Store) -> None:

@@ -135,3 +135,16 @@ class ClusterLamps:
     def on_call(self, resource: str, own: tuple[DialogView, ...], now: float) -> bool:
         """``resource`` has a connected call here or on another node (presence)."""
         return any(v.state == "confirmed" for v in self.merge(resource, own, now))
+
+    def holder(self, kind: str, resource: str) -> str:
+        """The other node holding a call of ``resource`` as its lamps say (``kind``
+        "parked": a call waiting on the orbit; "ringing": a call ringing the
+        extension's phone), ``""`` when none is known."""
+        for node, (views, _read_at) in sorted(self._remote.get(resource, {}).items()):
+            for v in views:
+                if kind == "parked" and v.state == "confirmed":
+                    return node
+                if kind == "ringing" and v.direction == "recipient" \
+                        and v.state in ("trying", "proceeding", "early"):
+                    return node
+        return ""
