@@ -5,7 +5,8 @@ what is then chosen, not hashed).
 A digest-authenticated subscriber at node A watches extension 102; a call to 102 is
 placed through node B, where 102 registered. A's NOTIFYs go early -> confirmed ->
 terminated (each body valid against the RFC 4235 schema), although A never sees
-the call. Then node B is killed (SIGKILL) mid-call, and A's lamp goes idle once
+the call, and a directed pickup of it dialled at A is refused naming B (480).
+Then node B is killed (SIGKILL) mid-call, and A's lamp goes idle once
 A's takeover has found B dead. A missing PostgreSQL is a failure, never a skip.
 """
 
@@ -233,6 +234,25 @@ def hang_up(caller: Ua, phone: Ua, call_id: str) -> float:
     raise AssertionError(f"no BYE reached the phone: {phone.seen}")
 
 
+def picker_refused(node: EngineProcess, dialled: str) -> Response:
+    """103 dials ``dialled`` at ``node`` (digest); the final answer, ACKed."""
+    picker = Ua(node.sip)
+    try:
+        uri = f"sip:{dialled}@pbx.test"
+        call_id = f"pick-{uuid.uuid4().hex[:8]}"
+        picker.invite(uri, "103", call_id)
+        challenge = picker.final(1)
+        picker.ack(challenge, uri, f"z9hG4bK{call_id}1")
+        md5 = next(c for c in challenge.get_lines("proxy-authenticate") if "MD5" in c)
+        picker.invite(uri, "103", call_id, 2,
+                      build_authorization(md5, "INVITE", uri, "103", "pw103", "cn"))
+        final = picker.final(2)
+        picker.ack(final, uri, f"z9hG4bK{call_id}2")
+        return final
+    finally:
+        picker.close()
+
+
 def lamp_writes(node: EngineProcess, kind: str) -> float:
     return node.metrics().get(f'switchboard_lamp_writes_total{{kind="{kind}"}}', 0.0)
 
@@ -258,6 +278,10 @@ def test_a_lamp_at_one_node_follows_a_call_through_the_other(pair: Pair) -> None
         assert ringing is not None and ringing.get("direction") == "recipient"
         assert ringing.get("call-id") == invite.call_id  # the dialog the phone sees, at B
         assert ringing.findtext("d:remote/d:identity", namespaces=NS) == "sip:101@pbx.test"
+        # 103 picks up 102's ringing call at A (**102): B holds it, and A says so.
+        refused = picker_refused(pair.a, "**102")
+        assert refused.status == 480, refused.to_bytes()[:400]
+        assert "ringing 102 is held by node nodeB" in (refused.get("warning") or "")
         answered = answer(caller, phone, invite, "watched")
         confirmed, confirmed_at = watcher.wait(lambda s: s == ["confirmed"], "answered",
                                                early)
