@@ -1664,12 +1664,15 @@ class _SQLStore(Store):
             # A dead node's lamps go with it: its calls are ended, and its watchers'
             # phones subscribe again elsewhere. Orphans of any node without a row,
             # not only the ones just found dead (a claimer that died midway).
-            gone = await tx.fetch(
-                "DELETE FROM watches WHERE node NOT IN (SELECT id FROM nodes) RETURNING node")
-            gone += await tx.fetch(
-                "DELETE FROM lamps WHERE node NOT IN (SELECT id FROM nodes) RETURNING node")
-            if gone:
+            # The lamps revision is locked before their rows, as write_lamps does:
+            # the other order could deadlock with a node's write.
+            orphans = await tx.fetch(
+                "SELECT 1 FROM watches WHERE node NOT IN (SELECT id FROM nodes) UNION ALL "
+                "SELECT 1 FROM lamps WHERE node NOT IN (SELECT id FROM nodes) LIMIT 1")
+            if orphans:
                 await _bump_revision(tx, "lamps_revision")
+                await tx.execute("DELETE FROM watches WHERE node NOT IN (SELECT id FROM nodes)")
+                await tx.execute("DELETE FROM lamps WHERE node NOT IN (SELECT id FROM nodes)")
                 await self._notify_lamps(tx, "")
         return Takeover(tuple(sorted(str(d[0]) for d in dead)),
                         tuple(sorted((_dialog_record(r) for r in rows), key=lambda r: r.id)))
@@ -1733,10 +1736,14 @@ class _SQLStore(Store):
 
     async def clear_lamps(self, node: str) -> None:
         async with self._transaction() as tx:
-            gone = await tx.fetch("DELETE FROM watches WHERE node = $1 RETURNING node", node)
-            gone += await tx.fetch("DELETE FROM lamps WHERE node = $1 RETURNING node", node)
-            if gone:
+            # The revision first (the order write_lamps locks in), moved only when
+            # there are rows to drop.
+            mine = await tx.fetch("SELECT 1 FROM watches WHERE node = $1 UNION ALL "
+                                  "SELECT 1 FROM lamps WHERE node = $1 LIMIT 1", node)
+            if mine:
                 await _bump_revision(tx, "lamps_revision")
+                await tx.execute("DELETE FROM watches WHERE node = $1", node)
+                await tx.execute("DELETE FROM lamps WHERE node = $1", node)
                 await self._notify_lamps(tx, node)
 
 
