@@ -200,10 +200,12 @@ def place_call(caller: Ua, phone: Ua, call_id: str) -> tuple[Request, float]:
     while (left := deadline - time.monotonic()) > 0:
         msg = phone.recv(left)
         if isinstance(msg, Request) and msg.method == "INVITE":
-            phone.sip.sendto(make_response(msg, 180, None, [
+            ringing = make_response(msg, 180, None, [
                 ("Contact", f"<sip:102@127.0.0.1:{phone.port}>")], b"",
-                f"ua{phone.port}").to_bytes(), phone.engine)
-            return msg, time.monotonic()
+                f"ua{phone.port}").to_bytes()
+            sent = time.monotonic()
+            phone.sip.sendto(ringing, phone.engine)
+            return msg, sent
     raise AssertionError(f"the phone was not rung: {phone.seen}")
 
 
@@ -213,8 +215,9 @@ def answer(caller: Ua, phone: Ua, invite: Request, call_id: str) -> float:
     ok = make_response(invite, 200, None, [
         ("Contact", f"<sip:102@127.0.0.1:{phone.port}>"),
         ("Content-Type", "application/sdp")], sdp_offer(phone.rtp_port, 7), f"ua{phone.port}")
-    phone.sip.sendto(ok.to_bytes(), phone.engine)
+    data = ok.to_bytes()
     sent = time.monotonic()
+    phone.sip.sendto(data, phone.engine)
     caller.answered(caller.final(2), "sip:102@pbx.test", f"z9hG4bK{call_id}ack")
     return sent
 
