@@ -12,7 +12,7 @@ import datetime as dt
 import ipaddress
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Protocol
@@ -25,6 +25,7 @@ from engine.calls.headers import SERVER, Local
 from engine.calls.records import bye_requests
 from engine.metrics import Metrics
 from engine.services.dialoginfo import DialogBook, dialog_info, pidf
+from engine.services.lamps import ClusterLamps
 from engine.services.mwi import EVENT as MWI_EVENT
 from engine.services.mwi import MessageWaiting
 from engine.services.subscriptions import (
@@ -64,7 +65,7 @@ from engine.sip.transaction import (
     TransactionLayer,
     TxKey,
 )
-from provisioning.model import Binding, DialogRecord, Directory, Status
+from provisioning.model import Binding, DialogRecord, DialogView, Directory, Status
 from routing import CallFacts, router_for
 
 log = structlog.get_logger("switchboard.engine")
@@ -193,6 +194,10 @@ class Engine:
         # kept from the call layer's changes, and the subscriptions to them.
         self.dialogs = DialogBook()
         self.subs = Subscriptions(self.transactions, self._document, self.metrics)
+        # The same across the nodes sharing the store: what the others watch and
+        # publish, what this node watches and publishes for them (the shell moves it).
+        self.lamps = ClusterLamps()
+        self.calls.held_elsewhere = self.lamps.holder
         self._presence: dict[str, str] = {}  # extension -> the status presence last saw
         self._revoke_due = False  # the directory changed: subscriptions to check
         self.auth = DigestAuthenticator(directory.system.domain, self._auth_key,
@@ -245,11 +250,12 @@ class Engine:
     def _document(self, package: str, extension: str, now: float) -> Document:
         """What a NOTIFY of ``package`` says about ``extension`` now."""
         entity = f"sip:{extension}@{self.directory.system.domain}"
+        own = self._book(now).views(extension, now)
         if package == DIALOG:
-            views = self._book(now).views(extension, now)
+            views = self.lamps.merge(extension, own, now)
             return Document(views, lambda version: dialog_info(entity, extension, views,
                                                                version))
-        status, on_call = self.status_of(extension), self._book(now).on_call(extension)
+        status, on_call = self.status_of(extension), self.lamps.on_call(extension, own, now)
         return Document((status, on_call),
                         lambda version: pidf(entity, extension, status, on_call, version))
 
@@ -275,10 +281,11 @@ class Engine:
     def _publish(self, now: float) -> Produced:
         """The calls that moved reach the busy lamps and presence: NOTIFYs, paced."""
         changes = self.calls.take_changes()
-        if changes and not self.subs.subs:
-            # The last watcher left: stop noting (a call path with no watcher makes no
-            # change entries and no book updates); the next watcher's first document
-            # builds the book again (_book).
+        elsewhere = self.lamps.watched_elsewhere
+        if changes and not self.subs.subs and not elsewhere:
+            # The last watcher left (here and on the other nodes): stop noting (a call
+            # path with no watcher makes no change entries and no book updates); the
+            # next watcher's first document builds the book again (_book).
             self.calls.notes_changes = False
             self.dialogs.reset((), now)
         elif changes:
@@ -286,9 +293,38 @@ class Engine:
             if extensions:
                 self.subs.changed(DIALOG, extensions)
                 self.subs.changed(PRESENCE, extensions)  # "on a call"; unchanged: not sent
+                for ext in extensions & elsewhere:  # another node watches: published
+                    self.lamps.publish(ext, self.dialogs.views(ext, now))
+        if self.subs.watch_moved:
+            self.subs.watch_moved = False
+            self.lamps.watch(self.subs.resources())
         if not self.subs.pending:
             return NOTHING
         return self._top(self.subs.flush(now, self.local), now)
+
+    def cluster_lamps(self, watched: frozenset[str],
+                      dialogs: Mapping[str, Mapping[str, tuple[DialogView, ...]]],
+                      now: float) -> Outcome:
+        """What the other nodes watch and published, as read from the store: this
+        node publishes its dialogs of the resources newly watched elsewhere, and the
+        NOTIFYs of resources whose merged state moved leave (paced)."""
+        changed, newly = self.lamps.read(watched, dialogs, now)
+        if newly:
+            book = self._book(now)  # noting on while another node watches
+            for resource in newly:
+                self.lamps.publish(resource, book.views(resource, now))
+        self.lamps.unpublish_unwatched()
+        if changed:
+            self.subs.changed(DIALOG, changed)
+            self.subs.changed(PRESENCE, changed)
+        if not self.subs.pending:
+            return Outcome()
+        return self._top(self.subs.flush(now, self.local), now).outcome()
+
+    def take_lamps(self) -> tuple[dict[str, bool], dict[str, tuple[DialogView, ...]]]:
+        """The lamp changes for the store since the last call (watches, published
+        dialogs): the shell writes them behind."""
+        return self.lamps.take()
 
     @property
     def tls_port(self) -> int:
@@ -381,7 +417,7 @@ class Engine:
         out = self._outcome(events, now)
         if self.calls.queues.due:
             out.add(self._wake_queues(now))
-        if self.calls.changed or self.subs.queue:
+        if self.calls.changed or self.subs.queue or self.subs.watch_moved:
             out.add(self._publish(now))
         return out
 
@@ -393,7 +429,7 @@ class Engine:
         out = got.outcome() if isinstance(got, Produced) else self._outcome(got, now)
         if self.calls.queues.due:
             out.add(self._wake_queues(now))
-        if self.calls.changed or self.subs.queue:
+        if self.calls.changed or self.subs.queue or self.subs.watch_moved:
             out.add(self._publish(now))
         return out
 
@@ -469,7 +505,7 @@ class Engine:
         self.registrar.merge(saved, deleted, now_wall)
         self.calls.queues.changed()
         produced = self._wake_queues(now)
-        if self.calls.changed or self.subs.pending:
+        if self.calls.changed or self.subs.pending or self.subs.watch_moved:
             produced += self._publish(now)
         return produced.outcome()
 

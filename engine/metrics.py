@@ -113,7 +113,8 @@ class Metrics:
             "refused", ["outcome"], registry=r)
         self.pickups = Counter(
             "switchboard_pickups", "Call pickups by outcome: directed, group, nothing "
-            "(no call ringing), refused (media not anchored, no common codec)", ["outcome"],
+            "(no call ringing), elsewhere (ringing at another node: 480), refused (media not "
+            "anchored, no common codec)", ["outcome"],
             registry=r)
         self.parked_calls = Gauge(
             "switchboard_parked_calls", "Calls waiting on a park orbit", registry=r)
@@ -128,6 +129,11 @@ class Metrics:
         self.notifies_sent = Counter(
             "switchboard_notifies_sent", "NOTIFYs sent, by event package (dialog, presence)",
             ["package"], registry=r)
+        self.lamp_writes = Counter(
+            "switchboard_lamp_writes", "Busy-lamp changes queued for the store, for the "
+            "other nodes: watch (a resource this node's subscriptions began or stopped "
+            "watching), dialogs (this node's dialogs of a resource another node watches)",
+            ["kind"], registry=r)
         self.notifies_failed = Counter(
             "switchboard_notifies_failed", "NOTIFYs that failed, by event package and reason: "
             "timeout (no answer), 481 (the subscription ended), or the error status",

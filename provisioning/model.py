@@ -827,6 +827,38 @@ class Node:
     registrations: int  # live bindings it holds in memory (its own and the others')
 
 
+# RFC 4235 s4.1.2: what a <dialog> may say; a published dialog is refused otherwise.
+DIALOG_STATES = ("trying", "proceeding", "early", "confirmed", "terminated")
+DIALOG_DIRECTIONS = ("initiator", "recipient")
+
+
+@dataclass(frozen=True, slots=True)
+class DialogView:
+    """One dialog of an extension (or a park orbit), as RFC 4235 s4.1 describes it:
+    what a busy lamp shows. A node publishes the ones of resources other nodes watch
+    (``Store.write_lamps``), so it lives here, below the engine and the store."""
+
+    id: str
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    direction: str  # initiator | recipient
+    state: str  # trying | proceeding | early | confirmed | terminated
+    local: tuple[str, str]  # (URI, display name)
+    remote: tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class LampSnapshot:
+    """The busy lamps the other nodes share (``Store.lamps_state``): the resources
+    (extensions, park orbits) their subscriptions watch, and the dialogs each of them
+    published for a watched resource it holds calls of (resource -> node -> dialogs)."""
+
+    revision: int
+    watched: frozenset[str]
+    dialogs: dict[str, dict[str, tuple[DialogView, ...]]]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DialogLeg:
     """One dialog of an answered call as the node holding it left it in the store:

@@ -20,6 +20,12 @@ row every binding write locks, so revisions commit in order) and the writing
 each running node's heartbeat (id, address, started, last seen, load).
 ``dialogs`` holds a record per answered call (its dialogs as JSON) under the node
 that holds it; :meth:`Store.take_over` lets one survivor claim a dead node's.
+Busy lamps across nodes: ``watches`` (node, resource) says which resources
+(extensions, park orbits) a node's dialog and presence subscriptions watch;
+``lamps`` (node, resource, dialogs as JSON) holds the dialogs a node published for
+a resource some other node watches. Every write of either moves ``lamps_revision``
+(a meta row), so a reader asks :meth:`Store.lamps_state` for everything only when
+it moved; a dead node's rows go with its ``nodes`` row in :meth:`Store.take_over`.
 
 ``directory_rows`` holds each directory table as rows keyed by their natural
 key (``system``; trunks, departments and ring groups by name; numbers by
@@ -77,6 +83,8 @@ from provisioning.directory import (
     with_statuses,
 )
 from provisioning.model import (
+    DIALOG_DIRECTIONS,
+    DIALOG_STATES,
     ROLES,
     STATUSES,
     ApiKey,
@@ -84,7 +92,9 @@ from provisioning.model import (
     Binding,
     DialogLeg,
     DialogRecord,
+    DialogView,
     Directory,
+    LampSnapshot,
     Node,
     Session,
     Status,
@@ -115,6 +125,8 @@ CONNECT_SECONDS = 10.0  # opening one PostgreSQL connection
 # PostgreSQL: binding writes NOTIFY this channel (suffixed with the schema) in their
 # transaction, so the other nodes read them at once instead of at their next poll.
 BINDINGS_CHANNEL = "switchboard_bindings"
+# ... and lamp writes (watches, published dialogs) this one, read the same way.
+LAMPS_CHANNEL = "switchboard_lamps"
 
 Action = Literal["added", "changed", "removed", "reordered"]
 
@@ -237,6 +249,17 @@ _SCHEMA = (
         claimed_by TEXT NOT NULL DEFAULT '',
         claimed_at DOUBLE PRECISION NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS dialogs_node ON dialogs (node)",
+    # Busy lamps across nodes (see the module doc): what each node's subscriptions
+    # watch, and the dialogs a node holds of a resource another node watches.
+    """CREATE TABLE IF NOT EXISTS watches (
+        node TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        PRIMARY KEY (node, resource))""",
+    """CREATE TABLE IF NOT EXISTS lamps (
+        node TEXT NOT NULL,
+        resource TEXT NOT NULL,
+        dialogs TEXT NOT NULL,
+        PRIMARY KEY (node, resource))""",
 )
 
 _BINDING_COLUMNS = (
@@ -439,12 +462,15 @@ class Store(abc.ABC):
         the database was restarted, each pooled connection would fail once first."""
 
     async def listen_bindings(self, notified: Callable[[str], None],
-                              lost: Callable[[], None]) -> bool:
+                              lost: Callable[[], None],
+                              lamps: Callable[[str], None] | None = None) -> bool:
         """Be told at once when any node writes bindings: ``notified(node)`` (the
         writer's node id) after each such commit, on a connection of its own, until
-        ``lost()`` says that connection went (listen again once the store is back).
-        False when the backend cannot (SQLite: one process; readers poll
-        :meth:`bindings_since`). Raises like a statement when the store is away."""
+        ``lost()`` says that connection went (listen again once the store is back);
+        ``lamps(node)`` likewise for lamp writes (:meth:`write_lamps`, a takeover that
+        dropped a dead node's lamps: node ``""``). False when the backend cannot
+        (SQLite: one process; readers poll :meth:`bindings_since`,
+        :meth:`lamps_state`). Raises like a statement when the store is away."""
         return False
 
     async def unlisten_bindings(self) -> None:  # noqa: B027 (a no-op unless listening)
@@ -715,6 +741,25 @@ class Store(abc.ABC):
         """At a node's start: the unclaimed records it left in a previous run (it
         died and came back before anyone noticed), claimed by itself."""
 
+    @abc.abstractmethod
+    async def write_lamps(self, node: str, *, watched: Sequence[str] = (),
+                          unwatched: Sequence[str] = (),
+                          dialogs: Mapping[str, Sequence[DialogView]] | None = None) -> None:
+        """In one transaction, for the node ``node``: it now watches ``watched`` and no
+        longer ``unwatched`` (resources: extensions, park orbits), and its dialogs of
+        each resource in ``dialogs`` are these (none: its row goes). Moves the lamps
+        revision (and, on PostgreSQL, notifies the listening nodes). A bad dialog
+        (state, direction, empty resource) refuses the whole write."""
+
+    @abc.abstractmethod
+    async def lamps_state(self, revision: int, *, exclude_node: str) -> LampSnapshot | None:
+        """What the nodes other than ``exclude_node`` watch and published, when the
+        lamps revision is no longer ``revision`` (None: nothing moved)."""
+
+    @abc.abstractmethod
+    async def clear_lamps(self, node: str) -> None:
+        """Drop every watch and published dialog of ``node`` (it starts, or stops)."""
+
     async def save_binding(self, binding: Binding) -> None:
         """Insert or replace the binding of (``aor``, ``contact``)."""
         await self.write_bindings([binding])
@@ -893,6 +938,9 @@ class _SQLStore(Store):
     async def _notify_bindings(self, tx: _Tx, node: str) -> None:
         """Tell the listening nodes, in the transaction that wrote (it reaches them at
         its commit, not before; nothing if it rolls back). A no-op without LISTEN."""
+
+    async def _notify_lamps(self, tx: _Tx, node: str) -> None:
+        """As :meth:`_notify_bindings`, for lamp writes."""
 
     async def ping(self) -> None:
         async with self._transaction() as tx:
@@ -1613,6 +1661,19 @@ class _SQLStore(Store):
                 "WHERE node <> $1 AND node NOT IN (SELECT id FROM nodes) "
                 "AND (claimed_by = '' OR claimed_at < $3) "
                 f"RETURNING {_DIALOG_COLUMNS}", claimer, float(now), float(reclaim_before))
+            # A dead node's lamps go with it: its calls are ended, and its watchers'
+            # phones subscribe again elsewhere. Orphans of any node without a row,
+            # not only the ones just found dead (a claimer that died midway).
+            # The lamps revision is locked before their rows, as write_lamps does:
+            # the other order could deadlock with a node's write.
+            orphans = await tx.fetch(
+                "SELECT 1 FROM watches WHERE node NOT IN (SELECT id FROM nodes) UNION ALL "
+                "SELECT 1 FROM lamps WHERE node NOT IN (SELECT id FROM nodes) LIMIT 1")
+            if orphans:
+                await _bump_revision(tx, "lamps_revision")
+                await tx.execute("DELETE FROM watches WHERE node NOT IN (SELECT id FROM nodes)")
+                await tx.execute("DELETE FROM lamps WHERE node NOT IN (SELECT id FROM nodes)")
+                await self._notify_lamps(tx, "")
         return Takeover(tuple(sorted(str(d[0]) for d in dead)),
                         tuple(sorted((_dialog_record(r) for r in rows), key=lambda r: r.id)))
 
@@ -1623,6 +1684,92 @@ class _SQLStore(Store):
                 f"WHERE node = $1 AND claimed_by = '' RETURNING {_DIALOG_COLUMNS}",
                 node, float(now))
         return sorted((_dialog_record(r) for r in rows), key=lambda r: r.id)
+
+    # ------------------------------------------------------------------ lamps
+
+    async def write_lamps(self, node: str, *, watched: Sequence[str] = (),
+                          unwatched: Sequence[str] = (),
+                          dialogs: Mapping[str, Sequence[DialogView]] | None = None) -> None:
+        if not node:
+            raise ValueError("write_lamps: node is empty")
+        published = dialogs or {}
+        rows = [(resource, _dialogs_json(resource, views))
+                for resource, views in published.items() if views]
+        for resource in (*watched, *unwatched, *published):
+            if not resource:
+                raise ValueError("write_lamps: a resource is empty")
+        if not watched and not unwatched and not published:
+            return
+        async with self._transaction() as tx:
+            await _bump_revision(tx, "lamps_revision")
+            if unwatched:
+                await tx.executemany("DELETE FROM watches WHERE node = $1 AND resource = $2",
+                                     [(node, r) for r in unwatched])
+            if watched:
+                await tx.executemany(
+                    "INSERT INTO watches (node, resource) VALUES ($1, $2) "
+                    "ON CONFLICT (node, resource) DO NOTHING", [(node, r) for r in watched])
+            idle = [(node, r) for r, views in published.items() if not views]
+            if idle:
+                await tx.executemany("DELETE FROM lamps WHERE node = $1 AND resource = $2",
+                                     idle)
+            if rows:
+                await tx.executemany(
+                    "INSERT INTO lamps (node, resource, dialogs) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (node, resource) DO UPDATE SET dialogs = excluded.dialogs",
+                    [(node, r, text) for r, text in rows])
+            await self._notify_lamps(tx, node)
+
+    async def lamps_state(self, revision: int, *, exclude_node: str) -> LampSnapshot | None:
+        async with self._transaction() as tx:
+            current = await _meta_int(tx, "lamps_revision")
+            if current == revision:
+                return None
+            watches = await tx.fetch("SELECT DISTINCT resource FROM watches WHERE node <> $1",
+                                     exclude_node)
+            rows = await tx.fetch("SELECT resource, node, dialogs FROM lamps WHERE node <> $1 "
+                                  "ORDER BY resource, node", exclude_node)
+        dialogs: dict[str, dict[str, tuple[DialogView, ...]]] = {}
+        for resource, node, text in rows:
+            dialogs.setdefault(str(resource), {})[str(node)] = _dialog_views(str(text))
+        return LampSnapshot(current, frozenset(str(r[0]) for r in watches), dialogs)
+
+    async def clear_lamps(self, node: str) -> None:
+        async with self._transaction() as tx:
+            # The revision first (the order write_lamps locks in), moved only when
+            # there are rows to drop.
+            mine = await tx.fetch("SELECT 1 FROM watches WHERE node = $1 UNION ALL "
+                                  "SELECT 1 FROM lamps WHERE node = $1 LIMIT 1", node)
+            if mine:
+                await _bump_revision(tx, "lamps_revision")
+                await tx.execute("DELETE FROM watches WHERE node = $1", node)
+                await tx.execute("DELETE FROM lamps WHERE node = $1", node)
+                await self._notify_lamps(tx, node)
+
+
+def _dialogs_json(resource: str, views: Sequence[DialogView]) -> str:
+    """A resource's published dialogs as the ``lamps.dialogs`` JSON; a bad one is
+    refused, named by its place (the whole write with it)."""
+    out = []
+    for i, v in enumerate(views):
+        where = f"lamps[{resource!r}].dialogs[{i}]"
+        if v.state not in DIALOG_STATES:
+            raise ValueError(f"{where}.state: {v.state!r} is not one of "
+                             f"{', '.join(DIALOG_STATES)}")
+        if v.direction not in DIALOG_DIRECTIONS:
+            raise ValueError(f"{where}.direction: {v.direction!r} is not one of "
+                             f"{', '.join(DIALOG_DIRECTIONS)}")
+        if not v.id:
+            raise ValueError(f"{where}.id: empty")
+        out.append([v.id, v.call_id, v.local_tag, v.remote_tag, v.direction, v.state,
+                    list(v.local), list(v.remote)])
+    return json.dumps(out, separators=(",", ":"))
+
+
+def _dialog_views(text: str) -> tuple[DialogView, ...]:
+    return tuple(DialogView(str(i), str(c), str(lt), str(rt), str(d), str(st),
+                            (str(local[0]), str(local[1])), (str(remote[0]), str(remote[1])))
+                 for i, c, lt, rt, d, st, local, remote in json.loads(text))
 
 
 _API_KEY_COLUMNS = "id, name, role, department, secret_hash, created_at, revoked_at"
@@ -1841,6 +1988,7 @@ class PostgresStore(_SQLStore):
         # The channel binding writes NOTIFY on: one per schema, so stores sharing a
         # database (tests, two offices) do not wake each other. Set at open.
         self._channel = BINDINGS_CHANNEL
+        self._lamps_channel = LAMPS_CHANNEL
         self._listener: Any = None  # the connection that LISTENs (not the pool's)
 
     def __repr__(self) -> str:
@@ -1879,6 +2027,7 @@ class PostgresStore(_SQLStore):
             async with pool.acquire() as conn:
                 schema = await conn.fetchval("SELECT current_schema()")
             self._channel = f"{BINDINGS_CHANNEL}_{schema or 'public'}"[:63]
+            self._lamps_channel = f"{LAMPS_CHANNEL}_{schema or 'public'}"[:63]
         except BaseException:
             self._pool = None
             await pool.close()
@@ -1891,7 +2040,8 @@ class PostgresStore(_SQLStore):
             await pool.close()
 
     async def listen_bindings(self, notified: Callable[[str], None],
-                              lost: Callable[[], None]) -> bool:
+                              lost: Callable[[], None],
+                              lamps: Callable[[str], None] | None = None) -> bool:
         # A connection of its own: LISTEN belongs to a session, and a pooled one would
         # go back to the pool (and its notifications with it). When it goes (the
         # server restarted, the network cut), ``lost`` says so; the caller listens
@@ -1908,8 +2058,14 @@ class PostgresStore(_SQLStore):
                 self._listener = None
                 lost()
 
+        def on_lamps(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            if lamps is not None:
+                lamps(payload)
+
         try:
             await conn.add_listener(self._channel, on_notify)
+            if lamps is not None:  # the same connection: one LISTEN session per node
+                await conn.add_listener(self._lamps_channel, on_lamps)
         except BaseException:
             await conn.close()
             raise
@@ -1927,6 +2083,9 @@ class PostgresStore(_SQLStore):
 
     async def _notify_bindings(self, tx: _Tx, node: str) -> None:
         await tx.execute("SELECT pg_notify($1, $2)", self._channel, node)
+
+    async def _notify_lamps(self, tx: _Tx, node: str) -> None:
+        await tx.execute("SELECT pg_notify($1, $2)", self._lamps_channel, node)
 
     async def reset_connections(self) -> None:
         # Each pooled connection is replaced at its next use: after a restart of the

@@ -107,6 +107,11 @@ class Calls:
         self._moves: dict[TxKey, Transfer] = {}
         self._wakeups: TimerHeap[CallKey] = TimerHeap()
         self._parked: dict[str, Call] = {}  # park orbit -> the call waiting there
+        # Which other node holds a call (kind "parked": on an orbit; "ringing": an
+        # extension), "" when none known: the busy lamps the others published
+        # (engine.services.lamps; the engine sets it). Known only for resources some
+        # node other than the holder watches.
+        self.held_elsewhere: Callable[[str, str], str] = lambda _kind, _resource: ""
         # Dialog records (engine.calls.records): the mark last recorded per answered
         # call, and what to write or delete in the store since the last take_records.
         self._recorded: dict[CallKey, tuple[object, ...]] = {}
@@ -221,8 +226,10 @@ class Calls:
             self.metrics.pickups.labels(outcome).inc()
 
     def free_orbit(self, orbits: tuple[str, ...]) -> str | None:
-        """The first orbit of ``orbits`` no call is parked on."""
-        return next((o for o in orbits if o not in self._parked), None)
+        """The first orbit of ``orbits`` no call is parked on, here or (as far as the
+        lamps tell) on another node."""
+        return next((o for o in orbits if o not in self._parked
+                     and not self.held_elsewhere("parked", o)), None)
 
     def park(self, orbit: str, call: Call) -> None:
         self._parked[orbit] = call

@@ -88,6 +88,13 @@ def start_pickup(picker: Call, step: Pickup, now: float,
         return picker.transfer.failed(403, now)
     leg = ringing_leg(picker, step.extensions, replaced_call_id)
     who = ", ".join(step.extensions)
+    if leg is None and step.directed and len(step.extensions) == 1 and not replaced_call_id:
+        holder = picker.front.held_elsewhere("ringing", step.extensions[0])
+        if holder:  # see start_unpark
+            picker.front.count_pickup("elsewhere")
+            return picker._unanswered(480, now, [("Warning", warning_value(
+                f"the call ringing {who} is held by node {holder}; this node cannot "
+                "pick it up"))], reason="Held By Another Node")
     if leg is None:
         picker.front.count_pickup("nothing")
         return picker._unanswered(404, now, [("Warning", warning_value(
@@ -171,6 +178,16 @@ def start_unpark(picker: Call, step: Unpark, now: float) -> list[CallOutput]:
     front = picker.front
     call = front.parked_call(step.orbit)
     if call is None or call is picker:
+        # Parked on another node (its busy lamp says so): a call is held by the node
+        # that took its INVITE, and this one cannot reach its media. A 480 naming
+        # the holder, not the 404 of an empty orbit: the phone's user learns the
+        # call is there, and an edge that hashes the next attempt's Call-ID may
+        # land it on the holder.
+        holder = front.held_elsewhere("parked", step.orbit)
+        if holder and call is None:
+            return picker._unanswered(480, now, [("Warning", warning_value(
+                f"the call parked on {step.orbit} is held by node {holder}; this node "
+                "cannot retrieve it"))], reason="Held By Another Node")
         return picker._unanswered(404, now, [("Warning", warning_value(
             f"no call is parked on {step.orbit}"))], reason="Nothing Parked")
     media = call.anchor.caller.media

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape, quoteattr
 
 from engine.calls.states import CallState, LegState
+from provisioning.model import DialogView
 from routing import Device
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ __all__ = [
     "ENDED_SHOWN",
     "MAX_DIALOGS",
     "PRESENCE_NOTES",
+    "RANK",
     "DialogBook",
     "DialogView",
     "dialog_info",
@@ -61,25 +62,11 @@ ENDED_LINGER = 10.0
 MAX_DIALOGS = 4
 ENDED_SHOWN = 2
 # The order dialogs are listed in (and kept in, past MAX_DIALOGS).
-_RANK = {"early": 0, "proceeding": 0, "confirmed": 1, "trying": 2, "terminated": 3}
+RANK = {"early": 0, "proceeding": 0, "confirmed": 1, "trying": 2, "terminated": 3}
 
 # RFC 4235 s4.1.2 <state>: a leg we sent (the watched phone is its UAS).
 _LEG_STATE = {LegState.CALLING: "trying", LegState.RINGING: "early",
               LegState.ANSWERED: "confirmed", LegState.DONE: "terminated"}
-
-
-@dataclass(frozen=True, slots=True)
-class DialogView:
-    """One dialog of an extension, as RFC 4235 s4.1 describes it."""
-
-    id: str
-    call_id: str
-    local_tag: str
-    remote_tag: str
-    direction: str  # initiator | recipient
-    state: str  # trying | proceeding | early | confirmed | terminated
-    local: tuple[str, str]  # (URI, display name)
-    remote: tuple[str, str]
 
 
 class DialogBook:
@@ -194,7 +181,7 @@ class DialogBook:
                 view = _caller_view(item)
             if view is not None:
                 out.append(view)
-        out.sort(key=lambda v: _RANK[v.state])  # stable: newest first within a state
+        out.sort(key=lambda v: RANK[v.state])  # stable: newest first within a state
         shown = [v for v in out if v.state != "terminated"]
         return tuple(shown + [v for v in out if v.state == "terminated"][:ENDED_SHOWN])[
             :MAX_DIALOGS]

@@ -183,6 +183,10 @@ class Subscriptions:
         self.subs: dict[tuple[str, str], Subscription] = {}  # (Call-ID, our tag)
         self._watching: dict[tuple[str, str], set[Subscription]] = {}  # (package, ext)
         self._per_watcher: dict[str, int] = {}
+        # Resources watched (either package) -> how many subscriptions: the set other
+        # nodes read (engine.services.lamps); ``watch_moved`` when it gained or lost one.
+        self._resources: dict[str, int] = {}
+        self.watch_moved = False
         self._expiry: TimerHeap[tuple[str, str]] = TimerHeap()
         self._notifies: dict[TxKey, Subscription] = {}
         # Subscriptions whose NOTIFY waits for the pace; the engine reads it after every
@@ -372,10 +376,18 @@ class Subscriptions:
     def watched_by(self, watcher: str) -> int:
         return self._per_watcher.get(watcher, 0)
 
+    def resources(self) -> set[str]:
+        """The extensions and park orbits some subscription watches now."""
+        return set(self._resources)
+
     def _add(self, sub: Subscription) -> None:
         self.subs[sub.ident] = sub
         self._watching.setdefault((sub.package, sub.target), set()).add(sub)
         self._per_watcher[sub.watcher] = self._per_watcher.get(sub.watcher, 0) + 1
+        n = self._resources.get(sub.target, 0)
+        self._resources[sub.target] = n + 1
+        if not n:
+            self.watch_moved = True
         self._expiry.arm(sub.ident, "expires", sub.expires_at)
         self._gauge(sub.package, 1)
 
@@ -392,6 +404,12 @@ class Subscriptions:
             self._per_watcher[sub.watcher] = n
         else:
             self._per_watcher.pop(sub.watcher, None)
+        n = self._resources.get(sub.target, 0) - 1
+        if n > 0:
+            self._resources[sub.target] = n
+        else:
+            self._resources.pop(sub.target, None)
+            self.watch_moved = True
         self._expiry.cancel_all(sub.ident)
         self._queued.discard(sub)  # a queued entry of an ended subscription is skipped
         self._gauge(sub.package, -1)

@@ -35,7 +35,7 @@ from typing import Literal
 import structlog
 
 from engine.metrics import Metrics
-from provisioning.model import Binding, DialogRecord, VoicemailMessage
+from provisioning.model import Binding, DialogRecord, DialogView, VoicemailMessage
 from provisioning.store import Store, connection_lost
 
 log = structlog.get_logger("switchboard.store")
@@ -91,7 +91,29 @@ class DialogWrite:
         return ("dialog", self.id)
 
 
-Write = BindingWrite | DialogWrite | VoicemailWrite
+@dataclass(frozen=True, slots=True)
+class WatchWrite:
+    """This node's subscriptions began (or stopped) watching ``resource``."""
+    resource: str
+    watched: bool
+
+    @property
+    def key(self) -> Key:
+        return ("watch", self.resource)
+
+
+@dataclass(frozen=True, slots=True)
+class LampWrite:
+    """This node's dialogs of ``resource`` (another node watches it); none: idle."""
+    resource: str
+    dialogs: tuple[DialogView, ...]
+
+    @property
+    def key(self) -> Key:
+        return ("lamp", self.resource)
+
+
+Write = BindingWrite | DialogWrite | LampWrite | VoicemailWrite | WatchWrite
 
 
 class PendingWrites:
@@ -182,6 +204,12 @@ class StoreLink:
 
     def end_dialog(self, record_id: str) -> None:
         self._put(DialogWrite(record_id, None))
+
+    def save_watch(self, resource: str, watched: bool) -> None:
+        self._put(WatchWrite(resource, watched))
+
+    def save_lamp(self, resource: str, dialogs: tuple[DialogView, ...]) -> None:
+        self._put(LampWrite(resource, dialogs))
 
     def _put(self, write: Write) -> None:
         if not self.pending.put(write):
@@ -294,6 +322,9 @@ class StoreLink:
         removed: list[Binding] = []
         records: list[DialogRecord] = []
         ended: list[str] = []
+        watched: list[str] = []
+        unwatched: list[str] = []
+        lamps: dict[str, tuple[DialogView, ...]] = {}
         for write in taken:
             if isinstance(write, BindingWrite):
                 (saved if write.op == "save" else removed).append(write.binding)
@@ -302,12 +333,20 @@ class StoreLink:
                     ended.append(write.id)
                 else:
                     records.append(write.record)
+            elif isinstance(write, WatchWrite):
+                (watched if write.watched else unwatched).append(write.resource)
+            elif isinstance(write, LampWrite):
+                lamps[write.resource] = write.dialogs
         if saved or removed:
             await self.store.write_bindings(saved, node=self.node_id, removed=removed)
         # Records are upserts and deletions by id: a batch written twice (a store that
         # committed but did not answer in time) leaves the same rows.
         if records or ended:
             await self.store.write_dialogs(records, ended)
+        # Lamps are upserts and deletions by (node, resource) too: a replay is harmless.
+        if watched or unwatched or lamps:
+            await self.store.write_lamps(self.node_id, watched=watched, unwatched=unwatched,
+                                         dialogs=lamps)
 
     async def flush(self, seconds: float) -> int:
         """Wait up to ``seconds`` for the queue to empty (a clean stop); how many

@@ -9,6 +9,13 @@ PostgreSQL notifies a write, and every ``poll_seconds`` anyway), keeps a heartbe
 row per node (``switchboard nodes``), purges expired bindings, and, when another
 node's heartbeat has stopped, claims that node's dialog records and ends its
 calls with a BYE to each party (the takeover).
+
+Busy lamps cross the nodes the same way (``engine.services.lamps``): the resources
+this node's subscriptions watch, and its dialogs of the resources another node
+watches, go behind through the link; the others' are read when PostgreSQL notifies
+a lamp write (on the bindings' listening connection) and every ``poll_seconds``
+anyway (one read of the lamps revision when nothing moved), and handed to the
+engine, whose watchers get the merged state.
 """
 
 from __future__ import annotations
@@ -74,6 +81,10 @@ class StoreSync:
         self._synced_at = 0.0
         # Another node wrote bindings (PostgreSQL NOTIFY): read them now.
         self._notified = asyncio.Event()
+        self._bindings_due = False  # what the notification was about
+        self._lamps_due = False
+        self._lamps_revision = -1  # the first read takes every other node's lamps
+        self._lamps_read_at = 0.0
         self._listening = False
         self._listen_supported = True  # until the store says it cannot (SQLite)
         self._started_wall = time.time()
@@ -99,6 +110,18 @@ class StoreSync:
             self.link.save_dialog(record)
         for record_id in ended:
             self.link.end_dialog(record_id)
+        lamps = self.engine.lamps
+        if lamps.watch_writes or lamps.dialog_writes:  # else: nothing to do, no call
+            watches, dialogs = self.engine.take_lamps()
+            metrics = self.engine.metrics
+            for resource, watched in watches.items():
+                self.link.save_watch(resource, watched)
+            for resource, views in dialogs.items():
+                self.link.save_lamp(resource, views)
+            if watches:
+                metrics.lamp_writes.labels("watch").inc(len(watches))
+            if dialogs:
+                metrics.lamp_writes.labels("dialogs").inc(len(dialogs))
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self, port: int) -> None:
@@ -112,6 +135,10 @@ class StoreSync:
         await self._listen()  # first: a write between the sync and the LISTEN is not missed
         await self._sync_bindings()
         await self._heartbeat(time.monotonic())
+        # Watches and dialogs a previous run of this node left: its subscriptions and
+        # calls are gone with it.
+        await self.store.clear_lamps(self.node_id)
+        await self._sync_lamps()
         # Calls this node held when it last died (killed, and back before another node
         # noticed): nobody holds them now; their parties get a BYE.
         left = await self.store.claim_own_dialogs(self.node_id, time.time())
@@ -142,6 +169,7 @@ class StoreSync:
         await self.link.close()
         try:
             if self.link.up:
+                await self.store.clear_lamps(self.node_id)
                 await self.store.remove_node(self.node_id)
         except Exception as exc:
             if not connection_lost(exc):
@@ -170,7 +198,7 @@ class StoreSync:
                 if tick:
                     ok = await self.link.attempt("binding sync", self._share_once)
                 else:
-                    ok = await self.link.attempt("binding sync", self._sync_bindings)
+                    ok = await self.link.attempt("binding sync", self._sync_notified)
                 if not ok:
                     self._store_ok_since = None
             except Exception:
@@ -179,7 +207,21 @@ class StoreSync:
 
     def _on_notify(self, node: str) -> None:
         if node != self.node_id:  # our own writes: nothing to read
+            self._bindings_due = True
             self._notified.set()
+
+    def _on_lamps(self, node: str) -> None:
+        if node != self.node_id:
+            self._lamps_due = True
+            self._notified.set()
+
+    async def _sync_notified(self) -> None:
+        """What a notification asked for: the bindings, the lamps, or both."""
+        bindings, lamps = self._bindings_due, self._lamps_due
+        if lamps:
+            await self._sync_lamps()
+        if bindings or not lamps:
+            await self._sync_bindings()
 
     def _on_listen_lost(self) -> None:
         # The listening connection went (its notifications with it): the poll covers
@@ -195,7 +237,8 @@ class StoreSync:
         if not self._listen_supported or self._listening:
             return
         try:
-            listening = await self.store.listen_bindings(self._on_notify, self._on_listen_lost)
+            listening = await self.store.listen_bindings(self._on_notify, self._on_listen_lost,
+                                                         self._on_lamps)
         except Exception as exc:
             if not connection_lost(exc):
                 raise
@@ -204,6 +247,7 @@ class StoreSync:
             self._listen_supported = False
             return
         self._listening = True
+        self._bindings_due = self._lamps_due = True
         self._notified.set()
         log.info("listening for binding changes", poll_seconds=self.poll_seconds)
 
@@ -213,6 +257,8 @@ class StoreSync:
         if self._notified.is_set() or now - self._synced_at >= self.poll_seconds:
             self._notified.clear()
             await self._sync_bindings()
+        if self._lamps_due or now - self._lamps_read_at >= self.poll_seconds:
+            await self._sync_lamps()
         await self._heartbeat(now)
         if self._store_ok_since is None:
             self._store_ok_since = now
@@ -228,6 +274,8 @@ class StoreSync:
             if took.dead or took.records:
                 self._end_dialogs(took)
                 await self.store.write_dialogs([], [r.id for r in took.records])
+            if took.dead:  # their lamps went with them: our watchers see them idle now
+                await self._sync_lamps()
         if now - self._purged_at >= BINDING_PURGE_PERIOD:
             self._purged_at = now
             await self.store.purge_expired_bindings(time.time() - BINDING_PURGE_GRACE)
@@ -247,9 +295,23 @@ class StoreSync:
                             by=self.node_id, heartbeat_missing=node in took.dead,
                             dead_after_seconds=DEAD_AFTER_SECONDS)
 
+    async def _sync_lamps(self) -> None:
+        """The other nodes' watches and dialogs, when the lamps revision moved, into the
+        engine: its watchers' NOTIFYs, and what it must publish for the others."""
+        self._lamps_due = False
+        self._lamps_read_at = time.monotonic()
+        snapshot = await self.store.lamps_state(self._lamps_revision,
+                                                exclude_node=self.node_id)
+        if snapshot is None:
+            return
+        self._lamps_revision = snapshot.revision
+        self.apply(self.engine.cluster_lamps(snapshot.watched, snapshot.dialogs,
+                                             time.monotonic()))
+
     async def _sync_bindings(self) -> None:
         """Bindings other nodes saved or deleted since the last look, into the registrar:
         the next call to one of those phones goes where it registered last."""
+        self._bindings_due = False
         self._synced_at = time.monotonic()
         changes = await self.store.bindings_since(self._binding_revision,
                                                   exclude_node=self.node_id)
