@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -46,14 +47,38 @@ def test_one_entry_per_key_in_the_order_of_last_change() -> None:
     assert q.head() == [b1, a2]  # 101's refresh replaced its save and went last
 
 
-def test_a_call_answered_and_ended_before_its_batch_is_only_deleted() -> None:
+def test_a_call_answered_and_ended_before_its_batch_writes_nothing() -> None:
     q = PendingWrites()
     record = DialogRecord(id="c1;t1", node="n1", legs=(), answered_at=time.time())
     reg = BindingWrite("save", binding("101"))
     q.put(DialogWrite(record.id, record))
     q.put(reg)
     q.put(DialogWrite(record.id, None))
-    assert q.head() == [reg, DialogWrite("c1;t1", None)]  # bindings and dialogs in one batch
+    assert q.head() == [reg]  # the record and its end cancel out
+
+
+def test_a_call_ended_while_its_record_is_being_written_is_deleted() -> None:
+    q = PendingWrites()
+    record = DialogRecord(id="c1;t1", node="n1", legs=(), answered_at=time.time())
+    q.put(DialogWrite(record.id, record))
+    taken = q.head()  # on its way to the store
+    q.put(DialogWrite(record.id, None))
+    q.done(taken)
+    assert q.head() == [DialogWrite("c1;t1", None)]
+
+
+def test_a_stored_record_changed_then_ended_is_deleted() -> None:
+    q = PendingWrites()
+    first = DialogRecord(id="c1;t1", node="n1", legs=(), answered_at=time.time())
+    q.put(DialogWrite(first.id, first))
+    q.done(q.head())  # in the store
+    q.put(DialogWrite(first.id, replace(first, answered_at=first.answered_at + 1)))
+    q.put(DialogWrite(first.id, None))  # the change never written, the end must be
+    assert q.head() == [DialogWrite("c1;t1", None)]
+    q.done(q.head())
+    q.put(DialogWrite("c2;t2", replace(first, id="c2;t2")))
+    q.put(DialogWrite("c2;t2", None))
+    assert q.head() == []  # a record gone from the store is forgotten
 
 
 def test_a_change_made_while_its_batch_is_written_is_kept() -> None:
