@@ -11,9 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
+import structlog.testing
 
 from engine.metrics import Metrics
 from engine.shell.storelink import (
+    COALESCE_SECONDS,
     BindingWrite,
     DialogWrite,
     PendingWrites,
@@ -204,3 +207,37 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 async def _fail_if_called() -> None:
     raise AssertionError("a reader ran while the store was away")
+
+
+def test_the_writer_goes_on_when_a_short_calls_writes_cancel_out(tmp_path: Path) -> None:
+    """The writer woken by a call's record finds the queue empty after its pause (the
+    call ended meanwhile): nothing is written, nothing refused, and the next change
+    is written as usual."""
+    async def run() -> None:
+        store = SQLiteStore(tmp_path / "store.db")
+        await store.open()
+        metrics = Metrics()
+        link = StoreLink(store, metrics, rng=lambda: 0.0)
+        link.node_id = "n1"
+        writer = asyncio.create_task(link.run())
+        try:
+            with structlog.testing.capture_logs() as logged:
+                record = DialogRecord(id="c1;t1", node="n1", legs=(),
+                                      answered_at=time.time())
+                await asyncio.sleep(0.01)  # the writer waits for a change
+                link.save_dialog(record)
+                await asyncio.sleep(0.01)  # woken by it, the writer pauses
+                link.end_dialog(record.id)
+                assert not link.pending
+                await asyncio.sleep(2 * COALESCE_SECONDS)
+                link.save_binding(binding("101"))
+                await _until(lambda: not link.pending)
+            assert [b.aor for b in await store.load_bindings()] == ["101"]
+            assert not writer.done()
+            assert [e for e in logged if e["log_level"] in ("error", "warning")] == []
+        finally:
+            writer.cancel()
+            await link.close()
+            await store.close()
+
+    asyncio.run(run())

@@ -329,6 +329,8 @@ class StoreLink:
                 await asyncio.sleep(COALESCE_SECONDS)
             await self._back.wait()
             taken = pending.head(WRITE_BATCH)
+            if not taken:  # what was queued cancelled out during the pause
+                continue
             try:
                 await asyncio.wait_for(self._write(taken), WRITE_SECONDS)
             except Exception as exc:
