@@ -67,7 +67,7 @@ unit: venv
 	$(BIN)/python -m pytest -q
 
 test: venv peers lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30
 
 bench: venv peers
 	$(BIN)/python benchmarks/parser.py
