@@ -139,7 +139,7 @@ def test_directed_pickup_takes_the_call_ringing_102(pbx: EngineProcess, tmp_path
     assert pbx.metrics()['switchboard_pickups_total{outcome="directed"}'] == 1.0
 
 
-def _answer_notify() -> str:
+def _ok_in_dialog() -> str:
     return """  <send>
     <![CDATA[
       SIP/2.0 200 OK
@@ -189,7 +189,7 @@ FETCH_DIALOGS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
             check_it="true" assign_to="ended"/>
     </action>
   </recv>
-""" + _answer_notify() + """
+""" + _ok_in_dialog() + """
   <Reference variables="ended"/>
 </scenario>
 """
@@ -299,18 +299,7 @@ a=rtpmap:101 telephone-event/8000
   <recv request="ACK"/>
   <Reference variables="ci,ai"/>
   <recv request="BYE"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-    ]]>
-  </send>
-</scenario>
+""" + _ok_in_dialog() + """</scenario>
 """
 
 
@@ -492,17 +481,17 @@ a=rtpmap:101 telephone-event/8000
   </send>
   <recv response="202"/>
   <recv request="NOTIFY"/>
-""" + _answer_notify() + """
+""" + _ok_in_dialog() + """
   <recv request="NOTIFY">
     <action>
       <ereg regexp="SIP/2.0 200 Parked on 701" search_in="body" check_it="true"
             assign_to="parked"/>
     </action>
   </recv>
-""" + _answer_notify() + """
+""" + _ok_in_dialog() + """
   <Reference variables="parked"/>
   <recv request="BYE"/>
-""" + _answer_notify() + """
+""" + _ok_in_dialog() + """
 </scenario>
 """
 
