@@ -5,8 +5,9 @@ against a real PostgreSQL server of the test's own that is stopped and started
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from engine.shell.storelink import (
     VoicemailWrite,
 )
 from provisioning.model import Binding, DialogRecord, VoicemailMessage
-from provisioning.store import PostgresStore, SQLiteStore, StoreError, connection_lost
+from provisioning.store import PostgresStore, SQLiteStore, Store, StoreError, connection_lost
 from tests.throwaway_pg import ThrowawayPostgres
 
 
@@ -162,12 +163,7 @@ def test_changes_made_while_the_store_is_away_are_written_in_order_when_back(
         pg: ThrowawayPostgres) -> None:
     async def run() -> None:
         store = PostgresStore(pg.url)
-        await store.open()
-        metrics = Metrics()
-        link = StoreLink(store, metrics, rng=lambda: 0.0)
-        link.node_id = "n1"
-        writer = asyncio.create_task(link.run())
-        try:
+        async with writing(store) as (link, metrics, _):
             link.save_binding(binding("101"))
             await _until(lambda: not link.pending)
             assert [b.aor for b in await store.load_bindings()] == ["101"]
@@ -193,12 +189,24 @@ def test_changes_made_while_the_store_is_away_are_written_in_order_when_back(
             assert [m.id for m in await store.list_voicemail("103")] == ["m1"]
             assert sample(metrics, "switchboard_store_reconnects_total") == 1
             assert sample(metrics, "switchboard_store_queued_writes") == 0
-        finally:
-            writer.cancel()
-            await link.close()
-            await store.close()
 
     asyncio.run(run())
+
+
+@contextlib.asynccontextmanager
+async def writing(store: Store) -> AsyncIterator[tuple[StoreLink, Metrics, asyncio.Task[None]]]:
+    """``store`` opened, a link to it and its writer running; all closed after."""
+    await store.open()
+    metrics = Metrics()
+    link = StoreLink(store, metrics, rng=lambda: 0.0)
+    link.node_id = "n1"
+    writer = asyncio.create_task(link.run())
+    try:
+        yield link, metrics, writer
+    finally:
+        writer.cancel()
+        await link.close()
+        await store.close()
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -215,12 +223,7 @@ def test_the_writer_goes_on_when_a_short_calls_writes_cancel_out(tmp_path: Path)
     is written as usual."""
     async def run() -> None:
         store = SQLiteStore(tmp_path / "store.db")
-        await store.open()
-        metrics = Metrics()
-        link = StoreLink(store, metrics, rng=lambda: 0.0)
-        link.node_id = "n1"
-        writer = asyncio.create_task(link.run())
-        try:
+        async with writing(store) as (link, _, writer):
             with structlog.testing.capture_logs() as logged:
                 record = DialogRecord(id="c1;t1", node="n1", legs=(),
                                       answered_at=time.time())
@@ -235,9 +238,5 @@ def test_the_writer_goes_on_when_a_short_calls_writes_cancel_out(tmp_path: Path)
             assert [b.aor for b in await store.load_bindings()] == ["101"]
             assert not writer.done()
             assert [e for e in logged if e["log_level"] in ("error", "warning")] == []
-        finally:
-            writer.cancel()
-            await link.close()
-            await store.close()
 
     asyncio.run(run())
