@@ -1,14 +1,18 @@
 """What one in-process call costs: call_memory.py's set-up loop, counted.
 
     .venv/bin/python benchmarks/call_cost.py [--calls 1000] [--media relay|direct]
-        [--gc-stats] [--serve-gc]
+        [--gc-stats] [--serve-gc] [--hang-up]
 
 Runs the same INVITE / media ready / 180 / 200 / ACK loop as ``call_memory.py``
 (its helpers, its directory) and prints the rate by wall time and by this
 process's CPU time, which other jobs on the box disturb less. ``--gc-stats``
 adds the collector's passes per 10,000 calls, the objects it examined per call
 and the objects tracked once the calls are up; ``--serve-gc`` sets the
-collector as ``serve`` does (``engine.cli.tune_gc``).
+collector as ``serve`` does (``engine.cli.tune_gc``). ``--hang-up``: the trunk
+hangs each call up right after its ACK (BYE, and the phone answers ours), as
+a load of short calls does; the clock does not move, so every transaction of
+the ended calls is still alive (as for 64*T1 after each call in a running
+engine) and the objects tracked are what ended calls leave behind.
 
 Instructions per call, which load does not change at all: run it under
 callgrind for two call counts and divide the difference, e.g.
@@ -43,6 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import call_memory as cm  # beside this file
 
 
+def bye_ok(bye: cm.Request) -> bytes:
+    """The phone's 200 to the engine's BYE."""
+    headers = [("Via", v) for v in bye.get_all("via")]
+    headers += [(name, bye.get(name) or "") for name in ("From", "To", "Call-ID", "CSeq")]
+    return cm.Response.build(200, "OK", headers).to_bytes()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +61,8 @@ def main() -> None:
     ap.add_argument("--media", choices=("relay", "direct"), default="relay")
     ap.add_argument("--gc-stats", action="store_true")
     ap.add_argument("--serve-gc", action="store_true")
+    ap.add_argument("--hang-up", action="store_true",
+                    help="hang each call up at once (BYE from the trunk, 200 from the phone)")
     ap.add_argument("--instr-on", action="store_true",
                     help="under callgrind --instr-atstart=no: instrument from the loop on")
     args = ap.parse_args()
@@ -98,6 +111,10 @@ def main() -> None:
         ok = next(p for s in out.sends if isinstance(p := cm.parse(s.data), cm.Response)
                   and p.status == 200)
         engine.datagram(cm.ack_for(ok, i), cm.TRUNK, "udp", now)
+        if args.hang_up:
+            out = engine.datagram(cm.bye_for(ok, i), cm.TRUNK, "udp", now)
+            bye = next(p for s in out.sends if isinstance(p := cm.parse(s.data), cm.Request))
+            engine.datagram(bye_ok(bye), cm.PHONE, "udp", now)
         engine.calls.take_records()  # the shell hands the dialog records to the store
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
     n = max(args.calls, 1)
@@ -110,7 +127,8 @@ def main() -> None:
         print(f"{'collector passes per 10,000 calls':<40} {per:>10}  (young/middle/full)")
         print(f"{'objects the collector examined per call':<40} {examined[0] / n:>10,.0f}")
         gc.collect()
-        print(f"{'objects tracked, calls up':<40} {len(gc.get_objects()):>10,}")
+        state = "calls ended" if args.hang_up else "calls up"
+        print(f"{f'objects tracked, {state}':<40} {len(gc.get_objects()):>10,}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from engine.calls.transfer import Transfer
 from engine.sip.dialog import new_tag
 from engine.sip.message import Request, Response, make_response, warning_value
 from engine.sip.timerheap import TimerHeap
-from engine.sip.transaction import Addr, TxKey
+from engine.sip.transaction import Addr, Send, State, TxKey
 from provisioning.model import DialogRecord, Directory, Status
 from routing import CallFacts, LiveState, plan
 
@@ -101,6 +101,13 @@ class Calls:
         self._by_tag: dict[tuple[str, str], Call] = {}  # (Call-ID, our To tag)
         self._by_invite: dict[TxKey, Call] = {}  # the caller's INVITE transaction
         self._legs: dict[TxKey, Leg] = {}  # callee INVITE client transactions
+        # What stays of an answered leg once its call ended, while its INVITE client
+        # transaction lives on (RFC 6026 s7.2: Accepted until Timer M, 64*T1): the ACK
+        # its 2xx got, sent again for each retransmission of that 2xx (RFC 3261
+        # s13.2.2.4). A Send, not the Leg: the leg would keep its whole ended call
+        # (plan, dialogs, requests) alive that long; without it the call is freed by
+        # reference counting as it ends (:meth:`_retire`).
+        self._acked: dict[TxKey, Send] = {}
         self._by_leg_call_id: dict[str, Leg] = {}
         self._relays: dict[TxKey, RelayedRequest] = {}
         # Re-INVITEs moving a consultation call's callee to the transferee's call.
@@ -305,6 +312,35 @@ class Calls:
         if self._recorded.pop(call.key, None) is not None:  # its record goes too
             self._answered_wall.pop(call.key, None)
             self._records_ended.append(record_id(*call.key))
+        for leg in (*call.legs, call.callee_leg, call.caller_leg):
+            if leg is not None and leg.call is call:  # a leg moved to another call stays
+                self._retire(leg)
+
+    def _retire(self, leg: Leg) -> None:
+        """``leg``'s call ended: keep of it only what its INVITE client transaction may
+        still need from the call layer, so that nothing holds the ended call until the
+        transaction ends (RFC 6026 s7.2 Timer M after a 2xx, RFC 3261 s17.1.1.2 Timer D
+        after a 300-699: 64*T1 and 32 s on UDP)."""
+        key = leg.key
+        if self._legs.get(key) is not leg:
+            return  # its transaction ended already, or is not ours (a picker's INVITE)
+        state = self.tx.state(key)
+        if state is State.ACCEPTED and leg.ack is not None:
+            # Answered and ACKed: each retransmission of the 2xx gets the same ACK
+            # (s13.2.2.4), which needs neither the leg nor the call.
+            self._acked[key] = Send(leg.ack, leg.dest, leg.transport)
+        elif state is not State.COMPLETED and state is not None:
+            # No final response yet (Calling, Proceeding): a late 2xx is still ACKed
+            # and hung up (s13.2.2.4, s9.1), a time-out still reported, by the call;
+            # likewise a 2xx whose ACK waits (close() leaves none so). The leg stays,
+            # and is retired by on_response once its final response came.
+            return
+        # A 300-699 (Completed: the transaction ACKs its retransmissions itself,
+        # s17.1.1.2) or the 2xx handled above: the call layer has nothing more to do.
+        del self._legs[key]
+        call_id = leg.invite.call_id
+        if self._by_leg_call_id.get(call_id) is leg:  # an ended call answers 481 anyway
+            del self._by_leg_call_id[call_id]
 
     # ------------------------------------------------------------------ timers
     def next_wakeup(self) -> float | None:
@@ -480,7 +516,15 @@ class Calls:
         leg = self._legs.get(key)
         if leg is not None:
             call = leg.call
-            return self._guard(call, now, lambda: call.on_leg_response(leg, resp, now))
+            out = self._guard(call, now, lambda: call.on_leg_response(leg, resp, now))
+            if leg.call.state is CallState.ENDED:  # a leg pending when its call ended
+                self._retire(leg)
+            return out
+        acked = self._acked.get(key)
+        if acked is not None:
+            # A 2xx again (the transaction passes only those up in Accepted, RFC 6026
+            # s7.2) after its call ended: the same ACK again (RFC 3261 s13.2.2.4).
+            return [acked]
         moving = self._moves.get(key)
         if moving is not None:
             return self._guard(moving.call, now, lambda: moving.on_moved(resp, now))
@@ -503,9 +547,12 @@ class Calls:
         return self._guard(call, now, lambda: call.on_leg_timed_out(leg, now))
 
     def on_terminated(self, key: TxKey) -> None:
-        """A client transaction ended: forget legs that are over."""
+        """A client transaction ended: forget legs that are over, and what was kept of
+        an ended call's answered leg (:meth:`_retire`)."""
         leg = self._legs.pop(key, None)
-        if leg is not None and leg is not leg.call.callee_leg and leg is not leg.call.caller_leg:
+        if leg is None:
+            self._acked.pop(key, None)
+        elif leg is not leg.call.callee_leg and leg is not leg.call.caller_leg:
             self._by_leg_call_id.pop(leg.invite.call_id, None)
         self._relays.pop(key, None)
         self._moves.pop(key, None)

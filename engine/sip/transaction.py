@@ -347,7 +347,12 @@ MergeId = tuple[str, str, int, str]
 class _ServerTx:
     key: TxKey
     invite: bool
-    request: Request
+    # The request's method, all a server transaction reads of its request once made
+    # (respond() checks the response's CSeq method against it). Not the Request: an
+    # INVITE in Accepted (RFC 6026 s7.1, Timer L) or a BYE in Completed (s17.2.2,
+    # Timer J) lives 64*T1 after its final response, and its parsed request would
+    # live as long, with every header object in it, for the collector to walk.
+    method: str
     source: Addr
     transport: str
     addr: Addr  # response_addr() of the request
@@ -371,8 +376,13 @@ class _ServerTx:
 class _ClientTx:
     key: TxKey
     invite: bool
-    request: Request
-    data: bytes  # the request as sent, for retransmissions
+    # An INVITE until its final response: the ACK of a 300-699 is built from it
+    # (s17.1.1.3); nothing else reads it. None after that (Completed and Accepted last
+    # 32 s and 64*T1 on UDP, RFC 6026 s7.2) and for other methods, which send no ACK.
+    request: Request | None
+    # The request as sent, for retransmissions (Timers A, E); b"" after a final
+    # response, which ends them (s17.1.1.2, s17.1.2.2).
+    data: bytes
     dest: Addr
     transport: str
     state: State
@@ -590,9 +600,9 @@ class TransactionLayer:
             method = response.cseq.method
         except ParseError as exc:
             raise ValueError(f"response without a readable CSeq: {exc}") from exc
-        if method != tx.request.method:
+        if method != tx.method:
             raise ValueError(f"response CSeq method {method!r} does not match the "
-                             f"transaction's {tx.request.method!r}")
+                             f"transaction's {tx.method!r}")
         return self._server_step(tx, _Resp(response), now)
 
     def _new_server(self, req: Request, key: TxKey, source: Addr,
@@ -600,10 +610,10 @@ class TransactionLayer:
         invite = req.method == "INVITE"
         addr = response_addr(req.top_via, source, transport)
         if invite:
-            tx = _ServerTx(key, True, req, source, transport, addr, _PROCEEDING,
+            tx = _ServerTx(key, True, "INVITE", source, transport, addr, _PROCEEDING,
                            INVITE_SERVER)
         else:
-            tx = _ServerTx(key, False, req, source, transport, addr, _TRYING,
+            tx = _ServerTx(key, False, req.method, source, transport, addr, _TRYING,
                            NON_INVITE_SERVER)
         self._txs[key] = tx
         return tx
@@ -787,7 +797,7 @@ class TransactionLayer:
             tx = _ClientTx(key, True, request, data, dest, transport, _CALLING,
                            INVITE_CLIENT)
         else:
-            tx = _ClientTx(key, False, request, data, dest, transport, _TRYING,
+            tx = _ClientTx(key, False, None, data, dest, transport, _TRYING,
                            NON_INVITE_CLIENT)
         self._txs[key] = tx
         # s17.1.1.2: Timer A (unreliable only) and B; s17.1.2.2: Timer E and F.
@@ -856,6 +866,9 @@ class TransactionLayer:
         tx.state = INVITE_CLIENT.rows[tx.state][event]
         if event is _1XX:
             return [DeliverResponse(response, tx.key)]
+        # A final response: no more retransmissions of the INVITE, and only a 300-699
+        # needs it (for the ACK, below).
+        request, tx.request, tx.data = tx.request, None, b""
         if tx.guarded:
             tx.guarded = False
             self.deadlines.cancel(tx.key, CANCEL_GUARD)
@@ -864,7 +877,8 @@ class TransactionLayer:
             self.deadlines.arm(tx.key, "M", now + self.timers.long)
             return [DeliverResponse(response, tx.key)]
         # 300-699 -> Completed: the transaction ACKs (s17.1.1.3); Timer D.
-        tx.ack = _build_ack(tx.request, response).to_bytes()
+        assert request is not None  # an INVITE's, kept until this final response
+        tx.ack = _build_ack(request, response).to_bytes()
         events: list[Event] = [Send(tx.ack, tx.dest, tx.transport),
                                DeliverResponse(response, tx.key)]
         return events + self._wait(tx, "D", 0 if tx.reliable else self.timers.d, now)
@@ -921,6 +935,7 @@ class TransactionLayer:
             return events
         # Final -> Completed; E and F stop; Timer K = T4 (unreliable) or 0.
         self._disarm(tx, "E", "F")
+        tx.data = b""  # no retransmission after a final response (s17.1.2.2)
         return events + self._wait(tx, "K", 0 if tx.reliable else self.timers.t4, now)
 
     def _nict_completed(self, tx: _ClientTx, inp: _Input, now: float) -> list[Event]:
