@@ -66,8 +66,17 @@ lint: venv
 unit: venv
 	$(BIN)/python -m pytest -q
 
+# The tests wait on sockets and peers far more than they compute: one pytest-xdist
+# worker per core (a file stays on one worker, so its module's engine starts once)
+# nearly halves the wall time. tests/conftest.py gives each worker its own ports.
+# Files marked `serial` (CPU-sensitive: see pyproject.toml) run after, alone; only
+# their files are collected again (collecting the whole suite takes ~20 s).
+TEST_WORKERS ?= 2
+SERIAL_TESTS = $(shell grep -l 'pytest.mark.serial' tests/test_*.py)
+
 test: venv peers lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not serial" --durations=30
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial --durations=30 $(SERIAL_TESTS)
 
 bench: venv peers
 	$(BIN)/python benchmarks/parser.py

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +24,20 @@ SHARED = ROOT.parent / "shared"
 EXAMPLE = ROOT / "examples" / "directory.toml"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile the engine's sources once, before any test (in the controller only
+    under pytest-xdist, before its workers start).
+
+    The tests start hundreds of ``switchboard`` processes. Where bytecode is not written
+    on import (PYTHONDONTWRITEBYTECODE, as on a CI runner), each of them would compile
+    the ~100 modules it imports again: about 0.4 s of CPU a process. compileall writes
+    the .pyc files whatever that setting; an unchanged source is skipped."""
+    if hasattr(config, "workerinput"):
+        return
+    for package in ("engine", "routing", "media", "provisioning", "tests/phones"):
+        compileall.compile_dir(ROOT / package, quiet=1)
+
+
 def switchboard_bin() -> str:
     exe = Path(sys.executable).parent / "switchboard"
     if exe.exists():
@@ -32,19 +48,54 @@ def switchboard_bin() -> str:
     return found
 
 
+# Ports handed out by free_port(): 10000-19999, below the kernel's ephemeral range
+# (32768-60999 here) and the RTP windows (the example's 20000-29999, the tests'
+# 40000-49999), so no socket bound to port 0 and no engine's media can take a port
+# between free_port() and its user binding it. Under pytest-xdist each worker draws
+# from its own slice, so two workers never hand out the same port.
+_PORTS_LOW, _PORTS_HIGH = 10000, 20000
+
+
+def _port_slice() -> range:
+    """This process's slice of the free_port() block (all of it outside xdist)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw"))
+    size = (_PORTS_HIGH - _PORTS_LOW) // count
+    return range(_PORTS_LOW + index * size, _PORTS_LOW + (index + 1) * size)
+
+
+def _next_ports() -> Iterator[int]:
+    # In order from a random start, so a port is not handed out again before the whole
+    # slice is (a stopped engine's TIME_WAIT is gone by then); every other port, so a
+    # peer that also binds its port's neighbour does not take the next one handed out.
+    ports = [p for p in _port_slice() if p % 2]
+    start = random.randrange(len(ports))
+    while True:
+        yield from ports[start:]
+        yield from ports[:start]
+        start = 0
+
+
+_PORTS = _next_ports()
+
+
 def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
+    """A port free for both UDP and TCP on 127.0.0.1, from this process's slice."""
+    for _ in range(200):
+        port = next(_PORTS)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = int(t.getsockname()[1])
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:  # still held (a module's engine, a TIME_WAIT): the next one
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 try:
                     u.bind(("127.0.0.1", port))
                 except OSError:
                     continue
             return port
-    raise RuntimeError("no free port")
+    raise RuntimeError(f"no free port in {_port_slice()}")
 
 
 def bench_directory(users: dict[str, str], domain: str = "bench.test") -> str:

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -72,9 +73,15 @@ API_KEY_ROLES: tuple[Role, ...] = ("department_admin", "manager", "owner")
 API_KEY_PREFIX = "sbk_"
 
 _hasher = PasswordHasher()
-# Verified when the account is unknown, so an unknown account costs the same time
-# as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the account is unknown, so an unknown account costs the same time
+    as a wrong password. Made by the first sign-in, known account or not (so the first
+    costs the same either way), not on import: every engine start and CLI command
+    imports this module, and one argon2 hash is a quarter of a second of CPU."""
+    return _hasher.hash(secrets.token_hex(16))
 
 
 def sha256(text: str) -> str:
@@ -354,8 +361,9 @@ class Authenticator:
             what = "this account" if kind == "account" else "this address"
             raise ApiError(429, f"too many failed sign-ins for {what}; try again in "
                                 f"{int(left) + 1} s", {"Retry-After": str(int(left) + 1)})
+        dummy = await asyncio.to_thread(_dummy_hash)
         stored = await self.store.web_password_hash(user.extension) if user else None
-        good = await asyncio.to_thread(verify_password, stored or _DUMMY_HASH, password)
+        good = await asyncio.to_thread(verify_password, stored or dummy, password)
         if not good or stored is None or user is None or user.disabled:
             await self.limiter.failed(account, source, now)
             raise ApiError(401, "wrong user, password or code")
