@@ -44,14 +44,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import call_memory as cm  # beside this file
+import call_memory as cm  # beside this file; puts the project on sys.path
 
-
-def bye_ok(bye: cm.Request) -> bytes:
-    """The phone's 200 to the engine's BYE."""
-    headers = [("Via", v) for v in bye.get_all("via")]
-    headers += [(name, bye.get(name) or "") for name in ("From", "To", "Call-ID", "CSeq")]
-    return cm.Response.build(200, "OK", headers).to_bytes()
+from engine.sip.message import make_response
 
 
 def main() -> None:
@@ -114,7 +109,7 @@ def main() -> None:
         if args.hang_up:
             out = engine.datagram(cm.bye_for(ok, i), cm.TRUNK, "udp", now)
             bye = next(p for s in out.sends if isinstance(p := cm.parse(s.data), cm.Request))
-            engine.datagram(bye_ok(bye), cm.PHONE, "udp", now)
+            engine.datagram(make_response(bye, 200).to_bytes(), cm.PHONE, "udp", now)
         engine.calls.take_records()  # the shell hands the dialog records to the store
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu0
     n = max(args.calls, 1)
